@@ -1,0 +1,146 @@
+// model.h: the model module's public header: parameter layout (one contiguous buffer of
+// named tensors), the backend ops table, and the multimodal prefix-LM transformer.
+//
+// Precision: `mm_real` is float in every shipped binary. The same sources are compiled a
+// second time with -DMM_F64 (mm_real = double, BLAS d-routines) for the gradient-check tests,
+// so that backward passes are checked against central finite differences in float64.
+//
+// Tensor parallelism (next step, DESIGN.md "Parallel layout"): every tensor records its
+// GLOBAL shape and the dimension it is split along under tp (-1 = replicated). The buffer
+// holds only this rank's slice; initial values are drawn for the full tensor from the seed
+// and sliced, so they do not depend on tp.
+#ifndef MM_MODEL_H
+#define MM_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/core.h"
+
+#ifdef MM_F64
+typedef double mm_real;
+#else
+typedef float mm_real;
+#endif
+
+// ---------------------------------------------------------------------------------------
+// Ops table: one per backend, filled by model/ops_cpu.c (and later ops_cuda.cu). All
+// pointers are backend memory; shapes in the comments; row-major throughout.
+typedef struct model_ops {
+    const char *name;
+    // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC) [bias may be NULL]
+    void (*matmul_fwd)(mm_real *out, const mm_real *inp, const mm_real *w, const mm_real *bias,
+                       int N, int IC, int OC);
+    // accumulates: dinp += dout @ w ; dw += dout^T @ inp ; dbias += sum_rows(dout).
+    // dinp, dbias may be NULL.
+    void (*matmul_bwd)(mm_real *dinp, mm_real *dw, mm_real *dbias, const mm_real *dout,
+                       const mm_real *inp, const mm_real *w, int N, int IC, int OC);
+    // out (N, C) = (x - mean) * rstd * g + b ; saves mean, rstd (N)
+    void (*layernorm_fwd)(mm_real *out, mm_real *mean, mm_real *rstd, const mm_real *x,
+                          const mm_real *g, const mm_real *b, int N, int C);
+    // accumulates dx, dg, db
+    void (*layernorm_bwd)(mm_real *dx, mm_real *dg, mm_real *db, const mm_real *dout,
+                          const mm_real *x, const mm_real *g, const mm_real *mean,
+                          const mm_real *rstd, int N, int C);
+    // tanh-approximation GELU, elementwise over n
+    void (*gelu_fwd)(mm_real *out, const mm_real *x, size_t n);
+    void (*gelu_bwd)(mm_real *dx, const mm_real *x, const mm_real *dout, size_t n);  // dx +=
+    // out = a + b (n elements)
+    void (*add)(mm_real *out, const mm_real *a, const mm_real *b, size_t n);
+    // Multi-head attention on packed qkv (B, T, 3, NH, HD) -> out (B, T, NH, HD).
+    // Query i may attend key j iff key_valid[b*T + j] && (j < P || j <= i): the first P
+    // positions form a bidirectional prefix, the rest is causal. att (B, NH, T, T) keeps the
+    // softmax probabilities for the backward pass (0 where masked).
+    void (*attention_fwd)(mm_real *out, mm_real *att, const mm_real *qkv,
+                          const uint8_t *key_valid, int B, int T, int P, int NH, int HD);
+    // accumulates dqkv
+    void (*attention_bwd)(mm_real *dqkv, const mm_real *dout, const mm_real *qkv,
+                          const mm_real *att, int B, int T, int P, int NH, int HD);
+    // Softmax cross-entropy per row: logits (N, V), targets (N) (-1 = ignored).
+    // loss[i] = -log softmax(logits_i)[t_i] (0 when ignored). probs (N, V) saved for backward.
+    void (*xent_fwd)(mm_real *loss, mm_real *probs, const mm_real *logits, const int32_t *targets,
+                     int N, int V);
+    // dlogits (N, V) = (probs - onehot) * dloss[i] (overwrites; 0 rows when ignored)
+    void (*xent_bwd)(mm_real *dlogits, const mm_real *probs, const int32_t *targets,
+                     const mm_real *dloss, int N, int V);
+} model_ops;
+
+extern const model_ops model_ops_cpu;
+
+// ---------------------------------------------------------------------------------------
+// Parameter tensors.
+typedef struct {
+    char name[64];       // e.g. "blocks.3.attn.qkv.w"
+    int ndim;
+    int64_t shape[4];    // GLOBAL shape
+    int split_dim;       // dimension split under tp, -1 when replicated
+    int64_t local[4];    // this rank's shape
+    int64_t start;       // this rank's first index along split_dim
+    size_t offset;       // element offset into model.params / model.grads
+    size_t size;         // local element count
+    int decay;           // 1 when AdamW applies weight decay (matrices), 0 for norms/biases
+    int group;           // parameter group: MODEL_GROUP_*
+} model_tensor;
+
+enum { MODEL_GROUP_TEXT, MODEL_GROUP_IMAGE, MODEL_GROUP_AUDIO, MODEL_GROUP_TRUNK,
+       MODEL_N_GROUPS };
+
+// ---------------------------------------------------------------------------------------
+// Architecture. Sequence layout per sample: [image patches | audio tokens | text tokens];
+// the image and audio tokens form the bidirectional prefix (P = n_img + n_aud), text is
+// causal. A missing modality's tokens are masked out as keys.
+typedef struct {
+    int d_model, n_layers, n_heads, d_ff;
+    int vocab;                        // DATA_VOCAB
+    int text_T;                       // text positions (BOS + text_max)
+    int img_h, img_w, img_c, patch;   // n_img = (img_h/patch) * (img_w/patch)
+    int audio_F, n_mels, audio_group; // n_aud = audio_F / audio_group (frames per token)
+    int tp, tp_rank;                  // tensor parallel size and this rank (1, 0 for now)
+} model_config;
+
+// Model inputs for one micro-batch (host or device memory as the backend requires).
+typedef struct {
+    int B;
+    const mm_real *image;        // (B, img_h, img_w, img_c) in [-1, 1]
+    const uint8_t *has_image;    // (B)
+    const mm_real *audio;        // (B, audio_F, n_mels)
+    const uint8_t *has_audio;    // (B)
+    const int32_t *tokens;       // (B, text_T)
+    const int32_t *targets;      // (B, text_T), -1 = ignored
+} model_input;
+
+typedef struct model model;  // opaque; see model/transformer.c
+
+// Builds the parameter table for cfg, allocates params and grads (one buffer each, owned
+// by the model) and activations for up to max_B samples; draws initial weights from seed.
+// Returns -1 with err filled when cfg is inconsistent (e.g. heads do not divide d_model).
+int model_create(model **out, const model_config *cfg, const model_ops *ops, int max_B,
+                 uint64_t seed, mm_err *err);
+void model_free(model *m);
+
+const model_config *model_cfg(const model *m);
+int model_n_tensors(const model *m);
+const model_tensor *model_tensors(const model *m);
+size_t model_n_params(const model *m);     // local element count of params (and grads)
+mm_real *model_params(model *m);           // (n_params) contiguous
+mm_real *model_grads(model *m);            // (n_params) contiguous
+int model_seq_len(const model *m);         // n_img + n_aud + text_T
+
+// Forward pass. Returns the SUM over the B samples of each sample's mean token loss
+// (samples without a target contribute 0) and stores the count of samples with targets in
+// *n_scored (may be NULL). Keeps activations for model_backward.
+double model_forward(model *m, const model_input *in, int *n_scored);
+// Backward of loss_scale * (that sum): ACCUMULATES into the grads buffer (call
+// model_zero_grad before the first micro-step). Training passes loss_scale = 1/global_batch.
+void model_backward(model *m, const model_input *in, mm_real loss_scale);
+void model_zero_grad(model *m);
+
+// Greedy decoding: for each sample, starts from BOS and appends the argmax token until EOS
+// or text_T - 1 tokens; writes the generated bytes NUL-terminated to out + b * out_stride.
+// Uses in->image/audio/has_*; in->tokens/targets are ignored.
+void model_generate(model *m, const model_input *in, char *out, int out_stride);
+
+// FLOPs of one forward+backward per sample (matmuls and attention), for throughput reports.
+double model_flops_per_sample(const model *m);
+
+#endif  // MM_MODEL_H

@@ -1,0 +1,73 @@
+// ckpt.h: checkpoints as DESIGN.md and train/CHECKPOINT.md describe them.
+//
+//   <out_dir>/ckpt/step_XXXXXXXX/        a committed checkpoint (directory renamed into place)
+//       rank_XXXXX.h5                    this rank's slices: /params, /adam_m, /adam_v groups,
+//                                        one dataset per tensor (float32, local shape) with
+//                                        attributes global_shape, split_dim, start
+//       meta.h5                          attributes: format, version, step, world layout,
+//                                        rng state, loader position, config (YAML text)
+//       COMMITTED                        written by rank 0 after every rank finished
+//   <out_dir>/ckpt/latest                text: the directory name of the newest committed one
+//
+// A checkpoint is written into step_XXXXXXXX.tmp/, fsync'd, committed, then renamed; a
+// directory without COMMITTED (or still named .tmp) is never loaded and is removed by the
+// next save. Loading reads each tensor by global offset, so a checkpoint saved at one tp
+// layout loads at another (resharding).
+#ifndef MM_CKPT_H
+#define MM_CKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../comm/comm.h"
+#include "../core/core.h"
+#include "../data/data.h"
+#include "../model/model.h"
+
+#define CKPT_FORMAT "mmtrain-checkpoint"
+#define CKPT_VERSION 1
+
+typedef struct {
+    int64_t step;      // optimizer steps completed
+    data_pos pos;      // loader position of the next step
+    mm_rng rng;        // the training loop's RNG state
+    int world, tp, dp; // layout it was saved with
+} ckpt_meta;
+
+// What a rank saves or loads: its tensor table and local buffers (n_params floats each).
+// m and v may be NULL when loading weights only.
+typedef struct {
+    const model_tensor *tensors;
+    int n_tensors;
+    size_t n_params;
+    float *params;  // (n_params)
+    float *m;       // (n_params) AdamW first moment
+    float *v;       // (n_params) AdamW second moment
+} ckpt_state;
+
+// Collective over `world`: every rank writes its file, rank 0 writes meta and commits, then
+// updates `latest` and keeps only the newest keep_last committed checkpoints.
+// write_state = 0 on ranks whose state another rank already writes (dp replicas).
+// Returns 0 on every rank, or -1 on every rank (with err) if any rank failed.
+int ckpt_save(comm_group *world, const char *out_dir, const ckpt_meta *meta,
+              const char *config_yaml, const ckpt_state *st, int write_state, int keep_last,
+              mm_err *err);
+
+// Finds <out_dir>/ckpt/latest and checks that it names a committed checkpoint.
+// Returns 1 and the directory in path when found, 0 when there is none yet, -1 on error
+// (e.g. `latest` names something that is not a committed checkpoint).
+int ckpt_find_latest(const char *out_dir, char *path, size_t path_len, mm_err *err);
+
+// Removes leftovers of interrupted saves (*.tmp directories) under <out_dir>/ckpt (rank 0).
+void ckpt_clean_partial(const char *out_dir);
+
+// Reads meta.h5 of a committed checkpoint; *config_yaml gets a malloc'd copy of the saved
+// config (caller frees; may pass NULL to skip).
+int ckpt_load_meta(const char *dir, ckpt_meta *meta, char **config_yaml, mm_err *err);
+
+// Fills st->params (and st->m, st->v when not NULL) for every tensor of st->tensors from the
+// checkpoint, whatever layout it was saved with. A tensor missing from the checkpoint, or with
+// another global shape, is an error naming the tensor.
+int ckpt_load_state(const char *dir, const ckpt_state *st, mm_err *err);
+
+#endif  // MM_CKPT_H

@@ -1,0 +1,85 @@
+// config.h: the run configuration as typed structs. A YAML file (libyaml) plus command-line
+// overrides `section.key=value` are resolved into mm_config; every key, its type, default,
+// range and meaning lives in ONE table in config.c (documented in train/CONFIG.md).
+// Unknown keys, wrong types, out-of-range values, broken YAML and unreadable files are errors
+// that name file:line:column (or the override) and make the entry point exit non-zero.
+#ifndef MM_CONFIG_H
+#define MM_CONFIG_H
+
+#include <stdint.h>
+
+#include "../core/core.h"
+
+#define MM_STR 512
+
+typedef struct {
+    struct {
+        char out_dir[MM_STR];  // run directory: metrics.jsonl, config.yaml, ckpt/, eval/
+        int64_t steps;         // total optimizer steps of the run (a resumed run continues to it)
+        uint64_t seed;         // seeds init, sampler and everything random
+        int log_every;         // progress line + metrics every N steps
+        int threads;           // OpenMP/OpenBLAS threads per rank (0 = all cores / ranks)
+    } run;
+    struct {
+        char train[MM_STR];    // dataset directory (mmdata format)
+        char val[MM_STR];      // validation dataset directory ("" = none)
+        int global_batch;      // samples per optimizer step over all ranks
+        int micro_batch;       // samples per rank per micro-step
+        int prefetch;          // batches decoded ahead by the loader thread
+        int verify;            // verify shard checksums at open (0/1)
+        int n_fft, hop, n_mels;  // audio features
+    } data;
+    struct {
+        char kind[32];         // "transformer" (or "diffusion", later)
+        int d_model, n_layers, n_heads, d_ff;  // d_ff 0 = 4 * d_model
+        int patch;             // image patch size in pixels
+        int audio_group;       // log-mel frames per audio token
+    } model;
+    struct {
+        double lr, min_lr;     // peak and final learning rate (cosine)
+        int64_t warmup;        // linear warmup steps
+        double weight_decay;   // decoupled (AdamW), on matrices only
+        double beta1, beta2, eps;
+        double grad_clip;      // global-norm clip (0 = off)
+    } optim;
+    struct {
+        int every;             // evaluate every N steps (0 = only at the last step)
+        int samples;           // validation samples for val_loss and captions (0 = all)
+        int batch;             // samples per eval forward
+    } eval;
+    struct {
+        int64_t every;         // checkpoint every N steps (0 = none periodic; still at end)
+        int keep_last;         // keep the newest K committed checkpoints
+        char resume[MM_STR];   // "auto", "none" or a checkpoint directory
+        char init_from[MM_STR];// checkpoint to take weights from ("" = none)
+    } checkpoint;
+    struct {
+        int tp;                // tensor-parallel size
+        int zero;              // ZeRO stage (0 or 1)
+        double bucket_mb;      // gradient bucket size in MiB
+    } parallel;
+    char backend[16];          // "cpu" or "cuda"
+} mm_config;
+
+// Fills every field with its default (the table in config.c is the only place they live).
+void mm_config_default(mm_config *c);
+
+// Loads a YAML file over the defaults, then applies overrides ("section.key=value", in order).
+// Returns -1 with err naming file:line:col (or "override 'x=y'") and the reason.
+int mm_config_load(mm_config *c, const char *path, int n_over, char *const *overrides,
+                   mm_err *err);
+
+// Applies one "section.key=value" override. -1 with err on unknown key / bad value.
+int mm_config_set(mm_config *c, const char *assignment, mm_err *err);
+
+// Cross-field checks (e.g. global_batch divisible by micro_batch). -1 with err.
+int mm_config_validate(const mm_config *c, mm_err *err);
+
+// The fully resolved config as YAML text (every key, defaults included), loadable again by
+// mm_config_load. Returns a malloc'd string the caller frees.
+char *mm_config_to_yaml(const mm_config *c);
+
+// Loads config text from memory (e.g. from a checkpoint's metadata). name is used in errors.
+int mm_config_load_string(mm_config *c, const char *text, const char *name, mm_err *err);
+
+#endif  // MM_CONFIG_H
