@@ -7,6 +7,7 @@
 #define MM_CONFIG_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "../core/core.h"
 
@@ -16,6 +17,7 @@ typedef struct {
     struct {
         char out_dir[MM_STR];  // run directory: metrics.jsonl, config.yaml, ckpt/, eval/
         int64_t steps;         // total optimizer steps of the run (a resumed run continues to it)
+        int64_t stop_after;    // stop (with a checkpoint) after this step, 0 = run to `steps`
         uint64_t seed;         // seeds init, sampler and everything random
         int log_every;         // progress line + metrics every N steps
         int threads;           // OpenMP/OpenBLAS threads per rank (0 = all cores / ranks)
@@ -65,7 +67,8 @@ typedef struct {
 void mm_config_default(mm_config *c);
 
 // Loads a YAML file over the defaults, then applies overrides ("section.key=value", in order).
-// Returns -1 with err naming file:line:col (or "override 'x=y'") and the reason.
+// path may be NULL (defaults + overrides). Returns -1 with err naming file:line:col (or
+// "override 'x=y'") and the reason; c is only written on success. Does not validate.
 int mm_config_load(mm_config *c, const char *path, int n_over, char *const *overrides,
                    mm_err *err);
 
@@ -79,7 +82,12 @@ int mm_config_validate(const mm_config *c, mm_err *err);
 // mm_config_load. Returns a malloc'd string the caller frees.
 char *mm_config_to_yaml(const mm_config *c);
 
-// Loads config text from memory (e.g. from a checkpoint's metadata). name is used in errors.
+// Loads config text from memory (e.g. from a checkpoint's metadata) over the defaults.
+// name is used in errors; c is only written on success.
 int mm_config_load_string(mm_config *c, const char *text, const char *name, mm_err *err);
+
+// Writes the Markdown key reference (every key: type, default, range, meaning) generated from
+// the key table; train/CONFIG.md embeds it and a test keeps the two identical.
+void mm_config_doc(FILE *f);
 
 #endif  // MM_CONFIG_H

@@ -1,0 +1,756 @@
+// config.c: the run configuration. Every key lives in ONE static table (name, type, field,
+// default, range, doc) and everything else walks it: defaults, YAML loading, overrides,
+// YAML output and the key reference in train/CONFIG.md. Adding a key is one table line, so
+// the parser, the saved config and the docs cannot disagree.
+//
+// Strictness is the point (DESIGN.md: an unused key is an error, not a warning): a typo in
+// a config must stop the run before it spends hours on the wrong settings, and the message
+// must say where (file:line:col, 1-based) and why in one line.
+#define _POSIX_C_SOURCE 200809L
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <yaml.h>
+
+// ---------------------------------------------------------------------------------------
+// The key table.
+
+typedef enum { K_INT, K_I64, K_U64, K_F64, K_BOOL, K_STR, K_ENUM } key_kind;
+
+typedef struct {
+    const char *name;  // "section.key", or "key" for a top-level scalar
+    key_kind kind;
+    size_t off;          // offsetof(mm_config, field)
+    size_t size;         // sizeof the field (checks the kind; bounds strings)
+    const char *def;     // default, written as a user would write it; parsed like input
+    double lo, hi;       // inclusive range of numbers (integers: exact, all bounds < 2^53)
+    const char *values;  // K_ENUM: allowed values, '|'-separated
+    const char *doc;     // one line for CONFIG.md
+} cfg_key;
+
+#define FIELD(f) offsetof(mm_config, f), sizeof(((mm_config *)0)->f)
+#define KINT(n, f, d, lo, hi, doc) \
+    { n, K_INT, FIELD(f), d, lo, hi, NULL, doc }
+#define KI64(n, f, d, lo, hi, doc) \
+    { n, K_I64, FIELD(f), d, lo, hi, NULL, doc }
+#define KU64(n, f, d, doc) \
+    { n, K_U64, FIELD(f), d, 0, 0, NULL, doc }
+#define KF64(n, f, d, lo, hi, doc) \
+    { n, K_F64, FIELD(f), d, lo, hi, NULL, doc }
+#define KBOOL(n, f, d, doc) \
+    { n, K_BOOL, FIELD(f), d, 0, 1, NULL, doc }
+#define KSTR(n, f, d, doc) \
+    { n, K_STR, FIELD(f), d, 0, 0, NULL, doc }
+#define KENUM(n, f, d, vals, doc) \
+    { n, K_ENUM, FIELD(f), d, 0, 0, vals, doc }
+
+// Grouped by section, in the order to_yaml and the docs print them.
+static const cfg_key keys[] = {
+    KSTR("run.out_dir", run.out_dir, "runs/default",
+         "run directory: metrics.jsonl, config.yaml, ckpt/, eval/"),
+    KI64("run.steps", run.steps, "100", 1, 1e12,
+         "total optimizer steps of the run (a resumed run continues up to it)"),
+    KI64("run.stop_after", run.stop_after, "0", 0, 1e12,
+         "stop (with a checkpoint) after this step, as a preemption would; 0 = run to steps"),
+    KU64("run.seed", run.seed, "1234", "seeds init, sampler and everything random"),
+    KINT("run.log_every", run.log_every, "10", 1, 1e9, "progress line and metrics every N steps"),
+    KINT("run.threads", run.threads, "0", 0, 4096,
+         "OpenMP/OpenBLAS threads per rank (0 = cores / ranks on the node)"),
+
+    KSTR("data.train", data.train, "", "training dataset directory (mmdata format); required"),
+    KSTR("data.val", data.val, "", "validation dataset directory (\"\" = no validation)"),
+    KINT("data.global_batch", data.global_batch, "32", 1, 16777216,
+         "samples per optimizer step over all ranks"),
+    KINT("data.micro_batch", data.micro_batch, "32", 1, 1048576,
+         "samples per rank per micro-step (accumulation = global / (micro * dp))"),
+    KINT("data.prefetch", data.prefetch, "2", 1, 64, "batches decoded ahead by the loader thread"),
+    KBOOL("data.verify", data.verify, "true", "verify shard checksums when opening the dataset"),
+    KINT("data.n_fft", data.n_fft, "256", 8, 65536, "audio STFT window and FFT size (samples)"),
+    KINT("data.hop", data.hop, "128", 1, 65536, "audio STFT hop length (samples)"),
+    KINT("data.n_mels", data.n_mels, "32", 1, 1024, "mel bands of the audio features"),
+
+    KENUM("model.kind", model.kind, "transformer", "transformer|diffusion",
+          "architecture (diffusion: not implemented yet)"),
+    KINT("model.d_model", model.d_model, "128", 1, 65536, "residual stream width"),
+    KINT("model.n_layers", model.n_layers, "4", 1, 1024, "transformer blocks"),
+    KINT("model.n_heads", model.n_heads, "4", 1, 1024,
+         "attention heads (must divide d_model; tp must divide it)"),
+    KINT("model.d_ff", model.d_ff, "0", 0, 1048576, "MLP hidden width (0 = 4 * d_model)"),
+    KINT("model.patch", model.patch, "8", 1, 4096, "image patch size in pixels"),
+    KINT("model.audio_group", model.audio_group, "2", 1, 4096, "log-mel frames per audio token"),
+
+    KF64("optim.lr", optim.lr, "1e-3", 0, 10, "peak learning rate (after warmup)"),
+    KF64("optim.min_lr", optim.min_lr, "1e-4", 0, 10,
+         "final learning rate of the cosine decay (<= lr)"),
+    KI64("optim.warmup", optim.warmup, "50", 0, 1e12, "linear warmup steps"),
+    KF64("optim.weight_decay", optim.weight_decay, "0.1", 0, 10,
+         "decoupled (AdamW) weight decay, matrices only"),
+    KF64("optim.beta1", optim.beta1, "0.9", 0, 1, "AdamW first-moment decay (< 1)"),
+    KF64("optim.beta2", optim.beta2, "0.95", 0, 1, "AdamW second-moment decay (< 1)"),
+    KF64("optim.eps", optim.eps, "1e-8", 0, 1, "AdamW denominator epsilon"),
+    KF64("optim.grad_clip", optim.grad_clip, "1.0", 0, 1e9, "global gradient-norm clip (0 = off)"),
+
+    KINT("eval.every", eval.every, "0", 0, 1000000000,
+         "evaluate every N steps (0 = only at the last step)"),
+    KINT("eval.samples", eval.samples, "256", 0, 1000000000,
+         "validation samples for val_loss and captions (0 = all)"),
+    KINT("eval.batch", eval.batch, "64", 1, 1048576, "samples per evaluation forward pass"),
+
+    KI64("checkpoint.every", checkpoint.every, "0", 0, 1e12,
+         "checkpoint every N steps (0 = only at the end of the run)"),
+    KINT("checkpoint.keep_last", checkpoint.keep_last, "3", 1, 1000000,
+         "committed checkpoints kept (oldest deleted first)"),
+    KSTR("checkpoint.resume", checkpoint.resume, "auto",
+         "auto (continue from <out_dir>/ckpt/latest if any), none, or a checkpoint directory"),
+    KSTR("checkpoint.init_from", checkpoint.init_from, "",
+         "checkpoint directory to take weights from when starting fresh (\"\" = none)"),
+
+    KINT("parallel.tp", parallel.tp, "1", 1, 4096,
+         "tensor-parallel size (divides world size and n_heads)"),
+    KINT("parallel.zero", parallel.zero, "0", 0, 1, "ZeRO stage: 0 or 1 (optimizer state sharded)"),
+    KF64("parallel.bucket_mb", parallel.bucket_mb, "25", 0.001, 65536,
+         "gradient allreduce bucket size in MiB"),
+
+    KENUM("backend", backend, "cpu", "cpu|cuda", "compute backend"),
+};
+
+#define N_KEYS (sizeof(keys) / sizeof(keys[0]))
+
+// ---------------------------------------------------------------------------------------
+// Small helpers.
+
+// Length of the section part of a name ("run.steps" -> 3), 0 for a top-level key.
+static size_t section_len(const char *name) {
+    const char *dot = strchr(name, '.');
+    return dot ? (size_t)(dot - name) : 0;
+}
+
+static const cfg_key *find_key(const char *name, size_t n) {
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (strlen(keys[i].name) == n && memcmp(keys[i].name, name, n) == 0) return &keys[i];
+    return NULL;
+}
+
+static int is_section(const char *s, size_t n) {
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (section_len(keys[i].name) == n && n > 0 && memcmp(keys[i].name, s, n) == 0) return 1;
+    return 0;
+}
+
+// Edit distance, capped strings (names are short); used only to suggest a known key.
+static int edit_distance(const char *a, size_t na, const char *b, size_t nb) {
+    enum { CAP = 64 };
+    if (na > CAP || nb > CAP) return 1000;
+    int row[CAP + 1];
+    for (size_t j = 0; j <= nb; j++) row[j] = (int)j;
+    for (size_t i = 1; i <= na; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= nb; j++) {
+            int up = row[j];
+            int best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[nb];
+}
+
+// Writes " (did you mean 'x'?)" into out when a known key (or section, when sections is set)
+// is close to name; "" otherwise. A bare key also matches the key part of dotted names, so
+// `steps: 10` at the top level suggests run.steps.
+static void suggest(const char *name, size_t n, int sections, char *out, size_t cap) {
+    const char *best = NULL;
+    size_t best_len = 0;
+    int best_d = 1000;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const char *cand = keys[i].name;
+        size_t cl = sections ? section_len(cand) : strlen(cand);
+        if (sections && cl == 0) continue;
+        int d = edit_distance(name, n, cand, cl);
+        // `optimizer` for `optim`: a prefix of three or more letters is a good guess too
+        size_t m = n < cl ? n : cl;
+        if (m >= 3 && memcmp(name, cand, m) == 0 && d > 1) d = 1;
+        size_t sl = section_len(cand);
+        if (!sections && sl > 0) {
+            const char *tail = cand + sl + 1;
+            int d2 = edit_distance(name, n, tail, strlen(tail));
+            if (d2 < d) d = d2;
+        }
+        if (d < best_d) best_d = d, best = cand, best_len = cl;
+    }
+    int limit = n < 6 ? 1 : (n < 12 ? 2 : 3);
+    if (best && best_d <= limit)
+        snprintf(out, cap, " (did you mean '%.*s'?)", (int)best_len, best);
+    else if (cap)
+        out[0] = '\0';
+}
+
+// Fills why with a formatted reason and returns -1 (mm_fail for a bare char buffer).
+static int why_fail(char *why, size_t why_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int why_fail(char *why, size_t why_len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, why_len, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+// Quotes a value for a message: at most 60 bytes, control bytes shown as '?'.
+static void show_value(const char *s, size_t n, char *out, size_t cap) {
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 4 < cap; i++) {
+        if (i == 60) {
+            memcpy(out + k, "...", 3);
+            k += 3;
+            break;
+        }
+        unsigned char ch = (unsigned char)s[i];
+        out[k++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+    }
+    out[k] = '\0';
+}
+
+static int utf8_valid(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (len == 0 || i + len > n) return 0;
+        for (size_t j = 1; j < len; j++)
+            if ((s[i + j] & 0xc0) != 0x80) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+// Parses text as the key's type, checks its range and stores it into c. On failure c is
+// untouched and why gets the reason (without location; the caller adds it). is_null marks a
+// YAML null (`key:`, `~`, `null`), which a string key takes as "".
+static int set_key(mm_config *c, const cfg_key *k, const char *text, size_t n, int is_null,
+                   char *why, size_t why_len) {
+    char shown[80];
+    show_value(text, n, shown, sizeof(shown));
+    char *field = (char *)c + k->off;
+    if (k->kind == K_STR) {
+        if (is_null) n = 0;
+        if (memchr(text, '\0', n)) return why_fail(why, why_len, "NUL byte in value");
+        for (size_t i = 0; i < n; i++) {
+            unsigned char ch = (unsigned char)text[i];
+            if (ch < 0x20 || ch == 0x7f)
+                return why_fail(why, why_len, "control character in '%s'", shown);
+        }
+        if (!utf8_valid((const unsigned char *)text, n))
+            return why_fail(why, why_len, "'%s' is not valid UTF-8", shown);
+        if (n >= k->size)
+            return why_fail(why, why_len, "value is %zu bytes, at most %zu allowed", n,
+                            k->size - 1);
+        memset(field, 0, k->size);  // zero tail: resolved configs compare with memcmp
+        memcpy(field, text, n);
+        return 0;
+    }
+    if (k->kind == K_ENUM) {
+        const char *v = k->values;
+        while (*v) {
+            size_t vl = strcspn(v, "|");
+            if (vl == n && memcmp(v, text, n) == 0) {
+                memset(field, 0, k->size);
+                memcpy(field, text, n);
+                return 0;
+            }
+            v += vl + (v[vl] == '|');
+        }
+        return why_fail(why, why_len, "expected one of %s, got '%s'", k->values, shown);
+    }
+    // Numbers and bools: a NUL-terminated copy; anything longer than 63 bytes is not one.
+    char buf[64];
+    int fits = n < sizeof(buf) && !memchr(text, '\0', n);
+    if (fits) {
+        memcpy(buf, text, n);
+        buf[n] = '\0';
+    } else {
+        buf[0] = '\0';
+    }
+    // strto* skip leading blanks; a value must be the number and nothing else.
+    int blank = n > 0 && (text[0] == ' ' || text[0] == '\t');
+    if (k->kind == K_BOOL) {
+        static const char *const yes[] = {"true", "yes", "1"}, *const no[] = {"false", "no", "0"};
+        int val = -1;
+        for (int i = 0; fits && i < 3; i++) {
+            if (strcasecmp(buf, yes[i]) == 0) val = 1;
+            if (strcasecmp(buf, no[i]) == 0) val = 0;
+        }
+        if (val < 0) return why_fail(why, why_len, "expected true or false, got '%s'", shown);
+        *(int *)field = val;
+        return 0;
+    }
+    if (k->kind == K_F64) {
+        char *end = NULL;
+        errno = 0;
+        double d = fits && n > 0 && !blank ? strtod(buf, &end) : 0;
+        // ERANGE with a nonzero finite result is a subnormal: exact enough, keep it
+        if (!fits || n == 0 || blank || *end != '\0' || (errno == ERANGE && d == 0) ||
+            !isfinite(d) || strchr(buf, 'x') || strchr(buf, 'X'))
+            return why_fail(why, why_len, "expected a number, got '%s'", shown);
+        if (d < k->lo || d > k->hi)
+            return why_fail(why, why_len, "must be in [%g, %g], got %s", k->lo, k->hi, shown);
+        *(double *)field = d;
+        return 0;
+    }
+    if (k->kind == K_U64) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long u = 0;
+        int ok = fits && n > 0 && !blank && buf[0] != '-' && buf[0] != '+';
+        if (ok) u = strtoull(buf, &end, 10);
+        if (!ok || *end != '\0' || errno == ERANGE)
+            return why_fail(why, why_len, "expected a non-negative integer below 2^64, got '%s'",
+                            shown);
+        *(uint64_t *)field = (uint64_t)u;
+        return 0;
+    }
+    // K_INT, K_I64
+    char *end = NULL;
+    errno = 0;
+    long long v = 0;
+    int ok = fits && n > 0 && !blank;
+    if (ok) v = strtoll(buf, &end, 10);
+    if (!ok || *end != '\0' || errno == ERANGE)
+        return why_fail(why, why_len, "expected an integer, got '%s'", shown);
+    if (v < (long long)k->lo || v > (long long)k->hi)
+        return why_fail(why, why_len, "must be in [%.0f, %.0f], got %lld", k->lo, k->hi, v);
+    if (k->kind == K_INT)
+        *(int *)field = (int)v;
+    else
+        *(int64_t *)field = (int64_t)v;
+    return 0;
+}
+
+// The table's kinds must match the struct's field sizes; a mismatch is a bug in this file.
+static void check_table(void) {
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const cfg_key *k = &keys[i];
+        size_t want = k->kind == K_INT || k->kind == K_BOOL ? sizeof(int)
+                      : k->kind == K_I64                    ? sizeof(int64_t)
+                      : k->kind == K_U64                    ? sizeof(uint64_t)
+                      : k->kind == K_F64                    ? sizeof(double)
+                                                            : 0;
+        MM_CHECK(want == 0 || k->size == want, "config key %s: kind does not match its field",
+                 k->name);
+    }
+}
+
+void mm_config_default(mm_config *c) {
+    check_table();
+    memset(c, 0, sizeof(*c));  // padding and string tails zero: configs compare with memcmp
+    for (size_t i = 0; i < N_KEYS; i++) {
+        char why[256];
+        int rc = set_key(c, &keys[i], keys[i].def, strlen(keys[i].def), 0, why, sizeof(why));
+        MM_CHECK(rc == 0, "default of config key %s is invalid: %s", keys[i].name, why);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// YAML.
+
+static int node_is_null(const yaml_node_t *n) {
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return 0;
+    const char *s = (const char *)n->data.scalar.value;
+    size_t len = n->data.scalar.length;
+    return len == 0 || (len == 1 && s[0] == '~') || (len == 4 && strcmp(s, "null") == 0) ||
+           (len == 4 && strcmp(s, "Null") == 0) || (len == 4 && strcmp(s, "NULL") == 0);
+}
+
+static const char *node_kind(const yaml_node_t *n) {
+    return n->type == YAML_MAPPING_NODE    ? "a mapping"
+           : n->type == YAML_SEQUENCE_NODE ? "a sequence"
+                                           : "a scalar";
+}
+
+// 1-based line and column of a node, for messages.
+#define MARK(n) (int)(n)->start_mark.line + 1, (int)(n)->start_mark.column + 1
+
+// Sets one key from a YAML value node; seen/first_line detect duplicates.
+static int load_pair(mm_config *c, const char *name, const cfg_key *k, yaml_node_t *key_node,
+                     yaml_node_t *val, int *first_line, mm_err *err) {
+    size_t i = (size_t)(k - keys);
+    if (first_line[i])
+        return mm_fail(err, "%s:%d:%d: duplicate key '%s' (first set at line %d)", name,
+                       MARK(key_node), k->name, first_line[i]);
+    first_line[i] = (int)key_node->start_mark.line + 1;
+    if (val->type != YAML_SCALAR_NODE)
+        return mm_fail(err, "%s:%d:%d: %s: expected a scalar value, got %s", name, MARK(val),
+                       k->name, node_kind(val));
+    char why[512];
+    if (set_key(c, k, (const char *)val->data.scalar.value, val->data.scalar.length,
+                node_is_null(val), why, sizeof(why)) != 0)
+        return mm_fail(err, "%s:%d:%d: %s: %s", name, MARK(val), k->name, why);
+    return 0;
+}
+
+// Walks the document's root mapping into c.
+static int load_document(mm_config *c, yaml_document_t *doc, const char *name, mm_err *err) {
+    yaml_node_t *root = yaml_document_get_root_node(doc);
+    if (!root || node_is_null(root)) return 0;  // empty file: all defaults
+    if (root->type != YAML_MAPPING_NODE)
+        return mm_fail(err, "%s:%d:%d: expected a mapping of sections (run:, data:, ...), got %s",
+                       name, MARK(root), node_kind(root));
+    int first_line[N_KEYS] = {0};
+    // Section names seen so far and where: a section given twice is a duplicate key too.
+    const char *sec_name[N_KEYS];
+    size_t sec_len[N_KEYS];
+    int sec_line[N_KEYS], n_sec = 0;
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *kn = yaml_document_get_node(doc, p->key);
+        yaml_node_t *vn = yaml_document_get_node(doc, p->value);
+        if (kn->type != YAML_SCALAR_NODE)
+            return mm_fail(err, "%s:%d:%d: expected a section name, got %s", name, MARK(kn),
+                           node_kind(kn));
+        const char *ks = (const char *)kn->data.scalar.value;
+        size_t kl = kn->data.scalar.length;
+        char shown[80], hint[96];
+        show_value(ks, kl, shown, sizeof(shown));
+        const cfg_key *top = memchr(ks, '.', kl) ? NULL : find_key(ks, kl);
+        if (top) {  // a top-level scalar such as backend
+            if (load_pair(c, name, top, kn, vn, first_line, err)) return -1;
+            continue;
+        }
+        if (memchr(ks, '.', kl) && find_key(ks, kl))
+            return mm_fail(err,
+                           "%s:%d:%d: '%s' must be written as a key under its section "
+                           "(%.*s:, then the key indented)",
+                           name, MARK(kn), shown, (int)section_len(ks), ks);
+        if (!is_section(ks, kl)) {
+            suggest(ks, kl, 0, hint, sizeof(hint));
+            if (!hint[0]) suggest(ks, kl, 1, hint, sizeof(hint));
+            return mm_fail(err, "%s:%d:%d: unknown section or key '%s'%s", name, MARK(kn), shown,
+                           hint);
+        }
+        for (int s = 0; s < n_sec; s++)
+            if (sec_len[s] == kl && memcmp(sec_name[s], ks, kl) == 0)
+                return mm_fail(err, "%s:%d:%d: duplicate section '%s' (first at line %d)", name,
+                               MARK(kn), shown, sec_line[s]);
+        sec_name[n_sec] = ks, sec_len[n_sec] = kl, sec_line[n_sec] = (int)kn->start_mark.line + 1;
+        n_sec++;
+        if (node_is_null(vn)) continue;  // `eval:` with nothing under it
+        if (vn->type != YAML_MAPPING_NODE)
+            return mm_fail(err, "%s:%d:%d: section '%s' must be a mapping of keys, got %s", name,
+                           MARK(vn), shown, node_kind(vn));
+        for (yaml_node_pair_t *q = vn->data.mapping.pairs.start; q < vn->data.mapping.pairs.top;
+             q++) {
+            yaml_node_t *k2 = yaml_document_get_node(doc, q->key);
+            yaml_node_t *v2 = yaml_document_get_node(doc, q->value);
+            if (k2->type != YAML_SCALAR_NODE)
+                return mm_fail(err, "%s:%d:%d: expected a key name in section '%s', got %s", name,
+                               MARK(k2), shown, node_kind(k2));
+            char full[256];
+            int fl = snprintf(full, sizeof(full), "%.*s.%.*s", (int)kl, ks,
+                              (int)k2->data.scalar.length, (const char *)k2->data.scalar.value);
+            const cfg_key *k =
+                fl > 0 && (size_t)fl < sizeof(full) ? find_key(full, (size_t)fl) : NULL;
+            if (!k) {
+                char fshown[80];
+                size_t flen = (size_t)fl < sizeof(full) ? (size_t)fl : sizeof(full) - 1;
+                show_value(full, flen, fshown, sizeof(fshown));
+                suggest(full, flen, 0, hint, sizeof(hint));
+                return mm_fail(err, "%s:%d:%d: unknown key '%s'%s", name, MARK(k2), fshown, hint);
+            }
+            if (load_pair(c, name, k, k2, v2, first_line, err)) return -1;
+        }
+    }
+    return 0;
+}
+
+// 1-based line:col of a byte offset (libyaml's reader errors carry only the offset).
+static void offset_mark(const char *text, size_t off, int *line, int *col) {
+    *line = 1, *col = 1;
+    for (size_t i = 0; i < off && text[i]; i++) {
+        if (text[i] == '\n')
+            (*line)++, *col = 1;
+        else
+            (*col)++;
+    }
+}
+
+static int parse_text(mm_config *c, const char *text, size_t len, const char *name, mm_err *err) {
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    int rc = 0, have_doc = 0;
+    MM_CHECK(yaml_parser_initialize(&parser), "yaml_parser_initialize failed (out of memory)");
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&parser, &doc)) goto yaml_error;
+    have_doc = 1;
+    rc = load_document(c, &doc, name, err);
+    if (rc == 0) {  // a second document would be silently ignored: refuse it
+        yaml_document_t extra;
+        if (!yaml_parser_load(&parser, &extra)) goto yaml_error;
+        yaml_node_t *r = yaml_document_get_root_node(&extra);
+        if (r)
+            rc = mm_fail(err, "%s:%d:%d: a second YAML document; the config is one document", name,
+                         MARK(r));
+        yaml_document_delete(&extra);
+    }
+    goto done;
+yaml_error:;
+    int line, col;
+    const char *problem = parser.problem ? parser.problem : "invalid YAML";
+    if (parser.error == YAML_READER_ERROR) {
+        offset_mark(text, parser.problem_offset, &line, &col);
+    } else {
+        line = (int)parser.problem_mark.line + 1;
+        col = (int)parser.problem_mark.column + 1;
+    }
+    if (parser.context)
+        rc = mm_fail(err, "%s:%d:%d: %s (%s started at line %d)", name, line, col, problem,
+                     parser.context, (int)parser.context_mark.line + 1);
+    else
+        rc = mm_fail(err, "%s:%d:%d: %s", name, line, col, problem);
+done:
+    if (have_doc) yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    return rc;
+}
+
+int mm_config_load_string(mm_config *c, const char *text, const char *name, mm_err *err) {
+    mm_config tmp;
+    mm_config_default(&tmp);
+    if (parse_text(&tmp, text, strlen(text), name, err)) return -1;
+    *c = tmp;
+    return 0;
+}
+
+int mm_config_set(mm_config *c, const char *assignment, mm_err *err) {
+    char shown[160];
+    show_value(assignment, strlen(assignment), shown, sizeof(shown));
+    const char *eq = strchr(assignment, '=');
+    if (!eq) return mm_fail(err, "override '%s': expected section.key=value", shown);
+    size_t kl = (size_t)(eq - assignment);
+    const cfg_key *k = find_key(assignment, kl);
+    if (!k) {
+        char hint[96];
+        suggest(assignment, kl, 0, hint, sizeof(hint));
+        return mm_fail(err, "override '%s': unknown key '%.*s'%s", shown, (int)kl, assignment,
+                       hint);
+    }
+    char why[512];
+    const char *v = eq + 1;
+    if (set_key(c, k, v, strlen(v), 0, why, sizeof(why)))
+        return mm_fail(err, "override '%s': %s", shown, why);
+    return 0;
+}
+
+int mm_config_load(mm_config *c, const char *path, int n_over, char *const *overrides,
+                   mm_err *err) {
+    mm_config tmp;
+    mm_config_default(&tmp);
+    if (path) {
+        struct stat sb;
+        if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+            return mm_fail(err, "%s: cannot open: Is a directory", path);
+        char *text = NULL;
+        size_t n = 0;
+        if (mm_read_file(path, &text, &n, err)) return -1;
+        int rc = parse_text(&tmp, text, n, path, err);
+        free(text);
+        if (rc) return -1;
+    }
+    for (int i = 0; i < n_over; i++)
+        if (mm_config_set(&tmp, overrides[i], err)) return -1;
+    *c = tmp;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Cross-field rules: what no single key's range can express.
+
+int mm_config_validate(const mm_config *c, mm_err *err) {
+    if (!c->run.out_dir[0]) return mm_fail(err, "config: run.out_dir must not be empty");
+    if (c->run.stop_after > c->run.steps)
+        return mm_fail(err, "config: run.stop_after (%lld) must not exceed run.steps (%lld)",
+                       (long long)c->run.stop_after, (long long)c->run.steps);
+    if (!c->data.train[0])
+        return mm_fail(err, "config: data.train is required (a dataset directory made by mmdata)");
+    if (c->data.micro_batch > c->data.global_batch)
+        return mm_fail(err, "config: data.micro_batch (%d) must not exceed data.global_batch (%d)",
+                       c->data.micro_batch, c->data.global_batch);
+    if (c->data.global_batch % c->data.micro_batch)
+        return mm_fail(err,
+                       "config: data.global_batch (%d) must be a multiple of "
+                       "data.micro_batch (%d)",
+                       c->data.global_batch, c->data.micro_batch);
+    if (c->data.hop > c->data.n_fft)
+        return mm_fail(err, "config: data.hop (%d) must not exceed data.n_fft (%d)", c->data.hop,
+                       c->data.n_fft);
+    if (c->data.n_mels > c->data.n_fft / 2 + 1)
+        return mm_fail(err, "config: data.n_mels (%d) must not exceed data.n_fft / 2 + 1 (%d)",
+                       c->data.n_mels, c->data.n_fft / 2 + 1);
+    if (strcmp(c->model.kind, "diffusion") == 0)
+        return mm_fail(err,
+                       "config: model.kind 'diffusion' is not implemented yet "
+                       "(use transformer)");
+    if (c->model.d_model % c->model.n_heads)
+        return mm_fail(err, "config: model.d_model (%d) must be a multiple of model.n_heads (%d)",
+                       c->model.d_model, c->model.n_heads);
+    if (c->model.n_heads % c->parallel.tp)
+        return mm_fail(err, "config: parallel.tp (%d) must divide model.n_heads (%d)",
+                       c->parallel.tp, c->model.n_heads);
+    long long d_ff = c->model.d_ff ? c->model.d_ff : 4LL * c->model.d_model;
+    if (d_ff % c->parallel.tp)
+        return mm_fail(err,
+                       "config: parallel.tp (%d) must divide the MLP width (model.d_ff = "
+                       "%lld)",
+                       c->parallel.tp, d_ff);
+    if (c->optim.min_lr > c->optim.lr)
+        return mm_fail(err, "config: optim.min_lr (%g) must not exceed optim.lr (%g)",
+                       c->optim.min_lr, c->optim.lr);
+    if (c->optim.beta1 >= 1 || c->optim.beta2 >= 1)
+        return mm_fail(err,
+                       "config: optim.beta1 (%g) and optim.beta2 (%g) must be < 1 "
+                       "(Adam's bias correction divides by 1 - beta^t)",
+                       c->optim.beta1, c->optim.beta2);
+    if (!c->checkpoint.resume[0])
+        return mm_fail(err,
+                       "config: checkpoint.resume must be auto, none or a checkpoint "
+                       "directory, got ''");
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Output: YAML and docs.
+
+// Shortest %g form that reads back as exactly d.
+static void fmt_double(double d, char *out, size_t cap) {
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(out, cap, "%.*g", prec, d);
+        if (strtod(out, NULL) == d) return;
+    }
+}
+
+static void print_value(FILE *f, const mm_config *c, const cfg_key *k) {
+    const char *field = (const char *)c + k->off;
+    char num[64];
+    switch (k->kind) {
+        case K_INT:
+            fprintf(f, "%d", *(const int *)field);
+            break;
+        case K_I64:
+            fprintf(f, "%" PRId64, *(const int64_t *)field);
+            break;
+        case K_U64:
+            fprintf(f, "%" PRIu64, *(const uint64_t *)field);
+            break;
+        case K_F64:
+            fmt_double(*(const double *)field, num, sizeof(num));
+            fputs(num, f);
+            break;
+        case K_BOOL:
+            fputs(*(const int *)field ? "true" : "false", f);
+            break;
+        case K_ENUM:
+            fputs(field, f);
+            break;
+        case K_STR:  // double-quoted: only '"' and '\' need escaping (control bytes are refused)
+            fputc('"', f);
+            for (const char *s = field; *s; s++) {
+                if (*s == '"' || *s == '\\') fputc('\\', f);
+                fputc(*s, f);
+            }
+            fputc('"', f);
+            break;
+    }
+}
+
+char *mm_config_to_yaml(const mm_config *c) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    MM_CHECK(f, "open_memstream failed (out of memory)");
+    fputs("# mmtrain configuration, fully resolved (every key; see train/CONFIG.md)\n", f);
+    size_t cur_len = 0;
+    const char *cur = NULL;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const cfg_key *k = &keys[i];
+        size_t sl = section_len(k->name);
+        if (sl && (!cur || sl != cur_len || memcmp(cur, k->name, sl) != 0)) {
+            fprintf(f, "%.*s:\n", (int)sl, k->name);
+            cur = k->name, cur_len = sl;
+        }
+        if (!sl) cur = NULL;
+        fprintf(f, "%s%s: ", sl ? "  " : "", sl ? k->name + sl + 1 : k->name);
+        print_value(f, c, k);
+        fputc('\n', f);
+    }
+    MM_CHECK(fclose(f) == 0, "writing the config YAML failed (out of memory)");
+    return buf;
+}
+
+// Markdown-escapes '|' so a value list does not split a table cell.
+static void md_cell(FILE *f, const char *s) {
+    for (; *s; s++) {
+        if (*s == '|') fputc('\\', f);
+        fputc(*s, f);
+    }
+}
+
+void mm_config_doc(FILE *f) {
+    static const char *const kind_name[] = {"int",  "int64",  "uint64", "float",
+                                            "bool", "string", "enum"};
+    size_t cur_len = (size_t)-1;
+    const char *cur = NULL;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const cfg_key *k = &keys[i];
+        size_t sl = section_len(k->name);
+        if (!cur || sl != cur_len || memcmp(cur, k->name, sl) != 0) {
+            if (sl)
+                fprintf(f, "\n### %.*s\n\n", (int)sl, k->name);
+            else
+                fprintf(f, "\n### top level\n\n");
+            fputs("| key | type | default | range | meaning |\n", f);
+            fputs("|---|---|---|---|---|\n", f);
+            cur = k->name, cur_len = sl;
+        }
+        fprintf(f, "| `%s` | %s | ", k->name, kind_name[k->kind]);
+        if (k->kind == K_STR)
+            fprintf(f, "`\"%s\"`", k->def);
+        else
+            fprintf(f, "`%s`", k->def);
+        fputs(" | ", f);
+        switch (k->kind) {
+            case K_INT:
+            case K_I64:
+                fprintf(f, "%.0f .. %.0f", k->lo, k->hi);
+                break;
+            case K_F64:
+                fprintf(f, "%g .. %g", k->lo, k->hi);
+                break;
+            case K_U64:
+                fputs("0 .. 2^64-1", f);
+                break;
+            case K_BOOL:
+                fputs("true, false", f);
+                break;
+            case K_ENUM:
+                md_cell(f, k->values);
+                break;
+            case K_STR:
+                fprintf(f, "up to %zu bytes", k->size - 1);
+                break;
+        }
+        fputs(" | ", f);
+        md_cell(f, k->doc);
+        fputs(" |\n", f);
+    }
+}
