@@ -53,6 +53,12 @@ int ckpt_save(comm_group *world, const char *out_dir, const ckpt_meta *meta,
               const char *config_yaml, const ckpt_state *st, int write_state, int keep_last,
               mm_err *err);
 
+// The per-rank part of ckpt_save: writes <dir>/rank_<world_rank>.h5 (%05d) with st's
+// tensors (groups for m and v only when they are not NULL) and fsyncs it. Not collective and
+// commits nothing; exposed for tests and tools that assemble a checkpoint (e.g. a second
+// tp slice written by a single process). -1 with err naming the file and tensor.
+int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, mm_err *err);
+
 // Finds <out_dir>/ckpt/latest and checks that it names a committed checkpoint.
 // Returns 1 and the directory in path when found, 0 when there is none yet, -1 on error
 // (e.g. `latest` names something that is not a committed checkpoint).
