@@ -92,7 +92,9 @@ void data_batch_alloc(data_batch *b, int cap, const data_schema *s, const data_a
 void data_batch_free(data_batch *b);
 
 // Audio featurizer: holds the FFTW plan and mel filterbank. Create in the main thread (FFTW
-// planning is not thread-safe); each thread that decodes needs its own featurizer.
+// planning is not thread-safe); each thread that decodes needs its own featurizer. Settings
+// that data_loader_open would refuse (n_fft < 4 or > audio_len, hop < 1, n_mels outside
+// 1..n_fft/2+1) abort here. Features and their fixed normalization: data/FORMAT.md.
 typedef struct data_featurizer data_featurizer;
 data_featurizer *data_featurizer_new(const data_schema *s, const data_audio_cfg *a);
 void data_featurizer_free(data_featurizer *f);
@@ -126,7 +128,7 @@ typedef struct {
     int global_batch;     // samples per optimizer step over all ranks
     int micro_batch;      // samples per rank per micro-step
     int dp_rank, dp_size; // this rank's data-parallel coordinates
-    int depth;            // batches prefetched ahead (>= 1)
+    int depth;            // batches prefetched ahead (>= 1), besides the one the caller holds
     int verify;           // verify shard checksums at open
     data_pos start;       // where to start (from a checkpoint, or {0, 0})
     data_audio_cfg audio;

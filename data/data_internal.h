@@ -1,0 +1,67 @@
+// data_internal.h: what the data module's own files (and its unit tests) share but the rest
+// of mmtrain should not depend on: argument checks that several entry points repeat, the
+// UTF-8 rule of format v1, and the synthetic set's vocabulary and caption templates (the
+// tests need them to prove that every phrasing scores 100% against itself).
+#ifndef MM_DATA_INTERNAL_H
+#define MM_DATA_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data.h"
+
+// Checks that the audio settings make sense for the schema (4 <= n_fft <= audio_len,
+// hop >= 1, 1 <= n_mels <= n_fft / 2 + 1). Returns 0, or -1 with err naming the bad setting.
+int data_audio_check(const data_schema *s, const data_audio_cfg *a, mm_err *err);
+
+// The (frames, mel bands) a featurizer produces per clip, so readers can check that a batch
+// was allocated for the same audio settings.
+void data_featurizer_dims(const data_featurizer *f, int *frames, int *n_mels);
+
+// Strict UTF-8 (no overlong forms, no surrogates, <= U+10FFFF) and no NUL byte, which would
+// end the caption early in data_batch.text. Returns -1 when s[0..n) is valid, otherwise the
+// offset of the first bad byte.
+long data_utf8_bad_at(const uint8_t *s, size_t n);
+
+// ---------------------------------------------------------------------------------------
+// index.json (FORMAT.md): the schema and the list of shards with their checksums.
+typedef struct {
+    char file[64];   // shard file name inside the dataset directory (no '/')
+    uint64_t n;      // samples in the shard (> 0)
+    uint64_t first;  // global index of its first sample = sum of the counts before it
+    uint32_t crc32;  // zlib crc32 of the whole shard file
+} data_shard_info;
+
+typedef struct {
+    data_schema schema;  // schema.n_samples = sum of the shard counts
+    int n_shards;
+    data_shard_info *shards;  // (n_shards) malloc'd, owned by the index
+} data_index;
+
+// Checks a schema's ranges (what a writer accepts and a reader trusts). where names the
+// source in the error (a file). Returns 0 or -1 with err.
+int data_schema_check(const data_schema *s, const char *where, mm_err *err);
+// Writes dir/index.json atomically (mm_write_file_atomic). Returns 0 or -1 with err.
+int data_index_write(const char *dir, const data_index *ix, mm_err *err);
+// Parses and checks dir/index.json (libyaml; JSON is YAML flow syntax): every key present,
+// no unknown or repeated key, right types and ranges, consistent counts. On success the
+// caller owns ix->shards (data_index_free). On failure ix holds nothing to free.
+int data_index_read(const char *dir, data_index *ix, mm_err *err);
+void data_index_free(data_index *ix);
+
+// ---------------------------------------------------------------------------------------
+// Synthetic set vocabulary. Attribute a has data_synth_vocab_n[a] words; a sample is the
+// tuple attr[a] in [0, data_synth_vocab_n[a]).
+enum { DATA_SYNTH_N_PHRASINGS = 5, DATA_SYNTH_MAX_WORDS = 6 };
+extern const int data_synth_vocab_n[DATA_N_ATTR];
+extern const char *const data_synth_vocab[DATA_N_ATTR][DATA_SYNTH_MAX_WORDS];
+
+// Writes the caption of attributes attr in phrasing p (0 <= p < DATA_SYNTH_N_PHRASINGS) into
+// out (NUL-terminated, truncated to cap - 1 bytes). Returns the caption length.
+int data_synth_caption(char *out, size_t cap, const int attr[DATA_N_ATTR], int p);
+
+// Finds attribute words in text (whole words, ASCII case-insensitive). For each attribute,
+// count[a] = how many words of its vocabulary occur and word[a] = the last one (-1 if none).
+void data_synth_parse(const char *text, int count[DATA_N_ATTR], int word[DATA_N_ATTR]);
+
+#endif  // MM_DATA_INTERNAL_H

@@ -1,0 +1,281 @@
+// synth.c: a paired image/audio/text set that a tiny model can learn in minutes on a laptop,
+// so the demo shows learning and the tests have data without any download. Each sample is a
+// tuple of four attributes (colour, shape, size, position); the image draws it, the audio
+// encodes it, and the caption says it in one of several phrasings. Image alone and audio
+// alone each determine all four attributes, so a model can caption from either modality.
+//
+//   image (default 32x32x3): dark noisy background; the shape filled in its colour (+-12 per
+//       channel) at the position's centre (+-2 px at 32x32) with size radius 4-5 or 8-9 px.
+//   audio (default 8 kHz, 4000 samples): 1-4 beeps (count = shape) at the colour's pitch,
+//       short or long (= size: 23 or 62 ms), over a continuous low drone whose pitch is the
+//       position, plus light noise.
+//   caption: DATA_SYNTH_N_PHRASINGS templates, each naming every attribute with exactly one
+//       word of its vocabulary; no vocabulary word occurs inside another word of a template.
+//
+// Everything is drawn from mm_rng(seed-derived, stream = sample index), so a sample depends
+// only on (seed, split, index).
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "data.h"
+#include "data_internal.h"
+
+enum { ATTR_COLOUR, ATTR_SHAPE, ATTR_SIZE, ATTR_POS };
+enum { SHAPE_CIRCLE, SHAPE_SQUARE, SHAPE_TRIANGLE, SHAPE_CROSS };
+enum { POS_LEFT, POS_RIGHT, POS_TOP, POS_BOTTOM };
+
+const char *const data_synth_attr_names[DATA_N_ATTR] = {"colour", "shape", "size", "position"};
+const int data_synth_vocab_n[DATA_N_ATTR] = {6, 4, 2, 4};
+const char *const data_synth_vocab[DATA_N_ATTR][DATA_SYNTH_MAX_WORDS] = {
+    {"red", "green", "blue", "yellow", "purple", "white"},
+    {"circle", "square", "triangle", "cross"},
+    {"small", "large"},
+    {"left", "right", "top", "bottom"},
+};
+
+// RGB per colour: saturated and bright, far from the dark background and from each other.
+static const uint8_t colour_rgb[6][3] = {
+    {225, 40, 40}, {40, 200, 60}, {50, 90, 240}, {235, 220, 40}, {165, 60, 215}, {235, 235, 235},
+};
+// Beep pitch per colour (Hz): a ratio of >= 1.25 between neighbours, several mel bands apart.
+static const double colour_hz[6] = {500, 700, 950, 1250, 1600, 2000};
+// Drone pitch per position (Hz), below every beep.
+static const double drone_hz[4] = {120, 200, 300, 400};
+
+void data_synth_default(data_synth_cfg *c) {
+    c->synth_h = 32;
+    c->synth_w = 32;
+    c->audio_rate = 8000;
+    c->audio_len = 4000;
+    c->text_max = 48;
+    c->p_no_image = 0.1;
+    c->p_no_audio = 0.1;
+}
+
+// ---------------------------------------------------------------------------------------
+// Captions.
+int data_synth_caption(char *out, size_t cap, const int attr[DATA_N_ATTR], int p) {
+    const char *col = data_synth_vocab[ATTR_COLOUR][attr[ATTR_COLOUR]];
+    const char *shp = data_synth_vocab[ATTR_SHAPE][attr[ATTR_SHAPE]];
+    const char *siz = data_synth_vocab[ATTR_SIZE][attr[ATTR_SIZE]];
+    const char *pos = data_synth_vocab[ATTR_POS][attr[ATTR_POS]];
+    int k;
+    switch (p) {
+        case 0:
+            k = snprintf(out, cap, "a %s %s %s on the %s", siz, col, shp, pos);
+            break;
+        case 1:
+            k = snprintf(out, cap, "%s %s %s, %s side", siz, col, shp, pos);
+            break;
+        case 2:
+            k = snprintf(out, cap, "on the %s: a %s %s %s", pos, siz, col, shp);
+            break;
+        case 3:
+            k = snprintf(out, cap, "%s %s (%s) at the %s", col, shp, siz, pos);
+            break;
+        case 4:
+            k = snprintf(out, cap, "%s: %s %s, %s", pos, col, shp, siz);
+            break;
+        default:
+            MM_CHECK(0, "data_synth_caption: no phrasing %d", p);
+    }
+    return k < (int)cap ? k : (int)cap - 1;
+}
+
+static int is_alpha(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+void data_synth_parse(const char *text, int count[DATA_N_ATTR], int word[DATA_N_ATTR]) {
+    for (int a = 0; a < DATA_N_ATTR; a++) count[a] = 0, word[a] = -1;
+    if (!text) return;
+    const char *p = text;
+    while (*p) {
+        if (!is_alpha(*p)) {
+            p++;
+            continue;
+        }
+        const char *w0 = p;
+        while (is_alpha(*p)) p++;
+        size_t len = (size_t)(p - w0);
+        for (int a = 0; a < DATA_N_ATTR; a++)
+            for (int v = 0; v < data_synth_vocab_n[a]; v++) {
+                const char *vw = data_synth_vocab[a][v];
+                if (strlen(vw) == len && strncasecmp(vw, w0, len) == 0) {
+                    count[a]++;
+                    word[a] = v;
+                }
+            }
+    }
+}
+
+// An attribute is right when the generated text names it with exactly one word of its
+// vocabulary and that word is the reference's (which itself names it exactly once).
+int data_synth_score(const char *reference, const char *generated, int correct[DATA_N_ATTR]) {
+    int rc[DATA_N_ATTR], rw[DATA_N_ATTR], gc[DATA_N_ATTR], gw[DATA_N_ATTR];
+    data_synth_parse(reference, rc, rw);
+    data_synth_parse(generated, gc, gw);
+    int all = 1;
+    for (int a = 0; a < DATA_N_ATTR; a++) {
+        correct[a] = rc[a] == 1 && gc[a] == 1 && rw[a] == gw[a];
+        all &= correct[a];
+    }
+    return all;
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering.
+static int inside(int shape, float dx, float dy, float r) {
+    float ax = fabsf(dx), ay = fabsf(dy);
+    switch (shape) {
+        case SHAPE_CIRCLE:
+            return dx * dx + dy * dy <= r * r;
+        case SHAPE_SQUARE:
+            return ax <= 0.8f * r && ay <= 0.8f * r;
+        case SHAPE_TRIANGLE:  // apex up, base 0.7 r below the centre, base half-width 0.95 r
+            return dy >= -r && dy <= 0.7f * r && ax <= 0.56f * (dy + r);
+        default:  // cross: two bars 0.6 r thick
+            return (ax <= 0.3f * r && ay <= r) || (ay <= 0.3f * r && ax <= r);
+    }
+}
+
+// img is (H, W, 3).
+static void draw_image(uint8_t *img, int H, int W, const int attr[DATA_N_ATTR], mm_rng *r) {
+    for (int i = 0; i < H * W * 3; i++) img[i] = (uint8_t)(8 + mm_rng_below(r, 33));
+    float m = (float)(H < W ? H : W);
+    float fx[4] = {0.28f, 0.72f, 0.5f, 0.5f}, fy[4] = {0.5f, 0.5f, 0.28f, 0.72f};
+    float jit = m / 16.0f;  // +-2 px at 32
+    float cx = fx[attr[ATTR_POS]] * W + (2.0f * mm_rng_uniform(r) - 1.0f) * jit;
+    float cy = fy[attr[ATTR_POS]] * H + (2.0f * mm_rng_uniform(r) - 1.0f) * jit;
+    // radius 4-5 px (small) or 8-9 px (large) at 32
+    float rad = m * ((attr[ATTR_SIZE] ? 0.25f : 0.125f) + 0.03125f * mm_rng_uniform(r));
+    uint8_t rgb[3];
+    for (int c = 0; c < 3; c++) {
+        int v = colour_rgb[attr[ATTR_COLOUR]][c] + (int)mm_rng_below(r, 25) - 12;
+        rgb[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+    }
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            if (inside(attr[ATTR_SHAPE], (float)x + 0.5f - cx, (float)y + 0.5f - cy, rad))
+                memcpy(img + ((size_t)y * W + x) * 3, rgb, 3);
+}
+
+// pcm is (len) at rate Hz.
+static void draw_audio(int16_t *pcm, int len, int rate, const int attr[DATA_N_ATTR], mm_rng *r) {
+    double beep_hz = colour_hz[attr[ATTR_COLOUR]] * (1.0 + 0.01 * (2.0 * mm_rng_uniform(r) - 1.0));
+    double drone = drone_hz[attr[ATTR_POS]];
+    double phase0 = 2.0 * M_PI * mm_rng_uniform(r);
+    int n_beeps = attr[ATTR_SHAPE] + 1;
+    // 940-sample slots at 4000: beeps of 188 (short) or 498 (long) samples leave gaps of
+    // >= 420 samples, longer than a 256-point FFT frame plus a hop, so that every gap
+    // shows up as at least one quiet frame and the beeps can be counted.
+    double slot = 0.235 * len;
+    int beep_len = (int)(slot * (attr[ATTR_SIZE] ? 0.53 : 0.2));
+    int fade = beep_len / 8;
+    int starts[4];
+    for (int b = 0; b < n_beeps; b++)
+        starts[b] = (int)(0.03 * len + b * slot) + (int)mm_rng_below(r, 41) - 20;
+    for (int i = 0; i < len; i++) {
+        double t = (double)i / rate;
+        double x = 0.12 * sin(2.0 * M_PI * drone * t + phase0) + 0.01 * mm_rng_normal(r);
+        for (int b = 0; b < n_beeps; b++) {
+            int k = i - starts[b];
+            if (k < 0 || k >= beep_len) continue;
+            double env = 1.0;  // raised-cosine edges: no clicks spreading over every band
+            if (k < fade)
+                env = 0.5 - 0.5 * cos(M_PI * k / fade);
+            else if (k >= beep_len - fade)
+                env = 0.5 - 0.5 * cos(M_PI * (beep_len - 1 - k) / fade);
+            x += 0.3 * env * sin(2.0 * M_PI * beep_hz * (double)k / rate);
+        }
+        double v = x * 32767.0;
+        pcm[i] = (int16_t)(v > 32767.0 ? 32767 : v < -32768.0 ? -32768 : lrint(v));
+    }
+}
+
+static int write_split(const char *dir, uint64_t n, uint64_t seed, const data_synth_cfg *c,
+                       mm_err *err) {
+    data_schema s = {0};
+    s.img_h = c->synth_h;
+    s.img_w = c->synth_w;
+    s.img_c = 3;
+    s.audio_rate = c->audio_rate;
+    s.audio_len = c->audio_len;
+    s.text_max = c->text_max;
+    snprintf(s.tokenizer, sizeof(s.tokenizer), "%s", DATA_TOKENIZER_NAME);
+    data_writer *w;
+    if (data_writer_open(&w, dir, &s, 500, err)) return -1;
+    uint8_t *img = mm_malloc((size_t)s.img_h * s.img_w * 3);          // (H, W, 3)
+    int16_t *pcm = mm_malloc(sizeof(int16_t) * (size_t)s.audio_len);  // (audio_len)
+    char text[256];
+    int rc = 0;
+    for (uint64_t i = 0; i < n && rc == 0; i++) {
+        mm_rng r;
+        mm_rng_init(&r, seed, i);
+        int attr[DATA_N_ATTR];
+        for (int a = 0; a < DATA_N_ATTR; a++)
+            attr[a] = (int)mm_rng_below(&r, (uint64_t)data_synth_vocab_n[a]);
+        int phrasing = (int)mm_rng_below(&r, DATA_SYNTH_N_PHRASINGS);
+        float u = mm_rng_uniform(&r);
+        int has_img = u >= c->p_no_image;
+        int has_aud = !has_img || u >= c->p_no_image + c->p_no_audio;  // never both missing
+        draw_image(img, s.img_h, s.img_w, attr, &r);
+        draw_audio(pcm, s.audio_len, s.audio_rate, attr, &r);
+        data_sample smp = {0};
+        smp.sample_id = i;
+        smp.image = has_img ? img : NULL;
+        smp.audio = has_aud ? pcm : NULL;
+        smp.audio_n = has_aud ? s.audio_len : 0;
+        smp.text = text;
+        smp.text_n = data_synth_caption(text, sizeof(text), attr, phrasing);
+        rc = data_writer_add(w, &smp, err);
+    }
+    free(img);
+    free(pcm);
+    if (rc) {
+        mm_err ignored;
+        data_writer_close(w, &ignored);
+        return -1;
+    }
+    return data_writer_close(w, err);
+}
+
+// Checks c, then writes dir/train and dir/val (each refused if it exists with files).
+int data_synth_write(const char *dir, uint64_t n, uint64_t seed, const data_synth_cfg *c,
+                     mm_err *err) {
+    if (n < 1) return mm_fail(err, "%s: the synthetic set needs at least 1 sample", dir);
+    if (c->synth_h < 16 || c->synth_w < 16 || c->synth_h > 1024 || c->synth_w > 1024)
+        return mm_fail(err, "%s: synthetic image %dx%d must be between 16x16 and 1024x1024", dir,
+                       c->synth_h, c->synth_w);
+    if (c->audio_rate < 4400 || c->audio_rate > 192000)
+        return mm_fail(err, "%s: synthetic audio_rate %d must be in 4400..192000 (2 kHz beeps)",
+                       dir, c->audio_rate);
+    if (c->audio_len < 256 || c->audio_len > (1 << 24))
+        return mm_fail(err, "%s: synthetic audio_len %d must be in 256..%d", dir, c->audio_len,
+                       1 << 24);
+    if (!(c->p_no_image >= 0 && c->p_no_audio >= 0 && c->p_no_image + c->p_no_audio <= 1.0))
+        return mm_fail(err, "%s: p_no_image %g and p_no_audio %g must be >= 0 with a sum <= 1", dir,
+                       c->p_no_image, c->p_no_audio);
+    int longest = 0, attr[DATA_N_ATTR];
+    char text[256];
+    for (int k = 0; k < 6 * 4 * 2 * 4; k++) {
+        attr[0] = k % 6, attr[1] = k / 6 % 4, attr[2] = k / 24 % 2, attr[3] = k / 48;
+        for (int p = 0; p < DATA_SYNTH_N_PHRASINGS; p++) {
+            int len = data_synth_caption(text, sizeof(text), attr, p);
+            if (len > longest) longest = len;
+        }
+    }
+    if (c->text_max < longest)
+        return mm_fail(err, "%s: text_max %d is shorter than the longest synthetic caption (%d)",
+                       dir, c->text_max, longest);
+    char path[4200];
+    uint64_t n_val = n / 10 > 64 ? n / 10 : 64;
+    // Distinct seeds per split: val never repeats a train sample's draws.
+    snprintf(path, sizeof(path), "%s/train", dir);
+    if (write_split(path, n, seed * 2 + 0x5eed0001ULL, c, err)) return -1;
+    snprintf(path, sizeof(path), "%s/val", dir);
+    return write_split(path, n_val, seed * 2 + 0x5eed0002ULL, c, err);
+}
