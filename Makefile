@@ -7,7 +7,12 @@
 #   make cuda     the CUDA build (needs nvcc; see issue 6)
 
 SHELL := /bin/bash
-BUILD ?= build
+# sanitizer objects must not mix with optimized ones
+ifeq ($(ASAN),1)
+  BUILD ?= build-asan
+else
+  BUILD ?= build
+endif
 OBJ := $(BUILD)/obj
 OBJ64 := $(BUILD)/obj64
 
@@ -64,6 +69,8 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 BINS := $(BUILD)/train $(BUILD)/mmdata
 
 .PHONY: all deps test demo bench cuda clean info
+# keep test and bench objects (they are intermediate files of pattern chains)
+.SECONDARY:
 all: info $(BINS) $(TEST_BIN) $(BENCH_BIN)
 
 info:

@@ -8,6 +8,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 export MM_BUILD=$(cd "$BUILD" && pwd)
 export MM_TESTS=$here
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# Under ASan (make test ASAN=1): Open MPI allocates once in MPI_Init and never frees; the
+# suppressions name its libraries, and slow unwinding keeps its frames attributable.
+export LSAN_OPTIONS="suppressions=$here/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+export ASAN_OPTIONS="fast_unwind_on_malloc=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 total_p=0; total_f=0

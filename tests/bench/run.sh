@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# run.sh: what `make bench` runs (after `make all` built build/bench/bench_model): trains
+# configs/bench_small.yaml and configs/bench_large.yaml for a few steps at 1 and 2 threads,
+# runs the same model in PyTorch (tests/bench/torch_ref.py) when Debian's python3-torch is
+# there, and prints one summary table with the targets of the performance issue beside the
+# measured ratios. A benchmark informs; it never fails the build (exit 0 unless a run crashed).
+#
+#   bash tests/bench/run.sh [BUILD_DIR]
+#   env: MM_BENCH_THREADS="1 2"   thread counts to run
+#        MM_TORCH_PYTHON=/usr/bin/python3   interpreter that has torch
+#        MM_BENCH_WAIT=0   seconds to wait, before each run, for the machine to become idle
+set -u
+BUILD=${1:-build}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin="$BUILD/bench/bench_model"
+py=${MM_TORCH_PYTHON:-/usr/bin/python3}
+threads_list=${MM_BENCH_THREADS:-1 2}
+# config:warmup:steps. Steps keep the whole run under ~5 minutes on a 2-core machine.
+runs="bench_small:3:30 bench_large:2:8"
+
+[ -x "$bin" ] || { echo "bench: $bin not built (run 'make bench', which builds it first)"; exit 1; }
+have_torch=0
+if "$py" -c 'import torch' 2>/dev/null; then have_torch=1
+else echo "bench: PyTorch not found ($py cannot import torch): the PyTorch columns stay empty"; fi
+
+# jget JSON KEY: one scalar field of the flat one-line objects our tools print.
+jget() { sed -n "s/.*\"$2\": *\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+rc=0
+rows=()
+echo "machine: $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)"
+# busy: prints "N% CPU in use" when more than 10% of all cores were busy over the last second.
+# Another busy process makes the 2-thread numbers meaningless (OpenMP threads wait on the
+# slowest core), so the bench says so rather than print numbers that look precise.
+busy() {
+    local a b
+    a=$(head -n 1 /proc/stat); sleep 1; b=$(head -n 1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x); split(b, y); tot = 0
+        for (i = 2; i <= n; i++) tot += y[i] - x[i]
+        idle = (y[5] - x[5]) + (y[6] - x[6])
+        busy = tot > 0 ? (tot - idle) / tot : 0
+        if (busy > 0.10) printf "%d%% CPU in use", 100 * busy
+    }'
+}
+# settle: waits up to MM_BENCH_WAIT seconds for an idle machine; prints busy's note if not.
+settle() {
+    local b deadline=$((SECONDS + ${MM_BENCH_WAIT:-0}))
+    b=$(busy)
+    while [ -n "$b" ] && [ "$SECONDS" -lt "$deadline" ]; do b=$(busy); done
+    [ -n "$b" ] && : >"$tmp/noisy"
+    echo "$b"
+}
+for spec in $runs; do
+    IFS=: read -r cfg warmup steps <<<"$spec"
+    conf="$root/configs/$cfg.yaml"
+    shapes=$("$bin" "$conf" --shapes-only | sed -n 's/^SHAPES //p')
+    [ -n "$shapes" ] || { echo "bench: $cfg: bench_model could not read $conf"; rc=1; continue; }
+    for t in $threads_list; do
+        b=$(settle)
+        echo "== $cfg, $t thread(s)${b:+   (WARNING: machine busy, $b)}"
+        # Both variables, so that BLAS and OpenMP agree whichever reads its own first.
+        OMP_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$t timeout 600 \
+            "$bin" "$conf" --threads "$t" --warmup "$warmup" --steps "$steps" >"$tmp/c.log" 2>&1
+        c_rc=$?
+        grep -v -E '^(SHAPES|BENCH) ' "$tmp/c.log" | sed 's/^/   /'
+        cline=$(sed -n 's/^BENCH //p' "$tmp/c.log")
+        [ "$c_rc" -eq 0 ] && [ -n "$cline" ] || { echo "   bench_model failed (exit $c_rc)"; rc=1; }
+        tline=""
+        if [ "$have_torch" -eq 1 ]; then
+            b=$(settle)
+            [ -n "$b" ] && echo "   (WARNING: machine busy before PyTorch, $b)"
+            OMP_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$t timeout 600 \
+                "$py" "$here/torch_ref.py" --threads "$t" --warmup "$warmup" --steps "$steps" \
+                "$shapes" >"$tmp/t.log" 2>&1
+            tline=$(sed -n 's/^TORCH //p' "$tmp/t.log")
+            if [ -n "$tline" ]; then
+                echo "   pytorch $(jget "$tline" torch): $(jget "$tline" tokens_per_s) tokens/s," \
+                     "$(jget "$tline" ms_per_step) ms/step," \
+                     "loss $(jget "$tline" loss_first) -> $(jget "$tline" loss_last)"
+            else
+                echo "   torch_ref.py failed:"; sed 's/^/   | /' "$tmp/t.log" | tail -n 20
+            fi
+        fi
+        rows+=("$cfg|$t|$cline|$tline")
+    done
+done
+
+# verdict VALUE TARGET: "PASS" when VALUE >= TARGET, else "MISS" (informational only).
+verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t) ? "PASS" : "MISS" }'; }
+
+echo
+echo "Summary (fp32, best step of each run; 'vs sgemm' = step GFLOP/s / GFLOP/s of cblas_sgemm"
+echo "         alone on the step's linear-layer GEMMs; 'vs torch' = tokens/s / PyTorch eager"
+echo "         tokens/s, same model, batch and threads)"
+printf '%-12s %3s %10s %9s %7s %6s %9s %10s %-16s %10s %-16s\n' \
+    config thr tokens/s ms/step sgemm% attn% "step GF/s" "sgemm GF/s" "vs sgemm" \
+    "torch tok/s" "vs torch"
+for row in "${rows[@]}"; do
+    IFS='|' read -r cfg t cline tline <<<"$row"
+    if [ -z "$cline" ]; then printf '%-12s %3s   (bench_model failed)\n' "$cfg" "$t"; continue; fi
+    tok=$(jget "$cline" tokens_per_s)
+    ratio=$(jget "$cline" ratio_vs_sgemm)
+    vs_sgemm=$(printf '%.2f' "$ratio")
+    if [ "$cfg" = bench_large ]; then vs_sgemm="$vs_sgemm >=0.85 $(verdict "$ratio" 0.85)"; fi
+    ttok="-"; vs_torch="-"
+    if [ -n "$tline" ]; then
+        ttok=$(jget "$tline" tokens_per_s)
+        tr=$(awk -v a="$tok" -v b="$ttok" 'BEGIN { printf "%.2f", a / b }')
+        case $cfg in
+            bench_large) vs_torch="${tr}x >=1.0 $(verdict "$tr" 1.0)";;
+            bench_small) vs_torch="${tr}x >=1.5 $(verdict "$tr" 1.5)";;
+            *) vs_torch="${tr}x";;
+        esac
+    fi
+    printf '%-12s %3s %10.0f %9.2f %6.1f%% %5.1f%% %9.1f %10.1f %-16s %10s %-16s\n' \
+        "$cfg" "$t" "$tok" "$(jget "$cline" ms_per_step)" \
+        "$(awk -v x="$(jget "$cline" sgemm_share)" 'BEGIN { print 100 * x }')" \
+        "$(awk -v x="$(jget "$cline" attn_share)" 'BEGIN { print 100 * x }')" \
+        "$(jget "$cline" step_gflops)" "$(jget "$cline" sgemm_gflops)" "$vs_sgemm" \
+        "$ttok" "$vs_torch"
+done
+[ -e "$tmp/noisy" ] && echo "WARNING: other processes were running: rerun on a quiet machine"
+exit $rc
