@@ -1,0 +1,34 @@
+// comm_nccl.c: NCCL communicators for the groups comm/ already has, so that device buffers
+// (CUDA build) reduce over the same ranks, in the same order, as host buffers over MPI. NCCL
+// needs its unique id on every rank before anyone calls ncclCommInitRank; MPI is already up,
+// so the group's rank 0 draws the id and broadcasts it over the group (DESIGN.md "Parallel
+// layout"). Compiled to nothing unless the build defines MM_HAVE_NCCL (make cuda).
+#ifdef MM_HAVE_NCCL
+#include <string.h>
+
+#include "comm.h"
+
+int comm_nccl_init(comm_group *g, ncclComm_t *out, mm_err *err) {
+    *out = NULL;
+    // rank 0's status travels with the id, so that when it cannot draw one every rank
+    // returns instead of waiting in ncclCommInitRank for a peer that never comes
+    struct {
+        int64_t status;  // ncclResult_t of ncclGetUniqueId on group rank 0
+        ncclUniqueId id;
+    } boot;
+    memset(&boot, 0, sizeof(boot));
+    if (comm_rank(g) == 0) boot.status = (int64_t)ncclGetUniqueId(&boot.id);
+    comm_bcast(g, &boot, sizeof(boot), COMM_U8, 0);
+    if (boot.status != (int64_t)ncclSuccess)
+        return mm_fail(err, "NCCL: ncclGetUniqueId failed on group rank 0: %s",
+                       ncclGetErrorString((ncclResult_t)boot.status));
+    ncclResult_t rc = ncclCommInitRank(out, comm_size(g), boot.id, comm_rank(g));
+    if (rc != ncclSuccess) {
+        *out = NULL;
+        return mm_fail(err, "NCCL: ncclCommInitRank (rank %d of %d) failed: %s (is a GPU "
+                       "selected for this rank and visible?)",
+                       comm_rank(g), comm_size(g), ncclGetErrorString(rc));
+    }
+    return 0;
+}
+#endif  // MM_HAVE_NCCL
