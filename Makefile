@@ -35,7 +35,11 @@ PKGS := hdf5-serial yaml-0.1 fftw3f fftw3
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-OPT ?= -O3 -march=native
+ifeq ($(ASAN),1)
+  OPT ?= -O1
+else
+  OPT ?= -O3 -march=native
+endif
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g $(OPT) -fopenmp -D_GNU_SOURCE $(MPI_DEFS) \
           -I. -I$(BLAS_INC) $(PKG_CFLAGS)
 LDLIBS := $(PKG_LIBS) -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas -lz -lpthread -lm
@@ -44,7 +48,6 @@ LDFLAGS := -fopenmp
 ifeq ($(ASAN),1)
   CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
-  OPT := -O1
 endif
 
 # --- sources --------------------------------------------------------------------------
@@ -56,7 +59,7 @@ TRAIN_SRC := $(filter-out train/main.c,$(wildcard train/*.c))
 LIB_SRC := $(CORE_SRC) $(COMM_SRC) $(DATA_SRC) $(MODEL_SRC) $(TRAIN_SRC)
 LIB_OBJ := $(LIB_SRC:%.c=$(OBJ)/%.o)
 # the model compiled in float64 for gradient checks
-LIB64_SRC := $(CORE_SRC) $(MODEL_SRC)
+LIB64_SRC := $(CORE_SRC) $(COMM_SRC) $(MODEL_SRC)
 LIB64_OBJ := $(LIB64_SRC:%.c=$(OBJ64)/%.o)
 
 TEST_SRC := $(wildcard tests/test_*.c)

@@ -23,7 +23,7 @@
 //     and v, and its local qkv output is again (B, T, 3, NH/tp, HD).
 //   - column-parallel (split_dim 0): mlp.fc.w (d_ff, d), mlp.fc.b; row-parallel (split_dim
 //     1): attn.proj.w (d, d), mlp.proj.w (d, d_ff); everything else replicated (-1),
-//     including the row-parallel biases (added once, after the allreduce).
+//     including the row-parallel biases (added once, by tp rank 0; see below).
 //   - weight decay on every tensor with ndim >= 2: all matrices, the token embedding and the
 //     learned positions (as nanoGPT does); never on biases or LN gains/biases.
 //   - init (GPT-2): matrices and embeddings N(0, 0.02); attn.proj.w and mlp.proj.w
@@ -34,8 +34,35 @@
 // Host glue: patchify, the embedding gather/scatter and the per-sample loss reduction are
 // plain OpenMP loops here (CPU memory). A CUDA backend will need those as ops.
 //
-// Tensor parallelism: the table and init are tp-aware; forward/backward/generate still
-// require tp = 1 (they need comm hooks for the allreduces, next step).
+// Tensor parallelism (Megatron, DESIGN.md "Parallel layout"). With NH/tp heads and d_ff/tp
+// MLP columns per rank (Cl = C/tp, Fl = F/tp), a block is
+//   ln1 -> qkv (column-parallel, local heads) -> attention (local heads) -> attn.proj (row-
+//   parallel: partial sums over the local heads) -> ALLREDUCE -> + residual
+//   ln2 -> fc (column-parallel) -> GELU -> mlp.proj (row-parallel) -> ALLREDUCE -> + residual
+// so there are exactly four collectives per block and pass, all comm_allreduce_sum over
+// cfg.tp_group on (B, T, C):
+//   forward:  after attn.proj and after mlp.proj: each rank holds the product of its slice
+//             of the contraction dimension only; the sum makes the residual stream whole.
+//   backward: d(ln1) after qkv's backward and d(ln2) after fc's backward: each rank's input
+//             gradient covers only its heads / MLP columns (identity forward, allreduce
+//             backward), and the replicated layernorm below needs the full gradient.
+// The row-parallel biases (replicated) are added once, by tp rank 0 inside its matmul
+// before the allreduce (fused into the gemm, no extra pass); their gradient is sum_rows of
+// the replicated output gradient, which every rank computes identically.
+// Everything else - embeddings, layernorms, ln_f, lm_head, the loss - is replicated: every
+// rank computes it on identical inputs in the same order. INVARIANT (the trainer relies on
+// it and never reduces replicated gradients over tp): replicated tensors' gradients come out
+// bitwise identical on every tp rank. It holds because comm_allreduce_sum returns the same
+// bits on every rank (ring and reduce+broadcast sum each element once and distribute it;
+// recursive doubling adds the same two operands on both partners, and fp addition commutes)
+// and the replicated ops are deterministic (ops_cpu.c); tests/test_tp.c checks it. A tp > 1
+// result equals tp = 1 up to the fp32 summation order of those four contractions; tp = 1
+// makes no comm call at all.
+//
+// Gradient-ready hook (model_set_grad_hook): backward finishes the head, then blocks L-1 .. 0,
+// then the embeddings; the table is laid out in the reverse order, so after each of those
+// stages every gradient from some offset lo to the end is final, and the data-parallel
+// buckets above lo can start their allreduce while the earlier layers still run.
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -48,15 +75,15 @@
 // Views into params or grads (same offsets in both).
 typedef struct {
     mm_real *ln1_g, *ln1_b;  // (C)
-    mm_real *qkv_w;          // (3C, C) packed q|k|v
-    mm_real *qkv_b;          // (3C)
-    mm_real *attproj_w;      // (C, C)
-    mm_real *attproj_b;      // (C)
+    mm_real *qkv_w;          // (3, Cl, C) = (3Cl, C) packed q|k|v of the local heads
+    mm_real *qkv_b;          // (3, Cl)
+    mm_real *attproj_w;      // (C, Cl) columns of the local heads
+    mm_real *attproj_b;      // (C) replicated
     mm_real *ln2_g, *ln2_b;  // (C)
-    mm_real *fc_w;           // (F, C)
-    mm_real *fc_b;           // (F)
-    mm_real *mlpproj_w;      // (C, F)
-    mm_real *mlpproj_b;      // (C)
+    mm_real *fc_w;           // (Fl, C)
+    mm_real *fc_b;           // (Fl)
+    mm_real *mlpproj_w;      // (C, Fl)
+    mm_real *mlpproj_b;      // (C) replicated
 } layer_w;
 
 typedef struct {
@@ -74,18 +101,18 @@ typedef struct {
 } weights;
 
 // Saved activations of one block. Buffers are sized for (max_B, T); a call with B samples
-// and T' <= T positions uses them as (B, T', ...).
+// and T' <= T positions uses them as (B, T', ...). Cl = C/tp, Fl = F/tp, NHl = NH/tp.
 typedef struct {
     mm_real *ln1;                  // (B, T, C)
     mm_real *ln1_mean, *ln1_rstd;  // (B, T)
-    mm_real *qkv;                  // (B, T, 3C)
-    mm_real *att;                  // (B, NH, T, T) softmax probabilities
-    mm_real *atty;                 // (B, T, C) attention output before attn.proj
+    mm_real *qkv;                  // (B, T, 3, NHl, HD)
+    mm_real *att;                  // (B, NHl, T, T) softmax probabilities
+    mm_real *atty;                 // (B, T, NHl, HD) attention output before attn.proj
     mm_real *res2;                 // (B, T, C) residual after attention
     mm_real *ln2;                  // (B, T, C)
     mm_real *ln2_mean, *ln2_rstd;  // (B, T)
-    mm_real *fch;                  // (B, T, F) mlp.fc output (pre-GELU)
-    mm_real *fcg;                  // (B, T, F) after GELU
+    mm_real *fch;                  // (B, T, Fl) mlp.fc output (pre-GELU)
+    mm_real *fcg;                  // (B, T, Fl) after GELU
     mm_real *res3;                 // (B, T, C) residual after the MLP = next block's input
 } layer_acts;
 
@@ -104,12 +131,12 @@ typedef struct {
     mm_real *losses;               // (B, Tt)
     // backward scratch (not kept between calls)
     mm_real *dres;     // (B, T, C) gradient of the residual stream
-    mm_real *dln1;     // (B, T, C) gradient of ln1's output
-    mm_real *dln2;     // (B, T, C) gradient of ln2's output
-    mm_real *datty;    // (B, T, C)
-    mm_real *dqkv;     // (B, T, 3C)
-    mm_real *dfch;     // (B, T, F)
-    mm_real *dfcg;     // (B, T, F)
+    mm_real *dln1;     // (B, T, C) gradient of ln1's output (allreduced under tp)
+    mm_real *dln2;     // (B, T, C) gradient of ln2's output (allreduced under tp)
+    mm_real *datty;    // (B, T, Cl)
+    mm_real *dqkv;     // (B, T, 3, NHl, HD)
+    mm_real *dfch;     // (B, T, Fl)
+    mm_real *dfcg;     // (B, T, Fl)
     mm_real *dlogits;  // (B, Tt, V)
     mm_real *dlnf;     // (B, Tt, C)
     mm_real *dtxt;     // (B, Tt, C)
@@ -121,12 +148,17 @@ struct model {
     const model_ops *ops;
     int max_B;
     int C, L, NH, HD, F, V, Tt;  // d_model, layers, heads, head dim, d_ff, vocab, text_T
+    int NHl, Cl, Fl;             // this tp rank's heads, attention width (NHl*HD), MLP width
     int n_img, n_aud, P, T;      // image/audio tokens, prefix, full sequence length
     int pdim, adim;              // patch and audio-token input widths
     int n_tensors;
     model_tensor *tensors;  // (n_tensors) owned
     size_t n_params;
     mm_real *params, *grads;  // (n_params) each, owned
+    size_t head_lo;           // first offset of ln_f / lm_head
+    size_t *block_lo;         // (L) first offset of each block's tensors, owned
+    model_grad_hook hook;     // NULL when none
+    void *hook_ctx;           // not owned
     weights w, g;             // views into params / grads
     mm_real *act_mem;         // the one activation buffer, owned
     acts a;                   // views into act_mem
@@ -196,7 +228,10 @@ static void build_table(model *m) {
 #define BLK(suffix, ...)                                  \
     (snprintf(nm, sizeof(nm), "blocks.%d.%s", l, suffix), \
      add_tensor(&tb, nm, __VA_ARGS__, MODEL_GROUP_TRUNK))
+    // backward completes these stages from the last to the first (see model_set_grad_hook)
+    m->block_lo = mm_calloc((size_t)m->L, sizeof(size_t));
     for (int l = 0; l < m->L; l++) {
+        m->block_lo[l] = tb.off;
         BLK("ln1.g", 1, SHAPE(C), -1);
         BLK("ln1.b", 1, SHAPE(C), -1);
         BLK("attn.qkv.w", 3, SHAPE(3, C, C), 1);
@@ -211,6 +246,7 @@ static void build_table(model *m) {
         BLK("mlp.proj.b", 1, SHAPE(C), -1);
     }
 #undef BLK
+    m->head_lo = tb.off;
     add_tensor(&tb, "ln_f.g", 1, SHAPE(C), -1, MODEL_GROUP_TRUNK);
     add_tensor(&tb, "ln_f.b", 1, SHAPE(C), -1, MODEL_GROUP_TRUNK);
     add_tensor(&tb, "lm_head.w", 2, SHAPE(V, C), -1, MODEL_GROUP_TEXT);
@@ -299,7 +335,8 @@ static mm_real *carve(mm_real **cur, size_t n) {
 }
 
 static size_t plan_acts(model *m, mm_real *base) {
-    size_t B = (size_t)m->max_B, T = (size_t)m->T, C = (size_t)m->C, F = (size_t)m->F;
+    size_t B = (size_t)m->max_B, T = (size_t)m->T, C = (size_t)m->C;
+    size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl;
     size_t Tt = (size_t)m->Tt, V = (size_t)m->V, BT = B * T, BTt = B * Tt;
     mm_real *cur = base;
     acts *a = &m->a;
@@ -313,15 +350,15 @@ static size_t plan_acts(model *m, mm_real *base) {
         la->ln1 = carve(&cur, BT * C);
         la->ln1_mean = carve(&cur, BT);
         la->ln1_rstd = carve(&cur, BT);
-        la->qkv = carve(&cur, BT * 3 * C);
-        la->att = carve(&cur, B * m->NH * T * T);
-        la->atty = carve(&cur, BT * C);
+        la->qkv = carve(&cur, BT * 3 * Cl);
+        la->att = carve(&cur, B * m->NHl * T * T);
+        la->atty = carve(&cur, BT * Cl);
         la->res2 = carve(&cur, BT * C);
         la->ln2 = carve(&cur, BT * C);
         la->ln2_mean = carve(&cur, BT);
         la->ln2_rstd = carve(&cur, BT);
-        la->fch = carve(&cur, BT * F);
-        la->fcg = carve(&cur, BT * F);
+        la->fch = carve(&cur, BT * Fl);
+        la->fcg = carve(&cur, BT * Fl);
         la->res3 = carve(&cur, BT * C);
     }
     a->txt = carve(&cur, BTt * C);
@@ -334,10 +371,10 @@ static size_t plan_acts(model *m, mm_real *base) {
     a->dres = carve(&cur, BT * C);
     a->dln1 = carve(&cur, BT * C);
     a->dln2 = carve(&cur, BT * C);
-    a->datty = carve(&cur, BT * C);
-    a->dqkv = carve(&cur, BT * 3 * C);
-    a->dfch = carve(&cur, BT * F);
-    a->dfcg = carve(&cur, BT * F);
+    a->datty = carve(&cur, BT * Cl);
+    a->dqkv = carve(&cur, BT * 3 * Cl);
+    a->dfch = carve(&cur, BT * Fl);
+    a->dfcg = carve(&cur, BT * Fl);
     a->dlogits = carve(&cur, BTt * V);
     a->dlnf = carve(&cur, BTt * C);
     a->dtxt = carve(&cur, BTt * C);
@@ -389,6 +426,10 @@ static int check_config(const model_config *c, int max_B, mm_err *err) {
     if (c->n_heads % c->tp || c->d_ff % c->tp)
         return mm_fail(err, "model: tp %d must divide n_heads %d and d_ff %d", c->tp, c->n_heads,
                        c->d_ff);
+    if (c->tp_group && (comm_size(c->tp_group) != c->tp || comm_rank(c->tp_group) != c->tp_rank))
+        return mm_fail(err,
+                       "model: tp_group is rank %d of %d but the config says tp_rank %d of tp %d",
+                       comm_rank(c->tp_group), comm_size(c->tp_group), c->tp_rank, c->tp);
     return 0;
 }
 
@@ -405,6 +446,9 @@ int model_create(model **out, const model_config *cfg, const model_ops *ops, int
     m->NH = cfg->n_heads;
     m->HD = cfg->d_model / cfg->n_heads;
     m->F = cfg->d_ff;
+    m->NHl = m->NH / cfg->tp;
+    m->Cl = m->NHl * m->HD;
+    m->Fl = m->F / cfg->tp;
     m->V = cfg->vocab;
     m->Tt = cfg->text_T;
     m->n_img = (cfg->img_h / cfg->patch) * (cfg->img_w / cfg->patch);
@@ -437,6 +481,7 @@ int model_create(model **out, const model_config *cfg, const model_ops *ops, int
 void model_free(model *m) {
     if (!m) return;
     free(m->tensors);
+    free(m->block_lo);
     free(m->params);
     free(m->grads);
     free(m->w.layer);
@@ -470,6 +515,25 @@ mm_real *model_grads(model *m) {
 int model_seq_len(const model *m) {
     return m->T;
 }
+void model_set_grad_hook(model *m, model_grad_hook fn, void *ctx) {
+    m->hook = fn;
+    m->hook_ctx = ctx;
+}
+
+#ifdef MM_F64
+#define MM_REAL_COMM COMM_F64
+#else
+#define MM_REAL_COMM COMM_F32
+#endif
+
+// In-place sum of a (n) over the tp ranks; nothing at tp = 1 (no group needed).
+static void tp_allreduce(const model *m, mm_real *x, size_t n) {
+    if (m->cfg.tp > 1) comm_allreduce_sum(m->cfg.tp_group, x, n, MM_REAL_COMM);
+}
+
+static void grad_ready(const model *m, size_t lo) {
+    if (m->hook) m->hook(m->hook_ctx, lo);
+}
 
 // Zeroes n buffers in one parallel region, each thread a contiguous share of each: a
 // single-threaded memset runs at a fraction of the machine's store bandwidth, and the
@@ -494,9 +558,9 @@ void model_zero_grad(model *m) {
 // forward
 
 static void check_input(const model *m, const model_input *in) {
-    MM_CHECK(m->cfg.tp == 1,
-             "model forward/backward with tp %d: tensor parallelism is not "
-             "wired yet (needs comm hooks)",
+    MM_CHECK(m->cfg.tp == 1 || m->cfg.tp_group,
+             "model forward/backward/generate with tp %d needs cfg.tp_group (the model was "
+             "created for layout only)",
              m->cfg.tp);
     MM_CHECK(in->B > 0 && in->B <= m->max_B,
              "batch %d outside [1, max_B=%d] given to "
@@ -512,9 +576,10 @@ static void check_input(const model *m, const model_input *in) {
 static void forward_trunk(model *m, const model_input *in, const int32_t *tokens, int tok_stride,
                           int Tu) {
     const model_ops *ops = m->ops;
-    const int B = in->B, C = m->C, F = m->F, P = m->P, T = P + Tu, n_img = m->n_img,
+    const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, P = m->P, T = P + Tu, n_img = m->n_img,
               n_aud = m->n_aud;
     const int BT = B * T;
+    const int bias_rank = m->cfg.tp_rank == 0;  // adds the row-parallel biases (file top)
     acts *a = &m->a;
     const weights *w = &m->w;
 
@@ -573,15 +638,20 @@ static void forward_trunk(model *m, const model_input *in, const int32_t *tokens
         const layer_w *lw = &w->layer[l];
         layer_acts *la = &a->layer[l];
         ops->layernorm_fwd(la->ln1, la->ln1_mean, la->ln1_rstd, x, lw->ln1_g, lw->ln1_b, BT, C);
-        ops->matmul_fwd(la->qkv, la->ln1, lw->qkv_w, lw->qkv_b, BT, C, 3 * C);
-        ops->attention_fwd(la->atty, la->att, la->qkv, m->key_valid, B, T, P, m->NH, m->HD);
-        ops->matmul_fwd(la->res2, la->atty, lw->attproj_w, lw->attproj_b, BT, C, C);
+        ops->matmul_fwd(la->qkv, la->ln1, lw->qkv_w, lw->qkv_b, BT, C, 3 * Cl);
+        ops->attention_fwd(la->atty, la->att, la->qkv, m->key_valid, B, T, P, m->NHl, m->HD);
+        // row-parallel: this rank's heads' share of attn.proj, summed over tp
+        ops->matmul_fwd(la->res2, la->atty, lw->attproj_w, bias_rank ? lw->attproj_b : NULL, BT, Cl,
+                        C);
+        tp_allreduce(m, la->res2, (size_t)BT * C);
         ops->add(la->res2, la->res2, x, (size_t)BT * C);
         ops->layernorm_fwd(la->ln2, la->ln2_mean, la->ln2_rstd, la->res2, lw->ln2_g, lw->ln2_b, BT,
                            C);
-        ops->matmul_fwd(la->fch, la->ln2, lw->fc_w, lw->fc_b, BT, C, F);
-        ops->gelu_fwd(la->fcg, la->fch, (size_t)BT * F);
-        ops->matmul_fwd(la->res3, la->fcg, lw->mlpproj_w, lw->mlpproj_b, BT, F, C);
+        ops->matmul_fwd(la->fch, la->ln2, lw->fc_w, lw->fc_b, BT, C, Fl);
+        ops->gelu_fwd(la->fcg, la->fch, (size_t)BT * Fl);
+        ops->matmul_fwd(la->res3, la->fcg, lw->mlpproj_w, bias_rank ? lw->mlpproj_b : NULL, BT, Fl,
+                        C);
+        tp_allreduce(m, la->res3, (size_t)BT * C);
         ops->add(la->res3, la->res3, la->res2, (size_t)BT * C);
         x = la->res3;
     }
@@ -637,7 +707,7 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
              "the same batch (saved %d samples, got %d; model_generate discards them)",
              m->saved_B, in->B);
     const model_ops *ops = m->ops;
-    const int B = in->B, C = m->C, F = m->F, T = m->T, P = m->P, Tt = m->Tt, V = m->V;
+    const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, T = m->T, P = m->P, Tt = m->Tt, V = m->V;
     const int BT = B * T, n_img = m->n_img, n_aud = m->n_aud;
     acts *a = &m->a;
     const weights *w = &m->w;
@@ -663,6 +733,7 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
         memcpy(a->dres + ((size_t)b * T + P) * C, a->dtxt + (size_t)b * Tt * C,
                (size_t)Tt * C * sizeof(mm_real));
     }
+    grad_ready(m, m->head_lo);
 
     for (int l = m->L - 1; l >= 0; l--) {
         const layer_w *lw = &w->layer[l];
@@ -671,24 +742,28 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
         const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
         // every activation gradient below is accumulated into: zero them all at once
         mm_real *const zb[] = {a->dfcg, a->dfch, a->dln2, a->datty, a->dqkv, a->dln1};
-        const size_t zn[] = {(size_t)BT * F, (size_t)BT * F,     (size_t)BT * C,
-                             (size_t)BT * C, (size_t)BT * 3 * C, (size_t)BT * C};
+        const size_t zn[] = {(size_t)BT * Fl, (size_t)BT * Fl,     (size_t)BT * C,
+                             (size_t)BT * Cl, (size_t)BT * 3 * Cl, (size_t)BT * C};
         zero_bufs(6, zb, zn);
-        // dres holds d(res3); the residual passes it to res2 unchanged
+        // dres holds d(res3) (replicated); the residual passes it to res2 unchanged. Every
+        // rank computes the replicated mlp.proj.b / attn.proj.b gradients from it in full.
         ops->matmul_bwd(a->dfcg, lg->mlpproj_w, lg->mlpproj_b, a->dres, la->fcg, lw->mlpproj_w, BT,
-                        F, C);
-        ops->gelu_bwd(a->dfch, la->fch, a->dfcg, (size_t)BT * F);
-        ops->matmul_bwd(a->dln2, lg->fc_w, lg->fc_b, a->dfch, la->ln2, lw->fc_w, BT, C, F);
+                        Fl, C);
+        ops->gelu_bwd(a->dfch, la->fch, a->dfcg, (size_t)BT * Fl);
+        ops->matmul_bwd(a->dln2, lg->fc_w, lg->fc_b, a->dfch, la->ln2, lw->fc_w, BT, C, Fl);
+        tp_allreduce(m, a->dln2, (size_t)BT * C);  // fc saw ln2 whole: sum its column shares
         ops->layernorm_bwd(a->dres, lg->ln2_g, lg->ln2_b, a->dln2, la->res2, lw->ln2_g,
                            la->ln2_mean, la->ln2_rstd, BT, C);
         // dres now holds d(res2)
         ops->matmul_bwd(a->datty, lg->attproj_w, lg->attproj_b, a->dres, la->atty, lw->attproj_w,
-                        BT, C, C);
-        ops->attention_bwd(a->dqkv, a->datty, la->qkv, la->att, B, T, P, m->NH, m->HD);
-        ops->matmul_bwd(a->dln1, lg->qkv_w, lg->qkv_b, a->dqkv, la->ln1, lw->qkv_w, BT, C, 3 * C);
+                        BT, Cl, C);
+        ops->attention_bwd(a->dqkv, a->datty, la->qkv, la->att, B, T, P, m->NHl, m->HD);
+        ops->matmul_bwd(a->dln1, lg->qkv_w, lg->qkv_b, a->dqkv, la->ln1, lw->qkv_w, BT, C, 3 * Cl);
+        tp_allreduce(m, a->dln1, (size_t)BT * C);  // the same for the heads' shares of qkv
         ops->layernorm_bwd(a->dres, lg->ln1_g, lg->ln1_b, a->dln1, x, lw->ln1_g, la->ln1_mean,
                            la->ln1_rstd, BT, C);
         // dres now holds d(block input)
+        grad_ready(m, m->block_lo[l]);
     }
 
     // input projections: gather their rows of d(x0); no gradient flows into the inputs
@@ -731,6 +806,7 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
                 }
             }
     }
+    grad_ready(m, 0);
 }
 
 // ---------------------------------------------------------------------------------------
