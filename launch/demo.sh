@@ -4,7 +4,7 @@
 # cluster job takes), and end with the validation caption accuracy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NP=${NP:-1}
+NP=${NP:-2}
 DATA=${DATA:-demo_data}
 OUT=${OUT:-runs/demo}
 bash launch/deps.sh

@@ -75,6 +75,8 @@ static const cfg_key keys[] = {
          "samples per rank per micro-step (accumulation = global / (micro * dp))"),
     KINT("data.prefetch", data.prefetch, "2", 1, 64, "batches decoded ahead by the loader thread"),
     KBOOL("data.verify", data.verify, "true", "verify shard checksums when opening the dataset"),
+    KBOOL("data.trace", data.trace, "false",
+          "write the sample ids each rank trains on to <out_dir>/trace/rank_XXXXX.txt"),
     KINT("data.n_fft", data.n_fft, "256", 8, 65536, "audio STFT window and FFT size (samples)"),
     KINT("data.hop", data.hop, "128", 1, 65536, "audio STFT hop length (samples)"),
     KINT("data.n_mels", data.n_mels, "32", 1, 1024, "mel bands of the audio features"),

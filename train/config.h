@@ -29,6 +29,7 @@ typedef struct {
         int micro_batch;       // samples per rank per micro-step
         int prefetch;          // batches decoded ahead by the loader thread
         int verify;            // verify shard checksums at open (0/1)
+        int trace;             // log the sample ids each rank trains on (0/1)
         int n_fft, hop, n_mels;  // audio features
     } data;
     struct {

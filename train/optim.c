@@ -7,19 +7,22 @@
 #include <string.h>
 
 void optim_init(optim *o, const optim_cfg *cfg, const model_tensor *tensors, int n_tensors,
-                size_t n_params) {
+                size_t lo, size_t hi) {
     memset(o, 0, sizeof(*o));
+    MM_CHECK(lo <= hi, "optim_init: empty range [%zu, %zu)", lo, hi);
     o->cfg = *cfg;
-    o->n = n_params;
-    o->m = mm_alloc_aligned(n_params * sizeof(float));
-    o->v = mm_alloc_aligned(n_params * sizeof(float));
-    o->n_seg = n_tensors;
+    o->lo = lo;
+    o->hi = hi;
+    o->m = mm_alloc_aligned((hi - lo) * sizeof(float));
+    o->v = mm_alloc_aligned((hi - lo) * sizeof(float));
     o->seg = mm_calloc((size_t)n_tensors, sizeof(*o->seg));
     for (int t = 0; t < n_tensors; t++) {
         const model_tensor *T = &tensors[t];
-        MM_CHECK(T->offset + T->size <= n_params, "tensor %s outside the parameter buffer",
-                 T->name);
-        o->seg[t] = (struct optim_seg){T->offset, T->size, T->decay ? 1.0f : 0.0f, 1.0f};
+        size_t a = T->offset > lo ? T->offset : lo;
+        size_t b = T->offset + T->size < hi ? T->offset + T->size : hi;
+        if (a >= b) continue;
+        o->seg[o->n_seg++] = (struct optim_seg){a, b - a, T->decay ? 1.0f : 0.0f, 1.0f,
+                                                 T->split_dim >= 0};
     }
 }
 
@@ -39,12 +42,17 @@ double optim_lr(const optim_cfg *c, int64_t step) {
     return c->min_lr + 0.5 * (c->lr - c->min_lr) * (1.0 + cos(M_PI * frac));
 }
 
-double optim_sumsq(const float *g, size_t n) {
-    // Fixed chunks, each summed in order, then the chunk sums in order: the result depends on
-    // n only, not on how OpenMP schedules threads.
+// Fixed chunks, each summed in order, then the chunk sums in order: the result depends on
+// n only, not on how OpenMP schedules threads.
+static double sumsq(const float *g, size_t n) {
     enum { CHUNK = 1 << 14 };
     size_t nchunks = (n + CHUNK - 1) / CHUNK;
-    double *part = mm_malloc((nchunks ? nchunks : 1) * sizeof(double));
+    if (nchunks <= 1) {
+        double s = 0.0;
+        for (size_t i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
+        return s;
+    }
+    double *part = mm_malloc(nchunks * sizeof(double));
 #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < nchunks; c++) {
         size_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
@@ -58,13 +66,23 @@ double optim_sumsq(const float *g, size_t n) {
     return total;
 }
 
+void optim_sumsq(const optim *o, const float *grads, double *sharded, double *replicated) {
+    *sharded = *replicated = 0.0;
+    for (int s = 0; s < o->n_seg; s++) {
+        double v = sumsq(grads + (o->seg[s].offset - o->lo), o->seg[s].size);
+        if (o->seg[s].sharded) *sharded += v;
+        else *replicated += v;
+    }
+}
+
 void optim_adamw(optim *o, float *params, const float *grads, int64_t step, double lr,
                  double grad_scale) {
     const float b1 = (float)o->cfg.beta1, b2 = (float)o->cfg.beta2, eps = (float)o->cfg.eps;
     const float bc1 = (float)(1.0 - pow(o->cfg.beta1, (double)step));
     const float bc2 = (float)(1.0 - pow(o->cfg.beta2, (double)step));
     const float flr = (float)lr, wd = (float)o->cfg.weight_decay, gs = (float)grad_scale;
-    float *m = o->m, *v = o->v;
+    float *m = o->m, *v = o->v;  // indexed from o->lo, like grads
+    const size_t base = o->lo;
     // One parallel region for all tensors; elementwise, so `nowait` between them is safe.
 #pragma omp parallel
     for (int s = 0; s < o->n_seg; s++) {
@@ -72,11 +90,12 @@ void optim_adamw(optim *o, float *params, const float *grads, int64_t step, doub
         const float lri = flr * o->seg[s].lr_mult, wdi = wd * o->seg[s].decay;
 #pragma omp for simd schedule(static) nowait
         for (size_t i = lo; i < hi; i++) {
-            float g = grads[i] * gs;
-            float mi = b1 * m[i] + (1.0f - b1) * g;
-            float vi = b2 * v[i] + (1.0f - b2) * g * g;
-            m[i] = mi;
-            v[i] = vi;
+            const size_t j = i - base;
+            float gi = grads[j] * gs;
+            float mi = b1 * m[j] + (1.0f - b1) * gi;
+            float vi = b2 * v[j] + (1.0f - b2) * gi * gi;
+            m[j] = mi;
+            v[j] = vi;
             float mhat = mi / bc1, vhat = vi / bc2;
             params[i] -= lri * (mhat / (sqrtf(vhat) + eps) + wdi * params[i]);
         }

@@ -1,7 +1,8 @@
 // optim.h: the optimizer side of a step on the host: learning-rate schedule (linear warmup,
 // cosine decay), global gradient norm with clipping, and AdamW with decoupled weight decay
-// over the one contiguous parameter buffer. AdamW state m and v are contiguous buffers too,
-// laid out like the parameters, so checkpoints and (later) ZeRO shards are plain slices.
+// over the one contiguous parameter buffer. AdamW state covers a contiguous range [lo, hi)
+// of that buffer: all of it normally, this rank's shard under ZeRO-1, so checkpoints and
+// shards are plain slices.
 #ifndef MM_OPTIM_H
 #define MM_OPTIM_H
 
@@ -20,33 +21,34 @@ typedef struct {
 
 typedef struct {
     optim_cfg cfg;
-    size_t n;                   // parameters (local)
-    float *m;                   // (n) first moment, owned
-    float *v;                   // (n) second moment, owned
-    int n_seg;                  // one segment per tensor
+    size_t lo, hi;              // the parameter range this optimizer updates
+    float *m;                   // (hi - lo) first moment, owned
+    float *v;                   // (hi - lo) second moment, owned
+    int n_seg;                  // tensors intersecting [lo, hi), clipped to it
     struct optim_seg {
         size_t offset, size;    // element range in the parameter buffer
         float decay;            // 1 where weight decay applies, 0 elsewhere
         float lr_mult;          // learning-rate multiplier (parameter groups, fine-tuning)
+        int sharded;            // 1 when the tensor is split over tp (its norm sums over tp)
     } *seg;                     // (n_seg) owned
 } optim;
 
-// Allocates zeroed state for the tensors of a model (decay flags from model_tensor.decay,
-// lr multipliers 1).
+// Allocates zeroed state for the part [lo, hi) of the parameters described by tensors.
 void optim_init(optim *o, const optim_cfg *cfg, const model_tensor *tensors, int n_tensors,
-                size_t n_params);
+                size_t lo, size_t hi);
 void optim_free(optim *o);
 
 // Learning rate for step s (0-based): linear warmup from lr/warmup to lr over `warmup` steps,
 // then cosine from lr to min_lr at step total-1.
 double optim_lr(const optim_cfg *c, int64_t step);
 
-// Sum of squares of g (n), accumulated in double in a fixed order so the result is
-// bit-identical for a given thread count.
-double optim_sumsq(const float *g, size_t n);
+// Sums of squares of the gradients of [lo, hi) (grads indexed from lo), split into tensors
+// sharded over tp and replicated ones; accumulated in double in a fixed order, so the result
+// is bit-identical for a given layout.
+void optim_sumsq(const optim *o, const float *grads, double *sharded, double *replicated);
 
-// One AdamW update (step is 1-based for bias correction). grad_scale multiplies every
-// gradient first (clipping). Deterministic and elementwise.
+// One AdamW update of params[lo, hi) from grads (indexed from lo); step is 1-based for bias
+// correction; grad_scale multiplies every gradient first (clipping). Elementwise.
 void optim_adamw(optim *o, float *params, const float *grads, int64_t step, double lr,
                  double grad_scale);
 

@@ -124,4 +124,37 @@ for row in "${rows[@]}"; do
         "$ttok" "$vs_torch"
 done
 [ -e "$tmp/noisy" ] && echo "WARNING: other processes were running: rerun on a quiet machine"
+# ==== comm: bench_comm (owned by comm/; independent of everything above) ================
+# comm_allreduce_sum vs a plain MPI_Allreduce on 2 ranks, 1 KiB .. 64 MiB, and the DP bucket
+# sizes over a 64 MiB buffer (tests/bench/bench_comm.c). Target: comm/MPI >= 90% of the bus
+# bandwidth; judged on sizes >= 1 MiB, where a few microseconds of noise do not dominate.
+# Like the rest, it informs: it changes rc only when bench_comm itself fails.
+comm_bin="$BUILD/bench/bench_comm"
+if [ ! -x "$comm_bin" ]; then
+    echo "bench: $comm_bin not built: comm benchmark skipped"
+elif ! command -v mpirun >/dev/null 2>&1; then
+    echo "bench: mpirun not found: comm benchmark skipped"
+else
+    comm_root=(); [ "$(id -u)" -ne 0 ] || comm_root=(--allow-run-as-root)
+    comm_log=$(mktemp)
+    echo
+    echo "== comm: mpirun -np 2 $comm_bin"
+    OMP_NUM_THREADS=1 timeout 600 mpirun "${comm_root[@]}" --oversubscribe -np 2 "$comm_bin" \
+        >"$comm_log" 2>&1
+    comm_rc=$?
+    grep -v '^BENCH ' "$comm_log" | sed 's/^/   /'
+    comm_min=$(sed -n 's/^BENCH \(.*"comm_allreduce".*\)/\1/p' "$comm_log" | awk '
+        { b = $0; sub(/.*"bytes": */, "", b); sub(/,.*/, "", b)
+          r = $0; sub(/.*"ratio": */, "", r); sub(/[,}].*/, "", r)
+          if (b + 0 >= 1048576 && (n++ == 0 || r + 0 < m)) m = r + 0 }
+        END { if (n) printf "%.3f", m }')
+    if [ "$comm_rc" -ne 0 ] || [ -z "$comm_min" ]; then
+        echo "   bench_comm failed (exit $comm_rc)"; rc=1
+    else
+        echo "   comm/MPI busbw, worst size >= 1 MiB: $comm_min (target >= 0.90:" \
+             "$(awk -v v="$comm_min" 'BEGIN { print (v >= 0.90) ? "PASS" : "MISS" }'))"
+    fi
+    rm -f "$comm_log"
+fi
+# ==== end comm ============================================================================
 exit $rc

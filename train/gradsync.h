@@ -1,0 +1,63 @@
+// gradsync.h: everything between the backward pass and the updated parameters of a
+// data-parallel step: bucketed gradient allreduce overlapping backward, or ZeRO-1
+// (reduce-scatter gradients, AdamW on this rank's shard, all-gather parameters); the global
+// gradient norm counting every parameter once; and the AdamW update.
+//
+// Buckets: the gradient buffer is cut into buckets of parallel.bucket_mb; the model calls
+// back when the gradients at offsets >= lo are final (backward completes the buffer from
+// its end), and each bucket then fully complete starts its non-blocking allreduce over dp.
+// With gradient accumulation only the last micro-step is armed, so earlier micro-steps
+// just accumulate locally.
+//
+// The reduction is a SUM: backward is scaled by 1/global_batch, so summing over dp ranks
+// gives the global-batch gradient. Replicated tensors have identical gradients on every tp
+// rank (model.h), so they are never reduced over tp, and the norm counts them once.
+#ifndef MM_GRADSYNC_H
+#define MM_GRADSYNC_H
+
+#include <stddef.h>
+
+#include "../comm/comm.h"
+#include "../model/model.h"
+#include "optim.h"
+
+typedef struct {
+    const comm_layout *lay;  // not owned
+    model *model;            // not owned
+    size_t n;                // local parameters
+    int zero;                // ZeRO stage (0 or 1)
+    optim opt;               // AdamW state for [opt.lo, opt.hi), owned
+    // buckets (zero = 0, dp > 1)
+    int n_buckets;
+    size_t *bucket_lo;       // (n_buckets + 1) boundaries, ascending, owned
+    comm_request **req;      // (n_buckets) in flight, owned
+    int next;                // highest bucket not yet started, -1 when all are
+    int armed;               // 1 during the backward whose gradients are reduced
+    // ZeRO-1 (zero = 1)
+    size_t shard;            // elements per dp rank (n rounded up to a multiple of dp)
+    float *zbuf;             // (shard * dp) padded scratch: reduce-scatter in, all-gather out
+    float *zgrad;            // (shard) this rank's reduced gradient
+} gsync;
+
+// Sets up reduction and optimizer state for model m on layout lay; installs the model's
+// gradient hook.
+void gsync_init(gsync *g, model *m, const comm_layout *lay, const optim_cfg *oc, int zero,
+                double bucket_mb);
+void gsync_free(gsync *g);
+
+// Call before the backward of the last micro-step of a step: its buckets reduce as they
+// complete.
+void gsync_arm(gsync *g);
+// Call after that backward: completes the reduction and returns the global gradient norm.
+double gsync_finish(gsync *g);
+// AdamW with the given lr and gradient scale (clipping); under ZeRO also all-gathers.
+void gsync_update(gsync *g, int64_t step, double lr, double grad_scale);
+
+// Full-size (n) AdamW moments for saving a checkpoint. Without ZeRO these are the optimizer's
+// own buffers (*owned = 0); under ZeRO they are gathered into new buffers the caller frees
+// (*owned = 1). Collective over dp.
+void gsync_full_state(gsync *g, float **m, float **v, int *owned);
+// Takes this rank's part of full-size moments (after loading a checkpoint).
+void gsync_load_state(gsync *g, const float *m, const float *v);
+
+#endif  // MM_GRADSYNC_H
