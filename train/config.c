@@ -120,8 +120,8 @@ static const cfg_key keys[] = {
     KINT("parallel.tp", parallel.tp, "1", 1, 4096,
          "tensor-parallel size (divides world size and n_heads)"),
     KINT("parallel.zero", parallel.zero, "0", 0, 1, "ZeRO stage: 0 or 1 (optimizer state sharded)"),
-    KF64("parallel.bucket_mb", parallel.bucket_mb, "25", 0.001, 65536,
-         "gradient allreduce bucket size in MiB"),
+    KF64("parallel.bucket_mb", parallel.bucket_mb, "4", 0.001, 65536,
+         "gradient allreduce bucket size in MiB (MPI over shared memory is fastest near 4)"),
 
     KENUM("backend", backend, "cpu", "cpu|cuda", "compute backend"),
 };

@@ -71,6 +71,7 @@ double gsync_finish(gsync *g) {
     const comm_layout *lay = g->lay;
     mm_real *grads = model_grads(g->model);
     const float *mine = grads;  // this rank's reduced gradients, indexed from opt.lo
+    double t0 = mm_now();
     if (g->n_buckets) {
         MM_CHECK(g->armed && g->next < 0,
                  "gradient buckets %d..0 never started: the model did not report them ready",
@@ -87,6 +88,7 @@ double gsync_finish(gsync *g) {
         comm_reduce_scatter_sum(lay->dp, g->zbuf, g->zgrad, g->shard);
         mine = g->zgrad;
     }
+    g->exposed = mm_now() - t0;
     // ||g||^2 = sum over dp shards of (tp-summed sharded part + replicated part).
     double ss[2];
     optim_sumsq(&g->opt, mine, &ss[0], &ss[1]);

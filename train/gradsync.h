@@ -37,6 +37,8 @@ typedef struct {
     size_t shard;            // elements per dp rank (n rounded up to a multiple of dp)
     float *zbuf;             // (shard * dp) padded scratch: reduce-scatter in, all-gather out
     float *zgrad;            // (shard) this rank's reduced gradient
+    double exposed;          // seconds the last gsync_finish spent on communication that
+                             // backward did not hide
 } gsync;
 
 // Sets up reduction and optimizer state for model m on layout lay; installs the model's

@@ -552,8 +552,9 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
             double tps = tokens_per_step / dt;
             fprintf(t.metrics,
                     "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
-                    "\"tokens_per_s\":%.9g,\"data_wait\":%.9g,\"step_time\":%.9g}\n",
-                    (long long)done, loss, lr, gnorm, tps, wait / dt, dt);
+                    "\"tokens_per_s\":%.9g,\"data_wait\":%.9g,\"comm_exposed\":%.9g,"
+                    "\"step_time\":%.9g}\n",
+                    (long long)done, loss, lr, gnorm, tps, wait / dt, t.sync.exposed / dt, dt);
             if (done % c->run.log_every == 0 || done == c->run.steps || done == first + 1) {
                 char eta[32];
                 double per = (mm_now() - t_start) / (double)(done - first);
