@@ -100,7 +100,7 @@ static void test_defaults(test_counts *tc) {
     TEST_CHECK(tc, c.optim.lr == 1e-3 && c.optim.eps == 1e-8 && c.optim.beta2 == 0.95, "optim");
     TEST_CHECK(tc, strcmp(c.checkpoint.resume, "auto") == 0 && c.checkpoint.keep_last == 3,
                "checkpoint");
-    TEST_CHECK(tc, c.parallel.tp == 1 && c.parallel.bucket_mb == 25, "parallel");
+    TEST_CHECK(tc, c.parallel.tp == 1 && c.parallel.bucket_mb == 4, "parallel");
     TEST_CHECK(tc, strcmp(c.backend, "cpu") == 0, "backend %s", c.backend);
     TEST_CHECK(tc, mm_config_validate(&c, &err) == -1 && strstr(err.msg, "data.train"),
                "defaults need data.train: %s", err.msg);
