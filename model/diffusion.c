@@ -1,0 +1,1293 @@
+// diffusion.c: the DiT of diffusion.h (everything but the objectives and samplers, which live
+// in diffusion_sched.c): parameter table and initialization, forward with the MSE loss,
+// backward, prediction and the FLOP count. Like transformer.c it keeps the model's structure
+// in one place above the ops tables (model_ops for the common ops, dit_ops for SiLU,
+// modulation, gated adds, cross-attention and MSE), so CPU and CUDA backends share it.
+//
+// Inputs per sample, and the decisions diffusion.h leaves open:
+//   image  x_t (H, W, c) -> patches (N, p*p*c), inner order (dy, dx, c), patches row-major in
+//          (py, px) as transformer.c -> x_embed (linear) + a FIXED 2D sin-cos position
+//          embedding (DiT/MAE; not a parameter): channels [0, d/2) encode the patch row,
+//          [d/2, d) the column, each half as [sin(pos w_k) | cos(pos w_k)], w_k =
+//          10000^(-k / (d/4)), k < d/4 (so d % 4 == 0). The output is unpatchified likewise.
+//   time   t in [0, 1] -> sinusoidal features of t*1000 (dim d, max period 10000, DiT order
+//          [cos | sin]) -> t_embed.fc1 (d->d) -> SiLU -> t_embed.fc2 (d->d) = c (B, d). SiLU(c)
+//          feeds every adaLN linear.
+//   text   tokens -> text.wte + text.pos -> enc_layers bidirectional pre-norm blocks (LN ->
+//          self-attention -> residual, LN -> GELU MLP -> residual; attention_fwd with P = T,
+//          PAD tokens and captions with has_text = 0 are no keys) -> text.ln_f. A sample with
+//          has_text = 0 embeds PAD at every position, so an absent caption's bytes are never
+//          read (its rows are not keys of anything anyway).
+//   audio  (audio_F, n_mels) -> (n_aud, audio_group * n_mels) grouped frames (trailing
+//          audio_F % audio_group frames dropped, as transformer.c) -> audio.proj + audio.pos
+//          -> enc_layers blocks -> audio.ln_f.
+//   cond   (B, Tc, d), Tc = text_T + n_aud + 1 = [text tokens | audio tokens | cond.null];
+//          key j of sample b is valid iff it is a non-PAD token of a sample with has_text,
+//          an audio token of a sample with has_audio, or the null token (always).
+// Generator block (shift, scale, gate per branch = blocks.i.ada(SiLU(c)), (B, 6d) in DiT's
+// order shift1 scale1 gate1 shift2 scale2 gate2):
+//   x += gate1 * attn.proj(selfattn(attn.qkv(modulate(LN(x), shift1, scale1))))
+//   x += xattn.proj(crossattn(xattn.q(xattn.ln(x)), xattn.kv(cond)))
+//   x += gate2 * mlp.proj(GELU(mlp.fc(modulate(LN(x), shift2, scale2))))
+// final: modulate(LN(x), final.ada(SiLU(c))) -> final.proj -> unpatchify.
+// The modulated LayerNorms have no affine parameters (elementwise_affine=False as DiT): they
+// call ops->layernorm_fwd with constant ones/zeros owned here, and their dg/db go to a
+// scratch vector that is discarded. Self-attention: attention_fwd with P = N, every key valid.
+//
+// Loss: per sample the mean over the H*W*c pixels of (pred - target)^2; dit_forward returns
+// the sum over samples (double, in sample order), dit_backward differentiates loss_scale *
+// that sum.
+//
+// Parameter layout (names are checkpoint names; groups: text.* TEXT, audio.* AUDIO, the rest
+// TRUNK). Table order = the reverse of the order in which backward finishes tensors:
+//   [text.*, audio.*, cond.null, t_embed.*, x_embed.*, blocks.0 .. blocks.L-1, final.*]
+// Backward runs final, blocks L-1 .. 0, then x_embed (its input gradient is d(block 0 input)),
+// t_embed (c feeds every block and the final layer, so its gradient is complete only after
+// all of them), then the conditioning: cond.null, the audio encoder, the text encoder (the
+// cond tokens feed every block's kv). The grad hook fires after each of those stages with lo
+// = the stage's first offset, last with lo = 0.
+//   - weight decay on every tensor with ndim >= 2 that is not a bias (the transformer's rule:
+//     matrices, wte, text.pos/audio.pos and cond.null); never on biases or LN gains/biases.
+//   - init: per-tensor RNG stream mm_rng(seed, k) over the GLOBAL shape, row-major, sliced
+//     (so independent of tp). Embeddings (text.wte, text.pos, audio.pos, cond.null) and
+//     t_embed.fc*.w N(0, 0.02) as DiT's timestep MLP; every other linear weight xavier-uniform
+//     over (fan_out = prod(shape[:-1]), fan_in = shape[-1]) as DiT's initialize_weights;
+//     biases 0, LN gains 1; blocks.*.ada.*, final.ada.* and final.proj.* ZERO (adaLN-Zero: at
+//     init every block is the identity and the output is exactly 0).
+//
+// Tensor parallelism (Megatron, as transformer.c; NHl = NH/tp heads, Cl = NHl*HD, Fl = F/tp):
+//   column-parallel, split along the output dim: attn.qkv.w (3, d, d) / qkv.b (3, d) along
+//   dim 1 (whole heads of q, k and v), xattn.q.w (d, d) / q.b along dim 0, xattn.kv.w (2, d, d)
+//   / kv.b (2, d) along dim 1, mlp.fc.w (F, d) / fc.b along dim 0; row-parallel along dim 1:
+//   attn.proj.w, xattn.proj.w, mlp.proj.w (their biases replicated, added by tp rank 0 in the
+//   gemm before the allreduce). Everything else is replicated, INCLUDING the conditioning
+//   encoders (they run on short sequences - text_T and n_aud tokens against N image tokens -
+//   so splitting them would buy little and cost four collectives per encoder block), the
+//   adaLN linears, t_embed, x_embed and the final layer.
+//   Collectives, all comm_allreduce_sum over cfg.tp_group: forward, after each of the three
+//   row-parallel projections of a block (B*N*d); backward, d(modulated LN1) after attn.qkv,
+//   d(xattn.ln) after xattn.q, d(modulated LN2) after mlp.fc (B*N*d each), and ONE for d(cond)
+//   (B*Tc*d) after the last block: each block's xattn.kv adds this rank's heads' share of
+//   d(cond) locally, and the encoders below need the sum.
+//   INVARIANT (model.h): replicated gradients are bitwise identical on every tp rank. They
+//   are computed only from replicated values (allreduced sums, which comm returns with the
+//   same bits everywhere) by deterministic ops in the same order. tp = 1 makes no comm call.
+//
+// Activations live in one buffer carved in a fixed order (plan_acts); forward keeps every
+// activation the backward needs, backward scratch comes after them.
+#include "diffusion.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../data/data.h"
+
+// One pre-norm transformer block of a conditioning encoder (replicated, full width).
+typedef struct {
+    mm_real *ln1_g, *ln1_b;  // (C)
+    mm_real *qkv_w;          // (3C, C) = global (3, C, C)
+    mm_real *qkv_b;          // (3C)
+    mm_real *proj_w;         // (C, C)
+    mm_real *proj_b;         // (C)
+    mm_real *ln2_g, *ln2_b;  // (C)
+    mm_real *fc_w;           // (F, C)
+    mm_real *fc_b;           // (F)
+    mm_real *mproj_w;        // (C, F)
+    mm_real *mproj_b;        // (C)
+} enc_layer_w;
+
+typedef struct {
+    enc_layer_w *layer;      // (E) owned
+    mm_real *lnf_g, *lnf_b;  // (C)
+} enc_w;
+
+// One generator block, this rank's slices (Cl = C/tp, Fl = F/tp).
+typedef struct {
+    mm_real *ada_w;          // (6C, C) replicated
+    mm_real *ada_b;          // (6C)
+    mm_real *qkv_w;          // (3, Cl, C)
+    mm_real *qkv_b;          // (3, Cl)
+    mm_real *attproj_w;      // (C, Cl)
+    mm_real *attproj_b;      // (C) replicated
+    mm_real *xln_g, *xln_b;  // (C)
+    mm_real *q_w;            // (Cl, C)
+    mm_real *q_b;            // (Cl)
+    mm_real *kv_w;           // (2, Cl, C)
+    mm_real *kv_b;           // (2, Cl)
+    mm_real *xproj_w;        // (C, Cl)
+    mm_real *xproj_b;        // (C) replicated
+    mm_real *fc_w;           // (Fl, C)
+    mm_real *fc_b;           // (Fl)
+    mm_real *mproj_w;        // (C, Fl)
+    mm_real *mproj_b;        // (C) replicated
+} block_w;
+
+// Views into params or grads (same offsets in both).
+typedef struct {
+    mm_real *wte;   // (V, C)
+    mm_real *tpos;  // (Tt, C)
+    enc_w text;
+    mm_real *aud_w;  // (C, adim)
+    mm_real *aud_b;  // (C)
+    mm_real *apos;   // (n_aud, C)
+    enc_w audio;
+    mm_real *null;         // (1, C)
+    mm_real *t1_w, *t1_b;  // (C, C), (C)
+    mm_real *t2_w, *t2_b;  // (C, C), (C)
+    mm_real *x_w;          // (C, pdim)
+    mm_real *x_b;          // (C)
+    block_w *layer;        // (L) owned
+    mm_real *fada_w;       // (2C, C)
+    mm_real *fada_b;       // (2C)
+    mm_real *fproj_w;      // (pdim, C)
+    mm_real *fproj_b;      // (pdim)
+} weights;
+
+// Saved activations of one encoder block; buffers sized for (max_B, T).
+typedef struct {
+    mm_real *ln1, *ln1_mean, *ln1_rstd;  // (B, T, C), (B, T), (B, T)
+    mm_real *qkv;                        // (B, T, 3C)
+    mm_real *att;                        // (B, NH, T, T)
+    mm_real *atty;                       // (B, T, C)
+    mm_real *res2;                       // (B, T, C)
+    mm_real *ln2, *ln2_mean, *ln2_rstd;  // (B, T, C), (B, T), (B, T)
+    mm_real *fch, *fcg;                  // (B, T, F)
+    mm_real *res3;                       // (B, T, C)
+} enc_layer_acts;
+
+typedef struct {
+    int T;                       // tokens per sample
+    mm_real *x0;                 // (B, T, C) embeddings = block 0 input
+    enc_layer_acts *layer;       // (E) owned
+    mm_real *out, *mean, *rstd;  // (B, T, C) ln_f output; (B, T)
+    uint8_t *key_valid;          // (max_B, T) owned
+    // backward scratch
+    mm_real *dout;         // (B, T, C) gradient of out, gathered from d(cond)
+    mm_real *dres, *dln;   // (B, T, C)
+    mm_real *datty;        // (B, T, C)
+    mm_real *dqkv;         // (B, T, 3C)
+    mm_real *dfch, *dfcg;  // (B, T, F)
+} enc_acts;
+
+// Saved activations of one generator block; BN = B*N rows.
+typedef struct {
+    mm_real *mod;                 // (B, 6C) ada output: shift1 scale1 gate1 shift2 scale2 gate2
+    mm_real *h1, *mean1, *rstd1;  // (BN, C) LN(x) (no affine); (BN), (BN)
+    mm_real *m1;                  // (BN, C) modulated
+    mm_real *qkv;                 // (BN, 3Cl) = (B, N, 3, NHl, HD)
+    mm_real *att;                 // (B, NHl, N, N)
+    mm_real *atty;                // (BN, Cl)
+    mm_real *y1;                  // (BN, C) attn.proj output, whole after the allreduce
+    mm_real *res1;                // (BN, C) x + gate1 * y1
+    mm_real *h2, *mean2, *rstd2;  // (BN, C) xattn.ln output; (BN), (BN)
+    mm_real *q;                   // (BN, Cl)
+    mm_real *kv;                  // (B, Tc, 2Cl) = (B, Tc, 2, NHl, HD)
+    mm_real *xatt;                // (B, NHl, N, Tc)
+    mm_real *xatty;               // (BN, Cl)
+    mm_real *res2;                // (BN, C) res1 + xattn.proj output
+    mm_real *h3, *mean3, *rstd3;  // (BN, C) LN(res2) (no affine); (BN), (BN)
+    mm_real *m3;                  // (BN, C) modulated
+    mm_real *fch, *fcg;           // (BN, Fl) pre / post GELU
+    mm_real *y3;                  // (BN, C) mlp.proj output, whole after the allreduce
+    mm_real *res3;                // (BN, C) res2 + gate2 * y3 = next block's input
+} block_acts;
+
+typedef struct {
+    mm_real *patches;             // (BN, pdim)
+    mm_real *x0;                  // (BN, C) block 0 input
+    mm_real *tfreq;               // (B, C) sinusoidal features of t
+    mm_real *th, *ths;            // (B, C) fc1 output, after SiLU
+    mm_real *c, *sc;              // (B, C) timestep embedding c, SiLU(c)
+    mm_real *aud;                 // (B, n_aud, adim) grouped frames (when a tail is dropped)
+    mm_real *cond;                // (B, Tc, C)
+    block_acts *layer;            // (L) owned
+    mm_real *fmod;                // (B, 2C) final shift, scale
+    mm_real *fh, *fmean, *frstd;  // (BN, C) final LN; (BN), (BN)
+    mm_real *fm;                  // (BN, C) modulated
+    mm_real *outp;                // (BN, pdim) final.proj output (patch layout)
+    mm_real *pred;                // (B, H, W, c)
+    mm_real *losses;              // (B)
+    mm_real *ones, *zeros;        // (C) constants for the non-affine LayerNorms
+    // backward scratch (not kept between calls)
+    mm_real *dloss;            // (B)
+    mm_real *dpred;            // (B, H, W, c)
+    mm_real *doutp;            // (BN, pdim)
+    mm_real *dres;             // (BN, C) gradient of the residual stream
+    mm_real *dy;               // (BN, C) d(y1) / d(y3)
+    mm_real *dm;               // (BN, C) d(m1) / d(m3) / d(fm), allreduced under tp
+    mm_real *dh;               // (BN, C) d(h1) / d(h3) / d(fh)
+    mm_real *dh2;              // (BN, C) d(xattn.ln output), allreduced under tp
+    mm_real *datty;            // (BN, Cl) d(atty) / d(xatty)
+    mm_real *dq;               // (BN, Cl)
+    mm_real *dqkv;             // (BN, 3Cl)
+    mm_real *dkv;              // (B, Tc, 2Cl)
+    mm_real *dfch, *dfcg;      // (BN, Fl)
+    mm_real *dmod;             // (B, 6C) d(block's ada output) / d(fmod)
+    mm_real *dsc;              // (B, C) d(SiLU(c)), summed over blocks and final
+    mm_real *dc, *dths, *dth;  // (B, C)
+    mm_real *dcond;            // (B, Tc, C)
+    mm_real *dlng, *dlnb;      // (C) discarded gains/bias grads of the non-affine LNs
+} acts;
+
+struct dit {
+    dit_config cfg;
+    const model_ops *ops;
+    const dit_ops *dops;
+    int max_B;
+    int C, L, NH, HD, F, V, Tt, E;  // d_model, layers, heads, head dim, d_ff, vocab, text_T, enc
+    int NHl, Cl, Fl;                // this tp rank's heads, attention width, MLP width
+    int N, gh, gw, pdim;            // image tokens, patch grid, patch width
+    int n_aud, adim, Tc;            // audio tokens, audio-token width, cond tokens
+    int n_tensors;
+    model_tensor *tensors;  // (n_tensors) owned
+    size_t n_params;
+    mm_real *params, *grads;  // (n_params) each, owned
+    // first offsets of the backward stages (grad hook): see the file top
+    size_t audio_lo, null_lo, temb_lo, xemb_lo, final_lo;
+    size_t *block_lo;      // (L) owned
+    model_grad_hook hook;  // NULL when none
+    void *hook_ctx;        // not owned
+    weights w, g;          // views into params / grads
+    mm_real *pos;          // (N, C) fixed 2D sin-cos position embedding, owned
+    mm_real *act_mem;      // the one activation buffer, owned
+    acts a;                // views into act_mem
+    enc_acts te, ae;       // text / audio encoder activations (views, key_valid owned)
+    uint8_t *key_valid;    // (max_B, Tc) cross-attention keys, owned
+    uint8_t *all_valid;    // (max_B, N) ones: self-attention keys, owned
+    int saved_B;           // samples whose activations dit_backward may use
+};
+
+// ---------------------------------------------------------------------------------------
+// parameter table
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+static int starts_with(const char *s, const char *prefix) {
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+typedef struct {
+    model_tensor *t;
+    int n, cap;
+    size_t off;
+    int tp, rank;
+} table_builder;
+
+static void add_tensor(table_builder *tb, const char *name, int ndim, const int64_t *shape,
+                       int split_dim) {
+    MM_CHECK(tb->n < tb->cap, "tensor table overflow at %s (count tensors in build_table)", name);
+    model_tensor *t = &tb->t[tb->n++];
+    memset(t, 0, sizeof(*t));
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->ndim = ndim;
+    t->split_dim = split_dim;
+    t->size = 1;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        t->local[i] = shape[i];
+        if (i == split_dim) {
+            MM_CHECK(shape[i] % tb->tp == 0, "%s: dim %d (%lld) not divisible by tp %d", name, i,
+                     (long long)shape[i], tb->tp);
+            t->local[i] = shape[i] / tb->tp;
+            t->start = t->local[i] * tb->rank;
+        }
+        t->size *= (size_t)t->local[i];
+    }
+    t->offset = tb->off;
+    tb->off += t->size;
+    t->decay = ndim >= 2 && !ends_with(name, ".b");  // qkv.b (3, d), kv.b (2, d) are biases
+    t->group = starts_with(name, "text.")    ? MODEL_GROUP_TEXT
+               : starts_with(name, "audio.") ? MODEL_GROUP_AUDIO
+                                             : MODEL_GROUP_TRUNK;
+}
+
+#define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
+enum { ENC_BLOCK_TENSORS = 12, GEN_BLOCK_TENSORS = 18 };
+
+static void add_encoder_blocks(table_builder *tb, const char *pre, int E, int64_t C, int64_t F) {
+    char nm[64];
+#define EB(suffix, ...) \
+    (snprintf(nm, sizeof(nm), "%s.blocks.%d.%s", pre, l, suffix), add_tensor(tb, nm, __VA_ARGS__))
+    for (int l = 0; l < E; l++) {
+        EB("ln1.g", 1, SHAPE(C), -1);
+        EB("ln1.b", 1, SHAPE(C), -1);
+        EB("attn.qkv.w", 3, SHAPE(3, C, C), -1);
+        EB("attn.qkv.b", 2, SHAPE(3, C), -1);
+        EB("attn.proj.w", 2, SHAPE(C, C), -1);
+        EB("attn.proj.b", 1, SHAPE(C), -1);
+        EB("ln2.g", 1, SHAPE(C), -1);
+        EB("ln2.b", 1, SHAPE(C), -1);
+        EB("mlp.fc.w", 2, SHAPE(F, C), -1);
+        EB("mlp.fc.b", 1, SHAPE(F), -1);
+        EB("mlp.proj.w", 2, SHAPE(C, F), -1);
+        EB("mlp.proj.b", 1, SHAPE(C), -1);
+    }
+#undef EB
+    snprintf(nm, sizeof(nm), "%s.ln_f.g", pre);
+    add_tensor(tb, nm, 1, SHAPE(C), -1);
+    snprintf(nm, sizeof(nm), "%s.ln_f.b", pre);
+    add_tensor(tb, nm, 1, SHAPE(C), -1);
+}
+
+static void build_table(dit *m) {
+    const dit_config *c = &m->cfg;
+    const int64_t C = m->C, F = m->F, V = m->V, P = m->pdim;
+    const int E = m->E;
+    int cap = 2 + (ENC_BLOCK_TENSORS * E + 2) + 3 + (ENC_BLOCK_TENSORS * E + 2) + 1 + 4 + 2 +
+              GEN_BLOCK_TENSORS * m->L + 4;
+    table_builder tb = {mm_calloc((size_t)cap, sizeof(model_tensor)), 0, cap, 0, c->tp, c->tp_rank};
+    add_tensor(&tb, "text.wte", 2, SHAPE(V, C), -1);
+    add_tensor(&tb, "text.pos", 2, SHAPE(m->Tt, C), -1);
+    add_encoder_blocks(&tb, "text", E, C, F);
+    m->audio_lo = tb.off;
+    add_tensor(&tb, "audio.proj.w", 2, SHAPE(C, m->adim), -1);
+    add_tensor(&tb, "audio.proj.b", 1, SHAPE(C), -1);
+    add_tensor(&tb, "audio.pos", 2, SHAPE(m->n_aud, C), -1);
+    add_encoder_blocks(&tb, "audio", E, C, F);
+    m->null_lo = tb.off;
+    add_tensor(&tb, "cond.null", 2, SHAPE(1, C), -1);
+    m->temb_lo = tb.off;
+    add_tensor(&tb, "t_embed.fc1.w", 2, SHAPE(C, C), -1);
+    add_tensor(&tb, "t_embed.fc1.b", 1, SHAPE(C), -1);
+    add_tensor(&tb, "t_embed.fc2.w", 2, SHAPE(C, C), -1);
+    add_tensor(&tb, "t_embed.fc2.b", 1, SHAPE(C), -1);
+    m->xemb_lo = tb.off;
+    add_tensor(&tb, "x_embed.w", 2, SHAPE(C, P), -1);
+    add_tensor(&tb, "x_embed.b", 1, SHAPE(C), -1);
+    char nm[64];
+#define BLK(suffix, ...) \
+    (snprintf(nm, sizeof(nm), "blocks.%d.%s", l, suffix), add_tensor(&tb, nm, __VA_ARGS__))
+    m->block_lo = mm_calloc((size_t)m->L, sizeof(size_t));
+    for (int l = 0; l < m->L; l++) {
+        m->block_lo[l] = tb.off;
+        BLK("ada.w", 2, SHAPE(6 * C, C), -1);
+        BLK("ada.b", 1, SHAPE(6 * C), -1);
+        BLK("attn.qkv.w", 3, SHAPE(3, C, C), 1);
+        BLK("attn.qkv.b", 2, SHAPE(3, C), 1);
+        BLK("attn.proj.w", 2, SHAPE(C, C), 1);
+        BLK("attn.proj.b", 1, SHAPE(C), -1);
+        BLK("xattn.ln.g", 1, SHAPE(C), -1);
+        BLK("xattn.ln.b", 1, SHAPE(C), -1);
+        BLK("xattn.q.w", 2, SHAPE(C, C), 0);
+        BLK("xattn.q.b", 1, SHAPE(C), 0);
+        BLK("xattn.kv.w", 3, SHAPE(2, C, C), 1);
+        BLK("xattn.kv.b", 2, SHAPE(2, C), 1);
+        BLK("xattn.proj.w", 2, SHAPE(C, C), 1);
+        BLK("xattn.proj.b", 1, SHAPE(C), -1);
+        BLK("mlp.fc.w", 2, SHAPE(F, C), 0);
+        BLK("mlp.fc.b", 1, SHAPE(F), 0);
+        BLK("mlp.proj.w", 2, SHAPE(C, F), 1);
+        BLK("mlp.proj.b", 1, SHAPE(C), -1);
+    }
+#undef BLK
+    m->final_lo = tb.off;
+    add_tensor(&tb, "final.ada.w", 2, SHAPE(2 * C, C), -1);
+    add_tensor(&tb, "final.ada.b", 1, SHAPE(2 * C), -1);
+    add_tensor(&tb, "final.proj.w", 2, SHAPE(P, C), -1);
+    add_tensor(&tb, "final.proj.b", 1, SHAPE(P), -1);
+    MM_CHECK(tb.n == cap, "tensor count %d != %d (update build_table)", tb.n, cap);
+    m->tensors = tb.t;
+    m->n_tensors = tb.n;
+    m->n_params = tb.off;
+}
+
+// Points the views of wt at buf, in build_table's order.
+static void bind_weights(const dit *m, weights *wt, mm_real *buf) {
+    const model_tensor *t = m->tensors;
+    int k = 0;
+#define NEXT() (buf + t[k++].offset)
+    enc_w *encs[2] = {&wt->text, &wt->audio};
+    for (int e = 0; e < 2; e++) {
+        if (e == 0) {
+            wt->wte = NEXT();
+            wt->tpos = NEXT();
+        } else {
+            wt->aud_w = NEXT();
+            wt->aud_b = NEXT();
+            wt->apos = NEXT();
+        }
+        enc_w *ew = encs[e];
+        ew->layer = mm_calloc((size_t)(m->E ? m->E : 1), sizeof(enc_layer_w));
+        for (int l = 0; l < m->E; l++) {
+            enc_layer_w *lw = &ew->layer[l];
+            lw->ln1_g = NEXT();
+            lw->ln1_b = NEXT();
+            lw->qkv_w = NEXT();
+            lw->qkv_b = NEXT();
+            lw->proj_w = NEXT();
+            lw->proj_b = NEXT();
+            lw->ln2_g = NEXT();
+            lw->ln2_b = NEXT();
+            lw->fc_w = NEXT();
+            lw->fc_b = NEXT();
+            lw->mproj_w = NEXT();
+            lw->mproj_b = NEXT();
+        }
+        ew->lnf_g = NEXT();
+        ew->lnf_b = NEXT();
+    }
+    wt->null = NEXT();
+    wt->t1_w = NEXT();
+    wt->t1_b = NEXT();
+    wt->t2_w = NEXT();
+    wt->t2_b = NEXT();
+    wt->x_w = NEXT();
+    wt->x_b = NEXT();
+    wt->layer = mm_calloc((size_t)m->L, sizeof(block_w));
+    for (int l = 0; l < m->L; l++) {
+        block_w *lw = &wt->layer[l];
+        lw->ada_w = NEXT();
+        lw->ada_b = NEXT();
+        lw->qkv_w = NEXT();
+        lw->qkv_b = NEXT();
+        lw->attproj_w = NEXT();
+        lw->attproj_b = NEXT();
+        lw->xln_g = NEXT();
+        lw->xln_b = NEXT();
+        lw->q_w = NEXT();
+        lw->q_b = NEXT();
+        lw->kv_w = NEXT();
+        lw->kv_b = NEXT();
+        lw->xproj_w = NEXT();
+        lw->xproj_b = NEXT();
+        lw->fc_w = NEXT();
+        lw->fc_b = NEXT();
+        lw->mproj_w = NEXT();
+        lw->mproj_b = NEXT();
+    }
+    wt->fada_w = NEXT();
+    wt->fada_b = NEXT();
+    wt->fproj_w = NEXT();
+    wt->fproj_b = NEXT();
+#undef NEXT
+    MM_CHECK(k == m->n_tensors, "bind_weights out of step with build_table");
+}
+
+// Draws tensor k over its global shape from mm_rng(seed, k) and keeps this rank's slice.
+static void init_tensor(dit *m, int k, uint64_t seed) {
+    const model_tensor *t = &m->tensors[k];
+    mm_real *p = m->params + t->offset;
+    const char *n = t->name;
+    if (ends_with(n, ".g")) {  // layernorm gains
+        for (size_t i = 0; i < t->size; i++) p[i] = 1;
+        return;
+    }
+    // biases and the adaLN-Zero / zero-output tensors stay 0 (the buffer is zeroed)
+    if (t->ndim == 1 || ends_with(n, ".b") || strstr(n, ".ada.") || starts_with(n, "final."))
+        return;
+    int normal = ends_with(n, ".wte") || ends_with(n, ".pos") || strcmp(n, "cond.null") == 0 ||
+                 starts_with(n, "t_embed.");
+    double fan_in = (double)t->shape[t->ndim - 1], fan_out = 1;
+    for (int i = 0; i < t->ndim - 1; i++) fan_out *= (double)t->shape[i];
+    double a = sqrt(6.0 / (fan_in + fan_out));  // xavier-uniform bound
+    mm_rng r;
+    mm_rng_init(&r, seed, (uint64_t)k);
+    size_t total = 1, inner = 1;
+    for (int i = 0; i < t->ndim; i++) total *= (size_t)t->shape[i];
+    int sd = t->split_dim;
+    if (sd >= 0)
+        for (int i = sd + 1; i < t->ndim; i++) inner *= (size_t)t->shape[i];
+    for (size_t gi = 0; gi < total; gi++) {
+        mm_real v = normal ? (mm_real)(0.02 * mm_rng_normal(&r))
+                           : (mm_real)(a * (2.0 * mm_rng_uniform(&r) - 1.0));
+        if (sd < 0) {
+            p[gi] = v;
+            continue;
+        }
+        size_t coord = (gi / inner) % (size_t)t->shape[sd];
+        size_t outer = gi / (inner * (size_t)t->shape[sd]);
+        if (coord < (size_t)t->start || coord >= (size_t)(t->start + t->local[sd])) continue;
+        p[outer * (size_t)t->local[sd] * inner + (coord - (size_t)t->start) * inner + gi % inner] =
+            v;
+    }
+}
+
+// The fixed 2D sin-cos position embedding (file top): pos (gh*gw, C).
+static void fill_pos_embed(mm_real *pos, int gh, int gw, int C) {
+    const int Q = C / 4;
+    for (int py = 0; py < gh; py++)
+        for (int px = 0; px < gw; px++) {
+            mm_real *o = pos + ((size_t)py * gw + px) * C;
+            for (int k = 0; k < Q; k++) {
+                double w = pow(10000.0, -(double)k / Q);
+                o[k] = (mm_real)sin(py * w);
+                o[Q + k] = (mm_real)cos(py * w);
+                o[2 * Q + k] = (mm_real)sin(px * w);
+                o[3 * Q + k] = (mm_real)cos(px * w);
+            }
+        }
+}
+
+// ---------------------------------------------------------------------------------------
+// activations: one buffer, carved in a fixed order. With base NULL only the size is counted.
+
+typedef struct {
+    mm_real *base;
+    size_t off;
+} carver;
+
+static mm_real *carve(carver *cv, size_t n) {
+    mm_real *p = cv->base ? cv->base + cv->off : NULL;
+    cv->off += (n + 15) / 16 * 16;  // 64-byte aligned slices for the vector loops
+    return p;
+}
+
+static void plan_enc(dit *m, carver *cv, enc_acts *e) {
+    size_t BT = (size_t)m->max_B * e->T, C = (size_t)m->C, F = (size_t)m->F;
+    e->x0 = carve(cv, BT * C);
+    for (int l = 0; l < m->E; l++) {
+        enc_layer_acts *la = &e->layer[l];
+        la->ln1 = carve(cv, BT * C);
+        la->ln1_mean = carve(cv, BT);
+        la->ln1_rstd = carve(cv, BT);
+        la->qkv = carve(cv, BT * 3 * C);
+        la->att = carve(cv, BT * m->NH * e->T);
+        la->atty = carve(cv, BT * C);
+        la->res2 = carve(cv, BT * C);
+        la->ln2 = carve(cv, BT * C);
+        la->ln2_mean = carve(cv, BT);
+        la->ln2_rstd = carve(cv, BT);
+        la->fch = carve(cv, BT * F);
+        la->fcg = carve(cv, BT * F);
+        la->res3 = carve(cv, BT * C);
+    }
+    e->out = carve(cv, BT * C);
+    e->mean = carve(cv, BT);
+    e->rstd = carve(cv, BT);
+    e->dout = carve(cv, BT * C);
+    e->dres = carve(cv, BT * C);
+    e->dln = carve(cv, BT * C);
+    e->datty = carve(cv, BT * C);
+    e->dqkv = carve(cv, BT * 3 * C);
+    e->dfch = carve(cv, BT * F);
+    e->dfcg = carve(cv, BT * F);
+}
+
+static size_t plan_acts(dit *m, mm_real *base) {
+    carver cv = {base, 0};
+    const size_t B = (size_t)m->max_B, N = (size_t)m->N, C = (size_t)m->C, BN = B * N;
+    const size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl, BTc = B * m->Tc, pix = BN * m->pdim;
+    acts *a = &m->a;
+    a->patches = carve(&cv, pix);
+    a->x0 = carve(&cv, BN * C);
+    a->tfreq = carve(&cv, B * C);
+    a->th = carve(&cv, B * C);
+    a->ths = carve(&cv, B * C);
+    a->c = carve(&cv, B * C);
+    a->sc = carve(&cv, B * C);
+    a->aud = carve(&cv, B * m->n_aud * m->adim);
+    a->cond = carve(&cv, BTc * C);
+    for (int l = 0; l < m->L; l++) {
+        block_acts *la = &a->layer[l];
+        la->mod = carve(&cv, B * 6 * C);
+        la->h1 = carve(&cv, BN * C);
+        la->mean1 = carve(&cv, BN);
+        la->rstd1 = carve(&cv, BN);
+        la->m1 = carve(&cv, BN * C);
+        la->qkv = carve(&cv, BN * 3 * Cl);
+        la->att = carve(&cv, BN * m->NHl * N);
+        la->atty = carve(&cv, BN * Cl);
+        la->y1 = carve(&cv, BN * C);
+        la->res1 = carve(&cv, BN * C);
+        la->h2 = carve(&cv, BN * C);
+        la->mean2 = carve(&cv, BN);
+        la->rstd2 = carve(&cv, BN);
+        la->q = carve(&cv, BN * Cl);
+        la->kv = carve(&cv, BTc * 2 * Cl);
+        la->xatt = carve(&cv, BN * m->NHl * m->Tc);
+        la->xatty = carve(&cv, BN * Cl);
+        la->res2 = carve(&cv, BN * C);
+        la->h3 = carve(&cv, BN * C);
+        la->mean3 = carve(&cv, BN);
+        la->rstd3 = carve(&cv, BN);
+        la->m3 = carve(&cv, BN * C);
+        la->fch = carve(&cv, BN * Fl);
+        la->fcg = carve(&cv, BN * Fl);
+        la->y3 = carve(&cv, BN * C);
+        la->res3 = carve(&cv, BN * C);
+    }
+    a->fmod = carve(&cv, B * 2 * C);
+    a->fh = carve(&cv, BN * C);
+    a->fmean = carve(&cv, BN);
+    a->frstd = carve(&cv, BN);
+    a->fm = carve(&cv, BN * C);
+    a->outp = carve(&cv, pix);
+    a->pred = carve(&cv, pix);
+    a->losses = carve(&cv, B);
+    a->ones = carve(&cv, C);
+    a->zeros = carve(&cv, C);
+    a->dloss = carve(&cv, B);
+    a->dpred = carve(&cv, pix);
+    a->doutp = carve(&cv, pix);
+    a->dres = carve(&cv, BN * C);
+    a->dy = carve(&cv, BN * C);
+    a->dm = carve(&cv, BN * C);
+    a->dh = carve(&cv, BN * C);
+    a->dh2 = carve(&cv, BN * C);
+    a->datty = carve(&cv, BN * Cl);
+    a->dq = carve(&cv, BN * Cl);
+    a->dqkv = carve(&cv, BN * 3 * Cl);
+    a->dkv = carve(&cv, BTc * 2 * Cl);
+    a->dfch = carve(&cv, BN * Fl);
+    a->dfcg = carve(&cv, BN * Fl);
+    a->dmod = carve(&cv, B * 6 * C);
+    a->dsc = carve(&cv, B * C);
+    a->dc = carve(&cv, B * C);
+    a->dths = carve(&cv, B * C);
+    a->dth = carve(&cv, B * C);
+    a->dcond = carve(&cv, BTc * C);
+    a->dlng = carve(&cv, C);
+    a->dlnb = carve(&cv, C);
+    plan_enc(m, &cv, &m->te);
+    plan_enc(m, &cv, &m->ae);
+    return cv.off;
+}
+
+// ---------------------------------------------------------------------------------------
+// create / free / accessors
+
+static int check_config(const dit_config *c, int max_B, mm_err *err) {
+    struct {
+        const char *name;
+        int v;
+    } pos[] = {{"d_model", c->d_model},
+               {"n_layers", c->n_layers},
+               {"n_heads", c->n_heads},
+               {"d_ff", c->d_ff},
+               {"img_h", c->img_h},
+               {"img_w", c->img_w},
+               {"img_c", c->img_c},
+               {"patch", c->patch},
+               {"vocab", c->vocab},
+               {"text_T", c->text_T},
+               {"audio_F", c->audio_F},
+               {"n_mels", c->n_mels},
+               {"audio_group", c->audio_group},
+               {"tp", c->tp},
+               {"max_B", max_B}};
+    for (size_t i = 0; i < sizeof(pos) / sizeof(pos[0]); i++)
+        if (pos[i].v <= 0)
+            return mm_fail(err, "dit: %s must be > 0 (got %d)", pos[i].name, pos[i].v);
+    if (c->enc_layers < 0)
+        return mm_fail(err, "dit: enc_layers must be >= 0 (got %d)", c->enc_layers);
+    if (c->d_model % c->n_heads)
+        return mm_fail(err, "dit: d_model %d is not divisible by n_heads %d", c->d_model,
+                       c->n_heads);
+    if (c->d_model % 4)
+        return mm_fail(err,
+                       "dit: d_model %d must be a multiple of 4 (2D sin-cos position "
+                       "embedding: sin and cos of row and column)",
+                       c->d_model);
+    if (c->img_h % c->patch || c->img_w % c->patch)
+        return mm_fail(err, "dit: image %dx%d is not divisible into %dx%d patches", c->img_h,
+                       c->img_w, c->patch, c->patch);
+    if (c->audio_F < c->audio_group)
+        return mm_fail(err, "dit: audio_F %d frames is fewer than audio_group %d (no audio token)",
+                       c->audio_F, c->audio_group);
+    if (c->vocab <= DATA_TOK_PAD)
+        return mm_fail(err, "dit: vocab %d must include the PAD token (%d)", c->vocab,
+                       DATA_TOK_PAD);
+    if (c->tp_rank < 0 || c->tp_rank >= c->tp)
+        return mm_fail(err, "dit: tp_rank %d outside [0, tp=%d)", c->tp_rank, c->tp);
+    if (c->n_heads % c->tp || c->d_ff % c->tp)
+        return mm_fail(err, "dit: tp %d must divide n_heads %d and d_ff %d", c->tp, c->n_heads,
+                       c->d_ff);
+    if (c->tp_group && (comm_size(c->tp_group) != c->tp || comm_rank(c->tp_group) != c->tp_rank))
+        return mm_fail(err,
+                       "dit: tp_group is rank %d of %d but the config says tp_rank %d of tp %d",
+                       comm_rank(c->tp_group), comm_size(c->tp_group), c->tp_rank, c->tp);
+    return 0;
+}
+
+int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit_ops *dops,
+               int max_B, uint64_t seed, mm_err *err) {
+    *out = NULL;
+    if (check_config(cfg, max_B, err)) return -1;
+    dit *m = mm_calloc(1, sizeof(dit));
+    m->cfg = *cfg;
+    m->ops = ops;
+    m->dops = dops;
+    m->max_B = max_B;
+    m->C = cfg->d_model;
+    m->L = cfg->n_layers;
+    m->NH = cfg->n_heads;
+    m->HD = cfg->d_model / cfg->n_heads;
+    m->F = cfg->d_ff;
+    m->V = cfg->vocab;
+    m->Tt = cfg->text_T;
+    m->E = cfg->enc_layers;
+    m->NHl = m->NH / cfg->tp;
+    m->Cl = m->NHl * m->HD;
+    m->Fl = m->F / cfg->tp;
+    m->gh = cfg->img_h / cfg->patch;
+    m->gw = cfg->img_w / cfg->patch;
+    m->N = m->gh * m->gw;
+    m->pdim = cfg->patch * cfg->patch * cfg->img_c;
+    m->n_aud = cfg->audio_F / cfg->audio_group;
+    m->adim = cfg->audio_group * cfg->n_mels;
+    m->Tc = m->Tt + m->n_aud + 1;
+
+    build_table(m);
+    m->params = mm_alloc_aligned(m->n_params * sizeof(mm_real));
+    m->grads = mm_alloc_aligned(m->n_params * sizeof(mm_real));
+    bind_weights(m, &m->w, m->params);
+    bind_weights(m, &m->g, m->grads);
+    // each tensor has its own stream, so the split across threads cannot change values
+#pragma omp parallel for schedule(dynamic)
+    for (int k = 0; k < m->n_tensors; k++) init_tensor(m, k, seed);
+    m->pos = mm_malloc((size_t)m->N * m->C * sizeof(mm_real));
+    fill_pos_embed(m->pos, m->gh, m->gw, m->C);
+
+    m->a.layer = mm_calloc((size_t)m->L, sizeof(block_acts));
+    m->te.T = m->Tt;
+    m->ae.T = m->n_aud;
+    size_t nl = (size_t)(m->E ? m->E : 1);
+    m->te.layer = mm_calloc(nl, sizeof(enc_layer_acts));
+    m->ae.layer = mm_calloc(nl, sizeof(enc_layer_acts));
+    size_t n_acts = plan_acts(m, NULL);
+    m->act_mem = mm_alloc_aligned(n_acts * sizeof(mm_real));
+    plan_acts(m, m->act_mem);
+    for (int c = 0; c < m->C; c++) m->a.ones[c] = 1;  // zeros: the buffer is zeroed
+    m->te.key_valid = mm_calloc((size_t)max_B * m->Tt, 1);
+    m->ae.key_valid = mm_calloc((size_t)max_B * m->n_aud, 1);
+    m->key_valid = mm_calloc((size_t)max_B * m->Tc, 1);
+    m->all_valid = mm_malloc((size_t)max_B * m->N);
+    memset(m->all_valid, 1, (size_t)max_B * m->N);
+    *out = m;
+    return 0;
+}
+
+void dit_free(dit *m) {
+    if (!m) return;
+    free(m->tensors);
+    free(m->block_lo);
+    free(m->params);
+    free(m->grads);
+    weights *ws[2] = {&m->w, &m->g};
+    for (int i = 0; i < 2; i++) {
+        free(ws[i]->text.layer);
+        free(ws[i]->audio.layer);
+        free(ws[i]->layer);
+    }
+    free(m->pos);
+    free(m->act_mem);
+    free(m->a.layer);
+    free(m->te.layer);
+    free(m->ae.layer);
+    free(m->te.key_valid);
+    free(m->ae.key_valid);
+    free(m->key_valid);
+    free(m->all_valid);
+    free(m);
+}
+
+int dit_n_tensors(const dit *m) {
+    return m->n_tensors;
+}
+const model_tensor *dit_tensors(const dit *m) {
+    return m->tensors;
+}
+size_t dit_n_params(const dit *m) {
+    return m->n_params;
+}
+mm_real *dit_params(dit *m) {
+    return m->params;
+}
+const dit_config *dit_cfg(const dit *m) { return &m->cfg; }
+
+mm_real *dit_grads(dit *m) {
+    return m->grads;
+}
+void dit_set_grad_hook(dit *m, model_grad_hook fn, void *ctx) {
+    m->hook = fn;
+    m->hook_ctx = ctx;
+}
+
+#ifdef MM_F64
+#define MM_REAL_COMM COMM_F64
+#else
+#define MM_REAL_COMM COMM_F32
+#endif
+
+// In-place sum of x (n) over the tp ranks; nothing at tp = 1 (no group needed).
+static void tp_allreduce(const dit *m, mm_real *x, size_t n) {
+    if (m->cfg.tp > 1) comm_allreduce_sum(m->cfg.tp_group, x, n, MM_REAL_COMM);
+}
+
+static void grad_ready(const dit *m, size_t lo) {
+    if (m->hook) m->hook(m->hook_ctx, lo);
+}
+
+// Zeroes n buffers in one parallel region, each thread a contiguous share of each.
+static void zero_bufs(int n, mm_real *const *p, const size_t *len) {
+#pragma omp parallel
+    {
+        size_t nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
+        for (int k = 0; k < n; k++) {
+            size_t chunk = (len[k] + nt - 1) / nt, s = id * chunk;
+            if (s < len[k])
+                memset(p[k] + s, 0, (len[k] - s < chunk ? len[k] - s : chunk) * sizeof(mm_real));
+        }
+    }
+}
+
+void dit_zero_grad(dit *m) {
+    zero_bufs(1, &m->grads, &m->n_params);
+}
+
+// dst = src (n), in parallel (the residual copies before the in-place gated adds).
+static void copy_par(mm_real *dst, const mm_real *src, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) dst[i] = src[i];
+}
+
+// ---------------------------------------------------------------------------------------
+// forward
+
+static void check_input(const dit *m, const dit_input *in) {
+    MM_CHECK(m->cfg.tp == 1 || m->cfg.tp_group,
+             "dit forward/backward/predict with tp %d needs cfg.tp_group (the model was created "
+             "for layout only)",
+             m->cfg.tp);
+    MM_CHECK(in->B > 0 && in->B <= m->max_B, "batch %d outside [1, max_B=%d] given to dit_create",
+             in->B, m->max_B);
+    MM_CHECK(in->x_t && in->t && in->tokens && in->has_text && in->audio && in->has_audio,
+             "dit_input needs x_t, t, tokens, audio and the has_* flags (PAD / zeros when absent)");
+}
+
+// The caption token the text encoder embeds at (b, t): PAD everywhere for a sample without
+// a caption, so its bytes are never read.
+static inline int text_token(const dit *m, const dit_input *in, int b, int t) {
+    if (!in->has_text[b]) return DATA_TOK_PAD;
+    int tok = in->tokens[(size_t)b * m->Tt + t];
+    MM_CHECK(tok >= 0 && tok < m->V, "token %d of sample %d outside [0, %d)", tok, b, m->V);
+    return tok;
+}
+
+// Encoder blocks and ln_f on e->x0 (B, T, C) with e->key_valid; result in e->out.
+static void enc_forward(const dit *m, const enc_w *w, enc_acts *e, int B) {
+    const model_ops *ops = m->ops;
+    const int C = m->C, F = m->F, T = e->T, BT = B * T;
+    const mm_real *x = e->x0;
+    for (int l = 0; l < m->E; l++) {
+        const enc_layer_w *lw = &w->layer[l];
+        enc_layer_acts *la = &e->layer[l];
+        ops->layernorm_fwd(la->ln1, la->ln1_mean, la->ln1_rstd, x, lw->ln1_g, lw->ln1_b, BT, C);
+        ops->matmul_fwd(la->qkv, la->ln1, lw->qkv_w, lw->qkv_b, BT, C, 3 * C);
+        ops->attention_fwd(la->atty, la->att, la->qkv, e->key_valid, B, T, T, m->NH, m->HD);
+        ops->matmul_fwd(la->res2, la->atty, lw->proj_w, lw->proj_b, BT, C, C);
+        ops->add(la->res2, la->res2, x, (size_t)BT * C);
+        ops->layernorm_fwd(la->ln2, la->ln2_mean, la->ln2_rstd, la->res2, lw->ln2_g, lw->ln2_b, BT,
+                           C);
+        ops->matmul_fwd(la->fch, la->ln2, lw->fc_w, lw->fc_b, BT, C, F);
+        ops->gelu_fwd(la->fcg, la->fch, (size_t)BT * F);
+        ops->matmul_fwd(la->res3, la->fcg, lw->mproj_w, lw->mproj_b, BT, F, C);
+        ops->add(la->res3, la->res3, la->res2, (size_t)BT * C);
+        x = la->res3;
+    }
+    ops->layernorm_fwd(e->out, e->mean, e->rstd, x, w->lnf_g, w->lnf_b, BT, C);
+}
+
+// Everything up to the model output: leaves pred (B, H, W, c) in out.
+static void forward_all(dit *m, const dit_input *in, mm_real *out) {
+    const model_ops *ops = m->ops;
+    const dit_ops *dops = m->dops;
+    const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, N = m->N, BN = B * N, Tt = m->Tt;
+    const int na = m->n_aud, Tc = m->Tc, C6 = 6 * C;
+    const int bias_rank = m->cfg.tp_rank == 0;  // adds the row-parallel biases (file top)
+    acts *a = &m->a;
+    const weights *w = &m->w;
+
+    // timestep embedding: features of t*1000, [cos | sin], then the MLP
+    const int half = C / 2;
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < half; k++) {
+            double arg = (double)in->t[b] * 1000.0 * exp(-log(10000.0) * k / half);
+            a->tfreq[(size_t)b * C + k] = (mm_real)cos(arg);
+            a->tfreq[(size_t)b * C + half + k] = (mm_real)sin(arg);
+        }
+    ops->matmul_fwd(a->th, a->tfreq, w->t1_w, w->t1_b, B, C, C);
+    dops->silu_fwd(a->ths, a->th, (size_t)B * C);
+    ops->matmul_fwd(a->c, a->ths, w->t2_w, w->t2_b, B, C, C);
+    dops->silu_fwd(a->sc, a->c, (size_t)B * C);
+
+    // text encoder input: token + position embeddings; keys: non-PAD tokens of a caption
+    enc_acts *te = &m->te, *ae = &m->ae;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < B * Tt; r++) {
+        int b = r / Tt, t = r % Tt, tok = text_token(m, in, b, t);
+        const mm_real *e = w->wte + (size_t)tok * C, *pe = w->tpos + (size_t)t * C;
+        mm_real *o = te->x0 + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] = e[c] + pe[c];
+        te->key_valid[r] = in->has_text[b] && tok != DATA_TOK_PAD;
+    }
+    enc_forward(m, &w->text, te, B);
+
+    // audio encoder input: grouped frames (a reshape unless a tail is dropped) -> proj + pos
+    const mm_real *aud = in->audio;
+    const int AF = m->cfg.audio_F, nm = m->cfg.n_mels;
+    if (AF != na * m->cfg.audio_group) {
+        for (int b = 0; b < B; b++)
+            memcpy(a->aud + (size_t)b * na * m->adim, in->audio + (size_t)b * AF * nm,
+                   (size_t)na * m->adim * sizeof(mm_real));
+        aud = a->aud;
+    }
+    ops->matmul_fwd(ae->x0, aud, w->aud_w, w->aud_b, B * na, m->adim, C);
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < B * na; r++) {
+        const mm_real *pe = w->apos + (size_t)(r % na) * C;
+        mm_real *o = ae->x0 + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] += pe[c];
+        ae->key_valid[r] = in->has_audio[r / na] != 0;
+    }
+    enc_forward(m, &w->audio, ae, B);
+
+    // cond (B, Tc, C) = [text | audio | null] and its key mask
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        mm_real *cb = a->cond + (size_t)b * Tc * C;
+        memcpy(cb, te->out + (size_t)b * Tt * C, (size_t)Tt * C * sizeof(mm_real));
+        memcpy(cb + (size_t)Tt * C, ae->out + (size_t)b * na * C, (size_t)na * C * sizeof(mm_real));
+        memcpy(cb + (size_t)(Tt + na) * C, w->null, (size_t)C * sizeof(mm_real));
+        uint8_t *kv = m->key_valid + (size_t)b * Tc;
+        memcpy(kv, te->key_valid + (size_t)b * Tt, (size_t)Tt);
+        memcpy(kv + Tt, ae->key_valid + (size_t)b * na, (size_t)na);
+        kv[Tt + na] = 1;
+    }
+
+    // patchify (B, H, W, c) -> (BN, pdim), x_embed, + fixed positions
+    const int p = m->cfg.patch, ic = m->cfg.img_c, gw = m->gw, W = m->cfg.img_w, H = m->cfg.img_h;
+#pragma omp parallel for schedule(static)
+    for (int bp = 0; bp < BN; bp++) {
+        int b = bp / N, py = (bp % N) / gw, px = bp % gw;
+        const mm_real *src = in->x_t + (size_t)b * H * W * ic;
+        for (int dy = 0; dy < p; dy++)
+            memcpy(a->patches + (size_t)bp * m->pdim + (size_t)dy * p * ic,
+                   src + ((size_t)(py * p + dy) * W + (size_t)px * p) * ic,
+                   (size_t)p * ic * sizeof(mm_real));
+    }
+    ops->matmul_fwd(a->x0, a->patches, w->x_w, w->x_b, BN, m->pdim, C);
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < BN; r++) {
+        const mm_real *pe = m->pos + (size_t)(r % N) * C;
+        mm_real *o = a->x0 + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] += pe[c];
+    }
+
+    const size_t nBNC = (size_t)BN * C;
+    const mm_real *x = a->x0;
+    for (int l = 0; l < m->L; l++) {
+        const block_w *lw = &w->layer[l];
+        block_acts *la = &a->layer[l];
+        const mm_real *mod = la->mod;  // (B, 6C)
+        ops->matmul_fwd(la->mod, a->sc, lw->ada_w, lw->ada_b, B, C, C6);
+        // self-attention branch
+        ops->layernorm_fwd(la->h1, la->mean1, la->rstd1, x, a->ones, a->zeros, BN, C);
+        dops->modulate_fwd(la->m1, la->h1, mod, mod + C, C6, B, N, C);
+        ops->matmul_fwd(la->qkv, la->m1, lw->qkv_w, lw->qkv_b, BN, C, 3 * Cl);
+        ops->attention_fwd(la->atty, la->att, la->qkv, m->all_valid, B, N, N, m->NHl, m->HD);
+        ops->matmul_fwd(la->y1, la->atty, lw->attproj_w, bias_rank ? lw->attproj_b : NULL, BN, Cl,
+                        C);
+        tp_allreduce(m, la->y1, nBNC);
+        copy_par(la->res1, x, nBNC);
+        dops->gated_add_fwd(la->res1, la->y1, mod + 2 * C, C6, B, N, C);
+        // cross-attention branch (no gate: the pre-norm LN has affine parameters)
+        ops->layernorm_fwd(la->h2, la->mean2, la->rstd2, la->res1, lw->xln_g, lw->xln_b, BN, C);
+        ops->matmul_fwd(la->q, la->h2, lw->q_w, lw->q_b, BN, C, Cl);
+        ops->matmul_fwd(la->kv, a->cond, lw->kv_w, lw->kv_b, B * Tc, C, 2 * Cl);
+        dops->xattn_fwd(la->xatty, la->xatt, la->q, la->kv, m->key_valid, B, N, Tc, m->NHl, m->HD);
+        ops->matmul_fwd(la->res2, la->xatty, lw->xproj_w, bias_rank ? lw->xproj_b : NULL, BN, Cl,
+                        C);
+        tp_allreduce(m, la->res2, nBNC);
+        ops->add(la->res2, la->res2, la->res1, nBNC);
+        // MLP branch
+        ops->layernorm_fwd(la->h3, la->mean3, la->rstd3, la->res2, a->ones, a->zeros, BN, C);
+        dops->modulate_fwd(la->m3, la->h3, mod + 3 * C, mod + 4 * C, C6, B, N, C);
+        ops->matmul_fwd(la->fch, la->m3, lw->fc_w, lw->fc_b, BN, C, Fl);
+        ops->gelu_fwd(la->fcg, la->fch, (size_t)BN * Fl);
+        ops->matmul_fwd(la->y3, la->fcg, lw->mproj_w, bias_rank ? lw->mproj_b : NULL, BN, Fl, C);
+        tp_allreduce(m, la->y3, nBNC);
+        copy_par(la->res3, la->res2, nBNC);
+        dops->gated_add_fwd(la->res3, la->y3, mod + 5 * C, C6, B, N, C);
+        x = la->res3;
+    }
+
+    // final layer, then unpatchify (BN, pdim) -> (B, H, W, c)
+    ops->matmul_fwd(a->fmod, a->sc, w->fada_w, w->fada_b, B, C, 2 * C);
+    ops->layernorm_fwd(a->fh, a->fmean, a->frstd, x, a->ones, a->zeros, BN, C);
+    dops->modulate_fwd(a->fm, a->fh, a->fmod, a->fmod + C, 2 * C, B, N, C);
+    ops->matmul_fwd(a->outp, a->fm, w->fproj_w, w->fproj_b, BN, C, m->pdim);
+#pragma omp parallel for schedule(static)
+    for (int bp = 0; bp < BN; bp++) {
+        int b = bp / N, py = (bp % N) / gw, px = bp % gw;
+        mm_real *dst = out + (size_t)b * H * W * ic;
+        for (int dy = 0; dy < p; dy++)
+            memcpy(dst + ((size_t)(py * p + dy) * W + (size_t)px * p) * ic,
+                   a->outp + (size_t)bp * m->pdim + (size_t)dy * p * ic,
+                   (size_t)p * ic * sizeof(mm_real));
+    }
+}
+
+double dit_forward(dit *m, const dit_input *in) {
+    check_input(m, in);
+    MM_CHECK(in->target, "dit_forward needs a target (dit_predict computes the output only)");
+    const int B = in->B;
+    const size_t pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
+    forward_all(m, in, m->a.pred);
+    m->dops->mse_fwd(m->a.losses, m->a.pred, in->target, B, pix);
+    double total = 0;
+    for (int b = 0; b < B; b++) total += m->a.losses[b];
+    m->saved_B = B;
+    return total;
+}
+
+void dit_predict(dit *m, const dit_input *in, mm_real *out) {
+    check_input(m, in);
+    m->saved_B = 0;  // the activation buffers now hold this input's pass
+    forward_all(m, in, out);
+}
+
+// ---------------------------------------------------------------------------------------
+// backward
+
+// From e->dout (B, T, C): accumulates the encoder's gradients and leaves d(e->x0) in e->dres.
+static void enc_backward(const dit *m, const enc_w *w, const enc_w *g, enc_acts *e, int B) {
+    const model_ops *ops = m->ops;
+    const int C = m->C, F = m->F, T = e->T, BT = B * T;
+    const size_t nC = (size_t)BT * C;
+    mm_real *const z0[] = {e->dres};
+    const size_t n0[] = {nC};
+    zero_bufs(1, z0, n0);
+    const mm_real *xl = m->E ? e->layer[m->E - 1].res3 : e->x0;
+    ops->layernorm_bwd(e->dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean, e->rstd, BT, C);
+    for (int l = m->E - 1; l >= 0; l--) {
+        const enc_layer_w *lw = &w->layer[l];
+        const enc_layer_w *lg = &g->layer[l];
+        const enc_layer_acts *la = &e->layer[l];
+        const mm_real *x = l ? e->layer[l - 1].res3 : e->x0;
+        mm_real *const zb[] = {e->dfcg, e->dfch, e->dln, e->datty, e->dqkv};
+        const size_t zn[] = {(size_t)BT * F, (size_t)BT * F, nC, nC, 3 * nC};
+        zero_bufs(5, zb, zn);
+        ops->matmul_bwd(e->dfcg, lg->mproj_w, lg->mproj_b, e->dres, la->fcg, lw->mproj_w, BT, F, C);
+        ops->gelu_bwd(e->dfch, la->fch, e->dfcg, (size_t)BT * F);
+        ops->matmul_bwd(e->dln, lg->fc_w, lg->fc_b, e->dfch, la->ln2, lw->fc_w, BT, C, F);
+        ops->layernorm_bwd(e->dres, lg->ln2_g, lg->ln2_b, e->dln, la->res2, lw->ln2_g, la->ln2_mean,
+                           la->ln2_rstd, BT, C);
+        ops->matmul_bwd(e->datty, lg->proj_w, lg->proj_b, e->dres, la->atty, lw->proj_w, BT, C, C);
+        ops->attention_bwd(e->dqkv, e->datty, la->qkv, la->att, B, T, T, m->NH, m->HD);
+        memset(e->dln, 0, nC * sizeof(mm_real));
+        ops->matmul_bwd(e->dln, lg->qkv_w, lg->qkv_b, e->dqkv, la->ln1, lw->qkv_w, BT, C, 3 * C);
+        ops->layernorm_bwd(e->dres, lg->ln1_g, lg->ln1_b, e->dln, x, lw->ln1_g, la->ln1_mean,
+                           la->ln1_rstd, BT, C);
+    }
+}
+
+// in must be the batch of the preceding dit_forward (its target and inputs are read again).
+void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
+    check_input(m, in);
+    MM_CHECK(in->target, "dit_backward needs the target of the preceding dit_forward");
+    MM_CHECK(m->saved_B == in->B,
+             "dit_backward needs the activations of a dit_forward on the same batch (saved %d "
+             "samples, got %d; dit_predict discards them)",
+             m->saved_B, in->B);
+    const model_ops *ops = m->ops;
+    const dit_ops *dops = m->dops;
+    const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, N = m->N, BN = B * N, Tt = m->Tt;
+    const int na = m->n_aud, Tc = m->Tc, C6 = 6 * C, pd = m->pdim;
+    const size_t nBNC = (size_t)BN * C, pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
+
+    // loss -> d(pred) -> patch layout
+    for (int b = 0; b < B; b++) a->dloss[b] = loss_scale;
+    dops->mse_bwd(a->dpred, a->pred, in->target, a->dloss, B, pix);
+    const int p = m->cfg.patch, ic = m->cfg.img_c, gw = m->gw, W = m->cfg.img_w, H = m->cfg.img_h;
+#pragma omp parallel for schedule(static)
+    for (int bp = 0; bp < BN; bp++) {
+        int b = bp / N, py = (bp % N) / gw, px = bp % gw;
+        const mm_real *src = a->dpred + (size_t)b * H * W * ic;
+        for (int dy = 0; dy < p; dy++)
+            memcpy(a->doutp + (size_t)bp * pd + (size_t)dy * p * ic,
+                   src + ((size_t)(py * p + dy) * W + (size_t)px * p) * ic,
+                   (size_t)p * ic * sizeof(mm_real));
+    }
+
+    // final layer
+    {
+        mm_real *const zb[] = {a->dm, a->dh, a->dres, a->dmod, a->dsc, a->dcond};
+        const size_t zn[] = {nBNC, nBNC, nBNC, (size_t)B * C6, (size_t)B * C, (size_t)B * Tc * C};
+        zero_bufs(6, zb, zn);
+    }
+    const mm_real *xL = a->layer[m->L - 1].res3;
+    ops->matmul_bwd(a->dm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
+    dops->modulate_bwd(a->dh, a->dmod, a->dmod + C, a->dm, a->fh, a->fmod + C, 2 * C, B, N, C);
+    ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, xL, a->ones, a->fmean, a->frstd, BN, C);
+    ops->matmul_bwd(a->dsc, g->fada_w, g->fada_b, a->dmod, a->sc, w->fada_w, B, C, 2 * C);
+    grad_ready(m, m->final_lo);
+
+    for (int l = m->L - 1; l >= 0; l--) {
+        const block_w *lw = &w->layer[l];
+        const block_w *lg = &g->layer[l];
+        const block_acts *la = &a->layer[l];
+        const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
+        const mm_real *mod = la->mod;
+        mm_real *dmod = a->dmod;
+        // every activation gradient below is accumulated into: zero them all at once
+        mm_real *const zb[] = {a->dy,   a->dm,  a->dh,   a->dh2,  a->datty, a->dq,
+                               a->dqkv, a->dkv, a->dfch, a->dfcg, a->dmod};
+        const size_t zn[] = {nBNC,
+                             nBNC,
+                             nBNC,
+                             nBNC,
+                             (size_t)BN * Cl,
+                             (size_t)BN * Cl,
+                             (size_t)BN * 3 * Cl,
+                             (size_t)B * Tc * 2 * Cl,
+                             (size_t)BN * Fl,
+                             (size_t)BN * Fl,
+                             (size_t)B * C6};
+        zero_bufs(11, zb, zn);
+        // dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
+        dops->gated_add_bwd(a->dy, dmod + 5 * C, a->dres, la->y3, mod + 5 * C, C6, B, N, C);
+        ops->matmul_bwd(a->dfcg, lg->mproj_w, lg->mproj_b, a->dy, la->fcg, lw->mproj_w, BN, Fl, C);
+        ops->gelu_bwd(a->dfch, la->fch, a->dfcg, (size_t)BN * Fl);
+        ops->matmul_bwd(a->dm, lg->fc_w, lg->fc_b, a->dfch, la->m3, lw->fc_w, BN, C, Fl);
+        tp_allreduce(m, a->dm, nBNC);  // fc saw m3 whole: sum its column shares
+        dops->modulate_bwd(a->dh, dmod + 3 * C, dmod + 4 * C, a->dm, la->h3, mod + 4 * C, C6, B, N,
+                           C);
+        ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, la->res2, a->ones, la->mean3,
+                           la->rstd3, BN, C);
+        // dres = d(res2); res2 = res1 + xattn.proj(...)
+        ops->matmul_bwd(a->datty, lg->xproj_w, lg->xproj_b, a->dres, la->xatty, lw->xproj_w, BN, Cl,
+                        C);
+        dops->xattn_bwd(a->dq, a->dkv, a->datty, la->q, la->kv, la->xatt, B, N, Tc, m->NHl, m->HD);
+        ops->matmul_bwd(a->dh2, lg->q_w, lg->q_b, a->dq, la->h2, lw->q_w, BN, C, Cl);
+        tp_allreduce(m, a->dh2, nBNC);
+        // this rank's heads' share of d(cond), summed over tp once after the last block
+        ops->matmul_bwd(a->dcond, lg->kv_w, lg->kv_b, a->dkv, a->cond, lw->kv_w, B * Tc, C, 2 * Cl);
+        ops->layernorm_bwd(a->dres, lg->xln_g, lg->xln_b, a->dh2, la->res1, lw->xln_g, la->mean2,
+                           la->rstd2, BN, C);
+        // dres = d(res1); res1 = x + gate1 * y1
+        memset(a->dy, 0, nBNC * sizeof(mm_real));
+        dops->gated_add_bwd(a->dy, dmod + 2 * C, a->dres, la->y1, mod + 2 * C, C6, B, N, C);
+        memset(a->datty, 0, (size_t)BN * Cl * sizeof(mm_real));
+        ops->matmul_bwd(a->datty, lg->attproj_w, lg->attproj_b, a->dy, la->atty, lw->attproj_w, BN,
+                        Cl, C);
+        ops->attention_bwd(a->dqkv, a->datty, la->qkv, la->att, B, N, N, m->NHl, m->HD);
+        memset(a->dm, 0, nBNC * sizeof(mm_real));
+        ops->matmul_bwd(a->dm, lg->qkv_w, lg->qkv_b, a->dqkv, la->m1, lw->qkv_w, BN, C, 3 * Cl);
+        tp_allreduce(m, a->dm, nBNC);
+        memset(a->dh, 0, nBNC * sizeof(mm_real));
+        dops->modulate_bwd(a->dh, dmod, dmod + C, a->dm, la->h1, mod + C, C6, B, N, C);
+        ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, x, a->ones, la->mean1, la->rstd1, BN,
+                           C);
+        // dres = d(x); the block's modulation
+        ops->matmul_bwd(a->dsc, lg->ada_w, lg->ada_b, dmod, a->sc, lw->ada_w, B, C, C6);
+        grad_ready(m, m->block_lo[l]);
+    }
+
+    // x_embed (the positions are fixed): no gradient flows into the image
+    ops->matmul_bwd(NULL, g->x_w, g->x_b, a->dres, a->patches, w->x_w, BN, pd, C);
+    grad_ready(m, m->xemb_lo);
+
+    // timestep MLP from d(SiLU(c)), summed over every block and the final layer
+    {
+        mm_real *const zb[] = {a->dc, a->dths, a->dth};
+        const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
+        zero_bufs(3, zb, zn);
+    }
+    dops->silu_bwd(a->dc, a->c, a->dsc, (size_t)B * C);
+    ops->matmul_bwd(a->dths, g->t2_w, g->t2_b, a->dc, a->ths, w->t2_w, B, C, C);
+    dops->silu_bwd(a->dth, a->th, a->dths, (size_t)B * C);
+    ops->matmul_bwd(NULL, g->t1_w, g->t1_b, a->dth, a->tfreq, w->t1_w, B, C, C);
+    grad_ready(m, m->temb_lo);
+
+    // conditioning: d(cond) whole, then the null token and the two encoders
+    tp_allreduce(m, a->dcond, (size_t)B * Tc * C);
+    for (int b = 0; b < B; b++) {
+        const mm_real *d = a->dcond + ((size_t)b * Tc + Tt + na) * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) g->null[c] += d[c];
+    }
+    grad_ready(m, m->null_lo);
+
+    enc_acts *te = &m->te, *ae = &m->ae;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        const mm_real *db = a->dcond + (size_t)b * Tc * C;
+        memcpy(te->dout + (size_t)b * Tt * C, db, (size_t)Tt * C * sizeof(mm_real));
+        memcpy(ae->dout + (size_t)b * na * C, db + (size_t)Tt * C,
+               (size_t)na * C * sizeof(mm_real));
+    }
+    enc_backward(m, &w->audio, &g->audio, ae, B);
+    const mm_real *aud = m->cfg.audio_F != na * m->cfg.audio_group ? a->aud : in->audio;
+    ops->matmul_bwd(NULL, g->aud_w, g->aud_b, ae->dres, aud, w->aud_w, B * na, m->adim, C);
+    // positions: each task owns a block of columns and adds the samples in order
+    enum { CB = 32 };
+    const int ncb = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static)
+    for (int cb = 0; cb < ncb; cb++) {
+        int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < na; t++) {
+                const mm_real *d = ae->dres + ((size_t)b * na + t) * C + c0;
+                mm_real *gp = g->apos + (size_t)t * C + c0;
+#pragma omp simd
+                for (int c = 0; c < n; c++) gp[c] += d[c];
+            }
+    }
+    grad_ready(m, m->audio_lo);
+
+    enc_backward(m, &w->text, &g->text, te, B);
+    // token embeddings and positions, deterministic without atomics (as transformer.c)
+#pragma omp parallel for schedule(static)
+    for (int cb = 0; cb < ncb; cb++) {
+        int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < Tt; t++) {
+                const mm_real *d = te->dres + ((size_t)b * Tt + t) * C + c0;
+                mm_real *gp = g->tpos + (size_t)t * C + c0;
+                mm_real *ge = g->wte + (size_t)text_token(m, in, b, t) * C + c0;
+#pragma omp simd
+                for (int c = 0; c < n; c++) gp[c] += d[c];
+#pragma omp simd
+                for (int c = 0; c < n; c++) ge[c] += d[c];
+            }
+    }
+    grad_ready(m, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// FLOPs per sample of one forward + backward of the WHOLE model (not this rank's share),
+// llm.c / PaLM convention, elementwise ops not counted:
+//   trained matmuls: 6 * MACs (2 forward, 2 input gradient, 2 weight gradient), per token
+//     generator blocks over N tokens: qkv 3d^2 + attn.proj d^2 + xattn.q d^2 + xattn.proj d^2
+//       + MLP 2 d F; xattn.kv over Tc cond tokens: 2 d^2; ada: 6 d^2 once per sample
+//     encoder blocks (text_T and n_aud tokens): 4 d^2 + 2 d F
+//     final: ada 2 d^2 once, proj d * pdim over N tokens; t_embed.fc2 d^2 once
+//   matmuls without an input gradient, 4 * MACs: x_embed (N d pdim), audio.proj (n_aud d
+//     adim), t_embed.fc1 (d^2)
+//   attention: 4 T_q T_k d forward (QK^T and AV), twice that backward: 12 T_q T_k d per
+//     block, with (T_q, T_k) = (N, N) and (N, Tc) per generator block, (T, T) per encoder block.
+double dit_flops_per_sample(const dit *m) {
+    double C = m->C, F = m->F, L = m->L, E = m->E, N = m->N, Tc = m->Tc, Tt = m->Tt, na = m->n_aud,
+           P = m->pdim;
+    double f = 0;
+    f += 6.0 * L * (N * (6 * C * C + 2 * C * F) + Tc * 2 * C * C + 6 * C * C);
+    f += 12.0 * L * (N * N * C + N * Tc * C);
+    f += 6.0 * E * (Tt + na) * (4 * C * C + 2 * C * F);
+    f += 12.0 * E * (Tt * Tt + na * na) * C;
+    f += 6.0 * (2 * C * C + N * C * P + C * C);
+    f += 4.0 * (N * C * P + na * C * m->adim + C * C);
+    return f;
+}

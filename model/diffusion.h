@@ -1,0 +1,146 @@
+// diffusion.h: the second model family: a DiT-style image generator over patches,
+// conditioned on caption bytes and log-mel audio through cross-attention, trained with
+// rectified flow (default) or epsilon-prediction DDPM, sampled with Euler / DDIM steps and
+// classifier-free guidance. It shares the transformer's parameter layout rules (model.h:
+// one contiguous buffer of named tensors with global shapes and tp splits), the ops table
+// for the common ops, and the trainer, loader and checkpoints.
+//
+// Architecture (DiT with cross-attention, adaLN-Zero):
+//   x_t (B,H,W,C) -patchify-> (B,N,p*p*C) -linear-> + fixed 2D sin-cos position -> tokens
+//   t -> sinusoidal features -> MLP (SiLU) -> c (B,d)                 [timestep embedding]
+//   caption bytes -> embedding + pos -> text encoder blocks -> text tokens   \  cond tokens
+//   log-mel frames (grouped) -> linear + pos -> audio encoder blocks -> audio tokens | + null
+//   each block: x += gate1 * selfattn(modulate(LN(x), shift1, scale1))
+//               x += crossattn(LN(x), cond tokens)           (heads split under tp)
+//               x += gate2 * mlp(modulate(LN(x), shift2, scale2))
+//               (shift, scale, gate) x 2 = linear(SiLU(c)), zero-initialized (adaLN-Zero)
+//   final: modulate(LN(x), shift, scale) -> linear (zero-init) -> unpatchify -> (B,H,W,C)
+// A learned null token is always a valid key of the cross-attention, so a sample whose
+// conditioning is absent or dropped (classifier-free guidance) attends to it alone.
+#ifndef MM_DIFFUSION_H
+#define MM_DIFFUSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+// ---------------------------------------------------------------------------------------
+// Ops the diffusion model adds to the common table (model/ops_dit_cpu.c for the CPU).
+typedef struct dit_ops {
+    const char *name;
+    // SiLU elementwise; backward accumulates dx
+    void (*silu_fwd)(mm_real *out, const mm_real *x, size_t n);
+    void (*silu_bwd)(mm_real *dx, const mm_real *x, const mm_real *dout, size_t n);
+    // out (B,N,C) = x * (1 + scale[b]) + shift[b]; shift, scale (B, C) (stride sc between
+    // samples, so they can point into a packed modulation buffer)
+    void (*modulate_fwd)(mm_real *out, const mm_real *x, const mm_real *shift,
+                         const mm_real *scale, int sc, int B, int N, int C);
+    // accumulates dx, dshift, dscale
+    void (*modulate_bwd)(mm_real *dx, mm_real *dshift, mm_real *dscale, const mm_real *dout,
+                         const mm_real *x, const mm_real *scale, int sc, int B, int N, int C);
+    // x (B,N,C) += gate[b] * y ; gate (B, C) with stride sc
+    void (*gated_add_fwd)(mm_real *x, const mm_real *y, const mm_real *gate, int sc, int B,
+                          int N, int C);
+    // accumulates dy, dgate (dx passes through unchanged)
+    void (*gated_add_bwd)(mm_real *dy, mm_real *dgate, const mm_real *dx, const mm_real *y,
+                          const mm_real *gate, int sc, int B, int N, int C);
+    // Cross-attention: q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD) -> out (B, Tq, NH, HD);
+    // key j of sample b is attended iff key_valid[b*Tk + j]. att (B, NH, Tq, Tk) saved.
+    void (*xattn_fwd)(mm_real *out, mm_real *att, const mm_real *q, const mm_real *kv,
+                      const uint8_t *key_valid, int B, int Tq, int Tk, int NH, int HD);
+    // accumulates dq, dkv
+    void (*xattn_bwd)(mm_real *dq, mm_real *dkv, const mm_real *dout, const mm_real *q,
+                      const mm_real *kv, const mm_real *att, int B, int Tq, int Tk, int NH,
+                      int HD);
+    // Per-sample mean squared error: loss[b] = mean over n of (pred - target)^2;
+    // dpred (B, n) = 2 (pred - target) / n * dloss[b] (overwrites)
+    void (*mse_fwd)(mm_real *loss, const mm_real *pred, const mm_real *target, int B,
+                    size_t n);
+    void (*mse_bwd)(mm_real *dpred, const mm_real *pred, const mm_real *target,
+                    const mm_real *dloss, int B, size_t n);
+} dit_ops;
+
+extern const dit_ops dit_ops_cpu;
+
+// ---------------------------------------------------------------------------------------
+typedef struct {
+    int d_model, n_layers, n_heads, d_ff;  // the generator
+    int img_h, img_w, img_c, patch;        // N = (img_h/patch) * (img_w/patch) tokens
+    int vocab, text_T;                     // caption tokens (BOS + bytes, PAD masked)
+    int audio_F, n_mels, audio_group;      // audio tokens = audio_F / audio_group
+    int enc_layers;                        // blocks of each conditioning encoder
+    int tp, tp_rank;
+    comm_group *tp_group;                  // NULL when tp == 1; not owned
+} dit_config;
+
+// One micro-batch. Training fills target; sampling passes target = NULL.
+typedef struct {
+    int B;
+    const mm_real *x_t;        // (B, H, W, C) noisy images
+    const mm_real *t;          // (B) time in [0, 1]: flow time, or DDPM step / 1000
+    const int32_t *tokens;     // (B, text_T) caption tokens (data.h: BOS, bytes, PAD)
+    const uint8_t *has_text;   // (B) 0 = no caption (absent or dropped for guidance)
+    const mm_real *audio;      // (B, audio_F, n_mels) log-mel
+    const uint8_t *has_audio;  // (B) 0 = no audio (absent or dropped)
+    const mm_real *target;     // (B, H, W, C) velocity (flow) or noise (DDPM); NULL to predict
+} dit_input;
+
+typedef struct dit dit;  // opaque; model/diffusion.c
+
+int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit_ops *dops,
+               int max_B, uint64_t seed, mm_err *err);
+void dit_free(dit *m);
+const dit_config *dit_cfg(const dit *m);  // the config it was created with
+int dit_n_tensors(const dit *m);
+const model_tensor *dit_tensors(const dit *m);
+size_t dit_n_params(const dit *m);
+mm_real *dit_params(dit *m);
+mm_real *dit_grads(dit *m);
+void dit_zero_grad(dit *m);
+void dit_set_grad_hook(dit *m, model_grad_hook fn, void *ctx);
+// Forward with loss: returns the SUM over samples of each sample's mean squared error.
+double dit_forward(dit *m, const dit_input *in);
+// Backward of loss_scale * that sum; accumulates into grads; reports via the grad hook.
+void dit_backward(dit *m, const dit_input *in, mm_real loss_scale);
+// Model output for in (target ignored) into out (B, H, W, C). Invalidates saved activations.
+void dit_predict(dit *m, const dit_input *in, mm_real *out);
+double dit_flops_per_sample(const dit *m);
+
+// ---------------------------------------------------------------------------------------
+// Objectives and samplers (model/diffusion_sched.c): pure functions of their inputs.
+typedef enum { DIT_FLOW = 0, DIT_DDPM = 1 } dit_objective;
+enum { DIT_DDPM_STEPS = 1000 };
+
+// DDPM cosine schedule (Nichol & Dhariwal 2021, s = 0.008), the improved-diffusion /
+// diffusers convention: with f(u) = cos^2((u + s) / (1 + s) * pi / 2) and T = 1000,
+//   beta_i = min(1 - f((i+1)/T) / f(i/T), 0.999),  alpha_bar(k) = prod_{i<=k} (1 - beta_i),
+// k in [0, T): alpha_bar(0) = 0.99996, alpha_bar(999) = 2.4e-9 (the clip binds only at 999),
+// mean over k 0.4956. A k outside [0, T) aborts.
+double dit_alpha_bar(int k);
+// Training pairs: for each sample b with time t[b] (flow: t in [0,1]; DDPM: t = k/1000),
+// x_t = (1-t) x0 + t eps and target = eps - x0 (flow), or
+// x_t = sqrt(ab) x0 + sqrt(1-ab) eps and target = eps (DDPM). n = pixels per sample.
+void dit_make_pair(dit_objective obj, int B, size_t n, const mm_real *x0, const mm_real *eps,
+                   const mm_real *t, mm_real *x_t, mm_real *target);
+// Draws training times: flow uniform (logit_normal = 0) or logit-normal(0, 1); DDPM a
+// uniform step k in [0, 1000) returned as k / 1000.
+void dit_draw_t(dit_objective obj, int logit_normal, int B, mm_rng *rng, mm_real *t);
+
+// Generates B images from noise drawn from rng: flow with `steps` Euler steps from t = 1 to
+// 0, DDPM with `steps` DDIM (eta = 0) steps; guidance g: out = u + g (c - u) with u the
+// unconditional prediction (no text, no audio), skipped when g == 1. cond's x_t, t and
+// target are ignored; cond->B = B. Writes (B, H, W, C) in [-1, 1] (clipped) to out.
+// Deterministic for a given rng state and layout. Collective over tp like dit_predict.
+void dit_sample(dit *m, dit_objective obj, const dit_input *cond, int steps, double guidance,
+                mm_rng *rng, mm_real *out);
+
+// The sampler over any predictor (tests use exact oracles): fn(ctx, in, out) must write the
+// model output for in (x_t, t, conditioning; target NULL) into out (in->B, n). n = pixels per
+// sample. dit_sample is this with dit_predict. DDPM needs 1 <= steps <= 1000, flow steps >= 1.
+typedef void (*dit_predict_fn)(void *ctx, const dit_input *in, mm_real *out);
+void dit_sample_with(dit_predict_fn fn, void *ctx, size_t n, dit_objective obj,
+                     const dit_input *cond, int steps, double guidance, mm_rng *rng,
+                     mm_real *out);
+
+#endif  // MM_DIFFUSION_H
