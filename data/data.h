@@ -171,5 +171,34 @@ int data_synth_write(const char *dir, uint64_t n, uint64_t seed, const data_synt
 // Returns 1 when all attributes are right.
 int data_synth_score(const char *reference, const char *generated, int correct[DATA_N_ATTR]);
 extern const char *const data_synth_attr_names[DATA_N_ATTR];
+// Parses a caption into attribute indices (the scorer's parser): attr[a] = the index of the
+// one vocabulary word of attribute a it names (colour: red green blue yellow purple white;
+// shape: circle square triangle cross; size: small large; position: left right top bottom),
+// or -1 when it names none or several. Returns 0 when every attribute is named once, else -1.
+int data_synth_attrs(const char *caption, int attr[DATA_N_ATTR]);
+// The pixel rule: reads colour and shape off an image drawn like the synthetic set's (a bright
+// shape on a dark background), with no model, so generated images can be scored like captions.
+// img (h, w, c) uint8, c >= 3 (channels past the third ignored). Foreground = pixels whose
+// brightest channel is >= 100 (the background stays <= 40, every colour's brightest channel
+// >= 188), largest 4-connected part of it only; colour = palette colour nearest its mean;
+// shape from its bounding box (data/synth.c). Returns 0, or -1 when there is no foreground
+// (or c < 3); colour and shape are then -1.
+int data_synth_classify(const uint8_t *img, int h, int w, int c, int *colour, int *shape);
+
+// ---------------------------------------------------------------------------------------
+// Images out (data/image.c): model images back to bytes and PNG files.
+// [-1, 1] floats to 0..255 with rounding (the inverse of the loader's u8 / 127.5 - 1;
+// out-of-range values and NaN clip). n values.
+void data_image_to_u8(const float *img, int n, uint8_t *out);
+// Tiles n images (n, h, w, c) into a grid of min(cols, n) columns, with pad grey (128) pixels
+// between cells and around the border; empty cells are grey. Sets *out_h, *out_w =
+// rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad; out (out_h, out_w, c) is written
+// unless NULL (a size query). Bad arguments abort.
+void data_image_grid(const uint8_t *imgs, int n, int h, int w, int c, int cols, int pad,
+                     uint8_t *out, int *out_h, int *out_w);
+// Writes rgb (h, w, c), c = 1 (grey), 3 (RGB) or 4 (RGBA), 8-bit, as a PNG at path atomically
+// (encoded in memory, then mm_write_file_atomic: path.tmp, fsync, rename). Returns 0, or -1
+// with err naming the path.
+int data_png_write(const char *path, const uint8_t *rgb, int h, int w, int c, mm_err *err);
 
 #endif  // MM_DATA_H

@@ -279,3 +279,141 @@ int data_synth_write(const char *dir, uint64_t n, uint64_t seed, const data_synt
     snprintf(path, sizeof(path), "%s/val", dir);
     return write_split(path, n_val, seed * 2 + 0x5eed0002ULL, c, err);
 }
+
+// ---------------------------------------------------------------------------------------
+// Reading attributes back: from a caption (the scorer's parser) and from pixels (the rule).
+int data_synth_attrs(const char *caption, int attr[DATA_N_ATTR]) {
+    int count[DATA_N_ATTR], word[DATA_N_ATTR], ok = 0;
+    data_synth_parse(caption, count, word);
+    for (int a = 0; a < DATA_N_ATTR; a++) {
+        attr[a] = count[a] == 1 ? word[a] : -1;
+        if (attr[a] < 0) ok = -1;
+    }
+    return ok;
+}
+
+// Foreground of the pixel rule (see data.h): the brightest channel clears every background
+// pixel (8..40) by far and falls short of every palette colour (>= 188 after the +-12 jitter).
+enum { RULE_FG_LEVEL = 100 };
+
+// Keeps in mask (h, w) only the largest 4-connected part of it (stray bright pixels of a
+// generated image must not stretch the bounding box). Returns its size. queue is (h * w).
+static int largest_part(uint8_t *mask, int h, int w, int *queue) {
+    int n = h * w, best = 0, best_seed = -1;
+    // label 1 = unvisited foreground, 2 = visited
+    for (int s = 0; s < n; s++) {
+        if (mask[s] != 1) continue;
+        int head = 0, tail = 0;
+        queue[tail++] = s;
+        mask[s] = 2;
+        while (head < tail) {
+            int p = queue[head++], y = p / w, x = p % w;
+            int nb[4] = {x > 0 ? p - 1 : -1, x < w - 1 ? p + 1 : -1, y > 0 ? p - w : -1,
+                         y < h - 1 ? p + w : -1};
+            for (int k = 0; k < 4; k++)
+                if (nb[k] >= 0 && mask[nb[k]] == 1) mask[nb[k]] = 2, queue[tail++] = nb[k];
+        }
+        if (tail > best) best = tail, best_seed = s;
+    }
+    if (best_seed < 0) return 0;
+    // flood the winner again as 3, then keep only 3s
+    int head = 0, tail = 0;
+    queue[tail++] = best_seed;
+    mask[best_seed] = 3;
+    while (head < tail) {
+        int p = queue[head++], y = p / w, x = p % w;
+        int nb[4] = {x > 0 ? p - 1 : -1, x < w - 1 ? p + 1 : -1, y > 0 ? p - w : -1,
+                     y < h - 1 ? p + w : -1};
+        for (int k = 0; k < 4; k++)
+            if (nb[k] >= 0 && mask[nb[k]] == 2) mask[nb[k]] = 3, queue[tail++] = nb[k];
+    }
+    for (int p = 0; p < n; p++) mask[p] = mask[p] == 3;
+    return best;
+}
+
+// Shape from the part's bounding box (bw x bh) and three numbers, each of which sets one shape
+// apart from the others with a margin on the generator's geometry (inside(), including shapes
+// cut by the image border; ranges measured over 2000 drawn masks at 32x32):
+//   corners = fill of the four corner boxes (a quarter of the box each way): square 1, circle
+//       <= 0.75, cross 0 (its bars are 0.6 r thick, the corner boxes start 0.5 r out),
+//       triangle >= 0.34 (the ends of its base);
+//   narrow = share of rows and columns whose run is at most half the box: cross >= 0.62 (only
+//       its other bar is full), circle <= 0.25, square 0;
+//   taper = pixels in the top third of the box / pixels in the bottom third: triangle (apex
+//       up) <= 0.46, circle >= 0.62 (a circle cut at the bottom is the lowest), ~1 otherwise.
+// Decided in that order: square by corners, cross by corners and narrow, triangle by taper,
+// else circle. At 32x32 and above no drawn mask is misread; at 16x16 (radius 2-3 px) ~1% are.
+static int shape_of(const uint8_t *mask, int w, int x0, int x1, int y0, int y1) {
+    int bw = x1 - x0 + 1, bh = y1 - y0 + 1, top = 0, bottom = 0, corner = 0, corner_n = 0;
+    int narrow = 0;
+    double cw = bw / 4.0, ch = bh / 4.0;
+    for (int y = y0; y <= y1; y++) {
+        int run = 0;
+        for (int x = x0; x <= x1; x++) {
+            int in_corner = (x - x0 + 0.5 < cw || x1 - x + 0.5 < cw) &&
+                            (y - y0 + 0.5 < ch || y1 - y + 0.5 < ch);
+            int on = mask[y * w + x];
+            corner_n += in_corner, corner += in_corner && on;
+            run += on;
+            if (!on) continue;
+            if (3 * (y - y0) < bh) top++;
+            if (3 * (y1 - y) < bh) bottom++;
+        }
+        narrow += 2 * run <= bw;
+    }
+    for (int x = x0; x <= x1; x++) {
+        int run = 0;
+        for (int y = y0; y <= y1; y++) run += mask[y * w + x];
+        narrow += 2 * run <= bh;
+    }
+    double corners = corner_n ? (double)corner / corner_n : 0.0;
+    double narrow_share = (double)narrow / (bw + bh);
+    double taper = (double)top / (bottom ? bottom : 1);
+    if (corners > 0.9) return SHAPE_SQUARE;
+    if (corners < 0.17 && narrow_share > 0.45) return SHAPE_CROSS;
+    if (taper < 0.54) return SHAPE_TRIANGLE;
+    return SHAPE_CIRCLE;
+}
+
+int data_synth_classify(const uint8_t *img, int h, int w, int c, int *colour, int *shape) {
+    MM_CHECK(h >= 1 && w >= 1, "data_synth_classify: image %dx%d", h, w);
+    *colour = -1, *shape = -1;
+    if (c < 3) return -1;
+    size_t n = (size_t)h * w;
+    uint8_t *mask = mm_malloc(n);          // (h, w)
+    int *queue = mm_malloc(sizeof(int) * n);  // (h * w) flood-fill work list
+    for (size_t p = 0; p < n; p++) {
+        const uint8_t *px = img + p * c;
+        int mx = px[0] > px[1] ? px[0] : px[1];
+        mask[p] = (mx > px[2] ? mx : px[2]) >= RULE_FG_LEVEL;
+    }
+    int area = largest_part(mask, h, w, queue);
+    int rc = -1;
+    if (area > 0) {
+        int x0 = w, x1 = -1, y0 = h, y1 = -1;
+        double sum[3] = {0, 0, 0};
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                if (!mask[y * w + x]) continue;
+                if (x < x0) x0 = x;
+                if (x > x1) x1 = x;
+                if (y < y0) y0 = y;
+                if (y > y1) y1 = y;
+                for (int k = 0; k < 3; k++) sum[k] += img[((size_t)y * w + x) * c + k];
+            }
+        double best = 1e30;
+        for (int k = 0; k < data_synth_vocab_n[ATTR_COLOUR]; k++) {
+            double d = 0;
+            for (int ch = 0; ch < 3; ch++) {
+                double e = sum[ch] / area - colour_rgb[k][ch];
+                d += e * e;
+            }
+            if (d < best) best = d, *colour = k;
+        }
+        *shape = shape_of(mask, w, x0, x1, y0, y1);
+        rc = 0;
+    }
+    free(mask);
+    free(queue);
+    return rc;
+}
