@@ -17,7 +17,7 @@ rm -rf "$OUT"
 root=()
 [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
 t0=$SECONDS
-mpirun "${root[@]}" --oversubscribe -np "$NP" build/train configs/tiny.yaml \
+mpirun "${root[@]}" --oversubscribe --bind-to none -np "$NP" build/train configs/tiny.yaml \
     run.out_dir="$OUT" data.train="$DATA/train" data.val="$DATA/val"
 echo
 echo "demo: trained in $((SECONDS - t0))s on $NP rank(s); run directory $OUT"

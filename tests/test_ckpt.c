@@ -122,7 +122,7 @@ static void layout_fill(layout *l, const globals *gl) {
 }
 
 static ckpt_state state_of(const layout *l) {
-    ckpt_state st = {l->t, l->n, l->n_params, l->buf[0], l->buf[1], l->buf[2]};
+    ckpt_state st = {l->t, l->n, l->n_params, l->buf[0], l->buf[1], l->buf[2], NULL};
     return st;
 }
 

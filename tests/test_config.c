@@ -286,8 +286,8 @@ static void test_validate(test_counts *tc) {
                    "data.global_batch (30) must be a multiple of data.micro_batch (8)");
     expect_invalid(tc, (const char *const[]){"data.micro_batch=64", NULL},
                    "data.micro_batch (64) must not exceed data.global_batch (32)");
-    expect_invalid(tc, (const char *const[]){"model.kind=diffusion", NULL},
-                   "model.kind 'diffusion' is not implemented yet");
+    expect_invalid(tc, (const char *const[]){"diffusion.ema_decay=1", NULL},
+                   "diffusion.ema_decay (1) must be below 1");
     expect_invalid(tc, (const char *const[]){"model.n_heads=3", NULL},
                    "model.d_model (128) must be a multiple of model.n_heads (3)");
     expect_invalid(tc, (const char *const[]){"parallel.tp=8", NULL},

@@ -97,7 +97,7 @@ static int load_state(const mm_config *c, const char *dir, state_copy *s) {
     s->params = mm_calloc(s->n, sizeof(float));
     s->m = mm_calloc(s->n, sizeof(float));
     s->v = mm_calloc(s->n, sizeof(float));
-    ckpt_state st = {model_tensors(m), model_n_tensors(m), s->n, s->params, s->m, s->v};
+    ckpt_state st = {model_tensors(m), model_n_tensors(m), s->n, s->params, s->m, s->v, NULL};
     int rc = ckpt_load_state(dir, &st, &err);
     if (rc != 0) fprintf(stderr, "load_state: %s\n", err.msg);
     model_free(m);

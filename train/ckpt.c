@@ -27,8 +27,8 @@
 #define PATH_LEN 4096
 #define MAX_DIM 4
 
-enum { KIND_PARAMS, KIND_M, KIND_V, N_KINDS };
-static const char *const kind_group[N_KINDS] = {"params", "adam_m", "adam_v"};
+enum { KIND_PARAMS, KIND_M, KIND_V, KIND_EMA, N_KINDS };
+static const char *const kind_group[N_KINDS] = {"params", "adam_m", "adam_v", "ema"};
 
 // ---------------------------------------------------------------------------------------
 // Files and directories.
@@ -410,7 +410,7 @@ int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, 
         mm_fail(err, "%s: cannot write attributes", path);
         goto done;
     }
-    const float *bufs[N_KINDS] = {st->params, st->m, st->v};
+    const float *bufs[N_KINDS] = {st->params, st->m, st->v, st->ema};
     for (int k = 0; k < N_KINDS; k++) {
         if (!bufs[k]) continue;  // weights-only state: no optimizer groups
         grp = H5Gcreate2(file, kind_group[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -1007,7 +1007,7 @@ int ckpt_load_state(const char *dir, const ckpt_state *st, mm_err *err) {
                 n);
         goto done;
     }
-    float *bufs[N_KINDS] = {st->params, st->m, st->v};
+    float *bufs[N_KINDS] = {st->params, st->m, st->v, st->ema};
     for (int k = 0; k < N_KINDS; k++) {
         if (!bufs[k]) continue;
         for (int i = 0; i < st->n_tensors; i++) {

@@ -1,7 +1,7 @@
 // ckpt.h: checkpoints as DESIGN.md and train/CHECKPOINT.md describe them.
 //
 //   <out_dir>/ckpt/step_XXXXXXXX/        a committed checkpoint (directory renamed into place)
-//       rank_XXXXX.h5                    this rank's slices: /params, /adam_m, /adam_v groups,
+//       rank_XXXXX.h5                    this rank's slices: /params, /adam_m, /adam_v (/ema)
 //                                        one dataset per tensor (float32, local shape) with
 //                                        attributes global_shape, split_dim, start
 //       meta.h5                          attributes: format, version, step, world layout,
@@ -43,6 +43,8 @@ typedef struct {
     float *params;  // (n_params)
     float *m;       // (n_params) AdamW first moment
     float *v;       // (n_params) AdamW second moment
+    float *ema;     // (n_params) exponential moving average of params, NULL when the model
+                    // keeps none
 } ckpt_state;
 
 // Collective over `world`: every rank writes its file, rank 0 writes meta and commits, then

@@ -82,7 +82,7 @@ static const cfg_key keys[] = {
     KINT("data.n_mels", data.n_mels, "32", 1, 1024, "mel bands of the audio features"),
 
     KENUM("model.kind", model.kind, "transformer", "transformer|diffusion",
-          "architecture (diffusion: not implemented yet)"),
+          "transformer: captions from image/audio; diffusion: images from caption/audio"),
     KINT("model.d_model", model.d_model, "128", 1, 65536, "residual stream width"),
     KINT("model.n_layers", model.n_layers, "4", 1, 1024, "transformer blocks"),
     KINT("model.n_heads", model.n_heads, "4", 1, 1024,
@@ -90,6 +90,25 @@ static const cfg_key keys[] = {
     KINT("model.d_ff", model.d_ff, "0", 0, 1048576, "MLP hidden width (0 = 4 * d_model)"),
     KINT("model.patch", model.patch, "8", 1, 4096, "image patch size in pixels"),
     KINT("model.audio_group", model.audio_group, "2", 1, 4096, "log-mel frames per audio token"),
+
+    KENUM("diffusion.objective", diffusion.objective, "flow", "flow|ddpm",
+          "flow: rectified flow, velocity target; ddpm: epsilon target, cosine schedule"),
+    KENUM("diffusion.t_sampling", diffusion.t_sampling, "uniform", "uniform|logit_normal",
+          "how flow training draws t (DDPM draws a uniform step)"),
+    KF64("diffusion.cond_drop", diffusion.cond_drop, "0.1", 0, 1,
+         "share of samples trained without conditioning (classifier-free guidance)"),
+    KF64("diffusion.ema_decay", diffusion.ema_decay, "0.999", 0, 1,
+         "EMA of the weights, used for sampling (0 = the EMA is the current weights)"),
+    KINT("diffusion.enc_layers", diffusion.enc_layers, "1", 0, 64,
+         "blocks of the text and of the audio conditioning encoder"),
+    KINT("diffusion.sample_every", diffusion.sample_every, "0", 0, 1000000000,
+         "write a PNG grid of samples every N steps (0 = at evaluation steps)"),
+    KINT("diffusion.sample_steps", diffusion.sample_steps, "25", 1, 1000,
+         "sampler steps (Euler for flow, DDIM for ddpm)"),
+    KF64("diffusion.guidance", diffusion.guidance, "3", 0, 100,
+         "classifier-free guidance scale (1 = none)"),
+    KINT("diffusion.eval_samples", diffusion.eval_samples, "64", 0, 1000000,
+         "validation prompts generated per conditioning mode for cond_acc"),
 
     KF64("optim.lr", optim.lr, "1e-3", 0, 10, "peak learning rate (after warmup)"),
     KF64("optim.min_lr", optim.min_lr, "1e-4", 0, 10,
@@ -599,10 +618,9 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
     if (c->data.n_mels > c->data.n_fft / 2 + 1)
         return mm_fail(err, "config: data.n_mels (%d) must not exceed data.n_fft / 2 + 1 (%d)",
                        c->data.n_mels, c->data.n_fft / 2 + 1);
-    if (strcmp(c->model.kind, "diffusion") == 0)
-        return mm_fail(err,
-                       "config: model.kind 'diffusion' is not implemented yet "
-                       "(use transformer)");
+    if (c->diffusion.ema_decay >= 1)
+        return mm_fail(err, "config: diffusion.ema_decay (%.17g) must be below 1 (the EMA would "
+                       "never move)", c->diffusion.ema_decay);
     if (c->model.d_model % c->model.n_heads)
         return mm_fail(err, "config: model.d_model (%d) must be a multiple of model.n_heads (%d)",
                        c->model.d_model, c->model.n_heads);

@@ -33,11 +33,22 @@ typedef struct {
         int n_fft, hop, n_mels;  // audio features
     } data;
     struct {
-        char kind[32];         // "transformer" (or "diffusion", later)
+        char kind[32];         // "transformer" or "diffusion"
         int d_model, n_layers, n_heads, d_ff;  // d_ff 0 = 4 * d_model
         int patch;             // image patch size in pixels
         int audio_group;       // log-mel frames per audio token
     } model;
+    struct {
+        char objective[16];    // "flow" or "ddpm"
+        char t_sampling[16];   // "uniform" or "logit_normal"
+        double cond_drop;      // conditioning dropout for classifier-free guidance
+        double ema_decay;      // EMA of the weights (sampling uses it)
+        int enc_layers;        // conditioning encoder blocks
+        int sample_every;      // PNG sample grid every N steps (0 = at evaluations)
+        int sample_steps;      // sampler steps
+        double guidance;       // classifier-free guidance scale
+        int eval_samples;      // prompts per conditioning mode for cond_acc
+    } diffusion;
     struct {
         double lr, min_lr;     // peak and final learning rate (cosine)
         int64_t warmup;        // linear warmup steps

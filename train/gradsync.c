@@ -11,7 +11,7 @@
 static void grad_ready(void *ctx, size_t lo) {
     gsync *g = ctx;
     if (!g->armed) return;
-    mm_real *grads = model_grads(g->model);
+    mm_real *grads = g->net->grads;
     while (g->next >= 0 && g->bucket_lo[g->next] >= lo) {
         int b = g->next--;
         g->req[b] = comm_iallreduce_sum(g->lay->dp, grads + g->bucket_lo[b],
@@ -20,12 +20,12 @@ static void grad_ready(void *ctx, size_t lo) {
     for (int b = g->n_buckets - 1; b > g->next; b--) comm_test(g->req[b]);
 }
 
-void gsync_init(gsync *g, model *m, const comm_layout *lay, const optim_cfg *oc, int zero,
-                double bucket_mb) {
+void gsync_init(gsync *g, const train_net *net, const comm_layout *lay, const optim_cfg *oc,
+                int zero, double bucket_mb) {
     memset(g, 0, sizeof(*g));
     g->lay = lay;
-    g->model = m;
-    g->n = model_n_params(m);
+    g->net = net;
+    g->n = net->n_params;
     g->zero = zero && lay->dp_size > 1;
     g->next = -1;
     size_t lo = 0, hi = g->n;
@@ -46,13 +46,13 @@ void gsync_init(gsync *g, model *m, const comm_layout *lay, const optim_cfg *oc,
         for (int b = 0; b < g->n_buckets; b++) g->bucket_lo[b] = (size_t)b * per;
         g->bucket_lo[g->n_buckets] = g->n;
         g->req = mm_calloc((size_t)g->n_buckets, sizeof(comm_request *));
-        model_set_grad_hook(m, grad_ready, g);
+        net->set_grad_hook(net->impl, grad_ready, g);
     }
-    optim_init(&g->opt, oc, model_tensors(m), model_n_tensors(m), lo, hi);
+    optim_init(&g->opt, oc, net->tensors, net->n_tensors, lo, hi);
 }
 
 void gsync_free(gsync *g) {
-    if (g->n_buckets) model_set_grad_hook(g->model, NULL, NULL);
+    if (g->n_buckets) g->net->set_grad_hook(g->net->impl, NULL, NULL);
     optim_free(&g->opt);
     free(g->bucket_lo);
     free(g->req);
@@ -67,9 +67,11 @@ void gsync_arm(gsync *g) {
     g->next = g->n_buckets - 1;
 }
 
+void gsync_ready_all(gsync *g) { grad_ready(g, 0); }
+
 double gsync_finish(gsync *g) {
     const comm_layout *lay = g->lay;
-    mm_real *grads = model_grads(g->model);
+    mm_real *grads = g->net->grads;
     const float *mine = grads;  // this rank's reduced gradients, indexed from opt.lo
     double t0 = mm_now();
     if (g->n_buckets) {
@@ -98,9 +100,9 @@ double gsync_finish(gsync *g) {
 }
 
 void gsync_update(gsync *g, int64_t step, double lr, double grad_scale) {
-    mm_real *params = model_params(g->model);
+    mm_real *params = g->net->params;
     if (!g->zero) {
-        optim_adamw(&g->opt, params, model_grads(g->model), step, lr, grad_scale);
+        optim_adamw(&g->opt, params, g->net->grads, step, lr, grad_scale);
         return;
     }
     optim_adamw(&g->opt, params, g->zgrad, step, lr, grad_scale);

@@ -21,9 +21,22 @@
 #include "../model/model.h"
 #include "optim.h"
 
+// A network as the optimizer sees it: one contiguous parameter buffer, one gradient buffer,
+// the tensor table, and the hook through which backward reports finished gradients. Every
+// model family (transformer, diffusion) provides one.
+typedef struct {
+    void *impl;                  // the network, not owned
+    size_t n_params;
+    mm_real *params;             // (n_params)
+    mm_real *grads;              // (n_params)
+    int n_tensors;
+    const model_tensor *tensors; // (n_tensors)
+    void (*set_grad_hook)(void *impl, model_grad_hook fn, void *ctx);
+} train_net;
+
 typedef struct {
     const comm_layout *lay;  // not owned
-    model *model;            // not owned
+    const train_net *net;    // not owned
     size_t n;                // local parameters
     int zero;                // ZeRO stage (0 or 1)
     optim opt;               // AdamW state for [opt.lo, opt.hi), owned
@@ -41,15 +54,18 @@ typedef struct {
                              // backward did not hide
 } gsync;
 
-// Sets up reduction and optimizer state for model m on layout lay; installs the model's
-// gradient hook.
-void gsync_init(gsync *g, model *m, const comm_layout *lay, const optim_cfg *oc, int zero,
-                double bucket_mb);
+// Sets up reduction and optimizer state for net on layout lay; installs the network's
+// gradient hook. net must outlive g.
+void gsync_init(gsync *g, const train_net *net, const comm_layout *lay, const optim_cfg *oc,
+                int zero, double bucket_mb);
 void gsync_free(gsync *g);
 
 // Call before the backward of the last micro-step of a step: its buckets reduce as they
 // complete.
 void gsync_arm(gsync *g);
+// For an armed micro-step that runs no backward (nothing to train on this rank): starts
+// every bucket as if backward had reported all gradients ready.
+void gsync_ready_all(gsync *g);
 // Call after that backward: completes the reduction and returns the global gradient norm.
 double gsync_finish(gsync *g);
 // AdamW with the given lr and gradient scale (clipping); under ZeRO also all-gathers.

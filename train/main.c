@@ -14,7 +14,10 @@
 static const char *usage =
     "usage: train CONFIG.yaml [section.key=value ...]\n"
     "  Trains (or resumes, with checkpoint.resume: auto) the run CONFIG describes;\n"
-    "  each section.key=value overrides one config key. Keys: train/CONFIG.md.\n";
+    "  each section.key=value overrides one config key. Keys: train/CONFIG.md.\n"
+    "usage: train sample --ckpt DIR --out DIR [--text \"...\"] [--audio FILE.wav] [--n K]\n"
+    "                    [--steps S] [--guidance G] [--seed S]\n"
+    "  Generates images from a diffusion checkpoint (EMA weights) into DIR.\n";
 
 // Exits every rank with status 2 after rank 0 printed msg: used for errors that all ranks
 // detect alike (command line, config), so the message is printed once.
@@ -43,6 +46,12 @@ int main(int argc, char **argv) {
     comm_group *world = comm_init(&argc, &argv);
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         if (comm_rank(world) == 0) fputs(usage, stdout);
+        comm_finalize(world);
+        return 0;
+    }
+    if (argc >= 2 && strcmp(argv[1], "sample") == 0) {
+        mm_err err;
+        if (train_sample_main(argc - 2, argv + 2, world, &err) != 0) fail_all(world, err.msg);
         comm_finalize(world);
         return 0;
     }

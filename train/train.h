@@ -14,4 +14,8 @@
 // can see end the whole job through comm_abort.
 int train_run(const mm_config *cfg, comm_group *world, mm_err *err);
 
+// `train sample ARGS...` (train/sample.c): images from a diffusion checkpoint. argv holds
+// the options after "sample". Returns 0, or -1 with err filled.
+int train_sample_main(int argc, char **argv, comm_group *world, mm_err *err);
+
 #endif  // MM_TRAIN_H

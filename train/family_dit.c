@@ -1,0 +1,389 @@
+// family_dit.c: the diffusion generator as a model family of the trainer. A micro-step
+// noises each sample's image at a random time and regresses the velocity (flow) or the
+// noise (DDPM); the conditioning (caption, audio) is dropped for a share of samples so the
+// model also learns the unconditional prediction that guidance needs. The EMA of the
+// weights is kept here and used for sampling.
+//
+// Randomness is a pure function of (run.seed, step, sample_id): the time, the noise and the
+// dropout of a sample do not depend on which rank or micro-step trains it, so runs agree
+// across layouts and a resumed run continues exactly (no RNG state to save).
+//
+// A sample without an image has nothing to denoise: it counts in the global batch (the loss
+// is the mean over global_batch samples, so it does not depend on the split) but adds 0.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../model/diffusion.h"
+#include "trainer_internal.h"
+
+typedef struct {
+    dit *net;                // owned
+    dit_objective obj;
+    int logit_normal;        // flow: draw t logit-normally
+    int max_B;
+    size_t npix;             // H * W * C
+    // micro-batch scratch, max_B samples each (owned)
+    mm_real *x0, *eps, *xt, *target, *t, *audio, *out;
+    int32_t *tokens;
+    uint8_t *has_text, *has_audio;
+    uint64_t *ids;
+} dit_state;
+
+static dit_state *ds(const trainer *t) { return (dit_state *)t->impl; }
+
+static void dit_set_hook(void *impl, model_grad_hook fn, void *ctx) {
+    dit_set_grad_hook((dit *)impl, fn, ctx);
+}
+
+static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
+    const mm_config *c = t->cfg;
+    dit_config dc = {.d_model = c->model.d_model,
+                     .n_layers = c->model.n_layers,
+                     .n_heads = c->model.n_heads,
+                     .d_ff = c->model.d_ff ? c->model.d_ff : 4 * c->model.d_model,
+                     .img_h = t->schema.img_h,
+                     .img_w = t->schema.img_w,
+                     .img_c = t->schema.img_c,
+                     .patch = c->model.patch,
+                     .vocab = DATA_VOCAB,
+                     .text_T = t->schema.text_max + 1,
+                     .audio_F = data_audio_frames(&t->schema, &t->audio),
+                     .n_mels = c->data.n_mels,
+                     .audio_group = c->model.audio_group,
+                     .enc_layers = c->diffusion.enc_layers,
+                     .tp = t->lay.tp_size,
+                     .tp_rank = t->lay.tp_rank,
+                     .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL};
+    dit_state *s = mm_calloc(1, sizeof(*s));
+    mm_err me;
+    if (dit_create(&s->net, &dc, &model_ops_cpu, &dit_ops_cpu, max_B, c->run.seed, &me) != 0) {
+        free(s);
+        return mm_fail(err, "model: %s", me.msg);
+    }
+    s->obj = strcmp(c->diffusion.objective, "ddpm") == 0 ? DIT_DDPM : DIT_FLOW;
+    s->logit_normal = strcmp(c->diffusion.t_sampling, "logit_normal") == 0;
+    s->max_B = max_B;
+    s->npix = (size_t)t->schema.img_h * t->schema.img_w * t->schema.img_c;
+    size_t img = (size_t)max_B * s->npix * sizeof(mm_real);
+    s->x0 = mm_alloc_aligned(img);
+    s->eps = mm_alloc_aligned(img);
+    s->xt = mm_alloc_aligned(img);
+    s->target = mm_alloc_aligned(img);
+    s->out = mm_alloc_aligned(img);
+    s->t = mm_alloc_aligned((size_t)max_B * sizeof(mm_real));
+    int F = dc.audio_F;
+    s->audio = mm_alloc_aligned((size_t)max_B * F * dc.n_mels * sizeof(mm_real));
+    s->tokens = mm_alloc_aligned((size_t)max_B * dc.text_T * sizeof(int32_t));
+    s->has_text = mm_calloc((size_t)max_B, 1);
+    s->has_audio = mm_calloc((size_t)max_B, 1);
+    s->ids = mm_calloc((size_t)max_B, sizeof(uint64_t));
+    t->impl = s;
+    t->net = (train_net){.impl = s->net,
+                         .n_params = dit_n_params(s->net),
+                         .params = dit_params(s->net),
+                         .grads = dit_grads(s->net),
+                         .n_tensors = dit_n_tensors(s->net),
+                         .tensors = dit_tensors(s->net),
+                         .set_grad_hook = dit_set_hook};
+    t->ema = mm_alloc_aligned(t->net.n_params * sizeof(float));
+    memcpy(t->ema, t->net.params, t->net.n_params * sizeof(float));
+    return 0;
+}
+
+static void dit_fam_destroy(trainer *t) {
+    dit_state *s = ds(t);
+    if (!s) return;
+    dit_free(s->net);
+    free(s->x0);
+    free(s->eps);
+    free(s->xt);
+    free(s->target);
+    free(s->out);
+    free(s->t);
+    free(s->audio);
+    free(s->tokens);
+    free(s->has_text);
+    free(s->has_audio);
+    free(s->ids);
+    free(s);
+    t->impl = NULL;
+}
+
+// Copies sample i of b into slot j of the scratch batch (image as x0, caption, audio).
+static void take_sample(dit_state *s, const data_batch *b, int i, int j) {
+    size_t F = (size_t)b->audio_F * b->n_mels;
+    memcpy(s->x0 + (size_t)j * s->npix, b->image + (size_t)i * s->npix, s->npix * sizeof(float));
+    memcpy(s->tokens + (size_t)j * b->text_T, b->tokens + (size_t)i * b->text_T,
+           (size_t)b->text_T * sizeof(int32_t));
+    memcpy(s->audio + (size_t)j * F, b->audio + (size_t)i * F, F * sizeof(float));
+    s->has_text[j] = 1;
+    s->has_audio[j] = b->has_audio[i];
+    s->ids[j] = b->sample_id[i];
+}
+
+// The time, noise and conditioning dropout of sample `id` at `step`, from its own stream.
+static void draw_sample(const dit_state *s, uint64_t seed, int64_t step, uint64_t id,
+                        double cond_drop, int j) {
+    mm_rng r;
+    mm_rng_init(&r, seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(step + 1)), id);
+    if (mm_rng_uniform(&r) < cond_drop) s->has_text[j] = s->has_audio[j] = 0;
+    dit_draw_t(s->obj, s->logit_normal, 1, &r, s->t + j);
+    mm_real *e = s->eps + (size_t)j * s->npix;
+    for (size_t k = 0; k < s->npix; k++) e[k] = mm_rng_normal(&r);
+}
+
+static dit_input make_input(const dit_state *s, int B, int with_target) {
+    return (dit_input){.B = B,
+                       .x_t = s->xt,
+                       .t = s->t,
+                       .tokens = s->tokens,
+                       .has_text = s->has_text,
+                       .audio = s->audio,
+                       .has_audio = s->has_audio,
+                       .target = with_target ? s->target : NULL};
+}
+
+static double dit_fam_micro_step(trainer *t, const data_batch *b) {
+    dit_state *s = ds(t);
+    const mm_config *c = t->cfg;
+    int n = 0;
+    for (int i = 0; i < b->B; i++) {
+        if (!b->has_image[i]) continue;
+        take_sample(s, b, i, n);
+        draw_sample(s, c->run.seed, t->step, b->sample_id[i], c->diffusion.cond_drop, n);
+        n++;
+    }
+    if (n == 0) {  // nothing to denoise here; the gradient buckets still have to go out
+        gsync_ready_all(&t->sync);
+        return 0.0;
+    }
+    dit_make_pair(s->obj, n, s->npix, s->x0, s->eps, s->t, s->xt, s->target);
+    dit_input in = make_input(s, n, 1);
+    double loss = dit_forward(s->net, &in);
+    dit_backward(s->net, &in, (mm_real)(1.0 / c->data.global_batch));
+    return loss;
+}
+
+static void dit_fam_after_update(trainer *t) {
+    const float d = (float)t->cfg->diffusion.ema_decay;
+    float *ema = t->ema;
+    const float *p = t->net.params;
+    const size_t n = t->net.n_params;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) ema[i] = d * ema[i] + (1.0f - d) * p[i];
+}
+
+static int dit_fam_seq_len(const trainer *t) {
+    const data_schema *sc = &t->schema;
+    int p = t->cfg->model.patch;
+    return (sc->img_h / p) * (sc->img_w / p);
+}
+
+// --------------------------------------------------------------------------------------
+// evaluation: validation loss at fixed noise, samples from validation prompts with the EMA
+// weights, and the conditional accuracy a pixel rule reads off them.
+
+enum { MODE_TEXT, MODE_AUDIO, MODE_BOTH, N_MODES };
+static const char *const mode_name[N_MODES] = {"text", "audio", "both"};
+
+// Swaps the network's weights with the EMA (twice restores them).
+static void swap_ema(trainer *t) {
+    float *p = t->net.params, *e = t->ema;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < t->net.n_params; i++) {
+        float x = p[i];
+        p[i] = e[i];
+        e[i] = x;
+    }
+}
+
+// Reads validation samples idx[0..n) into the scratch batch as prompts of the given mode.
+static void load_prompts(trainer *t, const uint64_t *idx, int n, int mode) {
+    dit_state *s = ds(t);
+    mm_err e;
+    if (data_dataset_read(t->val, idx, n, t->val_feat, &t->val_batch, &e) != 0)
+        train_die(t, e.msg);
+    for (int i = 0; i < n; i++) {
+        take_sample(s, &t->val_batch, i, i);
+        s->has_text[i] = mode != MODE_AUDIO;
+        s->has_audio[i] = mode != MODE_TEXT && t->val_batch.has_audio[i];
+    }
+}
+
+// Validation samples usable as prompts of a mode (need an image to know the attributes,
+// and audio for the audio modes), the first `want` of them.
+static int pick_prompts(trainer *t, int mode, int want, uint64_t *out) {
+    const data_schema *vs = data_dataset_schema(t->val);
+    int n = 0;
+    uint64_t idx[1];
+    for (uint64_t i = 0; i < vs->n_samples && n < want; i++) {
+        idx[0] = i;
+        mm_err e;
+        if (data_dataset_read(t->val, idx, 1, t->val_feat, &t->val_batch, &e) != 0)
+            train_die(t, e.msg);
+        if (!t->val_batch.has_image[0]) continue;
+        if (mode != MODE_TEXT && !t->val_batch.has_audio[0]) continue;
+        out[n++] = i;
+    }
+    return n;
+}
+
+// Generates images for prompts idx[0..n) in mode into rgb (n, H, W, C) uint8, batch by batch.
+static void generate(trainer *t, const uint64_t *idx, int n, int mode, uint64_t stream,
+                     uint8_t *rgb) {
+    dit_state *s = ds(t);
+    const int eb = t->cfg->eval.batch < s->max_B ? t->cfg->eval.batch : s->max_B;
+    for (int b0 = 0; b0 < n; b0 += eb) {
+        int nb = n - b0 < eb ? n - b0 : eb;
+        load_prompts(t, idx + b0, nb, mode);
+        mm_rng r;
+        mm_rng_init(&r, t->cfg->run.seed, stream + (uint64_t)b0);
+        dit_input cond = make_input(s, nb, 0);
+        dit_sample(s->net, s->obj, &cond, t->cfg->diffusion.sample_steps,
+                   t->cfg->diffusion.guidance, &r, s->out);
+        data_image_to_u8(s->out, (int)(nb * s->npix), rgb + (size_t)b0 * s->npix);
+    }
+}
+
+// Writes <out>/samples/step_X.png: one row per conditioning mode for the first prompts.
+static void write_grid(trainer *t) {
+    enum { COLS = 8 };
+    const data_schema *sc = &t->schema;
+    uint64_t idx[N_MODES][COLS];
+    int n[N_MODES];
+    size_t npix = ds(t)->npix;
+    uint8_t *imgs = mm_calloc((size_t)N_MODES * COLS * npix, 1);
+    for (int m = 0; m < N_MODES; m++) {
+        n[m] = pick_prompts(t, m, COLS, idx[m]);
+        generate(t, idx[m], n[m], m, 0x6772696400ULL + (uint64_t)m * 4096,  // "grid"
+                 imgs + (size_t)m * COLS * npix);
+    }
+    if (t->rank == 0) {
+        int gh = 0, gw = 0, pad = 2;
+        size_t cap = (size_t)(N_MODES * (sc->img_h + pad) + pad) * (COLS * (sc->img_w + pad) + pad) *
+                     sc->img_c;
+        uint8_t *grid = mm_calloc(cap, 1);
+        data_image_grid(imgs, N_MODES * COLS, sc->img_h, sc->img_w, sc->img_c, COLS, pad, grid,
+                        &gh, &gw);
+        char path[MM_STR + 64];
+        snprintf(path, sizeof(path), "%s/samples", t->cfg->run.out_dir);
+        mm_err e;
+        if (mm_mkdirs(path, &e) != 0) train_die(t, e.msg);
+        snprintf(path, sizeof(path), "%s/samples/step_%08lld.png", t->cfg->run.out_dir,
+                 (long long)t->step);
+        if (data_png_write(path, grid, gh, gw, sc->img_c, &e) != 0) train_die(t, e.msg);
+        printf("samples: %s (rows: text, audio, both; %d prompts each)\n", path, COLS);
+        free(grid);
+    }
+    free(imgs);
+}
+
+static void dit_fam_evaluate(trainer *t) {
+    const mm_config *c = t->cfg;
+    dit_state *s = ds(t);
+    const data_schema *vs = data_dataset_schema(t->val);
+    // validation loss at a fixed time and noise per sample, with the current weights
+    int64_t nval = (int64_t)vs->n_samples;
+    if (c->eval.samples > 0 && c->eval.samples < nval) nval = c->eval.samples;
+    const int eb = c->eval.batch < s->max_B ? c->eval.batch : s->max_B;
+    uint64_t *idx = mm_malloc((size_t)(nval > eb ? nval : eb) * sizeof(uint64_t));
+    double loss_sum = 0.0;
+    int64_t scored = 0;
+    for (int64_t b0 = 0; b0 < nval; b0 += eb) {
+        int nb = (int)(nval - b0 < eb ? nval - b0 : eb);
+        for (int i = 0; i < nb; i++) idx[i] = (uint64_t)(b0 + i);
+        mm_err e;
+        if (data_dataset_read(t->val, idx, nb, t->val_feat, &t->val_batch, &e) != 0)
+            train_die(t, e.msg);
+        int n = 0;
+        for (int i = 0; i < nb; i++) {
+            if (!t->val_batch.has_image[i]) continue;
+            take_sample(s, &t->val_batch, i, n);
+            draw_sample(s, c->run.seed, -2, t->val_batch.sample_id[i], 0.0, n);
+            n++;
+        }
+        if (n == 0) continue;
+        dit_make_pair(s->obj, n, s->npix, s->x0, s->eps, s->t, s->xt, s->target);
+        dit_input in = make_input(s, n, 1);
+        loss_sum += dit_forward(s->net, &in);
+        scored += n;
+    }
+    double val_loss = scored ? loss_sum / (double)scored : 0.0;
+
+    // conditional accuracy: generate from validation prompts with the EMA weights and read
+    // colour and shape back from the pixels
+    swap_ema(t);
+    double acc[N_MODES] = {0};
+    int want = c->diffusion.eval_samples;
+    uint64_t *pidx = mm_malloc((size_t)(want > 0 ? want : 1) * sizeof(uint64_t));
+    uint8_t *rgb = mm_malloc((size_t)(want > 0 ? want : 1) * s->npix);
+    FILE *ev = NULL;
+    char path[MM_STR + 64];
+    if (t->rank == 0) ev = train_open_output(t, "eval", "jsonl", path, sizeof(path));
+    for (int m = 0; m < N_MODES && want > 0; m++) {
+        int n = pick_prompts(t, m, want, pidx);
+        generate(t, pidx, n, m, 0x6576616c00ULL + (uint64_t)m * 1000003,  // "eval"
+                 rgb);
+        int right = 0;
+        for (int i = 0; i < n; i++) {
+            uint64_t one = pidx[i];
+            mm_err e;
+            if (data_dataset_read(t->val, &one, 1, t->val_feat, &t->val_batch, &e) != 0)
+                train_die(t, e.msg);
+            int attr[DATA_N_ATTR], colour = -1, shape = -1;
+            int ok = data_synth_attrs(t->val_batch.text, attr) == 0 &&
+                     data_synth_classify(rgb + (size_t)i * s->npix, vs->img_h, vs->img_w,
+                                         vs->img_c, &colour, &shape) == 0 &&
+                     colour == attr[0] && shape == attr[1];
+            right += ok;
+            if (ev) {
+                fprintf(ev, "{\"sample_id\":%llu,\"mode\":\"%s\",\"prompt\":",
+                        (unsigned long long)t->val_batch.sample_id[0], mode_name[m]);
+                train_json_string(ev, t->val_batch.text);
+                fprintf(ev, ",\"colour\":%d,\"shape\":%d,\"right\":%d}\n", colour, shape, ok);
+            }
+        }
+        acc[m] = n ? (double)right / n : 0.0;
+    }
+    if (ev) fclose(ev);
+    int grid_now = c->diffusion.sample_every == 0;
+    if (grid_now) write_grid(t);
+    swap_ema(t);
+    if (t->rank == 0) {
+        printf("eval step %lld | val_loss %.4f | cond_acc %.1f%% (text %.1f%%, audio %.1f%%, "
+               "both %.1f%%) over %d prompts each\n",
+               (long long)t->step, val_loss, 100.0 * acc[MODE_BOTH], 100.0 * acc[MODE_TEXT],
+               100.0 * acc[MODE_AUDIO], 100.0 * acc[MODE_BOTH], want);
+        fprintf(t->metrics,
+                "{\"step\":%lld,\"val_loss\":%.9g,\"cond_acc\":%.9g,\"cond_acc_text\":%.9g,"
+                "\"cond_acc_audio\":%.9g,\"cond_acc_both\":%.9g}\n",
+                (long long)t->step, val_loss, acc[MODE_BOTH], acc[MODE_TEXT], acc[MODE_AUDIO],
+                acc[MODE_BOTH]);
+        fflush(t->metrics);
+        fflush(stdout);
+    }
+    free(idx);
+    free(pidx);
+    free(rgb);
+}
+
+// diffusion.sample_every writes the sample grid on its own schedule.
+static void dit_fam_after_update_and_grid(trainer *t) {
+    dit_fam_after_update(t);
+    int every = t->cfg->diffusion.sample_every;
+    if (every > 0 && t->val && t->step % every == 0) {
+        swap_ema(t);
+        write_grid(t);
+        swap_ema(t);
+    }
+}
+
+const train_family train_family_dit = {.kind = "diffusion",
+                                       .create = dit_fam_create,
+                                       .destroy = dit_fam_destroy,
+                                       .micro_step = dit_fam_micro_step,
+                                       .after_update = dit_fam_after_update_and_grid,
+                                       .evaluate = dit_fam_evaluate,
+                                       .seq_len = dit_fam_seq_len};

@@ -1,0 +1,213 @@
+// sample.c: `train sample`: generate images from a diffusion checkpoint with its EMA
+// weights, conditioned on a caption and/or a WAV file, without a training run around it.
+//   train sample --ckpt DIR --out DIR [--text "..."] [--audio FILE.wav] [--n K]
+//                [--steps S] [--guidance G] [--seed S]
+// Writes DIR/sample_XXX.png and DIR/grid.png. Shapes come from the checkpoint's config and
+// the schema of its training set (data.train must still be readable).
+#include <errno.h>
+#include <sndfile.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../data/data.h"
+#include "../model/diffusion.h"
+#include "ckpt.h"
+#include "config.h"
+#include "train.h"
+
+typedef struct {
+    const char *ckpt, *out, *text, *audio;
+    int n, steps;
+    double guidance;
+    uint64_t seed;
+} sample_args;
+
+static int parse_args(int argc, char **argv, sample_args *a, mm_err *err) {
+    memset(a, 0, sizeof(*a));
+    a->n = 8;
+    a->steps = -1;
+    a->guidance = -1;
+    for (int i = 0; i < argc; i++) {
+        const char *k = argv[i];
+        if (i + 1 >= argc) return mm_fail(err, "sample: %s needs a value", k);
+        const char *v = argv[++i];
+        char *end = NULL;
+        errno = 0;
+        if (strcmp(k, "--ckpt") == 0) a->ckpt = v;
+        else if (strcmp(k, "--out") == 0) a->out = v;
+        else if (strcmp(k, "--text") == 0) a->text = v;
+        else if (strcmp(k, "--audio") == 0) a->audio = v;
+        else if (strcmp(k, "--n") == 0 || strcmp(k, "--steps") == 0) {
+            long x = strtol(v, &end, 10);
+            if (errno || *end || x < 1 || x > 4096)
+                return mm_fail(err, "sample: %s '%s': expected an integer in [1, 4096]", k, v);
+            if (k[2] == 'n') a->n = (int)x;
+            else a->steps = (int)x;
+        } else if (strcmp(k, "--guidance") == 0) {
+            a->guidance = strtod(v, &end);
+            if (errno || *end || a->guidance < 0)
+                return mm_fail(err, "sample: --guidance '%s': expected a number >= 0", v);
+        } else if (strcmp(k, "--seed") == 0) {
+            a->seed = strtoull(v, &end, 10);
+            if (errno || *end || *v == '-')
+                return mm_fail(err, "sample: --seed '%s': expected an unsigned integer", v);
+        } else {
+            return mm_fail(err, "sample: unknown option '%s' (see train --help)", k);
+        }
+    }
+    if (!a->ckpt) return mm_fail(err, "sample: --ckpt DIR is required");
+    if (!a->out) return mm_fail(err, "sample: --out DIR is required");
+    return 0;
+}
+
+// Reads a WAV (any libsndfile format) as mono int16 at the dataset's rate, up to len samples.
+static int read_audio(const char *path, const data_schema *sc, int16_t *pcm, int *n,
+                      mm_err *err) {
+    SF_INFO info;
+    memset(&info, 0, sizeof(info));
+    SNDFILE *f = sf_open(path, SFM_READ, &info);
+    if (!f) return mm_fail(err, "%s: cannot read audio: %s", path, sf_strerror(NULL));
+    int rc = 0;
+    if (info.samplerate != sc->audio_rate) {
+        rc = mm_fail(err, "%s: sample rate %d Hz, the model was trained at %d Hz (resample it, "
+                     "e.g. sox in.wav -r %d out.wav)", path, info.samplerate, sc->audio_rate,
+                     sc->audio_rate);
+    } else {
+        float *buf = mm_malloc((size_t)sc->audio_len * info.channels * sizeof(float));
+        sf_count_t got = sf_readf_float(f, buf, sc->audio_len);
+        if (got <= 0) rc = mm_fail(err, "%s: no audio frames", path);
+        for (sf_count_t i = 0; i < got; i++) {
+            float s = 0;
+            for (int ch = 0; ch < info.channels; ch++) s += buf[i * info.channels + ch];
+            s /= (float)info.channels;
+            s = s > 1 ? 1 : s < -1 ? -1 : s;
+            pcm[i] = (int16_t)(s * 32767.0f);
+        }
+        *n = (int)(got > 0 ? got : 0);
+        free(buf);
+    }
+    sf_close(f);
+    return rc;
+}
+
+static int run_sample(const sample_args *a, mm_err *err) {
+    ckpt_meta meta;
+    char *yaml = NULL;
+    if (ckpt_load_meta(a->ckpt, &meta, &yaml, err) != 0) return -1;
+    mm_config c;
+    mm_err e;
+    int rc = mm_config_load_string(&c, yaml, a->ckpt, &e);
+    free(yaml);
+    if (rc != 0) return mm_fail(err, "%s: saved config: %s", a->ckpt, e.msg);
+    if (strcmp(c.model.kind, "diffusion") != 0)
+        return mm_fail(err, "%s: a %s checkpoint; sample needs a diffusion one", a->ckpt,
+                       c.model.kind);
+    data_dataset *probe = NULL;
+    if (data_dataset_open(&probe, c.data.train, 0, &e) != 0)
+        return mm_fail(err, "%s: needs the schema of its training set data.train: %s", a->ckpt,
+                       e.msg);
+    data_schema sc = *data_dataset_schema(probe);
+    data_dataset_close(probe);
+    data_audio_cfg ac = {c.data.n_fft, c.data.hop, c.data.n_mels};
+    const int n = a->n, text_T = sc.text_max + 1, F = data_audio_frames(&sc, &ac);
+    dit_config dc = {.d_model = c.model.d_model, .n_layers = c.model.n_layers,
+                     .n_heads = c.model.n_heads,
+                     .d_ff = c.model.d_ff ? c.model.d_ff : 4 * c.model.d_model,
+                     .img_h = sc.img_h, .img_w = sc.img_w, .img_c = sc.img_c,
+                     .patch = c.model.patch, .vocab = DATA_VOCAB, .text_T = text_T,
+                     .audio_F = F, .n_mels = c.data.n_mels, .audio_group = c.model.audio_group,
+                     .enc_layers = c.diffusion.enc_layers, .tp = 1, .tp_rank = 0};
+    dit *m = NULL;
+    if (dit_create(&m, &dc, &model_ops_cpu, &dit_ops_cpu, n, 0, err) != 0) return -1;
+    size_t np = dit_n_params(m), npix = (size_t)sc.img_h * sc.img_w * sc.img_c;
+    float *ema = mm_alloc_aligned(np * sizeof(float));
+    int32_t *tokens = mm_calloc((size_t)n * text_T, sizeof(int32_t));
+    float *audio = mm_calloc((size_t)n * F * c.data.n_mels, sizeof(float));
+    uint8_t *has_text = mm_calloc((size_t)n, 1), *has_audio = mm_calloc((size_t)n, 1);
+    float *out = mm_alloc_aligned((size_t)n * npix * sizeof(float));
+    uint8_t *rgb = mm_malloc((size_t)n * npix);
+    int16_t *pcm = mm_calloc((size_t)sc.audio_len, sizeof(int16_t));
+    data_featurizer *feat = NULL;
+    rc = -1;
+    ckpt_state st = {.tensors = dit_tensors(m), .n_tensors = dit_n_tensors(m), .n_params = np,
+                     .params = dit_params(m), .ema = ema};
+    if (ckpt_load_state(a->ckpt, &st, err) != 0) goto done;
+    memcpy(dit_params(m), ema, np * sizeof(float));  // sample with the EMA weights
+    if (a->text) {
+        size_t len = strlen(a->text);
+        if ((int)len > sc.text_max) {
+            mm_fail(err, "sample: --text is %zu bytes, the model takes at most %d", len,
+                    sc.text_max);
+            goto done;
+        }
+        for (int b = 0; b < n; b++) {
+            int32_t *tk = tokens + (size_t)b * text_T;
+            tk[0] = DATA_TOK_BOS;
+            for (int i = 1; i < text_T; i++)
+                tk[i] = i - 1 < (int)len ? (unsigned char)a->text[i - 1] : DATA_TOK_PAD;
+            has_text[b] = 1;
+        }
+    }
+    if (a->audio) {
+        int got = 0;
+        if (read_audio(a->audio, &sc, pcm, &got, err) != 0) goto done;
+        feat = data_featurizer_new(&sc, &ac);
+        data_featurize_audio(feat, pcm, got, audio);
+        const size_t per = (size_t)F * c.data.n_mels;
+        for (int b = 0; b < n; b++) {
+            if (b) memcpy(audio + (size_t)b * per, audio, per * sizeof(float));
+            has_audio[b] = 1;
+        }
+    }
+    {
+        dit_input cond = {.B = n, .tokens = tokens, .has_text = has_text, .audio = audio,
+                          .has_audio = has_audio};
+        dit_objective obj = strcmp(c.diffusion.objective, "ddpm") == 0 ? DIT_DDPM : DIT_FLOW;
+        mm_rng r;
+        mm_rng_init(&r, a->seed, 0x73616d70ULL);  // "samp"
+        dit_sample(m, obj, &cond, a->steps > 0 ? a->steps : c.diffusion.sample_steps,
+                   a->guidance >= 0 ? a->guidance : c.diffusion.guidance, &r, out);
+    }
+    data_image_to_u8(out, (int)(n * npix), rgb);
+    if (mm_mkdirs(a->out, err) != 0) goto done;
+    char path[4200];
+    for (int b = 0; b < n; b++) {
+        snprintf(path, sizeof(path), "%s/sample_%03d.png", a->out, b);
+        if (data_png_write(path, rgb + (size_t)b * npix, sc.img_h, sc.img_w, sc.img_c, err))
+            goto done;
+    }
+    {
+        int cols = n < 8 ? n : 8, gh = 0, gw = 0, pad = 2;
+        int rows = (n + cols - 1) / cols;
+        uint8_t *grid = mm_calloc((size_t)(rows * (sc.img_h + pad) + pad) *
+                                      (cols * (sc.img_w + pad) + pad) * sc.img_c, 1);
+        data_image_grid(rgb, n, sc.img_h, sc.img_w, sc.img_c, cols, pad, grid, &gh, &gw);
+        snprintf(path, sizeof(path), "%s/grid.png", a->out);
+        int wrc = data_png_write(path, grid, gh, gw, sc.img_c, err);
+        free(grid);
+        if (wrc) goto done;
+    }
+    printf("sample: %d image(s) from %s (step %lld) in %s (grid.png)\n", n, a->ckpt,
+           (long long)meta.step, a->out);
+    rc = 0;
+done:
+    if (feat) data_featurizer_free(feat);
+    dit_free(m);
+    free(ema);
+    free(tokens);
+    free(audio);
+    free(has_text);
+    free(has_audio);
+    free(out);
+    free(rgb);
+    free(pcm);
+    return rc;
+}
+
+int train_sample_main(int argc, char **argv, comm_group *world, mm_err *err) {
+    if (comm_size(world) != 1) return mm_fail(err, "sample: run it as a single process");
+    sample_args a;
+    if (parse_args(argc, argv, &a, err) != 0) return -1;
+    return run_sample(&a, err);
+}

@@ -1,0 +1,70 @@
+// trainer_internal.h: the state of a training run, shared by the loop (trainer.c) and the
+// model families it trains (family_lm.c: the captioning transformer; family_dit.c: the
+// diffusion generator). A family owns its network and says how one micro-batch is turned
+// into a loss and gradients, what happens after each update, and how it is evaluated;
+// everything else (data, parallelism, optimizer, checkpoints, metrics) is the loop's.
+#ifndef MM_TRAINER_INTERNAL_H
+#define MM_TRAINER_INTERNAL_H
+
+#include <stdio.h>
+
+#include "../comm/comm.h"
+#include "../data/data.h"
+#include "config.h"
+#include "gradsync.h"
+
+typedef struct trainer trainer;
+
+typedef struct {
+    const char *kind;  // model.kind
+    // Builds the network into t->net (and the family's own state in t->impl) for
+    // activations of up to max_B samples. -1 with err on a config that cannot be built.
+    int (*create)(trainer *t, int max_B, mm_err *err);
+    void (*destroy)(trainer *t);
+    // Forward and backward of one micro-batch, loss scaled by 1 / global_batch; returns the
+    // sum of the per-sample losses. Collective over tp.
+    double (*micro_step)(trainer *t, const data_batch *b);
+    // After every optimizer update, with t->step already counting it (EMA, sample grids).
+    // May be NULL.
+    void (*after_update)(trainer *t);
+    // Validation at step t->step: metrics line, eval files, samples. Collective.
+    void (*evaluate)(trainer *t);
+    // Positions the network processes per sample (for tokens/s).
+    int (*seq_len)(const trainer *t);
+} train_family;
+
+extern const train_family train_family_lm, train_family_dit;
+
+struct trainer {
+    const mm_config *cfg;
+    comm_group *world;
+    int rank, world_size;
+    comm_layout lay;            // owned: dp and tp groups
+    data_audio_cfg audio;
+    data_schema schema;         // of the training set
+    data_loader *loader;        // owned
+    data_dataset *val;          // owned, NULL without data.val
+    data_featurizer *val_feat;  // owned
+    data_batch val_batch;       // owned
+    const train_family *fam;
+    void *impl;                 // the family's network and state, owned by the family
+    train_net net;              // view of the network's parameters
+    float *ema;                 // (n_params) EMA of the parameters, NULL when not kept; owned
+    gsync sync;                 // owned: gradient reduction + AdamW state
+    int sync_ready;             // sync initialized
+    FILE *trace;                // data.trace: sample ids of this rank, owned
+    int64_t step;               // optimizer steps completed
+    mm_rng rng;                 // training RNG (checkpointed)
+    char *config_yaml;          // resolved config text, owned
+    FILE *metrics;              // rank 0 only, owned
+};
+
+// Writes s as a JSON string literal.
+void train_json_string(FILE *f, const char *s);
+// Opens <out_dir>/<sub>/step_XXXXXXXX.<ext> for writing on rank 0 (creating <sub>); ends
+// the job with a message when it cannot.
+FILE *train_open_output(trainer *t, const char *sub, const char *ext, char *path, size_t n);
+// Ends the whole job with "error: <msg>" (a failure only this rank can see).
+noreturn void train_die(trainer *t, const char *msg);
+
+#endif  // MM_TRAINER_INTERNAL_H
