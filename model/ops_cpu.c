@@ -1,9 +1,9 @@
 // ops_cpu.c: the CPU backend of the ops table (model.h). It exists so that the transformer
 // above it is written once against an interface, and so that the CPU path is fast enough to
 // be a real target, not only a reference: every matmul is ONE BLAS gemm over all rows,
-// attention runs one small gemm per (batch, head) inside an OpenMP loop (OpenBLAS then runs
-// single-threaded per call), and everything else is a single OpenMP region per op with
-// vectorizable inner loops.
+// attention runs its small per-(batch, head) products through a register-blocked kernel of
+// its own inside an OpenMP loop (see "attention" below), and everything else is a single
+// OpenMP region per op with vectorizable inner loops.
 //
 // Determinism: the same inputs give bit-identical outputs run after run. Loops use static
 // schedules, there are no atomics, and every cross-row reduction (bias gradients, layernorm
@@ -41,19 +41,20 @@ static inline float fast_expf(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     const float magic = 12582912.0f;  // 1.5 * 2^23
-    float t = x * 1.44269504088896341f + magic;
+    float t = fmaf(x, 1.44269504088896341f, magic);
     float n = t - magic;
     uint32_t tb;
     memcpy(&tb, &t, 4);
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    // explicit fmaf: -std=c11 disables contraction, and fused steps halve the op count
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p * r, r, r) + 1.0f;
     // tb - bits(magic) is n as a two's-complement integer
     uint32_t eb = (tb - 0x4B400000u + 127u) << 23;
     float scale;
@@ -224,64 +225,199 @@ static void add(mm_real *out, const mm_real *a, const mm_real *b, size_t n) {
 // ---------------------------------------------------------------------------------------
 // attention
 //
-// Per (b, h) the score matrix is computed in two gemms: prefix queries (rows < P) only ever
-// see prefix keys, so they multiply (P, HD) x (HD, P); text queries (rows >= P) see keys up
-// to themselves, computed as (T-P, HD) x (HD, T) (the upper triangle is wasted, masked to 0).
+// Heads are small (HD 32..64, T a few hundred at most), so one BLAS call per product and
+// (batch, head) costs more in call overhead and packing than in arithmetic. Instead each
+// (b, h) gathers its q, k, v once into contiguous zero-padded blocks (k and v also
+// transposed where a product needs them so) and runs every product through one register-
+// blocked micro-kernel, skipping whole tiles that the mask zeroes:
+//   - query rows are processed KR at a time; a row block only computes keys below the largest
+//     key_limit of its rows (rounded up to KC): prefix rows stop at P, causal rows at i + 1.
+//   - in the transposed products (dv, dk) a block of keys only visits the queries that can
+//     see it: all of them for a prefix key, queries >= j for a text key.
+// Scale, mask and softmax are fused into the score tile loop; the backward pass reuses the
+// saved probabilities and folds the 1/sqrt(HD) scale into dscores once.
 // A query with no allowed key (a prefix token whose whole prefix is missing) gets an all-zero
 // probability row, hence a zero output and zero gradient.
+
+#ifdef MM_F64
+#define R_FMA fma
+#else
+#define R_FMA fmaf
+#endif
+
+// Micro-tile: KR rows x KC columns of accumulators, i.e. 16 ymm registers in float. Padded
+// extents are multiples of KC (and so of KR).
+enum { KR = 8, KC = 16 };
+
+static inline int round_up(int n, int m) {
+    return (n + m - 1) / m * m;
+}
 
 // Number of leading keys query i may look at (then filtered by key_valid).
 static inline int key_limit(int i, int P) {
     return i < P ? P : i + 1;
 }
 
-// In-place masked softmax of one score row a (T): keys j < lim with kv[j] != 0.
-static inline void softmax_row(mm_real *a, const uint8_t *kv, int lim, int T) {
-    mm_real mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-    for (int j = 0; j < lim; j++) mx = kv[j] && a[j] > mx ? a[j] : mx;
-    if (mx == -INFINITY) {
-        memset(a, 0, (size_t)T * sizeof(mm_real));
-        return;
-    }
-    mm_real s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int j = 0; j < lim; j++) {
-        mm_real e = kv[j] ? R_EXP(a[j] - mx) : 0;
-        a[j] = e;
-        s += e;
-    }
-    mm_real inv = 1 / s;
+// Columns (keys) the row block starting at i0 must compute: key_limit grows with i, so the
+// block's last real row decides. Rounded up to whole tiles, never beyond Tp.
+static inline int block_cols(int i0, int T, int P, int Tp) {
+    int last = (i0 + KR < T ? i0 + KR : T) - 1;
+    int c = round_up(key_limit(last, P), KC);
+    return c < Tp ? c : Tp;
+}
+
+// First query that can see any key of the block starting at j0: every query sees a prefix
+// key, only queries i >= j see a causal key j.
+static inline int block_first_query(int j0, int P) {
+    return j0 < P ? 0 : j0;
+}
+
+// c (KR, KC) (row stride ldc) = sum over k in [k0, k1) of x[r, k] * y (k, KC) (row stride
+// ldy), with x[r, k] = x[r * xr + k * xk]: (xr, xk) = (ld, 1) reads x row-major, (1, ld)
+// reads it transposed. Overwrites c. fma because -std=c11 turns off contraction and the
+// separate multiply and add would halve the throughput.
+static inline void tile(mm_real *restrict c, int ldc, const mm_real *restrict x, int xr, int xk,
+                        const mm_real *restrict y, int ldy, int k0, int k1) {
+    mm_real acc[KR][KC];
+    for (int r = 0; r < KR; r++)
 #pragma omp simd
-    for (int j = 0; j < lim; j++) a[j] *= inv;
-    if (lim < T) memset(a + lim, 0, (size_t)(T - lim) * sizeof(mm_real));
+        for (int j = 0; j < KC; j++) acc[r][j] = 0;
+    for (int k = k0; k < k1; k++) {
+        const mm_real *yk = y + (size_t)k * ldy, *xk_ = x + (size_t)k * xk;
+        for (int r = 0; r < KR; r++) {
+            const mm_real xv = xk_[(size_t)r * xr];
+#pragma omp simd
+            for (int j = 0; j < KC; j++) acc[r][j] = R_FMA(xv, yk[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < KR; r++)
+#pragma omp simd
+        for (int j = 0; j < KC; j++) c[(size_t)r * ldc + j] = acc[r][j];
+}
+
+// One thread's zero-padded work space for one (b, h); see attention_fwd/_bwd for the shapes.
+// Padding rows and columns are zero when allocated, and only ever written with zeros (or
+// recomputed from zero padding), so the kernels may run over whole tiles.
+typedef struct {
+    mm_real *q, *k, *v;     // (Tp, Dp) each
+    mm_real *kt, *vt;       // (Dp, Tp) each
+    mm_real *s, *ds;        // (Tp, Tp) scores/probabilities, their gradient
+    mm_real *o, *dq, *dk, *dv;  // (Tp, Dp) each
+    mm_real *kv;            // (Tp) 1 for a valid key, 0 otherwise
+    mm_real *mem;
+} att_scratch;
+
+static void att_scratch_init(att_scratch *w, int Tp, int Dp) {
+    size_t td = (size_t)Tp * Dp, tt = (size_t)Tp * Tp, n = 9 * td + 2 * tt + (size_t)Tp;
+    mm_real *p = mm_alloc_aligned(n * sizeof(mm_real));
+    memset(p, 0, n * sizeof(mm_real));
+    w->mem = p;
+    w->q = p, p += td;
+    w->k = p, p += td;
+    w->v = p, p += td;
+    w->kt = p, p += td;
+    w->vt = p, p += td;
+    w->o = p, p += td;
+    w->dq = p, p += td;
+    w->dk = p, p += td;
+    w->dv = p, p += td;
+    w->s = p, p += tt;
+    w->ds = p, p += tt;
+    w->kv = p;
+}
+
+// Unnormalized masked softmax of score row a (cols, a multiple of KC): a[j] = exp(a[j] - max)
+// for keys j < lim with kv[j] != 0, 0 for every other j < cols; returns 1 / sum (0 for a
+// row with no allowed key, which is then all zero). Rows are short (a few KC), so latency
+// rules: the max and the sum run in KC lanes reduced as a tree, never as a serial chain,
+// and the caller folds the normalization into the copy it makes anyway.
+static inline mm_real softmax_row(mm_real *restrict a, const mm_real *restrict kv, int lim,
+                                  int cols) {
+    mm_real lane[KC];
+    for (int c = 0; c < KC; c++) lane[c] = -INFINITY;
+    for (int j0 = 0; j0 < cols; j0 += KC)
+        for (int c = 0; c < KC; c++) {
+            const int j = j0 + c;
+            const mm_real x = j < lim && kv[j] != 0 ? a[j] : -INFINITY;
+            lane[c] = x > lane[c] ? x : lane[c];
+        }
+    for (int w = KC / 2; w > 0; w /= 2)
+        for (int c = 0; c < w; c++) lane[c] = lane[c + w] > lane[c] ? lane[c + w] : lane[c];
+    const mm_real mx = lane[0];
+    if (mx == -INFINITY) {
+        for (int j = 0; j < cols; j++) a[j] = 0;
+        return 0;
+    }
+    for (int c = 0; c < KC; c++) lane[c] = 0;
+    for (int j0 = 0; j0 < cols; j0 += KC)
+        for (int c = 0; c < KC; c++) {
+            const int j = j0 + c;
+            // exp first, then select, so the loop vectorizes; a masked key's value is never
+            // used (fast_expf never returns 0, libm's exp may overflow there)
+            const mm_real e = R_EXP(a[j] - mx);
+            a[j] = j < lim && kv[j] != 0 ? e : 0;
+            lane[c] += a[j];
+        }
+    for (int w = KC / 2; w > 0; w /= 2)
+        for (int c = 0; c < w; c++) lane[c] += lane[c + w];
+    return 1 / lane[0];
 }
 
 // out (B, T, NH, HD), att (B, NH, T, T), qkv (B, T, 3, NH, HD), key_valid (B, T)
 static void attention_fwd(mm_real *out, mm_real *att, const mm_real *qkv, const uint8_t *key_valid,
                           int B, int T, int P, int NH, int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
-    const int C = NH * HD, C3 = 3 * C, TP = T - P;
+    const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
-#pragma omp parallel for schedule(static)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH;
-        const mm_real *q = qkv + (size_t)b * T * C3 + (size_t)h * HD;
-        const mm_real *k = q + C, *v = q + 2 * C;
-        mm_real *a = att + (size_t)bh * T * T;
-        mm_real *o = out + (size_t)b * T * C + (size_t)h * HD;
-        const uint8_t *kv = key_valid + (size_t)b * T;
-        if (P > 0)
-            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, P, P, HD, scale, q, C3, k, C3, 0, a, T);
-        if (TP > 0)
-            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, TP, T, HD, scale, q + (size_t)P * C3, C3,
-                 k, C3, 0, a + (size_t)P * T, T);
-        for (int i = 0; i < T; i++) softmax_row(a + (size_t)i * T, kv, key_limit(i, P), T);
-        if (P > 0)
-            GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, P, HD, P, 1, a, T, v, C3, 0, o, C);
-        if (TP > 0)
-            GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, TP, HD, T, 1, a + (size_t)P * T, T, v,
-                 C3, 0, o + (size_t)P * C, C);
+#pragma omp parallel
+    {
+        att_scratch w;
+        att_scratch_init(&w, Tp, Dp);
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * NH; bh++) {
+            const int b = bh / NH, h = bh % NH;
+            const mm_real *src = qkv + (size_t)b * T * C3 + (size_t)h * HD;
+            // gather: q pre-scaled (T, HD), k transposed (HD, T), v (T, HD)
+            for (int i = 0; i < T; i++) {
+                const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
+                mm_real *wq = w.q + (size_t)i * Dp, *wv = w.v + (size_t)i * Dp;
+#pragma omp simd
+                for (int d = 0; d < HD; d++) {
+                    wq[d] = qi[d] * scale;
+                    wv[d] = vi[d];
+                }
+                for (int d = 0; d < HD; d++) w.kt[(size_t)d * Tp + i] = ki[d];
+                w.kv[i] = key_valid[(size_t)b * T + i] != 0;
+            }
+            mm_real *a = att + (size_t)bh * T * T;
+            for (int i0 = 0; i0 < T; i0 += KR) {
+                const int cols = block_cols(i0, T, P, Tp);
+                mm_real *s = w.s + (size_t)i0 * Tp;
+                for (int j0 = 0; j0 < cols; j0 += KC)
+                    tile(s + j0, Tp, w.q + (size_t)i0 * Dp, Dp, 1, w.kt + j0, Tp, 0, HD);
+                const int i1 = i0 + KR < T ? i0 + KR : T;
+                for (int i = i0; i < i1; i++) {
+                    mm_real *si = w.s + (size_t)i * Tp, *ai = a + (size_t)i * T;
+                    const mm_real inv = softmax_row(si, w.kv, key_limit(i, P), cols);
+                    const int n = cols < T ? cols : T;
+#pragma omp simd
+                    for (int j = 0; j < n; j++) ai[j] = si[j] *= inv;
+                    // [cols, Tp) of the row is never written: 0 since allocation
+                    for (int j = n; j < T; j++) ai[j] = 0;
+                }
+                // probabilities are 0 beyond cols, so PV stops there too
+                for (int d0 = 0; d0 < Dp; d0 += KC)
+                    tile(w.o + (size_t)i0 * Dp + d0, Dp, s, Tp, 1, w.v + d0, Dp, 0, cols);
+            }
+            mm_real *o = out + (size_t)b * T * C + (size_t)h * HD;
+            for (int i = 0; i < T; i++) {
+                mm_real *oi = o + (size_t)i * C;
+                const mm_real *wo = w.o + (size_t)i * Dp;
+#pragma omp simd
+                for (int d = 0; d < HD; d++) oi[d] = wo[d];
+            }
+        }
+        free(w.mem);
     }
 }
 
@@ -289,62 +425,77 @@ static void attention_fwd(mm_real *out, mm_real *att, const mm_real *qkv, const 
 static void attention_bwd(mm_real *dqkv, const mm_real *dout, const mm_real *qkv,
                           const mm_real *att, int B, int T, int P, int NH, int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
-    const int C = NH * HD, C3 = 3 * C, TP = T - P;
+    const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
 #pragma omp parallel
     {
-        mm_real *ds = mm_malloc((size_t)T * T * sizeof(mm_real));  // (T, T) this thread's dscores
+        // w.o holds dout's head (T, HD), w.s the probabilities (T, T)
+        att_scratch w;
+        att_scratch_init(&w, Tp, Dp);
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * NH; bh++) {
-            int b = bh / NH, h = bh % NH;
-            size_t base = (size_t)b * T * C3 + (size_t)h * HD;
-            const mm_real *q = qkv + base, *k = q + C, *v = q + 2 * C;
-            mm_real *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
+            const int b = bh / NH, h = bh % NH;
+            const size_t base = (size_t)b * T * C3 + (size_t)h * HD;
+            const mm_real *src = qkv + base, *dsrc = dout + (size_t)b * T * C + (size_t)h * HD;
             const mm_real *a = att + (size_t)bh * T * T;
-            const mm_real *dout_bh = dout + (size_t)b * T * C + (size_t)h * HD;
-            const mm_real *a_txt = a + (size_t)P * T, *do_txt = dout_bh + (size_t)P * C;
-            mm_real *ds_txt = ds + (size_t)P * T;
-            // dprobs = dout @ v^T, only where probabilities can be non-zero
-            if (P > 0)
-                GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, P, P, HD, 1, dout_bh, C, v, C3, 0, ds,
-                     T);
-            if (TP > 0)
-                GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, TP, T, HD, 1, do_txt, C, v, C3, 0,
-                     ds_txt, T);
-            // dv += att^T @ dout
-            if (P > 0)
-                GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, P, HD, P, 1, a, T, dout_bh, C, 1, dv,
-                     C3);
-            if (TP > 0)
-                GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, T, HD, TP, 1, a_txt, T, do_txt, C, 1,
-                     dv, C3);
-            // softmax backward: dscore = att * (dprobs - sum(att * dprobs)); masked -> 0
             for (int i = 0; i < T; i++) {
-                const mm_real *ar = a + (size_t)i * T;
-                mm_real *dr = ds + (size_t)i * T;
-                int lim = key_limit(i, P), cols = i < P ? P : T;
-                mm_real dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (int j = 0; j < lim; j++) dot += ar[j] * dr[j];
+                const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
+                const mm_real *doi = dsrc + (size_t)i * C, *ai = a + (size_t)i * T;
+                mm_real *wq = w.q + (size_t)i * Dp, *wk = w.k + (size_t)i * Dp,
+                        *wd = w.o + (size_t)i * Dp, *ws = w.s + (size_t)i * Tp;
 #pragma omp simd
-                for (int j = 0; j < lim; j++) dr[j] = ar[j] * (dr[j] - dot);
-                if (lim < cols) memset(dr + lim, 0, (size_t)(cols - lim) * sizeof(mm_real));
+                for (int d = 0; d < HD; d++) {
+                    wq[d] = qi[d];
+                    wk[d] = ki[d];
+                    wd[d] = doi[d];
+                }
+                for (int d = 0; d < HD; d++) w.vt[(size_t)d * Tp + i] = vi[d];
+#pragma omp simd
+                for (int j = 0; j < T; j++) ws[j] = ai[j];
             }
-            // scores = scale * q k^T: dq += scale * ds @ k ; dk += scale * ds^T @ q
-            if (P > 0) {
-                GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, P, HD, P, scale, ds, T, k, C3, 1,
-                     dq, C3);
-                GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, P, HD, P, scale, ds, T, q, C3, 1, dk,
-                     C3);
+            for (int i0 = 0; i0 < T; i0 += KR) {
+                const int cols = block_cols(i0, T, P, Tp);
+                mm_real *ds = w.ds + (size_t)i0 * Tp;
+                // dprobs = dout v^T
+                for (int j0 = 0; j0 < cols; j0 += KC)
+                    tile(ds + j0, Tp, w.o + (size_t)i0 * Dp, Dp, 1, w.vt + j0, Tp, 0, HD);
+                // dscores = scale * p * (dprobs - sum(p * dprobs)): 0 wherever p is
+                const int i1 = i0 + KR < T ? i0 + KR : T;
+                for (int i = i0; i < i1; i++) {
+                    const mm_real *pi = w.s + (size_t)i * Tp;
+                    mm_real *di = w.ds + (size_t)i * Tp;
+                    mm_real dot = 0;
+#pragma omp simd reduction(+ : dot)
+                    for (int j = 0; j < cols; j++) dot += pi[j] * di[j];
+#pragma omp simd
+                    for (int j = 0; j < cols; j++) di[j] = scale * pi[j] * (di[j] - dot);
+                }
+                // dq = dscores k
+                for (int d0 = 0; d0 < Dp; d0 += KC)
+                    tile(w.dq + (size_t)i0 * Dp + d0, Dp, ds, Tp, 1, w.k + d0, Dp, 0, cols);
             }
-            if (TP > 0) {
-                GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, TP, HD, T, scale, ds_txt, T, k, C3,
-                     1, dq + (size_t)P * C3, C3);
-                GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, T, HD, TP, scale, ds_txt, T,
-                     q + (size_t)P * C3, C3, 1, dk, C3);
+            // dv = p^T dout, dk = dscores^T q, a block of keys at a time
+            for (int j0 = 0; j0 < T; j0 += KR) {
+                const int q0 = block_first_query(j0, P);
+                for (int d0 = 0; d0 < Dp; d0 += KC) {
+                    tile(w.dv + (size_t)j0 * Dp + d0, Dp, w.s + j0, 1, Tp, w.o + d0, Dp, q0, T);
+                    tile(w.dk + (size_t)j0 * Dp + d0, Dp, w.ds + j0, 1, Tp, w.q + d0, Dp, q0, T);
+                }
+            }
+            mm_real *dst = dqkv + base;
+            for (int i = 0; i < T; i++) {
+                mm_real *dq = dst + (size_t)i * C3, *dk = dq + C, *dv = dq + 2 * C;
+                const mm_real *sq = w.dq + (size_t)i * Dp, *sk = w.dk + (size_t)i * Dp,
+                              *sv = w.dv + (size_t)i * Dp;
+#pragma omp simd
+                for (int d = 0; d < HD; d++) {
+                    dq[d] += sq[d];
+                    dk[d] += sk[d];
+                    dv[d] += sv[d];
+                }
             }
         }
-        free(ds);
+        free(w.mem);
     }
 }
 
