@@ -11,6 +11,7 @@
 
 #include "../comm/comm.h"
 #include "../data/data.h"
+#include "../model/diffusion.h"
 #include "../train/ckpt.h"
 #include "../train/config.h"
 #include "../train/train.h"
@@ -71,36 +72,57 @@ static double last_val_loss(const char *out) {
 }
 
 typedef struct {
-    float *params, *m, *v;
+    float *params, *m, *v, *ema;
     size_t n;
 } state_copy;
 
-// Loads the state of checkpoint dir using the tensor table of a fresh model of cfg.
+// Loads the state of checkpoint dir (and the EMA for diffusion) using the tensor table of a
+// fresh network built from cfg the way the trainer builds it.
 static int load_state(const mm_config *c, const char *dir, state_copy *s) {
-    // Reuse the checkpoint's own metadata to size things: read the tensor table by building
-    // the same model the trainer builds.
     data_dataset *ds = NULL;
     mm_err err;
     if (data_dataset_open(&ds, c->data.train, 0, &err) != 0) return -1;
     data_audio_cfg a = {c->data.n_fft, c->data.hop, c->data.n_mels};
-    const data_schema *sc = data_dataset_schema(ds);
-    model_config mc = {.d_model = c->model.d_model, .n_layers = c->model.n_layers,
-                       .n_heads = c->model.n_heads, .d_ff = 4 * c->model.d_model,
-                       .vocab = DATA_VOCAB, .text_T = sc->text_max + 1, .img_h = sc->img_h,
-                       .img_w = sc->img_w, .img_c = sc->img_c, .patch = c->model.patch,
-                       .audio_F = data_audio_frames(sc, &a), .n_mels = c->data.n_mels,
-                       .audio_group = c->model.audio_group, .tp = 1, .tp_rank = 0};
+    const data_schema sc = *data_dataset_schema(ds);
     data_dataset_close(ds);
+    const int diffusion = strcmp(c->model.kind, "diffusion") == 0;
     model *m = NULL;
-    if (model_create(&m, &mc, &model_ops_cpu, 1, 1, &err) != 0) return -1;
-    s->n = model_n_params(m);
+    dit *d = NULL;
+    const model_tensor *tensors;
+    int n_tensors;
+    if (diffusion) {
+        dit_config dc = {.d_model = c->model.d_model, .n_layers = c->model.n_layers,
+                         .n_heads = c->model.n_heads, .d_ff = 4 * c->model.d_model,
+                         .img_h = sc.img_h, .img_w = sc.img_w, .img_c = sc.img_c,
+                         .patch = c->model.patch, .vocab = DATA_VOCAB, .text_T = sc.text_max + 1,
+                         .audio_F = data_audio_frames(&sc, &a), .n_mels = c->data.n_mels,
+                         .audio_group = c->model.audio_group,
+                         .enc_layers = c->diffusion.enc_layers, .tp = 1, .tp_rank = 0};
+        if (dit_create(&d, &dc, &model_ops_cpu, &dit_ops_cpu, 1, 1, &err) != 0) return -1;
+        s->n = dit_n_params(d);
+        tensors = dit_tensors(d);
+        n_tensors = dit_n_tensors(d);
+    } else {
+        model_config mc = {.d_model = c->model.d_model, .n_layers = c->model.n_layers,
+                           .n_heads = c->model.n_heads, .d_ff = 4 * c->model.d_model,
+                           .vocab = DATA_VOCAB, .text_T = sc.text_max + 1, .img_h = sc.img_h,
+                           .img_w = sc.img_w, .img_c = sc.img_c, .patch = c->model.patch,
+                           .audio_F = data_audio_frames(&sc, &a), .n_mels = c->data.n_mels,
+                           .audio_group = c->model.audio_group, .tp = 1, .tp_rank = 0};
+        if (model_create(&m, &mc, &model_ops_cpu, 1, 1, &err) != 0) return -1;
+        s->n = model_n_params(m);
+        tensors = model_tensors(m);
+        n_tensors = model_n_tensors(m);
+    }
     s->params = mm_calloc(s->n, sizeof(float));
     s->m = mm_calloc(s->n, sizeof(float));
     s->v = mm_calloc(s->n, sizeof(float));
-    ckpt_state st = {model_tensors(m), model_n_tensors(m), s->n, s->params, s->m, s->v, NULL};
+    s->ema = diffusion ? mm_calloc(s->n, sizeof(float)) : NULL;
+    ckpt_state st = {tensors, n_tensors, s->n, s->params, s->m, s->v, s->ema};
     int rc = ckpt_load_state(dir, &st, &err);
     if (rc != 0) fprintf(stderr, "load_state: %s\n", err.msg);
-    model_free(m);
+    if (m) model_free(m);
+    if (d) dit_free(d);
     return rc;
 }
 
@@ -108,6 +130,55 @@ static void state_free(state_copy *s) {
     free(s->params);
     free(s->m);
     free(s->v);
+    free(s->ema);
+}
+
+// A run of 12 steps equals one stopped after 6 and resumed, bit for bit: per-step metrics,
+// parameters, AdamW moments (and the EMA when the model keeps one).
+static void check_resume(test_counts *tc, comm_group *world, const char *data, const char *A,
+                         const char *B, const char *extra[]) {
+    mm_config ca, cb;
+    mm_err err;
+    const char *more[16];
+    int n = 0;
+    for (; extra && extra[n]; n++) more[n] = extra[n];
+    config_for(&ca, data, A, extra);
+    TEST_CHECK(tc, train_run(&ca, world, &err) == 0, "run %s: %s", A, err.msg);
+    more[n] = "run.stop_after=6";
+    more[n + 1] = NULL;
+    config_for(&cb, data, B, more);
+    TEST_CHECK(tc, train_run(&cb, world, &err) == 0, "run %s part 1: %s", B, err.msg);
+    char path[512];
+    int found = ckpt_find_latest(B, path, sizeof(path), &err);
+    TEST_CHECK(tc, found == 1 && strstr(path, "step_00000006"), "%s stopped at step 6: %s", B,
+               found == 1 ? path : err.msg);
+    config_for(&cb, data, B, extra);
+    TEST_CHECK(tc, train_run(&cb, world, &err) == 0, "run %s part 2: %s", B, err.msg);
+    char *ma = step_metrics(A), *mb = step_metrics(B);
+    TEST_CHECK(tc, ma && mb && strcmp(ma, mb) == 0,
+               "per-step loss/lr/grad_norm differ after resume:\nA:\n%s\nB:\n%s", ma, mb);
+    TEST_CHECK(tc, ma && strstr(ma, "\"step\":12,"), "%s logged 12 steps", A);
+    free(ma);
+    free(mb);
+    char da[512], db[512];
+    snprintf(da, sizeof(da), "%s/ckpt/step_00000012", A);
+    snprintf(db, sizeof(db), "%s/ckpt/step_00000012", B);
+    state_copy sa = {0}, sb = {0};
+    int la = load_state(&ca, da, &sa), lb = load_state(&cb, db, &sb);
+    TEST_CHECK(tc, la == 0 && lb == 0, "final checkpoints load");
+    if (la == 0 && lb == 0) {
+        TEST_CHECK(tc, memcmp(sa.params, sb.params, sa.n * sizeof(float)) == 0,
+                   "%s: parameters bit-identical after resume", ca.model.kind);
+        TEST_CHECK(tc, memcmp(sa.m, sb.m, sa.n * sizeof(float)) == 0, "AdamW m identical");
+        TEST_CHECK(tc, memcmp(sa.v, sb.v, sa.n * sizeof(float)) == 0, "AdamW v identical");
+        if (sa.ema)
+            TEST_CHECK(tc, memcmp(sa.ema, sb.ema, sa.n * sizeof(float)) == 0,
+                       "EMA bit-identical after resume");
+    }
+    state_free(&sa);
+    state_free(&sb);
+    // Resuming a finished run does no step and succeeds.
+    TEST_CHECK(tc, train_run(&cb, world, &err) == 0, "resume of a finished run: %s", err.msg);
 }
 
 int main(int argc, char **argv) {
@@ -127,41 +198,14 @@ int main(int argc, char **argv) {
     data_synth_default(&sc);
     MM_CHECK(data_synth_write(data, 640, 7, &sc, &err) == 0, "%s", err.msg);
 
-    // (1) bit-exact resume: A runs 12 steps; B stops after 6 (checkpoint), then resumes.
-    mm_config ca, cb;
-    config_for(&ca, data, A, NULL);
-    TEST_CHECK(&tc, train_run(&ca, world, &err) == 0, "run A: %s", err.msg);
-    const char *stop[] = {"run.stop_after=6", NULL};
-    config_for(&cb, data, B, stop);
-    TEST_CHECK(&tc, train_run(&cb, world, &err) == 0, "run B part 1: %s", err.msg);
-    char path[512];
-    int found = ckpt_find_latest(B, path, sizeof(path), &err);
-    TEST_CHECK(&tc, found == 1 && strstr(path, "step_00000006"), "B stopped at step 6: %s",
-               found == 1 ? path : err.msg);
-    config_for(&cb, data, B, NULL);
-    TEST_CHECK(&tc, train_run(&cb, world, &err) == 0, "run B part 2: %s", err.msg);
-    char *ma = step_metrics(A), *mb = step_metrics(B);
-    TEST_CHECK(&tc, ma && mb && strcmp(ma, mb) == 0,
-               "per-step loss/lr/grad_norm differ after resume:\nA:\n%s\nB:\n%s", ma, mb);
-    TEST_CHECK(&tc, ma && strstr(ma, "\"step\":12,"), "A logged 12 steps");
-    free(ma);
-    free(mb);
-    char da[512], db[512];
-    snprintf(da, sizeof(da), "%s/ckpt/step_00000012", A);
-    snprintf(db, sizeof(db), "%s/ckpt/step_00000012", B);
-    state_copy sa = {0}, sb = {0};
-    int la = load_state(&ca, da, &sa), lb = load_state(&cb, db, &sb);
-    TEST_CHECK(&tc, la == 0 && lb == 0, "final checkpoints load");
-    if (la == 0 && lb == 0) {
-        TEST_CHECK(&tc, memcmp(sa.params, sb.params, sa.n * sizeof(float)) == 0,
-                   "parameters bit-identical after resume");
-        TEST_CHECK(&tc, memcmp(sa.m, sb.m, sa.n * sizeof(float)) == 0, "AdamW m identical");
-        TEST_CHECK(&tc, memcmp(sa.v, sb.v, sa.n * sizeof(float)) == 0, "AdamW v identical");
-    }
-    state_free(&sa);
-    state_free(&sb);
-    // Resuming a finished run does no step and succeeds.
-    TEST_CHECK(&tc, train_run(&cb, world, &err) == 0, "resume of a finished run: %s", err.msg);
+    // (1) bit-exact resume, for both model kinds
+    check_resume(&tc, world, data, A, B, NULL);
+    char DA[256], DB[256];
+    snprintf(DA, sizeof(DA), "%s/DA", root);
+    snprintf(DB, sizeof(DB), "%s/DB", root);
+    const char *dit_keys[] = {"model.kind=diffusion", "model.patch=4", "diffusion.enc_layers=1",
+                              "diffusion.eval_samples=4", "diffusion.sample_steps=2", NULL};
+    check_resume(&tc, world, data, DA, DB, dit_keys);
 
     // (2) learning: validation loss falls far below ln(vocab) (uniform prediction).
     mm_config cl;
