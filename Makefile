@@ -3,8 +3,8 @@
 #   make deps     install the Debian packages it needs when they are missing
 #   make test     the whole test suite (ASAN=1 for AddressSanitizer + UBSan)
 #   make demo     synthesize a dataset, train the tiny config with mpirun, print the result
+#   make demo-diffusion   the same for the diffusion model: sample grid + conditional accuracy
 #   make bench    throughput benchmarks (see README "Performance")
-#   make cuda     the CUDA build (needs nvcc; see issue 6)
 
 SHELL := /bin/bash
 # sanitizer objects must not mix with optimized ones
@@ -71,7 +71,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
 BINS := $(BUILD)/train $(BUILD)/mmdata
 
-.PHONY: all deps test demo bench cuda clean info
+.PHONY: all deps test demo demo-diffusion bench clean info
 # keep test and bench objects (they are intermediate files of pattern chains)
 .SECONDARY:
 all: info $(BINS) $(TEST_BIN) $(BENCH_BIN)
@@ -114,6 +114,9 @@ test: all
 
 demo:
 	@bash launch/demo.sh
+
+demo-diffusion:
+	@bash launch/demo_diffusion.sh
 
 bench: all
 	@bash tests/bench/run.sh $(BUILD)

@@ -2,7 +2,8 @@
 # dist_mpi.sh: a run's result must not depend on how it is split. Trains a tiny model with
 # mpirun under many layouts and checks, against one process:
 #   - per-step losses equal within 1e-5 relative (only the reduction order may differ) for
-#     dp=2, dp=4, tp=2, tp=4, dp=2 x tp=2, gradient accumulation, and ZeRO-1;
+#     dp=2, dp=4, tp=2, tp=4, dp=2 x tp=2, gradient accumulation, and ZeRO-1, for the
+#     transformer, and for the diffusion model under dp, tp, dp x tp and ZeRO-1;
 #   - every sample exactly once per epoch by sample id over all ranks, and the same samples
 #     in every step whatever the layout;
 #   - resume on a different dp continues the same sample order and losses;
@@ -82,6 +83,16 @@ train rsh1 1 data.micro_batch=8
 train rsh4 4 data.micro_batch=8 parallel.tp=4
 same_losses base rsh1
 same_losses base rsh4
+
+# the diffusion model: same losses under dp, tp, dp x tp and ZeRO-1 (its noise, times and
+# condition dropout are drawn per sample id, so they do not depend on the layout either)
+dit=(model.kind=diffusion model.patch=4 diffusion.enc_layers=1)
+train dbase 1 data.micro_batch=8 "${dit[@]}"
+train ddp2 2 data.micro_batch=4 "${dit[@]}"
+train dtp2 2 data.micro_batch=8 parallel.tp=2 "${dit[@]}"
+train ddp2tp2 4 data.micro_batch=4 parallel.tp=2 "${dit[@]}"
+train dzero2 2 data.micro_batch=4 parallel.zero=1 "${dit[@]}"
+for r in ddp2 dtp2 ddp2tp2 dzero2; do same_losses dbase $r; done
 
 # bad layouts: errors before any work starts
 OMP_NUM_THREADS=1 timeout 60 mpirun "${root[@]}" --oversubscribe -np 4 "$B/train" "$tmp/c.yaml" \

@@ -97,6 +97,8 @@ static const cfg_key keys[] = {
           "how flow training draws t (DDPM draws a uniform step)"),
     KF64("diffusion.cond_drop", diffusion.cond_drop, "0.1", 0, 1,
          "share of samples trained without conditioning (classifier-free guidance)"),
+    KF64("diffusion.modality_drop", diffusion.modality_drop, "0.3", 0, 0.5,
+         "otherwise, share of samples trained on audio alone, and on the caption alone"),
     KF64("diffusion.ema_decay", diffusion.ema_decay, "0.999", 0, 1,
          "EMA of the weights, used for sampling (0 = the EMA is the current weights)"),
     KINT("diffusion.enc_layers", diffusion.enc_layers, "1", 0, 64,

@@ -42,6 +42,7 @@ typedef struct {
         char objective[16];    // "flow" or "ddpm"
         char t_sampling[16];   // "uniform" or "logit_normal"
         double cond_drop;      // conditioning dropout for classifier-free guidance
+        double modality_drop;  // caption-only / audio-only training share each
         double ema_decay;      // EMA of the weights (sampling uses it)
         int enc_layers;        // conditioning encoder blocks
         int sample_every;      // PNG sample grid every N steps (0 = at evaluations)

@@ -124,11 +124,21 @@ static void take_sample(dit_state *s, const data_batch *b, int i, int j) {
 }
 
 // The time, noise and conditioning dropout of sample `id` at `step`, from its own stream.
+// With probability cond_drop both modalities go (the unconditional prediction guidance
+// needs); otherwise each of caption and audio is dropped with probability modality_drop
+// while the other stays, so that each alone learns to condition the image.
 static void draw_sample(const dit_state *s, uint64_t seed, int64_t step, uint64_t id,
-                        double cond_drop, int j) {
+                        double cond_drop, double modality_drop, int j) {
     mm_rng r;
     mm_rng_init(&r, seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(step + 1)), id);
-    if (mm_rng_uniform(&r) < cond_drop) s->has_text[j] = s->has_audio[j] = 0;
+    float u = mm_rng_uniform(&r), v = mm_rng_uniform(&r);
+    if (u < cond_drop) {
+        s->has_text[j] = s->has_audio[j] = 0;
+    } else if (s->has_audio[j] && v < modality_drop) {
+        s->has_text[j] = 0;
+    } else if (s->has_text[j] && v >= 1.0f - modality_drop) {
+        s->has_audio[j] = 0;
+    }
     dit_draw_t(s->obj, s->logit_normal, 1, &r, s->t + j);
     mm_real *e = s->eps + (size_t)j * s->npix;
     for (size_t k = 0; k < s->npix; k++) e[k] = mm_rng_normal(&r);
@@ -152,7 +162,8 @@ static double dit_fam_micro_step(trainer *t, const data_batch *b) {
     for (int i = 0; i < b->B; i++) {
         if (!b->has_image[i]) continue;
         take_sample(s, b, i, n);
-        draw_sample(s, c->run.seed, t->step, b->sample_id[i], c->diffusion.cond_drop, n);
+        draw_sample(s, c->run.seed, t->step, b->sample_id[i], c->diffusion.cond_drop,
+                    c->diffusion.modality_drop, n);
         n++;
     }
     if (n == 0) {  // nothing to denoise here; the gradient buckets still have to go out
@@ -301,7 +312,7 @@ static void dit_fam_evaluate(trainer *t) {
         for (int i = 0; i < nb; i++) {
             if (!t->val_batch.has_image[i]) continue;
             take_sample(s, &t->val_batch, i, n);
-            draw_sample(s, c->run.seed, -2, t->val_batch.sample_id[i], 0.0, n);
+            draw_sample(s, c->run.seed, -2, t->val_batch.sample_id[i], 0.0, 0.0, n);
             n++;
         }
         if (n == 0) continue;

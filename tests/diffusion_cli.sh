@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# diffusion_cli.sh: `train sample` end to end: a tiny diffusion run, then images from its
+# checkpoint for a caption and for a WAV file; sampling is deterministic for a seed and
+# differs across seeds; bad options and inputs are one-line errors.
+set -u
+B=${MM_BUILD:-build}
+pass=0; fail=0
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+root=(); [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
+ok() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $1"; fi; }
+sample() { timeout 120 "$B/train" sample "$@"; }
+expect_error() {  # NAME PATTERN ARGS...
+    local name=$1 pat=$2; shift 2
+    sample "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
+    ok "$name: exit non-zero (got $rc)" '[ $rc -ne 0 ]'
+    ok "$name: message matches '$pat': $(head -c 300 "$tmp/err")" 'grep -Eq "^error: .*$pat" "$tmp/err"'
+}
+
+"$B/mmdata" synth --out "$tmp/d" --samples 128 --seed 2 >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+common=(data.train="$tmp/d/train" data.global_batch=8 data.micro_batch=8 model.d_model=32
+        model.n_layers=1 model.n_heads=2 model.patch=4 diffusion.enc_layers=1 run.steps=3
+        run.threads=2 run.log_every=1)
+printf 'model:\n  kind: diffusion\n' >"$tmp/c.yaml"
+timeout 300 "$B/train" "$tmp/c.yaml" "${common[@]}" run.out_dir="$tmp/run" >"$tmp/train.log" 2>&1
+ok "tiny diffusion run: $(tail -n 2 "$tmp/train.log")" '[ $? -eq 0 ] && [ -d "$tmp/run/ckpt/step_00000003" ]'
+ck="$tmp/run/ckpt/step_00000003"
+
+sample --ckpt "$ck" --out "$tmp/o1" --text "a small red circle on the left" --n 2 --steps 3 --seed 5 >"$tmp/s1.log" 2>&1
+ok "sample with a caption: $(tail -n 1 "$tmp/s1.log")" '[ $? -eq 0 ] && [ -s "$tmp/o1/sample_000.png" ] && [ -s "$tmp/o1/sample_001.png" ] && [ -s "$tmp/o1/grid.png" ]'
+sample --ckpt "$ck" --out "$tmp/o2" --text "a small red circle on the left" --n 2 --steps 3 --seed 5 >/dev/null 2>&1
+ok "same seed, same images" 'cmp -s "$tmp/o1/sample_000.png" "$tmp/o2/sample_000.png" && cmp -s "$tmp/o1/grid.png" "$tmp/o2/grid.png"'
+sample --ckpt "$ck" --out "$tmp/o3" --text "a small red circle on the left" --n 2 --steps 3 --seed 6 >/dev/null 2>&1
+ok "another seed, other images" '! cmp -s "$tmp/o1/sample_000.png" "$tmp/o3/sample_000.png"'
+sample --ckpt "$ck" --out "$tmp/o4" --n 1 --steps 2 >/dev/null 2>&1
+ok "unconditional sample" '[ -s "$tmp/o4/sample_000.png" ]'
+
+if command -v python3 >/dev/null 2>&1; then
+    wav() {  # PATH RATE: half a second of 880 Hz, 16-bit mono
+        python3 - "$1" "$2" <<'PY'
+import math, struct, sys, wave
+path, rate = sys.argv[1], int(sys.argv[2])
+with wave.open(path, "wb") as w:
+    w.setnchannels(1); w.setsampwidth(2); w.setframerate(rate)
+    w.writeframes(b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * 880 * i / rate)))
+                           for i in range(rate // 2)))
+PY
+    }
+    wav "$tmp/tone.wav" 8000 && wav "$tmp/tone16k.wav" 16000
+    sample --ckpt "$ck" --out "$tmp/o5" --audio "$tmp/tone.wav" --n 1 --steps 2 >"$tmp/s5.log" 2>&1
+    ok "sample with audio: $(tail -n 1 "$tmp/s5.log")" '[ $? -eq 0 ] && [ -s "$tmp/o5/sample_000.png" ]'
+    expect_error "audio at another rate" "tone16k.wav.*16000 Hz.*8000 Hz" --ckpt "$ck" --out "$tmp/o6" --audio "$tmp/tone16k.wav"
+fi
+
+expect_error "no --ckpt" "--ckpt DIR is required" --out "$tmp/x"
+expect_error "unknown option" "unknown option '--colour'" --ckpt "$ck" --out "$tmp/x" --colour red
+expect_error "bad --n" "--n 'many'" --ckpt "$ck" --out "$tmp/x" --n many
+expect_error "caption too long" "--text is 60 bytes" --ckpt "$ck" --out "$tmp/x" --text "$(printf 'x%.0s' $(seq 60))"
+expect_error "missing audio file" "nope.wav" --ckpt "$ck" --out "$tmp/x" --audio "$tmp/nope.wav"
+expect_error "not a checkpoint" "$tmp/d" --ckpt "$tmp/d" --out "$tmp/x"
+timeout 300 "$B/train" "$tmp/c.yaml" "${common[@]}" model.kind=transformer model.patch=8 run.out_dir="$tmp/lm" >/dev/null 2>&1
+expect_error "a transformer checkpoint" "transformer checkpoint; sample needs a diffusion one" --ckpt "$tmp/lm/ckpt/step_00000003" --out "$tmp/x"
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
