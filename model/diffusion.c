@@ -75,32 +75,22 @@
 //
 // Activations live in one buffer carved in a fixed order (plan_acts); forward keeps every
 // activation the backward needs, backward scratch comes after them.
+//
+// Shared with transformer.c through model_internal.h: the table builder, the tp-independent
+// init draw and activation carving (layout.c), and the encoder block itself (block.c's
+// model_block, the LM's trunk block run replicated: tp = 1, full widths, every bias added).
 #include "diffusion.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../data/data.h"
-
-// One pre-norm transformer block of a conditioning encoder (replicated, full width).
-typedef struct {
-    mm_real *ln1_g, *ln1_b;  // (C)
-    mm_real *qkv_w;          // (3C, C) = global (3, C, C)
-    mm_real *qkv_b;          // (3C)
-    mm_real *proj_w;         // (C, C)
-    mm_real *proj_b;         // (C)
-    mm_real *ln2_g, *ln2_b;  // (C)
-    mm_real *fc_w;           // (F, C)
-    mm_real *fc_b;           // (F)
-    mm_real *mproj_w;        // (C, F)
-    mm_real *mproj_b;        // (C)
-} enc_layer_w;
+#include "model_internal.h"
 
 typedef struct {
-    enc_layer_w *layer;      // (E) owned
+    model_block_w *layer;    // (E) owned; replicated (tp = 1 shapes)
     mm_real *lnf_g, *lnf_b;  // (C)
 } enc_w;
 
@@ -146,30 +136,15 @@ typedef struct {
     mm_real *fproj_b;      // (pdim)
 } weights;
 
-// Saved activations of one encoder block; buffers sized for (max_B, T).
-typedef struct {
-    mm_real *ln1, *ln1_mean, *ln1_rstd;  // (B, T, C), (B, T), (B, T)
-    mm_real *qkv;                        // (B, T, 3C)
-    mm_real *att;                        // (B, NH, T, T)
-    mm_real *atty;                       // (B, T, C)
-    mm_real *res2;                       // (B, T, C)
-    mm_real *ln2, *ln2_mean, *ln2_rstd;  // (B, T, C), (B, T), (B, T)
-    mm_real *fch, *fcg;                  // (B, T, F)
-    mm_real *res3;                       // (B, T, C)
-} enc_layer_acts;
-
 typedef struct {
     int T;                       // tokens per sample
     mm_real *x0;                 // (B, T, C) embeddings = block 0 input
-    enc_layer_acts *layer;       // (E) owned
+    model_block_acts *layer;     // (E) owned
     mm_real *out, *mean, *rstd;  // (B, T, C) ln_f output; (B, T)
     uint8_t *key_valid;          // (max_B, T) owned
     // backward scratch
-    mm_real *dout;         // (B, T, C) gradient of out, gathered from d(cond)
-    mm_real *dres, *dln;   // (B, T, C)
-    mm_real *datty;        // (B, T, C)
-    mm_real *dqkv;         // (B, T, 3C)
-    mm_real *dfch, *dfcg;  // (B, T, F)
+    mm_real *dout;           // (B, T, C) gradient of out, gathered from d(cond)
+    model_block_scratch bs;  // the blocks'; bs.dres ends as d(x0)
 } enc_acts;
 
 // Saved activations of one generator block; BN = B*N rows.
@@ -248,8 +223,7 @@ struct dit {
     // first offsets of the backward stages (grad hook): see the file top
     size_t audio_lo, null_lo, temb_lo, xemb_lo, final_lo;
     size_t *block_lo;      // (L) owned
-    model_grad_hook hook;  // NULL when none
-    void *hook_ctx;        // not owned
+    model_hook hook;       // the grad hook (fn NULL when none)
     weights w, g;          // views into params / grads
     mm_real *pos;          // (N, C) fixed 2D sin-cos position embedding, owned
     mm_real *act_mem;      // the one activation buffer, owned
@@ -263,135 +237,89 @@ struct dit {
 // ---------------------------------------------------------------------------------------
 // parameter table
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
+// Parameter group by name (file top): text.* TEXT, audio.* AUDIO, the rest TRUNK.
+static int group_of(const char *name) {
+    return model_starts_with(name, "text.")    ? MODEL_GROUP_TEXT
+           : model_starts_with(name, "audio.") ? MODEL_GROUP_AUDIO
+                                               : MODEL_GROUP_TRUNK;
 }
 
-static int starts_with(const char *s, const char *prefix) {
-    return strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
-typedef struct {
-    model_tensor *t;
-    int n, cap;
-    size_t off;
-    int tp, rank;
-} table_builder;
-
-static void add_tensor(table_builder *tb, const char *name, int ndim, const int64_t *shape,
+static void add_tensor(model_table *tb, const char *name, int ndim, const int64_t *shape,
                        int split_dim) {
-    MM_CHECK(tb->n < tb->cap, "tensor table overflow at %s (count tensors in build_table)", name);
-    model_tensor *t = &tb->t[tb->n++];
-    memset(t, 0, sizeof(*t));
-    snprintf(t->name, sizeof(t->name), "%s", name);
-    t->ndim = ndim;
-    t->split_dim = split_dim;
-    t->size = 1;
-    for (int i = 0; i < ndim; i++) {
-        t->shape[i] = shape[i];
-        t->local[i] = shape[i];
-        if (i == split_dim) {
-            MM_CHECK(shape[i] % tb->tp == 0, "%s: dim %d (%lld) not divisible by tp %d", name, i,
-                     (long long)shape[i], tb->tp);
-            t->local[i] = shape[i] / tb->tp;
-            t->start = t->local[i] * tb->rank;
-        }
-        t->size *= (size_t)t->local[i];
-    }
-    t->offset = tb->off;
-    tb->off += t->size;
-    t->decay = ndim >= 2 && !ends_with(name, ".b");  // qkv.b (3, d), kv.b (2, d) are biases
-    t->group = starts_with(name, "text.")    ? MODEL_GROUP_TEXT
-               : starts_with(name, "audio.") ? MODEL_GROUP_AUDIO
-                                             : MODEL_GROUP_TRUNK;
+    model_table_add(tb, name, ndim, shape, split_dim, group_of(name));
 }
 
-#define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
-enum { ENC_BLOCK_TENSORS = 12, GEN_BLOCK_TENSORS = 18 };
+enum { GEN_BLOCK_TENSORS = 18 };
 
-static void add_encoder_blocks(table_builder *tb, const char *pre, int E, int64_t C, int64_t F) {
+// An encoder's blocks ("<pre>.blocks.<l>.*", replicated) and its ln_f.
+static void add_encoder(model_table *tb, const char *pre, int E, int64_t C, int64_t F) {
     char nm[64];
-#define EB(suffix, ...) \
-    (snprintf(nm, sizeof(nm), "%s.blocks.%d.%s", pre, l, suffix), add_tensor(tb, nm, __VA_ARGS__))
-    for (int l = 0; l < E; l++) {
-        EB("ln1.g", 1, SHAPE(C), -1);
-        EB("ln1.b", 1, SHAPE(C), -1);
-        EB("attn.qkv.w", 3, SHAPE(3, C, C), -1);
-        EB("attn.qkv.b", 2, SHAPE(3, C), -1);
-        EB("attn.proj.w", 2, SHAPE(C, C), -1);
-        EB("attn.proj.b", 1, SHAPE(C), -1);
-        EB("ln2.g", 1, SHAPE(C), -1);
-        EB("ln2.b", 1, SHAPE(C), -1);
-        EB("mlp.fc.w", 2, SHAPE(F, C), -1);
-        EB("mlp.fc.b", 1, SHAPE(F), -1);
-        EB("mlp.proj.w", 2, SHAPE(C, F), -1);
-        EB("mlp.proj.b", 1, SHAPE(C), -1);
-    }
-#undef EB
+    snprintf(nm, sizeof(nm), "%s.blocks", pre);
+    for (int l = 0; l < E; l++) model_block_add_tensors(tb, nm, l, C, F, 0, group_of(nm));
     snprintf(nm, sizeof(nm), "%s.ln_f.g", pre);
-    add_tensor(tb, nm, 1, SHAPE(C), -1);
+    add_tensor(tb, nm, 1, MODEL_SHAPE(C), -1);
     snprintf(nm, sizeof(nm), "%s.ln_f.b", pre);
-    add_tensor(tb, nm, 1, SHAPE(C), -1);
+    add_tensor(tb, nm, 1, MODEL_SHAPE(C), -1);
 }
 
 static void build_table(dit *m) {
     const dit_config *c = &m->cfg;
     const int64_t C = m->C, F = m->F, V = m->V, P = m->pdim;
     const int E = m->E;
-    int cap = 2 + (ENC_BLOCK_TENSORS * E + 2) + 3 + (ENC_BLOCK_TENSORS * E + 2) + 1 + 4 + 2 +
+    int cap = 2 + (MODEL_BLOCK_TENSORS * E + 2) + 3 + (MODEL_BLOCK_TENSORS * E + 2) + 1 + 4 + 2 +
               GEN_BLOCK_TENSORS * m->L + 4;
-    table_builder tb = {mm_calloc((size_t)cap, sizeof(model_tensor)), 0, cap, 0, c->tp, c->tp_rank};
-    add_tensor(&tb, "text.wte", 2, SHAPE(V, C), -1);
-    add_tensor(&tb, "text.pos", 2, SHAPE(m->Tt, C), -1);
-    add_encoder_blocks(&tb, "text", E, C, F);
+    model_table tb;
+    model_table_init(&tb, cap, c->tp, c->tp_rank);
+    add_tensor(&tb, "text.wte", 2, MODEL_SHAPE(V, C), -1);
+    add_tensor(&tb, "text.pos", 2, MODEL_SHAPE(m->Tt, C), -1);
+    add_encoder(&tb, "text", E, C, F);
     m->audio_lo = tb.off;
-    add_tensor(&tb, "audio.proj.w", 2, SHAPE(C, m->adim), -1);
-    add_tensor(&tb, "audio.proj.b", 1, SHAPE(C), -1);
-    add_tensor(&tb, "audio.pos", 2, SHAPE(m->n_aud, C), -1);
-    add_encoder_blocks(&tb, "audio", E, C, F);
+    add_tensor(&tb, "audio.proj.w", 2, MODEL_SHAPE(C, m->adim), -1);
+    add_tensor(&tb, "audio.proj.b", 1, MODEL_SHAPE(C), -1);
+    add_tensor(&tb, "audio.pos", 2, MODEL_SHAPE(m->n_aud, C), -1);
+    add_encoder(&tb, "audio", E, C, F);
     m->null_lo = tb.off;
-    add_tensor(&tb, "cond.null", 2, SHAPE(1, C), -1);
+    add_tensor(&tb, "cond.null", 2, MODEL_SHAPE(1, C), -1);
     m->temb_lo = tb.off;
-    add_tensor(&tb, "t_embed.fc1.w", 2, SHAPE(C, C), -1);
-    add_tensor(&tb, "t_embed.fc1.b", 1, SHAPE(C), -1);
-    add_tensor(&tb, "t_embed.fc2.w", 2, SHAPE(C, C), -1);
-    add_tensor(&tb, "t_embed.fc2.b", 1, SHAPE(C), -1);
+    add_tensor(&tb, "t_embed.fc1.w", 2, MODEL_SHAPE(C, C), -1);
+    add_tensor(&tb, "t_embed.fc1.b", 1, MODEL_SHAPE(C), -1);
+    add_tensor(&tb, "t_embed.fc2.w", 2, MODEL_SHAPE(C, C), -1);
+    add_tensor(&tb, "t_embed.fc2.b", 1, MODEL_SHAPE(C), -1);
     m->xemb_lo = tb.off;
-    add_tensor(&tb, "x_embed.w", 2, SHAPE(C, P), -1);
-    add_tensor(&tb, "x_embed.b", 1, SHAPE(C), -1);
+    add_tensor(&tb, "x_embed.w", 2, MODEL_SHAPE(C, P), -1);
+    add_tensor(&tb, "x_embed.b", 1, MODEL_SHAPE(C), -1);
     char nm[64];
 #define BLK(suffix, ...) \
     (snprintf(nm, sizeof(nm), "blocks.%d.%s", l, suffix), add_tensor(&tb, nm, __VA_ARGS__))
     m->block_lo = mm_calloc((size_t)m->L, sizeof(size_t));
     for (int l = 0; l < m->L; l++) {
         m->block_lo[l] = tb.off;
-        BLK("ada.w", 2, SHAPE(6 * C, C), -1);
-        BLK("ada.b", 1, SHAPE(6 * C), -1);
-        BLK("attn.qkv.w", 3, SHAPE(3, C, C), 1);
-        BLK("attn.qkv.b", 2, SHAPE(3, C), 1);
-        BLK("attn.proj.w", 2, SHAPE(C, C), 1);
-        BLK("attn.proj.b", 1, SHAPE(C), -1);
-        BLK("xattn.ln.g", 1, SHAPE(C), -1);
-        BLK("xattn.ln.b", 1, SHAPE(C), -1);
-        BLK("xattn.q.w", 2, SHAPE(C, C), 0);
-        BLK("xattn.q.b", 1, SHAPE(C), 0);
-        BLK("xattn.kv.w", 3, SHAPE(2, C, C), 1);
-        BLK("xattn.kv.b", 2, SHAPE(2, C), 1);
-        BLK("xattn.proj.w", 2, SHAPE(C, C), 1);
-        BLK("xattn.proj.b", 1, SHAPE(C), -1);
-        BLK("mlp.fc.w", 2, SHAPE(F, C), 0);
-        BLK("mlp.fc.b", 1, SHAPE(F), 0);
-        BLK("mlp.proj.w", 2, SHAPE(C, F), 1);
-        BLK("mlp.proj.b", 1, SHAPE(C), -1);
+        BLK("ada.w", 2, MODEL_SHAPE(6 * C, C), -1);
+        BLK("ada.b", 1, MODEL_SHAPE(6 * C), -1);
+        BLK("attn.qkv.w", 3, MODEL_SHAPE(3, C, C), 1);
+        BLK("attn.qkv.b", 2, MODEL_SHAPE(3, C), 1);
+        BLK("attn.proj.w", 2, MODEL_SHAPE(C, C), 1);
+        BLK("attn.proj.b", 1, MODEL_SHAPE(C), -1);
+        BLK("xattn.ln.g", 1, MODEL_SHAPE(C), -1);
+        BLK("xattn.ln.b", 1, MODEL_SHAPE(C), -1);
+        BLK("xattn.q.w", 2, MODEL_SHAPE(C, C), 0);
+        BLK("xattn.q.b", 1, MODEL_SHAPE(C), 0);
+        BLK("xattn.kv.w", 3, MODEL_SHAPE(2, C, C), 1);
+        BLK("xattn.kv.b", 2, MODEL_SHAPE(2, C), 1);
+        BLK("xattn.proj.w", 2, MODEL_SHAPE(C, C), 1);
+        BLK("xattn.proj.b", 1, MODEL_SHAPE(C), -1);
+        BLK("mlp.fc.w", 2, MODEL_SHAPE(F, C), 0);
+        BLK("mlp.fc.b", 1, MODEL_SHAPE(F), 0);
+        BLK("mlp.proj.w", 2, MODEL_SHAPE(C, F), 1);
+        BLK("mlp.proj.b", 1, MODEL_SHAPE(C), -1);
     }
 #undef BLK
     m->final_lo = tb.off;
-    add_tensor(&tb, "final.ada.w", 2, SHAPE(2 * C, C), -1);
-    add_tensor(&tb, "final.ada.b", 1, SHAPE(2 * C), -1);
-    add_tensor(&tb, "final.proj.w", 2, SHAPE(P, C), -1);
-    add_tensor(&tb, "final.proj.b", 1, SHAPE(P), -1);
-    MM_CHECK(tb.n == cap, "tensor count %d != %d (update build_table)", tb.n, cap);
+    add_tensor(&tb, "final.ada.w", 2, MODEL_SHAPE(2 * C, C), -1);
+    add_tensor(&tb, "final.ada.b", 1, MODEL_SHAPE(2 * C), -1);
+    add_tensor(&tb, "final.proj.w", 2, MODEL_SHAPE(P, C), -1);
+    add_tensor(&tb, "final.proj.b", 1, MODEL_SHAPE(P), -1);
+    model_table_done(&tb);
     m->tensors = tb.t;
     m->n_tensors = tb.n;
     m->n_params = tb.off;
@@ -413,22 +341,8 @@ static void bind_weights(const dit *m, weights *wt, mm_real *buf) {
             wt->apos = NEXT();
         }
         enc_w *ew = encs[e];
-        ew->layer = mm_calloc((size_t)(m->E ? m->E : 1), sizeof(enc_layer_w));
-        for (int l = 0; l < m->E; l++) {
-            enc_layer_w *lw = &ew->layer[l];
-            lw->ln1_g = NEXT();
-            lw->ln1_b = NEXT();
-            lw->qkv_w = NEXT();
-            lw->qkv_b = NEXT();
-            lw->proj_w = NEXT();
-            lw->proj_b = NEXT();
-            lw->ln2_g = NEXT();
-            lw->ln2_b = NEXT();
-            lw->fc_w = NEXT();
-            lw->fc_b = NEXT();
-            lw->mproj_w = NEXT();
-            lw->mproj_b = NEXT();
-        }
+        ew->layer = mm_calloc((size_t)(m->E ? m->E : 1), sizeof(model_block_w));
+        for (int l = 0; l < m->E; l++) model_block_bind(&ew->layer[l], buf, t, &k);
         ew->lnf_g = NEXT();
         ew->lnf_b = NEXT();
     }
@@ -469,43 +383,28 @@ static void bind_weights(const dit *m, weights *wt, mm_real *buf) {
     MM_CHECK(k == m->n_tensors, "bind_weights out of step with build_table");
 }
 
-// Draws tensor k over its global shape from mm_rng(seed, k) and keeps this rank's slice.
+// Initializes tensor k (DiT's law, file top); the draw is layout.c's, so tp-independent.
 static void init_tensor(dit *m, int k, uint64_t seed) {
     const model_tensor *t = &m->tensors[k];
     mm_real *p = m->params + t->offset;
     const char *n = t->name;
-    if (ends_with(n, ".g")) {  // layernorm gains
+    if (model_ends_with(n, ".g")) {  // layernorm gains
         for (size_t i = 0; i < t->size; i++) p[i] = 1;
         return;
     }
     // biases and the adaLN-Zero / zero-output tensors stay 0 (the buffer is zeroed)
-    if (t->ndim == 1 || ends_with(n, ".b") || strstr(n, ".ada.") || starts_with(n, "final."))
+    if (t->ndim == 1 || model_ends_with(n, ".b") || strstr(n, ".ada.") ||
+        model_starts_with(n, "final."))
         return;
-    int normal = ends_with(n, ".wte") || ends_with(n, ".pos") || strcmp(n, "cond.null") == 0 ||
-                 starts_with(n, "t_embed.");
+    int normal = model_ends_with(n, ".wte") || model_ends_with(n, ".pos") ||
+                 strcmp(n, "cond.null") == 0 || model_starts_with(n, "t_embed.");
     double fan_in = (double)t->shape[t->ndim - 1], fan_out = 1;
     for (int i = 0; i < t->ndim - 1; i++) fan_out *= (double)t->shape[i];
     double a = sqrt(6.0 / (fan_in + fan_out));  // xavier-uniform bound
-    mm_rng r;
-    mm_rng_init(&r, seed, (uint64_t)k);
-    size_t total = 1, inner = 1;
-    for (int i = 0; i < t->ndim; i++) total *= (size_t)t->shape[i];
-    int sd = t->split_dim;
-    if (sd >= 0)
-        for (int i = sd + 1; i < t->ndim; i++) inner *= (size_t)t->shape[i];
-    for (size_t gi = 0; gi < total; gi++) {
-        mm_real v = normal ? (mm_real)(0.02 * mm_rng_normal(&r))
-                           : (mm_real)(a * (2.0 * mm_rng_uniform(&r) - 1.0));
-        if (sd < 0) {
-            p[gi] = v;
-            continue;
-        }
-        size_t coord = (gi / inner) % (size_t)t->shape[sd];
-        size_t outer = gi / (inner * (size_t)t->shape[sd]);
-        if (coord < (size_t)t->start || coord >= (size_t)(t->start + t->local[sd])) continue;
-        p[outer * (size_t)t->local[sd] * inner + (coord - (size_t)t->start) * inner + gi % inner] =
-            v;
-    }
+    if (normal)
+        model_init_draw(p, t, seed, (uint64_t)k, 0.02, 0);
+    else
+        model_init_draw(p, t, seed, (uint64_t)k, a, 1);
 }
 
 // The fixed 2D sin-cos position embedding (file top): pos (gh*gw, C).
@@ -527,123 +426,93 @@ static void fill_pos_embed(mm_real *pos, int gh, int gw, int C) {
 // ---------------------------------------------------------------------------------------
 // activations: one buffer, carved in a fixed order. With base NULL only the size is counted.
 
-typedef struct {
-    mm_real *base;
-    size_t off;
-} carver;
-
-static mm_real *carve(carver *cv, size_t n) {
-    mm_real *p = cv->base ? cv->base + cv->off : NULL;
-    cv->off += (n + 15) / 16 * 16;  // 64-byte aligned slices for the vector loops
-    return p;
-}
-
-static void plan_enc(dit *m, carver *cv, enc_acts *e) {
+static void plan_enc(dit *m, model_carver *cv, enc_acts *e) {
     size_t BT = (size_t)m->max_B * e->T, C = (size_t)m->C, F = (size_t)m->F;
-    e->x0 = carve(cv, BT * C);
-    for (int l = 0; l < m->E; l++) {
-        enc_layer_acts *la = &e->layer[l];
-        la->ln1 = carve(cv, BT * C);
-        la->ln1_mean = carve(cv, BT);
-        la->ln1_rstd = carve(cv, BT);
-        la->qkv = carve(cv, BT * 3 * C);
-        la->att = carve(cv, BT * m->NH * e->T);
-        la->atty = carve(cv, BT * C);
-        la->res2 = carve(cv, BT * C);
-        la->ln2 = carve(cv, BT * C);
-        la->ln2_mean = carve(cv, BT);
-        la->ln2_rstd = carve(cv, BT);
-        la->fch = carve(cv, BT * F);
-        la->fcg = carve(cv, BT * F);
-        la->res3 = carve(cv, BT * C);
-    }
-    e->out = carve(cv, BT * C);
-    e->mean = carve(cv, BT);
-    e->rstd = carve(cv, BT);
-    e->dout = carve(cv, BT * C);
-    e->dres = carve(cv, BT * C);
-    e->dln = carve(cv, BT * C);
-    e->datty = carve(cv, BT * C);
-    e->dqkv = carve(cv, BT * 3 * C);
-    e->dfch = carve(cv, BT * F);
-    e->dfcg = carve(cv, BT * F);
+    e->x0 = model_carve(cv, BT * C);
+    for (int l = 0; l < m->E; l++)
+        model_block_carve(cv, &e->layer[l], BT, (size_t)e->T, C, (size_t)m->NH, C, F);
+    e->out = model_carve(cv, BT * C);
+    e->mean = model_carve(cv, BT);
+    e->rstd = model_carve(cv, BT);
+    e->dout = model_carve(cv, BT * C);
+    model_block_carve_scratch(cv, &e->bs, BT, C, C, F);
 }
 
 static size_t plan_acts(dit *m, mm_real *base) {
-    carver cv = {base, 0};
+    model_carver cv = {base, 0};
     const size_t B = (size_t)m->max_B, N = (size_t)m->N, C = (size_t)m->C, BN = B * N;
     const size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl, BTc = B * m->Tc, pix = BN * m->pdim;
     acts *a = &m->a;
-    a->patches = carve(&cv, pix);
-    a->x0 = carve(&cv, BN * C);
-    a->tfreq = carve(&cv, B * C);
-    a->th = carve(&cv, B * C);
-    a->ths = carve(&cv, B * C);
-    a->c = carve(&cv, B * C);
-    a->sc = carve(&cv, B * C);
-    a->aud = carve(&cv, B * m->n_aud * m->adim);
-    a->cond = carve(&cv, BTc * C);
+    a->patches = model_carve(&cv, pix);
+    a->x0 = model_carve(&cv, BN * C);
+    a->tfreq = model_carve(&cv, B * C);
+    a->th = model_carve(&cv, B * C);
+    a->ths = model_carve(&cv, B * C);
+    a->c = model_carve(&cv, B * C);
+    a->sc = model_carve(&cv, B * C);
+    a->aud = model_carve(&cv, B * m->n_aud * m->adim);
+    a->cond = model_carve(&cv, BTc * C);
     for (int l = 0; l < m->L; l++) {
         block_acts *la = &a->layer[l];
-        la->mod = carve(&cv, B * 6 * C);
-        la->h1 = carve(&cv, BN * C);
-        la->mean1 = carve(&cv, BN);
-        la->rstd1 = carve(&cv, BN);
-        la->m1 = carve(&cv, BN * C);
-        la->qkv = carve(&cv, BN * 3 * Cl);
-        la->att = carve(&cv, BN * m->NHl * N);
-        la->atty = carve(&cv, BN * Cl);
-        la->y1 = carve(&cv, BN * C);
-        la->res1 = carve(&cv, BN * C);
-        la->h2 = carve(&cv, BN * C);
-        la->mean2 = carve(&cv, BN);
-        la->rstd2 = carve(&cv, BN);
-        la->q = carve(&cv, BN * Cl);
-        la->kv = carve(&cv, BTc * 2 * Cl);
-        la->xatt = carve(&cv, BN * m->NHl * m->Tc);
-        la->xatty = carve(&cv, BN * Cl);
-        la->res2 = carve(&cv, BN * C);
-        la->h3 = carve(&cv, BN * C);
-        la->mean3 = carve(&cv, BN);
-        la->rstd3 = carve(&cv, BN);
-        la->m3 = carve(&cv, BN * C);
-        la->fch = carve(&cv, BN * Fl);
-        la->fcg = carve(&cv, BN * Fl);
-        la->y3 = carve(&cv, BN * C);
-        la->res3 = carve(&cv, BN * C);
+        la->mod = model_carve(&cv, B * 6 * C);
+        la->h1 = model_carve(&cv, BN * C);
+        la->mean1 = model_carve(&cv, BN);
+        la->rstd1 = model_carve(&cv, BN);
+        la->m1 = model_carve(&cv, BN * C);
+        la->qkv = model_carve(&cv, BN * 3 * Cl);
+        la->att = model_carve(&cv, BN * m->NHl * N);
+        la->atty = model_carve(&cv, BN * Cl);
+        la->y1 = model_carve(&cv, BN * C);
+        la->res1 = model_carve(&cv, BN * C);
+        la->h2 = model_carve(&cv, BN * C);
+        la->mean2 = model_carve(&cv, BN);
+        la->rstd2 = model_carve(&cv, BN);
+        la->q = model_carve(&cv, BN * Cl);
+        la->kv = model_carve(&cv, BTc * 2 * Cl);
+        la->xatt = model_carve(&cv, BN * m->NHl * m->Tc);
+        la->xatty = model_carve(&cv, BN * Cl);
+        la->res2 = model_carve(&cv, BN * C);
+        la->h3 = model_carve(&cv, BN * C);
+        la->mean3 = model_carve(&cv, BN);
+        la->rstd3 = model_carve(&cv, BN);
+        la->m3 = model_carve(&cv, BN * C);
+        la->fch = model_carve(&cv, BN * Fl);
+        la->fcg = model_carve(&cv, BN * Fl);
+        la->y3 = model_carve(&cv, BN * C);
+        la->res3 = model_carve(&cv, BN * C);
     }
-    a->fmod = carve(&cv, B * 2 * C);
-    a->fh = carve(&cv, BN * C);
-    a->fmean = carve(&cv, BN);
-    a->frstd = carve(&cv, BN);
-    a->fm = carve(&cv, BN * C);
-    a->outp = carve(&cv, pix);
-    a->pred = carve(&cv, pix);
-    a->losses = carve(&cv, B);
-    a->ones = carve(&cv, C);
-    a->zeros = carve(&cv, C);
-    a->dloss = carve(&cv, B);
-    a->dpred = carve(&cv, pix);
-    a->doutp = carve(&cv, pix);
-    a->dres = carve(&cv, BN * C);
-    a->dy = carve(&cv, BN * C);
-    a->dm = carve(&cv, BN * C);
-    a->dh = carve(&cv, BN * C);
-    a->dh2 = carve(&cv, BN * C);
-    a->datty = carve(&cv, BN * Cl);
-    a->dq = carve(&cv, BN * Cl);
-    a->dqkv = carve(&cv, BN * 3 * Cl);
-    a->dkv = carve(&cv, BTc * 2 * Cl);
-    a->dfch = carve(&cv, BN * Fl);
-    a->dfcg = carve(&cv, BN * Fl);
-    a->dmod = carve(&cv, B * 6 * C);
-    a->dsc = carve(&cv, B * C);
-    a->dc = carve(&cv, B * C);
-    a->dths = carve(&cv, B * C);
-    a->dth = carve(&cv, B * C);
-    a->dcond = carve(&cv, BTc * C);
-    a->dlng = carve(&cv, C);
-    a->dlnb = carve(&cv, C);
+    a->fmod = model_carve(&cv, B * 2 * C);
+    a->fh = model_carve(&cv, BN * C);
+    a->fmean = model_carve(&cv, BN);
+    a->frstd = model_carve(&cv, BN);
+    a->fm = model_carve(&cv, BN * C);
+    a->outp = model_carve(&cv, pix);
+    a->pred = model_carve(&cv, pix);
+    a->losses = model_carve(&cv, B);
+    a->ones = model_carve(&cv, C);
+    a->zeros = model_carve(&cv, C);
+    a->dloss = model_carve(&cv, B);
+    a->dpred = model_carve(&cv, pix);
+    a->doutp = model_carve(&cv, pix);
+    a->dres = model_carve(&cv, BN * C);
+    a->dy = model_carve(&cv, BN * C);
+    a->dm = model_carve(&cv, BN * C);
+    a->dh = model_carve(&cv, BN * C);
+    a->dh2 = model_carve(&cv, BN * C);
+    a->datty = model_carve(&cv, BN * Cl);
+    a->dq = model_carve(&cv, BN * Cl);
+    a->dqkv = model_carve(&cv, BN * 3 * Cl);
+    a->dkv = model_carve(&cv, BTc * 2 * Cl);
+    a->dfch = model_carve(&cv, BN * Fl);
+    a->dfcg = model_carve(&cv, BN * Fl);
+    a->dmod = model_carve(&cv, B * 6 * C);
+    a->dsc = model_carve(&cv, B * C);
+    a->dc = model_carve(&cv, B * C);
+    a->dths = model_carve(&cv, B * C);
+    a->dth = model_carve(&cv, B * C);
+    a->dcond = model_carve(&cv, BTc * C);
+    a->dlng = model_carve(&cv, C);
+    a->dlnb = model_carve(&cv, C);
     plan_enc(m, &cv, &m->te);
     plan_enc(m, &cv, &m->ae);
     return cv.off;
@@ -693,16 +562,7 @@ static int check_config(const dit_config *c, int max_B, mm_err *err) {
     if (c->vocab <= DATA_TOK_PAD)
         return mm_fail(err, "dit: vocab %d must include the PAD token (%d)", c->vocab,
                        DATA_TOK_PAD);
-    if (c->tp_rank < 0 || c->tp_rank >= c->tp)
-        return mm_fail(err, "dit: tp_rank %d outside [0, tp=%d)", c->tp_rank, c->tp);
-    if (c->n_heads % c->tp || c->d_ff % c->tp)
-        return mm_fail(err, "dit: tp %d must divide n_heads %d and d_ff %d", c->tp, c->n_heads,
-                       c->d_ff);
-    if (c->tp_group && (comm_size(c->tp_group) != c->tp || comm_rank(c->tp_group) != c->tp_rank))
-        return mm_fail(err,
-                       "dit: tp_group is rank %d of %d but the config says tp_rank %d of tp %d",
-                       comm_rank(c->tp_group), comm_size(c->tp_group), c->tp_rank, c->tp);
-    return 0;
+    return model_check_tp("dit", c->n_heads, c->d_ff, c->tp, c->tp_rank, c->tp_group, err);
 }
 
 int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit_ops *dops,
@@ -748,8 +608,8 @@ int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit
     m->te.T = m->Tt;
     m->ae.T = m->n_aud;
     size_t nl = (size_t)(m->E ? m->E : 1);
-    m->te.layer = mm_calloc(nl, sizeof(enc_layer_acts));
-    m->ae.layer = mm_calloc(nl, sizeof(enc_layer_acts));
+    m->te.layer = mm_calloc(nl, sizeof(model_block_acts));
+    m->ae.layer = mm_calloc(nl, sizeof(model_block_acts));
     size_t n_acts = plan_acts(m, NULL);
     m->act_mem = mm_alloc_aligned(n_acts * sizeof(mm_real));
     plan_acts(m, m->act_mem);
@@ -805,40 +665,11 @@ mm_real *dit_grads(dit *m) {
     return m->grads;
 }
 void dit_set_grad_hook(dit *m, model_grad_hook fn, void *ctx) {
-    m->hook = fn;
-    m->hook_ctx = ctx;
-}
-
-#ifdef MM_F64
-#define MM_REAL_COMM COMM_F64
-#else
-#define MM_REAL_COMM COMM_F32
-#endif
-
-// In-place sum of x (n) over the tp ranks; nothing at tp = 1 (no group needed).
-static void tp_allreduce(const dit *m, mm_real *x, size_t n) {
-    if (m->cfg.tp > 1) comm_allreduce_sum(m->cfg.tp_group, x, n, MM_REAL_COMM);
-}
-
-static void grad_ready(const dit *m, size_t lo) {
-    if (m->hook) m->hook(m->hook_ctx, lo);
-}
-
-// Zeroes n buffers in one parallel region, each thread a contiguous share of each.
-static void zero_bufs(int n, mm_real *const *p, const size_t *len) {
-#pragma omp parallel
-    {
-        size_t nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
-        for (int k = 0; k < n; k++) {
-            size_t chunk = (len[k] + nt - 1) / nt, s = id * chunk;
-            if (s < len[k])
-                memset(p[k] + s, 0, (len[k] - s < chunk ? len[k] - s : chunk) * sizeof(mm_real));
-        }
-    }
+    m->hook = (model_hook){fn, ctx};
 }
 
 void dit_zero_grad(dit *m) {
-    zero_bufs(1, &m->grads, &m->n_params);
+    model_zero_bufs(1, &m->grads, &m->n_params);
 }
 
 // dst = src (n), in parallel (the residual copies before the in-place gated adds).
@@ -870,28 +701,20 @@ static inline int text_token(const dit *m, const dit_input *in, int b, int t) {
     return tok;
 }
 
+// The encoders are replicated: full widths, every rank adds every bias, no collective.
+static model_block_run enc_run(const dit *m, int B, int T) {
+    return (model_block_run){m->ops, B, T, T, m->C, m->NH, m->HD, m->F, 1, 1, NULL};
+}
+
 // Encoder blocks and ln_f on e->x0 (B, T, C) with e->key_valid; result in e->out.
 static void enc_forward(const dit *m, const enc_w *w, enc_acts *e, int B) {
-    const model_ops *ops = m->ops;
-    const int C = m->C, F = m->F, T = e->T, BT = B * T;
+    const model_block_run run = enc_run(m, B, e->T);
     const mm_real *x = e->x0;
     for (int l = 0; l < m->E; l++) {
-        const enc_layer_w *lw = &w->layer[l];
-        enc_layer_acts *la = &e->layer[l];
-        ops->layernorm_fwd(la->ln1, la->ln1_mean, la->ln1_rstd, x, lw->ln1_g, lw->ln1_b, BT, C);
-        ops->matmul_fwd(la->qkv, la->ln1, lw->qkv_w, lw->qkv_b, BT, C, 3 * C);
-        ops->attention_fwd(la->atty, la->att, la->qkv, e->key_valid, B, T, T, m->NH, m->HD);
-        ops->matmul_fwd(la->res2, la->atty, lw->proj_w, lw->proj_b, BT, C, C);
-        ops->add(la->res2, la->res2, x, (size_t)BT * C);
-        ops->layernorm_fwd(la->ln2, la->ln2_mean, la->ln2_rstd, la->res2, lw->ln2_g, lw->ln2_b, BT,
-                           C);
-        ops->matmul_fwd(la->fch, la->ln2, lw->fc_w, lw->fc_b, BT, C, F);
-        ops->gelu_fwd(la->fcg, la->fch, (size_t)BT * F);
-        ops->matmul_fwd(la->res3, la->fcg, lw->mproj_w, lw->mproj_b, BT, F, C);
-        ops->add(la->res3, la->res3, la->res2, (size_t)BT * C);
-        x = la->res3;
+        model_block_forward(&run, &w->layer[l], &e->layer[l], x, e->key_valid);
+        x = e->layer[l].res3;
     }
-    ops->layernorm_fwd(e->out, e->mean, e->rstd, x, w->lnf_g, w->lnf_b, BT, C);
+    m->ops->layernorm_fwd(e->out, e->mean, e->rstd, x, w->lnf_g, w->lnf_b, B * e->T, m->C);
 }
 
 // Everything up to the model output: leaves pred (B, H, W, c) in out.
@@ -931,14 +754,8 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     enc_forward(m, &w->text, te, B);
 
     // audio encoder input: grouped frames (a reshape unless a tail is dropped) -> proj + pos
-    const mm_real *aud = in->audio;
-    const int AF = m->cfg.audio_F, nm = m->cfg.n_mels;
-    if (AF != na * m->cfg.audio_group) {
-        for (int b = 0; b < B; b++)
-            memcpy(a->aud + (size_t)b * na * m->adim, in->audio + (size_t)b * AF * nm,
-                   (size_t)na * m->adim * sizeof(mm_real));
-        aud = a->aud;
-    }
+    const mm_real *aud = model_group_audio(a->aud, in->audio, B, m->cfg.audio_F, m->cfg.n_mels,
+                                           m->cfg.audio_group);
     ops->matmul_fwd(ae->x0, aud, w->aud_w, w->aud_b, B * na, m->adim, C);
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < B * na; r++) {
@@ -964,16 +781,8 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     }
 
     // patchify (B, H, W, c) -> (BN, pdim), x_embed, + fixed positions
-    const int p = m->cfg.patch, ic = m->cfg.img_c, gw = m->gw, W = m->cfg.img_w, H = m->cfg.img_h;
-#pragma omp parallel for schedule(static)
-    for (int bp = 0; bp < BN; bp++) {
-        int b = bp / N, py = (bp % N) / gw, px = bp % gw;
-        const mm_real *src = in->x_t + (size_t)b * H * W * ic;
-        for (int dy = 0; dy < p; dy++)
-            memcpy(a->patches + (size_t)bp * m->pdim + (size_t)dy * p * ic,
-                   src + ((size_t)(py * p + dy) * W + (size_t)px * p) * ic,
-                   (size_t)p * ic * sizeof(mm_real));
-    }
+    const int H = m->cfg.img_h, W = m->cfg.img_w, ic = m->cfg.img_c, p = m->cfg.patch;
+    model_patchify(a->patches, in->x_t, B, H, W, ic, p);
     ops->matmul_fwd(a->x0, a->patches, w->x_w, w->x_b, BN, m->pdim, C);
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < BN; r++) {
@@ -997,7 +806,7 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         ops->attention_fwd(la->atty, la->att, la->qkv, m->all_valid, B, N, N, m->NHl, m->HD);
         ops->matmul_fwd(la->y1, la->atty, lw->attproj_w, bias_rank ? lw->attproj_b : NULL, BN, Cl,
                         C);
-        tp_allreduce(m, la->y1, nBNC);
+        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->y1, nBNC);
         copy_par(la->res1, x, nBNC);
         dops->gated_add_fwd(la->res1, la->y1, mod + 2 * C, C6, B, N, C);
         // cross-attention branch (no gate: the pre-norm LN has affine parameters)
@@ -1007,7 +816,7 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         dops->xattn_fwd(la->xatty, la->xatt, la->q, la->kv, m->key_valid, B, N, Tc, m->NHl, m->HD);
         ops->matmul_fwd(la->res2, la->xatty, lw->xproj_w, bias_rank ? lw->xproj_b : NULL, BN, Cl,
                         C);
-        tp_allreduce(m, la->res2, nBNC);
+        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->res2, nBNC);
         ops->add(la->res2, la->res2, la->res1, nBNC);
         // MLP branch
         ops->layernorm_fwd(la->h3, la->mean3, la->rstd3, la->res2, a->ones, a->zeros, BN, C);
@@ -1015,7 +824,7 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         ops->matmul_fwd(la->fch, la->m3, lw->fc_w, lw->fc_b, BN, C, Fl);
         ops->gelu_fwd(la->fcg, la->fch, (size_t)BN * Fl);
         ops->matmul_fwd(la->y3, la->fcg, lw->mproj_w, bias_rank ? lw->mproj_b : NULL, BN, Fl, C);
-        tp_allreduce(m, la->y3, nBNC);
+        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->y3, nBNC);
         copy_par(la->res3, la->res2, nBNC);
         dops->gated_add_fwd(la->res3, la->y3, mod + 5 * C, C6, B, N, C);
         x = la->res3;
@@ -1026,15 +835,7 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     ops->layernorm_fwd(a->fh, a->fmean, a->frstd, x, a->ones, a->zeros, BN, C);
     dops->modulate_fwd(a->fm, a->fh, a->fmod, a->fmod + C, 2 * C, B, N, C);
     ops->matmul_fwd(a->outp, a->fm, w->fproj_w, w->fproj_b, BN, C, m->pdim);
-#pragma omp parallel for schedule(static)
-    for (int bp = 0; bp < BN; bp++) {
-        int b = bp / N, py = (bp % N) / gw, px = bp % gw;
-        mm_real *dst = out + (size_t)b * H * W * ic;
-        for (int dy = 0; dy < p; dy++)
-            memcpy(dst + ((size_t)(py * p + dy) * W + (size_t)px * p) * ic,
-                   a->outp + (size_t)bp * m->pdim + (size_t)dy * p * ic,
-                   (size_t)p * ic * sizeof(mm_real));
-    }
+    model_unpatchify(out, a->outp, B, H, W, ic, p);
 }
 
 double dit_forward(dit *m, const dit_input *in) {
@@ -1061,33 +862,17 @@ void dit_predict(dit *m, const dit_input *in, mm_real *out) {
 
 // From e->dout (B, T, C): accumulates the encoder's gradients and leaves d(e->x0) in e->dres.
 static void enc_backward(const dit *m, const enc_w *w, const enc_w *g, enc_acts *e, int B) {
-    const model_ops *ops = m->ops;
-    const int C = m->C, F = m->F, T = e->T, BT = B * T;
-    const size_t nC = (size_t)BT * C;
-    mm_real *const z0[] = {e->dres};
-    const size_t n0[] = {nC};
-    zero_bufs(1, z0, n0);
+    const int C = m->C, BT = B * e->T;
+    mm_real *const z0[] = {e->bs.dres};
+    const size_t n0[] = {(size_t)BT * C};
+    model_zero_bufs(1, z0, n0);
     const mm_real *xl = m->E ? e->layer[m->E - 1].res3 : e->x0;
-    ops->layernorm_bwd(e->dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean, e->rstd, BT, C);
+    m->ops->layernorm_bwd(e->bs.dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean, e->rstd,
+                          BT, C);
+    const model_block_run run = enc_run(m, B, e->T);
     for (int l = m->E - 1; l >= 0; l--) {
-        const enc_layer_w *lw = &w->layer[l];
-        const enc_layer_w *lg = &g->layer[l];
-        const enc_layer_acts *la = &e->layer[l];
         const mm_real *x = l ? e->layer[l - 1].res3 : e->x0;
-        mm_real *const zb[] = {e->dfcg, e->dfch, e->dln, e->datty, e->dqkv};
-        const size_t zn[] = {(size_t)BT * F, (size_t)BT * F, nC, nC, 3 * nC};
-        zero_bufs(5, zb, zn);
-        ops->matmul_bwd(e->dfcg, lg->mproj_w, lg->mproj_b, e->dres, la->fcg, lw->mproj_w, BT, F, C);
-        ops->gelu_bwd(e->dfch, la->fch, e->dfcg, (size_t)BT * F);
-        ops->matmul_bwd(e->dln, lg->fc_w, lg->fc_b, e->dfch, la->ln2, lw->fc_w, BT, C, F);
-        ops->layernorm_bwd(e->dres, lg->ln2_g, lg->ln2_b, e->dln, la->res2, lw->ln2_g, la->ln2_mean,
-                           la->ln2_rstd, BT, C);
-        ops->matmul_bwd(e->datty, lg->proj_w, lg->proj_b, e->dres, la->atty, lw->proj_w, BT, C, C);
-        ops->attention_bwd(e->dqkv, e->datty, la->qkv, la->att, B, T, T, m->NH, m->HD);
-        memset(e->dln, 0, nC * sizeof(mm_real));
-        ops->matmul_bwd(e->dln, lg->qkv_w, lg->qkv_b, e->dqkv, la->ln1, lw->qkv_w, BT, C, 3 * C);
-        ops->layernorm_bwd(e->dres, lg->ln1_g, lg->ln1_b, e->dln, x, lw->ln1_g, la->ln1_mean,
-                           la->ln1_rstd, BT, C);
+        model_block_backward(&run, &w->layer[l], &g->layer[l], &e->layer[l], x, &e->bs);
     }
 }
 
@@ -1111,29 +896,20 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     // loss -> d(pred) -> patch layout
     for (int b = 0; b < B; b++) a->dloss[b] = loss_scale;
     dops->mse_bwd(a->dpred, a->pred, in->target, a->dloss, B, pix);
-    const int p = m->cfg.patch, ic = m->cfg.img_c, gw = m->gw, W = m->cfg.img_w, H = m->cfg.img_h;
-#pragma omp parallel for schedule(static)
-    for (int bp = 0; bp < BN; bp++) {
-        int b = bp / N, py = (bp % N) / gw, px = bp % gw;
-        const mm_real *src = a->dpred + (size_t)b * H * W * ic;
-        for (int dy = 0; dy < p; dy++)
-            memcpy(a->doutp + (size_t)bp * pd + (size_t)dy * p * ic,
-                   src + ((size_t)(py * p + dy) * W + (size_t)px * p) * ic,
-                   (size_t)p * ic * sizeof(mm_real));
-    }
+    model_patchify(a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
 
     // final layer
     {
         mm_real *const zb[] = {a->dm, a->dh, a->dres, a->dmod, a->dsc, a->dcond};
         const size_t zn[] = {nBNC, nBNC, nBNC, (size_t)B * C6, (size_t)B * C, (size_t)B * Tc * C};
-        zero_bufs(6, zb, zn);
+        model_zero_bufs(6, zb, zn);
     }
     const mm_real *xL = a->layer[m->L - 1].res3;
     ops->matmul_bwd(a->dm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
     dops->modulate_bwd(a->dh, a->dmod, a->dmod + C, a->dm, a->fh, a->fmod + C, 2 * C, B, N, C);
     ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, xL, a->ones, a->fmean, a->frstd, BN, C);
     ops->matmul_bwd(a->dsc, g->fada_w, g->fada_b, a->dmod, a->sc, w->fada_w, B, C, 2 * C);
-    grad_ready(m, m->final_lo);
+    model_hook_fire(&m->hook, m->final_lo);
 
     for (int l = m->L - 1; l >= 0; l--) {
         const block_w *lw = &w->layer[l];
@@ -1156,13 +932,14 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
                              (size_t)BN * Fl,
                              (size_t)BN * Fl,
                              (size_t)B * C6};
-        zero_bufs(11, zb, zn);
+        model_zero_bufs(11, zb, zn);
         // dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
         dops->gated_add_bwd(a->dy, dmod + 5 * C, a->dres, la->y3, mod + 5 * C, C6, B, N, C);
         ops->matmul_bwd(a->dfcg, lg->mproj_w, lg->mproj_b, a->dy, la->fcg, lw->mproj_w, BN, Fl, C);
         ops->gelu_bwd(a->dfch, la->fch, a->dfcg, (size_t)BN * Fl);
         ops->matmul_bwd(a->dm, lg->fc_w, lg->fc_b, a->dfch, la->m3, lw->fc_w, BN, C, Fl);
-        tp_allreduce(m, a->dm, nBNC);  // fc saw m3 whole: sum its column shares
+        // fc saw m3 whole: sum its column shares
+        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dm, nBNC);
         dops->modulate_bwd(a->dh, dmod + 3 * C, dmod + 4 * C, a->dm, la->h3, mod + 4 * C, C6, B, N,
                            C);
         ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, la->res2, a->ones, la->mean3,
@@ -1172,7 +949,7 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
                         C);
         dops->xattn_bwd(a->dq, a->dkv, a->datty, la->q, la->kv, la->xatt, B, N, Tc, m->NHl, m->HD);
         ops->matmul_bwd(a->dh2, lg->q_w, lg->q_b, a->dq, la->h2, lw->q_w, BN, C, Cl);
-        tp_allreduce(m, a->dh2, nBNC);
+        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dh2, nBNC);
         // this rank's heads' share of d(cond), summed over tp once after the last block
         ops->matmul_bwd(a->dcond, lg->kv_w, lg->kv_b, a->dkv, a->cond, lw->kv_w, B * Tc, C, 2 * Cl);
         ops->layernorm_bwd(a->dres, lg->xln_g, lg->xln_b, a->dh2, la->res1, lw->xln_g, la->mean2,
@@ -1186,40 +963,40 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
         ops->attention_bwd(a->dqkv, a->datty, la->qkv, la->att, B, N, N, m->NHl, m->HD);
         memset(a->dm, 0, nBNC * sizeof(mm_real));
         ops->matmul_bwd(a->dm, lg->qkv_w, lg->qkv_b, a->dqkv, la->m1, lw->qkv_w, BN, C, 3 * Cl);
-        tp_allreduce(m, a->dm, nBNC);
+        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dm, nBNC);
         memset(a->dh, 0, nBNC * sizeof(mm_real));
         dops->modulate_bwd(a->dh, dmod, dmod + C, a->dm, la->h1, mod + C, C6, B, N, C);
         ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, x, a->ones, la->mean1, la->rstd1, BN,
                            C);
         // dres = d(x); the block's modulation
         ops->matmul_bwd(a->dsc, lg->ada_w, lg->ada_b, dmod, a->sc, lw->ada_w, B, C, C6);
-        grad_ready(m, m->block_lo[l]);
+        model_hook_fire(&m->hook, m->block_lo[l]);
     }
 
     // x_embed (the positions are fixed): no gradient flows into the image
     ops->matmul_bwd(NULL, g->x_w, g->x_b, a->dres, a->patches, w->x_w, BN, pd, C);
-    grad_ready(m, m->xemb_lo);
+    model_hook_fire(&m->hook, m->xemb_lo);
 
     // timestep MLP from d(SiLU(c)), summed over every block and the final layer
     {
         mm_real *const zb[] = {a->dc, a->dths, a->dth};
         const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
-        zero_bufs(3, zb, zn);
+        model_zero_bufs(3, zb, zn);
     }
     dops->silu_bwd(a->dc, a->c, a->dsc, (size_t)B * C);
     ops->matmul_bwd(a->dths, g->t2_w, g->t2_b, a->dc, a->ths, w->t2_w, B, C, C);
     dops->silu_bwd(a->dth, a->th, a->dths, (size_t)B * C);
     ops->matmul_bwd(NULL, g->t1_w, g->t1_b, a->dth, a->tfreq, w->t1_w, B, C, C);
-    grad_ready(m, m->temb_lo);
+    model_hook_fire(&m->hook, m->temb_lo);
 
     // conditioning: d(cond) whole, then the null token and the two encoders
-    tp_allreduce(m, a->dcond, (size_t)B * Tc * C);
+    model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dcond, (size_t)B * Tc * C);
     for (int b = 0; b < B; b++) {
         const mm_real *d = a->dcond + ((size_t)b * Tc + Tt + na) * C;
 #pragma omp simd
         for (int c = 0; c < C; c++) g->null[c] += d[c];
     }
-    grad_ready(m, m->null_lo);
+    model_hook_fire(&m->hook, m->null_lo);
 
     enc_acts *te = &m->te, *ae = &m->ae;
 #pragma omp parallel for schedule(static)
@@ -1231,7 +1008,7 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     }
     enc_backward(m, &w->audio, &g->audio, ae, B);
     const mm_real *aud = m->cfg.audio_F != na * m->cfg.audio_group ? a->aud : in->audio;
-    ops->matmul_bwd(NULL, g->aud_w, g->aud_b, ae->dres, aud, w->aud_w, B * na, m->adim, C);
+    ops->matmul_bwd(NULL, g->aud_w, g->aud_b, ae->bs.dres, aud, w->aud_w, B * na, m->adim, C);
     // positions: each task owns a block of columns and adds the samples in order
     enum { CB = 32 };
     const int ncb = (C + CB - 1) / CB;
@@ -1240,13 +1017,13 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
         int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
         for (int b = 0; b < B; b++)
             for (int t = 0; t < na; t++) {
-                const mm_real *d = ae->dres + ((size_t)b * na + t) * C + c0;
+                const mm_real *d = ae->bs.dres + ((size_t)b * na + t) * C + c0;
                 mm_real *gp = g->apos + (size_t)t * C + c0;
 #pragma omp simd
                 for (int c = 0; c < n; c++) gp[c] += d[c];
             }
     }
-    grad_ready(m, m->audio_lo);
+    model_hook_fire(&m->hook, m->audio_lo);
 
     enc_backward(m, &w->text, &g->text, te, B);
     // token embeddings and positions, deterministic without atomics (as transformer.c)
@@ -1255,7 +1032,7 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
         int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
         for (int b = 0; b < B; b++)
             for (int t = 0; t < Tt; t++) {
-                const mm_real *d = te->dres + ((size_t)b * Tt + t) * C + c0;
+                const mm_real *d = te->bs.dres + ((size_t)b * Tt + t) * C + c0;
                 mm_real *gp = g->tpos + (size_t)t * C + c0;
                 mm_real *ge = g->wte + (size_t)text_token(m, in, b, t) * C + c0;
 #pragma omp simd
@@ -1264,7 +1041,7 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
                 for (int c = 0; c < n; c++) ge[c] += d[c];
             }
     }
-    grad_ready(m, 0);
+    model_hook_fire(&m->hook, 0);
 }
 
 // ---------------------------------------------------------------------------------------

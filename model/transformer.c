@@ -31,8 +31,12 @@
 //     over its full global shape in row-major order; a rank keeps its slice, so initial
 //     values do not depend on tp.
 //
-// Host glue: patchify, the embedding gather/scatter and the per-sample loss reduction are
-// plain OpenMP loops here (CPU memory). A CUDA backend will need those as ops.
+// The block (tensors, forward, backward, its four collectives) lives in block.c and the
+// table / init / carving mechanics in layout.c, shared with the DiT (model_internal.h); this
+// file keeps the LM's structure and policies (which tensors, the init law, the head).
+//
+// Host glue: patchify (layout.c), the embedding gather/scatter and the per-sample loss
+// reduction are plain OpenMP loops on CPU memory. A CUDA backend will need those as ops.
 //
 // Tensor parallelism (Megatron, DESIGN.md "Parallel layout"). With NH/tp heads and d_ff/tp
 // MLP columns per rank (Cl = C/tp, Fl = F/tp), a block is
@@ -64,28 +68,15 @@
 // stages every gradient from some offset lo to the end is final, and the data-parallel
 // buckets above lo can start their allreduce while the earlier layers still run.
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../data/data.h"
 #include "model.h"
+#include "model_internal.h"
 
 // Views into params or grads (same offsets in both).
-typedef struct {
-    mm_real *ln1_g, *ln1_b;  // (C)
-    mm_real *qkv_w;          // (3, Cl, C) = (3Cl, C) packed q|k|v of the local heads
-    mm_real *qkv_b;          // (3, Cl)
-    mm_real *attproj_w;      // (C, Cl) columns of the local heads
-    mm_real *attproj_b;      // (C) replicated
-    mm_real *ln2_g, *ln2_b;  // (C)
-    mm_real *fc_w;           // (Fl, C)
-    mm_real *fc_b;           // (Fl)
-    mm_real *mlpproj_w;      // (C, Fl)
-    mm_real *mlpproj_b;      // (C) replicated
-} layer_w;
-
 typedef struct {
     mm_real *img_w;          // (C, pdim)
     mm_real *img_b;          // (C)
@@ -95,26 +86,10 @@ typedef struct {
     mm_real *aud_pos;        // (n_aud, C)
     mm_real *wte;            // (V, C)
     mm_real *tpos;           // (Tt, C)
-    layer_w *layer;          // (L) owned
+    model_block_w *layer;    // (L) owned
     mm_real *lnf_g, *lnf_b;  // (C)
     mm_real *lm_head;        // (V, C)
 } weights;
-
-// Saved activations of one block. Buffers are sized for (max_B, T); a call with B samples
-// and T' <= T positions uses them as (B, T', ...). Cl = C/tp, Fl = F/tp, NHl = NH/tp.
-typedef struct {
-    mm_real *ln1;                  // (B, T, C)
-    mm_real *ln1_mean, *ln1_rstd;  // (B, T)
-    mm_real *qkv;                  // (B, T, 3, NHl, HD)
-    mm_real *att;                  // (B, NHl, T, T) softmax probabilities
-    mm_real *atty;                 // (B, T, NHl, HD) attention output before attn.proj
-    mm_real *res2;                 // (B, T, C) residual after attention
-    mm_real *ln2;                  // (B, T, C)
-    mm_real *ln2_mean, *ln2_rstd;  // (B, T)
-    mm_real *fch;                  // (B, T, Fl) mlp.fc output (pre-GELU)
-    mm_real *fcg;                  // (B, T, Fl) after GELU
-    mm_real *res3;                 // (B, T, C) residual after the MLP = next block's input
-} layer_acts;
 
 typedef struct {
     mm_real *patches;   // (B, n_img, pdim)
@@ -122,7 +97,7 @@ typedef struct {
     mm_real *emb_img;   // (B, n_img, C) img.proj output; reused for its gradient
     mm_real *emb_aud;   // (B, n_aud, C) audio.proj output; reused for its gradient
     mm_real *x0;        // (B, T, C) embeddings = block 0 input
-    layer_acts *layer;  // (L) owned
+    model_block_acts *layer;  // (L) owned
     mm_real *txt;       // (B, Tt, C) final residual at the text positions
     mm_real *lnf;       // (B, Tt, C)
     mm_real *lnf_mean, *lnf_rstd;  // (B, Tt)
@@ -130,13 +105,7 @@ typedef struct {
     mm_real *probs;                // (B, Tt, V)
     mm_real *losses;               // (B, Tt)
     // backward scratch (not kept between calls)
-    mm_real *dres;     // (B, T, C) gradient of the residual stream
-    mm_real *dln1;     // (B, T, C) gradient of ln1's output (allreduced under tp)
-    mm_real *dln2;     // (B, T, C) gradient of ln2's output (allreduced under tp)
-    mm_real *datty;    // (B, T, Cl)
-    mm_real *dqkv;     // (B, T, 3, NHl, HD)
-    mm_real *dfch;     // (B, T, Fl)
-    mm_real *dfcg;     // (B, T, Fl)
+    model_block_scratch bs;  // the blocks' gradients; bs.dres: of the residual stream
     mm_real *dlogits;  // (B, Tt, V)
     mm_real *dlnf;     // (B, Tt, C)
     mm_real *dtxt;     // (B, Tt, C)
@@ -157,8 +126,7 @@ struct model {
     mm_real *params, *grads;  // (n_params) each, owned
     size_t head_lo;           // first offset of ln_f / lm_head
     size_t *block_lo;         // (L) first offset of each block's tensors, owned
-    model_grad_hook hook;     // NULL when none
-    void *hook_ctx;           // not owned
+    model_hook hook;          // the grad hook (fn NULL when none)
     weights w, g;             // views into params / grads
     mm_real *act_mem;         // the one activation buffer, owned
     acts a;                   // views into act_mem
@@ -171,86 +139,33 @@ struct model {
 // ---------------------------------------------------------------------------------------
 // parameter table
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-typedef struct {
-    model_tensor *t;
-    int n, cap;
-    size_t off;
-    int tp, rank;
-} table_builder;
-
-static void add_tensor(table_builder *tb, const char *name, int ndim, const int64_t *shape,
-                       int split_dim, int group) {
-    MM_CHECK(tb->n < tb->cap, "tensor table overflow at %s (count tensors in model_create)", name);
-    model_tensor *t = &tb->t[tb->n++];
-    memset(t, 0, sizeof(*t));
-    snprintf(t->name, sizeof(t->name), "%s", name);
-    t->ndim = ndim;
-    t->split_dim = split_dim;
-    t->size = 1;
-    for (int i = 0; i < ndim; i++) {
-        t->shape[i] = shape[i];
-        t->local[i] = shape[i];
-        if (i == split_dim) {
-            MM_CHECK(shape[i] % tb->tp == 0, "%s: dim %d (%lld) not divisible by tp %d", name, i,
-                     (long long)shape[i], tb->tp);
-            t->local[i] = shape[i] / tb->tp;
-            t->start = t->local[i] * tb->rank;
-        }
-        t->size *= (size_t)t->local[i];
-    }
-    t->offset = tb->off;
-    tb->off += t->size;
-    t->decay = ndim >= 2 && !ends_with(name, ".b");  // qkv.b is 2-D (3, d) but a bias
-    t->group = group;
-}
-
-#define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
-
 static void build_table(model *m) {
     const model_config *c = &m->cfg;
     int64_t C = m->C, F = m->F, V = m->V;
-    int cap = 8 + 12 * m->L + 3;
-    table_builder tb = {mm_calloc((size_t)cap, sizeof(model_tensor)), 0, cap, 0, c->tp, c->tp_rank};
-    add_tensor(&tb, "img.proj.w", 2, SHAPE(C, m->pdim), -1, MODEL_GROUP_IMAGE);
-    add_tensor(&tb, "img.proj.b", 1, SHAPE(C), -1, MODEL_GROUP_IMAGE);
-    add_tensor(&tb, "img.pos", 2, SHAPE(m->n_img, C), -1, MODEL_GROUP_IMAGE);
-    add_tensor(&tb, "audio.proj.w", 2, SHAPE(C, m->adim), -1, MODEL_GROUP_AUDIO);
-    add_tensor(&tb, "audio.proj.b", 1, SHAPE(C), -1, MODEL_GROUP_AUDIO);
-    add_tensor(&tb, "audio.pos", 2, SHAPE(m->n_aud, C), -1, MODEL_GROUP_AUDIO);
-    add_tensor(&tb, "text.wte", 2, SHAPE(V, C), -1, MODEL_GROUP_TEXT);
-    add_tensor(&tb, "text.pos", 2, SHAPE(m->Tt, C), -1, MODEL_GROUP_TEXT);
-    char nm[64];
-#define BLK(suffix, ...)                                  \
-    (snprintf(nm, sizeof(nm), "blocks.%d.%s", l, suffix), \
-     add_tensor(&tb, nm, __VA_ARGS__, MODEL_GROUP_TRUNK))
+    const int cap = 8 + MODEL_BLOCK_TENSORS * m->L + 3;
+    model_table tb;
+    model_table_init(&tb, cap, c->tp, c->tp_rank);
+#define ADD(name, ndim, shape, group) model_table_add(&tb, name, ndim, shape, -1, group)
+    ADD("img.proj.w", 2, MODEL_SHAPE(C, m->pdim), MODEL_GROUP_IMAGE);
+    ADD("img.proj.b", 1, MODEL_SHAPE(C), MODEL_GROUP_IMAGE);
+    ADD("img.pos", 2, MODEL_SHAPE(m->n_img, C), MODEL_GROUP_IMAGE);
+    ADD("audio.proj.w", 2, MODEL_SHAPE(C, m->adim), MODEL_GROUP_AUDIO);
+    ADD("audio.proj.b", 1, MODEL_SHAPE(C), MODEL_GROUP_AUDIO);
+    ADD("audio.pos", 2, MODEL_SHAPE(m->n_aud, C), MODEL_GROUP_AUDIO);
+    ADD("text.wte", 2, MODEL_SHAPE(V, C), MODEL_GROUP_TEXT);
+    ADD("text.pos", 2, MODEL_SHAPE(m->Tt, C), MODEL_GROUP_TEXT);
     // backward completes these stages from the last to the first (see model_set_grad_hook)
     m->block_lo = mm_calloc((size_t)m->L, sizeof(size_t));
     for (int l = 0; l < m->L; l++) {
         m->block_lo[l] = tb.off;
-        BLK("ln1.g", 1, SHAPE(C), -1);
-        BLK("ln1.b", 1, SHAPE(C), -1);
-        BLK("attn.qkv.w", 3, SHAPE(3, C, C), 1);
-        BLK("attn.qkv.b", 2, SHAPE(3, C), 1);
-        BLK("attn.proj.w", 2, SHAPE(C, C), 1);
-        BLK("attn.proj.b", 1, SHAPE(C), -1);
-        BLK("ln2.g", 1, SHAPE(C), -1);
-        BLK("ln2.b", 1, SHAPE(C), -1);
-        BLK("mlp.fc.w", 2, SHAPE(F, C), 0);
-        BLK("mlp.fc.b", 1, SHAPE(F), 0);
-        BLK("mlp.proj.w", 2, SHAPE(C, F), 1);
-        BLK("mlp.proj.b", 1, SHAPE(C), -1);
+        model_block_add_tensors(&tb, "blocks", l, C, F, 1, MODEL_GROUP_TRUNK);
     }
-#undef BLK
     m->head_lo = tb.off;
-    add_tensor(&tb, "ln_f.g", 1, SHAPE(C), -1, MODEL_GROUP_TRUNK);
-    add_tensor(&tb, "ln_f.b", 1, SHAPE(C), -1, MODEL_GROUP_TRUNK);
-    add_tensor(&tb, "lm_head.w", 2, SHAPE(V, C), -1, MODEL_GROUP_TEXT);
-    MM_CHECK(tb.n == cap, "tensor count %d != %d (update build_table)", tb.n, cap);
+    ADD("ln_f.g", 1, MODEL_SHAPE(C), MODEL_GROUP_TRUNK);
+    ADD("ln_f.b", 1, MODEL_SHAPE(C), MODEL_GROUP_TRUNK);
+    ADD("lm_head.w", 2, MODEL_SHAPE(V, C), MODEL_GROUP_TEXT);
+#undef ADD
+    model_table_done(&tb);
     m->tensors = tb.t;
     m->n_tensors = tb.n;
     m->n_params = tb.off;
@@ -269,22 +184,8 @@ static void bind_weights(const model *m, weights *wt, mm_real *buf) {
     wt->aud_pos = NEXT();
     wt->wte = NEXT();
     wt->tpos = NEXT();
-    wt->layer = mm_calloc((size_t)m->L, sizeof(layer_w));
-    for (int l = 0; l < m->L; l++) {
-        layer_w *lw = &wt->layer[l];
-        lw->ln1_g = NEXT();
-        lw->ln1_b = NEXT();
-        lw->qkv_w = NEXT();
-        lw->qkv_b = NEXT();
-        lw->attproj_w = NEXT();
-        lw->attproj_b = NEXT();
-        lw->ln2_g = NEXT();
-        lw->ln2_b = NEXT();
-        lw->fc_w = NEXT();
-        lw->fc_b = NEXT();
-        lw->mlpproj_w = NEXT();
-        lw->mlpproj_b = NEXT();
-    }
+    wt->layer = mm_calloc((size_t)m->L, sizeof(model_block_w));
+    for (int l = 0; l < m->L; l++) model_block_bind(&wt->layer[l], buf, t, &k);
     wt->lnf_g = NEXT();
     wt->lnf_b = NEXT();
     wt->lm_head = NEXT();
@@ -292,94 +193,52 @@ static void bind_weights(const model *m, weights *wt, mm_real *buf) {
     MM_CHECK(k == m->n_tensors, "bind_weights out of step with build_table");
 }
 
-// Draws tensor k over its global shape from mm_rng(seed, k) and keeps this rank's slice.
+// Initializes tensor k (GPT-2 law, file top); the draw is layout.c's, so tp-independent.
 static void init_tensor(model *m, int k, uint64_t seed) {
     const model_tensor *t = &m->tensors[k];
     mm_real *p = m->params + t->offset;
     const char *n = t->name;
-    if (ends_with(n, ".g")) {  // layernorm gains
+    if (model_ends_with(n, ".g")) {  // layernorm gains
         for (size_t i = 0; i < t->size; i++) p[i] = 1;
         return;
     }
-    if (t->ndim == 1 || ends_with(n, ".b")) return;  // biases: 0 (buffer is zeroed)
+    if (t->ndim == 1 || model_ends_with(n, ".b")) return;  // biases: 0 (buffer is zeroed)
     double std = 0.02;
-    if (ends_with(n, "attn.proj.w") || ends_with(n, "mlp.proj.w")) std = 0.02 / sqrt(2.0 * m->L);
-    mm_rng r;
-    mm_rng_init(&r, seed, (uint64_t)k);
-    size_t total = 1, inner = 1;
-    for (int i = 0; i < t->ndim; i++) total *= (size_t)t->shape[i];
-    int sd = t->split_dim;
-    if (sd >= 0)
-        for (int i = sd + 1; i < t->ndim; i++) inner *= (size_t)t->shape[i];
-    for (size_t gi = 0; gi < total; gi++) {
-        mm_real v = (mm_real)(std * mm_rng_normal(&r));
-        if (sd < 0) {
-            p[gi] = v;
-            continue;
-        }
-        size_t coord = (gi / inner) % (size_t)t->shape[sd];
-        size_t outer = gi / (inner * (size_t)t->shape[sd]);
-        if (coord < (size_t)t->start || coord >= (size_t)(t->start + t->local[sd])) continue;
-        p[outer * (size_t)t->local[sd] * inner + (coord - (size_t)t->start) * inner + gi % inner] =
-            v;
-    }
+    if (model_ends_with(n, "attn.proj.w") || model_ends_with(n, "mlp.proj.w"))
+        std = 0.02 / sqrt(2.0 * m->L);
+    model_init_draw(p, t, seed, (uint64_t)k, std, 0);
 }
 
 // ---------------------------------------------------------------------------------------
 // activations: one buffer, carved in a fixed order
 
-static mm_real *carve(mm_real **cur, size_t n) {
-    mm_real *p = *cur;
-    *cur += (n + 15) / 16 * 16;  // 64-byte aligned slices for the vector loops
-    return p;
-}
-
+// With base NULL only counts (the returned size).
 static size_t plan_acts(model *m, mm_real *base) {
     size_t B = (size_t)m->max_B, T = (size_t)m->T, C = (size_t)m->C;
     size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl;
     size_t Tt = (size_t)m->Tt, V = (size_t)m->V, BT = B * T, BTt = B * Tt;
-    mm_real *cur = base;
+    model_carver cv = {base, 0};
     acts *a = &m->a;
-    a->patches = carve(&cur, B * m->n_img * m->pdim);
-    a->aud = carve(&cur, B * m->n_aud * m->adim);
-    a->emb_img = carve(&cur, B * m->n_img * C);
-    a->emb_aud = carve(&cur, B * m->n_aud * C);
-    a->x0 = carve(&cur, BT * C);
-    for (int l = 0; l < m->L; l++) {
-        layer_acts *la = &a->layer[l];
-        la->ln1 = carve(&cur, BT * C);
-        la->ln1_mean = carve(&cur, BT);
-        la->ln1_rstd = carve(&cur, BT);
-        la->qkv = carve(&cur, BT * 3 * Cl);
-        la->att = carve(&cur, B * m->NHl * T * T);
-        la->atty = carve(&cur, BT * Cl);
-        la->res2 = carve(&cur, BT * C);
-        la->ln2 = carve(&cur, BT * C);
-        la->ln2_mean = carve(&cur, BT);
-        la->ln2_rstd = carve(&cur, BT);
-        la->fch = carve(&cur, BT * Fl);
-        la->fcg = carve(&cur, BT * Fl);
-        la->res3 = carve(&cur, BT * C);
-    }
-    a->txt = carve(&cur, BTt * C);
-    a->lnf = carve(&cur, BTt * C);
-    a->lnf_mean = carve(&cur, BTt);
-    a->lnf_rstd = carve(&cur, BTt);
-    a->logits = carve(&cur, BTt * V);
-    a->probs = carve(&cur, BTt * V);
-    a->losses = carve(&cur, BTt);
-    a->dres = carve(&cur, BT * C);
-    a->dln1 = carve(&cur, BT * C);
-    a->dln2 = carve(&cur, BT * C);
-    a->datty = carve(&cur, BT * Cl);
-    a->dqkv = carve(&cur, BT * 3 * Cl);
-    a->dfch = carve(&cur, BT * Fl);
-    a->dfcg = carve(&cur, BT * Fl);
-    a->dlogits = carve(&cur, BTt * V);
-    a->dlnf = carve(&cur, BTt * C);
-    a->dtxt = carve(&cur, BTt * C);
-    a->dloss = carve(&cur, BTt);
-    return (size_t)(cur - base);
+    a->patches = model_carve(&cv, B * m->n_img * m->pdim);
+    a->aud = model_carve(&cv, B * m->n_aud * m->adim);
+    a->emb_img = model_carve(&cv, B * m->n_img * C);
+    a->emb_aud = model_carve(&cv, B * m->n_aud * C);
+    a->x0 = model_carve(&cv, BT * C);
+    for (int l = 0; l < m->L; l++)
+        model_block_carve(&cv, &a->layer[l], BT, T, C, (size_t)m->NHl, Cl, Fl);
+    a->txt = model_carve(&cv, BTt * C);
+    a->lnf = model_carve(&cv, BTt * C);
+    a->lnf_mean = model_carve(&cv, BTt);
+    a->lnf_rstd = model_carve(&cv, BTt);
+    a->logits = model_carve(&cv, BTt * V);
+    a->probs = model_carve(&cv, BTt * V);
+    a->losses = model_carve(&cv, BTt);
+    model_block_carve_scratch(&cv, &a->bs, BT, C, Cl, Fl);
+    a->dlogits = model_carve(&cv, BTt * V);
+    a->dlnf = model_carve(&cv, BTt * C);
+    a->dtxt = model_carve(&cv, BTt * C);
+    a->dloss = model_carve(&cv, BTt);
+    return cv.off;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -421,16 +280,7 @@ static int check_config(const model_config *c, int max_B, mm_err *err) {
     if (c->vocab <= DATA_TOK_EOS)
         return mm_fail(err, "model: vocab %d must include the BOS/EOS tokens (%d, %d)", c->vocab,
                        DATA_TOK_BOS, DATA_TOK_EOS);
-    if (c->tp_rank < 0 || c->tp_rank >= c->tp)
-        return mm_fail(err, "model: tp_rank %d outside [0, tp=%d)", c->tp_rank, c->tp);
-    if (c->n_heads % c->tp || c->d_ff % c->tp)
-        return mm_fail(err, "model: tp %d must divide n_heads %d and d_ff %d", c->tp, c->n_heads,
-                       c->d_ff);
-    if (c->tp_group && (comm_size(c->tp_group) != c->tp || comm_rank(c->tp_group) != c->tp_rank))
-        return mm_fail(err,
-                       "model: tp_group is rank %d of %d but the config says tp_rank %d of tp %d",
-                       comm_rank(c->tp_group), comm_size(c->tp_group), c->tp_rank, c->tp);
-    return 0;
+    return model_check_tp("model", c->n_heads, c->d_ff, c->tp, c->tp_rank, c->tp_group, err);
 }
 
 int model_create(model **out, const model_config *cfg, const model_ops *ops, int max_B,
@@ -467,7 +317,7 @@ int model_create(model **out, const model_config *cfg, const model_ops *ops, int
 #pragma omp parallel for schedule(dynamic)
     for (int k = 0; k < m->n_tensors; k++) init_tensor(m, k, seed);
 
-    m->a.layer = mm_calloc((size_t)m->L, sizeof(layer_acts));
+    m->a.layer = mm_calloc((size_t)m->L, sizeof(model_block_acts));
     size_t n_acts = plan_acts(m, NULL);
     m->act_mem = mm_alloc_aligned(n_acts * sizeof(mm_real));
     plan_acts(m, m->act_mem);
@@ -516,42 +366,11 @@ int model_seq_len(const model *m) {
     return m->T;
 }
 void model_set_grad_hook(model *m, model_grad_hook fn, void *ctx) {
-    m->hook = fn;
-    m->hook_ctx = ctx;
-}
-
-#ifdef MM_F64
-#define MM_REAL_COMM COMM_F64
-#else
-#define MM_REAL_COMM COMM_F32
-#endif
-
-// In-place sum of a (n) over the tp ranks; nothing at tp = 1 (no group needed).
-static void tp_allreduce(const model *m, mm_real *x, size_t n) {
-    if (m->cfg.tp > 1) comm_allreduce_sum(m->cfg.tp_group, x, n, MM_REAL_COMM);
-}
-
-static void grad_ready(const model *m, size_t lo) {
-    if (m->hook) m->hook(m->hook_ctx, lo);
-}
-
-// Zeroes n buffers in one parallel region, each thread a contiguous share of each: a
-// single-threaded memset runs at a fraction of the machine's store bandwidth, and the
-// backward pass zeroes several activation gradients per block.
-static void zero_bufs(int n, mm_real *const *p, const size_t *len) {
-#pragma omp parallel
-    {
-        size_t nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
-        for (int k = 0; k < n; k++) {
-            size_t chunk = (len[k] + nt - 1) / nt, s = id * chunk;
-            if (s < len[k])
-                memset(p[k] + s, 0, (len[k] - s < chunk ? len[k] - s : chunk) * sizeof(mm_real));
-        }
-    }
+    m->hook = (model_hook){fn, ctx};
 }
 
 void model_zero_grad(model *m) {
-    zero_bufs(1, &m->grads, &m->n_params);
+    model_zero_bufs(1, &m->grads, &m->n_params);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -570,42 +389,31 @@ static void check_input(const model *m, const model_input *in) {
              "model_input needs image, audio and the has_* flags (zeros when absent)");
 }
 
+// How this rank runs its blocks on B samples of T positions (Megatron split, file top).
+static model_block_run block_run(const model *m, int B, int T) {
+    return (model_block_run){m->ops,  B,          T,    m->P,
+                             m->C,    m->NHl,     m->HD, m->Fl,
+                             m->cfg.tp_rank == 0,  // adds the row-parallel biases (file top)
+                             m->cfg.tp, m->cfg.tp_group};
+}
+
 // Embeddings and all blocks for B samples using the first Tu text positions of tokens
 // (row stride tok_stride): the sequence is T' = P + Tu long. The final residual is left in
 // the last block's res3 as (B, T', C).
 static void forward_trunk(model *m, const model_input *in, const int32_t *tokens, int tok_stride,
                           int Tu) {
     const model_ops *ops = m->ops;
-    const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, P = m->P, T = P + Tu, n_img = m->n_img,
-              n_aud = m->n_aud;
+    const int B = in->B, C = m->C, P = m->P, T = P + Tu, n_img = m->n_img, n_aud = m->n_aud;
     const int BT = B * T;
-    const int bias_rank = m->cfg.tp_rank == 0;  // adds the row-parallel biases (file top)
     acts *a = &m->a;
     const weights *w = &m->w;
 
-    // patchify (B, H, W, c) -> (B, n_img, pdim), one memcpy per patch row
-    const int p = m->cfg.patch, ic = m->cfg.img_c, gw = m->cfg.img_w / p, W = m->cfg.img_w;
-    const int H = m->cfg.img_h;
-#pragma omp parallel for schedule(static)
-    for (int bp = 0; bp < B * n_img; bp++) {
-        int b = bp / n_img, py = (bp % n_img) / gw, px = bp % gw;
-        const mm_real *src = in->image + (size_t)b * H * W * ic;
-        for (int dy = 0; dy < p; dy++)
-            memcpy(a->patches + (size_t)bp * m->pdim + (size_t)dy * p * ic,
-                   src + ((size_t)(py * p + dy) * W + (size_t)px * p) * ic,
-                   (size_t)p * ic * sizeof(mm_real));
-    }
+    model_patchify(a->patches, in->image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
+                   m->cfg.patch);
     ops->matmul_fwd(a->emb_img, a->patches, w->img_w, w->img_b, B * n_img, m->pdim, C);
 
-    // grouping frames is a reshape when audio_F divides evenly; otherwise drop the tail
-    const mm_real *aud = in->audio;
-    const int AF = m->cfg.audio_F, nm = m->cfg.n_mels;
-    if (AF != n_aud * m->cfg.audio_group) {
-        for (int b = 0; b < B; b++)
-            memcpy(a->aud + (size_t)b * n_aud * m->adim, in->audio + (size_t)b * AF * nm,
-                   (size_t)n_aud * m->adim * sizeof(mm_real));
-        aud = a->aud;
-    }
+    const mm_real *aud = model_group_audio(a->aud, in->audio, B, m->cfg.audio_F, m->cfg.n_mels,
+                                           m->cfg.audio_group);
     ops->matmul_fwd(a->emb_aud, aud, w->aud_w, w->aud_b, B * n_aud, m->adim, C);
 
     // x0 rows: projected patches / audio tokens / token embeddings, plus positions
@@ -633,27 +441,11 @@ static void forward_trunk(model *m, const model_input *in, const int32_t *tokens
         for (int c = 0; c < C; c++) o[c] = e[c] + pe[c];
     }
 
+    const model_block_run run = block_run(m, B, T);
     const mm_real *x = a->x0;
     for (int l = 0; l < m->L; l++) {
-        const layer_w *lw = &w->layer[l];
-        layer_acts *la = &a->layer[l];
-        ops->layernorm_fwd(la->ln1, la->ln1_mean, la->ln1_rstd, x, lw->ln1_g, lw->ln1_b, BT, C);
-        ops->matmul_fwd(la->qkv, la->ln1, lw->qkv_w, lw->qkv_b, BT, C, 3 * Cl);
-        ops->attention_fwd(la->atty, la->att, la->qkv, m->key_valid, B, T, P, m->NHl, m->HD);
-        // row-parallel: this rank's heads' share of attn.proj, summed over tp
-        ops->matmul_fwd(la->res2, la->atty, lw->attproj_w, bias_rank ? lw->attproj_b : NULL, BT, Cl,
-                        C);
-        tp_allreduce(m, la->res2, (size_t)BT * C);
-        ops->add(la->res2, la->res2, x, (size_t)BT * C);
-        ops->layernorm_fwd(la->ln2, la->ln2_mean, la->ln2_rstd, la->res2, lw->ln2_g, lw->ln2_b, BT,
-                           C);
-        ops->matmul_fwd(la->fch, la->ln2, lw->fc_w, lw->fc_b, BT, C, Fl);
-        ops->gelu_fwd(la->fcg, la->fch, (size_t)BT * Fl);
-        ops->matmul_fwd(la->res3, la->fcg, lw->mlpproj_w, bias_rank ? lw->mlpproj_b : NULL, BT, Fl,
-                        C);
-        tp_allreduce(m, la->res3, (size_t)BT * C);
-        ops->add(la->res3, la->res3, la->res2, (size_t)BT * C);
-        x = la->res3;
+        model_block_forward(&run, &w->layer[l], &a->layer[l], x, m->key_valid);
+        x = a->layer[l].res3;
     }
 }
 
@@ -707,8 +499,8 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
              "the same batch (saved %d samples, got %d; model_generate discards them)",
              m->saved_B, in->B);
     const model_ops *ops = m->ops;
-    const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, T = m->T, P = m->P, Tt = m->Tt, V = m->V;
-    const int BT = B * T, n_img = m->n_img, n_aud = m->n_aud;
+    const int B = in->B, C = m->C, T = m->T, P = m->P, Tt = m->Tt, V = m->V;
+    const int n_img = m->n_img, n_aud = m->n_aud;
     acts *a = &m->a;
     const weights *w = &m->w;
     const weights *g = &m->g;
@@ -722,56 +514,32 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     ops->xent_bwd(a->dlogits, a->probs, in->targets, a->dloss, B * Tt, V);
     mm_real *const zb[] = {a->dlnf, a->dtxt};
     const size_t zn[] = {(size_t)B * Tt * C, (size_t)B * Tt * C};
-    zero_bufs(2, zb, zn);
+    model_zero_bufs(2, zb, zn);
     ops->matmul_bwd(a->dlnf, g->lm_head, NULL, a->dlogits, a->lnf, w->lm_head, B * Tt, C, V);
     ops->layernorm_bwd(a->dtxt, g->lnf_g, g->lnf_b, a->dlnf, a->txt, w->lnf_g, a->lnf_mean,
                        a->lnf_rstd, B * Tt, C);
     // the prefix gets no gradient from the head
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
-        memset(a->dres + (size_t)b * T * C, 0, (size_t)P * C * sizeof(mm_real));
-        memcpy(a->dres + ((size_t)b * T + P) * C, a->dtxt + (size_t)b * Tt * C,
+        memset(a->bs.dres + (size_t)b * T * C, 0, (size_t)P * C * sizeof(mm_real));
+        memcpy(a->bs.dres + ((size_t)b * T + P) * C, a->dtxt + (size_t)b * Tt * C,
                (size_t)Tt * C * sizeof(mm_real));
     }
-    grad_ready(m, m->head_lo);
+    model_hook_fire(&m->hook, m->head_lo);
 
+    const model_block_run run = block_run(m, B, T);
     for (int l = m->L - 1; l >= 0; l--) {
-        const layer_w *lw = &w->layer[l];
-        const layer_w *lg = &g->layer[l];
-        layer_acts *la = &a->layer[l];
         const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
-        // every activation gradient below is accumulated into: zero them all at once
-        mm_real *const zb[] = {a->dfcg, a->dfch, a->dln2, a->datty, a->dqkv, a->dln1};
-        const size_t zn[] = {(size_t)BT * Fl, (size_t)BT * Fl,     (size_t)BT * C,
-                             (size_t)BT * Cl, (size_t)BT * 3 * Cl, (size_t)BT * C};
-        zero_bufs(6, zb, zn);
-        // dres holds d(res3) (replicated); the residual passes it to res2 unchanged. Every
-        // rank computes the replicated mlp.proj.b / attn.proj.b gradients from it in full.
-        ops->matmul_bwd(a->dfcg, lg->mlpproj_w, lg->mlpproj_b, a->dres, la->fcg, lw->mlpproj_w, BT,
-                        Fl, C);
-        ops->gelu_bwd(a->dfch, la->fch, a->dfcg, (size_t)BT * Fl);
-        ops->matmul_bwd(a->dln2, lg->fc_w, lg->fc_b, a->dfch, la->ln2, lw->fc_w, BT, C, Fl);
-        tp_allreduce(m, a->dln2, (size_t)BT * C);  // fc saw ln2 whole: sum its column shares
-        ops->layernorm_bwd(a->dres, lg->ln2_g, lg->ln2_b, a->dln2, la->res2, lw->ln2_g,
-                           la->ln2_mean, la->ln2_rstd, BT, C);
-        // dres now holds d(res2)
-        ops->matmul_bwd(a->datty, lg->attproj_w, lg->attproj_b, a->dres, la->atty, lw->attproj_w,
-                        BT, Cl, C);
-        ops->attention_bwd(a->dqkv, a->datty, la->qkv, la->att, B, T, P, m->NHl, m->HD);
-        ops->matmul_bwd(a->dln1, lg->qkv_w, lg->qkv_b, a->dqkv, la->ln1, lw->qkv_w, BT, C, 3 * Cl);
-        tp_allreduce(m, a->dln1, (size_t)BT * C);  // the same for the heads' shares of qkv
-        ops->layernorm_bwd(a->dres, lg->ln1_g, lg->ln1_b, a->dln1, x, lw->ln1_g, la->ln1_mean,
-                           la->ln1_rstd, BT, C);
-        // dres now holds d(block input)
-        grad_ready(m, m->block_lo[l]);
+        model_block_backward(&run, &w->layer[l], &g->layer[l], &a->layer[l], x, &a->bs);
+        model_hook_fire(&m->hook, m->block_lo[l]);
     }
 
     // input projections: gather their rows of d(x0); no gradient flows into the inputs
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
-        memcpy(a->emb_img + (size_t)b * n_img * C, a->dres + (size_t)b * T * C,
+        memcpy(a->emb_img + (size_t)b * n_img * C, a->bs.dres + (size_t)b * T * C,
                (size_t)n_img * C * sizeof(mm_real));
-        memcpy(a->emb_aud + (size_t)b * n_aud * C, a->dres + ((size_t)b * T + n_img) * C,
+        memcpy(a->emb_aud + (size_t)b * n_aud * C, a->bs.dres + ((size_t)b * T + n_img) * C,
                (size_t)n_aud * C * sizeof(mm_real));
     }
     ops->matmul_bwd(NULL, g->img_w, g->img_b, a->emb_img, a->patches, w->img_w, B * n_img, m->pdim,
@@ -788,7 +556,7 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
         int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++) {
-                const mm_real *d = a->dres + ((size_t)b * T + t) * C + c0;
+                const mm_real *d = a->bs.dres + ((size_t)b * T + t) * C + c0;
                 mm_real *gp, *ge = NULL;
                 if (t < n_img) {
                     gp = g->img_pos + (size_t)t * C + c0;
@@ -806,7 +574,7 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
                 }
             }
     }
-    grad_ready(m, 0);
+    model_hook_fire(&m->hook, 0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+// block.c: the pre-norm self-attention + GELU-MLP transformer block, its tensors, views,
+// activations, forward and backward. The prefix LM's trunk (transformer.c) and the DiT's
+// text and audio encoders (diffusion.c) are stacks of this block; it exists so the two run
+// the same arithmetic from one source. Tensor parallelism (Megatron) is as described at the
+// top of transformer.c: qkv and mlp.fc column-parallel, attn.proj and mlp.proj row-parallel
+// with an allreduce after each forward, and one after qkv's and fc's input gradient in the
+// backward; the replicated row-parallel biases are added by bias_rank only. A replicated
+// stack (DiT encoders) runs with tp = 1, bias_rank = 1 and full widths: no collective.
+#include <stdio.h>
+#include <string.h>
+
+#include "model_internal.h"
+
+void model_block_add_tensors(model_table *tb, const char *prefix, int l, int64_t C, int64_t F,
+                             int split, int group) {
+    // split dims when tp-aware: heads (dim 1 of (3, d, d)), MLP columns (dim 0), and the
+    // contraction dim of the row-parallel projections (dim 1)
+    const int col = split ? 0 : -1, heads = split ? 1 : -1, row = split ? 1 : -1;
+    char nm[64];
+#define ADD(suffix, ...)                                              \
+    (snprintf(nm, sizeof(nm), "%s.%d.%s", prefix, l, suffix), \
+     model_table_add(tb, nm, __VA_ARGS__, group))
+    ADD("ln1.g", 1, MODEL_SHAPE(C), -1);
+    ADD("ln1.b", 1, MODEL_SHAPE(C), -1);
+    ADD("attn.qkv.w", 3, MODEL_SHAPE(3, C, C), heads);
+    ADD("attn.qkv.b", 2, MODEL_SHAPE(3, C), heads);
+    ADD("attn.proj.w", 2, MODEL_SHAPE(C, C), row);
+    ADD("attn.proj.b", 1, MODEL_SHAPE(C), -1);
+    ADD("ln2.g", 1, MODEL_SHAPE(C), -1);
+    ADD("ln2.b", 1, MODEL_SHAPE(C), -1);
+    ADD("mlp.fc.w", 2, MODEL_SHAPE(F, C), col);
+    ADD("mlp.fc.b", 1, MODEL_SHAPE(F), col);
+    ADD("mlp.proj.w", 2, MODEL_SHAPE(C, F), row);
+    ADD("mlp.proj.b", 1, MODEL_SHAPE(C), -1);
+#undef ADD
+}
+
+void model_block_bind(model_block_w *w, mm_real *buf, const model_tensor *t, int *k) {
+#define NEXT() (buf + t[(*k)++].offset)
+    w->ln1_g = NEXT();
+    w->ln1_b = NEXT();
+    w->qkv_w = NEXT();
+    w->qkv_b = NEXT();
+    w->attproj_w = NEXT();
+    w->attproj_b = NEXT();
+    w->ln2_g = NEXT();
+    w->ln2_b = NEXT();
+    w->fc_w = NEXT();
+    w->fc_b = NEXT();
+    w->mlpproj_w = NEXT();
+    w->mlpproj_b = NEXT();
+#undef NEXT
+}
+
+void model_block_carve(model_carver *cv, model_block_acts *a, size_t BT, size_t T, size_t C,
+                       size_t NHl, size_t Cl, size_t Fl) {
+    a->ln1 = model_carve(cv, BT * C);
+    a->ln1_mean = model_carve(cv, BT);
+    a->ln1_rstd = model_carve(cv, BT);
+    a->qkv = model_carve(cv, BT * 3 * Cl);
+    a->att = model_carve(cv, BT * NHl * T);
+    a->atty = model_carve(cv, BT * Cl);
+    a->res2 = model_carve(cv, BT * C);
+    a->ln2 = model_carve(cv, BT * C);
+    a->ln2_mean = model_carve(cv, BT);
+    a->ln2_rstd = model_carve(cv, BT);
+    a->fch = model_carve(cv, BT * Fl);
+    a->fcg = model_carve(cv, BT * Fl);
+    a->res3 = model_carve(cv, BT * C);
+}
+
+void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t BT, size_t C,
+                               size_t Cl, size_t Fl) {
+    s->dres = model_carve(cv, BT * C);
+    s->dln1 = model_carve(cv, BT * C);
+    s->dln2 = model_carve(cv, BT * C);
+    s->datty = model_carve(cv, BT * Cl);
+    s->dqkv = model_carve(cv, BT * 3 * Cl);
+    s->dfch = model_carve(cv, BT * Fl);
+    s->dfcg = model_carve(cv, BT * Fl);
+}
+
+void model_block_forward(const model_block_run *r, const model_block_w *w, model_block_acts *a,
+                         const mm_real *x, const uint8_t *key_valid) {
+    const model_ops *ops = r->ops;
+    const int BT = r->B * r->T, C = r->C, Cl = r->NHl * r->HD, Fl = r->Fl;
+    const size_t nC = (size_t)BT * C;
+    ops->layernorm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_g, w->ln1_b, BT, C);
+    ops->matmul_fwd(a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * Cl);
+    ops->attention_fwd(a->atty, a->att, a->qkv, key_valid, r->B, r->T, r->P, r->NHl, r->HD);
+    // row-parallel: this rank's heads' share of attn.proj, summed over tp
+    ops->matmul_fwd(a->res2, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BT, Cl, C);
+    model_tp_allreduce(r->tp, r->tp_group, a->res2, nC);
+    ops->add(a->res2, a->res2, x, nC);
+    ops->layernorm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2_g, w->ln2_b, BT, C);
+    ops->matmul_fwd(a->fch, a->ln2, w->fc_w, w->fc_b, BT, C, Fl);
+    ops->gelu_fwd(a->fcg, a->fch, (size_t)BT * Fl);
+    ops->matmul_fwd(a->res3, a->fcg, w->mlpproj_w, r->bias_rank ? w->mlpproj_b : NULL, BT, Fl, C);
+    model_tp_allreduce(r->tp, r->tp_group, a->res3, nC);
+    ops->add(a->res3, a->res3, a->res2, nC);
+}
+
+void model_block_backward(const model_block_run *r, const model_block_w *w,
+                          const model_block_w *g, const model_block_acts *a, const mm_real *x,
+                          const model_block_scratch *s) {
+    const model_ops *ops = r->ops;
+    const int BT = r->B * r->T, C = r->C, Cl = r->NHl * r->HD, Fl = r->Fl;
+    const size_t nC = (size_t)BT * C;
+    // every activation gradient below is accumulated into: zero them all at once
+    mm_real *const zb[] = {s->dfcg, s->dfch, s->dln2, s->datty, s->dqkv, s->dln1};
+    const size_t zn[] = {(size_t)BT * Fl, (size_t)BT * Fl,     nC,
+                         (size_t)BT * Cl, (size_t)BT * 3 * Cl, nC};
+    model_zero_bufs(6, zb, zn);
+    // dres holds d(res3) (replicated); the residual passes it to res2 unchanged. Every rank
+    // computes the replicated mlp.proj.b / attn.proj.b gradients from it in full.
+    ops->matmul_bwd(s->dfcg, g->mlpproj_w, g->mlpproj_b, s->dres, a->fcg, w->mlpproj_w, BT, Fl, C);
+    ops->gelu_bwd(s->dfch, a->fch, s->dfcg, (size_t)BT * Fl);
+    ops->matmul_bwd(s->dln2, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, BT, C, Fl);
+    model_tp_allreduce(r->tp, r->tp_group, s->dln2, nC);  // fc saw ln2 whole: sum the shares
+    ops->layernorm_bwd(s->dres, g->ln2_g, g->ln2_b, s->dln2, a->res2, w->ln2_g, a->ln2_mean,
+                       a->ln2_rstd, BT, C);
+    // dres now holds d(res2)
+    ops->matmul_bwd(s->datty, g->attproj_w, g->attproj_b, s->dres, a->atty, w->attproj_w, BT, Cl,
+                    C);
+    ops->attention_bwd(s->dqkv, s->datty, a->qkv, a->att, r->B, r->T, r->P, r->NHl, r->HD);
+    ops->matmul_bwd(s->dln1, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, BT, C, 3 * Cl);
+    model_tp_allreduce(r->tp, r->tp_group, s->dln1, nC);  // the same for the heads' shares
+    ops->layernorm_bwd(s->dres, g->ln1_g, g->ln1_b, s->dln1, x, w->ln1_g, a->ln1_mean,
+                       a->ln1_rstd, BT, C);
+    // dres now holds d(block input)
+}
