@@ -35,7 +35,8 @@ void mm_fatal(const char *file, int line, const char *fmt, ...) {
 
 void *mm_malloc_at(size_t n, const char *file, int line) {
     void *p = malloc(n ? n : 1);
-    if (!p) mm_fatal(file, line, "out of memory allocating %zu bytes (reduce batch or model size)", n);
+    if (!p)
+        mm_fatal(file, line, "out of memory allocating %zu bytes (reduce batch or model size)", n);
     return p;
 }
 

@@ -273,8 +273,8 @@ static void write_grid(trainer *t) {
     }
     if (t->rank == 0) {
         int gh = 0, gw = 0, pad = 2;
-        size_t cap = (size_t)(N_MODES * (sc->img_h + pad) + pad) * (COLS * (sc->img_w + pad) + pad) *
-                     sc->img_c;
+        size_t cap = (size_t)(N_MODES * (sc->img_h + pad) + pad) *
+                     (COLS * (sc->img_w + pad) + pad) * sc->img_c;
         uint8_t *grid = mm_calloc(cap, 1);
         data_image_grid(imgs, N_MODES * COLS, sc->img_h, sc->img_w, sc->img_c, COLS, pad, grid,
                         &gh, &gw);
@@ -326,7 +326,8 @@ static void dit_fam_evaluate(trainer *t) {
     // conditional accuracy: generate from validation prompts with the EMA weights and read
     // colour and shape back from the pixels
     swap_ema(t);
-    double acc[N_MODES] = {0};
+    // per mode: both attributes right, colour right, shape right
+    double acc[N_MODES] = {0}, acc_colour[N_MODES] = {0}, acc_shape[N_MODES] = {0};
     int want = c->diffusion.eval_samples;
     uint64_t *pidx = mm_malloc((size_t)(want > 0 ? want : 1) * sizeof(uint64_t));
     uint8_t *rgb = mm_malloc((size_t)(want > 0 ? want : 1) * s->npix);
@@ -337,18 +338,20 @@ static void dit_fam_evaluate(trainer *t) {
         int n = pick_prompts(t, m, want, pidx);
         generate(t, pidx, n, m, 0x6576616c00ULL + (uint64_t)m * 1000003,  // "eval"
                  rgb);
-        int right = 0;
+        int right = 0, right_colour = 0, right_shape = 0;
         for (int i = 0; i < n; i++) {
             uint64_t one = pidx[i];
             mm_err e;
             if (data_dataset_read(t->val, &one, 1, t->val_feat, &t->val_batch, &e) != 0)
                 train_die(t, e.msg);
             int attr[DATA_N_ATTR], colour = -1, shape = -1;
-            int ok = data_synth_attrs(t->val_batch.text, attr) == 0 &&
-                     data_synth_classify(rgb + (size_t)i * s->npix, vs->img_h, vs->img_w,
-                                         vs->img_c, &colour, &shape) == 0 &&
-                     colour == attr[0] && shape == attr[1];
+            int read = data_synth_attrs(t->val_batch.text, attr) == 0 &&
+                       data_synth_classify(rgb + (size_t)i * s->npix, vs->img_h, vs->img_w,
+                                           vs->img_c, &colour, &shape) == 0;
+            int ok = read && colour == attr[0] && shape == attr[1];
             right += ok;
+            right_colour += read && colour == attr[0];
+            right_shape += read && shape == attr[1];
             if (ev) {
                 fprintf(ev, "{\"sample_id\":%llu,\"mode\":\"%s\",\"prompt\":",
                         (unsigned long long)t->val_batch.sample_id[0], mode_name[m]);
@@ -357,6 +360,8 @@ static void dit_fam_evaluate(trainer *t) {
             }
         }
         acc[m] = n ? (double)right / n : 0.0;
+        acc_colour[m] = n ? (double)right_colour / n : 0.0;
+        acc_shape[m] = n ? (double)right_shape / n : 0.0;
     }
     if (ev) fclose(ev);
     int grid_now = c->diffusion.sample_every == 0;
@@ -364,14 +369,21 @@ static void dit_fam_evaluate(trainer *t) {
     swap_ema(t);
     if (t->rank == 0) {
         printf("eval step %lld | val_loss %.4f | cond_acc %.1f%% (text %.1f%%, audio %.1f%%, "
-               "both %.1f%%) over %d prompts each\n",
+               "both %.1f%%) over %d prompts each; colour right %.0f/%.0f/%.0f%%, shape right "
+               "%.0f/%.0f/%.0f%%\n",
                (long long)t->step, val_loss, 100.0 * acc[MODE_BOTH], 100.0 * acc[MODE_TEXT],
-               100.0 * acc[MODE_AUDIO], 100.0 * acc[MODE_BOTH], want);
-        fprintf(t->metrics,
-                "{\"step\":%lld,\"val_loss\":%.9g,\"cond_acc\":%.9g,\"cond_acc_text\":%.9g,"
-                "\"cond_acc_audio\":%.9g,\"cond_acc_both\":%.9g}\n",
-                (long long)t->step, val_loss, acc[MODE_BOTH], acc[MODE_TEXT], acc[MODE_AUDIO],
-                acc[MODE_BOTH]);
+               100.0 * acc[MODE_AUDIO], 100.0 * acc[MODE_BOTH], want,
+               100.0 * acc_colour[MODE_TEXT], 100.0 * acc_colour[MODE_AUDIO],
+               100.0 * acc_colour[MODE_BOTH], 100.0 * acc_shape[MODE_TEXT],
+               100.0 * acc_shape[MODE_AUDIO], 100.0 * acc_shape[MODE_BOTH]);
+        fprintf(t->metrics, "{\"step\":%lld,\"val_loss\":%.9g,\"cond_acc\":%.9g",
+                (long long)t->step, val_loss, acc[MODE_BOTH]);
+        for (int m = 0; m < N_MODES; m++)
+            fprintf(t->metrics,
+                    ",\"cond_acc_%s\":%.9g,\"colour_acc_%s\":%.9g,\"shape_acc_%s\":%.9g",
+                    mode_name[m], acc[m], mode_name[m], acc_colour[m], mode_name[m],
+                    acc_shape[m]);
+        fputs("}\n", t->metrics);
         fflush(t->metrics);
         fflush(stdout);
     }
