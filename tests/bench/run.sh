@@ -157,4 +157,10 @@ else
     rm -f "$comm_log"
 fi
 # ==== end comm ============================================================================
+# ==== dp scaling: tests/bench/scaling.sh (independent of everything above) ================
+# The real trainer on 1 and 2 ranks: exposed gradient communication per bucket size, and dp
+# weak-scaling efficiency next to the machine's own ceiling (two independent runs side by
+# side). Target: efficiency / ceiling >= 0.90. Changes rc only when a training run crashed.
+bash "$here/scaling.sh" "$BUILD" || rc=1
+# ==== end dp scaling ======================================================================
 exit $rc
