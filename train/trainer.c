@@ -219,9 +219,9 @@ static void trainer_free(trainer *t) {
     if (t->val) data_dataset_close(t->val);
     if (t->val_feat) data_featurizer_free(t->val_feat);
     data_batch_free(&t->val_batch);
+    if (t->sync_ready) gsync_free(&t->sync);  // unhooks from the network: free it first
     if (t->fam) t->fam->destroy(t);
     free(t->ema);
-    if (t->sync_ready) gsync_free(&t->sync);
     comm_layout_free(&t->lay);
     if (t->trace) fclose(t->trace);
     free(t->config_yaml);
