@@ -116,7 +116,7 @@ demo:
 	@bash launch/demo.sh
 
 demo-diffusion:
-	@bash launch/demo_diffusion.sh
+	@bash launch/demo.sh diffusion
 
 bench: all
 	@bash tests/bench/run.sh $(BUILD)

@@ -1,6 +1,6 @@
 // test_dit.c: the diffusion model (model/diffusion.c, model/ops_dit_cpu.c) in the shipped
 // float build. Runs as one plain process (tests/run.sh) and under mpirun with world = tp in
-// {1, 2, 4} (tests/dit_tp_mpi.sh). Local checks (world rank 0 only, no collectives):
+// {1, 2, 4} (tests/mpi_ranks.sh). Local checks (world rank 0 only, no collectives):
 //   - the dit_ops against naive float64 loops (normwise 1e-5);
 //   - forward/backward bitwise deterministic; bad configs refused by dit_create with a message;
 //   - adaLN-Zero at init: the output is exactly 0 and only final.proj.* get a gradient (every

@@ -1,5 +1,5 @@
 // test_tp.c: Megatron tensor parallelism (model/transformer.c) against the serial model. Runs
-// under mpirun with world = tp (tests/tp_mpi.sh: 1, 2 and 4 ranks) and also as one plain
+// under mpirun with world = tp (tests/mpi_ranks.sh: 1, 2 and 4 ranks) and also as one plain
 // process (tests/run.sh). Every rank builds the tp = 1 model locally as well (no group), from
 // the same seed and batch, and checks that its tp model
 //   - starts from exactly its slices of the tp = 1 weights;
