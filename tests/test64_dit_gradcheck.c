@@ -23,6 +23,7 @@
 
 #include "../data/data.h"
 #include "../model/diffusion.h"
+#include "gradcheck.h"
 #include "test.h"
 
 #ifndef MM_F64
@@ -34,67 +35,8 @@ static const double EPS = 1e-3;
 
 static const dit_ops *dops = &dit_ops_cpu;
 
-static void fill_normal(mm_real *x, size_t n, double std, mm_rng *r) {
-    for (size_t i = 0; i < n; i++) x[i] = std * mm_rng_normal(r);
-}
-
-static mm_real *alloc_normal(size_t n, double std, mm_rng *r) {
-    mm_real *x = malloc(n * sizeof(mm_real));
-    fill_normal(x, n, std, r);
-    return x;
-}
-
-// ---------------------------------------------------------------------------------------
-// generic finite-difference check of one input tensor
-
-typedef double (*scalar_fn)(void *ctx);
-
-typedef struct {
-    double max_err;
-    size_t checked;
-} fd_result;
-
-static fd_result fd_check(scalar_fn f, void *ctx, mm_real *x, const mm_real *analytic, size_t n,
-                          const size_t *idx, size_t n_idx) {
-    size_t m = idx ? n_idx : n;
-    double *num = malloc(m * sizeof(double));
-    double scale = 0;
-    for (size_t k = 0; k < m; k++) {
-        size_t i = idx ? idx[k] : k;
-        mm_real keep = x[i];
-        double fv[4];
-        const double st[4] = {1, -1, 2, -2};
-        for (int j = 0; j < 4; j++) {
-            x[i] = keep + st[j] * EPS;
-            fv[j] = f(ctx);
-        }
-        x[i] = keep;
-        num[k] = (8 * (fv[0] - fv[1]) - (fv[2] - fv[3])) / (12 * EPS);
-        if (fabs(num[k]) > scale) scale = fabs(num[k]);
-    }
-    fd_result r = {0, m};
-    for (size_t k = 0; k < m; k++) {
-        size_t i = idx ? idx[k] : k;
-        double a = analytic[i], d = fabs(a - num[k]);
-        double den = fmax(fmax(fabs(a), fabs(num[k])), 1e-3 * scale);
-        double e = den > 0 ? d / den : d;
-        if (e > r.max_err) r.max_err = e;
-    }
-    free(num);
-    return r;
-}
-
 static void report(test_counts *tc, const char *what, const char *input, fd_result r) {
-    printf("  %-30s %-8s %6zu  %.2e  %s\n", what, input, r.checked, r.max_err,
-           r.max_err <= TOL ? "ok" : "FAIL");
-    TEST_CHECK(tc, r.max_err <= TOL, "%s: d%s max rel err %.3e > %.0e", what, input, r.max_err,
-               TOL);
-}
-
-static double dot(const mm_real *a, const mm_real *b, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
+    fd_report(tc, 30, what, 8, input, r, TOL);
 }
 
 // A gradient buffer pre-filled with random values: pre keeps them for unfill.
@@ -140,7 +82,7 @@ static void check_silu(test_counts *tc, mm_rng *r) {
     acc_buf dx = acc_new(c.n, r);
     dops->silu_bwd(dx.d, c.x, c.R, c.n);
     acc_done(&dx);
-    report(tc, "silu", "x", fd_check(silu_f, &c, c.x, dx.d, c.n, NULL, 0));
+    report(tc, "silu", "x", fd_check(silu_f, &c, c.x, dx.d, c.n, NULL, 0, EPS));
     free(c.x), free(c.out), free(c.R), acc_free(&dx);
 }
 
@@ -174,20 +116,20 @@ static void check_modulate_gated(test_counts *tc, mm_rng *r) {
     dops->modulate_bwd(dx.d, dmods.d, dmods.d + MC, c.R, c.x, c.mods + MC, MSC, MB_, MN, MC);
     acc_done(&dx);
     acc_done(&dmods);
-    report(tc, "modulate (stride 3C)", "x", fd_check(modulate_f, &c, c.x, dx.d, n, NULL, 0));
+    report(tc, "modulate (stride 3C)", "x", fd_check(modulate_f, &c, c.x, dx.d, n, NULL, 0, EPS));
     // shift and scale; the gate third of mods is not an input of modulate (gradient 0)
     report(tc, "modulate (stride 3C)", "shift|scale",
-           fd_check(modulate_f, &c, c.mods, dmods.d, nm, NULL, 0));
+           fd_check(modulate_f, &c, c.mods, dmods.d, nm, NULL, 0, EPS));
 
     memcpy(dmods.d, dmods.pre, nm * sizeof(mm_real));
     dops->gated_add_bwd(dy.d, dmods.d + 2 * MC, c.R, c.y, c.mods + 2 * MC, MSC, MB_, MN, MC);
     acc_done(&dy);
     acc_done(&dmods);
     // dx passes through: d f / d x = R
-    report(tc, "gated_add (stride 3C)", "x", fd_check(gated_f, &c, c.x, c.R, n, NULL, 0));
-    report(tc, "gated_add (stride 3C)", "y", fd_check(gated_f, &c, c.y, dy.d, n, NULL, 0));
+    report(tc, "gated_add (stride 3C)", "x", fd_check(gated_f, &c, c.x, c.R, n, NULL, 0, EPS));
+    report(tc, "gated_add (stride 3C)", "y", fd_check(gated_f, &c, c.y, dy.d, n, NULL, 0, EPS));
     report(tc, "gated_add (stride 3C)", "gate",
-           fd_check(gated_f, &c, c.mods, dmods.d, nm, NULL, 0));
+           fd_check(gated_f, &c, c.mods, dmods.d, nm, NULL, 0, EPS));
     free(c.x), free(c.y), free(c.mods), free(c.out), free(c.R);
     acc_free(&dx), acc_free(&dmods), acc_free(&dy);
 }
@@ -222,8 +164,8 @@ static void check_xattn(test_counts *tc, mm_rng *r) {
     dops->xattn_bwd(dq.d, dkv.d, c.R, c.q, c.kv, c.att, c.B, c.Tq, c.Tk, c.NH, c.HD);
     acc_done(&dq);
     acc_done(&dkv);
-    report(tc, "xattn (masked, 1-key sample)", "q", fd_check(xa_f, &c, c.q, dq.d, nq, NULL, 0));
-    report(tc, "xattn (masked, 1-key sample)", "kv", fd_check(xa_f, &c, c.kv, dkv.d, nkv, NULL, 0));
+    report(tc, "xattn (masked, 1-key sample)", "q", fd_check(xa_f, &c, c.q, dq.d, nq, NULL, 0, EPS));
+    report(tc, "xattn (masked, 1-key sample)", "kv", fd_check(xa_f, &c, c.kv, dkv.d, nkv, NULL, 0, EPS));
     // a masked key gets exactly no gradient and no weight
     int masked_zero = 1;
     for (int h = 0; h < c.NH; h++)
@@ -257,7 +199,7 @@ static void check_mse(test_counts *tc, mm_rng *r) {
     c.w = alloc_normal((size_t)c.B, 1, r);
     mm_real *d = alloc_normal(n, 1, r);  // overwritten, not accumulated
     dops->mse_bwd(d, c.pred, c.target, c.w, c.B, c.n);
-    report(tc, "mse (per-sample mean)", "pred", fd_check(mse_f, &c, c.pred, d, n, NULL, 0));
+    report(tc, "mse (per-sample mean)", "pred", fd_check(mse_f, &c, c.pred, d, n, NULL, 0, EPS));
     free(c.pred), free(c.target), free(c.loss), free(c.w), free(d);
 }
 
@@ -348,9 +290,7 @@ static void check_dit(test_counts *tc, dit_ctx *c, mm_rng *r) {
     // backward accumulates and scales: a second call with loss_scale 0.5 adds half
     dit_forward(m, &c->in);
     dit_backward(m, &c->in, 0.5);
-    double worst = 0;
-    for (size_t i = 0; i < np; i++)
-        worst = fmax(worst, fabs(dit_grads(m)[i] - 1.5 * ga[i]) / fmax(fabs(ga[i]), 1e-12));
+    double worst = accumulate_err(dit_grads(m), ga, np, 1.5);
     TEST_CHECK(tc, worst < 1e-12, "backward must accumulate loss_scale * grad (err %.2e)", worst);
 
     // token rows the gradient reaches: non-PAD tokens of samples with a caption
@@ -361,27 +301,8 @@ static void check_dit(test_counts *tc, dit_ctx *c, mm_rng *r) {
                 used[c->tokens[b * c->cfg.text_T + t]] = 1;
     const model_tensor *ts = dit_tensors(m);
     printf("\n  %-28s checked  max rel err\n", "DiT tensor");
-    double model_worst = 0;
-    for (int k = 0; k < dit_n_tensors(m); k++) {
-        const model_tensor *t = &ts[k];
-        size_t idx[24], n_idx = 0;
-        const size_t *ip = NULL;
-        if (t->size > 64) {
-            int is_wte = strcmp(t->name, "text.wte") == 0;
-            while (n_idx < 24) {
-                size_t i = mm_rng_below(r, t->size);
-                if (is_wte && !used[i / (size_t)t->shape[1]]) continue;
-                idx[n_idx++] = i;
-            }
-            ip = idx;
-        }
-        fd_result res =
-            fd_check(dit_f, c, dit_params(m) + t->offset, ga + t->offset, t->size, ip, n_idx);
-        model_worst = fmax(model_worst, res.max_err);
-        printf("  %-28s %7zu  %.2e %s\n", t->name, res.checked, res.max_err,
-               res.max_err <= TOL ? "" : "FAIL");
-        TEST_CHECK(tc, res.max_err <= TOL, "dit grad %s: max rel err %.3e", t->name, res.max_err);
-    }
+    double model_worst = fd_check_tensors(tc, "dit", 28, ts, dit_n_tensors(m), dit_params(m), ga,
+                                          dit_f, c, used, r, EPS, TOL);
     printf("  worst over all DiT tensors: %.2e\n", model_worst);
     free(ga);
 }

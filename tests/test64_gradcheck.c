@@ -27,6 +27,7 @@
 
 #include "../data/data.h"
 #include "../model/model.h"
+#include "gradcheck.h"
 #include "test.h"
 
 #ifndef MM_F64
@@ -36,64 +37,8 @@
 static const double TOL = 1e-6;
 static const double EPS = 1e-3;  // step h of the finite differences (see above)
 
-static void fill_normal(mm_real *x, size_t n, double std, mm_rng *r) {
-    for (size_t i = 0; i < n; i++) x[i] = std * mm_rng_normal(r);
-}
-
-// ---------------------------------------------------------------------------------------
-// generic finite-difference check of one input tensor
-
-typedef double (*scalar_fn)(void *ctx);
-
-typedef struct {
-    double max_err;
-    size_t checked;
-} fd_result;
-
-// Checks analytic[i] against the numeric derivative at step eps for the entries idx
-// (all entries when idx is NULL).
-static fd_result fd_check(scalar_fn f, void *ctx, mm_real *x, const mm_real *analytic, size_t n,
-                          const size_t *idx, size_t n_idx, double eps) {
-    size_t m = idx ? n_idx : n;
-    double *num = malloc(m * sizeof(double));
-    double scale = 0;
-    for (size_t k = 0; k < m; k++) {
-        size_t i = idx ? idx[k] : k;
-        mm_real keep = x[i];
-        double fv[4];  // f at x_i + eps * {1, -1, 2, -2}
-        const double st[4] = {1, -1, 2, -2};
-        for (int j = 0; j < 4; j++) {
-            x[i] = keep + st[j] * eps;
-            fv[j] = f(ctx);
-        }
-        x[i] = keep;
-        num[k] = (8 * (fv[0] - fv[1]) - (fv[2] - fv[3])) / (12 * eps);
-        if (fabs(num[k]) > scale) scale = fabs(num[k]);
-    }
-    fd_result r = {0, m};
-    for (size_t k = 0; k < m; k++) {
-        size_t i = idx ? idx[k] : k;
-        double a = analytic[i], d = fabs(a - num[k]);
-        double den = fmax(fmax(fabs(a), fabs(num[k])), 1e-3 * scale);
-        double e = den > 0 ? d / den : d;
-        if (e > r.max_err) r.max_err = e;
-    }
-    free(num);
-    return r;
-}
-
 static void report(test_counts *tc, const char *what, const char *input, fd_result r) {
-    printf("  %-26s %-14s %6zu  %.2e  %s\n", what, input, r.checked, r.max_err,
-           r.max_err <= TOL ? "ok" : "FAIL");
-    TEST_CHECK(tc, r.max_err <= TOL, "%s: d%s max rel err %.3e > %.0e", what, input, r.max_err,
-               TOL);
-}
-
-// Sum of out * R.
-static double dot(const mm_real *a, const mm_real *b, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
+    fd_report(tc, 26, what, 14, input, r, TOL);
 }
 
 // Runs an accumulating backward on buffers pre-filled with `pre`, returns after - pre.
@@ -414,40 +359,15 @@ static void check_model(test_counts *tc, model_ctx *c, mm_rng *r) {
     // backward accumulates and scales: a second call with loss_scale 0.5 adds half
     model_forward(m, &c->in, NULL);
     model_backward(m, &c->in, 0.5);
-    double worst = 0;
-    for (size_t i = 0; i < np; i++) {
-        double e = fabs(model_grads(m)[i] - 1.5 * ga[i]) / fmax(fabs(ga[i]), 1e-12);
-        if (e > worst) worst = e;
-    }
+    double worst = accumulate_err(model_grads(m), ga, np, 1.5);
     TEST_CHECK(tc, worst < 1e-12, "backward must accumulate loss_scale * grad (err %.2e)", worst);
 
     const model_tensor *ts = model_tensors(m);
     int used[DATA_VOCAB] = {0};
     for (int i = 0; i < MB * c->cfg.text_T; i++) used[c->tokens[i]] = 1;
     printf("\n  model tensor               checked  max rel err\n");
-    double model_worst = 0;
-    for (int k = 0; k < model_n_tensors(m); k++) {
-        const model_tensor *t = &ts[k];
-        size_t idx[24], n_idx = 0;
-        const size_t *ip = NULL;
-        if (t->size > 64) {
-            // a fixed number of random entries; for the token embedding, rows of tokens the
-            // batch uses (other rows have zero gradient and would prove nothing)
-            int is_wte = strcmp(t->name, "text.wte") == 0;
-            while (n_idx < 24) {
-                size_t i = mm_rng_below(r, t->size);
-                if (is_wte && !used[i / (size_t)t->shape[1]]) continue;
-                idx[n_idx++] = i;
-            }
-            ip = idx;
-        }
-        fd_result res = fd_check(model_f, c, model_params(m) + t->offset, ga + t->offset, t->size,
-                                 ip, n_idx, EPS);
-        if (res.max_err > model_worst) model_worst = res.max_err;
-        printf("  %-26s %7zu  %.2e %s\n", t->name, res.checked, res.max_err,
-               res.max_err <= TOL ? "" : "FAIL");
-        TEST_CHECK(tc, res.max_err <= TOL, "model grad %s: max rel err %.3e", t->name, res.max_err);
-    }
+    double model_worst = fd_check_tensors(tc, "model", 26, ts, model_n_tensors(m), model_params(m),
+                                          ga, model_f, c, used, r, EPS, TOL);
     printf("  worst over all model tensors: %.2e\n", model_worst);
     free(ga);
 }

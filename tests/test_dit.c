@@ -26,6 +26,7 @@
 #include "../data/data.h"
 #include "../model/diffusion.h"
 #include "test.h"
+#include "tp_check.h"
 
 static const double OP_TOL = 1e-5;
 static const double LOSS_TOL = 1e-5;
@@ -33,7 +34,7 @@ static const double GRAD_TOL = 1e-4;
 static const model_ops *ops = &model_ops_cpu;
 static const dit_ops *dops = &dit_ops_cpu;
 
-enum { SB = 4, MAX_HOOK_CALLS = 64 };
+enum { SB = 4 };
 
 static void fill_normal(mm_real *x, size_t n, double std, mm_rng *r) {
     for (size_t i = 0; i < n; i++) x[i] = (mm_real)(std * mm_rng_normal(r));
@@ -51,15 +52,6 @@ static double nerr(const mm_real *x, const double *ref, size_t n) {
     for (size_t i = 0; i < n; i++) {
         d = fmax(d, fabs((double)x[i] - ref[i]));
         s = fmax(s, fabs(ref[i]));
-    }
-    return s > 0 ? d / s : d;
-}
-
-static double nerr_r(const mm_real *x, const mm_real *ref, size_t n) {
-    double d = 0, s = 0;
-    for (size_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)x[i] - ref[i]));
-        s = fmax(s, fabs((double)ref[i]));
     }
     return s > 0 ? d / s : d;
 }
@@ -296,22 +288,6 @@ static dit *create_or_die(const dit_config *c, int max_B, uint64_t seed) {
         exit(1);
     }
     return m;
-}
-
-// dst (loc->size) = this rank's slice, described by loc, of the full (tp = 1) tensor full.
-static void take_slice(mm_real *dst, const mm_real *full, const model_tensor *loc) {
-    int sd = loc->split_dim;
-    if (sd < 0) {
-        memcpy(dst, full, loc->size * sizeof(mm_real));
-        return;
-    }
-    size_t inner = 1, outer = 1;
-    for (int i = sd + 1; i < loc->ndim; i++) inner *= (size_t)loc->shape[i];
-    for (int i = 0; i < sd; i++) outer *= (size_t)loc->shape[i];
-    size_t run = (size_t)loc->local[sd] * inner;
-    for (size_t o = 0; o < outer; o++)
-        memcpy(dst + o * run, full + (o * (size_t)loc->shape[sd] + (size_t)loc->start) * inner,
-               run * sizeof(mm_real));
 }
 
 static int find_tensor(const dit *m, const char *name) {
@@ -589,52 +565,11 @@ static void test_flops(test_counts *tc) {
     dit_free(m);
 }
 
-// ---------------------------------------------------------------------------------------
-// gradient-ready hook recorder (as tests/test_tp.c)
-
-typedef struct {
-    const mm_real *grads;
-    size_t n;
-    int calls;
-    size_t lo[MAX_HOOK_CALLS];
-    mm_real *snap[MAX_HOOK_CALLS];  // grads[lo..n) at the call, owned
-} hook_rec;
-
-static void record_hook(void *ctx, size_t lo) {
-    hook_rec *h = ctx;
-    MM_CHECK(h->calls < MAX_HOOK_CALLS, "grad hook called more than %d times", MAX_HOOK_CALLS);
-    MM_CHECK(lo <= h->n, "grad hook lo %zu beyond the %zu parameters", lo, h->n);
-    h->lo[h->calls] = lo;
-    h->snap[h->calls] = malloc((h->n - lo + 1) * sizeof(mm_real));
-    memcpy(h->snap[h->calls], h->grads + lo, (h->n - lo) * sizeof(mm_real));
-    h->calls++;
-}
-
-static void free_hook_rec(hook_rec *h) {
-    for (int i = 0; i < h->calls; i++) free(h->snap[i]);
-    h->calls = 0;
-}
-
 static void check_hook_pass(test_counts *tc, hook_rec *h, dit *m, int n_layers, const char *what) {
-    const model_tensor *ts = dit_tensors(m);
     // final, each block, x_embed, t_embed, cond.null, audio, text (lo 0)
     TEST_CHECK(tc, h->calls == n_layers + 6, "%s: %d hook calls, want %d", what, h->calls,
                n_layers + 6);
-    int decreasing = 1, on_tensor = 1, stale = 0;
-    for (int i = 0; i < h->calls; i++) {
-        if (i) decreasing &= h->lo[i] < h->lo[i - 1];
-        int found = 0;
-        for (int k = 0; k < dit_n_tensors(m); k++) found |= ts[k].offset == h->lo[i];
-        on_tensor &= found;
-        stale +=
-            memcmp(h->snap[i], dit_grads(m) + h->lo[i], (h->n - h->lo[i]) * sizeof(mm_real)) != 0;
-    }
-    TEST_CHECK(tc, decreasing, "%s: hook lo values must strictly decrease", what);
-    TEST_CHECK(tc, on_tensor, "%s: every hook lo must be a tensor's first offset", what);
-    TEST_CHECK(tc, h->calls > 0 && h->lo[h->calls - 1] == 0, "%s: the last hook call must be lo 0",
-               what);
-    TEST_CHECK(tc, stale == 0, "%s: %d hook calls came before the gradients at >= lo were final",
-               what, stale);
+    check_hook_lo(tc, h, dit_tensors(m), dit_n_tensors(m), dit_grads(m), what);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -653,11 +588,7 @@ static void test_tp_equivalence(test_counts *tc, comm_group *tpg) {
     const int nt = dit_n_tensors(m);
     const size_t np = dit_n_params(m);
     mm_real *slice = malloc(dit_n_params(ref) * sizeof(mm_real));
-    int init_bad = 0;
-    for (int k = 0; k < nt; k++) {
-        take_slice(slice, dit_params(ref) + t1[k].offset, &tt[k]);
-        init_bad += memcmp(slice, dit_params(m) + tt[k].offset, tt[k].size * sizeof(mm_real)) != 0;
-    }
+    int init_bad = tp_slices_differ(t1, dit_params(ref), tt, dit_params(m), nt, slice);
     TEST_CHECK(tc, init_bad == 0, "tp=%d rank %d: %d tensors' init is not the tp=1 slice", tp, rank,
                init_bad);
 
@@ -665,8 +596,7 @@ static void test_tp_equivalence(test_counts *tc, comm_group *tpg) {
     mm_rng r;
     mm_rng_init(&r, 99, 0);
     for (size_t i = 0; i < dit_n_params(ref); i++) dit_params(ref)[i] += 0.1f * mm_rng_normal(&r);
-    for (int k = 0; k < nt; k++)
-        take_slice(dit_params(m) + tt[k].offset, dit_params(ref) + t1[k].offset, &tt[k]);
+    tp_copy_slices(dit_params(m), tt, dit_params(ref), t1, nt);
     batch b;
     make_batch(&b, &c1, &r);
     const mm_real scale = 1.0f / 3;
@@ -676,44 +606,16 @@ static void test_tp_equivalence(test_counts *tc, comm_group *tpg) {
     double lt = dit_forward(m, &b.in);
     dit_zero_grad(m);
     dit_backward(m, &b.in, scale);
-    double lrel = fabs(lt - l1) / fabs(l1);
-    if (root) printf("tp=%d: loss %.9f vs tp=1 %.9f (rel %.2e)\n", tp, lt, l1, lrel);
-    TEST_CHECK(tc, lrel <= LOSS_TOL, "tp=%d rank %d: loss %.9g vs tp=1 %.9g (rel %.2e)", tp, rank,
-               lt, l1, lrel);
+    tp_check_loss(tc, tpg, lt, l1, LOSS_TOL);
 
-    double *errs = malloc((size_t)nt * sizeof(double));
-    for (int k = 0; k < nt; k++) {
-        take_slice(slice, dit_grads(ref) + t1[k].offset, &tt[k]);
-        errs[k] = nerr_r(dit_grads(m) + tt[k].offset, slice, tt[k].size);
-    }
-    if (tp > 1) comm_allreduce_max(tpg, errs, (size_t)nt, COMM_F64);
-    double worst = 0;
-    for (int k = 0; k < nt; k++) {
-        worst = fmax(worst, errs[k]);
-        if (root && (tt[k].split_dim >= 0 || errs[k] > GRAD_TOL) &&
-            strncmp(tt[k].name, "blocks.1.", 9))
-            printf("  %-26s split %2d  %.2e%s\n", tt[k].name, tt[k].split_dim, errs[k],
-                   errs[k] <= GRAD_TOL ? "" : "  FAIL");
-        TEST_CHECK(tc, errs[k] <= GRAD_TOL, "tp=%d: grad %s off by %.3e (normwise) from tp=1", tp,
-                   tt[k].name, errs[k]);
-    }
-    if (root) printf("  worst gradient error over all tensors and ranks: %.2e\n", worst);
-    free(errs);
+    tp_check_grads(tc, tpg, t1, dit_grads(ref), tt, dit_grads(m), nt, slice, 26, "blocks.1.",
+                   GRAD_TOL);
 
     // replicated gradients and the predicted images: the same bits on every tp rank
-    int rep_bad = 0;
-    for (int k = 0; k < nt && tp > 1; k++) {
-        if (tt[k].split_dim >= 0) continue;
-        memcpy(slice, dit_grads(m) + tt[k].offset, tt[k].size * sizeof(mm_real));
-        comm_bcast(tpg, slice, tt[k].size, sizeof(mm_real) == 8 ? COMM_F64 : COMM_F32, 0);
-        if (memcmp(slice, dit_grads(m) + tt[k].offset, tt[k].size * sizeof(mm_real))) {
-            rep_bad++;
-            fprintf(stderr, "rank %d: replicated grad %s differs from rank 0's\n", rank,
-                    tt[k].name);
-        }
-    }
-    TEST_CHECK(tc, rep_bad == 0, "tp=%d rank %d: %d replicated grads differ across ranks", tp, rank,
-               rep_bad);
+    int n_rep;
+    int rep_bad = tp_replicated_differ(tpg, tt, dit_grads(m), nt, slice, &n_rep);
+    TEST_CHECK(tc, rep_bad == 0, "tp=%d rank %d: %d of %d replicated grads differ across ranks", tp,
+               rank, rep_bad, n_rep);
     const size_t npix = SB * b.pix;
     mm_real *o1 = malloc(npix * sizeof(mm_real)), *ot = malloc(npix * sizeof(mm_real));
     dit_predict(ref, &b.in, o1);
@@ -746,11 +648,7 @@ static void test_tp_equivalence(test_counts *tc, comm_group *tpg) {
         if (!pass)
             TEST_CHECK(tc, memcmp(g_first, dit_grads(m), np * sizeof(mm_real)) == 0,
                        "a grad hook changed the gradients");
-        if (root && !pass) {
-            printf("  grad hook lo:");
-            for (int i = 0; i < h.calls; i++) printf(" %zu", h.lo[i]);
-            printf(" (of %zu)\n", np);
-        }
+        if (root && !pass) print_hook_lo(&h, np);
         free_hook_rec(&h);
     }
     dit_set_grad_hook(m, NULL, NULL);
@@ -798,11 +696,9 @@ int main(int argc, char **argv) {
     else
         TEST_CHECK(&tc, 0, "test_dit runs with 1, 2 or 4 ranks (n_heads = 4), not %d", size);
     test_bad_group(&tc, self);
-    int64_t cnt[2] = {tc.passed, tc.failed};
-    comm_allreduce_sum(world, cnt, 2, COMM_I64);
-    if (rank == 0) printf("%lld passed, %lld failed\n", (long long)cnt[0], (long long)cnt[1]);
+    int status = tp_finish(world, &tc);
     comm_group_free(self);
     comm_group_free(tpg);
     comm_finalize(world);
-    return cnt[1] ? 1 : 0;
+    return status;
 }

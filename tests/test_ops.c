@@ -14,6 +14,7 @@
 #include "../data/data.h"
 #include "../model/model.h"
 #include "test.h"
+#include "tp_check.h"
 
 static const double TOL = 1e-5;
 static const model_ops *ops = &model_ops_cpu;
@@ -272,24 +273,6 @@ static void test_xent(test_counts *tc, mm_rng *r) {
 // ---------------------------------------------------------------------------------------
 // the model in float32
 
-static void small_config(model_config *c) {
-    memset(c, 0, sizeof(*c));
-    c->d_model = 32;
-    c->n_layers = 2;
-    c->n_heads = 4;
-    c->d_ff = 64;
-    c->vocab = DATA_VOCAB;
-    c->text_T = 9;
-    c->img_h = 8;
-    c->img_w = 12;
-    c->img_c = 3;
-    c->patch = 4;
-    c->audio_F = 6;
-    c->n_mels = 5;
-    c->audio_group = 2;
-    c->tp = 1;
-}
-
 enum { SB = 4 };
 
 typedef struct {
@@ -324,7 +307,7 @@ static void free_batch(batch *b) {
 
 static void test_model(test_counts *tc, mm_rng *r) {
     model_config c;
-    small_config(&c);
+    small_model_config(&c);
     mm_err err = {{0}};
     model *m1, *m2;
     TEST_CHECK(tc, model_create(&m1, &c, ops, SB, 7, &err) == 0, "create: %s", err.msg);
@@ -392,7 +375,7 @@ static void test_model(test_counts *tc, mm_rng *r) {
 
 static void test_table(test_counts *tc) {
     model_config c;
-    small_config(&c);
+    small_model_config(&c);
     mm_err err = {{0}};
     model *m;
     TEST_CHECK(tc, model_create(&m, &c, ops, 2, 3, &err) == 0, "create: %s", err.msg);
@@ -511,7 +494,7 @@ static void test_bad_configs(test_counts *tc) {
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         model_config c;
-        small_config(&c);
+        small_model_config(&c);
         switch (i) {
             case 0:
                 c.n_heads = 5;
@@ -547,7 +530,7 @@ static void test_bad_configs(test_counts *tc) {
         if (i == 0) printf("  e.g. \"%s\"\n", err.msg);
     }
     model_config c;
-    small_config(&c);
+    small_model_config(&c);
     mm_err err = {{0}};
     model *m;
     TEST_CHECK(tc, model_create(&m, &c, ops, 0, 1, &err) == -1 && strstr(err.msg, "max_B"),

@@ -28,30 +28,13 @@
 #include "../data/data.h"
 #include "../model/model.h"
 #include "test.h"
+#include "tp_check.h"
 
 static const double LOSS_TOL = 1e-5;
 static const double GRAD_TOL = 1e-4;
 static const model_ops *ops = &model_ops_cpu;
 
-enum { SB = 4, GEN_STRIDE = 16, MAX_HOOK_CALLS = 64 };
-
-static void small_config(model_config *c) {
-    memset(c, 0, sizeof(*c));
-    c->d_model = 32;
-    c->n_layers = 2;
-    c->n_heads = 4;
-    c->d_ff = 64;
-    c->vocab = DATA_VOCAB;
-    c->text_T = 9;
-    c->img_h = 8;
-    c->img_w = 12;
-    c->img_c = 3;
-    c->patch = 4;
-    c->audio_F = 6;
-    c->n_mels = 5;
-    c->audio_group = 2;
-    c->tp = 1;
-}
+enum { SB = 4, GEN_STRIDE = 16 };
 
 typedef struct {
     mm_real *image, *audio;
@@ -87,79 +70,12 @@ static void free_batch(batch *b) {
     free(b->image), free(b->audio), free(b->tok), free(b->tg);
 }
 
-// dst (loc->size) = this rank's slice, described by loc, of the full (tp = 1) tensor full.
-static void take_slice(mm_real *dst, const mm_real *full, const model_tensor *loc) {
-    int sd = loc->split_dim;
-    if (sd < 0) {
-        memcpy(dst, full, loc->size * sizeof(mm_real));
-        return;
-    }
-    size_t inner = 1, outer = 1;
-    for (int i = sd + 1; i < loc->ndim; i++) inner *= (size_t)loc->shape[i];
-    for (int i = 0; i < sd; i++) outer *= (size_t)loc->shape[i];
-    size_t run = (size_t)loc->local[sd] * inner;  // contiguous elements per outer index
-    for (size_t o = 0; o < outer; o++)
-        memcpy(dst + o * run, full + (o * (size_t)loc->shape[sd] + (size_t)loc->start) * inner,
-               run * sizeof(mm_real));
-}
-
-// max|x - ref| / max|ref| (absolute when ref is all zero).
-static double nerr(const mm_real *x, const mm_real *ref, size_t n) {
-    double d = 0, s = 0;
-    for (size_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)x[i] - ref[i]));
-        s = fmax(s, fabs((double)ref[i]));
-    }
-    return s > 0 ? d / s : d;
-}
-
-// ---------------------------------------------------------------------------------------
-// gradient-ready hook recorder
-
-typedef struct {
-    const mm_real *grads;  // the model's buffer, not owned
-    size_t n;
-    int calls;
-    size_t lo[MAX_HOOK_CALLS];
-    mm_real *snap[MAX_HOOK_CALLS];  // grads[lo..n) at the call, owned
-} hook_rec;
-
-static void record_hook(void *ctx, size_t lo) {
-    hook_rec *h = ctx;
-    MM_CHECK(h->calls < MAX_HOOK_CALLS, "grad hook called more than %d times", MAX_HOOK_CALLS);
-    MM_CHECK(lo <= h->n, "grad hook lo %zu beyond the %zu parameters", lo, h->n);
-    h->lo[h->calls] = lo;
-    h->snap[h->calls] = malloc((h->n - lo + 1) * sizeof(mm_real));
-    memcpy(h->snap[h->calls], h->grads + lo, (h->n - lo) * sizeof(mm_real));
-    h->calls++;
-}
-
-static void free_hook_rec(hook_rec *h) {
-    for (int i = 0; i < h->calls; i++) free(h->snap[i]);
-    h->calls = 0;
-}
-
 // Checks one recorded backward pass of m against its final gradients.
 static void check_hook_pass(test_counts *tc, hook_rec *h, model *m, const char *what) {
-    const model_tensor *ts = model_tensors(m);
     int n_layers = model_cfg(m)->n_layers;
     TEST_CHECK(tc, h->calls == n_layers + 2, "%s: %d hook calls, want %d (head, each block, end)",
                what, h->calls, n_layers + 2);
-    int decreasing = 1, on_tensor = 1, stale = 0;
-    for (int i = 0; i < h->calls; i++) {
-        if (i) decreasing &= h->lo[i] < h->lo[i - 1];
-        int found = 0;  // a lo inside a tensor would split it between "done" and "not done"
-        for (int k = 0; k < model_n_tensors(m); k++) found |= ts[k].offset == h->lo[i];
-        on_tensor &= found;
-        stale +=
-            memcmp(h->snap[i], model_grads(m) + h->lo[i], (h->n - h->lo[i]) * sizeof(mm_real)) != 0;
-    }
-    TEST_CHECK(tc, decreasing, "%s: hook lo values must strictly decrease", what);
-    TEST_CHECK(tc, on_tensor, "%s: every hook lo must be a tensor's first offset", what);
-    TEST_CHECK(tc, h->calls > 0 && h->lo[h->calls - 1] == 0, "%s: the last hook call must be lo 0",
-               what);
-    TEST_CHECK(tc, stale == 0, "%s: %d hook calls came before the gradients at >= lo were final",
-               what, stale);
+    check_hook_lo(tc, h, model_tensors(m), model_n_tensors(m), model_grads(m), what);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -168,7 +84,7 @@ static void check_hook_pass(test_counts *tc, hook_rec *h, model *m, const char *
 static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg) {
     const int tp = comm_size(tpg), rank = comm_rank(tpg), root = rank == 0;
     model_config c1, ct;
-    small_config(&c1);
+    small_model_config(&c1);
     ct = c1;
     ct.tp = tp;
     ct.tp_rank = rank;
@@ -187,12 +103,7 @@ static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg
     // initial values do not depend on tp
     size_t np = model_n_params(m);
     mm_real *slice = malloc(np * sizeof(mm_real));
-    int init_bad = 0;
-    for (int k = 0; k < nt; k++) {
-        take_slice(slice, model_params(ref) + t1[k].offset, &tt[k]);
-        init_bad += strcmp(t1[k].name, tt[k].name) != 0 ||
-                    memcmp(slice, model_params(m) + tt[k].offset, tt[k].size * sizeof(mm_real));
-    }
+    int init_bad = tp_slices_differ(t1, model_params(ref), tt, model_params(m), nt, slice);
     TEST_CHECK(tc, init_bad == 0, "tp=%d rank %d: %d tensors' init is not the tp=1 slice", tp, rank,
                init_bad);
 
@@ -202,8 +113,7 @@ static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg
     mm_rng_init(&r, 99, 0);
     for (size_t i = 0; i < model_n_params(ref); i++)
         model_params(ref)[i] += 0.1f * mm_rng_normal(&r);
-    for (int k = 0; k < nt; k++)
-        take_slice(model_params(m) + tt[k].offset, model_params(ref) + t1[k].offset, &tt[k]);
+    tp_copy_slices(model_params(m), tt, model_params(ref), t1, nt);
 
     batch b;
     make_batch(&b, &c1, &r);
@@ -215,44 +125,16 @@ static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg
     double lt = model_forward(m, &b.in, &st);
     model_zero_grad(m);
     model_backward(m, &b.in, scale);
-    double lrel = fabs(lt - l1) / fabs(l1);
-    if (root) printf("tp=%d: loss %.9f vs tp=1 %.9f (rel %.2e)\n", tp, lt, l1, lrel);
     TEST_CHECK(tc, st == s1, "n_scored %d vs %d", st, s1);
-    TEST_CHECK(tc, lrel <= LOSS_TOL, "tp=%d rank %d: loss %.9g vs tp=1 %.9g (rel %.2e)", tp, rank,
-               lt, l1, lrel);
+    tp_check_loss(tc, tpg, lt, l1, LOSS_TOL);
 
     // each rank's gradient slices against the tp = 1 gradients; worst over ranks printed
-    double *errs = malloc((size_t)nt * sizeof(double));
-    for (int k = 0; k < nt; k++) {
-        take_slice(slice, model_grads(ref) + t1[k].offset, &tt[k]);
-        errs[k] = nerr(model_grads(m) + tt[k].offset, slice, tt[k].size);
-    }
-    comm_allreduce_max(tpg, errs, (size_t)nt, COMM_F64);
-    double worst = 0;
-    for (int k = 0; k < nt; k++) {
-        worst = fmax(worst, errs[k]);
-        if (root && (tt[k].split_dim >= 0 || errs[k] > GRAD_TOL))
-            printf("  %-24s split %2d  %.2e%s\n", tt[k].name, tt[k].split_dim, errs[k],
-                   errs[k] <= GRAD_TOL ? "" : "  FAIL");
-        TEST_CHECK(tc, errs[k] <= GRAD_TOL, "tp=%d: grad %s off by %.3e (normwise) from tp=1", tp,
-                   tt[k].name, errs[k]);
-    }
-    if (root) printf("  worst gradient error over all tensors and ranks: %.2e\n", worst);
-    free(errs);
+    tp_check_grads(tc, tpg, t1, model_grads(ref), tt, model_grads(m), nt, slice, 24, NULL,
+                   GRAD_TOL);
 
     // replicated gradients: bitwise the same on every tp rank
-    int rep_bad = 0, n_rep = 0;
-    for (int k = 0; k < nt; k++) {
-        if (tt[k].split_dim >= 0) continue;
-        n_rep++;
-        memcpy(slice, model_grads(m) + tt[k].offset, tt[k].size * sizeof(mm_real));
-        comm_bcast(tpg, slice, tt[k].size, sizeof(mm_real) == 8 ? COMM_F64 : COMM_F32, 0);
-        if (memcmp(slice, model_grads(m) + tt[k].offset, tt[k].size * sizeof(mm_real))) {
-            rep_bad++;
-            fprintf(stderr, "rank %d: replicated grad %s differs from rank 0's\n", rank,
-                    tt[k].name);
-        }
-    }
+    int n_rep;
+    int rep_bad = tp_replicated_differ(tpg, tt, model_grads(m), nt, slice, &n_rep);
     TEST_CHECK(tc, rep_bad == 0, "tp=%d rank %d: %d of %d replicated grads differ across ranks", tp,
                rank, rep_bad, n_rep);
 
@@ -277,11 +159,7 @@ static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg
         if (!pass)
             TEST_CHECK(tc, memcmp(g_first, model_grads(m), np * sizeof(mm_real)) == 0,
                        "a grad hook changed the gradients");
-        if (root && !pass) {
-            printf("  grad hook lo:");
-            for (int i = 0; i < h.calls; i++) printf(" %zu", h.lo[i]);
-            printf(" (of %zu)\n", np);
-        }
+        if (root && !pass) print_hook_lo(&h, np);
         free_hook_rec(&h);
     }
     model_set_grad_hook(m, NULL, NULL);
@@ -323,7 +201,7 @@ static void test_bad_layouts(test_counts *tc, comm_group *self) {
     };
     for (int i = 0; i < 3; i++) {
         model_config c;
-        small_config(&c);
+        small_model_config(&c);
         c.tp = 4;
         if (i == 0) c.n_heads = 2;  // d_model 32 = 2 heads of 16, not splittable 4 ways
         if (i == 1) c.d_ff = 66;
@@ -351,11 +229,9 @@ int main(int argc, char **argv) {
         TEST_CHECK(&tc, 0, "test_tp runs with 1, 2 or 4 ranks (n_heads = 4), not %d", size);
     }
     test_bad_layouts(&tc, self);
-    int64_t cnt[2] = {tc.passed, tc.failed};
-    comm_allreduce_sum(world, cnt, 2, COMM_I64);
-    if (rank == 0) printf("%lld passed, %lld failed\n", (long long)cnt[0], (long long)cnt[1]);
+    int status = tp_finish(world, &tc);
     comm_group_free(self);
     comm_group_free(tpg);
     comm_finalize(world);
-    return cnt[1] ? 1 : 0;
+    return status;
 }

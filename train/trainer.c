@@ -8,8 +8,8 @@
 //
 // Parallel layout (DESIGN.md): world = dp x tp. Every rank of a tp group sees the same
 // samples and computes the same loss; dp ranks see disjoint parts of the global batch.
-// Only world rank 0 prints and writes metrics; evaluation is split over dp ranks and
-// gathered to it.
+// Only world rank 0 prints and writes metrics. What a step computes and how a run is
+// evaluated belong to the model family (family_lm.c, family_dit.c; trainer_internal.h).
 #include "train.h"
 
 #include <errno.h>
@@ -23,7 +23,6 @@
 #include "ckpt.h"
 #include "optim.h"
 #include "trainer_internal.h"
-
 
 // --------------------------------------------------------------------------------------
 // small helpers
