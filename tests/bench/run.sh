@@ -32,28 +32,7 @@ trap 'rm -rf "$tmp"' EXIT
 rc=0
 rows=()
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)"
-# busy: prints "N% CPU in use" when more than 10% of all cores were busy over the last second.
-# Another busy process makes the 2-thread numbers meaningless (OpenMP threads wait on the
-# slowest core), so the bench says so rather than print numbers that look precise.
-busy() {
-    local a b
-    a=$(head -n 1 /proc/stat); sleep 1; b=$(head -n 1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x); split(b, y); tot = 0
-        for (i = 2; i <= n; i++) tot += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        busy = tot > 0 ? (tot - idle) / tot : 0
-        if (busy > 0.10) printf "%d%% CPU in use", 100 * busy
-    }'
-}
-# settle: waits up to MM_BENCH_WAIT seconds for an idle machine; prints busy's note if not.
-settle() {
-    local b deadline=$((SECONDS + ${MM_BENCH_WAIT:-0}))
-    b=$(busy)
-    while [ -n "$b" ] && [ "$SECONDS" -lt "$deadline" ]; do b=$(busy); done
-    [ -n "$b" ] && : >"$tmp/noisy"
-    echo "$b"
-}
+. "$(dirname "$0")/idle.sh"
 for spec in $runs; do
     IFS=: read -r cfg warmup steps <<<"$spec"
     conf="$root/configs/$cfg.yaml"
@@ -61,6 +40,7 @@ for spec in $runs; do
     [ -n "$shapes" ] || { echo "bench: $cfg: bench_model could not read $conf"; rc=1; continue; }
     for t in $threads_list; do
         b=$(settle)
+        [ -n "$b" ] && : >"$tmp/noisy"
         echo "== $cfg, $t thread(s)${b:+   (WARNING: machine busy, $b)}"
         # Both variables, so that BLAS and OpenMP agree whichever reads its own first.
         OMP_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$t timeout 600 \
@@ -72,7 +52,7 @@ for spec in $runs; do
         tline=""
         if [ "$have_torch" -eq 1 ]; then
             b=$(settle)
-            [ -n "$b" ] && echo "   (WARNING: machine busy before PyTorch, $b)"
+            [ -n "$b" ] && { : >"$tmp/noisy"; echo "   (WARNING: machine busy before PyTorch, $b)"; }
             OMP_NUM_THREADS=$t OPENBLAS_NUM_THREADS=$t timeout 600 \
                 "$py" "$here/torch_ref.py" --threads "$t" --warmup "$warmup" --steps "$steps" \
                 "$shapes" >"$tmp/t.log" 2>&1

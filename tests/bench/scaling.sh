@@ -59,26 +59,7 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 common=(data.train="$tmp/data/train" run.threads=1 run.steps=$((warm + steps))
         run.log_every=100000 checkpoint.every=0 checkpoint.resume=none data.micro_batch="$b")
 
-# busy: prints "N% CPU in use" when more than 10% of all cores were busy over the last second
-# (the same test as run.sh's busy()).
-busy() {
-    local a c
-    a=$(head -n 1 /proc/stat); sleep 1; c=$(head -n 1 /proc/stat)
-    awk -v a="$a" -v b="$c" 'BEGIN {
-        n = split(a, x); split(b, y); tot = 0
-        for (i = 2; i <= n; i++) tot += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        busy = tot > 0 ? (tot - idle) / tot : 0
-        if (busy > 0.10) printf "%d%% CPU in use", 100 * busy
-    }'
-}
-# settle: waits up to MM_BENCH_WAIT seconds for an idle machine; prints busy's note if not.
-settle() {
-    local s deadline=$((SECONDS + ${MM_BENCH_WAIT:-0}))
-    s=$(busy)
-    while [ -n "$s" ] && [ "$SECONDS" -lt "$deadline" ]; do s=$(busy); done
-    echo "$s"
-}
+. "$(dirname "$0")/idle.sh"
 # An idle machine before a run says nothing about the seconds of the run itself, which is
 # when another job would steal a core. cpu_mark records the machine's busy and total
 # jiffies and the CPU time of this shell's finished children (the trainers, once waited
