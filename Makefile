@@ -31,7 +31,7 @@ endif
 
 BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
 BLAS_LIB := /usr/lib/x86_64-linux-gnu/openblas-openmp
-PKGS := hdf5-serial yaml-0.1 fftw3f fftw3 libpng sndfile
+PKGS := hdf5-serial yaml-0.1 fftw3f fftw3 libpng sndfile libturbojpeg soxr
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -41,7 +41,7 @@ typedef struct {
 int data_audio_frames(const data_schema *s, const data_audio_cfg *a);
 
 // ---------------------------------------------------------------------------------------
-// Shard writing (used by `mmdata synth` now, `mmdata pack` later). One sample in host form.
+// Shard writing (used by `mmdata synth` and `mmdata pack`). One sample in host form.
 typedef struct {
     uint64_t sample_id;
     const uint8_t *image;   // (img_h, img_w, img_c) or NULL when the sample has no image
@@ -161,8 +161,15 @@ typedef struct {
     int text_max;           // default 48
     double p_no_image;      // share of samples without an image (default 0.1)
     double p_no_audio;      // share of samples without audio (default 0.1)
+    // Per attribute, the words it may take as a bitmask over its vocabulary (bit v = word v
+    // of data_synth_attrs' lists); 0 = all. A restricted set is differently distributed
+    // from the full one (a fine-tuning split); with every mask 0 the draws are unchanged.
+    unsigned allow[DATA_N_ATTR];
 } data_synth_cfg;
 void data_synth_default(data_synth_cfg *c);
+// Restricts c from a spec "ATTR=WORD[,WORD...]" (e.g. "colour=red,blue", "position=left");
+// repeating an attribute replaces its words. -1 with err naming the unknown attribute/word.
+int data_synth_restrict(data_synth_cfg *c, const char *spec, mm_err *err);
 // Writes dir/train (n samples) and dir/val (max(64, n/10) samples) with disjoint seeds.
 int data_synth_write(const char *dir, uint64_t n, uint64_t seed, const data_synth_cfg *c,
                      mm_err *err);
@@ -200,5 +207,193 @@ void data_image_grid(const uint8_t *imgs, int n, int h, int w, int c, int cols, 
 // (encoded in memory, then mm_write_file_atomic: path.tmp, fsync, rename). Returns 0, or -1
 // with err naming the path.
 int data_png_write(const char *path, const uint8_t *rgb, int h, int w, int c, mm_err *err);
+
+// =======================================================================================
+// Packing a user's own files into a dataset: `mmdata pack` and `mmdata inspect`
+// (data/manifest.c, data/media.c, data/pack.c; the rules are in data/FORMAT.md "Packing").
+// Functions that judge one sample (manifest records, media, captions) fail with an mm_err
+// holding only the reason; the packer adds "FILE:LINE: PATH: " in front.
+// =======================================================================================
+#include <stdio.h>  // FILE, for the packer's log and inspect's output
+
+// Strict UTF-8 as the shard reader demands it (data_utf8_bad_at), with the reason: returns
+// NULL when s[0..n) is valid, otherwise a short reason ("overlong encoding", "UTF-16
+// surrogate encoded in UTF-8", "code point above U+10FFFF", "NUL byte", ...) and *at = the
+// offset of the first bad byte.
+const char *data_utf8_why(const uint8_t *s, size_t n, size_t *at);
+
+// --- Manifest (data/manifest.c) --------------------------------------------------------
+// One flat JSON object, as found on one line of a .jsonl manifest.
+enum { DATA_JSON_MAX_MEMBERS = 32 };
+typedef struct {
+    int n;                                // members
+    char *key[DATA_JSON_MAX_MEMBERS];     // malloc'd, NUL-terminated
+    char *val[DATA_JSON_MAX_MEMBERS];     // malloc'd decoded bytes + NUL; NULL for a JSON null
+    size_t val_n[DATA_JSON_MAX_MEMBERS];  // bytes of val (never holds a NUL: \u0000 is refused)
+    int col[DATA_JSON_MAX_MEMBERS];       // 1-based byte column of the member's key
+} data_json_obj;
+// Parses s[0..n) as one object whose values are strings or null: escapes \" \\ \/ \b \f \n
+// \r \t \uXXXX (surrogate pairs combined; lone surrogates and \u0000 refused) decoded to
+// UTF-8; raw bytes >= 0x80 are copied as they are. Refuses duplicate keys, other value types,
+// trailing commas and any text after the object. Returns 0 (obj owned by the caller:
+// data_json_obj_free), or -1 with *col (1-based byte column) and err (the reason); obj then
+// holds nothing.
+int data_json_parse_line(const char *s, size_t n, data_json_obj *obj, int *col, mm_err *err);
+void data_json_obj_free(data_json_obj *o);
+
+// One CSV record (RFC 4180).
+typedef struct {
+    int n;          // fields
+    char **cell;    // (n) malloc'd, NUL-terminated (a cell may also hold NUL bytes: cell_n)
+    size_t *cell_n; // (n) bytes of each cell
+    int line;       // 1-based line where the record starts
+} data_csv_row;
+// Reads the record starting at buf[*pos] (fields split by ',', records ended by LF or CRLF;
+// a field in double quotes may hold ',', line breaks and "" for one quote; empty lines are
+// skipped). *line is the 1-based line number at *pos; both advance past the record. Returns
+// 1 with row filled (caller frees: data_csv_row_free), 0 at the end of buf, or -1 on a
+// malformed record with *err_line, *err_col and err (the reason); *pos then skips to the
+// next line so the caller may go on.
+int data_csv_next(const char *buf, size_t n, size_t *pos, int *line, data_csv_row *row,
+                  int *err_line, int *err_col, mm_err *err);
+void data_csv_row_free(data_csv_row *r);
+
+// The fields a manifest names (JSON keys, CSV header columns).
+enum { DATA_MF_IMAGE, DATA_MF_AUDIO, DATA_MF_CAPTION, DATA_MF_CAPTION_FILE, DATA_MF_N };
+extern const char *const data_manifest_fields[DATA_MF_N];  // "image", "audio", ...
+
+typedef struct {
+    int line;               // 1-based line where the record starts: it becomes the sample_id
+    char *field[DATA_MF_N]; // malloc'd or NULL when absent (an empty value is absent). Paths
+                            // (image, audio, caption_file) are resolved against the
+                            // manifest's folder; [DATA_MF_CAPTION] is the inline caption
+    size_t caption_n;       // bytes of the inline caption
+    char *error;            // malloc'd reason when the record is malformed (fields all NULL)
+    int col;                // 1-based column of that error
+} data_manifest_rec;
+
+typedef struct {
+    char *path;              // the manifest as named by the caller (for messages)
+    int n;                   // records (blank lines are not records)
+    data_manifest_rec *rec;  // (n) in file order
+} data_manifest;
+// Reads a .jsonl or .csv manifest (decided by the name's ending). A malformed record does
+// not stop the reading: it is kept with its error, so that --on-error skip can report it.
+// Returns -1 (with "FILE..." in err) only when the whole file is unusable: unreadable, an
+// unknown type, a CSV without a valid header. On success the caller frees m with
+// data_manifest_free; on failure m holds nothing.
+int data_manifest_read(const char *path, data_manifest *m, mm_err *err);
+void data_manifest_free(data_manifest *m);
+
+// --- Media (data/media.c) --------------------------------------------------------------
+// State the decoders share between threads (a lock around libsndfile's open). Owned by the
+// caller of data_media_new, freed with data_media_free; thread-safe.
+typedef struct data_media data_media;
+data_media *data_media_new(void);
+void data_media_free(data_media *m);
+
+// A decoded source image, before conversion to the schema.
+typedef struct {
+    int h, w;
+    int c;     // 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+    int depth; // 8 or 16 bits per sample
+    void *px;  // (h, w, c) uint8_t or (depth 16) native-endian uint16_t; malloc'd, owned
+} data_image_src;
+// Decodes a PNG (any colour type and bit depth; palette and < 8-bit grey expand to 8 bits,
+// tRNS to alpha) or a JPEG (grey or colour; CMYK refused), chosen by the first bytes. Values
+// are taken as stored (no gamma or colour-profile conversion). Returns 0 (free with
+// data_image_src_free) or -1 with the reason in err.
+int data_image_decode(const uint8_t *buf, size_t n, data_image_src *out, mm_err *err);
+void data_image_src_free(data_image_src *s);
+// Converts src to out (H, W, C) uint8, C = 1, 3 or 4, by the packing rule (FORMAT.md
+// "Packing"): scale to cover H x W, centre-crop, box filter when shrinking, linear when
+// enlarging, premultiplied alpha (so 1 or 3 channels composite over black). Exact when no
+// resizing is needed (src h == H and w == W) and the layout is kept.
+void data_image_fit(const data_image_src *src, int H, int W, int C, uint8_t *out);
+// Reads, decodes and fits the image file at path into out (H, W, C). 0, or -1 with reason.
+int data_image_load(const char *path, int H, int W, int C, uint8_t *out, mm_err *err);
+
+typedef struct {
+    int n;              // PCM samples written to pcm (1..max_len)
+    int trimmed;        // 1 when the clip was longer than max_len and its end was cut
+    int src_rate;       // the file's sample rate, channels and frames
+    int src_channels;
+    int64_t src_frames;
+} data_audio_info;
+// Decodes an audio file (anything libsndfile reads: WAV, FLAC, OGG/Vorbis, AIFF, ...), mixes
+// its channels down to their mean, resamples it to rate with libsoxr (high quality) unless
+// the rates match, and writes its first (at most) max_len samples to pcm as int16 (x * 32768
+// rounded, clipped). Same rate and int16 mono input comes back exactly. Returns 0 with info,
+// or -1 with the reason (missing, unreadable, not audio, zero length, truncated).
+int data_audio_load(data_media *m, const char *path, int rate, int max_len, int16_t *pcm,
+                    data_audio_info *info, mm_err *err);
+
+// A caption must be strict UTF-8 (data_utf8_why) of at most text_max bytes. 0 or -1 + reason.
+int data_caption_check(const char *s, size_t n, int text_max, mm_err *err);
+// Reads a caption file: its bytes, less a leading UTF-8 BOM and one final line ending (LF or
+// CRLF) that editors add, checked like data_caption_check, into out (text_max + 1 bytes,
+// NUL-terminated); *n = its length. 0, or -1 with the reason.
+int data_caption_load(const char *path, int text_max, char *out, int *n, mm_err *err);
+
+// --- Packing and inspecting (data/pack.c) ----------------------------------------------
+enum { DATA_PACK_FAIL = 0, DATA_PACK_SKIP = 1 };
+typedef struct {
+    const char *manifest;  // .jsonl or .csv
+    const char *out;       // dataset folder to create: out/train, out/val (must not exist or be empty)
+    int img_h, img_w;      // image size (default 32 x 32, as mmdata synth)
+    int img_c;             // 1 grey, 3 RGB (default), 4 RGBA
+    int audio_rate;        // Hz (default 8000)
+    int audio_len;         // max PCM samples per clip (default 4000)
+    int text_max;          // max caption bytes (default 48)
+    int shard_size;        // samples per shard (default 500)
+    double val_fraction;   // share of the records that go to out/val, in [0, 1) (default 0.1)
+    uint64_t seed;         // of the split permutation (default 1)
+    int threads;           // decoding threads (default: the online CPUs, at most 16)
+    int on_error;          // DATA_PACK_FAIL (default) or DATA_PACK_SKIP
+    int progress;          // draw a progress bar on log (the CLI sets it when stderr is a tty)
+    FILE *log;             // warnings and the progress bar; NULL = silent
+} data_pack_cfg;
+void data_pack_default(data_pack_cfg *c);
+
+typedef struct {
+    uint64_t records;          // samples in the manifest (malformed records included)
+    uint64_t packed, skipped;  // packed = train + val
+    uint64_t train, val;
+    int train_shards, val_shards;
+    uint64_t trimmed;          // clips longer than audio_len, cut to it
+    uint64_t bytes;            // bytes of the finished dataset's files
+    double seconds;
+} data_pack_stats;
+// Packs the manifest's samples into c->out (FORMAT.md "Packing"): written into a temporary
+// folder next to it and renamed at the end, so that a failure leaves no partial dataset.
+// With DATA_PACK_FAIL the first bad sample in manifest order stops it: -1 with err
+// "FILE:LINE: PATH: reason". With DATA_PACK_SKIP bad samples are left out and listed in
+// c->out/skipped.tsv; -1 only for failures of the whole job (bad options, unreadable
+// manifest, a split left empty, disk errors).
+int data_pack(const data_pack_cfg *c, data_pack_stats *st, mm_err *err);
+
+// One stored sample as bytes (what `mmdata inspect` writes out). Reads dataset position
+// index: image (img_h * img_w * img_c bytes), audio (audio_len int16, zero after audio_n),
+// text (text_max + 1 bytes, NUL-terminated); any of them may be NULL to skip it, and then
+// nothing is read from the file for it.
+typedef struct {
+    int shard;           // index of the shard in index.json
+    uint64_t sample_id;
+    int has_image, has_audio;
+    int audio_n;         // PCM samples used
+    int text_n;          // caption bytes
+} data_raw_info;
+int data_dataset_read_raw(data_dataset *ds, uint64_t index, uint8_t *image, int16_t *audio,
+                          char *text, data_raw_info *info, mm_err *err);
+
+// Prints what dir holds (a packed folder with train/ and val/, or one dataset): schema,
+// counts per split and shard, modalities present. 0 or -1 with err.
+int data_inspect(const char *dir, FILE *out, mm_err *err);
+// Writes sample `index` of a dataset (split: "train", "val", or NULL when dir is itself a
+// dataset, or to take train/ when it has one) to out_dir as sample_<index>.png (when it has
+// an image), .wav (16-bit PCM mono, its audio_n samples, when it has audio) and .txt (the
+// caption's bytes exactly), and prints what it wrote. 0 or -1 with err.
+int data_inspect_sample(const char *dir, const char *split, uint64_t index, const char *out_dir,
+                        FILE *out, mm_err *err);
 
 #endif  // MM_DATA_H

@@ -1,7 +1,9 @@
 // mmdata.c: the command-line door to the data module, so that datasets can be made and
 // checked without writing C: `mmdata synth` writes the synthetic paired set the demo trains
 // on; `mmdata verify` reads a dataset exactly as training would (index, every shard's
-// checksum and structure, then every sample decoded) and says what is wrong, if anything.
+// checksum and structure, then every sample decoded) and says what is wrong, if anything;
+// `mmdata pack` turns a user's own files into a dataset and `mmdata inspect` shows what one
+// holds and writes a sample back out as files (both in data/pack.c).
 //
 // Exit status: 0 success, 1 the work failed (e.g. a corrupt dataset), 2 a bad command line.
 // Every failure is one line on stderr starting with "error: ".
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "data.h"
 #include "data_internal.h"
@@ -18,12 +21,27 @@ static const char usage[] =
     "usage: mmdata <command> [options]\n"
     "\n"
     "commands:\n"
-    "  synth --out DIR --samples N [--seed S]\n"
+    "  synth --out DIR --samples N [--seed S] [--only ATTR=WORD[,WORD...]]...\n"
     "        write the synthetic paired image/audio/text set: DIR/train (N samples) and\n"
     "        DIR/val (max(64, N/10) samples). DIR/train and DIR/val must not hold files.\n"
+    "        --only restricts an attribute (colour, shape, size, position) to some words,\n"
+    "        e.g. --only colour=yellow,white: a differently distributed set (fine-tuning).\n"
     "  verify DIR\n"
     "        check a dataset completely: index.json, each shard's checksum, attributes and\n"
     "        datasets, then decode every sample. Prints a summary, or the first problem.\n"
+    "  pack --manifest FILE --out DIR [options]\n"
+    "        pack your own images (PNG, JPEG), audio (WAV, FLAC, OGG, ...) and captions into\n"
+    "        DIR/train and DIR/val. FILE is .jsonl (one object per line) or .csv (header row)\n"
+    "        with the fields image, audio, caption (inline text) or caption_file (a .txt);\n"
+    "        relative paths are relative to FILE's folder. Options (defaults = synth's set):\n"
+    "          --image-size HxW|N (32)  --channels 1|3|4 (3)  --audio-rate HZ (8000)\n"
+    "          --audio-len SAMPLES (4000)  --text-max BYTES (48)  --shard-size N (500)\n"
+    "          --val-fraction F (0.1)  --seed S (1)  --threads N (CPUs)\n"
+    "          --on-error fail|skip (fail: stop at the first bad sample, leave no DIR;\n"
+    "                                skip: leave bad samples out, list them in DIR/skipped.tsv)\n"
+    "  inspect DIR [--sample I [--split train|val] --out FOLDER]\n"
+    "        print a dataset's schema, splits, shards and modalities; with --sample, write\n"
+    "        sample I (a position in the split) to FOLDER as sample_I.png, .wav and .txt.\n"
     "  --help, -h, help\n"
     "        print this text\n"
     "\n"
@@ -55,9 +73,12 @@ static int cmd_synth(int argc, char **argv) {
     const char *out = NULL;
     uint64_t n = 0, seed = 1;
     int have_n = 0;
+    data_synth_cfg c;
+    data_synth_default(&c);
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--out") != 0 && strcmp(a, "--samples") != 0 && strcmp(a, "--seed") != 0)
+        if (strcmp(a, "--out") != 0 && strcmp(a, "--samples") != 0 && strcmp(a, "--seed") != 0 &&
+            strcmp(a, "--only") != 0)
             return usage_error("synth: unknown option '%s'", a);
         if (i + 1 >= argc) return usage_error("synth: option '%s' needs a value", a);
         const char *v = argv[++i];
@@ -68,14 +89,15 @@ static int cmd_synth(int argc, char **argv) {
             if (parse_u64(v, &n) || n < 1 || n > ((uint64_t)1 << 40))
                 return usage_error("synth: --samples wants a whole number >= 1, got '%s'", v);
             have_n = 1;
+        } else if (strcmp(a, "--only") == 0) {
+            mm_err e;
+            if (data_synth_restrict(&c, v, &e)) return usage_error("synth: --only: %s", e.msg);
         } else if (parse_u64(v, &seed)) {
             return usage_error("synth: --seed wants a non-negative whole number, got '%s'", v);
         }
     }
     if (!out) return usage_error("synth: missing --out DIR");
     if (!have_n) return usage_error("synth: missing --samples N");
-    data_synth_cfg c;
-    data_synth_default(&c);
     mm_err err;
     double t0 = mm_now();
     if (data_synth_write(out, n, seed, &c, &err)) {
@@ -139,6 +161,146 @@ static int cmd_verify(int argc, char **argv) {
     return rc ? 1 : 0;
 }
 
+// A decimal number in [lo, hi], for pack's options.
+static int int_opt(const char *cmd, const char *opt, const char *v, long lo, long hi, int *out) {
+    uint64_t x;
+    if (parse_u64(v, &x) || x < (uint64_t)lo || x > (uint64_t)hi)
+        return usage_error("%s: %s wants a whole number in %ld..%ld, got '%s'", cmd, opt, lo, hi, v);
+    *out = (int)x;
+    return 0;
+}
+
+static int cmd_pack(int argc, char **argv) {
+    data_pack_cfg c;
+    data_pack_default(&c);
+    for (int i = 0; i < argc; i++) {
+        static const char *const opts[] = {
+            "--manifest", "--out",      "--image-size",   "--channels", "--audio-rate",
+            "--audio-len", "--text-max", "--shard-size", "--val-fraction", "--seed",
+            "--threads",  "--on-error"};
+        const char *a = argv[i];
+        int known = 0;
+        for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]); k++) known |= !strcmp(a, opts[k]);
+        if (!known) return usage_error("pack: unknown option '%s'", a);
+        if (i + 1 >= argc) return usage_error("pack: option '%s' needs a value", a);
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "--manifest")) {
+            c.manifest = v;
+        } else if (!strcmp(a, "--out")) {
+            c.out = v;
+        } else if (!strcmp(a, "--image-size")) {
+            const char *x = strchr(v, 'x');
+            char hbuf[32];
+            if (!x) {
+                bad = int_opt("pack", a, v, 1, 16384, &c.img_h);
+                c.img_w = c.img_h;
+            } else if ((size_t)(x - v) < sizeof(hbuf)) {
+                memcpy(hbuf, v, (size_t)(x - v));
+                hbuf[x - v] = '\0';
+                bad = int_opt("pack", a, hbuf, 1, 16384, &c.img_h) ||
+                      int_opt("pack", a, x + 1, 1, 16384, &c.img_w);
+            } else {
+                bad = usage_error("pack: --image-size wants HxW or N, got '%s'", v);
+            }
+        } else if (!strcmp(a, "--channels")) {
+            bad = int_opt("pack", a, v, 1, 4, &c.img_c);
+            if (!bad && c.img_c == 2)
+                bad = usage_error("pack: --channels wants 1 (grey), 3 (RGB) or 4 (RGBA), got 2");
+        } else if (!strcmp(a, "--audio-rate")) {
+            bad = int_opt("pack", a, v, 1, 1000000, &c.audio_rate);
+        } else if (!strcmp(a, "--audio-len")) {
+            bad = int_opt("pack", a, v, 64, 1 << 26, &c.audio_len);
+        } else if (!strcmp(a, "--text-max")) {
+            bad = int_opt("pack", a, v, 1, 1 << 20, &c.text_max);
+        } else if (!strcmp(a, "--shard-size")) {
+            bad = int_opt("pack", a, v, 1, 1000000, &c.shard_size);
+        } else if (!strcmp(a, "--threads")) {
+            bad = int_opt("pack", a, v, 1, 256, &c.threads);
+        } else if (!strcmp(a, "--seed")) {
+            if (parse_u64(v, &c.seed))
+                bad = usage_error("pack: --seed wants a non-negative whole number, got '%s'", v);
+        } else if (!strcmp(a, "--val-fraction")) {
+            char *end;
+            errno = 0;
+            c.val_fraction = strtod(v, &end);
+            if (errno || end == v || *end || !(c.val_fraction >= 0 && c.val_fraction < 1))
+                bad = usage_error("pack: --val-fraction wants a number in [0, 1), got '%s'", v);
+        } else {  // --on-error
+            if (!strcmp(v, "fail")) c.on_error = DATA_PACK_FAIL;
+            else if (!strcmp(v, "skip")) c.on_error = DATA_PACK_SKIP;
+            else bad = usage_error("pack: --on-error wants fail or skip, got '%s'", v);
+        }
+        if (bad) return 2;
+    }
+    if (!c.manifest || !c.manifest[0]) return usage_error("pack: missing --manifest FILE");
+    if (!c.out || !c.out[0]) return usage_error("pack: missing --out DIR");
+    c.log = stderr;
+    c.progress = isatty(fileno(stderr));
+    data_pack_stats st;
+    mm_err err;
+    if (data_pack(&c, &st, &err)) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        return 1;
+    }
+    char skipped[64 + 4200] = "";
+    if (c.on_error == DATA_PACK_SKIP)
+        snprintf(skipped, sizeof(skipped), " (listed in %s/skipped.tsv)", c.out);
+    char trimmed[96] = "";
+    if (st.trimmed)
+        snprintf(trimmed, sizeof(trimmed), "; %llu clip%s longer than %d samples cut to it",
+                 (unsigned long long)st.trimmed, st.trimmed == 1 ? "" : "s", c.audio_len);
+    printf("%s: packed %llu of %llu samples: train %llu in %d shard%s, val %llu in %d shard%s; "
+           "skipped %llu%s; %llu bytes in %.1f s (%.1f samples/s)%s\n",
+           c.out, (unsigned long long)st.packed, (unsigned long long)st.records,
+           (unsigned long long)st.train, st.train_shards, st.train_shards == 1 ? "" : "s",
+           (unsigned long long)st.val, st.val_shards, st.val_shards == 1 ? "" : "s",
+           (unsigned long long)st.skipped, skipped, (unsigned long long)st.bytes, st.seconds,
+           st.seconds > 0 ? (double)st.records / st.seconds : 0.0, trimmed);
+    return 0;
+}
+
+static int cmd_inspect(int argc, char **argv) {
+    const char *dir = NULL, *out = NULL, *split = NULL;
+    uint64_t index = 0;
+    int have_sample = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-') {
+            if (dir) return usage_error("inspect: unexpected argument '%s'", a);
+            dir = a;
+            continue;
+        }
+        if (strcmp(a, "--sample") != 0 && strcmp(a, "--out") != 0 && strcmp(a, "--split") != 0)
+            return usage_error("inspect: unknown option '%s'", a);
+        if (i + 1 >= argc) return usage_error("inspect: option '%s' needs a value", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--sample")) {
+            if (parse_u64(v, &index))
+                return usage_error("inspect: --sample wants a position >= 0, got '%s'", v);
+            have_sample = 1;
+        } else if (!strcmp(a, "--out")) {
+            out = v;
+        } else {
+            if (strcmp(v, "train") != 0 && strcmp(v, "val") != 0)
+                return usage_error("inspect: --split wants train or val, got '%s'", v);
+            split = v;
+        }
+    }
+    if (!dir) return usage_error("inspect: missing the dataset directory");
+    if ((out || split) && !have_sample) return usage_error("inspect: --out and --split need --sample I");
+    if (have_sample && !out) return usage_error("inspect: --sample needs --out FOLDER");
+    mm_err err;
+    int rc = have_sample ? data_inspect_sample(dir, split, index, out, stdout, &err)
+                         : data_inspect(dir, stdout, &err);
+    if (rc) {
+        fflush(stdout);
+        fprintf(stderr, "error: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return usage_error("missing command");
     const char *cmd = argv[1];
@@ -148,5 +310,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "synth")) return cmd_synth(argc - 2, argv + 2);
     if (!strcmp(cmd, "verify")) return cmd_verify(argc - 2, argv + 2);
+    if (!strcmp(cmd, "pack")) return cmd_pack(argc - 2, argv + 2);
+    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
     return usage_error("unknown command '%s'", cmd);
 }

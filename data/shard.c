@@ -1061,3 +1061,50 @@ void data_batch_free(data_batch *b) {
     free(b->text);
     memset(b, 0, sizeof(*b));
 }
+
+// ---------------------------------------------------------------------------------------
+// Raw samples (mmdata inspect): the stored bytes, not model-ready features. Same checks and
+// one-line errors as data_dataset_read.
+int data_dataset_read_raw(data_dataset *ds, uint64_t index, uint8_t *image, int16_t *audio,
+                          char *text, data_raw_info *info, mm_err *err) {
+    const data_schema *s = &ds->schema;
+    if (index >= s->n_samples)
+        return mm_fail(err, "%s: sample position %llu is out of range (%llu samples)", ds->dir,
+                       (unsigned long long)index, (unsigned long long)s->n_samples);
+    const shard *sh = find_shard(ds, index);
+    uint64_t j = index - sh->first;
+    unsigned long long jj = (unsigned long long)j;
+    memset(info, 0, sizeof(*info));
+    info->shard = (int)(sh - ds->shards);
+    info->sample_id = sh->sample_id[j];
+    info->has_image = sh->has_image[j];
+    info->has_audio = sh->has_audio[j];
+    info->audio_n = (int)sh->audio_n[j];
+    uint64_t t0 = sh->offsets[j], len = sh->offsets[j + 1] - t0;
+    info->text_n = (int)len;
+    char why[256];
+    h5_quiet q;
+    h5_quiet_begin(&q);
+    hsize_t img_row[3] = {(hsize_t)s->img_h, (hsize_t)s->img_w, (hsize_t)s->img_c};
+    hsize_t aud_row[1] = {(hsize_t)s->audio_len};
+    int rc = -1;
+    if (image && read_rows(sh->d_image, H5T_NATIVE_UINT8, 4, img_row, j, 1, image) < 0) {
+        mm_fail(err, "%s: dataset 'image': sample %llu: read failed: %s", sh->path, jj,
+                h5_why(why));
+    } else if (audio && read_rows(sh->d_audio, H5T_NATIVE_INT16, 2, aud_row, j, 1, audio) < 0) {
+        mm_fail(err, "%s: dataset 'audio': sample %llu: read failed: %s", sh->path, jj,
+                h5_why(why));
+    } else if (text && len > 0 &&
+               read_rows(sh->d_text, H5T_NATIVE_UINT8, 1, NULL, t0, len, text) < 0) {
+        mm_fail(err, "%s: dataset 'text': sample %llu: read failed: %s", sh->path, jj,
+                h5_why(why));
+    } else if (text && data_utf8_bad_at((const uint8_t *)text, len) >= 0) {
+        mm_fail(err, "%s: dataset 'text': sample %llu: caption is not valid UTF-8 (byte %ld)",
+                sh->path, jj, data_utf8_bad_at((const uint8_t *)text, len));
+    } else {
+        if (text) text[len] = '\0';
+        rc = 0;
+    }
+    h5_quiet_end(&q);
+    return rc;
+}

@@ -13,7 +13,9 @@
 //       word of its vocabulary; no vocabulary word occurs inside another word of a template.
 //
 // Everything is drawn from mm_rng(seed-derived, stream = sample index), so a sample depends
-// only on (seed, split, index).
+// only on (seed, split, index). data_synth_cfg.allow restricts attributes to some of their
+// words (`mmdata synth --only colour=yellow,white`): a set distributed differently from the
+// full one, for fine-tuning tests and demos.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +55,53 @@ void data_synth_default(data_synth_cfg *c) {
     c->text_max = 48;
     c->p_no_image = 0.1;
     c->p_no_audio = 0.1;
+    for (int a = 0; a < DATA_N_ATTR; a++) c->allow[a] = 0;
+}
+
+int data_synth_restrict(data_synth_cfg *c, const char *spec, mm_err *err) {
+    const char *eq = strchr(spec, '=');
+    int a = -1;
+    for (int i = 0; eq && i < DATA_N_ATTR; i++)
+        if (strlen(data_synth_attr_names[i]) == (size_t)(eq - spec) &&
+            strncmp(spec, data_synth_attr_names[i], (size_t)(eq - spec)) == 0)
+            a = i;
+    if (a < 0)
+        return mm_fail(err, "synth restriction '%s': expected ATTR=WORD[,WORD...] with ATTR one "
+                       "of colour, shape, size, position", spec);
+    unsigned mask = 0;
+    for (const char *w = eq + 1;;) {
+        size_t len = strcspn(w, ",");
+        int v = -1;
+        for (int k = 0; k < data_synth_vocab_n[a]; k++)
+            if (strlen(data_synth_vocab[a][k]) == len && strncmp(w, data_synth_vocab[a][k], len) == 0)
+                v = k;
+        if (v < 0) {
+            char words[128] = "";
+            for (int k = 0; k < data_synth_vocab_n[a]; k++)
+                snprintf(words + strlen(words), sizeof(words) - strlen(words), "%s%s", k ? " " : "",
+                         data_synth_vocab[a][k]);
+            return mm_fail(err, "synth restriction '%s': '%.*s' is not a %s (one of: %s)", spec,
+                           (int)len, w, data_synth_attr_names[a], words);
+        }
+        mask |= 1u << v;
+        if (!w[len]) break;
+        w += len + 1;
+    }
+    c->allow[a] = mask;
+    return 0;
+}
+
+// Attribute a's word: uniform over the allowed ones. With every word allowed this is the one
+// draw it always was, so unrestricted sets stay bit-identical to earlier versions.
+static int draw_attr(mm_rng *r, int a, unsigned allow) {
+    const int n = data_synth_vocab_n[a];
+    unsigned mask = allow ? allow : (1u << n) - 1;
+    int count = 0;
+    for (int v = 0; v < n; v++) count += (int)(mask >> v & 1u);
+    int k = (int)mm_rng_below(r, (uint64_t)count);
+    for (int v = 0; v < n; v++)
+        if ((mask >> v & 1u) && k-- == 0) return v;
+    MM_CHECK(0, "draw_attr: empty word set for attribute %d", a);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -216,8 +265,7 @@ static int write_split(const char *dir, uint64_t n, uint64_t seed, const data_sy
         mm_rng r;
         mm_rng_init(&r, seed, i);
         int attr[DATA_N_ATTR];
-        for (int a = 0; a < DATA_N_ATTR; a++)
-            attr[a] = (int)mm_rng_below(&r, (uint64_t)data_synth_vocab_n[a]);
+        for (int a = 0; a < DATA_N_ATTR; a++) attr[a] = draw_attr(&r, a, c->allow[a]);
         int phrasing = (int)mm_rng_below(&r, DATA_SYNTH_N_PHRASINGS);
         float u = mm_rng_uniform(&r);
         int has_img = u >= c->p_no_image;
@@ -259,6 +307,10 @@ int data_synth_write(const char *dir, uint64_t n, uint64_t seed, const data_synt
     if (!(c->p_no_image >= 0 && c->p_no_audio >= 0 && c->p_no_image + c->p_no_audio <= 1.0))
         return mm_fail(err, "%s: p_no_image %g and p_no_audio %g must be >= 0 with a sum <= 1", dir,
                        c->p_no_image, c->p_no_audio);
+    for (int a = 0; a < DATA_N_ATTR; a++)
+        if (c->allow[a] >> data_synth_vocab_n[a])
+            return mm_fail(err, "%s: synthetic %s mask 0x%x names words beyond the %d there are",
+                           dir, data_synth_attr_names[a], c->allow[a], data_synth_vocab_n[a]);
     int longest = 0, attr[DATA_N_ATTR];
     char text[256];
     for (int k = 0; k < 6 * 4 * 2 * 4; k++) {

@@ -4,7 +4,8 @@
 # MM_DEPS_EXTRA adds packages (e.g. python3-torch for the PyTorch column of make bench).
 set -euo pipefail
 pkgs=(build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-dev libyaml-dev
-      libopenblas-openmp-dev libfftw3-dev zlib1g-dev libpng-dev libsndfile1-dev ${MM_DEPS_EXTRA:-})
+      libopenblas-openmp-dev libfftw3-dev zlib1g-dev libpng-dev libsndfile1-dev libturbojpeg0-dev
+      libsoxr-dev sox ${MM_DEPS_EXTRA:-})
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

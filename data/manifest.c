@@ -1,0 +1,605 @@
+// manifest.c: reads the list of samples a user hands to `mmdata pack`, so that a typo on line
+// 9000 of their manifest is an error naming that line and column rather than a sample that
+// quietly goes missing. Two formats: JSON Lines (one flat object per line) and CSV (RFC 4180,
+// with a header row). Both name the same fields: image, audio, caption, caption_file.
+//
+// There is no JSON library among the project's dependencies, and the objects are flat, so
+// the parser here is small and strict: one object per line, string (or null) values only,
+// full string escapes including \uXXXX and surrogate pairs (decoded to UTF-8), no duplicate
+// or unknown keys, nothing after the closing brace. The bytes of a string are passed through
+// as they are: whether a caption is valid UTF-8 is decided later, per sample, so that it can
+// be skipped like any other bad sample.
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data.h"
+#include "data_internal.h"
+
+const char *const data_manifest_fields[DATA_MF_N] = {"image", "audio", "caption",
+                                                     "caption_file"};
+
+// ---------------------------------------------------------------------------------------
+// UTF-8 with a reason (the reader's rule, data_utf8_bad_at, says only where).
+const char *data_utf8_why(const uint8_t *s, size_t n, size_t *at) {
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        *at = i;
+        if (c == 0) return "NUL byte";
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2, cp = c & 0x1F;
+        } else if (c == 0xC0 || c == 0xC1) {
+            return "overlong encoding";
+        } else if ((c & 0xF0) == 0xE0) {
+            len = 3, cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4, cp = c & 0x07;
+        } else if (c >= 0xF5) {
+            return "byte 0xF5..0xFF never occurs in UTF-8";
+        } else {
+            return "continuation byte without a lead byte";
+        }
+        for (size_t k = 1; k < len; k++) {
+            if (i + k >= n) return "sequence cut short by the end of the text";
+            if ((s[i + k] & 0xC0) != 0x80) return "sequence cut short (missing continuation byte)";
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return "overlong encoding";
+        if (cp >= 0xD800 && cp <= 0xDFFF) return "UTF-16 surrogate encoded in UTF-8";
+        if (cp > 0x10FFFF) return "code point above U+10FFFF";
+        i += len;
+    }
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------------------
+// A growable byte string (values being decoded).
+typedef struct {
+    char *buf;  // malloc'd, NUL-terminated while non-NULL
+    size_t n, cap;
+} bytes;
+
+static void bytes_put(bytes *b, const char *p, size_t k) {
+    if (b->n + k + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->n + k + 1) cap *= 2;
+        char *nb = realloc(b->buf, cap);
+        MM_CHECK(nb, "out of memory reading the manifest");
+        b->buf = nb, b->cap = cap;
+    }
+    memcpy(b->buf + b->n, p, k);
+    b->n += k;
+    b->buf[b->n] = '\0';
+}
+
+static char *bytes_take(bytes *b, size_t *n) {
+    if (!b->buf) bytes_put(b, "", 0);
+    char *p = b->buf;
+    if (n) *n = b->n;
+    memset(b, 0, sizeof(*b));
+    return p;
+}
+
+static void put_utf8(bytes *b, uint32_t cp) {
+    char u[4];
+    size_t k;
+    if (cp < 0x80) {
+        u[0] = (char)cp, k = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F)), k = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F)), k = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+        u[2] = (char)(0x80 | (cp >> 6 & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), k = 4;
+    }
+    bytes_put(b, u, k);
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON: one flat object per line.
+typedef struct {
+    const char *s;
+    size_t n, i;
+    int *col;
+    mm_err *err;
+} jp;
+
+static int jp_fail(jp *p, size_t at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int jp_fail(jp *p, size_t at, const char *fmt, ...) {
+    char why[MM_ERR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    *p->col = (int)at + 1;
+    return mm_fail(p->err, "%s", why);
+}
+
+static void jp_ws(jp *p) {
+    while (p->i < p->n &&
+           (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\r' || p->s[p->i] == '\n'))
+        p->i++;
+}
+
+static int hex4(const char *s, uint32_t *out) {
+    uint32_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = s[k];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0) return -1;
+        v = v << 4 | (uint32_t)d;
+    }
+    *out = v;
+    return 0;
+}
+
+// A string starting at the opening quote p->s[p->i]; its decoded bytes go to out.
+static int jp_string(jp *p, bytes *out) {
+    size_t start = p->i++;
+    for (;;) {
+        if (p->i >= p->n) return jp_fail(p, start, "string is not closed");
+        size_t at = p->i;
+        unsigned char c = (unsigned char)p->s[p->i++];
+        if (c == '"') return 0;
+        if (c < 0x20) return jp_fail(p, at, "control character 0x%02X inside a string", c);
+        if (c != '\\') {
+            bytes_put(out, (const char *)&c, 1);
+            continue;
+        }
+        if (p->i >= p->n) return jp_fail(p, at, "string is not closed");
+        char e = p->s[p->i++];
+        const char *simple = strchr("\"\\/bfnrt", e);
+        if (e && simple) {
+            static const char map[] = "\"\\/\b\f\n\r\t";
+            bytes_put(out, &map[simple - "\"\\/bfnrt"], 1);
+            continue;
+        }
+        if (e != 'u') return jp_fail(p, at, "unknown escape '\\%c'", e);
+        uint32_t cp;
+        if (p->i + 4 > p->n || hex4(p->s + p->i, &cp))
+            return jp_fail(p, at, "\\u must be followed by 4 hex digits");
+        p->i += 4;
+        if (cp >= 0xDC00 && cp <= 0xDFFF)
+            return jp_fail(p, at, "\\u%04X is a low surrogate without a high surrogate before it",
+                           cp);
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            uint32_t lo;
+            if (p->i + 6 > p->n || p->s[p->i] != '\\' || p->s[p->i + 1] != 'u' ||
+                hex4(p->s + p->i + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+                return jp_fail(p, at,
+                               "\\u%04X is a high surrogate not followed by a low surrogate "
+                               "\\uDC00..\\uDFFF",
+                               cp);
+            p->i += 6;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        }
+        if (cp == 0) return jp_fail(p, at, "\\u0000 is not allowed (no NUL characters)");
+        put_utf8(out, cp);
+    }
+}
+
+void data_json_obj_free(data_json_obj *o) {
+    for (int k = 0; k < o->n; k++) free(o->key[k]), free(o->val[k]);
+    memset(o, 0, sizeof(*o));
+}
+
+int data_json_parse_line(const char *s, size_t n, data_json_obj *obj, int *col, mm_err *err) {
+    memset(obj, 0, sizeof(*obj));
+    *col = 0;
+    jp p = {s, n, 0, col, err};
+    bytes kb = {0}, vb = {0};
+    jp_ws(&p);
+    if (p.i >= n || s[p.i] != '{') {
+        jp_fail(&p, p.i, "expected '{' (one JSON object per line)");
+        goto fail;
+    }
+    p.i++;
+    jp_ws(&p);
+    if (p.i < n && s[p.i] == '}') {
+        p.i++;
+    } else {
+        for (;;) {
+            jp_ws(&p);
+            size_t kat = p.i;
+            if (p.i >= n || s[p.i] != '"') {
+                jp_fail(&p, p.i, "expected a quoted key");
+                goto fail;
+            }
+            if (jp_string(&p, &kb)) goto fail;
+            size_t kn;
+            char *key = bytes_take(&kb, &kn);
+            (void)kn;  // keys hold no NUL byte: \u0000 and raw control bytes are refused
+            for (int k = 0; k < obj->n; k++) {
+                if (strcmp(obj->key[k], key) == 0) {
+                    jp_fail(&p, kat, "key '%s' appears twice", key);
+                    free(key);
+                    goto fail;
+                }
+            }
+            if (obj->n == DATA_JSON_MAX_MEMBERS) {
+                jp_fail(&p, kat, "more than %d keys in one object", DATA_JSON_MAX_MEMBERS);
+                free(key);
+                goto fail;
+            }
+            int m = obj->n++;
+            obj->key[m] = key;
+            obj->col[m] = (int)kat + 1;
+            jp_ws(&p);
+            if (p.i >= n || s[p.i] != ':') {
+                jp_fail(&p, p.i, "expected ':' after key '%s'", key);
+                goto fail;
+            }
+            p.i++;
+            jp_ws(&p);
+            if (p.i < n && s[p.i] == '"') {
+                if (jp_string(&p, &vb)) goto fail;
+                obj->val[m] = bytes_take(&vb, &obj->val_n[m]);
+            } else if (p.i + 4 <= n && memcmp(s + p.i, "null", 4) == 0) {
+                p.i += 4;
+            } else {
+                jp_fail(&p, p.i, "the value of '%s' must be a string or null", key);
+                goto fail;
+            }
+            jp_ws(&p);
+            if (p.i < n && s[p.i] == ',') {
+                p.i++;
+                jp_ws(&p);
+                if (p.i < n && s[p.i] == '}') {
+                    jp_fail(&p, p.i, "trailing ',' before '}'");
+                    goto fail;
+                }
+                continue;
+            }
+            if (p.i < n && s[p.i] == '}') {
+                p.i++;
+                break;
+            }
+            jp_fail(&p, p.i, "expected ',' or '}'");
+            goto fail;
+        }
+    }
+    jp_ws(&p);
+    if (p.i < n) {
+        jp_fail(&p, p.i, "unexpected text after the object");
+        goto fail;
+    }
+    return 0;
+fail:
+    free(kb.buf);
+    free(vb.buf);
+    data_json_obj_free(obj);
+    return -1;
+}
+
+// ---------------------------------------------------------------------------------------
+// CSV (RFC 4180): fields separated by ',', records by CRLF or LF; a field in double quotes
+// may hold ',', line breaks and "" (one quote). A completely empty line is skipped.
+void data_csv_row_free(data_csv_row *r) {
+    for (int k = 0; k < r->n; k++) free(r->cell[k]);
+    free(r->cell);
+    free(r->cell_n);
+    memset(r, 0, sizeof(*r));
+}
+
+static void row_push(data_csv_row *r, bytes *b, int *cap) {
+    if (r->n == *cap) {
+        *cap = *cap ? 2 * *cap : 8;
+        r->cell = realloc(r->cell, sizeof(char *) * (size_t)*cap);
+        r->cell_n = realloc(r->cell_n, sizeof(size_t) * (size_t)*cap);
+        MM_CHECK(r->cell && r->cell_n, "out of memory reading the manifest");
+    }
+    r->cell[r->n] = bytes_take(b, &r->cell_n[r->n]);
+    r->n++;
+}
+
+int data_csv_next(const char *buf, size_t n, size_t *pos, int *line, data_csv_row *row,
+                  int *err_line, int *err_col, mm_err *err) {
+    memset(row, 0, sizeof(*row));
+    size_t i = *pos;
+    // skip empty lines
+    while (i < n && (buf[i] == '\n' || (buf[i] == '\r' && i + 1 < n && buf[i + 1] == '\n'))) {
+        i += buf[i] == '\r' ? 2 : 1;
+        (*line)++;
+    }
+    if (i >= n) {
+        *pos = n;
+        return 0;
+    }
+    size_t line_start = i;  // for columns
+    int ln = *line, cap = 0;
+    row->line = *line;
+    bytes cell = {0};
+    for (;;) {
+        // one field
+        if (i < n && buf[i] == '"') {
+            size_t q_at = i, q_line_start = line_start;
+            int q_line = ln;
+            i++;
+            for (;;) {
+                if (i >= n) {
+                    *err_line = q_line, *err_col = (int)(q_at - q_line_start) + 1;
+                    mm_fail(err, "quoted field is not closed before the end of the file");
+                    goto fail;
+                }
+                if (buf[i] == '"') {
+                    if (i + 1 < n && buf[i + 1] == '"') {
+                        bytes_put(&cell, "\"", 1);
+                        i += 2;
+                        continue;
+                    }
+                    i++;
+                    break;
+                }
+                if (buf[i] == '\n') ln++, line_start = i + 1;
+                bytes_put(&cell, buf + i, 1);
+                i++;
+            }
+            if (i < n && buf[i] != ',' && buf[i] != '\n' &&
+                !(buf[i] == '\r' && i + 1 < n && buf[i + 1] == '\n')) {
+                *err_line = ln, *err_col = (int)(i - line_start) + 1;
+                mm_fail(err, "unexpected character after a closing quote (expected ',' or the "
+                             "end of the line)");
+                goto fail;
+            }
+        } else {
+            while (i < n && buf[i] != ',' && buf[i] != '\n' &&
+                   !(buf[i] == '\r' && i + 1 < n && buf[i + 1] == '\n')) {
+                if (buf[i] == '"') {
+                    *err_line = ln, *err_col = (int)(i - line_start) + 1;
+                    mm_fail(err, "'\"' inside an unquoted field (quote the whole field and "
+                                 "double the quote)");
+                    goto fail;
+                }
+                bytes_put(&cell, buf + i, 1);
+                i++;
+            }
+        }
+        row_push(row, &cell, &cap);
+        if (i < n && buf[i] == ',') {
+            i++;
+            continue;
+        }
+        // end of record
+        if (i < n) i += buf[i] == '\r' ? 2 : 1;
+        *pos = i;
+        *line = ln + 1;
+        return 1;
+    }
+fail:
+    free(cell.buf);
+    data_csv_row_free(row);
+    // resynchronize at the next line break so the caller may go on with the next record
+    while (i < n && buf[i] != '\n') i++;
+    if (i < n) i++;
+    *pos = i;
+    *line = ln + 1;
+    return -1;
+}
+
+// ---------------------------------------------------------------------------------------
+// Manifest.
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    if (a < b) return 0;
+    for (size_t k = 0; k < b; k++) {
+        char c = s[a - b + k];
+        if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+        if (c != suffix[k]) return 0;
+    }
+    return 1;
+}
+
+static int field_index(const char *name) {
+    for (int f = 0; f < DATA_MF_N; f++)
+        if (strcmp(name, data_manifest_fields[f]) == 0) return f;
+    return -1;
+}
+
+// Relative paths resolve against the manifest's folder (dir; "" when the manifest has none).
+static char *resolve(const char *dir, const char *p) {
+    size_t a = strlen(dir), b = strlen(p);
+    if (p[0] == '/' || a == 0) return strdup(p);
+    char *out = mm_malloc(a + b + 2);
+    memcpy(out, dir, a);
+    out[a] = '/';
+    memcpy(out + a + 1, p, b + 1);
+    return out;
+}
+
+static data_manifest_rec *add_rec(data_manifest *m, int *cap, int line) {
+    if (m->n == *cap) {
+        *cap = *cap ? 2 * *cap : 256;
+        data_manifest_rec *nr = realloc(m->rec, sizeof(*nr) * (size_t)*cap);
+        MM_CHECK(nr, "out of memory reading the manifest");
+        m->rec = nr;
+    }
+    data_manifest_rec *r = &m->rec[m->n++];
+    memset(r, 0, sizeof(*r));
+    r->line = line;
+    return r;
+}
+
+static void rec_error(data_manifest_rec *r, int col, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void rec_error(data_manifest_rec *r, int col, const char *fmt, ...) {
+    char why[MM_ERR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    for (int f = 0; f < DATA_MF_N; f++) free(r->field[f]), r->field[f] = NULL;
+    r->caption_n = 0;
+    free(r->error);
+    r->error = strdup(why);
+    MM_CHECK(r->error, "out of memory");
+    r->col = col;
+}
+
+// Stores value v (n bytes) of field f; empty values count as absent.
+static void rec_set(data_manifest_rec *r, const char *dir, int f, const char *v, size_t n) {
+    if (!v || n == 0) return;
+    if (f == DATA_MF_CAPTION) {
+        r->field[f] = mm_malloc(n + 1);
+        memcpy(r->field[f], v, n);
+        r->field[f][n] = '\0';
+        r->caption_n = n;
+    } else {
+        r->field[f] = resolve(dir, v);
+        MM_CHECK(r->field[f], "out of memory");
+    }
+}
+
+// Field combinations that cannot mean one sample.
+static int rec_check(data_manifest_rec *r) {
+    if (r->field[DATA_MF_CAPTION] && r->field[DATA_MF_CAPTION_FILE]) {
+        rec_error(r, 1, "both 'caption' and 'caption_file' are given (use one)");
+        return -1;
+    }
+    return 0;
+}
+
+static void read_jsonl(data_manifest *m, const char *dir, const char *buf, size_t n) {
+    int cap = 0, line = 0;
+    size_t i = 0;
+    if (n >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) i = 3;  // a BOM some editors write
+    while (i < n) {
+        line++;
+        size_t end = i;
+        while (end < n && buf[end] != '\n') end++;
+        size_t len = end - i;
+        if (len > 0 && buf[i + len - 1] == '\r') len--;
+        const char *s = buf + i;
+        size_t k = 0;
+        while (k < len && (s[k] == ' ' || s[k] == '\t')) k++;
+        i = end + 1;
+        if (k == len) continue;  // blank line
+        data_manifest_rec *r = add_rec(m, &cap, line);
+        data_json_obj o;
+        int col;
+        mm_err e;
+        if (data_json_parse_line(s, len, &o, &col, &e)) {
+            rec_error(r, col, "%s", e.msg);
+            continue;
+        }
+        for (int j = 0; j < o.n && !r->error; j++) {
+            int f = field_index(o.key[j]);
+            if (f < 0)
+                rec_error(r, o.col[j],
+                          "unknown key '%s' (known: image, audio, caption, caption_file)",
+                          o.key[j]);
+            else
+                rec_set(r, dir, f, o.val[j], o.val_n[j]);
+        }
+        if (!r->error) rec_check(r);
+        data_json_obj_free(&o);
+    }
+}
+
+static int read_csv(data_manifest *m, const char *dir, const char *buf, size_t n, mm_err *err) {
+    size_t pos = 0;
+    int line = 1, cap = 0, eline, ecol;
+    if (n >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) pos = 3;
+    data_csv_row head;
+    mm_err e;
+    int rc = data_csv_next(buf, n, &pos, &line, &head, &eline, &ecol, &e);
+    if (rc < 0) return mm_fail(err, "%s:%d:%d: header: %s", m->path, eline, ecol, e.msg);
+    if (rc == 0) return mm_fail(err, "%s: the file is empty (expected a header row)", m->path);
+    int col_field[64];
+    if (head.n > 64) {
+        data_csv_row_free(&head);
+        return mm_fail(err, "%s:%d: header: more than 64 columns", m->path, head.line);
+    }
+    int seen[DATA_MF_N] = {0};
+    for (int c = 0; c < head.n; c++) {
+        int f = field_index(head.cell[c]);
+        if (f < 0 || seen[f]) {
+            rc = mm_fail(err,
+                         "%s:%d: header: column %d '%.60s' is %s (known: image, audio, caption, "
+                         "caption_file)",
+                         m->path, head.line, c + 1, head.cell[c], f < 0 ? "unknown" : "repeated");
+            data_csv_row_free(&head);
+            return rc;
+        }
+        seen[f] = 1;
+        col_field[c] = f;
+    }
+    int n_cols = head.n;
+    data_csv_row_free(&head);
+    for (;;) {
+        data_csv_row row;
+        rc = data_csv_next(buf, n, &pos, &line, &row, &eline, &ecol, &e);
+        if (rc == 0) break;
+        if (rc < 0) {
+            // reported at the line of the bad character (inside a multi-line record)
+            data_manifest_rec *r = add_rec(m, &cap, eline);
+            rec_error(r, ecol, "%s", e.msg);
+            continue;
+        }
+        data_manifest_rec *r = add_rec(m, &cap, row.line);
+        if (row.n != n_cols) {
+            rec_error(r, 1, "the row has %d fields, the header has %d", row.n, n_cols);
+        } else {
+            for (int c = 0; c < n_cols && !r->error; c++) {
+                int f = col_field[c];
+                if (f != DATA_MF_CAPTION && strlen(row.cell[c]) != row.cell_n[c])
+                    rec_error(r, 1, "column '%s' holds a NUL byte", data_manifest_fields[f]);
+                else
+                    rec_set(r, dir, f, row.cell[c], row.cell_n[c]);
+            }
+            if (!r->error) rec_check(r);
+        }
+        data_csv_row_free(&row);
+    }
+    return 0;
+}
+
+int data_manifest_read(const char *path, data_manifest *m, mm_err *err) {
+    memset(m, 0, sizeof(*m));
+    int csv = ends_with(path, ".csv");
+    if (!csv && !ends_with(path, ".jsonl"))
+        return mm_fail(err, "%s: unknown manifest type (the name must end in .jsonl or .csv)",
+                       path);
+    char *buf;
+    size_t n;
+    if (mm_read_file(path, &buf, &n, err)) return -1;
+    m->path = strdup(path);
+    MM_CHECK(m->path, "out of memory");
+    const char *slash = strrchr(path, '/');
+    char *dir = mm_calloc(slash ? (size_t)(slash - path) + 2 : 1, 1);
+    if (slash) memcpy(dir, path, slash == path ? 1 : (size_t)(slash - path));
+    int rc = 0;
+    if (csv)
+        rc = read_csv(m, dir, buf, n, err);
+    else
+        read_jsonl(m, dir, buf, n);
+    free(dir);
+    free(buf);
+    if (rc) {
+        data_manifest_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+void data_manifest_free(data_manifest *m) {
+    for (int i = 0; i < m->n; i++) {
+        for (int f = 0; f < DATA_MF_N; f++) free(m->rec[i].field[f]);
+        free(m->rec[i].error);
+    }
+    free(m->rec);
+    free(m->path);
+    memset(m, 0, sizeof(*m));
+}
