@@ -673,9 +673,11 @@ void ckpt_clean_partial(const char *out_dir) {
     free(doomed);
 }
 
-int ckpt_find_latest(const char *out_dir, char *path, size_t path_len, mm_err *err) {
+// ckpt_find_latest for a ckpt/ directory ckdir (its `latest` file).
+static int find_latest_in(const char *ckdir, char *path, size_t path_len, mm_err *err) {
     char latest[PATH_LEN];
-    snprintf(latest, sizeof(latest), "%s/ckpt/latest", out_dir);
+    if (path_join(latest, sizeof(latest), ckdir, "latest"))
+        return mm_fail(err, "%s: path too long", ckdir);
     struct stat sb;
     if (stat(latest, &sb) != 0) {
         if (errno == ENOENT || errno == ENOTDIR) return 0;
@@ -691,7 +693,7 @@ int ckpt_find_latest(const char *out_dir, char *path, size_t path_len, mm_err *e
         mm_fail(err, "%s: holds '%.64s', not a checkpoint name (step_XXXXXXXX)", latest, text);
         goto done;
     }
-    if ((size_t)snprintf(path, path_len, "%s/ckpt/%s", out_dir, text) >= path_len) {
+    if ((size_t)snprintf(path, path_len, "%s/%s", ckdir, text) >= path_len) {
         mm_fail(err, "%s: checkpoint path too long", latest);
         goto done;
     }
@@ -704,6 +706,49 @@ int ckpt_find_latest(const char *out_dir, char *path, size_t path_len, mm_err *e
 done:
     free(text);
     return rc;
+}
+
+int ckpt_find_latest(const char *out_dir, char *path, size_t path_len, mm_err *err) {
+    char ckdir[PATH_LEN];
+    if (path_join(ckdir, sizeof(ckdir), out_dir, "ckpt"))
+        return mm_fail(err, "%s: path too long", out_dir);
+    return find_latest_in(ckdir, path, path_len, err);
+}
+
+int ckpt_resolve(const char *path, char *out, size_t out_len, mm_err *err) {
+    struct stat sb;
+    if (!path[0]) return mm_fail(err, "checkpoint path is empty");
+    if (stat(path, &sb) != 0) return mm_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return mm_fail(err, "%s: not a directory (a checkpoint, a ckpt/ or a run directory)",
+                       path);
+    char sub[PATH_LEN];
+    int rc = 0;
+    if (has_file(path, "COMMITTED")) {
+        rc = check_committed(path, err);  // also refuses a committed-but-*.tmp directory
+        if (rc == 0 && (size_t)snprintf(out, out_len, "%s", path) >= out_len)
+            rc = mm_fail(err, "%s: path too long", path);
+        return rc;
+    }
+    if (has_file(path, "latest")) {  // a ckpt/ directory
+        rc = find_latest_in(path, out, out_len, err);
+        return rc == 1 ? 0 : -1;
+    }
+    if (path_join(sub, sizeof(sub), path, "ckpt")) return mm_fail(err, "%s: path too long", path);
+    if (stat(sub, &sb) == 0 && S_ISDIR(sb.st_mode)) {  // a run directory
+        rc = find_latest_in(sub, out, out_len, err);
+        if (rc == 0)
+            return mm_fail(err, "%s: a run directory without a committed checkpoint yet "
+                           "(no ckpt/latest)", path);
+        return rc == 1 ? 0 : -1;
+    }
+    int64_t step;
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (parse_step_name(base, &step) || strstr(base, ".tmp"))
+        return check_committed(path, err);  // says why this step directory is not loadable
+    return mm_fail(err, "%s: not a checkpoint (no COMMITTED), a ckpt/ directory (no latest) or "
+                   "a run directory (no ckpt/)", path);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -991,6 +1036,117 @@ static int load_tensor(const char *dir, rank_file *files, int n_files, int kind,
 done:
     free(tmp);
     free(mask);
+    return rc;
+}
+
+// Collects (name, global shape) of every dataset of one group of one rank file.
+typedef struct {
+    const char *path, *group;
+    ckpt_tensor_info *items;
+    int n, cap;
+    mm_err *err;
+    int failed;
+} list_ctx;
+
+static herr_t list_one(hid_t grp, const char *name, const H5L_info_t *info, void *data) {
+    (void)info;
+    list_ctx *x = data;
+    char where[PATH_LEN + 200];
+    snprintf(where, sizeof(where), "%s: tensor '%.100s' (/%s)", x->path, name, x->group);
+    if (strlen(name) >= sizeof(x->items[0].name)) {
+        mm_fail(x->err, "%s: name longer than %zu bytes", where, sizeof(x->items[0].name) - 1);
+        x->failed = 1;
+        return -1;
+    }
+    hid_t dset = H5Dopen2(grp, name, H5P_DEFAULT);
+    if (dset < 0) {
+        mm_fail(x->err, "%s: cannot open dataset", where);
+        x->failed = 1;
+        return -1;
+    }
+    stored_slice s;
+    int bad = read_slice_info(dset, where, &s, x->err);
+    H5Dclose(dset);
+    if (bad) {
+        x->failed = 1;
+        return -1;
+    }
+    for (int i = 0; i < x->n; i++) {
+        ckpt_tensor_info *t = &x->items[i];
+        if (strcmp(t->name, name) != 0) continue;
+        int same = t->ndim == s.ndim;
+        for (int d = 0; same && d < s.ndim; d++) same = t->shape[d] == s.global[d];
+        if (!same) {
+            char a[128], b[128];
+            fmt_shape(a, sizeof(a), t->ndim, t->shape);
+            fmt_shape(b, sizeof(b), s.ndim, s.global);
+            mm_fail(x->err, "%s: global shape %s, another rank file says %s", where, b, a);
+            x->failed = 1;
+            return -1;
+        }
+        return 0;
+    }
+    if (x->n == x->cap) {
+        x->cap = x->cap ? 2 * x->cap : 64;
+        ckpt_tensor_info *grown = realloc(x->items, sizeof(*grown) * (size_t)x->cap);
+        MM_CHECK(grown, "out of memory listing tensors");
+        x->items = grown;
+    }
+    ckpt_tensor_info *t = &x->items[x->n++];
+    memset(t, 0, sizeof(*t));
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->ndim = s.ndim;
+    for (int d = 0; d < s.ndim; d++) t->shape[d] = s.global[d];
+    return 0;
+}
+
+static int cmp_info(const void *a, const void *b) {
+    return strcmp(((const ckpt_tensor_info *)a)->name, ((const ckpt_tensor_info *)b)->name);
+}
+
+int ckpt_list_tensors(const char *dir, const char *group, ckpt_tensor_info **out, int *n,
+                      mm_err *err) {
+    *out = NULL;
+    *n = 0;
+    int rank_files = 0;
+    if (read_meta(dir, NULL, NULL, &rank_files, err)) return -1;
+    rank_file *files = NULL;
+    int nf = list_rank_files(dir, &files, err);
+    if (nf < 0) return -1;
+    list_ctx x = {.group = group, .err = err};
+    int rc = -1;
+    h5_quiet q = quiet_begin();
+    if (nf < rank_files) {
+        mm_fail(err, "checkpoint %s: %d rank files were written, %d are present", dir, rank_files,
+                nf);
+        goto done;
+    }
+    for (int f = 0; f < nf; f++) {
+        if (open_rank_file(&files[f], "(listing)", err)) goto done;
+        if (H5Lexists(files[f].file, group, H5P_DEFAULT) <= 0) continue;
+        hid_t g = H5Gopen2(files[f].file, group, H5P_DEFAULT);
+        if (g < 0) {
+            mm_fail(err, "%s: cannot open group /%s", files[f].path, group);
+            goto done;
+        }
+        x.path = files[f].path;
+        herr_t it = H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, list_one, &x);
+        H5Gclose(g);
+        if (x.failed) goto done;
+        if (it < 0) {
+            mm_fail(err, "%s: cannot list group /%s", files[f].path, group);
+            goto done;
+        }
+    }
+    if (x.n > 1) qsort(x.items, (size_t)x.n, sizeof(*x.items), cmp_info);
+    *out = x.items;
+    *n = x.n;
+    x.items = NULL;
+    rc = 0;
+done:
+    free(x.items);
+    close_rank_files(files, nf);
+    quiet_end(q);
     return rc;
 }
 

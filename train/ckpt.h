@@ -66,12 +66,31 @@ int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, 
 // (e.g. `latest` names something that is not a committed checkpoint).
 int ckpt_find_latest(const char *out_dir, char *path, size_t path_len, mm_err *err);
 
+// Resolves what a user may name as a checkpoint: a committed step directory itself, a ckpt/
+// directory (follows its `latest`), or a run directory (follows <path>/ckpt/latest). Writes
+// the step directory into out. -1 with err saying what path is and why it is not usable
+// (missing, an unfinished save, a run without a committed checkpoint, not a checkpoint).
+int ckpt_resolve(const char *path, char *out, size_t out_len, mm_err *err);
+
 // Removes leftovers of interrupted saves (*.tmp directories) under <out_dir>/ckpt (rank 0).
 void ckpt_clean_partial(const char *out_dir);
 
 // Reads meta.h5 of a committed checkpoint; *config_yaml gets a malloc'd copy of the saved
 // config (caller frees; may pass NULL to skip).
 int ckpt_load_meta(const char *dir, ckpt_meta *meta, char **config_yaml, mm_err *err);
+
+// A tensor as a checkpoint stores it: name and GLOBAL shape (whatever slices hold it).
+typedef struct {
+    char name[64];
+    int ndim;
+    int64_t shape[4];
+} ckpt_tensor_info;
+
+// Lists the tensors of one group of a committed checkpoint ("params", "adam_m", "adam_v" or
+// "ema"), each once, sorted by name, with global shapes checked to agree across rank files.
+// *out is malloc'd (caller frees; NULL when *n = 0, e.g. a checkpoint without /ema).
+int ckpt_list_tensors(const char *dir, const char *group, ckpt_tensor_info **out, int *n,
+                      mm_err *err);
 
 // Fills st->params (and st->m, st->v when not NULL) for every tensor of st->tensors from the
 // checkpoint, whatever layout it was saved with. A tensor missing from the checkpoint, or with

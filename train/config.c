@@ -25,7 +25,7 @@
 // ---------------------------------------------------------------------------------------
 // The key table.
 
-typedef enum { K_INT, K_I64, K_U64, K_F64, K_BOOL, K_STR, K_ENUM } key_kind;
+typedef enum { K_INT, K_I64, K_U64, K_F64, K_BOOL, K_STR, K_ENUM, K_LIST } key_kind;
 
 typedef struct {
     const char *name;  // "section.key", or "key" for a top-level scalar
@@ -34,7 +34,7 @@ typedef struct {
     size_t size;         // sizeof the field (checks the kind; bounds strings)
     const char *def;     // default, written as a user would write it; parsed like input
     double lo, hi;       // inclusive range of numbers (integers: exact, all bounds < 2^53)
-    const char *values;  // K_ENUM: allowed values, '|'-separated
+    const char *values;  // K_ENUM (and K_LIST when not NULL): allowed values, '|'-separated
     const char *doc;     // one line for CONFIG.md
 } cfg_key;
 
@@ -53,6 +53,11 @@ typedef struct {
     { n, K_STR, FIELD(f), d, 0, 0, NULL, doc }
 #define KENUM(n, f, d, vals, doc) \
     { n, K_ENUM, FIELD(f), d, 0, 0, vals, doc }
+// a list of words from vals (NULL: any text, e.g. glob patterns); default written "a,b" or ""
+#define KLIST(n, f, d, vals, doc) \
+    { n, K_LIST, FIELD(f), d, 0, 0, vals, doc }
+
+const char *const mm_group_names[MM_N_GROUPS] = {"text", "image", "audio", "trunk"};
 
 // Grouped by section, in the order to_yaml and the docs print them.
 static const cfg_key keys[] = {
@@ -80,6 +85,16 @@ static const cfg_key keys[] = {
     KINT("data.n_fft", data.n_fft, "256", 8, 65536, "audio STFT window and FFT size (samples)"),
     KINT("data.hop", data.hop, "128", 1, 65536, "audio STFT hop length (samples)"),
     KINT("data.n_mels", data.n_mels, "32", 1, 1024, "mel bands of the audio features"),
+    KINT("data.img_h", data.img_h, "0", 0, 65536,
+         "image height in pixels; 0 = the training set's (a value that differs is an error)"),
+    KINT("data.img_w", data.img_w, "0", 0, 65536, "image width in pixels; 0 = the training set's"),
+    KINT("data.img_c", data.img_c, "0", 0, 16, "image channels; 0 = the training set's"),
+    KINT("data.audio_rate", data.audio_rate, "0", 0, 1000000,
+         "audio sample rate in Hz; 0 = the training set's"),
+    KINT("data.audio_len", data.audio_len, "0", 0, 1 << 30,
+         "PCM samples per audio clip; 0 = the training set's"),
+    KINT("data.text_max", data.text_max, "0", 0, 1 << 20,
+         "caption bytes per sample; 0 = the training set's"),
 
     KENUM("model.kind", model.kind, "transformer", "transformer|diffusion",
           "transformer: captions from image/audio; diffusion: images from caption/audio"),
@@ -122,6 +137,16 @@ static const cfg_key keys[] = {
     KF64("optim.beta2", optim.beta2, "0.95", 0, 1, "AdamW second-moment decay (< 1)"),
     KF64("optim.eps", optim.eps, "1e-8", 0, 1, "AdamW denominator epsilon"),
     KF64("optim.grad_clip", optim.grad_clip, "1.0", 0, 1e9, "global gradient-norm clip (0 = off)"),
+    KLIST("optim.freeze", optim.freeze, "", "text|image|audio|trunk",
+          "parameter groups kept fixed: no AdamW step, no decay, not in the gradient norm"),
+    KF64("optim.lr_mult_text", optim.lr_mult[0], "1", 0, 1000,
+         "learning-rate multiplier of the text group (text.*, lm_head)"),
+    KF64("optim.lr_mult_image", optim.lr_mult[1], "1", 0, 1000,
+         "learning-rate multiplier of the image group (transformer img.*)"),
+    KF64("optim.lr_mult_audio", optim.lr_mult[2], "1", 0, 1000,
+         "learning-rate multiplier of the audio group (audio.*)"),
+    KF64("optim.lr_mult_trunk", optim.lr_mult[3], "1", 0, 1000,
+         "learning-rate multiplier of the trunk group (everything else)"),
 
     KINT("eval.every", eval.every, "0", 0, 1000000000,
          "evaluate every N steps (0 = only at the last step)"),
@@ -136,7 +161,10 @@ static const cfg_key keys[] = {
     KSTR("checkpoint.resume", checkpoint.resume, "auto",
          "auto (continue from <out_dir>/ckpt/latest if any), none, or a checkpoint directory"),
     KSTR("checkpoint.init_from", checkpoint.init_from, "",
-         "checkpoint directory to take weights from when starting fresh (\"\" = none)"),
+         "weights to start from when not resuming: a checkpoint, a ckpt/ or a run directory"),
+    KLIST("checkpoint.reinit", checkpoint.reinit, "", NULL,
+          "init_from: tensor-name globs (fnmatch) that keep their fresh init; may be missing, "
+          "reshaped or unused in the checkpoint"),
 
     KINT("parallel.tp", parallel.tp, "1", 1, 4096,
          "tensor-parallel size (divides world size and n_heads)"),
@@ -259,6 +287,81 @@ static int utf8_valid(const unsigned char *s, size_t n) {
     return 1;
 }
 
+// Checks list items (text, allowed words, no word twice) and stores them into k's field.
+// items[i] has lens[i] bytes. On failure c is untouched and why gets the reason.
+static int set_list(mm_config *c, const cfg_key *k, const char *const *items, const size_t *lens,
+                    int n, char *why, size_t why_len) {
+    if (n > MM_LIST_MAX)
+        return why_fail(why, why_len, "%d items, at most %d allowed", n, MM_LIST_MAX);
+    mm_list l;
+    memset(&l, 0, sizeof(l));  // zero tail: resolved configs compare with memcmp
+    for (int i = 0; i < n; i++) {
+        const char *s = items[i];
+        size_t len = lens[i];
+        char shown[80];
+        show_value(s, len, shown, sizeof(shown));
+        if (len == 0) return why_fail(why, why_len, "item %d is empty", i + 1);
+        if (len >= MM_LIST_ITEM)
+            return why_fail(why, why_len, "item '%s' is %zu bytes, at most %d allowed", shown,
+                            len, MM_LIST_ITEM - 1);
+        for (size_t j = 0; j < len; j++) {
+            unsigned char ch = (unsigned char)s[j];
+            if (ch < 0x20 || ch == 0x7f)
+                return why_fail(why, why_len, "control character in item '%s'", shown);
+        }
+        if (!utf8_valid((const unsigned char *)s, len))
+            return why_fail(why, why_len, "item '%s' is not valid UTF-8", shown);
+        if (k->values) {
+            int ok = 0;
+            for (const char *v = k->values; *v;) {
+                size_t vl = strcspn(v, "|");
+                if (vl == len && memcmp(v, s, len) == 0) ok = 1;
+                v += vl + (v[vl] == '|');
+            }
+            if (!ok)
+                return why_fail(why, why_len, "item '%s' is not one of %s", shown, k->values);
+            for (int j = 0; j < i; j++)
+                if (strlen(l.item[j]) == len && memcmp(l.item[j], s, len) == 0)
+                    return why_fail(why, why_len, "item '%s' listed twice", shown);
+        }
+        memcpy(l.item[i], s, len);
+    }
+    l.n = n;
+    memcpy((char *)c + k->off, &l, sizeof(l));
+    return 0;
+}
+
+// A list written as text (an override, or a YAML scalar): "a,b", "[a, b]", "" or "[]";
+// blanks around items and quotes around an item are dropped.
+static int set_list_text(mm_config *c, const cfg_key *k, const char *text, size_t n, char *why,
+                         size_t why_len) {
+    const char *items[MM_LIST_MAX + 1];
+    size_t lens[MM_LIST_MAX + 1];
+    while (n > 0 && (text[0] == ' ' || text[0] == '\t')) text++, n--;
+    while (n > 0 && (text[n - 1] == ' ' || text[n - 1] == '\t')) n--;
+    if (n >= 2 && text[0] == '[' && text[n - 1] == ']') text++, n -= 2;
+    while (n > 0 && (text[0] == ' ' || text[0] == '\t')) text++, n--;
+    int count = 0;
+    if (n > 0) {
+        for (size_t i = 0; i <= n;) {
+            size_t j = i;
+            while (j < n && text[j] != ',') j++;
+            size_t a = i, b = j;
+            while (a < b && (text[a] == ' ' || text[a] == '\t')) a++;
+            while (b > a && (text[b - 1] == ' ' || text[b - 1] == '\t')) b--;
+            if (b - a >= 2 && (text[a] == '"' || text[a] == '\'') && text[b - 1] == text[a])
+                a++, b--;
+            if (count == MM_LIST_MAX + 1) break;
+            items[count] = text + a;
+            lens[count++] = b - a;
+            i = j + 1;
+        }
+    }
+    if (count > MM_LIST_MAX)
+        return why_fail(why, why_len, "more than %d items", MM_LIST_MAX);
+    return set_list(c, k, items, lens, count, why, why_len);
+}
+
 // Parses text as the key's type, checks its range and stores it into c. On failure c is
 // untouched and why gets the reason (without location; the caller adds it). is_null marks a
 // YAML null (`key:`, `~`, `null`), which a string key takes as "".
@@ -267,6 +370,11 @@ static int set_key(mm_config *c, const cfg_key *k, const char *text, size_t n, i
     char shown[80];
     show_value(text, n, shown, sizeof(shown));
     char *field = (char *)c + k->off;
+    if (k->kind == K_LIST) {
+        if (is_null) n = 0;
+        if (memchr(text, '\0', n)) return why_fail(why, why_len, "NUL byte in value");
+        return set_list_text(c, k, text, n, why, why_len);
+    }
     if (k->kind == K_STR) {
         if (is_null) n = 0;
         if (memchr(text, '\0', n)) return why_fail(why, why_len, "NUL byte in value");
@@ -369,6 +477,7 @@ static void check_table(void) {
                       : k->kind == K_I64                    ? sizeof(int64_t)
                       : k->kind == K_U64                    ? sizeof(uint64_t)
                       : k->kind == K_F64                    ? sizeof(double)
+                      : k->kind == K_LIST                   ? sizeof(mm_list)
                                                             : 0;
         MM_CHECK(want == 0 || k->size == want, "config key %s: kind does not match its field",
                  k->name);
@@ -406,17 +515,39 @@ static const char *node_kind(const yaml_node_t *n) {
 #define MARK(n) (int)(n)->start_mark.line + 1, (int)(n)->start_mark.column + 1
 
 // Sets one key from a YAML value node; seen/first_line detect duplicates.
-static int load_pair(mm_config *c, const char *name, const cfg_key *k, yaml_node_t *key_node,
-                     yaml_node_t *val, int *first_line, mm_err *err) {
+static int load_pair(mm_config *c, yaml_document_t *doc, const char *name, const cfg_key *k,
+                     yaml_node_t *key_node, yaml_node_t *val, int *first_line, mm_err *err) {
     size_t i = (size_t)(k - keys);
     if (first_line[i])
         return mm_fail(err, "%s:%d:%d: duplicate key '%s' (first set at line %d)", name,
                        MARK(key_node), k->name, first_line[i]);
     first_line[i] = (int)key_node->start_mark.line + 1;
+    char why[512];
+    if (k->kind == K_LIST && val->type == YAML_SEQUENCE_NODE) {
+        const char *items[MM_LIST_MAX];
+        size_t lens[MM_LIST_MAX];
+        int n = 0;
+        for (yaml_node_item_t *it = val->data.sequence.items.start;
+             it < val->data.sequence.items.top; it++) {
+            yaml_node_t *in = yaml_document_get_node(doc, *it);
+            if (in->type != YAML_SCALAR_NODE)
+                return mm_fail(err, "%s:%d:%d: %s: expected a list of words, got %s in it", name,
+                               MARK(in), k->name, node_kind(in));
+            if (n == MM_LIST_MAX)
+                return mm_fail(err, "%s:%d:%d: %s: more than %d items", name, MARK(in), k->name,
+                               MM_LIST_MAX);
+            if (memchr(in->data.scalar.value, '\0', in->data.scalar.length))
+                return mm_fail(err, "%s:%d:%d: %s: NUL byte in value", name, MARK(in), k->name);
+            items[n] = (const char *)in->data.scalar.value;
+            lens[n++] = in->data.scalar.length;
+        }
+        if (set_list(c, k, items, lens, n, why, sizeof(why)) != 0)
+            return mm_fail(err, "%s:%d:%d: %s: %s", name, MARK(val), k->name, why);
+        return 0;
+    }
     if (val->type != YAML_SCALAR_NODE)
         return mm_fail(err, "%s:%d:%d: %s: expected a scalar value, got %s", name, MARK(val),
                        k->name, node_kind(val));
-    char why[512];
     if (set_key(c, k, (const char *)val->data.scalar.value, val->data.scalar.length,
                 node_is_null(val), why, sizeof(why)) != 0)
         return mm_fail(err, "%s:%d:%d: %s: %s", name, MARK(val), k->name, why);
@@ -448,7 +579,7 @@ static int load_document(mm_config *c, yaml_document_t *doc, const char *name, m
         show_value(ks, kl, shown, sizeof(shown));
         const cfg_key *top = memchr(ks, '.', kl) ? NULL : find_key(ks, kl);
         if (top) {  // a top-level scalar such as backend
-            if (load_pair(c, name, top, kn, vn, first_line, err)) return -1;
+            if (load_pair(c, doc, name, top, kn, vn, first_line, err)) return -1;
             continue;
         }
         if (memchr(ks, '.', kl) && find_key(ks, kl))
@@ -491,7 +622,7 @@ static int load_document(mm_config *c, yaml_document_t *doc, const char *name, m
                 suggest(full, flen, 0, hint, sizeof(hint));
                 return mm_fail(err, "%s:%d:%d: unknown key '%s'%s", name, MARK(k2), fshown, hint);
             }
-            if (load_pair(c, name, k, k2, v2, first_line, err)) return -1;
+            if (load_pair(c, doc, name, k, k2, v2, first_line, err)) return -1;
         }
     }
     return 0;
@@ -643,6 +774,9 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
                        "config: optim.beta1 (%g) and optim.beta2 (%g) must be < 1 "
                        "(Adam's bias correction divides by 1 - beta^t)",
                        c->optim.beta1, c->optim.beta2);
+    if (c->checkpoint.reinit.n > 0 && !c->checkpoint.init_from[0])
+        return mm_fail(err, "config: checkpoint.reinit names tensors to re-initialise, but "
+                       "checkpoint.init_from is not set (nothing to take the others from)");
     if (!c->checkpoint.resume[0])
         return mm_fail(err,
                        "config: checkpoint.resume must be auto, none or a checkpoint "
@@ -659,6 +793,15 @@ static void fmt_double(double d, char *out, size_t cap) {
         snprintf(out, cap, "%.*g", prec, d);
         if (strtod(out, NULL) == d) return;
     }
+}
+
+static void put_quoted(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fputc('\\', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
 }
 
 static void print_value(FILE *f, const mm_config *c, const cfg_key *k) {
@@ -685,13 +828,18 @@ static void print_value(FILE *f, const mm_config *c, const cfg_key *k) {
             fputs(field, f);
             break;
         case K_STR:  // double-quoted: only '"' and '\' need escaping (control bytes are refused)
-            fputc('"', f);
-            for (const char *s = field; *s; s++) {
-                if (*s == '"' || *s == '\\') fputc('\\', f);
-                fputc(*s, f);
-            }
-            fputc('"', f);
+            put_quoted(f, field);
             break;
+        case K_LIST: {  // a flow sequence of quoted items (a glob's '*' would start an alias)
+            const mm_list *l = (const mm_list *)field;
+            fputc('[', f);
+            for (int i = 0; i < l->n; i++) {
+                if (i) fputs(", ", f);
+                put_quoted(f, l->item[i]);
+            }
+            fputc(']', f);
+            break;
+        }
     }
 }
 
@@ -729,7 +877,7 @@ static void md_cell(FILE *f, const char *s) {
 
 void mm_config_doc(FILE *f) {
     static const char *const kind_name[] = {"int",  "int64",  "uint64", "float",
-                                            "bool", "string", "enum"};
+                                            "bool", "string", "enum",   "list"};
     size_t cur_len = (size_t)-1;
     const char *cur = NULL;
     for (size_t i = 0; i < N_KEYS; i++) {
@@ -747,6 +895,8 @@ void mm_config_doc(FILE *f) {
         fprintf(f, "| `%s` | %s | ", k->name, kind_name[k->kind]);
         if (k->kind == K_STR)
             fprintf(f, "`\"%s\"`", k->def);
+        else if (k->kind == K_LIST)
+            fprintf(f, "`[%s]`", k->def);
         else
             fprintf(f, "`%s`", k->def);
         fputs(" | ", f);
@@ -769,6 +919,14 @@ void mm_config_doc(FILE *f) {
                 break;
             case K_STR:
                 fprintf(f, "up to %zu bytes", k->size - 1);
+                break;
+            case K_LIST:
+                if (k->values) {
+                    fputs("any of ", f);
+                    md_cell(f, k->values);
+                } else {
+                    fprintf(f, "up to %d items of %d bytes", MM_LIST_MAX, MM_LIST_ITEM - 1);
+                }
                 break;
         }
         fputs(" | ", f);

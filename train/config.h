@@ -13,6 +13,19 @@
 
 #define MM_STR 512
 
+// A list value (YAML sequence `[a, b]`; override `key=a,b`): at most MM_LIST_MAX items of at
+// most MM_LIST_ITEM - 1 bytes. Unused items are all zero (configs compare with memcmp).
+#define MM_LIST_MAX 16
+#define MM_LIST_ITEM 64
+typedef struct {
+    int n;                                 // items in use
+    char item[MM_LIST_MAX][MM_LIST_ITEM];  // NUL-terminated
+} mm_list;
+
+// Parameter groups as config keys name them, in model.h's MODEL_GROUP_* order.
+#define MM_N_GROUPS 4
+extern const char *const mm_group_names[MM_N_GROUPS];  // "text", "image", "audio", "trunk"
+
 typedef struct {
     struct {
         char out_dir[MM_STR];  // run directory: metrics.jsonl, config.yaml, ckpt/, eval/
@@ -31,6 +44,13 @@ typedef struct {
         int verify;            // verify shard checksums at open (0/1)
         int trace;             // log the sample ids each rank trains on (0/1)
         int n_fft, hop, n_mels;  // audio features
+        // What every sample looks like; 0 = take it from the training set's schema. The
+        // trainer resolves them (the saved config holds the data's values) and refuses a
+        // nonzero value that disagrees with the data.
+        int img_h, img_w, img_c;  // image shape
+        int audio_rate;        // Hz
+        int audio_len;         // PCM samples per clip
+        int text_max;          // caption bytes
     } data;
     struct {
         char kind[32];         // "transformer" or "diffusion"
@@ -56,6 +76,9 @@ typedef struct {
         double weight_decay;   // decoupled (AdamW), on matrices only
         double beta1, beta2, eps;
         double grad_clip;      // global-norm clip (0 = off)
+        mm_list freeze;        // parameter groups kept fixed (mm_group_names)
+        double lr_mult[MM_N_GROUPS];  // learning-rate multiplier per group (text, image,
+                                      // audio, trunk)
     } optim;
     struct {
         int every;             // evaluate every N steps (0 = only at the last step)
@@ -67,6 +90,7 @@ typedef struct {
         int keep_last;         // keep the newest K committed checkpoints
         char resume[MM_STR];   // "auto", "none" or a checkpoint directory
         char init_from[MM_STR];// checkpoint to take weights from ("" = none)
+        mm_list reinit;        // init_from: tensor-name globs that keep their fresh init
     } checkpoint;
     struct {
         int tp;                // tensor-parallel size

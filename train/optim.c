@@ -21,9 +21,23 @@ void optim_init(optim *o, const optim_cfg *cfg, const model_tensor *tensors, int
         size_t a = T->offset > lo ? T->offset : lo;
         size_t b = T->offset + T->size < hi ? T->offset + T->size : hi;
         if (a >= b) continue;
+        MM_CHECK(T->group >= 0 && T->group < MODEL_N_GROUPS, "tensor %s: group %d", T->name,
+                 T->group);
         o->seg[o->n_seg++] = (struct optim_seg){a, b - a, T->decay ? 1.0f : 0.0f, 1.0f,
-                                                 T->split_dim >= 0};
+                                                 T->split_dim >= 0, T->group};
     }
+}
+
+void optim_set_groups(optim *o, const double lr_mult[MODEL_N_GROUPS],
+                      const int frozen[MODEL_N_GROUPS]) {
+    int kept = 0;
+    for (int s = 0; s < o->n_seg; s++) {
+        struct optim_seg g = o->seg[s];
+        if (frozen[g.group]) continue;
+        g.lr_mult = (float)lr_mult[g.group];
+        o->seg[kept++] = g;
+    }
+    o->n_seg = kept;
 }
 
 void optim_free(optim *o) {

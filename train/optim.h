@@ -3,6 +3,8 @@
 // over the one contiguous parameter buffer. AdamW state covers a contiguous range [lo, hi)
 // of that buffer: all of it normally, this rank's shard under ZeRO-1, so checkpoints and
 // shards are plain slices.
+// Fine-tuning adds parameter groups (model.h MODEL_GROUP_*): a learning-rate multiplier per
+// group and frozen groups that the optimizer leaves alone (optim_set_groups).
 #ifndef MM_OPTIM_H
 #define MM_OPTIM_H
 
@@ -30,6 +32,7 @@ typedef struct {
         float decay;            // 1 where weight decay applies, 0 elsewhere
         float lr_mult;          // learning-rate multiplier (parameter groups, fine-tuning)
         int sharded;            // 1 when the tensor is split over tp (its norm sums over tp)
+        int group;              // the tensor's parameter group (MODEL_GROUP_*)
     } *seg;                     // (n_seg) owned
 } optim;
 
@@ -37,6 +40,14 @@ typedef struct {
 void optim_init(optim *o, const optim_cfg *cfg, const model_tensor *tensors, int n_tensors,
                 size_t lo, size_t hi);
 void optim_free(optim *o);
+
+// Parameter groups (fine-tuning). Tensors of a group g with frozen[g] leave the optimizer:
+// no AdamW step and no weight decay (their values stay bit-identical), their moments stay
+// zero, and their gradients do not count in optim_sumsq (the global norm and clipping see
+// only what is trained, as if they had no gradient). Every other tensor's learning rate is
+// multiplied by lr_mult[g]. Call after optim_init, before the first step.
+void optim_set_groups(optim *o, const double lr_mult[MODEL_N_GROUPS],
+                      const int frozen[MODEL_N_GROUPS]);
 
 // Learning rate for step s (0-based): linear warmup from lr/warmup to lr over `warmup` steps,
 // then cosine from lr to min_lr at step total-1.

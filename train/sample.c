@@ -2,8 +2,10 @@
 // weights, conditioned on a caption and/or a WAV file, without a training run around it.
 //   train sample --ckpt DIR --out DIR [--text "..."] [--audio FILE.wav] [--n K]
 //                [--steps S] [--guidance G] [--seed S]
-// Writes DIR/sample_XXX.png and DIR/grid.png. Shapes come from the checkpoint's config and
-// the schema of its training set (data.train must still be readable).
+// Writes DIR/sample_XXX.png and DIR/grid.png. --ckpt may be a checkpoint, a ckpt/ or a run
+// directory (ckpt_resolve). Shapes come from the checkpoint's config: its data.img_* /
+// audio_* / text_max keys (saved resolved since they exist), or for older checkpoints the
+// schema of its training set (data.train must then still be readable).
 #include <errno.h>
 #include <sndfile.h>
 #include <stdio.h>
@@ -93,22 +95,30 @@ static int read_audio(const char *path, const data_schema *sc, int16_t *pcm, int
 
 static int run_sample(const sample_args *a, mm_err *err) {
     ckpt_meta meta;
-    char *yaml = NULL;
-    if (ckpt_load_meta(a->ckpt, &meta, &yaml, err) != 0) return -1;
-    mm_config c;
+    char *yaml = NULL, ck[4200];
     mm_err e;
-    int rc = mm_config_load_string(&c, yaml, a->ckpt, &e);
+    if (ckpt_resolve(a->ckpt, ck, sizeof(ck), &e) != 0)
+        return mm_fail(err, "sample: --ckpt %s", e.msg);
+    if (ckpt_load_meta(ck, &meta, &yaml, err) != 0) return -1;
+    mm_config c;
+    int rc = mm_config_load_string(&c, yaml, ck, &e);
     free(yaml);
-    if (rc != 0) return mm_fail(err, "%s: saved config: %s", a->ckpt, e.msg);
+    if (rc != 0) return mm_fail(err, "%s: saved config: %s", ck, e.msg);
     if (strcmp(c.model.kind, "diffusion") != 0)
-        return mm_fail(err, "%s: a %s checkpoint; sample needs a diffusion one", a->ckpt,
+        return mm_fail(err, "%s: a %s checkpoint; sample needs a diffusion one", ck,
                        c.model.kind);
-    data_dataset *probe = NULL;
-    if (data_dataset_open(&probe, c.data.train, 0, &e) != 0)
-        return mm_fail(err, "%s: needs the schema of its training set data.train: %s", a->ckpt,
-                       e.msg);
-    data_schema sc = *data_dataset_schema(probe);
-    data_dataset_close(probe);
+    data_schema sc = {.img_h = c.data.img_h, .img_w = c.data.img_w, .img_c = c.data.img_c,
+                      .audio_rate = c.data.audio_rate, .audio_len = c.data.audio_len,
+                      .text_max = c.data.text_max};
+    if (!sc.img_h || !sc.img_w || !sc.img_c || !sc.audio_rate || !sc.audio_len ||
+        !sc.text_max) {  // a checkpoint from before the shape keys: ask its training set
+        data_dataset *probe = NULL;
+        if (data_dataset_open(&probe, c.data.train, 0, &e) != 0)
+            return mm_fail(err, "%s: needs the schema of its training set data.train: %s", ck,
+                           e.msg);
+        sc = *data_dataset_schema(probe);
+        data_dataset_close(probe);
+    }
     data_audio_cfg ac = {c.data.n_fft, c.data.hop, c.data.n_mels};
     const int n = a->n, text_T = sc.text_max + 1, F = data_audio_frames(&sc, &ac);
     dit_config dc = {.d_model = c.model.d_model, .n_layers = c.model.n_layers,
@@ -132,7 +142,7 @@ static int run_sample(const sample_args *a, mm_err *err) {
     rc = -1;
     ckpt_state st = {.tensors = dit_tensors(m), .n_tensors = dit_n_tensors(m), .n_params = np,
                      .params = dit_params(m), .ema = ema};
-    if (ckpt_load_state(a->ckpt, &st, err) != 0) goto done;
+    if (ckpt_load_state(ck, &st, err) != 0) goto done;
     memcpy(dit_params(m), ema, np * sizeof(float));  // sample with the EMA weights
     if (a->text) {
         size_t len = strlen(a->text);
@@ -188,7 +198,7 @@ static int run_sample(const sample_args *a, mm_err *err) {
         free(grid);
         if (wrc) goto done;
     }
-    printf("sample: %d image(s) from %s (step %lld) in %s (grid.png)\n", n, a->ckpt,
+    printf("sample: %d image(s) from %s (step %lld) in %s (grid.png)\n", n, ck,
            (long long)meta.step, a->out);
     rc = 0;
 done:

@@ -18,4 +18,8 @@ int train_run(const mm_config *cfg, comm_group *world, mm_err *err);
 // the options after "sample". Returns 0, or -1 with err filled.
 int train_sample_main(int argc, char **argv, comm_group *world, mm_err *err);
 
+// `train export ARGS...` (train/export.c): one consolidated HDF5 file of full-shape float32
+// tensors from a checkpoint of any layout (train/EXPORT.md). Returns 0, or -1 with err.
+int train_export_main(int argc, char **argv, comm_group *world, mm_err *err);
+
 #endif  // MM_TRAIN_H

@@ -144,6 +144,14 @@ static int check_same_arch(const mm_config *now, const char *saved_yaml, const c
     SAME(model.d_model) SAME(model.n_layers) SAME(model.n_heads) SAME(model.d_ff)
     SAME(model.patch) SAME(model.audio_group) SAME(data.n_mels) SAME(data.n_fft) SAME(data.hop)
 #undef SAME
+    // the data's shapes (saved resolved since they became config keys; 0 in older checkpoints)
+#define SAME_DATA(field)                                                                     \
+    if (saved.field && now->field != saved.field)                                           \
+        return mm_fail(err, "%s: checkpoint was trained with " #field " = %lld, the data gives " \
+                       "%lld", dir, (long long)saved.field, (long long)now->field);
+    SAME_DATA(data.img_h) SAME_DATA(data.img_w) SAME_DATA(data.img_c) SAME_DATA(data.audio_len)
+    SAME_DATA(data.audio_rate) SAME_DATA(data.text_max)
+#undef SAME_DATA
     if (strcmp(now->model.kind, saved.model.kind) != 0)
         return mm_fail(err, "%s: checkpoint is a %s model, the config asks for %s", dir,
                        saved.model.kind, now->model.kind);
@@ -194,19 +202,17 @@ static int load_checkpoint(trainer *t, data_pos *pos, mm_err *err) {
         t->rng = meta.rng;
         *pos = meta.pos;
         if (t->rank == 0) {
-            printf("resumed from %s at step %lld (epoch %lld, offset %llu)\n", dir,
+            printf("resumed from %s at step %lld (epoch %lld, offset %llu)%s\n", dir,
                    (long long)meta.step, (long long)meta.pos.epoch,
-                   (unsigned long long)meta.pos.offset);
+                   (unsigned long long)meta.pos.offset,
+                   t->cfg->checkpoint.init_from[0]
+                       ? "; checkpoint.init_from is not used (the run has its own state)"
+                       : "");
         }
         return 0;
     }
-    if (t->cfg->checkpoint.init_from[0]) {
-        st.m = st.v = NULL;  // weights only: a fine-tune starts its own optimizer and data
-        st.ema = NULL;       // (and its EMA from the loaded weights)
-        if (ckpt_load_state(t->cfg->checkpoint.init_from, &st, err) != 0) return -1;
-        if (t->ema) memcpy(t->ema, t->net.params, t->net.n_params * sizeof(float));
-        if (t->rank == 0) printf("initialized weights from %s\n", t->cfg->checkpoint.init_from);
-    }
+    // starting fresh: a fine-tune takes its weights (only) from init_from
+    if (t->cfg->checkpoint.init_from[0]) return train_init_from(t, err);
     return 0;
 }
 
@@ -237,6 +243,41 @@ static int agree(comm_group *w, int rc, mm_err *err) {
     return -1;
 }
 
+// The data.* shape keys: 0 takes the training set's value (so the saved config records what
+// the model was built for); a value the config sets must be the data's.
+static int resolve_schema(mm_config *c, const data_schema *s, mm_err *err) {
+    const struct {
+        const char *key;
+        int *field, have;
+    } f[] = {{"data.img_h", &c->data.img_h, s->img_h},
+             {"data.img_w", &c->data.img_w, s->img_w},
+             {"data.img_c", &c->data.img_c, s->img_c},
+             {"data.audio_rate", &c->data.audio_rate, s->audio_rate},
+             {"data.audio_len", &c->data.audio_len, s->audio_len},
+             {"data.text_max", &c->data.text_max, s->text_max}};
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+        if (*f[i].field == 0) {
+            *f[i].field = f[i].have;
+            continue;
+        }
+        if (*f[i].field == f[i].have) continue;
+        char has[96];
+        if (i < 3)
+            snprintf(has, sizeof(has), "%dx%dx%d images", s->img_h, s->img_w, s->img_c);
+        else if (i == 3)
+            snprintf(has, sizeof(has), "%d Hz audio", s->audio_rate);
+        else if (i == 4)
+            snprintf(has, sizeof(has), "audio clips of %d samples", s->audio_len);
+        else
+            snprintf(has, sizeof(has), "captions of up to %d bytes", s->text_max);
+        return mm_fail(err,
+                       "config: %s=%d but dataset %s has %s (leave it out or 0 to take the "
+                       "data's)",
+                       f[i].key, *f[i].field, c->data.train, has);
+    }
+    return 0;
+}
+
 // Stage 1: everything that depends on the config and the data's schema alone.
 static int init_model(trainer *t, mm_err *err) {
     const mm_config *c = t->cfg;
@@ -252,6 +293,8 @@ static int init_model(trainer *t, mm_err *err) {
     if (data_dataset_open(&probe, c->data.train, 0, err) != 0) return -1;
     t->schema = *data_dataset_schema(probe);
     data_dataset_close(probe);
+    if (resolve_schema(&t->cfg_own, &t->schema, err) != 0) return -1;
+    t->config_yaml = mm_config_to_yaml(c);
     if (data_audio_frames(&t->schema, &t->audio) < c->model.audio_group)
         return mm_fail(err, "%s: clips of %d samples give fewer than model.audio_group = %d "
                        "frames with data.n_fft = %d, data.hop = %d",
@@ -270,6 +313,7 @@ static int init_model(trainer *t, mm_err *err) {
                     .grad_clip = c->optim.grad_clip};
     gsync_init(&t->sync, &t->net, &t->lay, &oc, c->parallel.zero, c->parallel.bucket_mb);
     t->sync_ready = 1;
+    if (train_apply_groups(t, err) != 0) return -1;
     if (t->rank == 0) {
         if (mm_mkdirs(c->run.out_dir, err) != 0) return -1;
         if (strcmp(c->checkpoint.resume, "auto") == 0) ckpt_clean_partial(c->run.out_dir);
@@ -335,13 +379,14 @@ static int init_state(trainer *t, mm_err *err) {
 
 static int trainer_init(trainer *t, const mm_config *c, comm_group *world, mm_err *err) {
     memset(t, 0, sizeof(*t));
-    t->cfg = c;
+    t->cfg_own = *c;
+    t->cfg = &t->cfg_own;
+    c = t->cfg;
     t->world = world;
     t->rank = comm_rank(world);
     t->world_size = comm_size(world);
     t->audio = (data_audio_cfg){.n_fft = c->data.n_fft, .hop = c->data.hop,
                                 .n_mels = c->data.n_mels};
-    t->config_yaml = mm_config_to_yaml(c);
     mm_rng_init(&t->rng, c->run.seed, 0x7472616eULL);  // "tran"
     t->fam = strcmp(c->model.kind, "diffusion") == 0 ? &train_family_dit : &train_family_lm;
     // the layout is collective and fails alike on every rank
@@ -359,6 +404,7 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
         trainer_free(&t);
         return -1;
     }
+    c = t.cfg;  // resolved
     const int G = c->data.global_batch;
     const int accum = G / (c->data.micro_batch * t.lay.dp_size);
     const double tokens_per_step = (double)G * t.fam->seq_len(&t);

@@ -36,7 +36,8 @@ typedef struct {
 extern const train_family train_family_lm, train_family_dit;
 
 struct trainer {
-    const mm_config *cfg;
+    const mm_config *cfg;       // = &cfg_own once trainer_init copied it
+    mm_config cfg_own;          // the run's config, data.* shape keys resolved from the data
     comm_group *world;
     int rank, world_size;
     comm_layout lay;            // owned: dp and tp groups
@@ -58,6 +59,14 @@ struct trainer {
     char *config_yaml;          // resolved config text, owned
     FILE *metrics;              // rank 0 only, owned
 };
+
+// finetune.c. Loads checkpoint.init_from's weights into t->net (and t->ema) as that file's
+// header describes: mismatches listed, checkpoint.reinit honoured. -1 with err (alike on
+// every rank: every rank reads the same tensor list).
+int train_init_from(trainer *t, mm_err *err);
+// Applies optim.freeze and optim.lr_mult_* to t->sync's optimizer. -1 with err when a frozen
+// group has no tensor in this model kind.
+int train_apply_groups(trainer *t, mm_err *err);
 
 // Writes s as a JSON string literal.
 void train_json_string(FILE *f, const char *s);
