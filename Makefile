@@ -5,6 +5,7 @@
 #   make demo     synthesize a dataset, train the tiny config with mpirun, print the result
 #   make demo-diffusion   the same for the diffusion model: sample grid + conditional accuracy
 #   make bench    throughput benchmarks (see README "Performance")
+#   make cuda     + the CUDA backend and NCCL into build-cuda/ (see the CUDA section below)
 
 SHELL := /bin/bash
 # sanitizer objects must not mix with optimized ones
@@ -68,6 +69,101 @@ TEST_SRC := $(filter-out $(TEST64_SRC),$(TEST_SRC))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(TEST64_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
+
+# --- CUDA (make cuda, make cuda-emu) ---------------------------------------------------
+# `make cuda`: the build above plus the CUDA backend (model/*.cu by nvcc, SASS for sm_80 and
+# sm_90 plus sm_90 PTX) and NCCL (comm/comm_nccl.c with -DMM_HAVE_NCCL=1), linked against
+# cudart, cuBLAS(Lt) and NCCL into build-cuda/: train, mmdata and the GPU programs
+# tests/gpu/*.c. Compiles and links without a GPU. `make cuda-emu`: the CUDA backend built by
+# the host C++ compiler against the CPU emulation of tests/gpu/cuda_emu.h, and
+# tests/gpu/test_ops_cuda with it, into build-cuda-emu/ (no toolkit needed; ASAN=1 works).
+# Both re-enter make with CUDA=1 / CUDA_EMU=1; without them this section adds nothing, so the
+# plain build never compiles a .cu file nor references a CUDA symbol.
+# (the targets below come before `all`: keep `all` the default goal)
+.DEFAULT_GOAL := all
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc))
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+CU_SRC := $(wildcard model/*.cu)
+CU_HDR := $(wildcard model/*.h core/*.h comm/*.h)
+GPU_SRC := $(wildcard tests/gpu/*.c)
+
+.PHONY: cuda cuda-ops cuda-emu cuda-all cuda-ops-all cuda-emu-all
+cuda:
+ifeq ($(ASAN),1)
+	@echo "make cuda: not with ASAN=1 (ASan and the CUDA driver clash); try make cuda-emu ASAN=1"; exit 1
+endif
+ifeq ($(HAVE_NVCC),1)
+	@$(MAKE) --no-print-directory BUILD=build-cuda CUDA=1 cuda-all
+else
+	@echo "make cuda: nvcc not found (PATH, /usr/local/cuda/bin): install the CUDA toolkit"; exit 1
+endif
+
+# the GPU op test and benchmark alone (core, the CPU ops, train/optim.c, the CUDA backend):
+# no HDF5/libyaml/... needed, for a GPU machine that lacks them (tests/gpu/run.sh)
+cuda-ops:
+ifeq ($(HAVE_NVCC),1)
+	@$(MAKE) --no-print-directory BUILD=build-cuda-ops CUDA=1 CUDA_MIN=1 cuda-ops-all
+else
+	@echo "make cuda-ops: nvcc not found (PATH, /usr/local/cuda/bin): install the CUDA toolkit"; exit 1
+endif
+
+cuda-emu:
+	@$(MAKE) --no-print-directory BUILD=build-cuda-emu$(if $(filter 1,$(ASAN)),-asan) CUDA_EMU=1 \
+	    cuda-emu-all
+
+ifeq ($(CUDA),1)
+  NCCL_DEFS := $(if $(filter 1,$(HAVE_NCCL)),-DMM_HAVE_NCCL=1)
+  CFLAGS += -I$(CUDA_HOME)/include $(NCCL_DEFS)
+  # no FMA contraction: AdamW/EMA then match train/optim.c's float arithmetic bit for bit
+  NVFLAGS := -std=c++20 -O3 --fmad=false -lineinfo $(CUDA_ARCH) -I. -I$(CUDA_HOME)/include \
+             -D_GNU_SOURCE $(NCCL_DEFS) -Xcompiler -Wall,-Wextra,-Werror
+  LIB_OBJ += $(CU_SRC:%.cu=$(OBJ)/%.o)
+  ifeq ($(CUDA_MIN),1)
+    LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core model/ops_cpu model/ops_dit_cpu train/optim) \
+               $(CU_SRC:%.cu=$(OBJ)/%.o)
+  endif
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart \
+            $(if $(filter 1,$(HAVE_NCCL)),-lnccl) -lstdc++
+  GPU_BIN := $(GPU_SRC:tests/gpu/%.c=$(BUILD)/tests/gpu/%)
+  ifneq ($(HAVE_NCCL),1)
+    GPU_BIN := $(filter-out %/test_comm_nccl,$(GPU_BIN))
+  endif
+cuda-all: info $(BUILD)/train $(BUILD)/mmdata $(GPU_BIN)
+	@$(if $(filter 1,$(HAVE_NCCL)),true,echo "make cuda: NCCL not found: built without it (no test_comm_nccl)")
+cuda-ops-all: $(BUILD)/tests/gpu/test_ops_cuda $(BUILD)/tests/gpu/bench_ops_cuda
+
+$(OBJ)/%.o: %.cu $(CU_HDR)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+endif
+
+ifeq ($(CUDA_EMU),1)
+  EMU_DEFS := -DMM_CUDA_EMU -include tests/gpu/cuda_emu.h
+  EMU_CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -g $(if $(filter 1,$(ASAN)),-O1,-O2) \
+                  -ffp-contract=off -D_GNU_SOURCE -I. -I$(BLAS_INC) $(EMU_DEFS)
+  ifeq ($(ASAN),1)
+    EMU_CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer \
+                    -fno-sanitize-recover=undefined
+  endif
+  # only what test_ops_cuda needs: the CPU reference ops, train/optim.c, core
+  EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core model/ops_cpu model/ops_dit_cpu train/optim) \
+             $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o
+cuda-emu-all: $(BUILD)/tests/gpu/test_ops_cuda
+
+$(BUILD)/tests/gpu/test_ops_cuda: $(OBJ)/tests/gpu/test_ops_cuda.o $(EMU_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lstdc++
+
+$(OBJ)/tests/gpu/%.o: CFLAGS += $(EMU_DEFS)
+$(OBJ)/%.o: %.cu $(CU_HDR) tests/gpu/cuda_emu.h
+	@mkdir -p $(dir $@)
+	$(CXX) -x c++ $(EMU_CXXFLAGS) -c $< -o $@
+$(OBJ)/tests/gpu/cuda_emu.o: tests/gpu/cuda_emu.cc tests/gpu/cuda_emu.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+endif
 
 BINS := $(BUILD)/train $(BUILD)/mmdata
 

@@ -26,7 +26,8 @@
 #include "model.h"
 
 // ---------------------------------------------------------------------------------------
-// Ops the diffusion model adds to the common table (model/ops_dit_cpu.c for the CPU).
+// Ops the diffusion model adds to the common table (model/ops_dit_cpu.c for the CPU,
+// model/ops_dit_cuda.cu for CUDA).
 typedef struct dit_ops {
     const char *name;
     // SiLU elementwise; backward accumulates dx

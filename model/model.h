@@ -28,8 +28,9 @@ typedef float mm_real;
 #endif
 
 // ---------------------------------------------------------------------------------------
-// Ops table: one per backend, filled by model/ops_cpu.c (and later ops_cuda.cu). All
-// pointers are backend memory; shapes in the comments; row-major throughout.
+// Ops table: one per backend, filled by model/ops_cpu.c and, in `make cuda` builds, by
+// model/ops_cuda.cu (model/cuda.h: how the CUDA ops find their context). All pointers are
+// backend memory; shapes in the comments; row-major throughout.
 typedef struct model_ops {
     const char *name;
     // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC) [bias may be NULL]

@@ -3,11 +3,9 @@
 // allreduce over comm/ gives. Needs the CUDA build and a GPU, so it is not part of `make
 // test` (no GPU in CI); one rank per GPU, since NCCL refuses two ranks of one communicator
 // on one device. Builds with or without MPI (without: one rank, comm/'s identity world).
-//   mpicc -std=c11 -Wall -Wextra -Werror -O2 -D_GNU_SOURCE -DMM_HAVE_MPI=1 -DMM_HAVE_NCCL=1
-//     -I. -I/usr/local/cuda/include core/core.c comm/comm.c comm/comm_nccl.c
-//     tests/gpu/test_comm_nccl.c -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64
-//     -lnccl -lcudart -lm -o build/tests/gpu/test_comm_nccl      (one command)
-//   mpirun -np <number of GPUs> build/tests/gpu/test_comm_nccl
+//   make cuda                 (builds build-cuda/tests/gpu/test_comm_nccl when NCCL is found)
+//   mpirun -np <number of GPUs> build-cuda/tests/gpu/test_comm_nccl
+// tests/gpu/run.sh runs it with one rank.
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,0 +1,507 @@
+// cuda.cu: the CUDA backend's context and plumbing (model/cuda.h): device selection by local
+// rank, streams, the cuBLAS handle, scratch memory, device memory helpers, the row-major
+// GEMM wrappers and the shared layout kernels the ops use (model/cuda_internal.h), and the
+// optimizer-side kernels of a training step (AdamW, EMA, gradient sum of squares, scale),
+// which follow train/optim.c operation for operation so that a GPU step updates weights as
+// the CPU reference does.
+#include "cuda_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+// The calling thread's context (see cuda.h: the one thread-local binding of the backend).
+static thread_local cuda_ctx *bound_ctx = NULL;
+
+// ---------------------------------------------------------------------------------------
+// hints for the check macros
+
+const char *cuda_hint(cudaError_t e) {
+    switch (e) {
+    case cudaErrorMemoryAllocation:
+        return "out of GPU memory: lower data.micro_batch or the model size";
+    case cudaErrorNoDevice:
+    case cudaErrorInvalidDevice:
+        return "no such GPU: check nvidia-smi and CUDA_VISIBLE_DEVICES, one rank per GPU";
+    case cudaErrorInsufficientDriver:
+        return "no NVIDIA driver, or one older than this CUDA toolkit: check nvidia-smi";
+    case cudaErrorInvalidConfiguration:
+    case cudaErrorInvalidValue:
+        return "a bad launch or argument: a bug in the CUDA backend (shapes?)";
+    default:
+        return "a kernel may have failed earlier, asynchronously: rerun with "
+               "CUDA_LAUNCH_BLOCKING=1 to see where";
+    }
+}
+
+const char *cublas_hint(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+        return "cuBLAS could not start: is the GPU usable (nvidia-smi)?";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+        return "out of GPU memory inside cuBLAS";
+    case CUBLAS_STATUS_INVALID_VALUE:
+        return "bad GEMM sizes or leading dimensions: a bug in the CUDA backend";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+        return "this GPU lacks a feature the call needs (bf16 needs compute capability 8.0)";
+    default:
+        return "check the CUDA/cuBLAS installation and the driver";
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// precision, local rank
+
+int cuda_precision_parse(const char *s, cuda_precision *out, mm_err *err) {
+    if (strcmp(s, "fp32") == 0) *out = CUDA_FP32;
+    else if (strcmp(s, "bf16") == 0) *out = CUDA_BF16;
+    else return mm_fail(err, "precision: '%s' is not one of fp32, bf16", s);
+    return 0;
+}
+
+const char *cuda_precision_name(cuda_precision p) { return p == CUDA_BF16 ? "bf16" : "fp32"; }
+
+int cuda_local_rank(int *out, const char **var, mm_err *err) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
+                                       "MPI_LOCALRANKID"};
+    *out = 0;
+    *var = "";
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const char *s = getenv(vars[i]);
+        if (!s) continue;
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || *end != '\0' || errno != 0 || v < 0 || v > 1 << 20)
+            return mm_fail(err, "environment: %s='%s' is not a local rank (a non-negative "
+                           "integer)", vars[i], s);
+        *out = (int)v;
+        *var = vars[i];
+        return 0;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// context
+
+int cuda_ctx_init(cuda_ctx *c, int world_rank, cuda_precision precision, mm_err *err) {
+    memset(c, 0, sizeof(*c));
+    c->world_rank = world_rank;
+    c->precision = precision;
+    char host[256] = "?";
+    gethostname(host, sizeof(host) - 1);
+    int local = 0;
+    const char *var = "";
+    if (cuda_local_rank(&local, &var, err) != 0) return -1;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();  // not sticky: clear it
+        return mm_fail(err, "rank %d on host %s: no usable CUDA device: %s (%s)", world_rank,
+                       host, cudaGetErrorString(e), cuda_hint(e));
+    }
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    if (local >= n)
+        return mm_fail(err, "rank %d on host %s: local rank %d (%s) needs GPU %d, but %d GPU(s) "
+                       "are visible (CUDA_VISIBLE_DEVICES=%s); start at most %d rank(s) per node",
+                       world_rank, host, local, var[0] ? var : "no launcher variable: 0", local,
+                       n, vis ? vis : "unset", n);
+    e = cudaSetDevice(local);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return mm_fail(err, "rank %d on host %s: cannot use GPU %d of %d: %s (%s)", world_rank,
+                       host, local, n, cudaGetErrorString(e), cuda_hint(e));
+    }
+    c->device = local;
+    cudaDeviceProp prop;
+    CU_CHECK(cudaGetDeviceProperties(&prop, local));
+    snprintf(c->device_name, sizeof(c->device_name), "%s", prop.name);
+    c->sm_count = prop.multiProcessorCount;
+    c->cc_major = prop.major;
+    c->cc_minor = prop.minor;
+    c->mem_bytes = prop.totalGlobalMem;
+    if (precision == CUDA_BF16 && c->cc_major < 8)
+        return mm_fail(err, "rank %d on host %s: precision bf16 needs compute capability 8.0 "
+                       "or newer; GPU %d (%s) has %d.%d", world_rank, host, local,
+                       c->device_name, c->cc_major, c->cc_minor);
+    CU_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CU_CHECK(cudaStreamCreateWithFlags(&c->comm_stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&c->blas));
+    CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
+    // no TF32: fp32 matmuls stay fp32 (the bf16 path is the explicit fast one)
+    CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+    CU_CHECK(cudaMalloc((void **)&c->flag, 4 * sizeof(int)));
+    CU_CHECK(cudaMemsetAsync(c->flag, 0, 4 * sizeof(int), c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    cuda_ctx_bind(c);
+    return 0;
+}
+
+void cuda_ctx_free(cuda_ctx *c) {
+    if (!c->stream) {  // never initialized (or init failed before the streams)
+        memset(c, 0, sizeof(*c));
+        return;
+    }
+    CU_CHECK(cudaSetDevice(c->device));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->comm_stream));
+    CUBLAS_CHECK(cublasDestroy(c->blas));
+    CU_CHECK(cudaFree(c->scratch));
+    CU_CHECK(cudaFree(c->flag));
+    CU_CHECK(cudaStreamDestroy(c->stream));
+    CU_CHECK(cudaStreamDestroy(c->comm_stream));
+    if (bound_ctx == c) bound_ctx = NULL;
+    memset(c, 0, sizeof(*c));
+}
+
+void cuda_ctx_bind(cuda_ctx *c) {
+    if (c) CU_CHECK(cudaSetDevice(c->device));
+    bound_ctx = c;
+}
+
+cuda_ctx *cuda_ctx_current(void) {
+    MM_CHECK(bound_ctx != NULL, "CUDA ops called on a thread with no CUDA context: call "
+             "cuda_ctx_init (or cuda_ctx_bind on this thread) first");
+    return bound_ctx;
+}
+
+void cuda_ctx_sync(cuda_ctx *c) {
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    int f[4] = {0, 0, 0, 0};
+    CU_CHECK(cudaMemcpyAsync(f, c->flag, sizeof(f), cudaMemcpyDeviceToHost, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    if (f[0] == CU_FLAG_XENT_TARGET)
+        mm_fatal(__FILE__, __LINE__, "cross-entropy (CUDA): target %d of row %d is outside "
+                 "[-1, vocab): the batch's targets are corrupt", f[1], f[2]);
+    MM_CHECK(f[0] == 0, "CUDA: a kernel recorded unknown error code %d", f[0]);
+}
+
+void *cuda_scratch(cuda_ctx *c, size_t bytes) {
+    if (bytes <= c->scratch_bytes) return c->scratch;
+    CU_CHECK(cudaStreamSynchronize(c->stream));  // earlier ops may still use the old one
+    CU_CHECK(cudaFree(c->scratch));
+    c->scratch = NULL;
+    size_t n = cu_round_up(bytes + bytes / 4, (size_t)1 << 20);
+    cudaError_t e = cudaMalloc(&c->scratch, n);
+    if (e != cudaSuccess)
+        mm_fatal(__FILE__, __LINE__, "CUDA: cudaMalloc of %zu bytes of op scratch failed: %s (%s)",
+                 n, cudaGetErrorString(e), cuda_hint(e));
+    c->scratch_bytes = n;
+    return c->scratch;
+}
+
+// ---------------------------------------------------------------------------------------
+// memory
+
+void *cuda_alloc(cuda_ctx *c, size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) bytes = 1;  // a valid, distinct pointer for empty tensors
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess)
+        mm_fatal(__FILE__, __LINE__, "CUDA: cudaMalloc of %zu bytes failed: %s (%s)", bytes,
+                 cudaGetErrorString(e), cuda_hint(e));
+    CU_CHECK(cudaMemsetAsync(p, 0, bytes, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    return p;
+}
+
+void cuda_free(void *p) {
+    if (p) CU_CHECK(cudaFree(p));
+}
+
+void cuda_upload(cuda_ctx *c, void *dev, const void *host, size_t bytes) {
+    if (bytes == 0) return;
+    CU_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+void cuda_download(cuda_ctx *c, void *host, const void *dev, size_t bytes) {
+    if (bytes == 0) return;
+    CU_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return;
+    CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+void cuda_zero(cuda_ctx *c, void *dev, size_t bytes) {
+    if (bytes == 0) return;
+    CU_CHECK(cudaMemsetAsync(dev, 0, bytes, c->stream));
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMM (row-major over column-major cuBLAS; see cuda_internal.h)
+
+static inline cublasOperation_t op(int t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+             int lda, long long sA, const float *B, int ldb, long long sB, float beta, float *C,
+             int ldc, long long sC, int batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    MM_CHECK(K > 0, "gemm: inner dimension %d", K);
+    if (batch == 1)
+        CUBLAS_CHECK(cublasSgemm(c->blas, op(tb), op(ta), N, M, K, &alpha, B, ldb, A, lda, &beta,
+                                 C, ldc));
+    else
+        CUBLAS_CHECK(cublasSgemmStridedBatched(c->blas, op(tb), op(ta), N, M, K, &alpha, B, ldb,
+                                               sB, A, lda, sA, &beta, C, ldc, sC, batch));
+}
+
+void cu_gemm_bf16(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
+                  const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta,
+                  float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    MM_CHECK(K > 0, "gemm: inner dimension %d", K);
+    CUBLAS_CHECK(cublasGemmEx(c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb, A,
+                              CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+
+__global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16(src[i]);
+}
+
+void cu_to_bf16(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, size_t n) {
+    if (n == 0) return;
+    CU_LAUNCH(k_to_bf16, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dst, src, n);
+    CU_CHECK_LAUNCH("to_bf16");
+}
+
+// ---------------------------------------------------------------------------------------
+// column sums, pass 2 (cuda_internal.h)
+
+__global__ void k_colsum_final(const float *part, int S, int nch, int K, int C, float *dst0,
+                               float *dst1, int sc) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
+    if (c >= C || s >= S) return;
+    for (int k = 0; k < K; k++) {
+        const float *p = part + ((size_t)s * nch * K + k) * C + c;
+        float acc = 0;
+        for (int ch = 0; ch < nch; ch++) acc += p[(size_t)ch * K * C];
+        float *d = k == 0 ? dst0 : dst1;
+        d[(size_t)s * sc + c] += acc;
+    }
+}
+
+void cu_colsum_final(cuda_ctx *c, const float *part, int S, int nch, int K, int C, float *dst0,
+                     float *dst1, int sc) {
+    dim3 g((C + CU_THREADS - 1) / CU_THREADS, S);
+    CU_LAUNCH(k_colsum_final, g, CU_THREADS, c->stream, part, S, nch, K, C, dst0, dst1, sc);
+    CU_CHECK_LAUNCH("colsum final");
+}
+
+// ---------------------------------------------------------------------------------------
+// heads layout (cuda_internal.h). One grid row per (b, h) (looping when there are more than
+// the grid allows), grid-stride over the head's T * HD elements.
+
+__global__ void k_heads_split(float *dst, const float *src, int BNH, int NH, int T, int HD, int rs,
+                              int off) {
+    const int n = T * HD;
+    for (int bh = blockIdx.y; bh < BNH; bh += gridDim.y) {
+        const int b = bh / NH, h = bh % NH;
+        const float *s = src + (size_t)b * T * rs + off + (size_t)h * HD;
+        float *d = dst + (size_t)bh * n;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+            d[i] = s[(size_t)(i / HD) * rs + i % HD];
+    }
+}
+
+__global__ void k_heads_merge(float *dst, const float *src, int BNH, int NH, int T, int HD, int rs,
+                              int off, int acc) {
+    const int n = T * HD;
+    for (int bh = blockIdx.y; bh < BNH; bh += gridDim.y) {
+        const int b = bh / NH, h = bh % NH;
+        float *d = dst + (size_t)b * T * rs + off + (size_t)h * HD;
+        const float *s = src + (size_t)bh * n;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+            float *di = d + (size_t)(i / HD) * rs + i % HD;
+            *di = acc ? *di + s[i] : s[i];
+        }
+    }
+}
+
+static dim3 heads_grid(int BNH, int n) {
+    unsigned x = cu_blocks((size_t)n, CU_THREADS);
+    if (x > 1024) x = 1024;
+    return dim3(x, BNH < 65535 ? BNH : 65535);
+}
+
+void cu_heads_split(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,
+                    int rs, int off) {
+    if (B <= 0 || T <= 0) return;
+    MM_CHECK((size_t)T * HD < (size_t)1 << 31, "heads: T*HD %d*%d too large", T, HD);
+    CU_LAUNCH(k_heads_split, heads_grid(B * NH, T * HD), CU_THREADS, c->stream, dst, src,
+              B * NH, NH, T, HD, rs, off);
+    CU_CHECK_LAUNCH("heads_split");
+}
+
+void cu_heads_merge(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,
+                    int rs, int off, int acc) {
+    if (B <= 0 || T <= 0) return;
+    MM_CHECK((size_t)T * HD < (size_t)1 << 31, "heads: T*HD %d*%d too large", T, HD);
+    CU_LAUNCH(k_heads_merge, heads_grid(B * NH, T * HD), CU_THREADS, c->stream, dst, src,
+              B * NH, NH, T, HD, rs, off, acc);
+    CU_CHECK_LAUNCH("heads_merge");
+}
+
+// ---------------------------------------------------------------------------------------
+// optimizer kernels
+
+// One chunk: a piece of one segment, the unit of the AdamW and sum-of-squares grids.
+typedef struct {
+    size_t start;     // absolute element index in the parameter buffer
+    int len;          // <= CUDA_CHUNK
+    int sharded;
+    float decay, lr_mult;
+} cu_chunk;
+
+void cuda_plan_init(cuda_plan *p, cuda_ctx *c, const cuda_seg *segs, int n_seg, size_t lo,
+                    size_t hi) {
+    memset(p, 0, sizeof(*p));
+    MM_CHECK(lo <= hi && n_seg >= 0, "cuda_plan_init: bad range [%zu, %zu)", lo, hi);
+    p->lo = lo;
+    p->hi = hi;
+    p->n_seg = n_seg;
+    p->seg = (cuda_seg *)mm_calloc(n_seg > 0 ? n_seg : 1, sizeof(cuda_seg));
+    size_t prev = lo, nch = 0;
+    for (int s = 0; s < n_seg; s++) {
+        MM_CHECK(segs[s].offset >= prev && segs[s].offset + segs[s].size <= hi,
+                 "cuda_plan_init: segment %d [%zu, +%zu) unsorted or outside [%zu, %zu)", s,
+                 segs[s].offset, segs[s].size, lo, hi);
+        prev = segs[s].offset + segs[s].size;
+        p->seg[s] = segs[s];
+        nch += (segs[s].size + CUDA_CHUNK - 1) / CUDA_CHUNK;
+    }
+    MM_CHECK(nch < (size_t)1 << 30, "cuda_plan_init: %zu chunks", nch);
+    p->n_chunk = (int)nch;
+    cu_chunk *ch = (cu_chunk *)mm_calloc(nch > 0 ? nch : 1, sizeof(cu_chunk));
+    size_t k = 0;
+    for (int s = 0; s < n_seg; s++)
+        for (size_t o = 0; o < segs[s].size; o += CUDA_CHUNK) {
+            const size_t left = segs[s].size - o;
+            const size_t len = left < (size_t)CUDA_CHUNK ? left : (size_t)CUDA_CHUNK;
+            cu_chunk x = {segs[s].offset + o, (int)len, segs[s].sharded, segs[s].decay,
+                          segs[s].lr_mult};
+            ch[k++] = x;
+        }
+    p->dchunk = cuda_alloc(c, (nch > 0 ? nch : 1) * sizeof(cu_chunk));
+    cuda_upload(c, p->dchunk, ch, nch * sizeof(cu_chunk));
+    p->dpart = (double *)cuda_alloc(c, (nch + 2) * sizeof(double));
+    free(ch);
+}
+
+void cuda_plan_free(cuda_plan *p) {
+    free(p->seg);
+    cuda_free(p->dchunk);
+    cuda_free(p->dpart);
+    memset(p, 0, sizeof(*p));
+}
+
+// optim_adamw's loop body, float for float (this file is compiled without FMA contraction).
+__global__ void k_adamw(const cu_chunk *chunks, size_t base, float *params, const float *grads,
+                        float *m, float *v, float b1, float b2, float eps, float ibc1, float ibc2,
+                        float flr, float wd, float gs) {
+    const cu_chunk ch = chunks[blockIdx.x];
+    const float lri = flr * ch.lr_mult, wdi = wd * ch.decay;
+    for (int t = threadIdx.x; t < ch.len; t += blockDim.x) {
+        const size_t i = ch.start + t, j = i - base;
+        float gi = grads[j] * gs;
+        float mi = b1 * m[j] + (1.0f - b1) * gi;
+        float vi = b2 * v[j] + (1.0f - b2) * gi * gi;
+        m[j] = mi;
+        v[j] = vi;
+        float mhat = mi * ibc1, vhat = vi * ibc2;
+        params[i] -= lri * (mhat / (sqrtf(vhat) + eps) + wdi * params[i]);
+    }
+}
+
+void cuda_adamw(cuda_ctx *c, const cuda_plan *p, float *params, const float *grads, float *m,
+                float *v, int64_t step, double lr, double beta1, double beta2, double eps,
+                double weight_decay, double grad_scale) {
+    if (p->n_chunk == 0) return;
+    MM_CHECK(step >= 1, "cuda_adamw: step %lld is not 1-based", (long long)step);
+    // the same double-to-float roundings as optim_adamw
+    const float b1 = (float)beta1, b2 = (float)beta2, feps = (float)eps;
+    const float ibc1 = (float)(1.0 / (1.0 - pow(beta1, (double)step)));
+    const float ibc2 = (float)(1.0 / (1.0 - pow(beta2, (double)step)));
+    CU_LAUNCH(k_adamw, (unsigned)p->n_chunk, CU_THREADS, c->stream,
+              (const cu_chunk *)p->dchunk, p->lo, params, grads, m, v, b1, b2, feps, ibc1, ibc2,
+              (float)lr, (float)weight_decay, (float)grad_scale);
+    CU_CHECK_LAUNCH("adamw");
+}
+
+// part[chunk] = sum of squares of the chunk in double (products of floats are exact in double)
+__global__ void k_sumsq_chunks(const cu_chunk *chunks, size_t base, const float *g,
+                               double *part) {
+    const cu_chunk ch = chunks[blockIdx.x];
+    double s = 0;
+    for (int t = threadIdx.x; t < ch.len; t += blockDim.x) {
+        const double x = g[ch.start + t - base];
+        s += x * x;
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+// out[0] = sharded sum, out[1] = replicated sum over the n chunk partials (one block)
+__global__ void k_sumsq_final(const cu_chunk *chunks, const double *part, int n, double *out) {
+    double sh = 0, rep = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        if (chunks[i].sharded) sh += part[i];
+        else rep += part[i];
+    }
+    sh = block_sum(sh);
+    rep = block_sum(rep);
+    if (threadIdx.x == 0) {
+        out[0] = sh;
+        out[1] = rep;
+    }
+}
+
+void cuda_sumsq(cuda_ctx *c, const cuda_plan *p, const float *grads, double *sharded,
+                double *replicated) {
+    *sharded = *replicated = 0;
+    if (p->n_chunk == 0) return;
+    const cu_chunk *ch = (const cu_chunk *)p->dchunk;
+    CU_LAUNCH(k_sumsq_chunks, (unsigned)p->n_chunk, CU_THREADS, c->stream, ch, p->lo, grads,
+              p->dpart);
+    CU_CHECK_LAUNCH("sumsq chunks");
+    CU_LAUNCH(k_sumsq_final, 1, 1024, c->stream, ch, p->dpart, p->n_chunk,
+              p->dpart + p->n_chunk);
+    CU_CHECK_LAUNCH("sumsq final");
+    double r[2];
+    cuda_download(c, r, p->dpart + p->n_chunk, sizeof(r));
+    *sharded = r[0];
+    *replicated = r[1];
+}
+
+__global__ void k_ema(float *ema, const float *p, size_t n, float d) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        ema[i] = d * ema[i] + (1.0f - d) * p[i];
+}
+
+void cuda_ema(cuda_ctx *c, float *ema, const float *params, size_t n, float decay) {
+    if (n == 0) return;
+    CU_LAUNCH(k_ema, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, ema, params, n, decay);
+    CU_CHECK_LAUNCH("ema");
+}
+
+__global__ void k_scale(float *x, size_t n, float s) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= s;
+}
+
+void cuda_scale(cuda_ctx *c, float *x, size_t n, float s) {
+    if (n == 0) return;
+    CU_LAUNCH(k_scale, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, x, n, s);
+    CU_CHECK_LAUNCH("scale");
+}

@@ -1,0 +1,177 @@
+// cuda.h: the CUDA backend's public header: a device context (GPU, streams, cuBLAS handle,
+// scratch memory, matmul precision) with init/free, device memory helpers, the two ops tables
+// (model_ops_cuda, dit_ops_cuda) and the kernels the trainer needs on the device (AdamW, EMA,
+// gradient sum of squares, scale). Compiled only by `make cuda`; nothing in the CPU build
+// includes it. Implementation: model/cuda.cu (context, optimizer kernels), model/ops_cuda.cu
+// and model/ops_dit_cuda.cu (ops), model/cuda_internal.h (what the .cu files share).
+//
+// How the ops reach the context (a decision, so it is written down): the ops tables take no
+// context argument (model.h, diffusion.h) and the model code above them is shared with the
+// CPU backend, so the CUDA ops find their context through ONE thread-local binding: the
+// calling thread's current cuda_ctx, set by cuda_ctx_init (and cuda_ctx_bind), cleared by
+// cuda_ctx_free. It is the only mutable state outside a struct in the backend, and it is
+// per thread, like the CUDA runtime's own current device. The alternatives were worse: a
+// context pointer field in the tables would not reach the op functions without changing
+// every op signature and every call site in model/, and one table per context would need
+// closures C does not have. An op called on a thread with no bound context aborts with a
+// hint. Every op runs on the context's compute stream, in order, so the scratch memory and
+// the cuBLAS handle are never used by two ops at once; none of them synchronizes the host.
+//
+// Pointers given to the ops and to the cuda_ kernels are DEVICE pointers (cuda_alloc), with
+// the shapes of the CPU ops (row-major, accumulate (+=) semantics of backward ops). Results
+// are deterministic: same inputs, same outputs, run after run (no float atomics; every
+// cross-row reduction sums fixed chunks in a fixed order; cuBLAS is deterministic on one
+// stream). They match the CPU backend to rounding (tests/gpu/test_ops_cuda.c: relative error
+// <= 1e-5 in fp32); AdamW and EMA follow train/optim.c's float arithmetic step by step
+// (compiled without FMA contraction, like the CPU's -std=c11).
+//
+// Precision (cuda_ctx.precision): CUDA_FP32 runs every matmul in cuBLAS SGEMM (no TF32).
+// CUDA_BF16 converts the two inputs of each matmul (activations, weights, gradients) to
+// bf16 copies in scratch memory and multiplies with fp32 accumulation and fp32 outputs
+// (cublasGemmEx, CUBLAS_COMPUTE_32F); master weights, gradients, optimizer state, attention
+// and every other op stay fp32.
+//
+// Failure: every CUDA/cuBLAS call is checked; a failure aborts with file:line, the call, the
+// error string and a hint (a bug or a broken device is not recoverable). Bad configuration
+// (no GPU for this rank, a bad precision name, a bad local-rank variable) returns -1 with a
+// one-line mm_err instead. A kernel that finds bad data (a cross-entropy target outside
+// [-1, V)) records it in the context; cuda_ctx_sync aborts naming it.
+#ifndef MM_CUDA_H
+#define MM_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+// MM_CUDA_EMU: the CPU emulation build of these sources (tests/gpu/cuda_emu.h, included
+// first by the compiler command line, provides the CUDA types); otherwise the real toolkit.
+#ifndef MM_CUDA_EMU
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#ifdef __cplusplus
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#ifdef MM_HAVE_NCCL
+#include <nccl.h>  // before the C-linkage block below: it pulls in C++ headers
+#endif
+#endif
+#endif
+
+#ifdef __cplusplus
+// The project headers are C11: C linkage, and C++'s spelling of C11's noreturn (core.h).
+#define noreturn __attribute__((noreturn))
+extern "C" {
+#endif
+
+#include "diffusion.h"
+
+#ifdef MM_F64
+#error "the CUDA backend is float only; MM_F64 is for the CPU gradient checks"
+#endif
+
+typedef enum { CUDA_FP32 = 0, CUDA_BF16 = 1 } cuda_precision;
+
+// Parses "fp32" or "bf16". Returns 0, or -1 with err naming the value.
+int cuda_precision_parse(const char *s, cuda_precision *out, mm_err *err);
+const char *cuda_precision_name(cuda_precision p);
+
+// One process's GPU and what its ops run on. Owned by whoever calls cuda_ctx_init.
+typedef struct cuda_ctx {
+    int device;                // CUDA device index (= the local rank)
+    int world_rank;            // for messages
+    cuda_precision precision;  // matmul input precision (see the file comment); read by
+                               // each matmul call, so it may change between calls
+    cudaStream_t stream;       // every op and kernel of this context, in order
+    cudaStream_t comm_stream;  // NCCL collectives (DESIGN.md: NCCL on its own stream)
+    cublasHandle_t blas;       // bound to stream
+    void *scratch;             // (scratch_bytes) device work memory of the ops, grown on demand
+    size_t scratch_bytes;
+    int *flag;                 // (4) device: first bad input a kernel saw (0 = none), op, a, b
+    char device_name[256];
+    int sm_count, cc_major, cc_minor;
+    size_t mem_bytes;          // device memory
+} cuda_ctx;
+
+// This process's rank within its node, from the launcher's environment: Open MPI
+// (OMPI_COMM_WORLD_LOCAL_RANK), Slurm (SLURM_LOCALID), MPICH/Intel MPI (MPI_LOCALRANKID),
+// else 0. *var names the variable used (a static string, "" for the fallback). -1 with err
+// when a variable is set but not a non-negative integer.
+int cuda_local_rank(int *out, const char **var, mm_err *err);
+
+// Selects the GPU of this rank (device = local rank: one rank per GPU; CUDA_VISIBLE_DEVICES
+// may narrow the list), creates the streams, the cuBLAS handle and scratch, and binds the
+// context to the calling thread. Returns 0, or -1 with err naming the rank, the host and
+// the number of visible devices when this rank cannot have its GPU.
+int cuda_ctx_init(cuda_ctx *c, int world_rank, cuda_precision precision, mm_err *err);
+// Waits for the streams, frees everything, and unbinds c if the calling thread has it bound.
+void cuda_ctx_free(cuda_ctx *c);
+// Binds c (NULL: none) to the calling thread, selecting its device there too.
+void cuda_ctx_bind(cuda_ctx *c);
+// The calling thread's bound context; aborts with a hint when there is none.
+cuda_ctx *cuda_ctx_current(void);
+// Waits for c's compute stream; aborts when a kernel recorded bad input (see the flag).
+void cuda_ctx_sync(cuda_ctx *c);
+
+// Device memory. cuda_alloc returns zeroed device memory (never NULL; aborts when out of
+// memory with the size and a hint); the caller owns it and frees it with cuda_free (NULL is
+// a no-op). The copies run on c's compute stream, after the work queued there, and return
+// when the copy is done (the host buffer may be reused at once).
+void *cuda_alloc(cuda_ctx *c, size_t bytes);
+void cuda_free(void *p);
+void cuda_upload(cuda_ctx *c, void *dev, const void *host, size_t bytes);
+void cuda_download(cuda_ctx *c, void *host, const void *dev, size_t bytes);
+void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes);  // device to device
+void cuda_zero(cuda_ctx *c, void *dev, size_t bytes);                  // async on the stream
+
+// The ops tables. Each op runs on the calling thread's bound context (cuda_ctx_current).
+extern const model_ops model_ops_cuda;
+extern const dit_ops dit_ops_cuda;
+
+// ---------------------------------------------------------------------------------------
+// The optimizer side of a step on the device (train/optim.c is the reference).
+
+// One tensor's part of the optimizer range, as train/optim.h's optim_seg.
+typedef struct {
+    size_t offset, size;  // element range in the parameter buffer
+    float decay;          // 1 where weight decay applies, 0 elsewhere
+    float lr_mult;        // learning-rate multiplier
+    int sharded;          // 1 when split over tp (its sum of squares goes to *sharded)
+} cuda_seg;
+
+// The segments of a range [lo, hi) of the parameter buffer cut into chunks of at most
+// CUDA_CHUNK elements, each inside one segment: the unit of work of the AdamW and sum-of-
+// squares kernels, so that a sum's order depends only on the layout. Device copies owned.
+enum { CUDA_CHUNK = 16384 };
+typedef struct {
+    size_t lo, hi;   // the range; grads, m and v are indexed from lo
+    int n_seg;
+    cuda_seg *seg;   // (n_seg) host copy, owned
+    int n_chunk;
+    void *dchunk;    // (n_chunk) device chunk table, owned
+    double *dpart;   // (n_chunk + 2) device partial sums, owned
+} cuda_plan;
+
+// segs must be sorted by offset, disjoint and inside [lo, hi) (aborts otherwise).
+void cuda_plan_init(cuda_plan *p, cuda_ctx *c, const cuda_seg *segs, int n_seg, size_t lo,
+                    size_t hi);
+void cuda_plan_free(cuda_plan *p);
+
+// AdamW of optim_adamw: params[lo, hi) (indexed absolutely) from grads, m, v (indexed from
+// lo); step is 1-based; grad_scale multiplies every gradient first. Asynchronous.
+void cuda_adamw(cuda_ctx *c, const cuda_plan *p, float *params, const float *grads, float *m,
+                float *v, int64_t step, double lr, double beta1, double beta2, double eps,
+                double weight_decay, double grad_scale);
+// Sums of squares of grads (indexed from lo) over the segments, in double, split into
+// sharded and replicated tensors. Deterministic for a given plan; waits for the result.
+void cuda_sumsq(cuda_ctx *c, const cuda_plan *p, const float *grads, double *sharded,
+                double *replicated);
+// ema (n) = decay * ema + (1 - decay) * params, elementwise in float. Asynchronous.
+void cuda_ema(cuda_ctx *c, float *ema, const float *params, size_t n, float decay);
+// x (n) *= s. Asynchronous.
+void cuda_scale(cuda_ctx *c, float *x, size_t n, float s);
+
+#ifdef __cplusplus
+}
+#undef noreturn
+#endif
+
+#endif  // MM_CUDA_H

@@ -1,0 +1,229 @@
+// cuda_internal.h: what the CUDA backend's .cu files share and nothing else may use: the
+// check macros, the launch macro, launch-size helpers, deterministic warp/block reductions,
+// row-major cuBLAS wrappers, the deterministic column-sum machinery behind every bias/gain
+// gradient, and the attention core that self- and cross-attention both run on. C++ (nvcc,
+// or the host compiler for the CPU emulation build, MM_CUDA_EMU).
+//
+// The kernels are written so that the CPU emulation of tests/gpu/cuda_emu.h can run them:
+// launches go through CU_LAUNCH (not <<<>>> directly), shared memory is static (no dynamic
+// shared memory), every warp shuffle is executed by all 32 lanes of a warp, and block sizes
+// are multiples of 32.
+#ifndef MM_CUDA_INTERNAL_H
+#define MM_CUDA_INTERNAL_H
+
+#include "cuda.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef MM_CUDA_EMU
+#define CU_LAUNCH(kern, grid, block, stream, ...)                    \
+    do {                                                             \
+        (void)(stream);                                              \
+        cuemu_launch((grid), (block), [=]() { kern(__VA_ARGS__); }); \
+    } while (0)
+#else
+#define CU_LAUNCH(kern, grid, block, stream, ...) \
+    kern<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
+// ---------------------------------------------------------------------------------------
+// checks: abort with file:line, the call, the error string and a hint
+
+const char *cuda_hint(cudaError_t e);
+const char *cublas_hint(cublasStatus_t s);
+
+#define CU_CHECK(call)                                                                \
+    do {                                                                              \
+        cudaError_t e_ = (call);                                                      \
+        if (e_ != cudaSuccess)                                                        \
+            mm_fatal(__FILE__, __LINE__, "CUDA: %s failed: %s (%s)", #call,           \
+                     cudaGetErrorString(e_), cuda_hint(e_));                          \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                            \
+    do {                                                                              \
+        cublasStatus_t s_ = (call);                                                   \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                              \
+            mm_fatal(__FILE__, __LINE__, "cuBLAS: %s failed: %s (%s)", #call,         \
+                     cublasGetStatusString(s_), cublas_hint(s_));                     \
+    } while (0)
+
+// After every launch: a bad launch configuration shows here, at the launch that made it.
+#define CU_CHECK_LAUNCH(what) CU_CHECK(cudaPeekAtLastError())
+
+// ---------------------------------------------------------------------------------------
+// launch sizes
+
+enum { CU_THREADS = 256, CU_WARP = 32 };
+// Enough blocks for n elements with grid-stride loops, capped (the loops cover the rest).
+static inline unsigned cu_blocks(size_t n, unsigned threads) {
+    size_t b = (n + threads - 1) / threads;
+    const size_t cap = (size_t)1 << 16;
+    return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
+}
+// Blocks for kernels that give each block whole rows (grid-stride over rows).
+static inline unsigned cu_row_blocks(int rows) {
+    const int cap = 1 << 20;
+    return (unsigned)(rows < 1 ? 1 : rows > cap ? cap : rows);
+}
+static inline size_t cu_round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
+
+// Scratch of the bound context: at least `bytes`, valid until the next cuda_scratch call
+// (a call that grows it waits for the stream first, so earlier work is done with the old).
+void *cuda_scratch(cuda_ctx *c, size_t bytes);
+
+// Carves aligned pieces out of one scratch request: first count with base NULL, then carve.
+typedef struct {
+    char *base;
+    size_t off;
+} cu_carver;
+static inline void *cu_carve(cu_carver *cv, size_t bytes) {
+    void *p = cv->base ? cv->base + cv->off : NULL;
+    cv->off += cu_round_up(bytes, 256);
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------
+// deterministic reductions: fixed butterflies, fixed trees. After warp_sum every lane holds
+// the same bits (each stage adds the same two values on both lanes, a + b == b + a).
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets
+// the result. Every thread of the block must call it (it synchronizes).
+template <typename T>
+__device__ T block_sum(T v) {
+    __shared__ T sh[32];
+    const int lane = threadIdx.x % CU_WARP, warp = threadIdx.x / CU_WARP;
+    v = warp_sum(v);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    const int nw = blockDim.x / CU_WARP;
+    T r = lane < nw ? sh[lane] : (T)0;
+    r = warp_sum(r);
+    __syncthreads();  // sh may be reused by the next call
+    return r;
+}
+
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float sh[32];
+    const int lane = threadIdx.x % CU_WARP, warp = threadIdx.x / CU_WARP;
+    v = warp_max(v);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    const int nw = blockDim.x / CU_WARP;
+    float r = lane < nw ? sh[lane] : -INFINITY;
+    r = warp_max(r);
+    __syncthreads();
+    return r;
+}
+
+// Records the first bad input a kernel finds (flag (4): code, op, a, b); cuda_ctx_sync reports.
+enum { CU_FLAG_XENT_TARGET = 1 };
+__device__ __forceinline__ void cu_flag(int *flag, int code, int a, int b) {
+    if (atomicCAS(flag, 0, code) == 0) {
+        flag[1] = a;
+        flag[2] = b;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// row-major GEMM through column-major cuBLAS:
+//   C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C,
+// A stored row-major as (M, K) (ta = 0) or (K, M) (ta = 1) with row stride lda; B likewise
+// as (K, N) or (N, K) with ldb; C (M, N) with ldc. Batched over `batch` matrices at element
+// strides sA, sB, sC. Row-major C is column-major C^T = op(B)^T op(A)^T, hence the swap.
+// Precision CUDA_BF16 takes bf16 A and B (the caller converted them); C is always fp32.
+void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+             int lda, long long sA, const float *B, int ldb, long long sB, float beta, float *C,
+             int ldc, long long sC, int batch);
+void cu_gemm_bf16(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
+                  const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta,
+                  float *C, int ldc);
+// dst (n) = bf16(src) (round to nearest even)
+void cu_to_bf16(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, size_t n);
+
+// ---------------------------------------------------------------------------------------
+// deterministic column sums: for S segments of R rows each (row r of segment s is row
+// s * R + r of the data) and C columns, dst_k[s * sc + c] += sum over the segment's rows of
+// f(s, r, c)[k], k < K (K = F::K, 1 or 2). Pass 1: each (segment, chunk of rows, column)
+// sums its rows in order into a partial; pass 2: each (segment, column) adds its chunks'
+// partials in order. The chunk size depends only on R, so results depend only on shapes.
+// F: a copyable struct with `enum { K = .. }` and
+//   __device__ void operator()(int s, int r, int c, float *v) const.
+enum { CU_COLSUM_TX = 128 };
+
+static inline int cu_colsum_rows_per_chunk(int R) {
+    int ch = (R + 1023) / 1024;
+    return ch < 32 ? 32 : ch;
+}
+
+template <typename F>
+__global__ void k_colsum_partial(F f, int R, int C, int ch, int nch, float *part) {
+    const int c = blockIdx.x * CU_COLSUM_TX + threadIdx.x;
+    const int chunk = blockIdx.y, s = blockIdx.z;
+    if (c >= C) return;  // no barriers below
+    const int r0 = chunk * ch, r1 = r0 + ch < R ? r0 + ch : R;
+    float acc[F::K];
+    for (int k = 0; k < F::K; k++) acc[k] = 0;
+    for (int r = r0; r < r1; r++) {
+        float v[F::K];
+        f(s, r, c, v);
+        for (int k = 0; k < F::K; k++) acc[k] += v[k];
+    }
+    for (int k = 0; k < F::K; k++)
+        part[(((size_t)s * nch + chunk) * F::K + k) * C + c] = acc[k];
+}
+
+// dst0/dst1 (S, sc) += chunk partials (S, nch, K, C), chunks in order. dst1 unused if K = 1.
+// (A host function: a kernel is launched only from the file that defines it.)
+void cu_colsum_final(cuda_ctx *c, const float *part, int S, int nch, int K, int C, float *dst0,
+                     float *dst1, int sc);
+
+template <typename F>
+void cu_colsum(cuda_ctx *c, F f, int S, int R, int C, float *dst0, float *dst1, int sc) {
+    if (S <= 0 || R <= 0 || C <= 0) return;
+    const int ch = cu_colsum_rows_per_chunk(R), nch = (R + ch - 1) / ch;
+    MM_CHECK(S <= 65535, "colsum: %d segments exceed the grid limit", S);
+    float *part = (float *)cuda_scratch(c, (size_t)S * nch * F::K * C * sizeof(float));
+    dim3 g1((C + CU_COLSUM_TX - 1) / CU_COLSUM_TX, nch, S);
+    CU_LAUNCH(k_colsum_partial<F>, g1, CU_COLSUM_TX, c->stream, f, R, C, ch, nch, part);
+    CU_CHECK_LAUNCH("colsum partial");
+    cu_colsum_final(c, part, S, nch, (int)F::K, C, dst0, dst1, sc);
+}
+
+// ---------------------------------------------------------------------------------------
+// heads: (B, T, NH, HD) rows at row stride rs and column offset off  <->  (B, NH, T, HD)
+
+// dst (B, NH, T, HD) = src[(b*T + t) * rs + off + h*HD + d]
+void cu_heads_split(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,
+                    int rs, int off);
+// dst[(b*T + t) * rs + off + h*HD + d] (+)= src (B, NH, T, HD): acc = 1 adds, 0 overwrites
+void cu_heads_merge(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,
+                    int rs, int off, int acc);
+
+// Attention core on head-major q (B, NH, Tq, HD), k, v (B, NH, Tk, HD):
+// att (B, NH, Tq, Tk) = masked softmax(scale q k^T), o (B, NH, Tq, HD) = att v. Query i may
+// attend key j iff key_valid[b*Tk + j] && (P < 0 || j < P || j <= i) (P < 0: every key);
+// a query with no allowed key gets a zero row.
+void cu_attn_fwd(cuda_ctx *c, float *att, float *o, const float *q, const float *k,
+                 const float *v, const uint8_t *key_valid, int B, int Tq, int Tk, int P, int NH,
+                 int HD);
+// Its backward: dq, dk, dv (head-major, overwritten) from dout (head-major) and att. ds is
+// scratch of att's shape.
+void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const float *dout,
+                 const float *q, const float *k, const float *v, const float *att, int B,
+                 int Tq, int Tk, int NH, int HD);
+
+#endif  // MM_CUDA_INTERNAL_H

@@ -1,0 +1,271 @@
+// ops_dit_cuda.cu: the CUDA backend of the diffusion model's ops (dit_ops in diffusion.h),
+// the device twin of ops_dit_cpu.c: SiLU, adaLN modulation, gated residual adds, cross-
+// attention and the per-sample MSE, so that model/diffusion.c runs unchanged on a GPU.
+//
+// Conventions as ops_cuda.cu: every backward accumulates (+=) except mse_bwd (overwrites),
+// no float atomics; the per-sample shift/scale/gate gradients are column sums over a sample's
+// rows done by cu_colsum's two fixed passes, and the MSE sums fixed chunks in double, then the
+// chunks in order, so every result is the same bits run after run. Cross-attention runs the
+// attention core of ops_cuda.cu (cuBLAS for the products) with every valid key allowed.
+#include "cuda_internal.h"
+
+// ---------------------------------------------------------------------------------------
+// SiLU: x * sigmoid(x)
+
+__global__ void k_silu_fwd(float *out, const float *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = x[i] / (1 + expf(-x[i]));
+}
+
+// d/dx x s(x) = s (1 + x (1 - s))
+__global__ void k_silu_bwd(float *dx, const float *x, const float *dout, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float s = 1 / (1 + expf(-x[i]));
+        dx[i] += dout[i] * s * (1 + x[i] * (1 - s));
+    }
+}
+
+static void silu_fwd(float *out, const float *x, size_t n) {
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_silu_fwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, x, n);
+    CU_CHECK_LAUNCH("silu_fwd");
+}
+
+static void silu_bwd(float *dx, const float *x, const float *dout, size_t n) {
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_silu_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dx, x, dout, n);
+    CU_CHECK_LAUNCH("silu_bwd");
+}
+
+// ---------------------------------------------------------------------------------------
+// adaLN modulation and gated residual: per-sample vectors (stride sc) broadcast over N rows.
+// Row kernels over the B * N rows of (B, N, C): one block per row (grid-stride), threads
+// along it; the row's sample is r / N.
+
+__global__ void k_modulate_fwd(float *out, const float *x, const float *shift, const float *scale,
+                               int sc, int rows, int N, int C) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
+        for (int c = threadIdx.x; c < C; c += blockDim.x)
+            out[o + c] = x[o + c] * (1 + scale[p + c]) + shift[p + c];
+    }
+}
+
+// dx += dout * (1 + scale)
+__global__ void k_modulate_bwd_dx(float *dx, const float *dout, const float *scale, int sc,
+                                  int rows, int N, int C) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
+        for (int c = threadIdx.x; c < C; c += blockDim.x)
+            dx[o + c] += dout[o + c] * (1 + scale[p + c]);
+    }
+}
+
+// x += gate * y
+__global__ void k_gated_add_fwd(float *x, const float *y, const float *gate, int sc, int rows,
+                                int N, int C) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) x[o + c] += gate[p + c] * y[o + c];
+    }
+}
+
+// dy += dx * gate
+__global__ void k_gated_add_bwd_dy(float *dy, const float *dx, const float *gate, int sc, int rows,
+                                   int N, int C) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) dy[o + c] += dx[o + c] * gate[p + c];
+    }
+}
+
+// per sample s, row r, column c of (B, N, C) data: dshift += dout, dscale += dout * x
+struct colsum_modulate {
+    enum { K = 2 };
+    const float *dout, *x;
+    int N, C;
+    __device__ void operator()(int s, int r, int c, float *v) const {
+        const size_t i = ((size_t)s * N + r) * C + c;
+        v[0] = dout[i];
+        v[1] = dout[i] * x[i];
+    }
+};
+
+// dgate += dx * y
+struct colsum_gate {
+    enum { K = 1 };
+    const float *dx, *y;
+    int N, C;
+    __device__ void operator()(int s, int r, int c, float *v) const {
+        const size_t i = ((size_t)s * N + r) * C + c;
+        v[0] = dx[i] * y[i];
+    }
+};
+
+static void modulate_fwd(float *out, const float *x, const float *shift, const float *scale,
+                         int sc, int B, int N, int C) {
+    const size_t n = (size_t)B * N * C;
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_modulate_fwd, cu_row_blocks(B * N), CU_THREADS, c->stream, out, x, shift, scale,
+              sc, B * N, N, C);
+    CU_CHECK_LAUNCH("modulate_fwd");
+}
+
+static void modulate_bwd(float *dx, float *dshift, float *dscale, const float *dout,
+                         const float *x, const float *scale, int sc, int B, int N, int C) {
+    const size_t n = (size_t)B * N * C;
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    cu_colsum(c, colsum_modulate{dout, x, N, C}, B, N, C, dshift, dscale, sc);
+    CU_LAUNCH(k_modulate_bwd_dx, cu_row_blocks(B * N), CU_THREADS, c->stream, dx, dout, scale, sc,
+              B * N, N, C);
+    CU_CHECK_LAUNCH("modulate_bwd");
+}
+
+static void gated_add_fwd(float *x, const float *y, const float *gate, int sc, int B, int N,
+                          int C) {
+    const size_t n = (size_t)B * N * C;
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_gated_add_fwd, cu_row_blocks(B * N), CU_THREADS, c->stream, x, y, gate, sc, B * N,
+              N, C);
+    CU_CHECK_LAUNCH("gated_add_fwd");
+}
+
+static void gated_add_bwd(float *dy, float *dgate, const float *dx, const float *y,
+                          const float *gate, int sc, int B, int N, int C) {
+    const size_t n = (size_t)B * N * C;
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    cu_colsum(c, colsum_gate{dx, y, N, C}, B, N, C, dgate, NULL, sc);
+    CU_LAUNCH(k_gated_add_bwd_dy, cu_row_blocks(B * N), CU_THREADS, c->stream, dy, dx, gate, sc,
+              B * N, N, C);
+    CU_CHECK_LAUNCH("gated_add_bwd");
+}
+
+// ---------------------------------------------------------------------------------------
+// cross-attention: q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD) -> out (B, Tq, NH, HD)
+
+static void xattn_fwd(float *out, float *att, const float *q, const float *kv,
+                      const uint8_t *key_valid, int B, int Tq, int Tk, int NH, int HD) {
+    if (B <= 0 || Tq <= 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    const int C = NH * HD;
+    if (Tk <= 0) {  // no key at all: zero rows, zero output (as the CPU's empty softmax)
+        CU_CHECK(cudaMemsetAsync(out, 0, (size_t)B * Tq * C * sizeof(float), c->stream));
+        return;
+    }
+    const size_t nq = cu_round_up((size_t)B * Tq * C * sizeof(float), 256);
+    const size_t nk = cu_round_up((size_t)B * Tk * C * sizeof(float), 256);
+    char *ws = (char *)cuda_scratch(c, 2 * nq + 2 * nk);
+    float *qh = (float *)ws, *oh = (float *)(ws + nq), *kh = (float *)(ws + 2 * nq),
+          *vh = (float *)(ws + 2 * nq + nk);
+    cu_heads_split(c, qh, q, B, Tq, NH, HD, C, 0);
+    cu_heads_split(c, kh, kv, B, Tk, NH, HD, 2 * C, 0);
+    cu_heads_split(c, vh, kv, B, Tk, NH, HD, 2 * C, C);
+    cu_attn_fwd(c, att, oh, qh, kh, vh, key_valid, B, Tq, Tk, -1, NH, HD);
+    cu_heads_merge(c, out, oh, B, Tq, NH, HD, C, 0, 0);
+}
+
+static void xattn_bwd(float *dq, float *dkv, const float *dout, const float *q, const float *kv,
+                      const float *att, int B, int Tq, int Tk, int NH, int HD) {
+    if (B <= 0 || Tq <= 0 || Tk <= 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    const int C = NH * HD;
+    const size_t nq = cu_round_up((size_t)B * Tq * C * sizeof(float), 256);
+    const size_t nk = cu_round_up((size_t)B * Tk * C * sizeof(float), 256);
+    const size_t na = cu_round_up((size_t)B * NH * Tq * Tk * sizeof(float), 256);
+    char *ws = (char *)cuda_scratch(c, 3 * nq + 4 * nk + na);
+    float *qh = (float *)ws, *doh = (float *)(ws + nq), *dqh = (float *)(ws + 2 * nq);
+    char *wk = ws + 3 * nq;
+    float *kh = (float *)wk, *vh = (float *)(wk + nk), *dkh = (float *)(wk + 2 * nk),
+          *dvh = (float *)(wk + 3 * nk), *ds = (float *)(wk + 4 * nk);
+    cu_heads_split(c, qh, q, B, Tq, NH, HD, C, 0);
+    cu_heads_split(c, doh, dout, B, Tq, NH, HD, C, 0);
+    cu_heads_split(c, kh, kv, B, Tk, NH, HD, 2 * C, 0);
+    cu_heads_split(c, vh, kv, B, Tk, NH, HD, 2 * C, C);
+    cu_attn_bwd(c, dqh, dkh, dvh, ds, doh, qh, kh, vh, att, B, Tq, Tk, NH, HD);
+    cu_heads_merge(c, dq, dqh, B, Tq, NH, HD, C, 0, 1);
+    cu_heads_merge(c, dkv, dkh, B, Tk, NH, HD, 2 * C, 0, 1);
+    cu_heads_merge(c, dkv, dvh, B, Tk, NH, HD, 2 * C, C, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// per-sample mean squared error: chunks of MSE_CHUNK elements summed in double by one block
+// each, then each sample's chunks in order.
+
+enum { MSE_CHUNK = 8192 };
+
+__global__ void k_mse_partial(double *part, const float *pred, const float *target, size_t n,
+                              int nch) {
+    const int ch = blockIdx.x, b = blockIdx.y;
+    const size_t lo = (size_t)ch * MSE_CHUNK, hi = lo + MSE_CHUNK < n ? lo + MSE_CHUNK : n;
+    const float *p = pred + (size_t)b * n, *t = target + (size_t)b * n;
+    double s = 0;
+    for (size_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const double d = (double)p[i] - (double)t[i];
+        s += d * d;
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) part[(size_t)b * nch + ch] = s;
+}
+
+__global__ void k_mse_final(float *loss, const double *part, int nch, size_t n) {
+    const int b = blockIdx.x;
+    double s = 0;
+    for (int ch = threadIdx.x; ch < nch; ch += blockDim.x) s += part[(size_t)b * nch + ch];
+    s = block_sum(s);
+    if (threadIdx.x == 0) loss[b] = (float)(s / (double)n);
+}
+
+static void mse_fwd(float *loss, const float *pred, const float *target, int B, size_t n) {
+    if (B <= 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    MM_CHECK(n > 0, "mse_fwd: empty samples (a mean over no pixels)");
+    MM_CHECK(B <= 65535, "mse_fwd: %d samples exceed the grid limit", B);
+    const size_t nch = (n + MSE_CHUNK - 1) / MSE_CHUNK;
+    MM_CHECK(nch < (size_t)1 << 30, "mse_fwd: %zu elements per sample", n);
+    double *part = (double *)cuda_scratch(c, (size_t)B * nch * sizeof(double));
+    CU_LAUNCH(k_mse_partial, dim3((unsigned)nch, B), CU_THREADS, c->stream, part, pred, target, n,
+              (int)nch);
+    CU_CHECK_LAUNCH("mse partial");
+    CU_LAUNCH(k_mse_final, (unsigned)B, CU_THREADS, c->stream, loss, part, (int)nch, n);
+    CU_CHECK_LAUNCH("mse final");
+}
+
+// dpred (B, n) = 2 (pred - target) / n * dloss[b] (overwrites), as the CPU groups it
+__global__ void k_mse_bwd(float *dpred, const float *pred, const float *target,
+                          const float *dloss, size_t total, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x)
+        dpred[i] = 2 * (pred[i] - target[i]) * (dloss[i / n] / (float)n);
+}
+
+static void mse_bwd(float *dpred, const float *pred, const float *target, const float *dloss,
+                    int B, size_t n) {
+    const size_t total = (size_t)B * n;
+    if (B <= 0 || total == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_mse_bwd, cu_blocks(total, CU_THREADS), CU_THREADS, c->stream, dpred, pred, target,
+              dloss, total, n);
+    CU_CHECK_LAUNCH("mse_bwd");
+}
+
+const dit_ops dit_ops_cuda = {
+    .name = "cuda",
+    .silu_fwd = silu_fwd,
+    .silu_bwd = silu_bwd,
+    .modulate_fwd = modulate_fwd,
+    .modulate_bwd = modulate_bwd,
+    .gated_add_fwd = gated_add_fwd,
+    .gated_add_bwd = gated_add_bwd,
+    .xattn_fwd = xattn_fwd,
+    .xattn_bwd = xattn_bwd,
+    .mse_fwd = mse_fwd,
+    .mse_bwd = mse_bwd,
+};

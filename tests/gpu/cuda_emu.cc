@@ -1,0 +1,425 @@
+// cuda_emu.cc: the CPU emulation of CUDA and cuBLAS declared in cuda_emu.h (why it exists:
+// see there). Blocks run one after another; the threads of a block are ucontext coroutines
+// on the calling thread, each resumed until it reaches a barrier (__syncthreads: the whole
+// block; a shuffle: its warp) or ends. A barrier opens when every live thread of its block
+// (warp) waits at it; a thread that ended while others wait at a barrier, or a state in which
+// nothing can move, is a bug in the kernel and aborts with what every thread was doing.
+// Device memory is host memory registered in a table, so copies and GEMMs can check that
+// their device arguments lie inside one allocation.
+#include "cuda_emu.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <map>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+extern "C" {
+void __sanitizer_start_switch_fiber(void **fake_stack_save, const void *bottom, size_t size);
+void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_old,
+                                     size_t *size_old);
+}
+#else
+#define EMU_ASAN 0
+#endif
+
+dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+[[noreturn]] static void emu_die(const char *what) {
+    fprintf(stderr, "cuda_emu: %s\n", what);
+    abort();
+}
+
+// ---------------------------------------------------------------------------------------
+// the scheduler's state: one emulated block at a time (all of it belongs to the single
+// emulation thread; a program that launched from two threads at once would be a misuse)
+
+enum { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
+enum { MAX_THREADS = 1024, STACK_BYTES = 256 << 10 };
+
+namespace {
+struct fiber {
+    ucontext_t ctx;
+    char *stack = nullptr;
+    int state = DONE;
+    unsigned char slot[8];  // this lane's value in a warp exchange
+};
+
+struct emu_state {
+    ucontext_t sched;
+    fiber fibers[MAX_THREADS];
+    int n = 0, cur = -1;
+    const std::function<void()> *body = nullptr;
+    cudaError_t last = cudaSuccess;
+    std::map<uintptr_t, size_t> allocs;  // device allocations: base -> bytes
+#if EMU_ASAN
+    void *fake_sched = nullptr;          // the scheduler's fake stack while a fiber runs
+    const void *sched_bottom = nullptr;  // the scheduler's stack, learnt on the first switch
+    size_t sched_size = 0;
+#endif
+};
+emu_state S;
+}  // namespace
+
+static void thread_index(int t) {
+    threadIdx.x = (unsigned)t % blockDim.x;
+    threadIdx.y = ((unsigned)t / blockDim.x) % blockDim.y;
+    threadIdx.z = (unsigned)t / (blockDim.x * blockDim.y);
+}
+
+// fiber -> scheduler (final = the fiber has ended and is never resumed)
+static void to_sched(bool final) {
+    fiber &f = S.fibers[S.cur];
+#if EMU_ASAN
+    void *fake = nullptr;
+    __sanitizer_start_switch_fiber(final ? nullptr : &fake, S.sched_bottom, S.sched_size);
+    swapcontext(&f.ctx, &S.sched);
+    __sanitizer_finish_switch_fiber(fake, &S.sched_bottom, &S.sched_size);
+#else
+    (void)final;
+    swapcontext(&f.ctx, &S.sched);
+#endif
+}
+
+static void fiber_main() {
+#if EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &S.sched_bottom, &S.sched_size);
+#endif
+    (*S.body)();
+    S.fibers[S.cur].state = DONE;
+    to_sched(true);
+    emu_die("a finished thread was resumed");
+}
+
+// scheduler -> fiber t
+static void resume(int t) {
+    S.cur = t;
+    thread_index(t);
+    fiber &f = S.fibers[t];
+#if EMU_ASAN
+    __sanitizer_start_switch_fiber(&S.fake_sched, f.stack, STACK_BYTES);
+    swapcontext(&S.sched, &f.ctx);
+    __sanitizer_finish_switch_fiber(S.fake_sched, nullptr, nullptr);
+#else
+    swapcontext(&S.sched, &f.ctx);
+#endif
+}
+
+void cuemu_syncthreads(void) {
+    if (S.cur < 0) emu_die("__syncthreads outside a kernel");
+    S.fibers[S.cur].state = AT_BLOCK_BARRIER;
+    to_sched(false);
+}
+
+void cuemu_warp_exchange(const void *in, void *out, size_t size, int src_lane) {
+    if (S.cur < 0) emu_die("warp shuffle outside a kernel");
+    if (size > 8) emu_die("warp shuffle of more than 8 bytes");
+    if (blockDim.x * blockDim.y * blockDim.z % 32 != 0)
+        emu_die("warp shuffle in a block whose size is not a multiple of 32");
+    const int me = S.cur, base = me / 32 * 32;
+    memcpy(S.fibers[me].slot, in, size);
+    S.fibers[me].state = AT_WARP_BARRIER;  // everyone has written
+    to_sched(false);
+    memcpy(out, S.fibers[base + (src_lane & 31)].slot, size);
+    S.fibers[me].state = AT_WARP_BARRIER;  // everyone has read before the slots change
+    to_sched(false);
+}
+
+static void dump_and_die(const char *why) {
+    fprintf(stderr, "cuda_emu: %s in block (%u,%u,%u); thread states:", why, blockIdx.x,
+            blockIdx.y, blockIdx.z);
+    static const char *const names[] = {"run", "sync", "warp", "done"};
+    for (int t = 0; t < S.n; t++)
+        fprintf(stderr, "%s%d:%s", t % 16 ? " " : "\n  ", t, names[S.fibers[t].state]);
+    fprintf(stderr, "\n");
+    abort();
+}
+
+// Readies thread t to start the kernel body (its own frame: getcontext returns twice).
+static __attribute__((noinline)) void fiber_init(int t) {
+    fiber &f = S.fibers[t];
+    if (!f.stack) {
+        void *p = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) emu_die("cannot map a thread stack");
+        f.stack = (char *)p;
+    }
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = STACK_BYTES;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_main, 0);
+    f.state = RUNNABLE;
+}
+
+// Runs the current block to the end.
+static void run_block() {
+    for (int t = 0; t < S.n; t++) fiber_init(t);
+    for (;;) {
+        for (int t = 0; t < S.n; t++)
+            if (S.fibers[t].state == RUNNABLE) resume(t);
+        int done = 0, at_block = 0;
+        for (int t = 0; t < S.n; t++) {
+            done += S.fibers[t].state == DONE;
+            at_block += S.fibers[t].state == AT_BLOCK_BARRIER;
+        }
+        if (done == S.n) break;
+        bool moved = false;
+        for (int w = 0; w * 32 < S.n; w++) {
+            int lo = w * 32, hi = lo + 32 < S.n ? lo + 32 : S.n, waiting = 0, ended = 0;
+            for (int t = lo; t < hi; t++) {
+                waiting += S.fibers[t].state == AT_WARP_BARRIER;
+                ended += S.fibers[t].state == DONE;
+            }
+            if (waiting == 0) continue;
+            if (ended) dump_and_die("a warp shuffle with lanes that have exited");
+            if (waiting == hi - lo) {
+                for (int t = lo; t < hi; t++) S.fibers[t].state = RUNNABLE;
+                moved = true;
+            }
+        }
+        if (at_block > 0 && at_block + done == S.n) {
+            if (done) dump_and_die("__syncthreads with threads that have exited");
+            for (int t = 0; t < S.n; t++) S.fibers[t].state = RUNNABLE;
+            moved = true;
+        }
+        if (!moved) dump_and_die("deadlock (threads wait at different barriers)");
+    }
+}
+
+void cuemu_launch(dim3 grid, dim3 block, const std::function<void()> &body) {
+    const unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || nt == 0 || nt > MAX_THREADS ||
+        block.z > 64 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+        fprintf(stderr, "cuda_emu: invalid launch grid (%u,%u,%u) block (%u,%u,%u)\n", grid.x,
+                grid.y, grid.z, block.x, block.y, block.z);
+        S.last = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (S.cur >= 0) emu_die("a launch from inside a kernel");
+    gridDim = grid;
+    blockDim = block;
+    S.n = (int)nt;
+    S.body = &body;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                blockIdx = dim3(x, y, z);
+                run_block();
+            }
+    S.cur = -1;
+    S.body = nullptr;
+}
+
+// ---------------------------------------------------------------------------------------
+// runtime API
+
+// Does [p, p + n) lie inside one device allocation?
+static bool on_device(const void *p, size_t n) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = S.allocs.upper_bound(a);
+    if (it == S.allocs.begin()) return false;
+    --it;
+    return a >= it->first && a + n <= it->first + it->second;
+}
+
+static cudaError_t fail(cudaError_t e, const char *what) {
+    fprintf(stderr, "cuda_emu: %s\n", what);
+    S.last = e;
+    return e;
+}
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    *n = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int d) {
+    return d == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
+    if (d != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such device");
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "cuda_emu (CPU emulation)");
+    p->multiProcessorCount = 1;
+    p->major = 9;
+    p->totalGlobalMem = (size_t)1 << 32;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
+    *s = (cudaStream_t)malloc(1);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    free(s);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaMalloc(void **p, size_t n) {
+    if (n == 0) return fail(cudaErrorInvalidValue, "cudaMalloc of 0 bytes");
+    // poison-free but not zeroed: as on a GPU, nobody may rely on fresh memory being zero
+    void *q = nullptr;
+    if (posix_memalign(&q, 256, n) != 0) return fail(cudaErrorMemoryAllocation, "cudaMalloc");
+    memset(q, 0xff, n);  // NaN patterns: a kernel reading memory nobody wrote shows up
+    S.allocs[(uintptr_t)q] = n;
+    *p = q;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p) {
+    if (!p) return cudaSuccess;
+    auto it = S.allocs.find((uintptr_t)p);
+    if (it == S.allocs.end())
+        return fail(cudaErrorInvalidValue, "cudaFree of a non-device pointer");
+    S.allocs.erase(it);
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind k,
+                            cudaStream_t) {
+    bool dd = k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice;
+    bool sd = k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice;
+    if (dd != on_device(dst, n) || sd != on_device(src, n))
+        return fail(cudaErrorInvalidValue, "cudaMemcpyAsync: pointers do not match the kind");
+    memmove(dst, src, n);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) {
+    if (!on_device(p, n)) return fail(cudaErrorInvalidValue, "cudaMemsetAsync: not device memory");
+    memset(p, v, n);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = S.last;
+    S.last = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) { return S.last; }
+
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    default: return "emulated error";
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// cuBLAS over OpenBLAS (column-major, the same arguments)
+
+cublasStatus_t cublasCreate(cublasHandle_t *h) {
+    *h = (cublasHandle_t)malloc(1);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasDestroy(cublasHandle_t h) {
+    free(h);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+
+const char *cublasGetStatusString(cublasStatus_t s) {
+    return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS"
+           : s == CUBLAS_STATUS_INVALID_VALUE ? "CUBLAS_STATUS_INVALID_VALUE"
+                                              : "CUBLAS_STATUS_(emulated error)";
+}
+
+// Elements a column-major operand spans: rows x cols at leading dimension ld.
+static size_t extent(int rows, int cols, int ld) {
+    return rows == 0 || cols == 0 ? 0 : (size_t)ld * (cols - 1) + rows;
+}
+
+// cuBLAS's argument rules, and every operand inside one device allocation.
+static bool gemm_ok(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
+                    int lda, const void *B, int ldb, const void *C, int ldc, size_t ea,
+                    size_t eb) {
+    const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
+    const int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
+    if (m < 0 || n < 0 || k < 0 || lda < (ar > 1 ? ar : 1) || ldb < (br > 1 ? br : 1) ||
+        ldc < (m > 1 ? m : 1)) {
+        fprintf(stderr, "cuda_emu: gemm m=%d n=%d k=%d lda=%d ldb=%d ldc=%d: bad sizes\n", m, n, k,
+                lda, ldb, ldc);
+        return false;
+    }
+    if (!on_device(A, extent(ar, ac, lda) * ea) || !on_device(B, extent(br, bc, ldb) * eb) ||
+        !on_device(C, extent(m, n, ldc) * sizeof(float))) {
+        fprintf(stderr, "cuda_emu: gemm m=%d n=%d k=%d: an operand is outside device memory\n", m,
+                n, k);
+        return false;
+    }
+    return true;
+}
+
+static CBLAS_TRANSPOSE tr(cublasOperation_t t) {
+    return t == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;
+}
+
+cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const float *alpha, const float *A, int lda,
+                           const float *B, int ldb, const float *beta, float *C, int ldc) {
+    if (!gemm_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc, 4, 4)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    cblas_sgemm(CblasColMajor, tr(ta), tr(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
+                                         cublasOperation_t tb, int m, int n, int k,
+                                         const float *alpha, const float *A, int lda,
+                                         long long sA, const float *B, int ldb, long long sB,
+                                         const float *beta, float *C, int ldc, long long sC,
+                                         int batch) {
+    if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    for (int i = 0; i < batch; i++) {
+        cublasStatus_t s = cublasSgemm(h, ta, tb, m, n, k, alpha, A + i * sA, lda, B + i * sB, ldb,
+                                       beta, C + i * sC, ldc);
+        if (s != CUBLAS_STATUS_SUCCESS) return s;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType at,
+                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
+                            void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t) {
+    if (at != CUDA_R_16BF || bt != CUDA_R_16BF || ct != CUDA_R_32F ||
+        compute != CUBLAS_COMPUTE_32F) {
+        fprintf(stderr, "cuda_emu: cublasGemmEx: only bf16 x bf16 -> fp32 is emulated\n");
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    if (!gemm_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc, 2, 2)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    const size_t na = extent(ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda);
+    const size_t nb = extent(tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb);
+    std::vector<float> fa(na), fb(nb);
+    for (size_t i = 0; i < na; i++) fa[i] = __bfloat162float(((const __nv_bfloat16 *)A)[i]);
+    for (size_t i = 0; i < nb; i++) fb[i] = __bfloat162float(((const __nv_bfloat16 *)B)[i]);
+    cblas_sgemm(CblasColMajor, tr(ta), tr(tb), m, n, k, *(const float *)alpha, fa.data(), lda,
+                fb.data(), ldb, *(const float *)beta, (float *)C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+}  // extern "C"

@@ -1,0 +1,178 @@
+// cuda_emu.h: a CPU emulation of the small part of CUDA and cuBLAS that the CUDA backend
+// (model/cuda.cu, ops_cuda.cu, ops_dit_cuda.cu) uses, so that its kernels and its cuBLAS
+// calls can be run and checked against the CPU ops on a machine without a GPU (`make
+// cuda-emu`, tests/cuda_build.sh). It is a test tool, not a backend: it runs every GPU thread
+// of a block as a coroutine on one host thread, switching only at __syncthreads and warp
+// shuffles, with CUDA's limits and the rules the backend relies on enforced loudly (launch
+// sizes, every lane of a warp in a shuffle, every thread of a block at a barrier, GEMM
+// leading dimensions, device pointers in copies). cuBLAS calls run OpenBLAS with the same
+// column-major arguments. What it cannot show: timing, races between threads that a real GPU
+// interleaves differently, and device rounding (host expf/logf differ from CUDA's by an ulp).
+//
+// Included first (-include) when compiling with -DMM_CUDA_EMU; model/cuda.h then skips the
+// real toolkit headers. The C part serves the C test program, the C++ part the .cu sources
+// compiled as C++.
+#ifndef MM_CUDA_EMU_H
+#define MM_CUDA_EMU_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------------------------------
+// runtime API
+
+typedef enum {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInsufficientDriver = 35,
+    cudaErrorNoDevice = 100,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidConfiguration = 9,
+} cudaError_t;
+
+typedef enum {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+} cudaMemcpyKind;
+
+enum { cudaStreamNonBlocking = 1 };
+
+typedef struct cuemu_stream *cudaStream_t;
+
+struct cudaDeviceProp {
+    char name[256];
+    int multiProcessorCount, major, minor;
+    size_t totalGlobalMem;
+};
+typedef struct cudaDeviceProp cudaDeviceProp;
+
+cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaSetDevice(int d);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaMalloc(void **p, size_t n);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind k,
+                            cudaStream_t s);
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaPeekAtLastError(void);
+const char *cudaGetErrorString(cudaError_t e);
+
+// ---------------------------------------------------------------------------------------
+// bf16 (storage only; arithmetic is done in float)
+
+typedef struct {
+    unsigned short x;
+} __nv_bfloat16;
+
+// ---------------------------------------------------------------------------------------
+// cuBLAS
+
+typedef struct cuemu_blas *cublasHandle_t;
+typedef enum {
+    CUBLAS_STATUS_SUCCESS = 0,
+    CUBLAS_STATUS_NOT_INITIALIZED = 1,
+    CUBLAS_STATUS_ALLOC_FAILED = 3,
+    CUBLAS_STATUS_INVALID_VALUE = 7,
+    CUBLAS_STATUS_ARCH_MISMATCH = 8,
+    CUBLAS_STATUS_NOT_SUPPORTED = 15,
+} cublasStatus_t;
+typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
+typedef enum { CUBLAS_DEFAULT_MATH = 0 } cublasMath_t;
+typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
+typedef enum { CUBLAS_COMPUTE_32F = 68 } cublasComputeType_t;
+typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
+
+cublasStatus_t cublasCreate(cublasHandle_t *h);
+cublasStatus_t cublasDestroy(cublasHandle_t h);
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s);
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m);
+const char *cublasGetStatusString(cublasStatus_t s);
+cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const float *alpha, const float *A, int lda,
+                           const float *B, int ldb, const float *beta, float *C, int ldc);
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
+                                         cublasOperation_t tb, int m, int n, int k,
+                                         const float *alpha, const float *A, int lda,
+                                         long long sA, const float *B, int ldb, long long sB,
+                                         const float *beta, float *C, int ldc, long long sC,
+                                         int batch);
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType at,
+                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
+                            void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t algo);
+
+#ifdef __cplusplus
+}  // extern "C"
+
+// ---------------------------------------------------------------------------------------
+// device side (C++): qualifiers, built-in indices, barriers, shuffles, atomics, launches
+
+#include <functional>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+// The emulated GPU's built-in registers: set by the scheduler before it resumes a thread.
+// (Globals because CUDA's are; only the single emulation thread touches them.)
+extern dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+void cuemu_syncthreads(void);
+// Exchanges `size` bytes among the 32 lanes of the calling thread's warp: writes in, returns
+// in out the value of lane src (clamped by the caller).
+void cuemu_warp_exchange(const void *in, void *out, size_t size, int src_lane);
+void cuemu_launch(dim3 grid, dim3 block, const std::function<void()> &body);
+
+#define __syncthreads() cuemu_syncthreads()
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+    T out;
+    cuemu_warp_exchange(&v, &out, sizeof(T), ((int)(threadIdx.x % 32)) ^ lane_mask);
+    return out;
+}
+
+inline int atomicCAS(int *p, int cmp, int val) {
+    int old = *p;
+    if (old == cmp) *p = val;
+    return old;
+}
+
+inline __nv_bfloat16 __float2bfloat16(float f) {
+    uint32_t u;
+    __builtin_memcpy(&u, &f, 4);
+    __nv_bfloat16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) r.x = (unsigned short)((u >> 16) | 0x40);  // NaN
+    else r.x = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return r;
+}
+
+inline float __bfloat162float(__nv_bfloat16 h) {
+    uint32_t u = (uint32_t)h.x << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+#endif  // __cplusplus
+
+#endif  // MM_CUDA_EMU_H
