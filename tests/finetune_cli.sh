@@ -109,21 +109,34 @@ out=$(same_tensors "$tmp/dbase.h5" "$tmp/dresave.h5" params)
 ok "diffusion: tp=2 and tp=1 exports hold the same weights: $out" '[[ "$out" == same:* ]]'
 
 # --- the worked examples against bases of the demo architectures ------------------------
-trained 1 tinybase run.steps=1 model.d_model=128 model.n_layers=4 model.n_heads=4
-sed -e "s|runs/finetune_tiny|$tmp/ex1|" -e "s|runs/tiny|$tmp/tinybase|" \
+# base_from CONFIG NAME: one step of the demo config itself, so that an architecture change
+# there that the fine-tune example does not follow fails here
+base_from() {
+    OMP_NUM_THREADS=1 timeout 300 "$B/train" "$1" run.out_dir="$tmp/$2" run.steps=1 \
+        data.train="$tmp/A/train" data.val= run.threads=1 >"$tmp/$2.log" 2>&1
+    ok "$1: one-step base exits 0: $(tail -n 2 "$tmp/$2.log")" '[ $? -eq 0 ]'
+}
+base_from configs/tiny.yaml tinybase
+sed -e "s|runs/finetune_tiny|$tmp/ex1|" -e "s|runs/demo|$tmp/tinybase|" \
     -e "s|my_data/|$tmp/B/|" configs/finetune_tiny.yaml >"$tmp/ex1.yaml"
 OMP_NUM_THREADS=1 timeout 300 "$B/train" "$tmp/ex1.yaml" run.steps=1 data.val= run.threads=1 \
     >"$tmp/ex1.log" 2>&1
 ok "configs/finetune_tiny.yaml fine-tunes a tiny.yaml base: $(tail -n 2 "$tmp/ex1.log")" \
     '[ $? -eq 0 ] && grep -q "initialized weights from" "$tmp/ex1.log"'
-trained 1 dtinybase run.steps=1 model.kind=diffusion model.d_model=128 model.n_layers=4 \
-    model.n_heads=4 model.patch=4 diffusion.enc_layers=1
-sed -e "s|runs/finetune_diffusion_tiny|$tmp/ex2|" -e "s|runs/diffusion_tiny|$tmp/dtinybase|" \
+base_from configs/diffusion_tiny.yaml dtinybase
+sed -e "s|runs/finetune_diffusion_tiny|$tmp/ex2|" -e "s|runs/demo_diffusion|$tmp/dtinybase|" \
     -e "s|my_data/|$tmp/B/|" configs/finetune_diffusion_tiny.yaml >"$tmp/ex2.yaml"
 OMP_NUM_THREADS=1 timeout 300 "$B/train" "$tmp/ex2.yaml" run.steps=1 data.val= run.threads=1 \
     >"$tmp/ex2.log" 2>&1
 ok "configs/finetune_diffusion_tiny.yaml fine-tunes a diffusion_tiny.yaml base: $(tail -n 2 "$tmp/ex2.log")" \
     '[ $? -eq 0 ] && grep -q "initialized weights from" "$tmp/ex2.log"'
+
+# README's "Fine-tune on your own data" starts from launch/example_folder.sh's files
+MMDATA="$B/mmdata" launch/example_folder.sh "$tmp/files" 12 >"$tmp/files.log" 2>&1 &&
+"$B/mmdata" pack --manifest "$tmp/files/manifest.jsonl" --out "$tmp/packed" --val-fraction 0.25 \
+    >>"$tmp/files.log" 2>&1
+ok "example_folder.sh + pack: 12 of 12 samples packed: $(tail -n 1 "$tmp/files.log")" \
+    '[ $? -eq 0 ] && grep -q "packed 12 of 12 samples" "$tmp/files.log"'
 
 # --- bad input ------------------------------------------------------------------------
 expect_error "export: missing checkpoint" "$tmp/nope: cannot open" "$B/train" export --ckpt "$tmp/nope" --out "$tmp/x.h5"

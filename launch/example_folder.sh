@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# example_folder.sh: makes a folder of ordinary media files (PNG images, WAV sounds, .txt
+# captions and a manifest.jsonl listing them), so that README's "Fine-tune on your own data"
+# can be followed end to end without bringing data. The files are drawn from the synthetic
+# generator with only yellow, purple and white objects (the demo models are trained on all
+# six colours), written out one sample at a time by `mmdata inspect`, exactly as a user's
+# own files would arrive; nothing in it is specific to mmtrain's formats.
+#   launch/example_folder.sh DIR [N]      (N samples, default 600)
+set -euo pipefail
+DIR=${1:?usage: launch/example_folder.sh DIR [N]}
+N=${2:-600}
+MMDATA=${MMDATA:-build/mmdata}
+[ -x "$MMDATA" ] || { echo "example_folder.sh: $MMDATA not built (run make)" >&2; exit 1; }
+[ ! -e "$DIR" ] || { echo "example_folder.sh: $DIR exists; choose a new folder" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$MMDATA" synth --out "$tmp/set" --samples "$N" --seed 7 --only colour=yellow,purple,white \
+    >/dev/null
+mkdir -p "$DIR/img" "$DIR/wav" "$DIR/txt"
+: >"$DIR/manifest.jsonl"
+for ((i = 0; i < N; i++)); do
+    "$MMDATA" inspect "$tmp/set" --sample "$i" --out "$tmp/one" >/dev/null
+    line="{\"caption_file\": \"txt/$i.txt\""
+    mv "$tmp/one/sample_$i.txt" "$DIR/txt/$i.txt"
+    if [ -f "$tmp/one/sample_$i.png" ]; then
+        mv "$tmp/one/sample_$i.png" "$DIR/img/$i.png"
+        line+=", \"image\": \"img/$i.png\""
+    fi
+    if [ -f "$tmp/one/sample_$i.wav" ]; then
+        mv "$tmp/one/sample_$i.wav" "$DIR/wav/$i.wav"
+        line+=", \"audio\": \"wav/$i.wav\""
+    fi
+    echo "$line}" >>"$DIR/manifest.jsonl"
+done
+echo "example_folder.sh: $N samples in $DIR (img/, wav/, txt/, manifest.jsonl)"
