@@ -12,30 +12,75 @@
 //
 // Only the main thread calls MPI (MPI_THREAD_FUNNELED): non-blocking collectives progress
 // inside comm_test / comm_wait, never in the background.
+//
+// Timeouts (comm_set_timeout, the trainer's run.collective_timeout). A rank that stalls (a
+// hung file system, a GPU fault, a stopped process) would otherwise keep every other rank
+// in a blocking collective until the allocation ends. With a timeout set, a blocking
+// collective first waits for a non-blocking barrier (every rank has arrived), and a
+// non-blocking one is completed in comm_wait, both by polling MPI_Testall against a deadline
+// (spinning for the first 100 ms, as MPI_Wait does, then sleeping 50 us between polls so
+// that a long wait, e.g. for a checkpoint write, does not burn a core). When the deadline passes, the rank finds out who is
+// missing over a side channel: a duplicate of MPI_COMM_WORLD on which every rank that is
+// itself waiting inside a collective answers "who is there?" queries (it polls for them
+// while it waits). The timed-out rank asks the other ranks of the group, waits
+// COMM_GRACE_S for answers, names those that did not answer (stalled outside any
+// collective, or dead) and those that answered (with the collective they wait in, which
+// tells a mismatched-collective bug apart), and ends the job with comm_abort. No rank
+// needs to make progress for the diagnosis except those that answer. The cost on the fast
+// path is the barrier of a blocking collective (`bench_comm 900` against `bench_comm`). A
+// dead rank is normally reported by mpirun itself, which ends the job as soon as a rank
+// exits without MPI_Finalize.
 #include "comm.h"
 
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef MM_HAVE_MPI
 #include <mpi.h>
+#endif
+
+#define COMM_GRACE_S 2.0  // how long a timed-out rank waits for answers to "who is there?"
+#define COMM_WHAT_LEN 60
+
+#ifdef MM_HAVE_MPI
+enum { TAG_QUERY = 1, TAG_ANSWER = 2 };
+
+// What a waiting rank answers: its world rank and the collective it waits in.
+typedef struct {
+    int32_t world_rank;
+    char what[COMM_WHAT_LEN];
+} diag_answer;
+
+// The side channel of the timeout diagnosis; one per process, owned by the world group.
+typedef struct {
+    MPI_Comm comm;      // duplicate of MPI_COMM_WORLD, errors return (a dead peer is normal)
+    diag_answer me;     // this rank's answer; me.what is "" while not waiting
+    int32_t query;      // payload of the queries this rank sends (its world rank)
+} comm_diag;
 #endif
 
 struct comm_group {
 #ifdef MM_HAVE_MPI
     MPI_Comm comm;
     int owned;  // 1 when comm_group_free must MPI_Comm_free it
+    comm_diag *diag;  // the world's (owned by the world group only)
+    int *world_of;    // (size) world rank of each group rank, owned; NULL for the world
 #endif
     int rank, size;
     size_t max_count;  // elements per MPI call, 1 .. INT32_MAX
+    double timeout;    // seconds a collective may take, 0 = no limit
+    long long seq;     // collectives issued on this group (for messages)
 };
 
 struct comm_request {
 #ifdef MM_HAVE_MPI
     MPI_Request *reqs;  // n requests: &one, or malloc'd (owned) when the call was chunked
     MPI_Request one;
+    comm_group *g;      // not owned: the group whose timeout applies
+    const char *op;     // for messages
 #endif
     int n;  // 0 when the collective completed at once (a single rank)
 };
@@ -69,6 +114,122 @@ static size_t n_chunks(size_t count, size_t max) { return (count + max - 1) / ma
 // Elements in the chunk that starts at off.
 static int chunk_len(size_t count, size_t off, size_t max) {
     return (int)(count - off < max ? count - off : max);
+}
+
+// Answers every pending "who is there?" query with this rank's state.
+static void diag_answer_queries(comm_diag *d) {
+    for (;;) {
+        int flag = 0;
+        MPI_Status st;
+        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_QUERY, d->comm, &flag, &st) != MPI_SUCCESS || !flag)
+            return;
+        int32_t who;
+        if (MPI_Recv(&who, 1, MPI_INT32_T, st.MPI_SOURCE, TAG_QUERY, d->comm,
+                     MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return;
+        MPI_Request r;  // small: sent eagerly; freed at once (d->me outlives it)
+        if (MPI_Isend(&d->me, sizeof(d->me), MPI_BYTE, st.MPI_SOURCE, TAG_ANSWER, d->comm, &r) ==
+            MPI_SUCCESS)
+            MPI_Request_free(&r);
+    }
+}
+
+static int world_rank_of(const comm_group *g, int r) { return g->world_of ? g->world_of[r] : r; }
+
+static void sleep_us(long us) {
+    struct timespec ts = {0, us * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+// The deadline of a collective passed: asks the group's other ranks who is waiting too,
+// names the ones that are not, and ends the job.
+static noreturn void diag_timeout(comm_group *g, const char *op, double waited) {
+    comm_diag *d = g->diag;
+    int n = g->size;
+    char *answered = mm_calloc((size_t)n, 1);
+    diag_answer *ans = mm_calloc((size_t)n, sizeof(diag_answer));
+    d->query = d->me.world_rank;
+    for (int r = 0; r < n; r++) {
+        if (r == g->rank) continue;
+        MPI_Request q;
+        if (MPI_Isend(&d->query, 1, MPI_INT32_T, world_rank_of(g, r), TAG_QUERY, d->comm, &q) ==
+            MPI_SUCCESS)
+            MPI_Request_free(&q);
+    }
+    int missing = n - 1;
+    for (double until = mm_now() + COMM_GRACE_S; missing > 0 && mm_now() < until;) {
+        diag_answer_queries(d);  // another timed-out rank may be asking this one
+        int flag = 0;
+        MPI_Status st;
+        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_ANSWER, d->comm, &flag, &st) == MPI_SUCCESS && flag) {
+            diag_answer a;
+            if (MPI_Recv(&a, sizeof(a), MPI_BYTE, st.MPI_SOURCE, TAG_ANSWER, d->comm,
+                         MPI_STATUS_IGNORE) != MPI_SUCCESS)
+                continue;
+            a.what[COMM_WHAT_LEN - 1] = '\0';
+            for (int r = 0; r < n; r++)
+                if (r != g->rank && world_rank_of(g, r) == st.MPI_SOURCE && !answered[r]) {
+                    answered[r] = 1;
+                    ans[r] = a;
+                    missing--;
+                }
+        } else {
+            sleep_us(1000);
+        }
+    }
+    char msg[MM_ERR_LEN];
+    size_t k = (size_t)snprintf(msg, sizeof(msg),
+                                "error: rank %d: %s did not complete within the collective "
+                                "timeout (%g s, run.collective_timeout; waited %.1f s): ",
+                                d->me.world_rank, op, g->timeout, waited);
+    if (missing > 0) {
+        k += (size_t)snprintf(msg + k, k < sizeof(msg) ? sizeof(msg) - k : 0, "rank%s",
+                              missing > 1 ? "s" : "");
+        for (int r = 0, i = 0; r < n; r++)
+            if (r != g->rank && !answered[r])
+                k += (size_t)snprintf(msg + k, k < sizeof(msg) ? sizeof(msg) - k : 0, "%s %d",
+                                      i++ ? "," : "", world_rank_of(g, r));
+        k += (size_t)snprintf(msg + k, k < sizeof(msg) ? sizeof(msg) - k : 0,
+                              " did not arrive (stalled outside communication, or dead)");
+    } else {
+        k += (size_t)snprintf(msg + k, k < sizeof(msg) ? sizeof(msg) - k : 0,
+                              "every rank of the group is waiting (mismatched collectives?)");
+    }
+    for (int r = 0; r < n; r++)
+        if (answered[r] && ans[r].what[0])
+            k += (size_t)snprintf(msg + k, k < sizeof(msg) ? sizeof(msg) - k : 0,
+                                  "; rank %d waits in %s", world_rank_of(g, r), ans[r].what);
+    free(answered);
+    free(ans);
+    comm_abort(g, 1, msg);
+}
+
+// Completes n requests of a collective on g: MPI_Waitall without a timeout; otherwise polls
+// against the deadline, answering diagnosis queries while it waits.
+static void wait_reqs(comm_group *g, int n, MPI_Request *reqs, const char *op) {
+    if (n == 0) return;
+    if (g->timeout <= 0) {
+        MPI_Waitall(n, reqs, MPI_STATUSES_IGNORE);
+        return;
+    }
+    int done = 0;
+    MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+    if (done) return;
+    comm_diag *d = g->diag;
+    snprintf(d->me.what, sizeof(d->me.what), "%.24s #%lld of a group of %d", op, g->seq, g->size);
+    double t0 = mm_now();
+    for (;;) {
+        MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+        if (done) break;
+        double waited = mm_now() - t0;
+        // spin like MPI_Wait: a non-blocking collective advances one round per test, so
+        // sleeping between tests would slow every multi-round algorithm down
+        if (waited < 0.1) continue;
+        diag_answer_queries(d);
+        if (waited > g->timeout) diag_timeout(g, op, waited);
+        sleep_us(50);
+    }
+    d->me.what[0] = '\0';
 }
 
 static MPI_Datatype mpi_type(comm_dtype t) {
@@ -158,6 +319,34 @@ static void all_gather_chunks(comm_group *g, const void *send, void *recv, size_
         MPI_Type_free(&blk);  // a started operation keeps its own reference
     }
 }
+
+// With a timeout, a blocking collective first waits (polled, with the deadline) for a
+// non-blocking barrier: once it completes every rank has arrived, and the plain blocking MPI
+// call follows. Issuing the collective itself non-blocking would time its data movement too,
+// but Open MPI's non-blocking algorithms (libnbc) reach only 40-50% of the blocking ones'
+// bandwidth at 1-4 MiB (bench_comm), which would slow tensor-parallel activations; the
+// barrier costs a few microseconds. A rank that stalls inside the data movement itself is
+// not caught; one that dies there is ended by mpirun.
+static void arrival(comm_group *g, const char *op) {
+    MPI_Request r = MPI_REQUEST_NULL;
+    MPI_Ibarrier(g->comm, &r);
+    wait_reqs(g, 1, &r, op);
+}
+
+enum { OP_ALLREDUCE, OP_REDUCE_SCATTER, OP_ALL_GATHER };
+
+static void blocking(comm_group *g, int kind, const void *send, void *buf, size_t count,
+                     comm_dtype t, MPI_Op op) {
+    g->seq++;
+    if (g->timeout > 0)
+        arrival(g, kind == OP_REDUCE_SCATTER ? "reduce-scatter"
+                   : kind == OP_ALL_GATHER   ? "all-gather"
+                   : op == MPI_SUM           ? "allreduce-sum"
+                                             : "allreduce-max");
+    if (kind == OP_ALLREDUCE) allreduce_chunks(g, buf, count, t, op, NULL);
+    else if (kind == OP_REDUCE_SCATTER) reduce_scatter_chunks(g, send, buf, count, NULL);
+    else all_gather_chunks(g, send, buf, count, t, NULL);
+}
 #endif
 
 comm_group *comm_init(int *argc, char ***argv) {
@@ -170,6 +359,10 @@ comm_group *comm_init(int *argc, char ***argv) {
     g->comm = MPI_COMM_WORLD;
     MPI_Comm_rank(g->comm, &g->rank);
     MPI_Comm_size(g->comm, &g->size);
+    g->diag = mm_calloc(1, sizeof(comm_diag));
+    MPI_Comm_dup(MPI_COMM_WORLD, &g->diag->comm);
+    MPI_Comm_set_errhandler(g->diag->comm, MPI_ERRORS_RETURN);
+    g->diag->me.world_rank = g->rank;
 #else
     (void)argc;
     (void)argv;
@@ -181,6 +374,8 @@ comm_group *comm_init(int *argc, char ***argv) {
 
 void comm_finalize(comm_group *world) {
 #ifdef MM_HAVE_MPI
+    MPI_Comm_free(&world->diag->comm);
+    free(world->diag);
     MPI_Finalize();
 #endif
     free(world);
@@ -192,11 +387,24 @@ int comm_size(const comm_group *g) { return g->size; }
 comm_group *comm_split(comm_group *g, int color, int key) {
     comm_group *s = mm_calloc(1, sizeof(*s));
     s->max_count = g->max_count;
+    s->timeout = g->timeout;
 #ifdef MM_HAVE_MPI
     MPI_Comm_split(g->comm, color, key, &s->comm);
     s->owned = 1;
+    s->diag = g->diag;
     MPI_Comm_rank(s->comm, &s->rank);
     MPI_Comm_size(s->comm, &s->size);
+    // world ranks of the members, for naming the ones a timed-out collective misses
+    MPI_Group mine, world;
+    MPI_Comm_group(s->comm, &mine);
+    MPI_Comm_group(MPI_COMM_WORLD, &world);
+    int *idx = mm_malloc(sizeof(int) * (size_t)s->size);
+    for (int i = 0; i < s->size; i++) idx[i] = i;
+    s->world_of = mm_malloc(sizeof(int) * (size_t)s->size);
+    MPI_Group_translate_ranks(mine, s->size, idx, world, s->world_of);
+    free(idx);
+    MPI_Group_free(&mine);
+    MPI_Group_free(&world);
 #else
     (void)color;
     (void)key;
@@ -210,6 +418,7 @@ void comm_group_free(comm_group *g) {
     if (!g) return;
 #ifdef MM_HAVE_MPI
     if (g->owned) MPI_Comm_free(&g->comm);
+    free(g->world_of);
 #endif
     free(g);
 }
@@ -220,9 +429,16 @@ void comm_set_max_count(comm_group *g, size_t max_count) {
     g->max_count = max_count;
 }
 
+void comm_set_timeout(comm_group *g, double seconds) {
+    MM_CHECK(seconds >= 0, "collective timeout %g s: must be >= 0", seconds);
+    g->timeout = seconds;
+}
+
 void comm_barrier(comm_group *g) {
 #ifdef MM_HAVE_MPI
-    MPI_Barrier(g->comm);
+    g->seq++;
+    if (g->timeout > 0) arrival(g, "barrier");
+    else MPI_Barrier(g->comm);
 #else
     (void)g;
 #endif
@@ -230,7 +446,7 @@ void comm_barrier(comm_group *g) {
 
 void comm_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t) {
 #ifdef MM_HAVE_MPI
-    if (g->size > 1) allreduce_chunks(g, buf, count, t, MPI_SUM, NULL);
+    if (g->size > 1) blocking(g, OP_ALLREDUCE, NULL, buf, count, t, MPI_SUM);
 #else
     (void)g;
     (void)buf;
@@ -241,7 +457,7 @@ void comm_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t) {
 
 void comm_allreduce_max(comm_group *g, void *buf, size_t count, comm_dtype t) {
 #ifdef MM_HAVE_MPI
-    if (g->size > 1) allreduce_chunks(g, buf, count, t, MPI_MAX, NULL);
+    if (g->size > 1) blocking(g, OP_ALLREDUCE, NULL, buf, count, t, MPI_MAX);
 #else
     (void)g;
     (void)buf;
@@ -254,6 +470,8 @@ void comm_bcast(comm_group *g, void *buf, size_t count, comm_dtype t, int root) 
 #ifdef MM_HAVE_MPI
     if (g->size == 1) return;
     size_t es = dtype_size(t), max = g->max_count;
+    g->seq++;
+    if (g->timeout > 0) arrival(g, "broadcast");
     for (size_t off = 0; off < count; off += max)
         MPI_Bcast((char *)buf + off * es, chunk_len(count, off, max), mpi_type(t), root, g->comm);
 #else
@@ -280,7 +498,7 @@ void comm_reduce_scatter_sum(comm_group *g, const float *send, float *recv, size
         return;
     }
 #ifdef MM_HAVE_MPI
-    reduce_scatter_chunks(g, send, recv, count, NULL);
+    blocking(g, OP_REDUCE_SCATTER, send, recv, count, COMM_F32, MPI_SUM);
 #endif
 }
 
@@ -291,7 +509,7 @@ void comm_all_gather(comm_group *g, const void *send, void *recv, size_t count, 
         return;
     }
 #ifdef MM_HAVE_MPI
-    all_gather_chunks(g, send, recv, count, t, NULL);
+    blocking(g, OP_ALL_GATHER, send, recv, count, t, MPI_OP_NULL);
 #endif
 }
 
@@ -299,6 +517,8 @@ comm_request *comm_iallreduce_sum(comm_group *g, void *buf, size_t count, comm_d
     if (g->size == 1 || count == 0) return request_new(0);
 #ifdef MM_HAVE_MPI
     comm_request *r = request_new(n_chunks(count, g->max_count));
+    r->g = g, r->op = "allreduce-sum (non-blocking)";
+    g->seq++;
     allreduce_chunks(g, buf, count, t, MPI_SUM, r->reqs);
     return r;
 #else
@@ -317,6 +537,8 @@ comm_request *comm_ireduce_scatter_sum(comm_group *g, const float *send, float *
     }
 #ifdef MM_HAVE_MPI
     comm_request *r = request_new(reduce_scatter_nreq(g, count));
+    r->g = g, r->op = "reduce-scatter (non-blocking)";
+    g->seq++;
     reduce_scatter_chunks(g, send, recv, count, r->reqs);
     return r;
 #else
@@ -333,6 +555,8 @@ comm_request *comm_iall_gather(comm_group *g, const void *send, void *recv, size
     }
 #ifdef MM_HAVE_MPI
     comm_request *r = request_new(n_chunks(count, g->max_count));
+    r->g = g, r->op = "all-gather (non-blocking)";
+    g->seq++;
     all_gather_chunks(g, send, recv, count, t, r->reqs);
     return r;
 #else
@@ -354,7 +578,7 @@ int comm_test(comm_request *r) {
 void comm_wait(comm_request *r) {
     if (!r) return;
 #ifdef MM_HAVE_MPI
-    if (r->n > 0) MPI_Waitall(r->n, r->reqs, MPI_STATUSES_IGNORE);
+    if (r->n > 0) wait_reqs(r->g, r->n, r->reqs, r->op);
     if (r->reqs != &r->one) free(r->reqs);
 #endif
     free(r);

@@ -18,6 +18,10 @@ int mm_fail(mm_err *err, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
         va_end(ap);
+        // an error is ONE line even when it quotes hostile input (a CSV header cell or a
+        // JSON key holding a newline: found by tests/fuzz): control bytes become spaces
+        for (char *c = err->msg; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = ' ';
     }
     return -1;
 }

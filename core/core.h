@@ -23,7 +23,8 @@ typedef struct {
 } mm_err;
 
 // Fills err (if not NULL) with a printf-formatted message and returns -1, so that
-// recoverable code can write `return mm_fail(err, "%s: ...", path);`.
+// recoverable code can write `return mm_fail(err, "%s: ...", path);`. Control characters
+// (newlines included) become spaces, so the message stays one line whatever it quotes.
 int mm_fail(mm_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 noreturn void mm_fatal(const char *file, int line, const char *fmt, ...)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # deps.sh: installs the Debian packages mmtrain builds against when any is missing (make deps,
 # and make demo / CI through it). Elsewhere it prints what to install and stops.
+# clang + libclang-rt-dev: the libFuzzer harnesses of make test (tests/fuzz.sh).
 # MM_DEPS_EXTRA adds packages (e.g. python3-torch for the PyTorch column of make bench).
 set -euo pipefail
 pkgs=(build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-dev libyaml-dev
       libopenblas-openmp-dev libfftw3-dev zlib1g-dev libpng-dev libsndfile1-dev libturbojpeg0-dev
-      libsoxr-dev sox ${MM_DEPS_EXTRA:-})
+      libsoxr-dev sox clang libclang-rt-dev ${MM_DEPS_EXTRA:-})
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -247,10 +247,21 @@ static int write_str_attr(hid_t loc, const char *name, const char *s) {
     return rc;
 }
 
+// -1 with err when attribute `name` is absent, or when HDF5 cannot even tell (a header
+// whose checksum fails: the file is damaged).
+static int attr_missing(hid_t loc, const char *where, const char *name, mm_err *err) {
+    htri_t e = H5Aexists(loc, name);
+    if (e > 0) return 0;
+    if (e < 0)
+        return mm_fail(err, "%s: attribute '%s' unreadable: object header damaged (checksum "
+                       "mismatch: file corrupt)", where, name);
+    return mm_fail(err, "%s: attribute '%s' missing", where, name);
+}
+
 // Reads a numeric attribute of n elements (0 = scalar) of class cls into buf as mem_type.
 static int read_attr(hid_t loc, const char *where, const char *name, H5T_class_t cls,
                      hid_t mem_type, int n, void *buf, mm_err *err) {
-    if (H5Aexists(loc, name) <= 0) return mm_fail(err, "%s: attribute '%s' missing", where, name);
+    if (attr_missing(loc, where, name, err)) return -1;
     hid_t attr = H5Aopen(loc, name, H5P_DEFAULT);
     hid_t space = attr < 0 ? -1 : H5Aget_space(attr);
     hid_t type = attr < 0 ? -1 : H5Aget_type(attr);
@@ -285,7 +296,7 @@ done:
 
 // Reads a fixed-length string attribute into a malloc'd NUL-terminated buffer (caller frees).
 static int read_str_attr(hid_t loc, const char *where, const char *name, char **out, mm_err *err) {
-    if (H5Aexists(loc, name) <= 0) return mm_fail(err, "%s: attribute '%s' missing", where, name);
+    if (attr_missing(loc, where, name, err)) return -1;
     hid_t attr = H5Aopen(loc, name, H5P_DEFAULT);
     hid_t space = attr < 0 ? -1 : H5Aget_space(attr);
     hid_t type = attr < 0 ? -1 : H5Aget_type(attr);
@@ -715,6 +726,25 @@ int ckpt_find_latest(const char *out_dir, char *path, size_t path_len, mm_err *e
     return find_latest_in(ckdir, path, path_len, err);
 }
 
+int ckpt_find_previous(const char *out_dir, const char *than, char *path, size_t path_len) {
+    char ckdir[PATH_LEN];
+    if (path_join(ckdir, sizeof(ckdir), out_dir, "ckpt")) return 0;
+    int64_t below = INT64_MAX;
+    if (than) {
+        const char *base = strrchr(than, '/');
+        if (!parse_step_name(base ? base + 1 : than, &below)) return 0;
+    }
+    int n = 0, found = 0;
+    int64_t *steps = list_committed(ckdir, &n);
+    for (int i = n - 1; i >= 0 && !found; i--) {
+        if (steps[i] >= below) continue;
+        found = (size_t)snprintf(path, path_len, "%s/step_%08" PRId64, ckdir, steps[i]) <
+                path_len;
+    }
+    free(steps);
+    return found;
+}
+
 int ckpt_resolve(const char *path, char *out, size_t out_len, mm_err *err) {
     struct stat sb;
     if (!path[0]) return mm_fail(err, "checkpoint path is empty");
@@ -974,8 +1004,14 @@ static int load_tensor(const char *dir, rank_file *files, int n_files, int kind,
     for (int f = 0; f < n_files && covered < t->size; f++) {
         if (open_rank_file(&files[f], t->name, err)) goto done;
         hid_t file = files[f].file;
-        if (H5Lexists(file, group, H5P_DEFAULT) <= 0 || H5Lexists(file, link, H5P_DEFAULT) <= 0)
-            continue;
+        htri_t has = H5Lexists(file, group, H5P_DEFAULT);
+        if (has > 0) has = H5Lexists(file, link, H5P_DEFAULT);
+        if (has < 0) {  // HDF5 could not read the group's index: a checksum failed
+            mm_fail(err, "%s: tensor '%s' (/%s): cannot look it up: group damaged (checksum "
+                    "mismatch: file corrupt)", files[f].path, t->name, group);
+            goto done;
+        }
+        if (has == 0) continue;
         found = 1;
         snprintf(where, sizeof(where), "%s: tensor '%s' (/%s)", files[f].path, t->name, group);
         hid_t dset = H5Dopen2(file, link, H5P_DEFAULT);

@@ -66,6 +66,11 @@ int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, 
 // (e.g. `latest` names something that is not a committed checkpoint).
 int ckpt_find_latest(const char *out_dir, char *path, size_t path_len, mm_err *err);
 
+// The fallback of `resume: auto` when a checkpoint is damaged: the newest committed
+// checkpoint under <out_dir>/ckpt whose step is below the one of the step directory `than`
+// (NULL: any step). Returns 1 with its directory in path, 0 when there is none.
+int ckpt_find_previous(const char *out_dir, const char *than, char *path, size_t path_len);
+
 // Resolves what a user may name as a checkpoint: a committed step directory itself, a ckpt/
 // directory (follows its `latest`), or a run directory (follows <path>/ckpt/latest). Writes
 // the step directory into out. -1 with err saying what path is and why it is not usable

@@ -10,6 +10,8 @@
 // reps after warmup. Bus bandwidth as in nccl-tests: 2 (n - 1) / n * bytes / time, the
 // bytes each rank's link carries in a ring, so numbers compare across rank counts.
 // Prints a table and one `BENCH {json}` line per row; exits 0 unless something broke.
+// `bench_comm SECONDS` sets a collective timeout first (comm_set_timeout): the polled path
+// the trainer takes with run.collective_timeout > 0.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +58,8 @@ static int reps_for(size_t bytes) {
 
 int main(int argc, char **argv) {
     comm_group *world = comm_init(&argc, &argv);
+    // bench_comm SECONDS: the same with a collective timeout (the trainer's default path)
+    if (argc > 1) comm_set_timeout(world, atof(argv[1]));
     int rank = comm_rank(world), ranks = comm_size(world);
     if (ranks < 2) {
         if (rank == 0) printf("bench_comm: needs 2 or more ranks (mpirun -np 2 %s)\n", argv[0]);
