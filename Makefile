@@ -115,14 +115,15 @@ cuda-emu:
 
 ifeq ($(CUDA),1)
   NCCL_DEFS := $(if $(filter 1,$(HAVE_NCCL)),-DMM_HAVE_NCCL=1)
-  CFLAGS += -I$(CUDA_HOME)/include $(NCCL_DEFS)
+  CFLAGS += -I$(CUDA_HOME)/include $(NCCL_DEFS) -DMM_HAVE_CUDA=1
   # no FMA contraction: AdamW/EMA then match train/optim.c's float arithmetic bit for bit
   NVFLAGS := -std=c++20 -O3 --fmad=false -lineinfo $(CUDA_ARCH) -I. -I$(CUDA_HOME)/include \
              -D_GNU_SOURCE $(NCCL_DEFS) -Xcompiler -Wall,-Wextra,-Werror
   LIB_OBJ += $(CU_SRC:%.cu=$(OBJ)/%.o)
   ifeq ($(CUDA_MIN),1)
-    LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core model/ops_cpu model/ops_dit_cpu train/optim) \
-               $(CU_SRC:%.cu=$(OBJ)/%.o)
+    LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/ops_cpu \
+               model/ops_glue_cpu model/ops_dit_cpu model/block model/diffusion \
+               model/diffusion_sched train/optim) $(CU_SRC:%.cu=$(OBJ)/%.o)
   endif
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart \
             $(if $(filter 1,$(HAVE_NCCL)),-lnccl) -lstdc++
@@ -148,9 +149,15 @@ ifeq ($(CUDA_EMU),1)
                     -fno-sanitize-recover=undefined
   endif
   # only what test_ops_cuda needs: the CPU reference ops, train/optim.c, core
-  EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core model/ops_cpu model/ops_dit_cpu train/optim) \
+  EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/ops_cpu \
+             model/ops_glue_cpu model/ops_dit_cpu model/block model/diffusion \
+             model/diffusion_sched train/optim) \
              $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o
-cuda-emu-all: $(BUILD)/tests/gpu/test_ops_cuda
+  # and the whole trainer on the emulated GPU (backend: cuda runs here, slowly: tiny configs)
+  CFLAGS += $(EMU_DEFS) -DMM_HAVE_CUDA=1
+  LIB_OBJ += $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o
+  LDLIBS += -lstdc++
+cuda-emu-all: $(BUILD)/tests/gpu/test_ops_cuda $(BUILD)/train $(BUILD)/mmdata
 
 $(BUILD)/tests/gpu/test_ops_cuda: $(OBJ)/tests/gpu/test_ops_cuda.o $(EMU_OBJ)
 	@mkdir -p $(dir $@)
@@ -219,3 +226,33 @@ bench: all
 
 clean:
 	rm -rf $(BUILD)
+
+# --- fuzzing (make fuzz) ---------------------------------------------------------------
+# libFuzzer harnesses (tests/fuzz/fuzz_*.c) for the readers of files someone else wrote:
+# the YAML config loader, the dataset reader (index + shard), the checkpoint reader and the
+# manifest parser. Built by clang with ASan + UBSan into build-fuzz/ (the readers compiled
+# without MPI: a single-rank comm layer). `make fuzz` runs each harness for FUZZ_SECONDS
+# (default 60) from its seed corpus tests/fuzz/corpus/<name>/ and replays the crashes found
+# so far (tests/fuzz/regress/<name>/); tests/fuzz.sh is the short pass `make test` runs.
+FUZZ_DIR := build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ_NAMES := config shard ckpt manifest
+FUZZ_CFLAGS := -std=c11 -Wall -Wextra -Werror -Wno-unknown-pragmas -g -O1 -D_GNU_SOURCE \
+               -fno-omit-frame-pointer -fsanitize=address,undefined \
+               -fno-sanitize-recover=undefined -I. -I$(BLAS_INC) $(PKG_CFLAGS)
+FUZZ_LIB_SRC := $(CORE_SRC) comm/comm.c $(DATA_SRC) train/config.c train/ckpt.c
+FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
+FUZZ_BIN := $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
+
+.PHONY: fuzz fuzz-build
+fuzz-build: $(FUZZ_BIN)
+fuzz: fuzz-build
+	@bash tests/fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS)
+
+$(FUZZ_DIR)/obj/%.o: %.c $(wildcard */*.h) tests/fuzz/fuzz.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined $^ -o $@ $(PKG_LIBS) -lz -lpthread -lm

@@ -33,6 +33,12 @@ void comm_group_free(comm_group *g);
 // comm_split inherit it. Tests lower it to exercise the chunked path with small buffers.
 void comm_set_max_count(comm_group *g, size_t max_count);
 
+// Seconds any collective on g (blocking, or a non-blocking one in comm_wait) may take before
+// this rank ends the job with a message naming the ranks of g that did not arrive (comm.c
+// says how it knows). 0 (the default) waits forever. Groups made by comm_split afterwards
+// inherit it. Set it alike on every rank.
+void comm_set_timeout(comm_group *g, double seconds);
+
 void comm_barrier(comm_group *g);
 // In-place sum over the group.
 void comm_allreduce_sum(comm_group *g, void *buf, size_t count, comm_dtype t);
@@ -84,6 +90,14 @@ void comm_layout_free(comm_layout *l);
 // id; otherwise on the ranks whose ncclCommInitRank failed (the others may then block in
 // NCCL, so treat -1 as fatal: comm_abort).
 int comm_nccl_init(comm_group *g, ncclComm_t *out, mm_err *err);
+
+// Device collectives (issue 6): an in-place allreduce of count floats at the DEVICE pointer
+// buf over the communicator nc, queued on stream (a cudaStream_t; nccl.h brings the CUDA
+// runtime types) and returning at once: whatever runs on stream afterwards sees the sums;
+// other streams order themselves after it with events. avg 0 sums, 1 averages (ncclAvg).
+// Every rank of nc calls it with the same count, in the same order. An NCCL error aborts
+// with file:line (a lost peer or device is not recoverable).
+void comm_nccl_allreduce(ncclComm_t nc, float *buf, size_t count, int avg, cudaStream_t stream);
 #endif
 
 // Ends the whole job from any rank after printing msg (MPI_Abort), so that a failure on one

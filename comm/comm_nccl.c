@@ -2,7 +2,8 @@
 // (CUDA build) reduce over the same ranks, in the same order, as host buffers over MPI. NCCL
 // needs its unique id on every rank before anyone calls ncclCommInitRank; MPI is already up,
 // so the group's rank 0 draws the id and broadcasts it over the group (DESIGN.md "Parallel
-// layout"). Compiled to nothing unless the build defines MM_HAVE_NCCL (make cuda).
+// layout"). The device allreduce the dp gradient buckets run on (train/gradsync.c) is here
+// too. Compiled to nothing unless the build defines MM_HAVE_NCCL (make cuda).
 #ifdef MM_HAVE_NCCL
 #include <string.h>
 
@@ -30,5 +31,14 @@ int comm_nccl_init(comm_group *g, ncclComm_t *out, mm_err *err) {
                        comm_rank(g), comm_size(g), ncclGetErrorString(rc));
     }
     return 0;
+}
+
+void comm_nccl_allreduce(ncclComm_t nc, float *buf, size_t count, int avg, cudaStream_t stream) {
+    if (count == 0) return;
+    ncclResult_t rc =
+        ncclAllReduce(buf, buf, count, ncclFloat32, avg ? ncclAvg : ncclSum, nc, stream);
+    if (rc != ncclSuccess)
+        mm_fatal(__FILE__, __LINE__, "NCCL: ncclAllReduce of %zu floats failed: %s (%s)", count,
+                 ncclGetErrorString(rc), ncclGetLastError(nc));
 }
 #endif  // MM_HAVE_NCCL

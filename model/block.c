@@ -52,13 +52,13 @@ void model_block_bind(model_block_w *w, mm_real *buf, const model_tensor *t, int
 #undef NEXT
 }
 
-void model_block_carve(model_carver *cv, model_block_acts *a, size_t BT, size_t T, size_t C,
-                       size_t NHl, size_t Cl, size_t Fl) {
+void model_block_carve(model_carver *cv, const model_ops *ops, model_block_acts *a, size_t BT,
+                       size_t T, size_t C, size_t NHl, size_t Cl, size_t Fl) {
     a->ln1 = model_carve(cv, BT * C);
     a->ln1_mean = model_carve(cv, BT);
     a->ln1_rstd = model_carve(cv, BT);
     a->qkv = model_carve(cv, BT * 3 * Cl);
-    a->att = model_carve(cv, BT * NHl * T);
+    a->att = model_carve(cv, ops->attention_saved((int)(BT / T), (int)NHl, (int)T));
     a->atty = model_carve(cv, BT * Cl);
     a->res2 = model_carve(cv, BT * C);
     a->ln2 = model_carve(cv, BT * C);
@@ -110,7 +110,7 @@ void model_block_backward(const model_block_run *r, const model_block_w *w,
     mm_real *const zb[] = {s->dfcg, s->dfch, s->dln2, s->datty, s->dqkv, s->dln1};
     const size_t zn[] = {(size_t)BT * Fl, (size_t)BT * Fl,     nC,
                          (size_t)BT * Cl, (size_t)BT * 3 * Cl, nC};
-    model_zero_bufs(6, zb, zn);
+    model_zero_ops(ops, 6, zb, zn);
     // dres holds d(res3) (replicated); the residual passes it to res2 unchanged. Every rank
     // computes the replicated mlp.proj.b / attn.proj.b gradients from it in full.
     ops->matmul_bwd(s->dfcg, g->mlpproj_w, g->mlpproj_b, s->dres, a->fcg, w->mlpproj_w, BT, Fl, C);
@@ -122,7 +122,7 @@ void model_block_backward(const model_block_run *r, const model_block_w *w,
     // dres now holds d(res2)
     ops->matmul_bwd(s->datty, g->attproj_w, g->attproj_b, s->dres, a->atty, w->attproj_w, BT, Cl,
                     C);
-    ops->attention_bwd(s->dqkv, s->datty, a->qkv, a->att, r->B, r->T, r->P, r->NHl, r->HD);
+    ops->attention_bwd(s->dqkv, s->datty, a->qkv, a->atty, a->att, r->B, r->T, r->P, r->NHl, r->HD);
     ops->matmul_bwd(s->dln1, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, BT, C, 3 * Cl);
     model_tp_allreduce(r->tp, r->tp_group, s->dln1, nC);  // the same for the heads' shares
     ops->layernorm_bwd(s->dres, g->ln1_g, g->ln1_b, s->dln1, x, w->ln1_g, a->ln1_mean,

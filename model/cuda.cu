@@ -175,6 +175,9 @@ void cuda_ctx_sync(cuda_ctx *c) {
     if (f[0] == CU_FLAG_XENT_TARGET)
         mm_fatal(__FILE__, __LINE__, "cross-entropy (CUDA): target %d of row %d is outside "
                  "[-1, vocab): the batch's targets are corrupt", f[1], f[2]);
+    if (f[0] == CU_FLAG_TOKEN)
+        mm_fatal(__FILE__, __LINE__, "embedding (CUDA): token %d of sample %d is outside "
+                 "[0, vocab): the batch's tokens are corrupt", f[1], f[2]);
     MM_CHECK(f[0] == 0, "CUDA: a kernel recorded unknown error code %d", f[0]);
 }
 
@@ -232,6 +235,62 @@ void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes) {
 void cuda_zero(cuda_ctx *c, void *dev, size_t bytes) {
     if (bytes == 0) return;
     CU_CHECK(cudaMemsetAsync(dev, 0, bytes, c->stream));
+}
+
+// ---------------------------------------------------------------------------------------
+// input staging (cuda.h)
+
+void cuda_stage_init(cuda_stage *s, cuda_ctx *c, size_t bytes) {
+    memset(s, 0, sizeof(*s));
+    s->bytes = bytes ? bytes : 256;
+    CU_CHECK(cudaStreamCreateWithFlags(&s->copy, cudaStreamNonBlocking));
+    for (int i = 0; i < 2; i++) {
+        CU_CHECK(cudaMallocHost(&s->pinned[i], s->bytes));
+        s->dev[i] = cuda_alloc(c, s->bytes);
+        CU_CHECK(cudaEventCreateWithFlags(&s->copied[i], cudaEventDisableTiming));
+        CU_CHECK(cudaEventCreateWithFlags(&s->used[i], cudaEventDisableTiming));
+        CU_CHECK(cudaEventRecord(s->copied[i], s->copy));
+        CU_CHECK(cudaEventRecord(s->used[i], c->stream));
+    }
+}
+
+void cuda_stage_free(cuda_stage *s) {
+    if (!s->copy) return;
+    CU_CHECK(cudaStreamSynchronize(s->copy));
+    for (int i = 0; i < 2; i++) {
+        CU_CHECK(cudaEventSynchronize(s->used[i]));
+        CU_CHECK(cudaFreeHost(s->pinned[i]));
+        cuda_free(s->dev[i]);
+        CU_CHECK(cudaEventDestroy(s->copied[i]));
+        CU_CHECK(cudaEventDestroy(s->used[i]));
+    }
+    CU_CHECK(cudaStreamDestroy(s->copy));
+    memset(s, 0, sizeof(*s));
+}
+
+void *cuda_stage_put(cuda_stage *s, cuda_ctx *c, int n, const void *const *src,
+                     const size_t *len, void **dst) {
+    const int k = s->next;
+    s->next ^= 1;
+    CU_CHECK(cudaEventSynchronize(s->copied[k]));  // the pinned buffer is free again
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        MM_CHECK(off + len[i] <= s->bytes, "cuda_stage_put: %zu bytes exceed the slot's %zu",
+                 off + len[i], s->bytes);
+        if (len[i]) memcpy((char *)s->pinned[k] + off, src[i], len[i]);
+        dst[i] = (char *)s->dev[k] + off;
+        off = cu_round_up(off + len[i], 256);
+    }
+    if (off > s->bytes) off = s->bytes;
+    CU_CHECK(cudaStreamWaitEvent(s->copy, s->used[k], 0));  // compute is done reading it
+    CU_CHECK(cudaMemcpyAsync(s->dev[k], s->pinned[k], off, cudaMemcpyHostToDevice, s->copy));
+    CU_CHECK(cudaEventRecord(s->copied[k], s->copy));
+    CU_CHECK(cudaStreamWaitEvent(c->stream, s->copied[k], 0));
+    return s->dev[k];
+}
+
+void cuda_stage_done(cuda_stage *s, cuda_ctx *c) {
+    CU_CHECK(cudaEventRecord(s->used[s->next ^ 1], c->stream));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -122,6 +122,33 @@ void cuda_download(cuda_ctx *c, void *host, const void *dev, size_t bytes);
 void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes);  // device to device
 void cuda_zero(cuda_ctx *c, void *dev, size_t bytes);                  // async on the stream
 
+// Input staging (issue 6: host batches copied asynchronously so the copy overlaps compute).
+// Two slots, used alternately; each has a pinned host buffer and a device buffer of `bytes`.
+// cuda_stage_put copies host regions into the next slot's pinned buffer (after that slot's
+// previous copy has finished), starts ONE pinned -> device copy on the copy stream once the
+// compute stream is done with that slot's device buffer, and makes the compute stream wait
+// for the copy: the host returns at once, and the copy runs while the compute stream still
+// works on the previous batch. cuda_stage_done marks the slot's device buffer free again
+// (after the work that reads it was queued). Owned by the caller; free with cuda_stage_free.
+typedef struct {
+    size_t bytes;              // per slot
+    cudaStream_t copy;         // the copy stream
+    void *pinned[2];           // (bytes) page-locked host buffers
+    void *dev[2];              // (bytes) device buffers
+    cudaEvent_t copied[2];     // recorded on the copy stream after a slot's copy
+    cudaEvent_t used[2];       // recorded on the compute stream after the slot's last reader
+    int next;                  // the slot the next put fills
+} cuda_stage;
+
+void cuda_stage_init(cuda_stage *s, cuda_ctx *c, size_t bytes);
+void cuda_stage_free(cuda_stage *s);
+// Copies the n regions src[i] (len[i] bytes, packed at 256-byte aligned offsets) and returns
+// the slot's device buffer; dst[i] = where region i lands in it. Aborts when they exceed bytes.
+void *cuda_stage_put(cuda_stage *s, cuda_ctx *c, int n, const void *const *src,
+                     const size_t *len, void **dst);
+// After queueing the work that reads the last put's device buffer.
+void cuda_stage_done(cuda_stage *s, cuda_ctx *c);
+
 // The ops tables. Each op runs on the calling thread's bound context (cuda_ctx_current).
 extern const model_ops model_ops_cuda;
 extern const dit_ops dit_ops_cuda;

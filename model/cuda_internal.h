@@ -130,7 +130,7 @@ __device__ __forceinline__ float block_max(float v) {
 }
 
 // Records the first bad input a kernel finds (flag (4): code, op, a, b); cuda_ctx_sync reports.
-enum { CU_FLAG_XENT_TARGET = 1 };
+enum { CU_FLAG_XENT_TARGET = 1, CU_FLAG_TOKEN = 2 };
 __device__ __forceinline__ void cu_flag(int *flag, int code, int a, int b) {
     if (atomicCAS(flag, 0, code) == 0) {
         flag[1] = a;
@@ -225,5 +225,28 @@ void cu_attn_fwd(cuda_ctx *c, float *att, float *o, const float *q, const float 
 void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const float *dout,
                  const float *q, const float *k, const float *v, const float *att, int B,
                  int Tq, int Tk, int NH, int HD);
+
+// ---------------------------------------------------------------------------------------
+// the ops table's memory and glue ops (ops_glue_cuda.cu; model.h documents them)
+
+void *cu_mem_alloc(size_t bytes);
+void cu_mem_free(void *p);
+void cu_mem_upload(void *dst, const void *host, size_t bytes);
+void cu_mem_download(void *host, const void *src, size_t bytes);
+void cu_mem_zero(void *p, size_t bytes);
+void cu_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                  size_t width, int rows);
+void cu_patchify(float *patches, const float *img, int B, int H, int W, int c, int p);
+void cu_unpatchify(float *img, const float *patches, int B, int H, int W, int c, int p);
+void cu_embed_fwd(float *x0, uint8_t *key_valid, const float *emb_img, const float *emb_aud,
+                  const float *img_pos, const float *aud_pos, const float *wte,
+                  const float *tpos, const int32_t *tokens, int tok_stride,
+                  const uint8_t *has_image, const uint8_t *has_audio, int B, int T, int n_img,
+                  int n_aud, int C, int V);
+void cu_embed_bwd(float *g_img_pos, float *g_aud_pos, float *g_wte, float *g_tpos,
+                  const float *dx0, const int32_t *tokens, int B, int T, int n_img, int n_aud,
+                  int C, int V);
+void cu_seq_loss(double *out, const float *losses, const int32_t *targets, int B, int Tt);
+void cu_seq_dloss(float *dloss, const int32_t *targets, float scale, int B, int Tt);
 
 #endif  // MM_CUDA_INTERNAL_H

@@ -13,6 +13,9 @@
 //   time   t in [0, 1] -> sinusoidal features of t*1000 (dim d, max period 10000, DiT order
 //          [cos | sin]) -> t_embed.fc1 (d->d) -> SiLU -> t_embed.fc2 (d->d) = c (B, d). SiLU(c)
 //          feeds every adaLN linear.
+//   pool   (cfg.pool_cond only) c += cond.pool.fc2(SiLU(cond.pool.fc1(mean of the sample's
+//          valid cond keys, the null token included))): DiT's class path, where adaLN sees the
+//          condition in every block; cross-attention alone carried colour but barely shape.
 //   text   tokens -> text.wte + text.pos -> enc_layers bidirectional pre-norm blocks (LN ->
 //          self-attention -> residual, LN -> GELU MLP -> residual; attention_fwd with P = T,
 //          PAD tokens and captions with has_text = 0 are no keys) -> text.ln_f. A sample with
@@ -40,10 +43,10 @@
 //
 // Parameter layout (names are checkpoint names; groups: text.* TEXT, audio.* AUDIO, the rest
 // TRUNK). Table order = the reverse of the order in which backward finishes tensors:
-//   [text.*, audio.*, cond.null, t_embed.*, x_embed.*, blocks.0 .. blocks.L-1, final.*]
+//   [text.*, audio.*, cond.null, (cond.pool.*), t_embed.*, x_embed.*, blocks.*, final.*]
 // Backward runs final, blocks L-1 .. 0, then x_embed (its input gradient is d(block 0 input)),
-// t_embed (c feeds every block and the final layer, so its gradient is complete only after
-// all of them), then the conditioning: cond.null, the audio encoder, the text encoder (the
+// t_embed and cond.pool (c feeds every block and the final layer, so its gradient is
+// complete only after all of them; one stage), then the conditioning: cond.null, the audio encoder, the text encoder (the
 // cond tokens feed every block's kv). The grad hook fires after each of those stages with lo
 // = the stage's first offset, last with lo = 0.
 //   - weight decay on every tensor with ndim >= 2 that is not a bias (the transformer's rule:
@@ -125,6 +128,8 @@ typedef struct {
     mm_real *apos;   // (n_aud, C)
     enc_w audio;
     mm_real *null;         // (1, C)
+    mm_real *p1_w, *p1_b;  // (C, C), (C) cond.pool.fc1; NULL without pool_cond
+    mm_real *p2_w, *p2_b;  // (C, C), (C) cond.pool.fc2
     mm_real *t1_w, *t1_b;  // (C, C), (C)
     mm_real *t2_w, *t2_b;  // (C, C), (C)
     mm_real *x_w;          // (C, pdim)
@@ -153,7 +158,7 @@ typedef struct {
     mm_real *h1, *mean1, *rstd1;  // (BN, C) LN(x) (no affine); (BN), (BN)
     mm_real *m1;                  // (BN, C) modulated
     mm_real *qkv;                 // (BN, 3Cl) = (B, N, 3, NHl, HD)
-    mm_real *att;                 // (B, NHl, N, N)
+    mm_real *att;                 // ops->attention_saved(B, NHl, N)
     mm_real *atty;                // (BN, Cl)
     mm_real *y1;                  // (BN, C) attn.proj output, whole after the allreduce
     mm_real *res1;                // (BN, C) x + gate1 * y1
@@ -175,7 +180,9 @@ typedef struct {
     mm_real *x0;                  // (BN, C) block 0 input
     mm_real *tfreq;               // (B, C) sinusoidal features of t
     mm_real *th, *ths;            // (B, C) fc1 output, after SiLU
-    mm_real *c, *sc;              // (B, C) timestep embedding c, SiLU(c)
+    mm_real *c, *sc;              // (B, C) timestep (+ pooled condition) embedding c, SiLU(c)
+    mm_real *pool, *ph, *phs;     // (B, C) mean valid cond token; cond.pool.fc1 out, SiLU
+    mm_real *pc;                  // (B, C) cond.pool.fc2 output (added to c)
     mm_real *aud;                 // (B, n_aud, adim) grouped frames (when a tail is dropped)
     mm_real *cond;                // (B, Tc, C)
     block_acts *layer;            // (L) owned
@@ -203,6 +210,7 @@ typedef struct {
     mm_real *dmod;             // (B, 6C) d(block's ada output) / d(fmod)
     mm_real *dsc;              // (B, C) d(SiLU(c)), summed over blocks and final
     mm_real *dc, *dths, *dth;  // (B, C)
+    mm_real *dphs, *dph, *dpool;  // (B, C) cond.pool backward
     mm_real *dcond;            // (B, Tc, C)
     mm_real *dlng, *dlnb;      // (C) discarded gains/bias grads of the non-affine LNs
 } acts;
@@ -222,6 +230,7 @@ struct dit {
     mm_real *params, *grads;  // (n_params) each, owned
     // first offsets of the backward stages (grad hook): see the file top
     size_t audio_lo, null_lo, temb_lo, xemb_lo, final_lo;
+    size_t pool_lo;        // = temb_lo without pool_cond
     size_t *block_lo;      // (L) owned
     model_hook hook;       // the grad hook (fn NULL when none)
     weights w, g;          // views into params / grads
@@ -231,6 +240,9 @@ struct dit {
     enc_acts te, ae;       // text / audio encoder activations (views, key_valid owned)
     uint8_t *key_valid;    // (max_B, Tc) cross-attention keys, owned
     uint8_t *all_valid;    // (max_B, N) ones: self-attention keys, owned
+    int32_t *tok;          // (max_B, Tt) the tokens the text encoder embeds (PAD when none)
+    uint8_t *tok_kv;       // (max_B, Tt) scratch: embed_fwd's key output, not used
+    mm_real *host_b;       // (max_B) host: per-sample losses / loss scales, owned
     int saved_B;           // samples whose activations dit_backward may use
 };
 
@@ -267,7 +279,7 @@ static void build_table(dit *m) {
     const int64_t C = m->C, F = m->F, V = m->V, P = m->pdim;
     const int E = m->E;
     int cap = 2 + (MODEL_BLOCK_TENSORS * E + 2) + 3 + (MODEL_BLOCK_TENSORS * E + 2) + 1 + 4 + 2 +
-              GEN_BLOCK_TENSORS * m->L + 4;
+              GEN_BLOCK_TENSORS * m->L + 4 + (c->pool_cond ? 4 : 0);
     model_table tb;
     model_table_init(&tb, cap, c->tp, c->tp_rank);
     add_tensor(&tb, "text.wte", 2, MODEL_SHAPE(V, C), -1);
@@ -280,6 +292,13 @@ static void build_table(dit *m) {
     add_encoder(&tb, "audio", E, C, F);
     m->null_lo = tb.off;
     add_tensor(&tb, "cond.null", 2, MODEL_SHAPE(1, C), -1);
+    m->pool_lo = tb.off;
+    if (c->pool_cond) {
+        add_tensor(&tb, "cond.pool.fc1.w", 2, MODEL_SHAPE(C, C), -1);
+        add_tensor(&tb, "cond.pool.fc1.b", 1, MODEL_SHAPE(C), -1);
+        add_tensor(&tb, "cond.pool.fc2.w", 2, MODEL_SHAPE(C, C), -1);
+        add_tensor(&tb, "cond.pool.fc2.b", 1, MODEL_SHAPE(C), -1);
+    }
     m->temb_lo = tb.off;
     add_tensor(&tb, "t_embed.fc1.w", 2, MODEL_SHAPE(C, C), -1);
     add_tensor(&tb, "t_embed.fc1.b", 1, MODEL_SHAPE(C), -1);
@@ -347,6 +366,12 @@ static void bind_weights(const dit *m, weights *wt, mm_real *buf) {
         ew->lnf_b = NEXT();
     }
     wt->null = NEXT();
+    if (m->cfg.pool_cond) {
+        wt->p1_w = NEXT();
+        wt->p1_b = NEXT();
+        wt->p2_w = NEXT();
+        wt->p2_b = NEXT();
+    }
     wt->t1_w = NEXT();
     wt->t1_b = NEXT();
     wt->t2_w = NEXT();
@@ -384,9 +409,9 @@ static void bind_weights(const dit *m, weights *wt, mm_real *buf) {
 }
 
 // Initializes tensor k (DiT's law, file top); the draw is layout.c's, so tp-independent.
-static void init_tensor(dit *m, int k, uint64_t seed) {
+static void init_tensor(dit *m, mm_real *params, int k, uint64_t seed) {
     const model_tensor *t = &m->tensors[k];
-    mm_real *p = m->params + t->offset;
+    mm_real *p = params + t->offset;
     const char *n = t->name;
     if (model_ends_with(n, ".g")) {  // layernorm gains
         for (size_t i = 0; i < t->size; i++) p[i] = 1;
@@ -397,7 +422,8 @@ static void init_tensor(dit *m, int k, uint64_t seed) {
         model_starts_with(n, "final."))
         return;
     int normal = model_ends_with(n, ".wte") || model_ends_with(n, ".pos") ||
-                 strcmp(n, "cond.null") == 0 || model_starts_with(n, "t_embed.");
+                 strcmp(n, "cond.null") == 0 || model_starts_with(n, "t_embed.") ||
+                 model_starts_with(n, "cond.pool.");
     double fan_in = (double)t->shape[t->ndim - 1], fan_out = 1;
     for (int i = 0; i < t->ndim - 1; i++) fan_out *= (double)t->shape[i];
     double a = sqrt(6.0 / (fan_in + fan_out));  // xavier-uniform bound
@@ -430,7 +456,7 @@ static void plan_enc(dit *m, model_carver *cv, enc_acts *e) {
     size_t BT = (size_t)m->max_B * e->T, C = (size_t)m->C, F = (size_t)m->F;
     e->x0 = model_carve(cv, BT * C);
     for (int l = 0; l < m->E; l++)
-        model_block_carve(cv, &e->layer[l], BT, (size_t)e->T, C, (size_t)m->NH, C, F);
+        model_block_carve(cv, m->ops, &e->layer[l], BT, (size_t)e->T, C, (size_t)m->NH, C, F);
     e->out = model_carve(cv, BT * C);
     e->mean = model_carve(cv, BT);
     e->rstd = model_carve(cv, BT);
@@ -450,6 +476,10 @@ static size_t plan_acts(dit *m, mm_real *base) {
     a->ths = model_carve(&cv, B * C);
     a->c = model_carve(&cv, B * C);
     a->sc = model_carve(&cv, B * C);
+    a->pool = model_carve(&cv, B * C);
+    a->ph = model_carve(&cv, B * C);
+    a->phs = model_carve(&cv, B * C);
+    a->pc = model_carve(&cv, B * C);
     a->aud = model_carve(&cv, B * m->n_aud * m->adim);
     a->cond = model_carve(&cv, BTc * C);
     for (int l = 0; l < m->L; l++) {
@@ -460,7 +490,7 @@ static size_t plan_acts(dit *m, mm_real *base) {
         la->rstd1 = model_carve(&cv, BN);
         la->m1 = model_carve(&cv, BN * C);
         la->qkv = model_carve(&cv, BN * 3 * Cl);
-        la->att = model_carve(&cv, BN * m->NHl * N);
+        la->att = model_carve(&cv, m->ops->attention_saved((int)B, m->NHl, (int)N));
         la->atty = model_carve(&cv, BN * Cl);
         la->y1 = model_carve(&cv, BN * C);
         la->res1 = model_carve(&cv, BN * C);
@@ -510,6 +540,9 @@ static size_t plan_acts(dit *m, mm_real *base) {
     a->dc = model_carve(&cv, B * C);
     a->dths = model_carve(&cv, B * C);
     a->dth = model_carve(&cv, B * C);
+    a->dphs = model_carve(&cv, B * C);
+    a->dph = model_carve(&cv, B * C);
+    a->dpool = model_carve(&cv, B * C);
     a->dcond = model_carve(&cv, BTc * C);
     a->dlng = model_carve(&cv, C);
     a->dlnb = model_carve(&cv, C);
@@ -594,15 +627,24 @@ int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit
     m->Tc = m->Tt + m->n_aud + 1;
 
     build_table(m);
-    m->params = mm_alloc_aligned(m->n_params * sizeof(mm_real));
-    m->grads = mm_alloc_aligned(m->n_params * sizeof(mm_real));
+    const size_t pbytes = m->n_params * sizeof(mm_real);
+    m->params = ops->mem_alloc(pbytes);
+    m->grads = ops->mem_alloc(pbytes);
     bind_weights(m, &m->w, m->params);
     bind_weights(m, &m->g, m->grads);
-    // each tensor has its own stream, so the split across threads cannot change values
+    // drawn on the host, then copied to the ops' memory (a plain copy on the CPU); each
+    // tensor has its own stream, so the split across threads cannot change values
+    mm_real *init = mm_alloc_aligned(pbytes);
 #pragma omp parallel for schedule(dynamic)
-    for (int k = 0; k < m->n_tensors; k++) init_tensor(m, k, seed);
-    m->pos = mm_malloc((size_t)m->N * m->C * sizeof(mm_real));
-    fill_pos_embed(m->pos, m->gh, m->gw, m->C);
+    for (int k = 0; k < m->n_tensors; k++) init_tensor(m, init, k, seed);
+    ops->mem_upload(m->params, init, pbytes);
+    free(init);
+    const size_t posb = (size_t)m->N * m->C * sizeof(mm_real);
+    mm_real *pos = mm_malloc(posb);
+    fill_pos_embed(pos, m->gh, m->gw, m->C);
+    m->pos = ops->mem_alloc(posb);
+    ops->mem_upload(m->pos, pos, posb);
+    free(pos);
 
     m->a.layer = mm_calloc((size_t)m->L, sizeof(block_acts));
     m->te.T = m->Tt;
@@ -611,39 +653,52 @@ int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit
     m->te.layer = mm_calloc(nl, sizeof(model_block_acts));
     m->ae.layer = mm_calloc(nl, sizeof(model_block_acts));
     size_t n_acts = plan_acts(m, NULL);
-    m->act_mem = mm_alloc_aligned(n_acts * sizeof(mm_real));
+    m->act_mem = ops->mem_alloc(n_acts * sizeof(mm_real));
     plan_acts(m, m->act_mem);
-    for (int c = 0; c < m->C; c++) m->a.ones[c] = 1;  // zeros: the buffer is zeroed
-    m->te.key_valid = mm_calloc((size_t)max_B * m->Tt, 1);
-    m->ae.key_valid = mm_calloc((size_t)max_B * m->n_aud, 1);
-    m->key_valid = mm_calloc((size_t)max_B * m->Tc, 1);
-    m->all_valid = mm_malloc((size_t)max_B * m->N);
-    memset(m->all_valid, 1, (size_t)max_B * m->N);
+    mm_real *ones = mm_malloc((size_t)m->C * sizeof(mm_real));
+    for (int c = 0; c < m->C; c++) ones[c] = 1;  // zeros: the buffer is zeroed
+    ops->mem_upload(m->a.ones, ones, (size_t)m->C * sizeof(mm_real));
+    free(ones);
+    m->te.key_valid = ops->mem_alloc((size_t)max_B * m->Tt);
+    m->ae.key_valid = ops->mem_alloc((size_t)max_B * m->n_aud);
+    m->key_valid = ops->mem_alloc((size_t)max_B * m->Tc);
+    m->all_valid = ops->mem_alloc((size_t)max_B * m->N);
+    uint8_t *all = mm_malloc((size_t)max_B * m->N);
+    memset(all, 1, (size_t)max_B * m->N);
+    ops->mem_upload(m->all_valid, all, (size_t)max_B * m->N);
+    free(all);
+    m->tok = ops->mem_alloc((size_t)max_B * m->Tt * sizeof(int32_t));
+    m->tok_kv = ops->mem_alloc((size_t)max_B * m->Tt);
+    m->host_b = mm_calloc((size_t)max_B, sizeof(mm_real));
     *out = m;
     return 0;
 }
 
 void dit_free(dit *m) {
     if (!m) return;
+    const model_ops *ops = m->ops;
     free(m->tensors);
     free(m->block_lo);
-    free(m->params);
-    free(m->grads);
+    ops->mem_free(m->params);
+    ops->mem_free(m->grads);
     weights *ws[2] = {&m->w, &m->g};
     for (int i = 0; i < 2; i++) {
         free(ws[i]->text.layer);
         free(ws[i]->audio.layer);
         free(ws[i]->layer);
     }
-    free(m->pos);
-    free(m->act_mem);
+    ops->mem_free(m->pos);
+    ops->mem_free(m->act_mem);
     free(m->a.layer);
     free(m->te.layer);
     free(m->ae.layer);
-    free(m->te.key_valid);
-    free(m->ae.key_valid);
-    free(m->key_valid);
-    free(m->all_valid);
+    ops->mem_free(m->te.key_valid);
+    ops->mem_free(m->ae.key_valid);
+    ops->mem_free(m->key_valid);
+    ops->mem_free(m->all_valid);
+    ops->mem_free(m->tok);
+    ops->mem_free(m->tok_kv);
+    free(m->host_b);
     free(m);
 }
 
@@ -660,6 +715,8 @@ mm_real *dit_params(dit *m) {
     return m->params;
 }
 const dit_config *dit_cfg(const dit *m) { return &m->cfg; }
+const model_ops *dit_model_ops(const dit *m) { return m->ops; }
+const dit_ops *dit_dit_ops(const dit *m) { return m->dops; }
 
 mm_real *dit_grads(dit *m) {
     return m->grads;
@@ -669,13 +726,12 @@ void dit_set_grad_hook(dit *m, model_grad_hook fn, void *ctx) {
 }
 
 void dit_zero_grad(dit *m) {
-    model_zero_bufs(1, &m->grads, &m->n_params);
+    model_zero_ops(m->ops, 1, &m->grads, &m->n_params);
 }
 
-// dst = src (n), in parallel (the residual copies before the in-place gated adds).
-static void copy_par(mm_real *dst, const mm_real *src, size_t n) {
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) dst[i] = src[i];
+// dst = src (rows, C) (the residual copies before the in-place gated adds), one row per task.
+static void copy_par(const dit *m, mm_real *dst, const mm_real *src, int rows) {
+    m->ops->copy_rows(dst, (size_t)m->C, src, (size_t)m->C, (size_t)m->C, rows);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -692,14 +748,6 @@ static void check_input(const dit *m, const dit_input *in) {
              "dit_input needs x_t, t, tokens, audio and the has_* flags (PAD / zeros when absent)");
 }
 
-// The caption token the text encoder embeds at (b, t): PAD everywhere for a sample without
-// a caption, so its bytes are never read.
-static inline int text_token(const dit *m, const dit_input *in, int b, int t) {
-    if (!in->has_text[b]) return DATA_TOK_PAD;
-    int tok = in->tokens[(size_t)b * m->Tt + t];
-    MM_CHECK(tok >= 0 && tok < m->V, "token %d of sample %d outside [0, %d)", tok, b, m->V);
-    return tok;
-}
 
 // The encoders are replicated: full widths, every rank adds every bias, no collective.
 static model_block_run enc_run(const dit *m, int B, int T) {
@@ -728,69 +776,55 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     const weights *w = &m->w;
 
     // timestep embedding: features of t*1000, [cos | sin], then the MLP
-    const int half = C / 2;
-    for (int b = 0; b < B; b++)
-        for (int k = 0; k < half; k++) {
-            double arg = (double)in->t[b] * 1000.0 * exp(-log(10000.0) * k / half);
-            a->tfreq[(size_t)b * C + k] = (mm_real)cos(arg);
-            a->tfreq[(size_t)b * C + half + k] = (mm_real)sin(arg);
-        }
+    dops->time_embed(a->tfreq, in->t, B, C);
     ops->matmul_fwd(a->th, a->tfreq, w->t1_w, w->t1_b, B, C, C);
     dops->silu_fwd(a->ths, a->th, (size_t)B * C);
     ops->matmul_fwd(a->c, a->ths, w->t2_w, w->t2_b, B, C, C);
     dops->silu_fwd(a->sc, a->c, (size_t)B * C);
 
-    // text encoder input: token + position embeddings; keys: non-PAD tokens of a caption
+    // text encoder input: token + position embeddings; keys: non-PAD tokens of a caption (a
+    // sample without one embeds PAD everywhere, so its bytes are never read)
     enc_acts *te = &m->te, *ae = &m->ae;
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < B * Tt; r++) {
-        int b = r / Tt, t = r % Tt, tok = text_token(m, in, b, t);
-        const mm_real *e = w->wte + (size_t)tok * C, *pe = w->tpos + (size_t)t * C;
-        mm_real *o = te->x0 + (size_t)r * C;
-#pragma omp simd
-        for (int c = 0; c < C; c++) o[c] = e[c] + pe[c];
-        te->key_valid[r] = in->has_text[b] && tok != DATA_TOK_PAD;
-    }
+    dops->text_tokens(m->tok, te->key_valid, in->tokens, in->has_text, B, Tt, m->V);
+    ops->embed_fwd(te->x0, m->tok_kv, NULL, NULL, NULL, NULL, w->wte, w->tpos, m->tok, Tt, NULL,
+                   NULL, B, Tt, 0, 0, C, m->V);
     enc_forward(m, &w->text, te, B);
 
-    // audio encoder input: grouped frames (a reshape unless a tail is dropped) -> proj + pos
-    const mm_real *aud = model_group_audio(a->aud, in->audio, B, m->cfg.audio_F, m->cfg.n_mels,
-                                           m->cfg.audio_group);
-    ops->matmul_fwd(ae->x0, aud, w->aud_w, w->aud_b, B * na, m->adim, C);
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < B * na; r++) {
-        const mm_real *pe = w->apos + (size_t)(r % na) * C;
-        mm_real *o = ae->x0 + (size_t)r * C;
-#pragma omp simd
-        for (int c = 0; c < C; c++) o[c] += pe[c];
-        ae->key_valid[r] = in->has_audio[r / na] != 0;
+    // audio encoder input: grouped frames (a reshape unless a tail is dropped: then without
+    // each sample's trailing F % audio_group frames, as model_group_audio) -> proj + pos
+    const mm_real *aud = in->audio;
+    if (m->cfg.audio_F != na * m->cfg.audio_group) {
+        ops->copy_rows(a->aud, (size_t)na * m->adim, in->audio,
+                       (size_t)m->cfg.audio_F * m->cfg.n_mels, (size_t)na * m->adim, B);
+        aud = a->aud;
     }
+    ops->matmul_fwd(ae->x0, aud, w->aud_w, w->aud_b, B * na, m->adim, C);
+    dops->add_pos(ae->x0, w->apos, B, na, C);
+    dops->sample_keys(ae->key_valid, in->has_audio, B, na);
     enc_forward(m, &w->audio, ae, B);
 
     // cond (B, Tc, C) = [text | audio | null] and its key mask
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < B; b++) {
-        mm_real *cb = a->cond + (size_t)b * Tc * C;
-        memcpy(cb, te->out + (size_t)b * Tt * C, (size_t)Tt * C * sizeof(mm_real));
-        memcpy(cb + (size_t)Tt * C, ae->out + (size_t)b * na * C, (size_t)na * C * sizeof(mm_real));
-        memcpy(cb + (size_t)(Tt + na) * C, w->null, (size_t)C * sizeof(mm_real));
-        uint8_t *kv = m->key_valid + (size_t)b * Tc;
-        memcpy(kv, te->key_valid + (size_t)b * Tt, (size_t)Tt);
-        memcpy(kv + Tt, ae->key_valid + (size_t)b * na, (size_t)na);
-        kv[Tt + na] = 1;
+    ops->copy_rows(a->cond, (size_t)Tc * C, te->out, (size_t)Tt * C, (size_t)Tt * C, B);
+    ops->copy_rows(a->cond + (size_t)Tt * C, (size_t)Tc * C, ae->out, (size_t)na * C,
+                   (size_t)na * C, B);
+    ops->copy_rows(a->cond + (size_t)(Tt + na) * C, (size_t)Tc * C, w->null, 0, (size_t)C, B);
+    dops->cond_keys(m->key_valid, te->key_valid, ae->key_valid, B, Tt, na);
+
+    // pooled condition into c (file top), keys in order so the mean is deterministic
+    if (m->cfg.pool_cond) {
+        dops->pool_fwd(a->pool, a->cond, m->key_valid, B, Tc, C);
+        ops->matmul_fwd(a->ph, a->pool, w->p1_w, w->p1_b, B, C, C);
+        dops->silu_fwd(a->phs, a->ph, (size_t)B * C);
+        ops->matmul_fwd(a->pc, a->phs, w->p2_w, w->p2_b, B, C, C);
+        ops->add(a->c, a->c, a->pc, (size_t)B * C);
+        dops->silu_fwd(a->sc, a->c, (size_t)B * C);
     }
 
     // patchify (B, H, W, c) -> (BN, pdim), x_embed, + fixed positions
     const int H = m->cfg.img_h, W = m->cfg.img_w, ic = m->cfg.img_c, p = m->cfg.patch;
-    model_patchify(a->patches, in->x_t, B, H, W, ic, p);
+    ops->patchify(a->patches, in->x_t, B, H, W, ic, p);
     ops->matmul_fwd(a->x0, a->patches, w->x_w, w->x_b, BN, m->pdim, C);
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < BN; r++) {
-        const mm_real *pe = m->pos + (size_t)(r % N) * C;
-        mm_real *o = a->x0 + (size_t)r * C;
-#pragma omp simd
-        for (int c = 0; c < C; c++) o[c] += pe[c];
-    }
+    dops->add_pos(a->x0, m->pos, B, N, C);
 
     const size_t nBNC = (size_t)BN * C;
     const mm_real *x = a->x0;
@@ -807,7 +841,7 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         ops->matmul_fwd(la->y1, la->atty, lw->attproj_w, bias_rank ? lw->attproj_b : NULL, BN, Cl,
                         C);
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->y1, nBNC);
-        copy_par(la->res1, x, nBNC);
+        copy_par(m, la->res1, x, BN);
         dops->gated_add_fwd(la->res1, la->y1, mod + 2 * C, C6, B, N, C);
         // cross-attention branch (no gate: the pre-norm LN has affine parameters)
         ops->layernorm_fwd(la->h2, la->mean2, la->rstd2, la->res1, lw->xln_g, lw->xln_b, BN, C);
@@ -825,7 +859,7 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         ops->gelu_fwd(la->fcg, la->fch, (size_t)BN * Fl);
         ops->matmul_fwd(la->y3, la->fcg, lw->mproj_w, bias_rank ? lw->mproj_b : NULL, BN, Fl, C);
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->y3, nBNC);
-        copy_par(la->res3, la->res2, nBNC);
+        copy_par(m, la->res3, la->res2, BN);
         dops->gated_add_fwd(la->res3, la->y3, mod + 5 * C, C6, B, N, C);
         x = la->res3;
     }
@@ -835,7 +869,7 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     ops->layernorm_fwd(a->fh, a->fmean, a->frstd, x, a->ones, a->zeros, BN, C);
     dops->modulate_fwd(a->fm, a->fh, a->fmod, a->fmod + C, 2 * C, B, N, C);
     ops->matmul_fwd(a->outp, a->fm, w->fproj_w, w->fproj_b, BN, C, m->pdim);
-    model_unpatchify(out, a->outp, B, H, W, ic, p);
+    ops->unpatchify(out, a->outp, B, H, W, ic, p);
 }
 
 double dit_forward(dit *m, const dit_input *in) {
@@ -845,8 +879,9 @@ double dit_forward(dit *m, const dit_input *in) {
     const size_t pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
     forward_all(m, in, m->a.pred);
     m->dops->mse_fwd(m->a.losses, m->a.pred, in->target, B, pix);
+    m->ops->mem_download(m->host_b, m->a.losses, (size_t)B * sizeof(mm_real));
     double total = 0;
-    for (int b = 0; b < B; b++) total += m->a.losses[b];
+    for (int b = 0; b < B; b++) total += m->host_b[b];
     m->saved_B = B;
     return total;
 }
@@ -865,7 +900,7 @@ static void enc_backward(const dit *m, const enc_w *w, const enc_w *g, enc_acts 
     const int C = m->C, BT = B * e->T;
     mm_real *const z0[] = {e->bs.dres};
     const size_t n0[] = {(size_t)BT * C};
-    model_zero_bufs(1, z0, n0);
+    model_zero_ops(m->ops, 1, z0, n0);
     const mm_real *xl = m->E ? e->layer[m->E - 1].res3 : e->x0;
     m->ops->layernorm_bwd(e->bs.dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean, e->rstd,
                           BT, C);
@@ -894,15 +929,16 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     const weights *g = &m->g;
 
     // loss -> d(pred) -> patch layout
-    for (int b = 0; b < B; b++) a->dloss[b] = loss_scale;
+    for (int b = 0; b < B; b++) m->host_b[b] = loss_scale;
+    ops->mem_upload(a->dloss, m->host_b, (size_t)B * sizeof(mm_real));
     dops->mse_bwd(a->dpred, a->pred, in->target, a->dloss, B, pix);
-    model_patchify(a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
+    ops->patchify(a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
 
     // final layer
     {
         mm_real *const zb[] = {a->dm, a->dh, a->dres, a->dmod, a->dsc, a->dcond};
         const size_t zn[] = {nBNC, nBNC, nBNC, (size_t)B * C6, (size_t)B * C, (size_t)B * Tc * C};
-        model_zero_bufs(6, zb, zn);
+        model_zero_ops(ops, 6, zb, zn);
     }
     const mm_real *xL = a->layer[m->L - 1].res3;
     ops->matmul_bwd(a->dm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
@@ -932,7 +968,7 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
                              (size_t)BN * Fl,
                              (size_t)BN * Fl,
                              (size_t)B * C6};
-        model_zero_bufs(11, zb, zn);
+        model_zero_ops(ops, 11, zb, zn);
         // dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
         dops->gated_add_bwd(a->dy, dmod + 5 * C, a->dres, la->y3, mod + 5 * C, C6, B, N, C);
         ops->matmul_bwd(a->dfcg, lg->mproj_w, lg->mproj_b, a->dy, la->fcg, lw->mproj_w, BN, Fl, C);
@@ -955,16 +991,16 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
         ops->layernorm_bwd(a->dres, lg->xln_g, lg->xln_b, a->dh2, la->res1, lw->xln_g, la->mean2,
                            la->rstd2, BN, C);
         // dres = d(res1); res1 = x + gate1 * y1
-        memset(a->dy, 0, nBNC * sizeof(mm_real));
+        ops->mem_zero(a->dy, nBNC * sizeof(mm_real));
         dops->gated_add_bwd(a->dy, dmod + 2 * C, a->dres, la->y1, mod + 2 * C, C6, B, N, C);
-        memset(a->datty, 0, (size_t)BN * Cl * sizeof(mm_real));
+        ops->mem_zero(a->datty, (size_t)BN * Cl * sizeof(mm_real));
         ops->matmul_bwd(a->datty, lg->attproj_w, lg->attproj_b, a->dy, la->atty, lw->attproj_w, BN,
                         Cl, C);
-        ops->attention_bwd(a->dqkv, a->datty, la->qkv, la->att, B, N, N, m->NHl, m->HD);
-        memset(a->dm, 0, nBNC * sizeof(mm_real));
+        ops->attention_bwd(a->dqkv, a->datty, la->qkv, la->atty, la->att, B, N, N, m->NHl, m->HD);
+        ops->mem_zero(a->dm, nBNC * sizeof(mm_real));
         ops->matmul_bwd(a->dm, lg->qkv_w, lg->qkv_b, a->dqkv, la->m1, lw->qkv_w, BN, C, 3 * Cl);
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dm, nBNC);
-        memset(a->dh, 0, nBNC * sizeof(mm_real));
+        ops->mem_zero(a->dh, nBNC * sizeof(mm_real));
         dops->modulate_bwd(a->dh, dmod, dmod + C, a->dm, la->h1, mod + C, C6, B, N, C);
         ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, x, a->ones, la->mean1, la->rstd1, BN,
                            C);
@@ -981,66 +1017,46 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     {
         mm_real *const zb[] = {a->dc, a->dths, a->dth};
         const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
-        model_zero_bufs(3, zb, zn);
+        model_zero_ops(ops, 3, zb, zn);
     }
     dops->silu_bwd(a->dc, a->c, a->dsc, (size_t)B * C);
     ops->matmul_bwd(a->dths, g->t2_w, g->t2_b, a->dc, a->ths, w->t2_w, B, C, C);
     dops->silu_bwd(a->dth, a->th, a->dths, (size_t)B * C);
     ops->matmul_bwd(NULL, g->t1_w, g->t1_b, a->dth, a->tfreq, w->t1_w, B, C, C);
-    model_hook_fire(&m->hook, m->temb_lo);
+    if (m->cfg.pool_cond) {  // c = ... + fc2(SiLU(fc1(pool))): d(pool) from the same dc
+        mm_real *const zb[] = {a->dphs, a->dph, a->dpool};
+        const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
+        model_zero_ops(ops, 3, zb, zn);
+        ops->matmul_bwd(a->dphs, g->p2_w, g->p2_b, a->dc, a->phs, w->p2_w, B, C, C);
+        dops->silu_bwd(a->dph, a->ph, a->dphs, (size_t)B * C);
+        ops->matmul_bwd(a->dpool, g->p1_w, g->p1_b, a->dph, a->pool, w->p1_w, B, C, C);
+    }
+    model_hook_fire(&m->hook, m->pool_lo);
 
     // conditioning: d(cond) whole, then the null token and the two encoders
     model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dcond, (size_t)B * Tc * C);
-    for (int b = 0; b < B; b++) {
-        const mm_real *d = a->dcond + ((size_t)b * Tc + Tt + na) * C;
-#pragma omp simd
-        for (int c = 0; c < C; c++) g->null[c] += d[c];
-    }
+    // the mean's share to each valid key, after the sum: d(pool) is replicated, so adding it
+    // before the allreduce would count it tp times
+    if (m->cfg.pool_cond) dops->pool_bwd(a->dcond, a->dpool, m->key_valid, B, Tc, C);
+    // the null token: row Tt + na of every sample, samples in order
+    dops->pos_bwd(g->null, a->dcond + (size_t)(Tt + na) * C, (size_t)Tc * C, B, 1, C);
     model_hook_fire(&m->hook, m->null_lo);
 
     enc_acts *te = &m->te, *ae = &m->ae;
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < B; b++) {
-        const mm_real *db = a->dcond + (size_t)b * Tc * C;
-        memcpy(te->dout + (size_t)b * Tt * C, db, (size_t)Tt * C * sizeof(mm_real));
-        memcpy(ae->dout + (size_t)b * na * C, db + (size_t)Tt * C,
-               (size_t)na * C * sizeof(mm_real));
-    }
+    ops->copy_rows(te->dout, (size_t)Tt * C, a->dcond, (size_t)Tc * C, (size_t)Tt * C, B);
+    ops->copy_rows(ae->dout, (size_t)na * C, a->dcond + (size_t)Tt * C, (size_t)Tc * C,
+                   (size_t)na * C, B);
     enc_backward(m, &w->audio, &g->audio, ae, B);
     const mm_real *aud = m->cfg.audio_F != na * m->cfg.audio_group ? a->aud : in->audio;
     ops->matmul_bwd(NULL, g->aud_w, g->aud_b, ae->bs.dres, aud, w->aud_w, B * na, m->adim, C);
-    // positions: each task owns a block of columns and adds the samples in order
-    enum { CB = 32 };
-    const int ncb = (C + CB - 1) / CB;
-#pragma omp parallel for schedule(static)
-    for (int cb = 0; cb < ncb; cb++) {
-        int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < na; t++) {
-                const mm_real *d = ae->bs.dres + ((size_t)b * na + t) * C + c0;
-                mm_real *gp = g->apos + (size_t)t * C + c0;
-#pragma omp simd
-                for (int c = 0; c < n; c++) gp[c] += d[c];
-            }
-    }
+    // positions: each column adds the samples in order
+    dops->pos_bwd(g->apos, ae->bs.dres, (size_t)na * C, B, na, C);
     model_hook_fire(&m->hook, m->audio_lo);
 
     enc_backward(m, &w->text, &g->text, te, B);
-    // token embeddings and positions, deterministic without atomics (as transformer.c)
-#pragma omp parallel for schedule(static)
-    for (int cb = 0; cb < ncb; cb++) {
-        int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < Tt; t++) {
-                const mm_real *d = te->bs.dres + ((size_t)b * Tt + t) * C + c0;
-                mm_real *gp = g->tpos + (size_t)t * C + c0;
-                mm_real *ge = g->wte + (size_t)text_token(m, in, b, t) * C + c0;
-#pragma omp simd
-                for (int c = 0; c < n; c++) gp[c] += d[c];
-#pragma omp simd
-                for (int c = 0; c < n; c++) ge[c] += d[c];
-            }
-    }
+    // token embeddings (the tokens forward embedded, PAD for a sample without a caption) and
+    // positions, deterministic without atomics (as transformer.c)
+    ops->embed_bwd(NULL, NULL, g->wte, g->tpos, te->bs.dres, m->tok, B, Tt, 0, 0, C, m->V);
     model_hook_fire(&m->hook, 0);
 }
 
@@ -1066,5 +1082,6 @@ double dit_flops_per_sample(const dit *m) {
     f += 12.0 * E * (Tt * Tt + na * na) * C;
     f += 6.0 * (2 * C * C + N * C * P + C * C);
     f += 4.0 * (N * C * P + na * C * m->adim + C * C);
+    if (m->cfg.pool_cond) f += 6.0 * 2 * C * C;  // cond.pool.fc1, fc2 once per sample
     return f;
 }

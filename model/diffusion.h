@@ -60,6 +60,44 @@ typedef struct dit_ops {
                     size_t n);
     void (*mse_bwd)(mm_real *dpred, const mm_real *pred, const mm_real *target,
                     const mm_real *dloss, int B, size_t n);
+
+    // --- glue (issue 6): the loops diffusion.c and diffusion_sched.c ran on the model's
+    // buffers, as ops so that those buffers may live on a device. The CPU versions are those
+    // loops, arithmetic unchanged. Every pointer is backend memory.
+    // out (B, C): features of t[b] * 1000 (max period 10000), [cos | sin] halves, in double
+    void (*time_embed)(mm_real *out, const mm_real *t, int B, int C);
+    // tok (B, T) = tokens, or PAD everywhere for a sample with has_text[b] == 0; key_valid
+    // (B, T) = has_text[b] && tok != PAD. A token outside [0, V) is the caller's bug: aborts
+    // (CUDA: recorded for cuda_ctx_sync).
+    void (*text_tokens)(int32_t *tok, uint8_t *key_valid, const int32_t *tokens,
+                        const uint8_t *has_text, int B, int T, int V);
+    // x (B, T, C) += pos (T, C)
+    void (*add_pos)(mm_real *x, const mm_real *pos, int B, int T, int C);
+    // key_valid (B, T) = has[b] != 0
+    void (*sample_keys)(uint8_t *key_valid, const uint8_t *has, int B, int T);
+    // kv (B, Tt + na + 1) = [text (B, Tt) | audio (B, na) | 1]
+    void (*cond_keys)(uint8_t *kv, const uint8_t *text, const uint8_t *audio, int B, int Tt,
+                      int na);
+    // pool (B, C) = the mean of the rows j of cond (B, Tc, C) with kv[b, j], in j order
+    void (*pool_fwd)(mm_real *pool, const mm_real *cond, const uint8_t *kv, int B, int Tc,
+                     int C);
+    // dcond[b, j] += dpool[b] / (valid keys of b) for every valid key j
+    void (*pool_bwd)(mm_real *dcond, const mm_real *dpool, const uint8_t *kv, int B, int Tc,
+                     int C);
+    // g (T, C) += sum over b, in order, of dx[b * stride + t * C + c] (position gradients)
+    void (*pos_bwd)(mm_real *g, const mm_real *dx, size_t stride, int B, int T, int C);
+    // Training pairs (dit_make_pair) from coef (B, 2) = (a, s) in double: x_t = a x0 + s eps
+    // (in double), target = eps - x0 (flow != 0) or eps. All (B, n).
+    void (*make_pair)(mm_real *x_t, mm_real *target, const mm_real *x0, const mm_real *eps,
+                      const double *coef, int flow, int B, size_t n);
+    // The sampler's steps over n elements: guidance pred = upred + g (pred - upred); Euler
+    // x += dt * v; DDIM (eta 0) x0 = clip(((double)x - s1 eps) inv_sa), x = sp x0 + sp1 eps in
+    // double; clip to [-1, 1].
+    void (*guide)(mm_real *pred, const mm_real *upred, mm_real g, size_t n);
+    void (*euler)(mm_real *x, const mm_real *v, mm_real dt, size_t n);
+    void (*ddim)(mm_real *x, const mm_real *eps, double inv_sa, double s1, double sp,
+                 double sp1, size_t n);
+    void (*clip)(mm_real *x, size_t n);
 } dit_ops;
 
 extern const dit_ops dit_ops_cpu;
@@ -71,11 +109,14 @@ typedef struct {
     int vocab, text_T;                     // caption tokens (BOS + bytes, PAD masked)
     int audio_F, n_mels, audio_group;      // audio tokens = audio_F / audio_group
     int enc_layers;                        // blocks of each conditioning encoder
+    int pool_cond;                         // 1: c += MLP(mean of the valid cond tokens)
     int tp, tp_rank;
     comm_group *tp_group;                  // NULL when tp == 1; not owned
 } dit_config;
 
-// One micro-batch. Training fills target; sampling passes target = NULL.
+// One micro-batch. Training fills target; sampling passes target = NULL. Every pointer is the
+// ops table's memory (host for the CPU, device for CUDA), as model_input; so are dit_params,
+// dit_grads and dit_predict's / dit_sample's out.
 typedef struct {
     int B;
     const mm_real *x_t;        // (B, H, W, C) noisy images
@@ -124,6 +165,9 @@ double dit_alpha_bar(int k);
 // x_t = sqrt(ab) x0 + sqrt(1-ab) eps and target = eps (DDPM). n = pixels per sample.
 void dit_make_pair(dit_objective obj, int B, size_t n, const mm_real *x0, const mm_real *eps,
                    const mm_real *t, mm_real *x_t, mm_real *target);
+// Its per-sample coefficients, host side: coef (B, 2) = (a, s) with x_t = a x0 + s eps.
+// dit_make_pair is this and dit_ops.make_pair; a device caller stages coef and runs the op.
+void dit_pair_coefs(dit_objective obj, int B, const mm_real *t, double *coef);
 // Draws training times: flow uniform (logit_normal = 0) or logit-normal(0, 1); DDPM a
 // uniform step k in [0, 1000) returned as k / 1000.
 void dit_draw_t(dit_objective obj, int logit_normal, int B, mm_rng *rng, mm_real *t);
@@ -143,5 +187,15 @@ typedef void (*dit_predict_fn)(void *ctx, const dit_input *in, mm_real *out);
 void dit_sample_with(dit_predict_fn fn, void *ctx, size_t n, dit_objective obj,
                      const dit_input *cond, int steps, double guidance, mm_rng *rng,
                      mm_real *out);
+// The same over a backend's memory (dit_sample with a CUDA model): cond's pointers and out
+// are ops memory; the noise is drawn on the host from rng exactly as above and uploaded,
+// the arithmetic runs as dops' guide / euler / ddim / clip. The host version is this with
+// model_ops_cpu and dit_ops_cpu.
+void dit_sample_ops(const model_ops *ops, const dit_ops *dops, dit_predict_fn fn, void *ctx,
+                    size_t n, dit_objective obj, const dit_input *cond, int steps,
+                    double guidance, mm_rng *rng, mm_real *out);
+// The ops tables a model runs on (dit_create's).
+const model_ops *dit_model_ops(const dit *m);
+const dit_ops *dit_dit_ops(const dit *m);
 
 #endif  // MM_DIFFUSION_H

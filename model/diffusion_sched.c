@@ -52,8 +52,7 @@ static int ddpm_step(mm_real t) {
 
 // ---------------------------------------------------------------------------------------
 // Training pairs and times. x0, eps, x_t, target are (B, n); t is (B).
-void dit_make_pair(dit_objective obj, int B, size_t n, const mm_real *x0, const mm_real *eps,
-                   const mm_real *t, mm_real *x_t, mm_real *target) {
+void dit_pair_coefs(dit_objective obj, int B, const mm_real *t, double *coef) {
     MM_CHECK(obj == DIT_FLOW || obj == DIT_DDPM, "dit_make_pair: unknown objective %d", obj);
     for (int b = 0; b < B; b++) {
         double a, s;  // x_t = a x0 + s eps
@@ -63,13 +62,17 @@ void dit_make_pair(dit_objective obj, int B, size_t n, const mm_real *x0, const 
             double ab = dit_alpha_bar(ddpm_step(t[b]));
             a = sqrt(ab), s = sqrt(1.0 - ab);
         }
-        const mm_real *x0b = x0 + (size_t)b * n, *eb = eps + (size_t)b * n;
-        mm_real *xb = x_t + (size_t)b * n, *tb = target + (size_t)b * n;
-        for (size_t i = 0; i < n; i++) {
-            xb[i] = (mm_real)(a * x0b[i] + s * eb[i]);
-            tb[i] = obj == DIT_FLOW ? eb[i] - x0b[i] : eb[i];
-        }
+        coef[2 * b] = a;
+        coef[2 * b + 1] = s;
     }
+}
+
+void dit_make_pair(dit_objective obj, int B, size_t n, const mm_real *x0, const mm_real *eps,
+                   const mm_real *t, mm_real *x_t, mm_real *target) {
+    double *coef = mm_malloc((size_t)(B > 0 ? B : 1) * 2 * sizeof(double));
+    dit_pair_coefs(obj, B, t, coef);
+    dit_ops_cpu.make_pair(x_t, target, x0, eps, coef, obj == DIT_FLOW, B, n);
+    free(coef);
 }
 
 // Logit-normal(0, 1) (SD3) spends the steps on mid-range t, where the flow target is hardest
@@ -89,21 +92,28 @@ void dit_draw_t(dit_objective obj, int logit_normal, int B, mm_rng *rng, mm_real
 // ---------------------------------------------------------------------------------------
 // Samplers.
 
+// The sampler's state in one place: the ops it runs on, the predictor, and its buffers (ops
+// memory, owned, except x = the caller's out).
+typedef struct {
+    const model_ops *ops;
+    const dit_ops *dops;
+    dit_predict_fn fn;
+    void *ctx;
+    mm_real *x, *pred, *upred;  // (B, n) each; upred NULL without guidance
+    mm_real *t;                 // (B) ops memory
+    mm_real *t_host;            // (B) host
+} sampler;
+
 // One guided prediction at time tv for every sample: pred (B, n) = u + g (c - u), or c alone
 // when g == 1 (one predictor call instead of two). un is `in` with no conditioning.
-static void guided_predict(dit_predict_fn fn, void *ctx, dit_input *in, dit_input *un,
-                           mm_real *t, double tv, double g, mm_real *pred, mm_real *upred,
+static void guided_predict(const sampler *sp, dit_input *in, dit_input *un, double tv, double g,
                            size_t total) {
-    for (int b = 0; b < in->B; b++) t[b] = (mm_real)tv;
-    fn(ctx, in, pred);
+    for (int b = 0; b < in->B; b++) sp->t_host[b] = (mm_real)tv;
+    sp->ops->mem_upload(sp->t, sp->t_host, (size_t)in->B * sizeof(mm_real));
+    sp->fn(sp->ctx, in, sp->pred);
     if (g == 1.0) return;
-    fn(ctx, un, upred);
-    mm_real gg = (mm_real)g;
-    for (size_t i = 0; i < total; i++) pred[i] = upred[i] + gg * (pred[i] - upred[i]);
-}
-
-static mm_real clip1(mm_real v) {
-    return v < (mm_real)-1 ? (mm_real)-1 : v > (mm_real)1 ? (mm_real)1 : v;
+    sp->fn(sp->ctx, un, sp->upred);
+    sp->dops->guide(sp->pred, sp->upred, (mm_real)g, total);
 }
 
 // DDIM step i of `steps`: evenly spaced over [999, 0], rounded; strictly decreasing since the
@@ -120,6 +130,13 @@ static int ddim_step(int i, int steps) {
 void dit_sample_with(dit_predict_fn fn, void *ctx, size_t n, dit_objective obj,
                      const dit_input *cond, int steps, double guidance, mm_rng *rng,
                      mm_real *out) {
+    dit_sample_ops(&model_ops_cpu, &dit_ops_cpu, fn, ctx, n, obj, cond, steps, guidance, rng,
+                   out);
+}
+
+void dit_sample_ops(const model_ops *ops, const dit_ops *dops, dit_predict_fn fn, void *ctx,
+                    size_t n, dit_objective obj, const dit_input *cond, int steps,
+                    double guidance, mm_rng *rng, mm_real *out) {
     MM_CHECK(obj == DIT_FLOW || obj == DIT_DDPM, "dit_sample: unknown objective %d", obj);
     MM_CHECK(cond && cond->B >= 1 && n >= 1, "dit_sample: needs B >= 1 samples of n >= 1 pixels");
     MM_CHECK(steps >= 1 && (obj == DIT_FLOW || steps <= DIT_DDPM_STEPS),
@@ -127,15 +144,21 @@ void dit_sample_with(dit_predict_fn fn, void *ctx, size_t n, dit_objective obj,
     MM_CHECK(isfinite(guidance), "dit_sample: guidance must be finite");
     int B = cond->B;
     size_t total = (size_t)B * n;
+    sampler sp = {.ops = ops, .dops = dops, .fn = fn, .ctx = ctx, .x = out};
+    sp.pred = ops->mem_alloc(sizeof(mm_real) * total);
+    sp.upred = guidance != 1.0 ? ops->mem_alloc(sizeof(mm_real) * total) : NULL;
+    sp.t = ops->mem_alloc(sizeof(mm_real) * (size_t)B);
+    sp.t_host = mm_malloc(sizeof(mm_real) * (size_t)B);
+    uint8_t *none = ops->mem_alloc((size_t)B);  // (B) zeros
+    // the noise is drawn on the host (b-major) whatever the backend, then uploaded
+    mm_real *noise = mm_malloc(sizeof(mm_real) * total);
+    for (size_t i = 0; i < total; i++) noise[i] = (mm_real)mm_rng_normal(rng);
+    ops->mem_upload(out, noise, sizeof(mm_real) * total);
+    free(noise);
     mm_real *x = out;
-    mm_real *pred = mm_malloc(sizeof(mm_real) * total);                          // (B, n)
-    mm_real *upred = guidance != 1.0 ? mm_malloc(sizeof(mm_real) * total) : NULL;  // (B, n)
-    mm_real *t = mm_malloc(sizeof(mm_real) * (size_t)B);                         // (B)
-    uint8_t *none = mm_calloc((size_t)B, 1);                                     // (B) zeros
-    for (size_t i = 0; i < total; i++) x[i] = (mm_real)mm_rng_normal(rng);
 
     dit_input in = *cond;
-    in.x_t = x, in.t = t, in.target = NULL;
+    in.x_t = x, in.t = sp.t, in.target = NULL;
     dit_input un = in;  // the unconditional copy: the null token alone (classifier-free)
     un.has_text = none, un.has_audio = none;
 
@@ -143,30 +166,25 @@ void dit_sample_with(dit_predict_fn fn, void *ctx, size_t n, dit_objective obj,
         if (obj == DIT_FLOW) {
             // Euler on dx/dt = v from t to t_next < t
             double t0 = (double)(steps - i) / steps, t1 = (double)(steps - i - 1) / steps;
-            guided_predict(fn, ctx, &in, &un, t, t0, guidance, pred, upred, total);
-            mm_real dt = (mm_real)(t1 - t0);
-            for (size_t j = 0; j < total; j++) x[j] += dt * pred[j];
+            guided_predict(&sp, &in, &un, t0, guidance, total);
+            dops->euler(x, sp.pred, (mm_real)(t1 - t0), total);
         } else {
             // DDIM, eta = 0: x0 estimate from eps, clipped to the data range, then re-noised
             // deterministically to the previous step (alpha_bar = 1 after the last)
             int k = ddim_step(i, steps);
             double ab = dit_alpha_bar(k);
             double ab_prev = i + 1 < steps ? dit_alpha_bar(ddim_step(i + 1, steps)) : 1.0;
-            guided_predict(fn, ctx, &in, &un, t, (double)k / DIT_DDPM_STEPS, guidance, pred,
-                           upred, total);
-            double inv_sa = 1.0 / sqrt(ab), s1 = sqrt(1.0 - ab);
-            double sp = sqrt(ab_prev), sp1 = sqrt(1.0 - ab_prev);
-            for (size_t j = 0; j < total; j++) {
-                mm_real x0 = clip1((mm_real)(((double)x[j] - s1 * (double)pred[j]) * inv_sa));
-                x[j] = (mm_real)(sp * (double)x0 + sp1 * (double)pred[j]);
-            }
+            guided_predict(&sp, &in, &un, (double)k / DIT_DDPM_STEPS, guidance, total);
+            dops->ddim(x, sp.pred, 1.0 / sqrt(ab), sqrt(1.0 - ab), sqrt(ab_prev),
+                       sqrt(1.0 - ab_prev), total);
         }
     }
-    for (size_t j = 0; j < total; j++) x[j] = clip1(x[j]);
-    free(pred);
-    free(upred);
-    free(t);
-    free(none);
+    dops->clip(x, total);
+    ops->mem_free(sp.pred);
+    ops->mem_free(sp.upred);
+    ops->mem_free(sp.t);
+    free(sp.t_host);
+    ops->mem_free(none);
 }
 
 static void predict_dit(void *ctx, const dit_input *in, mm_real *out) {
@@ -177,5 +195,6 @@ void dit_sample(dit *m, dit_objective obj, const dit_input *cond, int steps, dou
                 mm_rng *rng, mm_real *out) {
     const dit_config *c = dit_cfg(m);
     size_t n = (size_t)c->img_h * c->img_w * c->img_c;
-    dit_sample_with(predict_dit, m, n, obj, cond, steps, guidance, rng, out);
+    dit_sample_ops(dit_model_ops(m), dit_dit_ops(m), predict_dit, m, n, obj, cond, steps,
+                   guidance, rng, out);
 }

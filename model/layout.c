@@ -113,6 +113,14 @@ void model_zero_bufs(int n, mm_real *const *p, const size_t *len) {
     }
 }
 
+void model_zero_ops(const model_ops *ops, int n, mm_real *const *p, const size_t *len) {
+    if (ops->mem_zero == model_cpu_mem_zero) {
+        model_zero_bufs(n, p, len);
+        return;
+    }
+    for (int k = 0; k < n; k++) ops->mem_zero(p[k], len[k] * sizeof(mm_real));
+}
+
 void model_patchify(mm_real *patches, const mm_real *img, int B, int H, int W, int c, int p) {
     const int gw = W / p, n = (H / p) * gw, pdim = p * p * c;
 #pragma omp parallel for schedule(static)

@@ -54,21 +54,74 @@ typedef struct model_ops {
     void (*add)(mm_real *out, const mm_real *a, const mm_real *b, size_t n);
     // Multi-head attention on packed qkv (B, T, 3, NH, HD) -> out (B, T, NH, HD).
     // Query i may attend key j iff key_valid[b*T + j] && (j < P || j <= i): the first P
-    // positions form a bidirectional prefix, the rest is causal. att (B, NH, T, T) keeps the
-    // softmax probabilities for the backward pass (0 where masked; a query with no allowed
-    // key, e.g. a prefix token of a sample lacking both modalities, gets a zero row and output).
+    // positions form a bidirectional prefix, the rest is causal. A query with no allowed key
+    // (e.g. a prefix token of a sample lacking both modalities) gets a zero output and zero
+    // gradients. att (attention_saved(B, NH, T) elements) is what the backend keeps for the
+    // backward pass: the CPU keeps the softmax probabilities (B, NH, T, T) (0 where masked,
+    // zero rows for queries without a key); the CUDA backend (flash attention) keeps only each
+    // row's log-sum-exp of the scaled scores (B, NH, T) (-inf for a row without a key) and a
+    // copy of key_valid, and recomputes the probabilities tile by tile in the backward pass.
     void (*attention_fwd)(mm_real *out, mm_real *att, const mm_real *qkv,
                           const uint8_t *key_valid, int B, int T, int P, int NH, int HD);
-    // accumulates dqkv
+    // accumulates dqkv; out is attention_fwd's output for these inputs and att what it saved
+    // (the CUDA backward needs out for the row terms sum_j p_ij dp_ij = dout_i . out_i)
     void (*attention_bwd)(mm_real *dqkv, const mm_real *dout, const mm_real *qkv,
-                          const mm_real *att, int B, int T, int P, int NH, int HD);
+                          const mm_real *out, const mm_real *att, int B, int T, int P, int NH,
+                          int HD);
+    // elements of attention_fwd's att buffer for these sizes
+    size_t (*attention_saved)(int B, int NH, int T);
     // Softmax cross-entropy per row: logits (N, V), targets (N) (-1 = ignored).
-    // loss[i] = -log softmax(logits_i)[t_i] (0 when ignored). probs (N, V) saved for backward.
-    void (*xent_fwd)(mm_real *loss, mm_real *probs, const mm_real *logits, const int32_t *targets,
-                     int N, int V);
-    // dlogits (N, V) = (probs - onehot) * dloss[i] (overwrites; 0 rows when ignored)
-    void (*xent_bwd)(mm_real *dlogits, const mm_real *probs, const int32_t *targets,
-                     const mm_real *dloss, int N, int V);
+    // loss[i] = -log softmax(logits_i)[t_i] (0 when ignored). saved (xent_saved(N, V)
+    // elements) is what the backend keeps for the backward pass: the CPU keeps the
+    // probabilities (N, V); the CUDA backend only each row's log-sum-exp (N), so that the
+    // forward reads the logits once and writes nothing per logit.
+    void (*xent_fwd)(mm_real *loss, mm_real *saved, const mm_real *logits,
+                     const int32_t *targets, int N, int V);
+    // dlogits (N, V) = (softmax(logits) - onehot) * dloss[i] (overwrites; 0 rows when
+    // ignored), from the forward's logits and saved. dlogits may be logits itself (the
+    // gradient then replaces the logits in place, one pass over them).
+    void (*xent_bwd)(mm_real *dlogits, const mm_real *logits, const mm_real *saved,
+                     const int32_t *targets, const mm_real *dloss, int N, int V);
+    // elements of xent_fwd's saved buffer for these sizes
+    size_t (*xent_saved)(int N, int V);
+
+    // --- memory and the models' glue (issue 6: so that a model's buffers may live on a
+    // device, every loop the models ran on their buffers is an op here; the CPU versions are
+    // those loops, arithmetic unchanged). Sizes in bytes for the mem_* ops.
+    // Zeroed buffer; the caller owns it and frees it with mem_free (NULL: no-op).
+    void *(*mem_alloc)(size_t bytes);
+    void (*mem_free)(void *p);
+    // Copies between host memory and this backend's memory; they return when done.
+    void (*mem_upload)(void *dst, const void *host, size_t bytes);
+    void (*mem_download)(void *host, const void *src, size_t bytes);
+    void (*mem_zero)(void *p, size_t bytes);
+    // rows rows of width elements: dst[r * dst_stride + i] = src[r * src_stride + i]
+    void (*copy_rows)(mm_real *dst, size_t dst_stride, const mm_real *src, size_t src_stride,
+                      size_t width, int rows);
+    // layout.c's model_patchify / model_unpatchify (model_internal.h)
+    void (*patchify)(mm_real *patches, const mm_real *img, int B, int H, int W, int c, int p);
+    void (*unpatchify)(mm_real *img, const mm_real *patches, int B, int H, int W, int c, int p);
+    // The LM's input rows (transformer.c): for the sequence [n_img | n_aud | T - P text],
+    // P = n_img + n_aud, x0 (B, T, C) = emb_img (B, n_img, C) + img_pos / emb_aud (B, n_aud, C)
+    // + aud_pos / wte[tokens[b * tok_stride + t - P]] + tpos; key_valid (B, T) from has_image,
+    // has_audio (B) (text: 1). A token outside [0, V) is a bug of the caller: aborts (the CUDA
+    // version records it for cuda_ctx_sync).
+    void (*embed_fwd)(mm_real *x0, uint8_t *key_valid, const mm_real *emb_img,
+                      const mm_real *emb_aud, const mm_real *img_pos, const mm_real *aud_pos,
+                      const mm_real *wte, const mm_real *tpos, const int32_t *tokens,
+                      int tok_stride, const uint8_t *has_image, const uint8_t *has_audio, int B,
+                      int T, int n_img, int n_aud, int C, int V);
+    // Its backward from dx0 (B, T, C): ACCUMULATES g_img_pos, g_aud_pos, g_tpos and g_wte,
+    // every row's sum taken in (sample, position) order, so repeated tokens add up the same
+    // way run after run (no float atomics).
+    void (*embed_bwd)(mm_real *g_img_pos, mm_real *g_aud_pos, mm_real *g_wte, mm_real *g_tpos,
+                      const mm_real *dx0, const int32_t *tokens, int B, int T, int n_img,
+                      int n_aud, int C, int V);
+    // Per sample b of B (Tt positions): out[2b] = the mean of losses[b, t] over targets >= 0,
+    // summed in double in t order (0 without targets), out[2b + 1] = their count.
+    void (*seq_loss)(double *out, const mm_real *losses, const int32_t *targets, int B, int Tt);
+    // dloss (B, Tt) = scale / n_targets(b) for every position of sample b (0 without targets)
+    void (*seq_dloss)(mm_real *dloss, const int32_t *targets, mm_real scale, int B, int Tt);
 } model_ops;
 
 extern const model_ops model_ops_cpu;

@@ -67,6 +67,8 @@ void model_tp_allreduce(int tp, comm_group *g, mm_real *x, size_t n);
 // single-threaded memset runs at a fraction of the machine's store bandwidth, and the
 // backward passes zero several activation gradients per block.
 void model_zero_bufs(int n, mm_real *const *p, const size_t *len);
+// The same in ops' memory: model_zero_bufs on the CPU, ops->mem_zero per buffer elsewhere.
+void model_zero_ops(const model_ops *ops, int n, mm_real *const *p, const size_t *len);
 
 // The gradient-ready hook (model.h model_set_grad_hook) as the models hold it.
 typedef struct {
@@ -88,6 +90,26 @@ void model_unpatchify(mm_real *img, const mm_real *patches, int B, int H, int W,
 // each sample into scratch (B, F / group, group * n_mels) and returns scratch.
 const mm_real *model_group_audio(mm_real *scratch, const mm_real *audio, int B, int F, int n_mels,
                                  int group);
+
+// The CPU glue ops of the ops table (ops_glue_cpu.c; model.h documents them), shared by the
+// CPU tables and usable by the CUDA build's tests as the reference.
+void *model_cpu_mem_alloc(size_t bytes);
+void model_cpu_mem_free(void *p);
+void model_cpu_mem_copy(void *dst, const void *src, size_t bytes);
+void model_cpu_mem_zero(void *p, size_t bytes);
+void model_cpu_copy_rows(mm_real *dst, size_t dst_stride, const mm_real *src, size_t src_stride,
+                         size_t width, int rows);
+void model_cpu_embed_fwd(mm_real *x0, uint8_t *key_valid, const mm_real *emb_img,
+                         const mm_real *emb_aud, const mm_real *img_pos, const mm_real *aud_pos,
+                         const mm_real *wte, const mm_real *tpos, const int32_t *tokens,
+                         int tok_stride, const uint8_t *has_image, const uint8_t *has_audio,
+                         int B, int T, int n_img, int n_aud, int C, int V);
+void model_cpu_embed_bwd(mm_real *g_img_pos, mm_real *g_aud_pos, mm_real *g_wte,
+                         mm_real *g_tpos, const mm_real *dx0, const int32_t *tokens, int B,
+                         int T, int n_img, int n_aud, int C, int V);
+void model_cpu_seq_loss(double *out, const mm_real *losses, const int32_t *targets, int B,
+                        int Tt);
+void model_cpu_seq_dloss(mm_real *dloss, const int32_t *targets, mm_real scale, int B, int Tt);
 
 // mm_fail with the tp part of a config check: tp_rank in [0, tp), tp divides n_heads and
 // d_ff, and tp_group (when given) has size tp and rank tp_rank. who prefixes the message.
@@ -125,7 +147,7 @@ typedef struct {
     mm_real *ln1;                  // (B, T, C)
     mm_real *ln1_mean, *ln1_rstd;  // (B, T)
     mm_real *qkv;                  // (B, T, 3, NHl, HD)
-    mm_real *att;                  // (B, NHl, T, T) softmax probabilities
+    mm_real *att;                  // ops->attention_saved(B, NHl, T): what attention keeps
     mm_real *atty;                 // (B, T, NHl, HD) attention output before attn.proj
     mm_real *res2;                 // (B, T, C) residual after attention
     mm_real *ln2;                  // (B, T, C)
@@ -162,9 +184,9 @@ void model_block_add_tensors(model_table *tb, const char *prefix, int l, int64_t
                              int split, int group);
 // Points w's views at buf + t[*k..*k+12).offset and advances *k (table order).
 void model_block_bind(model_block_w *w, mm_real *buf, const model_tensor *t, int *k);
-// Carves the block's activations for BT = max_B * T rows.
-void model_block_carve(model_carver *cv, model_block_acts *a, size_t BT, size_t T, size_t C,
-                       size_t NHl, size_t Cl, size_t Fl);
+// Carves the block's activations for BT = max_B * T rows (ops: the attention's saved size).
+void model_block_carve(model_carver *cv, const model_ops *ops, model_block_acts *a, size_t BT,
+                       size_t T, size_t C, size_t NHl, size_t Cl, size_t Fl);
 void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t BT, size_t C,
                                size_t Cl, size_t Fl);
 

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "model_internal.h"
 
 #ifdef MM_F64
 #define GEMM cblas_dgemm
@@ -421,9 +422,12 @@ static void attention_fwd(mm_real *out, mm_real *att, const mm_real *qkv, const 
     }
 }
 
-// dqkv (B, T, 3, NH, HD) +=, dout (B, T, NH, HD), qkv, att (B, NH, T, T) as saved.
+// dqkv (B, T, 3, NH, HD) +=, dout (B, T, NH, HD), qkv, att (B, NH, T, T) as saved. out is
+// not needed here: the saved probabilities give the softmax backward directly.
 static void attention_bwd(mm_real *dqkv, const mm_real *dout, const mm_real *qkv,
-                          const mm_real *att, int B, int T, int P, int NH, int HD) {
+                          const mm_real *out, const mm_real *att, int B, int T, int P, int NH,
+                          int HD) {
+    (void)out;
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
@@ -499,6 +503,9 @@ static void attention_bwd(mm_real *dqkv, const mm_real *dout, const mm_real *qkv
     }
 }
 
+// the probabilities (B, NH, T, T)
+static size_t attention_saved(int B, int NH, int T) { return (size_t)B * NH * T * T; }
+
 // ---------------------------------------------------------------------------------------
 // softmax cross-entropy
 
@@ -528,8 +535,10 @@ static void xent_fwd(mm_real *loss, mm_real *probs, const mm_real *logits, const
 }
 
 // dlogits (N, V) = (probs - onehot(target)) * dloss (N); ignored rows 0. Overwrites.
-static void xent_bwd(mm_real *dlogits, const mm_real *probs, const int32_t *targets,
-                     const mm_real *dloss, int N, int V) {
+// The logits are not read (the probabilities are saved), so dlogits may alias them.
+static void xent_bwd(mm_real *dlogits, const mm_real *logits, const mm_real *probs,
+                     const int32_t *targets, const mm_real *dloss, int N, int V) {
+    (void)logits;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const mm_real *p = probs + (size_t)i * V;
@@ -546,6 +555,9 @@ static void xent_bwd(mm_real *dlogits, const mm_real *probs, const int32_t *targ
     }
 }
 
+// the probabilities (N, V)
+static size_t xent_saved(int N, int V) { return (size_t)N * V; }
+
 const model_ops model_ops_cpu = {
     .name = "cpu",
     .matmul_fwd = matmul_fwd,
@@ -557,6 +569,20 @@ const model_ops model_ops_cpu = {
     .add = add,
     .attention_fwd = attention_fwd,
     .attention_bwd = attention_bwd,
+    .attention_saved = attention_saved,
     .xent_fwd = xent_fwd,
     .xent_bwd = xent_bwd,
+    .xent_saved = xent_saved,
+    .mem_alloc = model_cpu_mem_alloc,
+    .mem_free = model_cpu_mem_free,
+    .mem_upload = model_cpu_mem_copy,
+    .mem_download = model_cpu_mem_copy,
+    .mem_zero = model_cpu_mem_zero,
+    .copy_rows = model_cpu_copy_rows,
+    .patchify = model_patchify,
+    .unpatchify = model_unpatchify,
+    .embed_fwd = model_cpu_embed_fwd,
+    .embed_bwd = model_cpu_embed_bwd,
+    .seq_loss = model_cpu_seq_loss,
+    .seq_dloss = model_cpu_seq_dloss,
 };

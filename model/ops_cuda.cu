@@ -1,11 +1,13 @@
 // ops_cuda.cu: the CUDA backend of the ops table (model.h), the device twin of ops_cpu.c, so
-// that the transformer runs unchanged on a GPU. Matmuls and the products inside attention go
-// to cuBLAS (fp32, or bf16 inputs with fp32 accumulation when the context says so); the rest
-// are memory-bound kernels: one warp per row for layernorm and the attention softmax, one
-// block per row for the cross-entropy over a vocabulary, grid-stride loops for elementwise
-// ops. Same semantics as the CPU ops, including the accumulating (+=) backward ops and the
-// attention mask (prefix bidirectional, causal text, key_valid, zero rows for queries with
-// no allowed key).
+// that the transformer runs unchanged on a GPU. Matmuls go to cuBLAS (fp32, or bf16 inputs
+// with fp32 accumulation when the context says so); self-attention is a fused flash-attention
+// forward and backward of our own (fp32, tiled in shared memory, saving the log-sum-exp of
+// each row instead of the probabilities); the cross-attention of the diffusion model keeps the
+// cuBLAS core with materialised probabilities. The rest are memory-bound kernels: one warp
+// per row for layernorm, one block per row for the fused cross-entropy over a vocabulary,
+// grid-stride loops for elementwise ops. Same semantics as the CPU ops, including the
+// accumulating (+=) backward ops and the attention mask (prefix bidirectional, causal text,
+// key_valid, zero rows for queries with no allowed key).
 //
 // Determinism: no float atomics. The bias, gain and layernorm-bias gradients are column sums
 // over rows, done in two passes (cuda_internal.h cu_colsum: fixed chunks of rows summed in
@@ -311,114 +313,516 @@ void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const 
 }
 
 // ---------------------------------------------------------------------------------------
-// self-attention on packed qkv (B, T, 3, NH, HD): split into head-major q, k, v in scratch,
-// run the core, merge back.
+// self-attention on packed qkv (B, T, 3, NH, HD): flash attention (FlashAttention-2's
+// schedule, fp32 SIMT). The forward streams key tiles past a tile of queries with an online
+// softmax and keeps only each row's log-sum-exp (B, NH, T) instead of the (T, T)
+// probabilities; the backward recomputes the probabilities tile by tile from it. Two backward
+// kernels keep it deterministic without float atomics: one block per KEY tile loops over the
+// query tiles that can see it and owns dK, dV; one block per QUERY tile loops over key tiles
+// and owns dQ. Each gradient element is written by exactly one thread, in a fixed order.
+// Tiles the mask empties entirely (keys past a causal tile's last row) are skipped.
+//
+// Heads wider than FA_HD fall back to the cuBLAS core above, materialising the probabilities
+// in scratch (the backward recomputes them there), so the saved buffer stays (B, NH, T).
+//
+// Numbers: the same mask and the same zero rows as the CPU op; the results differ from the
+// CPU's only in summation order (running max and rescaled sums instead of one max and one
+// sum), a few float ulps; tests/gpu/test_ops_cuda.c checks 1e-5 relative.
+
+// Shared-memory tiles are rows of FA_LD floats (16-byte aligned, 4 floats of padding so
+// that the 8 rows a warp reads at once start in different banks) read as fa_f4 vectors: one
+// 16-byte load feeds 4 (forward) to 8 (backward) FMAs, so the kernels are bound by the FMA
+// units rather than by shared-memory bandwidth.
+enum { FA_HD = 64, FA_LD = FA_HD + 4, FA_BQ = 64, FA_BK = 32, FA_TB = 32, FA_PLD = 32 + 4,
+       FA_THREADS = 256 };
+// Thread layout in every flash kernel: ty = threadIdx.x / 8 picks a row (query or key) of a
+// 32-row tile; tx = threadIdx.x % 8 picks the keys tx + 8u of a score tile and the output
+// columns 4 tx .. 4 tx + 3 and 32 + 4 tx .. 32 + 4 tx + 3. The 8 threads of a row are
+// consecutive lanes of one warp, so a row's max and sum are 3 shuffles.
+
+#ifdef MM_CUDA_EMU
+struct alignas(16) fa_f4 {
+    float x, y, z, w;
+};
+#define FA_UNROLL
+#else
+typedef float4 fa_f4;
+#define FA_UNROLL _Pragma("unroll")
+#endif
+
+__device__ __forceinline__ float fa_dot4(fa_f4 a, fa_f4 b, float acc) {
+    acc = fmaf(a.x, b.x, acc);
+    acc = fmaf(a.y, b.y, acc);
+    acc = fmaf(a.z, b.z, acc);
+    return fmaf(a.w, b.w, acc);
+}
+__device__ __forceinline__ void fa_axpy4(fa_f4 &acc, float a, fa_f4 b) {
+    acc.x = fmaf(a, b.x, acc.x);
+    acc.y = fmaf(a, b.y, acc.y);
+    acc.z = fmaf(a, b.z, acc.z);
+    acc.w = fmaf(a, b.w, acc.w);
+}
+__device__ __forceinline__ float fa_get(fa_f4 v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Number of leading keys query i may see (then filtered by key_valid); nondecreasing in i.
+__device__ __forceinline__ int fa_lim(int i, int P) { return i < P ? P : i + 1; }
+
+__device__ __forceinline__ float fa_row_max(float v) {
+    for (int o = 1; o < 8; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float fa_row_sum(float v) {
+    for (int o = 1; o < 8; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// n rows (HD wide) of a (T, rs) row-major matrix from row r0 into the tile s (n, FA_LD);
+// zeros past T and in the columns HD .. FA_HD - 1
+template <int n>
+__device__ __forceinline__ void fa_load(fa_f4 (*s)[FA_LD / 4], const float *src, size_t rs,
+                                        int r0, int T, int HD) {
+    float *f = &s[0][0].x;
+    for (int e = threadIdx.x; e < n * FA_HD; e += blockDim.x) {
+        const int r = e / FA_HD, d = e % FA_HD, i = r0 + r;
+        f[r * FA_LD + d] = i < T && d < HD ? src[(size_t)i * rs + d] : 0.0f;
+    }
+}
+
+// the tile's key_valid bytes (0 past T)
+__device__ __forceinline__ void fa_load_valid(uint8_t *kval, const uint8_t *key_valid, int k0,
+                                              int T) {
+    if (threadIdx.x < FA_BK)
+        kval[threadIdx.x] = k0 + (int)threadIdx.x < T ? key_valid[k0 + threadIdx.x] : 0;
+}
+
+// out (B, T, NH, HD), lse (B, NH, T); grid (query tiles of FA_BQ, B * NH). Each thread owns
+// query rows ty and ty + 32 of the tile: their scores for keys tx + 8u of a key tile, their
+// running max m and sum l, and their output columns (see the layout above).
+__global__ void k_flash_fwd(float *out, float *lse, const float *qkv, const uint8_t *key_valid,
+                            int T, int P, int NH, int HD, float scale) {
+    __shared__ fa_f4 Qs[FA_BQ][FA_LD / 4], Ks[FA_BK][FA_LD / 4], Vs[FA_BK][FA_LD / 4];
+    __shared__ fa_f4 Ps4[FA_BQ][FA_PLD / 4];
+    __shared__ uint8_t kval[FA_BK];
+    float(*Ps)[FA_PLD] = reinterpret_cast<float(*)[FA_PLD]>(&Ps4[0][0].x);
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD, HD4 = (HD + 3) / 4;
+    const int q0 = blockIdx.x * FA_BQ, ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+    const size_t rs = 3 * (size_t)C;
+    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
+    fa_load<FA_BQ>(Qs, qb, rs, q0, T, HD);
+    int lim[2];
+    float m[2], l[2];
+    fa_f4 o[2][2];
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + ty + 32 * r;
+        lim[r] = i < T ? fa_lim(i, P) : 0;
+        m[r] = -INFINITY;
+        l[r] = 0;
+        o[r][0] = o[r][1] = fa_f4{0, 0, 0, 0};
+    }
+    const int last = (q0 + FA_BQ < T ? q0 + FA_BQ : T) - 1;
+    const int kend = fa_lim(last, P) < T ? fa_lim(last, P) : T;
+    for (int k0 = 0; k0 < kend; k0 += FA_BK) {
+        __syncthreads();  // the previous tile's readers are done
+        fa_load<FA_BK>(Ks, qb + C, rs, k0, T, HD);
+        fa_load<FA_BK>(Vs, qb + 2 * C, rs, k0, T, HD);
+        fa_load_valid(kval, key_valid + (size_t)b * T, k0, T);
+        __syncthreads();
+        float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+        for (int d4 = 0; d4 < HD4; d4++) {
+            const fa_f4 a0 = Qs[ty][d4], a1 = Qs[ty + 32][d4];
+            FA_UNROLL
+            for (int u = 0; u < 4; u++) {
+                const fa_f4 kv = Ks[tx + 8 * u][d4];
+                s[0][u] = fa_dot4(a0, kv, s[0][u]);
+                s[1][u] = fa_dot4(a1, kv, s[1][u]);
+            }
+        }
+        FA_UNROLL
+        for (int r = 0; r < 2; r++) {
+            float mx = -INFINITY;
+            FA_UNROLL
+            for (int u = 0; u < 4; u++) {
+                const int j = tx + 8 * u;
+                s[r][u] = k0 + j < lim[r] && kval[j] ? s[r][u] * scale : -INFINITY;
+                mx = fmaxf(mx, s[r][u]);
+            }
+            const float mn = fmaxf(m[r], fa_row_max(mx));
+            float ps = 0;
+            FA_UNROLL
+            for (int u = 0; u < 4; u++) {
+                const float p = s[r][u] == -INFINITY ? 0.0f : expf(s[r][u] - mn);
+                Ps[ty + 32 * r][tx + 8 * u] = p;
+                ps += p;
+            }
+            ps = fa_row_sum(ps);
+            if (mn != -INFINITY) {  // else nothing allowed yet: o, l stay 0
+                const float alpha = expf(m[r] - mn);  // 0 when m was -inf
+                l[r] = l[r] * alpha + ps;
+                for (int g = 0; g < 2; g++) {
+                    o[r][g].x *= alpha;
+                    o[r][g].y *= alpha;
+                    o[r][g].z *= alpha;
+                    o[r][g].w *= alpha;
+                }
+                m[r] = mn;
+            }
+        }
+        __syncthreads();
+        for (int j4 = 0; j4 < FA_BK / 4; j4++) {
+            const fa_f4 p0 = Ps4[ty][j4], p1 = Ps4[ty + 32][j4];
+            FA_UNROLL
+            for (int jj = 0; jj < 4; jj++) {
+                const float a0 = fa_get(p0, jj), a1 = fa_get(p1, jj);
+                FA_UNROLL
+                for (int g = 0; g < 2; g++) {
+                    const fa_f4 v = Vs[4 * j4 + jj][8 * g + tx];
+                    fa_axpy4(o[0][g], a0, v);
+                    fa_axpy4(o[1][g], a1, v);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + ty + 32 * r;
+        if (i >= T) continue;
+        const float inv = l[r] > 0 ? 1 / l[r] : 0.0f;  // no allowed key: a zero output
+        float *orow = out + (size_t)(b * T + i) * C + (size_t)h * HD;
+        for (int g = 0; g < 2; g++)
+            for (int e = 0; e < 4; e++) {
+                const int d = 32 * g + 4 * tx + e;
+                if (d < HD) orow[d] = fa_get(o[r][g], e) * inv;
+            }
+        if (tx == 0) lse[(size_t)bh * T + i] = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
+    }
+}
+
+// D (B, NH, T) = dout_i . out_i = sum_j p_ij dp_ij, the softmax backward's row term; one warp
+// per row
+__global__ void k_flash_rowdot(float *D, const float *dout, const float *out, int B, int T,
+                               int NH, int HD) {
+    const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
+    const int lane = threadIdx.x % CU_WARP;
+    if (row >= B * NH * T) return;
+    const int i = row % T, h = row / T % NH, b = row / (T * NH);
+    const size_t off = (size_t)(b * T + i) * NH * HD + (size_t)h * HD;
+    float s = 0;
+    for (int d = lane; d < HD; d += CU_WARP) s = fmaf(dout[off + d], out[off + d], s);
+    s = warp_sum(s);
+    if (lane == 0) D[row] = s;
+}
+
+// p and ds = scale * p * (dp - D) of query row ty against keys tx + 8u of the key tile at k0
+__device__ __forceinline__ void fa_probs(float p[4], float ds[4], const fa_f4 (*Qs)[FA_LD / 4],
+                                         const fa_f4 (*dOs)[FA_LD / 4],
+                                         const fa_f4 (*Ks)[FA_LD / 4],
+                                         const fa_f4 (*Vs)[FA_LD / 4], const uint8_t *kval,
+                                         int ty, int tx, int k0, int lim, float lse, float D,
+                                         int HD4, float scale) {
+    float s[4] = {0, 0, 0, 0}, dp[4] = {0, 0, 0, 0};
+    for (int d4 = 0; d4 < HD4; d4++) {
+        const fa_f4 a = Qs[ty][d4], g = dOs[ty][d4];
+        FA_UNROLL
+        for (int u = 0; u < 4; u++) {
+            s[u] = fa_dot4(a, Ks[tx + 8 * u][d4], s[u]);
+            dp[u] = fa_dot4(g, Vs[tx + 8 * u][d4], dp[u]);
+        }
+    }
+    FA_UNROLL
+    for (int u = 0; u < 4; u++) {
+        const int j = tx + 8 * u;
+        p[u] = k0 + j < lim && kval[j] ? expf(s[u] * scale - lse) : 0.0f;
+        ds[u] = scale * p[u] * (dp[u] - D);
+    }
+}
+
+// dq part of dqkv +=; grid (query tiles of FA_TB, B * NH). Thread: query row ty; keys
+// tx + 8u of each key tile; its dq columns.
+__global__ void k_flash_bwd_dq(float *dqkv, const float *dout, const float *qkv,
+                               const float *lse, const float *D, const uint8_t *key_valid, int T,
+                               int P, int NH, int HD, float scale) {
+    __shared__ fa_f4 Qs[FA_TB][FA_LD / 4], dOs[FA_TB][FA_LD / 4], Ks[FA_TB][FA_LD / 4],
+        Vs[FA_TB][FA_LD / 4], dS4[FA_TB][FA_PLD / 4];
+    __shared__ uint8_t kval[FA_TB];
+    float(*dSs)[FA_PLD] = reinterpret_cast<float(*)[FA_PLD]>(&dS4[0][0].x);
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD, HD4 = (HD + 3) / 4;
+    const int q0 = blockIdx.x * FA_TB, ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+    const size_t rs = 3 * (size_t)C;
+    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
+    fa_load<FA_TB>(Qs, qb, rs, q0, T, HD);
+    fa_load<FA_TB>(dOs, dout + (size_t)b * T * C + (size_t)h * HD, C, q0, T, HD);
+    const int i = q0 + ty;
+    const int lim = i < T ? fa_lim(i, P) : 0;
+    const float l_i = i < T ? lse[(size_t)bh * T + i] : 0.0f;
+    const float D_i = i < T ? D[(size_t)bh * T + i] : 0.0f;
+    fa_f4 dq[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    const int last = (q0 + FA_TB < T ? q0 + FA_TB : T) - 1;
+    const int kend = fa_lim(last, P) < T ? fa_lim(last, P) : T;
+    for (int k0 = 0; k0 < kend; k0 += FA_TB) {
+        __syncthreads();
+        fa_load<FA_TB>(Ks, qb + C, rs, k0, T, HD);
+        fa_load<FA_TB>(Vs, qb + 2 * C, rs, k0, T, HD);
+        fa_load_valid(kval, key_valid + (size_t)b * T, k0, T);
+        __syncthreads();
+        float p[4], ds[4];
+        fa_probs(p, ds, Qs, dOs, Ks, Vs, kval, ty, tx, k0, lim, l_i, D_i, HD4, scale);
+        for (int u = 0; u < 4; u++) dSs[ty][tx + 8 * u] = ds[u];
+        __syncthreads();
+        for (int j4 = 0; j4 < FA_TB / 4; j4++) {
+            const fa_f4 g4 = dS4[ty][j4];
+            FA_UNROLL
+            for (int jj = 0; jj < 4; jj++) {
+                const float g = fa_get(g4, jj);
+                FA_UNROLL
+                for (int c = 0; c < 2; c++) fa_axpy4(dq[c], g, Ks[4 * j4 + jj][8 * c + tx]);
+            }
+        }
+    }
+    if (i < T) {
+        float *dr = dqkv + (size_t)(b * T + i) * rs + (size_t)h * HD;
+        for (int c = 0; c < 2; c++)
+            for (int e = 0; e < 4; e++) {
+                const int d = 32 * c + 4 * tx + e;
+                if (d < HD) dr[d] += fa_get(dq[c], e);
+            }
+    }
+}
+
+// dk, dv parts of dqkv +=; grid (key tiles of FA_TB, B * NH). Scores as in k_flash_bwd_dq
+// (thread: query row ty, keys tx + 8u), stored transposed (key, query); then each thread owns
+// key row ty's dk, dv columns. Only the query tiles that can see a key of the tile are
+// visited: all of them for a prefix key, queries >= k0 for causal keys.
+__global__ void k_flash_bwd_dkv(float *dqkv, const float *dout, const float *qkv,
+                                const float *lse, const float *D, const uint8_t *key_valid,
+                                int T, int P, int NH, int HD, float scale) {
+    __shared__ fa_f4 Qs[FA_TB][FA_LD / 4], dOs[FA_TB][FA_LD / 4], Ks[FA_TB][FA_LD / 4],
+        Vs[FA_TB][FA_LD / 4], PT4[FA_TB][FA_PLD / 4], dST4[FA_TB][FA_PLD / 4];
+    __shared__ uint8_t kval[FA_TB];
+    __shared__ float lse_s[FA_TB], D_s[FA_TB];
+    float(*PT)[FA_PLD] = reinterpret_cast<float(*)[FA_PLD]>(&PT4[0][0].x);
+    float(*dST)[FA_PLD] = reinterpret_cast<float(*)[FA_PLD]>(&dST4[0][0].x);
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD, HD4 = (HD + 3) / 4;
+    const int k0 = blockIdx.x * FA_TB, ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+    const size_t rs = 3 * (size_t)C;
+    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
+    const float *ob = dout + (size_t)b * T * C + (size_t)h * HD;
+    fa_load<FA_TB>(Ks, qb + C, rs, k0, T, HD);
+    fa_load<FA_TB>(Vs, qb + 2 * C, rs, k0, T, HD);
+    fa_load_valid(kval, key_valid + (size_t)b * T, k0, T);
+    fa_f4 dk[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, dv[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    for (int q0 = k0 < P ? 0 : k0; q0 < T; q0 += FA_TB) {
+        __syncthreads();
+        fa_load<FA_TB>(Qs, qb, rs, q0, T, HD);
+        fa_load<FA_TB>(dOs, ob, C, q0, T, HD);
+        if (threadIdx.x < FA_TB) {
+            const int i = q0 + threadIdx.x;
+            lse_s[threadIdx.x] = i < T ? lse[(size_t)bh * T + i] : 0.0f;
+            D_s[threadIdx.x] = i < T ? D[(size_t)bh * T + i] : 0.0f;
+        }
+        __syncthreads();
+        const int i = q0 + ty;
+        float p[4], ds[4];
+        fa_probs(p, ds, Qs, dOs, Ks, Vs, kval, ty, tx, k0, i < T ? fa_lim(i, P) : 0, lse_s[ty],
+                 D_s[ty], HD4, scale);
+        for (int u = 0; u < 4; u++) {
+            PT[tx + 8 * u][ty] = p[u];
+            dST[tx + 8 * u][ty] = ds[u];
+        }
+        __syncthreads();
+        for (int r4 = 0; r4 < FA_TB / 4; r4++) {
+            const fa_f4 p4 = PT4[ty][r4], g4 = dST4[ty][r4];
+            FA_UNROLL
+            for (int rr = 0; rr < 4; rr++) {
+                const int r = 4 * r4 + rr;
+                const float pr = fa_get(p4, rr), gr = fa_get(g4, rr);
+                FA_UNROLL
+                for (int c = 0; c < 2; c++) {
+                    fa_axpy4(dv[c], pr, dOs[r][8 * c + tx]);
+                    fa_axpy4(dk[c], gr, Qs[r][8 * c + tx]);
+                }
+            }
+        }
+    }
+    const int j = k0 + ty;
+    if (j < T) {
+        float *dr = dqkv + (size_t)(b * T + j) * rs + (size_t)h * HD;
+        for (int c = 0; c < 2; c++)
+            for (int e = 0; e < 4; e++) {
+                const int d = 32 * c + 4 * tx + e;
+                if (d < HD) {
+                    dr[C + d] += fa_get(dk[c], e);
+                    dr[2 * C + d] += fa_get(dv[c], e);
+                }
+            }
+    }
+}
+
+// The fallback for heads wider than FA_HD: split, the cuBLAS core with the probabilities in
+// scratch (att: B * NH * T * T after 4 (B, T, C) buffers), merge.
+static float *attention_wide_fwd(cuda_ctx *c, float *out, const float *qkv,
+                                 const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
+                                 size_t extra) {
+    const int C = NH * HD;
+    const size_t n = cu_round_up((size_t)B * T * C * sizeof(float), 256);
+    const size_t na = cu_round_up((size_t)B * NH * T * T * sizeof(float), 256);
+    float *ws = (float *)cuda_scratch(c, 4 * n + na + extra);
+    const size_t step = n / sizeof(float);
+    float *q = ws, *k = ws + step, *v = ws + 2 * step, *o = ws + 3 * step, *att = ws + 4 * step;
+    cu_heads_split(c, q, qkv, B, T, NH, HD, 3 * C, 0);
+    cu_heads_split(c, k, qkv, B, T, NH, HD, 3 * C, C);
+    cu_heads_split(c, v, qkv, B, T, NH, HD, 3 * C, 2 * C);
+    cu_attn_fwd(c, att, o, q, k, v, key_valid, B, T, T, P, NH, HD);
+    if (out) cu_heads_merge(c, out, o, B, T, NH, HD, C, 0, 0);
+    return ws;
+}
+
+// The saved buffer (attention_saved): lse (B, NH, T) floats, then a copy of the forward's
+// key_valid (B, T) bytes, which the backward needs to rebuild the mask (the ops interface
+// gives the backward no key_valid: the CPU's saved probabilities carry the mask).
+static size_t attention_saved(int B, int NH, int T) {
+    return (size_t)B * NH * T + ((size_t)B * T + sizeof(float) - 1) / sizeof(float);
+}
+static uint8_t *saved_mask(float *att, int B, int NH, int T) {
+    return (uint8_t *)(att + (size_t)B * NH * T);
+}
 
 static void attention_fwd(float *out, float *att, const float *qkv, const uint8_t *key_valid,
                           int B, int T, int P, int NH, int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     if (B <= 0 || T <= 0) return;
     cuda_ctx *c = cuda_ctx_current();
-    const int C = NH * HD;
-    const size_t n = (size_t)B * T * C * sizeof(float);
-    float *ws = (float *)cuda_scratch(c, 4 * cu_round_up(n, 256));
-    const size_t step = cu_round_up(n, 256) / sizeof(float);
-    float *q = ws, *k = ws + step, *v = ws + 2 * step, *o = ws + 3 * step;
-    cu_heads_split(c, q, qkv, B, T, NH, HD, 3 * C, 0);
-    cu_heads_split(c, k, qkv, B, T, NH, HD, 3 * C, C);
-    cu_heads_split(c, v, qkv, B, T, NH, HD, 3 * C, 2 * C);
-    cu_attn_fwd(c, att, o, q, k, v, key_valid, B, T, T, P, NH, HD);
-    cu_heads_merge(c, out, o, B, T, NH, HD, C, 0, 0);
+    CU_CHECK(cudaMemcpyAsync(saved_mask(att, B, NH, T), key_valid, (size_t)B * T,
+                             cudaMemcpyDeviceToDevice, c->stream));
+    if (HD > FA_HD) {
+        attention_wide_fwd(c, out, qkv, key_valid, B, T, P, NH, HD, 0);
+        return;
+    }
+    MM_CHECK(B * NH <= 65535, "attention: B * NH = %d above the grid's 65535", B * NH);
+    const dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)(B * NH));
+    CU_LAUNCH(k_flash_fwd, grid, FA_THREADS, c->stream, out, att, qkv, key_valid, T, P, NH, HD,
+              1 / sqrtf((float)HD));
+    CU_CHECK_LAUNCH("attention_fwd (flash)");
 }
 
-static void attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *att,
-                          int B, int T, int P, int NH, int HD) {
+static void attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *out,
+                          const float *att, int B, int T, int P, int NH, int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     if (B <= 0 || T <= 0) return;
     cuda_ctx *c = cuda_ctx_current();
+    const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
     const int C = NH * HD;
-    const size_t n = cu_round_up((size_t)B * T * C * sizeof(float), 256);
-    const size_t nds = cu_round_up((size_t)B * NH * T * T * sizeof(float), 256);
-    float *ws = (float *)cuda_scratch(c, 7 * n + nds);
-    const size_t step = n / sizeof(float);
-    float *q = ws, *k = q + step, *v = k + step, *dout_h = v + step, *dq = dout_h + step,
-          *dk = dq + step, *dv = dk + step, *ds = dv + step;
-    cu_heads_split(c, q, qkv, B, T, NH, HD, 3 * C, 0);
-    cu_heads_split(c, k, qkv, B, T, NH, HD, 3 * C, C);
-    cu_heads_split(c, v, qkv, B, T, NH, HD, 3 * C, 2 * C);
-    cu_heads_split(c, dout_h, dout, B, T, NH, HD, C, 0);
-    cu_attn_bwd(c, dq, dk, dv, ds, dout_h, q, k, v, att, B, T, T, NH, HD);
-    cu_heads_merge(c, dqkv, dq, B, T, NH, HD, 3 * C, 0, 1);
-    cu_heads_merge(c, dqkv, dk, B, T, NH, HD, 3 * C, C, 1);
-    cu_heads_merge(c, dqkv, dv, B, T, NH, HD, 3 * C, 2 * C, 1);
+    if (HD > FA_HD) {  // recompute the probabilities, then the cuBLAS core's backward
+        const size_t n = cu_round_up((size_t)B * T * C * sizeof(float), 256);
+        const size_t na = cu_round_up((size_t)B * NH * T * T * sizeof(float), 256);
+        float *ws = attention_wide_fwd(c, NULL, qkv, key_valid, B, T, P, NH, HD, 5 * n + na);
+        const size_t step = n / sizeof(float);
+        float *q = ws, *k = ws + step, *v = ws + 2 * step, *pr = ws + 4 * step;
+        float *dout_h = pr + na / sizeof(float), *dq = dout_h + step, *dk = dq + step,
+              *dv = dk + step, *ds = dv + step;
+        cu_heads_split(c, dout_h, dout, B, T, NH, HD, C, 0);
+        cu_attn_bwd(c, dq, dk, dv, ds, dout_h, q, k, v, pr, B, T, T, NH, HD);
+        cu_heads_merge(c, dqkv, dq, B, T, NH, HD, 3 * C, 0, 1);
+        cu_heads_merge(c, dqkv, dk, B, T, NH, HD, 3 * C, C, 1);
+        cu_heads_merge(c, dqkv, dv, B, T, NH, HD, 3 * C, 2 * C, 1);
+        return;
+    }
+    const int rows = B * NH * T;
+    float *D = (float *)cuda_scratch(c, (size_t)rows * sizeof(float));
+    CU_LAUNCH(k_flash_rowdot, row_blocks(rows), CU_THREADS, c->stream, D, dout, out, B, T, NH,
+              HD);
+    CU_CHECK_LAUNCH("attention_bwd (row terms)");
+    const float scale = 1 / sqrtf((float)HD);
+    const dim3 grid((unsigned)((T + FA_TB - 1) / FA_TB), (unsigned)(B * NH));
+    CU_LAUNCH(k_flash_bwd_dq, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid, T,
+              P, NH, HD, scale);
+    CU_CHECK_LAUNCH("attention_bwd (flash dq)");
+    CU_LAUNCH(k_flash_bwd_dkv, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid,
+              T, P, NH, HD, scale);
+    CU_CHECK_LAUNCH("attention_bwd (flash dk, dv)");
 }
 
 // ---------------------------------------------------------------------------------------
-// softmax cross-entropy: one block per row
+// softmax cross-entropy, fused for bandwidth (issue 6: at GPT-2 size the (N, V) logits are
+// 1.6 GB). The forward reads each row once with an online max and sum per thread and saves
+// only the row's log-sum-exp (N); the backward reads the logits once more and writes
+// dlogits = (exp(logit - lse) - onehot) * dloss, in place when dlogits is the logits. One
+// block per row; the block's (max, sum) pairs combine in a fixed tree (deterministic).
 
-__global__ void k_xent_fwd(float *loss, float *probs, const float *logits, const int32_t *targets,
+// log-sum-exp of the row, loss = lse - logit[t] (0 when ignored); one block per row
+__global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const int32_t *targets,
                            int V, int *flag) {
     const int row = blockIdx.x;
     const float *l = logits + (size_t)row * V;
-    float *p = probs + (size_t)row * V;
     int t = targets[row];
     if (t < -1 || t >= V) {  // corrupt data: recorded for cuda_ctx_sync, the row ignored
         if (threadIdx.x == 0) cu_flag(flag, CU_FLAG_XENT_TARGET, t, row);
         t = -1;
     }
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
-    mx = block_max(mx);
-    float s = 0;
+    float m = -INFINITY, s = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const float e = expf(l[j] - mx);
-        p[j] = e;
-        s += e;
+        const float x = l[j];
+        if (x > m) {
+            s = s * expf(m - x) + 1;  // expf(-inf) = 0 for the first element
+            m = x;
+        } else {
+            s += expf(x - m);
+        }
     }
-    s = block_sum(s);
-    const float inv = 1 / s;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) p[j] *= inv;  // each thread its own j
-    if (threadIdx.x == 0) loss[row] = t < 0 ? 0.0f : logf(s) - (l[t] - mx);
+    const float mx = block_max(m);
+    s = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx));
+    if (threadIdx.x == 0) {
+        const float ls = mx + logf(s);
+        lse[row] = ls;
+        loss[row] = t < 0 ? 0.0f : logf(s) - (l[t] - mx);
+    }
 }
 
-static void xent_fwd(float *loss, float *probs, const float *logits, const int32_t *targets, int N,
+static void xent_fwd(float *loss, float *lse, const float *logits, const int32_t *targets, int N,
                      int V) {
     if (N <= 0) return;
     cuda_ctx *c = cuda_ctx_current();
-    CU_LAUNCH(k_xent_fwd, (unsigned)N, CU_THREADS, c->stream, loss, probs, logits, targets, V,
+    CU_LAUNCH(k_xent_fwd, (unsigned)N, CU_THREADS, c->stream, loss, lse, logits, targets, V,
               c->flag);
     CU_CHECK_LAUNCH("xent_fwd");
 }
 
-// dlogits (N, V) = (probs - onehot) * dloss[row]; 0 rows when ignored (overwrites). One
-// block per row (grid-stride over rows), threads along the row.
-__global__ void k_xent_bwd(float *dlogits, const float *probs, const int32_t *targets,
-                           const float *dloss, int N, int V, int *flag) {
+// dlogits (N, V) = (exp(logits - lse) - onehot) * dloss[row]; 0 rows when ignored
+// (overwrites; dlogits may be logits: each element is read, then written, by one thread).
+// One block per row (grid-stride over rows), threads along the row.
+__global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse,
+                           const int32_t *targets, const float *dloss, int N, int V, int *flag) {
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
         const int t = targets[row];
-        const float *p = probs + (size_t)row * V;
+        const float *l = logits + (size_t)row * V;
         float *d = dlogits + (size_t)row * V;
         if (t < 0 || t >= V) {
             if (t != -1 && threadIdx.x == 0) cu_flag(flag, CU_FLAG_XENT_TARGET, t, row);
             for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0;
             continue;
         }
-        const float s = dloss[row];
+        const float s = dloss[row], ls = lse[row];
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float v = p[j] * s;
+            float v = expf(l[j] - ls) * s;
             if (j == t) v -= s;
             d[j] = v;
         }
     }
 }
 
-static void xent_bwd(float *dlogits, const float *probs, const int32_t *targets,
-                     const float *dloss, int N, int V) {
+static void xent_bwd(float *dlogits, const float *logits, const float *lse,
+                     const int32_t *targets, const float *dloss, int N, int V) {
     if (N <= 0 || V <= 0) return;
     cuda_ctx *c = cuda_ctx_current();
-    CU_LAUNCH(k_xent_bwd, cu_row_blocks(N), CU_THREADS, c->stream, dlogits, probs, targets, dloss,
-              N, V, c->flag);
+    CU_LAUNCH(k_xent_bwd, cu_row_blocks(N), CU_THREADS, c->stream, dlogits, logits, lse, targets,
+              dloss, N, V, c->flag);
     CU_CHECK_LAUNCH("xent_bwd");
+}
+
+// the rows' log-sum-exp (N)
+static size_t xent_saved(int N, int V) {
+    (void)V;
+    return (size_t)N;
 }
 
 const model_ops model_ops_cuda = {
@@ -432,6 +836,20 @@ const model_ops model_ops_cuda = {
     .add = add,
     .attention_fwd = attention_fwd,
     .attention_bwd = attention_bwd,
+    .attention_saved = attention_saved,
     .xent_fwd = xent_fwd,
     .xent_bwd = xent_bwd,
+    .xent_saved = xent_saved,
+    .mem_alloc = cu_mem_alloc,
+    .mem_free = cu_mem_free,
+    .mem_upload = cu_mem_upload,
+    .mem_download = cu_mem_download,
+    .mem_zero = cu_mem_zero,
+    .copy_rows = cu_copy_rows,
+    .patchify = cu_patchify,
+    .unpatchify = cu_unpatchify,
+    .embed_fwd = cu_embed_fwd,
+    .embed_bwd = cu_embed_bwd,
+    .seq_loss = cu_seq_loss,
+    .seq_dloss = cu_seq_dloss,
 };

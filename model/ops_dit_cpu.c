@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../data/data.h"
 #include "diffusion.h"
 
 #ifdef MM_F64
@@ -246,6 +247,147 @@ static void mse_bwd(mm_real *dpred, const mm_real *pred, const mm_real *target,
         dpred[i] = 2 * (pred[i] - target[i]) * (dloss[i / n] / (mm_real)n);
 }
 
+// ---------------------------------------------------------------------------------------
+// glue (diffusion.h): the loops diffusion.c and diffusion_sched.c ran on the model's buffers,
+// moved here with their arithmetic unchanged so that CPU results stay bit for bit.
+
+static void time_embed(mm_real *out, const mm_real *t, int B, int C) {
+    const int half = C / 2;
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < half; k++) {
+            double arg = (double)t[b] * 1000.0 * exp(-log(10000.0) * k / half);
+            out[(size_t)b * C + k] = (mm_real)cos(arg);
+            out[(size_t)b * C + half + k] = (mm_real)sin(arg);
+        }
+}
+
+static void text_tokens(int32_t *tok, uint8_t *key_valid, const int32_t *tokens,
+                        const uint8_t *has_text, int B, int T, int V) {
+    for (int r = 0; r < B * T; r++) {
+        int b = r / T, k = DATA_TOK_PAD;
+        if (has_text[b]) {
+            k = tokens[r];
+            MM_CHECK(k >= 0 && k < V, "token %d of sample %d outside [0, %d)", k, b, V);
+        }
+        tok[r] = k;
+        key_valid[r] = has_text[b] && k != DATA_TOK_PAD;
+    }
+}
+
+static void add_pos(mm_real *x, const mm_real *pos, int B, int T, int C) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < B * T; r++) {
+        const mm_real *pe = pos + (size_t)(r % T) * C;
+        mm_real *o = x + (size_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] += pe[c];
+    }
+}
+
+static void sample_keys(uint8_t *key_valid, const uint8_t *has, int B, int T) {
+    for (int r = 0; r < B * T; r++) key_valid[r] = has[r / T] != 0;
+}
+
+static void cond_keys(uint8_t *kv, const uint8_t *text, const uint8_t *audio, int B, int Tt,
+                      int na) {
+    const int Tc = Tt + na + 1;
+    for (int b = 0; b < B; b++) {
+        uint8_t *k = kv + (size_t)b * Tc;
+        memcpy(k, text + (size_t)b * Tt, (size_t)Tt);
+        memcpy(k + Tt, audio + (size_t)b * na, (size_t)na);
+        k[Tt + na] = 1;
+    }
+}
+
+// keys in order, so the mean is deterministic
+static void pool_fwd(mm_real *pool, const mm_real *cond, const uint8_t *kv, int B, int Tc,
+                     int C) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        const uint8_t *k = kv + (size_t)b * Tc;
+        mm_real *pb = pool + (size_t)b * C;
+        int cnt = 0;
+        for (int c = 0; c < C; c++) pb[c] = 0;
+        for (int j = 0; j < Tc; j++) {
+            if (!k[j]) continue;
+            const mm_real *cj = cond + ((size_t)b * Tc + j) * C;
+            for (int c = 0; c < C; c++) pb[c] += cj[c];
+            cnt++;
+        }
+        for (int c = 0; c < C; c++) pb[c] /= (mm_real)cnt;
+    }
+}
+
+static void pool_bwd(mm_real *dcond, const mm_real *dpool, const uint8_t *kv, int B, int Tc,
+                     int C) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        const uint8_t *k = kv + (size_t)b * Tc;
+        int cnt = 0;
+        for (int j = 0; j < Tc; j++) cnt += k[j] != 0;
+        const mm_real *dp = dpool + (size_t)b * C;
+        for (int j = 0; j < Tc; j++) {
+            if (!k[j]) continue;
+            mm_real *d = dcond + ((size_t)b * Tc + j) * C;
+            for (int c = 0; c < C; c++) d[c] += dp[c] / (mm_real)cnt;
+        }
+    }
+}
+
+// each task owns a block of columns and adds the samples in order
+static void pos_bwd(mm_real *g, const mm_real *dx, size_t stride, int B, int T, int C) {
+    enum { CB = 32 };
+    const int ncb = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static)
+    for (int cb = 0; cb < ncb; cb++) {
+        int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                const mm_real *d = dx + (size_t)b * stride + (size_t)t * C + c0;
+                mm_real *gp = g + (size_t)t * C + c0;
+#pragma omp simd
+                for (int c = 0; c < n; c++) gp[c] += d[c];
+            }
+    }
+}
+
+static void make_pair(mm_real *x_t, mm_real *target, const mm_real *x0, const mm_real *eps,
+                      const double *coef, int flow, int B, size_t n) {
+    for (int b = 0; b < B; b++) {
+        const double a = coef[2 * b], s = coef[2 * b + 1];
+        const mm_real *x0b = x0 + (size_t)b * n, *eb = eps + (size_t)b * n;
+        mm_real *xb = x_t + (size_t)b * n, *tb = target + (size_t)b * n;
+        for (size_t i = 0; i < n; i++) {
+            xb[i] = (mm_real)(a * x0b[i] + s * eb[i]);
+            tb[i] = flow ? eb[i] - x0b[i] : eb[i];
+        }
+    }
+}
+
+static void guide(mm_real *pred, const mm_real *upred, mm_real g, size_t n) {
+    for (size_t i = 0; i < n; i++) pred[i] = upred[i] + g * (pred[i] - upred[i]);
+}
+
+static void euler(mm_real *x, const mm_real *v, mm_real dt, size_t n) {
+    for (size_t j = 0; j < n; j++) x[j] += dt * v[j];
+}
+
+static mm_real clip1(mm_real v) {
+    return v < (mm_real)-1 ? (mm_real)-1 : v > (mm_real)1 ? (mm_real)1 : v;
+}
+
+static void ddim(mm_real *x, const mm_real *eps, double inv_sa, double s1, double sp,
+                 double sp1, size_t n) {
+    for (size_t j = 0; j < n; j++) {
+        mm_real x0 = clip1((mm_real)(((double)x[j] - s1 * (double)eps[j]) * inv_sa));
+        x[j] = (mm_real)(sp * (double)x0 + sp1 * (double)eps[j]);
+    }
+}
+
+static void clip(mm_real *x, size_t n) {
+    for (size_t j = 0; j < n; j++) x[j] = clip1(x[j]);
+}
+
 const dit_ops dit_ops_cpu = {
     .name = "cpu",
     .silu_fwd = silu_fwd,
@@ -258,4 +400,17 @@ const dit_ops dit_ops_cpu = {
     .xattn_bwd = xattn_bwd,
     .mse_fwd = mse_fwd,
     .mse_bwd = mse_bwd,
+    .time_embed = time_embed,
+    .text_tokens = text_tokens,
+    .add_pos = add_pos,
+    .sample_keys = sample_keys,
+    .cond_keys = cond_keys,
+    .pool_fwd = pool_fwd,
+    .pool_bwd = pool_bwd,
+    .pos_bwd = pos_bwd,
+    .make_pair = make_pair,
+    .guide = guide,
+    .euler = euler,
+    .ddim = ddim,
+    .clip = clip,
 };

@@ -9,6 +9,10 @@
 // attention core of ops_cuda.cu (cuBLAS for the products) with every valid key allowed.
 #include "cuda_internal.h"
 
+extern "C" {
+#include "../data/data.h"  // DATA_TOK_PAD
+}
+
 // ---------------------------------------------------------------------------------------
 // SiLU: x * sigmoid(x)
 
@@ -256,6 +260,234 @@ static void mse_bwd(float *dpred, const float *pred, const float *target, const 
     CU_CHECK_LAUNCH("mse_bwd");
 }
 
+// ---------------------------------------------------------------------------------------
+// glue (diffusion.h): the CUDA twins of ops_dit_cpu.c's glue ops. One thread per output
+// element; every sum runs in the CPU's order (the pooled mean over keys in key order, the
+// position gradients over samples in sample order), and the double-precision formulas are the
+// CPU's (no FMA contraction: --fmad=false), so the results are the CPU's bits except where
+// device cos/sin/sqrt round differently in the last place.
+
+__global__ void k_time_embed(float *out, const float *t, int B, int C) {
+    const int half = C / 2;
+    const size_t n = (size_t)B * half;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int b = (int)(i / half), k = (int)(i % half);
+        const double arg = (double)t[b] * 1000.0 * exp(-log(10000.0) * k / half);
+        out[(size_t)b * C + k] = (float)cos(arg);
+        out[(size_t)b * C + half + k] = (float)sin(arg);
+    }
+}
+
+static void time_embed(float *out, const float *t, int B, int C) {
+    const size_t n = (size_t)B * (C / 2);
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_time_embed, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, t, B, C);
+    CU_CHECK_LAUNCH("time_embed");
+}
+
+__global__ void k_text_tokens(int32_t *tok, uint8_t *key_valid, const int32_t *tokens,
+                              const uint8_t *has_text, int B, int T, int V, int pad, int *flag) {
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < B * T; r += gridDim.x * blockDim.x) {
+        const int b = r / T;
+        int k = pad;
+        if (has_text[b]) {
+            k = tokens[r];
+            if (k < 0 || k >= V) {  // recorded for cuda_ctx_sync; PAD keeps later reads in bounds
+                cu_flag(flag, CU_FLAG_TOKEN, k, b);
+                k = pad;
+            }
+        }
+        tok[r] = k;
+        key_valid[r] = has_text[b] && k != pad;
+    }
+}
+
+static void text_tokens(int32_t *tok, uint8_t *key_valid, const int32_t *tokens,
+                        const uint8_t *has_text, int B, int T, int V) {
+    if (B * T <= 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_text_tokens, cu_blocks((size_t)B * T, CU_THREADS), CU_THREADS, c->stream, tok,
+              key_valid, tokens, has_text, B, T, V, (int)DATA_TOK_PAD, c->flag);
+    CU_CHECK_LAUNCH("text_tokens");
+}
+
+__global__ void k_add_pos(float *x, const float *pos, int B, int T, int C) {
+    const size_t n = (size_t)B * T * C, tc = (size_t)T * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] += pos[i % tc];
+}
+
+static void add_pos(float *x, const float *pos, int B, int T, int C) {
+    const size_t n = (size_t)B * T * C;
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_add_pos, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, x, pos, B, T, C);
+    CU_CHECK_LAUNCH("add_pos");
+}
+
+__global__ void k_sample_keys(uint8_t *key_valid, const uint8_t *has, int B, int T) {
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < B * T; r += gridDim.x * blockDim.x)
+        key_valid[r] = has[r / T] != 0;
+}
+
+static void sample_keys(uint8_t *key_valid, const uint8_t *has, int B, int T) {
+    if (B * T <= 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_sample_keys, cu_blocks((size_t)B * T, CU_THREADS), CU_THREADS, c->stream,
+              key_valid, has, B, T);
+    CU_CHECK_LAUNCH("sample_keys");
+}
+
+__global__ void k_cond_keys(uint8_t *kv, const uint8_t *text, const uint8_t *audio, int B, int Tt,
+                            int na) {
+    const int Tc = Tt + na + 1;
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < B * Tc; r += gridDim.x * blockDim.x) {
+        const int b = r / Tc, j = r % Tc;
+        kv[r] = j < Tt ? text[(size_t)b * Tt + j] : j < Tt + na ? audio[(size_t)b * na + j - Tt] : 1;
+    }
+}
+
+static void cond_keys(uint8_t *kv, const uint8_t *text, const uint8_t *audio, int B, int Tt,
+                      int na) {
+    if (B <= 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_cond_keys, cu_blocks((size_t)B * (Tt + na + 1), CU_THREADS), CU_THREADS,
+              c->stream, kv, text, audio, B, Tt, na);
+    CU_CHECK_LAUNCH("cond_keys");
+}
+
+// one thread per (sample, column): keys in order, as the CPU
+__global__ void k_pool_fwd(float *pool, const float *cond, const uint8_t *kv, int B, int Tc,
+                           int C) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < B * C; i += gridDim.x * blockDim.x) {
+        const int b = i / C, c = i % C;
+        float acc = 0;
+        int cnt = 0;
+        for (int j = 0; j < Tc; j++) {
+            if (!kv[(size_t)b * Tc + j]) continue;
+            acc += cond[((size_t)b * Tc + j) * C + c];
+            cnt++;
+        }
+        pool[i] = acc / (float)cnt;
+    }
+}
+
+static void pool_fwd(float *pool, const float *cond, const uint8_t *kv, int B, int Tc, int C) {
+    if (B * C <= 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_pool_fwd, cu_blocks((size_t)B * C, CU_THREADS), CU_THREADS, c->stream, pool, cond,
+              kv, B, Tc, C);
+    CU_CHECK_LAUNCH("pool_fwd");
+}
+
+__global__ void k_pool_bwd(float *dcond, const float *dpool, const uint8_t *kv, int B, int Tc,
+                           int C) {
+    const size_t n = (size_t)B * Tc * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(i % C);
+        const size_t bj = i / C;
+        const int b = (int)(bj / Tc);
+        if (!kv[bj]) continue;
+        int cnt = 0;
+        for (int j = 0; j < Tc; j++) cnt += kv[(size_t)b * Tc + j] != 0;
+        dcond[i] += dpool[(size_t)b * C + c] / (float)cnt;
+    }
+}
+
+static void pool_bwd(float *dcond, const float *dpool, const uint8_t *kv, int B, int Tc, int C) {
+    const size_t n = (size_t)B * Tc * C;
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_pool_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dcond, dpool, kv, B,
+              Tc, C);
+    CU_CHECK_LAUNCH("pool_bwd");
+}
+
+// one thread per (position, column), samples in order onto the gradient
+__global__ void k_pos_bwd(float *g, const float *dx, size_t stride, int B, int T, int C) {
+    const size_t n = (size_t)T * C;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float acc = g[i];
+        for (int b = 0; b < B; b++) acc += dx[(size_t)b * stride + i];
+        g[i] = acc;
+    }
+}
+
+static void pos_bwd(float *g, const float *dx, size_t stride, int B, int T, int C) {
+    const size_t n = (size_t)T * C;
+    if (n == 0 || B <= 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_pos_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, g, dx, stride, B, T, C);
+    CU_CHECK_LAUNCH("pos_bwd");
+}
+
+__global__ void k_make_pair(float *x_t, float *target, const float *x0, const float *eps,
+                            const double *coef, int flow, size_t total, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = i / n;
+        const double a = coef[2 * b], s = coef[2 * b + 1];
+        x_t[i] = (float)(a * x0[i] + s * eps[i]);
+        target[i] = flow ? eps[i] - x0[i] : eps[i];
+    }
+}
+
+static void make_pair(float *x_t, float *target, const float *x0, const float *eps,
+                      const double *coef, int flow, int B, size_t n) {
+    const size_t total = (size_t)B * n;
+    if (total == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_make_pair, cu_blocks(total, CU_THREADS), CU_THREADS, c->stream, x_t, target, x0,
+              eps, coef, flow, total, n);
+    CU_CHECK_LAUNCH("make_pair");
+}
+
+__device__ __forceinline__ float clip1(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
+
+// the sampler's elementwise steps; op: 0 guide, 1 euler, 2 ddim, 3 clip
+__global__ void k_sampler(float *x, const float *y, int op, float g, double d0, double d1,
+                          double d2, double d3, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        if (op == 0) {
+            x[i] = y[i] + g * (x[i] - y[i]);  // x = pred, y = upred
+        } else if (op == 1) {
+            x[i] += g * y[i];
+        } else if (op == 2) {
+            const float x0 = clip1((float)(((double)x[i] - d1 * (double)y[i]) * d0));
+            x[i] = (float)(d2 * (double)x0 + d3 * (double)y[i]);
+        } else {
+            x[i] = clip1(x[i]);
+        }
+    }
+}
+
+static void sampler_launch(float *x, const float *y, int op, float g, double d0, double d1,
+                           double d2, double d3, size_t n) {
+    if (n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_sampler, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, x, y, op, g, d0, d1, d2,
+              d3, n);
+    CU_CHECK_LAUNCH("sampler step");
+}
+
+static void guide(float *pred, const float *upred, float g, size_t n) {
+    sampler_launch(pred, upred, 0, g, 0, 0, 0, 0, n);
+}
+static void euler(float *x, const float *v, float dt, size_t n) {
+    sampler_launch(x, v, 1, dt, 0, 0, 0, 0, n);
+}
+static void ddim(float *x, const float *eps, double inv_sa, double s1, double sp, double sp1,
+                 size_t n) {
+    sampler_launch(x, eps, 2, 0, inv_sa, s1, sp, sp1, n);
+}
+static void clip(float *x, size_t n) { sampler_launch(x, x, 3, 0, 0, 0, 0, 0, n); }
+
 const dit_ops dit_ops_cuda = {
     .name = "cuda",
     .silu_fwd = silu_fwd,
@@ -268,4 +500,17 @@ const dit_ops dit_ops_cuda = {
     .xattn_bwd = xattn_bwd,
     .mse_fwd = mse_fwd,
     .mse_bwd = mse_bwd,
+    .time_embed = time_embed,
+    .text_tokens = text_tokens,
+    .add_pos = add_pos,
+    .sample_keys = sample_keys,
+    .cond_keys = cond_keys,
+    .pool_fwd = pool_fwd,
+    .pool_bwd = pool_bwd,
+    .pos_bwd = pos_bwd,
+    .make_pair = make_pair,
+    .guide = guide,
+    .euler = euler,
+    .ddim = ddim,
+    .clip = clip,
 };

@@ -35,8 +35,13 @@
 // table / init / carving mechanics in layout.c, shared with the DiT (model_internal.h); this
 // file keeps the LM's structure and policies (which tensors, the init law, the head).
 //
-// Host glue: patchify (layout.c), the embedding gather/scatter and the per-sample loss
-// reduction are plain OpenMP loops on CPU memory. A CUDA backend will need those as ops.
+// Memory: params, grads, activations and the inputs live in the ops table's memory (host
+// memory for the CPU, device memory for CUDA), allocated and copied through the table; the
+// glue between the big ops (patchify, the embedding gather and its scatter-add backward, the
+// row copies, the per-sample loss reduction) are ops too (model.h), so this file never
+// touches a buffer's elements itself. Exceptions, all host-side by design: initial weights
+// are drawn on the host and uploaded; forward copies back B pairs of doubles (per-sample
+// losses); generate copies back B rows of logits per step for the argmax.
 //
 // Tensor parallelism (Megatron, DESIGN.md "Parallel layout"). With NH/tp heads and d_ff/tp
 // MLP columns per rank (Cl = C/tp, Fl = F/tp), a block is
@@ -102,11 +107,11 @@ typedef struct {
     mm_real *lnf;       // (B, Tt, C)
     mm_real *lnf_mean, *lnf_rstd;  // (B, Tt)
     mm_real *logits;               // (B, Tt, V)
-    mm_real *probs;                // (B, Tt, V)
+    mm_real *probs;                // ops->xent_saved(B * Tt, V): what xent keeps
     mm_real *losses;               // (B, Tt)
     // backward scratch (not kept between calls)
     model_block_scratch bs;  // the blocks' gradients; bs.dres: of the residual stream
-    mm_real *dlogits;  // (B, Tt, V)
+    mm_real *dlogits;  // (B, Tt, V) = logits: the backward overwrites them in place
     mm_real *dlnf;     // (B, Tt, C)
     mm_real *dtxt;     // (B, Tt, C)
     mm_real *dloss;    // (B, Tt)
@@ -130,8 +135,12 @@ struct model {
     weights w, g;             // views into params / grads
     mm_real *act_mem;         // the one activation buffer, owned
     acts a;                   // views into act_mem
-    uint8_t *key_valid;       // (max_B, T)
-    int32_t *gen_tokens;      // (max_B, Tt) generation's token buffer
+    uint8_t *key_valid;       // (max_B, T) ops memory
+    double *seq_out;          // (max_B, 2) ops memory: per-sample loss mean and count
+    double *seq_host;         // (max_B, 2) host copy
+    mm_real *gen_logits;      // (max_B, V) host copy of generation's logits
+    int32_t *gen_dtokens;     // (max_B, Tt) ops memory: generation's tokens for the trunk
+    int32_t *gen_tokens;      // (max_B, Tt) generation's token buffer (host)
     uint8_t *gen_done;        // (max_B)
     int saved_B;              // samples whose activations model_backward may use; 0 after generate
 };
@@ -194,9 +203,9 @@ static void bind_weights(const model *m, weights *wt, mm_real *buf) {
 }
 
 // Initializes tensor k (GPT-2 law, file top); the draw is layout.c's, so tp-independent.
-static void init_tensor(model *m, int k, uint64_t seed) {
+static void init_tensor(model *m, mm_real *params, int k, uint64_t seed) {
     const model_tensor *t = &m->tensors[k];
-    mm_real *p = m->params + t->offset;
+    mm_real *p = params + t->offset;
     const char *n = t->name;
     if (model_ends_with(n, ".g")) {  // layernorm gains
         for (size_t i = 0; i < t->size; i++) p[i] = 1;
@@ -225,16 +234,16 @@ static size_t plan_acts(model *m, mm_real *base) {
     a->emb_aud = model_carve(&cv, B * m->n_aud * C);
     a->x0 = model_carve(&cv, BT * C);
     for (int l = 0; l < m->L; l++)
-        model_block_carve(&cv, &a->layer[l], BT, T, C, (size_t)m->NHl, Cl, Fl);
+        model_block_carve(&cv, m->ops, &a->layer[l], BT, T, C, (size_t)m->NHl, Cl, Fl);
     a->txt = model_carve(&cv, BTt * C);
     a->lnf = model_carve(&cv, BTt * C);
     a->lnf_mean = model_carve(&cv, BTt);
     a->lnf_rstd = model_carve(&cv, BTt);
     a->logits = model_carve(&cv, BTt * V);
-    a->probs = model_carve(&cv, BTt * V);
+    a->probs = model_carve(&cv, m->ops->xent_saved((int)BTt, (int)V));
     a->losses = model_carve(&cv, BTt);
     model_block_carve_scratch(&cv, &a->bs, BT, C, Cl, Fl);
-    a->dlogits = model_carve(&cv, BTt * V);
+    a->dlogits = a->logits;
     a->dlnf = model_carve(&cv, BTt * C);
     a->dtxt = model_carve(&cv, BTt * C);
     a->dloss = model_carve(&cv, BTt);
@@ -309,19 +318,28 @@ int model_create(model **out, const model_config *cfg, const model_ops *ops, int
     m->adim = cfg->audio_group * cfg->n_mels;
 
     build_table(m);
-    m->params = mm_alloc_aligned(m->n_params * sizeof(mm_real));
-    m->grads = mm_alloc_aligned(m->n_params * sizeof(mm_real));
+    const size_t pbytes = m->n_params * sizeof(mm_real);
+    m->params = ops->mem_alloc(pbytes);
+    m->grads = ops->mem_alloc(pbytes);
     bind_weights(m, &m->w, m->params);
     bind_weights(m, &m->g, m->grads);
+    // drawn on the host, then copied to the ops' memory (a plain copy on the CPU)
+    mm_real *init = mm_alloc_aligned(pbytes);
     // each tensor has its own stream, so the split across threads cannot change values
 #pragma omp parallel for schedule(dynamic)
-    for (int k = 0; k < m->n_tensors; k++) init_tensor(m, k, seed);
+    for (int k = 0; k < m->n_tensors; k++) init_tensor(m, init, k, seed);
+    ops->mem_upload(m->params, init, pbytes);
+    free(init);
 
     m->a.layer = mm_calloc((size_t)m->L, sizeof(model_block_acts));
     size_t n_acts = plan_acts(m, NULL);
-    m->act_mem = mm_alloc_aligned(n_acts * sizeof(mm_real));
+    m->act_mem = ops->mem_alloc(n_acts * sizeof(mm_real));
     plan_acts(m, m->act_mem);
-    m->key_valid = mm_calloc((size_t)max_B * m->T, 1);
+    m->key_valid = ops->mem_alloc((size_t)max_B * m->T);
+    m->seq_out = ops->mem_alloc((size_t)max_B * 2 * sizeof(double));
+    m->seq_host = mm_calloc((size_t)max_B * 2, sizeof(double));
+    m->gen_logits = mm_alloc_aligned((size_t)max_B * m->V * sizeof(mm_real));
+    m->gen_dtokens = ops->mem_alloc((size_t)max_B * m->Tt * sizeof(int32_t));
     m->gen_tokens = mm_calloc((size_t)max_B * m->Tt, sizeof(int32_t));
     m->gen_done = mm_calloc((size_t)max_B, 1);
     *out = m;
@@ -332,13 +350,17 @@ void model_free(model *m) {
     if (!m) return;
     free(m->tensors);
     free(m->block_lo);
-    free(m->params);
-    free(m->grads);
+    m->ops->mem_free(m->params);
+    m->ops->mem_free(m->grads);
     free(m->w.layer);
     free(m->g.layer);
-    free(m->act_mem);
+    m->ops->mem_free(m->act_mem);
     free(m->a.layer);
-    free(m->key_valid);
+    m->ops->mem_free(m->key_valid);
+    m->ops->mem_free(m->seq_out);
+    free(m->seq_host);
+    free(m->gen_logits);
+    m->ops->mem_free(m->gen_dtokens);
     free(m->gen_tokens);
     free(m->gen_done);
     free(m);
@@ -370,7 +392,7 @@ void model_set_grad_hook(model *m, model_grad_hook fn, void *ctx) {
 }
 
 void model_zero_grad(model *m) {
-    model_zero_bufs(1, &m->grads, &m->n_params);
+    model_zero_ops(m->ops, 1, &m->grads, &m->n_params);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -404,42 +426,27 @@ static void forward_trunk(model *m, const model_input *in, const int32_t *tokens
                           int Tu) {
     const model_ops *ops = m->ops;
     const int B = in->B, C = m->C, P = m->P, T = P + Tu, n_img = m->n_img, n_aud = m->n_aud;
-    const int BT = B * T;
     acts *a = &m->a;
     const weights *w = &m->w;
 
-    model_patchify(a->patches, in->image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
-                   m->cfg.patch);
+    ops->patchify(a->patches, in->image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
+                  m->cfg.patch);
     ops->matmul_fwd(a->emb_img, a->patches, w->img_w, w->img_b, B * n_img, m->pdim, C);
 
-    const mm_real *aud = model_group_audio(a->aud, in->audio, B, m->cfg.audio_F, m->cfg.n_mels,
-                                           m->cfg.audio_group);
+    // audio (B, F, n_mels) as (B, n_aud, adim) tokens: a reshape when audio_group divides F,
+    // else without each sample's trailing F % audio_group frames (model_group_audio)
+    const mm_real *aud = in->audio;
+    if (m->cfg.audio_F != n_aud * m->cfg.audio_group) {
+        ops->copy_rows(a->aud, (size_t)n_aud * m->adim, in->audio,
+                       (size_t)m->cfg.audio_F * m->cfg.n_mels, (size_t)n_aud * m->adim, B);
+        aud = a->aud;
+    }
     ops->matmul_fwd(a->emb_aud, aud, w->aud_w, w->aud_b, B * n_aud, m->adim, C);
 
     // x0 rows: projected patches / audio tokens / token embeddings, plus positions
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < BT; r++) {
-        int b = r / T, t = r % T;
-        const mm_real *e, *pe;
-        if (t < n_img) {
-            e = a->emb_img + ((size_t)b * n_img + t) * C;
-            pe = w->img_pos + (size_t)t * C;
-            m->key_valid[r] = in->has_image[b] != 0;
-        } else if (t < P) {
-            e = a->emb_aud + ((size_t)b * n_aud + (t - n_img)) * C;
-            pe = w->aud_pos + (size_t)(t - n_img) * C;
-            m->key_valid[r] = in->has_audio[b] != 0;
-        } else {
-            int tok = tokens[(size_t)b * tok_stride + (t - P)];
-            MM_CHECK(tok >= 0 && tok < m->V, "token %d of sample %d outside [0, %d)", tok, b, m->V);
-            e = w->wte + (size_t)tok * C;
-            pe = w->tpos + (size_t)(t - P) * C;
-            m->key_valid[r] = 1;
-        }
-        mm_real *o = a->x0 + (size_t)r * C;
-#pragma omp simd
-        for (int c = 0; c < C; c++) o[c] = e[c] + pe[c];
-    }
+    ops->embed_fwd(a->x0, m->key_valid, a->emb_img, a->emb_aud, w->img_pos, w->aud_pos, w->wte,
+                   w->tpos, tokens, tok_stride, in->has_image, in->has_audio, B, T, n_img, n_aud,
+                   C, m->V);
 
     const model_block_run run = block_run(m, B, T);
     const mm_real *x = a->x0;
@@ -458,30 +465,22 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
 
     // ln_f and lm_head only on the text rows
     const mm_real *fin = a->layer[m->L - 1].res3;
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < B; b++)
-        memcpy(a->txt + (size_t)b * Tt * C, fin + ((size_t)b * T + P) * C,
-               (size_t)Tt * C * sizeof(mm_real));
+    m->ops->copy_rows(a->txt, (size_t)Tt * C, fin + (size_t)P * C, (size_t)T * C, (size_t)Tt * C,
+                      B);
     m->ops->layernorm_fwd(a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g, m->w.lnf_b, B * Tt,
                           C);
     m->ops->matmul_fwd(a->logits, a->lnf, m->w.lm_head, NULL, B * Tt, C, V);
     m->ops->xent_fwd(a->losses, a->probs, a->logits, in->targets, B * Tt, V);
 
+    m->ops->seq_loss(m->seq_out, a->losses, in->targets, B, Tt);
+    m->ops->mem_download(m->seq_host, m->seq_out, (size_t)B * 2 * sizeof(double));
     double total = 0;
     int scored = 0;
-    for (int b = 0; b < B; b++) {
-        double s = 0;
-        int n = 0;
-        for (int t = 0; t < Tt; t++)
-            if (in->targets[(size_t)b * Tt + t] >= 0) {
-                s += a->losses[(size_t)b * Tt + t];
-                n++;
-            }
-        if (n) {
-            total += s / n;
+    for (int b = 0; b < B; b++)
+        if (m->seq_host[2 * b + 1] > 0) {
+            total += m->seq_host[2 * b];
             scored++;
         }
-    }
     if (n_scored) *n_scored = scored;
     m->saved_B = B;
     return total;
@@ -506,25 +505,20 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     const weights *g = &m->g;
 
     // d(loss_scale * sum_b mean_t loss) / d loss[b, t] = loss_scale / n_targets(b)
-    for (int b = 0; b < B; b++) {
-        int n = 0;
-        for (int t = 0; t < Tt; t++) n += in->targets[(size_t)b * Tt + t] >= 0;
-        for (int t = 0; t < Tt; t++) a->dloss[(size_t)b * Tt + t] = n ? loss_scale / n : 0;
-    }
-    ops->xent_bwd(a->dlogits, a->probs, in->targets, a->dloss, B * Tt, V);
+    ops->seq_dloss(a->dloss, in->targets, loss_scale, B, Tt);
+    ops->xent_bwd(a->dlogits, a->logits, a->probs, in->targets, a->dloss, B * Tt, V);
     mm_real *const zb[] = {a->dlnf, a->dtxt};
     const size_t zn[] = {(size_t)B * Tt * C, (size_t)B * Tt * C};
-    model_zero_bufs(2, zb, zn);
+    model_zero_ops(ops, 2, zb, zn);
     ops->matmul_bwd(a->dlnf, g->lm_head, NULL, a->dlogits, a->lnf, w->lm_head, B * Tt, C, V);
     ops->layernorm_bwd(a->dtxt, g->lnf_g, g->lnf_b, a->dlnf, a->txt, w->lnf_g, a->lnf_mean,
                        a->lnf_rstd, B * Tt, C);
     // the prefix gets no gradient from the head
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < B; b++) {
-        memset(a->bs.dres + (size_t)b * T * C, 0, (size_t)P * C * sizeof(mm_real));
-        memcpy(a->bs.dres + ((size_t)b * T + P) * C, a->dtxt + (size_t)b * Tt * C,
-               (size_t)Tt * C * sizeof(mm_real));
-    }
+    mm_real *const zr[] = {a->bs.dres};
+    const size_t zrn[] = {(size_t)B * T * C};
+    model_zero_ops(ops, 1, zr, zrn);
+    ops->copy_rows(a->bs.dres + (size_t)P * C, (size_t)T * C, a->dtxt, (size_t)Tt * C,
+                   (size_t)Tt * C, B);
     model_hook_fire(&m->hook, m->head_lo);
 
     const model_block_run run = block_run(m, B, T);
@@ -535,45 +529,18 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     }
 
     // input projections: gather their rows of d(x0); no gradient flows into the inputs
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < B; b++) {
-        memcpy(a->emb_img + (size_t)b * n_img * C, a->bs.dres + (size_t)b * T * C,
-               (size_t)n_img * C * sizeof(mm_real));
-        memcpy(a->emb_aud + (size_t)b * n_aud * C, a->bs.dres + ((size_t)b * T + n_img) * C,
-               (size_t)n_aud * C * sizeof(mm_real));
-    }
+    ops->copy_rows(a->emb_img, (size_t)n_img * C, a->bs.dres, (size_t)T * C, (size_t)n_img * C,
+                   B);
+    ops->copy_rows(a->emb_aud, (size_t)n_aud * C, a->bs.dres + (size_t)n_img * C, (size_t)T * C,
+                   (size_t)n_aud * C, B);
     ops->matmul_bwd(NULL, g->img_w, g->img_b, a->emb_img, a->patches, w->img_w, B * n_img, m->pdim,
                     C);
     const mm_real *aud = m->cfg.audio_F != n_aud * m->cfg.audio_group ? a->aud : in->audio;
     ops->matmul_bwd(NULL, g->aud_w, g->aud_b, a->emb_aud, aud, w->aud_w, B * n_aud, m->adim, C);
 
-    // positions and token embeddings: each thread owns a block of columns and adds the rows
-    // in (sample, position) order, so repeated tokens sum deterministically without atomics
-    enum { CB = 32 };
-    const int ncb = (C + CB - 1) / CB;
-#pragma omp parallel for schedule(static)
-    for (int cb = 0; cb < ncb; cb++) {
-        int c0 = cb * CB, n = C - c0 < CB ? C - c0 : CB;
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) {
-                const mm_real *d = a->bs.dres + ((size_t)b * T + t) * C + c0;
-                mm_real *gp, *ge = NULL;
-                if (t < n_img) {
-                    gp = g->img_pos + (size_t)t * C + c0;
-                } else if (t < P) {
-                    gp = g->aud_pos + (size_t)(t - n_img) * C + c0;
-                } else {
-                    gp = g->tpos + (size_t)(t - P) * C + c0;
-                    ge = g->wte + (size_t)in->tokens[(size_t)b * Tt + (t - P)] * C + c0;
-                }
-#pragma omp simd
-                for (int c = 0; c < n; c++) gp[c] += d[c];
-                if (ge) {
-#pragma omp simd
-                    for (int c = 0; c < n; c++) ge[c] += d[c];
-                }
-            }
-    }
+    // positions and token embeddings (deterministic: model.h embed_bwd)
+    ops->embed_bwd(g->img_pos, g->aud_pos, g->wte, g->tpos, a->bs.dres, in->tokens, B, T, n_img,
+                   n_aud, C, V);
     model_hook_fire(&m->hook, 0);
 }
 
@@ -600,18 +567,19 @@ void model_generate(model *m, const model_input *in, char *out, int out_stride) 
     // Position s predicts token s+1. Causality makes later positions irrelevant, so each step
     // runs the trunk on T' = P + s + 1 positions and the head on one row per sample.
     for (int s = 0; s < Tt - 1 && n_live > 0; s++) {
-        forward_trunk(m, in, tok, Tt, s + 1);
+        m->ops->mem_upload(m->gen_dtokens, tok, (size_t)B * Tt * sizeof(int32_t));
+        forward_trunk(m, in, m->gen_dtokens, Tt, s + 1);
         const int Ts = P + s + 1;
         const mm_real *fin = a->layer[m->L - 1].res3;
-        for (int b = 0; b < B; b++)
-            memcpy(a->txt + (size_t)b * C, fin + ((size_t)b * Ts + P + s) * C,
-                   (size_t)C * sizeof(mm_real));
+        m->ops->copy_rows(a->txt, (size_t)C, fin + (size_t)(P + s) * C, (size_t)Ts * C,
+                          (size_t)C, B);
         m->ops->layernorm_fwd(a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g, m->w.lnf_b, B,
                               C);
         m->ops->matmul_fwd(a->logits, a->lnf, m->w.lm_head, NULL, B, C, V);
+        m->ops->mem_download(m->gen_logits, a->logits, (size_t)B * V * sizeof(mm_real));
         for (int b = 0; b < B; b++) {
             if (m->gen_done[b]) continue;
-            const mm_real *lg = a->logits + (size_t)b * V;
+            const mm_real *lg = m->gen_logits + (size_t)b * V;
             int best = 0;  // first maximum: ties resolve to the lowest id
             for (int v = 1; v < V; v++)
                 if (lg[v] > lg[best]) best = v;

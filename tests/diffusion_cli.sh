@@ -57,6 +57,12 @@ expect_error "bad --n" "--n 'many'" --ckpt "$ck" --out "$tmp/x" --n many
 expect_error "caption too long" "--text is 60 bytes" --ckpt "$ck" --out "$tmp/x" --text "$(printf 'x%.0s' $(seq 60))"
 expect_error "missing audio file" "nope.wav" --ckpt "$ck" --out "$tmp/x" --audio "$tmp/nope.wav"
 expect_error "not a checkpoint" "$tmp/d" --ckpt "$tmp/d" --out "$tmp/x"
+expect_error "bad --backend" "--backend 'tpu': expected cpu or cuda" --ckpt "$ck" --out "$tmp/x" --backend tpu
+case "$B" in *cuda*) ;; *)
+    expect_error "--backend cuda in a CPU build" "built without CUDA" --ckpt "$ck" --out "$tmp/x" --backend cuda ;;
+esac
+sample --ckpt "$ck" --out "$tmp/o6" --text "a small red circle on the left" --n 2 --steps 3 --seed 5 --backend cpu >/dev/null 2>&1
+ok "--backend cpu is the default" 'cmp -s "$tmp/o1/grid.png" "$tmp/o6/grid.png"'
 timeout 300 "$B/train" "$tmp/c.yaml" "${common[@]}" model.kind=transformer model.patch=8 run.out_dir="$tmp/lm" >/dev/null 2>&1
 expect_error "a transformer checkpoint" "transformer checkpoint; sample needs a diffusion one" --ckpt "$tmp/lm/ckpt/step_00000003" --out "$tmp/x"
 echo "$pass passed, $fail failed"

@@ -241,8 +241,10 @@ static void tiny_config(dit_config *c) {
     c->tp = 1;
 }
 
-static void make_dit(dit_ctx *c, mm_rng *r, test_counts *tc) {
+// pool: cfg.pool_cond (the pooled condition also feeds adaLN)
+static void make_dit(dit_ctx *c, mm_rng *r, test_counts *tc, int pool) {
     tiny_config(&c->cfg);
+    c->cfg.pool_cond = pool;
     const dit_config *k = &c->cfg;
     mm_err err = {{0}};
     int rc = dit_create(&c->m, k, &model_ops_cpu, dops, GB, 77, &err);
@@ -317,9 +319,12 @@ int main(void) {
     check_modulate_gated(&tc, &r);
     check_xattn(&tc, &r);
     check_mse(&tc, &r);
-    dit_ctx c;
-    make_dit(&c, &r, &tc);
-    check_dit(&tc, &c, &r);
-    free_dit_ctx(&c);
+    for (int pool = 0; pool <= 1; pool++) {
+        dit_ctx c;
+        make_dit(&c, &r, &tc, pool);
+        if (pool) printf("\n  with pool_cond (mean cond token -> MLP -> c):");
+        check_dit(&tc, &c, &r);
+        free_dit_ctx(&c);
+    }
     return test_finish(&tc);
 }

@@ -212,7 +212,7 @@ static void check_attention(test_counts *tc, mm_rng *r) {
     fill_normal(pre, nq, 1, r);
     memcpy(d, pre, nq * sizeof(mm_real));
     att_f(&c);
-    ops->attention_bwd(d, c.R, c.qkv, c.att, c.B, c.T, c.P, c.NH, c.HD);
+    ops->attention_bwd(d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD);
     subtract(d, pre, nq);
     report(tc, "attention (P=3, masked)", "qkv", fd_check(att_f, &c, c.qkv, d, nq, NULL, 0, EPS));
     // P = 0 (plain causal) and P = T (all bidirectional) take the single-gemm paths
@@ -220,7 +220,7 @@ static void check_attention(test_counts *tc, mm_rng *r) {
         c.P = P;
         memset(d, 0, nq * sizeof(mm_real));
         att_f(&c);
-        ops->attention_bwd(d, c.R, c.qkv, c.att, c.B, c.T, c.P, c.NH, c.HD);
+        ops->attention_bwd(d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD);
         report(tc, P ? "attention (P=T)" : "attention (P=0)", "qkv",
                fd_check(att_f, &c, c.qkv, d, nq, NULL, 0, EPS));
     }
@@ -253,7 +253,7 @@ static void check_xent(test_counts *tc, mm_rng *r) {
     fill_normal(c.wt, c.N, 1, r);
     mm_real *d = malloc(n * sizeof(mm_real));
     xe_f(&c);
-    ops->xent_bwd(d, c.probs, c.tg, c.wt, c.N, c.V);
+    ops->xent_bwd(d, c.logits, c.probs, c.tg, c.wt, c.N, c.V);
     report(tc, "xent (2 rows ignored)", "logits", fd_check(xe_f, &c, c.logits, d, n, NULL, 0, EPS));
     int zero = 1;
     for (int j = 0; j < c.V; j++) zero &= d[c.V + j] == 0 && c.loss[1] == 0;

@@ -147,7 +147,16 @@ static void test_good_file(ctx *x) {
     TEST_CHECK(tc, c.optim.lr == 0.002 && c.optim.eps == 1e-6, "optim");
     TEST_CHECK(tc, strcmp(c.checkpoint.resume, "none") == 0, "resume");
     TEST_CHECK(tc, strcmp(c.backend, "cuda") == 0, "backend");
+#ifdef MM_HAVE_CUDA
     TEST_CHECK(tc, mm_config_validate(&c, &err) == 0, "valid: %s", err.msg);
+#else
+    // a CPU-only binary refuses backend: cuda before any work, saying which binary can
+    TEST_CHECK(tc, mm_config_validate(&c, &err) != 0 && strstr(err.msg, "built without CUDA") &&
+                       strstr(err.msg, "make cuda"),
+               "cuda refused by a CPU build: %s", err.msg);
+    snprintf(c.backend, sizeof(c.backend), "cpu");
+    TEST_CHECK(tc, mm_config_validate(&c, &err) == 0, "valid: %s", err.msg);
+#endif
     // an empty file and a comment-only file are all defaults
     mm_config d, e;
     mm_config_default(&d);

@@ -522,9 +522,10 @@ static void test_table(test_counts *tc) {
 
 // dit_flops_per_sample against a count from the table: 6 x (weight entries x the tokens each
 // is applied to) for trained matmuls, 4 x where no input gradient is needed, plus attention.
-static void test_flops(test_counts *tc) {
+static void test_flops(test_counts *tc, int pool) {
     dit_config c;
     small_config(&c);
+    c.pool_cond = pool;
     dit *m = create_or_die(&c, 1, 1);
     const double N = (c.img_h / c.patch) * (c.img_w / c.patch), na = c.audio_F / c.audio_group;
     const double Tt = c.text_T, Tc = Tt + na + 1, C = c.d_model;
@@ -544,7 +545,8 @@ static void test_flops(test_counts *tc) {
             rows = N, mul = 4;
         else if (strcmp(t->name, "t_embed.fc1.w") == 0)
             rows = 1, mul = 4;
-        else if (strstr(t->name, ".ada.") || strcmp(t->name, "t_embed.fc2.w") == 0)
+        else if (strstr(t->name, ".ada.") || strcmp(t->name, "t_embed.fc2.w") == 0 ||
+                 strncmp(t->name, "cond.pool.", 10) == 0)
             rows = 1;
         else if (strstr(t->name, "xattn.kv"))
             rows = Tc;
@@ -560,7 +562,7 @@ static void test_flops(test_counts *tc) {
     ct.tp_rank = 1;
     dit *m2 = create_or_die(&ct, 1, 1);
     TEST_CHECK(tc, dit_flops_per_sample(m2) == got, "flops must count the whole model under tp");
-    printf("flops/sample %.4g (table count %.4g)\n", got, f);
+    printf("flops/sample %.4g (table count %.4g)%s\n", got, f, pool ? ", pool_cond" : "");
     dit_free(m2);
     dit_free(m);
 }
@@ -575,10 +577,13 @@ static void check_hook_pass(test_counts *tc, hook_rec *h, dit *m, int n_layers, 
 // ---------------------------------------------------------------------------------------
 // tensor parallel against the serial model; tp = size of tpg
 
-static void test_tp_equivalence(test_counts *tc, comm_group *tpg) {
+// pool: the pooled-conditioning path (cfg.pool_cond), replicated, whose d(cond) share must
+// be added once and not once per tp rank.
+static void test_tp_equivalence(test_counts *tc, comm_group *tpg, int pool) {
     const int tp = comm_size(tpg), rank = comm_rank(tpg), root = rank == 0;
     dit_config c1, ct;
     small_config(&c1);
+    c1.pool_cond = pool;
     ct = c1;
     ct.tp = tp;
     ct.tp_rank = rank;
@@ -689,11 +694,13 @@ int main(int argc, char **argv) {
         test_init_and_determinism(&tc, &r);
         test_bad_configs(&tc);
         test_table(&tc);
-        test_flops(&tc);
+        test_flops(&tc, 0);
+        test_flops(&tc, 1);
     }
-    if (size == 1 || size == 2 || size == 4)
-        test_tp_equivalence(&tc, tpg);
-    else
+    if (size == 1 || size == 2 || size == 4) {
+        test_tp_equivalence(&tc, tpg, 0);
+        test_tp_equivalence(&tc, tpg, 1);
+    } else
         TEST_CHECK(&tc, 0, "test_dit runs with 1, 2 or 4 ranks (n_heads = 4), not %d", size);
     test_bad_group(&tc, self);
     int status = tp_finish(world, &tc);

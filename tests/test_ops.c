@@ -229,7 +229,7 @@ static void test_attention(test_counts *tc, mm_rng *r) {
     ops->attention_fwd(out, att, qkv, kv, B, T, P, NH, HD);
     expect(tc, "attention_fwd out", nerr(out, ro, no));
     expect(tc, "attention_fwd att (probabilities)", nerr(att, ra, na));
-    ops->attention_bwd(dq, dout, qkv, att, B, T, P, NH, HD);
+    ops->attention_bwd(dq, dout, qkv, out, att, B, T, P, NH, HD);
     expect(tc, "attention_bwd dqkv", nerr(dq, rd, nq));
     int zero = 1;  // masked entries of att are exactly zero
     for (int b = 0; b < B; b++)
@@ -265,7 +265,7 @@ static void test_xent(test_counts *tc, mm_rng *r) {
     expect(tc, "xent_fwd loss", nerr(loss, rl, N));
     expect(tc, "xent_fwd probs", nerr(probs, rp, n));
     for (size_t i = 0; i < n; i++) dl[i] = 7;  // xent_bwd overwrites
-    ops->xent_bwd(dl, probs, tg, dloss, N, V);
+    ops->xent_bwd(dl, logits, probs, tg, dloss, N, V);
     expect(tc, "xent_bwd", nerr(dl, rdl, n));
     free(logits), free(dloss), free(loss), free(probs), free(dl), free(rl), free(rp), free(rdl);
 }

@@ -71,6 +71,9 @@ static const cfg_key keys[] = {
     KINT("run.log_every", run.log_every, "10", 1, 1e9, "progress line and metrics every N steps"),
     KINT("run.threads", run.threads, "0", 0, 4096,
          "OpenMP/OpenBLAS threads per rank (0 = cores / ranks on the node)"),
+    KF64("run.collective_timeout", run.collective_timeout, "900", 0, 1e9,
+         "seconds a collective may wait for the other ranks before the job ends naming the "
+         "ranks that did not arrive (0 = wait forever); must exceed a checkpoint write"),
 
     KSTR("data.train", data.train, "", "training dataset directory (mmdata format); required"),
     KSTR("data.val", data.val, "", "validation dataset directory (\"\" = no validation)"),
@@ -118,6 +121,8 @@ static const cfg_key keys[] = {
          "EMA of the weights, used for sampling (0 = the EMA is the current weights)"),
     KINT("diffusion.enc_layers", diffusion.enc_layers, "1", 0, 64,
          "blocks of the text and of the audio conditioning encoder"),
+    KBOOL("diffusion.pool_cond", diffusion.pool_cond, "false",
+          "also add an MLP of the mean conditioning token to the timestep embedding (adaLN)"),
     KINT("diffusion.sample_every", diffusion.sample_every, "0", 0, 1000000000,
          "write a PNG grid of samples every N steps (0 = at evaluation steps)"),
     KINT("diffusion.sample_steps", diffusion.sample_steps, "25", 1, 1000,
@@ -137,6 +142,9 @@ static const cfg_key keys[] = {
     KF64("optim.beta2", optim.beta2, "0.95", 0, 1, "AdamW second-moment decay (< 1)"),
     KF64("optim.eps", optim.eps, "1e-8", 0, 1, "AdamW denominator epsilon"),
     KF64("optim.grad_clip", optim.grad_clip, "1.0", 0, 1e9, "global gradient-norm clip (0 = off)"),
+    KINT("optim.max_skips", optim.max_skips, "10", 0, 1000000000,
+         "consecutive steps with a non-finite loss or gradient norm (each skipped: nothing "
+         "applied) that end the run (0 = never)"),
     KLIST("optim.freeze", optim.freeze, "", "text|image|audio|trunk",
           "parameter groups kept fixed: no AdamW step, no decay, not in the gradient norm"),
     KF64("optim.lr_mult_text", optim.lr_mult[0], "1", 0, 1000,
@@ -173,6 +181,9 @@ static const cfg_key keys[] = {
          "gradient allreduce bucket size in MiB (MPI over shared memory is fastest near 4)"),
 
     KENUM("backend", backend, "cpu", "cpu|cuda", "compute backend"),
+    KENUM("precision", precision, "fp32", "fp32|bf16",
+          "matmul precision on cuda: bf16 inputs with fp32 accumulation, fp32 master weights "
+          "and optimizer state (backend cpu: fp32 only)"),
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
@@ -781,6 +792,14 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
         return mm_fail(err,
                        "config: checkpoint.resume must be auto, none or a checkpoint "
                        "directory, got ''");
+#ifndef MM_HAVE_CUDA
+    if (strcmp(c->backend, "cuda") == 0)
+        return mm_fail(err, "config: backend: cuda, but this binary was built without CUDA "
+                       "(build it with make cuda: build-cuda/train)");
+#endif
+    if (strcmp(c->backend, "cpu") == 0 && strcmp(c->precision, "fp32") != 0)
+        return mm_fail(err, "config: precision: %s needs backend: cuda (the cpu backend "
+                       "computes in fp32)", c->precision);
     return 0;
 }
 

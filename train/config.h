@@ -34,6 +34,8 @@ typedef struct {
         uint64_t seed;         // seeds init, sampler and everything random
         int log_every;         // progress line + metrics every N steps
         int threads;           // OpenMP/OpenBLAS threads per rank (0 = all cores / ranks)
+        double collective_timeout;  // seconds a collective may take before the job ends
+                                    // naming the ranks that did not arrive (0 = wait forever)
     } run;
     struct {
         char train[MM_STR];    // dataset directory (mmdata format)
@@ -65,6 +67,7 @@ typedef struct {
         double modality_drop;  // caption-only / audio-only training share each
         double ema_decay;      // EMA of the weights (sampling uses it)
         int enc_layers;        // conditioning encoder blocks
+        int pool_cond;         // pooled conditioning also feeds adaLN (0/1)
         int sample_every;      // PNG sample grid every N steps (0 = at evaluations)
         int sample_steps;      // sampler steps
         double guidance;       // classifier-free guidance scale
@@ -76,6 +79,7 @@ typedef struct {
         double weight_decay;   // decoupled (AdamW), on matrices only
         double beta1, beta2, eps;
         double grad_clip;      // global-norm clip (0 = off)
+        int max_skips;         // consecutive non-finite steps that end the run (0 = never)
         mm_list freeze;        // parameter groups kept fixed (mm_group_names)
         double lr_mult[MM_N_GROUPS];  // learning-rate multiplier per group (text, image,
                                       // audio, trunk)
@@ -98,6 +102,7 @@ typedef struct {
         double bucket_mb;      // gradient bucket size in MiB
     } parallel;
     char backend[16];          // "cpu" or "cuda"
+    char precision[16];        // "fp32" or "bf16" (cuda: matmul inputs; the cpu is fp32)
 } mm_config;
 
 // Fills every field with its default (the table in config.c is the only place they live).

@@ -24,11 +24,19 @@
 // A network as the optimizer sees it: one contiguous parameter buffer, one gradient buffer,
 // the tensor table, and the hook through which backward reports finished gradients. Every
 // model family (transformer, diffusion) provides one.
+//
+// On the GPU (backend: cuda, issue 6) the network's buffers are device memory: dev is the
+// cuda_ctx (model/cuda.h), dparams/dgrads the device buffers the model computes on, and
+// params a HOST mirror owned by the family that checkpoints and fine-tuning read and write;
+// gsync_full_state fills it from the device and gsync_upload_params copies it back. grads
+// is NULL there. On the CPU dev, dparams and dgrads are NULL.
 typedef struct {
     void *impl;                  // the network, not owned
     size_t n_params;
     mm_real *params;             // (n_params)
     mm_real *grads;              // (n_params)
+    void *dev;                   // cuda_ctx * (backend cuda) or NULL; not owned
+    mm_real *dparams, *dgrads;   // (n_params) device buffers, not owned
     int n_tensors;
     const model_tensor *tensors; // (n_tensors)
     void (*set_grad_hook)(void *impl, model_grad_hook fn, void *ctx);
@@ -52,6 +60,7 @@ typedef struct {
     float *zgrad;            // (shard) this rank's reduced gradient
     double exposed;          // seconds the last gsync_finish spent on communication that
                              // backward did not hide
+    void *dev;               // device optimizer state (net->dev set), owned; see gradsync.c
 } gsync;
 
 // Sets up reduction and optimizer state for net on layout lay; installs the network's
@@ -77,5 +86,11 @@ void gsync_update(gsync *g, int64_t step, double lr, double grad_scale);
 void gsync_full_state(gsync *g, float **m, float **v, int *owned);
 // Takes this rank's part of full-size moments (after loading a checkpoint).
 void gsync_load_state(gsync *g, const float *m, const float *v);
+
+// Zeroes the gradient buffer (device or host) before a step's first micro-step.
+void gsync_zero_grads(gsync *g);
+// On the GPU: copies the host mirror net->params to the device (after a checkpoint or
+// init_from wrote it, and at the start). Nothing on the CPU.
+void gsync_upload_params(gsync *g);
 
 #endif  // MM_GRADSYNC_H

@@ -1,8 +1,10 @@
 // sample.c: `train sample`: generate images from a diffusion checkpoint with its EMA
 // weights, conditioned on a caption and/or a WAV file, without a training run around it.
 //   train sample --ckpt DIR --out DIR [--text "..."] [--audio FILE.wav] [--n K]
-//                [--steps S] [--guidance G] [--seed S]
-// Writes DIR/sample_XXX.png and DIR/grid.png. --ckpt may be a checkpoint, a ckpt/ or a run
+//                [--steps S] [--guidance G] [--seed S] [--backend cpu|cuda]
+// Writes DIR/sample_XXX.png and DIR/grid.png. --backend cuda (a `make cuda` build) samples on
+// this process's GPU with the checkpoint's precision; the noise is drawn on the host either
+// way, so CPU and GPU agree to rounding. --ckpt may be a checkpoint, a ckpt/ or a run
 // directory (ckpt_resolve). Shapes come from the checkpoint's config: its data.img_* /
 // audio_* / text_max keys (saved resolved since they exist), or for older checkpoints the
 // schema of its training set (data.train must then still be readable).
@@ -17,9 +19,12 @@
 #include "ckpt.h"
 #include "config.h"
 #include "train.h"
+#ifdef MM_HAVE_CUDA
+#include "../model/cuda.h"
+#endif
 
 typedef struct {
-    const char *ckpt, *out, *text, *audio;
+    const char *ckpt, *out, *text, *audio, *backend;
     int n, steps;
     double guidance;
     uint64_t seed;
@@ -30,6 +35,7 @@ static int parse_args(int argc, char **argv, sample_args *a, mm_err *err) {
     a->n = 8;
     a->steps = -1;
     a->guidance = -1;
+    a->backend = "cpu";
     for (int i = 0; i < argc; i++) {
         const char *k = argv[i];
         if (i + 1 >= argc) return mm_fail(err, "sample: %s needs a value", k);
@@ -40,6 +46,16 @@ static int parse_args(int argc, char **argv, sample_args *a, mm_err *err) {
         else if (strcmp(k, "--out") == 0) a->out = v;
         else if (strcmp(k, "--text") == 0) a->text = v;
         else if (strcmp(k, "--audio") == 0) a->audio = v;
+        else if (strcmp(k, "--backend") == 0) {
+            if (strcmp(v, "cpu") != 0 && strcmp(v, "cuda") != 0)
+                return mm_fail(err, "sample: --backend '%s': expected cpu or cuda", v);
+#ifndef MM_HAVE_CUDA
+            if (strcmp(v, "cuda") == 0)
+                return mm_fail(err, "sample: --backend cuda, but this binary was built without "
+                               "CUDA (make cuda)");
+#endif
+            a->backend = v;
+        }
         else if (strcmp(k, "--n") == 0 || strcmp(k, "--steps") == 0) {
             long x = strtol(v, &end, 10);
             if (errno || *end || x < 1 || x > 4096)
@@ -127,9 +143,28 @@ static int run_sample(const sample_args *a, mm_err *err) {
                      .img_h = sc.img_h, .img_w = sc.img_w, .img_c = sc.img_c,
                      .patch = c.model.patch, .vocab = DATA_VOCAB, .text_T = text_T,
                      .audio_F = F, .n_mels = c.data.n_mels, .audio_group = c.model.audio_group,
-                     .enc_layers = c.diffusion.enc_layers, .tp = 1, .tp_rank = 0};
+                     .enc_layers = c.diffusion.enc_layers,
+                     .pool_cond = c.diffusion.pool_cond, .tp = 1, .tp_rank = 0};
+    const model_ops *ops = &model_ops_cpu;
+    const dit_ops *dops = &dit_ops_cpu;
+#ifdef MM_HAVE_CUDA
+    cuda_ctx ctx;
+    int on_gpu = strcmp(a->backend, "cuda") == 0;
+    if (on_gpu) {
+        cuda_precision prec;
+        if (cuda_precision_parse(c.precision, &prec, err) != 0) return -1;
+        if (cuda_ctx_init(&ctx, 0, prec, err) != 0) return -1;
+        ops = &model_ops_cuda;
+        dops = &dit_ops_cuda;
+    }
+#endif
     dit *m = NULL;
-    if (dit_create(&m, &dc, &model_ops_cpu, &dit_ops_cpu, n, 0, err) != 0) return -1;
+    if (dit_create(&m, &dc, ops, dops, n, 0, err) != 0) {
+#ifdef MM_HAVE_CUDA
+        if (on_gpu) cuda_ctx_free(&ctx);
+#endif
+        return -1;
+    }
     size_t np = dit_n_params(m), npix = (size_t)sc.img_h * sc.img_w * sc.img_c;
     float *ema = mm_alloc_aligned(np * sizeof(float));
     int32_t *tokens = mm_calloc((size_t)n * text_T, sizeof(int32_t));
@@ -140,10 +175,14 @@ static int run_sample(const sample_args *a, mm_err *err) {
     int16_t *pcm = mm_calloc((size_t)sc.audio_len, sizeof(int16_t));
     data_featurizer *feat = NULL;
     rc = -1;
+    // the weights are loaded into a host buffer: only the EMA goes to the model
+    float *params = mm_alloc_aligned(np * sizeof(float));
     ckpt_state st = {.tensors = dit_tensors(m), .n_tensors = dit_n_tensors(m), .n_params = np,
-                     .params = dit_params(m), .ema = ema};
-    if (ckpt_load_state(ck, &st, err) != 0) goto done;
-    memcpy(dit_params(m), ema, np * sizeof(float));  // sample with the EMA weights
+                     .params = params, .ema = ema};
+    int lrc = ckpt_load_state(ck, &st, err);
+    free(params);
+    if (lrc != 0) goto done;
+    ops->mem_upload(dit_params(m), ema, np * sizeof(float));  // sample with the EMA weights
     if (a->text) {
         size_t len = strlen(a->text);
         if ((int)len > sc.text_max) {
@@ -171,13 +210,30 @@ static int run_sample(const sample_args *a, mm_err *err) {
         }
     }
     {
-        dit_input cond = {.B = n, .tokens = tokens, .has_text = has_text, .audio = audio,
-                          .has_audio = has_audio};
+        // the conditioning and the output in the model's memory (copies on the GPU)
+        const size_t bt = (size_t)n * text_T * sizeof(int32_t),
+                     ba = (size_t)n * F * c.data.n_mels * sizeof(float),
+                     bo = (size_t)n * npix * sizeof(float);
+        int32_t *dtok = ops->mem_alloc(bt);
+        float *daud = ops->mem_alloc(ba), *dout = ops->mem_alloc(bo);
+        uint8_t *dht = ops->mem_alloc((size_t)n), *dha = ops->mem_alloc((size_t)n);
+        ops->mem_upload(dtok, tokens, bt);
+        ops->mem_upload(daud, audio, ba);
+        ops->mem_upload(dht, has_text, (size_t)n);
+        ops->mem_upload(dha, has_audio, (size_t)n);
+        dit_input cond = {.B = n, .tokens = dtok, .has_text = dht, .audio = daud,
+                          .has_audio = dha};
         dit_objective obj = strcmp(c.diffusion.objective, "ddpm") == 0 ? DIT_DDPM : DIT_FLOW;
         mm_rng r;
         mm_rng_init(&r, a->seed, 0x73616d70ULL);  // "samp"
         dit_sample(m, obj, &cond, a->steps > 0 ? a->steps : c.diffusion.sample_steps,
-                   a->guidance >= 0 ? a->guidance : c.diffusion.guidance, &r, out);
+                   a->guidance >= 0 ? a->guidance : c.diffusion.guidance, &r, dout);
+        ops->mem_download(out, dout, bo);
+        ops->mem_free(dtok);
+        ops->mem_free(daud);
+        ops->mem_free(dout);
+        ops->mem_free(dht);
+        ops->mem_free(dha);
     }
     data_image_to_u8(out, (int)(n * npix), rgb);
     if (mm_mkdirs(a->out, err) != 0) goto done;
@@ -204,6 +260,9 @@ static int run_sample(const sample_args *a, mm_err *err) {
 done:
     if (feat) data_featurizer_free(feat);
     dit_free(m);
+#ifdef MM_HAVE_CUDA
+    if (on_gpu) cuda_ctx_free(&ctx);
+#endif
     free(ema);
     free(tokens);
     free(audio);

@@ -22,6 +22,7 @@
 #include "../data/data.h"
 #include "ckpt.h"
 #include "optim.h"
+#include "survive.h"
 #include "trainer_internal.h"
 
 // --------------------------------------------------------------------------------------
@@ -97,6 +98,7 @@ static int metrics_truncate(const char *path, int64_t step, mm_err *err) {
 
 static void save_checkpoint(trainer *t) {
     const mm_config *c = t->cfg;
+    if (t->metrics) fflush(t->metrics);  // a kill after the commit must not lose its lines
     ckpt_meta meta = {.step = t->step,
                       .pos = data_loader_pos(t->loader),
                       .rng = t->rng,
@@ -106,6 +108,7 @@ static void save_checkpoint(trainer *t) {
     float *mom1, *mom2;
     int owned;
     gsync_full_state(&t->sync, &mom1, &mom2, &owned);
+    if (t->fam->sync_host) t->fam->sync_host(t);  // GPU: the EMA's host mirror
     ckpt_state st = {.tensors = t->net.tensors,
                      .n_tensors = t->net.n_tensors,
                      .n_params = t->net.n_params,
@@ -174,10 +177,19 @@ static int resume_target(const trainer *t, char *dir, size_t n, int *found, mm_e
     return 0;
 }
 
+static int agree(comm_group *w, int rc, mm_err *err);
+
 static int load_checkpoint(trainer *t, data_pos *pos, mm_err *err) {
     char dir[MM_STR + 64];
     int found = 0;
-    if (resume_target(t, dir, sizeof(dir), &found, err) != 0) return -1;
+    const int auto_mode = strcmp(t->cfg->checkpoint.resume, "auto") == 0;
+    if (resume_target(t, dir, sizeof(dir), &found, err) != 0) {
+        // resume: auto and `latest` unusable: the newest committed checkpoint, saying so
+        if (!auto_mode || ckpt_find_previous(t->cfg->run.out_dir, NULL, dir, sizeof(dir)) != 1)
+            return -1;
+        if (t->rank == 0) fprintf(stderr, "warning: %s; resuming from %s instead\n", err->msg, dir);
+        found = 1;
+    }
     ckpt_state st = {.tensors = t->net.tensors,
                      .n_tensors = t->net.n_tensors,
                      .n_params = t->net.n_params,
@@ -185,19 +197,30 @@ static int load_checkpoint(trainer *t, data_pos *pos, mm_err *err) {
                      .ema = t->ema};
     if (found) {
         ckpt_meta meta;
-        char *saved = NULL;
-        if (ckpt_load_meta(dir, &meta, &saved, err) != 0) return -1;
-        int rc = check_same_arch(t->cfg, saved, dir, err);
-        free(saved);
-        if (rc != 0) return -1;
-        // the moments are loaded full-size and this rank keeps its part (ZeRO shards)
-        st.m = mm_alloc_aligned(st.n_params * sizeof(float));
-        st.v = mm_alloc_aligned(st.n_params * sizeof(float));
-        rc = ckpt_load_state(dir, &st, err);
-        if (rc == 0) gsync_load_state(&t->sync, st.m, st.v);
-        free(st.m);
-        free(st.v);
-        if (rc != 0) return -1;
+        for (;;) {  // a damaged checkpoint: resume: auto falls back to the previous committed one
+            char *saved = NULL;
+            int rc = ckpt_load_meta(dir, &meta, &saved, err);
+            int64_t other_arch = rc == 0 && check_same_arch(t->cfg, saved, dir, err) != 0;
+            free(saved);
+            if (rc == 0 && !other_arch) {
+                // the moments are loaded full-size and this rank keeps its part (ZeRO shards)
+                st.m = mm_alloc_aligned(st.n_params * sizeof(float));
+                st.v = mm_alloc_aligned(st.n_params * sizeof(float));
+                rc = ckpt_load_state(dir, &st, err);
+                if (rc == 0) gsync_load_state(&t->sync, st.m, st.v);
+                free(st.m);
+                free(st.v);
+            }
+            comm_allreduce_max(t->world, &other_arch, 1, COMM_I64);  // a config error: no fallback
+            if (agree(t->world, rc != 0 || other_arch ? -1 : 0, err) == 0) break;
+            char prev[MM_STR + 64];
+            if (other_arch || !auto_mode ||
+                ckpt_find_previous(t->cfg->run.out_dir, dir, prev, sizeof(prev)) != 1)
+                return -1;
+            if (t->rank == 0)
+                fprintf(stderr, "warning: %s; resume: auto falls back to %s\n", err->msg, prev);
+            memcpy(dir, prev, sizeof(dir));
+        }
         t->step = meta.step;
         t->rng = meta.rng;
         *pos = meta.pos;
@@ -353,6 +376,7 @@ static int init_state(trainer *t, mm_err *err) {
         snprintf(path, sizeof(path), "%s/trace", c->run.out_dir);
         if (mm_mkdirs(path, err) != 0) return -1;
         snprintf(path, sizeof(path), "%s/trace/rank_%05d.txt", c->run.out_dir, t->rank);
+        if (train_trace_truncate(path, t->step, err) != 0) return -1;
         t->trace = fopen(path, "a");
         if (!t->trace) return mm_fail(err, "%s: cannot write: %s", path, strerror(errno));
     }
@@ -389,10 +413,14 @@ static int trainer_init(trainer *t, const mm_config *c, comm_group *world, mm_er
                                 .n_mels = c->data.n_mels};
     mm_rng_init(&t->rng, c->run.seed, 0x7472616eULL);  // "tran"
     t->fam = strcmp(c->model.kind, "diffusion") == 0 ? &train_family_dit : &train_family_lm;
+    comm_set_timeout(world, c->run.collective_timeout);  // the groups below inherit it
     // the layout is collective and fails alike on every rank
     if (comm_layout_init(&t->lay, world, c->parallel.tp, err) != 0) return -1;
     if (agree(world, init_model(t, err), err) != 0) return -1;
-    return agree(world, init_state(t, err), err);
+    if (agree(world, init_state(t, err), err) != 0) return -1;
+    gsync_upload_params(&t->sync);  // GPU: the checkpoint's / init_from's weights (if any)
+    if (t->fam->sync_device) t->fam->sync_device(t);  // and the EMA's
+    return 0;
 }
 
 // --------------------------------------------------------------------------------------
@@ -400,8 +428,17 @@ static int trainer_init(trainer *t, const mm_config *c, comm_group *world, mm_er
 
 int train_run(const mm_config *c, comm_group *world, mm_err *err) {
     trainer t;
+    train_signals sigs;
+    train_guard guard;
+    train_signals_install(&sigs);  // early: a preemption during set-up still stops cleanly
+    if (train_guard_init(&guard, c->optim.max_skips, err) != 0) {
+        train_signals_restore(&sigs);
+        return -1;
+    }
     if (trainer_init(&t, c, world, err) != 0) {
         trainer_free(&t);
+        train_guard_free(&guard);
+        train_signals_restore(&sigs);
         return -1;
     }
     c = t.cfg;  // resolved
@@ -412,7 +449,8 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
     double t_start = mm_now();
     while (t.step < c->run.steps) {
         double t0 = mm_now();
-        memset(t.net.grads, 0, t.net.n_params * sizeof(mm_real));
+        gsync_zero_grads(&t.sync);
+        train_guard_inject(&guard, t.step + 1, t.net.grads, t.net.tensors, t.net.n_tensors);
         double loss_sum = 0.0;
         for (int k = 0; k < accum; k++) {
             mm_err e;
@@ -423,10 +461,12 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
                 for (int i = 0; i < b->B; i++)
                     fprintf(t.trace, " %llu", (unsigned long long)b->sample_id[i]);
                 fputc('\n', t.trace);
+                fflush(t.trace);  // a kill loses no line of a step before a checkpoint
             }
             if (k == accum - 1) gsync_arm(&t.sync);  // accumulation reduces once, at the end
             loss_sum += t.fam->micro_step(&t, b);
         }
+        train_guard_fail_point(&guard, t.step + 1, t.rank);
         double gnorm = gsync_finish(&t.sync);
         // tp ranks hold the same loss; dp ranks hold parts of the global batch
         comm_allreduce_sum(t.lay.dp, &loss_sum, 1, COMM_F64);
@@ -435,13 +475,24 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
         if (c->optim.grad_clip > 0 && gnorm > c->optim.grad_clip)
             scale = c->optim.grad_clip / (gnorm + 1e-6);
         double lr = optim_lr(&t.sync.opt.cfg, t.step);
-        gsync_update(&t.sync, t.step + 1, lr, scale);
+        // a non-finite loss or gradient norm applies nothing (survive.h); alike on all ranks
+        int skip = train_guard_check(&guard, t.world, t.step + 1, loss, gnorm, t.net.grads,
+                                     t.net.tensors, t.net.n_tensors, err);
+        if (skip < 0) {
+            trainer_free(&t);
+            train_guard_free(&guard);
+            train_signals_restore(&sigs);
+            return -1;
+        }
+        if (!skip) gsync_update(&t.sync, t.step + 1, lr, scale);
         double dt = mm_now() - t0;
         double wait = data_loader_take_wait(t.loader);
         const int64_t done = ++t.step;
-        if (t.fam->after_update) t.fam->after_update(&t);
+        if (t.fam->after_update && !skip) t.fam->after_update(&t);
 
-        if (t.rank == 0) {
+        if (t.rank == 0 && skip) {
+            train_guard_log(&guard, t.metrics, done, loss, gnorm, lr);
+        } else if (t.rank == 0) {
             double tps = tokens_per_step / dt;
             fprintf(t.metrics,
                     "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
@@ -463,13 +514,20 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
         // stop_after ends the run early as a preemption would, keeping the schedule of
         // run.steps, so that a later resume continues the same run.
         int stop = c->run.stop_after > 0 && done == c->run.stop_after;
+        // preemption: every rank stops after the same step, with a checkpoint (survive.h)
+        int sig = train_signals_agree(t.world);
+        if (sig) stop = 1;
         int last = done == c->run.steps;
         if (t.val && ((c->eval.every > 0 && done % c->eval.every == 0) || last))
             t.fam->evaluate(&t);
         if ((c->checkpoint.every > 0 && done % c->checkpoint.every == 0) || last || stop)
             save_checkpoint(&t);
         if (stop && !last) {
-            if (t.rank == 0)
+            if (t.rank == 0 && sig)
+                printf("%s received: stopped after step %lld with a checkpoint; run again "
+                       "(checkpoint.resume: auto) to continue\n",
+                       train_signal_name(sig), (long long)done);
+            else if (t.rank == 0)
                 printf("stopping after step %lld (run.stop_after)\n", (long long)done);
             break;
         }
@@ -478,5 +536,7 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
         printf("nothing to do: the checkpoint is already at run.steps = %lld\n",
                (long long)c->run.steps);
     trainer_free(&t);
+    train_guard_free(&guard);
+    train_signals_restore(&sigs);
     return 0;
 }

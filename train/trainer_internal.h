@@ -31,6 +31,11 @@ typedef struct {
     void (*evaluate)(trainer *t);
     // Positions the network processes per sample (for tokens/s).
     int (*seq_len)(const trainer *t);
+    // GPU families with host mirrors of device state besides the parameters (the diffusion
+    // EMA, t->ema): sync_host fills them before a checkpoint is written, sync_device copies
+    // them back after a checkpoint or init_from wrote them. May be NULL.
+    void (*sync_host)(trainer *t);
+    void (*sync_device)(trainer *t);
 } train_family;
 
 extern const train_family train_family_lm, train_family_dit;

@@ -151,9 +151,10 @@ static void t_attention_fwd(mm_real *out, mm_real *att, const mm_real *qkv,
     probe.t[OP_ATTN] += mm_now() - t0;
 }
 static void t_attention_bwd(mm_real *dqkv, const mm_real *dout, const mm_real *qkv,
-                            const mm_real *att, int B, int T, int P, int NH, int HD) {
+                            const mm_real *out, const mm_real *att, int B, int T, int P, int NH,
+                            int HD) {
     double t0 = mm_now();
-    model_ops_cpu.attention_bwd(dqkv, dout, qkv, att, B, T, P, NH, HD);
+    model_ops_cpu.attention_bwd(dqkv, dout, qkv, out, att, B, T, P, NH, HD);
     probe.t[OP_ATTN] += mm_now() - t0;
 }
 static void t_xent_fwd(mm_real *loss, mm_real *probs, const mm_real *logits,
@@ -162,27 +163,31 @@ static void t_xent_fwd(mm_real *loss, mm_real *probs, const mm_real *logits,
     model_ops_cpu.xent_fwd(loss, probs, logits, targets, N, V);
     probe.t[OP_XENT] += mm_now() - t0;
 }
-static void t_xent_bwd(mm_real *dlogits, const mm_real *probs, const int32_t *targets,
-                       const mm_real *dloss, int N, int V) {
+static void t_xent_bwd(mm_real *dlogits, const mm_real *logits, const mm_real *probs,
+                       const int32_t *targets, const mm_real *dloss, int N, int V) {
     double t0 = mm_now();
-    model_ops_cpu.xent_bwd(dlogits, probs, targets, dloss, N, V);
+    model_ops_cpu.xent_bwd(dlogits, logits, probs, targets, dloss, N, V);
     probe.t[OP_XENT] += mm_now() - t0;
 }
 
-static const model_ops timed_ops = {
-    .name = "cpu+timers",
-    .matmul_fwd = t_matmul_fwd,
-    .matmul_bwd = t_matmul_bwd,
-    .layernorm_fwd = t_layernorm_fwd,
-    .layernorm_bwd = t_layernorm_bwd,
-    .gelu_fwd = t_gelu_fwd,
-    .gelu_bwd = t_gelu_bwd,
-    .add = t_add,
-    .attention_fwd = t_attention_fwd,
-    .attention_bwd = t_attention_bwd,
-    .xent_fwd = t_xent_fwd,
-    .xent_bwd = t_xent_bwd,
-};
+// The CPU table with the compute ops wrapped in timers; everything else (memory, glue)
+// stays the CPU's own, so the table is complete whatever ops model.h gains.
+static model_ops timed_ops_make(void) {
+    model_ops o = model_ops_cpu;
+    o.name = "cpu+timers";
+    o.matmul_fwd = t_matmul_fwd;
+    o.matmul_bwd = t_matmul_bwd;
+    o.layernorm_fwd = t_layernorm_fwd;
+    o.layernorm_bwd = t_layernorm_bwd;
+    o.gelu_fwd = t_gelu_fwd;
+    o.gelu_bwd = t_gelu_bwd;
+    o.add = t_add;
+    o.attention_fwd = t_attention_fwd;
+    o.attention_bwd = t_attention_bwd;
+    o.xent_fwd = t_xent_fwd;
+    o.xent_bwd = t_xent_bwd;
+    return o;
+}
 
 // ---------------------------------------------------------------------------------------
 // Replays the recorded GEMMs with cblas_sgemm alone (no bias, no model around them). One set
@@ -332,6 +337,7 @@ int main(int argc, char **argv) {
     if (shapes_only) return 0;
 
     model *md;
+    const model_ops timed_ops = timed_ops_make();  // outlives md: freed below, in this scope
     if (model_create(&md, &mc, &timed_ops, B, c.run.seed, &err) != 0) {
         fprintf(stderr, "error: %s: %s\n", cfg_path, err.msg);
         return 1;

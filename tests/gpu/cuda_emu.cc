@@ -268,6 +268,32 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
+    *e = (cudaEvent_t)malloc(1);
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    free(e);
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    return e ? cudaSuccess : fail(cudaErrorInvalidValue, "cudaEventRecord: no event");
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    return e ? cudaSuccess : fail(cudaErrorInvalidValue, "cudaEventSynchronize: no event");
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
+    return e ? cudaSuccess : fail(cudaErrorInvalidValue, "cudaStreamWaitEvent: no event");
+}
+cudaError_t cudaMallocHost(void **p, size_t n) {
+    *p = malloc(n ? n : 1);
+    return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation, "cudaMallocHost");
+}
+cudaError_t cudaFreeHost(void *p) {
+    free(p);
+    return cudaSuccess;
+}
+
 cudaError_t cudaMalloc(void **p, size_t n) {
     if (n == 0) return fail(cudaErrorInvalidValue, "cudaMalloc of 0 bytes");
     // poison-free but not zeroed: as on a GPU, nobody may rely on fresh memory being zero

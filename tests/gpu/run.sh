@@ -14,10 +14,19 @@
 #   test_ops_cuda every CUDA op and optimizer kernel against the CPU reference
 #   bench_ops_cuda op times at GPT-2-small / DiT-S/2 shapes next to their matmuls, TFLOP/s
 #   test_comm_nccl NCCL communicators and a device allreduce, 1 rank
-#   placeholders  train 20 steps CPU vs GPU; checkpoint GPU->GPU resume and GPU->CPU load;
-#                 GPT-2-small and DiT-S/2 throughput with MFU. They need the trainer's CUDA
-#                 integration (issue 6, next phase) and report SKIP until then.
-# Exit status 0 when no step failed or timed out. MM_GPU_BUDGET (seconds, default 345) and
+#   bundle        when gpu-carry.tar.xz (tests/gpu/bundle.sh) is here: unpack it, set
+#                 LD_LIBRARY_PATH, and skip deps + build (the GPU machine lacks our libraries)
+#   train-cpu-vs-gpu  the tiny transformer and the tiny diffusion model 20 steps each on CPU,
+#                 GPU fp32 and GPU bf16 from the same weights, every step's loss compared
+#                 (train.log: all training output)
+#   ckpt-gpu-resume   GPU stop_after 10 + resume == uninterrupted GPU run; GPU checkpoint -> CPU;
+#                 for both model kinds (the diffusion checkpoint with its EMA), and
+#                 `train sample --backend cuda` from the diffusion checkpoint
+#   bench-train-* GPT-2-small-sized training steps through the model API (bench_train_cuda):
+#                 tokens/s and MFU, bf16 and fp32
+#   bench-dit-s2  DiT-S/2-sized diffusion training steps (bench_train_cuda dit, bf16): images/s
+#                 and MFU
+# Exit status 0 when no step failed or timed out. MM_GPU_BUDGET (seconds, default 400) and
 # JOBS (default nproc) change the limits.
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,7 +34,7 @@ cd "$root"
 OUT=${OUT:-$root/gpu-out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-BUDGET=${MM_GPU_BUDGET:-345}
+BUDGET=${MM_GPU_BUDGET:-400}
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 8)}
 start=$SECONDS
 names=(); states=(); times=(); notes=()
@@ -141,29 +150,192 @@ step_nccl() {
     fi
 }
 
-# --- placeholders: the steps that need the trainer's CUDA integration (next phase) --------
+# --- training on the GPU (issue 6 phase 2) ------------------------------------------------
+# One combined log (train.log) for the three training steps: at most 8 files come back.
+TR=$OUT/train.log
+work=""
+tiny_cfg() {  # out_dir steps: the tiny transformer on the synthetic set
+    cat <<YAML
+run: {out_dir: $1, steps: $2, seed: 1234, log_every: 5, threads: 4}
+data: {train: $work/d/train, global_batch: 16, micro_batch: 8}
+model: {kind: transformer, d_model: 64, n_layers: 2, n_heads: 4, patch: 8, audio_group: 2}
+optim: {lr: 2.0e-3, min_lr: 1.0e-4, warmup: 5, weight_decay: 0.1, grad_clip: 1.0}
+checkpoint: {every: 0, keep_last: 2, resume: auto}
+YAML
+}
+tiny_dit_cfg() {  # out_dir steps: the tiny diffusion model (flow, guidance, pooled condition)
+    cat <<YAML
+run: {out_dir: $1, steps: $2, seed: 1234, log_every: 5, threads: 4}
+data: {train: $work/d/train, global_batch: 16, micro_batch: 8}
+model: {kind: diffusion, d_model: 64, n_layers: 2, n_heads: 4, patch: 4, audio_group: 2}
+diffusion: {objective: flow, enc_layers: 1, sample_steps: 4, guidance: 2.0, pool_cond: 1}
+optim: {lr: 1.0e-3, min_lr: 1.0e-4, warmup: 5, weight_decay: 0.0, grad_clip: 1.0}
+checkpoint: {every: 0, keep_last: 2, resume: auto}
+YAML
+}
+losses() { grep -o '"loss":[^,]*' "$1/metrics.jsonl" | cut -d: -f2; }
+# cmp_losses A B BOUND FROM: max relative difference of steps FROM.. of two runs; 0 when <= BOUND
+cmp_losses() {
+    paste <(losses "$1") <(losses "$2") | awk -v b="$3" -v from="${4:-1}" '
+        NR >= from { d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > m) m = r; n++ }
+        END { printf "%d steps, max rel diff %.3g (bound %g)\n", n, m, b; exit !(n > 0 && m <= b) }'
+}
+trainer() {  # config-file overrides...: runs $bindir/train, output to train.log
+    echo "+ train $*" >>"$TR"
+    timeout 120 "$bindir/train" "$@" >>"$TR" 2>&1
+}
+setup_train() {
+    [ -n "$work" ] && return 0
+    if [ -z "$bindir" ] || [ ! -x "$bindir/train" ]; then return 1; fi
+    work=$(mktemp -d)
+    "$bindir/mmdata" synth --out "$work/d" --samples 400 --seed 3 >>"$TR" 2>&1
+}
+
+# (a) 20 steps CPU vs GPU from the same initial weights (same seed: the weights are drawn on
+# the host either way). fp32 bound 1e-4 relative: the GPU sums in other orders (cuBLAS tiles,
+# warp trees) than OpenBLAS/OpenMP, each op agreeing to ~1e-6 relative (test_ops_cuda) and
+# 20 optimizer steps amplifying that by at most ~100x at this lr (the emulated run here agrees
+# to 4e-9 after 3 steps); a real bug (wrong mask, wrong gradient) moves the loss by > 1e-2
+# within a few steps. bf16 matmul inputs carry 8 bits of mantissa: 3e-2.
 step_train_cpu_vs_gpu() {
-    # to come: train configs/tiny.yaml 20 steps on the CPU and on the GPU (fp32), compare
-    # every step's loss (and bf16 within a looser bound)
-    record train-cpu-vs-gpu SKIP 0 "placeholder: needs the trainer's CUDA integration"
+    local t0=$SECONDS
+    if ! setup_train; then record train-cpu-vs-gpu SKIP 0 "no train binary"; return 1; fi
+    local c=$work/tiny.yaml
+    tiny_cfg "$work/x" 20 >"$c"
+    local ok=1 note=""
+    trainer "$c" run.out_dir="$work/cpu" || ok=0
+    trainer "$c" run.out_dir="$work/gpu32" backend=cuda precision=fp32 || ok=0
+    trainer "$c" run.out_dir="$work/gpu16" backend=cuda precision=bf16 || ok=0
+    local r1 r2
+    r1=$(cmp_losses "$work/cpu" "$work/gpu32" 1e-4) || ok=0
+    r2=$(cmp_losses "$work/cpu" "$work/gpu16" 3e-2) || ok=0
+    { echo "transformer fp32 GPU vs CPU: $r1"; echo "transformer bf16 GPU vs CPU: $r2";
+      paste <(losses "$work/cpu") <(losses "$work/gpu32") <(losses "$work/gpu16") | nl; } >>"$TR"
+    # the diffusion model: the same noise, times and dropout (drawn on the host either way)
+    local cd=$work/tiny_dit.yaml
+    tiny_dit_cfg "$work/x" 20 >"$cd"
+    trainer "$cd" run.out_dir="$work/dcpu" || ok=0
+    trainer "$cd" run.out_dir="$work/dgpu32" backend=cuda precision=fp32 || ok=0
+    trainer "$cd" run.out_dir="$work/dgpu16" backend=cuda precision=bf16 || ok=0
+    local r3 r4
+    r3=$(cmp_losses "$work/dcpu" "$work/dgpu32" 1e-4) || ok=0
+    r4=$(cmp_losses "$work/dcpu" "$work/dgpu16" 3e-2) || ok=0
+    { echo "diffusion fp32 GPU vs CPU: $r3"; echo "diffusion bf16 GPU vs CPU: $r4";
+      paste <(losses "$work/dcpu") <(losses "$work/dgpu32") <(losses "$work/dgpu16") | nl; } >>"$TR"
+    note="transformer fp32: $r1; bf16: $r2; diffusion fp32: $r3; bf16: $r4"
+    record train-cpu-vs-gpu "$([ $ok = 1 ] && echo PASS || echo FAIL)" $((SECONDS - t0)) "$note"
 }
+
+# (b) a GPU run stopped after step 10 and resumed equals the uninterrupted GPU run bit for
+# bit (every metric of steps 11-20 printed with 9 digits, and the final parameters when
+# python3 has h5py); the GPU checkpoint of step 10 resumed on the CPU gives step 11's loss
+# within the fp32 bound of (a).
 step_ckpt_resume() {
-    # to come: GPU run stopped at step 10 and resumed == uninterrupted GPU run; the GPU
-    # checkpoint loaded by the CPU trainer gives the same validation loss
-    record ckpt-gpu-resume SKIP 0 "placeholder: needs the trainer's CUDA integration"
+    local t0=$SECONDS
+    if ! setup_train; then record ckpt-gpu-resume SKIP 0 "no train binary"; return 1; fi
+    local ok=1 n1 n2
+    tiny_cfg "$work/x" 20 >"$work/tiny.yaml"
+    tiny_dit_cfg "$work/x" 20 >"$work/tiny_dit.yaml"
+    n1=$(ckpt_resume_kind transformer "$work/tiny.yaml" r gpu32 g2c) || ok=0
+    n2=$(ckpt_resume_kind diffusion "$work/tiny_dit.yaml" dr dgpu32 dg2c) || ok=0
+    # sampling on the GPU from the GPU's diffusion checkpoint
+    local sl=$work/sample.log n3
+    if timeout 60 "$bindir/train" sample --ckpt "$work/dr/ckpt/step_00000020" --out "$work/samp" \
+        --text "a small red circle on the left" --n 4 --steps 4 --backend cuda >"$sl" 2>&1 &&
+        [ -s "$work/samp/grid.png" ]; then
+        n3="sample --backend cuda: ok"
+    else ok=0; n3="sample --backend cuda FAILED (train.log)"; fi
+    cat "$sl" >>"$TR"
+    record ckpt-gpu-resume "$([ $ok = 1 ] && echo PASS || echo FAIL)" $((SECONDS - t0)) \
+        "transformer: $n1 | diffusion: $n2 | $n3"
 }
+
+# ckpt_resume_kind KIND CONFIG RESUMED UNINTERRUPTED G2C: prints the note; 1 on a failure
+ckpt_resume_kind() {
+    local kind=$1 c=$2 r=$work/$3 u=$work/$4 g2c=$work/$5 ok=1 note=""
+    trainer "$c" run.out_dir="$r" backend=cuda run.stop_after=10 || ok=0
+    trainer "$c" run.out_dir="$r" backend=cuda || ok=0
+    if [ ! -d "$u" ]; then trainer "$c" run.out_dir="$u" backend=cuda || ok=0; fi
+    local a b
+    a=$(grep -o '"step":[^}]*' "$u/metrics.jsonl" | sed 's/"tokens_per_s.*//' | sed -n '11,20p')
+    b=$(grep -o '"step":[^}]*' "$r/metrics.jsonl" | sed 's/"tokens_per_s.*//' | sed -n '11,20p')
+    if [ -n "$a" ] && [ "$a" = "$b" ]; then note="resume on GPU: steps 11-20 identical"
+    else ok=0; note="resume on GPU: steps 11-20 DIFFER"; fi
+    local pyr
+    pyr=$(python3 - "$u/ckpt/step_00000020" "$r/ckpt/step_00000020" 2>&1 <<'PY'
+import sys, glob
+try:
+    import h5py
+except ImportError:
+    print("h5py absent: params not compared"); sys.exit(0)
+fa, fb = (sorted(glob.glob(d + "/rank_*.h5")) for d in sys.argv[1:3])
+same = len(fa) == len(fb) > 0
+for x, y in zip(fa, fb):
+    with h5py.File(x) as p, h5py.File(y) as q:
+        def walk(g, h):
+            global same
+            for k in g:
+                if hasattr(g[k], "keys"): walk(g[k], h[k])
+                elif g[k].shape and g[k][()].tobytes() != h[k][()].tobytes(): same = False
+        walk(p, q)
+print("params bytes identical" if same else "params bytes DIFFER"); sys.exit(0 if same else 1)
+PY
+) || ok=0
+    note="$note; $pyr"
+    # the GPU's step-10 checkpoint on the CPU
+    trainer "$c" run.out_dir="$g2c" checkpoint.resume="$r/ckpt/step_00000010" \
+        run.stop_after=11 || ok=0
+    local lg lc
+    lg=$(losses "$u" | sed -n 11p)
+    lc=$(losses "$g2c" | tail -n 1)
+    if awk -v a="$lg" -v b="$lc" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && b != "" && d / a <= 1e-4) }'; then
+        note="$note; GPU ckpt on CPU: step 11 loss $lc vs GPU $lg"
+    else ok=0; note="$note; GPU ckpt on CPU: step 11 loss '$lc' vs GPU '$lg' (bound 1e-4)"; fi
+    echo "ckpt $kind: $note" >>"$TR"
+    echo "$note"
+    [ $ok = 1 ]
+}
+
+# (c) throughput: GPT-2 small through the model API (bench_train_cuda: T = 1024 exceeds the
+# synthetic captions), bf16 and fp32; the RESULT lines go to the summary.
 step_bench_throughput() {
-    # to come: tokens/s and MFU of GPT-2 small (configs/gpt2_small_gpu.yaml) and images/s of
-    # DiT-S/2 (configs/dit_s2_gpu.yaml), fp32 and bf16
-    record bench-throughput SKIP 0 "placeholder: needs the trainer's CUDA integration"
+    local bin=$bindir/tests/gpu/bench_train_cuda
+    if [ -z "$bindir" ] || [ ! -x "$bin" ]; then record bench-throughput SKIP 0 "not built"; return 1; fi
+    run_step bench-train-bf16 120 "$OUT/bench_train.log" "$bin" bf16 8 10
+    grep RESULT "$OUT/bench_train.log" >"$OUT/bench_result.txt" 2>/dev/null
+    cp "$OUT/bench_train.log" "${TMPDIR:-/tmp}/bench16.$$" 2>/dev/null
+    run_step bench-train-fp32 90 "$OUT/bench_train.log" "$bin" fp32 8 5
+    grep RESULT "$OUT/bench_train.log" >>"$OUT/bench_result.txt" 2>/dev/null
+    cat "${TMPDIR:-/tmp}/bench16.$$" >>"$OUT/bench_train.log" 2>/dev/null
+    # DiT-S/2-sized (bench_train_cuda.c bench_dit: 32x32x4 latent-sized input, patch 2, N 256)
+    cp "$OUT/bench_train.log" "${TMPDIR:-/tmp}/bench_lm.$$" 2>/dev/null
+    run_step bench-dit-s2 120 "$OUT/bench_train.log" "$bin" dit bf16 32 10
+    grep RESULT "$OUT/bench_train.log" >>"$OUT/bench_result.txt" 2>/dev/null
+    cat "${TMPDIR:-/tmp}/bench_lm.$$" >>"$OUT/bench_train.log" 2>/dev/null
 }
 
 # ---------------------------------------------------------------------------------------
 say "out: $OUT, budget ${BUDGET}s, jobs $JOBS"
 step_env
-full=1
-step_deps || full=0
-step_build "$full"
+if [ -f gpu-carry.tar.xz ] && tar tJf gpu-carry.tar.xz build-cuda-bundle/train >/dev/null 2>&1; then
+    # the portable bundle of tests/gpu/bundle.sh: no build here
+    t0=$SECONDS
+    if tar xJf gpu-carry.tar.xz >"$OUT/build.log" 2>&1; then
+        export LD_LIBRARY_PATH=$root/build-cuda-bundle/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        bindir=build-cuda-bundle
+        if ldd "$bindir/train" | grep 'not found' >>"$OUT/build.log"; then
+            record bundle FAIL $((SECONDS - t0)) "libraries not found (build.log)"
+        else
+            record bundle PASS $((SECONDS - t0)) "gpu-carry.tar.xz unpacked; no build"
+        fi
+    else
+        record bundle FAIL $((SECONDS - t0)) "cannot unpack gpu-carry.tar.xz (build.log)"
+    fi
+else
+    full=1
+    step_deps || full=0
+    step_build "$full"
+fi
 step_program test_ops_cuda 60
 step_program bench_ops_cuda 120
 step_nccl
@@ -186,6 +358,10 @@ step_bench_throughput
             echo "-- test_ops_cuda failures (first 20 of $nf lines):"
             grep 'FAIL' "$OUT/test_ops_cuda.log" | head -n 20
         fi
+    fi
+    if [ -f "$OUT/bench_result.txt" ]; then
+        echo "-- training throughput (bench_train_cuda: GPT-2 small B 8 x T 1024; DiT-S/2 B 32 x N 256):"
+        cat "$OUT/bench_result.txt"
     fi
     if [ -f "$OUT/bench_ops_cuda.log" ]; then
         echo "-- bench_ops_cuda: kernels slower than the bf16 matmul next to them:"

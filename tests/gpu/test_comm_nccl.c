@@ -1,12 +1,14 @@
 // test_comm_nccl.c: comm_nccl_init on real GPUs: the NCCL communicator of a group has the
-// group's ranks in the group's order, and a device allreduce over it gives the sums a host
-// allreduce over comm/ gives. Needs the CUDA build and a GPU, so it is not part of `make
-// test` (no GPU in CI); one rank per GPU, since NCCL refuses two ranks of one communicator
-// on one device. Builds with or without MPI (without: one rank, comm/'s identity world).
+// group's ranks in the group's order, and a device allreduce over it (comm_nccl_allreduce,
+// sum and average) gives the sums a host allreduce over comm/ gives. Needs the CUDA build and
+// a GPU, so it is not part of `make test` (no GPU in CI); one rank per GPU, since NCCL
+// refuses two ranks of one communicator on one device. Builds with or without MPI (without:
+// one rank, comm/'s identity world).
 //   make cuda                 (builds build-cuda/tests/gpu/test_comm_nccl when NCCL is found)
 //   mpirun -np <number of GPUs> build-cuda/tests/gpu/test_comm_nccl
 // tests/gpu/run.sh runs it with one rank.
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -41,15 +43,25 @@ static void check_group(test_counts *tc, comm_group *g, int world_rank, const ch
              cudaMalloc((void **)&dev, N_ELEMS * sizeof(float)) == cudaSuccess &&
              cudaMemcpy(dev, host, N_ELEMS * sizeof(float), cudaMemcpyHostToDevice) ==
                  cudaSuccess &&
-             ncclAllReduce(dev, dev, N_ELEMS, ncclFloat, ncclSum, nc, s) == ncclSuccess &&
-             cudaStreamSynchronize(s) == cudaSuccess &&
-             cudaMemcpy(host, dev, N_ELEMS * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess;
+             cudaStreamSynchronize(s) == cudaSuccess;
+    if (ok) comm_nccl_allreduce(nc, dev, N_ELEMS, 0, s);  // comm.h's device allreduce (sum)
+    ok = ok && cudaStreamSynchronize(s) == cudaSuccess &&
+         cudaMemcpy(host, dev, N_ELEMS * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess;
     TEST_CHECK(tc, ok, "%s: CUDA/NCCL allreduce failed: %s", name,
                cudaGetErrorString(cudaGetLastError()));
     size_t bad = 0;
     for (size_t i = 0; ok && i < N_ELEMS; i++) bad += host[i] != want[i];
     TEST_CHECK(tc, ok && bad == 0, "%s: %zu of %zu device sums differ from comm/'s", name, bad,
                N_ELEMS);
+    // the average of the sums (equal on every rank) is the sum again, to float rounding
+    if (ok) comm_nccl_allreduce(nc, dev, N_ELEMS, 1, s);
+    ok = ok && cudaStreamSynchronize(s) == cudaSuccess &&
+         cudaMemcpy(host, dev, N_ELEMS * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess;
+    bad = 0;
+    for (size_t i = 0; ok && i < N_ELEMS; i++)
+        bad += fabsf(host[i] - want[i]) > 1e-6f * fabsf(want[i]);
+    TEST_CHECK(tc, ok && bad == 0, "%s: %zu of %zu device averages differ from the sums", name,
+               bad, N_ELEMS);
     cudaFree(dev);
     cudaStreamDestroy(s);
     ncclCommDestroy(nc);

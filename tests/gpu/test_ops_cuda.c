@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../data/data.h"
 #include "../../model/cuda.h"
 #include "../../train/optim.h"
 #include "../test.h"
@@ -266,32 +267,77 @@ static uint8_t *make_mask(T *t, int B, int Tk, int P) {
     return m;
 }
 
+// The log-sum-exp of query i's allowed scaled scores, in double from qkv directly (-inf
+// for a query without a key): an independent check of what the flash forward saves.
+static void ref_lse(float *lse, const float *qkv, const uint8_t *kv, int B, int Tn, int P,
+                    int NH, int HD) {
+    const int C = NH * HD;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int i = 0; i < Tn; i++) {
+                const float *q = qkv + ((size_t)b * Tn + i) * 3 * C + (size_t)h * HD;
+                double mx = -INFINITY, s = 0;
+                const int lim = i < P ? P : i + 1;
+                for (int pass = 0; pass < 2; pass++)
+                    for (int j = 0; j < lim; j++) {
+                        if (!kv[(size_t)b * Tn + j]) continue;
+                        const float *k = qkv + ((size_t)b * Tn + j) * 3 * C + C + (size_t)h * HD;
+                        double d = 0;
+                        for (int e = 0; e < HD; e++) d += (double)q[e] * k[e];
+                        d /= sqrt((double)HD);
+                        if (pass == 0) mx = d > mx ? d : mx;
+                        else s += exp(d - mx);
+                    }
+                lse[((size_t)b * NH + h) * Tn + i] = (float)(s > 0 ? mx + log(s) : -INFINITY);
+            }
+}
+
+// The CUDA backend saves lse (B, NH, T) (+ the mask) instead of the probabilities, so its
+// backward runs from its own forward (flash attention recomputes the probabilities) and is
+// compared with the CPU's backward from the CPU's probabilities. 1e-5 holds: the only
+// difference is the order of the sums (online softmax), a few ulps of a row's values.
 static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
     char shape[64];
     snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d", B, Tn, P, NH, HD);
     const int C = NH * HD;
     size_t nqkv = (size_t)B * Tn * 3 * C, no = (size_t)B * Tn * C, na = (size_t)B * NH * Tn * Tn;
+    size_t nl = (size_t)B * NH * Tn, ns = model_ops_cuda.attention_saved(B, NH, Tn);
+    // lse rows plus the mask's bytes, far less than the probabilities
+    TEST_CHECK(&t->tc, ns * 4 >= nl * 4 + (size_t)B * Tn && ns <= nl + (size_t)B * Tn,
+               "attention_saved %zu for %zu rows", ns, nl);
     float *qkv = hrand(t, nqkv, 2), *dout = hrand(t, no, 1), *dqkv0 = hrand(t, nqkv, 1);
     uint8_t *kv = make_mask(t, B, Tn, P);
     float *out = mm_malloc(no * 4), *att = mm_malloc((na ? na : 1) * 4), *dqkv = hcopy(dqkv0, nqkv);
+    float *lse = mm_malloc(nl * 4);
     model_ops_cpu.attention_fwd(out, att, qkv, kv, B, Tn, P, NH, HD);
-    model_ops_cpu.attention_bwd(dqkv, dout, qkv, att, B, Tn, P, NH, HD);
+    model_ops_cpu.attention_bwd(dqkv, dout, qkv, out, att, B, Tn, P, NH, HD);
+    ref_lse(lse, qkv, kv, B, Tn, P, NH, HD);
     float *d_qkv = dev(t, qkv, nqkv * 4), *d_dout = dev(t, dout, no * 4),
-          *d_out = cuda_alloc(t->c, no * 4), *d_att = cuda_alloc(t->c, na * 4),
+          *d_out = cuda_alloc(t->c, no * 4), *d_att = cuda_alloc(t->c, ns * 4),
           *d_dqkv = dev(t, dqkv0, nqkv * 4), *d_dqkv2 = dev(t, dqkv0, nqkv * 4);
     uint8_t *d_kv = dev(t, kv, (size_t)B * Tn);
     model_ops_cuda.attention_fwd(d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD);
     check(t, "attention_fwd", shape, "out", d_out, out, no, 1e-5);
-    check(t, "attention_fwd", shape, "att", d_att, att, na, 1e-5);
-    // backward from the CPU's probabilities, so that only the backward is compared
-    cuda_upload(t->c, d_att, att, na * 4);
-    model_ops_cuda.attention_bwd(d_dqkv, d_dout, d_qkv, d_att, B, Tn, P, NH, HD);
+    if (HD <= 64) {  // the flash path (wider heads fall back to cuBLAS and save no lse)
+        // -inf rows must match exactly; the finite ones to 1e-5 of the largest |lse|
+        float *h = mm_malloc(nl * 4);
+        cuda_download(t->c, h, d_att, nl * 4);
+        int same_inf = 1;
+        for (size_t i = 0; i < nl; i++) {
+            same_inf &= isinf(h[i]) == isinf(lse[i]);
+            if (isinf(h[i])) h[i] = lse[i] = 0;
+        }
+        TEST_CHECK(&t->tc, same_inf, "attention_fwd %s: rows without a key differ", shape);
+        row(t, "attention_fwd", shape, "lse", rel_err(h, lse, nl), 1e-5);
+        free(h);
+    }
+    model_ops_cuda.attention_bwd(d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
     check(t, "attention_bwd", shape, "dqkv", d_dqkv, dqkv, nqkv, 1e-5);
-    model_ops_cuda.attention_bwd(d_dqkv2, d_dout, d_qkv, d_att, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_bwd(d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
     check_same(t, "attention_bwd", shape, "dqkv rerun", d_dqkv, d_dqkv2, nqkv);
-    void *h[] = {qkv, dout, dqkv0, kv, out, att, dqkv};
+    void *h[] = {qkv, dout, dqkv0, kv, out, att, dqkv, lse};
     void *d[] = {d_qkv, d_dout, d_out, d_att, d_dqkv, d_dqkv2, d_kv};
-    free_all(7, h);
+    free_all(8, h);
     cuda_free_all(7, d);
 }
 
@@ -338,22 +384,240 @@ static void test_xent(T *t, int N, int V) {
     tg[0] = -1;  // always one ignored row
     float *loss = mm_malloc(N * 4), *probs = mm_malloc(n * 4), *dl = mm_malloc(n * 4);
     model_ops_cpu.xent_fwd(loss, probs, logits, tg, N, V);
-    model_ops_cpu.xent_bwd(dl, probs, tg, dloss, N, V);
+    model_ops_cpu.xent_bwd(dl, logits, probs, tg, dloss, N, V);
     float *junk = hrand(t, n, 7);  // dlogits is overwritten, ignored rows included
     float *d_logits = dev(t, logits, n * 4), *d_dloss = dev(t, dloss, N * 4),
-          *d_loss = cuda_alloc(t->c, N * 4), *d_probs = cuda_alloc(t->c, n * 4),
+          *d_loss = cuda_alloc(t->c, N * 4), *d_probs = cuda_alloc(t->c, 4),
           *d_dl = dev(t, junk, n * 4);
     int32_t *d_tg = dev(t, tg, N * sizeof(int32_t));
-    model_ops_cuda.xent_fwd(d_loss, d_probs, d_logits, d_tg, N, V);
+    // the CUDA forward saves each row's log-sum-exp (checked in double from the logits); its
+    // backward runs from that, once into a separate buffer and once in place over a copy of
+    // the logits (the transformer's way)
+    const size_t ns = model_ops_cuda.xent_saved(N, V);
+    TEST_CHECK(&t->tc, ns == (size_t)N, "xent_saved %zu for %d rows", ns, N);
+    float *lse = mm_malloc(N * 4);
+    for (int i = 0; i < N; i++) {
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < V; j++) mx = fmax(mx, logits[(size_t)i * V + j]);
+        for (int j = 0; j < V; j++) sum += exp(logits[(size_t)i * V + j] - mx);
+        lse[i] = (float)(mx + log(sum));
+    }
+    float *d_lse = cuda_alloc(t->c, N * 4), *d_inplace = dev(t, logits, n * 4);
+    model_ops_cuda.xent_fwd(d_loss, d_lse, d_logits, d_tg, N, V);
     check(t, "xent_fwd", shape, "loss", d_loss, loss, N, 1e-5);
-    check(t, "xent_fwd", shape, "probs", d_probs, probs, n, 1e-5);
-    cuda_upload(t->c, d_probs, probs, n * 4);
-    model_ops_cuda.xent_bwd(d_dl, d_probs, d_tg, d_dloss, N, V);
+    check(t, "xent_fwd", shape, "lse", d_lse, lse, N, 1e-5);
+    model_ops_cuda.xent_bwd(d_dl, d_logits, d_lse, d_tg, d_dloss, N, V);
     check(t, "xent_bwd", shape, "dlogits", d_dl, dl, n, 1e-5);
+    model_ops_cuda.xent_bwd(d_inplace, d_inplace, d_lse, d_tg, d_dloss, N, V);
+    check_same(t, "xent_bwd", shape, "in place", d_inplace, d_dl, n);
+    free(lse);
+    cuda_free(d_lse);
+    cuda_free(d_inplace);
     void *h[] = {logits, dloss, tg, loss, probs, dl, junk};
     void *d[] = {d_logits, d_dloss, d_loss, d_probs, d_dl, d_tg};
     free_all(7, h);
     cuda_free_all(6, d);
+}
+
+// ---------------------------------------------------------------------------------------
+// the glue ops (ops_glue_cuda.cu): copies and additions in the CPU's order, so bit-exact
+// (tolerance 0), and the embedding-table gradient deterministic run to run
+
+static void test_glue(T *t, int B, int n_img, int n_aud, int Tt, int C, int V) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d P%d+%d Tt%d C%d V%d", B, n_img, n_aud, Tt, C, V);
+    const int T = n_img + n_aud + Tt;
+    const size_t nx = (size_t)B * T * C, ni = (size_t)B * n_img * C, na = (size_t)B * n_aud * C;
+    float *ei = hrand(t, ni, 1), *ea = hrand(t, na, 1), *ip = hrand(t, (size_t)n_img * C, 1),
+          *ap = hrand(t, (size_t)n_aud * C, 1), *wte = hrand(t, (size_t)V * C, 1),
+          *tp = hrand(t, (size_t)Tt * C, 1), *dx = hrand(t, nx, 1);
+    int32_t *tok = mm_malloc((size_t)B * Tt * 4), *tg = mm_malloc((size_t)B * Tt * 4);
+    uint8_t has_i[4] = {1, 0, 1, 0}, has_a[4] = {0, 1, 1, 1};
+    for (int i = 0; i < B * Tt; i++) {  // few distinct tokens: many repeats
+        tok[i] = (int32_t)mm_rng_below(&t->rng, (uint64_t)(V < 5 ? V : 5));
+        tg[i] = mm_rng_uniform(&t->rng) < 0.3f ? -1 : tok[i];
+    }
+    float *x0 = mm_malloc(nx * 4);
+    uint8_t *kv = mm_malloc((size_t)B * T);
+    model_ops_cpu.embed_fwd(x0, kv, ei, ea, ip, ap, wte, tp, tok, Tt, has_i, has_a, B, T, n_img,
+                            n_aud, C, V);
+    float *gi = hcopy(ip, (size_t)n_img * C), *ga = hcopy(ap, (size_t)n_aud * C),
+          *gw = hcopy(wte, (size_t)V * C), *gt = hcopy(tp, (size_t)Tt * C);
+    float *d_gi = dev(t, gi, (size_t)n_img * C * 4), *d_ga = dev(t, ga, (size_t)n_aud * C * 4),
+          *d_gw = dev(t, gw, (size_t)V * C * 4), *d_gw2 = dev(t, gw, (size_t)V * C * 4),
+          *d_gt = dev(t, gt, (size_t)Tt * C * 4);
+    model_ops_cpu.embed_bwd(gi, ga, gw, gt, dx, tok, B, T, n_img, n_aud, C, V);
+    float *d_ei = dev(t, ei, ni * 4), *d_ea = dev(t, ea, na * 4),
+          *d_ip = dev(t, ip, (size_t)n_img * C * 4), *d_ap = dev(t, ap, (size_t)n_aud * C * 4),
+          *d_wte = dev(t, wte, (size_t)V * C * 4), *d_tp = dev(t, tp, (size_t)Tt * C * 4),
+          *d_dx = dev(t, dx, nx * 4), *d_x0 = cuda_alloc(t->c, nx * 4);
+    int32_t *d_tok = dev(t, tok, (size_t)B * Tt * 4), *d_tg = dev(t, tg, (size_t)B * Tt * 4);
+    uint8_t *d_hi = dev(t, has_i, 4), *d_ha = dev(t, has_a, 4), *d_kv = cuda_alloc(t->c, (size_t)B * T);
+    model_ops_cuda.embed_fwd(d_x0, d_kv, d_ei, d_ea, d_ip, d_ap, d_wte, d_tp, d_tok, Tt, d_hi,
+                             d_ha, B, T, n_img, n_aud, C, V);
+    check(t, "embed_fwd", shape, "x0", d_x0, x0, nx, 0);
+    uint8_t *hkv = mm_malloc((size_t)B * T);
+    cuda_download(t->c, hkv, d_kv, (size_t)B * T);
+    TEST_CHECK(&t->tc, memcmp(hkv, kv, (size_t)B * T) == 0, "embed_fwd %s: key_valid differs", shape);
+    model_ops_cuda.embed_bwd(d_gi, d_ga, d_gw, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
+    check(t, "embed_bwd", shape, "img_pos", d_gi, gi, (size_t)n_img * C, 0);
+    check(t, "embed_bwd", shape, "aud_pos", d_ga, ga, (size_t)n_aud * C, 0);
+    check(t, "embed_bwd", shape, "tpos", d_gt, gt, (size_t)Tt * C, 0);
+    check(t, "embed_bwd", shape, "wte", d_gw, gw, (size_t)V * C, 0);
+    model_ops_cuda.embed_bwd(d_gi, d_ga, d_gw2, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
+    check_same(t, "embed_bwd", shape, "wte twice", d_gw, d_gw2, (size_t)V * C);
+    // copy_rows: the text rows of x0, as transformer.c takes them
+    float *txt = mm_malloc((size_t)B * Tt * C * 4), *d_txt = cuda_alloc(t->c, (size_t)B * Tt * C * 4);
+    model_ops_cpu.copy_rows(txt, (size_t)Tt * C, x0 + (size_t)(n_img + n_aud) * C, (size_t)T * C,
+                            (size_t)Tt * C, B);
+    model_ops_cuda.copy_rows(d_txt, (size_t)Tt * C, d_x0 + (size_t)(n_img + n_aud) * C,
+                             (size_t)T * C, (size_t)Tt * C, B);
+    check(t, "copy_rows", shape, "text rows", d_txt, txt, (size_t)B * Tt * C, 0);
+    // seq_loss / seq_dloss on the first B * Tt values of dx as losses
+    double sl[8], dsl[8];
+    model_ops_cpu.seq_loss(sl, dx, tg, B, Tt);
+    double *d_sl = cuda_alloc(t->c, sizeof(sl));
+    model_ops_cuda.seq_loss(d_sl, d_dx, d_tg, B, Tt);
+    cuda_download(t->c, dsl, d_sl, (size_t)B * 2 * sizeof(double));
+    TEST_CHECK(&t->tc, memcmp(sl, dsl, (size_t)B * 2 * sizeof(double)) == 0,
+               "seq_loss %s: differs from the CPU", shape);
+    printf("%-16s %-30s %-10s %11s\n", "seq_loss", shape, "mean,n",
+           memcmp(sl, dsl, (size_t)B * 2 * sizeof(double)) ? "FAIL" : "ok (bitwise)");
+    float *dl = mm_malloc((size_t)B * Tt * 4), *d_dl = cuda_alloc(t->c, (size_t)B * Tt * 4);
+    model_ops_cpu.seq_dloss(dl, tg, 0.03125f, B, Tt);
+    model_ops_cuda.seq_dloss(d_dl, d_tg, 0.03125f, B, Tt);
+    check(t, "seq_dloss", shape, "dloss", d_dl, dl, (size_t)B * Tt, 0);
+    void *h[] = {ei, ea, ip, ap, wte, tp, dx, tok, tg, x0, kv, gi, ga, gw, gt, hkv, txt, dl};
+    void *d[] = {d_gi, d_ga, d_gw, d_gw2, d_gt, d_ei, d_ea, d_ip, d_ap, d_wte, d_tp,
+                 d_dx, d_x0, d_tok, d_tg, d_hi, d_ha, d_kv, d_txt, d_sl, d_dl};
+    free_all(18, h);
+    cuda_free_all(21, d);
+}
+
+// the diffusion model's glue ops (ops_dit_cuda.cu): sums in the CPU's order and the CPU's
+// double formulas (no FMA contraction), so bit-exact (tolerance 0) except time_embed and
+// ddim, whose device cos / sin / sqrt-derived doubles may round one float ulp apart (1e-6)
+static void check_bytes(T *t, const char *op, const char *shape, const void *d, const void *ref,
+                        size_t bytes) {
+    cuda_ctx_sync(t->c);
+    uint8_t *h = mm_malloc(bytes ? bytes : 1);
+    cuda_download(t->c, h, d, bytes);
+    int same = memcmp(h, ref, bytes) == 0;
+    printf("%-16s %-30s %-10s %11s\n", op, shape, "bytes", same ? "ok (bitwise)" : "FAIL");
+    TEST_CHECK(&t->tc, same, "%s %s: differs from the CPU", op, shape);
+    free(h);
+}
+
+static void test_dit_glue(T *t, int B, int Tt, int na, int C, int V) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d Tt%d na%d C%d V%d", B, Tt, na, C, V);
+    const int Tc = Tt + na + 1;
+    const size_t ncond = (size_t)B * Tc * C;
+    // time features
+    float *tt = hrand(t, (size_t)B, 0.5f);
+    for (int b = 0; b < B; b++) tt[b] += 0.5f;  // t in [0, 1]
+    float *fe = mm_malloc((size_t)B * C * 4), *d_fe = cuda_alloc(t->c, (size_t)B * C * 4);
+    float *d_tt = dev(t, tt, (size_t)B * 4);
+    dit_ops_cpu.time_embed(fe, tt, B, C);
+    dit_ops_cuda.time_embed(d_fe, d_tt, B, C);
+    check(t, "time_embed", shape, "features", d_fe, fe, (size_t)B * C, 1e-6);
+    // text tokens: sample 0 without a caption, PAD tails
+    int32_t *tok = mm_malloc((size_t)B * Tt * 4), *tk = mm_malloc((size_t)B * Tt * 4);
+    uint8_t *ht = mm_malloc((size_t)B), *ha = mm_malloc((size_t)B);
+    for (int b = 0; b < B; b++) {
+        ht[b] = b != 0;
+        ha[b] = b % 3 != 1;
+        for (int i = 0; i < Tt; i++)
+            tok[(size_t)b * Tt + i] = i > Tt / 2 ? DATA_TOK_PAD : (int32_t)(i * 7 + b) % 256;
+    }
+    uint8_t *tkv = mm_malloc((size_t)B * Tt), *akv = mm_malloc((size_t)B * na),
+            *kv = mm_malloc((size_t)B * Tc);
+    dit_ops_cpu.text_tokens(tk, tkv, tok, ht, B, Tt, V);
+    dit_ops_cpu.sample_keys(akv, ha, B, na);
+    dit_ops_cpu.cond_keys(kv, tkv, akv, B, Tt, na);
+    int32_t *d_tok = dev(t, tok, (size_t)B * Tt * 4), *d_tk = cuda_alloc(t->c, (size_t)B * Tt * 4);
+    uint8_t *d_ht = dev(t, ht, (size_t)B), *d_ha = dev(t, ha, (size_t)B),
+            *d_tkv = cuda_alloc(t->c, (size_t)B * Tt), *d_akv = cuda_alloc(t->c, (size_t)B * na),
+            *d_kv = cuda_alloc(t->c, (size_t)B * Tc);
+    dit_ops_cuda.text_tokens(d_tk, d_tkv, d_tok, d_ht, B, Tt, V);
+    check_bytes(t, "text_tokens", shape, d_tk, tk, (size_t)B * Tt * 4);
+    check_bytes(t, "text_tokens", shape, d_tkv, tkv, (size_t)B * Tt);
+    dit_ops_cuda.sample_keys(d_akv, d_ha, B, na);
+    check_bytes(t, "sample_keys", shape, d_akv, akv, (size_t)B * na);
+    dit_ops_cuda.cond_keys(d_kv, d_tkv, d_akv, B, Tt, na);
+    check_bytes(t, "cond_keys", shape, d_kv, kv, (size_t)B * Tc);
+    // positions, pooled condition and their backward
+    float *x = hrand(t, ncond, 1), *pos = hrand(t, (size_t)Tc * C, 1), *dp = hrand(t, (size_t)B * C, 1);
+    float *d_x = dev(t, x, ncond * 4), *d_pos = dev(t, pos, (size_t)Tc * C * 4),
+          *d_dp = dev(t, dp, (size_t)B * C * 4);
+    dit_ops_cpu.add_pos(x, pos, B, Tc, C);
+    dit_ops_cuda.add_pos(d_x, d_pos, B, Tc, C);
+    check(t, "add_pos", shape, "x", d_x, x, ncond, 0);
+    float *pool = mm_malloc((size_t)B * C * 4), *d_pool = cuda_alloc(t->c, (size_t)B * C * 4);
+    dit_ops_cpu.pool_fwd(pool, x, kv, B, Tc, C);
+    dit_ops_cuda.pool_fwd(d_pool, d_x, d_kv, B, Tc, C);
+    check(t, "pool_fwd", shape, "pool", d_pool, pool, (size_t)B * C, 0);
+    dit_ops_cpu.pool_bwd(x, dp, kv, B, Tc, C);
+    dit_ops_cuda.pool_bwd(d_x, d_dp, d_kv, B, Tc, C);
+    check(t, "pool_bwd", shape, "dcond", d_x, x, ncond, 0);
+    dit_ops_cpu.pos_bwd(pos, x, (size_t)Tc * C, B, Tc, C);
+    dit_ops_cuda.pos_bwd(d_pos, d_x, (size_t)Tc * C, B, Tc, C);
+    check(t, "pos_bwd", shape, "g", d_pos, pos, (size_t)Tc * C, 0);
+    dit_ops_cpu.pos_bwd(pos, x + (size_t)(Tc - 1) * C, (size_t)Tc * C, B, 1, C);  // the null row
+    dit_ops_cuda.pos_bwd(d_pos, d_x + (size_t)(Tc - 1) * C, (size_t)Tc * C, B, 1, C);
+    check(t, "pos_bwd", shape, "g strided", d_pos, pos, (size_t)Tc * C, 0);
+    // training pairs (both objectives) and the sampler's steps over (B, n), n = Tc * C
+    double *coef = mm_malloc((size_t)B * 2 * sizeof(double));
+    float *x0 = hrand(t, ncond, 1), *eps = hrand(t, ncond, 2), *xt = mm_malloc(ncond * 4),
+          *tg = mm_malloc(ncond * 4);
+    float *d_x0 = dev(t, x0, ncond * 4), *d_eps = dev(t, eps, ncond * 4),
+          *d_xt = cuda_alloc(t->c, ncond * 4), *d_tg = cuda_alloc(t->c, ncond * 4);
+    double *d_coef = cuda_alloc(t->c, (size_t)B * 2 * sizeof(double));
+    for (int obj = 0; obj < 2; obj++) {
+        for (int b = 0; b < B; b++) tt[b] = (float)((b * 137 + 11) % 1000) / 1000.0f;
+        dit_pair_coefs(obj ? DIT_DDPM : DIT_FLOW, B, tt, coef);
+        cuda_upload(t->c, d_coef, coef, (size_t)B * 2 * sizeof(double));
+        dit_ops_cpu.make_pair(xt, tg, x0, eps, coef, !obj, B, (size_t)Tc * C);
+        dit_ops_cuda.make_pair(d_xt, d_tg, d_x0, d_eps, d_coef, !obj, B, (size_t)Tc * C);
+        check(t, "make_pair", obj ? "ddpm" : "flow", "x_t", d_xt, xt, ncond, 0);
+        check(t, "make_pair", obj ? "ddpm" : "flow", "target", d_tg, tg, ncond, 0);
+    }
+    dit_ops_cpu.guide(xt, tg, 3.5f, ncond);
+    dit_ops_cuda.guide(d_xt, d_tg, 3.5f, ncond);
+    check(t, "guide", shape, "pred", d_xt, xt, ncond, 0);
+    dit_ops_cpu.euler(x0, xt, -0.05f, ncond);
+    dit_ops_cuda.euler(d_x0, d_xt, -0.05f, ncond);
+    check(t, "euler", shape, "x", d_x0, x0, ncond, 0);
+    const double ab = dit_alpha_bar(600), abp = dit_alpha_bar(400);
+    dit_ops_cpu.ddim(x0, eps, 1.0 / sqrt(ab), sqrt(1 - ab), sqrt(abp), sqrt(1 - abp), ncond);
+    dit_ops_cuda.ddim(d_x0, d_eps, 1.0 / sqrt(ab), sqrt(1 - ab), sqrt(abp), sqrt(1 - abp), ncond);
+    check(t, "ddim", shape, "x", d_x0, x0, ncond, 1e-6);
+    dit_ops_cpu.clip(eps, ncond);
+    dit_ops_cuda.clip(d_eps, ncond);
+    check(t, "clip", shape, "x", d_eps, eps, ncond, 0);
+    void *h[] = {tt, fe, tok, tk, ht, ha, tkv, akv, kv, x, pos, dp, pool, coef, x0, eps, xt, tg};
+    void *d[] = {d_fe, d_tt, d_tok, d_tk, d_ht, d_ha, d_tkv, d_akv, d_kv, d_x, d_pos,
+                 d_dp, d_pool, d_x0, d_eps, d_xt, d_tg, d_coef};
+    free_all(18, h);
+    cuda_free_all(18, d);
+}
+
+static void test_patchify(T *t, int B, int H, int W, int c, int p) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d %dx%dx%d p%d", B, H, W, c, p);
+    const size_t n = (size_t)B * H * W * c;
+    float *img = hrand(t, n, 1), *pt = mm_malloc(n * 4), *back = mm_malloc(n * 4);
+    model_ops_cpu.patchify(pt, img, B, H, W, c, p);
+    model_ops_cpu.unpatchify(back, pt, B, H, W, c, p);
+    float *d_img = dev(t, img, n * 4), *d_pt = cuda_alloc(t->c, n * 4), *d_back = cuda_alloc(t->c, n * 4);
+    model_ops_cuda.patchify(d_pt, d_img, B, H, W, c, p);
+    check(t, "patchify", shape, "patches", d_pt, pt, n, 0);
+    model_ops_cuda.unpatchify(d_back, d_pt, B, H, W, c, p);
+    check(t, "unpatchify", shape, "image", d_back, back, n, 0);
+    void *h[] = {img, pt, back};
+    void *d[] = {d_img, d_pt, d_back};
+    free_all(3, h);
+    cuda_free_all(3, d);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -534,11 +798,20 @@ int main(void) {
     test_elementwise(&t, 1000);
     test_elementwise(&t, 70003);
 
-    // attention: T = 1, all-causal, all-prefix, mixed; HD not a multiple of 32
-    static const int at[][5] = {{1, 1, 0, 1, 4}, {3, 1, 1, 2, 8},   {3, 5, 2, 1, 3},
-                                {3, 37, 10, 2, 16}, {2, 64, 64, 4, 32}, {3, 70, 0, 3, 24}};
+    // attention: T = 1, all-causal, all-prefix, mixed; HD not a multiple of 32; several
+    // query and key tiles with the prefix ending inside one (HD 64, the flash kernels' widest);
+    // HD 80 (the cuBLAS fallback)
+    static const int at[][5] = {{1, 1, 0, 1, 4},   {3, 1, 1, 2, 8},     {3, 5, 2, 1, 3},
+                                {3, 37, 10, 2, 16}, {2, 64, 64, 4, 32},  {3, 70, 0, 3, 24},
+                                {3, 150, 45, 2, 64}, {2, 33, 7, 1, 80}};
     for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++)
         test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4]);
+
+    test_glue(&t, 1, 1, 1, 1, 1, 3);
+    test_glue(&t, 4, 4, 3, 17, 40, 259);
+    test_glue(&t, 3, 0, 2, 33, 96, 7);
+    test_patchify(&t, 2, 8, 8, 3, 4);
+    test_patchify(&t, 3, 12, 6, 4, 2);
 
     static const int xe[][2] = {{1, 1}, {5, 3}, {37, 259}, {64, 1000}};
     for (size_t i = 0; i < sizeof(xe) / sizeof(xe[0]); i++) test_xent(&t, xe[i][0], xe[i][1]);
@@ -555,6 +828,10 @@ int main(void) {
     test_mse(&t, 3, 100);
     test_mse(&t, 2, 10000);
     test_mse(&t, 4, 3 * 32 * 32);
+
+    test_dit_glue(&t, 1, 1, 1, 4, 259);
+    test_dit_glue(&t, 3, 17, 5, 40, 259);
+    test_dit_glue(&t, 4, 33, 8, 96, 259);
 
     test_optim(&t, 0, 0);
     test_optim(&t, 3, 500);  // a ZeRO-1 shard cutting through tensors
