@@ -10,7 +10,8 @@
 # completed and compared with one never interrupted: the same parameters and AdamW state
 # (bit for bit), the same per-step losses, and the same data.trace sample ids, which cover
 # every sample exactly once per epoch.
-# KILL_SEED=N replays a sequence of kill times (printed at the start).
+# KILL_SEED=N replays a sequence of kill times (printed at the start). STEPS is long enough
+# that 20 kills (each at most ~1 s into a run) cannot let a fast machine finish the run.
 set -u
 B=${MM_BUILD:-build}
 pass=0; fail=0
@@ -20,7 +21,7 @@ ok() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $
 seed=${KILL_SEED:-$(( $(date +%s) % 100000 ))}
 RANDOM=$seed
 echo "kill times from KILL_SEED=$seed"
-N=64; G=4; STEPS=192; PER_EPOCH=$((N / G))
+N=64; G=4; STEPS=640; PER_EPOCH=$((N / G))
 "$B/mmdata" synth --out "$tmp/d" --samples $N --seed 3 >/dev/null ||
     { echo "synth failed"; echo "0 passed, 1 failed"; exit 1; }
 cat >"$tmp/c.yaml" <<YAML
