@@ -10,6 +10,15 @@
 
 #include "data.h"
 
+// A growable string for the small text files the data module writes (index.json,
+// skipped.tsv). buf is owned by the caller (free it); data_sb_printf appends and aborts
+// with file:line when out of memory.
+typedef struct {
+    char *buf;
+    size_t n, cap;
+} data_strbuf;
+void data_sb_printf(data_strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 // Checks that the audio settings make sense for the schema (4 <= n_fft <= audio_len,
 // hop >= 1, 1 <= n_mels <= n_fft / 2 + 1). Returns 0, or -1 with err naming the bad setting.
 int data_audio_check(const data_schema *s, const data_audio_cfg *a, mm_err *err);

@@ -40,14 +40,8 @@ int data_schema_check(const data_schema *s, const char *where, mm_err *err) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Writing. A small growable string; the index is a few hundred bytes per shard.
-typedef struct {
-    char *buf;
-    size_t n, cap;
-} strbuf;
-
-static void sb_printf(strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(strbuf *sb, const char *fmt, ...) {
+// Writing (the index is a few hundred bytes per shard, built in a data_strbuf).
+void data_sb_printf(data_strbuf *sb, const char *fmt, ...) {
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
@@ -60,32 +54,32 @@ static void sb_printf(strbuf *sb, const char *fmt, ...) {
         }
         sb->cap = 2 * sb->cap + (size_t)k + 1;
         char *nb = realloc(sb->buf, sb->cap);
-        MM_CHECK(nb, "out of memory building index.json");
+        MM_CHECK(nb, "out of memory");
         sb->buf = nb;
     }
 }
 
 int data_index_write(const char *dir, const data_index *ix, mm_err *err) {
     const data_schema *s = &ix->schema;
-    strbuf sb = {mm_malloc(4096), 0, 4096};
+    data_strbuf sb = {mm_malloc(4096), 0, 4096};
     sb.buf[0] = '\0';
     // File names and the tokenizer are plain ASCII without quotes (the writer makes the
     // names; data_schema_check pins the tokenizer), so no JSON escaping is needed.
-    sb_printf(&sb, "{\n  \"format\": \"%s\",\n  \"version\": %d,\n", INDEX_FORMAT, INDEX_VERSION);
-    sb_printf(&sb,
+    data_sb_printf(&sb, "{\n  \"format\": \"%s\",\n  \"version\": %d,\n", INDEX_FORMAT, INDEX_VERSION);
+    data_sb_printf(&sb,
               "  \"schema\": {\"n_samples\": %llu, \"img_h\": %d, \"img_w\": %d, \"img_c\": %d, "
               "\"audio_rate\": %d, \"audio_len\": %d, \"text_max\": %d, \"tokenizer\": \"%s\"},\n",
               (unsigned long long)s->n_samples, s->img_h, s->img_w, s->img_c, s->audio_rate,
               s->audio_len, s->text_max, s->tokenizer);
-    sb_printf(&sb, "  \"shards\": [\n");
+    data_sb_printf(&sb, "  \"shards\": [\n");
     for (int i = 0; i < ix->n_shards; i++) {
         const data_shard_info *sh = &ix->shards[i];
-        sb_printf(
+        data_sb_printf(
             &sb, "    {\"file\": \"%s\", \"n_samples\": %llu, \"first\": %llu, \"crc32\": %lu}%s\n",
             sh->file, (unsigned long long)sh->n, (unsigned long long)sh->first,
             (unsigned long)sh->crc32, i + 1 < ix->n_shards ? "," : "");
     }
-    sb_printf(&sb, "  ]\n}\n");
+    data_sb_printf(&sb, "  ]\n}\n");
     char path[4200];
     snprintf(path, sizeof(path), "%s/index.json", dir);
     int rc = mm_write_file_atomic(path, sb.buf, sb.n, err);

@@ -55,39 +55,15 @@ void data_pack_default(data_pack_cfg *c) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Small helpers: a growable string, recursive removal, folder sizes.
-typedef struct {
-    char *buf;
-    size_t n, cap;
-} strbuf;
-
-static void sb_printf(strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(strbuf *sb, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(sb->buf + sb->n, sb->cap - sb->n, fmt, ap);
-        va_end(ap);
-        MM_CHECK(k >= 0, "vsnprintf failed");
-        if ((size_t)k < sb->cap - sb->n) {
-            sb->n += (size_t)k;
-            return;
-        }
-        sb->cap = 2 * sb->cap + (size_t)k + 1;
-        char *nb = realloc(sb->buf, sb->cap);
-        MM_CHECK(nb, "out of memory");
-        sb->buf = nb;
-    }
-}
-
+// Small helpers: TSV fields (in a data_strbuf), recursive removal, folder sizes.
 // A TSV field: tab, line breaks and backslash escaped so one sample stays one line.
-static void sb_tsv_field(strbuf *sb, const char *s) {
+static void sb_tsv_field(data_strbuf *sb, const char *s) {
     for (; *s; s++) {
-        if (*s == '\t') sb_printf(sb, "\\t");
-        else if (*s == '\n') sb_printf(sb, "\\n");
-        else if (*s == '\r') sb_printf(sb, "\\r");
-        else if (*s == '\\') sb_printf(sb, "\\\\");
-        else sb_printf(sb, "%c", *s);
+        if (*s == '\t') data_sb_printf(sb, "\\t");
+        else if (*s == '\n') data_sb_printf(sb, "\\n");
+        else if (*s == '\r') data_sb_printf(sb, "\\r");
+        else if (*s == '\\') data_sb_printf(sb, "\\\\");
+        else data_sb_printf(sb, "%c", *s);
     }
 }
 
@@ -347,9 +323,9 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
     data_writer *w[2] = {NULL, NULL};
     packer p;
     memset(&p, 0, sizeof(p));
-    strbuf skipped = {mm_malloc(256), 0, 256};
+    data_strbuf skipped = {mm_malloc(256), 0, 256};
     skipped.buf[0] = '\0';
-    sb_printf(&skipped, "line\tpath\treason\n");
+    data_sb_printf(&skipped, "line\tpath\treason\n");
     int have_tmp = 0, threads_up = 0;
     pthread_t *tid = NULL;
     if (k < 0 || (size_t)k >= sizeof(tmp) - 16) {
@@ -420,12 +396,12 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
                     if (c->progress) fprintf(log, "\r\033[K");
                     fprintf(log, "warning: skipped: %s\n", line);
                 }
-                sb_printf(&skipped, "%d\t", r->line);
+                data_sb_printf(&skipped, "%d\t", r->line);
                 sb_tsv_field(&skipped, s->bad_path ? s->bad_path : "");
-                sb_printf(&skipped, "\t");
-                if (r->error) sb_printf(&skipped, "column %d: ", r->col);
+                data_sb_printf(&skipped, "\t");
+                if (r->error) data_sb_printf(&skipped, "column %d: ", r->col);
                 sb_tsv_field(&skipped, s->why.msg);
-                sb_printf(&skipped, "\n");
+                data_sb_printf(&skipped, "\n");
             }
         } else {
             data_sample smp = {0};
