@@ -10,6 +10,7 @@
 #define _GNU_SOURCE  // renameat2, nftw
 #endif
 #include "ckpt.h"
+#include "h5attr.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -225,8 +226,8 @@ static uint32_t crc_floats(const float *x, size_t n) {
 // Attributes. Writers return <0 on HDF5 failure; readers fill err naming `where` and the
 // attribute, and check presence, shape and type class before reading.
 
-static int write_attr(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, int n,
-                      const void *buf) {
+int h5attr_write(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, int n,
+                 const void *buf) {
     hsize_t dims[1] = {(hsize_t)n};
     hid_t space = n ? H5Screate_simple(1, dims, NULL) : H5Screate(H5S_SCALAR);
     hid_t attr = space < 0 ? -1 : H5Acreate2(loc, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
@@ -237,12 +238,12 @@ static int write_attr(hid_t loc, const char *name, hid_t file_type, hid_t mem_ty
 }
 
 // Fixed-length string (NUL-padded to its length; no variable-length types in our files).
-static int write_str_attr(hid_t loc, const char *name, const char *s) {
+int h5attr_write_str(hid_t loc, const char *name, const char *s) {
     size_t n = strlen(s);
     hid_t type = H5Tcopy(H5T_C_S1);
     int rc = -1;
     if (type >= 0 && H5Tset_size(type, n ? n : 1) >= 0 && H5Tset_strpad(type, H5T_STR_NULLPAD) >= 0)
-        rc = write_attr(loc, name, type, type, 0, n ? s : "");
+        rc = h5attr_write(loc, name, type, type, 0, n ? s : "");
     if (type >= 0) H5Tclose(type);
     return rc;
 }
@@ -351,8 +352,8 @@ static int check_format(hid_t loc, const char *where, mm_err *err) {
 
 static int write_format(hid_t loc) {
     int32_t version = CKPT_VERSION;
-    return write_str_attr(loc, "format", CKPT_FORMAT) < 0 ||
-                   write_attr(loc, "version", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &version) < 0
+    return h5attr_write_str(loc, "format", CKPT_FORMAT) < 0 ||
+                   h5attr_write(loc, "version", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &version) < 0
                ? -1
                : 0;
 }
@@ -389,10 +390,10 @@ static int write_tensor(hid_t grp, const char *path, const char *group, const mo
     int64_t start = t->start;
     uint32_t crc = crc_floats(data, t->size);
     if (H5Dwrite(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0 ||
-        write_attr(dset, "global_shape", H5T_STD_I64LE, H5T_NATIVE_INT64, t->ndim, t->shape) ||
-        write_attr(dset, "split_dim", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &split) ||
-        write_attr(dset, "start", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &start) ||
-        write_attr(dset, "crc32", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &crc)) {
+        h5attr_write(dset, "global_shape", H5T_STD_I64LE, H5T_NATIVE_INT64, t->ndim, t->shape) ||
+        h5attr_write(dset, "split_dim", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &split) ||
+        h5attr_write(dset, "start", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &start) ||
+        h5attr_write(dset, "crc32", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &crc)) {
         mm_fail(err, "%s: cannot write tensor '%s' (/%s): disk full?", path, t->name, group);
         goto done;
     }
@@ -417,7 +418,7 @@ int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, 
     }
     int32_t rank = world_rank;
     if (write_format(file) ||
-        write_attr(file, "world_rank", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &rank)) {
+        h5attr_write(file, "world_rank", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &rank)) {
         mm_fail(err, "%s: cannot write attributes", path);
         goto done;
     }
@@ -465,15 +466,15 @@ static int write_meta(const char *dir, const ckpt_meta *meta, const char *config
     int32_t world = meta->world, tp = meta->tp, dp = meta->dp, nfiles = rank_files;
     int64_t step = meta->step, epoch = meta->pos.epoch;
     uint64_t offset = meta->pos.offset;
-    if (write_format(f) || write_attr(f, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &step) ||
-        write_attr(f, "world", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &world) ||
-        write_attr(f, "tp", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &tp) ||
-        write_attr(f, "dp", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &dp) ||
-        write_attr(f, "rank_files", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &nfiles) ||
-        write_attr(f, "rng", H5T_STD_U64LE, H5T_NATIVE_UINT64, 4, meta->rng.s) ||
-        write_attr(f, "loader_epoch", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &epoch) ||
-        write_attr(f, "loader_offset", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &offset) ||
-        write_str_attr(f, "config", config_yaml ? config_yaml : "")) {
+    if (write_format(f) || h5attr_write(f, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &step) ||
+        h5attr_write(f, "world", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &world) ||
+        h5attr_write(f, "tp", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &tp) ||
+        h5attr_write(f, "dp", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &dp) ||
+        h5attr_write(f, "rank_files", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &nfiles) ||
+        h5attr_write(f, "rng", H5T_STD_U64LE, H5T_NATIVE_UINT64, 4, meta->rng.s) ||
+        h5attr_write(f, "loader_epoch", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &epoch) ||
+        h5attr_write(f, "loader_offset", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &offset) ||
+        h5attr_write_str(f, "config", config_yaml ? config_yaml : "")) {
         mm_fail(err, "%s: cannot write attributes: disk full?", path);
         goto done;
     }

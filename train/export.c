@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "h5attr.h"
 #include "config.h"
 #include "train.h"
 
@@ -46,30 +47,6 @@ static int parse_args(int argc, char **argv, export_args *a, mm_err *err) {
     if (!a->ckpt) return mm_fail(err, "export: --ckpt DIR is required");
     if (!a->out) return mm_fail(err, "export: --out FILE.h5 is required");
     return 0;
-}
-
-// The checkpoint's attribute writers are private to its format; these two are the few lines
-// this file needs. <0 on HDF5 failure.
-static int put_attr(hid_t loc, const char *name, hid_t file_type, hid_t mem_type,
-                    const void *buf) {
-    hid_t space = H5Screate(H5S_SCALAR);
-    hid_t attr = space < 0 ? -1 : H5Acreate2(loc, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t rc = attr < 0 ? -1 : H5Awrite(attr, mem_type, buf);
-    if (attr >= 0) H5Aclose(attr);
-    if (space >= 0) H5Sclose(space);
-    return rc < 0 ? -1 : 0;
-}
-
-// Fixed-length, NUL-padded string (no variable-length types, as in the checkpoints).
-static int put_str_attr(hid_t loc, const char *name, const char *s) {
-    size_t n = strlen(s);
-    hid_t type = H5Tcopy(H5T_C_S1);
-    int rc = -1;
-    if (type >= 0 && H5Tset_size(type, n ? n : 1) >= 0 &&
-        H5Tset_strpad(type, H5T_STR_NULLPAD) >= 0)
-        rc = put_attr(loc, name, type, type, n ? s : "");
-    if (type >= 0) H5Tclose(type);
-    return rc;
 }
 
 // Writes one group of whole tensors. -1 with err naming the file and tensor.
@@ -118,14 +95,14 @@ static int write_export(const char *out, const char *dir, const ckpt_meta *meta,
     }
     int32_t version = EXPORT_VERSION, tp = meta->tp, dp = meta->dp;
     int64_t step = meta->step;
-    if (put_str_attr(f, "format", EXPORT_FORMAT) ||
-        put_attr(f, "version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version) ||
-        put_str_attr(f, "model_kind", kind) ||
-        put_attr(f, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, &step) ||
-        put_str_attr(f, "config", yaml) || put_str_attr(f, "source", dir) ||
-        put_attr(f, "saved_tp", H5T_STD_I32LE, H5T_NATIVE_INT32, &tp) ||
-        put_attr(f, "saved_dp", H5T_STD_I32LE, H5T_NATIVE_INT32, &dp) ||
-        put_str_attr(f, "weights", ema ? "params ema" : "params")) {
+    if (h5attr_write_str(f, "format", EXPORT_FORMAT) ||
+        h5attr_write(f, "version", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &version) ||
+        h5attr_write_str(f, "model_kind", kind) ||
+        h5attr_write(f, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &step) ||
+        h5attr_write_str(f, "config", yaml) || h5attr_write_str(f, "source", dir) ||
+        h5attr_write(f, "saved_tp", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &tp) ||
+        h5attr_write(f, "saved_dp", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &dp) ||
+        h5attr_write_str(f, "weights", ema ? "params ema" : "params")) {
         mm_fail(err, "%s: cannot write attributes (disk full?)", tmp);
         goto done;
     }
