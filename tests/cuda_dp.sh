@@ -8,7 +8,8 @@
 # CPU trainer on the same 2 ranks: per-step losses and gradient norms within 1e-6 relative
 # (the ops agree to ~1e-7, tests/gpu/test_ops_cuda); a bucket left unreduced or reduced
 # twice changes the step's gradient norm by far more. Also: ZeRO-1 and tp > 1 are refused on
-# cuda with a one-line error. The NCCL transport itself runs only on a GPU machine
+# cuda with a one-line error, and a NaN put into a device gradient skips the step naming
+# the same tensor as the CPU does. The NCCL transport itself runs only on a GPU machine
 # (tests/gpu/run.sh, test_comm_nccl). Prints "N passed, N failed".
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,6 +56,20 @@ for key in loss grad_norm; do
     rc=$?
     ok "$key cpu vs emulated cuda, dp 2: $res" '[ $rc -eq 0 ]'
 done
+
+# a NaN put into a device gradient (MM_TEST_INJECT_NAN, the test hook of issue 7) skips that
+# step as on the CPU: the same message naming the same first non-finite tensor, and the same
+# losses after it (nothing of the skipped step applied on either backend)
+MM_TEST_INJECT_NAN=2 run cpunan "$B/train"; rc1=$?
+MM_TEST_INJECT_NAN=2 run gpunan "$emu/train" backend=cuda; rc2=$?
+skipmsg() { grep "^step 2: non-finite" "$tmp/$1.log"; }
+ok "NaN at step 2, cpu and emulated cuda (rc $rc1 $rc2): $(skipmsg gpunan)" \
+    '[ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && skipmsg gpunan | grep -q "first in tensor" && [ "$(skipmsg cpunan)" = "$(skipmsg gpunan)" ] && grep -q "\"step\":2,.*\"skipped\":1" "$tmp/gpunan/metrics.jsonl"'
+res=$(paste <(vals cpunan loss) <(vals gpunan loss) | awk '
+    { n++; d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > m) m = r }
+    END { printf "%d steps, worst relative difference %.3g", n, m; exit !(n == 3 && m <= 1e-6) }')
+rc=$?
+ok "losses around the skipped step, cpu vs emulated cuda: $res" '[ $rc -eq 0 ]'
 
 # refused layouts: one line naming the reason, non-zero exit, before any step
 run zero "$emu/train" backend=cuda parallel.zero=1; rc=$?

@@ -226,21 +226,22 @@ static void check_guard(test_counts *tc, comm_group *w) {
         t[i].size = 4;
     }
     mm_real g[12] = {0};
+    const train_net net = {.grads = g, .n_tensors = 3, .tensors = t};
     train_guard gd;
     mm_err err;
     unsetenv("MM_TEST_INJECT_NAN");
     unsetenv("MM_TEST_FAIL");
     TEST_CHECK(tc, train_guard_init(&gd, 2, &err) == 0, "guard init: %s", err.msg);
-    TEST_CHECK(tc, train_guard_check(&gd, w, 1, 1.0, 2.0, g, t, 3, &err) == 0, "finite step");
+    TEST_CHECK(tc, train_guard_check(&gd, w, 1, 1.0, 2.0, &net, &err) == 0, "finite step");
     g[9] = INFINITY;
     g[6] = NAN;
-    TEST_CHECK(tc, train_guard_check(&gd, w, 2, 1.0, NAN, g, t, 3, &err) == 1, "NaN skipped");
+    TEST_CHECK(tc, train_guard_check(&gd, w, 2, 1.0, NAN, &net, &err) == 1, "NaN skipped");
     TEST_CHECK(tc, strcmp(gd.first_tensor, "b.w") == 0, "first non-finite tensor: '%s'",
                gd.first_tensor);
-    TEST_CHECK(tc, train_guard_check(&gd, w, 3, 1.0, 2.0, g, t, 3, &err) == 0,
+    TEST_CHECK(tc, train_guard_check(&gd, w, 3, 1.0, 2.0, &net, &err) == 0,
                "a finite step ends the streak");
-    TEST_CHECK(tc, train_guard_check(&gd, w, 4, NAN, 2.0, g, t, 3, &err) == 1, "NaN loss");
-    int rc = train_guard_check(&gd, w, 5, 1.0, INFINITY, g, t, 3, &err);
+    TEST_CHECK(tc, train_guard_check(&gd, w, 4, NAN, 2.0, &net, &err) == 1, "NaN loss");
+    int rc = train_guard_check(&gd, w, 5, 1.0, INFINITY, &net, &err);
     TEST_CHECK(tc, rc == -1 && strstr(err.msg, "step 5") && strstr(err.msg, "step 4") &&
                        strstr(err.msg, "'b.w'") && strstr(err.msg, "optim.max_skips = 2"),
                "max_skips: rc %d: %s", rc, err.msg);
@@ -253,7 +254,7 @@ static void check_guard(test_counts *tc, comm_group *w) {
     setenv("MM_TEST_INJECT_NAN", "2,5", 1);
     TEST_CHECK(tc, train_guard_init(&gd, 2, &err) == 0 && gd.n_inject == 2, "inject hook");
     memset(g, 0, sizeof(g));
-    train_guard_inject(&gd, 5, g, t, 3);
+    train_guard_inject(&gd, 5, &net);
     TEST_CHECK(tc, isnan(g[4]) && !isnan(g[0]) && !isnan(g[8]), "NaN into the middle tensor");
     train_guard_free(&gd);
     unsetenv("MM_TEST_INJECT_NAN");

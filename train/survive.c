@@ -16,6 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef MM_HAVE_CUDA
+#include "../model/cuda.h"
+#endif
+
 static volatile sig_atomic_t stop_signal;  // first stop signal received, 0 = none
 
 static const int stop_signals[3] = {SIGTERM, SIGINT, SIGUSR1};
@@ -128,11 +132,19 @@ void train_guard_free(train_guard *g) {
     memset(g, 0, sizeof(*g));
 }
 
-void train_guard_inject(const train_guard *g, int64_t step, mm_real *grads,
-                        const model_tensor *tensors, int n_tensors) {
-    if (!grads) return;  // gradients on a device: no host hook (CPU runs test it)
-    for (int i = 0; i < g->n_inject; i++)
-        if (g->inject[i] == step && n_tensors > 0) grads[tensors[n_tensors / 2].offset] = NAN;
+void train_guard_inject(const train_guard *g, int64_t step, const train_net *net) {
+    for (int i = 0; i < g->n_inject; i++) {
+        if (g->inject[i] != step || net->n_tensors == 0) continue;
+        const size_t off = net->tensors[net->n_tensors / 2].offset;
+#ifdef MM_HAVE_CUDA
+        if (net->dev) {  // the copy is queued after the zeroing, before the backward
+            const mm_real nan = NAN;
+            cuda_upload(net->dev, net->dgrads + off, &nan, sizeof(nan));
+            continue;
+        }
+#endif
+        net->grads[off] = NAN;
+    }
 }
 
 void train_guard_fail_point(const train_guard *g, int64_t step, int rank) {
@@ -142,28 +154,43 @@ void train_guard_fail_point(const train_guard *g, int64_t step, int rank) {
     for (;;) sleep(1000);  // stalled: alive, never reaching the next collective
 }
 
-// Index of the first tensor holding a non-finite gradient, n_tensors when none (or when
-// the gradients live on a device: grads NULL).
-static int first_nonfinite(const mm_real *grads, const model_tensor *tensors, int n_tensors) {
-    if (!grads) return n_tensors;
-    for (int i = 0; i < n_tensors; i++) {
-        const mm_real *x = grads + tensors[i].offset;
-        for (size_t j = 0; j < tensors[i].size; j++)
-            if (!isfinite(x[j])) return i;
+// Index of the first tensor holding a non-finite gradient, n_tensors when none. Device
+// gradients come over one tensor at a time into buf (owned here).
+static int first_nonfinite(const train_net *net) {
+    mm_real *buf = NULL;
+    int found = net->n_tensors;
+    for (int i = 0; i < net->n_tensors && found == net->n_tensors; i++) {
+        const model_tensor *t = &net->tensors[i];
+        const mm_real *x = net->grads ? net->grads + t->offset : NULL;
+#ifdef MM_HAVE_CUDA
+        if (net->dev) {
+            free(buf);
+            buf = mm_malloc(t->size * sizeof(mm_real));
+            cuda_download(net->dev, buf, net->dgrads + t->offset, t->size * sizeof(mm_real));
+            x = buf;
+        }
+#endif
+        for (size_t j = 0; x && j < t->size; j++)
+            if (!isfinite(x[j])) {
+                found = i;
+                break;
+            }
     }
-    return n_tensors;
+    free(buf);
+    return found;
 }
 
 int train_guard_check(train_guard *g, comm_group *world, int64_t step, double loss,
-                      double gnorm, const mm_real *grads, const model_tensor *tensors,
-                      int n_tensors, mm_err *err) {
+                      double gnorm, const train_net *net, mm_err *err) {
+    const model_tensor *tensors = net->tensors;
+    const int n_tensors = net->n_tensors;
     if (isfinite(loss) && isfinite(gnorm)) {
         g->consecutive = 0;
         return 0;
     }
     // Only on this rare path: every rank scans its own gradients (under ZeRO or tp each
     // holds other values) and the lowest index anywhere names the tensor.
-    int64_t idx = first_nonfinite(grads, tensors, n_tensors);
+    int64_t idx = first_nonfinite(net);
     int64_t neg = -idx;
     comm_allreduce_max(world, &neg, 1, COMM_I64);
     idx = -neg;

@@ -27,6 +27,7 @@
 #include "../comm/comm.h"
 #include "../core/core.h"
 #include "../model/model.h"
+#include "gradsync.h"
 
 // --- preemption signals ----------------------------------------------------------------
 
@@ -67,10 +68,9 @@ int train_guard_init(train_guard *g, int max_skips, mm_err *err);
 void train_guard_free(train_guard *g);
 
 // Test hook: at the start of step `step` (1-based, gradients just zeroed) puts a NaN into
-// the gradient of the tensor in the middle of the table when MM_TEST_INJECT_NAN lists step
-// (host gradients only; a no-op when grads is NULL).
-void train_guard_inject(const train_guard *g, int64_t step, mm_real *grads,
-                        const model_tensor *tensors, int n_tensors);
+// the gradient of the tensor in the middle of net's table when MM_TEST_INJECT_NAN lists
+// step; on the host gradients, or on the device's (backend cuda).
+void train_guard_inject(const train_guard *g, int64_t step, const train_net *net);
 // Test hook: in the middle of step `step` on world rank `rank`, exits or stalls as
 // MM_TEST_FAIL says.
 void train_guard_fail_point(const train_guard *g, int64_t step, int rank);
@@ -78,12 +78,11 @@ void train_guard_fail_point(const train_guard *g, int64_t step, int rank);
 // After the gradient reduction of step `step` (1-based): 1 when the step must be skipped
 // (loss or gnorm not finite), 0 otherwise. loss and gnorm are identical on every rank, so
 // every rank decides alike; on a skip the ranks find (collectively over world) the first
-// tensor, in table order, whose local gradient holds a non-finite value (host gradients
-// only: grads NULL, as with the CUDA backend, names no tensor). Returns -1 with
-// err once max_skips consecutive steps were skipped.
+// tensor, in table order, whose local gradient holds a non-finite value (device gradients
+// are copied to the host tensor by tensor for that, on this rare path only). Returns -1
+// with err once max_skips consecutive steps were skipped.
 int train_guard_check(train_guard *g, comm_group *world, int64_t step, double loss,
-                      double gnorm, const mm_real *grads, const model_tensor *tensors,
-                      int n_tensors, mm_err *err);
+                      double gnorm, const train_net *net, mm_err *err);
 // The metrics.jsonl line of a skipped step (rank 0): non-finite numbers as null, so the
 // file stays JSON.
 void train_guard_log(const train_guard *g, FILE *metrics, int64_t step, double loss,

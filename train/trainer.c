@@ -450,7 +450,7 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
     while (t.step < c->run.steps) {
         double t0 = mm_now();
         gsync_zero_grads(&t.sync);
-        train_guard_inject(&guard, t.step + 1, t.net.grads, t.net.tensors, t.net.n_tensors);
+        train_guard_inject(&guard, t.step + 1, &t.net);
         double loss_sum = 0.0;
         for (int k = 0; k < accum; k++) {
             mm_err e;
@@ -476,8 +476,7 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
             scale = c->optim.grad_clip / (gnorm + 1e-6);
         double lr = optim_lr(&t.sync.opt.cfg, t.step);
         // a non-finite loss or gradient norm applies nothing (survive.h); alike on all ranks
-        int skip = train_guard_check(&guard, t.world, t.step + 1, loss, gnorm, t.net.grads,
-                                     t.net.tensors, t.net.n_tensors, err);
+        int skip = train_guard_check(&guard, t.world, t.step + 1, loss, gnorm, &t.net, err);
         if (skip < 0) {
             trainer_free(&t);
             train_guard_free(&guard);
