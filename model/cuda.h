@@ -89,6 +89,8 @@ typedef struct cuda_ctx {
     char device_name[256];
     int sm_count, cc_major, cc_minor;
     size_t mem_bytes;          // device memory
+    size_t attn_core_bytes;    // self-attention materialises its (B, NH, T, T) probabilities
+                               // in scratch (cuBLAS) up to this size, flash beyond; init: 1 GiB
 } cuda_ctx;
 
 // This process's rank within its node, from the launcher's environment: Open MPI

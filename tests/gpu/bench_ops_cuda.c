@@ -7,6 +7,7 @@
 // unless CUDA fails.
 //   build-cuda/tests/gpu/bench_ops_cuda [B (GPT-2, default 8)] [B (DiT, default 64)]
 #include <cuda_runtime.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,7 +94,7 @@ static void bench_linear(bench *b, linear *l) {
 
 static void op_row(const char *op, double ms, const linear *l, int bwd) {
     double mm32 = bwd ? l->bf32 : l->f32, mm16 = bwd ? l->bb16 : l->b16;
-    printf("%-22s %9.3f ms   %-14s %s fp32 %8.3f ms  bf16 %8.3f ms   op/bf16 %5.2f%s\n", op, ms,
+    printf("%-24s %9.3f ms   %-14s %s fp32 %8.3f ms  bf16 %8.3f ms   op/bf16 %5.2f%s\n", op, ms,
            l->name, bwd ? "bwd" : "fwd", mm32, mm16, ms / mm16, ms > mm16 ? "  <-- slower" : "");
 }
 
@@ -137,10 +138,16 @@ static void gpt2(bench *b, int B) {
     memset(ones, 1, (size_t)N);
     cuda_upload(b->c, valid, ones, (size_t)N);
     free(ones);
-    TIME_MS(b, ms, model_ops_cuda.attention_fwd(y, att, qkvb, valid, B, T, 64, NH, HD));
-    op_row("attention_fwd", ms, &proj, 0);
-    TIME_MS(b, ms, model_ops_cuda.attention_bwd(dqkv, x, qkvb, y, att, B, T, 64, NH, HD));
-    op_row("attention_bwd", ms, &qkv, 1);
+    // both self-attention paths (ops_cuda.cu attention_core): flash, then the cuBLAS core
+    const size_t core_bytes = b->c->attn_core_bytes;
+    for (int path = 0; path < 2; path++) {
+        b->c->attn_core_bytes = path ? SIZE_MAX : 0;
+        TIME_MS(b, ms, model_ops_cuda.attention_fwd(y, att, qkvb, valid, B, T, 64, NH, HD));
+        op_row(path ? "attention_fwd (cuBLAS)" : "attention_fwd (flash)", ms, &proj, 0);
+        TIME_MS(b, ms, model_ops_cuda.attention_bwd(dqkv, x, qkvb, y, att, B, T, 64, NH, HD));
+        op_row(path ? "attention_bwd (cuBLAS)" : "attention_bwd (flash)", ms, &qkv, 1);
+    }
+    b->c->attn_core_bytes = core_bytes;
     cuda_free(att);
     cuda_free(qkvb);
     cuda_free(dqkv);

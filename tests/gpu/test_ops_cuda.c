@@ -18,6 +18,7 @@
 // Needs a GPU (make cuda; tests/gpu/run.sh), or runs on the CPU through the emulation of
 // tests/gpu/cuda_emu.h (make cuda-emu; tests/cuda_build.sh). Prints one table row per check
 // and "N passed, N failed".
+#include <stdint.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -297,10 +298,14 @@ static void ref_lse(float *lse, const float *qkv, const uint8_t *kv, int B, int 
 // compared with the CPU's backward from the CPU's probabilities. 1e-5 holds: the only
 // difference is the order of the sums (online softmax), a few ulps of a row's values.
 static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
-    char shape[64];
-    snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d", B, Tn, P, NH, HD);
     const int C = NH * HD;
     size_t nqkv = (size_t)B * Tn * 3 * C, no = (size_t)B * Tn * C, na = (size_t)B * NH * Tn * Tn;
+    // the path the op takes (ops_cuda.cu attention_core): flash unless the probabilities fit
+    // the context's attn_core_bytes or the heads are wider than 64
+    const int flash = HD <= 64 && na * sizeof(float) > t->c->attn_core_bytes;
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d %s", B, Tn, P, NH, HD,
+             flash ? "flash" : "cuBLAS");
     size_t nl = (size_t)B * NH * Tn, ns = model_ops_cuda.attention_saved(B, NH, Tn);
     // lse rows plus the mask's bytes, far less than the probabilities
     TEST_CHECK(&t->tc, ns * 4 >= nl * 4 + (size_t)B * Tn && ns <= nl + (size_t)B * Tn,
@@ -318,7 +323,7 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
     uint8_t *d_kv = dev(t, kv, (size_t)B * Tn);
     model_ops_cuda.attention_fwd(d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD);
     check(t, "attention_fwd", shape, "out", d_out, out, no, 1e-5);
-    if (HD <= 64) {  // the flash path (wider heads fall back to cuBLAS and save no lse)
+    if (flash) {  // only flash saves the lse (the cuBLAS path recomputes everything)
         // -inf rows must match exactly; the finite ones to 1e-5 of the largest |lse|
         float *h = mm_malloc(nl * 4);
         cuda_download(t->c, h, d_att, nl * 4);
@@ -800,12 +805,18 @@ int main(void) {
 
     // attention: T = 1, all-causal, all-prefix, mixed; HD not a multiple of 32; several
     // query and key tiles with the prefix ending inside one (HD 64, the flash kernels' widest);
-    // HD 80 (the cuBLAS fallback)
+    // HD 80 (always cuBLAS). Each shape on both paths: flash (attn_core_bytes 0) and the
+    // cuBLAS core (no limit); then the default limit is restored.
     static const int at[][5] = {{1, 1, 0, 1, 4},   {3, 1, 1, 2, 8},     {3, 5, 2, 1, 3},
                                 {3, 37, 10, 2, 16}, {2, 64, 64, 4, 32},  {3, 70, 0, 3, 24},
                                 {3, 150, 45, 2, 64}, {2, 33, 7, 1, 80}};
-    for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++)
-        test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4]);
+    const size_t core_bytes = ctx.attn_core_bytes;
+    for (int path = 0; path < 2; path++) {
+        ctx.attn_core_bytes = path ? SIZE_MAX : 0;
+        for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++)
+            test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4]);
+    }
+    ctx.attn_core_bytes = core_bytes;
 
     test_glue(&t, 1, 1, 1, 1, 1, 3);
     test_glue(&t, 4, 4, 3, 17, 40, 259);
