@@ -722,7 +722,7 @@ static void attention_bwd(float *dqkv, const float *dout, const float *qkv, cons
     cuda_ctx *c = cuda_ctx_current();
     const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
     const int C = NH * HD;
-    if (attention_core(c, B, NH, T, HD)) {  // recompute the probabilities, then the core's backward
+    if (attention_core(c, B, NH, T, HD)) {  // recompute the probabilities, then the backward
         const size_t n = cu_round_up((size_t)B * T * C * sizeof(float), 256);
         const size_t na = cu_round_up((size_t)B * NH * T * T * sizeof(float), 256);
         float *ws = attention_core_fwd(c, NULL, qkv, key_valid, B, T, P, NH, HD, 5 * n + na);
