@@ -272,7 +272,7 @@ static void check_trace(test_counts *tc, const char *root) {
     fputs(text, f);
     fclose(f);
     mm_err err;
-    TEST_CHECK(tc, train_trace_truncate(path, 2, &err) == 0, "truncate: %s", err.msg);
+    TEST_CHECK(tc, train_log_truncate(path, 2, NULL, &err) == 0, "truncate: %s", err.msg);
     char *got = NULL;
     mm_read_file(path, &got, NULL, &err);
     TEST_CHECK(tc, got && strcmp(got, "1 0 0 5 6\n2 0 0 7 8\n") == 0, "trace kept: '%s'", got);
@@ -280,7 +280,7 @@ static void check_trace(test_counts *tc, const char *root) {
     f = fopen(path, "w");
     fputs("1 0 0 5 6\n2 0 0 7", f);  // cut short, step 2 not committed either way
     fclose(f);
-    TEST_CHECK(tc, train_trace_truncate(path, 5, &err) == 0, "truncate: %s", err.msg);
+    TEST_CHECK(tc, train_log_truncate(path, 5, NULL, &err) == 0, "truncate: %s", err.msg);
     mm_read_file(path, &got, NULL, &err);
     TEST_CHECK(tc, got && strcmp(got, "1 0 0 5 6\n") == 0, "cut line dropped: '%s'", got);
     free(got);

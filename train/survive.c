@@ -248,7 +248,7 @@ void train_guard_log(const train_guard *g, FILE *metrics, int64_t step, double l
 // ---------------------------------------------------------------------------------------
 // Logs after a kill.
 
-int train_trace_truncate(const char *path, int64_t step, mm_err *err) {
+int train_log_truncate(const char *path, int64_t step, const char *key, mm_err *err) {
     char *text = NULL;
     size_t n = 0;
     mm_err ignore;
@@ -259,7 +259,10 @@ int train_trace_truncate(const char *path, int64_t step, mm_err *err) {
         char *nl = strchr(line, '\n');
         size_t len = nl ? (size_t)(nl - line + 1) : strlen(line);
         // a line the kill cut short has no newline; a later step was never committed
-        if (nl && strtoll(line, NULL, 10) <= step) {
+        const char *at = key ? strstr(line, key) : line;
+        int keep = nl && at && at < line + len &&
+                   strtoll(at + (key ? strlen(key) : 0), NULL, 10) <= step;
+        if (keep) {
             memcpy(out + o, line, len);
             o += len;
         }

@@ -90,10 +90,12 @@ void train_guard_log(const train_guard *g, FILE *metrics, int64_t step, double l
 
 // --- logs after a kill -----------------------------------------------------------------
 
-// Keeps only the lines of a data.trace file (each starts with its 1-based step) of steps
-// <= step, and drops a last line without a newline (cut short by a kill), so that after a
-// resume the file reads like one uninterrupted run: every sample once per epoch. The
-// trainer flushes the trace every step, so nothing before a checkpoint is ever lost.
-int train_trace_truncate(const char *path, int64_t step, mm_err *err);
+// Keeps only the lines of a log of steps <= step, and drops a last line without a newline
+// (cut short by a kill), so that after a resume the file reads like one uninterrupted run.
+// A line's step is the number after `key` in it (metrics.jsonl: "\"step\":"), or with key
+// NULL its first number (data.trace: every sample once per epoch); a line without it is
+// dropped. The trainer flushes the trace every step and the metrics before each checkpoint,
+// so nothing before a checkpoint is ever lost. A missing file is no error.
+int train_log_truncate(const char *path, int64_t step, const char *key, mm_err *err);
 
 #endif  // MM_SURVIVE_H

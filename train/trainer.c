@@ -66,33 +66,6 @@ static void fmt_eta(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%dm%02ds", m, sec);
 }
 
-// Keeps only the metric lines of steps <= step, so a resumed run's metrics.jsonl reads like
-// one uninterrupted run (lines written after the checkpoint by the killed run are dropped).
-static int metrics_truncate(const char *path, int64_t step, mm_err *err) {
-    char *text = NULL;
-    size_t n = 0;
-    mm_err ignore;
-    if (mm_read_file(path, &text, &n, &ignore) != 0) return 0;  // no file yet
-    char *out = mm_malloc(n + 1);
-    size_t o = 0;
-    for (char *line = text; *line;) {
-        char *nl = strchr(line, '\n');
-        size_t len = nl ? (size_t)(nl - line + 1) : strlen(line);
-        const char *sp = strstr(line, "\"step\":");
-        int keep = nl != NULL && sp && sp < line + len && strtoll(sp + 7, NULL, 10) <= step;
-        if (keep) {
-            memcpy(out + o, line, len);
-            o += len;
-        }
-        line += len;
-    }
-    int rc = mm_write_file_atomic(path, out, o, err);
-    free(out);
-    free(text);
-    return rc;
-}
-
-
 // --------------------------------------------------------------------------------------
 // checkpoints
 
@@ -376,7 +349,7 @@ static int init_state(trainer *t, mm_err *err) {
         snprintf(path, sizeof(path), "%s/trace", c->run.out_dir);
         if (mm_mkdirs(path, err) != 0) return -1;
         snprintf(path, sizeof(path), "%s/trace/rank_%05d.txt", c->run.out_dir, t->rank);
-        if (train_trace_truncate(path, t->step, err) != 0) return -1;
+        if (train_log_truncate(path, t->step, NULL, err) != 0) return -1;
         t->trace = fopen(path, "a");
         if (!t->trace) return mm_fail(err, "%s: cannot write: %s", path, strerror(errno));
     }
@@ -386,7 +359,7 @@ static int init_state(trainer *t, mm_err *err) {
         if (mm_write_file_atomic(path, t->config_yaml, strlen(t->config_yaml), err) != 0)
             return -1;
         snprintf(path, sizeof(path), "%s/metrics.jsonl", c->run.out_dir);
-        if (metrics_truncate(path, t->step, err) != 0) return -1;
+        if (train_log_truncate(path, t->step, "\"step\":", err) != 0) return -1;
         t->metrics = fopen(path, "a");
         if (!t->metrics) return mm_fail(err, "%s: cannot write: %s", path, strerror(errno));
         printf("--- resolved config (saved to %s/config.yaml) ---\n%s---\n", c->run.out_dir,
