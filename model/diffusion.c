@@ -37,6 +37,13 @@
 // call ops->layernorm_fwd with constant ones/zeros owned here, and their dg/db go to a
 // scratch vector that is discarded. Self-attention: attention_fwd with P = N, every key valid.
 //
+// Output: with cfg.x_pred the unpatchified output is an estimate of the clean image x0, and
+// the model returns the velocity it implies, (x_t - x0) / max(t, DIT_XPRED_TMIN) (dit_ops.xpred;
+// JiT, Li & He 2025): a clean image is far simpler than a velocity, which carries the noise, so
+// a token of d values can give a patch of more than d pixels (patch 8: 192 values from 128)
+// where a velocity needs every one of them. Loss, sampler and checkpoints see velocities
+// either way.
+//
 // Loss: per sample the mean over the H*W*c pixels of (pred - target)^2; dit_forward returns
 // the sum over samples (double, in sample order), dit_backward differentiates loss_scale *
 // that sum.
@@ -870,6 +877,7 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     dops->modulate_fwd(a->fm, a->fh, a->fmod, a->fmod + C, 2 * C, B, N, C);
     ops->matmul_fwd(a->outp, a->fm, w->fproj_w, w->fproj_b, BN, C, m->pdim);
     ops->unpatchify(out, a->outp, B, H, W, ic, p);
+    if (m->cfg.x_pred) dops->xpred(out, in->x_t, in->t, 0, B, (size_t)H * W * ic);
 }
 
 double dit_forward(dit *m, const dit_input *in) {
@@ -932,6 +940,7 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     for (int b = 0; b < B; b++) m->host_b[b] = loss_scale;
     ops->mem_upload(a->dloss, m->host_b, (size_t)B * sizeof(mm_real));
     dops->mse_bwd(a->dpred, a->pred, in->target, a->dloss, B, pix);
+    if (m->cfg.x_pred) dops->xpred(a->dpred, in->x_t, in->t, 1, B, pix);
     ops->patchify(a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
 
     // final layer

@@ -15,6 +15,7 @@
 //               x += gate2 * mlp(modulate(LN(x), shift2, scale2))
 //               (shift, scale, gate) x 2 = linear(SiLU(c)), zero-initialized (adaLN-Zero)
 //   final: modulate(LN(x), shift, scale) -> linear (zero-init) -> unpatchify -> (B,H,W,C)
+//          (x_pred: that is an estimate of x0, returned as the velocity it implies)
 // A learned null token is always a valid key of the cross-attention, so a sample whose
 // conditioning is absent or dropped (classifier-free guidance) attends to it alone.
 #ifndef MM_DIFFUSION_H
@@ -98,7 +99,15 @@ typedef struct dit_ops {
     void (*ddim)(mm_real *x, const mm_real *eps, double inv_sa, double s1, double sp,
                  double sp1, size_t n);
     void (*clip)(mm_real *x, size_t n);
+    // x-prediction (dit_config.x_pred), in place on y (B, n): forward turns the network's
+    // clean-image estimate into the velocity y = (x_t - y) / max(t[b], DIT_XPRED_TMIN);
+    // backward (bwd != 0) turns d(velocity) into d(estimate): y = -y / max(t[b], TMIN).
+    void (*xpred)(mm_real *y, const mm_real *x_t, const mm_real *t, int bwd, int B, size_t n);
 } dit_ops;
+
+// The smallest time x-prediction divides by: the velocity (x_t - x0) / t would grow without
+// bound near the data end (JiT, Li & He 2025, clip the same way).
+#define DIT_XPRED_TMIN ((mm_real)0.05)
 
 extern const dit_ops dit_ops_cpu;
 
@@ -110,6 +119,7 @@ typedef struct {
     int audio_F, n_mels, audio_group;      // audio tokens = audio_F / audio_group
     int enc_layers;                        // blocks of each conditioning encoder
     int pool_cond;                         // 1: c += MLP(mean of the valid cond tokens)
+    int x_pred;                            // 1: the network estimates x0 (flow only)
     int tp, tp_rank;
     comm_group *tp_group;                  // NULL when tp == 1; not owned
 } dit_config;

@@ -388,6 +388,19 @@ static void clip(mm_real *x, size_t n) {
     for (size_t j = 0; j < n; j++) x[j] = clip1(x[j]);
 }
 
+static void xpred(mm_real *y, const mm_real *x_t, const mm_real *t, int bwd, int B, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        const mm_real inv = 1 / (t[b] > DIT_XPRED_TMIN ? t[b] : DIT_XPRED_TMIN);
+        mm_real *yb = y + (size_t)b * n;
+        const mm_real *xb = x_t + (size_t)b * n;
+        if (bwd)
+            for (size_t j = 0; j < n; j++) yb[j] = -yb[j] * inv;
+        else
+            for (size_t j = 0; j < n; j++) yb[j] = (xb[j] - yb[j]) * inv;
+    }
+}
+
 const dit_ops dit_ops_cpu = {
     .name = "cpu",
     .silu_fwd = silu_fwd,
@@ -413,4 +426,5 @@ const dit_ops dit_ops_cpu = {
     .euler = euler,
     .ddim = ddim,
     .clip = clip,
+    .xpred = xpred,
 };

@@ -488,6 +488,25 @@ static void ddim(float *x, const float *eps, double inv_sa, double s1, double sp
 }
 static void clip(float *x, size_t n) { sampler_launch(x, x, 3, 0, 0, 0, 0, 0, n); }
 
+// one thread per element; the same float arithmetic as the CPU
+__global__ void k_xpred(float *y, const float *x_t, const float *t, int bwd, int B, size_t n) {
+    const size_t tot = (size_t)B * n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < tot;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float tb = t[i / n];
+        const float inv = 1 / (tb > DIT_XPRED_TMIN ? tb : DIT_XPRED_TMIN);
+        y[i] = bwd ? -y[i] * inv : (x_t[i] - y[i]) * inv;
+    }
+}
+
+static void xpred(float *y, const float *x_t, const float *t, int bwd, int B, size_t n) {
+    if ((size_t)B * n == 0) return;
+    cuda_ctx *c = cuda_ctx_current();
+    CU_LAUNCH(k_xpred, cu_blocks((size_t)B * n, CU_THREADS), CU_THREADS, c->stream, y, x_t, t,
+              bwd, B, n);
+    CU_CHECK_LAUNCH("xpred");
+}
+
 const dit_ops dit_ops_cuda = {
     .name = "cuda",
     .silu_fwd = silu_fwd,
@@ -513,4 +532,5 @@ const dit_ops dit_ops_cuda = {
     .euler = euler,
     .ddim = ddim,
     .clip = clip,
+    .xpred = xpred,
 };

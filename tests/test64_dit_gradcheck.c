@@ -204,6 +204,42 @@ static void check_mse(test_counts *tc, mm_rng *r) {
 }
 
 // ---------------------------------------------------------------------------------------
+// xpred: the estimate y -> (x_t - y) / max(t, TMIN) per sample, in place, so f copies y
+typedef struct {
+    int B;
+    size_t n;
+    mm_real *y, *x_t, *t, *out, *R;
+} xp_ctx;
+
+static double xp_f(void *p) {
+    xp_ctx *c = p;
+    memcpy(c->out, c->y, (size_t)c->B * c->n * sizeof(mm_real));
+    dops->xpred(c->out, c->x_t, c->t, 0, c->B, c->n);
+    return dot(c->out, c->R, (size_t)c->B * c->n);
+}
+
+static void check_xpred(test_counts *tc, mm_rng *r) {
+    mm_real t[3] = {0.7, 0.05, 0.01};  // the last below DIT_XPRED_TMIN: divided by TMIN
+    xp_ctx c = {3, 7, 0, 0, t, 0, 0};
+    size_t n = (size_t)c.B * c.n;
+    c.y = alloc_normal(n, 1, r);
+    c.x_t = alloc_normal(n, 1, r);
+    c.R = alloc_normal(n, 1, r);
+    c.out = malloc(n * sizeof(mm_real));
+    mm_real *d = malloc(n * sizeof(mm_real));
+    memcpy(d, c.R, n * sizeof(mm_real));
+    dops->xpred(d, c.x_t, c.t, 1, c.B, c.n);
+    report(tc, "xpred (t 0.7, 0.05, 0.01)", "y", fd_check(xp_f, &c, c.y, d, n, NULL, 0, EPS));
+    // the velocity it gives: x_t - t v recovers the estimate where t >= TMIN
+    xp_f(&c);
+    double worst = 0;
+    for (size_t i = 0; i < 2 * c.n; i++)
+        worst = fmax(worst, fabs(c.x_t[i] - t[i / c.n] * c.out[i] - c.y[i]));
+    TEST_CHECK(tc, worst < 1e-12, "xpred: x_t - t v differs from the estimate by %.2e", worst);
+    free(c.y), free(c.x_t), free(c.R), free(c.out), free(d);
+}
+
+// ---------------------------------------------------------------------------------------
 // whole model
 
 enum { GB = 4 };
@@ -241,10 +277,11 @@ static void tiny_config(dit_config *c) {
     c->tp = 1;
 }
 
-// pool: cfg.pool_cond (the pooled condition also feeds adaLN)
-static void make_dit(dit_ctx *c, mm_rng *r, test_counts *tc, int pool) {
+// pool: cfg.pool_cond (the pooled condition also feeds adaLN); x_pred: cfg.x_pred
+static void make_dit(dit_ctx *c, mm_rng *r, test_counts *tc, int pool, int x_pred) {
     tiny_config(&c->cfg);
     c->cfg.pool_cond = pool;
+    c->cfg.x_pred = x_pred;
     const dit_config *k = &c->cfg;
     mm_err err = {{0}};
     int rc = dit_create(&c->m, k, &model_ops_cpu, dops, GB, 77, &err);
@@ -319,10 +356,12 @@ int main(void) {
     check_modulate_gated(&tc, &r);
     check_xattn(&tc, &r);
     check_mse(&tc, &r);
-    for (int pool = 0; pool <= 1; pool++) {
+    check_xpred(&tc, &r);
+    for (int v = 0; v < 3; v++) {  // plain, pool_cond, x_pred
         dit_ctx c;
-        make_dit(&c, &r, &tc, pool);
-        if (pool) printf("\n  with pool_cond (mean cond token -> MLP -> c):");
+        make_dit(&c, &r, &tc, v == 1, v == 2);
+        if (v == 1) printf("\n  with pool_cond (mean cond token -> MLP -> c):");
+        if (v == 2) printf("\n  with x_pred (the network estimates x0; the loss is on v):");
         check_dit(&tc, &c, &r);
         free_dit_ctx(&c);
     }

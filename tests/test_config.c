@@ -314,6 +314,9 @@ static void test_validate(test_counts *tc) {
     expect_invalid(tc, (const char *const[]){"run.out_dir=", NULL}, "run.out_dir");
     expect_invalid(tc, (const char *const[]){"run.stop_after=200", NULL},
                    "run.stop_after (200) must not exceed run.steps (100)");
+    expect_invalid(tc, (const char *const[]){"diffusion.predict=x", "diffusion.objective=ddpm",
+                                             NULL},
+                   "diffusion.predict: x needs diffusion.objective: flow");
 }
 
 static void test_round_trip(test_counts *tc) {

@@ -578,12 +578,13 @@ static void check_hook_pass(test_counts *tc, hook_rec *h, dit *m, int n_layers, 
 // tensor parallel against the serial model; tp = size of tpg
 
 // pool: the pooled-conditioning path (cfg.pool_cond), replicated, whose d(cond) share must
-// be added once and not once per tp rank.
-static void test_tp_equivalence(test_counts *tc, comm_group *tpg, int pool) {
+// be added once and not once per tp rank. x_pred: cfg.x_pred, on the replicated output.
+static void test_tp_equivalence(test_counts *tc, comm_group *tpg, int pool, int x_pred) {
     const int tp = comm_size(tpg), rank = comm_rank(tpg), root = rank == 0;
     dit_config c1, ct;
     small_config(&c1);
     c1.pool_cond = pool;
+    c1.x_pred = x_pred;
     ct = c1;
     ct.tp = tp;
     ct.tp_rank = rank;
@@ -698,8 +699,9 @@ int main(int argc, char **argv) {
         test_flops(&tc, 1);
     }
     if (size == 1 || size == 2 || size == 4) {
-        test_tp_equivalence(&tc, tpg, 0);
-        test_tp_equivalence(&tc, tpg, 1);
+        test_tp_equivalence(&tc, tpg, 0, 0);
+        test_tp_equivalence(&tc, tpg, 1, 0);
+        test_tp_equivalence(&tc, tpg, 0, 1);
     } else
         TEST_CHECK(&tc, 0, "test_dit runs with 1, 2 or 4 ranks (n_heads = 4), not %d", size);
     test_bad_group(&tc, self);

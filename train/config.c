@@ -111,6 +111,9 @@ static const cfg_key keys[] = {
 
     KENUM("diffusion.objective", diffusion.objective, "flow", "flow|ddpm",
           "flow: rectified flow, velocity target; ddpm: epsilon target, cosine schedule"),
+    KENUM("diffusion.predict", diffusion.predict, "v", "v|x",
+          "what the network estimates (flow): v, the velocity; x, the clean image, turned into "
+          "the velocity (x_t - x) / max(t, 0.05) for the loss and the sampler (JiT)"),
     KENUM("diffusion.t_sampling", diffusion.t_sampling, "uniform", "uniform|logit_normal",
           "how flow training draws t (DDPM draws a uniform step)"),
     KF64("diffusion.cond_drop", diffusion.cond_drop, "0.1", 0, 1,
@@ -765,6 +768,9 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
     if (c->diffusion.ema_decay >= 1)
         return mm_fail(err, "config: diffusion.ema_decay (%.17g) must be below 1 (the EMA would "
                        "never move)", c->diffusion.ema_decay);
+    if (strcmp(c->diffusion.predict, "x") == 0 && strcmp(c->diffusion.objective, "flow") != 0)
+        return mm_fail(err, "config: diffusion.predict: x needs diffusion.objective: flow (DDPM "
+                       "predicts the noise), got objective %s", c->diffusion.objective);
     if (c->model.d_model % c->model.n_heads)
         return mm_fail(err, "config: model.d_model (%d) must be a multiple of model.n_heads (%d)",
                        c->model.d_model, c->model.n_heads);

@@ -63,6 +63,7 @@ typedef struct {
     struct {
         char objective[16];    // "flow" or "ddpm"
         char t_sampling[16];   // "uniform" or "logit_normal"
+        char predict[16];      // "v" or "x" (flow only)
         double cond_drop;      // conditioning dropout for classifier-free guidance
         double modality_drop;  // caption-only / audio-only training share each
         double ema_decay;      // EMA of the weights (sampling uses it)

@@ -77,6 +77,7 @@ static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
                      .audio_group = c->model.audio_group,
                      .enc_layers = c->diffusion.enc_layers,
                      .pool_cond = c->diffusion.pool_cond,
+                     .x_pred = strcmp(c->diffusion.predict, "x") == 0,
                      .tp = t->lay.tp_size,
                      .tp_rank = t->lay.tp_rank,
                      .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL};

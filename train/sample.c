@@ -144,7 +144,8 @@ static int run_sample(const sample_args *a, mm_err *err) {
                      .patch = c.model.patch, .vocab = DATA_VOCAB, .text_T = text_T,
                      .audio_F = F, .n_mels = c.data.n_mels, .audio_group = c.model.audio_group,
                      .enc_layers = c.diffusion.enc_layers,
-                     .pool_cond = c.diffusion.pool_cond, .tp = 1, .tp_rank = 0};
+                     .pool_cond = c.diffusion.pool_cond,
+                     .x_pred = strcmp(c.diffusion.predict, "x") == 0, .tp = 1, .tp_rank = 0};
     const model_ops *ops = &model_ops_cpu;
     const dit_ops *dops = &dit_ops_cpu;
 #ifdef MM_HAVE_CUDA

@@ -696,6 +696,26 @@ static void test_mse(T *t, int B, size_t n) {
     cuda_free_all(6, d);
 }
 
+// x-prediction's turn of the estimate into the velocity and back, t on both sides of TMIN
+static void test_xpred(T *t, int B, size_t n) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d n%zu", B, n);
+    size_t tot = (size_t)B * n;
+    float *y = hrand(t, tot, 2), *xt = hrand(t, tot, 2), *tt = hrand(t, B, 0.5f);
+    for (int b = 0; b < B; b++) tt[b] += 0.5f;  // in [0, 1]
+    if (B > 1) tt[1] = 0.02f;                   // below DIT_XPRED_TMIN
+    float *d_y = dev(t, y, tot * 4), *d_xt = dev(t, xt, tot * 4), *d_t = dev(t, tt, B * 4);
+    for (int bwd = 0; bwd <= 1; bwd++) {
+        dit_ops_cpu.xpred(y, xt, tt, bwd, B, n);
+        dit_ops_cuda.xpred(d_y, d_xt, d_t, bwd, B, n);
+        check(t, bwd ? "xpred_bwd" : "xpred_fwd", shape, "y", d_y, y, tot, 1e-6);
+    }
+    void *h[] = {y, xt, tt};
+    void *d[] = {d_y, d_xt, d_t};
+    free_all(3, h);
+    cuda_free_all(3, d);
+}
+
 // ---------------------------------------------------------------------------------------
 // the trainer's kernels against train/optim.c
 
@@ -838,6 +858,8 @@ int main(void) {
     test_mse(&t, 1, 1);
     test_mse(&t, 3, 100);
     test_mse(&t, 2, 10000);
+    test_xpred(&t, 1, 1);
+    test_xpred(&t, 3, 3072);
     test_mse(&t, 4, 3 * 32 * 32);
 
     test_dit_glue(&t, 1, 1, 1, 4, 259);
