@@ -4,7 +4,7 @@
 # through mpirun (the same path a cluster job takes), and end with the result:
 #   transformer (default): configs/tiny.yaml, validation caption accuracy
 #   diffusion:             configs/diffusion_tiny.yaml, sample grid + conditional accuracy
-#                          (about 30 minutes on 2 cores)
+#                          (about 15 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIND=${1:-transformer}
