@@ -60,27 +60,36 @@ static void dit_set_hook(void *impl, model_grad_hook fn, void *ctx) {
     dit_set_grad_hook((dit *)impl, fn, ctx);
 }
 
+dit_config train_dit_config(const mm_config *c, const data_schema *sc) {
+    const data_audio_cfg ac = {.n_fft = c->data.n_fft, .hop = c->data.hop,
+                               .n_mels = c->data.n_mels};
+    return (dit_config){.d_model = c->model.d_model,
+                        .n_layers = c->model.n_layers,
+                        .n_heads = c->model.n_heads,
+                        .d_ff = c->model.d_ff ? c->model.d_ff : 4 * c->model.d_model,
+                        .img_h = sc->img_h,
+                        .img_w = sc->img_w,
+                        .img_c = sc->img_c,
+                        .patch = c->model.patch,
+                        .vocab = DATA_VOCAB,
+                        .text_T = sc->text_max + 1,
+                        .audio_F = data_audio_frames(sc, &ac),
+                        .n_mels = c->data.n_mels,
+                        .audio_group = c->model.audio_group,
+                        .enc_layers = c->diffusion.enc_layers,
+                        .pool_cond = c->diffusion.pool_cond,
+                        .x_pred = strcmp(c->diffusion.predict, "x") == 0,
+                        .tp = 1,
+                        .tp_rank = 0,
+                        .tp_group = NULL};
+}
+
 static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
     const mm_config *c = t->cfg;
-    dit_config dc = {.d_model = c->model.d_model,
-                     .n_layers = c->model.n_layers,
-                     .n_heads = c->model.n_heads,
-                     .d_ff = c->model.d_ff ? c->model.d_ff : 4 * c->model.d_model,
-                     .img_h = t->schema.img_h,
-                     .img_w = t->schema.img_w,
-                     .img_c = t->schema.img_c,
-                     .patch = c->model.patch,
-                     .vocab = DATA_VOCAB,
-                     .text_T = t->schema.text_max + 1,
-                     .audio_F = data_audio_frames(&t->schema, &t->audio),
-                     .n_mels = c->data.n_mels,
-                     .audio_group = c->model.audio_group,
-                     .enc_layers = c->diffusion.enc_layers,
-                     .pool_cond = c->diffusion.pool_cond,
-                     .x_pred = strcmp(c->diffusion.predict, "x") == 0,
-                     .tp = t->lay.tp_size,
-                     .tp_rank = t->lay.tp_rank,
-                     .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL};
+    dit_config dc = train_dit_config(c, &t->schema);
+    dc.tp = t->lay.tp_size;
+    dc.tp_rank = t->lay.tp_rank;
+    dc.tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL;
     dit_state *s = mm_calloc(1, sizeof(*s));
     t->impl = s;  // dit_fam_destroy frees what is made from here on, on failure too
     const model_ops *ops = &model_ops_cpu;

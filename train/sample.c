@@ -19,6 +19,7 @@
 #include "ckpt.h"
 #include "config.h"
 #include "train.h"
+#include "trainer_internal.h"
 #ifdef MM_HAVE_CUDA
 #include "../model/cuda.h"
 #endif
@@ -135,17 +136,9 @@ static int run_sample(const sample_args *a, mm_err *err) {
         sc = *data_dataset_schema(probe);
         data_dataset_close(probe);
     }
-    data_audio_cfg ac = {c.data.n_fft, c.data.hop, c.data.n_mels};
-    const int n = a->n, text_T = sc.text_max + 1, F = data_audio_frames(&sc, &ac);
-    dit_config dc = {.d_model = c.model.d_model, .n_layers = c.model.n_layers,
-                     .n_heads = c.model.n_heads,
-                     .d_ff = c.model.d_ff ? c.model.d_ff : 4 * c.model.d_model,
-                     .img_h = sc.img_h, .img_w = sc.img_w, .img_c = sc.img_c,
-                     .patch = c.model.patch, .vocab = DATA_VOCAB, .text_T = text_T,
-                     .audio_F = F, .n_mels = c.data.n_mels, .audio_group = c.model.audio_group,
-                     .enc_layers = c.diffusion.enc_layers,
-                     .pool_cond = c.diffusion.pool_cond,
-                     .x_pred = strcmp(c.diffusion.predict, "x") == 0, .tp = 1, .tp_rank = 0};
+    const data_audio_cfg ac = {c.data.n_fft, c.data.hop, c.data.n_mels};  // the run's features
+    dit_config dc = train_dit_config(&c, &sc);
+    const int n = a->n, text_T = dc.text_T, F = dc.audio_F;
     const model_ops *ops = &model_ops_cpu;
     const dit_ops *dops = &dit_ops_cpu;
 #ifdef MM_HAVE_CUDA

@@ -10,6 +10,7 @@
 
 #include "../comm/comm.h"
 #include "../data/data.h"
+#include "../model/diffusion.h"
 #include "config.h"
 #include "gradsync.h"
 
@@ -39,6 +40,10 @@ typedef struct {
 } train_family;
 
 extern const train_family train_family_lm, train_family_dit;
+
+// The generator config c describes for data of schema sc, tp 1 (family_dit.c): the trainer
+// and `train sample` build their network from this one reading of the keys.
+dit_config train_dit_config(const mm_config *c, const data_schema *sc);
 
 struct trainer {
     const mm_config *cfg;       // = &cfg_own once trainer_init copied it
