@@ -55,7 +55,7 @@ endif
 CORE_SRC := $(wildcard core/*.c)
 COMM_SRC := $(wildcard comm/*.c)
 DATA_SRC := $(filter-out data/mmdata.c,$(wildcard data/*.c))
-MODEL_SRC := $(wildcard model/*.c)
+MODEL_SRC := $(wildcard model/*.c model/cpu/*.c)
 TRAIN_SRC := $(filter-out train/main.c,$(wildcard train/*.c))
 LIB_SRC := $(CORE_SRC) $(COMM_SRC) $(DATA_SRC) $(MODEL_SRC) $(TRAIN_SRC)
 LIB_OBJ := $(LIB_SRC:%.c=$(OBJ)/%.o)
@@ -85,8 +85,8 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null || echo
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -gencode arch=compute_90,code=compute_90
-CU_SRC := $(wildcard model/*.cu)
-CU_HDR := $(wildcard model/*.h core/*.h comm/*.h)
+CU_SRC := $(wildcard model/cuda/*.cu)
+CU_HDR := $(wildcard model/*.h model/cuda/*.h core/*.h comm/*.h)
 GPU_SRC := $(wildcard tests/gpu/*.c)
 
 .PHONY: cuda cuda-ops cuda-emu cuda-all cuda-ops-all cuda-emu-all
@@ -121,8 +121,8 @@ ifeq ($(CUDA),1)
              -D_GNU_SOURCE $(NCCL_DEFS) -Xcompiler -Wall,-Wextra,-Werror
   LIB_OBJ += $(CU_SRC:%.cu=$(OBJ)/%.o)
   ifeq ($(CUDA_MIN),1)
-    LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/ops_cpu \
-               model/ops_glue_cpu model/ops_dit_cpu model/block model/diffusion \
+    LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/cpu/ops_cpu \
+               model/cpu/ops_glue_cpu model/cpu/ops_dit_cpu model/block model/diffusion \
                model/diffusion_sched train/optim) $(CU_SRC:%.cu=$(OBJ)/%.o)
   endif
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart \
@@ -149,8 +149,8 @@ ifeq ($(CUDA_EMU),1)
                     -fno-sanitize-recover=undefined
   endif
   # only what test_ops_cuda needs: the CPU reference ops, train/optim.c, core
-  EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/ops_cpu \
-             model/ops_glue_cpu model/ops_dit_cpu model/block model/diffusion \
+  EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/cpu/ops_cpu \
+             model/cpu/ops_glue_cpu model/cpu/ops_dit_cpu model/block model/diffusion \
              model/diffusion_sched train/optim) \
              $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o
   # and the whole trainer on the emulated GPU (backend: cuda runs here, slowly: tiny configs)
@@ -183,11 +183,11 @@ info:
 	@echo "mmtrain: MPI=$(HAVE_MPI) CUDA(nvcc)=$(HAVE_NVCC) NCCL=$(HAVE_NCCL) ASAN=$(if $(ASAN),$(ASAN),0)"
 	@pkg-config --exists $(PKGS) || { echo "missing libraries: run 'make deps' (Debian) or see README 'Dependencies'"; exit 1; }
 
-$(OBJ)/%.o: %.c $(wildcard */*.h)
+$(OBJ)/%.o: %.c $(wildcard */*.h */*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(OBJ64)/%.o: %.c $(wildcard */*.h)
+$(OBJ64)/%.o: %.c $(wildcard */*.h */*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DMM_F64 -c $< -o $@
 

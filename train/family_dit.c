@@ -27,7 +27,7 @@
 #include "../model/diffusion.h"
 #include "trainer_internal.h"
 #ifdef MM_HAVE_CUDA
-#include "../model/cuda.h"
+#include "../model/cuda/cuda.h"
 #endif
 
 typedef struct {

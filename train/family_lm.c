@@ -14,7 +14,7 @@
 #include "../model/model.h"
 #include "trainer_internal.h"
 #ifdef MM_HAVE_CUDA
-#include "../model/cuda.h"
+#include "../model/cuda/cuda.h"
 #endif
 
 // The family's state (t->impl), owned.

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #ifdef MM_HAVE_CUDA
-#include "../model/cuda.h"
+#include "../model/cuda/cuda.h"
 
 #define GS_CUDA(call)                                                                    \
     do {                                                                                 \

@@ -21,7 +21,7 @@
 #include "train.h"
 #include "trainer_internal.h"
 #ifdef MM_HAVE_CUDA
-#include "../model/cuda.h"
+#include "../model/cuda/cuda.h"
 #endif
 
 typedef struct {

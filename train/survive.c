@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #ifdef MM_HAVE_CUDA
-#include "../model/cuda.h"
+#include "../model/cuda/cuda.h"
 #endif
 
 static volatile sig_atomic_t stop_signal;  // first stop signal received, 0 = none

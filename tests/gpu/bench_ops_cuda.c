@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../model/cuda.h"
+#include "../../model/cuda/cuda.h"
 
 enum { REPS = 10 };
 

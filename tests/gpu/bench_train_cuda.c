@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../model/cuda.h"
+#include "../../model/cuda/cuda.h"
 #include "../../model/model.h"
 
 // ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "../../data/data.h"
-#include "../../model/cuda.h"
+#include "../../model/cuda/cuda.h"
 #include "../../train/optim.h"
 #include "../test.h"
 

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "model_internal.h"
+#include "../model.h"
+#include "../model_internal.h"
 
 void *model_cpu_mem_alloc(size_t bytes) { return mm_alloc_aligned(bytes); }  // zeroed
 void model_cpu_mem_free(void *p) { free(p); }

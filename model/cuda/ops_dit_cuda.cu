@@ -10,7 +10,7 @@
 #include "cuda_internal.h"
 
 extern "C" {
-#include "../data/data.h"  // DATA_TOK_PAD
+#include "../../data/data.h"  // DATA_TOK_PAD
 }
 
 // ---------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@
 extern "C" {
 #endif
 
-#include "diffusion.h"
+#include "../diffusion.h"
 
 #ifdef MM_F64
 #error "the CUDA backend is float only; MM_F64 is for the CPU gradient checks"

@@ -20,8 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "model_internal.h"
+#include "../model.h"
+#include "../model_internal.h"
 
 #ifdef MM_F64
 #define GEMM cblas_dgemm

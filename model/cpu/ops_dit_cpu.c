@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../data/data.h"
-#include "diffusion.h"
+#include "../../data/data.h"
+#include "../diffusion.h"
 
 #ifdef MM_F64
 #define GEMM cblas_dgemm
