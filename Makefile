@@ -121,9 +121,10 @@ ifeq ($(CUDA),1)
              -D_GNU_SOURCE $(NCCL_DEFS) -Xcompiler -Wall,-Wextra,-Werror
   LIB_OBJ += $(CU_SRC:%.cu=$(OBJ)/%.o)
   ifeq ($(CUDA_MIN),1)
-    LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/cpu/ops_cpu \
-               model/cpu/ops_glue_cpu model/cpu/ops_dit_cpu model/block model/diffusion \
-               model/diffusion_sched train/optim) $(CU_SRC:%.cu=$(OBJ)/%.o)
+    LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm comm/comm_nccl model/layout \
+               model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_glue_cpu \
+               model/cpu/ops_dit_cpu model/block model/diffusion model/diffusion_sched \
+               train/optim) $(CU_SRC:%.cu=$(OBJ)/%.o)
   endif
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart \
             $(if $(filter 1,$(HAVE_NCCL)),-lnccl) -lstdc++
@@ -149,9 +150,10 @@ ifeq ($(CUDA_EMU),1)
                     -fno-sanitize-recover=undefined
   endif
   # only what test_ops_cuda needs: the CPU reference ops, train/optim.c, core
-  EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/cpu/ops_cpu \
-             model/cpu/ops_glue_cpu model/cpu/ops_dit_cpu model/block model/diffusion \
-             model/diffusion_sched train/optim) \
+  EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm comm/comm_nccl model/layout \
+             model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_glue_cpu \
+             model/cpu/ops_dit_cpu model/block model/diffusion model/diffusion_sched \
+             train/optim) \
              $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o
   # and the whole trainer on the emulated GPU (backend: cuda runs here, slowly: tiny configs)
   CFLAGS += $(EMU_DEFS) -DMM_HAVE_CUDA=1

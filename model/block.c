@@ -52,13 +52,13 @@ void model_block_bind(model_block_w *w, mm_real *buf, const model_tensor *t, int
 #undef NEXT
 }
 
-void model_block_carve(model_carver *cv, const model_ops *ops, model_block_acts *a, size_t BT,
+void model_block_carve(model_carver *cv, const mm_backend *be, model_block_acts *a, size_t BT,
                        size_t T, size_t C, size_t NHl, size_t Cl, size_t Fl) {
     a->ln1 = model_carve(cv, BT * C);
     a->ln1_mean = model_carve(cv, BT);
     a->ln1_rstd = model_carve(cv, BT);
     a->qkv = model_carve(cv, BT * 3 * Cl);
-    a->att = model_carve(cv, ops->attention_saved((int)(BT / T), (int)NHl, (int)T));
+    a->att = model_carve(cv, be->ops->attention_saved(be, (int)(BT / T), (int)NHl, (int)T));
     a->atty = model_carve(cv, BT * Cl);
     a->res2 = model_carve(cv, BT * C);
     a->ln2 = model_carve(cv, BT * C);
@@ -82,50 +82,56 @@ void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t 
 
 void model_block_forward(const model_block_run *r, const model_block_w *w, model_block_acts *a,
                          const mm_real *x, const uint8_t *key_valid) {
-    const model_ops *ops = r->ops;
+    const mm_backend *be = r->be;
+    const model_ops *ops = be->ops;
     const int BT = r->B * r->T, C = r->C, Cl = r->NHl * r->HD, Fl = r->Fl;
     const size_t nC = (size_t)BT * C;
-    ops->layernorm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_g, w->ln1_b, BT, C);
-    ops->matmul_fwd(a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * Cl);
-    ops->attention_fwd(a->atty, a->att, a->qkv, key_valid, r->B, r->T, r->P, r->NHl, r->HD);
+    ops->layernorm_fwd(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_g, w->ln1_b, BT, C);
+    ops->matmul_fwd(be, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * Cl);
+    ops->attention_fwd(be, a->atty, a->att, a->qkv, key_valid, r->B, r->T, r->P, r->NHl, r->HD);
     // row-parallel: this rank's heads' share of attn.proj, summed over tp
-    ops->matmul_fwd(a->res2, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BT, Cl, C);
+    ops->matmul_fwd(be, a->res2, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BT, Cl,
+                    C);
     model_tp_allreduce(r->tp, r->tp_group, a->res2, nC);
-    ops->add(a->res2, a->res2, x, nC);
-    ops->layernorm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2_g, w->ln2_b, BT, C);
-    ops->matmul_fwd(a->fch, a->ln2, w->fc_w, w->fc_b, BT, C, Fl);
-    ops->gelu_fwd(a->fcg, a->fch, (size_t)BT * Fl);
-    ops->matmul_fwd(a->res3, a->fcg, w->mlpproj_w, r->bias_rank ? w->mlpproj_b : NULL, BT, Fl, C);
+    ops->add(be, a->res2, a->res2, x, nC);
+    ops->layernorm_fwd(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2_g, w->ln2_b, BT, C);
+    ops->matmul_fwd(be, a->fch, a->ln2, w->fc_w, w->fc_b, BT, C, Fl);
+    ops->gelu_fwd(be, a->fcg, a->fch, (size_t)BT * Fl);
+    ops->matmul_fwd(be, a->res3, a->fcg, w->mlpproj_w, r->bias_rank ? w->mlpproj_b : NULL, BT, Fl,
+                    C);
     model_tp_allreduce(r->tp, r->tp_group, a->res3, nC);
-    ops->add(a->res3, a->res3, a->res2, nC);
+    ops->add(be, a->res3, a->res3, a->res2, nC);
 }
 
 void model_block_backward(const model_block_run *r, const model_block_w *w,
                           const model_block_w *g, const model_block_acts *a, const mm_real *x,
                           const model_block_scratch *s) {
-    const model_ops *ops = r->ops;
+    const mm_backend *be = r->be;
+    const model_ops *ops = be->ops;
     const int BT = r->B * r->T, C = r->C, Cl = r->NHl * r->HD, Fl = r->Fl;
     const size_t nC = (size_t)BT * C;
     // every activation gradient below is accumulated into: zero them all at once
     mm_real *const zb[] = {s->dfcg, s->dfch, s->dln2, s->datty, s->dqkv, s->dln1};
     const size_t zn[] = {(size_t)BT * Fl, (size_t)BT * Fl,     nC,
                          (size_t)BT * Cl, (size_t)BT * 3 * Cl, nC};
-    model_zero_ops(ops, 6, zb, zn);
+    model_zero_ops(be, 6, zb, zn);
     // dres holds d(res3) (replicated); the residual passes it to res2 unchanged. Every rank
     // computes the replicated mlp.proj.b / attn.proj.b gradients from it in full.
-    ops->matmul_bwd(s->dfcg, g->mlpproj_w, g->mlpproj_b, s->dres, a->fcg, w->mlpproj_w, BT, Fl, C);
-    ops->gelu_bwd(s->dfch, a->fch, s->dfcg, (size_t)BT * Fl);
-    ops->matmul_bwd(s->dln2, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, BT, C, Fl);
+    ops->matmul_bwd(be, s->dfcg, g->mlpproj_w, g->mlpproj_b, s->dres, a->fcg, w->mlpproj_w, BT, Fl,
+                    C);
+    ops->gelu_bwd(be, s->dfch, a->fch, s->dfcg, (size_t)BT * Fl);
+    ops->matmul_bwd(be, s->dln2, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, BT, C, Fl);
     model_tp_allreduce(r->tp, r->tp_group, s->dln2, nC);  // fc saw ln2 whole: sum the shares
-    ops->layernorm_bwd(s->dres, g->ln2_g, g->ln2_b, s->dln2, a->res2, w->ln2_g, a->ln2_mean,
+    ops->layernorm_bwd(be, s->dres, g->ln2_g, g->ln2_b, s->dln2, a->res2, w->ln2_g, a->ln2_mean,
                        a->ln2_rstd, BT, C);
     // dres now holds d(res2)
-    ops->matmul_bwd(s->datty, g->attproj_w, g->attproj_b, s->dres, a->atty, w->attproj_w, BT, Cl,
-                    C);
-    ops->attention_bwd(s->dqkv, s->datty, a->qkv, a->atty, a->att, r->B, r->T, r->P, r->NHl, r->HD);
-    ops->matmul_bwd(s->dln1, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, BT, C, 3 * Cl);
+    ops->matmul_bwd(be, s->datty, g->attproj_w, g->attproj_b, s->dres, a->atty, w->attproj_w, BT,
+                    Cl, C);
+    ops->attention_bwd(be, s->dqkv, s->datty, a->qkv, a->atty, a->att, r->B, r->T, r->P, r->NHl,
+                       r->HD);
+    ops->matmul_bwd(be, s->dln1, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, BT, C, 3 * Cl);
     model_tp_allreduce(r->tp, r->tp_group, s->dln1, nC);  // the same for the heads' shares
-    ops->layernorm_bwd(s->dres, g->ln1_g, g->ln1_b, s->dln1, x, w->ln1_g, a->ln1_mean,
+    ops->layernorm_bwd(be, s->dres, g->ln1_g, g->ln1_b, s->dln1, x, w->ln1_g, a->ln1_mean,
                        a->ln1_rstd, BT, C);
     // dres now holds d(block input)
 }

@@ -165,7 +165,7 @@ typedef struct {
     mm_real *h1, *mean1, *rstd1;  // (BN, C) LN(x) (no affine); (BN), (BN)
     mm_real *m1;                  // (BN, C) modulated
     mm_real *qkv;                 // (BN, 3Cl) = (B, N, 3, NHl, HD)
-    mm_real *att;                 // ops->attention_saved(B, NHl, N)
+    mm_real *att;                 // ops->attention_saved(be, B, NHl, N)
     mm_real *atty;                // (BN, Cl)
     mm_real *y1;                  // (BN, C) attn.proj output, whole after the allreduce
     mm_real *res1;                // (BN, C) x + gate1 * y1
@@ -224,7 +224,8 @@ typedef struct {
 
 struct dit {
     dit_config cfg;
-    const model_ops *ops;
+    const mm_backend *be;  // not owned
+    const model_ops *ops;  // be->ops
     const dit_ops *dops;
     int max_B;
     int C, L, NH, HD, F, V, Tt, E;  // d_model, layers, heads, head dim, d_ff, vocab, text_T, enc
@@ -463,7 +464,7 @@ static void plan_enc(dit *m, model_carver *cv, enc_acts *e) {
     size_t BT = (size_t)m->max_B * e->T, C = (size_t)m->C, F = (size_t)m->F;
     e->x0 = model_carve(cv, BT * C);
     for (int l = 0; l < m->E; l++)
-        model_block_carve(cv, m->ops, &e->layer[l], BT, (size_t)e->T, C, (size_t)m->NH, C, F);
+        model_block_carve(cv, m->be, &e->layer[l], BT, (size_t)e->T, C, (size_t)m->NH, C, F);
     e->out = model_carve(cv, BT * C);
     e->mean = model_carve(cv, BT);
     e->rstd = model_carve(cv, BT);
@@ -497,7 +498,7 @@ static size_t plan_acts(dit *m, mm_real *base) {
         la->rstd1 = model_carve(&cv, BN);
         la->m1 = model_carve(&cv, BN * C);
         la->qkv = model_carve(&cv, BN * 3 * Cl);
-        la->att = model_carve(&cv, m->ops->attention_saved((int)B, m->NHl, (int)N));
+        la->att = model_carve(&cv, m->ops->attention_saved(m->be, (int)B, m->NHl, (int)N));
         la->atty = model_carve(&cv, BN * Cl);
         la->y1 = model_carve(&cv, BN * C);
         la->res1 = model_carve(&cv, BN * C);
@@ -605,12 +606,32 @@ static int check_config(const dit_config *c, int max_B, mm_err *err) {
     return model_check_tp("dit", c->n_heads, c->d_ff, c->tp, c->tp_rank, c->tp_group, err);
 }
 
-int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit_ops *dops,
-               int max_B, uint64_t seed, mm_err *err) {
+// The DiT's kernels on each backend: the one place a backend registers them.
+const dit_ops *dit_ops_for(const mm_backend *be) {
+    switch (be->kind) {
+        case MM_BACKEND_CPU:
+            return &dit_ops_cpu;
+        case MM_BACKEND_CUDA:
+#ifdef MM_HAVE_CUDA
+            return &dit_ops_cuda;
+#endif
+            break;
+    }
+    return NULL;
+}
+
+int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B, uint64_t seed,
+               mm_err *err) {
     *out = NULL;
     if (check_config(cfg, max_B, err)) return -1;
+    const model_ops *ops = be->ops;
+    const dit_ops *dops = dit_ops_for(be);
+    if (!dops) return mm_fail(err, "dit: backend %s has no DiT kernels", be->name);
+    if (mm_table_complete(dops, sizeof(*dops), sizeof(const char *), "dit_ops", err) != 0)
+        return -1;
     dit *m = mm_calloc(1, sizeof(dit));
     m->cfg = *cfg;
+    m->be = be;
     m->ops = ops;
     m->dops = dops;
     m->max_B = max_B;
@@ -635,8 +656,8 @@ int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit
 
     build_table(m);
     const size_t pbytes = m->n_params * sizeof(mm_real);
-    m->params = ops->mem_alloc(pbytes);
-    m->grads = ops->mem_alloc(pbytes);
+    m->params = ops->mem_alloc(be, pbytes);
+    m->grads = ops->mem_alloc(be, pbytes);
     bind_weights(m, &m->w, m->params);
     bind_weights(m, &m->g, m->grads);
     // drawn on the host, then copied to the ops' memory (a plain copy on the CPU); each
@@ -644,13 +665,13 @@ int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit
     mm_real *init = mm_alloc_aligned(pbytes);
 #pragma omp parallel for schedule(dynamic)
     for (int k = 0; k < m->n_tensors; k++) init_tensor(m, init, k, seed);
-    ops->mem_upload(m->params, init, pbytes);
+    ops->mem_upload(be, m->params, init, pbytes);
     free(init);
     const size_t posb = (size_t)m->N * m->C * sizeof(mm_real);
     mm_real *pos = mm_malloc(posb);
     fill_pos_embed(pos, m->gh, m->gw, m->C);
-    m->pos = ops->mem_alloc(posb);
-    ops->mem_upload(m->pos, pos, posb);
+    m->pos = ops->mem_alloc(be, posb);
+    ops->mem_upload(be, m->pos, pos, posb);
     free(pos);
 
     m->a.layer = mm_calloc((size_t)m->L, sizeof(block_acts));
@@ -660,22 +681,22 @@ int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit
     m->te.layer = mm_calloc(nl, sizeof(model_block_acts));
     m->ae.layer = mm_calloc(nl, sizeof(model_block_acts));
     size_t n_acts = plan_acts(m, NULL);
-    m->act_mem = ops->mem_alloc(n_acts * sizeof(mm_real));
+    m->act_mem = ops->mem_alloc(be, n_acts * sizeof(mm_real));
     plan_acts(m, m->act_mem);
     mm_real *ones = mm_malloc((size_t)m->C * sizeof(mm_real));
     for (int c = 0; c < m->C; c++) ones[c] = 1;  // zeros: the buffer is zeroed
-    ops->mem_upload(m->a.ones, ones, (size_t)m->C * sizeof(mm_real));
+    ops->mem_upload(be, m->a.ones, ones, (size_t)m->C * sizeof(mm_real));
     free(ones);
-    m->te.key_valid = ops->mem_alloc((size_t)max_B * m->Tt);
-    m->ae.key_valid = ops->mem_alloc((size_t)max_B * m->n_aud);
-    m->key_valid = ops->mem_alloc((size_t)max_B * m->Tc);
-    m->all_valid = ops->mem_alloc((size_t)max_B * m->N);
+    m->te.key_valid = ops->mem_alloc(be, (size_t)max_B * m->Tt);
+    m->ae.key_valid = ops->mem_alloc(be, (size_t)max_B * m->n_aud);
+    m->key_valid = ops->mem_alloc(be, (size_t)max_B * m->Tc);
+    m->all_valid = ops->mem_alloc(be, (size_t)max_B * m->N);
     uint8_t *all = mm_malloc((size_t)max_B * m->N);
     memset(all, 1, (size_t)max_B * m->N);
-    ops->mem_upload(m->all_valid, all, (size_t)max_B * m->N);
+    ops->mem_upload(be, m->all_valid, all, (size_t)max_B * m->N);
     free(all);
-    m->tok = ops->mem_alloc((size_t)max_B * m->Tt * sizeof(int32_t));
-    m->tok_kv = ops->mem_alloc((size_t)max_B * m->Tt);
+    m->tok = ops->mem_alloc(be, (size_t)max_B * m->Tt * sizeof(int32_t));
+    m->tok_kv = ops->mem_alloc(be, (size_t)max_B * m->Tt);
     m->host_b = mm_calloc((size_t)max_B, sizeof(mm_real));
     *out = m;
     return 0;
@@ -683,28 +704,29 @@ int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit
 
 void dit_free(dit *m) {
     if (!m) return;
-    const model_ops *ops = m->ops;
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
     free(m->tensors);
     free(m->block_lo);
-    ops->mem_free(m->params);
-    ops->mem_free(m->grads);
+    ops->mem_free(be, m->params);
+    ops->mem_free(be, m->grads);
     weights *ws[2] = {&m->w, &m->g};
     for (int i = 0; i < 2; i++) {
         free(ws[i]->text.layer);
         free(ws[i]->audio.layer);
         free(ws[i]->layer);
     }
-    ops->mem_free(m->pos);
-    ops->mem_free(m->act_mem);
+    ops->mem_free(be, m->pos);
+    ops->mem_free(be, m->act_mem);
     free(m->a.layer);
     free(m->te.layer);
     free(m->ae.layer);
-    ops->mem_free(m->te.key_valid);
-    ops->mem_free(m->ae.key_valid);
-    ops->mem_free(m->key_valid);
-    ops->mem_free(m->all_valid);
-    ops->mem_free(m->tok);
-    ops->mem_free(m->tok_kv);
+    ops->mem_free(be, m->te.key_valid);
+    ops->mem_free(be, m->ae.key_valid);
+    ops->mem_free(be, m->key_valid);
+    ops->mem_free(be, m->all_valid);
+    ops->mem_free(be, m->tok);
+    ops->mem_free(be, m->tok_kv);
     free(m->host_b);
     free(m);
 }
@@ -722,7 +744,9 @@ mm_real *dit_params(dit *m) {
     return m->params;
 }
 const dit_config *dit_cfg(const dit *m) { return &m->cfg; }
-const model_ops *dit_model_ops(const dit *m) { return m->ops; }
+const mm_backend *dit_backend(const dit *m) {
+    return m->be;
+}
 const dit_ops *dit_dit_ops(const dit *m) { return m->dops; }
 
 mm_real *dit_grads(dit *m) {
@@ -733,12 +757,12 @@ void dit_set_grad_hook(dit *m, model_grad_hook fn, void *ctx) {
 }
 
 void dit_zero_grad(dit *m) {
-    model_zero_ops(m->ops, 1, &m->grads, &m->n_params);
+    model_zero_ops(m->be, 1, &m->grads, &m->n_params);
 }
 
 // dst = src (rows, C) (the residual copies before the in-place gated adds), one row per task.
 static void copy_par(const dit *m, mm_real *dst, const mm_real *src, int rows) {
-    m->ops->copy_rows(dst, (size_t)m->C, src, (size_t)m->C, (size_t)m->C, rows);
+    m->ops->copy_rows(m->be, dst, (size_t)m->C, src, (size_t)m->C, (size_t)m->C, rows);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -758,7 +782,7 @@ static void check_input(const dit *m, const dit_input *in) {
 
 // The encoders are replicated: full widths, every rank adds every bias, no collective.
 static model_block_run enc_run(const dit *m, int B, int T) {
-    return (model_block_run){m->ops, B, T, T, m->C, m->NH, m->HD, m->F, 1, 1, NULL};
+    return (model_block_run){m->be, m->ops, B, T, T, m->C, m->NH, m->HD, m->F, 1, 1, NULL};
 }
 
 // Encoder blocks and ln_f on e->x0 (B, T, C) with e->key_valid; result in e->out.
@@ -769,12 +793,13 @@ static void enc_forward(const dit *m, const enc_w *w, enc_acts *e, int B) {
         model_block_forward(&run, &w->layer[l], &e->layer[l], x, e->key_valid);
         x = e->layer[l].res3;
     }
-    m->ops->layernorm_fwd(e->out, e->mean, e->rstd, x, w->lnf_g, w->lnf_b, B * e->T, m->C);
+    m->ops->layernorm_fwd(m->be, e->out, e->mean, e->rstd, x, w->lnf_g, w->lnf_b, B * e->T, m->C);
 }
 
 // Everything up to the model output: leaves pred (B, H, W, c) in out.
 static void forward_all(dit *m, const dit_input *in, mm_real *out) {
-    const model_ops *ops = m->ops;
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
     const dit_ops *dops = m->dops;
     const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, N = m->N, BN = B * N, Tt = m->Tt;
     const int na = m->n_aud, Tc = m->Tc, C6 = 6 * C;
@@ -783,17 +808,17 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     const weights *w = &m->w;
 
     // timestep embedding: features of t*1000, [cos | sin], then the MLP
-    dops->time_embed(a->tfreq, in->t, B, C);
-    ops->matmul_fwd(a->th, a->tfreq, w->t1_w, w->t1_b, B, C, C);
-    dops->silu_fwd(a->ths, a->th, (size_t)B * C);
-    ops->matmul_fwd(a->c, a->ths, w->t2_w, w->t2_b, B, C, C);
-    dops->silu_fwd(a->sc, a->c, (size_t)B * C);
+    dops->time_embed(be, a->tfreq, in->t, B, C);
+    ops->matmul_fwd(be, a->th, a->tfreq, w->t1_w, w->t1_b, B, C, C);
+    dops->silu_fwd(be, a->ths, a->th, (size_t)B * C);
+    ops->matmul_fwd(be, a->c, a->ths, w->t2_w, w->t2_b, B, C, C);
+    dops->silu_fwd(be, a->sc, a->c, (size_t)B * C);
 
     // text encoder input: token + position embeddings; keys: non-PAD tokens of a caption (a
     // sample without one embeds PAD everywhere, so its bytes are never read)
     enc_acts *te = &m->te, *ae = &m->ae;
-    dops->text_tokens(m->tok, te->key_valid, in->tokens, in->has_text, B, Tt, m->V);
-    ops->embed_fwd(te->x0, m->tok_kv, NULL, NULL, NULL, NULL, w->wte, w->tpos, m->tok, Tt, NULL,
+    dops->text_tokens(be, m->tok, te->key_valid, in->tokens, in->has_text, B, Tt, m->V);
+    ops->embed_fwd(be, te->x0, m->tok_kv, NULL, NULL, NULL, NULL, w->wte, w->tpos, m->tok, Tt, NULL,
                    NULL, B, Tt, 0, 0, C, m->V);
     enc_forward(m, &w->text, te, B);
 
@@ -801,37 +826,37 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     // each sample's trailing F % audio_group frames, as model_group_audio) -> proj + pos
     const mm_real *aud = in->audio;
     if (m->cfg.audio_F != na * m->cfg.audio_group) {
-        ops->copy_rows(a->aud, (size_t)na * m->adim, in->audio,
+        ops->copy_rows(be, a->aud, (size_t)na * m->adim, in->audio,
                        (size_t)m->cfg.audio_F * m->cfg.n_mels, (size_t)na * m->adim, B);
         aud = a->aud;
     }
-    ops->matmul_fwd(ae->x0, aud, w->aud_w, w->aud_b, B * na, m->adim, C);
-    dops->add_pos(ae->x0, w->apos, B, na, C);
-    dops->sample_keys(ae->key_valid, in->has_audio, B, na);
+    ops->matmul_fwd(be, ae->x0, aud, w->aud_w, w->aud_b, B * na, m->adim, C);
+    dops->add_pos(be, ae->x0, w->apos, B, na, C);
+    dops->sample_keys(be, ae->key_valid, in->has_audio, B, na);
     enc_forward(m, &w->audio, ae, B);
 
     // cond (B, Tc, C) = [text | audio | null] and its key mask
-    ops->copy_rows(a->cond, (size_t)Tc * C, te->out, (size_t)Tt * C, (size_t)Tt * C, B);
-    ops->copy_rows(a->cond + (size_t)Tt * C, (size_t)Tc * C, ae->out, (size_t)na * C,
+    ops->copy_rows(be, a->cond, (size_t)Tc * C, te->out, (size_t)Tt * C, (size_t)Tt * C, B);
+    ops->copy_rows(be, a->cond + (size_t)Tt * C, (size_t)Tc * C, ae->out, (size_t)na * C,
                    (size_t)na * C, B);
-    ops->copy_rows(a->cond + (size_t)(Tt + na) * C, (size_t)Tc * C, w->null, 0, (size_t)C, B);
-    dops->cond_keys(m->key_valid, te->key_valid, ae->key_valid, B, Tt, na);
+    ops->copy_rows(be, a->cond + (size_t)(Tt + na) * C, (size_t)Tc * C, w->null, 0, (size_t)C, B);
+    dops->cond_keys(be, m->key_valid, te->key_valid, ae->key_valid, B, Tt, na);
 
     // pooled condition into c (file top), keys in order so the mean is deterministic
     if (m->cfg.pool_cond) {
-        dops->pool_fwd(a->pool, a->cond, m->key_valid, B, Tc, C);
-        ops->matmul_fwd(a->ph, a->pool, w->p1_w, w->p1_b, B, C, C);
-        dops->silu_fwd(a->phs, a->ph, (size_t)B * C);
-        ops->matmul_fwd(a->pc, a->phs, w->p2_w, w->p2_b, B, C, C);
-        ops->add(a->c, a->c, a->pc, (size_t)B * C);
-        dops->silu_fwd(a->sc, a->c, (size_t)B * C);
+        dops->pool_fwd(be, a->pool, a->cond, m->key_valid, B, Tc, C);
+        ops->matmul_fwd(be, a->ph, a->pool, w->p1_w, w->p1_b, B, C, C);
+        dops->silu_fwd(be, a->phs, a->ph, (size_t)B * C);
+        ops->matmul_fwd(be, a->pc, a->phs, w->p2_w, w->p2_b, B, C, C);
+        ops->add(be, a->c, a->c, a->pc, (size_t)B * C);
+        dops->silu_fwd(be, a->sc, a->c, (size_t)B * C);
     }
 
     // patchify (B, H, W, c) -> (BN, pdim), x_embed, + fixed positions
     const int H = m->cfg.img_h, W = m->cfg.img_w, ic = m->cfg.img_c, p = m->cfg.patch;
-    ops->patchify(a->patches, in->x_t, B, H, W, ic, p);
-    ops->matmul_fwd(a->x0, a->patches, w->x_w, w->x_b, BN, m->pdim, C);
-    dops->add_pos(a->x0, m->pos, B, N, C);
+    ops->patchify(be, a->patches, in->x_t, B, H, W, ic, p);
+    ops->matmul_fwd(be, a->x0, a->patches, w->x_w, w->x_b, BN, m->pdim, C);
+    dops->add_pos(be, a->x0, m->pos, B, N, C);
 
     const size_t nBNC = (size_t)BN * C;
     const mm_real *x = a->x0;
@@ -839,45 +864,47 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         const block_w *lw = &w->layer[l];
         block_acts *la = &a->layer[l];
         const mm_real *mod = la->mod;  // (B, 6C)
-        ops->matmul_fwd(la->mod, a->sc, lw->ada_w, lw->ada_b, B, C, C6);
+        ops->matmul_fwd(be, la->mod, a->sc, lw->ada_w, lw->ada_b, B, C, C6);
         // self-attention branch
-        ops->layernorm_fwd(la->h1, la->mean1, la->rstd1, x, a->ones, a->zeros, BN, C);
-        dops->modulate_fwd(la->m1, la->h1, mod, mod + C, C6, B, N, C);
-        ops->matmul_fwd(la->qkv, la->m1, lw->qkv_w, lw->qkv_b, BN, C, 3 * Cl);
-        ops->attention_fwd(la->atty, la->att, la->qkv, m->all_valid, B, N, N, m->NHl, m->HD);
-        ops->matmul_fwd(la->y1, la->atty, lw->attproj_w, bias_rank ? lw->attproj_b : NULL, BN, Cl,
-                        C);
+        ops->layernorm_fwd(be, la->h1, la->mean1, la->rstd1, x, a->ones, a->zeros, BN, C);
+        dops->modulate_fwd(be, la->m1, la->h1, mod, mod + C, C6, B, N, C);
+        ops->matmul_fwd(be, la->qkv, la->m1, lw->qkv_w, lw->qkv_b, BN, C, 3 * Cl);
+        ops->attention_fwd(be, la->atty, la->att, la->qkv, m->all_valid, B, N, N, m->NHl, m->HD);
+        ops->matmul_fwd(be, la->y1, la->atty, lw->attproj_w, bias_rank ? lw->attproj_b : NULL, BN,
+                        Cl, C);
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->y1, nBNC);
         copy_par(m, la->res1, x, BN);
-        dops->gated_add_fwd(la->res1, la->y1, mod + 2 * C, C6, B, N, C);
+        dops->gated_add_fwd(be, la->res1, la->y1, mod + 2 * C, C6, B, N, C);
         // cross-attention branch (no gate: the pre-norm LN has affine parameters)
-        ops->layernorm_fwd(la->h2, la->mean2, la->rstd2, la->res1, lw->xln_g, lw->xln_b, BN, C);
-        ops->matmul_fwd(la->q, la->h2, lw->q_w, lw->q_b, BN, C, Cl);
-        ops->matmul_fwd(la->kv, a->cond, lw->kv_w, lw->kv_b, B * Tc, C, 2 * Cl);
-        dops->xattn_fwd(la->xatty, la->xatt, la->q, la->kv, m->key_valid, B, N, Tc, m->NHl, m->HD);
-        ops->matmul_fwd(la->res2, la->xatty, lw->xproj_w, bias_rank ? lw->xproj_b : NULL, BN, Cl,
-                        C);
+        ops->layernorm_fwd(be, la->h2, la->mean2, la->rstd2, la->res1, lw->xln_g, lw->xln_b, BN, C);
+        ops->matmul_fwd(be, la->q, la->h2, lw->q_w, lw->q_b, BN, C, Cl);
+        ops->matmul_fwd(be, la->kv, a->cond, lw->kv_w, lw->kv_b, B * Tc, C, 2 * Cl);
+        dops->xattn_fwd(be, la->xatty, la->xatt, la->q, la->kv, m->key_valid, B, N, Tc, m->NHl,
+                        m->HD);
+        ops->matmul_fwd(be, la->res2, la->xatty, lw->xproj_w, bias_rank ? lw->xproj_b : NULL, BN,
+                        Cl, C);
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->res2, nBNC);
-        ops->add(la->res2, la->res2, la->res1, nBNC);
+        ops->add(be, la->res2, la->res2, la->res1, nBNC);
         // MLP branch
-        ops->layernorm_fwd(la->h3, la->mean3, la->rstd3, la->res2, a->ones, a->zeros, BN, C);
-        dops->modulate_fwd(la->m3, la->h3, mod + 3 * C, mod + 4 * C, C6, B, N, C);
-        ops->matmul_fwd(la->fch, la->m3, lw->fc_w, lw->fc_b, BN, C, Fl);
-        ops->gelu_fwd(la->fcg, la->fch, (size_t)BN * Fl);
-        ops->matmul_fwd(la->y3, la->fcg, lw->mproj_w, bias_rank ? lw->mproj_b : NULL, BN, Fl, C);
+        ops->layernorm_fwd(be, la->h3, la->mean3, la->rstd3, la->res2, a->ones, a->zeros, BN, C);
+        dops->modulate_fwd(be, la->m3, la->h3, mod + 3 * C, mod + 4 * C, C6, B, N, C);
+        ops->matmul_fwd(be, la->fch, la->m3, lw->fc_w, lw->fc_b, BN, C, Fl);
+        ops->gelu_fwd(be, la->fcg, la->fch, (size_t)BN * Fl);
+        ops->matmul_fwd(be, la->y3, la->fcg, lw->mproj_w, bias_rank ? lw->mproj_b : NULL, BN, Fl,
+                        C);
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->y3, nBNC);
         copy_par(m, la->res3, la->res2, BN);
-        dops->gated_add_fwd(la->res3, la->y3, mod + 5 * C, C6, B, N, C);
+        dops->gated_add_fwd(be, la->res3, la->y3, mod + 5 * C, C6, B, N, C);
         x = la->res3;
     }
 
     // final layer, then unpatchify (BN, pdim) -> (B, H, W, c)
-    ops->matmul_fwd(a->fmod, a->sc, w->fada_w, w->fada_b, B, C, 2 * C);
-    ops->layernorm_fwd(a->fh, a->fmean, a->frstd, x, a->ones, a->zeros, BN, C);
-    dops->modulate_fwd(a->fm, a->fh, a->fmod, a->fmod + C, 2 * C, B, N, C);
-    ops->matmul_fwd(a->outp, a->fm, w->fproj_w, w->fproj_b, BN, C, m->pdim);
-    ops->unpatchify(out, a->outp, B, H, W, ic, p);
-    if (m->cfg.x_pred) dops->xpred(out, in->x_t, in->t, 0, B, (size_t)H * W * ic);
+    ops->matmul_fwd(be, a->fmod, a->sc, w->fada_w, w->fada_b, B, C, 2 * C);
+    ops->layernorm_fwd(be, a->fh, a->fmean, a->frstd, x, a->ones, a->zeros, BN, C);
+    dops->modulate_fwd(be, a->fm, a->fh, a->fmod, a->fmod + C, 2 * C, B, N, C);
+    ops->matmul_fwd(be, a->outp, a->fm, w->fproj_w, w->fproj_b, BN, C, m->pdim);
+    ops->unpatchify(be, out, a->outp, B, H, W, ic, p);
+    if (m->cfg.x_pred) dops->xpred(be, out, in->x_t, in->t, 0, B, (size_t)H * W * ic);
 }
 
 double dit_forward(dit *m, const dit_input *in) {
@@ -886,8 +913,8 @@ double dit_forward(dit *m, const dit_input *in) {
     const int B = in->B;
     const size_t pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
     forward_all(m, in, m->a.pred);
-    m->dops->mse_fwd(m->a.losses, m->a.pred, in->target, B, pix);
-    m->ops->mem_download(m->host_b, m->a.losses, (size_t)B * sizeof(mm_real));
+    m->dops->mse_fwd(m->be, m->a.losses, m->a.pred, in->target, B, pix);
+    m->ops->mem_download(m->be, m->host_b, m->a.losses, (size_t)B * sizeof(mm_real));
     double total = 0;
     for (int b = 0; b < B; b++) total += m->host_b[b];
     m->saved_B = B;
@@ -908,10 +935,10 @@ static void enc_backward(const dit *m, const enc_w *w, const enc_w *g, enc_acts 
     const int C = m->C, BT = B * e->T;
     mm_real *const z0[] = {e->bs.dres};
     const size_t n0[] = {(size_t)BT * C};
-    model_zero_ops(m->ops, 1, z0, n0);
+    model_zero_ops(m->be, 1, z0, n0);
     const mm_real *xl = m->E ? e->layer[m->E - 1].res3 : e->x0;
-    m->ops->layernorm_bwd(e->bs.dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean, e->rstd,
-                          BT, C);
+    m->ops->layernorm_bwd(m->be, e->bs.dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean,
+                          e->rstd, BT, C);
     const model_block_run run = enc_run(m, B, e->T);
     for (int l = m->E - 1; l >= 0; l--) {
         const mm_real *x = l ? e->layer[l - 1].res3 : e->x0;
@@ -927,7 +954,8 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
              "dit_backward needs the activations of a dit_forward on the same batch (saved %d "
              "samples, got %d; dit_predict discards them)",
              m->saved_B, in->B);
-    const model_ops *ops = m->ops;
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
     const dit_ops *dops = m->dops;
     const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, N = m->N, BN = B * N, Tt = m->Tt;
     const int na = m->n_aud, Tc = m->Tc, C6 = 6 * C, pd = m->pdim;
@@ -938,22 +966,24 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
 
     // loss -> d(pred) -> patch layout
     for (int b = 0; b < B; b++) m->host_b[b] = loss_scale;
-    ops->mem_upload(a->dloss, m->host_b, (size_t)B * sizeof(mm_real));
-    dops->mse_bwd(a->dpred, a->pred, in->target, a->dloss, B, pix);
-    if (m->cfg.x_pred) dops->xpred(a->dpred, in->x_t, in->t, 1, B, pix);
-    ops->patchify(a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
+    ops->mem_upload(be, a->dloss, m->host_b, (size_t)B * sizeof(mm_real));
+    dops->mse_bwd(be, a->dpred, a->pred, in->target, a->dloss, B, pix);
+    if (m->cfg.x_pred) dops->xpred(be, a->dpred, in->x_t, in->t, 1, B, pix);
+    ops->patchify(be, a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
+                  m->cfg.patch);
 
     // final layer
     {
         mm_real *const zb[] = {a->dm, a->dh, a->dres, a->dmod, a->dsc, a->dcond};
         const size_t zn[] = {nBNC, nBNC, nBNC, (size_t)B * C6, (size_t)B * C, (size_t)B * Tc * C};
-        model_zero_ops(ops, 6, zb, zn);
+        model_zero_ops(be, 6, zb, zn);
     }
     const mm_real *xL = a->layer[m->L - 1].res3;
-    ops->matmul_bwd(a->dm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
-    dops->modulate_bwd(a->dh, a->dmod, a->dmod + C, a->dm, a->fh, a->fmod + C, 2 * C, B, N, C);
-    ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, xL, a->ones, a->fmean, a->frstd, BN, C);
-    ops->matmul_bwd(a->dsc, g->fada_w, g->fada_b, a->dmod, a->sc, w->fada_w, B, C, 2 * C);
+    ops->matmul_bwd(be, a->dm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
+    dops->modulate_bwd(be, a->dh, a->dmod, a->dmod + C, a->dm, a->fh, a->fmod + C, 2 * C, B, N, C);
+    ops->layernorm_bwd(be, a->dres, a->dlng, a->dlnb, a->dh, xL, a->ones, a->fmean, a->frstd, BN,
+                       C);
+    ops->matmul_bwd(be, a->dsc, g->fada_w, g->fada_b, a->dmod, a->sc, w->fada_w, B, C, 2 * C);
     model_hook_fire(&m->hook, m->final_lo);
 
     for (int l = m->L - 1; l >= 0; l--) {
@@ -977,68 +1007,72 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
                              (size_t)BN * Fl,
                              (size_t)BN * Fl,
                              (size_t)B * C6};
-        model_zero_ops(ops, 11, zb, zn);
+        model_zero_ops(be, 11, zb, zn);
         // dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
-        dops->gated_add_bwd(a->dy, dmod + 5 * C, a->dres, la->y3, mod + 5 * C, C6, B, N, C);
-        ops->matmul_bwd(a->dfcg, lg->mproj_w, lg->mproj_b, a->dy, la->fcg, lw->mproj_w, BN, Fl, C);
-        ops->gelu_bwd(a->dfch, la->fch, a->dfcg, (size_t)BN * Fl);
-        ops->matmul_bwd(a->dm, lg->fc_w, lg->fc_b, a->dfch, la->m3, lw->fc_w, BN, C, Fl);
+        dops->gated_add_bwd(be, a->dy, dmod + 5 * C, a->dres, la->y3, mod + 5 * C, C6, B, N, C);
+        ops->matmul_bwd(be, a->dfcg, lg->mproj_w, lg->mproj_b, a->dy, la->fcg, lw->mproj_w, BN, Fl,
+                        C);
+        ops->gelu_bwd(be, a->dfch, la->fch, a->dfcg, (size_t)BN * Fl);
+        ops->matmul_bwd(be, a->dm, lg->fc_w, lg->fc_b, a->dfch, la->m3, lw->fc_w, BN, C, Fl);
         // fc saw m3 whole: sum its column shares
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dm, nBNC);
-        dops->modulate_bwd(a->dh, dmod + 3 * C, dmod + 4 * C, a->dm, la->h3, mod + 4 * C, C6, B, N,
-                           C);
-        ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, la->res2, a->ones, la->mean3,
+        dops->modulate_bwd(be, a->dh, dmod + 3 * C, dmod + 4 * C, a->dm, la->h3, mod + 4 * C, C6, B,
+                           N, C);
+        ops->layernorm_bwd(be, a->dres, a->dlng, a->dlnb, a->dh, la->res2, a->ones, la->mean3,
                            la->rstd3, BN, C);
         // dres = d(res2); res2 = res1 + xattn.proj(...)
-        ops->matmul_bwd(a->datty, lg->xproj_w, lg->xproj_b, a->dres, la->xatty, lw->xproj_w, BN, Cl,
-                        C);
-        dops->xattn_bwd(a->dq, a->dkv, a->datty, la->q, la->kv, la->xatt, B, N, Tc, m->NHl, m->HD);
-        ops->matmul_bwd(a->dh2, lg->q_w, lg->q_b, a->dq, la->h2, lw->q_w, BN, C, Cl);
+        ops->matmul_bwd(be, a->datty, lg->xproj_w, lg->xproj_b, a->dres, la->xatty, lw->xproj_w, BN,
+                        Cl, C);
+        dops->xattn_bwd(be, a->dq, a->dkv, a->datty, la->q, la->kv, la->xatt, B, N, Tc, m->NHl,
+                        m->HD);
+        ops->matmul_bwd(be, a->dh2, lg->q_w, lg->q_b, a->dq, la->h2, lw->q_w, BN, C, Cl);
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dh2, nBNC);
         // this rank's heads' share of d(cond), summed over tp once after the last block
-        ops->matmul_bwd(a->dcond, lg->kv_w, lg->kv_b, a->dkv, a->cond, lw->kv_w, B * Tc, C, 2 * Cl);
-        ops->layernorm_bwd(a->dres, lg->xln_g, lg->xln_b, a->dh2, la->res1, lw->xln_g, la->mean2,
-                           la->rstd2, BN, C);
+        ops->matmul_bwd(be, a->dcond, lg->kv_w, lg->kv_b, a->dkv, a->cond, lw->kv_w, B * Tc, C,
+                        2 * Cl);
+        ops->layernorm_bwd(be, a->dres, lg->xln_g, lg->xln_b, a->dh2, la->res1, lw->xln_g,
+                           la->mean2, la->rstd2, BN, C);
         // dres = d(res1); res1 = x + gate1 * y1
-        ops->mem_zero(a->dy, nBNC * sizeof(mm_real));
-        dops->gated_add_bwd(a->dy, dmod + 2 * C, a->dres, la->y1, mod + 2 * C, C6, B, N, C);
-        ops->mem_zero(a->datty, (size_t)BN * Cl * sizeof(mm_real));
-        ops->matmul_bwd(a->datty, lg->attproj_w, lg->attproj_b, a->dy, la->atty, lw->attproj_w, BN,
-                        Cl, C);
-        ops->attention_bwd(a->dqkv, a->datty, la->qkv, la->atty, la->att, B, N, N, m->NHl, m->HD);
-        ops->mem_zero(a->dm, nBNC * sizeof(mm_real));
-        ops->matmul_bwd(a->dm, lg->qkv_w, lg->qkv_b, a->dqkv, la->m1, lw->qkv_w, BN, C, 3 * Cl);
+        ops->mem_zero(be, a->dy, nBNC * sizeof(mm_real));
+        dops->gated_add_bwd(be, a->dy, dmod + 2 * C, a->dres, la->y1, mod + 2 * C, C6, B, N, C);
+        ops->mem_zero(be, a->datty, (size_t)BN * Cl * sizeof(mm_real));
+        ops->matmul_bwd(be, a->datty, lg->attproj_w, lg->attproj_b, a->dy, la->atty, lw->attproj_w,
+                        BN, Cl, C);
+        ops->attention_bwd(be, a->dqkv, a->datty, la->qkv, la->atty, la->att, B, N, N, m->NHl,
+                           m->HD);
+        ops->mem_zero(be, a->dm, nBNC * sizeof(mm_real));
+        ops->matmul_bwd(be, a->dm, lg->qkv_w, lg->qkv_b, a->dqkv, la->m1, lw->qkv_w, BN, C, 3 * Cl);
         model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dm, nBNC);
-        ops->mem_zero(a->dh, nBNC * sizeof(mm_real));
-        dops->modulate_bwd(a->dh, dmod, dmod + C, a->dm, la->h1, mod + C, C6, B, N, C);
-        ops->layernorm_bwd(a->dres, a->dlng, a->dlnb, a->dh, x, a->ones, la->mean1, la->rstd1, BN,
-                           C);
+        ops->mem_zero(be, a->dh, nBNC * sizeof(mm_real));
+        dops->modulate_bwd(be, a->dh, dmod, dmod + C, a->dm, la->h1, mod + C, C6, B, N, C);
+        ops->layernorm_bwd(be, a->dres, a->dlng, a->dlnb, a->dh, x, a->ones, la->mean1, la->rstd1,
+                           BN, C);
         // dres = d(x); the block's modulation
-        ops->matmul_bwd(a->dsc, lg->ada_w, lg->ada_b, dmod, a->sc, lw->ada_w, B, C, C6);
+        ops->matmul_bwd(be, a->dsc, lg->ada_w, lg->ada_b, dmod, a->sc, lw->ada_w, B, C, C6);
         model_hook_fire(&m->hook, m->block_lo[l]);
     }
 
     // x_embed (the positions are fixed): no gradient flows into the image
-    ops->matmul_bwd(NULL, g->x_w, g->x_b, a->dres, a->patches, w->x_w, BN, pd, C);
+    ops->matmul_bwd(be, NULL, g->x_w, g->x_b, a->dres, a->patches, w->x_w, BN, pd, C);
     model_hook_fire(&m->hook, m->xemb_lo);
 
     // timestep MLP from d(SiLU(c)), summed over every block and the final layer
     {
         mm_real *const zb[] = {a->dc, a->dths, a->dth};
         const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
-        model_zero_ops(ops, 3, zb, zn);
+        model_zero_ops(be, 3, zb, zn);
     }
-    dops->silu_bwd(a->dc, a->c, a->dsc, (size_t)B * C);
-    ops->matmul_bwd(a->dths, g->t2_w, g->t2_b, a->dc, a->ths, w->t2_w, B, C, C);
-    dops->silu_bwd(a->dth, a->th, a->dths, (size_t)B * C);
-    ops->matmul_bwd(NULL, g->t1_w, g->t1_b, a->dth, a->tfreq, w->t1_w, B, C, C);
+    dops->silu_bwd(be, a->dc, a->c, a->dsc, (size_t)B * C);
+    ops->matmul_bwd(be, a->dths, g->t2_w, g->t2_b, a->dc, a->ths, w->t2_w, B, C, C);
+    dops->silu_bwd(be, a->dth, a->th, a->dths, (size_t)B * C);
+    ops->matmul_bwd(be, NULL, g->t1_w, g->t1_b, a->dth, a->tfreq, w->t1_w, B, C, C);
     if (m->cfg.pool_cond) {  // c = ... + fc2(SiLU(fc1(pool))): d(pool) from the same dc
         mm_real *const zb[] = {a->dphs, a->dph, a->dpool};
         const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
-        model_zero_ops(ops, 3, zb, zn);
-        ops->matmul_bwd(a->dphs, g->p2_w, g->p2_b, a->dc, a->phs, w->p2_w, B, C, C);
-        dops->silu_bwd(a->dph, a->ph, a->dphs, (size_t)B * C);
-        ops->matmul_bwd(a->dpool, g->p1_w, g->p1_b, a->dph, a->pool, w->p1_w, B, C, C);
+        model_zero_ops(be, 3, zb, zn);
+        ops->matmul_bwd(be, a->dphs, g->p2_w, g->p2_b, a->dc, a->phs, w->p2_w, B, C, C);
+        dops->silu_bwd(be, a->dph, a->ph, a->dphs, (size_t)B * C);
+        ops->matmul_bwd(be, a->dpool, g->p1_w, g->p1_b, a->dph, a->pool, w->p1_w, B, C, C);
     }
     model_hook_fire(&m->hook, m->pool_lo);
 
@@ -1046,26 +1080,26 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dcond, (size_t)B * Tc * C);
     // the mean's share to each valid key, after the sum: d(pool) is replicated, so adding it
     // before the allreduce would count it tp times
-    if (m->cfg.pool_cond) dops->pool_bwd(a->dcond, a->dpool, m->key_valid, B, Tc, C);
+    if (m->cfg.pool_cond) dops->pool_bwd(be, a->dcond, a->dpool, m->key_valid, B, Tc, C);
     // the null token: row Tt + na of every sample, samples in order
-    dops->pos_bwd(g->null, a->dcond + (size_t)(Tt + na) * C, (size_t)Tc * C, B, 1, C);
+    dops->pos_bwd(be, g->null, a->dcond + (size_t)(Tt + na) * C, (size_t)Tc * C, B, 1, C);
     model_hook_fire(&m->hook, m->null_lo);
 
     enc_acts *te = &m->te, *ae = &m->ae;
-    ops->copy_rows(te->dout, (size_t)Tt * C, a->dcond, (size_t)Tc * C, (size_t)Tt * C, B);
-    ops->copy_rows(ae->dout, (size_t)na * C, a->dcond + (size_t)Tt * C, (size_t)Tc * C,
+    ops->copy_rows(be, te->dout, (size_t)Tt * C, a->dcond, (size_t)Tc * C, (size_t)Tt * C, B);
+    ops->copy_rows(be, ae->dout, (size_t)na * C, a->dcond + (size_t)Tt * C, (size_t)Tc * C,
                    (size_t)na * C, B);
     enc_backward(m, &w->audio, &g->audio, ae, B);
     const mm_real *aud = m->cfg.audio_F != na * m->cfg.audio_group ? a->aud : in->audio;
-    ops->matmul_bwd(NULL, g->aud_w, g->aud_b, ae->bs.dres, aud, w->aud_w, B * na, m->adim, C);
+    ops->matmul_bwd(be, NULL, g->aud_w, g->aud_b, ae->bs.dres, aud, w->aud_w, B * na, m->adim, C);
     // positions: each column adds the samples in order
-    dops->pos_bwd(g->apos, ae->bs.dres, (size_t)na * C, B, na, C);
+    dops->pos_bwd(be, g->apos, ae->bs.dres, (size_t)na * C, B, na, C);
     model_hook_fire(&m->hook, m->audio_lo);
 
     enc_backward(m, &w->text, &g->text, te, B);
     // token embeddings (the tokens forward embedded, PAD for a sample without a caption) and
     // positions, deterministic without atomics (as transformer.c)
-    ops->embed_bwd(NULL, NULL, g->wte, g->tpos, te->bs.dres, m->tok, B, Tt, 0, 0, C, m->V);
+    ops->embed_bwd(be, NULL, NULL, g->wte, g->tpos, te->bs.dres, m->tok, B, Tt, 0, 0, C, m->V);
     model_hook_fire(&m->hook, 0);
 }
 

@@ -27,82 +27,89 @@
 #include "model.h"
 
 // ---------------------------------------------------------------------------------------
-// Ops the diffusion model adds to the common table (model/ops_dit_cpu.c for the CPU,
-// model/ops_dit_cuda.cu for CUDA).
+// The DiT's own kernels, beside the backend's generic ones (model/cpu/ops_dit_cpu.c,
+// model/cuda/ops_dit_cuda.cu): adaLN modulation, gated residuals, cross-attention, the loss,
+// the conditioning layout and the samplers' steps. The model owns this table; dit_ops_for
+// picks the one of a backend.
 typedef struct dit_ops {
     const char *name;
     // SiLU elementwise; backward accumulates dx
-    void (*silu_fwd)(mm_real *out, const mm_real *x, size_t n);
-    void (*silu_bwd)(mm_real *dx, const mm_real *x, const mm_real *dout, size_t n);
+    void (*silu_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, size_t n);
+    void (*silu_bwd)(const mm_backend *be, mm_real *dx, const mm_real *x, const mm_real *dout,
+                     size_t n);
     // out (B,N,C) = x * (1 + scale[b]) + shift[b]; shift, scale (B, C) (stride sc between
     // samples, so they can point into a packed modulation buffer)
-    void (*modulate_fwd)(mm_real *out, const mm_real *x, const mm_real *shift,
+    void (*modulate_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, const mm_real *shift,
                          const mm_real *scale, int sc, int B, int N, int C);
     // accumulates dx, dshift, dscale
-    void (*modulate_bwd)(mm_real *dx, mm_real *dshift, mm_real *dscale, const mm_real *dout,
-                         const mm_real *x, const mm_real *scale, int sc, int B, int N, int C);
+    void (*modulate_bwd)(const mm_backend *be, mm_real *dx, mm_real *dshift, mm_real *dscale,
+                         const mm_real *dout, const mm_real *x, const mm_real *scale, int sc, int B,
+                         int N, int C);
     // x (B,N,C) += gate[b] * y ; gate (B, C) with stride sc
-    void (*gated_add_fwd)(mm_real *x, const mm_real *y, const mm_real *gate, int sc, int B,
-                          int N, int C);
+    void (*gated_add_fwd)(const mm_backend *be, mm_real *x, const mm_real *y, const mm_real *gate,
+                          int sc, int B, int N, int C);
     // accumulates dy, dgate (dx passes through unchanged)
-    void (*gated_add_bwd)(mm_real *dy, mm_real *dgate, const mm_real *dx, const mm_real *y,
-                          const mm_real *gate, int sc, int B, int N, int C);
+    void (*gated_add_bwd)(const mm_backend *be, mm_real *dy, mm_real *dgate, const mm_real *dx,
+                          const mm_real *y, const mm_real *gate, int sc, int B, int N, int C);
     // Cross-attention: q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD) -> out (B, Tq, NH, HD);
     // key j of sample b is attended iff key_valid[b*Tk + j]. att (B, NH, Tq, Tk) saved.
-    void (*xattn_fwd)(mm_real *out, mm_real *att, const mm_real *q, const mm_real *kv,
-                      const uint8_t *key_valid, int B, int Tq, int Tk, int NH, int HD);
-    // accumulates dq, dkv
-    void (*xattn_bwd)(mm_real *dq, mm_real *dkv, const mm_real *dout, const mm_real *q,
-                      const mm_real *kv, const mm_real *att, int B, int Tq, int Tk, int NH,
+    void (*xattn_fwd)(const mm_backend *be, mm_real *out, mm_real *att, const mm_real *q,
+                      const mm_real *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
                       int HD);
+    // accumulates dq, dkv
+    void (*xattn_bwd)(const mm_backend *be, mm_real *dq, mm_real *dkv, const mm_real *dout,
+                      const mm_real *q, const mm_real *kv, const mm_real *att, int B, int Tq,
+                      int Tk, int NH, int HD);
     // Per-sample mean squared error: loss[b] = mean over n of (pred - target)^2;
     // dpred (B, n) = 2 (pred - target) / n * dloss[b] (overwrites)
-    void (*mse_fwd)(mm_real *loss, const mm_real *pred, const mm_real *target, int B,
-                    size_t n);
-    void (*mse_bwd)(mm_real *dpred, const mm_real *pred, const mm_real *target,
-                    const mm_real *dloss, int B, size_t n);
+    void (*mse_fwd)(const mm_backend *be, mm_real *loss, const mm_real *pred, const mm_real *target,
+                    int B, size_t n);
+    void (*mse_bwd)(const mm_backend *be, mm_real *dpred, const mm_real *pred,
+                    const mm_real *target, const mm_real *dloss, int B, size_t n);
 
     // --- glue (issue 6): the loops diffusion.c and diffusion_sched.c ran on the model's
     // buffers, as ops so that those buffers may live on a device. The CPU versions are those
     // loops, arithmetic unchanged. Every pointer is backend memory.
     // out (B, C): features of t[b] * 1000 (max period 10000), [cos | sin] halves, in double
-    void (*time_embed)(mm_real *out, const mm_real *t, int B, int C);
+    void (*time_embed)(const mm_backend *be, mm_real *out, const mm_real *t, int B, int C);
     // tok (B, T) = tokens, or PAD everywhere for a sample with has_text[b] == 0; key_valid
     // (B, T) = has_text[b] && tok != PAD. A token outside [0, V) is the caller's bug: aborts
     // (CUDA: recorded for cuda_ctx_sync).
-    void (*text_tokens)(int32_t *tok, uint8_t *key_valid, const int32_t *tokens,
-                        const uint8_t *has_text, int B, int T, int V);
+    void (*text_tokens)(const mm_backend *be, int32_t *tok, uint8_t *key_valid,
+                        const int32_t *tokens, const uint8_t *has_text, int B, int T, int V);
     // x (B, T, C) += pos (T, C)
-    void (*add_pos)(mm_real *x, const mm_real *pos, int B, int T, int C);
+    void (*add_pos)(const mm_backend *be, mm_real *x, const mm_real *pos, int B, int T, int C);
     // key_valid (B, T) = has[b] != 0
-    void (*sample_keys)(uint8_t *key_valid, const uint8_t *has, int B, int T);
+    void (*sample_keys)(const mm_backend *be, uint8_t *key_valid, const uint8_t *has, int B, int T);
     // kv (B, Tt + na + 1) = [text (B, Tt) | audio (B, na) | 1]
-    void (*cond_keys)(uint8_t *kv, const uint8_t *text, const uint8_t *audio, int B, int Tt,
-                      int na);
+    void (*cond_keys)(const mm_backend *be, uint8_t *kv, const uint8_t *text, const uint8_t *audio,
+                      int B, int Tt, int na);
     // pool (B, C) = the mean of the rows j of cond (B, Tc, C) with kv[b, j], in j order
-    void (*pool_fwd)(mm_real *pool, const mm_real *cond, const uint8_t *kv, int B, int Tc,
-                     int C);
+    void (*pool_fwd)(const mm_backend *be, mm_real *pool, const mm_real *cond, const uint8_t *kv,
+                     int B, int Tc, int C);
     // dcond[b, j] += dpool[b] / (valid keys of b) for every valid key j
-    void (*pool_bwd)(mm_real *dcond, const mm_real *dpool, const uint8_t *kv, int B, int Tc,
-                     int C);
+    void (*pool_bwd)(const mm_backend *be, mm_real *dcond, const mm_real *dpool, const uint8_t *kv,
+                     int B, int Tc, int C);
     // g (T, C) += sum over b, in order, of dx[b * stride + t * C + c] (position gradients)
-    void (*pos_bwd)(mm_real *g, const mm_real *dx, size_t stride, int B, int T, int C);
+    void (*pos_bwd)(const mm_backend *be, mm_real *g, const mm_real *dx, size_t stride, int B,
+                    int T, int C);
     // Training pairs (dit_make_pair) from coef (B, 2) = (a, s) in double: x_t = a x0 + s eps
     // (in double), target = eps - x0 (flow != 0) or eps. All (B, n).
-    void (*make_pair)(mm_real *x_t, mm_real *target, const mm_real *x0, const mm_real *eps,
-                      const double *coef, int flow, int B, size_t n);
+    void (*make_pair)(const mm_backend *be, mm_real *x_t, mm_real *target, const mm_real *x0,
+                      const mm_real *eps, const double *coef, int flow, int B, size_t n);
     // The sampler's steps over n elements: guidance pred = upred + g (pred - upred); Euler
     // x += dt * v; DDIM (eta 0) x0 = clip(((double)x - s1 eps) inv_sa), x = sp x0 + sp1 eps in
     // double; clip to [-1, 1].
-    void (*guide)(mm_real *pred, const mm_real *upred, mm_real g, size_t n);
-    void (*euler)(mm_real *x, const mm_real *v, mm_real dt, size_t n);
-    void (*ddim)(mm_real *x, const mm_real *eps, double inv_sa, double s1, double sp,
-                 double sp1, size_t n);
-    void (*clip)(mm_real *x, size_t n);
+    void (*guide)(const mm_backend *be, mm_real *pred, const mm_real *upred, mm_real g, size_t n);
+    void (*euler)(const mm_backend *be, mm_real *x, const mm_real *v, mm_real dt, size_t n);
+    void (*ddim)(const mm_backend *be, mm_real *x, const mm_real *eps, double inv_sa, double s1,
+                 double sp, double sp1, size_t n);
+    void (*clip)(const mm_backend *be, mm_real *x, size_t n);
     // x-prediction (dit_config.x_pred), in place on y (B, n): forward turns the network's
     // clean-image estimate into the velocity y = (x_t - y) / max(t[b], DIT_XPRED_TMIN);
     // backward (bwd != 0) turns d(velocity) into d(estimate): y = -y / max(t[b], TMIN).
-    void (*xpred)(mm_real *y, const mm_real *x_t, const mm_real *t, int bwd, int B, size_t n);
+    void (*xpred)(const mm_backend *be, mm_real *y, const mm_real *x_t, const mm_real *t, int bwd,
+                  int B, size_t n);
 } dit_ops;
 
 // The smallest time x-prediction divides by: the velocity (x_t - x0) / t would grow without
@@ -110,6 +117,7 @@ typedef struct dit_ops {
 #define DIT_XPRED_TMIN ((mm_real)0.05)
 
 extern const dit_ops dit_ops_cpu;
+extern const dit_ops dit_ops_cuda;  // model/cuda/, in CUDA builds only
 
 // ---------------------------------------------------------------------------------------
 typedef struct {
@@ -140,8 +148,8 @@ typedef struct {
 
 typedef struct dit dit;  // opaque; model/diffusion.c
 
-int dit_create(dit **out, const dit_config *cfg, const model_ops *ops, const dit_ops *dops,
-               int max_B, uint64_t seed, mm_err *err);
+int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B, uint64_t seed,
+               mm_err *err);
 void dit_free(dit *m);
 const dit_config *dit_cfg(const dit *m);  // the config it was created with
 int dit_n_tensors(const dit *m);
@@ -201,11 +209,14 @@ void dit_sample_with(dit_predict_fn fn, void *ctx, size_t n, dit_objective obj,
 // are ops memory; the noise is drawn on the host from rng exactly as above and uploaded,
 // the arithmetic runs as dops' guide / euler / ddim / clip. The host version is this with
 // model_ops_cpu and dit_ops_cpu.
-void dit_sample_ops(const model_ops *ops, const dit_ops *dops, dit_predict_fn fn, void *ctx,
-                    size_t n, dit_objective obj, const dit_input *cond, int steps,
-                    double guidance, mm_rng *rng, mm_real *out);
-// The ops tables a model runs on (dit_create's).
-const model_ops *dit_model_ops(const dit *m);
+void dit_sample_ops(const mm_backend *be, const dit_ops *dops, dit_predict_fn fn, void *ctx,
+                    size_t n, dit_objective obj, const dit_input *cond, int steps, double guidance,
+                    mm_rng *rng, mm_real *out);
+// The backend a model runs on (dit_create's) and the DiT's own kernels on it.
+const mm_backend *dit_backend(const dit *m);
 const dit_ops *dit_dit_ops(const dit *m);
+// The DiT's kernels for a backend (the one place they are registered per backend); NULL
+// when the backend has none.
+const dit_ops *dit_ops_for(const mm_backend *be);
 
 #endif  // MM_DIFFUSION_H

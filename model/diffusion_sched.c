@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "backend.h"
 #include "diffusion.h"
 
 // ---------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ void dit_make_pair(dit_objective obj, int B, size_t n, const mm_real *x0, const 
                    const mm_real *t, mm_real *x_t, mm_real *target) {
     double *coef = mm_malloc((size_t)(B > 0 ? B : 1) * 2 * sizeof(double));
     dit_pair_coefs(obj, B, t, coef);
-    dit_ops_cpu.make_pair(x_t, target, x0, eps, coef, obj == DIT_FLOW, B, n);
+    dit_ops_cpu.make_pair(&mm_backend_cpu, x_t, target, x0, eps, coef, obj == DIT_FLOW, B, n);
     free(coef);
 }
 
@@ -95,7 +96,8 @@ void dit_draw_t(dit_objective obj, int logit_normal, int B, mm_rng *rng, mm_real
 // The sampler's state in one place: the ops it runs on, the predictor, and its buffers (ops
 // memory, owned, except x = the caller's out).
 typedef struct {
-    const model_ops *ops;
+    const mm_backend *be;  // not owned
+    const model_ops *ops;  // be->ops
     const dit_ops *dops;
     dit_predict_fn fn;
     void *ctx;
@@ -109,11 +111,11 @@ typedef struct {
 static void guided_predict(const sampler *sp, dit_input *in, dit_input *un, double tv, double g,
                            size_t total) {
     for (int b = 0; b < in->B; b++) sp->t_host[b] = (mm_real)tv;
-    sp->ops->mem_upload(sp->t, sp->t_host, (size_t)in->B * sizeof(mm_real));
+    sp->ops->mem_upload(sp->be, sp->t, sp->t_host, (size_t)in->B * sizeof(mm_real));
     sp->fn(sp->ctx, in, sp->pred);
     if (g == 1.0) return;
     sp->fn(sp->ctx, un, sp->upred);
-    sp->dops->guide(sp->pred, sp->upred, (mm_real)g, total);
+    sp->dops->guide(sp->be, sp->pred, sp->upred, (mm_real)g, total);
 }
 
 // DDIM step i of `steps`: evenly spaced over [999, 0], rounded; strictly decreasing since the
@@ -130,13 +132,12 @@ static int ddim_step(int i, int steps) {
 void dit_sample_with(dit_predict_fn fn, void *ctx, size_t n, dit_objective obj,
                      const dit_input *cond, int steps, double guidance, mm_rng *rng,
                      mm_real *out) {
-    dit_sample_ops(&model_ops_cpu, &dit_ops_cpu, fn, ctx, n, obj, cond, steps, guidance, rng,
-                   out);
+    dit_sample_ops(&mm_backend_cpu, &dit_ops_cpu, fn, ctx, n, obj, cond, steps, guidance, rng, out);
 }
 
-void dit_sample_ops(const model_ops *ops, const dit_ops *dops, dit_predict_fn fn, void *ctx,
-                    size_t n, dit_objective obj, const dit_input *cond, int steps,
-                    double guidance, mm_rng *rng, mm_real *out) {
+void dit_sample_ops(const mm_backend *be, const dit_ops *dops, dit_predict_fn fn, void *ctx,
+                    size_t n, dit_objective obj, const dit_input *cond, int steps, double guidance,
+                    mm_rng *rng, mm_real *out) {
     MM_CHECK(obj == DIT_FLOW || obj == DIT_DDPM, "dit_sample: unknown objective %d", obj);
     MM_CHECK(cond && cond->B >= 1 && n >= 1, "dit_sample: needs B >= 1 samples of n >= 1 pixels");
     MM_CHECK(steps >= 1 && (obj == DIT_FLOW || steps <= DIT_DDPM_STEPS),
@@ -144,16 +145,17 @@ void dit_sample_ops(const model_ops *ops, const dit_ops *dops, dit_predict_fn fn
     MM_CHECK(isfinite(guidance), "dit_sample: guidance must be finite");
     int B = cond->B;
     size_t total = (size_t)B * n;
-    sampler sp = {.ops = ops, .dops = dops, .fn = fn, .ctx = ctx, .x = out};
-    sp.pred = ops->mem_alloc(sizeof(mm_real) * total);
-    sp.upred = guidance != 1.0 ? ops->mem_alloc(sizeof(mm_real) * total) : NULL;
-    sp.t = ops->mem_alloc(sizeof(mm_real) * (size_t)B);
+    const model_ops *ops = be->ops;
+    sampler sp = {.be = be, .ops = ops, .dops = dops, .fn = fn, .ctx = ctx, .x = out};
+    sp.pred = ops->mem_alloc(be, sizeof(mm_real) * total);
+    sp.upred = guidance != 1.0 ? ops->mem_alloc(be, sizeof(mm_real) * total) : NULL;
+    sp.t = ops->mem_alloc(be, sizeof(mm_real) * (size_t)B);
     sp.t_host = mm_malloc(sizeof(mm_real) * (size_t)B);
-    uint8_t *none = ops->mem_alloc((size_t)B);  // (B) zeros
+    uint8_t *none = ops->mem_alloc(be, (size_t)B);  // (B) zeros
     // the noise is drawn on the host (b-major) whatever the backend, then uploaded
     mm_real *noise = mm_malloc(sizeof(mm_real) * total);
     for (size_t i = 0; i < total; i++) noise[i] = (mm_real)mm_rng_normal(rng);
-    ops->mem_upload(out, noise, sizeof(mm_real) * total);
+    ops->mem_upload(be, out, noise, sizeof(mm_real) * total);
     free(noise);
     mm_real *x = out;
 
@@ -167,7 +169,7 @@ void dit_sample_ops(const model_ops *ops, const dit_ops *dops, dit_predict_fn fn
             // Euler on dx/dt = v from t to t_next < t
             double t0 = (double)(steps - i) / steps, t1 = (double)(steps - i - 1) / steps;
             guided_predict(&sp, &in, &un, t0, guidance, total);
-            dops->euler(x, sp.pred, (mm_real)(t1 - t0), total);
+            dops->euler(be, x, sp.pred, (mm_real)(t1 - t0), total);
         } else {
             // DDIM, eta = 0: x0 estimate from eps, clipped to the data range, then re-noised
             // deterministically to the previous step (alpha_bar = 1 after the last)
@@ -175,16 +177,16 @@ void dit_sample_ops(const model_ops *ops, const dit_ops *dops, dit_predict_fn fn
             double ab = dit_alpha_bar(k);
             double ab_prev = i + 1 < steps ? dit_alpha_bar(ddim_step(i + 1, steps)) : 1.0;
             guided_predict(&sp, &in, &un, (double)k / DIT_DDPM_STEPS, guidance, total);
-            dops->ddim(x, sp.pred, 1.0 / sqrt(ab), sqrt(1.0 - ab), sqrt(ab_prev),
+            dops->ddim(be, x, sp.pred, 1.0 / sqrt(ab), sqrt(1.0 - ab), sqrt(ab_prev),
                        sqrt(1.0 - ab_prev), total);
         }
     }
-    dops->clip(x, total);
-    ops->mem_free(sp.pred);
-    ops->mem_free(sp.upred);
-    ops->mem_free(sp.t);
+    dops->clip(be, x, total);
+    ops->mem_free(be, sp.pred);
+    ops->mem_free(be, sp.upred);
+    ops->mem_free(be, sp.t);
     free(sp.t_host);
-    ops->mem_free(none);
+    ops->mem_free(be, none);
 }
 
 static void predict_dit(void *ctx, const dit_input *in, mm_real *out) {
@@ -195,6 +197,6 @@ void dit_sample(dit *m, dit_objective obj, const dit_input *cond, int steps, dou
                 mm_rng *rng, mm_real *out) {
     const dit_config *c = dit_cfg(m);
     size_t n = (size_t)c->img_h * c->img_w * c->img_c;
-    dit_sample_ops(dit_model_ops(m), dit_dit_ops(m), predict_dit, m, n, obj, cond, steps,
-                   guidance, rng, out);
+    dit_sample_ops(dit_backend(m), dit_dit_ops(m), predict_dit, m, n, obj, cond, steps, guidance,
+                   rng, out);
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "model_internal.h"
 
 int model_ends_with(const char *s, const char *suffix) {
@@ -113,15 +114,16 @@ void model_zero_bufs(int n, mm_real *const *p, const size_t *len) {
     }
 }
 
-void model_zero_ops(const model_ops *ops, int n, mm_real *const *p, const size_t *len) {
-    if (ops->mem_zero == model_cpu_mem_zero) {
+void model_zero_ops(const mm_backend *be, int n, mm_real *const *p, const size_t *len) {
+    if (be->caps.host_memory) {
         model_zero_bufs(n, p, len);
         return;
     }
-    for (int k = 0; k < n; k++) ops->mem_zero(p[k], len[k] * sizeof(mm_real));
+    for (int k = 0; k < n; k++) be->ops->mem_zero(be, p[k], len[k] * sizeof(mm_real));
 }
 
-void model_patchify(mm_real *patches, const mm_real *img, int B, int H, int W, int c, int p) {
+void model_patchify(const mm_backend *be MM_UNUSED, mm_real *patches, const mm_real *img, int B,
+                    int H, int W, int c, int p) {
     const int gw = W / p, n = (H / p) * gw, pdim = p * p * c;
 #pragma omp parallel for schedule(static)
     for (int bp = 0; bp < B * n; bp++) {
@@ -134,7 +136,8 @@ void model_patchify(mm_real *patches, const mm_real *img, int B, int H, int W, i
     }
 }
 
-void model_unpatchify(mm_real *img, const mm_real *patches, int B, int H, int W, int c, int p) {
+void model_unpatchify(const mm_backend *be MM_UNUSED, mm_real *img, const mm_real *patches, int B,
+                      int H, int W, int c, int p) {
     const int gw = W / p, n = (H / p) * gw, pdim = p * p * c;
 #pragma omp parallel for schedule(static)
     for (int bp = 0; bp < B * n; bp++) {

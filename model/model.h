@@ -27,31 +27,41 @@ typedef double mm_real;
 typedef float mm_real;
 #endif
 
+// The backend every op runs on (model/backend.h); passed first to each op, so that an op
+// reaches its device context through it and never through a global.
+typedef struct mm_backend mm_backend;
+
+// A parameter a backend's implementation of an op may not need (the CPU ops ignore the
+// backend); C11 has no unnamed parameters in definitions.
+#define MM_UNUSED __attribute__((unused))
+
 // ---------------------------------------------------------------------------------------
-// Ops table: one per backend, filled by model/ops_cpu.c and, in `make cuda` builds, by
-// model/ops_cuda.cu (model/cuda.h: how the CUDA ops find their context). All pointers are
-// backend memory; shapes in the comments; row-major throughout.
+// Ops table: the generic kernels and memory functions of one backend (model/cpu/ops_cpu.c,
+// model/cuda/ops_cuda.cu); a backend object (backend.h) points to its table. All pointers
+// are backend memory; shapes in the comments; row-major throughout.
 typedef struct model_ops {
     const char *name;
     // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC) [bias may be NULL]
-    void (*matmul_fwd)(mm_real *out, const mm_real *inp, const mm_real *w, const mm_real *bias,
-                       int N, int IC, int OC);
+    void (*matmul_fwd)(const mm_backend *be, mm_real *out, const mm_real *inp, const mm_real *w,
+                       const mm_real *bias, int N, int IC, int OC);
     // accumulates: dinp += dout @ w ; dw += dout^T @ inp ; dbias += sum_rows(dout).
     // dinp, dbias may be NULL.
-    void (*matmul_bwd)(mm_real *dinp, mm_real *dw, mm_real *dbias, const mm_real *dout,
-                       const mm_real *inp, const mm_real *w, int N, int IC, int OC);
+    void (*matmul_bwd)(const mm_backend *be, mm_real *dinp, mm_real *dw, mm_real *dbias,
+                       const mm_real *dout, const mm_real *inp, const mm_real *w, int N, int IC,
+                       int OC);
     // out (N, C) = (x - mean) * rstd * g + b ; saves mean, rstd (N)
-    void (*layernorm_fwd)(mm_real *out, mm_real *mean, mm_real *rstd, const mm_real *x,
-                          const mm_real *g, const mm_real *b, int N, int C);
+    void (*layernorm_fwd)(const mm_backend *be, mm_real *out, mm_real *mean, mm_real *rstd,
+                          const mm_real *x, const mm_real *g, const mm_real *b, int N, int C);
     // accumulates dx, dg, db
-    void (*layernorm_bwd)(mm_real *dx, mm_real *dg, mm_real *db, const mm_real *dout,
-                          const mm_real *x, const mm_real *g, const mm_real *mean,
-                          const mm_real *rstd, int N, int C);
+    void (*layernorm_bwd)(const mm_backend *be, mm_real *dx, mm_real *dg, mm_real *db,
+                          const mm_real *dout, const mm_real *x, const mm_real *g,
+                          const mm_real *mean, const mm_real *rstd, int N, int C);
     // tanh-approximation GELU, elementwise over n
-    void (*gelu_fwd)(mm_real *out, const mm_real *x, size_t n);
-    void (*gelu_bwd)(mm_real *dx, const mm_real *x, const mm_real *dout, size_t n);  // dx +=
+    void (*gelu_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, size_t n);
+    void (*gelu_bwd)(const mm_backend *be, mm_real *dx, const mm_real *x, const mm_real *dout,
+                     size_t n);  // dx +=
     // out = a + b (n elements); out may alias a or b (residual adds are done in place)
-    void (*add)(mm_real *out, const mm_real *a, const mm_real *b, size_t n);
+    void (*add)(const mm_backend *be, mm_real *out, const mm_real *a, const mm_real *b, size_t n);
     // Multi-head attention on packed qkv (B, T, 3, NH, HD) -> out (B, T, NH, HD).
     // Query i may attend key j iff key_valid[b*T + j] && (j < P || j <= i): the first P
     // positions form a bidirectional prefix, the rest is causal. A query with no allowed key
@@ -61,52 +71,55 @@ typedef struct model_ops {
     // zero rows for queries without a key); the CUDA backend (flash attention) keeps only each
     // row's log-sum-exp of the scaled scores (B, NH, T) (-inf for a row without a key) and a
     // copy of key_valid, and recomputes the probabilities tile by tile in the backward pass.
-    void (*attention_fwd)(mm_real *out, mm_real *att, const mm_real *qkv,
+    void (*attention_fwd)(const mm_backend *be, mm_real *out, mm_real *att, const mm_real *qkv,
                           const uint8_t *key_valid, int B, int T, int P, int NH, int HD);
     // accumulates dqkv; out is attention_fwd's output for these inputs and att what it saved
     // (the CUDA backward needs out for the row terms sum_j p_ij dp_ij = dout_i . out_i)
-    void (*attention_bwd)(mm_real *dqkv, const mm_real *dout, const mm_real *qkv,
-                          const mm_real *out, const mm_real *att, int B, int T, int P, int NH,
-                          int HD);
+    void (*attention_bwd)(const mm_backend *be, mm_real *dqkv, const mm_real *dout,
+                          const mm_real *qkv, const mm_real *out, const mm_real *att, int B, int T,
+                          int P, int NH, int HD);
     // elements of attention_fwd's att buffer for these sizes
-    size_t (*attention_saved)(int B, int NH, int T);
+    size_t (*attention_saved)(const mm_backend *be, int B, int NH, int T);
     // Softmax cross-entropy per row: logits (N, V), targets (N) (-1 = ignored).
     // loss[i] = -log softmax(logits_i)[t_i] (0 when ignored). saved (xent_saved(N, V)
     // elements) is what the backend keeps for the backward pass: the CPU keeps the
     // probabilities (N, V); the CUDA backend only each row's log-sum-exp (N), so that the
     // forward reads the logits once and writes nothing per logit.
-    void (*xent_fwd)(mm_real *loss, mm_real *saved, const mm_real *logits,
+    void (*xent_fwd)(const mm_backend *be, mm_real *loss, mm_real *saved, const mm_real *logits,
                      const int32_t *targets, int N, int V);
     // dlogits (N, V) = (softmax(logits) - onehot) * dloss[i] (overwrites; 0 rows when
     // ignored), from the forward's logits and saved. dlogits may be logits itself (the
     // gradient then replaces the logits in place, one pass over them).
-    void (*xent_bwd)(mm_real *dlogits, const mm_real *logits, const mm_real *saved,
-                     const int32_t *targets, const mm_real *dloss, int N, int V);
+    void (*xent_bwd)(const mm_backend *be, mm_real *dlogits, const mm_real *logits,
+                     const mm_real *saved, const int32_t *targets, const mm_real *dloss, int N,
+                     int V);
     // elements of xent_fwd's saved buffer for these sizes
-    size_t (*xent_saved)(int N, int V);
+    size_t (*xent_saved)(const mm_backend *be, int N, int V);
 
     // --- memory and the models' glue (issue 6: so that a model's buffers may live on a
     // device, every loop the models ran on their buffers is an op here; the CPU versions are
     // those loops, arithmetic unchanged). Sizes in bytes for the mem_* ops.
     // Zeroed buffer; the caller owns it and frees it with mem_free (NULL: no-op).
-    void *(*mem_alloc)(size_t bytes);
-    void (*mem_free)(void *p);
+    void *(*mem_alloc)(const mm_backend *be, size_t bytes);
+    void (*mem_free)(const mm_backend *be, void *p);
     // Copies between host memory and this backend's memory; they return when done.
-    void (*mem_upload)(void *dst, const void *host, size_t bytes);
-    void (*mem_download)(void *host, const void *src, size_t bytes);
-    void (*mem_zero)(void *p, size_t bytes);
+    void (*mem_upload)(const mm_backend *be, void *dst, const void *host, size_t bytes);
+    void (*mem_download)(const mm_backend *be, void *host, const void *src, size_t bytes);
+    void (*mem_zero)(const mm_backend *be, void *p, size_t bytes);
     // rows rows of width elements: dst[r * dst_stride + i] = src[r * src_stride + i]
-    void (*copy_rows)(mm_real *dst, size_t dst_stride, const mm_real *src, size_t src_stride,
-                      size_t width, int rows);
+    void (*copy_rows)(const mm_backend *be, mm_real *dst, size_t dst_stride, const mm_real *src,
+                      size_t src_stride, size_t width, int rows);
     // layout.c's model_patchify / model_unpatchify (model_internal.h)
-    void (*patchify)(mm_real *patches, const mm_real *img, int B, int H, int W, int c, int p);
-    void (*unpatchify)(mm_real *img, const mm_real *patches, int B, int H, int W, int c, int p);
+    void (*patchify)(const mm_backend *be, mm_real *patches, const mm_real *img, int B, int H,
+                     int W, int c, int p);
+    void (*unpatchify)(const mm_backend *be, mm_real *img, const mm_real *patches, int B, int H,
+                       int W, int c, int p);
     // The LM's input rows (transformer.c): for the sequence [n_img | n_aud | T - P text],
     // P = n_img + n_aud, x0 (B, T, C) = emb_img (B, n_img, C) + img_pos / emb_aud (B, n_aud, C)
     // + aud_pos / wte[tokens[b * tok_stride + t - P]] + tpos; key_valid (B, T) from has_image,
     // has_audio (B) (text: 1). A token outside [0, V) is a bug of the caller: aborts (the CUDA
     // version records it for cuda_ctx_sync).
-    void (*embed_fwd)(mm_real *x0, uint8_t *key_valid, const mm_real *emb_img,
+    void (*embed_fwd)(const mm_backend *be, mm_real *x0, uint8_t *key_valid, const mm_real *emb_img,
                       const mm_real *emb_aud, const mm_real *img_pos, const mm_real *aud_pos,
                       const mm_real *wte, const mm_real *tpos, const int32_t *tokens,
                       int tok_stride, const uint8_t *has_image, const uint8_t *has_audio, int B,
@@ -114,17 +127,19 @@ typedef struct model_ops {
     // Its backward from dx0 (B, T, C): ACCUMULATES g_img_pos, g_aud_pos, g_tpos and g_wte,
     // every row's sum taken in (sample, position) order, so repeated tokens add up the same
     // way run after run (no float atomics).
-    void (*embed_bwd)(mm_real *g_img_pos, mm_real *g_aud_pos, mm_real *g_wte, mm_real *g_tpos,
-                      const mm_real *dx0, const int32_t *tokens, int B, int T, int n_img,
-                      int n_aud, int C, int V);
+    void (*embed_bwd)(const mm_backend *be, mm_real *g_img_pos, mm_real *g_aud_pos, mm_real *g_wte,
+                      mm_real *g_tpos, const mm_real *dx0, const int32_t *tokens, int B, int T,
+                      int n_img, int n_aud, int C, int V);
     // Per sample b of B (Tt positions): out[2b] = the mean of losses[b, t] over targets >= 0,
     // summed in double in t order (0 without targets), out[2b + 1] = their count.
-    void (*seq_loss)(double *out, const mm_real *losses, const int32_t *targets, int B, int Tt);
+    void (*seq_loss)(const mm_backend *be, double *out, const mm_real *losses,
+                     const int32_t *targets, int B, int Tt);
     // dloss (B, Tt) = scale / n_targets(b) for every position of sample b (0 without targets)
-    void (*seq_dloss)(mm_real *dloss, const int32_t *targets, mm_real scale, int B, int Tt);
+    void (*seq_dloss)(const mm_backend *be, mm_real *dloss, const int32_t *targets, mm_real scale,
+                      int B, int Tt);
 } model_ops;
 
-extern const model_ops model_ops_cpu;
+extern const model_ops model_ops_cpu;  // the CPU backend's (backend.h mm_backend_cpu)
 
 // ---------------------------------------------------------------------------------------
 // Parameter tensors.
@@ -182,7 +197,7 @@ typedef struct model model;  // opaque; see model/transformer.c
 // Table order: [img.*, audio.*, text.wte, text.pos, blocks.0 .. blocks.L-1, ln_f, lm_head],
 // i.e. the order in which backward completes, reversed (see model_set_grad_hook). Tensor
 // NAMES are the stable interface (checkpoints are by name); do not rely on positions.
-int model_create(model **out, const model_config *cfg, const model_ops *ops, int max_B,
+int model_create(model **out, const model_config *cfg, const mm_backend *be, int max_B,
                  uint64_t seed, mm_err *err);
 void model_free(model *m);
 

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "model.h"
 
 #define MODEL_SHAPE(...) ((const int64_t[]){__VA_ARGS__})
@@ -68,7 +69,7 @@ void model_tp_allreduce(int tp, comm_group *g, mm_real *x, size_t n);
 // backward passes zero several activation gradients per block.
 void model_zero_bufs(int n, mm_real *const *p, const size_t *len);
 // The same in ops' memory: model_zero_bufs on the CPU, ops->mem_zero per buffer elsewhere.
-void model_zero_ops(const model_ops *ops, int n, mm_real *const *p, const size_t *len);
+void model_zero_ops(const mm_backend *be, int n, mm_real *const *p, const size_t *len);
 
 // The gradient-ready hook (model.h model_set_grad_hook) as the models hold it.
 typedef struct {
@@ -82,8 +83,10 @@ static inline void model_hook_fire(const model_hook *h, size_t lo) {
 
 // patchify (B, H, W, c) -> (B, (H/p)*(W/p), p*p*c): patches row-major in (py, px), inner
 // order (dy, dx, c); unpatchify is the inverse. One memcpy per patch row.
-void model_patchify(mm_real *patches, const mm_real *img, int B, int H, int W, int c, int p);
-void model_unpatchify(mm_real *img, const mm_real *patches, int B, int H, int W, int c, int p);
+void model_patchify(const mm_backend *be MM_UNUSED, mm_real *patches, const mm_real *img, int B,
+                    int H, int W, int c, int p);
+void model_unpatchify(const mm_backend *be MM_UNUSED, mm_real *img, const mm_real *patches, int B,
+                      int H, int W, int c, int p);
 
 // Audio (B, F, n_mels) as (B, F / group, group * n_mels) tokens: a reshape when group
 // divides F (returns audio itself), else copies all but the trailing F % group frames of
@@ -93,23 +96,25 @@ const mm_real *model_group_audio(mm_real *scratch, const mm_real *audio, int B, 
 
 // The CPU glue ops of the ops table (ops_glue_cpu.c; model.h documents them), shared by the
 // CPU tables and usable by the CUDA build's tests as the reference.
-void *model_cpu_mem_alloc(size_t bytes);
-void model_cpu_mem_free(void *p);
-void model_cpu_mem_copy(void *dst, const void *src, size_t bytes);
-void model_cpu_mem_zero(void *p, size_t bytes);
-void model_cpu_copy_rows(mm_real *dst, size_t dst_stride, const mm_real *src, size_t src_stride,
-                         size_t width, int rows);
-void model_cpu_embed_fwd(mm_real *x0, uint8_t *key_valid, const mm_real *emb_img,
-                         const mm_real *emb_aud, const mm_real *img_pos, const mm_real *aud_pos,
-                         const mm_real *wte, const mm_real *tpos, const int32_t *tokens,
-                         int tok_stride, const uint8_t *has_image, const uint8_t *has_audio,
+void *model_cpu_mem_alloc(const mm_backend *be MM_UNUSED, size_t bytes);
+void model_cpu_mem_free(const mm_backend *be MM_UNUSED, void *p);
+void model_cpu_mem_copy(const mm_backend *be MM_UNUSED, void *dst, const void *src, size_t bytes);
+void model_cpu_mem_zero(const mm_backend *be MM_UNUSED, void *p, size_t bytes);
+void model_cpu_copy_rows(const mm_backend *be MM_UNUSED, mm_real *dst, size_t dst_stride,
+                         const mm_real *src, size_t src_stride, size_t width, int rows);
+void model_cpu_embed_fwd(const mm_backend *be MM_UNUSED, mm_real *x0, uint8_t *key_valid,
+                         const mm_real *emb_img, const mm_real *emb_aud, const mm_real *img_pos,
+                         const mm_real *aud_pos, const mm_real *wte, const mm_real *tpos,
+                         const int32_t *tokens, int tok_stride, const uint8_t *has_image,
+                         const uint8_t *has_audio, int B, int T, int n_img, int n_aud, int C,
+                         int V);
+void model_cpu_embed_bwd(const mm_backend *be MM_UNUSED, mm_real *g_img_pos, mm_real *g_aud_pos,
+                         mm_real *g_wte, mm_real *g_tpos, const mm_real *dx0, const int32_t *tokens,
                          int B, int T, int n_img, int n_aud, int C, int V);
-void model_cpu_embed_bwd(mm_real *g_img_pos, mm_real *g_aud_pos, mm_real *g_wte,
-                         mm_real *g_tpos, const mm_real *dx0, const int32_t *tokens, int B,
-                         int T, int n_img, int n_aud, int C, int V);
-void model_cpu_seq_loss(double *out, const mm_real *losses, const int32_t *targets, int B,
-                        int Tt);
-void model_cpu_seq_dloss(mm_real *dloss, const int32_t *targets, mm_real scale, int B, int Tt);
+void model_cpu_seq_loss(const mm_backend *be MM_UNUSED, double *out, const mm_real *losses,
+                        const int32_t *targets, int B, int Tt);
+void model_cpu_seq_dloss(const mm_backend *be MM_UNUSED, mm_real *dloss, const int32_t *targets,
+                         mm_real scale, int B, int Tt);
 
 // mm_fail with the tp part of a config check: tp_rank in [0, tp), tp divides n_heads and
 // d_ff, and tp_group (when given) has size tp and rank tp_rank. who prefixes the message.
@@ -147,7 +152,7 @@ typedef struct {
     mm_real *ln1;                  // (B, T, C)
     mm_real *ln1_mean, *ln1_rstd;  // (B, T)
     mm_real *qkv;                  // (B, T, 3, NHl, HD)
-    mm_real *att;                  // ops->attention_saved(B, NHl, T): what attention keeps
+    mm_real *att;                  // ops->attention_saved(be, B, NHl, T): what attention keeps
     mm_real *atty;                 // (B, T, NHl, HD) attention output before attn.proj
     mm_real *res2;                 // (B, T, C) residual after attention
     mm_real *ln2;                  // (B, T, C)
@@ -170,7 +175,8 @@ typedef struct {
 
 // How a stack of blocks runs: shapes of this call and the tp placement.
 typedef struct {
-    const model_ops *ops;
+    const mm_backend *be;
+    const model_ops *ops;  // be->ops
     int B, T, P;       // samples, positions, bidirectional prefix (P = T: no causal part)
     int C, NHl, HD, Fl;  // model width; local heads, head dim; local MLP width
     int bias_rank;     // 1 on the one rank that adds the row-parallel biases (tp rank 0)
@@ -185,7 +191,7 @@ void model_block_add_tensors(model_table *tb, const char *prefix, int l, int64_t
 // Points w's views at buf + t[*k..*k+12).offset and advances *k (table order).
 void model_block_bind(model_block_w *w, mm_real *buf, const model_tensor *t, int *k);
 // Carves the block's activations for BT = max_B * T rows (ops: the attention's saved size).
-void model_block_carve(model_carver *cv, const model_ops *ops, model_block_acts *a, size_t BT,
+void model_block_carve(model_carver *cv, const mm_backend *be, model_block_acts *a, size_t BT,
                        size_t T, size_t C, size_t NHl, size_t Cl, size_t Fl);
 void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t BT, size_t C,
                                size_t Cl, size_t Fl);

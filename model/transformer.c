@@ -107,7 +107,7 @@ typedef struct {
     mm_real *lnf;       // (B, Tt, C)
     mm_real *lnf_mean, *lnf_rstd;  // (B, Tt)
     mm_real *logits;               // (B, Tt, V)
-    mm_real *probs;                // ops->xent_saved(B * Tt, V): what xent keeps
+    mm_real *probs;                // ops->xent_saved(be, B * Tt, V): what xent keeps
     mm_real *losses;               // (B, Tt)
     // backward scratch (not kept between calls)
     model_block_scratch bs;  // the blocks' gradients; bs.dres: of the residual stream
@@ -119,7 +119,8 @@ typedef struct {
 
 struct model {
     model_config cfg;
-    const model_ops *ops;
+    const mm_backend *be;  // not owned
+    const model_ops *ops;  // be->ops
     int max_B;
     int C, L, NH, HD, F, V, Tt;  // d_model, layers, heads, head dim, d_ff, vocab, text_T
     int NHl, Cl, Fl;             // this tp rank's heads, attention width (NHl*HD), MLP width
@@ -234,13 +235,13 @@ static size_t plan_acts(model *m, mm_real *base) {
     a->emb_aud = model_carve(&cv, B * m->n_aud * C);
     a->x0 = model_carve(&cv, BT * C);
     for (int l = 0; l < m->L; l++)
-        model_block_carve(&cv, m->ops, &a->layer[l], BT, T, C, (size_t)m->NHl, Cl, Fl);
+        model_block_carve(&cv, m->be, &a->layer[l], BT, T, C, (size_t)m->NHl, Cl, Fl);
     a->txt = model_carve(&cv, BTt * C);
     a->lnf = model_carve(&cv, BTt * C);
     a->lnf_mean = model_carve(&cv, BTt);
     a->lnf_rstd = model_carve(&cv, BTt);
     a->logits = model_carve(&cv, BTt * V);
-    a->probs = model_carve(&cv, m->ops->xent_saved((int)BTt, (int)V));
+    a->probs = model_carve(&cv, m->ops->xent_saved(m->be, (int)BTt, (int)V));
     a->losses = model_carve(&cv, BTt);
     model_block_carve_scratch(&cv, &a->bs, BT, C, Cl, Fl);
     a->dlogits = a->logits;
@@ -292,12 +293,14 @@ static int check_config(const model_config *c, int max_B, mm_err *err) {
     return model_check_tp("model", c->n_heads, c->d_ff, c->tp, c->tp_rank, c->tp_group, err);
 }
 
-int model_create(model **out, const model_config *cfg, const model_ops *ops, int max_B,
+int model_create(model **out, const model_config *cfg, const mm_backend *be, int max_B,
                  uint64_t seed, mm_err *err) {
     *out = NULL;
     if (check_config(cfg, max_B, err)) return -1;
+    const model_ops *ops = be->ops;
     model *m = mm_calloc(1, sizeof(model));
     m->cfg = *cfg;
+    m->be = be;
     m->ops = ops;
     m->max_B = max_B;
     m->C = cfg->d_model;
@@ -319,8 +322,8 @@ int model_create(model **out, const model_config *cfg, const model_ops *ops, int
 
     build_table(m);
     const size_t pbytes = m->n_params * sizeof(mm_real);
-    m->params = ops->mem_alloc(pbytes);
-    m->grads = ops->mem_alloc(pbytes);
+    m->params = ops->mem_alloc(be, pbytes);
+    m->grads = ops->mem_alloc(be, pbytes);
     bind_weights(m, &m->w, m->params);
     bind_weights(m, &m->g, m->grads);
     // drawn on the host, then copied to the ops' memory (a plain copy on the CPU)
@@ -328,18 +331,18 @@ int model_create(model **out, const model_config *cfg, const model_ops *ops, int
     // each tensor has its own stream, so the split across threads cannot change values
 #pragma omp parallel for schedule(dynamic)
     for (int k = 0; k < m->n_tensors; k++) init_tensor(m, init, k, seed);
-    ops->mem_upload(m->params, init, pbytes);
+    ops->mem_upload(be, m->params, init, pbytes);
     free(init);
 
     m->a.layer = mm_calloc((size_t)m->L, sizeof(model_block_acts));
     size_t n_acts = plan_acts(m, NULL);
-    m->act_mem = ops->mem_alloc(n_acts * sizeof(mm_real));
+    m->act_mem = ops->mem_alloc(be, n_acts * sizeof(mm_real));
     plan_acts(m, m->act_mem);
-    m->key_valid = ops->mem_alloc((size_t)max_B * m->T);
-    m->seq_out = ops->mem_alloc((size_t)max_B * 2 * sizeof(double));
+    m->key_valid = ops->mem_alloc(be, (size_t)max_B * m->T);
+    m->seq_out = ops->mem_alloc(be, (size_t)max_B * 2 * sizeof(double));
     m->seq_host = mm_calloc((size_t)max_B * 2, sizeof(double));
     m->gen_logits = mm_alloc_aligned((size_t)max_B * m->V * sizeof(mm_real));
-    m->gen_dtokens = ops->mem_alloc((size_t)max_B * m->Tt * sizeof(int32_t));
+    m->gen_dtokens = ops->mem_alloc(be, (size_t)max_B * m->Tt * sizeof(int32_t));
     m->gen_tokens = mm_calloc((size_t)max_B * m->Tt, sizeof(int32_t));
     m->gen_done = mm_calloc((size_t)max_B, 1);
     *out = m;
@@ -350,17 +353,17 @@ void model_free(model *m) {
     if (!m) return;
     free(m->tensors);
     free(m->block_lo);
-    m->ops->mem_free(m->params);
-    m->ops->mem_free(m->grads);
+    m->ops->mem_free(m->be, m->params);
+    m->ops->mem_free(m->be, m->grads);
     free(m->w.layer);
     free(m->g.layer);
-    m->ops->mem_free(m->act_mem);
+    m->ops->mem_free(m->be, m->act_mem);
     free(m->a.layer);
-    m->ops->mem_free(m->key_valid);
-    m->ops->mem_free(m->seq_out);
+    m->ops->mem_free(m->be, m->key_valid);
+    m->ops->mem_free(m->be, m->seq_out);
     free(m->seq_host);
     free(m->gen_logits);
-    m->ops->mem_free(m->gen_dtokens);
+    m->ops->mem_free(m->be, m->gen_dtokens);
     free(m->gen_tokens);
     free(m->gen_done);
     free(m);
@@ -392,7 +395,7 @@ void model_set_grad_hook(model *m, model_grad_hook fn, void *ctx) {
 }
 
 void model_zero_grad(model *m) {
-    model_zero_ops(m->ops, 1, &m->grads, &m->n_params);
+    model_zero_ops(m->be, 1, &m->grads, &m->n_params);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -413,10 +416,18 @@ static void check_input(const model *m, const model_input *in) {
 
 // How this rank runs its blocks on B samples of T positions (Megatron split, file top).
 static model_block_run block_run(const model *m, int B, int T) {
-    return (model_block_run){m->ops,  B,          T,    m->P,
-                             m->C,    m->NHl,     m->HD, m->Fl,
+    return (model_block_run){m->be,
+                             m->ops,
+                             B,
+                             T,
+                             m->P,
+                             m->C,
+                             m->NHl,
+                             m->HD,
+                             m->Fl,
                              m->cfg.tp_rank == 0,  // adds the row-parallel biases (file top)
-                             m->cfg.tp, m->cfg.tp_group};
+                             m->cfg.tp,
+                             m->cfg.tp_group};
 }
 
 // Embeddings and all blocks for B samples using the first Tu text positions of tokens
@@ -424,29 +435,30 @@ static model_block_run block_run(const model *m, int B, int T) {
 // the last block's res3 as (B, T', C).
 static void forward_trunk(model *m, const model_input *in, const int32_t *tokens, int tok_stride,
                           int Tu) {
-    const model_ops *ops = m->ops;
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
     const int B = in->B, C = m->C, P = m->P, T = P + Tu, n_img = m->n_img, n_aud = m->n_aud;
     acts *a = &m->a;
     const weights *w = &m->w;
 
-    ops->patchify(a->patches, in->image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
+    ops->patchify(be, a->patches, in->image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
                   m->cfg.patch);
-    ops->matmul_fwd(a->emb_img, a->patches, w->img_w, w->img_b, B * n_img, m->pdim, C);
+    ops->matmul_fwd(be, a->emb_img, a->patches, w->img_w, w->img_b, B * n_img, m->pdim, C);
 
     // audio (B, F, n_mels) as (B, n_aud, adim) tokens: a reshape when audio_group divides F,
     // else without each sample's trailing F % audio_group frames (model_group_audio)
     const mm_real *aud = in->audio;
     if (m->cfg.audio_F != n_aud * m->cfg.audio_group) {
-        ops->copy_rows(a->aud, (size_t)n_aud * m->adim, in->audio,
+        ops->copy_rows(be, a->aud, (size_t)n_aud * m->adim, in->audio,
                        (size_t)m->cfg.audio_F * m->cfg.n_mels, (size_t)n_aud * m->adim, B);
         aud = a->aud;
     }
-    ops->matmul_fwd(a->emb_aud, aud, w->aud_w, w->aud_b, B * n_aud, m->adim, C);
+    ops->matmul_fwd(be, a->emb_aud, aud, w->aud_w, w->aud_b, B * n_aud, m->adim, C);
 
     // x0 rows: projected patches / audio tokens / token embeddings, plus positions
-    ops->embed_fwd(a->x0, m->key_valid, a->emb_img, a->emb_aud, w->img_pos, w->aud_pos, w->wte,
-                   w->tpos, tokens, tok_stride, in->has_image, in->has_audio, B, T, n_img, n_aud,
-                   C, m->V);
+    ops->embed_fwd(be, a->x0, m->key_valid, a->emb_img, a->emb_aud, w->img_pos, w->aud_pos, w->wte,
+                   w->tpos, tokens, tok_stride, in->has_image, in->has_audio, B, T, n_img, n_aud, C,
+                   m->V);
 
     const model_block_run run = block_run(m, B, T);
     const mm_real *x = a->x0;
@@ -465,15 +477,15 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
 
     // ln_f and lm_head only on the text rows
     const mm_real *fin = a->layer[m->L - 1].res3;
-    m->ops->copy_rows(a->txt, (size_t)Tt * C, fin + (size_t)P * C, (size_t)T * C, (size_t)Tt * C,
-                      B);
-    m->ops->layernorm_fwd(a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g, m->w.lnf_b, B * Tt,
-                          C);
-    m->ops->matmul_fwd(a->logits, a->lnf, m->w.lm_head, NULL, B * Tt, C, V);
-    m->ops->xent_fwd(a->losses, a->probs, a->logits, in->targets, B * Tt, V);
+    m->ops->copy_rows(m->be, a->txt, (size_t)Tt * C, fin + (size_t)P * C, (size_t)T * C,
+                      (size_t)Tt * C, B);
+    m->ops->layernorm_fwd(m->be, a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g, m->w.lnf_b,
+                          B * Tt, C);
+    m->ops->matmul_fwd(m->be, a->logits, a->lnf, m->w.lm_head, NULL, B * Tt, C, V);
+    m->ops->xent_fwd(m->be, a->losses, a->probs, a->logits, in->targets, B * Tt, V);
 
-    m->ops->seq_loss(m->seq_out, a->losses, in->targets, B, Tt);
-    m->ops->mem_download(m->seq_host, m->seq_out, (size_t)B * 2 * sizeof(double));
+    m->ops->seq_loss(m->be, m->seq_out, a->losses, in->targets, B, Tt);
+    m->ops->mem_download(m->be, m->seq_host, m->seq_out, (size_t)B * 2 * sizeof(double));
     double total = 0;
     int scored = 0;
     for (int b = 0; b < B; b++)
@@ -497,7 +509,8 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
              "model_backward needs the activations of a model_forward on "
              "the same batch (saved %d samples, got %d; model_generate discards them)",
              m->saved_B, in->B);
-    const model_ops *ops = m->ops;
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
     const int B = in->B, C = m->C, T = m->T, P = m->P, Tt = m->Tt, V = m->V;
     const int n_img = m->n_img, n_aud = m->n_aud;
     acts *a = &m->a;
@@ -505,19 +518,19 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     const weights *g = &m->g;
 
     // d(loss_scale * sum_b mean_t loss) / d loss[b, t] = loss_scale / n_targets(b)
-    ops->seq_dloss(a->dloss, in->targets, loss_scale, B, Tt);
-    ops->xent_bwd(a->dlogits, a->logits, a->probs, in->targets, a->dloss, B * Tt, V);
+    ops->seq_dloss(be, a->dloss, in->targets, loss_scale, B, Tt);
+    ops->xent_bwd(be, a->dlogits, a->logits, a->probs, in->targets, a->dloss, B * Tt, V);
     mm_real *const zb[] = {a->dlnf, a->dtxt};
     const size_t zn[] = {(size_t)B * Tt * C, (size_t)B * Tt * C};
-    model_zero_ops(ops, 2, zb, zn);
-    ops->matmul_bwd(a->dlnf, g->lm_head, NULL, a->dlogits, a->lnf, w->lm_head, B * Tt, C, V);
-    ops->layernorm_bwd(a->dtxt, g->lnf_g, g->lnf_b, a->dlnf, a->txt, w->lnf_g, a->lnf_mean,
+    model_zero_ops(be, 2, zb, zn);
+    ops->matmul_bwd(be, a->dlnf, g->lm_head, NULL, a->dlogits, a->lnf, w->lm_head, B * Tt, C, V);
+    ops->layernorm_bwd(be, a->dtxt, g->lnf_g, g->lnf_b, a->dlnf, a->txt, w->lnf_g, a->lnf_mean,
                        a->lnf_rstd, B * Tt, C);
     // the prefix gets no gradient from the head
     mm_real *const zr[] = {a->bs.dres};
     const size_t zrn[] = {(size_t)B * T * C};
-    model_zero_ops(ops, 1, zr, zrn);
-    ops->copy_rows(a->bs.dres + (size_t)P * C, (size_t)T * C, a->dtxt, (size_t)Tt * C,
+    model_zero_ops(be, 1, zr, zrn);
+    ops->copy_rows(be, a->bs.dres + (size_t)P * C, (size_t)T * C, a->dtxt, (size_t)Tt * C,
                    (size_t)Tt * C, B);
     model_hook_fire(&m->hook, m->head_lo);
 
@@ -529,17 +542,17 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     }
 
     // input projections: gather their rows of d(x0); no gradient flows into the inputs
-    ops->copy_rows(a->emb_img, (size_t)n_img * C, a->bs.dres, (size_t)T * C, (size_t)n_img * C,
+    ops->copy_rows(be, a->emb_img, (size_t)n_img * C, a->bs.dres, (size_t)T * C, (size_t)n_img * C,
                    B);
-    ops->copy_rows(a->emb_aud, (size_t)n_aud * C, a->bs.dres + (size_t)n_img * C, (size_t)T * C,
+    ops->copy_rows(be, a->emb_aud, (size_t)n_aud * C, a->bs.dres + (size_t)n_img * C, (size_t)T * C,
                    (size_t)n_aud * C, B);
-    ops->matmul_bwd(NULL, g->img_w, g->img_b, a->emb_img, a->patches, w->img_w, B * n_img, m->pdim,
-                    C);
+    ops->matmul_bwd(be, NULL, g->img_w, g->img_b, a->emb_img, a->patches, w->img_w, B * n_img,
+                    m->pdim, C);
     const mm_real *aud = m->cfg.audio_F != n_aud * m->cfg.audio_group ? a->aud : in->audio;
-    ops->matmul_bwd(NULL, g->aud_w, g->aud_b, a->emb_aud, aud, w->aud_w, B * n_aud, m->adim, C);
+    ops->matmul_bwd(be, NULL, g->aud_w, g->aud_b, a->emb_aud, aud, w->aud_w, B * n_aud, m->adim, C);
 
     // positions and token embeddings (deterministic: model.h embed_bwd)
-    ops->embed_bwd(g->img_pos, g->aud_pos, g->wte, g->tpos, a->bs.dres, in->tokens, B, T, n_img,
+    ops->embed_bwd(be, g->img_pos, g->aud_pos, g->wte, g->tpos, a->bs.dres, in->tokens, B, T, n_img,
                    n_aud, C, V);
     model_hook_fire(&m->hook, 0);
 }
@@ -567,16 +580,16 @@ void model_generate(model *m, const model_input *in, char *out, int out_stride) 
     // Position s predicts token s+1. Causality makes later positions irrelevant, so each step
     // runs the trunk on T' = P + s + 1 positions and the head on one row per sample.
     for (int s = 0; s < Tt - 1 && n_live > 0; s++) {
-        m->ops->mem_upload(m->gen_dtokens, tok, (size_t)B * Tt * sizeof(int32_t));
+        m->ops->mem_upload(m->be, m->gen_dtokens, tok, (size_t)B * Tt * sizeof(int32_t));
         forward_trunk(m, in, m->gen_dtokens, Tt, s + 1);
         const int Ts = P + s + 1;
         const mm_real *fin = a->layer[m->L - 1].res3;
-        m->ops->copy_rows(a->txt, (size_t)C, fin + (size_t)(P + s) * C, (size_t)Ts * C,
+        m->ops->copy_rows(m->be, a->txt, (size_t)C, fin + (size_t)(P + s) * C, (size_t)Ts * C,
                           (size_t)C, B);
-        m->ops->layernorm_fwd(a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g, m->w.lnf_b, B,
-                              C);
-        m->ops->matmul_fwd(a->logits, a->lnf, m->w.lm_head, NULL, B, C, V);
-        m->ops->mem_download(m->gen_logits, a->logits, (size_t)B * V * sizeof(mm_real));
+        m->ops->layernorm_fwd(m->be, a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g,
+                              m->w.lnf_b, B, C);
+        m->ops->matmul_fwd(m->be, a->logits, a->lnf, m->w.lm_head, NULL, B, C, V);
+        m->ops->mem_download(m->be, m->gen_logits, a->logits, (size_t)B * V * sizeof(mm_real));
         for (int b = 0; b < B; b++) {
             if (m->gen_done[b]) continue;
             const mm_real *lg = m->gen_logits + (size_t)b * V;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cuda_dp.sh: data parallelism with backend: cuda (issue 6) on a machine without GPUs. The
+# cuda_dp.sh: data parallelism with backend: cuda on a machine without GPUs. The
 # trainer of the CPU emulation build (`make cuda-emu`, tests/gpu/cuda_emu.h) runs 2 dp ranks
 # with many small gradient buckets; there is no NCCL in that build, so train/gradsync.c's
 # device buckets take their host path (event on the compute stream, download, non-blocking
@@ -7,9 +7,10 @@
 # order, hook and stream ordering as the NCCL path, another transport. Checked against the
 # CPU trainer on the same 2 ranks: per-step losses and gradient norms within 1e-6 relative
 # (the ops agree to ~1e-7, tests/gpu/test_ops_cuda); a bucket left unreduced or reduced
-# twice changes the step's gradient norm by far more. Also: ZeRO-1 and tp > 1 are refused on
-# cuda with a one-line error, and a NaN put into a device gradient skips the step naming
-# the same tensor as the CPU does. The NCCL transport itself runs only on a GPU machine
+# twice changes the step's gradient norm by far more. The same for the diffusion model: one
+# backend object serves both kinds, so its gradient buckets go the same way. Also: ZeRO-1 and
+# tp > 1 are refused on cuda with the same one-line error for both kinds, and a NaN put into
+# a device gradient skips the step naming the same tensor as the CPU does. The NCCL transport itself runs only on a GPU machine
 # (tests/gpu/run.sh, test_comm_nccl). Prints "N passed, N failed".
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,7 +58,7 @@ for key in loss grad_norm; do
     ok "$key cpu vs emulated cuda, dp 2: $res" '[ $rc -eq 0 ]'
 done
 
-# a NaN put into a device gradient (MM_TEST_INJECT_NAN, the test hook of issue 7) skips that
+# a NaN put into a device gradient (MM_TEST_INJECT_NAN, survive.h's test hook) skips that
 # step as on the CPU: the same message naming the same first non-finite tensor, and the same
 # losses after it (nothing of the skipped step applied on either backend)
 MM_TEST_INJECT_NAN=2 run cpunan "$B/train"; rc1=$?
@@ -75,11 +76,30 @@ res=$(paste <(vals cpunan loss) <(vals gpunan loss) | awk '
 rc=$?
 ok "losses around the skipped step, cpu vs emulated cuda: $res" '[ $rc -eq 0 ]'
 
-# refused layouts: one line naming the reason, non-zero exit, before any step
-run zero "$emu/train" backend=cuda parallel.zero=1; rc=$?
-ok "zero 1 on cuda refused (rc $rc): $(cat "$tmp/zero.log" | head -n 3)" \
-    '[ $rc -ne 0 ] && grep -q "parallel.zero 1" "$tmp/zero.log" && ! grep -q "^step" "$tmp/zero.log"'
-run tp "$emu/train" backend=cuda parallel.tp=2; rc=$?
-ok "tp 2 on cuda refused (rc $rc): $(cat "$tmp/tp.log" | head -n 3)" \
-    '[ $rc -ne 0 ] && grep -q "tp 2" "$tmp/tp.log" && ! grep -q "^step" "$tmp/tp.log"'
+# the diffusion model, dp 2: the same check (it shares the backend's buckets with the LM)
+dit=(model.kind=diffusion model.patch=4 diffusion.enc_layers=1)
+run dcpu "$B/train" "${dit[@]}"; rc1=$?
+run dgpu "$emu/train" backend=cuda "${dit[@]}"; rc2=$?
+ok "diffusion dp 2, cpu and emulated cuda exit 0 (rc $rc1 $rc2): $(tail -n 2 "$tmp/dgpu.log")" \
+    '[ $rc1 -eq 0 ] && [ $rc2 -eq 0 ]'
+for key in loss grad_norm; do
+    res=$(paste <(vals dcpu $key) <(vals dgpu $key) | awk '
+        { n++; d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > m) m = r }
+        END { printf "%d steps, worst relative difference %.3g", n, m; exit !(n == 3 && m <= 1e-6) }')
+    rc=$?
+    ok "diffusion $key cpu vs emulated cuda, dp 2: $res" '[ $rc -eq 0 ]'
+done
+
+# refused layouts: one line naming the reason, non-zero exit, before any step; the same line
+# for both model kinds (the backend's capabilities are checked once, by the trainer)
+for kind in transformer diffusion; do
+    run zero$kind "$emu/train" backend=cuda parallel.zero=1 model.kind=$kind; rc=$?
+    ok "$kind: zero 1 on cuda refused (rc $rc): $(head -n 3 "$tmp/zero$kind.log")" \
+        '[ $rc -ne 0 ] && grep -q "does not run ZeRO-1 yet (parallel.zero 1" "$tmp/zero$kind.log" && ! grep -q "^step" "$tmp/zero$kind.log"'
+    run tp$kind "$emu/train" backend=cuda parallel.tp=2 model.kind=$kind; rc=$?
+    ok "$kind: tp 2 on cuda refused (rc $rc): $(head -n 3 "$tmp/tp$kind.log")" \
+        '[ $rc -ne 0 ] && grep -q "does not run tensor parallelism yet (parallel.tp 2)" "$tmp/tp$kind.log" && ! grep -q "^step" "$tmp/tp$kind.log"'
+done
+[ "$(grep -h '^error' "$tmp"/zerotransformer.log)" = "$(grep -h '^error' "$tmp"/zerodiffusion.log)" ]
+ok "the same refusal for both kinds" '[ $? -eq 0 ]'
 echo "$pass passed, $fail failed"

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "../data/data.h"
+#include "../model/backend.h"
 #include "../model/diffusion.h"
 #include "gradcheck.h"
 #include "test.h"
@@ -33,7 +34,8 @@
 static const double TOL = 1e-6;
 static const double EPS = 1e-3;
 
-static const dit_ops *dops = &dit_ops_cpu;
+static const mm_backend *const be = &mm_backend_cpu;
+static const dit_ops *const dops = &dit_ops_cpu;
 
 static void report(test_counts *tc, const char *what, const char *input, fd_result r) {
     fd_report(tc, 30, what, 8, input, r, TOL);
@@ -69,7 +71,7 @@ typedef struct {
 
 static double silu_f(void *p) {
     silu_ctx *c = p;
-    dops->silu_fwd(c->out, c->x, c->n);
+    dops->silu_fwd(be, c->out, c->x, c->n);
     return dot(c->out, c->R, c->n);
 }
 
@@ -80,7 +82,7 @@ static void check_silu(test_counts *tc, mm_rng *r) {
     c.out = malloc(c.n * sizeof(mm_real));
     c.R = alloc_normal(c.n, 1, r);
     acc_buf dx = acc_new(c.n, r);
-    dops->silu_bwd(dx.d, c.x, c.R, c.n);
+    dops->silu_bwd(be, dx.d, c.x, c.R, c.n);
     acc_done(&dx);
     report(tc, "silu", "x", fd_check(silu_f, &c, c.x, dx.d, c.n, NULL, 0, EPS));
     free(c.x), free(c.out), free(c.R), acc_free(&dx);
@@ -96,7 +98,7 @@ typedef struct {
 
 static double modulate_f(void *p) {
     mod_ctx *c = p;
-    dops->modulate_fwd(c->out, c->x, c->mods, c->mods + MC, MSC, MB_, MN, MC);
+    dops->modulate_fwd(be, c->out, c->x, c->mods, c->mods + MC, MSC, MB_, MN, MC);
     return dot(c->out, c->R, (size_t)MB_ * MN * MC);
 }
 
@@ -104,7 +106,7 @@ static double gated_f(void *p) {
     mod_ctx *c = p;
     size_t n = (size_t)MB_ * MN * MC;
     memcpy(c->out, c->x, n * sizeof(mm_real));
-    dops->gated_add_fwd(c->out, c->y, c->mods + 2 * MC, MSC, MB_, MN, MC);
+    dops->gated_add_fwd(be, c->out, c->y, c->mods + 2 * MC, MSC, MB_, MN, MC);
     return dot(c->out, c->R, n);
 }
 
@@ -113,7 +115,7 @@ static void check_modulate_gated(test_counts *tc, mm_rng *r) {
     mod_ctx c = {alloc_normal(n, 1, r), alloc_normal(n, 1, r), alloc_normal(nm, 1, r),
                  malloc(n * sizeof(mm_real)), alloc_normal(n, 1, r)};
     acc_buf dx = acc_new(n, r), dmods = acc_new(nm, r), dy = acc_new(n, r);
-    dops->modulate_bwd(dx.d, dmods.d, dmods.d + MC, c.R, c.x, c.mods + MC, MSC, MB_, MN, MC);
+    dops->modulate_bwd(be, dx.d, dmods.d, dmods.d + MC, c.R, c.x, c.mods + MC, MSC, MB_, MN, MC);
     acc_done(&dx);
     acc_done(&dmods);
     report(tc, "modulate (stride 3C)", "x", fd_check(modulate_f, &c, c.x, dx.d, n, NULL, 0, EPS));
@@ -122,7 +124,7 @@ static void check_modulate_gated(test_counts *tc, mm_rng *r) {
            fd_check(modulate_f, &c, c.mods, dmods.d, nm, NULL, 0, EPS));
 
     memcpy(dmods.d, dmods.pre, nm * sizeof(mm_real));
-    dops->gated_add_bwd(dy.d, dmods.d + 2 * MC, c.R, c.y, c.mods + 2 * MC, MSC, MB_, MN, MC);
+    dops->gated_add_bwd(be, dy.d, dmods.d + 2 * MC, c.R, c.y, c.mods + 2 * MC, MSC, MB_, MN, MC);
     acc_done(&dy);
     acc_done(&dmods);
     // dx passes through: d f / d x = R
@@ -144,7 +146,7 @@ typedef struct {
 
 static double xa_f(void *p) {
     xa_ctx *c = p;
-    dops->xattn_fwd(c->out, c->att, c->q, c->kv, c->valid, c->B, c->Tq, c->Tk, c->NH, c->HD);
+    dops->xattn_fwd(be, c->out, c->att, c->q, c->kv, c->valid, c->B, c->Tq, c->Tk, c->NH, c->HD);
     return dot(c->out, c->R, (size_t)c->B * c->Tq * c->NH * c->HD);
 }
 
@@ -161,7 +163,7 @@ static void check_xattn(test_counts *tc, mm_rng *r) {
     c.R = alloc_normal(nq, 1, r);
     acc_buf dq = acc_new(nq, r), dkv = acc_new(nkv, r);
     xa_f(&c);
-    dops->xattn_bwd(dq.d, dkv.d, c.R, c.q, c.kv, c.att, c.B, c.Tq, c.Tk, c.NH, c.HD);
+    dops->xattn_bwd(be, dq.d, dkv.d, c.R, c.q, c.kv, c.att, c.B, c.Tq, c.Tk, c.NH, c.HD);
     acc_done(&dq);
     acc_done(&dkv);
     report(tc, "xattn (masked, 1-key sample)", "q", fd_check(xa_f, &c, c.q, dq.d, nq, NULL, 0, EPS));
@@ -186,7 +188,7 @@ typedef struct {
 
 static double mse_f(void *p) {
     mse_ctx *c = p;
-    dops->mse_fwd(c->loss, c->pred, c->target, c->B, c->n);
+    dops->mse_fwd(be, c->loss, c->pred, c->target, c->B, c->n);
     return dot(c->loss, c->w, (size_t)c->B);
 }
 
@@ -198,7 +200,7 @@ static void check_mse(test_counts *tc, mm_rng *r) {
     c.loss = malloc((size_t)c.B * sizeof(mm_real));
     c.w = alloc_normal((size_t)c.B, 1, r);
     mm_real *d = alloc_normal(n, 1, r);  // overwritten, not accumulated
-    dops->mse_bwd(d, c.pred, c.target, c.w, c.B, c.n);
+    dops->mse_bwd(be, d, c.pred, c.target, c.w, c.B, c.n);
     report(tc, "mse (per-sample mean)", "pred", fd_check(mse_f, &c, c.pred, d, n, NULL, 0, EPS));
     free(c.pred), free(c.target), free(c.loss), free(c.w), free(d);
 }
@@ -214,7 +216,7 @@ typedef struct {
 static double xp_f(void *p) {
     xp_ctx *c = p;
     memcpy(c->out, c->y, (size_t)c->B * c->n * sizeof(mm_real));
-    dops->xpred(c->out, c->x_t, c->t, 0, c->B, c->n);
+    dops->xpred(be, c->out, c->x_t, c->t, 0, c->B, c->n);
     return dot(c->out, c->R, (size_t)c->B * c->n);
 }
 
@@ -228,7 +230,7 @@ static void check_xpred(test_counts *tc, mm_rng *r) {
     c.out = malloc(n * sizeof(mm_real));
     mm_real *d = malloc(n * sizeof(mm_real));
     memcpy(d, c.R, n * sizeof(mm_real));
-    dops->xpred(d, c.x_t, c.t, 1, c.B, c.n);
+    dops->xpred(be, d, c.x_t, c.t, 1, c.B, c.n);
     report(tc, "xpred (t 0.7, 0.05, 0.01)", "y", fd_check(xp_f, &c, c.y, d, n, NULL, 0, EPS));
     // the velocity it gives: x_t - t v recovers the estimate where t >= TMIN
     xp_f(&c);
@@ -284,7 +286,7 @@ static void make_dit(dit_ctx *c, mm_rng *r, test_counts *tc, int pool, int x_pre
     c->cfg.x_pred = x_pred;
     const dit_config *k = &c->cfg;
     mm_err err = {{0}};
-    int rc = dit_create(&c->m, k, &model_ops_cpu, dops, GB, 77, &err);
+    int rc = dit_create(&c->m, k, &mm_backend_cpu, GB, 77, &err);
     TEST_CHECK(tc, rc == 0, "dit_create: %s", err.msg);
     if (rc) exit(test_finish(tc));
     mm_real *p = dit_params(c->m);

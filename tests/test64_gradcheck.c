@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "../data/data.h"
+#include "../model/backend.h"
 #include "../model/model.h"
 #include "gradcheck.h"
 #include "test.h"
@@ -46,7 +47,8 @@ static void subtract(mm_real *g, const mm_real *pre, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] -= pre[i];
 }
 
-static const model_ops *ops = &model_ops_cpu;
+static const mm_backend *const be = &mm_backend_cpu;
+static const model_ops *const ops = &model_ops_cpu;
 
 // ---------------------------------------------------------------------------------------
 // matmul
@@ -57,7 +59,7 @@ typedef struct {
 
 static double mm_f(void *p) {
     mm_ctx *c = p;
-    ops->matmul_fwd(c->out, c->inp, c->w, c->b, c->N, c->IC, c->OC);
+    ops->matmul_fwd(be, c->out, c->inp, c->w, c->b, c->N, c->IC, c->OC);
     return dot(c->out, c->R, (size_t)c->N * c->OC);
 }
 
@@ -84,7 +86,7 @@ static void check_matmul(test_counts *tc, mm_rng *r) {
     memcpy(dw, pw, nw * sizeof(mm_real));
     memcpy(db, pb, c.OC * sizeof(mm_real));
     mm_f(&c);
-    ops->matmul_bwd(di, dw, db, c.R, c.inp, c.w, c.N, c.IC, c.OC);
+    ops->matmul_bwd(be, di, dw, db, c.R, c.inp, c.w, c.N, c.IC, c.OC);
     subtract(di, pi, ni);
     subtract(dw, pw, nw);
     subtract(db, pb, c.OC);
@@ -96,7 +98,7 @@ static void check_matmul(test_counts *tc, mm_rng *r) {
     c.b = NULL;
     memset(dw, 0, nw * sizeof(mm_real));
     mm_f(&c);
-    ops->matmul_bwd(NULL, dw, NULL, c.R, c.inp, c.w, c.N, c.IC, c.OC);
+    ops->matmul_bwd(be, NULL, dw, NULL, c.R, c.inp, c.w, c.N, c.IC, c.OC);
     report(tc, "matmul (no bias, no dinp)", "w", fd_check(mm_f, &c, c.w, dw, nw, NULL, 0, EPS));
     free(c.inp), free(c.w), free(bias), free(pb), free(c.out), free(c.R);
     free(di), free(dw), free(db), free(pi), free(pw);
@@ -111,7 +113,7 @@ typedef struct {
 
 static double ln_f(void *p) {
     ln_ctx *c = p;
-    ops->layernorm_fwd(c->out, c->mean, c->rstd, c->x, c->g, c->b, c->N, c->C);
+    ops->layernorm_fwd(be, c->out, c->mean, c->rstd, c->x, c->g, c->b, c->N, c->C);
     return dot(c->out, c->R, (size_t)c->N * c->C);
 }
 
@@ -140,7 +142,7 @@ static void check_layernorm(test_counts *tc, mm_rng *r) {
     memcpy(dg, pg, c.C * sizeof(mm_real));
     memcpy(db, pb, c.C * sizeof(mm_real));
     ln_f(&c);
-    ops->layernorm_bwd(dx, dg, db, c.R, c.x, c.g, c.mean, c.rstd, c.N, c.C);
+    ops->layernorm_bwd(be, dx, dg, db, c.R, c.x, c.g, c.mean, c.rstd, c.N, c.C);
     subtract(dx, px, n);
     subtract(dg, pg, c.C);
     subtract(db, pb, c.C);
@@ -160,7 +162,7 @@ typedef struct {
 
 static double gelu_f(void *p) {
     gelu_ctx *c = p;
-    ops->gelu_fwd(c->out, c->x, c->n);
+    ops->gelu_fwd(be, c->out, c->x, c->n);
     return dot(c->out, c->R, c->n);
 }
 
@@ -174,7 +176,7 @@ static void check_gelu(test_counts *tc, mm_rng *r) {
     mm_real *dx = malloc(c.n * sizeof(mm_real)), *px = malloc(c.n * sizeof(mm_real));
     fill_normal(px, c.n, 1, r);
     memcpy(dx, px, c.n * sizeof(mm_real));
-    ops->gelu_bwd(dx, c.x, c.R, c.n);
+    ops->gelu_bwd(be, dx, c.x, c.R, c.n);
     subtract(dx, px, c.n);
     report(tc, "gelu", "x", fd_check(gelu_f, &c, c.x, dx, c.n, NULL, 0, EPS));
     free(c.x), free(c.out), free(c.R), free(dx), free(px);
@@ -190,7 +192,7 @@ typedef struct {
 
 static double att_f(void *p) {
     att_ctx *c = p;
-    ops->attention_fwd(c->out, c->att, c->qkv, c->kv, c->B, c->T, c->P, c->NH, c->HD);
+    ops->attention_fwd(be, c->out, c->att, c->qkv, c->kv, c->B, c->T, c->P, c->NH, c->HD);
     return dot(c->out, c->R, (size_t)c->B * c->T * c->NH * c->HD);
 }
 
@@ -212,7 +214,7 @@ static void check_attention(test_counts *tc, mm_rng *r) {
     fill_normal(pre, nq, 1, r);
     memcpy(d, pre, nq * sizeof(mm_real));
     att_f(&c);
-    ops->attention_bwd(d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD);
+    ops->attention_bwd(be, d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD);
     subtract(d, pre, nq);
     report(tc, "attention (P=3, masked)", "qkv", fd_check(att_f, &c, c.qkv, d, nq, NULL, 0, EPS));
     // P = 0 (plain causal) and P = T (all bidirectional) take the single-gemm paths
@@ -220,7 +222,7 @@ static void check_attention(test_counts *tc, mm_rng *r) {
         c.P = P;
         memset(d, 0, nq * sizeof(mm_real));
         att_f(&c);
-        ops->attention_bwd(d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD);
+        ops->attention_bwd(be, d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD);
         report(tc, P ? "attention (P=T)" : "attention (P=0)", "qkv",
                fd_check(att_f, &c, c.qkv, d, nq, NULL, 0, EPS));
     }
@@ -237,7 +239,7 @@ typedef struct {
 
 static double xe_f(void *p) {
     xe_ctx *c = p;
-    ops->xent_fwd(c->loss, c->probs, c->logits, c->tg, c->N, c->V);
+    ops->xent_fwd(be, c->loss, c->probs, c->logits, c->tg, c->N, c->V);
     return dot(c->loss, c->wt, c->N);
 }
 
@@ -253,7 +255,7 @@ static void check_xent(test_counts *tc, mm_rng *r) {
     fill_normal(c.wt, c.N, 1, r);
     mm_real *d = malloc(n * sizeof(mm_real));
     xe_f(&c);
-    ops->xent_bwd(d, c.logits, c.probs, c.tg, c.wt, c.N, c.V);
+    ops->xent_bwd(be, d, c.logits, c.probs, c.tg, c.wt, c.N, c.V);
     report(tc, "xent (2 rows ignored)", "logits", fd_check(xe_f, &c, c.logits, d, n, NULL, 0, EPS));
     int zero = 1;
     for (int j = 0; j < c.V; j++) zero &= d[c.V + j] == 0 && c.loss[1] == 0;
@@ -302,7 +304,7 @@ static void tiny_config(model_config *c) {
 static void make_model(model_ctx *c, mm_rng *r, test_counts *tc) {
     tiny_config(&c->cfg);
     mm_err err = {{0}};
-    int rc = model_create(&c->m, &c->cfg, ops, MB, 1234, &err);
+    int rc = model_create(&c->m, &c->cfg, &mm_backend_cpu, MB, 1234, &err);
     TEST_CHECK(tc, rc == 0, "model_create: %s", err.msg);
     if (rc) exit(test_finish(tc));
     // Larger-than-init weights so that attention, GELU and layernorm work far from their

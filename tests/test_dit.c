@@ -24,6 +24,7 @@
 
 #include "../comm/comm.h"
 #include "../data/data.h"
+#include "../model/backend.h"
 #include "../model/diffusion.h"
 #include "test.h"
 #include "tp_check.h"
@@ -31,8 +32,8 @@
 static const double OP_TOL = 1e-5;
 static const double LOSS_TOL = 1e-5;
 static const double GRAD_TOL = 1e-4;
-static const model_ops *ops = &model_ops_cpu;
-static const dit_ops *dops = &dit_ops_cpu;
+static const mm_backend *const be = &mm_backend_cpu;
+static const dit_ops *const dops = &dit_ops_cpu;
 
 enum { SB = 4 };
 
@@ -77,8 +78,8 @@ static void test_ops(test_counts *tc, mm_rng *r) {
             ro[i] = x[i] * s;
             rd[i] = dx[i] + dout[i] * s * (1 + x[i] * (1 - s));
         }
-        dops->silu_fwd(out, x, n);
-        dops->silu_bwd(dx, x, dout, n);
+        dops->silu_fwd(be, out, x, n);
+        dops->silu_bwd(be, dx, x, dout, n);
         op_report(tc, "silu fwd", nerr(out, ro, n));
         op_report(tc, "silu bwd (accumulating)", nerr(dx, rd, n));
         free(x), free(dout), free(out), free(dx), free(ro), free(rd);
@@ -104,8 +105,8 @@ static void test_ops(test_counts *tc, mm_rng *r) {
                     rdm[m + 3 * C] += dout[k];
                     rdm[m + 4 * C] += (double)dout[k] * x[k];
                 }
-        dops->modulate_fwd(out, x, sh, sl, sc, B, N, C);
-        dops->modulate_bwd(dx, dmods + 3 * C, dmods + 4 * C, dout, x, sl, sc, B, N, C);
+        dops->modulate_fwd(be, out, x, sh, sl, sc, B, N, C);
+        dops->modulate_bwd(be, dx, dmods + 3 * C, dmods + 4 * C, dout, x, sl, sc, B, N, C);
         op_report(tc, "modulate fwd", nerr(out, ro, n));
         op_report(tc, "modulate bwd dx", nerr(dx, rdx, n));
         op_report(tc, "modulate bwd dshift, dscale", nerr(dmods, rdm, nm));
@@ -121,8 +122,8 @@ static void test_ops(test_counts *tc, mm_rng *r) {
                     rdm[m + 5 * C] += (double)dout[k] * y[k];
                 }
         memcpy(out, x, n * sizeof(mm_real));
-        dops->gated_add_fwd(out, y, gt, sc, B, N, C);
-        dops->gated_add_bwd(dy, dmods + 5 * C, dout, y, gt, sc, B, N, C);
+        dops->gated_add_fwd(be, out, y, gt, sc, B, N, C);
+        dops->gated_add_bwd(be, dy, dmods + 5 * C, dout, y, gt, sc, B, N, C);
         op_report(tc, "gated_add fwd", nerr(out, ro, n));
         op_report(tc, "gated_add bwd dy", nerr(dy, rdx, n));
         op_report(tc, "gated_add bwd dgate", nerr(dmods, rdm, nm));
@@ -191,8 +192,8 @@ static void test_ops(test_counts *tc, mm_rng *r) {
 #undef V
 #undef DO
             }
-        dops->xattn_fwd(out, att, q, kv, valid, B, Tq, Tk, NH, HD);
-        dops->xattn_bwd(dq, dkv, dout, q, kv, att, B, Tq, Tk, NH, HD);
+        dops->xattn_fwd(be, out, att, q, kv, valid, B, Tq, Tk, NH, HD);
+        dops->xattn_bwd(be, dq, dkv, dout, q, kv, att, B, Tq, Tk, NH, HD);
         op_report(tc, "xattn fwd (masked)", nerr(out, ro, nq));
         op_report(tc, "xattn bwd dq", nerr(dq, rdq, nq));
         op_report(tc, "xattn bwd dkv", nerr(dkv, rdkv, nkv));
@@ -217,8 +218,8 @@ static void test_ops(test_counts *tc, mm_rng *r) {
                 rd[b * n + i] = 2 * e / n * dl[b];
             }
         }
-        dops->mse_fwd(loss, p, t, B, n);
-        dops->mse_bwd(d, p, t, dl, B, n);
+        dops->mse_fwd(be, loss, p, t, B, n);
+        dops->mse_bwd(be, d, p, t, dl, B, n);
         op_report(tc, "mse fwd", nerr(loss, rl, B));
         op_report(tc, "mse bwd", nerr(d, rd, B * n));
         free(p), free(t), free(d), free(rd);
@@ -283,7 +284,7 @@ static void free_batch(batch *b) {
 static dit *create_or_die(const dit_config *c, int max_B, uint64_t seed) {
     mm_err err = {{0}};
     dit *m = NULL;
-    if (dit_create(&m, c, ops, dops, max_B, seed, &err)) {
+    if (dit_create(&m, c, &mm_backend_cpu, max_B, seed, &err)) {
         fprintf(stderr, "dit_create: %s\n", err.msg);
         exit(1);
     }
@@ -424,7 +425,7 @@ static void test_bad_configs(test_counts *tc) {
         if (i == 7) c.n_layers = 0;
         mm_err err = {{0}};
         dit *m = (dit *)&c;  // must be reset to NULL on failure
-        int rc = dit_create(&m, &c, ops, dops, 2, 1, &err);
+        int rc = dit_create(&m, &c, &mm_backend_cpu, 2, 1, &err);
         TEST_CHECK(tc, rc == -1 && m == NULL && strstr(err.msg, cases[i].expect),
                    "%s: rc %d, message \"%s\" should mention \"%s\"", cases[i].what, rc, err.msg,
                    cases[i].expect);
@@ -676,7 +677,7 @@ static void test_bad_group(test_counts *tc, comm_group *self) {
     c.tp_group = self;
     mm_err err = {{0}};
     dit *m = NULL;
-    int rc = dit_create(&m, &c, ops, dops, 2, 1, &err);
+    int rc = dit_create(&m, &c, &mm_backend_cpu, 2, 1, &err);
     TEST_CHECK(tc, rc == -1 && m == NULL && strstr(err.msg, "tp_group"),
                "a group of one rank for tp 2: rc %d, message \"%s\"", rc, err.msg);
     if (rc == 0) dit_free(m);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "../data/data.h"
+#include "../model/backend.h"
 #include "../model/diffusion.h"
 #include "../train/optim.h"
 #include "test.h"
@@ -41,8 +42,7 @@ static void rig_init(rig *r, double lr, int x_pred) {
                      .vocab = DATA_VOCAB, .text_T = 4, .audio_F = 4, .n_mels = 4,
                      .audio_group = 2, .enc_layers = 1, .x_pred = x_pred, .tp = 1, .tp_rank = 0};
     mm_err err;
-    MM_CHECK(dit_create(&r->m, &dc, &model_ops_cpu, &dit_ops_cpu, MAXB, 3, &err) == 0, "%s",
-             err.msg);
+    MM_CHECK(dit_create(&r->m, &dc, &mm_backend_cpu, MAXB, 3, &err) == 0, "%s", err.msg);
     optim_cfg oc = {.lr = lr, .min_lr = lr, .warmup = 0, .total = 1, .beta1 = 0.9,
                     .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0, .grad_clip = 0};
     optim_init(&r->opt, &oc, dit_tensors(r->m), dit_n_tensors(r->m), 0, dit_n_params(r->m));

@@ -28,6 +28,7 @@
 
 #include "../comm/comm.h"
 #include "../data/data.h"
+#include "../model/backend.h"
 #include "../model/model.h"
 #include "../train/ckpt.h"
 #include "../train/config.h"
@@ -859,8 +860,7 @@ static void test_export(test_counts *tc, comm_group *world, ft_ctx *x) {
                                .img_h = sc.img_h, .img_w = sc.img_w, .img_c = sc.img_c,
                                .patch = 8, .audio_F = data_audio_frames(&sc, &ac), .n_mels = 32,
                                .audio_group = 2, .tp = 2, .tp_rank = r, .tp_group = NULL};
-            MM_CHECK(model_create(&half[r], &mc, &model_ops_cpu, 1, 1, &err) == 0, "%s",
-                     err.msg);
+            MM_CHECK(model_create(&half[r], &mc, &mm_backend_cpu, 1, 1, &err) == 0, "%s", err.msg);
             ckpt_state st = {model_tensors(half[r]), model_n_tensors(half[r]),
                              model_n_params(half[r]), model_params(half[r]), NULL, NULL, NULL};
             TEST_CHECK(tc, ckpt_load_state(dir, &st, &err) == 0, "reshard into tp slice %d: %s",

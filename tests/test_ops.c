@@ -12,12 +12,14 @@
 #include <string.h>
 
 #include "../data/data.h"
+#include "../model/backend.h"
 #include "../model/model.h"
 #include "test.h"
 #include "tp_check.h"
 
 static const double TOL = 1e-5;
-static const model_ops *ops = &model_ops_cpu;
+static const mm_backend *const be = &mm_backend_cpu;
+static const model_ops *const ops = &model_ops_cpu;
 
 static float *randn(size_t n, double std, mm_rng *r) {
     float *x = malloc(n * sizeof(float));
@@ -66,20 +68,20 @@ static void test_matmul(test_counts *tc, mm_rng *r) {
                 rdw[o * IC + i] += d * inp[n * IC + i];
             }
         }
-    ops->matmul_fwd(out, inp, w, b, N, IC, OC);
+    ops->matmul_fwd(be, out, inp, w, b, N, IC, OC);
     expect(tc, "matmul_fwd", nerr(out, ro, (size_t)N * OC));
     float *di = malloc((size_t)N * IC * 4), *dw = malloc((size_t)OC * IC * 4), *db = malloc(OC * 4);
     for (size_t i = 0; i < (size_t)N * IC; i++) di[i] = 1;
     for (size_t i = 0; i < (size_t)OC * IC; i++) dw[i] = 1;
     for (int i = 0; i < OC; i++) db[i] = 1;
-    ops->matmul_bwd(di, dw, db, dout, inp, w, N, IC, OC);
+    ops->matmul_bwd(be, di, dw, db, dout, inp, w, N, IC, OC);
     expect(tc, "matmul_bwd dinp (accumulating)", nerr(di, rdi, (size_t)N * IC));
     expect(tc, "matmul_bwd dw (accumulating)", nerr(dw, rdw, (size_t)OC * IC));
     expect(tc, "matmul_bwd dbias (accumulating)", nerr(db, rdb, OC));
     // no bias: the output is the plain product
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) ro[n * OC + o] -= b[o];
-    ops->matmul_fwd(out, inp, w, NULL, N, IC, OC);
+    ops->matmul_fwd(be, out, inp, w, NULL, N, IC, OC);
     expect(tc, "matmul_fwd (no bias)", nerr(out, ro, (size_t)N * OC));
     free(inp), free(w), free(b), free(dout), free(out), free(ro), free(rdi), free(rdw), free(rdb);
     free(di), free(dw), free(db);
@@ -114,10 +116,10 @@ static void test_layernorm(test_counts *tc, mm_rng *r) {
             rdx[(size_t)i * C + c] = (dr[c] * g[c] - a1 / C - xh * a2 / C) * rs;
         }
     }
-    ops->layernorm_fwd(out, mean, rstd, x, g, b, N, C);
+    ops->layernorm_fwd(be, out, mean, rstd, x, g, b, N, C);
     expect(tc, "layernorm_fwd", nerr(out, ro, n));
     float *dx = calloc(n, 4), *dg = calloc(C, 4), *db = calloc(C, 4);
-    ops->layernorm_bwd(dx, dg, db, dout, x, g, mean, rstd, N, C);
+    ops->layernorm_bwd(be, dx, dg, db, dout, x, g, mean, rstd, N, C);
     expect(tc, "layernorm_bwd dx", nerr(dx, rdx, n));
     expect(tc, "layernorm_bwd dg", nerr(dg, rdg, C));
     expect(tc, "layernorm_bwd db", nerr(db, rdb, C));
@@ -137,18 +139,18 @@ static void test_gelu_add(test_counts *tc, mm_rng *r) {
         rd[i] =
             (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * k * (1 + 3 * 0.044715 * v * v)) * dout[i];
     }
-    ops->gelu_fwd(out, x, n);
+    ops->gelu_fwd(be, out, x, n);
     expect(tc, "gelu_fwd (vs tanh form)", nerr(out, ro, n));
-    ops->gelu_bwd(dx, x, dout, n);
+    ops->gelu_bwd(be, dx, x, dout, n);
     expect(tc, "gelu_bwd", nerr(dx, rd, n));
     int finite = 1;
     for (size_t i = 0; i < n; i++) finite &= isfinite(out[i]) && isfinite(dx[i]);
     TEST_CHECK(tc, finite, "gelu produced a non-finite value");
     // add, also in place (out aliasing a), as the residual stream uses it
     for (size_t i = 0; i < n; i++) ro[i] = (double)x[i] + dout[i];
-    ops->add(out, x, dout, n);
+    ops->add(be, out, x, dout, n);
     expect(tc, "add", nerr(out, ro, n));
-    ops->add(x, x, dout, n);
+    ops->add(be, x, x, dout, n);
     expect(tc, "add in place", nerr(x, ro, n));
     free(x), free(dout), free(out), free(dx), free(ro), free(rd);
 }
@@ -226,10 +228,10 @@ static void test_attention(test_counts *tc, mm_rng *r) {
     float *out = malloc(no * 4), *att = malloc(na * 4), *dq = calloc(nq, 4);
     double *ro = zeros(no), *ra = zeros(na), *rd = zeros(nq);
     ref_attention(ro, ra, rd, qkv, dout, kv, B, T, P, NH, HD);
-    ops->attention_fwd(out, att, qkv, kv, B, T, P, NH, HD);
+    ops->attention_fwd(be, out, att, qkv, kv, B, T, P, NH, HD);
     expect(tc, "attention_fwd out", nerr(out, ro, no));
     expect(tc, "attention_fwd att (probabilities)", nerr(att, ra, na));
-    ops->attention_bwd(dq, dout, qkv, out, att, B, T, P, NH, HD);
+    ops->attention_bwd(be, dq, dout, qkv, out, att, B, T, P, NH, HD);
     expect(tc, "attention_bwd dqkv", nerr(dq, rd, nq));
     int zero = 1;  // masked entries of att are exactly zero
     for (int b = 0; b < B; b++)
@@ -261,11 +263,11 @@ static void test_xent(test_counts *tc, mm_rng *r) {
             rdl[(size_t)i * V + j] =
                 tg[i] < 0 ? 0 : (rp[(size_t)i * V + j] - (j == tg[i])) * dloss[i];
     }
-    ops->xent_fwd(loss, probs, logits, tg, N, V);
+    ops->xent_fwd(be, loss, probs, logits, tg, N, V);
     expect(tc, "xent_fwd loss", nerr(loss, rl, N));
     expect(tc, "xent_fwd probs", nerr(probs, rp, n));
     for (size_t i = 0; i < n; i++) dl[i] = 7;  // xent_bwd overwrites
-    ops->xent_bwd(dl, logits, probs, tg, dloss, N, V);
+    ops->xent_bwd(be, dl, logits, probs, tg, dloss, N, V);
     expect(tc, "xent_bwd", nerr(dl, rdl, n));
     free(logits), free(dloss), free(loss), free(probs), free(dl), free(rl), free(rp), free(rdl);
 }
@@ -310,8 +312,8 @@ static void test_model(test_counts *tc, mm_rng *r) {
     small_model_config(&c);
     mm_err err = {{0}};
     model *m1, *m2;
-    TEST_CHECK(tc, model_create(&m1, &c, ops, SB, 7, &err) == 0, "create: %s", err.msg);
-    TEST_CHECK(tc, model_create(&m2, &c, ops, SB, 7, &err) == 0, "create: %s", err.msg);
+    TEST_CHECK(tc, model_create(&m1, &c, &mm_backend_cpu, SB, 7, &err) == 0, "create: %s", err.msg);
+    TEST_CHECK(tc, model_create(&m2, &c, &mm_backend_cpu, SB, 7, &err) == 0, "create: %s", err.msg);
     size_t np = model_n_params(m1);
     TEST_CHECK(tc, memcmp(model_params(m1), model_params(m2), np * 4) == 0,
                "same seed must give identical weights");
@@ -378,7 +380,7 @@ static void test_table(test_counts *tc) {
     small_model_config(&c);
     mm_err err = {{0}};
     model *m;
-    TEST_CHECK(tc, model_create(&m, &c, ops, 2, 3, &err) == 0, "create: %s", err.msg);
+    TEST_CHECK(tc, model_create(&m, &c, &mm_backend_cpu, 2, 3, &err) == 0, "create: %s", err.msg);
     const model_tensor *t = model_tensors(m);
     int n = model_n_tensors(m);
     TEST_CHECK(tc, n == 8 + 12 * c.n_layers + 3, "tensor count %d", n);
@@ -440,7 +442,8 @@ static void test_table(test_counts *tc) {
         c2.tp = 2;
         c2.tp_rank = rank;
         model *mr;
-        TEST_CHECK(tc, model_create(&mr, &c2, ops, 1, 3, &err) == 0, "create tp2: %s", err.msg);
+        TEST_CHECK(tc, model_create(&mr, &c2, &mm_backend_cpu, 1, 3, &err) == 0, "create tp2: %s",
+                   err.msg);
         const model_tensor *tr = model_tensors(mr);
         int bad = 0, split = 0;
         for (int k = 0; k < n; k++) {
@@ -523,7 +526,7 @@ static void test_bad_configs(test_counts *tc) {
         }
         mm_err err = {{0}};
         model *m = (model *)&c;  // must be reset to NULL on failure
-        int rc = model_create(&m, &c, ops, 2, 1, &err);
+        int rc = model_create(&m, &c, &mm_backend_cpu, 2, 1, &err);
         TEST_CHECK(tc, rc == -1 && m == NULL && strstr(err.msg, cases[i].expect),
                    "bad config '%s': rc %d, message \"%s\" should mention \"%s\"", cases[i].what,
                    rc, err.msg, cases[i].expect);
@@ -533,7 +536,8 @@ static void test_bad_configs(test_counts *tc) {
     small_model_config(&c);
     mm_err err = {{0}};
     model *m;
-    TEST_CHECK(tc, model_create(&m, &c, ops, 0, 1, &err) == -1 && strstr(err.msg, "max_B"),
+    TEST_CHECK(tc,
+               model_create(&m, &c, &mm_backend_cpu, 0, 1, &err) == -1 && strstr(err.msg, "max_B"),
                "max_B 0 must be rejected");
 }
 

@@ -226,7 +226,12 @@ static void check_guard(test_counts *tc, comm_group *w) {
         t[i].size = 4;
     }
     mm_real g[12] = {0};
-    const train_net net = {.grads = g, .n_tensors = 3, .tensors = t};
+    const train_net net = {.be = &mm_backend_cpu,
+                           .params = g,
+                           .dparams = g,
+                           .dgrads = g,
+                           .n_tensors = 3,
+                           .tensors = t};
     train_guard gd;
     mm_err err;
     unsetenv("MM_TEST_INJECT_NAN");

@@ -26,13 +26,13 @@
 
 #include "../comm/comm.h"
 #include "../data/data.h"
+#include "../model/backend.h"
 #include "../model/model.h"
 #include "test.h"
 #include "tp_check.h"
 
 static const double LOSS_TOL = 1e-5;
 static const double GRAD_TOL = 1e-4;
-static const model_ops *ops = &model_ops_cpu;
 
 enum { SB = 4, GEN_STRIDE = 16 };
 
@@ -91,9 +91,9 @@ static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg
     ct.tp_group = tpg;
     mm_err err = {{0}};
     model *ref, *m;
-    int ok1 = model_create(&ref, &c1, ops, SB, 11, &err) == 0;
+    int ok1 = model_create(&ref, &c1, &mm_backend_cpu, SB, 11, &err) == 0;
     TEST_CHECK(tc, ok1, "create tp=1: %s", err.msg);
-    int okt = model_create(&m, &ct, ops, SB, 11, &err) == 0;
+    int okt = model_create(&m, &ct, &mm_backend_cpu, SB, 11, &err) == 0;
     TEST_CHECK(tc, okt, "create tp=%d: %s", tp, err.msg);
     if (!ok1 || !okt) comm_abort(world, 1, "test_tp: model_create failed");
     const model_tensor *t1 = model_tensors(ref), *tt = model_tensors(m);
@@ -208,7 +208,7 @@ static void test_bad_layouts(test_counts *tc, comm_group *self) {
         if (i == 2) c.tp = 2, c.tp_group = self;  // a group of one rank for a tp of 2
         mm_err err = {{0}};
         model *m = (model *)&c;  // must be reset to NULL on failure
-        int rc = model_create(&m, &c, ops, 2, 1, &err);
+        int rc = model_create(&m, &c, &mm_backend_cpu, 2, 1, &err);
         TEST_CHECK(tc, rc == -1 && m == NULL && strstr(err.msg, cases[i].expect),
                    "%s: rc %d, message \"%s\" should mention \"%s\"", cases[i].what, rc, err.msg,
                    cases[i].expect);

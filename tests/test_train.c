@@ -11,6 +11,7 @@
 
 #include "../comm/comm.h"
 #include "../data/data.h"
+#include "../model/backend.h"
 #include "../model/diffusion.h"
 #include "../train/ckpt.h"
 #include "../train/config.h"
@@ -98,7 +99,7 @@ static int load_state(const mm_config *c, const char *dir, state_copy *s) {
                          .audio_F = data_audio_frames(&sc, &a), .n_mels = c->data.n_mels,
                          .audio_group = c->model.audio_group,
                          .enc_layers = c->diffusion.enc_layers, .tp = 1, .tp_rank = 0};
-        if (dit_create(&d, &dc, &model_ops_cpu, &dit_ops_cpu, 1, 1, &err) != 0) return -1;
+        if (dit_create(&d, &dc, &mm_backend_cpu, 1, 1, &err) != 0) return -1;
         s->n = dit_n_params(d);
         tensors = dit_tensors(d);
         n_tensors = dit_n_tensors(d);
@@ -109,7 +110,7 @@ static int load_state(const mm_config *c, const char *dir, state_copy *s) {
                            .img_w = sc.img_w, .img_c = sc.img_c, .patch = c->model.patch,
                            .audio_F = data_audio_frames(&sc, &a), .n_mels = c->data.n_mels,
                            .audio_group = c->model.audio_group, .tp = 1, .tp_rank = 0};
-        if (model_create(&m, &mc, &model_ops_cpu, 1, 1, &err) != 0) return -1;
+        if (model_create(&m, &mc, &mm_backend_cpu, 1, 1, &err) != 0) return -1;
         s->n = model_n_params(m);
         tensors = model_tensors(m);
         n_tensors = model_n_tensors(m);

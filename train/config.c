@@ -798,11 +798,6 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
         return mm_fail(err,
                        "config: checkpoint.resume must be auto, none or a checkpoint "
                        "directory, got ''");
-#ifndef MM_HAVE_CUDA
-    if (strcmp(c->backend, "cuda") == 0)
-        return mm_fail(err, "config: backend: cuda, but this binary was built without CUDA "
-                       "(build it with make cuda: build-cuda/train)");
-#endif
     if (strcmp(c->backend, "cpu") == 0 && strcmp(c->precision, "fp32") != 0)
         return mm_fail(err, "config: precision: %s needs backend: cuda (the cpu backend "
                        "computes in fp32)", c->precision);

@@ -11,14 +11,14 @@
 // A sample without an image has nothing to denoise: it counts in the global batch (the loss
 // is the mean over global_batch samples, so it does not depend on the split) but adds 0.
 //
-// backend: cuda (issue 6; builds with MM_HAVE_CUDA), as family_lm.c: the family owns the GPU
-// context, the model computes on device buffers (model_ops_cuda, dit_ops_cuda), t->net.params
-// is a host mirror for checkpoints (gradsync.h) and t->ema likewise for the EMA, which lives
-// on the device (dema, cuda_ema after every update; sync_host / sync_device move it at
-// checkpoints). The per-sample randomness is drawn on the host exactly as on the CPU; each
-// micro-batch's images, noise, times, pair coefficients and conditioning go through the
-// context's staging (cuda_stage) and the noising runs on the device (dit_ops.make_pair).
-// Evaluation and the sample grids run on the device too; only the generated images come back.
+// The family computes on the trainer's backend (t->be), as family_lm.c: the model's buffers
+// and the EMA (dema, updated by the backend's ema kernel after every update) are the
+// backend's memory; t->net.params and t->ema are their host views for checkpoints
+// (gradsync.h; sync_host / sync_device move the EMA's on a GPU). The per-sample randomness is
+// drawn on the host whatever the backend; each micro-batch's images, noise, times, pair
+// coefficients and conditioning go through the backend's staging and the noising runs there
+// (dit_ops.make_pair). Evaluation and the sample grids run there too; only the generated
+// images come back.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,32 +26,26 @@
 
 #include "../model/diffusion.h"
 #include "trainer_internal.h"
-#ifdef MM_HAVE_CUDA
-#include "../model/cuda/cuda.h"
-#endif
 
 typedef struct {
     dit *net;                // owned
+    const mm_backend *be;    // not owned
     dit_objective obj;
     int logit_normal;        // flow: draw t logit-normally
     int max_B;
     size_t npix;             // H * W * C
-    // micro-batch scratch, max_B samples each (owned)
-    mm_real *x0, *eps, *xt, *target, *t, *audio, *out;
+    // host micro-batch scratch, max_B samples each (owned)
+    mm_real *x0, *eps, *t, *audio, *out;
     int32_t *tokens;
     uint8_t *has_text, *has_audio;
     uint64_t *ids;
     double *coef;            // (max_B, 2) the pairs' coefficients (dit_pair_coefs)
-#ifdef MM_HAVE_CUDA
-    int on_gpu;
-    cuda_ctx ctx;
-    cuda_stage stage;        // the micro-batches' way to the device
-    mm_real *host_params;    // (n_params) host mirror of the parameters (t->net.params)
-    float *dema;             // (n_params) device EMA; t->ema is its host mirror
-    float *dswap;            // (n_params) device scratch of swap_ema, allocated on first use
-    mm_real *dxt, *dtarget;  // (max_B, npix) device pairs
-    mm_real *dout;           // (max_B, npix) device samples
-#endif
+    // in the backend's memory (owned)
+    void *stage;             // the micro-batches' way there
+    float *dema;             // (n_params) the EMA; t->ema is its host view
+    float *dswap;            // (n_params) scratch of swap_ema, allocated on first use
+    mm_real *dxt, *dtarget;  // (max_B, npix) the training pairs
+    mm_real *dout;           // (max_B, npix) samples
 } dit_state;
 
 static dit_state *ds(const trainer *t) { return (dit_state *)t->impl; }
@@ -92,27 +86,10 @@ static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
     dc.tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL;
     dit_state *s = mm_calloc(1, sizeof(*s));
     t->impl = s;  // dit_fam_destroy frees what is made from here on, on failure too
-    const model_ops *ops = &model_ops_cpu;
-    const dit_ops *dops = &dit_ops_cpu;
-    if (strcmp(c->backend, "cuda") == 0) {
-#ifdef MM_HAVE_CUDA
-        if (t->lay.tp_size > 1 || t->lay.dp_size > 1)
-            return mm_fail(err, "backend: cuda runs one rank (dp 1, tp 1) for now; this run "
-                           "has dp %d x tp %d (the NCCL paths are not wired into the trainer "
-                           "yet)", t->lay.dp_size, t->lay.tp_size);
-        cuda_precision prec;
-        if (cuda_precision_parse(c->precision, &prec, err) != 0) return -1;
-        if (cuda_ctx_init(&s->ctx, t->rank, prec, err) != 0) return -1;
-        s->on_gpu = 1;
-        ops = &model_ops_cuda;
-        dops = &dit_ops_cuda;
-#else
-        return mm_fail(err, "backend: cuda, but this binary was built without CUDA");
-#endif
-    }
     mm_err me;
-    if (dit_create(&s->net, &dc, ops, dops, max_B, c->run.seed, &me) != 0)
+    if (dit_create(&s->net, &dc, t->be, max_B, c->run.seed, &me) != 0)
         return mm_fail(err, "model: %s", me.msg);
+    s->be = t->be;
     s->obj = strcmp(c->diffusion.objective, "ddpm") == 0 ? DIT_DDPM : DIT_FLOW;
     s->logit_normal = strcmp(c->diffusion.t_sampling, "logit_normal") == 0;
     s->max_B = max_B;
@@ -120,8 +97,6 @@ static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
     size_t img = (size_t)max_B * s->npix * sizeof(mm_real);
     s->x0 = mm_alloc_aligned(img);
     s->eps = mm_alloc_aligned(img);
-    s->xt = mm_alloc_aligned(img);
-    s->target = mm_alloc_aligned(img);
     s->out = mm_alloc_aligned(img);
     s->t = mm_alloc_aligned((size_t)max_B * sizeof(mm_real));
     int F = dc.audio_F;
@@ -131,67 +106,46 @@ static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
     s->has_audio = mm_calloc((size_t)max_B, 1);
     s->ids = mm_calloc((size_t)max_B, sizeof(uint64_t));
     s->coef = mm_calloc((size_t)max_B * 2, sizeof(double));
-    t->net = (train_net){.impl = s->net,
-                         .n_params = dit_n_params(s->net),
-                         .params = dit_params(s->net),
-                         .grads = dit_grads(s->net),
-                         .n_tensors = dit_n_tensors(s->net),
-                         .tensors = dit_tensors(s->net),
-                         .set_grad_hook = dit_set_hook};
-#ifdef MM_HAVE_CUDA
-    if (s->on_gpu) {  // the trainer sees host mirrors (gradsync.h train_net)
-        const size_t np = dit_n_params(s->net), pb = np * sizeof(mm_real);
-        s->host_params = mm_alloc_aligned(pb);
-        cuda_download(&s->ctx, s->host_params, dit_params(s->net), pb);
-        t->net.dev = &s->ctx;
-        t->net.dparams = dit_params(s->net);
-        t->net.dgrads = dit_grads(s->net);
-        t->net.params = s->host_params;
-        t->net.grads = NULL;
-        s->dema = cuda_alloc(&s->ctx, pb);
-        cuda_copy(&s->ctx, s->dema, dit_params(s->net), pb);
-        s->dxt = cuda_alloc(&s->ctx, img);
-        s->dtarget = cuda_alloc(&s->ctx, img);
-        s->dout = cuda_alloc(&s->ctx, img);
-        size_t bytes = 0;  // one micro-batch of max_B samples, each region 256-byte aligned
-        const size_t per[8] = {s->npix * sizeof(float), s->npix * sizeof(float), sizeof(float),
-                               2 * sizeof(double), (size_t)dc.text_T * sizeof(int32_t),
-                               (size_t)F * dc.n_mels * sizeof(float), 1, 1};
-        for (int i = 0; i < 8; i++) bytes += (per[i] * max_B + 255) / 256 * 256;
-        cuda_stage_init(&s->stage, &s->ctx, bytes);
-        printf("cuda: rank %d on GPU %d (%s, %d SMs, %.1f GiB), precision %s\n", t->rank,
-               s->ctx.device, s->ctx.device_name, s->ctx.sm_count,
-               s->ctx.mem_bytes / 1073741824.0, c->precision);
-        fflush(stdout);
-    }
-#endif
-    t->ema = mm_alloc_aligned(t->net.n_params * sizeof(float));
-    memcpy(t->ema, t->net.params, t->net.n_params * sizeof(float));
+    const mm_backend *be = t->be;
+    train_net_bind(&t->net, be, s->net, dit_params(s->net), dit_grads(s->net), dit_n_params(s->net),
+                   dit_tensors(s->net), dit_n_tensors(s->net), dit_set_hook);
+    const size_t pb = t->net.n_params * sizeof(mm_real);
+    s->dema = be->ops->mem_alloc(be, pb);
+    be->ops->copy_rows(be, s->dema, 0, dit_params(s->net), 0, t->net.n_params, 1);
+    t->ema = train_host_view(be, s->dema, t->net.n_params);
+    s->dxt = be->ops->mem_alloc(be, img);
+    s->dtarget = be->ops->mem_alloc(be, img);
+    s->dout = be->ops->mem_alloc(be, img);
+    size_t bytes = 0;  // one micro-batch of max_B samples, each region 256-byte aligned
+    const size_t per[8] = {s->npix * sizeof(float),
+                           s->npix * sizeof(float),
+                           sizeof(float),
+                           2 * sizeof(double),
+                           (size_t)dc.text_T * sizeof(int32_t),
+                           (size_t)F * dc.n_mels * sizeof(float),
+                           1,
+                           1};
+    for (int i = 0; i < 8; i++) bytes += (per[i] * max_B + 255) / 256 * 256;
+    s->stage = be->iface->stage_new(be, bytes);
     return 0;
 }
 
 static void dit_fam_destroy(trainer *t) {
     dit_state *s = ds(t);
     if (!s) return;
-#ifdef MM_HAVE_CUDA
-    if (s->on_gpu) {
-        if (s->stage.bytes) cuda_stage_free(&s->stage);
-        cuda_free(s->dema);
-        cuda_free(s->dswap);
-        cuda_free(s->dxt);
-        cuda_free(s->dtarget);
-        cuda_free(s->dout);
-    }
-#endif
+    const mm_backend *be = t->be;
+    if (s->stage) be->iface->stage_free(be, s->stage);
+    train_host_view_free(t->ema, s->dema);
+    t->ema = NULL;
+    if (s->dema) be->ops->mem_free(be, s->dema);
+    if (s->dswap) be->ops->mem_free(be, s->dswap);
+    if (s->dxt) be->ops->mem_free(be, s->dxt);
+    if (s->dtarget) be->ops->mem_free(be, s->dtarget);
+    if (s->dout) be->ops->mem_free(be, s->dout);
     if (s->net) dit_free(s->net);
-#ifdef MM_HAVE_CUDA
-    if (s->on_gpu) cuda_ctx_free(&s->ctx);
-    free(s->host_params);
-#endif
+    train_net_free(&t->net);
     free(s->x0);
     free(s->eps);
-    free(s->xt);
-    free(s->target);
     free(s->out);
     free(s->t);
     free(s->audio);
@@ -237,61 +191,42 @@ static void draw_sample(const dit_state *s, uint64_t seed, int64_t step, uint64_
     for (size_t k = 0; k < s->npix; k++) e[k] = mm_rng_normal(&r);
 }
 
-// The model's input for the first B samples of the scratch batch: with_target, the training
+// The model's input for the first B samples of the scratch batch, staged into the backend's
+// memory (call input_done after queueing the work that reads it): with_target, the training
 // pairs of x0, eps and t (dit_make_pair's arithmetic, as dit_ops.make_pair), else the
-// conditioning alone (sampling). On the CPU the scratch itself; on the GPU its staged device
-// copy (call input_done after queueing the work that reads it).
+// conditioning alone (sampling).
 static dit_input make_input(dit_state *s, int B, int with_target) {
-    dit_input in = {.B = B,
-                    .x_t = s->xt,
-                    .t = s->t,
-                    .tokens = s->tokens,
-                    .has_text = s->has_text,
-                    .audio = s->audio,
-                    .has_audio = s->has_audio,
-                    .target = with_target ? s->target : NULL};
+    const mm_backend *be = s->be;
     if (with_target) dit_pair_coefs(s->obj, B, s->t, s->coef);
-    const dit_ops *dops = dit_dit_ops(s->net);
-#ifdef MM_HAVE_CUDA
-    if (s->on_gpu) {
-        const dit_config *dc = dit_cfg(s->net);
-        const size_t nb = (size_t)B, img = with_target ? nb * s->npix * sizeof(float) : 0;
-        const void *src[8] = {s->x0,     s->eps,   s->t,        s->coef,
-                              s->tokens, s->audio, s->has_text, s->has_audio};
-        const size_t len[8] = {img,
-                               img,
-                               nb * sizeof(float),
-                               with_target ? nb * 2 * sizeof(double) : 0,
-                               nb * dc->text_T * sizeof(int32_t),
-                               nb * dc->audio_F * dc->n_mels * sizeof(float),
-                               nb,
-                               nb};
-        void *dst[8];
-        cuda_stage_put(&s->stage, &s->ctx, 8, src, len, dst);
-        in.x_t = s->dxt;
-        in.t = dst[2];
-        in.tokens = dst[4];
-        in.audio = dst[5];
-        in.has_text = dst[6];
-        in.has_audio = dst[7];
-        in.target = with_target ? s->dtarget : NULL;
-        if (with_target)
-            dops->make_pair(s->dxt, s->dtarget, dst[0], dst[1], dst[3], s->obj == DIT_FLOW, B,
-                            s->npix);
-        return in;
-    }
-#endif
+    const dit_config *dc = dit_cfg(s->net);
+    const size_t nb = (size_t)B, img = with_target ? nb * s->npix * sizeof(float) : 0;
+    const void *src[8] = {s->x0,     s->eps,   s->t,        s->coef,
+                          s->tokens, s->audio, s->has_text, s->has_audio};
+    const size_t len[8] = {img,
+                           img,
+                           nb * sizeof(float),
+                           with_target ? nb * 2 * sizeof(double) : 0,
+                           nb * dc->text_T * sizeof(int32_t),
+                           nb * dc->audio_F * dc->n_mels * sizeof(float),
+                           nb,
+                           nb};
+    void *dst[8];
+    be->iface->stage_put(be, s->stage, 8, src, len, dst);
     if (with_target)
-        dops->make_pair(s->xt, s->target, s->x0, s->eps, s->coef, s->obj == DIT_FLOW, B, s->npix);
-    return in;
+        dit_dit_ops(s->net)->make_pair(be, s->dxt, s->dtarget, dst[0], dst[1], dst[3],
+                                       s->obj == DIT_FLOW, B, s->npix);
+    return (dit_input){.B = B,
+                       .x_t = s->dxt,
+                       .t = dst[2],
+                       .tokens = dst[4],
+                       .has_text = dst[6],
+                       .audio = dst[5],
+                       .has_audio = dst[7],
+                       .target = with_target ? s->dtarget : NULL};
 }
 
 static void input_done(dit_state *s) {
-#ifdef MM_HAVE_CUDA
-    if (s->on_gpu) cuda_stage_done(&s->stage, &s->ctx);
-#else
-    (void)s;
-#endif
+    s->be->iface->stage_done(s->be, s->stage);
 }
 
 static double dit_fam_micro_step(trainer *t, const data_batch *b) {
@@ -311,28 +246,16 @@ static double dit_fam_micro_step(trainer *t, const data_batch *b) {
     }
     dit_input in = make_input(s, n, 1);
     double loss = dit_forward(s->net, &in);
-#ifdef MM_HAVE_CUDA
-    if (s->on_gpu) cuda_ctx_sync(&s->ctx);  // a corrupt token ends the job here, named
-#endif
+    t->be->iface->sync(t->be);  // a corrupt token ends the job here, named
     dit_backward(s->net, &in, (mm_real)(1.0 / c->data.global_batch));
     input_done(s);
     return loss;
 }
 
 static void dit_fam_after_update(trainer *t) {
-    const float d = (float)t->cfg->diffusion.ema_decay;
-#ifdef MM_HAVE_CUDA
     dit_state *s = ds(t);
-    if (s->on_gpu) {  // the same float arithmetic on the device (model/cuda.h cuda_ema)
-        cuda_ema(&s->ctx, s->dema, dit_params(s->net), t->net.n_params, d);
-        return;
-    }
-#endif
-    float *ema = t->ema;
-    const float *p = t->net.params;
-    const size_t n = t->net.n_params;
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) ema[i] = d * ema[i] + (1.0f - d) * p[i];
+    t->be->iface->ema(t->be, s->dema, t->net.dparams, t->net.n_params,
+                      (float)t->cfg->diffusion.ema_decay);
 }
 
 static int dit_fam_seq_len(const trainer *t) {
@@ -350,24 +273,13 @@ static const char *const mode_name[N_MODES] = {"text", "audio", "both"};
 
 // Swaps the network's weights with the EMA (twice restores them).
 static void swap_ema(trainer *t) {
-#ifdef MM_HAVE_CUDA
     dit_state *s = ds(t);
-    if (s->on_gpu) {
-        const size_t pb = t->net.n_params * sizeof(float);
-        if (!s->dswap) s->dswap = cuda_alloc(&s->ctx, pb);
-        cuda_copy(&s->ctx, s->dswap, dit_params(s->net), pb);
-        cuda_copy(&s->ctx, dit_params(s->net), s->dema, pb);
-        cuda_copy(&s->ctx, s->dema, s->dswap, pb);
-        return;
-    }
-#endif
-    float *p = t->net.params, *e = t->ema;
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < t->net.n_params; i++) {
-        float x = p[i];
-        p[i] = e[i];
-        e[i] = x;
-    }
+    const mm_backend *be = t->be;
+    const size_t n = t->net.n_params;
+    if (!s->dswap) s->dswap = be->ops->mem_alloc(be, n * sizeof(float));
+    be->ops->copy_rows(be, s->dswap, 0, t->net.dparams, 0, n, 1);
+    be->ops->copy_rows(be, t->net.dparams, 0, s->dema, 0, n, 1);
+    be->ops->copy_rows(be, s->dema, 0, s->dswap, 0, n, 1);
 }
 
 // Reads validation samples idx[0..n) into the scratch batch as prompts of the given mode.
@@ -412,15 +324,10 @@ static void generate(trainer *t, const uint64_t *idx, int n, int mode, uint64_t 
         mm_rng r;
         mm_rng_init(&r, t->cfg->run.seed, stream + (uint64_t)b0);
         dit_input cond = make_input(s, nb, 0);
-        mm_real *out = s->out;
-#ifdef MM_HAVE_CUDA
-        if (s->on_gpu) out = s->dout;
-#endif
         dit_sample(s->net, s->obj, &cond, t->cfg->diffusion.sample_steps,
-                   t->cfg->diffusion.guidance, &r, out);
+                   t->cfg->diffusion.guidance, &r, s->dout);
         input_done(s);
-        if (out != s->out)
-            dit_model_ops(s->net)->mem_download(s->out, out, nb * s->npix * sizeof(mm_real));
+        t->be->ops->mem_download(t->be, s->out, s->dout, nb * s->npix * sizeof(mm_real));
         data_image_to_u8(s->out, (int)(nb * s->npix), rgb + (size_t)b0 * s->npix);
     }
 }
@@ -570,24 +477,14 @@ static void dit_fam_after_update_and_grid(trainer *t) {
     }
 }
 
-// GPU: the host mirror t->ema from the device before a checkpoint, and back after one (or
-// init_from) wrote it. Nothing on the CPU, where t->ema is the EMA itself.
+// The EMA's host view from the backend before a checkpoint, and back after one (or
+// init_from) wrote it: nothing where the view is the buffer itself.
 static void dit_fam_sync_host(trainer *t) {
-#ifdef MM_HAVE_CUDA
-    dit_state *s = ds(t);
-    if (s->on_gpu) cuda_download(&s->ctx, t->ema, s->dema, t->net.n_params * sizeof(float));
-#else
-    (void)t;
-#endif
+    mm_backend_to_host(t->be, t->ema, ds(t)->dema, t->net.n_params * sizeof(float));
 }
 
 static void dit_fam_sync_device(trainer *t) {
-#ifdef MM_HAVE_CUDA
-    dit_state *s = ds(t);
-    if (s->on_gpu) cuda_upload(&s->ctx, s->dema, t->ema, t->net.n_params * sizeof(float));
-#else
-    (void)t;
-#endif
+    mm_backend_from_host(t->be, ds(t)->dema, t->ema, t->net.n_params * sizeof(float));
 }
 
 const train_family train_family_dit = {.kind = "diffusion",

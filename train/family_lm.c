@@ -2,75 +2,51 @@
 // are next-byte cross-entropy on the caption given the image/audio prefix; evaluation is
 // validation loss plus greedy captions scored attribute by attribute (caption_acc).
 //
-// backend: cuda (issue 6; builds with MM_HAVE_CUDA): the family owns the GPU context, the
-// model computes on device buffers (model_ops_cuda), t->net.params is a host mirror for
-// checkpoints (gradsync.h), and every batch goes through the context's staging (model/cuda.h
-// cuda_stage: pinned buffers, a copy stream and events) so its copy overlaps the previous
-// micro-step's backward. One GPU rank per dp group and tp = 1 for now.
+// The family computes on the trainer's backend (t->be): on a GPU the model's buffers are
+// device memory, t->net.params is a host mirror for checkpoints (gradsync.h), and every
+// batch goes through the backend's staging so its copy overlaps the previous micro-step's
+// backward; on the CPU the same calls read the host batch where it is.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../model/model.h"
 #include "trainer_internal.h"
-#ifdef MM_HAVE_CUDA
-#include "../model/cuda/cuda.h"
-#endif
 
 // The family's state (t->impl), owned.
 typedef struct {
     model *m;
-    mm_real *host_params;  // (n_params) GPU: host mirror of the parameters; NULL on the CPU
-#ifdef MM_HAVE_CUDA
-    int on_gpu;
-    cuda_ctx ctx;
-    cuda_stage stage;      // the input batches' way to the device
-#endif
+    void *stage;  // the input batches' way to the backend's memory
 } lm_impl;
 
 static model *lm(const trainer *t) { return ((lm_impl *)t->impl)->m; }
 
-// The model's view of a batch: the host batch itself on the CPU, its staged device copy on
-// the GPU (call lm_input_done after queueing the work that reads it).
+// The model's view of a batch, staged into the backend's memory (call lm_input_done after
+// queueing the work that reads it).
 static model_input batch_input(const trainer *t, const data_batch *b) {
-    model_input in = {.B = b->B,
-                      .image = b->image,
-                      .has_image = b->has_image,
-                      .audio = b->audio,
-                      .has_audio = b->has_audio,
-                      .tokens = b->tokens,
-                      .targets = b->targets};
-#ifdef MM_HAVE_CUDA
     lm_impl *im = t->impl;
-    if (im->on_gpu) {
-        const size_t B = (size_t)b->B, T = (size_t)b->text_T;
-        const void *src[6] = {b->image, b->audio, b->tokens, b->targets, b->has_image,
-                              b->has_audio};
-        const size_t len[6] = {B * b->img_h * b->img_w * b->img_c * sizeof(float),
-                               B * b->audio_F * b->n_mels * sizeof(float),
-                               B * T * sizeof(int32_t), B * T * sizeof(int32_t), B, B};
-        void *dst[6];
-        cuda_stage_put(&im->stage, &im->ctx, 6, src, len, dst);
-        in.image = dst[0];
-        in.audio = dst[1];
-        in.tokens = dst[2];
-        in.targets = dst[3];
-        in.has_image = dst[4];
-        in.has_audio = dst[5];
-    }
-#else
-    (void)t;
-#endif
-    return in;
+    const size_t B = (size_t)b->B, T = (size_t)b->text_T;
+    const void *src[6] = {b->image, b->audio, b->tokens, b->targets, b->has_image, b->has_audio};
+    const size_t len[6] = {B * b->img_h * b->img_w * b->img_c * sizeof(float),
+                           B * b->audio_F * b->n_mels * sizeof(float),
+                           B * T * sizeof(int32_t),
+                           B * T * sizeof(int32_t),
+                           B,
+                           B};
+    void *dst[6];
+    t->be->iface->stage_put(t->be, im->stage, 6, src, len, dst);
+    return (model_input){.B = b->B,
+                         .image = dst[0],
+                         .has_image = dst[4],
+                         .audio = dst[1],
+                         .has_audio = dst[5],
+                         .tokens = dst[2],
+                         .targets = dst[3]};
 }
 
 static void lm_input_done(const trainer *t) {
-#ifdef MM_HAVE_CUDA
     lm_impl *im = t->impl;
-    if (im->on_gpu) cuda_stage_done(&im->stage, &im->ctx);
-#else
-    (void)t;
-#endif
+    t->be->iface->stage_done(t->be, im->stage);
 }
 
 static void lm_set_hook(void *impl, model_grad_hook fn, void *ctx) {
@@ -97,73 +73,32 @@ static int lm_create(trainer *t, int max_B, mm_err *err) {
                        .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL};
     lm_impl *im = mm_calloc(1, sizeof(lm_impl));
     t->impl = im;
-    const model_ops *ops = &model_ops_cpu;
-    if (strcmp(c->backend, "cuda") == 0) {
-#ifdef MM_HAVE_CUDA
-        // dp runs on the device (NCCL gradient buckets, train/gradsync.c); the model's tp
-        // collectives and ZeRO-1's shards are still host-side only
-        if (t->lay.tp_size > 1 || (t->lay.dp_size > 1 && c->parallel.zero))
-            return mm_fail(err, "backend: cuda runs data parallelism without ZeRO only for now; "
-                           "this run has dp %d x tp %d, parallel.zero %d (use tp 1 and zero 0)",
-                           t->lay.dp_size, t->lay.tp_size, c->parallel.zero);
-        cuda_precision prec;
-        if (cuda_precision_parse(c->precision, &prec, err) != 0) return -1;
-        if (cuda_ctx_init(&im->ctx, t->rank, prec, err) != 0) return -1;
-        im->on_gpu = 1;
-        ops = &model_ops_cuda;
-#else
-        return mm_fail(err, "backend: cuda, but this binary was built without CUDA");
-#endif
-    }
     model *m = NULL;
     mm_err me;
-    if (model_create(&m, &mc, ops, max_B, c->run.seed, &me) != 0)
+    if (model_create(&m, &mc, t->be, max_B, c->run.seed, &me) != 0)
         return mm_fail(err, "model: %s", me.msg);
     im->m = m;
-    t->net = (train_net){.impl = m,
-                         .n_params = model_n_params(m),
-                         .params = model_params(m),
-                         .grads = model_grads(m),
-                         .n_tensors = model_n_tensors(m),
-                         .tensors = model_tensors(m),
-                         .set_grad_hook = lm_set_hook};
-#ifdef MM_HAVE_CUDA
-    if (im->on_gpu) {  // the trainer sees a host mirror (gradsync.h train_net)
-        const size_t np = model_n_params(m);
-        im->host_params = mm_alloc_aligned(np * sizeof(mm_real));
-        cuda_download(&im->ctx, im->host_params, model_params(m), np * sizeof(mm_real));
-        t->net.dev = &im->ctx;
-        t->net.dparams = model_params(m);
-        t->net.dgrads = model_grads(m);
-        t->net.params = im->host_params;
-        t->net.grads = NULL;
-        const int TT = mc.text_T;
-        size_t bytes = 0;  // one batch of max_B samples, each region 256-byte aligned
-        const size_t per[6] = {(size_t)mc.img_h * mc.img_w * mc.img_c * sizeof(float),
-                               (size_t)mc.audio_F * mc.n_mels * sizeof(float),
-                               TT * sizeof(int32_t), TT * sizeof(int32_t), 1, 1};
-        for (int i = 0; i < 6; i++) bytes += (per[i] * max_B + 255) / 256 * 256;
-        cuda_stage_init(&im->stage, &im->ctx, bytes);
-        printf("cuda: rank %d on GPU %d (%s, %d SMs, %.1f GiB), precision %s\n", t->rank,
-               im->ctx.device, im->ctx.device_name, im->ctx.sm_count,
-               im->ctx.mem_bytes / 1073741824.0, c->precision);
-        fflush(stdout);
-    }
-#endif
+    train_net_bind(&t->net, t->be, m, model_params(m), model_grads(m), model_n_params(m),
+                   model_tensors(m), model_n_tensors(m), lm_set_hook);
+    const int TT = mc.text_T;
+    size_t bytes = 0;  // one batch of max_B samples, each region 256-byte aligned
+    const size_t per[6] = {(size_t)mc.img_h * mc.img_w * mc.img_c * sizeof(float),
+                           (size_t)mc.audio_F * mc.n_mels * sizeof(float),
+                           TT * sizeof(int32_t),
+                           TT * sizeof(int32_t),
+                           1,
+                           1};
+    for (int i = 0; i < 6; i++) bytes += (per[i] * max_B + 255) / 256 * 256;
+    im->stage = t->be->iface->stage_new(t->be, bytes);
     return 0;
 }
 
 static void lm_destroy(trainer *t) {
     lm_impl *im = t->impl;
     if (!im) return;
-#ifdef MM_HAVE_CUDA
-    if (im->on_gpu) cuda_stage_free(&im->stage);
-#endif
+    if (im->stage) t->be->iface->stage_free(t->be, im->stage);
     if (im->m) model_free(im->m);
-#ifdef MM_HAVE_CUDA
-    if (im->on_gpu) cuda_ctx_free(&im->ctx);
-#endif
-    free(im->host_params);
+    train_net_free(&t->net);
     free(im);
     t->impl = NULL;
 }
@@ -171,10 +106,7 @@ static void lm_destroy(trainer *t) {
 static double lm_micro_step(trainer *t, const data_batch *b) {
     model_input in = batch_input(t, b);
     double loss = model_forward(lm(t), &in, NULL);
-#ifdef MM_HAVE_CUDA
-    lm_impl *im = t->impl;
-    if (im->on_gpu) cuda_ctx_sync(&im->ctx);  // a corrupt token ends the job here, named
-#endif
+    t->be->iface->sync(t->be);  // a corrupt token ends the job here, named
     model_backward(lm(t), &in, (mm_real)(1.0 / t->cfg->data.global_batch));
     lm_input_done(t);
     return loss;

@@ -18,29 +18,41 @@
 #include <stddef.h>
 
 #include "../comm/comm.h"
+#include "../model/backend.h"
 #include "../model/model.h"
 #include "optim.h"
 
 // A network as the optimizer sees it: one contiguous parameter buffer, one gradient buffer,
 // the tensor table, and the hook through which backward reports finished gradients. Every
-// model family (transformer, diffusion) provides one.
+// model family (transformer, diffusion) provides one (train_net_bind).
 //
-// On the GPU (backend: cuda, issue 6) the network's buffers are device memory: dev is the
-// cuda_ctx (model/cuda.h), dparams/dgrads the device buffers the model computes on, and
-// params a HOST mirror owned by the family that checkpoints and fine-tuning read and write;
-// gsync_full_state fills it from the device and gsync_upload_params copies it back. grads
-// is NULL there. On the CPU dev, dparams and dgrads are NULL.
+// dparams and dgrads are the buffers the model computes on, in the backend's memory. params
+// is their host view, which checkpoints and fine-tuning read and write: the model's own
+// buffer on a host-memory backend (the CPU), else a mirror owned here that gsync_full_state
+// fills from the device and gsync_upload_params copies back.
 typedef struct {
     void *impl;                  // the network, not owned
+    const mm_backend *be;        // not owned
     size_t n_params;
-    mm_real *params;             // (n_params)
-    mm_real *grads;              // (n_params)
-    void *dev;                   // cuda_ctx * (backend cuda) or NULL; not owned
-    mm_real *dparams, *dgrads;   // (n_params) device buffers, not owned
+    mm_real *params;            // (n_params) host view
+    mm_real *dparams, *dgrads;  // (n_params) backend memory, not owned
+    mm_real *mirror;            // (n_params) owned host mirror, NULL on a host-memory backend
     int n_tensors;
     const model_tensor *tensors; // (n_tensors)
     void (*set_grad_hook)(void *impl, model_grad_hook fn, void *ctx);
 } train_net;
+
+// Fills n for a model's buffers on be; makes the host mirror (a copy of dparams) where be's
+// memory is not the host's.
+void train_net_bind(train_net *n, const mm_backend *be, void *impl, mm_real *dparams,
+                    mm_real *dgrads, size_t n_params, const model_tensor *tensors, int n_tensors,
+                    void (*set_grad_hook)(void *impl, model_grad_hook fn, void *ctx));
+void train_net_free(train_net *n);
+
+// A host view of n floats of backend memory buf: buf itself on a host-memory backend, else a
+// new host copy. Free with train_host_view_free.
+float *train_host_view(const mm_backend *be, float *buf, size_t n);
+void train_host_view_free(float *host, const float *buf);
 
 typedef struct {
     const comm_layout *lay;  // not owned
@@ -48,10 +60,15 @@ typedef struct {
     size_t n;                // local parameters
     int zero;                // ZeRO stage (0 or 1)
     optim opt;               // AdamW state for [opt.lo, opt.hi), owned
+    const mm_backend *be;    // = net->be
+    float *m, *v;            // (hi - lo) AdamW moments in the backend's memory: opt.m / opt.v
+                             // on a host-memory backend, else owned (opt's are then staging)
+    void *plan;              // the backend's optimizer plan, made at the first use (after
+                             // fine-tuning's optim_set_groups), owned
     // buckets (zero = 0, dp > 1)
     int n_buckets;
     size_t *bucket_lo;       // (n_buckets + 1) boundaries, ascending, owned
-    comm_request **req;      // (n_buckets) in flight, owned
+    void *reducer;           // the backend's bucket reduction, owned
     int next;                // highest bucket not yet started, -1 when all are
     int armed;               // 1 during the backward whose gradients are reduced
     // ZeRO-1 (zero = 1)
@@ -60,7 +77,6 @@ typedef struct {
     float *zgrad;            // (shard) this rank's reduced gradient
     double exposed;          // seconds the last gsync_finish spent on communication that
                              // backward did not hide
-    void *dev;               // device optimizer state (net->dev set), owned; see gradsync.c
 } gsync;
 
 // Sets up reduction and optimizer state for net on layout lay; installs the network's
@@ -87,10 +103,10 @@ void gsync_full_state(gsync *g, float **m, float **v, int *owned);
 // Takes this rank's part of full-size moments (after loading a checkpoint).
 void gsync_load_state(gsync *g, const float *m, const float *v);
 
-// Zeroes the gradient buffer (device or host) before a step's first micro-step.
+// Zeroes the gradient buffer before a step's first micro-step.
 void gsync_zero_grads(gsync *g);
-// On the GPU: copies the host mirror net->params to the device (after a checkpoint or
-// init_from wrote it, and at the start). Nothing on the CPU.
+// Copies the host view net->params to the model's buffer (after a checkpoint or init_from
+// wrote it, and at the start). Nothing where they are the same buffer.
 void gsync_upload_params(gsync *g);
 
 #endif  // MM_GRADSYNC_H

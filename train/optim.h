@@ -1,8 +1,9 @@
-// optim.h: the optimizer side of a step on the host: learning-rate schedule (linear warmup,
-// cosine decay), global gradient norm with clipping, and AdamW with decoupled weight decay
-// over the one contiguous parameter buffer. AdamW state covers a contiguous range [lo, hi)
-// of that buffer: all of it normally, this rank's shard under ZeRO-1, so checkpoints and
-// shards are plain slices.
+// optim.h: the optimizer's configuration and state: learning-rate schedule (linear warmup,
+// cosine decay), the tensors cut into segments, and the AdamW moments over the one
+// contiguous parameter buffer. AdamW state covers a contiguous range [lo, hi) of that
+// buffer: all of it normally, this rank's shard under ZeRO-1, so checkpoints and shards are
+// plain slices. The arithmetic (AdamW, sum of squares) is the backend's (model/backend.h);
+// optim_adamw and optim_sumsq run the CPU backend's on host buffers.
 // Fine-tuning adds parameter groups (model.h MODEL_GROUP_*): a learning-rate multiplier per
 // group and frozen groups that the optimizer leaves alone (optim_set_groups).
 #ifndef MM_OPTIM_H
@@ -11,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../model/backend.h"
 #include "../model/model.h"
 
 typedef struct {
@@ -27,13 +29,7 @@ typedef struct {
     float *m;                   // (hi - lo) first moment, owned
     float *v;                   // (hi - lo) second moment, owned
     int n_seg;                  // tensors intersecting [lo, hi), clipped to it
-    struct optim_seg {
-        size_t offset, size;    // element range in the parameter buffer
-        float decay;            // 1 where weight decay applies, 0 elsewhere
-        float lr_mult;          // learning-rate multiplier (parameter groups, fine-tuning)
-        int sharded;            // 1 when the tensor is split over tp (its norm sums over tp)
-        int group;              // the tensor's parameter group (MODEL_GROUP_*)
-    } *seg;                     // (n_seg) owned
+    mm_opt_seg *seg;            // (n_seg) owned
 } optim;
 
 // Allocates zeroed state for the part [lo, hi) of the parameters described by tensors.
@@ -53,6 +49,7 @@ void optim_set_groups(optim *o, const double lr_mult[MODEL_N_GROUPS],
 // then cosine from lr to min_lr at step total-1.
 double optim_lr(const optim_cfg *c, int64_t step);
 
+// Host buffers, on the CPU backend (tests, benchmarks; the trainer goes through its backend).
 // Sums of squares of the gradients of [lo, hi) (grads indexed from lo), split into tensors
 // sharded over tp and replicated ones; accumulated in double in a fixed order, so the result
 // is bit-identical for a given layout.
@@ -62,5 +59,7 @@ void optim_sumsq(const optim *o, const float *grads, double *sharded, double *re
 // correction; grad_scale multiplies every gradient first (clipping). Elementwise.
 void optim_adamw(optim *o, float *params, const float *grads, int64_t step, double lr,
                  double grad_scale);
+// The backend's AdamW arguments for that update.
+mm_adamw_args optim_adamw_args(const optim_cfg *c, int64_t step, double lr, double grad_scale);
 
 #endif  // MM_OPTIM_H

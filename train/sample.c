@@ -20,9 +20,6 @@
 #include "config.h"
 #include "train.h"
 #include "trainer_internal.h"
-#ifdef MM_HAVE_CUDA
-#include "../model/cuda/cuda.h"
-#endif
 
 typedef struct {
     const char *ckpt, *out, *text, *audio, *backend;
@@ -50,12 +47,7 @@ static int parse_args(int argc, char **argv, sample_args *a, mm_err *err) {
         else if (strcmp(k, "--backend") == 0) {
             if (strcmp(v, "cpu") != 0 && strcmp(v, "cuda") != 0)
                 return mm_fail(err, "sample: --backend '%s': expected cpu or cuda", v);
-#ifndef MM_HAVE_CUDA
-            if (strcmp(v, "cuda") == 0)
-                return mm_fail(err, "sample: --backend cuda, but this binary was built without "
-                               "CUDA (make cuda)");
-#endif
-            a->backend = v;
+            a->backend = v;  // whether this binary has it: mm_backend_create says
         }
         else if (strcmp(k, "--n") == 0 || strcmp(k, "--steps") == 0) {
             long x = strtol(v, &end, 10);
@@ -139,24 +131,12 @@ static int run_sample(const sample_args *a, mm_err *err) {
     const data_audio_cfg ac = {c.data.n_fft, c.data.hop, c.data.n_mels};  // the run's features
     dit_config dc = train_dit_config(&c, &sc);
     const int n = a->n, text_T = dc.text_T, F = dc.audio_F;
-    const model_ops *ops = &model_ops_cpu;
-    const dit_ops *dops = &dit_ops_cpu;
-#ifdef MM_HAVE_CUDA
-    cuda_ctx ctx;
-    int on_gpu = strcmp(a->backend, "cuda") == 0;
-    if (on_gpu) {
-        cuda_precision prec;
-        if (cuda_precision_parse(c.precision, &prec, err) != 0) return -1;
-        if (cuda_ctx_init(&ctx, 0, prec, err) != 0) return -1;
-        ops = &model_ops_cuda;
-        dops = &dit_ops_cuda;
-    }
-#endif
+    const mm_backend *be = NULL;
+    if (mm_backend_create(&be, a->backend, c.precision, 0, err) != 0) return -1;
+    const model_ops *ops = be->ops;
     dit *m = NULL;
-    if (dit_create(&m, &dc, ops, dops, n, 0, err) != 0) {
-#ifdef MM_HAVE_CUDA
-        if (on_gpu) cuda_ctx_free(&ctx);
-#endif
+    if (dit_create(&m, &dc, be, n, 0, err) != 0) {
+        mm_backend_free(be);
         return -1;
     }
     size_t np = dit_n_params(m), npix = (size_t)sc.img_h * sc.img_w * sc.img_c;
@@ -176,7 +156,7 @@ static int run_sample(const sample_args *a, mm_err *err) {
     int lrc = ckpt_load_state(ck, &st, err);
     free(params);
     if (lrc != 0) goto done;
-    ops->mem_upload(dit_params(m), ema, np * sizeof(float));  // sample with the EMA weights
+    ops->mem_upload(be, dit_params(m), ema, np * sizeof(float));  // sample with the EMA weights
     if (a->text) {
         size_t len = strlen(a->text);
         if ((int)len > sc.text_max) {
@@ -208,13 +188,13 @@ static int run_sample(const sample_args *a, mm_err *err) {
         const size_t bt = (size_t)n * text_T * sizeof(int32_t),
                      ba = (size_t)n * F * c.data.n_mels * sizeof(float),
                      bo = (size_t)n * npix * sizeof(float);
-        int32_t *dtok = ops->mem_alloc(bt);
-        float *daud = ops->mem_alloc(ba), *dout = ops->mem_alloc(bo);
-        uint8_t *dht = ops->mem_alloc((size_t)n), *dha = ops->mem_alloc((size_t)n);
-        ops->mem_upload(dtok, tokens, bt);
-        ops->mem_upload(daud, audio, ba);
-        ops->mem_upload(dht, has_text, (size_t)n);
-        ops->mem_upload(dha, has_audio, (size_t)n);
+        int32_t *dtok = ops->mem_alloc(be, bt);
+        float *daud = ops->mem_alloc(be, ba), *dout = ops->mem_alloc(be, bo);
+        uint8_t *dht = ops->mem_alloc(be, (size_t)n), *dha = ops->mem_alloc(be, (size_t)n);
+        ops->mem_upload(be, dtok, tokens, bt);
+        ops->mem_upload(be, daud, audio, ba);
+        ops->mem_upload(be, dht, has_text, (size_t)n);
+        ops->mem_upload(be, dha, has_audio, (size_t)n);
         dit_input cond = {.B = n, .tokens = dtok, .has_text = dht, .audio = daud,
                           .has_audio = dha};
         dit_objective obj = strcmp(c.diffusion.objective, "ddpm") == 0 ? DIT_DDPM : DIT_FLOW;
@@ -222,12 +202,12 @@ static int run_sample(const sample_args *a, mm_err *err) {
         mm_rng_init(&r, a->seed, 0x73616d70ULL);  // "samp"
         dit_sample(m, obj, &cond, a->steps > 0 ? a->steps : c.diffusion.sample_steps,
                    a->guidance >= 0 ? a->guidance : c.diffusion.guidance, &r, dout);
-        ops->mem_download(out, dout, bo);
-        ops->mem_free(dtok);
-        ops->mem_free(daud);
-        ops->mem_free(dout);
-        ops->mem_free(dht);
-        ops->mem_free(dha);
+        ops->mem_download(be, out, dout, bo);
+        ops->mem_free(be, dtok);
+        ops->mem_free(be, daud);
+        ops->mem_free(be, dout);
+        ops->mem_free(be, dht);
+        ops->mem_free(be, dha);
     }
     data_image_to_u8(out, (int)(n * npix), rgb);
     if (mm_mkdirs(a->out, err) != 0) goto done;
@@ -254,9 +234,7 @@ static int run_sample(const sample_args *a, mm_err *err) {
 done:
     if (feat) data_featurizer_free(feat);
     dit_free(m);
-#ifdef MM_HAVE_CUDA
-    if (on_gpu) cuda_ctx_free(&ctx);
-#endif
+    mm_backend_free(be);
     free(ema);
     free(tokens);
     free(audio);

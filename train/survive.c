@@ -16,10 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifdef MM_HAVE_CUDA
-#include "../model/cuda/cuda.h"
-#endif
-
 static volatile sig_atomic_t stop_signal;  // first stop signal received, 0 = none
 
 static const int stop_signals[3] = {SIGTERM, SIGINT, SIGUSR1};
@@ -136,14 +132,8 @@ void train_guard_inject(const train_guard *g, int64_t step, const train_net *net
     for (int i = 0; i < g->n_inject; i++) {
         if (g->inject[i] != step || net->n_tensors == 0) continue;
         const size_t off = net->tensors[net->n_tensors / 2].offset;
-#ifdef MM_HAVE_CUDA
-        if (net->dev) {  // the copy is queued after the zeroing, before the backward
-            const mm_real nan = NAN;
-            cuda_upload(net->dev, net->dgrads + off, &nan, sizeof(nan));
-            continue;
-        }
-#endif
-        net->grads[off] = NAN;
+        const mm_real nan = NAN;  // queued after the zeroing, before the backward
+        net->be->ops->mem_upload(net->be, net->dgrads + off, &nan, sizeof(nan));
     }
 }
 
@@ -154,23 +144,20 @@ void train_guard_fail_point(const train_guard *g, int64_t step, int rank) {
     for (;;) sleep(1000);  // stalled: alive, never reaching the next collective
 }
 
-// Index of the first tensor holding a non-finite gradient, n_tensors when none. Device
-// gradients come over one tensor at a time into buf (owned here).
+// Index of the first tensor holding a non-finite gradient, n_tensors when none. The
+// gradients come over one tensor at a time into buf (owned here): a copy on the CPU too, but
+// this runs only after a non-finite step.
 static int first_nonfinite(const train_net *net) {
     mm_real *buf = NULL;
     int found = net->n_tensors;
     for (int i = 0; i < net->n_tensors && found == net->n_tensors; i++) {
         const model_tensor *t = &net->tensors[i];
-        const mm_real *x = net->grads ? net->grads + t->offset : NULL;
-#ifdef MM_HAVE_CUDA
-        if (net->dev) {
-            free(buf);
-            buf = mm_malloc(t->size * sizeof(mm_real));
-            cuda_download(net->dev, buf, net->dgrads + t->offset, t->size * sizeof(mm_real));
-            x = buf;
-        }
-#endif
-        for (size_t j = 0; x && j < t->size; j++)
+        free(buf);
+        buf = mm_malloc(t->size * sizeof(mm_real) + 1);
+        net->be->ops->mem_download(net->be, buf, net->dgrads + t->offset,
+                                   t->size * sizeof(mm_real));
+        const mm_real *x = buf;
+        for (size_t j = 0; j < t->size; j++)
             if (!isfinite(x[j])) {
                 found = i;
                 break;

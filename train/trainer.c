@@ -81,7 +81,7 @@ static void save_checkpoint(trainer *t) {
     float *mom1, *mom2;
     int owned;
     gsync_full_state(&t->sync, &mom1, &mom2, &owned);
-    if (t->fam->sync_host) t->fam->sync_host(t);  // GPU: the EMA's host mirror
+    if (t->fam->sync_host) t->fam->sync_host(t);  // the EMA's host view
     ckpt_state st = {.tensors = t->net.tensors,
                      .n_tensors = t->net.n_tensors,
                      .n_params = t->net.n_params,
@@ -222,7 +222,7 @@ static void trainer_free(trainer *t) {
     data_batch_free(&t->val_batch);
     if (t->sync_ready) gsync_free(&t->sync);  // unhooks from the network: free it first
     if (t->fam) t->fam->destroy(t);
-    free(t->ema);
+    mm_backend_free(t->be);
     comm_layout_free(&t->lay);
     if (t->trace) fclose(t->trace);
     free(t->config_yaml);
@@ -296,6 +296,14 @@ static int init_model(trainer *t, mm_err *err) {
                        "frames with data.n_fft = %d, data.hop = %d",
                        c->data.train, t->schema.audio_len, c->model.audio_group, c->data.n_fft,
                        c->data.hop);
+    // the backend: one clear error for a layout it cannot run, whatever the model kind
+    if (mm_backend_create(&t->be, c->backend, c->precision, t->rank, err) != 0) return -1;
+    if (mm_backend_check_layout(t->be, t->lay.dp_size, t->lay.tp_size, c->parallel.zero, err) != 0)
+        return -1;
+    if (t->be->desc[0]) {
+        printf("%s\n", t->be->desc);
+        fflush(stdout);
+    }
     int max_B = c->data.micro_batch > c->eval.batch ? c->data.micro_batch : c->eval.batch;
     if (t->fam->create(t, max_B, err) != 0) return -1;
     optim_cfg oc = {.lr = c->optim.lr,
@@ -391,7 +399,7 @@ static int trainer_init(trainer *t, const mm_config *c, comm_group *world, mm_er
     if (comm_layout_init(&t->lay, world, c->parallel.tp, err) != 0) return -1;
     if (agree(world, init_model(t, err), err) != 0) return -1;
     if (agree(world, init_state(t, err), err) != 0) return -1;
-    gsync_upload_params(&t->sync);  // GPU: the checkpoint's / init_from's weights (if any)
+    gsync_upload_params(&t->sync);  // the checkpoint's / init_from's weights (if any)
     if (t->fam->sync_device) t->fam->sync_device(t);  // and the EMA's
     return 0;
 }

@@ -32,9 +32,9 @@ typedef struct {
     void (*evaluate)(trainer *t);
     // Positions the network processes per sample (for tokens/s).
     int (*seq_len)(const trainer *t);
-    // GPU families with host mirrors of device state besides the parameters (the diffusion
-    // EMA, t->ema): sync_host fills them before a checkpoint is written, sync_device copies
-    // them back after a checkpoint or init_from wrote them. May be NULL.
+    // Families with state besides the parameters in the backend's memory (the diffusion EMA,
+    // t->ema): sync_host fills its host view before a checkpoint is written, sync_device
+    // copies it back after a checkpoint or init_from wrote it. May be NULL.
     void (*sync_host)(trainer *t);
     void (*sync_device)(trainer *t);
 } train_family;
@@ -51,6 +51,7 @@ struct trainer {
     comm_group *world;
     int rank, world_size;
     comm_layout lay;            // owned: dp and tp groups
+    const mm_backend *be;       // owned: what the run computes on (backend.h)
     data_audio_cfg audio;
     data_schema schema;         // of the training set
     data_loader *loader;        // owned
@@ -60,7 +61,8 @@ struct trainer {
     const train_family *fam;
     void *impl;                 // the family's network and state, owned by the family
     train_net net;              // view of the network's parameters
-    float *ema;                 // (n_params) EMA of the parameters, NULL when not kept; owned
+    float *ema;                 // (n_params) host view of the EMA of the parameters, NULL when
+                                // not kept; owned by the family
     gsync sync;                 // owned: gradient reduction + AdamW state
     int sync_ready;             // sync initialized
     FILE *trace;                // data.trace: sample ids of this rank, owned

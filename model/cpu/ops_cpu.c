@@ -75,8 +75,8 @@ static inline float fast_expf(float x) {
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC).
 // The bias is written first and the gemm accumulates on it (beta = 1): OpenBLAS would
 // otherwise spend a pass zeroing out for beta = 0, so the bias comes for free.
-static void matmul_fwd(mm_real *out, const mm_real *inp, const mm_real *w, const mm_real *bias,
-                       int N, int IC, int OC) {
+static void matmul_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *inp,
+                       const mm_real *w, const mm_real *bias, int N, int IC, int OC) {
     if (N <= 0) return;
     mm_real beta = 0;
     if (bias) {
@@ -107,8 +107,9 @@ static void colsum_acc(mm_real *dst, const mm_real *src, int N, int C) {
 
 // dinp (N, IC) += dout (N, OC) @ w (OC, IC); dw (OC, IC) += dout^T @ inp; dbias (OC) +=
 // column sums of dout. dinp and dbias may be NULL.
-static void matmul_bwd(mm_real *dinp, mm_real *dw, mm_real *dbias, const mm_real *dout,
-                       const mm_real *inp, const mm_real *w, int N, int IC, int OC) {
+static void matmul_bwd(const mm_backend *be MM_UNUSED, mm_real *dinp, mm_real *dw, mm_real *dbias,
+                       const mm_real *dout, const mm_real *inp, const mm_real *w, int N, int IC,
+                       int OC) {
     if (N <= 0) return;
     if (dinp)
         GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1, dout, OC, w, IC, 1, dinp, IC);
@@ -119,8 +120,9 @@ static void matmul_bwd(mm_real *dinp, mm_real *dw, mm_real *dbias, const mm_real
 // ---------------------------------------------------------------------------------------
 // layernorm (eps 1e-5, biased variance, as PyTorch)
 
-static void layernorm_fwd(mm_real *out, mm_real *mean, mm_real *rstd, const mm_real *x,
-                          const mm_real *g, const mm_real *b, int N, int C) {
+static void layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *mean,
+                          mm_real *rstd, const mm_real *x, const mm_real *g, const mm_real *b,
+                          int N, int C) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < N; r++) {
         const mm_real *xr = x + (size_t)r * C;
@@ -142,9 +144,9 @@ static void layernorm_fwd(mm_real *out, mm_real *mean, mm_real *rstd, const mm_r
 
 // dx (N, C) += ; dg, db (C) += . One pass over the rows computes dx and per-block partial
 // dg/db; a second loop adds the blocks in order.
-static void layernorm_bwd(mm_real *dx, mm_real *dg, mm_real *db, const mm_real *dout,
-                          const mm_real *x, const mm_real *g, const mm_real *mean,
-                          const mm_real *rstd, int N, int C) {
+static void layernorm_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *dg, mm_real *db,
+                          const mm_real *dout, const mm_real *x, const mm_real *g,
+                          const mm_real *mean, const mm_real *rstd, int N, int C) {
     if (N <= 0) return;
     int nblk = (N + ROW_BLOCK - 1) / ROW_BLOCK;
     mm_real *part = mm_malloc((size_t)nblk * 2 * C * sizeof(mm_real));  // (nblk, 2, C)
@@ -197,7 +199,7 @@ static void layernorm_bwd(mm_real *dx, mm_real *dg, mm_real *db, const mm_real *
 #define GELU_K ((mm_real)0.7978845608028654)
 #define GELU_A ((mm_real)0.044715)
 
-static void gelu_fwd(mm_real *out, const mm_real *x, size_t n) {
+static void gelu_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x, size_t n) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         mm_real v = x[i];
@@ -206,7 +208,8 @@ static void gelu_fwd(mm_real *out, const mm_real *x, size_t n) {
     }
 }
 
-static void gelu_bwd(mm_real *dx, const mm_real *x, const mm_real *dout, size_t n) {
+static void gelu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *x,
+                     const mm_real *dout, size_t n) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         mm_real v = x[i];
@@ -218,7 +221,8 @@ static void gelu_bwd(mm_real *dx, const mm_real *x, const mm_real *dout, size_t 
 }
 
 // out = a + b; out may alias a or b (the transformer adds residuals in place).
-static void add(mm_real *out, const mm_real *a, const mm_real *b, size_t n) {
+static void add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a, const mm_real *b,
+                size_t n) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
@@ -365,8 +369,9 @@ static inline mm_real softmax_row(mm_real *restrict a, const mm_real *restrict k
 }
 
 // out (B, T, NH, HD), att (B, NH, T, T), qkv (B, T, 3, NH, HD), key_valid (B, T)
-static void attention_fwd(mm_real *out, mm_real *att, const mm_real *qkv, const uint8_t *key_valid,
-                          int B, int T, int P, int NH, int HD) {
+static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att,
+                          const mm_real *qkv, const uint8_t *key_valid, int B, int T, int P, int NH,
+                          int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
@@ -424,9 +429,9 @@ static void attention_fwd(mm_real *out, mm_real *att, const mm_real *qkv, const 
 
 // dqkv (B, T, 3, NH, HD) +=, dout (B, T, NH, HD), qkv, att (B, NH, T, T) as saved. out is
 // not needed here: the saved probabilities give the softmax backward directly.
-static void attention_bwd(mm_real *dqkv, const mm_real *dout, const mm_real *qkv,
-                          const mm_real *out, const mm_real *att, int B, int T, int P, int NH,
-                          int HD) {
+static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const mm_real *dout,
+                          const mm_real *qkv, const mm_real *out, const mm_real *att, int B, int T,
+                          int P, int NH, int HD) {
     (void)out;
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
@@ -504,14 +509,16 @@ static void attention_bwd(mm_real *dqkv, const mm_real *dout, const mm_real *qkv
 }
 
 // the probabilities (B, NH, T, T)
-static size_t attention_saved(int B, int NH, int T) { return (size_t)B * NH * T * T; }
+static size_t attention_saved(const mm_backend *be MM_UNUSED, int B, int NH, int T) {
+    return (size_t)B * NH * T * T;
+}
 
 // ---------------------------------------------------------------------------------------
 // softmax cross-entropy
 
 // loss (N), probs (N, V), logits (N, V), targets (N) in [-1, V)
-static void xent_fwd(mm_real *loss, mm_real *probs, const mm_real *logits, const int32_t *targets,
-                     int N, int V) {
+static void xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *probs,
+                     const mm_real *logits, const int32_t *targets, int N, int V) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const mm_real *l = logits + (size_t)i * V;
@@ -536,8 +543,9 @@ static void xent_fwd(mm_real *loss, mm_real *probs, const mm_real *logits, const
 
 // dlogits (N, V) = (probs - onehot(target)) * dloss (N); ignored rows 0. Overwrites.
 // The logits are not read (the probabilities are saved), so dlogits may alias them.
-static void xent_bwd(mm_real *dlogits, const mm_real *logits, const mm_real *probs,
-                     const int32_t *targets, const mm_real *dloss, int N, int V) {
+static void xent_bwd(const mm_backend *be MM_UNUSED, mm_real *dlogits, const mm_real *logits,
+                     const mm_real *probs, const int32_t *targets, const mm_real *dloss, int N,
+                     int V) {
     (void)logits;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
@@ -556,7 +564,9 @@ static void xent_bwd(mm_real *dlogits, const mm_real *logits, const mm_real *pro
 }
 
 // the probabilities (N, V)
-static size_t xent_saved(int N, int V) { return (size_t)N * V; }
+static size_t xent_saved(const mm_backend *be MM_UNUSED, int N, int V) {
+    return (size_t)N * V;
+}
 
 const model_ops model_ops_cpu = {
     .name = "cpu",

@@ -37,13 +37,14 @@
 // ---------------------------------------------------------------------------------------
 // SiLU: x * sigmoid(x)
 
-static void silu_fwd(mm_real *out, const mm_real *x, size_t n) {
+static void silu_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x, size_t n) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = x[i] / (1 + R_EXP(-x[i]));
 }
 
 // d/dx x s(x) = s (1 + x (1 - s))
-static void silu_bwd(mm_real *dx, const mm_real *x, const mm_real *dout, size_t n) {
+static void silu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *x,
+                     const mm_real *dout, size_t n) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         mm_real s = 1 / (1 + R_EXP(-x[i]));
@@ -55,8 +56,8 @@ static void silu_bwd(mm_real *dx, const mm_real *x, const mm_real *dout, size_t 
 // adaLN modulation and gated residual (DiT): per-sample vectors broadcast over the N rows
 
 // out (B, N, C) = x * (1 + scale[b]) + shift[b]; shift, scale rows at stride sc.
-static void modulate_fwd(mm_real *out, const mm_real *x, const mm_real *shift, const mm_real *scale,
-                         int sc, int B, int N, int C) {
+static void modulate_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x,
+                         const mm_real *shift, const mm_real *scale, int sc, int B, int N, int C) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < B * N; r++) {
         const mm_real *sh = shift + (size_t)(r / N) * sc, *sl = scale + (size_t)(r / N) * sc;
@@ -69,8 +70,9 @@ static void modulate_fwd(mm_real *out, const mm_real *x, const mm_real *shift, c
 
 // dx += dout * (1 + scale); dshift[b] += sum_n dout; dscale[b] += sum_n dout * x. One task per
 // (sample, column block) owns those columns of dshift/dscale and adds its rows in order.
-static void modulate_bwd(mm_real *dx, mm_real *dshift, mm_real *dscale, const mm_real *dout,
-                         const mm_real *x, const mm_real *scale, int sc, int B, int N, int C) {
+static void modulate_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *dshift,
+                         mm_real *dscale, const mm_real *dout, const mm_real *x,
+                         const mm_real *scale, int sc, int B, int N, int C) {
     const int ncb = (C + COL_BLOCK - 1) / COL_BLOCK;
 #pragma omp parallel for schedule(static)
     for (int task = 0; task < B * ncb; task++) {
@@ -98,8 +100,8 @@ static void modulate_bwd(mm_real *dx, mm_real *dshift, mm_real *dscale, const mm
 }
 
 // x (B, N, C) += gate[b] * y
-static void gated_add_fwd(mm_real *x, const mm_real *y, const mm_real *gate, int sc, int B, int N,
-                          int C) {
+static void gated_add_fwd(const mm_backend *be MM_UNUSED, mm_real *x, const mm_real *y,
+                          const mm_real *gate, int sc, int B, int N, int C) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < B * N; r++) {
         const mm_real *gt = gate + (size_t)(r / N) * sc, *yr = y + (size_t)r * C;
@@ -110,8 +112,9 @@ static void gated_add_fwd(mm_real *x, const mm_real *y, const mm_real *gate, int
 }
 
 // dy += dx * gate; dgate[b] += sum_n dx * y (same task split as modulate_bwd).
-static void gated_add_bwd(mm_real *dy, mm_real *dgate, const mm_real *dx, const mm_real *y,
-                          const mm_real *gate, int sc, int B, int N, int C) {
+static void gated_add_bwd(const mm_backend *be MM_UNUSED, mm_real *dy, mm_real *dgate,
+                          const mm_real *dx, const mm_real *y, const mm_real *gate, int sc, int B,
+                          int N, int C) {
     const int ncb = (C + COL_BLOCK - 1) / COL_BLOCK;
 #pragma omp parallel for schedule(static)
     for (int task = 0; task < B * ncb; task++) {
@@ -162,8 +165,9 @@ static inline void softmax_row(mm_real *a, const uint8_t *kv, int Tk) {
 
 // out (B, Tq, NH, HD), att (B, NH, Tq, Tk), q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD),
 // key_valid (B, Tk).
-static void xattn_fwd(mm_real *out, mm_real *att, const mm_real *q, const mm_real *kv,
-                      const uint8_t *key_valid, int B, int Tq, int Tk, int NH, int HD) {
+static void xattn_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att, const mm_real *q,
+                      const mm_real *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
+                      int HD) {
     const int C = NH * HD, C2 = 2 * C;
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
 #pragma omp parallel for schedule(static)
@@ -182,9 +186,9 @@ static void xattn_fwd(mm_real *out, mm_real *att, const mm_real *q, const mm_rea
 
 // dq (B, Tq, NH, HD) +=, dkv (B, Tk, 2, NH, HD) +=; att as saved by xattn_fwd. Each (b, h)
 // writes only its head's columns of its sample: no two tasks touch the same element.
-static void xattn_bwd(mm_real *dq, mm_real *dkv, const mm_real *dout, const mm_real *q,
-                      const mm_real *kv, const mm_real *att, int B, int Tq, int Tk, int NH,
-                      int HD) {
+static void xattn_bwd(const mm_backend *be MM_UNUSED, mm_real *dq, mm_real *dkv,
+                      const mm_real *dout, const mm_real *q, const mm_real *kv, const mm_real *att,
+                      int B, int Tq, int Tk, int NH, int HD) {
     const int C = NH * HD, C2 = 2 * C;
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
 #pragma omp parallel
@@ -225,7 +229,8 @@ static void xattn_bwd(mm_real *dq, mm_real *dkv, const mm_real *dout, const mm_r
 
 // loss (B) = mean over the n elements of sample b of (pred - target)^2, summed in order in
 // double (n is a whole image: ~3e3 .. 2e5 terms).
-static void mse_fwd(mm_real *loss, const mm_real *pred, const mm_real *target, int B, size_t n) {
+static void mse_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, const mm_real *pred,
+                    const mm_real *target, int B, size_t n) {
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         const mm_real *p = pred + (size_t)b * n, *t = target + (size_t)b * n;
@@ -239,8 +244,8 @@ static void mse_fwd(mm_real *loss, const mm_real *pred, const mm_real *target, i
 }
 
 // dpred (B, n) = 2 (pred - target) / n * dloss[b] (overwrites)
-static void mse_bwd(mm_real *dpred, const mm_real *pred, const mm_real *target,
-                    const mm_real *dloss, int B, size_t n) {
+static void mse_bwd(const mm_backend *be MM_UNUSED, mm_real *dpred, const mm_real *pred,
+                    const mm_real *target, const mm_real *dloss, int B, size_t n) {
     const size_t total = (size_t)B * n;
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < total; i++)
@@ -251,7 +256,8 @@ static void mse_bwd(mm_real *dpred, const mm_real *pred, const mm_real *target,
 // glue (diffusion.h): the loops diffusion.c and diffusion_sched.c ran on the model's buffers,
 // moved here with their arithmetic unchanged so that CPU results stay bit for bit.
 
-static void time_embed(mm_real *out, const mm_real *t, int B, int C) {
+static void time_embed(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *t, int B,
+                       int C) {
     const int half = C / 2;
     for (int b = 0; b < B; b++)
         for (int k = 0; k < half; k++) {
@@ -261,8 +267,8 @@ static void time_embed(mm_real *out, const mm_real *t, int B, int C) {
         }
 }
 
-static void text_tokens(int32_t *tok, uint8_t *key_valid, const int32_t *tokens,
-                        const uint8_t *has_text, int B, int T, int V) {
+static void text_tokens(const mm_backend *be MM_UNUSED, int32_t *tok, uint8_t *key_valid,
+                        const int32_t *tokens, const uint8_t *has_text, int B, int T, int V) {
     for (int r = 0; r < B * T; r++) {
         int b = r / T, k = DATA_TOK_PAD;
         if (has_text[b]) {
@@ -274,7 +280,8 @@ static void text_tokens(int32_t *tok, uint8_t *key_valid, const int32_t *tokens,
     }
 }
 
-static void add_pos(mm_real *x, const mm_real *pos, int B, int T, int C) {
+static void add_pos(const mm_backend *be MM_UNUSED, mm_real *x, const mm_real *pos, int B, int T,
+                    int C) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < B * T; r++) {
         const mm_real *pe = pos + (size_t)(r % T) * C;
@@ -284,12 +291,13 @@ static void add_pos(mm_real *x, const mm_real *pos, int B, int T, int C) {
     }
 }
 
-static void sample_keys(uint8_t *key_valid, const uint8_t *has, int B, int T) {
+static void sample_keys(const mm_backend *be MM_UNUSED, uint8_t *key_valid, const uint8_t *has,
+                        int B, int T) {
     for (int r = 0; r < B * T; r++) key_valid[r] = has[r / T] != 0;
 }
 
-static void cond_keys(uint8_t *kv, const uint8_t *text, const uint8_t *audio, int B, int Tt,
-                      int na) {
+static void cond_keys(const mm_backend *be MM_UNUSED, uint8_t *kv, const uint8_t *text,
+                      const uint8_t *audio, int B, int Tt, int na) {
     const int Tc = Tt + na + 1;
     for (int b = 0; b < B; b++) {
         uint8_t *k = kv + (size_t)b * Tc;
@@ -300,8 +308,8 @@ static void cond_keys(uint8_t *kv, const uint8_t *text, const uint8_t *audio, in
 }
 
 // keys in order, so the mean is deterministic
-static void pool_fwd(mm_real *pool, const mm_real *cond, const uint8_t *kv, int B, int Tc,
-                     int C) {
+static void pool_fwd(const mm_backend *be MM_UNUSED, mm_real *pool, const mm_real *cond,
+                     const uint8_t *kv, int B, int Tc, int C) {
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         const uint8_t *k = kv + (size_t)b * Tc;
@@ -318,8 +326,8 @@ static void pool_fwd(mm_real *pool, const mm_real *cond, const uint8_t *kv, int 
     }
 }
 
-static void pool_bwd(mm_real *dcond, const mm_real *dpool, const uint8_t *kv, int B, int Tc,
-                     int C) {
+static void pool_bwd(const mm_backend *be MM_UNUSED, mm_real *dcond, const mm_real *dpool,
+                     const uint8_t *kv, int B, int Tc, int C) {
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         const uint8_t *k = kv + (size_t)b * Tc;
@@ -335,7 +343,8 @@ static void pool_bwd(mm_real *dcond, const mm_real *dpool, const uint8_t *kv, in
 }
 
 // each task owns a block of columns and adds the samples in order
-static void pos_bwd(mm_real *g, const mm_real *dx, size_t stride, int B, int T, int C) {
+static void pos_bwd(const mm_backend *be MM_UNUSED, mm_real *g, const mm_real *dx, size_t stride,
+                    int B, int T, int C) {
     enum { CB = 32 };
     const int ncb = (C + CB - 1) / CB;
 #pragma omp parallel for schedule(static)
@@ -351,8 +360,9 @@ static void pos_bwd(mm_real *g, const mm_real *dx, size_t stride, int B, int T, 
     }
 }
 
-static void make_pair(mm_real *x_t, mm_real *target, const mm_real *x0, const mm_real *eps,
-                      const double *coef, int flow, int B, size_t n) {
+static void make_pair(const mm_backend *be MM_UNUSED, mm_real *x_t, mm_real *target,
+                      const mm_real *x0, const mm_real *eps, const double *coef, int flow, int B,
+                      size_t n) {
     for (int b = 0; b < B; b++) {
         const double a = coef[2 * b], s = coef[2 * b + 1];
         const mm_real *x0b = x0 + (size_t)b * n, *eb = eps + (size_t)b * n;
@@ -364,11 +374,13 @@ static void make_pair(mm_real *x_t, mm_real *target, const mm_real *x0, const mm
     }
 }
 
-static void guide(mm_real *pred, const mm_real *upred, mm_real g, size_t n) {
+static void guide(const mm_backend *be MM_UNUSED, mm_real *pred, const mm_real *upred, mm_real g,
+                  size_t n) {
     for (size_t i = 0; i < n; i++) pred[i] = upred[i] + g * (pred[i] - upred[i]);
 }
 
-static void euler(mm_real *x, const mm_real *v, mm_real dt, size_t n) {
+static void euler(const mm_backend *be MM_UNUSED, mm_real *x, const mm_real *v, mm_real dt,
+                  size_t n) {
     for (size_t j = 0; j < n; j++) x[j] += dt * v[j];
 }
 
@@ -376,19 +388,20 @@ static mm_real clip1(mm_real v) {
     return v < (mm_real)-1 ? (mm_real)-1 : v > (mm_real)1 ? (mm_real)1 : v;
 }
 
-static void ddim(mm_real *x, const mm_real *eps, double inv_sa, double s1, double sp,
-                 double sp1, size_t n) {
+static void ddim(const mm_backend *be MM_UNUSED, mm_real *x, const mm_real *eps, double inv_sa,
+                 double s1, double sp, double sp1, size_t n) {
     for (size_t j = 0; j < n; j++) {
         mm_real x0 = clip1((mm_real)(((double)x[j] - s1 * (double)eps[j]) * inv_sa));
         x[j] = (mm_real)(sp * (double)x0 + sp1 * (double)eps[j]);
     }
 }
 
-static void clip(mm_real *x, size_t n) {
+static void clip(const mm_backend *be MM_UNUSED, mm_real *x, size_t n) {
     for (size_t j = 0; j < n; j++) x[j] = clip1(x[j]);
 }
 
-static void xpred(mm_real *y, const mm_real *x_t, const mm_real *t, int bwd, int B, size_t n) {
+static void xpred(const mm_backend *be MM_UNUSED, mm_real *y, const mm_real *x_t, const mm_real *t,
+                  int bwd, int B, size_t n) {
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         const mm_real inv = 1 / (t[b] > DIT_XPRED_TMIN ? t[b] : DIT_XPRED_TMIN);

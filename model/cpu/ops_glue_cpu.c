@@ -8,13 +8,17 @@
 #include "../model.h"
 #include "../model_internal.h"
 
-void *model_cpu_mem_alloc(size_t bytes) { return mm_alloc_aligned(bytes); }  // zeroed
-void model_cpu_mem_free(void *p) { free(p); }
-void model_cpu_mem_copy(void *dst, const void *src, size_t bytes) {
+void *model_cpu_mem_alloc(const mm_backend *be MM_UNUSED, size_t bytes) {
+    return mm_alloc_aligned(bytes);
+}  // zeroed
+void model_cpu_mem_free(const mm_backend *be MM_UNUSED, void *p) {
+    free(p);
+}
+void model_cpu_mem_copy(const mm_backend *be MM_UNUSED, void *dst, const void *src, size_t bytes) {
     if (bytes) memcpy(dst, src, bytes);
 }
 // a parallel memset: one thread's memset runs at a fraction of the store bandwidth
-void model_cpu_mem_zero(void *p, size_t bytes) {
+void model_cpu_mem_zero(const mm_backend *be MM_UNUSED, void *p, size_t bytes) {
     if (bytes % sizeof(mm_real) == 0) {
         mm_real *r = p;
         size_t n = bytes / sizeof(mm_real);
@@ -24,19 +28,20 @@ void model_cpu_mem_zero(void *p, size_t bytes) {
     }
 }
 
-void model_cpu_copy_rows(mm_real *dst, size_t dst_stride, const mm_real *src, size_t src_stride,
-                         size_t width, int rows) {
+void model_cpu_copy_rows(const mm_backend *be MM_UNUSED, mm_real *dst, size_t dst_stride,
+                         const mm_real *src, size_t src_stride, size_t width, int rows) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++)
         memcpy(dst + (size_t)r * dst_stride, src + (size_t)r * src_stride,
                width * sizeof(mm_real));
 }
 
-void model_cpu_embed_fwd(mm_real *x0, uint8_t *key_valid, const mm_real *emb_img,
-                         const mm_real *emb_aud, const mm_real *img_pos, const mm_real *aud_pos,
-                         const mm_real *wte, const mm_real *tpos, const int32_t *tokens,
-                         int tok_stride, const uint8_t *has_image, const uint8_t *has_audio,
-                         int B, int T, int n_img, int n_aud, int C, int V) {
+void model_cpu_embed_fwd(const mm_backend *be MM_UNUSED, mm_real *x0, uint8_t *key_valid,
+                         const mm_real *emb_img, const mm_real *emb_aud, const mm_real *img_pos,
+                         const mm_real *aud_pos, const mm_real *wte, const mm_real *tpos,
+                         const int32_t *tokens, int tok_stride, const uint8_t *has_image,
+                         const uint8_t *has_audio, int B, int T, int n_img, int n_aud, int C,
+                         int V) {
     const int P = n_img + n_aud, BT = B * T;
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < BT; r++) {
@@ -65,9 +70,9 @@ void model_cpu_embed_fwd(mm_real *x0, uint8_t *key_valid, const mm_real *emb_img
 
 // each thread owns a block of columns and adds the rows in (sample, position) order, so
 // repeated tokens sum deterministically without atomics
-void model_cpu_embed_bwd(mm_real *g_img_pos, mm_real *g_aud_pos, mm_real *g_wte,
-                         mm_real *g_tpos, const mm_real *dx0, const int32_t *tokens, int B,
-                         int T, int n_img, int n_aud, int C, int V) {
+void model_cpu_embed_bwd(const mm_backend *be MM_UNUSED, mm_real *g_img_pos, mm_real *g_aud_pos,
+                         mm_real *g_wte, mm_real *g_tpos, const mm_real *dx0, const int32_t *tokens,
+                         int B, int T, int n_img, int n_aud, int C, int V) {
     const int P = n_img + n_aud, Tt = T - P;
     for (int i = 0; i < B * Tt; i++)
         MM_CHECK(tokens[i] >= 0 && tokens[i] < V, "token %d at %d outside [0, %d)", tokens[i], i, V);
@@ -98,8 +103,8 @@ void model_cpu_embed_bwd(mm_real *g_img_pos, mm_real *g_aud_pos, mm_real *g_wte,
     }
 }
 
-void model_cpu_seq_loss(double *out, const mm_real *losses, const int32_t *targets, int B,
-                        int Tt) {
+void model_cpu_seq_loss(const mm_backend *be MM_UNUSED, double *out, const mm_real *losses,
+                        const int32_t *targets, int B, int Tt) {
     for (int b = 0; b < B; b++) {
         double s = 0;
         int n = 0;
@@ -113,7 +118,8 @@ void model_cpu_seq_loss(double *out, const mm_real *losses, const int32_t *targe
     }
 }
 
-void model_cpu_seq_dloss(mm_real *dloss, const int32_t *targets, mm_real scale, int B, int Tt) {
+void model_cpu_seq_dloss(const mm_backend *be MM_UNUSED, mm_real *dloss, const int32_t *targets,
+                         mm_real scale, int B, int Tt) {
     for (int b = 0; b < B; b++) {
         int n = 0;
         for (int t = 0; t < Tt; t++) n += targets[(size_t)b * Tt + t] >= 0;

@@ -11,9 +11,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-// The calling thread's context (see cuda.h: the one thread-local binding of the backend).
-static thread_local cuda_ctx *bound_ctx = NULL;
-
 // ---------------------------------------------------------------------------------------
 // hints for the check macros
 
@@ -136,7 +133,6 @@ int cuda_ctx_init(cuda_ctx *c, int world_rank, cuda_precision precision, mm_err 
     CU_CHECK(cudaMalloc((void **)&c->flag, 4 * sizeof(int)));
     CU_CHECK(cudaMemsetAsync(c->flag, 0, 4 * sizeof(int), c->stream));
     CU_CHECK(cudaStreamSynchronize(c->stream));
-    cuda_ctx_bind(c);
     return 0;
 }
 
@@ -153,19 +149,7 @@ void cuda_ctx_free(cuda_ctx *c) {
     CU_CHECK(cudaFree(c->flag));
     CU_CHECK(cudaStreamDestroy(c->stream));
     CU_CHECK(cudaStreamDestroy(c->comm_stream));
-    if (bound_ctx == c) bound_ctx = NULL;
     memset(c, 0, sizeof(*c));
-}
-
-void cuda_ctx_bind(cuda_ctx *c) {
-    if (c) CU_CHECK(cudaSetDevice(c->device));
-    bound_ctx = c;
-}
-
-cuda_ctx *cuda_ctx_current(void) {
-    MM_CHECK(bound_ctx != NULL, "CUDA ops called on a thread with no CUDA context: call "
-             "cuda_ctx_init (or cuda_ctx_bind on this thread) first");
-    return bound_ctx;
 }
 
 void cuda_ctx_sync(cuda_ctx *c) {

@@ -5,17 +5,12 @@
 // includes it. Implementation: model/cuda.cu (context, optimizer kernels), model/ops_cuda.cu
 // and model/ops_dit_cuda.cu (ops), model/cuda_internal.h (what the .cu files share).
 //
-// How the ops reach the context (a decision, so it is written down): the ops tables take no
-// context argument (model.h, diffusion.h) and the model code above them is shared with the
-// CPU backend, so the CUDA ops find their context through ONE thread-local binding: the
-// calling thread's current cuda_ctx, set by cuda_ctx_init (and cuda_ctx_bind), cleared by
-// cuda_ctx_free. It is the only mutable state outside a struct in the backend, and it is
-// per thread, like the CUDA runtime's own current device. The alternatives were worse: a
-// context pointer field in the tables would not reach the op functions without changing
-// every op signature and every call site in model/, and one table per context would need
-// closures C does not have. An op called on a thread with no bound context aborts with a
-// hint. Every op runs on the context's compute stream, in order, so the scratch memory and
-// the cuBLAS handle are never used by two ops at once; none of them synchronizes the host.
+// How the ops reach the context: every op takes the backend object first (backend.h); the
+// CUDA backend's object carries this cuda_ctx as be->ctx (model/cuda/backend_cuda.cu), so an
+// op reads its stream, cuBLAS handle and scratch from the backend it was called with. There
+// is no global or thread-local context. Every op runs on the context's compute stream, in
+// order, so the scratch memory and the cuBLAS handle are never used by two ops at once; none
+// of them synchronizes the host.
 //
 // Pointers given to the ops and to the cuda_ kernels are DEVICE pointers (cuda_alloc), with
 // the shapes of the CPU ops (row-major, accumulate (+=) semantics of backward ops). Results
@@ -62,6 +57,7 @@
 extern "C" {
 #endif
 
+#include "../backend.h"
 #include "../diffusion.h"
 
 #ifdef MM_F64
@@ -100,16 +96,12 @@ typedef struct cuda_ctx {
 int cuda_local_rank(int *out, const char **var, mm_err *err);
 
 // Selects the GPU of this rank (device = local rank: one rank per GPU; CUDA_VISIBLE_DEVICES
-// may narrow the list), creates the streams, the cuBLAS handle and scratch, and binds the
-// context to the calling thread. Returns 0, or -1 with err naming the rank, the host and
+// may narrow the list) as the process's current device, creates the streams, the cuBLAS
+// handle and scratch. Returns 0, or -1 with err naming the rank, the host and
 // the number of visible devices when this rank cannot have its GPU.
 int cuda_ctx_init(cuda_ctx *c, int world_rank, cuda_precision precision, mm_err *err);
-// Waits for the streams, frees everything, and unbinds c if the calling thread has it bound.
+// Waits for the streams and frees everything.
 void cuda_ctx_free(cuda_ctx *c);
-// Binds c (NULL: none) to the calling thread, selecting its device there too.
-void cuda_ctx_bind(cuda_ctx *c);
-// The calling thread's bound context; aborts with a hint when there is none.
-cuda_ctx *cuda_ctx_current(void);
 // Waits for c's compute stream; aborts when a kernel recorded bad input (see the flag).
 void cuda_ctx_sync(cuda_ctx *c);
 
@@ -151,20 +143,18 @@ void *cuda_stage_put(cuda_stage *s, cuda_ctx *c, int n, const void *const *src,
 // After queueing the work that reads the last put's device buffer.
 void cuda_stage_done(cuda_stage *s, cuda_ctx *c);
 
-// The ops tables. Each op runs on the calling thread's bound context (cuda_ctx_current).
+// The CUDA backend (backend_cuda.cu): a context for this rank's GPU (cuda_ctx_init's
+// errors) behind the backend object, with model_ops_cuda and its iface. Free it with
+// mm_backend_free.
+int cuda_backend_create(const mm_backend **out, const char *precision, int world_rank, mm_err *err);
+// The generic ops table (each op runs on the cuda_ctx of the backend it is given).
 extern const model_ops model_ops_cuda;
-extern const dit_ops dit_ops_cuda;
 
 // ---------------------------------------------------------------------------------------
 // The optimizer side of a step on the device (train/optim.c is the reference).
 
-// One tensor's part of the optimizer range, as train/optim.h's optim_seg.
-typedef struct {
-    size_t offset, size;  // element range in the parameter buffer
-    float decay;          // 1 where weight decay applies, 0 elsewhere
-    float lr_mult;        // learning-rate multiplier
-    int sharded;          // 1 when split over tp (its sum of squares goes to *sharded)
-} cuda_seg;
+// One tensor's part of the optimizer range (backend.h).
+typedef mm_opt_seg cuda_seg;
 
 // The segments of a range [lo, hi) of the parameter buffer cut into chunks of at most
 // CUDA_CHUNK elements, each inside one segment: the unit of work of the AdamW and sum-of-

@@ -74,6 +74,11 @@ static inline size_t cu_round_up(size_t n, size_t m) { return (n + m - 1) / m * 
 // (a call that grows it waits for the stream first, so earlier work is done with the old).
 void *cuda_scratch(cuda_ctx *c, size_t bytes);
 
+// The context of the backend an op was called with (backend_cuda.cu puts it there).
+static inline cuda_ctx *cu_ctx(const mm_backend *be) {
+    return (cuda_ctx *)be->ctx;
+}
+
 // Carves aligned pieces out of one scratch request: first count with base NULL, then carve.
 typedef struct {
     char *base;
@@ -229,24 +234,28 @@ void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const 
 // ---------------------------------------------------------------------------------------
 // the ops table's memory and glue ops (ops_glue_cuda.cu; model.h documents them)
 
-void *cu_mem_alloc(size_t bytes);
-void cu_mem_free(void *p);
-void cu_mem_upload(void *dst, const void *host, size_t bytes);
-void cu_mem_download(void *host, const void *src, size_t bytes);
-void cu_mem_zero(void *p, size_t bytes);
-void cu_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride,
-                  size_t width, int rows);
-void cu_patchify(float *patches, const float *img, int B, int H, int W, int c, int p);
-void cu_unpatchify(float *img, const float *patches, int B, int H, int W, int c, int p);
-void cu_embed_fwd(float *x0, uint8_t *key_valid, const float *emb_img, const float *emb_aud,
-                  const float *img_pos, const float *aud_pos, const float *wte,
-                  const float *tpos, const int32_t *tokens, int tok_stride,
-                  const uint8_t *has_image, const uint8_t *has_audio, int B, int T, int n_img,
+void *cu_mem_alloc(const mm_backend *be MM_UNUSED, size_t bytes);
+void cu_mem_free(const mm_backend *be MM_UNUSED, void *p);
+void cu_mem_upload(const mm_backend *be MM_UNUSED, void *dst, const void *host, size_t bytes);
+void cu_mem_download(const mm_backend *be MM_UNUSED, void *host, const void *src, size_t bytes);
+void cu_mem_zero(const mm_backend *be MM_UNUSED, void *p, size_t bytes);
+void cu_copy_rows(const mm_backend *be MM_UNUSED, float *dst, size_t dst_stride, const float *src,
+                  size_t src_stride, size_t width, int rows);
+void cu_patchify(const mm_backend *be MM_UNUSED, float *patches, const float *img, int B, int H,
+                 int W, int c, int p);
+void cu_unpatchify(const mm_backend *be MM_UNUSED, float *img, const float *patches, int B, int H,
+                   int W, int c, int p);
+void cu_embed_fwd(const mm_backend *be MM_UNUSED, float *x0, uint8_t *key_valid,
+                  const float *emb_img, const float *emb_aud, const float *img_pos,
+                  const float *aud_pos, const float *wte, const float *tpos, const int32_t *tokens,
+                  int tok_stride, const uint8_t *has_image, const uint8_t *has_audio, int B, int T,
+                  int n_img, int n_aud, int C, int V);
+void cu_embed_bwd(const mm_backend *be MM_UNUSED, float *g_img_pos, float *g_aud_pos, float *g_wte,
+                  float *g_tpos, const float *dx0, const int32_t *tokens, int B, int T, int n_img,
                   int n_aud, int C, int V);
-void cu_embed_bwd(float *g_img_pos, float *g_aud_pos, float *g_wte, float *g_tpos,
-                  const float *dx0, const int32_t *tokens, int B, int T, int n_img, int n_aud,
-                  int C, int V);
-void cu_seq_loss(double *out, const float *losses, const int32_t *targets, int B, int Tt);
-void cu_seq_dloss(float *dloss, const int32_t *targets, float scale, int B, int Tt);
+void cu_seq_loss(const mm_backend *be MM_UNUSED, double *out, const float *losses,
+                 const int32_t *targets, int B, int Tt);
+void cu_seq_dloss(const mm_backend *be MM_UNUSED, float *dloss, const int32_t *targets, float scale,
+                  int B, int Tt);
 
 #endif  // MM_CUDA_INTERNAL_H

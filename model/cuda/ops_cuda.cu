@@ -29,10 +29,10 @@ __global__ void k_fill_rows(float *out, const float *bias, int N, int OC) {
 
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias: the bias is written first and the GEMM
 // accumulates on it (beta = 1), as on the CPU.
-static void matmul_fwd(float *out, const float *inp, const float *w, const float *bias, int N,
-                       int IC, int OC) {
+static void matmul_fwd(const mm_backend *be MM_UNUSED, float *out, const float *inp, const float *w,
+                       const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     float beta = 0;
     if (bias) {
         CU_LAUNCH(k_fill_rows, cu_row_blocks(N), CU_THREADS, c->stream, out, bias, N, OC);
@@ -65,10 +65,10 @@ struct colsum_rows {
 
 // dinp (N, IC) += dout (N, OC) @ w (OC, IC); dw (OC, IC) += dout^T @ inp; dbias += column
 // sums of dout. dinp and dbias may be NULL.
-static void matmul_bwd(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                       const float *w, int N, int IC, int OC) {
+static void matmul_bwd(const mm_backend *be MM_UNUSED, float *dinp, float *dw, float *dbias,
+                       const float *dout, const float *inp, const float *w, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     if (c->precision == CUDA_FP32) {
         if (dinp) cu_gemm(c, 0, 0, N, IC, OC, 1, dout, OC, 0, w, IC, 0, 1, dinp, IC, 0, 1);
         cu_gemm(c, 1, 0, OC, IC, N, 1, dout, OC, 0, inp, IC, 0, 1, dw, IC, 0, 1);
@@ -124,10 +124,10 @@ __global__ void k_layernorm_fwd(float *out, float *mean, float *rstd, const floa
     }
 }
 
-static void layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *g,
-                          const float *b, int N, int C) {
+static void layernorm_fwd(const mm_backend *be MM_UNUSED, float *out, float *mean, float *rstd,
+                          const float *x, const float *g, const float *b, int N, int C) {
     if (N <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_layernorm_fwd, row_blocks(N), CU_THREADS, c->stream, out, mean, rstd, x, g, b, N,
               C);
     CU_CHECK_LAUNCH("layernorm_fwd");
@@ -169,10 +169,11 @@ struct colsum_ln {
     }
 };
 
-static void layernorm_bwd(float *dx, float *dg, float *db, const float *dout, const float *x,
-                          const float *g, const float *mean, const float *rstd, int N, int C) {
+static void layernorm_bwd(const mm_backend *be MM_UNUSED, float *dx, float *dg, float *db,
+                          const float *dout, const float *x, const float *g, const float *mean,
+                          const float *rstd, int N, int C) {
     if (N <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     cu_colsum(c, colsum_ln{dout, x, mean, rstd, C}, 1, N, C, dg, db, 0);
     CU_LAUNCH(k_layernorm_bwd_dx, row_blocks(N), CU_THREADS, c->stream, dx, dout, x, g, mean,
               rstd, N, C);
@@ -211,23 +212,25 @@ __global__ void k_add(float *out, const float *a, const float *b, size_t n) {
         out[i] = a[i] + b[i];
 }
 
-static void gelu_fwd(float *out, const float *x, size_t n) {
+static void gelu_fwd(const mm_backend *be MM_UNUSED, float *out, const float *x, size_t n) {
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_gelu_fwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, x, n);
     CU_CHECK_LAUNCH("gelu_fwd");
 }
 
-static void gelu_bwd(float *dx, const float *x, const float *dout, size_t n) {
+static void gelu_bwd(const mm_backend *be MM_UNUSED, float *dx, const float *x, const float *dout,
+                     size_t n) {
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_gelu_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dx, x, dout, n);
     CU_CHECK_LAUNCH("gelu_bwd");
 }
 
-static void add(float *out, const float *a, const float *b, size_t n) {
+static void add(const mm_backend *be MM_UNUSED, float *out, const float *a, const float *b,
+                size_t n) {
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_add, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, a, b, n);
     CU_CHECK_LAUNCH("add");
 }
@@ -685,7 +688,7 @@ static float *attention_core_fwd(cuda_ctx *c, float *out, const float *qkv,
 // The saved buffer (attention_saved): lse (B, NH, T) floats, then a copy of the forward's
 // key_valid (B, T) bytes, which the backward needs to rebuild the mask (the ops interface
 // gives the backward no key_valid: the CPU's saved probabilities carry the mask).
-static size_t attention_saved(int B, int NH, int T) {
+static size_t attention_saved(const mm_backend *be MM_UNUSED, int B, int NH, int T) {
     return (size_t)B * NH * T + ((size_t)B * T + sizeof(float) - 1) / sizeof(float);
 }
 static uint8_t *saved_mask(float *att, int B, int NH, int T) {
@@ -697,11 +700,11 @@ static int attention_core(const cuda_ctx *c, int B, int NH, int T, int HD) {
     return HD > FA_HD || (size_t)B * NH * T * T * sizeof(float) <= c->attn_core_bytes;
 }
 
-static void attention_fwd(float *out, float *att, const float *qkv, const uint8_t *key_valid,
-                          int B, int T, int P, int NH, int HD) {
+static void attention_fwd(const mm_backend *be MM_UNUSED, float *out, float *att, const float *qkv,
+                          const uint8_t *key_valid, int B, int T, int P, int NH, int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     if (B <= 0 || T <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_CHECK(cudaMemcpyAsync(saved_mask(att, B, NH, T), key_valid, (size_t)B * T,
                              cudaMemcpyDeviceToDevice, c->stream));
     if (attention_core(c, B, NH, T, HD)) {
@@ -715,11 +718,12 @@ static void attention_fwd(float *out, float *att, const float *qkv, const uint8_
     CU_CHECK_LAUNCH("attention_fwd (flash)");
 }
 
-static void attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *out,
-                          const float *att, int B, int T, int P, int NH, int HD) {
+static void attention_bwd(const mm_backend *be MM_UNUSED, float *dqkv, const float *dout,
+                          const float *qkv, const float *out, const float *att, int B, int T, int P,
+                          int NH, int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     if (B <= 0 || T <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
     const int C = NH * HD;
     if (attention_core(c, B, NH, T, HD)) {  // recompute the probabilities, then the backward
@@ -788,10 +792,10 @@ __global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const i
     }
 }
 
-static void xent_fwd(float *loss, float *lse, const float *logits, const int32_t *targets, int N,
-                     int V) {
+static void xent_fwd(const mm_backend *be MM_UNUSED, float *loss, float *lse, const float *logits,
+                     const int32_t *targets, int N, int V) {
     if (N <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_xent_fwd, (unsigned)N, CU_THREADS, c->stream, loss, lse, logits, targets, V,
               c->flag);
     CU_CHECK_LAUNCH("xent_fwd");
@@ -820,17 +824,17 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse
     }
 }
 
-static void xent_bwd(float *dlogits, const float *logits, const float *lse,
-                     const int32_t *targets, const float *dloss, int N, int V) {
+static void xent_bwd(const mm_backend *be MM_UNUSED, float *dlogits, const float *logits,
+                     const float *lse, const int32_t *targets, const float *dloss, int N, int V) {
     if (N <= 0 || V <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_xent_bwd, cu_row_blocks(N), CU_THREADS, c->stream, dlogits, logits, lse, targets,
               dloss, N, V, c->flag);
     CU_CHECK_LAUNCH("xent_bwd");
 }
 
 // the rows' log-sum-exp (N)
-static size_t xent_saved(int N, int V) {
+static size_t xent_saved(const mm_backend *be MM_UNUSED, int N, int V) {
     (void)V;
     return (size_t)N;
 }

@@ -31,16 +31,17 @@ __global__ void k_silu_bwd(float *dx, const float *x, const float *dout, size_t 
     }
 }
 
-static void silu_fwd(float *out, const float *x, size_t n) {
+static void silu_fwd(const mm_backend *be MM_UNUSED, float *out, const float *x, size_t n) {
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_silu_fwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, x, n);
     CU_CHECK_LAUNCH("silu_fwd");
 }
 
-static void silu_bwd(float *dx, const float *x, const float *dout, size_t n) {
+static void silu_bwd(const mm_backend *be MM_UNUSED, float *dx, const float *x, const float *dout,
+                     size_t n) {
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_silu_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dx, x, dout, n);
     CU_CHECK_LAUNCH("silu_bwd");
 }
@@ -110,42 +111,43 @@ struct colsum_gate {
     }
 };
 
-static void modulate_fwd(float *out, const float *x, const float *shift, const float *scale,
-                         int sc, int B, int N, int C) {
+static void modulate_fwd(const mm_backend *be MM_UNUSED, float *out, const float *x,
+                         const float *shift, const float *scale, int sc, int B, int N, int C) {
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_modulate_fwd, cu_row_blocks(B * N), CU_THREADS, c->stream, out, x, shift, scale,
               sc, B * N, N, C);
     CU_CHECK_LAUNCH("modulate_fwd");
 }
 
-static void modulate_bwd(float *dx, float *dshift, float *dscale, const float *dout,
-                         const float *x, const float *scale, int sc, int B, int N, int C) {
+static void modulate_bwd(const mm_backend *be MM_UNUSED, float *dx, float *dshift, float *dscale,
+                         const float *dout, const float *x, const float *scale, int sc, int B,
+                         int N, int C) {
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     cu_colsum(c, colsum_modulate{dout, x, N, C}, B, N, C, dshift, dscale, sc);
     CU_LAUNCH(k_modulate_bwd_dx, cu_row_blocks(B * N), CU_THREADS, c->stream, dx, dout, scale, sc,
               B * N, N, C);
     CU_CHECK_LAUNCH("modulate_bwd");
 }
 
-static void gated_add_fwd(float *x, const float *y, const float *gate, int sc, int B, int N,
-                          int C) {
+static void gated_add_fwd(const mm_backend *be MM_UNUSED, float *x, const float *y,
+                          const float *gate, int sc, int B, int N, int C) {
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_gated_add_fwd, cu_row_blocks(B * N), CU_THREADS, c->stream, x, y, gate, sc, B * N,
               N, C);
     CU_CHECK_LAUNCH("gated_add_fwd");
 }
 
-static void gated_add_bwd(float *dy, float *dgate, const float *dx, const float *y,
-                          const float *gate, int sc, int B, int N, int C) {
+static void gated_add_bwd(const mm_backend *be MM_UNUSED, float *dy, float *dgate, const float *dx,
+                          const float *y, const float *gate, int sc, int B, int N, int C) {
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     cu_colsum(c, colsum_gate{dx, y, N, C}, B, N, C, dgate, NULL, sc);
     CU_LAUNCH(k_gated_add_bwd_dy, cu_row_blocks(B * N), CU_THREADS, c->stream, dy, dx, gate, sc,
               B * N, N, C);
@@ -155,10 +157,11 @@ static void gated_add_bwd(float *dy, float *dgate, const float *dx, const float 
 // ---------------------------------------------------------------------------------------
 // cross-attention: q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD) -> out (B, Tq, NH, HD)
 
-static void xattn_fwd(float *out, float *att, const float *q, const float *kv,
-                      const uint8_t *key_valid, int B, int Tq, int Tk, int NH, int HD) {
+static void xattn_fwd(const mm_backend *be MM_UNUSED, float *out, float *att, const float *q,
+                      const float *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
+                      int HD) {
     if (B <= 0 || Tq <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     const int C = NH * HD;
     if (Tk <= 0) {  // no key at all: zero rows, zero output (as the CPU's empty softmax)
         CU_CHECK(cudaMemsetAsync(out, 0, (size_t)B * Tq * C * sizeof(float), c->stream));
@@ -176,10 +179,11 @@ static void xattn_fwd(float *out, float *att, const float *q, const float *kv,
     cu_heads_merge(c, out, oh, B, Tq, NH, HD, C, 0, 0);
 }
 
-static void xattn_bwd(float *dq, float *dkv, const float *dout, const float *q, const float *kv,
-                      const float *att, int B, int Tq, int Tk, int NH, int HD) {
+static void xattn_bwd(const mm_backend *be MM_UNUSED, float *dq, float *dkv, const float *dout,
+                      const float *q, const float *kv, const float *att, int B, int Tq, int Tk,
+                      int NH, int HD) {
     if (B <= 0 || Tq <= 0 || Tk <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     const int C = NH * HD;
     const size_t nq = cu_round_up((size_t)B * Tq * C * sizeof(float), 256);
     const size_t nk = cu_round_up((size_t)B * Tk * C * sizeof(float), 256);
@@ -227,9 +231,10 @@ __global__ void k_mse_final(float *loss, const double *part, int nch, size_t n) 
     if (threadIdx.x == 0) loss[b] = (float)(s / (double)n);
 }
 
-static void mse_fwd(float *loss, const float *pred, const float *target, int B, size_t n) {
+static void mse_fwd(const mm_backend *be MM_UNUSED, float *loss, const float *pred,
+                    const float *target, int B, size_t n) {
     if (B <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     MM_CHECK(n > 0, "mse_fwd: empty samples (a mean over no pixels)");
     MM_CHECK(B <= 65535, "mse_fwd: %d samples exceed the grid limit", B);
     const size_t nch = (n + MSE_CHUNK - 1) / MSE_CHUNK;
@@ -250,11 +255,11 @@ __global__ void k_mse_bwd(float *dpred, const float *pred, const float *target,
         dpred[i] = 2 * (pred[i] - target[i]) * (dloss[i / n] / (float)n);
 }
 
-static void mse_bwd(float *dpred, const float *pred, const float *target, const float *dloss,
-                    int B, size_t n) {
+static void mse_bwd(const mm_backend *be MM_UNUSED, float *dpred, const float *pred,
+                    const float *target, const float *dloss, int B, size_t n) {
     const size_t total = (size_t)B * n;
     if (B <= 0 || total == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_mse_bwd, cu_blocks(total, CU_THREADS), CU_THREADS, c->stream, dpred, pred, target,
               dloss, total, n);
     CU_CHECK_LAUNCH("mse_bwd");
@@ -279,10 +284,10 @@ __global__ void k_time_embed(float *out, const float *t, int B, int C) {
     }
 }
 
-static void time_embed(float *out, const float *t, int B, int C) {
+static void time_embed(const mm_backend *be MM_UNUSED, float *out, const float *t, int B, int C) {
     const size_t n = (size_t)B * (C / 2);
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_time_embed, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, t, B, C);
     CU_CHECK_LAUNCH("time_embed");
 }
@@ -304,10 +309,10 @@ __global__ void k_text_tokens(int32_t *tok, uint8_t *key_valid, const int32_t *t
     }
 }
 
-static void text_tokens(int32_t *tok, uint8_t *key_valid, const int32_t *tokens,
-                        const uint8_t *has_text, int B, int T, int V) {
+static void text_tokens(const mm_backend *be MM_UNUSED, int32_t *tok, uint8_t *key_valid,
+                        const int32_t *tokens, const uint8_t *has_text, int B, int T, int V) {
     if (B * T <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_text_tokens, cu_blocks((size_t)B * T, CU_THREADS), CU_THREADS, c->stream, tok,
               key_valid, tokens, has_text, B, T, V, (int)DATA_TOK_PAD, c->flag);
     CU_CHECK_LAUNCH("text_tokens");
@@ -320,10 +325,11 @@ __global__ void k_add_pos(float *x, const float *pos, int B, int T, int C) {
         x[i] += pos[i % tc];
 }
 
-static void add_pos(float *x, const float *pos, int B, int T, int C) {
+static void add_pos(const mm_backend *be MM_UNUSED, float *x, const float *pos, int B, int T,
+                    int C) {
     const size_t n = (size_t)B * T * C;
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_add_pos, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, x, pos, B, T, C);
     CU_CHECK_LAUNCH("add_pos");
 }
@@ -333,9 +339,10 @@ __global__ void k_sample_keys(uint8_t *key_valid, const uint8_t *has, int B, int
         key_valid[r] = has[r / T] != 0;
 }
 
-static void sample_keys(uint8_t *key_valid, const uint8_t *has, int B, int T) {
+static void sample_keys(const mm_backend *be MM_UNUSED, uint8_t *key_valid, const uint8_t *has,
+                        int B, int T) {
     if (B * T <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_sample_keys, cu_blocks((size_t)B * T, CU_THREADS), CU_THREADS, c->stream,
               key_valid, has, B, T);
     CU_CHECK_LAUNCH("sample_keys");
@@ -350,10 +357,10 @@ __global__ void k_cond_keys(uint8_t *kv, const uint8_t *text, const uint8_t *aud
     }
 }
 
-static void cond_keys(uint8_t *kv, const uint8_t *text, const uint8_t *audio, int B, int Tt,
-                      int na) {
+static void cond_keys(const mm_backend *be MM_UNUSED, uint8_t *kv, const uint8_t *text,
+                      const uint8_t *audio, int B, int Tt, int na) {
     if (B <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_cond_keys, cu_blocks((size_t)B * (Tt + na + 1), CU_THREADS), CU_THREADS,
               c->stream, kv, text, audio, B, Tt, na);
     CU_CHECK_LAUNCH("cond_keys");
@@ -375,9 +382,10 @@ __global__ void k_pool_fwd(float *pool, const float *cond, const uint8_t *kv, in
     }
 }
 
-static void pool_fwd(float *pool, const float *cond, const uint8_t *kv, int B, int Tc, int C) {
+static void pool_fwd(const mm_backend *be MM_UNUSED, float *pool, const float *cond,
+                     const uint8_t *kv, int B, int Tc, int C) {
     if (B * C <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_pool_fwd, cu_blocks((size_t)B * C, CU_THREADS), CU_THREADS, c->stream, pool, cond,
               kv, B, Tc, C);
     CU_CHECK_LAUNCH("pool_fwd");
@@ -398,10 +406,11 @@ __global__ void k_pool_bwd(float *dcond, const float *dpool, const uint8_t *kv, 
     }
 }
 
-static void pool_bwd(float *dcond, const float *dpool, const uint8_t *kv, int B, int Tc, int C) {
+static void pool_bwd(const mm_backend *be MM_UNUSED, float *dcond, const float *dpool,
+                     const uint8_t *kv, int B, int Tc, int C) {
     const size_t n = (size_t)B * Tc * C;
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_pool_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dcond, dpool, kv, B,
               Tc, C);
     CU_CHECK_LAUNCH("pool_bwd");
@@ -418,10 +427,11 @@ __global__ void k_pos_bwd(float *g, const float *dx, size_t stride, int B, int T
     }
 }
 
-static void pos_bwd(float *g, const float *dx, size_t stride, int B, int T, int C) {
+static void pos_bwd(const mm_backend *be MM_UNUSED, float *g, const float *dx, size_t stride, int B,
+                    int T, int C) {
     const size_t n = (size_t)T * C;
     if (n == 0 || B <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_pos_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, g, dx, stride, B, T, C);
     CU_CHECK_LAUNCH("pos_bwd");
 }
@@ -437,11 +447,11 @@ __global__ void k_make_pair(float *x_t, float *target, const float *x0, const fl
     }
 }
 
-static void make_pair(float *x_t, float *target, const float *x0, const float *eps,
-                      const double *coef, int flow, int B, size_t n) {
+static void make_pair(const mm_backend *be MM_UNUSED, float *x_t, float *target, const float *x0,
+                      const float *eps, const double *coef, int flow, int B, size_t n) {
     const size_t total = (size_t)B * n;
     if (total == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_make_pair, cu_blocks(total, CU_THREADS), CU_THREADS, c->stream, x_t, target, x0,
               eps, coef, flow, total, n);
     CU_CHECK_LAUNCH("make_pair");
@@ -467,26 +477,29 @@ __global__ void k_sampler(float *x, const float *y, int op, float g, double d0, 
     }
 }
 
-static void sampler_launch(float *x, const float *y, int op, float g, double d0, double d1,
-                           double d2, double d3, size_t n) {
+static void sampler_launch(const mm_backend *be, float *x, const float *y, int op, float g,
+                           double d0, double d1, double d2, double d3, size_t n) {
     if (n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_sampler, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, x, y, op, g, d0, d1, d2,
               d3, n);
     CU_CHECK_LAUNCH("sampler step");
 }
 
-static void guide(float *pred, const float *upred, float g, size_t n) {
-    sampler_launch(pred, upred, 0, g, 0, 0, 0, 0, n);
+static void guide(const mm_backend *be MM_UNUSED, float *pred, const float *upred, float g,
+                  size_t n) {
+    sampler_launch(be, pred, upred, 0, g, 0, 0, 0, 0, n);
 }
-static void euler(float *x, const float *v, float dt, size_t n) {
-    sampler_launch(x, v, 1, dt, 0, 0, 0, 0, n);
+static void euler(const mm_backend *be MM_UNUSED, float *x, const float *v, float dt, size_t n) {
+    sampler_launch(be, x, v, 1, dt, 0, 0, 0, 0, n);
 }
-static void ddim(float *x, const float *eps, double inv_sa, double s1, double sp, double sp1,
-                 size_t n) {
-    sampler_launch(x, eps, 2, 0, inv_sa, s1, sp, sp1, n);
+static void ddim(const mm_backend *be MM_UNUSED, float *x, const float *eps, double inv_sa,
+                 double s1, double sp, double sp1, size_t n) {
+    sampler_launch(be, x, eps, 2, 0, inv_sa, s1, sp, sp1, n);
 }
-static void clip(float *x, size_t n) { sampler_launch(x, x, 3, 0, 0, 0, 0, 0, n); }
+static void clip(const mm_backend *be MM_UNUSED, float *x, size_t n) {
+    sampler_launch(be, x, x, 3, 0, 0, 0, 0, 0, n);
+}
 
 // one thread per element; the same float arithmetic as the CPU
 __global__ void k_xpred(float *y, const float *x_t, const float *t, int bwd, int B, size_t n) {
@@ -499,9 +512,10 @@ __global__ void k_xpred(float *y, const float *x_t, const float *t, int bwd, int
     }
 }
 
-static void xpred(float *y, const float *x_t, const float *t, int bwd, int B, size_t n) {
+static void xpred(const mm_backend *be MM_UNUSED, float *y, const float *x_t, const float *t,
+                  int bwd, int B, size_t n) {
     if ((size_t)B * n == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_xpred, cu_blocks((size_t)B * n, CU_THREADS), CU_THREADS, c->stream, y, x_t, t,
               bwd, B, n);
     CU_CHECK_LAUNCH("xpred");

@@ -15,15 +15,21 @@
 // ---------------------------------------------------------------------------------------
 // memory: the bound context's stream (cuda.h)
 
-void *cu_mem_alloc(size_t bytes) { return cuda_alloc(cuda_ctx_current(), bytes); }
-void cu_mem_free(void *p) { cuda_free(p); }
-void cu_mem_upload(void *dst, const void *host, size_t bytes) {
-    cuda_upload(cuda_ctx_current(), dst, host, bytes);
+void *cu_mem_alloc(const mm_backend *be MM_UNUSED, size_t bytes) {
+    return cuda_alloc(cu_ctx(be), bytes);
 }
-void cu_mem_download(void *host, const void *src, size_t bytes) {
-    cuda_download(cuda_ctx_current(), host, src, bytes);
+void cu_mem_free(const mm_backend *be MM_UNUSED, void *p) {
+    cuda_free(p);
 }
-void cu_mem_zero(void *p, size_t bytes) { cuda_zero(cuda_ctx_current(), p, bytes); }
+void cu_mem_upload(const mm_backend *be MM_UNUSED, void *dst, const void *host, size_t bytes) {
+    cuda_upload(cu_ctx(be), dst, host, bytes);
+}
+void cu_mem_download(const mm_backend *be MM_UNUSED, void *host, const void *src, size_t bytes) {
+    cuda_download(cu_ctx(be), host, src, bytes);
+}
+void cu_mem_zero(const mm_backend *be MM_UNUSED, void *p, size_t bytes) {
+    cuda_zero(cu_ctx(be), p, bytes);
+}
 
 // ---------------------------------------------------------------------------------------
 // copies
@@ -35,10 +41,10 @@ __global__ void k_copy_rows(float *dst, size_t ds, const float *src, size_t ss, 
             dst[(size_t)r * ds + i] = src[(size_t)r * ss + i];
 }
 
-void cu_copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride,
-                  size_t width, int rows) {
+void cu_copy_rows(const mm_backend *be MM_UNUSED, float *dst, size_t dst_stride, const float *src,
+                  size_t src_stride, size_t width, int rows) {
     if (rows <= 0 || width == 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_copy_rows, cu_row_blocks(rows), CU_THREADS, c->stream, dst, dst_stride, src,
               src_stride, width, rows);
     CU_CHECK_LAUNCH("copy_rows");
@@ -61,8 +67,9 @@ __global__ void k_patch(float *patches, float *img, int B, int H, int W, int c, 
     }
 }
 
-void cu_patchify(float *patches, const float *img, int B, int H, int W, int c, int p) {
-    cuda_ctx *cx = cuda_ctx_current();
+void cu_patchify(const mm_backend *be MM_UNUSED, float *patches, const float *img, int B, int H,
+                 int W, int c, int p) {
+    cuda_ctx *cx = cu_ctx(be);
     const int rows = B * (H / p) * (W / p) * p;
     if (rows <= 0) return;
     CU_LAUNCH(k_patch, cu_row_blocks(rows), CU_WARP * 2, cx->stream, patches, (float *)img, B, H,
@@ -70,8 +77,9 @@ void cu_patchify(float *patches, const float *img, int B, int H, int W, int c, i
     CU_CHECK_LAUNCH("patchify");
 }
 
-void cu_unpatchify(float *img, const float *patches, int B, int H, int W, int c, int p) {
-    cuda_ctx *cx = cuda_ctx_current();
+void cu_unpatchify(const mm_backend *be MM_UNUSED, float *img, const float *patches, int B, int H,
+                   int W, int c, int p) {
+    cuda_ctx *cx = cu_ctx(be);
     const int rows = B * (H / p) * (W / p) * p;
     if (rows <= 0) return;
     CU_LAUNCH(k_patch, cu_row_blocks(rows), CU_WARP * 2, cx->stream, (float *)patches, img, B, H,
@@ -115,13 +123,13 @@ __global__ void k_embed_fwd(float *x0, uint8_t *key_valid, const float *emb_img,
     }
 }
 
-void cu_embed_fwd(float *x0, uint8_t *key_valid, const float *emb_img, const float *emb_aud,
-                      const float *img_pos, const float *aud_pos, const float *wte,
-                      const float *tpos, const int32_t *tokens, int tok_stride,
-                      const uint8_t *has_image, const uint8_t *has_audio, int B, int T, int n_img,
-                      int n_aud, int C, int V) {
+void cu_embed_fwd(const mm_backend *be MM_UNUSED, float *x0, uint8_t *key_valid,
+                  const float *emb_img, const float *emb_aud, const float *img_pos,
+                  const float *aud_pos, const float *wte, const float *tpos, const int32_t *tokens,
+                  int tok_stride, const uint8_t *has_image, const uint8_t *has_audio, int B, int T,
+                  int n_img, int n_aud, int C, int V) {
     if (B * T <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_embed_fwd, cu_row_blocks(B * T), CU_THREADS, c->stream, x0, key_valid, emb_img,
               emb_aud, img_pos, aud_pos, wte, tpos, tokens, tok_stride, has_image, has_audio, B,
               T, n_img, n_aud, C, V, c->flag);
@@ -167,11 +175,11 @@ __global__ void k_embed_bwd_wte(float *g_wte, const float *dx0, const int32_t *t
     }
 }
 
-void cu_embed_bwd(float *g_img_pos, float *g_aud_pos, float *g_wte, float *g_tpos,
-                      const float *dx0, const int32_t *tokens, int B, int T, int n_img, int n_aud,
-                      int C, int V) {
+void cu_embed_bwd(const mm_backend *be MM_UNUSED, float *g_img_pos, float *g_aud_pos, float *g_wte,
+                  float *g_tpos, const float *dx0, const int32_t *tokens, int B, int T, int n_img,
+                  int n_aud, int C, int V) {
     if (B <= 0 || T <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_embed_bwd_pos, cu_blocks((size_t)T * C, CU_THREADS), CU_THREADS, c->stream,
               g_img_pos, g_aud_pos, g_tpos, dx0, B, T, n_img, n_aud, C);
     CU_CHECK_LAUNCH("embed_bwd positions");
@@ -200,9 +208,10 @@ __global__ void k_seq_loss(double *out, const float *losses, const int32_t *targ
     }
 }
 
-void cu_seq_loss(double *out, const float *losses, const int32_t *targets, int B, int Tt) {
+void cu_seq_loss(const mm_backend *be MM_UNUSED, double *out, const float *losses,
+                 const int32_t *targets, int B, int Tt) {
     if (B <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_seq_loss, cu_blocks((size_t)B, CU_WARP), CU_WARP, c->stream, out, losses, targets,
               B, Tt);
     CU_CHECK_LAUNCH("seq_loss");
@@ -216,9 +225,10 @@ __global__ void k_seq_dloss(float *dloss, const int32_t *targets, float scale, i
     }
 }
 
-void cu_seq_dloss(float *dloss, const int32_t *targets, float scale, int B, int Tt) {
+void cu_seq_dloss(const mm_backend *be MM_UNUSED, float *dloss, const int32_t *targets, float scale,
+                  int B, int Tt) {
     if (B <= 0) return;
-    cuda_ctx *c = cuda_ctx_current();
+    cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_seq_dloss, cu_blocks((size_t)B, CU_WARP), CU_WARP, c->stream, dloss, targets,
               scale, B, Tt);
     CU_CHECK_LAUNCH("seq_dloss");

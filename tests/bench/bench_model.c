@@ -48,6 +48,7 @@
 
 #include "../../core/core.h"
 #include "../../data/data.h"
+#include "../../model/backend.h"
 #include "../../model/model.h"
 #include "../../train/config.h"
 #include "../../train/optim.h"
@@ -102,71 +103,77 @@ static void probe_record(gemm_call c) {
     probe.calls[probe.n_calls++] = c;
 }
 
-static void t_matmul_fwd(mm_real *out, const mm_real *inp, const mm_real *w,
-                         const mm_real *bias, int N, int IC, int OC) {
+static void t_matmul_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *inp,
+                         const mm_real *w, const mm_real *bias, int N, int IC, int OC) {
     double t0 = mm_now();
-    model_ops_cpu.matmul_fwd(out, inp, w, bias, N, IC, OC);
+    model_ops_cpu.matmul_fwd(&mm_backend_cpu, out, inp, w, bias, N, IC, OC);
     probe.t[OP_MATMUL] += mm_now() - t0;
     probe_record((gemm_call){N, IC, OC, 1, 0});
 }
-static void t_matmul_bwd(mm_real *dinp, mm_real *dw, mm_real *dbias, const mm_real *dout,
-                         const mm_real *inp, const mm_real *w, int N, int IC, int OC) {
+static void t_matmul_bwd(const mm_backend *be MM_UNUSED, mm_real *dinp, mm_real *dw, mm_real *dbias,
+                         const mm_real *dout, const mm_real *inp, const mm_real *w, int N, int IC,
+                         int OC) {
     double t0 = mm_now();
-    model_ops_cpu.matmul_bwd(dinp, dw, dbias, dout, inp, w, N, IC, OC);
+    model_ops_cpu.matmul_bwd(&mm_backend_cpu, dinp, dw, dbias, dout, inp, w, N, IC, OC);
     probe.t[OP_MATMUL] += mm_now() - t0;
     probe_record((gemm_call){N, IC, OC, 0, dinp != NULL});
 }
-static void t_layernorm_fwd(mm_real *out, mm_real *mean, mm_real *rstd, const mm_real *x,
-                            const mm_real *g, const mm_real *b, int N, int C) {
+static void t_layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *mean,
+                            mm_real *rstd, const mm_real *x, const mm_real *g, const mm_real *b,
+                            int N, int C) {
     double t0 = mm_now();
-    model_ops_cpu.layernorm_fwd(out, mean, rstd, x, g, b, N, C);
+    model_ops_cpu.layernorm_fwd(&mm_backend_cpu, out, mean, rstd, x, g, b, N, C);
     probe.t[OP_NORM] += mm_now() - t0;
 }
-static void t_layernorm_bwd(mm_real *dx, mm_real *dg, mm_real *db, const mm_real *dout,
-                            const mm_real *x, const mm_real *g, const mm_real *mean,
-                            const mm_real *rstd, int N, int C) {
+static void t_layernorm_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *dg, mm_real *db,
+                            const mm_real *dout, const mm_real *x, const mm_real *g,
+                            const mm_real *mean, const mm_real *rstd, int N, int C) {
     double t0 = mm_now();
-    model_ops_cpu.layernorm_bwd(dx, dg, db, dout, x, g, mean, rstd, N, C);
+    model_ops_cpu.layernorm_bwd(&mm_backend_cpu, dx, dg, db, dout, x, g, mean, rstd, N, C);
     probe.t[OP_NORM] += mm_now() - t0;
 }
-static void t_gelu_fwd(mm_real *out, const mm_real *x, size_t n) {
+static void t_gelu_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x, size_t n) {
     double t0 = mm_now();
-    model_ops_cpu.gelu_fwd(out, x, n);
+    model_ops_cpu.gelu_fwd(&mm_backend_cpu, out, x, n);
     probe.t[OP_GELU] += mm_now() - t0;
 }
-static void t_gelu_bwd(mm_real *dx, const mm_real *x, const mm_real *dout, size_t n) {
+static void t_gelu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *x,
+                       const mm_real *dout, size_t n) {
     double t0 = mm_now();
-    model_ops_cpu.gelu_bwd(dx, x, dout, n);
+    model_ops_cpu.gelu_bwd(&mm_backend_cpu, dx, x, dout, n);
     probe.t[OP_GELU] += mm_now() - t0;
 }
-static void t_add(mm_real *out, const mm_real *a, const mm_real *b, size_t n) {
+static void t_add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a, const mm_real *b,
+                  size_t n) {
     double t0 = mm_now();
-    model_ops_cpu.add(out, a, b, n);
+    model_ops_cpu.add(&mm_backend_cpu, out, a, b, n);
     probe.t[OP_ADD] += mm_now() - t0;
 }
-static void t_attention_fwd(mm_real *out, mm_real *att, const mm_real *qkv,
-                            const uint8_t *key_valid, int B, int T, int P, int NH, int HD) {
+static void t_attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att,
+                            const mm_real *qkv, const uint8_t *key_valid, int B, int T, int P,
+                            int NH, int HD) {
     double t0 = mm_now();
-    model_ops_cpu.attention_fwd(out, att, qkv, key_valid, B, T, P, NH, HD);
+    model_ops_cpu.attention_fwd(&mm_backend_cpu, out, att, qkv, key_valid, B, T, P, NH, HD);
     probe.t[OP_ATTN] += mm_now() - t0;
 }
-static void t_attention_bwd(mm_real *dqkv, const mm_real *dout, const mm_real *qkv,
-                            const mm_real *out, const mm_real *att, int B, int T, int P, int NH,
-                            int HD) {
+static void t_attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const mm_real *dout,
+                            const mm_real *qkv, const mm_real *out, const mm_real *att, int B,
+                            int T, int P, int NH, int HD) {
     double t0 = mm_now();
-    model_ops_cpu.attention_bwd(dqkv, dout, qkv, out, att, B, T, P, NH, HD);
+    model_ops_cpu.attention_bwd(&mm_backend_cpu, dqkv, dout, qkv, out, att, B, T, P, NH, HD);
     probe.t[OP_ATTN] += mm_now() - t0;
 }
-static void t_xent_fwd(mm_real *loss, mm_real *probs, const mm_real *logits,
-                       const int32_t *targets, int N, int V) {
+static void t_xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *probs,
+                       const mm_real *logits, const int32_t *targets, int N, int V) {
     double t0 = mm_now();
-    model_ops_cpu.xent_fwd(loss, probs, logits, targets, N, V);
+    model_ops_cpu.xent_fwd(&mm_backend_cpu, loss, probs, logits, targets, N, V);
     probe.t[OP_XENT] += mm_now() - t0;
 }
-static void t_xent_bwd(mm_real *dlogits, const mm_real *logits, const mm_real *probs,
-                       const int32_t *targets, const mm_real *dloss, int N, int V) {
+static void t_xent_bwd(const mm_backend *be MM_UNUSED, mm_real *dlogits, const mm_real *logits,
+                       const mm_real *probs, const int32_t *targets, const mm_real *dloss, int N,
+                       int V) {
     double t0 = mm_now();
-    model_ops_cpu.xent_bwd(dlogits, logits, probs, targets, dloss, N, V);
+    model_ops_cpu.xent_bwd(&mm_backend_cpu, dlogits, logits, probs, targets, dloss, N, V);
     probe.t[OP_XENT] += mm_now() - t0;
 }
 
@@ -338,7 +345,9 @@ int main(int argc, char **argv) {
 
     model *md;
     const model_ops timed_ops = timed_ops_make();  // outlives md: freed below, in this scope
-    if (model_create(&md, &mc, &timed_ops, B, c.run.seed, &err) != 0) {
+    mm_backend timed = mm_backend_cpu;             // the CPU backend with those ops
+    timed.ops = &timed_ops;
+    if (model_create(&md, &mc, &timed, B, c.run.seed, &err) != 0) {
         fprintf(stderr, "error: %s: %s\n", cfg_path, err.msg);
         return 1;
     }

@@ -30,7 +30,8 @@
 #include "../test.h"
 
 typedef struct {
-    cuda_ctx *c;
+    const mm_backend *be;  // the CUDA backend
+    cuda_ctx *c;           // its context (be->ctx)
     test_counts tc;
     mm_rng rng;
 } T;
@@ -145,18 +146,18 @@ static void test_matmul(T *t, int N, int IC, int OC, int with_bias, int with_din
           *db0 = hrand(t, OC, 1);
     float *out = mm_malloc(no * sizeof(float)), *dinp = hcopy(dinp0, ni), *dw = hcopy(dw0, nw),
           *db = hcopy(db0, OC);
-    model_ops_cpu.matmul_fwd(out, inp, w, with_bias ? bias : NULL, N, IC, OC);
-    model_ops_cpu.matmul_bwd(with_dinp ? dinp : NULL, dw, with_bias ? db : NULL, dout, inp, w, N,
-                             IC, OC);
+    model_ops_cpu.matmul_fwd(&mm_backend_cpu, out, inp, w, with_bias ? bias : NULL, N, IC, OC);
+    model_ops_cpu.matmul_bwd(&mm_backend_cpu, with_dinp ? dinp : NULL, dw, with_bias ? db : NULL,
+                             dout, inp, w, N, IC, OC);
     t->c->precision = prec;
     float *d_inp = dev(t, inp, ni * 4), *d_w = dev(t, w, nw * 4), *d_bias = dev(t, bias, OC * 4),
           *d_dout = dev(t, dout, no * 4), *d_out = cuda_alloc(t->c, no * 4),
           *d_dinp = dev(t, dinp0, ni * 4), *d_dw = dev(t, dw0, nw * 4),
           *d_db = dev(t, db0, OC * 4);
-    model_ops_cuda.matmul_fwd(d_out, d_inp, d_w, with_bias ? d_bias : NULL, N, IC, OC);
+    model_ops_cuda.matmul_fwd(t->be, d_out, d_inp, d_w, with_bias ? d_bias : NULL, N, IC, OC);
     check(t, op_f, shape, "out", d_out, out, no, tol);
-    model_ops_cuda.matmul_bwd(with_dinp ? d_dinp : NULL, d_dw, with_bias ? d_db : NULL, d_dout,
-                              d_inp, d_w, N, IC, OC);
+    model_ops_cuda.matmul_bwd(t->be, with_dinp ? d_dinp : NULL, d_dw, with_bias ? d_db : NULL,
+                              d_dout, d_inp, d_w, N, IC, OC);
     check(t, op_b, shape, "dinp", d_dinp, with_dinp ? dinp : dinp0, ni, tol);
     check(t, op_b, shape, "dw", d_dw, dw, nw, tol);
     check(t, op_b, shape, "dbias", d_db, with_bias ? db : db0, OC, 1e-5);  // dbias stays fp32
@@ -164,9 +165,9 @@ static void test_matmul(T *t, int N, int IC, int OC, int with_bias, int with_din
         // the CPU op on bf16-rounded inputs: what the GPU computed, up to fp32 summation order
         float *ri = hround(inp, ni), *rw = hround(w, nw), *rd = hround(dout, no);
         float *dinp2 = hcopy(dinp0, ni), *dw2 = hcopy(dw0, nw), *db2 = hcopy(db0, OC);
-        model_ops_cpu.matmul_fwd(out, ri, rw, with_bias ? bias : NULL, N, IC, OC);
-        model_ops_cpu.matmul_bwd(with_dinp ? dinp2 : NULL, dw2, with_bias ? db2 : NULL, rd, ri, rw,
-                                 N, IC, OC);
+        model_ops_cpu.matmul_fwd(&mm_backend_cpu, out, ri, rw, with_bias ? bias : NULL, N, IC, OC);
+        model_ops_cpu.matmul_bwd(&mm_backend_cpu, with_dinp ? dinp2 : NULL, dw2,
+                                 with_bias ? db2 : NULL, rd, ri, rw, N, IC, OC);
         check(t, op_f, shape, "out~bf16in", d_out, out, no, 1e-4);
         check(t, op_b, shape, "dinp~bf16", d_dinp, dinp2, ni, 1e-4);
         check(t, op_b, shape, "dw~bf16in", d_dw, dw2, nw, 1e-4);
@@ -192,28 +193,28 @@ static void test_layernorm(T *t, int N, int C) {
     float *dx0 = hrand(t, n, 1), *dg0 = hrand(t, C, 1), *db0 = hrand(t, C, 1);
     float *out = mm_malloc(n * 4), *mean = mm_malloc(N * 4), *rstd = mm_malloc(N * 4);
     float *dx = hcopy(dx0, n), *dg = hcopy(dg0, C), *db = hcopy(db0, C);
-    model_ops_cpu.layernorm_fwd(out, mean, rstd, x, g, b, N, C);
-    model_ops_cpu.layernorm_bwd(dx, dg, db, dout, x, g, mean, rstd, N, C);
+    model_ops_cpu.layernorm_fwd(&mm_backend_cpu, out, mean, rstd, x, g, b, N, C);
+    model_ops_cpu.layernorm_bwd(&mm_backend_cpu, dx, dg, db, dout, x, g, mean, rstd, N, C);
     float *d_x = dev(t, x, n * 4), *d_g = dev(t, g, C * 4), *d_b = dev(t, b, C * 4),
           *d_dout = dev(t, dout, n * 4), *d_out = cuda_alloc(t->c, n * 4),
           *d_mean = cuda_alloc(t->c, N * 4), *d_rstd = cuda_alloc(t->c, N * 4),
           *d_dx = dev(t, dx0, n * 4), *d_dg = dev(t, dg0, C * 4), *d_db = dev(t, db0, C * 4);
-    model_ops_cuda.layernorm_fwd(d_out, d_mean, d_rstd, d_x, d_g, d_b, N, C);
+    model_ops_cuda.layernorm_fwd(t->be, d_out, d_mean, d_rstd, d_x, d_g, d_b, N, C);
     check(t, "layernorm_fwd", shape, "out", d_out, out, n, 1e-5);
     check(t, "layernorm_fwd", shape, "mean", d_mean, mean, N, 1e-5);
     check(t, "layernorm_fwd", shape, "rstd", d_rstd, rstd, N, 1e-5);
     // backward from the CPU's saved statistics, so that only the backward is compared
     cuda_upload(t->c, d_mean, mean, N * 4);
     cuda_upload(t->c, d_rstd, rstd, N * 4);
-    model_ops_cuda.layernorm_bwd(d_dx, d_dg, d_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
+    model_ops_cuda.layernorm_bwd(t->be, d_dx, d_dg, d_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
     check(t, "layernorm_bwd", shape, "dx", d_dx, dx, n, 1e-5);
     check(t, "layernorm_bwd", shape, "dg", d_dg, dg, C, 1e-5);
     check(t, "layernorm_bwd", shape, "db", d_db, db, C, 1e-5);
     // determinism: the same backward again from the same start gives the same bits
     float *e_dx = dev(t, dx0, n * 4), *e_dg = dev(t, dg0, C * 4), *e_db = dev(t, db0, C * 4);
     float *f_dx = dev(t, dx0, n * 4), *f_dg = dev(t, dg0, C * 4), *f_db = dev(t, db0, C * 4);
-    model_ops_cuda.layernorm_bwd(e_dx, e_dg, e_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
-    model_ops_cuda.layernorm_bwd(f_dx, f_dg, f_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
+    model_ops_cuda.layernorm_bwd(t->be, e_dx, e_dg, e_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
+    model_ops_cuda.layernorm_bwd(t->be, f_dx, f_dg, f_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
     check_same(t, "layernorm_bwd", shape, "dg rerun", e_dg, f_dg, C);
     check_same(t, "layernorm_bwd", shape, "db rerun", e_db, f_db, C);
     void *h[] = {x, g, b, dout, dx0, dg0, db0, out, mean, rstd, dx, dg, db};
@@ -228,25 +229,25 @@ static void test_elementwise(T *t, size_t n) {
     snprintf(shape, sizeof(shape), "n%zu", n);
     float *x = hrand(t, n, 4), *y = hrand(t, n, 1), *dout = hrand(t, n, 1), *dx0 = hrand(t, n, 1);
     float *out = mm_malloc(n * 4), *dx = hcopy(dx0, n), *sum = mm_malloc(n * 4);
-    model_ops_cpu.gelu_fwd(out, x, n);
-    model_ops_cpu.gelu_bwd(dx, x, dout, n);
-    model_ops_cpu.add(sum, x, y, n);
+    model_ops_cpu.gelu_fwd(&mm_backend_cpu, out, x, n);
+    model_ops_cpu.gelu_bwd(&mm_backend_cpu, dx, x, dout, n);
+    model_ops_cpu.add(&mm_backend_cpu, sum, x, y, n);
     float *d_x = dev(t, x, n * 4), *d_y = dev(t, y, n * 4), *d_dout = dev(t, dout, n * 4),
           *d_out = cuda_alloc(t->c, n * 4), *d_dx = dev(t, dx0, n * 4);
-    model_ops_cuda.gelu_fwd(d_out, d_x, n);
+    model_ops_cuda.gelu_fwd(t->be, d_out, d_x, n);
     check(t, "gelu_fwd", shape, "out", d_out, out, n, 1e-5);
-    model_ops_cuda.gelu_bwd(d_dx, d_x, d_dout, n);
+    model_ops_cuda.gelu_bwd(t->be, d_dx, d_x, d_dout, n);
     check(t, "gelu_bwd", shape, "dx", d_dx, dx, n, 1e-5);
-    model_ops_cuda.add(d_y, d_x, d_y, n);  // in place, as the residual adds
+    model_ops_cuda.add(t->be, d_y, d_x, d_y, n);  // in place, as the residual adds
     check(t, "add", shape, "out=a+out", d_y, sum, n, 1e-5);
     // DiT SiLU
     float *dx2 = hcopy(dx0, n);
-    dit_ops_cpu.silu_fwd(out, x, n);
-    dit_ops_cpu.silu_bwd(dx2, x, dout, n);
+    dit_ops_cpu.silu_fwd(&mm_backend_cpu, out, x, n);
+    dit_ops_cpu.silu_bwd(&mm_backend_cpu, dx2, x, dout, n);
     cuda_upload(t->c, d_dx, dx0, n * 4);
-    dit_ops_cuda.silu_fwd(d_out, d_x, n);
+    dit_ops_cuda.silu_fwd(t->be, d_out, d_x, n);
     check(t, "silu_fwd", shape, "out", d_out, out, n, 1e-5);
-    dit_ops_cuda.silu_bwd(d_dx, d_x, d_dout, n);
+    dit_ops_cuda.silu_bwd(t->be, d_dx, d_x, d_dout, n);
     check(t, "silu_bwd", shape, "dx", d_dx, dx2, n, 1e-5);
     void *h[] = {x, y, dout, dx0, out, dx, sum, dx2};
     void *d[] = {d_x, d_y, d_dout, d_out, d_dx};
@@ -306,7 +307,7 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
     char shape[64];
     snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d %s", B, Tn, P, NH, HD,
              flash ? "flash" : "cuBLAS");
-    size_t nl = (size_t)B * NH * Tn, ns = model_ops_cuda.attention_saved(B, NH, Tn);
+    size_t nl = (size_t)B * NH * Tn, ns = model_ops_cuda.attention_saved(t->be, B, NH, Tn);
     // lse rows plus the mask's bytes, far less than the probabilities
     TEST_CHECK(&t->tc, ns * 4 >= nl * 4 + (size_t)B * Tn && ns <= nl + (size_t)B * Tn,
                "attention_saved %zu for %zu rows", ns, nl);
@@ -314,14 +315,14 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
     uint8_t *kv = make_mask(t, B, Tn, P);
     float *out = mm_malloc(no * 4), *att = mm_malloc((na ? na : 1) * 4), *dqkv = hcopy(dqkv0, nqkv);
     float *lse = mm_malloc(nl * 4);
-    model_ops_cpu.attention_fwd(out, att, qkv, kv, B, Tn, P, NH, HD);
-    model_ops_cpu.attention_bwd(dqkv, dout, qkv, out, att, B, Tn, P, NH, HD);
+    model_ops_cpu.attention_fwd(&mm_backend_cpu, out, att, qkv, kv, B, Tn, P, NH, HD);
+    model_ops_cpu.attention_bwd(&mm_backend_cpu, dqkv, dout, qkv, out, att, B, Tn, P, NH, HD);
     ref_lse(lse, qkv, kv, B, Tn, P, NH, HD);
     float *d_qkv = dev(t, qkv, nqkv * 4), *d_dout = dev(t, dout, no * 4),
           *d_out = cuda_alloc(t->c, no * 4), *d_att = cuda_alloc(t->c, ns * 4),
           *d_dqkv = dev(t, dqkv0, nqkv * 4), *d_dqkv2 = dev(t, dqkv0, nqkv * 4);
     uint8_t *d_kv = dev(t, kv, (size_t)B * Tn);
-    model_ops_cuda.attention_fwd(d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_fwd(t->be, d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD);
     check(t, "attention_fwd", shape, "out", d_out, out, no, 1e-5);
     if (flash) {  // only flash saves the lse (the cuBLAS path recomputes everything)
         // -inf rows must match exactly; the finite ones to 1e-5 of the largest |lse|
@@ -336,9 +337,9 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
         row(t, "attention_fwd", shape, "lse", rel_err(h, lse, nl), 1e-5);
         free(h);
     }
-    model_ops_cuda.attention_bwd(d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_bwd(t->be, d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
     check(t, "attention_bwd", shape, "dqkv", d_dqkv, dqkv, nqkv, 1e-5);
-    model_ops_cuda.attention_bwd(d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_bwd(t->be, d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
     check_same(t, "attention_bwd", shape, "dqkv rerun", d_dqkv, d_dqkv2, nqkv);
     void *h[] = {qkv, dout, dqkv0, kv, out, att, dqkv, lse};
     void *d[] = {d_qkv, d_dout, d_out, d_att, d_dqkv, d_dqkv2, d_kv};
@@ -356,17 +357,17 @@ static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD) {
     uint8_t *mask = make_mask(t, B, Tk, 0);
     float *out = mm_malloc(nq * 4), *att = mm_malloc((na ? na : 1) * 4), *dq = hcopy(dq0, nq),
           *dkv = hcopy(dkv0, nkv);
-    dit_ops_cpu.xattn_fwd(out, att, q, kvv, mask, B, Tq, Tk, NH, HD);
-    dit_ops_cpu.xattn_bwd(dq, dkv, dout, q, kvv, att, B, Tq, Tk, NH, HD);
+    dit_ops_cpu.xattn_fwd(&mm_backend_cpu, out, att, q, kvv, mask, B, Tq, Tk, NH, HD);
+    dit_ops_cpu.xattn_bwd(&mm_backend_cpu, dq, dkv, dout, q, kvv, att, B, Tq, Tk, NH, HD);
     float *d_q = dev(t, q, nq * 4), *d_kvv = dev(t, kvv, nkv * 4), *d_dout = dev(t, dout, nq * 4),
           *d_out = cuda_alloc(t->c, nq * 4), *d_att = cuda_alloc(t->c, na * 4),
           *d_dq = dev(t, dq0, nq * 4), *d_dkv = dev(t, dkv0, nkv * 4);
     uint8_t *d_mask = dev(t, mask, (size_t)B * Tk);
-    dit_ops_cuda.xattn_fwd(d_out, d_att, d_q, d_kvv, d_mask, B, Tq, Tk, NH, HD);
+    dit_ops_cuda.xattn_fwd(t->be, d_out, d_att, d_q, d_kvv, d_mask, B, Tq, Tk, NH, HD);
     check(t, "xattn_fwd", shape, "out", d_out, out, nq, 1e-5);
     check(t, "xattn_fwd", shape, "att", d_att, att, na, 1e-5);
     cuda_upload(t->c, d_att, att, na * 4);
-    dit_ops_cuda.xattn_bwd(d_dq, d_dkv, d_dout, d_q, d_kvv, d_att, B, Tq, Tk, NH, HD);
+    dit_ops_cuda.xattn_bwd(t->be, d_dq, d_dkv, d_dout, d_q, d_kvv, d_att, B, Tq, Tk, NH, HD);
     check(t, "xattn_bwd", shape, "dq", d_dq, dq, nq, 1e-5);
     check(t, "xattn_bwd", shape, "dkv", d_dkv, dkv, nkv, 1e-5);
     void *h[] = {q, kvv, dout, dq0, dkv0, mask, out, att, dq, dkv};
@@ -388,8 +389,8 @@ static void test_xent(T *t, int N, int V) {
         tg[i] = mm_rng_uniform(&t->rng) < 0.25f ? -1 : (int32_t)mm_rng_below(&t->rng, V);
     tg[0] = -1;  // always one ignored row
     float *loss = mm_malloc(N * 4), *probs = mm_malloc(n * 4), *dl = mm_malloc(n * 4);
-    model_ops_cpu.xent_fwd(loss, probs, logits, tg, N, V);
-    model_ops_cpu.xent_bwd(dl, logits, probs, tg, dloss, N, V);
+    model_ops_cpu.xent_fwd(&mm_backend_cpu, loss, probs, logits, tg, N, V);
+    model_ops_cpu.xent_bwd(&mm_backend_cpu, dl, logits, probs, tg, dloss, N, V);
     float *junk = hrand(t, n, 7);  // dlogits is overwritten, ignored rows included
     float *d_logits = dev(t, logits, n * 4), *d_dloss = dev(t, dloss, N * 4),
           *d_loss = cuda_alloc(t->c, N * 4), *d_probs = cuda_alloc(t->c, 4),
@@ -398,7 +399,7 @@ static void test_xent(T *t, int N, int V) {
     // the CUDA forward saves each row's log-sum-exp (checked in double from the logits); its
     // backward runs from that, once into a separate buffer and once in place over a copy of
     // the logits (the transformer's way)
-    const size_t ns = model_ops_cuda.xent_saved(N, V);
+    const size_t ns = model_ops_cuda.xent_saved(t->be, N, V);
     TEST_CHECK(&t->tc, ns == (size_t)N, "xent_saved %zu for %d rows", ns, N);
     float *lse = mm_malloc(N * 4);
     for (int i = 0; i < N; i++) {
@@ -408,12 +409,12 @@ static void test_xent(T *t, int N, int V) {
         lse[i] = (float)(mx + log(sum));
     }
     float *d_lse = cuda_alloc(t->c, N * 4), *d_inplace = dev(t, logits, n * 4);
-    model_ops_cuda.xent_fwd(d_loss, d_lse, d_logits, d_tg, N, V);
+    model_ops_cuda.xent_fwd(t->be, d_loss, d_lse, d_logits, d_tg, N, V);
     check(t, "xent_fwd", shape, "loss", d_loss, loss, N, 1e-5);
     check(t, "xent_fwd", shape, "lse", d_lse, lse, N, 1e-5);
-    model_ops_cuda.xent_bwd(d_dl, d_logits, d_lse, d_tg, d_dloss, N, V);
+    model_ops_cuda.xent_bwd(t->be, d_dl, d_logits, d_lse, d_tg, d_dloss, N, V);
     check(t, "xent_bwd", shape, "dlogits", d_dl, dl, n, 1e-5);
-    model_ops_cuda.xent_bwd(d_inplace, d_inplace, d_lse, d_tg, d_dloss, N, V);
+    model_ops_cuda.xent_bwd(t->be, d_inplace, d_inplace, d_lse, d_tg, d_dloss, N, V);
     check_same(t, "xent_bwd", shape, "in place", d_inplace, d_dl, n);
     free(lse);
     cuda_free(d_lse);
@@ -444,53 +445,53 @@ static void test_glue(T *t, int B, int n_img, int n_aud, int Tt, int C, int V) {
     }
     float *x0 = mm_malloc(nx * 4);
     uint8_t *kv = mm_malloc((size_t)B * T);
-    model_ops_cpu.embed_fwd(x0, kv, ei, ea, ip, ap, wte, tp, tok, Tt, has_i, has_a, B, T, n_img,
-                            n_aud, C, V);
+    model_ops_cpu.embed_fwd(&mm_backend_cpu, x0, kv, ei, ea, ip, ap, wte, tp, tok, Tt, has_i, has_a,
+                            B, T, n_img, n_aud, C, V);
     float *gi = hcopy(ip, (size_t)n_img * C), *ga = hcopy(ap, (size_t)n_aud * C),
           *gw = hcopy(wte, (size_t)V * C), *gt = hcopy(tp, (size_t)Tt * C);
     float *d_gi = dev(t, gi, (size_t)n_img * C * 4), *d_ga = dev(t, ga, (size_t)n_aud * C * 4),
           *d_gw = dev(t, gw, (size_t)V * C * 4), *d_gw2 = dev(t, gw, (size_t)V * C * 4),
           *d_gt = dev(t, gt, (size_t)Tt * C * 4);
-    model_ops_cpu.embed_bwd(gi, ga, gw, gt, dx, tok, B, T, n_img, n_aud, C, V);
+    model_ops_cpu.embed_bwd(&mm_backend_cpu, gi, ga, gw, gt, dx, tok, B, T, n_img, n_aud, C, V);
     float *d_ei = dev(t, ei, ni * 4), *d_ea = dev(t, ea, na * 4),
           *d_ip = dev(t, ip, (size_t)n_img * C * 4), *d_ap = dev(t, ap, (size_t)n_aud * C * 4),
           *d_wte = dev(t, wte, (size_t)V * C * 4), *d_tp = dev(t, tp, (size_t)Tt * C * 4),
           *d_dx = dev(t, dx, nx * 4), *d_x0 = cuda_alloc(t->c, nx * 4);
     int32_t *d_tok = dev(t, tok, (size_t)B * Tt * 4), *d_tg = dev(t, tg, (size_t)B * Tt * 4);
     uint8_t *d_hi = dev(t, has_i, 4), *d_ha = dev(t, has_a, 4), *d_kv = cuda_alloc(t->c, (size_t)B * T);
-    model_ops_cuda.embed_fwd(d_x0, d_kv, d_ei, d_ea, d_ip, d_ap, d_wte, d_tp, d_tok, Tt, d_hi,
-                             d_ha, B, T, n_img, n_aud, C, V);
+    model_ops_cuda.embed_fwd(t->be, d_x0, d_kv, d_ei, d_ea, d_ip, d_ap, d_wte, d_tp, d_tok, Tt,
+                             d_hi, d_ha, B, T, n_img, n_aud, C, V);
     check(t, "embed_fwd", shape, "x0", d_x0, x0, nx, 0);
     uint8_t *hkv = mm_malloc((size_t)B * T);
     cuda_download(t->c, hkv, d_kv, (size_t)B * T);
     TEST_CHECK(&t->tc, memcmp(hkv, kv, (size_t)B * T) == 0, "embed_fwd %s: key_valid differs", shape);
-    model_ops_cuda.embed_bwd(d_gi, d_ga, d_gw, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
+    model_ops_cuda.embed_bwd(t->be, d_gi, d_ga, d_gw, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
     check(t, "embed_bwd", shape, "img_pos", d_gi, gi, (size_t)n_img * C, 0);
     check(t, "embed_bwd", shape, "aud_pos", d_ga, ga, (size_t)n_aud * C, 0);
     check(t, "embed_bwd", shape, "tpos", d_gt, gt, (size_t)Tt * C, 0);
     check(t, "embed_bwd", shape, "wte", d_gw, gw, (size_t)V * C, 0);
-    model_ops_cuda.embed_bwd(d_gi, d_ga, d_gw2, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
+    model_ops_cuda.embed_bwd(t->be, d_gi, d_ga, d_gw2, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
     check_same(t, "embed_bwd", shape, "wte twice", d_gw, d_gw2, (size_t)V * C);
     // copy_rows: the text rows of x0, as transformer.c takes them
     float *txt = mm_malloc((size_t)B * Tt * C * 4), *d_txt = cuda_alloc(t->c, (size_t)B * Tt * C * 4);
-    model_ops_cpu.copy_rows(txt, (size_t)Tt * C, x0 + (size_t)(n_img + n_aud) * C, (size_t)T * C,
-                            (size_t)Tt * C, B);
-    model_ops_cuda.copy_rows(d_txt, (size_t)Tt * C, d_x0 + (size_t)(n_img + n_aud) * C,
+    model_ops_cpu.copy_rows(&mm_backend_cpu, txt, (size_t)Tt * C, x0 + (size_t)(n_img + n_aud) * C,
+                            (size_t)T * C, (size_t)Tt * C, B);
+    model_ops_cuda.copy_rows(t->be, d_txt, (size_t)Tt * C, d_x0 + (size_t)(n_img + n_aud) * C,
                              (size_t)T * C, (size_t)Tt * C, B);
     check(t, "copy_rows", shape, "text rows", d_txt, txt, (size_t)B * Tt * C, 0);
     // seq_loss / seq_dloss on the first B * Tt values of dx as losses
     double sl[8], dsl[8];
-    model_ops_cpu.seq_loss(sl, dx, tg, B, Tt);
+    model_ops_cpu.seq_loss(&mm_backend_cpu, sl, dx, tg, B, Tt);
     double *d_sl = cuda_alloc(t->c, sizeof(sl));
-    model_ops_cuda.seq_loss(d_sl, d_dx, d_tg, B, Tt);
+    model_ops_cuda.seq_loss(t->be, d_sl, d_dx, d_tg, B, Tt);
     cuda_download(t->c, dsl, d_sl, (size_t)B * 2 * sizeof(double));
     TEST_CHECK(&t->tc, memcmp(sl, dsl, (size_t)B * 2 * sizeof(double)) == 0,
                "seq_loss %s: differs from the CPU", shape);
     printf("%-16s %-30s %-10s %11s\n", "seq_loss", shape, "mean,n",
            memcmp(sl, dsl, (size_t)B * 2 * sizeof(double)) ? "FAIL" : "ok (bitwise)");
     float *dl = mm_malloc((size_t)B * Tt * 4), *d_dl = cuda_alloc(t->c, (size_t)B * Tt * 4);
-    model_ops_cpu.seq_dloss(dl, tg, 0.03125f, B, Tt);
-    model_ops_cuda.seq_dloss(d_dl, d_tg, 0.03125f, B, Tt);
+    model_ops_cpu.seq_dloss(&mm_backend_cpu, dl, tg, 0.03125f, B, Tt);
+    model_ops_cuda.seq_dloss(t->be, d_dl, d_tg, 0.03125f, B, Tt);
     check(t, "seq_dloss", shape, "dloss", d_dl, dl, (size_t)B * Tt, 0);
     void *h[] = {ei, ea, ip, ap, wte, tp, dx, tok, tg, x0, kv, gi, ga, gw, gt, hkv, txt, dl};
     void *d[] = {d_gi, d_ga, d_gw, d_gw2, d_gt, d_ei, d_ea, d_ip, d_ap, d_wte, d_tp,
@@ -523,8 +524,8 @@ static void test_dit_glue(T *t, int B, int Tt, int na, int C, int V) {
     for (int b = 0; b < B; b++) tt[b] += 0.5f;  // t in [0, 1]
     float *fe = mm_malloc((size_t)B * C * 4), *d_fe = cuda_alloc(t->c, (size_t)B * C * 4);
     float *d_tt = dev(t, tt, (size_t)B * 4);
-    dit_ops_cpu.time_embed(fe, tt, B, C);
-    dit_ops_cuda.time_embed(d_fe, d_tt, B, C);
+    dit_ops_cpu.time_embed(&mm_backend_cpu, fe, tt, B, C);
+    dit_ops_cuda.time_embed(t->be, d_fe, d_tt, B, C);
     check(t, "time_embed", shape, "features", d_fe, fe, (size_t)B * C, 1e-6);
     // text tokens: sample 0 without a caption, PAD tails
     int32_t *tok = mm_malloc((size_t)B * Tt * 4), *tk = mm_malloc((size_t)B * Tt * 4);
@@ -537,39 +538,40 @@ static void test_dit_glue(T *t, int B, int Tt, int na, int C, int V) {
     }
     uint8_t *tkv = mm_malloc((size_t)B * Tt), *akv = mm_malloc((size_t)B * na),
             *kv = mm_malloc((size_t)B * Tc);
-    dit_ops_cpu.text_tokens(tk, tkv, tok, ht, B, Tt, V);
-    dit_ops_cpu.sample_keys(akv, ha, B, na);
-    dit_ops_cpu.cond_keys(kv, tkv, akv, B, Tt, na);
+    dit_ops_cpu.text_tokens(&mm_backend_cpu, tk, tkv, tok, ht, B, Tt, V);
+    dit_ops_cpu.sample_keys(&mm_backend_cpu, akv, ha, B, na);
+    dit_ops_cpu.cond_keys(&mm_backend_cpu, kv, tkv, akv, B, Tt, na);
     int32_t *d_tok = dev(t, tok, (size_t)B * Tt * 4), *d_tk = cuda_alloc(t->c, (size_t)B * Tt * 4);
     uint8_t *d_ht = dev(t, ht, (size_t)B), *d_ha = dev(t, ha, (size_t)B),
             *d_tkv = cuda_alloc(t->c, (size_t)B * Tt), *d_akv = cuda_alloc(t->c, (size_t)B * na),
             *d_kv = cuda_alloc(t->c, (size_t)B * Tc);
-    dit_ops_cuda.text_tokens(d_tk, d_tkv, d_tok, d_ht, B, Tt, V);
+    dit_ops_cuda.text_tokens(t->be, d_tk, d_tkv, d_tok, d_ht, B, Tt, V);
     check_bytes(t, "text_tokens", shape, d_tk, tk, (size_t)B * Tt * 4);
     check_bytes(t, "text_tokens", shape, d_tkv, tkv, (size_t)B * Tt);
-    dit_ops_cuda.sample_keys(d_akv, d_ha, B, na);
+    dit_ops_cuda.sample_keys(t->be, d_akv, d_ha, B, na);
     check_bytes(t, "sample_keys", shape, d_akv, akv, (size_t)B * na);
-    dit_ops_cuda.cond_keys(d_kv, d_tkv, d_akv, B, Tt, na);
+    dit_ops_cuda.cond_keys(t->be, d_kv, d_tkv, d_akv, B, Tt, na);
     check_bytes(t, "cond_keys", shape, d_kv, kv, (size_t)B * Tc);
     // positions, pooled condition and their backward
     float *x = hrand(t, ncond, 1), *pos = hrand(t, (size_t)Tc * C, 1), *dp = hrand(t, (size_t)B * C, 1);
     float *d_x = dev(t, x, ncond * 4), *d_pos = dev(t, pos, (size_t)Tc * C * 4),
           *d_dp = dev(t, dp, (size_t)B * C * 4);
-    dit_ops_cpu.add_pos(x, pos, B, Tc, C);
-    dit_ops_cuda.add_pos(d_x, d_pos, B, Tc, C);
+    dit_ops_cpu.add_pos(&mm_backend_cpu, x, pos, B, Tc, C);
+    dit_ops_cuda.add_pos(t->be, d_x, d_pos, B, Tc, C);
     check(t, "add_pos", shape, "x", d_x, x, ncond, 0);
     float *pool = mm_malloc((size_t)B * C * 4), *d_pool = cuda_alloc(t->c, (size_t)B * C * 4);
-    dit_ops_cpu.pool_fwd(pool, x, kv, B, Tc, C);
-    dit_ops_cuda.pool_fwd(d_pool, d_x, d_kv, B, Tc, C);
+    dit_ops_cpu.pool_fwd(&mm_backend_cpu, pool, x, kv, B, Tc, C);
+    dit_ops_cuda.pool_fwd(t->be, d_pool, d_x, d_kv, B, Tc, C);
     check(t, "pool_fwd", shape, "pool", d_pool, pool, (size_t)B * C, 0);
-    dit_ops_cpu.pool_bwd(x, dp, kv, B, Tc, C);
-    dit_ops_cuda.pool_bwd(d_x, d_dp, d_kv, B, Tc, C);
+    dit_ops_cpu.pool_bwd(&mm_backend_cpu, x, dp, kv, B, Tc, C);
+    dit_ops_cuda.pool_bwd(t->be, d_x, d_dp, d_kv, B, Tc, C);
     check(t, "pool_bwd", shape, "dcond", d_x, x, ncond, 0);
-    dit_ops_cpu.pos_bwd(pos, x, (size_t)Tc * C, B, Tc, C);
-    dit_ops_cuda.pos_bwd(d_pos, d_x, (size_t)Tc * C, B, Tc, C);
+    dit_ops_cpu.pos_bwd(&mm_backend_cpu, pos, x, (size_t)Tc * C, B, Tc, C);
+    dit_ops_cuda.pos_bwd(t->be, d_pos, d_x, (size_t)Tc * C, B, Tc, C);
     check(t, "pos_bwd", shape, "g", d_pos, pos, (size_t)Tc * C, 0);
-    dit_ops_cpu.pos_bwd(pos, x + (size_t)(Tc - 1) * C, (size_t)Tc * C, B, 1, C);  // the null row
-    dit_ops_cuda.pos_bwd(d_pos, d_x + (size_t)(Tc - 1) * C, (size_t)Tc * C, B, 1, C);
+    dit_ops_cpu.pos_bwd(&mm_backend_cpu, pos, x + (size_t)(Tc - 1) * C, (size_t)Tc * C, B, 1,
+                        C);  // the null row
+    dit_ops_cuda.pos_bwd(t->be, d_pos, d_x + (size_t)(Tc - 1) * C, (size_t)Tc * C, B, 1, C);
     check(t, "pos_bwd", shape, "g strided", d_pos, pos, (size_t)Tc * C, 0);
     // training pairs (both objectives) and the sampler's steps over (B, n), n = Tc * C
     double *coef = mm_malloc((size_t)B * 2 * sizeof(double));
@@ -582,23 +584,25 @@ static void test_dit_glue(T *t, int B, int Tt, int na, int C, int V) {
         for (int b = 0; b < B; b++) tt[b] = (float)((b * 137 + 11) % 1000) / 1000.0f;
         dit_pair_coefs(obj ? DIT_DDPM : DIT_FLOW, B, tt, coef);
         cuda_upload(t->c, d_coef, coef, (size_t)B * 2 * sizeof(double));
-        dit_ops_cpu.make_pair(xt, tg, x0, eps, coef, !obj, B, (size_t)Tc * C);
-        dit_ops_cuda.make_pair(d_xt, d_tg, d_x0, d_eps, d_coef, !obj, B, (size_t)Tc * C);
+        dit_ops_cpu.make_pair(&mm_backend_cpu, xt, tg, x0, eps, coef, !obj, B, (size_t)Tc * C);
+        dit_ops_cuda.make_pair(t->be, d_xt, d_tg, d_x0, d_eps, d_coef, !obj, B, (size_t)Tc * C);
         check(t, "make_pair", obj ? "ddpm" : "flow", "x_t", d_xt, xt, ncond, 0);
         check(t, "make_pair", obj ? "ddpm" : "flow", "target", d_tg, tg, ncond, 0);
     }
-    dit_ops_cpu.guide(xt, tg, 3.5f, ncond);
-    dit_ops_cuda.guide(d_xt, d_tg, 3.5f, ncond);
+    dit_ops_cpu.guide(&mm_backend_cpu, xt, tg, 3.5f, ncond);
+    dit_ops_cuda.guide(t->be, d_xt, d_tg, 3.5f, ncond);
     check(t, "guide", shape, "pred", d_xt, xt, ncond, 0);
-    dit_ops_cpu.euler(x0, xt, -0.05f, ncond);
-    dit_ops_cuda.euler(d_x0, d_xt, -0.05f, ncond);
+    dit_ops_cpu.euler(&mm_backend_cpu, x0, xt, -0.05f, ncond);
+    dit_ops_cuda.euler(t->be, d_x0, d_xt, -0.05f, ncond);
     check(t, "euler", shape, "x", d_x0, x0, ncond, 0);
     const double ab = dit_alpha_bar(600), abp = dit_alpha_bar(400);
-    dit_ops_cpu.ddim(x0, eps, 1.0 / sqrt(ab), sqrt(1 - ab), sqrt(abp), sqrt(1 - abp), ncond);
-    dit_ops_cuda.ddim(d_x0, d_eps, 1.0 / sqrt(ab), sqrt(1 - ab), sqrt(abp), sqrt(1 - abp), ncond);
+    dit_ops_cpu.ddim(&mm_backend_cpu, x0, eps, 1.0 / sqrt(ab), sqrt(1 - ab), sqrt(abp),
+                     sqrt(1 - abp), ncond);
+    dit_ops_cuda.ddim(t->be, d_x0, d_eps, 1.0 / sqrt(ab), sqrt(1 - ab), sqrt(abp), sqrt(1 - abp),
+                      ncond);
     check(t, "ddim", shape, "x", d_x0, x0, ncond, 1e-6);
-    dit_ops_cpu.clip(eps, ncond);
-    dit_ops_cuda.clip(d_eps, ncond);
+    dit_ops_cpu.clip(&mm_backend_cpu, eps, ncond);
+    dit_ops_cuda.clip(t->be, d_eps, ncond);
     check(t, "clip", shape, "x", d_eps, eps, ncond, 0);
     void *h[] = {tt, fe, tok, tk, ht, ha, tkv, akv, kv, x, pos, dp, pool, coef, x0, eps, xt, tg};
     void *d[] = {d_fe, d_tt, d_tok, d_tk, d_ht, d_ha, d_tkv, d_akv, d_kv, d_x, d_pos,
@@ -612,12 +616,12 @@ static void test_patchify(T *t, int B, int H, int W, int c, int p) {
     snprintf(shape, sizeof(shape), "B%d %dx%dx%d p%d", B, H, W, c, p);
     const size_t n = (size_t)B * H * W * c;
     float *img = hrand(t, n, 1), *pt = mm_malloc(n * 4), *back = mm_malloc(n * 4);
-    model_ops_cpu.patchify(pt, img, B, H, W, c, p);
-    model_ops_cpu.unpatchify(back, pt, B, H, W, c, p);
+    model_ops_cpu.patchify(&mm_backend_cpu, pt, img, B, H, W, c, p);
+    model_ops_cpu.unpatchify(&mm_backend_cpu, back, pt, B, H, W, c, p);
     float *d_img = dev(t, img, n * 4), *d_pt = cuda_alloc(t->c, n * 4), *d_back = cuda_alloc(t->c, n * 4);
-    model_ops_cuda.patchify(d_pt, d_img, B, H, W, c, p);
+    model_ops_cuda.patchify(t->be, d_pt, d_img, B, H, W, c, p);
     check(t, "patchify", shape, "patches", d_pt, pt, n, 0);
-    model_ops_cuda.unpatchify(d_back, d_pt, B, H, W, c, p);
+    model_ops_cuda.unpatchify(t->be, d_back, d_pt, B, H, W, c, p);
     check(t, "unpatchify", shape, "image", d_back, back, n, 0);
     void *h[] = {img, pt, back};
     void *d[] = {d_img, d_pt, d_back};
@@ -638,23 +642,25 @@ static void test_modulate(T *t, int B, int N, int C, int sc) {
     const int o_shift = 0, o_scale = C, o_gate = sc - C;  // three vectors in the packed row
     float *out = mm_malloc(n * 4), *dx = hcopy(dx0, n), *dmod = hcopy(dmod0, nm),
           *xg = hcopy(x, n), *dy = hcopy(dx0, n);
-    dit_ops_cpu.modulate_fwd(out, x, mod + o_shift, mod + o_scale, sc, B, N, C);
-    dit_ops_cpu.modulate_bwd(dx, dmod + o_shift, dmod + o_scale, dout, x, mod + o_scale, sc, B, N,
-                             C);
-    dit_ops_cpu.gated_add_fwd(xg, y, mod + o_gate, sc, B, N, C);
-    dit_ops_cpu.gated_add_bwd(dy, dmod + o_gate, dout, y, mod + o_gate, sc, B, N, C);
+    dit_ops_cpu.modulate_fwd(&mm_backend_cpu, out, x, mod + o_shift, mod + o_scale, sc, B, N, C);
+    dit_ops_cpu.modulate_bwd(&mm_backend_cpu, dx, dmod + o_shift, dmod + o_scale, dout, x,
+                             mod + o_scale, sc, B, N, C);
+    dit_ops_cpu.gated_add_fwd(&mm_backend_cpu, xg, y, mod + o_gate, sc, B, N, C);
+    dit_ops_cpu.gated_add_bwd(&mm_backend_cpu, dy, dmod + o_gate, dout, y, mod + o_gate, sc, B, N,
+                              C);
     float *d_x = dev(t, x, n * 4), *d_y = dev(t, y, n * 4), *d_mod = dev(t, mod, nm * 4),
           *d_dout = dev(t, dout, n * 4), *d_out = cuda_alloc(t->c, n * 4),
           *d_dx = dev(t, dx0, n * 4), *d_dmod = dev(t, dmod0, nm * 4), *d_dy = dev(t, dx0, n * 4),
           *e_dmod = dev(t, dmod0, nm * 4), *e_dx = dev(t, dx0, n * 4);
-    dit_ops_cuda.modulate_fwd(d_out, d_x, d_mod + o_shift, d_mod + o_scale, sc, B, N, C);
+    dit_ops_cuda.modulate_fwd(t->be, d_out, d_x, d_mod + o_shift, d_mod + o_scale, sc, B, N, C);
     check(t, "modulate_fwd", shape, "out", d_out, out, n, 1e-5);
-    dit_ops_cuda.modulate_bwd(d_dx, d_dmod + o_shift, d_dmod + o_scale, d_dout, d_x,
+    dit_ops_cuda.modulate_bwd(t->be, d_dx, d_dmod + o_shift, d_dmod + o_scale, d_dout, d_x,
                               d_mod + o_scale, sc, B, N, C);
     check(t, "modulate_bwd", shape, "dx", d_dx, dx, n, 1e-5);
-    dit_ops_cuda.gated_add_fwd(d_x, d_y, d_mod + o_gate, sc, B, N, C);
+    dit_ops_cuda.gated_add_fwd(t->be, d_x, d_y, d_mod + o_gate, sc, B, N, C);
     check(t, "gated_add_fwd", shape, "x", d_x, xg, n, 1e-5);
-    dit_ops_cuda.gated_add_bwd(d_dy, d_dmod + o_gate, d_dout, d_y, d_mod + o_gate, sc, B, N, C);
+    dit_ops_cuda.gated_add_bwd(t->be, d_dy, d_dmod + o_gate, d_dout, d_y, d_mod + o_gate, sc, B, N,
+                               C);
     check(t, "gated_add_bwd", shape, "dy", d_dy, dy, n, 1e-5);
     // the whole packed buffer: shift, scale and gate gradients, and untouched columns
     check(t, "mod+gate bwd", shape, "dmod", d_dmod, dmod, nm, 1e-5);
@@ -662,9 +668,9 @@ static void test_modulate(T *t, int B, int N, int C, int sc) {
     cuda_upload(t->c, d_x, x, n * 4);
     cuda_upload(t->c, d_dmod, dmod0, nm * 4);
     cuda_upload(t->c, d_dx, dx0, n * 4);
-    dit_ops_cuda.modulate_bwd(d_dx, d_dmod + o_shift, d_dmod + o_scale, d_dout, d_x,
+    dit_ops_cuda.modulate_bwd(t->be, d_dx, d_dmod + o_shift, d_dmod + o_scale, d_dout, d_x,
                               d_mod + o_scale, sc, B, N, C);
-    dit_ops_cuda.modulate_bwd(e_dx, e_dmod + o_shift, e_dmod + o_scale, d_dout, d_x,
+    dit_ops_cuda.modulate_bwd(t->be, e_dx, e_dmod + o_shift, e_dmod + o_scale, d_dout, d_x,
                               d_mod + o_scale, sc, B, N, C);
     check_same(t, "modulate_bwd", shape, "dmod rerun", d_dmod, e_dmod, nm);
     void *h[] = {x, y, mod, dout, dx0, dmod0, out, dx, dmod, xg, dy};
@@ -679,16 +685,16 @@ static void test_mse(T *t, int B, size_t n) {
     size_t tot = (size_t)B * n;
     float *pred = hrand(t, tot, 2), *tgt = hrand(t, tot, 2), *dloss = hrand(t, B, 1);
     float *loss = mm_malloc(B * 4), *dp = mm_malloc(tot * 4), *junk = hrand(t, tot, 5);
-    dit_ops_cpu.mse_fwd(loss, pred, tgt, B, n);
-    dit_ops_cpu.mse_bwd(dp, pred, tgt, dloss, B, n);
+    dit_ops_cpu.mse_fwd(&mm_backend_cpu, loss, pred, tgt, B, n);
+    dit_ops_cpu.mse_bwd(&mm_backend_cpu, dp, pred, tgt, dloss, B, n);
     float *d_pred = dev(t, pred, tot * 4), *d_tgt = dev(t, tgt, tot * 4),
           *d_dloss = dev(t, dloss, B * 4), *d_loss = cuda_alloc(t->c, B * 4),
           *d_loss2 = cuda_alloc(t->c, B * 4), *d_dp = dev(t, junk, tot * 4);
-    dit_ops_cuda.mse_fwd(d_loss, d_pred, d_tgt, B, n);
+    dit_ops_cuda.mse_fwd(t->be, d_loss, d_pred, d_tgt, B, n);
     check(t, "mse_fwd", shape, "loss", d_loss, loss, B, 1e-5);
-    dit_ops_cuda.mse_fwd(d_loss2, d_pred, d_tgt, B, n);
+    dit_ops_cuda.mse_fwd(t->be, d_loss2, d_pred, d_tgt, B, n);
     check_same(t, "mse_fwd", shape, "loss rerun", d_loss, d_loss2, B);
-    dit_ops_cuda.mse_bwd(d_dp, d_pred, d_tgt, d_dloss, B, n);
+    dit_ops_cuda.mse_bwd(t->be, d_dp, d_pred, d_tgt, d_dloss, B, n);
     check(t, "mse_bwd", shape, "dpred", d_dp, dp, tot, 1e-5);
     void *h[] = {pred, tgt, dloss, loss, dp, junk};
     void *d[] = {d_pred, d_tgt, d_dloss, d_loss, d_loss2, d_dp};
@@ -706,8 +712,8 @@ static void test_xpred(T *t, int B, size_t n) {
     if (B > 1) tt[1] = 0.02f;                   // below DIT_XPRED_TMIN
     float *d_y = dev(t, y, tot * 4), *d_xt = dev(t, xt, tot * 4), *d_t = dev(t, tt, B * 4);
     for (int bwd = 0; bwd <= 1; bwd++) {
-        dit_ops_cpu.xpred(y, xt, tt, bwd, B, n);
-        dit_ops_cuda.xpred(d_y, d_xt, d_t, bwd, B, n);
+        dit_ops_cpu.xpred(&mm_backend_cpu, y, xt, tt, bwd, B, n);
+        dit_ops_cuda.xpred(t->be, d_y, d_xt, d_t, bwd, B, n);
         check(t, bwd ? "xpred_bwd" : "xpred_fwd", shape, "y", d_y, y, tot, 1e-6);
     }
     void *h[] = {y, xt, tt};
@@ -748,8 +754,7 @@ static void test_optim(T *t, size_t lo_cut, size_t hi_cut) {
     cuda_seg *segs = mm_calloc(o.n_seg, sizeof(cuda_seg));
     for (int s = 0; s < o.n_seg; s++) {
         if (s % 2) o.seg[s].lr_mult = 0.5f;  // parameter groups
-        segs[s] = (cuda_seg){o.seg[s].offset, o.seg[s].size, o.seg[s].decay, o.seg[s].lr_mult,
-                             o.seg[s].sharded};
+        segs[s] = o.seg[s];
     }
     cuda_plan p;
     cuda_plan_init(&p, t->c, segs, o.n_seg, lo, hi);
@@ -794,17 +799,17 @@ static void test_optim(T *t, size_t lo_cut, size_t hi_cut) {
 }
 
 int main(void) {
-    T t = {.c = NULL, .tc = {0, 0}};
+    T t = {.be = NULL, .c = NULL, .tc = {0, 0}};
     mm_rng_init(&t.rng, 12345, 0);
-    cuda_ctx ctx;
     mm_err err = {{0}};
-    if (cuda_ctx_init(&ctx, 0, CUDA_FP32, &err) != 0) {
+    if (mm_backend_create(&t.be, "cuda", "fp32", 0, &err) != 0) {
         TEST_CHECK(&t.tc, 0, "no CUDA device: %s", err.msg);
         return test_finish(&t.tc);
     }
-    t.c = &ctx;
-    printf("device: %s (%d SMs, compute %d.%d, %.1f GiB)\n", ctx.device_name, ctx.sm_count,
-           ctx.cc_major, ctx.cc_minor, (double)ctx.mem_bytes / (1 << 30));
+    t.c = (cuda_ctx *)t.be->ctx;
+    cuda_ctx *ctx = t.c;
+    printf("device: %s (%d SMs, compute %d.%d, %.1f GiB)\n", ctx->device_name, ctx->sm_count,
+           ctx->cc_major, ctx->cc_minor, (double)ctx->mem_bytes / (1 << 30));
     printf("%-16s %-30s %-10s %11s %8s\n", "op", "shape", "tensor", "rel.err", "tol");
 
     // matmul: fp32 and bf16, with and without bias / dinp, awkward sizes
@@ -830,13 +835,13 @@ int main(void) {
     static const int at[][5] = {{1, 1, 0, 1, 4},   {3, 1, 1, 2, 8},     {3, 5, 2, 1, 3},
                                 {3, 37, 10, 2, 16}, {2, 64, 64, 4, 32},  {3, 70, 0, 3, 24},
                                 {3, 150, 45, 2, 64}, {2, 33, 7, 1, 80}};
-    const size_t core_bytes = ctx.attn_core_bytes;
+    const size_t core_bytes = ctx->attn_core_bytes;
     for (int path = 0; path < 2; path++) {
-        ctx.attn_core_bytes = path ? SIZE_MAX : 0;
+        ctx->attn_core_bytes = path ? SIZE_MAX : 0;
         for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++)
             test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4]);
     }
-    ctx.attn_core_bytes = core_bytes;
+    ctx->attn_core_bytes = core_bytes;
 
     test_glue(&t, 1, 1, 1, 1, 1, 3);
     test_glue(&t, 4, 4, 3, 17, 40, 259);
@@ -869,6 +874,6 @@ int main(void) {
     test_optim(&t, 0, 0);
     test_optim(&t, 3, 500);  // a ZeRO-1 shard cutting through tensors
 
-    cuda_ctx_free(&ctx);
+    mm_backend_free(t.be);
     return test_finish(&t.tc);
 }

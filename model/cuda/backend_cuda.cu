@@ -1,0 +1,228 @@
+// backend_cuda.cu: the CUDA backend object (backend.h): this rank's GPU context behind the
+// generic ops table (model_ops_cuda), and the iface the trainer uses around a step: staging
+// through pinned buffers and a copy stream, the optimizer kernels of cuda.cu, and the
+// data-parallel bucket reduction.
+//
+// Buckets: when backward reports a bucket final, an event recorded on the compute stream
+// marks the point; the comm stream waits for it and runs the bucket's NCCL allreduce, so the
+// reduction overlaps the rest of backward; finish makes the compute stream wait for the comm
+// stream, so the norm and AdamW read the sums. In a CUDA build without NCCL (and in the CPU
+// emulation build, which is how make test checks this logic on a machine without GPUs) the
+// buckets go through the host instead: downloaded when final, summed with comm/'s
+// non-blocking MPI allreduce while backward goes on, uploaded in finish.
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cuda_internal.h"
+
+static cuda_ctx *ctx_of(const mm_backend *be) {
+    return cu_ctx(be);
+}
+
+static void cb_destroy(const mm_backend *be) {
+    cuda_ctx *c = ctx_of(be);
+    cuda_ctx_free(c);
+    free(c);
+    free((void *)be);  // cuda_backend_create allocated it
+}
+
+static void cb_sync(const mm_backend *be) {
+    cuda_ctx_sync(ctx_of(be));
+}
+
+// ---------------------------------------------------------------------------------------
+// staging
+
+static void *cb_stage_new(const mm_backend *be, size_t bytes) {
+    cuda_stage *s = (cuda_stage *)mm_calloc(1, sizeof(cuda_stage));
+    cuda_stage_init(s, ctx_of(be), bytes);
+    return s;
+}
+
+static void cb_stage_put(const mm_backend *be, void *stage, int n, const void *const *src,
+                         const size_t *len, void **dst) {
+    cuda_stage_put((cuda_stage *)stage, ctx_of(be), n, src, len, dst);
+}
+
+static void cb_stage_done(const mm_backend *be, void *stage) {
+    cuda_stage_done((cuda_stage *)stage, ctx_of(be));
+}
+
+static void cb_stage_free(const mm_backend *be MM_UNUSED, void *stage) {
+    cuda_stage_free((cuda_stage *)stage);
+    free(stage);
+}
+
+// ---------------------------------------------------------------------------------------
+// optimizer
+
+static void *cb_opt_plan_new(const mm_backend *be, const mm_opt_seg *seg, int n_seg, size_t lo,
+                             size_t hi) {
+    cuda_plan *p = (cuda_plan *)mm_calloc(1, sizeof(cuda_plan));
+    cuda_plan_init(p, ctx_of(be), seg, n_seg, lo, hi);
+    return p;
+}
+
+static void cb_opt_plan_free(const mm_backend *be MM_UNUSED, void *plan) {
+    cuda_plan_free((cuda_plan *)plan);
+    free(plan);
+}
+
+static void cb_adamw(const mm_backend *be, const void *plan, float *params, const float *grads,
+                     float *m, float *v, const mm_adamw_args *a) {
+    cuda_adamw(ctx_of(be), (const cuda_plan *)plan, params, grads, m, v, a->step, a->lr, a->beta1,
+               a->beta2, a->eps, a->weight_decay, a->grad_scale);
+}
+
+static void cb_sumsq(const mm_backend *be, const void *plan, const float *grads, double *sharded,
+                     double *replicated) {
+    cuda_sumsq(ctx_of(be), (const cuda_plan *)plan, grads, sharded, replicated);
+}
+
+static void cb_ema(const mm_backend *be, float *ema, const float *params, size_t n, float decay) {
+    cuda_ema(ctx_of(be), ema, params, n, decay);
+}
+
+// ---------------------------------------------------------------------------------------
+// gradient buckets
+
+typedef struct {
+    comm_group *dp;  // not owned
+    float *grads;    // (n) device, not owned
+    int n_buckets;
+    size_t *lo;          // (n_buckets + 1) owned
+    cudaEvent_t *ready;  // (n_buckets) on the compute stream: the bucket's gradients are final
+    cudaEvent_t done;    // on the comm stream: every bucket reduced
+#ifdef MM_HAVE_NCCL
+    ncclComm_t nccl;  // over dp, owned
+#else
+    float *host;         // (n) host staging, owned
+    comm_request **req;  // (n_buckets) in flight, owned
+#endif
+} cb_reducer;
+
+static void *cb_reducer_new(const mm_backend *be MM_UNUSED, comm_group *dp, float *grads, size_t n,
+                            int n_buckets, const size_t *bucket_lo) {
+    cb_reducer *r = (cb_reducer *)mm_calloc(1, sizeof(cb_reducer));
+    r->dp = dp;
+    r->grads = grads;
+    r->n_buckets = n_buckets;
+    r->lo = (size_t *)mm_malloc(((size_t)n_buckets + 1) * sizeof(size_t));
+    memcpy(r->lo, bucket_lo, ((size_t)n_buckets + 1) * sizeof(size_t));
+    r->ready = (cudaEvent_t *)mm_calloc((size_t)n_buckets, sizeof(cudaEvent_t));
+    for (int b = 0; b < n_buckets; b++)
+        CU_CHECK(cudaEventCreateWithFlags(&r->ready[b], cudaEventDisableTiming));
+    CU_CHECK(cudaEventCreateWithFlags(&r->done, cudaEventDisableTiming));
+#ifdef MM_HAVE_NCCL
+    (void)n;
+    mm_err err = {{0}};
+    if (comm_nccl_init(dp, &r->nccl, &err) != 0) comm_abort(dp, 1, err.msg);
+#else
+    r->host = (float *)mm_alloc_aligned(n * sizeof(float));
+    r->req = (comm_request **)mm_calloc((size_t)n_buckets, sizeof(comm_request *));
+#endif
+    return r;
+}
+
+static void cb_reducer_start(const mm_backend *be, void *rp, int b) {
+    cb_reducer *r = (cb_reducer *)rp;
+    cuda_ctx *c = ctx_of(be);
+    const size_t off = r->lo[b], len = r->lo[b + 1] - off;
+    CU_CHECK(cudaEventRecord(r->ready[b], c->stream));
+#ifdef MM_HAVE_NCCL
+    CU_CHECK(cudaStreamWaitEvent(c->comm_stream, r->ready[b], 0));
+    comm_nccl_allreduce(r->nccl, r->grads + off, len, 0, c->comm_stream);
+#else
+    cuda_download(c, r->host + off, r->grads + off, len * sizeof(float));  // after the event
+    r->req[b] = comm_iallreduce_sum(r->dp, r->host + off, len, COMM_F32);
+#endif
+}
+
+static void cb_reducer_progress(const mm_backend *be MM_UNUSED, void *rp) {
+#ifdef MM_HAVE_NCCL
+    (void)rp;  // NCCL progresses on its own
+#else
+    cb_reducer *r = (cb_reducer *)rp;
+    for (int b = r->n_buckets - 1; b >= 0; b--) comm_test(r->req[b]);  // NULL: no-op
+#endif
+}
+
+static void cb_reducer_finish(const mm_backend *be, void *rp) {
+    cb_reducer *r = (cb_reducer *)rp;
+    cuda_ctx *c = ctx_of(be);
+#ifdef MM_HAVE_NCCL
+    CU_CHECK(cudaEventRecord(r->done, c->comm_stream));
+    CU_CHECK(cudaStreamWaitEvent(c->stream, r->done, 0));
+#else
+    for (int b = 0; b < r->n_buckets; b++) {
+        comm_wait(r->req[b]);
+        r->req[b] = NULL;
+        const size_t off = r->lo[b], len = r->lo[b + 1] - off;
+        cuda_upload(c, r->grads + off, r->host + off, len * sizeof(float));
+    }
+#endif
+}
+
+static void cb_reducer_free(const mm_backend *be, void *rp) {
+    cb_reducer *r = (cb_reducer *)rp;
+    if (!r) return;
+    CU_CHECK(cudaStreamSynchronize(ctx_of(be)->comm_stream));
+    for (int b = 0; b < r->n_buckets; b++) CU_CHECK(cudaEventDestroy(r->ready[b]));
+    CU_CHECK(cudaEventDestroy(r->done));
+#ifdef MM_HAVE_NCCL
+    ncclCommDestroy(r->nccl);
+#else
+    free(r->host);
+    free(r->req);
+#endif
+    free(r->ready);
+    free(r->lo);
+    free(r);
+}
+
+static const mm_backend_iface cuda_iface = {
+    .destroy = cb_destroy,
+    .sync = cb_sync,
+    .stage_new = cb_stage_new,
+    .stage_put = cb_stage_put,
+    .stage_done = cb_stage_done,
+    .stage_free = cb_stage_free,
+    .opt_plan_new = cb_opt_plan_new,
+    .opt_plan_free = cb_opt_plan_free,
+    .adamw = cb_adamw,
+    .sumsq = cb_sumsq,
+    .ema = cb_ema,
+    .reducer_new = cb_reducer_new,
+    .reducer_start = cb_reducer_start,
+    .reducer_progress = cb_reducer_progress,
+    .reducer_finish = cb_reducer_finish,
+    .reducer_free = cb_reducer_free,
+};
+
+int cuda_backend_create(const mm_backend **out, const char *precision, int world_rank,
+                        mm_err *err) {
+    *out = NULL;
+    cuda_precision prec;
+    if (cuda_precision_parse(precision, &prec, err) != 0) return -1;
+    cuda_ctx *c = (cuda_ctx *)mm_calloc(1, sizeof(cuda_ctx));
+    if (cuda_ctx_init(c, world_rank, prec, err) != 0) {
+        cuda_ctx_free(c);
+        free(c);
+        return -1;
+    }
+    mm_backend *be = (mm_backend *)mm_calloc(1, sizeof(mm_backend));
+    be->name = "cuda";
+    be->kind = MM_BACKEND_CUDA;
+    // tensor parallelism and ZeRO-1 need NCCL collectives inside the model and the optimizer
+    be->caps = (mm_backend_caps){.host_memory = 0, .tp = 0, .zero = 0};
+    be->ops = &model_ops_cuda;
+    be->iface = &cuda_iface;
+    be->ctx = c;
+    snprintf(be->desc, sizeof(be->desc),
+             "cuda: rank %d on GPU %d (%s, %d SMs, %.1f GiB), "
+             "precision %s",
+             world_rank, c->device, c->device_name, c->sm_count, c->mem_bytes / 1073741824.0,
+             cuda_precision_name(prec));
+    *out = be;
+    return 0;
+}
