@@ -68,7 +68,7 @@ int comm_test(comm_request *r);
 // Blocks until complete and frees r. NULL is a no-op.
 void comm_wait(comm_request *r);
 
-// The process groups of DESIGN.md "Parallel layout": world = dp x tp, tp ranks contiguous
+// The process groups of the parallel layout: world = dp x tp, tp ranks contiguous
 // (rank = dp_index * tp + tp_index), so a tp group sits inside one node.
 typedef struct {
     comm_group *world;  // not owned
@@ -91,7 +91,7 @@ void comm_layout_free(comm_layout *l);
 // NCCL, so treat -1 as fatal: comm_abort).
 int comm_nccl_init(comm_group *g, ncclComm_t *out, mm_err *err);
 
-// Device collectives (issue 6): an in-place allreduce of count floats at the DEVICE pointer
+// Device collectives: an in-place allreduce of count floats at the DEVICE pointer
 // buf over the communicator nc, queued on stream (a cudaStream_t; nccl.h brings the CUDA
 // runtime types) and returning at once: whatever runs on stream afterwards sees the sums;
 // other streams order themselves after it with events. avg 0 sums, 1 averages (ncclAvg).

@@ -1,9 +1,8 @@
 // comm_nccl.c: NCCL communicators for the groups comm/ already has, so that device buffers
 // (CUDA build) reduce over the same ranks, in the same order, as host buffers over MPI. NCCL
 // needs its unique id on every rank before anyone calls ncclCommInitRank; MPI is already up,
-// so the group's rank 0 draws the id and broadcasts it over the group (DESIGN.md "Parallel
-// layout"). The device allreduce the dp gradient buckets run on (train/gradsync.c) is here
-// too. Compiled to nothing unless the build defines MM_HAVE_NCCL (make cuda).
+// so the group's rank 0 draws the id and broadcasts it over the group (comm.h's groups). The
+// device allreduce the dp gradient buckets run on (the CUDA backend's reducer) is here too. Compiled to nothing unless the build defines MM_HAVE_NCCL (make cuda).
 #ifdef MM_HAVE_NCCL
 #include <string.h>
 

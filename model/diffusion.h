@@ -67,7 +67,7 @@ typedef struct dit_ops {
     void (*mse_bwd)(const mm_backend *be, mm_real *dpred, const mm_real *pred,
                     const mm_real *target, const mm_real *dloss, int B, size_t n);
 
-    // --- glue (issue 6): the loops diffusion.c and diffusion_sched.c ran on the model's
+    // --- glue: the loops diffusion.c and diffusion_sched.c would run on the model's
     // buffers, as ops so that those buffers may live on a device. The CPU versions are those
     // loops, arithmetic unchanged. Every pointer is backend memory.
     // out (B, C): features of t[b] * 1000 (max period 10000), [cos | sin] halves, in double

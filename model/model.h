@@ -5,7 +5,7 @@
 // second time with -DMM_F64 (mm_real = double, BLAS d-routines) for the gradient-check tests,
 // so that backward passes are checked against central finite differences in float64.
 //
-// Tensor parallelism (DESIGN.md "Parallel layout", Megatron): every tensor records its
+// Tensor parallelism (Megatron-LM's column/row splits): every tensor records its
 // GLOBAL shape and the dimension it is split along under tp (-1 = replicated). The buffer
 // holds only this rank's slice; initial values are drawn for the full tensor from the seed
 // and sliced, so they do not depend on tp. Forward/backward/generate allreduce over
@@ -96,9 +96,8 @@ typedef struct model_ops {
     // elements of xent_fwd's saved buffer for these sizes
     size_t (*xent_saved)(const mm_backend *be, int N, int V);
 
-    // --- memory and the models' glue (issue 6: so that a model's buffers may live on a
-    // device, every loop the models ran on their buffers is an op here; the CPU versions are
-    // those loops, arithmetic unchanged). Sizes in bytes for the mem_* ops.
+    // --- memory and the models' glue: so that a model's buffers may live on a device, every
+    // loop a model would run on its buffers is an op here. Sizes in bytes for the mem_* ops.
     // Zeroed buffer; the caller owns it and frees it with mem_free (NULL: no-op).
     void *(*mem_alloc)(const mm_backend *be, size_t bytes);
     void (*mem_free)(const mm_backend *be, void *p);

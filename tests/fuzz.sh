@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fuzz.sh: the short fuzzing pass of `make test` (issue 7): builds the libFuzzer harnesses
+# fuzz.sh: the short fuzzing pass of `make test`: builds the libFuzzer harnesses
 # (make fuzz-build: clang, ASan + UBSan, into build-fuzz/) and runs each for FUZZ_SECONDS
 # from its seed corpus: FUZZ_RUNS inputs (default 3000) from seed 1, then replays the regression inputs of crashes found and
 # fixed before (tests/fuzz/run.sh). `make fuzz` is the longer run (60 s per harness).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kill.sh: kill -9 of the whole job at any moment loses nothing but the steps since the last
-# checkpoint (issue 7; train/CHECKPOINT.md "What survives a kill"). A 2-rank run of a tiny
+# checkpoint (train/CHECKPOINT.md "What survives a kill"). A 2-rank run of a tiny
 # model that checkpoints every step is killed with SIGKILL (mpirun and both ranks at once)
 # 20 times: a quarter at a random time after the launch (often during set-up), a quarter at
 # a random time after set-up (steps, checkpoint writes), half the moment a checkpoint write

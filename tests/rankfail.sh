@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# rankfail.sh: one rank of a 2-rank job fails in the middle of a step (issue 7); the job must
+# rankfail.sh: one rank of a 2-rank job fails in the middle of a step; the job must
 # end non-zero within the configured time with a message naming the rank, never hang:
 #   - stall: rank 1 sleeps forever (MM_TEST_FAIL=stall:1:STEP, train/survive.h): rank 0's
 #     collective times out after run.collective_timeout and comm.c names rank 1 as the one

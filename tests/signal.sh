@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# signal.sh: preemption (issue 7, train/survive.h). A stop signal makes every rank finish its
+# signal.sh: preemption (train/survive.h). A stop signal makes every rank finish its
 # step, write a checkpoint together and exit 0; resuming from it continues bit for bit:
 #   1. SIGTERM to a single-process run (no mpirun);
 #   2. SIGUSR1 to mpirun with 2 ranks (Open MPI forwards it to every rank);

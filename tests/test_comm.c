@@ -1,7 +1,7 @@
 // test_comm.c: comm/ checked against values computed without it. Every rank contributes
 // integers that depend on its world rank (exact in float, so sums and averages compare
-// exactly); the expected result is built from the layout formula of DESIGN.md "Parallel
-// layout" (rank = dp_index * tp + tp_index), never from comm itself, so a group holding the
+// exactly); the expected result is built from the layout formula of comm.h's process
+// groups (rank = dp_index * tp + tp_index), never from comm itself, so a group holding the
 // wrong ranks fails as surely as a wrong sum. Runs under any number of ranks (tests/mpi_ranks.sh
 // runs 1, 2 and 4); rank 0 prints the counts summed over all ranks.
 #include <stdio.h>

@@ -220,7 +220,7 @@ int main(int argc, char **argv) {
     comm_group *world = comm_init(&argc, &argv);
     const int size = comm_size(world), rank = comm_rank(world);
     test_counts tc = {0, 0};
-    // world = one tp group: tp ranks are contiguous (DESIGN.md), here with dp = 1
+    // world = one tp group: tp ranks are contiguous (comm.h), here with dp = 1
     comm_group *tpg = comm_split(world, 0, rank);
     comm_group *self = comm_split(world, rank, 0);
     if (size == 1 || size == 2 || size == 4) {

@@ -1,5 +1,5 @@
 // survive.h: what keeps a training run from losing work on a shared cluster, kept out of the
-// main loop so that trainer.c only calls a few hooks (issue 7, README "Surviving the cluster"):
+// main loop so that trainer.c only calls a few hooks (README "Surviving the cluster"):
 //
 //   - preemption: SIGTERM, SIGINT and SIGUSR1 ask the run to stop. Every rank finishes the
 //     step it is in; the ranks then AGREE on stopping (one 8-byte allreduce-max of the

@@ -1,7 +1,7 @@
-// ops_glue_cpu.c: the CPU versions of the ops table's memory and glue ops (model.h, issue 6):
-// the loops transformer.c ran on its own buffers before those buffers could live on a GPU,
-// moved here unchanged (same arithmetic, same order), so CPU results stay bit-identical and
-// the CUDA twins in ops_cuda.cu have one reference to be checked against.
+// ops_glue_cpu.c: the CPU versions of the ops table's memory and glue ops (model.h): the
+// loops the models would otherwise run on their own buffers, which may live on a GPU, kept
+// here as ops with their arithmetic and order fixed, so the CUDA twins in ops_glue_cuda.cu
+// have one reference to be checked against.
 #include <stdlib.h>
 #include <string.h>
 

@@ -2,8 +2,9 @@
 // scratch memory, matmul precision) with init/free, device memory helpers, the two ops tables
 // (model_ops_cuda, dit_ops_cuda) and the kernels the trainer needs on the device (AdamW, EMA,
 // gradient sum of squares, scale). Compiled only by `make cuda`; nothing in the CPU build
-// includes it. Implementation: model/cuda.cu (context, optimizer kernels), model/ops_cuda.cu
-// and model/ops_dit_cuda.cu (ops), model/cuda_internal.h (what the .cu files share).
+// includes it. Implementation: cuda.cu (context, optimizer kernels), ops_cuda.cu,
+// ops_glue_cuda.cu and ops_dit_cuda.cu (ops), backend_cuda.cu (the backend object),
+// cuda_internal.h (what the .cu files share).
 //
 // How the ops reach the context: every op takes the backend object first (backend.h); the
 // CUDA backend's object carries this cuda_ctx as be->ctx (model/cuda/backend_cuda.cu), so an
@@ -77,7 +78,7 @@ typedef struct cuda_ctx {
     cuda_precision precision;  // matmul input precision (see the file comment); read by
                                // each matmul call, so it may change between calls
     cudaStream_t stream;       // every op and kernel of this context, in order
-    cudaStream_t comm_stream;  // NCCL collectives (DESIGN.md: NCCL on its own stream)
+    cudaStream_t comm_stream;  // NCCL collectives: their own stream, so they overlap compute
     cublasHandle_t blas;       // bound to stream
     void *scratch;             // (scratch_bytes) device work memory of the ops, grown on demand
     size_t scratch_bytes;
@@ -116,7 +117,7 @@ void cuda_download(cuda_ctx *c, void *host, const void *dev, size_t bytes);
 void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes);  // device to device
 void cuda_zero(cuda_ctx *c, void *dev, size_t bytes);                  // async on the stream
 
-// Input staging (issue 6: host batches copied asynchronously so the copy overlaps compute).
+// Input staging: host batches copied asynchronously so the copy overlaps compute.
 // Two slots, used alternately; each has a pinned host buffer and a device buffer of `bytes`.
 // cuda_stage_put copies host regions into the next slot's pinned buffer (after that slot's
 // previous copy has finished), starts ONE pinned -> device copy on the copy stream once the

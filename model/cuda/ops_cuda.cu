@@ -757,7 +757,7 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, float *dqkv, const flo
 }
 
 // ---------------------------------------------------------------------------------------
-// softmax cross-entropy, fused for bandwidth (issue 6: at GPT-2 size the (N, V) logits are
+// softmax cross-entropy, fused for bandwidth (at GPT-2 size the (N, V) logits are
 // 1.6 GB). The forward reads each row once with an online max and sum per thread and saves
 // only the row's log-sum-exp (N); the backward reads the logits once more and writes
 // dlogits = (exp(logit - lse) - onehot) * dloss, in place when dlogits is the logits. One

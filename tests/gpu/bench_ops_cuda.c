@@ -17,7 +17,8 @@
 enum { REPS = 10 };
 
 typedef struct {
-    cuda_ctx *c;
+    const mm_backend *be;  // the CUDA backend: every op is called with it
+    cuda_ctx *c;           // its context (be->ctx): stream, precision, attention path
     cudaEvent_t a, b;
     mm_rng rng;
     float *pattern;  // (PATTERN) random values uploaded into every buffer
@@ -77,8 +78,9 @@ static void bench_linear(bench *b, linear *l) {
     for (int p = 0; p < 2; p++) {
         b->c->precision = p ? CUDA_BF16 : CUDA_FP32;
         double f, bw;
-        TIME_MS(b, f, model_ops_cuda.matmul_fwd(out, inp, w, bias, l->N, l->IC, l->OC));
-        TIME_MS(b, bw, model_ops_cuda.matmul_bwd(din, dw, db, out, inp, w, l->N, l->IC, l->OC));
+        TIME_MS(b, f, model_ops_cuda.matmul_fwd(b->be, out, inp, w, bias, l->N, l->IC, l->OC));
+        TIME_MS(b, bw,
+                model_ops_cuda.matmul_bwd(b->be, din, dw, db, out, inp, w, l->N, l->IC, l->OC));
         if (p) l->b16 = f, l->bb16 = bw;
         else l->f32 = f, l->bf32 = bw;
     }
@@ -117,22 +119,22 @@ static void gpt2(bench *b, int B) {
     float *mean = buf(b, N, 0), *rstd = buf(b, N, 1), *dx = buf(b, nc, 0), *dg = buf(b, C, 0),
           *db = buf(b, C, 0);
     double ms;
-    TIME_MS(b, ms, model_ops_cuda.layernorm_fwd(y, mean, rstd, x, g, bb, N, C));
+    TIME_MS(b, ms, model_ops_cuda.layernorm_fwd(b->be, y, mean, rstd, x, g, bb, N, C));
     op_row("layernorm_fwd", ms, &qkv, 0);
-    TIME_MS(b, ms, model_ops_cuda.layernorm_bwd(dx, dg, db, y, x, g, mean, rstd, N, C));
+    TIME_MS(b, ms, model_ops_cuda.layernorm_bwd(b->be, dx, dg, db, y, x, g, mean, rstd, N, C));
     op_row("layernorm_bwd", ms, &qkv, 1);
-    TIME_MS(b, ms, model_ops_cuda.add(y, y, x, nc));
+    TIME_MS(b, ms, model_ops_cuda.add(b->be, y, y, x, nc));
     op_row("add (residual)", ms, &proj, 0);
     float *h = buf(b, 4 * nc, 1), *hg = buf(b, 4 * nc, 1), *dh = buf(b, 4 * nc, 0);
-    TIME_MS(b, ms, model_ops_cuda.gelu_fwd(hg, h, 4 * nc));
+    TIME_MS(b, ms, model_ops_cuda.gelu_fwd(b->be, hg, h, 4 * nc));
     op_row("gelu_fwd", ms, &mproj, 0);
-    TIME_MS(b, ms, model_ops_cuda.gelu_bwd(dh, h, hg, 4 * nc));
+    TIME_MS(b, ms, model_ops_cuda.gelu_bwd(b->be, dh, h, hg, 4 * nc));
     op_row("gelu_bwd", ms, &fc, 1);
     cuda_free(h);
     cuda_free(hg);
     cuda_free(dh);
     float *qkvb = buf(b, 3 * nc, 1), *dqkv = buf(b, 3 * nc, 0);
-    float *att = buf(b, model_ops_cuda.attention_saved(B, NH, T), 0);  // flash: lse + mask
+    float *att = buf(b, model_ops_cuda.attention_saved(b->be, B, NH, T), 0);  // flash: lse + mask
     uint8_t *valid = cuda_alloc(b->c, (size_t)N);
     uint8_t *ones = mm_malloc((size_t)N);
     memset(ones, 1, (size_t)N);
@@ -142,26 +144,28 @@ static void gpt2(bench *b, int B) {
     const size_t core_bytes = b->c->attn_core_bytes;
     for (int path = 0; path < 2; path++) {
         b->c->attn_core_bytes = path ? SIZE_MAX : 0;
-        TIME_MS(b, ms, model_ops_cuda.attention_fwd(y, att, qkvb, valid, B, T, 64, NH, HD));
+        TIME_MS(b, ms, model_ops_cuda.attention_fwd(b->be, y, att, qkvb, valid, B, T, 64, NH, HD));
         op_row(path ? "attention_fwd (cuBLAS)" : "attention_fwd (flash)", ms, &proj, 0);
-        TIME_MS(b, ms, model_ops_cuda.attention_bwd(dqkv, x, qkvb, y, att, B, T, 64, NH, HD));
+        TIME_MS(b, ms,
+                model_ops_cuda.attention_bwd(b->be, dqkv, x, qkvb, y, att, B, T, 64, NH, HD));
         op_row(path ? "attention_bwd (cuBLAS)" : "attention_bwd (flash)", ms, &qkv, 1);
     }
     b->c->attn_core_bytes = core_bytes;
     cuda_free(att);
     cuda_free(qkvb);
     cuda_free(dqkv);
-    float *logits = buf(b, (size_t)N * V, 3), *probs = buf(b, model_ops_cuda.xent_saved(N, V), 0);
+    float *logits = buf(b, (size_t)N * V, 3),
+          *probs = buf(b, model_ops_cuda.xent_saved(b->be, N, V), 0);
     float *loss = buf(b, N, 0), *dloss = buf(b, N, 1.0f / N);
     int32_t *tg = mm_malloc((size_t)N * sizeof(int32_t));
     for (int i = 0; i < N; i++) tg[i] = i % 7 == 0 ? -1 : (int32_t)mm_rng_below(&b->rng, V);
     int32_t *dtg = cuda_alloc(b->c, (size_t)N * sizeof(int32_t));
     cuda_upload(b->c, dtg, tg, (size_t)N * sizeof(int32_t));
     free(tg);
-    TIME_MS(b, ms, model_ops_cuda.xent_fwd(loss, probs, logits, dtg, N, V));
+    TIME_MS(b, ms, model_ops_cuda.xent_fwd(b->be, loss, probs, logits, dtg, N, V));
     op_row("xent_fwd", ms, &lm, 0);
     // in place over the logits, as the transformer runs it
-    TIME_MS(b, ms, model_ops_cuda.xent_bwd(logits, logits, probs, dtg, dloss, N, V));
+    TIME_MS(b, ms, model_ops_cuda.xent_bwd(b->be, logits, logits, probs, dtg, dloss, N, V));
     op_row("xent_bwd", ms, &lm, 1);
     float *all[] = {x, y, g, bb, mean, rstd, dx, dg, db, logits, probs, loss, dloss};
     for (int i = 0; i < 13; i++) cuda_free(all[i]);
@@ -181,15 +185,17 @@ static void dit_s2(bench *b, int B) {
     float *x = buf(b, n, 1), *y = buf(b, n, 1), *mod = buf(b, (size_t)B * 6 * C, 0.1f),
           *dx = buf(b, n, 0), *dmod = buf(b, (size_t)B * 6 * C, 0);
     double ms;
-    TIME_MS(b, ms, dit_ops_cuda.modulate_fwd(y, x, mod, mod + C, 6 * C, B, N, C));
+    TIME_MS(b, ms, dit_ops_cuda.modulate_fwd(b->be, y, x, mod, mod + C, 6 * C, B, N, C));
     op_row("modulate_fwd", ms, &qkv, 0);
-    TIME_MS(b, ms, dit_ops_cuda.modulate_bwd(dx, dmod, dmod + C, y, x, mod + C, 6 * C, B, N, C));
+    TIME_MS(b, ms,
+            dit_ops_cuda.modulate_bwd(b->be, dx, dmod, dmod + C, y, x, mod + C, 6 * C, B, N, C));
     op_row("modulate_bwd", ms, &qkv, 1);
-    TIME_MS(b, ms, dit_ops_cuda.gated_add_fwd(x, y, mod + 2 * C, 6 * C, B, N, C));
+    TIME_MS(b, ms, dit_ops_cuda.gated_add_fwd(b->be, x, y, mod + 2 * C, 6 * C, B, N, C));
     op_row("gated_add_fwd", ms, &proj, 0);
-    TIME_MS(b, ms, dit_ops_cuda.gated_add_bwd(dx, dmod + 2 * C, y, x, mod + 2 * C, 6 * C, B, N, C));
+    TIME_MS(b, ms,
+            dit_ops_cuda.gated_add_bwd(b->be, dx, dmod + 2 * C, y, x, mod + 2 * C, 6 * C, B, N, C));
     op_row("gated_add_bwd", ms, &proj, 1);
-    TIME_MS(b, ms, dit_ops_cuda.silu_fwd(dmod, mod, (size_t)B * 6 * C));
+    TIME_MS(b, ms, dit_ops_cuda.silu_fwd(b->be, dmod, mod, (size_t)B * 6 * C));
     op_row("silu_fwd", ms, &ada, 0);
     float *kv = buf(b, (size_t)B * Tc * 2 * C, 1), *dkv = buf(b, (size_t)B * Tc * 2 * C, 0);
     float *att = buf(b, (size_t)B * NH * N * Tc, 0);
@@ -198,15 +204,15 @@ static void dit_s2(bench *b, int B) {
     memset(ones, 1, (size_t)B * Tc);
     cuda_upload(b->c, valid, ones, (size_t)B * Tc);
     free(ones);
-    TIME_MS(b, ms, dit_ops_cuda.xattn_fwd(y, att, x, kv, valid, B, N, Tc, NH, HD));
+    TIME_MS(b, ms, dit_ops_cuda.xattn_fwd(b->be, y, att, x, kv, valid, B, N, Tc, NH, HD));
     op_row("xattn_fwd", ms, &proj, 0);
-    TIME_MS(b, ms, dit_ops_cuda.xattn_bwd(dx, dkv, y, x, kv, att, B, N, Tc, NH, HD));
+    TIME_MS(b, ms, dit_ops_cuda.xattn_bwd(b->be, dx, dkv, y, x, kv, att, B, N, Tc, NH, HD));
     op_row("xattn_bwd", ms, &q, 1);
     float *pred = buf(b, (size_t)B * pix, 1), *tgt = buf(b, (size_t)B * pix, 1),
           *loss = buf(b, B, 0), *dp = buf(b, (size_t)B * pix, 0);
-    TIME_MS(b, ms, dit_ops_cuda.mse_fwd(loss, pred, tgt, B, pix));
+    TIME_MS(b, ms, dit_ops_cuda.mse_fwd(b->be, loss, pred, tgt, B, pix));
     op_row("mse_fwd", ms, &fin, 0);
-    TIME_MS(b, ms, dit_ops_cuda.mse_bwd(dp, pred, tgt, loss, B, pix));
+    TIME_MS(b, ms, dit_ops_cuda.mse_bwd(b->be, dp, pred, tgt, loss, B, pix));
     op_row("mse_bwd", ms, &fin, 1);
     float *all[] = {x, y, mod, dx, dmod, kv, dkv, att, pred, tgt, loss, dp};
     for (int i = 0; i < 12; i++) cuda_free(all[i]);
@@ -220,7 +226,11 @@ static void optimizer(bench *b) {
     cuda_seg *segs = mm_calloc(ns, sizeof(cuda_seg));
     for (int s = 0; s < ns; s++) {
         size_t o = (size_t)s * per;
-        segs[s] = (cuda_seg){o, n - o < per ? n - o : per, (float)(s % 2), 1.0f, s % 3 == 0};
+        segs[s] = (cuda_seg){.offset = o,
+                             .size = n - o < per ? n - o : per,
+                             .decay = (float)(s % 2),
+                             .lr_mult = 1.0f,
+                             .sharded = s % 3 == 0};
     }
     cuda_plan p;
     cuda_plan_init(&p, b->c, segs, ns, 0, n);
@@ -249,27 +259,28 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_ops_cuda [GPT-2 batch >= 1] [DiT batch >= 1]\n");
         return 2;
     }
-    cuda_ctx ctx;
+    const mm_backend *be = NULL;
     mm_err err = {{0}};
-    if (cuda_ctx_init(&ctx, 0, CUDA_FP32, &err) != 0) {
+    if (mm_backend_create(&be, "cuda", "fp32", 0, &err) != 0) {
         fprintf(stderr, "bench_ops_cuda: %s\n", err.msg);
         return 1;
     }
-    bench b = {.c = &ctx};
+    cuda_ctx *ctx = (cuda_ctx *)be->ctx;
+    bench b = {.be = be, .c = ctx};
     mm_rng_init(&b.rng, 1, 0);
     b.pattern = mm_malloc(PATTERN * sizeof(float));
     for (int i = 0; i < PATTERN; i++) b.pattern[i] = 2 * mm_rng_uniform(&b.rng) - 1;
     ck(cudaEventCreate(&b.a), "event");
     ck(cudaEventCreate(&b.b), "event");
     printf("device: %s (%d SMs, compute %d.%d, %.1f GiB); %d timed calls per row\n",
-           ctx.device_name, ctx.sm_count, ctx.cc_major, ctx.cc_minor,
-           (double)ctx.mem_bytes / (1 << 30), REPS);
+           ctx->device_name, ctx->sm_count, ctx->cc_major, ctx->cc_minor,
+           (double)ctx->mem_bytes / (1 << 30), REPS);
     gpt2(&b, B);
     dit_s2(&b, Bd);
     optimizer(&b);
     cudaEventDestroy(b.a);
     cudaEventDestroy(b.b);
     free(b.pattern);
-    cuda_ctx_free(&ctx);
+    mm_backend_free(be);
     return 0;
 }

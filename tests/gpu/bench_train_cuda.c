@@ -9,7 +9,7 @@
 // model FLOPs = model_flops_per_sample (6 * matmul MACs per token + 12 * L * T^2 * d
 // attention, the PaLM / llm.c convention).
 //
-// Where the time goes (issue 6): every timed step brackets forward, backward and the
+// Where the time goes: every timed step brackets forward, backward and the
 // optimizer (gradient norm + AdamW) with cudaEvents on the compute stream; one more step runs
 // with every op bracketed by events too and sums them by kind (matmul, attention,
 // cross-entropy, the rest), printed as a table after the result line.
@@ -25,10 +25,11 @@
 #include "../../model/model.h"
 
 // ---------------------------------------------------------------------------------------
-// per-op profile: the model runs through a copy of model_ops_cuda whose ops, while the
-// profiler is on, record an event pair around the real op on the compute stream. The ops
-// table has no context argument (model/cuda.h), so the wrappers find the profiler through
-// this one file-scope variable of the benchmark (not of the library).
+// per-op profile: the model runs on a timed copy of the CUDA backend object whose ops table
+// is model_ops_cuda with wrappers that, while the profiler is on, record an event pair around
+// the real op on the compute stream. The copy is the first member of the profiler, so a
+// wrapper casts the backend it is called with back to its profiler; the real op gets that
+// same backend (its ctx is the CUDA backend's context, so it runs on the same stream).
 
 enum { K_MATMUL, K_ATTN, K_XENT, K_OTHER, K_N };
 static const char *const kind_name[K_N] = {"matmul (cuBLAS)", "attention", "cross-entropy",
@@ -36,6 +37,7 @@ static const char *const kind_name[K_N] = {"matmul (cuBLAS)", "attention", "cros
 enum { PROF_MAX = 4096 };  // op calls of one step (GPT-2 small: ~300)
 
 typedef struct {
+    mm_backend be;  // first: the CUDA backend's object, .ops = the wrapped table
     int on;
     int n;                       // calls recorded this step
     cudaStream_t stream;
@@ -43,7 +45,10 @@ typedef struct {
     int kind[PROF_MAX];
 } profiler;
 
-static profiler prof;
+// The profiler whose timed backend the model called an op with.
+static profiler *prof_of(const mm_backend *be) {
+    return (profiler *)be;
+}
 
 static void ck(cudaError_t e, const char *what) {
     if (e != cudaSuccess) {
@@ -52,75 +57,81 @@ static void ck(cudaError_t e, const char *what) {
     }
 }
 
-static int prof_begin(int kind) {
-    if (!prof.on || prof.n >= PROF_MAX) return -1;
-    const int i = prof.n++;
-    prof.kind[i] = kind;
-    ck(cudaEventRecord(prof.ev[2 * i], prof.stream), "event");
+static int prof_begin(profiler *p, int kind) {
+    if (!p->on || p->n >= PROF_MAX) return -1;
+    const int i = p->n++;
+    p->kind[i] = kind;
+    ck(cudaEventRecord(p->ev[2 * i], p->stream), "event");
     return i;
 }
-static void prof_end(int i) {
-    if (i >= 0) ck(cudaEventRecord(prof.ev[2 * i + 1], prof.stream), "event");
+static void prof_end(profiler *p, int i) {
+    if (i >= 0) ck(cudaEventRecord(p->ev[2 * i + 1], p->stream), "event");
 }
-#define TIMED(kind, call)                \
-    do {                                 \
-        const int i_ = prof_begin(kind); \
-        call;                            \
-        prof_end(i_);                    \
+#define TIMED(be, kind, call)                \
+    do {                                     \
+        profiler *p_ = prof_of(be);          \
+        const int i_ = prof_begin(p_, kind); \
+        call;                                \
+        prof_end(p_, i_);                    \
     } while (0)
 
-static void p_matmul_fwd(float *out, const float *inp, const float *w, const float *bias, int N,
-                         int IC, int OC) {
-    TIMED(K_MATMUL, model_ops_cuda.matmul_fwd(out, inp, w, bias, N, IC, OC));
+static void p_matmul_fwd(const mm_backend *be, float *out, const float *inp, const float *w,
+                         const float *bias, int N, int IC, int OC) {
+    TIMED(be, K_MATMUL, model_ops_cuda.matmul_fwd(be, out, inp, w, bias, N, IC, OC));
 }
-static void p_matmul_bwd(float *dinp, float *dw, float *dbias, const float *dout,
-                         const float *inp, const float *w, int N, int IC, int OC) {
-    TIMED(K_MATMUL, model_ops_cuda.matmul_bwd(dinp, dw, dbias, dout, inp, w, N, IC, OC));
+static void p_matmul_bwd(const mm_backend *be, float *dinp, float *dw, float *dbias,
+                         const float *dout, const float *inp, const float *w, int N, int IC,
+                         int OC) {
+    TIMED(be, K_MATMUL, model_ops_cuda.matmul_bwd(be, dinp, dw, dbias, dout, inp, w, N, IC, OC));
 }
-static void p_layernorm_fwd(float *out, float *mean, float *rstd, const float *x, const float *g,
-                            const float *b, int N, int C) {
-    TIMED(K_OTHER, model_ops_cuda.layernorm_fwd(out, mean, rstd, x, g, b, N, C));
+static void p_layernorm_fwd(const mm_backend *be, float *out, float *mean, float *rstd,
+                            const float *x, const float *g, const float *b, int N, int C) {
+    TIMED(be, K_OTHER, model_ops_cuda.layernorm_fwd(be, out, mean, rstd, x, g, b, N, C));
 }
-static void p_layernorm_bwd(float *dx, float *dg, float *db, const float *dout, const float *x,
-                            const float *g, const float *mean, const float *rstd, int N, int C) {
-    TIMED(K_OTHER, model_ops_cuda.layernorm_bwd(dx, dg, db, dout, x, g, mean, rstd, N, C));
+static void p_layernorm_bwd(const mm_backend *be, float *dx, float *dg, float *db,
+                            const float *dout, const float *x, const float *g, const float *mean,
+                            const float *rstd, int N, int C) {
+    TIMED(be, K_OTHER, model_ops_cuda.layernorm_bwd(be, dx, dg, db, dout, x, g, mean, rstd, N, C));
 }
-static void p_gelu_fwd(float *out, const float *x, size_t n) {
-    TIMED(K_OTHER, model_ops_cuda.gelu_fwd(out, x, n));
+static void p_gelu_fwd(const mm_backend *be, float *out, const float *x, size_t n) {
+    TIMED(be, K_OTHER, model_ops_cuda.gelu_fwd(be, out, x, n));
 }
-static void p_gelu_bwd(float *dx, const float *x, const float *dout, size_t n) {
-    TIMED(K_OTHER, model_ops_cuda.gelu_bwd(dx, x, dout, n));
+static void p_gelu_bwd(const mm_backend *be, float *dx, const float *x, const float *dout,
+                       size_t n) {
+    TIMED(be, K_OTHER, model_ops_cuda.gelu_bwd(be, dx, x, dout, n));
 }
-static void p_add(float *out, const float *a, const float *b, size_t n) {
-    TIMED(K_OTHER, model_ops_cuda.add(out, a, b, n));
+static void p_add(const mm_backend *be, float *out, const float *a, const float *b, size_t n) {
+    TIMED(be, K_OTHER, model_ops_cuda.add(be, out, a, b, n));
 }
-static void p_attention_fwd(float *out, float *att, const float *qkv, const uint8_t *key_valid,
-                            int B, int T, int P, int NH, int HD) {
-    TIMED(K_ATTN, model_ops_cuda.attention_fwd(out, att, qkv, key_valid, B, T, P, NH, HD));
+static void p_attention_fwd(const mm_backend *be, float *out, float *att, const float *qkv,
+                            const uint8_t *key_valid, int B, int T, int P, int NH, int HD) {
+    TIMED(be, K_ATTN, model_ops_cuda.attention_fwd(be, out, att, qkv, key_valid, B, T, P, NH, HD));
 }
-static void p_attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *out,
-                            const float *att, int B, int T, int P, int NH, int HD) {
-    TIMED(K_ATTN, model_ops_cuda.attention_bwd(dqkv, dout, qkv, out, att, B, T, P, NH, HD));
+static void p_attention_bwd(const mm_backend *be, float *dqkv, const float *dout, const float *qkv,
+                            const float *out, const float *att, int B, int T, int P, int NH,
+                            int HD) {
+    TIMED(be, K_ATTN, model_ops_cuda.attention_bwd(be, dqkv, dout, qkv, out, att, B, T, P, NH, HD));
 }
-static void p_xent_fwd(float *loss, float *saved, const float *logits, const int32_t *targets,
-                       int N, int V) {
-    TIMED(K_XENT, model_ops_cuda.xent_fwd(loss, saved, logits, targets, N, V));
+static void p_xent_fwd(const mm_backend *be, float *loss, float *saved, const float *logits,
+                       const int32_t *targets, int N, int V) {
+    TIMED(be, K_XENT, model_ops_cuda.xent_fwd(be, loss, saved, logits, targets, N, V));
 }
-static void p_xent_bwd(float *dlogits, const float *logits, const float *saved,
-                       const int32_t *targets, const float *dloss, int N, int V) {
-    TIMED(K_XENT, model_ops_cuda.xent_bwd(dlogits, logits, saved, targets, dloss, N, V));
+static void p_xent_bwd(const mm_backend *be, float *dlogits, const float *logits,
+                       const float *saved, const int32_t *targets, const float *dloss, int N,
+                       int V) {
+    TIMED(be, K_XENT, model_ops_cuda.xent_bwd(be, dlogits, logits, saved, targets, dloss, N, V));
 }
 
 // Sums the recorded calls by kind (ms); waits for them.
-static void prof_collect(double ms[K_N], int *calls) {
+static void prof_collect(const profiler *p, double ms[K_N], int *calls) {
     for (int k = 0; k < K_N; k++) ms[k] = 0;
-    ck(cudaStreamSynchronize(prof.stream), "sync");
-    for (int i = 0; i < prof.n; i++) {
+    ck(cudaStreamSynchronize(p->stream), "sync");
+    for (int i = 0; i < p->n; i++) {
         float t = 0;
-        ck(cudaEventElapsedTime(&t, prof.ev[2 * i], prof.ev[2 * i + 1]), "event time");
-        ms[prof.kind[i]] += t;
+        ck(cudaEventElapsedTime(&t, p->ev[2 * i], p->ev[2 * i + 1]), "event time");
+        ms[p->kind[i]] += t;
     }
-    *calls = prof.n;
+    *calls = p->n;
 }
 
 // One training step; ev (4) when not NULL: recorded before forward, before backward, before
@@ -156,21 +167,21 @@ static int bench_dit(int argc, char **argv) {
     const char *prec_s = argc > 1 ? argv[1] : "bf16";
     const int B = argc > 2 ? atoi(argv[2]) : 32, steps = argc > 3 ? atoi(argv[3]) : 10;
     mm_err err;
-    cuda_precision prec;
-    cuda_ctx ctx;
-    if (B < 1 || steps < 1 || cuda_precision_parse(prec_s, &prec, &err) != 0 ||
-        cuda_ctx_init(&ctx, 0, prec, &err) != 0) {
+    const mm_backend *be = NULL;
+    if (B < 1 || steps < 1 || mm_backend_create(&be, "cuda", prec_s, 0, &err) != 0) {
         fprintf(stderr, "bench_train_cuda dit: %s\n",
                 B < 1 || steps < 1 ? "bad B or steps" : err.msg);
         return 1;
     }
+    cuda_ctx *ctx = (cuda_ctx *)be->ctx;
     const dit_config dc = {.d_model = 384, .n_layers = 12, .n_heads = 6, .d_ff = 1536,
                            .img_h = 32, .img_w = 32, .img_c = 4, .patch = 2, .vocab = 259,
                            .text_T = 49, .audio_F = 61, .n_mels = 32, .audio_group = 2,
                            .enc_layers = 4, .pool_cond = 0, .tp = 1, .tp_rank = 0};
     dit *m = NULL;
-    if (dit_create(&m, &dc, &model_ops_cuda, &dit_ops_cuda, B, 1, &err) != 0) {
+    if (dit_create(&m, &dc, be, B, 1, &err) != 0) {
         fprintf(stderr, "bench_train_cuda dit: %s\n", err.msg);
+        mm_backend_free(be);
         return 1;
     }
     mm_rng rng;
@@ -185,31 +196,37 @@ static int bench_dit(int argc, char **argv) {
     for (size_t i = 0; i < nt; i++) htok[i] = (int32_t)mm_rng_below(&rng, 256);
     for (int b = 0; b < B; b++) ht[b] = mm_rng_uniform(&rng);
     memset(hones, 1, (size_t)B);
-    float *x = cuda_alloc(&ctx, npix * 4), *y = cuda_alloc(&ctx, npix * 4),
-          *aud = cuda_alloc(&ctx, na * 4), *tt = cuda_alloc(&ctx, (size_t)B * 4);
-    int32_t *tok = cuda_alloc(&ctx, nt * 4);
-    uint8_t *ones = cuda_alloc(&ctx, (size_t)B);
-    cuda_upload(&ctx, x, hx, npix * 4);
-    cuda_upload(&ctx, y, hy, npix * 4);
-    cuda_upload(&ctx, aud, ha, na * 4);
-    cuda_upload(&ctx, tt, ht, (size_t)B * 4);
-    cuda_upload(&ctx, tok, htok, nt * 4);
-    cuda_upload(&ctx, ones, hones, (size_t)B);
+    float *x = cuda_alloc(ctx, npix * 4), *y = cuda_alloc(ctx, npix * 4),
+          *aud = cuda_alloc(ctx, na * 4), *tt = cuda_alloc(ctx, (size_t)B * 4);
+    int32_t *tok = cuda_alloc(ctx, nt * 4);
+    uint8_t *ones = cuda_alloc(ctx, (size_t)B);
+    cuda_upload(ctx, x, hx, npix * 4);
+    cuda_upload(ctx, y, hy, npix * 4);
+    cuda_upload(ctx, aud, ha, na * 4);
+    cuda_upload(ctx, tt, ht, (size_t)B * 4);
+    cuda_upload(ctx, tok, htok, nt * 4);
+    cuda_upload(ctx, ones, hones, (size_t)B);
     dit_input in = {.B = B, .x_t = x, .t = tt, .tokens = tok, .has_text = ones, .audio = aud,
                     .has_audio = ones, .target = y};
     const int nts = dit_n_tensors(m);
     const model_tensor *ts = dit_tensors(m);
     cuda_seg *seg = calloc((size_t)nts, sizeof(cuda_seg));
     for (int i = 0; i < nts; i++)
-        seg[i] = (cuda_seg){ts[i].offset, ts[i].size, ts[i].decay ? 1.0f : 0.0f, 1.0f, 0};
+        seg[i] = (cuda_seg){.offset = ts[i].offset,
+                            .size = ts[i].size,
+                            .decay = ts[i].decay ? 1.0f : 0.0f,
+                            .lr_mult = 1.0f,
+                            .group = ts[i].group};
     const size_t np = dit_n_params(m);
     cuda_plan plan;
-    cuda_plan_init(&plan, &ctx, seg, nts, 0, np);
-    float *mom = cuda_alloc(&ctx, np * 4), *vel = cuda_alloc(&ctx, np * 4),
-          *ema = cuda_alloc(&ctx, np * 4);
-    cuda_copy(&ctx, ema, dit_params(m), np * 4);
-    printf("bench_train_cuda: %s, DiT-S/2-sized generator: %zu parameters, B %d x N 256 "
-           "(32x32x4, patch 2), %s\n", ctx.device_name, np, B, cuda_precision_name(prec));
+    cuda_plan_init(&plan, ctx, seg, nts, 0, np);
+    float *mom = cuda_alloc(ctx, np * 4), *vel = cuda_alloc(ctx, np * 4),
+          *ema = cuda_alloc(ctx, np * 4);
+    cuda_copy(ctx, ema, dit_params(m), np * 4);
+    printf(
+        "bench_train_cuda: %s, DiT-S/2-sized generator: %zu parameters, B %d x N 256 "
+        "(32x32x4, patch 2), %s\n",
+        ctx->device_name, np, B, cuda_precision_name(ctx->precision));
     double t_sum = 0;
     int timed = 0;
     for (int s = 0; s < steps + 2; s++) {  // 2 warm-up steps
@@ -218,17 +235,17 @@ static int bench_dit(int argc, char **argv) {
         const double loss = dit_forward(m, &in) / B;
         dit_backward(m, &in, (mm_real)(1.0 / B));
         double ss[2];
-        cuda_sumsq(&ctx, &plan, dit_grads(m), &ss[0], &ss[1]);
-        cuda_adamw(&ctx, &plan, dit_params(m), dit_grads(m), mom, vel, s + 1, 1e-4, 0.9, 0.999,
-                   1e-8, 0.0, 1.0);
-        cuda_ema(&ctx, ema, dit_params(m), np, 0.9999f);
-        cuda_ctx_sync(&ctx);
+        cuda_sumsq(ctx, &plan, dit_grads(m), &ss[0], &ss[1]);
+        cuda_adamw(ctx, &plan, dit_params(m), dit_grads(m), mom, vel, s + 1, 1e-4, 0.9, 0.999, 1e-8,
+                   0.0, 1.0);
+        cuda_ema(ctx, ema, dit_params(m), np, 0.9999f);
+        cuda_ctx_sync(ctx);
         double dt = mm_now() - t0;
         if (s >= 2) t_sum += dt, timed++;
         printf("step %2d: loss %.4f, %.1f ms\n", s + 1, loss, 1e3 * dt);
     }
     const double per = t_sum / timed, flops = dit_flops_per_sample(m) * B / per;
-    const int known = strstr(ctx.device_name, "H100") || strstr(ctx.device_name, "H200");
+    const int known = strstr(ctx->device_name, "H100") || strstr(ctx->device_name, "H200");
     printf("RESULT diffusion %s: %.1f images/s, %.1f ms/step, %.1f TFLOP/s model "
            "(%.2f GFLOP/image fwd+bwd)", prec_s, B / per, 1e3 * per, flops / 1e12,
            dit_flops_per_sample(m) / 1e9);
@@ -239,7 +256,7 @@ static int bench_dit(int argc, char **argv) {
     void *d[] = {mom, vel, ema, x, y, aud, tt, tok, ones};
     for (int i = 0; i < 9; i++) cuda_free(d[i]);
     dit_free(m);
-    cuda_ctx_free(&ctx);
+    mm_backend_free(be);
     free(seg);
     free(hx);
     free(hy);
@@ -255,18 +272,18 @@ int main(int argc, char **argv) {
     const char *prec_s = argc > 1 ? argv[1] : "bf16";
     const int B = argc > 2 ? atoi(argv[2]) : 8, steps = argc > 3 ? atoi(argv[3]) : 10;
     mm_err err;
-    cuda_precision prec;
-    cuda_ctx ctx;
-    if (B < 1 || steps < 1 || cuda_precision_parse(prec_s, &prec, &err) != 0 ||
-        cuda_ctx_init(&ctx, 0, prec, &err) != 0) {
+    const mm_backend *be = NULL;
+    if (B < 1 || steps < 1 || mm_backend_create(&be, "cuda", prec_s, 0, &err) != 0) {
         fprintf(stderr, "bench_train_cuda: %s\n", B < 1 || steps < 1 ? "bad B or steps" : err.msg);
         return 1;
     }
+    cuda_ctx *ctx = (cuda_ctx *)be->ctx;
     const int Tt = 1022, V = 50304;
     model_config mc = {.d_model = 768, .n_layers = 12, .n_heads = 12, .d_ff = 3072, .vocab = V,
                        .text_T = Tt, .img_h = 8, .img_w = 8, .img_c = 3, .patch = 8,
                        .audio_F = 1, .n_mels = 8, .audio_group = 1, .tp = 1, .tp_rank = 0};
-    // the CUDA ops with the profiling wrappers (off until the profiled step)
+    // the CUDA ops with the profiling wrappers (off until the profiled step), behind a timed
+    // copy of the backend: the profiler's first member
     model_ops ops = model_ops_cuda;
     ops.matmul_fwd = p_matmul_fwd;
     ops.matmul_bwd = p_matmul_bwd;
@@ -279,11 +296,17 @@ int main(int argc, char **argv) {
     ops.attention_bwd = p_attention_bwd;
     ops.xent_fwd = p_xent_fwd;
     ops.xent_bwd = p_xent_bwd;
-    prof.stream = ctx.stream;
-    for (int i = 0; i < 2 * PROF_MAX; i++) ck(cudaEventCreate(&prof.ev[i]), "event create");
+    profiler *prof = mm_calloc(1, sizeof(profiler));
+    prof->be = *be;
+    prof->be.ops = &ops;
+    prof->stream = ctx->stream;
+    for (int i = 0; i < 2 * PROF_MAX; i++) ck(cudaEventCreate(&prof->ev[i]), "event create");
     model *m = NULL;
-    if (model_create(&m, &mc, &ops, B, 1, &err) != 0) {
+    if (model_create(&m, &mc, &prof->be, B, 1, &err) != 0) {
         fprintf(stderr, "bench_train_cuda: %s\n", err.msg);
+        for (int i = 0; i < 2 * PROF_MAX; i++) cudaEventDestroy(prof->ev[i]);
+        free(prof);
+        mm_backend_free(be);
         return 1;
     }
     // random inputs (uploaded once: the loader's cost is not what this measures)
@@ -298,14 +321,14 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < nt; i++) htok[i] = (int32_t)mm_rng_below(&rng, 50257);
     for (size_t i = 0; i < nt; i++) htgt[i] = (i + 1) % Tt ? htok[i + 1] : -1;
     memset(hones, 1, (size_t)B);
-    float *img = cuda_alloc(&ctx, ni * 4), *aud = cuda_alloc(&ctx, na * 4);
-    int32_t *tok = cuda_alloc(&ctx, nt * 4), *tgt = cuda_alloc(&ctx, nt * 4);
-    uint8_t *ones = cuda_alloc(&ctx, (size_t)B);
-    cuda_upload(&ctx, img, himg, ni * 4);
-    cuda_upload(&ctx, aud, haud, na * 4);
-    cuda_upload(&ctx, tok, htok, nt * 4);
-    cuda_upload(&ctx, tgt, htgt, nt * 4);
-    cuda_upload(&ctx, ones, hones, (size_t)B);
+    float *img = cuda_alloc(ctx, ni * 4), *aud = cuda_alloc(ctx, na * 4);
+    int32_t *tok = cuda_alloc(ctx, nt * 4), *tgt = cuda_alloc(ctx, nt * 4);
+    uint8_t *ones = cuda_alloc(ctx, (size_t)B);
+    cuda_upload(ctx, img, himg, ni * 4);
+    cuda_upload(ctx, aud, haud, na * 4);
+    cuda_upload(ctx, tok, htok, nt * 4);
+    cuda_upload(ctx, tgt, htgt, nt * 4);
+    cuda_upload(ctx, ones, hones, (size_t)B);
     model_input in = {.B = B, .image = img, .has_image = ones, .audio = aud,
                       .has_audio = ones, .tokens = tok, .targets = tgt};
     // AdamW over every tensor (train/optim.c's segments)
@@ -313,21 +336,27 @@ int main(int argc, char **argv) {
     const model_tensor *ts = model_tensors(m);
     cuda_seg *seg = calloc((size_t)nts, sizeof(cuda_seg));
     for (int i = 0; i < nts; i++)
-        seg[i] = (cuda_seg){ts[i].offset, ts[i].size, ts[i].decay ? 1.0f : 0.0f, 1.0f, 0};
+        seg[i] = (cuda_seg){.offset = ts[i].offset,
+                            .size = ts[i].size,
+                            .decay = ts[i].decay ? 1.0f : 0.0f,
+                            .lr_mult = 1.0f,
+                            .group = ts[i].group};
     const size_t np = model_n_params(m);
     cuda_plan plan;
-    cuda_plan_init(&plan, &ctx, seg, nts, 0, np);
-    float *mom = cuda_alloc(&ctx, np * 4), *vel = cuda_alloc(&ctx, np * 4);
+    cuda_plan_init(&plan, ctx, seg, nts, 0, np);
+    float *mom = cuda_alloc(ctx, np * 4), *vel = cuda_alloc(ctx, np * 4);
 
-    printf("bench_train_cuda: %s, GPT-2-small-sized transformer: %zu parameters, B %d x T %d, "
-           "%s\n", ctx.device_name, np, B, model_seq_len(m), cuda_precision_name(prec));
+    printf(
+        "bench_train_cuda: %s, GPT-2-small-sized transformer: %zu parameters, B %d x T %d, "
+        "%s\n",
+        ctx->device_name, np, B, model_seq_len(m), cuda_precision_name(ctx->precision));
     double t_sum = 0, loss = 0, phase[3] = {0, 0, 0};
     int timed = 0;
     cudaEvent_t ev[4];
     for (int i = 0; i < 4; i++) ck(cudaEventCreate(&ev[i]), "event create");
     for (int s = 0; s < steps + 2; s++) {  // 2 warm-up steps
         double t0 = mm_now();
-        loss = step(m, &in, &ctx, &plan, mom, vel, s, B, ev);
+        loss = step(m, &in, ctx, &plan, mom, vel, s, B, ev);
         double dt = mm_now() - t0;
         if (s >= 2) {
             t_sum += dt;
@@ -341,16 +370,16 @@ int main(int argc, char **argv) {
         printf("step %2d: loss %.4f, %.1f ms\n", s + 1, loss, 1e3 * dt);
     }
     // one more step with every op timed
-    prof.on = 1;
-    prof.n = 0;
-    step(m, &in, &ctx, &plan, mom, vel, steps + 2, B, NULL);
-    prof.on = 0;
+    prof->on = 1;
+    prof->n = 0;
+    step(m, &in, ctx, &plan, mom, vel, steps + 2, B, NULL);
+    prof->on = 0;
     double kms[K_N];
     int calls;
-    prof_collect(kms, &calls);
+    prof_collect(prof, kms, &calls);
     const double per = t_sum / timed, tokens = (double)B * model_seq_len(m);
     const double flops = model_flops_per_sample(m) * B / per;
-    const int known = strstr(ctx.device_name, "H100") || strstr(ctx.device_name, "H200");
+    const int known = strstr(ctx->device_name, "H100") || strstr(ctx->device_name, "H200");
     printf("RESULT transformer %s: %.0f tokens/s, %.1f ms/step, %.1f TFLOP/s model", prec_s,
            tokens / per, 1e3 * per, flops / 1e12);
     if (known) printf(", MFU %.1f%% of 989.4 TFLOP/s bf16 dense peak", 100 * flops / 989.4e12);
@@ -378,7 +407,7 @@ int main(int argc, char **argv) {
     printf("  %-28s %9.2f %6.1f%%\n", "optimizer, glue ops, gaps", wall - in_ops,
            100 * (wall - in_ops) / wall);
     for (int i = 0; i < 4; i++) cudaEventDestroy(ev[i]);
-    for (int i = 0; i < 2 * PROF_MAX; i++) cudaEventDestroy(prof.ev[i]);
+    for (int i = 0; i < 2 * PROF_MAX; i++) cudaEventDestroy(prof->ev[i]);
     cuda_plan_free(&plan);
     cuda_free(mom);
     cuda_free(vel);
@@ -388,7 +417,8 @@ int main(int argc, char **argv) {
     cuda_free(tgt);
     cuda_free(ones);
     model_free(m);
-    cuda_ctx_free(&ctx);
+    free(prof);  // after the model: it held the timed backend
+    mm_backend_free(be);
     free(seg);
     free(himg);
     free(haud);

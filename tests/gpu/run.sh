@@ -150,7 +150,7 @@ step_nccl() {
     fi
 }
 
-# --- training on the GPU (issue 6 phase 2) ------------------------------------------------
+# --- training on the GPU ------------------------------------------------
 # One combined log (train.log) for the three training steps: at most 8 files come back.
 TR=$OUT/train.log
 work=""
