@@ -1,7 +1,8 @@
 // core.h: the few things every module needs and none should re-invent: fatal checks that
 // name file:line and a hint, recoverable errors carried in an mm_err, checked allocation,
 // a small splittable RNG whose state can be saved in a checkpoint, a wall clock and the UTF-8
-// rule (core/utf8.c).
+// rule (core/utf8.c). HDF5's errors have their own header, core/h5err.h, so that the modules
+// that never touch HDF5 (the CUDA op tests among them) do not need it.
 //
 // Two ways to fail, chosen by who is at fault:
 //   - a broken invariant (a bug, an allocation failure): MM_CHECK aborts with file:line.

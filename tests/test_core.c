@@ -2,12 +2,16 @@
 // that a module's test failing points at the module: the one UTF-8 rule (mm_utf8_check)
 // accepts every well-formed sequence up to U+10FFFF and refuses, at the right byte and with
 // the right reason, every form the other readers of text must never see (overlong, surrogate,
-// beyond U+10FFFF, cut short).
+// beyond U+10FFFF, cut short); HDF5's quiet scopes (core/h5err.h) keep HDF5's stack off
+// stderr, capture the innermost reason, nest, and give the caller's handler back.
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../core/core.h"
+#include "../core/h5err.h"
 #include "test.h"
 
 // ---------------------------------------------------------------------------------------
@@ -99,8 +103,94 @@ static void test_utf8(test_counts *tc) {
     TEST_CHECK(tc, sur == 0x800, "%d of 2048 surrogates refused", sur);
 }
 
+// ---------------------------------------------------------------------------------------
+// HDF5 quiet scopes.
+static herr_t count_calls(hid_t estack, void *data) {
+    (void)estack;
+    (*(int *)data)++;
+    return 0;
+}
+
+static int fails_to_open(const char *path) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f >= 0) H5Fclose(f);
+    return f < 0;
+}
+
+static void test_h5err(test_counts *tc) {
+    char why[MM_H5_WHY_LEN];
+    H5E_auto2_t f0, f1;
+    void *d0, *d1;
+    H5Eget_auto2(H5E_DEFAULT, &f0, &d0);  // HDF5's default: print the stack to stderr
+    TEST_CHECK(tc, strcmp(mm_h5_why(why), "unknown HDF5 error") == 0, "outside a scope: '%s'", why);
+
+    // catch fd 2 in a file for the scopes: nothing may reach it
+    char cap_path[] = "/tmp/mm_test_core_XXXXXX";
+    int cap = mkstemp(cap_path);
+    MM_CHECK(cap >= 0, "mkstemp failed");
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(cap, 2);
+
+    mm_h5_quiet outer;
+    mm_h5_quiet_begin(&outer);
+    TEST_CHECK(tc, strcmp(mm_h5_why(why), "unknown HDF5 error") == 0, "before any failure: '%s'",
+               why);
+    int failed = fails_to_open("/nonexistent_mm_dir/a.h5");
+    char first[MM_H5_WHY_LEN];
+    mm_h5_why(first);
+    TEST_CHECK(tc, failed && first[0] && strcmp(first, "unknown HDF5 error") != 0,
+               "a failed H5Fopen is captured: '%s'", first);
+    // a successful call afterwards clears HDF5's stack, not the captured reason
+    hid_t sp = H5Screate(H5S_SCALAR);
+    TEST_CHECK(tc, sp >= 0 && strcmp(mm_h5_why(why), first) == 0,
+               "the reason outlives a later successful call: '%s'", why);
+    mm_h5_close(&sp, H5Sclose);
+    TEST_CHECK(tc, sp == H5I_INVALID_HID, "mm_h5_close marks the id closed");
+    mm_h5_close(&sp, H5Sclose);  // and a second close is a no-op
+
+    mm_h5_quiet inner;  // nested: its own record, the outer one back at its end
+    mm_h5_quiet_begin(&inner);
+    TEST_CHECK(tc, strcmp(mm_h5_why(why), "unknown HDF5 error") == 0,
+               "an inner scope starts clean: '%s'", why);
+    hid_t bad = H5Dopen2(H5I_INVALID_HID, "x", H5P_DEFAULT);
+    TEST_CHECK(
+        tc, bad < 0 && strcmp(mm_h5_why(why), "unknown HDF5 error") != 0 && strcmp(why, first) != 0,
+        "inner failure captured on its own: '%s'", why);
+    mm_h5_quiet_end(&inner);
+    TEST_CHECK(tc, strcmp(mm_h5_why(why), first) == 0, "outer reason back: '%s'", why);
+    mm_h5_quiet_end(&outer);
+
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    off_t printed = lseek(cap, 0, SEEK_END);
+    close(cap);
+    unlink(cap_path);
+    TEST_CHECK(tc, printed == 0, "HDF5 printed %lld bytes to stderr inside quiet scopes",
+               (long long)printed);
+    H5Eget_auto2(H5E_DEFAULT, &f1, &d1);
+    TEST_CHECK(tc, f1 == f0 && d1 == d0, "HDF5's default handler is restored");
+    TEST_CHECK(tc, strcmp(mm_h5_why(why), "unknown HDF5 error") == 0, "after the scope: '%s'", why);
+
+    // a caller's own handler: it must not run inside a scope, and must work again after it
+    int calls = 0;
+    H5Eset_auto2(H5E_DEFAULT, count_calls, &calls);
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
+    fails_to_open("/nonexistent_mm_dir/b.h5");
+    mm_h5_quiet_end(&q);
+    TEST_CHECK(tc, calls == 0, "the caller's handler ran %d times inside a scope", calls);
+    H5Eget_auto2(H5E_DEFAULT, &f1, &d1);
+    TEST_CHECK(tc, f1 == count_calls && d1 == &calls, "the caller's handler is restored");
+    fails_to_open("/nonexistent_mm_dir/c.h5");
+    TEST_CHECK(tc, calls == 1, "the caller's handler runs again after the scope (%d)", calls);
+    H5Eset_auto2(H5E_DEFAULT, f0, d0);
+}
+
 int main(void) {
     test_counts tc = {0, 0};
     test_utf8(&tc);
+    test_h5err(&tc);
     return test_finish(&tc);
 }
