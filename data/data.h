@@ -216,8 +216,9 @@ int data_png_write(const char *path, const uint8_t *rgb, int h, int w, int c, mm
 // =======================================================================================
 #include <stdio.h>  // FILE, for the packer's log and inspect's output
 
-// Strict UTF-8 as the shard reader demands it (data_utf8_bad_at), with the reason: returns
-// NULL when s[0..n) is valid, otherwise a short reason ("overlong encoding", "UTF-16
+// The caption rule of format v1, which the writer, the packer and the reader all apply:
+// strict UTF-8 (core's mm_utf8_check) and no NUL byte (it would end data_batch.text early).
+// Returns NULL when s[0..n) is valid, otherwise a short reason ("overlong encoding", "UTF-16
 // surrogate encoded in UTF-8", "code point above U+10FFFF", "NUL byte", ...) and *at = the
 // offset of the first bad byte.
 const char *data_utf8_why(const uint8_t *s, size_t n, size_t *at);

@@ -27,9 +27,8 @@ int data_audio_check(const data_schema *s, const data_audio_cfg *a, mm_err *err)
 // was allocated for the same audio settings.
 void data_featurizer_dims(const data_featurizer *f, int *frames, int *n_mels);
 
-// Strict UTF-8 (no overlong forms, no surrogates, <= U+10FFFF) and no NUL byte, which would
-// end the caption early in data_batch.text. Returns -1 when s[0..n) is valid, otherwise the
-// offset of the first bad byte.
+// The caption rule of format v1, data_utf8_why's, when only the place matters: returns -1
+// when s[0..n) is valid, otherwise the offset of the first bad byte.
 long data_utf8_bad_at(const uint8_t *s, size_t n);
 
 // ---------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@
 // pixel and PCM payload, which has no invariant to check) and keeps the small columns in
 // memory; a micro-batch then costs one hyperslab read per sample for image, audio and text.
 //
-// HDF5 reports errors by printing its own stack to stderr; every entry point here turns that
-// off for the calling thread (the setting is per thread in the thread-safe build) for its
-// duration and turns failures into mm_err lines, quoting HDF5's innermost message.
+// HDF5 reports errors by printing its own stack to stderr; every entry point here runs its
+// HDF5 calls in a quiet scope (core/h5err.h) and turns failures into mm_err lines, quoting
+// HDF5's innermost message.
 #include <dirent.h>
 #include <errno.h>
 #include <hdf5.h>
@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "../core/h5err.h"
 #include "data.h"
 #include "data_internal.h"
 
@@ -29,87 +30,10 @@
 #define PATH_CAP 4200
 
 // ---------------------------------------------------------------------------------------
-// HDF5 error handling. Each entry point installs, for its duration and for the calling
-// thread only, a handler that records the innermost message of every failed HDF5 call
-// instead of printing the stack; h5_why quotes it. Recording at the failure matters: the
-// next successful HDF5 call (e.g. closing a dataspace on the way out) clears the stack.
-typedef struct {
-    H5E_auto2_t func;  // the caller's handler, restored by h5_quiet_end
-    void *data;
-    char last[256];  // innermost message of the latest failed HDF5 call
-} h5_quiet;
-
-static herr_t h5_walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
-    if (n == 0 && e->desc && e->desc[0]) snprintf((char *)data, 256, "%s", e->desc);
-    return 0;
-}
-
-static herr_t h5_record(hid_t estack, void *data) {
-    snprintf((char *)data, 256, "unknown HDF5 error");
-    H5Ewalk2(estack, H5E_WALK_UPWARD, h5_walk_cb, data);
-    return 0;
-}
-
-// q must stay in place until h5_quiet_end (the handler writes into q->last).
-static void h5_quiet_begin(h5_quiet *q) {
-    H5Eget_auto2(H5E_DEFAULT, &q->func, &q->data);
-    snprintf(q->last, sizeof(q->last), "unknown HDF5 error");
-    H5Eset_auto2(H5E_DEFAULT, h5_record, q->last);
-}
-
-static void h5_quiet_end(h5_quiet *q) {
-    H5Eset_auto2(H5E_DEFAULT, q->func, q->data);
-}
-
-// Copies the message of the latest failed HDF5 call in this thread's quiet scope into buf.
-static const char *h5_why(char buf[256]) {
-    H5E_auto2_t f;
-    void *d;
-    snprintf(buf, 256, "unknown HDF5 error");
-    if (H5Eget_auto2(H5E_DEFAULT, &f, &d) >= 0 && f == h5_record && d)
-        snprintf(buf, 256, "%s", (const char *)d);
-    return buf;
-}
-
-static void h5_close_id(hid_t *id, herr_t (*close)(hid_t)) {
-    if (*id >= 0) close(*id);
-    *id = H5I_INVALID_HID;
-}
-
-// ---------------------------------------------------------------------------------------
-// UTF-8, checksums, paths.
+// The caption rule (data_utf8_why's), checksums, paths.
 long data_utf8_bad_at(const uint8_t *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t len;
-        uint32_t cp;
-        if (c == 0) return (long)i;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            len = 2;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return (long)i;
-        }
-        if (i + len > n) return (long)i;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return (long)i;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-        if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return (long)i;
-        i += len;
-    }
-    return -1;
+    size_t at;
+    return data_utf8_why(s, n, &at) ? (long)at : -1;
 }
 
 // zlib crc32 of a whole file, read in 1 MiB blocks.
@@ -246,12 +170,12 @@ static herr_t write_attr_str(hid_t file, const char *name, const char *v) {
 
 // Marks the writer broken and closes the shard's handles; the error names the shard.
 static int writer_h5_fail(data_writer *w, const char *what, mm_err *err) {
-    char why[256];
-    mm_fail(err, "%s: %s: %s", w->path, what, h5_why(why));
+    char why[MM_H5_WHY_LEN];
+    mm_fail(err, "%s: %s: %s", w->path, what, mm_h5_why(why));
     w->broken = 1;
-    h5_close_id(&w->d_image, H5Dclose);
-    h5_close_id(&w->d_audio, H5Dclose);
-    h5_close_id(&w->file, H5Fclose);
+    mm_h5_close(&w->d_image, H5Dclose);
+    mm_h5_close(&w->d_audio, H5Dclose);
+    mm_h5_close(&w->file, H5Fclose);
     return -1;
 }
 
@@ -310,8 +234,8 @@ static int shard_end(data_writer *w, mm_err *err) {
         write_attr_int(f, "text_max", H5T_STD_I32LE, s->text_max) < 0 ||
         write_attr_str(f, "tokenizer", s->tokenizer) < 0)
         return writer_h5_fail(w, "cannot write the shard attributes", err);
-    h5_close_id(&w->d_image, H5Dclose);
-    h5_close_id(&w->d_audio, H5Dclose);
+    mm_h5_close(&w->d_image, H5Dclose);
+    mm_h5_close(&w->d_audio, H5Dclose);
     herr_t rc = H5Fclose(w->file);
     w->file = H5I_INVALID_HID;
     if (rc < 0) return writer_h5_fail(w, "cannot close shard", err);
@@ -401,8 +325,8 @@ int data_writer_add(data_writer *w, const data_sample *s, mm_err *err) {
     if (s->audio && (s->audio_n < 0 || s->audio_n > sc->audio_len))
         return mm_fail(err, "%s: sample id %llu: %d PCM samples exceed audio_len %d", w->dir, id,
                        s->audio_n, sc->audio_len);
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     int rc = -1;
     if (w->file < 0 && shard_begin(w, err)) goto done;
     uint64_t i = w->n, k = w->n - w->flushed;
@@ -432,14 +356,14 @@ int data_writer_add(data_writer *w, const data_sample *s, mm_err *err) {
     if (w->n == (uint64_t)w->spp && shard_end(w, err)) goto done;
     rc = 0;
 done:
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     return rc;
 }
 
 int data_writer_close(data_writer *w, mm_err *err) {
     if (!w) return 0;
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     int rc = -1;
     if (w->broken) {
         mm_fail(err, "%s: dataset left incomplete after an earlier error", w->dir);
@@ -453,10 +377,10 @@ int data_writer_close(data_writer *w, mm_err *err) {
     w->ix.schema = w->schema;
     rc = data_index_write(w->dir, &w->ix, err);
 done:
-    h5_close_id(&w->d_image, H5Dclose);
-    h5_close_id(&w->d_audio, H5Dclose);
-    h5_close_id(&w->file, H5Fclose);
-    h5_quiet_end(&q);
+    mm_h5_close(&w->d_image, H5Dclose);
+    mm_h5_close(&w->d_audio, H5Dclose);
+    mm_h5_close(&w->file, H5Fclose);
+    mm_h5_quiet_end(&q);
     data_index_free(&w->ix);
     free(w->dir);
     free(w->img);
@@ -493,23 +417,23 @@ struct data_dataset {
 
 static int attr_open(hid_t file, const char *path, const char *name, hid_t *a, hid_t *t,
                      mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     *a = *t = H5I_INVALID_HID;
     htri_t ex = H5Aexists(file, name);
-    if (ex < 0) return mm_fail(err, "%s: attribute '%s': %s", path, name, h5_why(why));
+    if (ex < 0) return mm_fail(err, "%s: attribute '%s': %s", path, name, mm_h5_why(why));
     if (ex == 0) return mm_fail(err, "%s: attribute '%s' is missing", path, name);
     *a = H5Aopen(file, name, H5P_DEFAULT);
     if (*a >= 0) *t = H5Aget_type(*a);
     if (*a < 0 || *t < 0) {
-        h5_close_id(a, H5Aclose);
-        return mm_fail(err, "%s: attribute '%s': cannot open: %s", path, name, h5_why(why));
+        mm_h5_close(a, H5Aclose);
+        return mm_fail(err, "%s: attribute '%s': cannot open: %s", path, name, mm_h5_why(why));
     }
     hid_t sp = H5Aget_space(*a);
     hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
     if (sp >= 0) H5Sclose(sp);
     if (np != 1) {
-        h5_close_id(t, H5Tclose);
-        h5_close_id(a, H5Aclose);
+        mm_h5_close(t, H5Tclose);
+        mm_h5_close(a, H5Aclose);
         return mm_fail(err, "%s: attribute '%s' must hold exactly one value", path, name);
     }
     return 0;
@@ -518,14 +442,14 @@ static int attr_open(hid_t file, const char *path, const char *name, hid_t *a, h
 // An integer attribute (any integer type) whose value must lie in [lo, hi].
 static int attr_int(hid_t file, const char *path, const char *name, int64_t lo, int64_t hi,
                     int64_t *out, mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     hid_t a, t;
     if (attr_open(file, path, name, &a, &t, err)) return -1;
     int rc = -1;
     if (H5Tget_class(t) != H5T_INTEGER) {
         mm_fail(err, "%s: attribute '%s' must be an integer", path, name);
     } else if (H5Aread(a, H5T_NATIVE_INT64, out) < 0) {
-        mm_fail(err, "%s: attribute '%s': cannot read: %s", path, name, h5_why(why));
+        mm_fail(err, "%s: attribute '%s': cannot read: %s", path, name, mm_h5_why(why));
     } else if (*out < lo || *out > hi) {
         mm_fail(err, "%s: attribute '%s' is %lld, out of range %lld..%lld", path, name,
                 (long long)*out, (long long)lo, (long long)hi);
@@ -540,7 +464,7 @@ static int attr_int(hid_t file, const char *path, const char *name, int64_t lo, 
 // A fixed-length string attribute, copied NUL-terminated into out (cap bytes).
 static int attr_str(hid_t file, const char *path, const char *name, char *out, size_t cap,
                     mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     hid_t a, t;
     if (attr_open(file, path, name, &a, &t, err)) return -1;
     int rc = -1;
@@ -553,7 +477,7 @@ static int attr_str(hid_t file, const char *path, const char *name, char *out, s
     } else {
         char *buf = mm_calloc(sz + 1, 1);
         if (H5Aread(a, t, buf) < 0) {
-            mm_fail(err, "%s: attribute '%s': cannot read: %s", path, name, h5_why(why));
+            mm_fail(err, "%s: attribute '%s': cannot read: %s", path, name, mm_h5_why(why));
         } else {
             memcpy(out, buf, sz + 1);
             rc = 0;
@@ -573,7 +497,7 @@ static int attr_str(hid_t file, const char *path, const char *name, char *out, s
 static hid_t open_ds(hid_t file, const char *path, const char *name, size_t size, int is_signed,
                      int rank, const hsize_t *dims, const char *dims_doc, hsize_t *got,
                      mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     htri_t ex = H5Lexists(file, name, H5P_DEFAULT);
     if (ex <= 0) {
         mm_fail(err, "%s: dataset '%s' is missing", path, name);
@@ -581,14 +505,14 @@ static hid_t open_ds(hid_t file, const char *path, const char *name, size_t size
     }
     hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
     if (d < 0) {
-        mm_fail(err, "%s: dataset '%s': cannot open: %s", path, name, h5_why(why));
+        mm_fail(err, "%s: dataset '%s': cannot open: %s", path, name, mm_h5_why(why));
         return H5I_INVALID_HID;
     }
     hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
     int ok = 0;
     if (t < 0 || sp < 0) {
         mm_fail(err, "%s: dataset '%s': cannot read its type or shape: %s", path, name,
-                h5_why(why));
+                mm_h5_why(why));
     } else if (H5Tget_class(t) != H5T_INTEGER || H5Tget_size(t) != size ||
                (H5Tget_sign(t) == H5T_SGN_2) != (is_signed != 0)) {
         mm_fail(err, "%s: dataset '%s' must hold %s%zu integers", path, name,
@@ -633,12 +557,13 @@ static hid_t open_ds(hid_t file, const char *path, const char *name, size_t size
 // Opens a small 1-D column, checks it and reads all of it into buf (n elements).
 static int read_column(hid_t file, const char *path, const char *name, size_t size, hid_t memtype,
                        hsize_t n, void *buf, mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     hid_t d = open_ds(file, path, name, size, 0, 1, &n, "(n_samples)", NULL, err);
     if (d < 0) return -1;
     herr_t rc = H5Dread(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
     H5Dclose(d);
-    if (rc < 0) return mm_fail(err, "%s: dataset '%s': read failed: %s", path, name, h5_why(why));
+    if (rc < 0)
+        return mm_fail(err, "%s: dataset '%s': read failed: %s", path, name, mm_h5_why(why));
     return 0;
 }
 
@@ -653,7 +578,7 @@ static int check_flags(const shard *sh, const char *name, const uint8_t *v, mm_e
 // Everything about one shard that can be wrong, checked before a single batch is read.
 static int shard_open(shard *sh, const data_shard_info *info, const data_schema *s, int verify,
                       mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     if (verify) {
         uint32_t crc;
         if (file_crc32(sh->path, &crc, err)) return -1;
@@ -669,7 +594,7 @@ static int shard_open(shard *sh, const data_shard_info *info, const data_schema 
     sh->file = H5Fopen(sh->path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (sh->file < 0)
         return mm_fail(err, "%s: not a readable HDF5 file (truncated or corrupt?): %s", sh->path,
-                       h5_why(why));
+                       mm_h5_why(why));
     hid_t f = sh->file;
     const char *p = sh->path;
     char fmt[64], tok[32];
@@ -747,7 +672,8 @@ static int shard_open(shard *sh, const data_shard_info *info, const data_schema 
     if (d_off < 0) return -1;
     herr_t rrc = H5Dread(d_off, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, sh->offsets);
     H5Dclose(d_off);
-    if (rrc < 0) return mm_fail(err, "%s: dataset 'text_offsets': read failed: %s", p, h5_why(why));
+    if (rrc < 0)
+        return mm_fail(err, "%s: dataset 'text_offsets': read failed: %s", p, mm_h5_why(why));
     sh->d_text = open_ds(f, p, "text", 1, 0, 1, &any, "(total caption bytes)", &text_n, err);
     if (sh->d_text < 0) return -1;
     const uint64_t *off = sh->offsets;
@@ -784,7 +710,7 @@ static int shard_open(shard *sh, const data_shard_info *info, const data_schema 
         uint8_t *text = mm_malloc(text_n);
         if (H5Dread(sh->d_text, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) < 0) {
             free(text);
-            return mm_fail(err, "%s: dataset 'text': read failed: %s", p, h5_why(why));
+            return mm_fail(err, "%s: dataset 'text': read failed: %s", p, mm_h5_why(why));
         }
         for (uint64_t i = 0; i < N; i++) {
             long bad = data_utf8_bad_at(text + off[i], off[i + 1] - off[i]);
@@ -802,10 +728,10 @@ static int shard_open(shard *sh, const data_shard_info *info, const data_schema 
 }
 
 static void shard_close(shard *sh) {
-    h5_close_id(&sh->d_image, H5Dclose);
-    h5_close_id(&sh->d_audio, H5Dclose);
-    h5_close_id(&sh->d_text, H5Dclose);
-    h5_close_id(&sh->file, H5Fclose);
+    mm_h5_close(&sh->d_image, H5Dclose);
+    mm_h5_close(&sh->d_audio, H5Dclose);
+    mm_h5_close(&sh->d_text, H5Dclose);
+    mm_h5_close(&sh->file, H5Fclose);
     free(sh->sample_id);
     free(sh->has_image);
     free(sh->has_audio);
@@ -863,8 +789,8 @@ int data_dataset_open(data_dataset **out, const char *dir, int verify_checksums,
     *out = NULL;
     data_index ix;
     if (data_index_read(dir, &ix, err)) return -1;
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     data_dataset *ds = mm_calloc(1, sizeof(*ds));
     ds->dir = strdup(dir);
     MM_CHECK(ds->dir, "out of memory");
@@ -882,7 +808,7 @@ int data_dataset_open(data_dataset **out, const char *dir, int verify_checksums,
     }
     rc = check_unique_ids(ds, err);
 done:
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     data_index_free(&ix);
     if (rc) {
         data_dataset_close(ds);
@@ -894,10 +820,10 @@ done:
 
 void data_dataset_close(data_dataset *ds) {
     if (!ds) return;
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     for (int i = 0; i < ds->n_shards; i++) shard_close(&ds->shards[i]);
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     free(ds->shards);
     free(ds->dir);
     free(ds);
@@ -940,9 +866,9 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
     MM_CHECK(fF == b->audio_F && fM == b->n_mels,
              "data_dataset_read: featurizer gives (%d, %d) features, batch holds (%d, %d)", fF, fM,
              b->audio_F, b->n_mels);
-    char why[256];
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    char why[MM_H5_WHY_LEN];
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     size_t npix = img_bytes(s), nfeat = (size_t)b->audio_F * b->n_mels;
     uint8_t *pix = mm_malloc(npix);
     int16_t *pcm = mm_malloc(sizeof(int16_t) * (size_t)s->audio_len);
@@ -969,7 +895,7 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
         if (sh->has_image[j]) {
             if (read_rows(sh->d_image, H5T_NATIVE_UINT8, 4, img_row, j, 1, pix) < 0) {
                 mm_fail(err, "%s: dataset 'image': sample %llu: read failed: %s", sh->path, jj,
-                        h5_why(why));
+                        mm_h5_why(why));
                 goto done;
             }
             for (size_t k = 0; k < npix; k++) img[k] = (float)pix[k] / 127.5f - 1.0f;
@@ -981,7 +907,7 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
         if (sh->has_audio[j]) {
             if (read_rows(sh->d_audio, H5T_NATIVE_INT16, 2, aud_row, j, 1, pcm) < 0) {
                 mm_fail(err, "%s: dataset 'audio': sample %llu: read failed: %s", sh->path, jj,
-                        h5_why(why));
+                        mm_h5_why(why));
                 goto done;
             }
             data_featurize_audio(f, pcm, (int)sh->audio_n[j], feat);
@@ -992,7 +918,7 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
         uint64_t t0 = sh->offsets[j], len = sh->offsets[j + 1] - t0;
         if (len > 0 && read_rows(sh->d_text, H5T_NATIVE_UINT8, 1, NULL, t0, len, cap) < 0) {
             mm_fail(err, "%s: dataset 'text': sample %llu: read failed: %s", sh->path, jj,
-                    h5_why(why));
+                    mm_h5_why(why));
             goto done;
         }
         // Checked at open; checked again because the file may have changed since.
@@ -1018,7 +944,7 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
     }
     rc = 0;
 done:
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     free(pix);
     free(pcm);
     free(cap);
@@ -1082,22 +1008,22 @@ int data_dataset_read_raw(data_dataset *ds, uint64_t index, uint8_t *image, int1
     info->audio_n = (int)sh->audio_n[j];
     uint64_t t0 = sh->offsets[j], len = sh->offsets[j + 1] - t0;
     info->text_n = (int)len;
-    char why[256];
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    char why[MM_H5_WHY_LEN];
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     hsize_t img_row[3] = {(hsize_t)s->img_h, (hsize_t)s->img_w, (hsize_t)s->img_c};
     hsize_t aud_row[1] = {(hsize_t)s->audio_len};
     int rc = -1;
     if (image && read_rows(sh->d_image, H5T_NATIVE_UINT8, 4, img_row, j, 1, image) < 0) {
         mm_fail(err, "%s: dataset 'image': sample %llu: read failed: %s", sh->path, jj,
-                h5_why(why));
+                mm_h5_why(why));
     } else if (audio && read_rows(sh->d_audio, H5T_NATIVE_INT16, 2, aud_row, j, 1, audio) < 0) {
         mm_fail(err, "%s: dataset 'audio': sample %llu: read failed: %s", sh->path, jj,
-                h5_why(why));
+                mm_h5_why(why));
     } else if (text && len > 0 &&
                read_rows(sh->d_text, H5T_NATIVE_UINT8, 1, NULL, t0, len, text) < 0) {
         mm_fail(err, "%s: dataset 'text': sample %llu: read failed: %s", sh->path, jj,
-                h5_why(why));
+                mm_h5_why(why));
     } else if (text && data_utf8_bad_at((const uint8_t *)text, len) >= 0) {
         mm_fail(err, "%s: dataset 'text': sample %llu: caption is not valid UTF-8 (byte %ld)",
                 sh->path, jj, data_utf8_bad_at((const uint8_t *)text, len));
@@ -1105,6 +1031,6 @@ int data_dataset_read_raw(data_dataset *ds, uint64_t index, uint8_t *image, int1
         if (text) text[len] = '\0';
         rc = 0;
     }
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     return rc;
 }
