@@ -21,23 +21,6 @@ const char *const data_manifest_fields[DATA_MF_N] = {"image", "audio", "caption"
                                                      "caption_file"};
 
 // ---------------------------------------------------------------------------------------
-// The caption rule of format v1: core's UTF-8 rule and no NUL byte, with the reason.
-//
-// A NUL can only sit before the first bad sequence as a character of its own (the bytes of a
-// valid multi-byte sequence are >= 0x80), so the first bad byte is the earlier of the two.
-const char *data_utf8_why(const uint8_t *s, size_t n, size_t *at) {
-    size_t bad = n;
-    const char *why = mm_utf8_check(s, n, &bad);
-    const uint8_t *nul = n ? memchr(s, 0, why ? bad : n) : NULL;
-    if (nul) {
-        *at = (size_t)(nul - s);
-        return "NUL byte";
-    }
-    if (why) *at = bad;
-    return why;
-}
-
-// ---------------------------------------------------------------------------------------
 // A growable byte string (values being decoded).
 typedef struct {
     char *buf;  // malloc'd, NUL-terminated while non-NULL
