@@ -1,6 +1,8 @@
 // core.h: the few things every module needs and none should re-invent: fatal checks that
 // name file:line and a hint, recoverable errors carried in an mm_err, checked allocation,
-// a small splittable RNG whose state can be saved in a checkpoint, and a wall clock.
+// a small splittable RNG whose state can be saved in a checkpoint, a wall clock and the UTF-8
+// rule (core/utf8.c). HDF5's errors have their own header, core/h5err.h, so that the modules
+// that never touch HDF5 (the CUDA op tests among them) do not need it.
 //
 // Two ways to fail, chosen by who is at fault:
 //   - a broken invariant (a bug, an allocation failure): MM_CHECK aborts with file:line.
@@ -60,6 +62,14 @@ float mm_rng_uniform(mm_rng *r);
 float mm_rng_normal(mm_rng *r);
 // Uniform integer in [0, n) without modulo bias.
 uint64_t mm_rng_below(mm_rng *r, uint64_t n);
+
+// Strict UTF-8 (RFC 3629), the one rule every module applies to text: no overlong forms, no
+// UTF-16 surrogates, nothing above U+10FFFF, no sequence cut short. Returns NULL when s[0..n)
+// is valid; otherwise a short reason ("overlong encoding", "UTF-16 surrogate encoded in
+// UTF-8", "code point above U+10FFFF", "sequence cut short ...", ...) with *at = the offset
+// of the first byte of the first bad sequence. A NUL byte is valid UTF-8: callers that cannot
+// hold one refuse it themselves.
+const char *mm_utf8_check(const uint8_t *s, size_t n, size_t *at);
 
 // Monotonic wall clock in seconds.
 double mm_now(void);

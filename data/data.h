@@ -2,10 +2,10 @@
 // the byte tokenizer, audio features, the sampler that keeps the loader's promise, and the
 // prefetching loader that turns shard bytes into model-ready micro-batches.
 //
-// The loader's promise (../shared/DESIGN.md): one global permutation of sample indices per
-// (seed, epoch); the global batch of a step is a fixed slice of it; each dp rank takes a fixed
-// part of that slice; so the sample order does not depend on the number of ranks, and a
-// resumed run continues the same order. A final partial global batch of an epoch is DROPPED
+// The loader's promise: one global permutation of sample indices per (seed, epoch); the
+// global batch of a step is a fixed slice of it; each dp rank takes a fixed part of that
+// slice; so the sample order does not depend on the number of ranks, and a resumed run
+// continues the same order. A final partial global batch of an epoch is DROPPED
 // (never padded, never duplicated): steps_per_epoch = floor(n / global_batch).
 #ifndef MM_DATA_H
 #define MM_DATA_H
@@ -216,10 +216,11 @@ int data_png_write(const char *path, const uint8_t *rgb, int h, int w, int c, mm
 // =======================================================================================
 #include <stdio.h>  // FILE, for the packer's log and inspect's output
 
-// Strict UTF-8 as the shard reader demands it (data_utf8_bad_at), with the reason: returns
-// NULL when s[0..n) is valid, otherwise a short reason ("overlong encoding", "UTF-16
-// surrogate encoded in UTF-8", "code point above U+10FFFF", "NUL byte", ...) and *at = the
-// offset of the first bad byte.
+// The caption rule of format v1 (data/tokenize.c), which the writer, the packer and the
+// reader all apply: strict UTF-8 (core's mm_utf8_check) and no NUL byte (it would end
+// data_batch.text early). Returns NULL when s[0..n) is valid, otherwise a short reason
+// ("overlong encoding", "UTF-16 surrogate encoded in UTF-8", "code point above U+10FFFF",
+// "NUL byte", ...) and *at = the offset of the first bad byte.
 const char *data_utf8_why(const uint8_t *s, size_t n, size_t *at);
 
 // --- Manifest (data/manifest.c) --------------------------------------------------------

@@ -1,7 +1,8 @@
 // data_internal.h: what the data module's own files (and its unit tests) share but the rest
 // of mmtrain should not depend on: argument checks that several entry points repeat, the
-// UTF-8 rule of format v1, and the synthetic set's vocabulary and caption templates (the
-// tests need them to prove that every phrasing scores 100% against itself).
+// caption rule and tokenizer of format v1, what the shard writer and reader share, and the
+// synthetic set's vocabulary and caption templates (the tests need them to prove that every
+// phrasing scores 100% against itself).
 #ifndef MM_DATA_INTERNAL_H
 #define MM_DATA_INTERNAL_H
 
@@ -27,10 +28,16 @@ int data_audio_check(const data_schema *s, const data_audio_cfg *a, mm_err *err)
 // was allocated for the same audio settings.
 void data_featurizer_dims(const data_featurizer *f, int *frames, int *n_mels);
 
-// Strict UTF-8 (no overlong forms, no surrogates, <= U+10FFFF) and no NUL byte, which would
-// end the caption early in data_batch.text. Returns -1 when s[0..n) is valid, otherwise the
-// offset of the first bad byte.
+// ---------------------------------------------------------------------------------------
+// Captions (tokenize.c).
+// The caption rule of format v1, data_utf8_why's, when only the place matters: returns -1
+// when s[0..n) is valid, otherwise the offset of the first bad byte.
 long data_utf8_bad_at(const uint8_t *s, size_t n);
+// Tokenizer "bytes-v1" on one caption of len < T bytes, into rows of T: tokens = BOS, the
+// bytes, then PAD; targets = the bytes, EOS, then -1 (ignored by the loss), so that
+// targets[t] is the token that follows tokens[t].
+void data_tokenize_caption(const uint8_t *cap, int len, int T, int32_t *tokens,
+                           int32_t *targets);
 
 // ---------------------------------------------------------------------------------------
 // index.json (FORMAT.md): the schema and the list of shards with their checksums.
@@ -57,6 +64,22 @@ int data_index_write(const char *dir, const data_index *ix, mm_err *err);
 // caller owns ix->shards (data_index_free). On failure ix holds nothing to free.
 int data_index_read(const char *dir, data_index *ix, mm_err *err);
 void data_index_free(data_index *ix);
+
+// ---------------------------------------------------------------------------------------
+// Shard files (FORMAT.md), what the writer (shard_write.c) and the reader (shard_read.c)
+// must agree on; the two helpers are defined in index.c, next to the checksums they serve.
+#define DATA_SHARD_FORMAT "mmtrain-shard"
+#define DATA_SHARD_VERSION 1
+#define DATA_PATH_CAP 4200  // a shard's path: the dataset directory (up to PATH_MAX) + name
+
+// Bytes of one sample's image, (img_h, img_w, img_c) uint8.
+static inline size_t data_img_bytes(const data_schema *s) {
+    return (size_t)s->img_h * s->img_w * s->img_c;
+}
+// out (DATA_PATH_CAP bytes) = dir/name. 0, or -1 with err naming dir when it does not fit.
+int data_path_join(char *out, const char *dir, const char *name, mm_err *err);
+// zlib crc32 of the whole file at path (what index.json records for a shard). 0 or -1 + err.
+int data_file_crc32(const char *path, uint32_t *out, mm_err *err);
 
 // ---------------------------------------------------------------------------------------
 // Synthetic set vocabulary. Attribute a has data_synth_vocab_n[a] words; a sample is the

@@ -5,11 +5,13 @@
 //
 // The file is JSON written by hand (it is tiny and flat) and read back with libyaml, whose
 // flow syntax is a superset of JSON; the checks below restrict it to what we write.
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
+#include <zlib.h>
 
 #include "data.h"
 #include "data_internal.h"
@@ -288,4 +290,28 @@ void data_index_free(data_index *ix) {
     free(ix->shards);
     ix->shards = NULL;
     ix->n_shards = 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Shard files: where they are and what they checksum to.
+// Read in 1 MiB blocks: shards are far larger than is worth holding whole.
+int data_file_crc32(const char *path, uint32_t *out, mm_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return mm_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    unsigned char *buf = mm_malloc(1 << 20);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    size_t r;
+    while ((r = fread(buf, 1, 1 << 20, f)) > 0) crc = crc32(crc, buf, (uInt)r);
+    int bad = ferror(f);
+    fclose(f);
+    free(buf);
+    if (bad) return mm_fail(err, "%s: read error while checksumming", path);
+    *out = (uint32_t)crc;
+    return 0;
+}
+
+int data_path_join(char *out, const char *dir, const char *name, mm_err *err) {
+    int k = snprintf(out, DATA_PATH_CAP, "%s/%s", dir, name);
+    if (k < 0 || k >= DATA_PATH_CAP) return mm_fail(err, "%s: path too long", dir);
+    return 0;
 }

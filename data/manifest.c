@@ -21,46 +21,6 @@ const char *const data_manifest_fields[DATA_MF_N] = {"image", "audio", "caption"
                                                      "caption_file"};
 
 // ---------------------------------------------------------------------------------------
-// UTF-8 with a reason (the reader's rule, data_utf8_bad_at, says only where).
-const char *data_utf8_why(const uint8_t *s, size_t n, size_t *at) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        *at = i;
-        if (c == 0) return "NUL byte";
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp;
-        if (c >= 0xC2 && c <= 0xDF) {
-            len = 2, cp = c & 0x1F;
-        } else if (c == 0xC0 || c == 0xC1) {
-            return "overlong encoding";
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3, cp = c & 0x0F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4, cp = c & 0x07;
-        } else if (c >= 0xF5) {
-            return "byte 0xF5..0xFF never occurs in UTF-8";
-        } else {
-            return "continuation byte without a lead byte";
-        }
-        for (size_t k = 1; k < len; k++) {
-            if (i + k >= n) return "sequence cut short by the end of the text";
-            if ((s[i + k] & 0xC0) != 0x80) return "sequence cut short (missing continuation byte)";
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return "overlong encoding";
-        if (cp >= 0xD800 && cp <= 0xDFFF) return "UTF-16 surrogate encoded in UTF-8";
-        if (cp > 0x10FFFF) return "code point above U+10FFFF";
-        i += len;
-    }
-    return NULL;
-}
-
-// ---------------------------------------------------------------------------------------
 // A growable byte string (values being decoded).
 typedef struct {
     char *buf;  // malloc'd, NUL-terminated while non-NULL

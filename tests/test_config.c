@@ -219,6 +219,15 @@ static void test_file_errors(ctx *x) {
     expect_file_error(x, "badindent.yaml", "run:\n  steps: 1\n seed: 2\n",
                       "3:", "did not find expected key");
     expect_file_error(x, "utf8.yaml", "run:\n  out_dir: a\xff\n", "2:", "invalid");
+    // overlong forms, surrogates and code points past U+10FFFF in a value: libyaml's reader
+    // refuses them before the value reaches the key table, at the value's place
+    expect_file_error(x, "overlong2.yaml", "run:\n  out_dir: a\xc0\xaf\n", "2:13: ", "UTF-8");
+    expect_file_error(x, "overlong3.yaml", "run:\n  out_dir: ab\xe0\x80\xaf\n", "2:14: ", "UTF-8");
+    expect_file_error(x, "overlong4.yaml", "data:\n  train: \xf0\x80\x80\xaf\n", "2:10: ", "UTF-8");
+    expect_file_error(x, "surrogate.yaml", "run:\n  out_dir: a\xed\xa0\x80\n",
+                      "2:13: ", "invalid Unicode character");
+    expect_file_error(x, "above_max.yaml", "run:\n  out_dir: a\xf4\x90\x80\x80\n",
+                      "2:13: ", "invalid Unicode character");
     expect_file_error(x, "two_docs.yaml", "run:\n  steps: 1\n---\nrun:\n  steps: 2\n",
                       "4:1: ", "second YAML document");
     char big[700] = "data:\n  train: ";
@@ -246,6 +255,14 @@ static void test_file_errors(ctx *x) {
                mm_config_load(&c, good, 2, over, &err) == -1 &&
                    strstr(err.msg, "override 'run.steps=x': expected an integer"),
                "file + bad override: %s", err.msg);
+    // an override is text that no YAML reader has seen: the key table applies the same rule
+    char *overlong[] = {"run.out_dir=a\xc0\xaf"};
+    TEST_CHECK(tc,
+               mm_config_load(&c, good, 1, overlong, &err) == -1 &&
+                   strstr(err.msg, "override 'run.out_dir=a") &&
+                   strstr(err.msg, "not valid UTF-8 (byte 1: overlong encoding)") &&
+                   !strchr(err.msg, '\n'),
+               "file + override with an overlong form: %s", err.msg);
 }
 
 static void test_override_errors(test_counts *tc) {
@@ -268,6 +285,16 @@ static void test_override_errors(test_counts *tc) {
     expect_override_error(tc, "model.kind=gan", "expected one of transformer|diffusion, got 'gan'");
     expect_override_error(tc, "data.train=a\tb", "control character");
     expect_override_error(tc, "data.train=a\xc3", "not valid UTF-8");
+    // the one strict UTF-8 rule (core's), as for captions: byte offset and reason
+    expect_override_error(tc, "data.train=a\xc0\xaf", "not valid UTF-8 (byte 1: overlong");
+    expect_override_error(tc, "data.train=\xc1\xbf", "not valid UTF-8 (byte 0: overlong");
+    expect_override_error(tc, "data.train=ab\xe0\x80\xaf", "not valid UTF-8 (byte 2: overlong");
+    expect_override_error(tc, "data.train=\xf0\x8f\xbf\xbf", "(byte 0: overlong encoding)");
+    expect_override_error(tc, "data.train=a\xed\xa0\x80", "(byte 1: UTF-16 surrogate");
+    expect_override_error(tc, "data.train=\xf4\x90\x80\x80", "code point above U+10FFFF");
+    expect_override_error(tc, "data.train=a\xe2\x82", "(byte 1: sequence cut short");
+    expect_override_error(tc, "checkpoint.reinit=ok,a\xe0\x80\xaf",
+                          "item 'a\xe0\x80\xaf' is not valid UTF-8 (byte 1: overlong encoding)");
     expect_override_error(tc, "parallel.zero=2", "must be in [0, 1], got 2");
     // good ones, including every bool spelling
     mm_config c;
@@ -288,6 +315,11 @@ static void test_override_errors(test_counts *tc) {
     TEST_CHECK(tc, mm_config_set(&c, "backend=cuda", &err) == 0 && strcmp(c.backend, "cuda") == 0,
                "top-level override");
     TEST_CHECK(tc, mm_config_set(&c, "run.steps=+12", &err) == 0 && c.run.steps == 12, "+12");
+    const char *multi = "caf\xc3\xa9/\xe4\xb8\xad/\xf0\x9f\x98\x80";  // U+00E9, U+4E2D, U+1F600
+    char set[64];
+    snprintf(set, sizeof(set), "data.train=%s", multi);
+    TEST_CHECK(tc, mm_config_set(&c, set, &err) == 0 && strcmp(c.data.train, multi) == 0,
+               "multi-byte UTF-8 value: %s", err.msg);
 }
 
 static void test_validate(test_counts *tc) {

@@ -551,6 +551,11 @@ static void test_utf8(test_counts *tc) {
         {"\xE2\x82", 2, "cut short", 0},
         {"\xE2\x28\xA1", 3, "cut short", 0},
         {"a\0b", 3, "NUL", 1},
+        // core's rule plus no NUL: whichever comes first is the reason
+        {"ab\0\xC0\x80", 5, "NUL", 2},
+        {"\xC0\x80\0", 3, "overlong", 0},
+        {"\xC3\0", 2, "cut short", 0},
+        {"\xC3\xA9\0", 3, "NUL", 2},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         size_t at = 99;

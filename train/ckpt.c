@@ -6,11 +6,14 @@
 //     shape and offset, and loading copies whatever overlaps the slice a rank now wants.
 // Every attribute and shape read from a file is checked, and every dataset carries a CRC-32
 // of its values, so a damaged file is an error naming file and tensor, never wrong weights.
+// The HDF5 calls run in quiet scopes (core/h5err.h): a failure is that one mm_err line, not
+// HDF5's error stack on stderr.
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE  // renameat2, nftw
 #endif
 #include "ckpt.h"
 #include "h5attr.h"
+#include "../core/h5err.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -33,24 +36,6 @@ static const char *const kind_group[N_KINDS] = {"params", "adam_m", "adam_v", "e
 
 // ---------------------------------------------------------------------------------------
 // Files and directories.
-
-// HDF5 prints its error stack to stderr by default; failures here become one mm_err line
-// instead. The previous handler is restored, so other modules keep their own setting.
-typedef struct {
-    H5E_auto2_t func;
-    void *data;
-} h5_quiet;
-
-static h5_quiet quiet_begin(void) {
-    h5_quiet q = {NULL, NULL};
-    H5Eget_auto2(H5E_DEFAULT, &q.func, &q.data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    return q;
-}
-
-static void quiet_end(h5_quiet q) {
-    H5Eset_auto2(H5E_DEFAULT, q.func, q.data);
-}
 
 static int fsync_path(const char *path, int is_dir, mm_err *err) {
     int fd = open(path, O_RDONLY | (is_dir ? O_DIRECTORY : 0));
@@ -409,7 +394,8 @@ int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, 
     if ((size_t)snprintf(path, sizeof(path), "%s/rank_%05d.h5", dir, world_rank) >= sizeof(path))
         return mm_fail(err, "%s: path too long", dir);
     if (check_table(st, err)) return -1;
-    h5_quiet q = quiet_begin();
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     hid_t file = create_file(path), grp = -1;
     int rc = -1;
     if (file < 0) {
@@ -447,7 +433,7 @@ int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, 
 done:
     if (grp >= 0) H5Gclose(grp);
     if (file >= 0) H5Fclose(file);
-    quiet_end(q);
+    mm_h5_quiet_end(&q);
     return rc;
 }
 
@@ -456,7 +442,8 @@ static int write_meta(const char *dir, const ckpt_meta *meta, const char *config
     char path[PATH_LEN];
     if (path_join(path, sizeof(path), dir, "meta.h5"))
         return mm_fail(err, "%s: path too long", dir);
-    h5_quiet q = quiet_begin();
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     hid_t f = create_file(path);
     int rc = -1;
     if (f < 0) {
@@ -487,7 +474,7 @@ static int write_meta(const char *dir, const ckpt_meta *meta, const char *config
     rc = fsync_path(path, 0, err);
 done:
     if (f >= 0) H5Fclose(f);
-    quiet_end(q);
+    mm_h5_quiet_end(&q);
     return rc;
 }
 
@@ -791,7 +778,8 @@ static int read_meta(const char *dir, ckpt_meta *meta, char **config_yaml, int *
     char path[PATH_LEN];
     if (path_join(path, sizeof(path), dir, "meta.h5"))
         return mm_fail(err, "checkpoint %s: path too long", dir);
-    h5_quiet q = quiet_begin();
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     int rc = -1;
     char *config = NULL;
@@ -836,7 +824,7 @@ static int read_meta(const char *dir, ckpt_meta *meta, char **config_yaml, int *
 done:
     free(config);
     if (f >= 0) H5Fclose(f);
-    quiet_end(q);
+    mm_h5_quiet_end(&q);
     return rc;
 }
 
@@ -1152,7 +1140,8 @@ int ckpt_list_tensors(const char *dir, const char *group, ckpt_tensor_info **out
     if (nf < 0) return -1;
     list_ctx x = {.group = group, .err = err};
     int rc = -1;
-    h5_quiet q = quiet_begin();
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     if (nf < rank_files) {
         mm_fail(err, "checkpoint %s: %d rank files were written, %d are present", dir, rank_files,
                 nf);
@@ -1183,7 +1172,7 @@ int ckpt_list_tensors(const char *dir, const char *group, ckpt_tensor_info **out
 done:
     free(x.items);
     close_rank_files(files, nf);
-    quiet_end(q);
+    mm_h5_quiet_end(&q);
     return rc;
 }
 
@@ -1194,7 +1183,8 @@ int ckpt_load_state(const char *dir, const ckpt_state *st, mm_err *err) {
     int n = list_rank_files(dir, &files, err);
     if (n < 0) return -1;
     int rc = -1;
-    h5_quiet q = quiet_begin();
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     if (n < rank_files) {
         mm_fail(err, "checkpoint %s: %d rank files were written, %d are present", dir, rank_files,
                 n);
@@ -1211,6 +1201,6 @@ int ckpt_load_state(const char *dir, const ckpt_state *st, mm_err *err) {
     rc = 0;
 done:
     close_rank_files(files, n);
-    quiet_end(q);
+    mm_h5_quiet_end(&q);
     return rc;
 }

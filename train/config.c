@@ -3,9 +3,11 @@
 // YAML output and the key reference in train/CONFIG.md. Adding a key is one table line, so
 // the parser, the saved config and the docs cannot disagree.
 //
-// Strictness is the point (DESIGN.md: an unused key is an error, not a warning): a typo in
-// a config must stop the run before it spends hours on the wrong settings, and the message
-// must say where (file:line:col, 1-based) and why in one line.
+// Strictness is the point (an unused key is an error, not a warning): a typo in a config
+// must stop the run before it spends hours on the wrong settings, and the message must say
+// where (file:line:col, 1-based) and why in one line. Text values follow core's one UTF-8
+// rule (mm_utf8_check), as strict as the one libyaml applies to a file's bytes, so that an
+// override on the command line cannot slip in what a config file could not.
 #define _POSIX_C_SOURCE 200809L
 #include "config.h"
 
@@ -289,18 +291,6 @@ static void show_value(const char *s, size_t n, char *out, size_t cap) {
     out[k] = '\0';
 }
 
-static int utf8_valid(const unsigned char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        unsigned char c = s[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        if (len == 0 || i + len > n) return 0;
-        for (size_t j = 1; j < len; j++)
-            if ((s[i + j] & 0xc0) != 0x80) return 0;
-        i += len;
-    }
-    return 1;
-}
-
 // Checks list items (text, allowed words, no word twice) and stores them into k's field.
 // items[i] has lens[i] bytes. On failure c is untouched and why gets the reason.
 static int set_list(mm_config *c, const cfg_key *k, const char *const *items, const size_t *lens,
@@ -323,8 +313,11 @@ static int set_list(mm_config *c, const cfg_key *k, const char *const *items, co
             if (ch < 0x20 || ch == 0x7f)
                 return why_fail(why, why_len, "control character in item '%s'", shown);
         }
-        if (!utf8_valid((const unsigned char *)s, len))
-            return why_fail(why, why_len, "item '%s' is not valid UTF-8", shown);
+        size_t at;
+        const char *bad = mm_utf8_check((const uint8_t *)s, len, &at);
+        if (bad)
+            return why_fail(why, why_len, "item '%s' is not valid UTF-8 (byte %zu: %s)", shown,
+                            at, bad);
         if (k->values) {
             int ok = 0;
             for (const char *v = k->values; *v;) {
@@ -397,8 +390,11 @@ static int set_key(mm_config *c, const cfg_key *k, const char *text, size_t n, i
             if (ch < 0x20 || ch == 0x7f)
                 return why_fail(why, why_len, "control character in '%s'", shown);
         }
-        if (!utf8_valid((const unsigned char *)text, n))
-            return why_fail(why, why_len, "'%s' is not valid UTF-8", shown);
+        size_t at;
+        const char *bad = mm_utf8_check((const uint8_t *)text, n, &at);
+        if (bad)
+            return why_fail(why, why_len, "'%s' is not valid UTF-8 (byte %zu: %s)", shown, at,
+                            bad);
         if (n >= k->size)
             return why_fail(why, why_len, "value is %zu bytes, at most %zu allowed", n,
                             k->size - 1);

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../core/h5err.h"
 #include "ckpt.h"
 #include "h5attr.h"
 #include "config.h"
@@ -79,10 +80,8 @@ static int write_export(const char *out, const char *dir, const ckpt_meta *meta,
     char tmp[4200];
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", out) >= sizeof(tmp))
         return mm_fail(err, "export: --out path too long");
-    H5E_auto2_t old_fn;
-    void *old_data;
-    H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);  // failures become one line, not HDF5's stack
+    mm_h5_quiet q;  // failures become one line, not HDF5's stack
+    mm_h5_quiet_begin(&q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     hid_t f = -1;
     if (fapl >= 0 && H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST) >= 0)
@@ -130,7 +129,7 @@ static int write_export(const char *out, const char *dir, const ckpt_meta *meta,
 done:
     if (f >= 0) H5Fclose(f);
     if (rc != 0) remove(tmp);
-    H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+    mm_h5_quiet_end(&q);
     return rc;
 }
 

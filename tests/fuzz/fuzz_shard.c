@@ -1,5 +1,5 @@
-// fuzz_shard.c: libFuzzer harness for the dataset reader (data/index.c, data/shard.c): a
-// dataset directory whose shard file, or whose index.json, is the input. An input that
+// fuzz_shard.c: libFuzzer harness for the dataset reader (data/index.c, data/shard_read.c):
+// a dataset directory whose shard file, or whose index.json, is the input. An input that
 // starts with '{' is the index (next to a valid shard); anything else is the shard file
 // (next to an index that matches its size and checksum, so the reader's structural checks
 // run rather than only the checksum). Every sample of a dataset that opens is read. Any

@@ -1,480 +1,27 @@
-// shard.c: the bytes on disk of format v1 (data/FORMAT.md): writing shards, and reading them
-// back so that a bad file is a one-line error naming file, dataset and sample rather than a
-// crash or, worse, a silently different training run.
+// shard_read.c: reads the shards of format v1 (data/FORMAT.md) back, so that a bad file is a
+// one-line error naming file, dataset and sample rather than a crash or, worse, a silently
+// different training run; and decodes samples into the model-ready batches the loader hands
+// to training.
 //
-// Writing streams: images and audio go to chunked, extendible datasets a chunk of samples at
-// a time, so packing never holds more than one chunk of pixels in memory; the small per-sample
-// columns (ids, flags, lengths, offsets, captions) are kept for the current shard and written
-// when it closes. Reading validates every shard completely at open (everything except the
-// pixel and PCM payload, which has no invariant to check) and keeps the small columns in
-// memory; a micro-batch then costs one hyperslab read per sample for image, audio and text.
+// Opening validates every shard completely (everything except the pixel and PCM payload,
+// which has no invariant to check) and keeps the small columns in memory; a micro-batch then
+// costs one hyperslab read per sample for image, audio and text.
 //
-// HDF5 reports errors by printing its own stack to stderr; every entry point here turns that
-// off for the calling thread (the setting is per thread in the thread-safe build) for its
-// duration and turns failures into mm_err lines, quoting HDF5's innermost message.
-#include <dirent.h>
+// HDF5 prints its own error stack to stderr; every entry point here runs its HDF5 calls in a
+// quiet scope (core/h5err.h) and turns failures into mm_err lines quoting HDF5's reason.
 #include <errno.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <zlib.h>
 
+#include "../core/h5err.h"
 #include "data.h"
 #include "data_internal.h"
 
-#define SHARD_FORMAT "mmtrain-shard"
-#define SHARD_VERSION 1
-#define PATH_CAP 4200
-
-// ---------------------------------------------------------------------------------------
-// HDF5 error handling. Each entry point installs, for its duration and for the calling
-// thread only, a handler that records the innermost message of every failed HDF5 call
-// instead of printing the stack; h5_why quotes it. Recording at the failure matters: the
-// next successful HDF5 call (e.g. closing a dataspace on the way out) clears the stack.
 typedef struct {
-    H5E_auto2_t func;  // the caller's handler, restored by h5_quiet_end
-    void *data;
-    char last[256];  // innermost message of the latest failed HDF5 call
-} h5_quiet;
-
-static herr_t h5_walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
-    if (n == 0 && e->desc && e->desc[0]) snprintf((char *)data, 256, "%s", e->desc);
-    return 0;
-}
-
-static herr_t h5_record(hid_t estack, void *data) {
-    snprintf((char *)data, 256, "unknown HDF5 error");
-    H5Ewalk2(estack, H5E_WALK_UPWARD, h5_walk_cb, data);
-    return 0;
-}
-
-// q must stay in place until h5_quiet_end (the handler writes into q->last).
-static void h5_quiet_begin(h5_quiet *q) {
-    H5Eget_auto2(H5E_DEFAULT, &q->func, &q->data);
-    snprintf(q->last, sizeof(q->last), "unknown HDF5 error");
-    H5Eset_auto2(H5E_DEFAULT, h5_record, q->last);
-}
-
-static void h5_quiet_end(h5_quiet *q) {
-    H5Eset_auto2(H5E_DEFAULT, q->func, q->data);
-}
-
-// Copies the message of the latest failed HDF5 call in this thread's quiet scope into buf.
-static const char *h5_why(char buf[256]) {
-    H5E_auto2_t f;
-    void *d;
-    snprintf(buf, 256, "unknown HDF5 error");
-    if (H5Eget_auto2(H5E_DEFAULT, &f, &d) >= 0 && f == h5_record && d)
-        snprintf(buf, 256, "%s", (const char *)d);
-    return buf;
-}
-
-static void h5_close_id(hid_t *id, herr_t (*close)(hid_t)) {
-    if (*id >= 0) close(*id);
-    *id = H5I_INVALID_HID;
-}
-
-// ---------------------------------------------------------------------------------------
-// UTF-8, checksums, paths.
-long data_utf8_bad_at(const uint8_t *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t len;
-        uint32_t cp;
-        if (c == 0) return (long)i;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            len = 2;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return (long)i;
-        }
-        if (i + len > n) return (long)i;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return (long)i;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-        if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return (long)i;
-        i += len;
-    }
-    return -1;
-}
-
-// zlib crc32 of a whole file, read in 1 MiB blocks.
-static int file_crc32(const char *path, uint32_t *out, mm_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mm_fail(err, "%s: cannot open: %s", path, strerror(errno));
-    unsigned char *buf = mm_malloc(1 << 20);
-    uLong crc = crc32(0L, Z_NULL, 0);
-    size_t r;
-    while ((r = fread(buf, 1, 1 << 20, f)) > 0) crc = crc32(crc, buf, (uInt)r);
-    int bad = ferror(f);
-    fclose(f);
-    free(buf);
-    if (bad) return mm_fail(err, "%s: read error while checksumming", path);
-    *out = (uint32_t)crc;
-    return 0;
-}
-
-static int join_path(char *out, const char *dir, const char *name, mm_err *err) {
-    int k = snprintf(out, PATH_CAP, "%s/%s", dir, name);
-    if (k < 0 || k >= PATH_CAP) return mm_fail(err, "%s: path too long", dir);
-    return 0;
-}
-
-// ---------------------------------------------------------------------------------------
-// Writer.
-struct data_writer {
-    char *dir;
-    data_schema schema;  // schema.n_samples counts the samples added so far
-    int spp;             // samples per shard
-    int chunk_n;         // samples per image/audio chunk (and per flush)
-    int broken;          // an HDF5 failure left the current shard unusable
-    data_index ix;       // finished shards
-    int cap_shards;
-    // the shard being written (file < 0 when none is open)
-    char path[PATH_CAP];
-    hid_t file, d_image, d_audio;
-    uint64_t n;        // samples in this shard
-    uint64_t flushed;  // of which already in the image/audio datasets
-    uint8_t *img;      // (chunk_n, H, W, C) rows not yet flushed
-    int16_t *aud;      // (chunk_n, audio_len)
-    uint64_t *ids;     // (spp)
-    uint8_t *has_img;  // (spp)
-    uint8_t *has_aud;  // (spp)
-    uint32_t *aud_n;   // (spp)
-    uint64_t *offs;    // (spp + 1) caption offsets into text
-    uint8_t *text;     // (offs[n]) caption bytes
-    size_t text_cap;
-};
-
-static size_t img_bytes(const data_schema *s) {
-    return (size_t)s->img_h * s->img_w * s->img_c;
-}
-
-// Dataset creation properties without modification times in the object headers: the same
-// samples then give the same shard bytes (and checksums) on every run.
-static hid_t dcpl_untimed(void) {
-    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    if (dcpl >= 0 && H5Pset_obj_track_times(dcpl, 0) < 0) {
-        H5Pclose(dcpl);
-        return H5I_INVALID_HID;
-    }
-    return dcpl;
-}
-
-// A chunked dataset with an unlimited first dimension, starting empty.
-static hid_t create_rows(hid_t file, const char *name, hid_t type, int rank, const hsize_t *row,
-                         int chunk_n) {
-    hsize_t dims[4] = {0}, maxdims[4] = {H5S_UNLIMITED}, chunk[4] = {(hsize_t)chunk_n};
-    for (int i = 1; i < rank; i++) dims[i] = maxdims[i] = chunk[i] = row[i - 1];
-    hid_t space = H5Screate_simple(rank, dims, maxdims);
-    hid_t dcpl = dcpl_untimed();
-    hid_t d = H5I_INVALID_HID;
-    if (space >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, rank, chunk) >= 0)
-        d = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    if (dcpl >= 0) H5Pclose(dcpl);
-    if (space >= 0) H5Sclose(space);
-    return d;
-}
-
-// Appends k rows from buf to a dataset created by create_rows, which holds `at` rows so far.
-static herr_t append_rows(hid_t d, hid_t memtype, int rank, const hsize_t *row, hsize_t at,
-                          hsize_t k, const void *buf) {
-    hsize_t dims[4] = {at + k}, start[4] = {at}, count[4] = {k};
-    for (int i = 1; i < rank; i++) dims[i] = count[i] = row[i - 1], start[i] = 0;
-    if (H5Dset_extent(d, dims) < 0) return -1;
-    hid_t fs = H5Dget_space(d);
-    if (fs < 0) return -1;
-    hid_t ms = H5Screate_simple(rank, count, NULL);
-    herr_t rc = -1;
-    if (ms >= 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) >= 0)
-        rc = H5Dwrite(d, memtype, ms, fs, H5P_DEFAULT, buf);
-    if (ms >= 0) H5Sclose(ms);
-    H5Sclose(fs);
-    return rc;
-}
-
-static herr_t write_1d(hid_t file, const char *name, hid_t ftype, hid_t mtype, hsize_t n,
-                       const void *buf) {
-    hid_t space = H5Screate_simple(1, &n, NULL);
-    if (space < 0) return -1;
-    hid_t dcpl = dcpl_untimed();
-    hid_t d = H5I_INVALID_HID;
-    if (dcpl >= 0) d = H5Dcreate2(file, name, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    if (dcpl >= 0) H5Pclose(dcpl);
-    herr_t rc = -1;
-    if (d >= 0) rc = n ? H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : 0;
-    if (d >= 0 && H5Dclose(d) < 0) rc = -1;
-    H5Sclose(space);
-    return rc;
-}
-
-static herr_t write_attr_int(hid_t file, const char *name, hid_t ftype, int64_t v) {
-    hid_t space = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(file, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t rc = a >= 0 ? H5Awrite(a, H5T_NATIVE_INT64, &v) : -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(space);
-    return rc;
-}
-
-static herr_t write_attr_str(hid_t file, const char *name, const char *v) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, strlen(v) + 1);
-    H5Tset_strpad(t, H5T_STR_NULLTERM);
-    hid_t space = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(file, name, t, space, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t rc = a >= 0 ? H5Awrite(a, t, v) : -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(space);
-    H5Tclose(t);
-    return rc;
-}
-
-// Marks the writer broken and closes the shard's handles; the error names the shard.
-static int writer_h5_fail(data_writer *w, const char *what, mm_err *err) {
-    char why[256];
-    mm_fail(err, "%s: %s: %s", w->path, what, h5_why(why));
-    w->broken = 1;
-    h5_close_id(&w->d_image, H5Dclose);
-    h5_close_id(&w->d_audio, H5Dclose);
-    h5_close_id(&w->file, H5Fclose);
-    return -1;
-}
-
-static int shard_begin(data_writer *w, mm_err *err) {
-    char name[64];
-    snprintf(name, sizeof(name), "shard_%05d.h5", w->ix.n_shards);
-    if (join_path(w->path, w->dir, name, err)) return -1;
-    w->file = H5Fcreate(w->path, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
-    if (w->file < 0) return writer_h5_fail(w, "cannot create shard", err);
-    const data_schema *s = &w->schema;
-    hsize_t img_row[3] = {(hsize_t)s->img_h, (hsize_t)s->img_w, (hsize_t)s->img_c};
-    hsize_t aud_row[1] = {(hsize_t)s->audio_len};
-    w->d_image = create_rows(w->file, "image", H5T_STD_U8LE, 4, img_row, w->chunk_n);
-    if (w->d_image < 0) return writer_h5_fail(w, "cannot create dataset 'image'", err);
-    w->d_audio = create_rows(w->file, "audio", H5T_STD_I16LE, 2, aud_row, w->chunk_n);
-    if (w->d_audio < 0) return writer_h5_fail(w, "cannot create dataset 'audio'", err);
-    w->n = w->flushed = 0;
-    w->offs[0] = 0;
-    return 0;
-}
-
-static int shard_flush(data_writer *w, mm_err *err) {
-    hsize_t k = w->n - w->flushed;
-    if (k == 0) return 0;
-    const data_schema *s = &w->schema;
-    hsize_t img_row[3] = {(hsize_t)s->img_h, (hsize_t)s->img_w, (hsize_t)s->img_c};
-    hsize_t aud_row[1] = {(hsize_t)s->audio_len};
-    if (append_rows(w->d_image, H5T_NATIVE_UINT8, 4, img_row, w->flushed, k, w->img) < 0)
-        return writer_h5_fail(w, "cannot write dataset 'image'", err);
-    if (append_rows(w->d_audio, H5T_NATIVE_INT16, 2, aud_row, w->flushed, k, w->aud) < 0)
-        return writer_h5_fail(w, "cannot write dataset 'audio'", err);
-    w->flushed = w->n;
-    return 0;
-}
-
-static int shard_end(data_writer *w, mm_err *err) {
-    if (shard_flush(w, err)) return -1;
-    const data_schema *s = &w->schema;
-    hid_t f = w->file;
-    hsize_t n = w->n;
-    if (write_1d(f, "sample_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, n, w->ids) < 0 ||
-        write_1d(f, "has_image", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, w->has_img) < 0 ||
-        write_1d(f, "has_audio", H5T_STD_U8LE, H5T_NATIVE_UINT8, n, w->has_aud) < 0 ||
-        write_1d(f, "audio_n", H5T_STD_U32LE, H5T_NATIVE_UINT32, n, w->aud_n) < 0 ||
-        write_1d(f, "text_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, n + 1, w->offs) < 0 ||
-        write_1d(f, "text", H5T_STD_U8LE, H5T_NATIVE_UINT8, w->offs[n], w->text) < 0)
-        return writer_h5_fail(w, "cannot write the per-sample datasets", err);
-    if (write_attr_str(f, "format", SHARD_FORMAT) < 0 ||
-        write_attr_int(f, "version", H5T_STD_I32LE, SHARD_VERSION) < 0 ||
-        write_attr_int(f, "n_samples", H5T_STD_U64LE, (int64_t)n) < 0 ||
-        write_attr_int(f, "img_h", H5T_STD_I32LE, s->img_h) < 0 ||
-        write_attr_int(f, "img_w", H5T_STD_I32LE, s->img_w) < 0 ||
-        write_attr_int(f, "img_c", H5T_STD_I32LE, s->img_c) < 0 ||
-        write_attr_int(f, "audio_rate", H5T_STD_I32LE, s->audio_rate) < 0 ||
-        write_attr_int(f, "audio_len", H5T_STD_I32LE, s->audio_len) < 0 ||
-        write_attr_int(f, "text_max", H5T_STD_I32LE, s->text_max) < 0 ||
-        write_attr_str(f, "tokenizer", s->tokenizer) < 0)
-        return writer_h5_fail(w, "cannot write the shard attributes", err);
-    h5_close_id(&w->d_image, H5Dclose);
-    h5_close_id(&w->d_audio, H5Dclose);
-    herr_t rc = H5Fclose(w->file);
-    w->file = H5I_INVALID_HID;
-    if (rc < 0) return writer_h5_fail(w, "cannot close shard", err);
-
-    if (w->ix.n_shards == w->cap_shards) {
-        w->cap_shards = w->cap_shards ? 2 * w->cap_shards : 16;
-        data_shard_info *ns = realloc(w->ix.shards, sizeof(*ns) * (size_t)w->cap_shards);
-        MM_CHECK(ns, "out of memory growing the shard list");
-        w->ix.shards = ns;
-    }
-    data_shard_info *sh = &w->ix.shards[w->ix.n_shards];
-    memset(sh, 0, sizeof(*sh));
-    snprintf(sh->file, sizeof(sh->file), "shard_%05d.h5", w->ix.n_shards);
-    sh->n = n;
-    sh->first = w->schema.n_samples - n;
-    if (file_crc32(w->path, &sh->crc32, err)) {
-        w->broken = 1;
-        return -1;
-    }
-    w->ix.n_shards++;
-    return 0;
-}
-
-// Creates dir (and parents) and refuses one that already has entries, so that a dataset
-// never mixes shards of two runs. The caller owns *out and must call data_writer_close.
-int data_writer_open(data_writer **out, const char *dir, const data_schema *schema,
-                     int samples_per_shard, mm_err *err) {
-    *out = NULL;
-    if (data_schema_check(schema, dir, err)) return -1;
-    if (samples_per_shard < 1)
-        return mm_fail(err, "%s: samples_per_shard %d must be >= 1", dir, samples_per_shard);
-    if (mm_mkdirs(dir, err)) return -1;
-    DIR *d = opendir(dir);
-    if (!d) return mm_fail(err, "%s: cannot open directory: %s", dir, strerror(errno));
-    struct dirent *e;
-    int used = 0;
-    while ((e = readdir(d)) != NULL)
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) used = 1;
-    closedir(d);
-    if (used) return mm_fail(err, "%s: directory is not empty (refusing to mix datasets)", dir);
-
-    data_writer *w = mm_calloc(1, sizeof(*w));
-    w->dir = strdup(dir);
-    MM_CHECK(w->dir, "out of memory");
-    w->schema = *schema;
-    w->schema.n_samples = 0;
-    w->ix.schema = w->schema;
-    w->spp = samples_per_shard;
-    // A few samples per chunk: one chunk read serves a sample without dragging in much
-    // unrelated data; cap the chunk near 1 MiB (HDF5's default chunk cache size).
-    size_t row = img_bytes(schema) > 2 * (size_t)schema->audio_len ? img_bytes(schema)
-                                                                   : 2 * (size_t)schema->audio_len;
-    w->chunk_n = (int)((1u << 20) / row);
-    if (w->chunk_n > 4) w->chunk_n = 4;
-    if (w->chunk_n < 1) w->chunk_n = 1;
-    if (w->chunk_n > w->spp) w->chunk_n = w->spp;
-    w->file = w->d_image = w->d_audio = H5I_INVALID_HID;
-    w->img = mm_calloc((size_t)w->chunk_n, img_bytes(schema));
-    w->aud = mm_calloc((size_t)w->chunk_n * (size_t)schema->audio_len, sizeof(int16_t));
-    w->ids = mm_calloc((size_t)w->spp, sizeof(uint64_t));
-    w->has_img = mm_calloc((size_t)w->spp, 1);
-    w->has_aud = mm_calloc((size_t)w->spp, 1);
-    w->aud_n = mm_calloc((size_t)w->spp, sizeof(uint32_t));
-    w->offs = mm_calloc((size_t)w->spp + 1, sizeof(uint64_t));
-    w->text_cap = 4096;
-    w->text = mm_malloc(w->text_cap);
-    snprintf(w->path, sizeof(w->path), "%s", dir);
-    *out = w;
-    return 0;
-}
-
-// A sample that breaks the schema is refused with -1 and the writer stays usable; an HDF5
-// failure makes every later call fail too (data_writer_close still frees w).
-int data_writer_add(data_writer *w, const data_sample *s, mm_err *err) {
-    if (w->broken) return mm_fail(err, "%s: writer is unusable after an earlier error", w->dir);
-    const data_schema *sc = &w->schema;
-    unsigned long long id = (unsigned long long)s->sample_id;
-    if (s->text_n < 0 || s->text_n > sc->text_max)
-        return mm_fail(err, "%s: sample id %llu: caption of %d bytes exceeds text_max %d", w->dir,
-                       id, s->text_n, sc->text_max);
-    if (s->text_n > 0 && !s->text)
-        return mm_fail(err, "%s: sample id %llu: caption pointer is NULL", w->dir, id);
-    long bad = s->text_n ? data_utf8_bad_at((const uint8_t *)s->text, (size_t)s->text_n) : -1;
-    if (bad >= 0)
-        return mm_fail(err, "%s: sample id %llu: caption is not valid UTF-8 (byte %ld)", w->dir, id,
-                       bad);
-    if (s->audio && (s->audio_n < 0 || s->audio_n > sc->audio_len))
-        return mm_fail(err, "%s: sample id %llu: %d PCM samples exceed audio_len %d", w->dir, id,
-                       s->audio_n, sc->audio_len);
-    h5_quiet q;
-    h5_quiet_begin(&q);
-    int rc = -1;
-    if (w->file < 0 && shard_begin(w, err)) goto done;
-    uint64_t i = w->n, k = w->n - w->flushed;
-    uint8_t *img = w->img + k * img_bytes(sc);
-    int16_t *aud = w->aud + k * (size_t)sc->audio_len;
-    if (s->image)
-        memcpy(img, s->image, img_bytes(sc));
-    else
-        memset(img, 0, img_bytes(sc));
-    memset(aud, 0, sizeof(int16_t) * (size_t)sc->audio_len);
-    if (s->audio) memcpy(aud, s->audio, sizeof(int16_t) * (size_t)s->audio_n);
-    w->ids[i] = s->sample_id;
-    w->has_img[i] = s->image != NULL;
-    w->has_aud[i] = s->audio != NULL;
-    w->aud_n[i] = s->audio ? (uint32_t)s->audio_n : 0;
-    while (w->offs[i] + (size_t)s->text_n > w->text_cap) {
-        w->text_cap *= 2;
-        uint8_t *nt = realloc(w->text, w->text_cap);
-        MM_CHECK(nt, "out of memory growing the caption buffer");
-        w->text = nt;
-    }
-    if (s->text_n) memcpy(w->text + w->offs[i], s->text, (size_t)s->text_n);
-    w->offs[i + 1] = w->offs[i] + (uint64_t)s->text_n;
-    w->n++;
-    w->schema.n_samples++;
-    if (w->n - w->flushed == (uint64_t)w->chunk_n && shard_flush(w, err)) goto done;
-    if (w->n == (uint64_t)w->spp && shard_end(w, err)) goto done;
-    rc = 0;
-done:
-    h5_quiet_end(&q);
-    return rc;
-}
-
-int data_writer_close(data_writer *w, mm_err *err) {
-    if (!w) return 0;
-    h5_quiet q;
-    h5_quiet_begin(&q);
-    int rc = -1;
-    if (w->broken) {
-        mm_fail(err, "%s: dataset left incomplete after an earlier error", w->dir);
-        goto done;
-    }
-    if (w->file >= 0 && shard_end(w, err)) goto done;
-    if (w->schema.n_samples == 0) {
-        mm_fail(err, "%s: no samples were added; a dataset needs at least one", w->dir);
-        goto done;
-    }
-    w->ix.schema = w->schema;
-    rc = data_index_write(w->dir, &w->ix, err);
-done:
-    h5_close_id(&w->d_image, H5Dclose);
-    h5_close_id(&w->d_audio, H5Dclose);
-    h5_close_id(&w->file, H5Fclose);
-    h5_quiet_end(&q);
-    data_index_free(&w->ix);
-    free(w->dir);
-    free(w->img);
-    free(w->aud);
-    free(w->ids);
-    free(w->has_img);
-    free(w->has_aud);
-    free(w->aud_n);
-    free(w->offs);
-    free(w->text);
-    free(w);
-    return rc;
-}
-
-// ---------------------------------------------------------------------------------------
-// Reader.
-typedef struct {
-    char path[PATH_CAP];
+    char path[DATA_PATH_CAP];
     uint64_t n, first;
     hid_t file, d_image, d_audio, d_text;
     uint64_t *sample_id;  // (n)
@@ -493,23 +40,23 @@ struct data_dataset {
 
 static int attr_open(hid_t file, const char *path, const char *name, hid_t *a, hid_t *t,
                      mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     *a = *t = H5I_INVALID_HID;
     htri_t ex = H5Aexists(file, name);
-    if (ex < 0) return mm_fail(err, "%s: attribute '%s': %s", path, name, h5_why(why));
+    if (ex < 0) return mm_fail(err, "%s: attribute '%s': %s", path, name, mm_h5_why(why));
     if (ex == 0) return mm_fail(err, "%s: attribute '%s' is missing", path, name);
     *a = H5Aopen(file, name, H5P_DEFAULT);
     if (*a >= 0) *t = H5Aget_type(*a);
     if (*a < 0 || *t < 0) {
-        h5_close_id(a, H5Aclose);
-        return mm_fail(err, "%s: attribute '%s': cannot open: %s", path, name, h5_why(why));
+        mm_h5_close(a, H5Aclose);
+        return mm_fail(err, "%s: attribute '%s': cannot open: %s", path, name, mm_h5_why(why));
     }
     hid_t sp = H5Aget_space(*a);
     hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
     if (sp >= 0) H5Sclose(sp);
     if (np != 1) {
-        h5_close_id(t, H5Tclose);
-        h5_close_id(a, H5Aclose);
+        mm_h5_close(t, H5Tclose);
+        mm_h5_close(a, H5Aclose);
         return mm_fail(err, "%s: attribute '%s' must hold exactly one value", path, name);
     }
     return 0;
@@ -518,14 +65,14 @@ static int attr_open(hid_t file, const char *path, const char *name, hid_t *a, h
 // An integer attribute (any integer type) whose value must lie in [lo, hi].
 static int attr_int(hid_t file, const char *path, const char *name, int64_t lo, int64_t hi,
                     int64_t *out, mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     hid_t a, t;
     if (attr_open(file, path, name, &a, &t, err)) return -1;
     int rc = -1;
     if (H5Tget_class(t) != H5T_INTEGER) {
         mm_fail(err, "%s: attribute '%s' must be an integer", path, name);
     } else if (H5Aread(a, H5T_NATIVE_INT64, out) < 0) {
-        mm_fail(err, "%s: attribute '%s': cannot read: %s", path, name, h5_why(why));
+        mm_fail(err, "%s: attribute '%s': cannot read: %s", path, name, mm_h5_why(why));
     } else if (*out < lo || *out > hi) {
         mm_fail(err, "%s: attribute '%s' is %lld, out of range %lld..%lld", path, name,
                 (long long)*out, (long long)lo, (long long)hi);
@@ -540,7 +87,7 @@ static int attr_int(hid_t file, const char *path, const char *name, int64_t lo, 
 // A fixed-length string attribute, copied NUL-terminated into out (cap bytes).
 static int attr_str(hid_t file, const char *path, const char *name, char *out, size_t cap,
                     mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     hid_t a, t;
     if (attr_open(file, path, name, &a, &t, err)) return -1;
     int rc = -1;
@@ -553,7 +100,7 @@ static int attr_str(hid_t file, const char *path, const char *name, char *out, s
     } else {
         char *buf = mm_calloc(sz + 1, 1);
         if (H5Aread(a, t, buf) < 0) {
-            mm_fail(err, "%s: attribute '%s': cannot read: %s", path, name, h5_why(why));
+            mm_fail(err, "%s: attribute '%s': cannot read: %s", path, name, mm_h5_why(why));
         } else {
             memcpy(out, buf, sz + 1);
             rc = 0;
@@ -573,7 +120,7 @@ static int attr_str(hid_t file, const char *path, const char *name, char *out, s
 static hid_t open_ds(hid_t file, const char *path, const char *name, size_t size, int is_signed,
                      int rank, const hsize_t *dims, const char *dims_doc, hsize_t *got,
                      mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     htri_t ex = H5Lexists(file, name, H5P_DEFAULT);
     if (ex <= 0) {
         mm_fail(err, "%s: dataset '%s' is missing", path, name);
@@ -581,14 +128,14 @@ static hid_t open_ds(hid_t file, const char *path, const char *name, size_t size
     }
     hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
     if (d < 0) {
-        mm_fail(err, "%s: dataset '%s': cannot open: %s", path, name, h5_why(why));
+        mm_fail(err, "%s: dataset '%s': cannot open: %s", path, name, mm_h5_why(why));
         return H5I_INVALID_HID;
     }
     hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
     int ok = 0;
     if (t < 0 || sp < 0) {
         mm_fail(err, "%s: dataset '%s': cannot read its type or shape: %s", path, name,
-                h5_why(why));
+                mm_h5_why(why));
     } else if (H5Tget_class(t) != H5T_INTEGER || H5Tget_size(t) != size ||
                (H5Tget_sign(t) == H5T_SGN_2) != (is_signed != 0)) {
         mm_fail(err, "%s: dataset '%s' must hold %s%zu integers", path, name,
@@ -633,12 +180,13 @@ static hid_t open_ds(hid_t file, const char *path, const char *name, size_t size
 // Opens a small 1-D column, checks it and reads all of it into buf (n elements).
 static int read_column(hid_t file, const char *path, const char *name, size_t size, hid_t memtype,
                        hsize_t n, void *buf, mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     hid_t d = open_ds(file, path, name, size, 0, 1, &n, "(n_samples)", NULL, err);
     if (d < 0) return -1;
     herr_t rc = H5Dread(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
     H5Dclose(d);
-    if (rc < 0) return mm_fail(err, "%s: dataset '%s': read failed: %s", path, name, h5_why(why));
+    if (rc < 0)
+        return mm_fail(err, "%s: dataset '%s': read failed: %s", path, name, mm_h5_why(why));
     return 0;
 }
 
@@ -653,10 +201,10 @@ static int check_flags(const shard *sh, const char *name, const uint8_t *v, mm_e
 // Everything about one shard that can be wrong, checked before a single batch is read.
 static int shard_open(shard *sh, const data_shard_info *info, const data_schema *s, int verify,
                       mm_err *err) {
-    char why[256];
+    char why[MM_H5_WHY_LEN];
     if (verify) {
         uint32_t crc;
-        if (file_crc32(sh->path, &crc, err)) return -1;
+        if (data_file_crc32(sh->path, &crc, err)) return -1;
         if (crc != info->crc32)
             return mm_fail(err,
                            "%s: checksum mismatch: the file's crc32 is %lu, index.json says %lu "
@@ -669,18 +217,19 @@ static int shard_open(shard *sh, const data_shard_info *info, const data_schema 
     sh->file = H5Fopen(sh->path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (sh->file < 0)
         return mm_fail(err, "%s: not a readable HDF5 file (truncated or corrupt?): %s", sh->path,
-                       h5_why(why));
+                       mm_h5_why(why));
     hid_t f = sh->file;
     const char *p = sh->path;
     char fmt[64], tok[32];
     int64_t version, n, h, w, c, rate, alen, tmax;
     if (attr_str(f, p, "format", fmt, sizeof(fmt), err)) return -1;
-    if (strcmp(fmt, SHARD_FORMAT) != 0)
-        return mm_fail(err, "%s: attribute 'format' is '%s', expected '%s'", p, fmt, SHARD_FORMAT);
+    if (strcmp(fmt, DATA_SHARD_FORMAT) != 0)
+        return mm_fail(err, "%s: attribute 'format' is '%s', expected '%s'", p, fmt,
+                       DATA_SHARD_FORMAT);
     if (attr_int(f, p, "version", INT32_MIN, INT32_MAX, &version, err)) return -1;
-    if (version != SHARD_VERSION)
+    if (version != DATA_SHARD_VERSION)
         return mm_fail(err, "%s: attribute 'version' is %lld, this reader knows version %d", p,
-                       (long long)version, SHARD_VERSION);
+                       (long long)version, DATA_SHARD_VERSION);
     if (attr_int(f, p, "n_samples", 0, INT64_MAX, &n, err) ||
         attr_int(f, p, "img_h", 0, INT32_MAX, &h, err) ||
         attr_int(f, p, "img_w", 0, INT32_MAX, &w, err) ||
@@ -747,7 +296,8 @@ static int shard_open(shard *sh, const data_shard_info *info, const data_schema 
     if (d_off < 0) return -1;
     herr_t rrc = H5Dread(d_off, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, sh->offsets);
     H5Dclose(d_off);
-    if (rrc < 0) return mm_fail(err, "%s: dataset 'text_offsets': read failed: %s", p, h5_why(why));
+    if (rrc < 0)
+        return mm_fail(err, "%s: dataset 'text_offsets': read failed: %s", p, mm_h5_why(why));
     sh->d_text = open_ds(f, p, "text", 1, 0, 1, &any, "(total caption bytes)", &text_n, err);
     if (sh->d_text < 0) return -1;
     const uint64_t *off = sh->offsets;
@@ -784,7 +334,7 @@ static int shard_open(shard *sh, const data_shard_info *info, const data_schema 
         uint8_t *text = mm_malloc(text_n);
         if (H5Dread(sh->d_text, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, text) < 0) {
             free(text);
-            return mm_fail(err, "%s: dataset 'text': read failed: %s", p, h5_why(why));
+            return mm_fail(err, "%s: dataset 'text': read failed: %s", p, mm_h5_why(why));
         }
         for (uint64_t i = 0; i < N; i++) {
             long bad = data_utf8_bad_at(text + off[i], off[i + 1] - off[i]);
@@ -802,10 +352,10 @@ static int shard_open(shard *sh, const data_shard_info *info, const data_schema 
 }
 
 static void shard_close(shard *sh) {
-    h5_close_id(&sh->d_image, H5Dclose);
-    h5_close_id(&sh->d_audio, H5Dclose);
-    h5_close_id(&sh->d_text, H5Dclose);
-    h5_close_id(&sh->file, H5Fclose);
+    mm_h5_close(&sh->d_image, H5Dclose);
+    mm_h5_close(&sh->d_audio, H5Dclose);
+    mm_h5_close(&sh->d_text, H5Dclose);
+    mm_h5_close(&sh->file, H5Fclose);
     free(sh->sample_id);
     free(sh->has_image);
     free(sh->has_audio);
@@ -863,8 +413,8 @@ int data_dataset_open(data_dataset **out, const char *dir, int verify_checksums,
     *out = NULL;
     data_index ix;
     if (data_index_read(dir, &ix, err)) return -1;
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     data_dataset *ds = mm_calloc(1, sizeof(*ds));
     ds->dir = strdup(dir);
     MM_CHECK(ds->dir, "out of memory");
@@ -876,13 +426,13 @@ int data_dataset_open(data_dataset **out, const char *dir, int verify_checksums,
     ds->n_shards = ix.n_shards;
     int rc = -1;
     for (int i = 0; i < ix.n_shards; i++) {
-        if (join_path(ds->shards[i].path, dir, ix.shards[i].file, err)) goto done;
+        if (data_path_join(ds->shards[i].path, dir, ix.shards[i].file, err)) goto done;
         if (shard_open(&ds->shards[i], &ix.shards[i], &ds->schema, verify_checksums, err))
             goto done;
     }
     rc = check_unique_ids(ds, err);
 done:
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     data_index_free(&ix);
     if (rc) {
         data_dataset_close(ds);
@@ -894,10 +444,10 @@ done:
 
 void data_dataset_close(data_dataset *ds) {
     if (!ds) return;
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     for (int i = 0; i < ds->n_shards; i++) shard_close(&ds->shards[i]);
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     free(ds->shards);
     free(ds->dir);
     free(ds);
@@ -940,10 +490,10 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
     MM_CHECK(fF == b->audio_F && fM == b->n_mels,
              "data_dataset_read: featurizer gives (%d, %d) features, batch holds (%d, %d)", fF, fM,
              b->audio_F, b->n_mels);
-    char why[256];
-    h5_quiet q;
-    h5_quiet_begin(&q);
-    size_t npix = img_bytes(s), nfeat = (size_t)b->audio_F * b->n_mels;
+    char why[MM_H5_WHY_LEN];
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
+    size_t npix = data_img_bytes(s), nfeat = (size_t)b->audio_F * b->n_mels;
     uint8_t *pix = mm_malloc(npix);
     int16_t *pcm = mm_malloc(sizeof(int16_t) * (size_t)s->audio_len);
     uint8_t *cap = mm_malloc((size_t)s->text_max + 1);
@@ -969,7 +519,7 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
         if (sh->has_image[j]) {
             if (read_rows(sh->d_image, H5T_NATIVE_UINT8, 4, img_row, j, 1, pix) < 0) {
                 mm_fail(err, "%s: dataset 'image': sample %llu: read failed: %s", sh->path, jj,
-                        h5_why(why));
+                        mm_h5_why(why));
                 goto done;
             }
             for (size_t k = 0; k < npix; k++) img[k] = (float)pix[k] / 127.5f - 1.0f;
@@ -981,7 +531,7 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
         if (sh->has_audio[j]) {
             if (read_rows(sh->d_audio, H5T_NATIVE_INT16, 2, aud_row, j, 1, pcm) < 0) {
                 mm_fail(err, "%s: dataset 'audio': sample %llu: read failed: %s", sh->path, jj,
-                        h5_why(why));
+                        mm_h5_why(why));
                 goto done;
             }
             data_featurize_audio(f, pcm, (int)sh->audio_n[j], feat);
@@ -992,7 +542,7 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
         uint64_t t0 = sh->offsets[j], len = sh->offsets[j + 1] - t0;
         if (len > 0 && read_rows(sh->d_text, H5T_NATIVE_UINT8, 1, NULL, t0, len, cap) < 0) {
             mm_fail(err, "%s: dataset 'text': sample %llu: read failed: %s", sh->path, jj,
-                    h5_why(why));
+                    mm_h5_why(why));
             goto done;
         }
         // Checked at open; checked again because the file may have changed since.
@@ -1003,22 +553,15 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
             goto done;
         }
         int T = b->text_T;
-        int32_t *tok = b->tokens + (size_t)i * T, *tgt = b->targets + (size_t)i * T;
+        data_tokenize_caption(cap, (int)len, T, b->tokens + (size_t)i * T,
+                              b->targets + (size_t)i * T);
         char *txt = b->text + (size_t)i * T;  // text_max + 1 == T bytes per sample
-        tok[0] = DATA_TOK_BOS;
-        for (int t = 0; t < (int)len; t++) {
-            tok[t + 1] = cap[t];
-            tgt[t] = cap[t];
-        }
-        for (int t = (int)len + 1; t < T; t++) tok[t] = DATA_TOK_PAD;
-        tgt[len] = DATA_TOK_EOS;
-        for (int t = (int)len + 1; t < T; t++) tgt[t] = -1;
         memcpy(txt, cap, len);
         txt[len] = '\0';
     }
     rc = 0;
 done:
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     free(pix);
     free(pcm);
     free(cap);
@@ -1042,7 +585,7 @@ void data_batch_alloc(data_batch *b, int cap, const data_schema *s, const data_a
     b->index = mm_alloc_aligned(sizeof(uint64_t) * B);
     b->has_image = mm_alloc_aligned(B);
     b->has_audio = mm_alloc_aligned(B);
-    b->image = mm_alloc_aligned(sizeof(float) * B * img_bytes(s));
+    b->image = mm_alloc_aligned(sizeof(float) * B * data_img_bytes(s));
     b->audio = mm_alloc_aligned(sizeof(float) * B * (size_t)b->audio_F * (size_t)b->n_mels);
     b->tokens = mm_alloc_aligned(sizeof(int32_t) * B * T);
     b->targets = mm_alloc_aligned(sizeof(int32_t) * B * T);
@@ -1082,22 +625,22 @@ int data_dataset_read_raw(data_dataset *ds, uint64_t index, uint8_t *image, int1
     info->audio_n = (int)sh->audio_n[j];
     uint64_t t0 = sh->offsets[j], len = sh->offsets[j + 1] - t0;
     info->text_n = (int)len;
-    char why[256];
-    h5_quiet q;
-    h5_quiet_begin(&q);
+    char why[MM_H5_WHY_LEN];
+    mm_h5_quiet q;
+    mm_h5_quiet_begin(&q);
     hsize_t img_row[3] = {(hsize_t)s->img_h, (hsize_t)s->img_w, (hsize_t)s->img_c};
     hsize_t aud_row[1] = {(hsize_t)s->audio_len};
     int rc = -1;
     if (image && read_rows(sh->d_image, H5T_NATIVE_UINT8, 4, img_row, j, 1, image) < 0) {
         mm_fail(err, "%s: dataset 'image': sample %llu: read failed: %s", sh->path, jj,
-                h5_why(why));
+                mm_h5_why(why));
     } else if (audio && read_rows(sh->d_audio, H5T_NATIVE_INT16, 2, aud_row, j, 1, audio) < 0) {
         mm_fail(err, "%s: dataset 'audio': sample %llu: read failed: %s", sh->path, jj,
-                h5_why(why));
+                mm_h5_why(why));
     } else if (text && len > 0 &&
                read_rows(sh->d_text, H5T_NATIVE_UINT8, 1, NULL, t0, len, text) < 0) {
         mm_fail(err, "%s: dataset 'text': sample %llu: read failed: %s", sh->path, jj,
-                h5_why(why));
+                mm_h5_why(why));
     } else if (text && data_utf8_bad_at((const uint8_t *)text, len) >= 0) {
         mm_fail(err, "%s: dataset 'text': sample %llu: caption is not valid UTF-8 (byte %ld)",
                 sh->path, jj, data_utf8_bad_at((const uint8_t *)text, len));
@@ -1105,6 +648,6 @@ int data_dataset_read_raw(data_dataset *ds, uint64_t index, uint8_t *image, int1
         if (text) text[len] = '\0';
         rc = 0;
     }
-    h5_quiet_end(&q);
+    mm_h5_quiet_end(&q);
     return rc;
 }
