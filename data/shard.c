@@ -1003,16 +1003,9 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
             goto done;
         }
         int T = b->text_T;
-        int32_t *tok = b->tokens + (size_t)i * T, *tgt = b->targets + (size_t)i * T;
         char *txt = b->text + (size_t)i * T;  // text_max + 1 == T bytes per sample
-        tok[0] = DATA_TOK_BOS;
-        for (int t = 0; t < (int)len; t++) {
-            tok[t + 1] = cap[t];
-            tgt[t] = cap[t];
-        }
-        for (int t = (int)len + 1; t < T; t++) tok[t] = DATA_TOK_PAD;
-        tgt[len] = DATA_TOK_EOS;
-        for (int t = (int)len + 1; t < T; t++) tgt[t] = -1;
+        data_tokens_encode((const char *)cap, (int)len, T, b->tokens + (size_t)i * T,
+                           b->targets + (size_t)i * T);
         memcpy(txt, cap, len);
         txt[len] = '\0';
     }

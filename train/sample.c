@@ -185,10 +185,7 @@ static int run_sample(const sample_args *a, mm_err *err) {
             goto done;
         }
         for (int b = 0; b < n; b++) {
-            int32_t *tk = tokens + (size_t)b * text_T;
-            tk[0] = DATA_TOK_BOS;
-            for (int i = 1; i < text_T; i++)
-                tk[i] = i - 1 < (int)len ? (unsigned char)a->text[i - 1] : DATA_TOK_PAD;
+            data_tokens_encode(a->text, (int)len, text_T, tokens + (size_t)b * text_T, NULL);
             has_text[b] = 1;
         }
     }
