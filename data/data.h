@@ -16,8 +16,38 @@
 
 // ---------------------------------------------------------------------------------------
 // Tokenizer "bytes-v1": a caption's UTF-8 bytes are the tokens 0..255; three specials follow.
-enum { DATA_TOK_BOS = 256, DATA_TOK_EOS = 257, DATA_TOK_PAD = 258, DATA_VOCAB = 259 };
+enum {
+    DATA_N_BYTES = 256,  // tokens below it are bytes
+    DATA_TOK_BOS = 256,
+    DATA_TOK_EOS = 257,
+    DATA_TOK_PAD = 258,
+    DATA_VOCAB = 259
+};
 #define DATA_TOKENIZER_NAME "bytes-v1"
+
+// The one layout of a caption, shared by the loader, `train sample` and the model's greedy
+// generation, so that what a model is trained on and what it is prompted with cannot drift
+// apart. Header-only because the model uses it and is also built without data/ (the float64
+// gradient checks, the CUDA op tests); it is plain C that also compiles as C++ (.cu files
+// include this header).
+//
+// A token with no byte form (BOS, EOS, PAD): generation stops at one.
+static inline int data_tok_is_special(int32_t t) { return t >= DATA_N_BYTES; }
+
+// Lays text[0..len) out in T positions: tok = BOS, the bytes, PAD up to T. tgt (NULL when
+// not wanted) is what each position predicts: the bytes, EOS after the last one, then -1
+// (no loss). len = 0 gives the prompt that generation starts from. Needs 0 <= len < T: the
+// callers refuse longer captions (shard open, `train sample --text`), as T = text_max + 1.
+static inline void data_tokens_encode(const char *text, int len, int T, int32_t *tok,
+                                      int32_t *tgt) {
+    tok[0] = DATA_TOK_BOS;
+    for (int t = 0; t < len; t++) tok[t + 1] = (unsigned char)text[t];
+    for (int t = len + 1; t < T; t++) tok[t] = DATA_TOK_PAD;
+    if (!tgt) return;
+    for (int t = 0; t < len; t++) tgt[t] = (unsigned char)text[t];
+    tgt[len] = DATA_TOK_EOS;
+    for (int t = len + 1; t < T; t++) tgt[t] = -1;
+}
 
 // ---------------------------------------------------------------------------------------
 // Dataset schema: what every sample of a dataset looks like (shard attributes, FORMAT.md).
@@ -216,7 +246,7 @@ int data_png_write(const char *path, const uint8_t *rgb, int h, int w, int c, mm
 // =======================================================================================
 #include <stdio.h>  // FILE, for the packer's log and inspect's output
 
-// The caption rule of format v1 (data/tokenize.c), which the writer, the packer and the
+// The caption rule of format v1 (data/caption.c), which the writer, the packer and the
 // reader all apply: strict UTF-8 (core's mm_utf8_check) and no NUL byte (it would end
 // data_batch.text early). Returns NULL when s[0..n) is valid, otherwise a short reason
 // ("overlong encoding", "UTF-16 surrogate encoded in UTF-8", "code point above U+10FFFF",

@@ -29,15 +29,10 @@ int data_audio_check(const data_schema *s, const data_audio_cfg *a, mm_err *err)
 void data_featurizer_dims(const data_featurizer *f, int *frames, int *n_mels);
 
 // ---------------------------------------------------------------------------------------
-// Captions (tokenize.c).
+// Captions (caption.c).
 // The caption rule of format v1, data_utf8_why's, when only the place matters: returns -1
 // when s[0..n) is valid, otherwise the offset of the first bad byte.
 long data_utf8_bad_at(const uint8_t *s, size_t n);
-// Tokenizer "bytes-v1" on one caption of len < T bytes, into rows of T: tokens = BOS, the
-// bytes, then PAD; targets = the bytes, EOS, then -1 (ignored by the loss), so that
-// targets[t] is the token that follows tokens[t].
-void data_tokenize_caption(const uint8_t *cap, int len, int T, int32_t *tokens,
-                           int32_t *targets);
 
 // ---------------------------------------------------------------------------------------
 // index.json (FORMAT.md): the schema and the list of shards with their checksums.

@@ -553,9 +553,9 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
             goto done;
         }
         int T = b->text_T;
-        data_tokenize_caption(cap, (int)len, T, b->tokens + (size_t)i * T,
-                              b->targets + (size_t)i * T);
         char *txt = b->text + (size_t)i * T;  // text_max + 1 == T bytes per sample
+        data_tokens_encode((const char *)cap, (int)len, T, b->tokens + (size_t)i * T,
+                           b->targets + (size_t)i * T);
         memcpy(txt, cap, len);
         txt[len] = '\0';
     }

@@ -572,8 +572,7 @@ void model_generate(model *m, const model_input *in, char *out, int out_stride) 
     int32_t *tok = m->gen_tokens;
     int n_live = B;
     for (int b = 0; b < B; b++) {
-        tok[(size_t)b * Tt] = DATA_TOK_BOS;
-        for (int t = 1; t < Tt; t++) tok[(size_t)b * Tt + t] = DATA_TOK_PAD;
+        data_tokens_encode("", 0, Tt, tok + (size_t)b * Tt, NULL);  // BOS, then PAD
         m->gen_done[b] = 0;
         out[(size_t)b * out_stride] = '\0';
     }
@@ -597,7 +596,7 @@ void model_generate(model *m, const model_input *in, char *out, int out_stride) 
             for (int v = 1; v < V; v++)
                 if (lg[v] > lg[best]) best = v;
             // EOS ends the text; any other special token has no byte form and ends it too
-            if (best >= 256) {
+            if (data_tok_is_special(best)) {
                 m->gen_done[b] = 1;
                 n_live--;
                 continue;

@@ -257,6 +257,23 @@ static void test_round_trip(test_counts *tc, comm_group *world, const char *root
                    memcmp(&back, &cfg, sizeof(cfg)) == 0,
                "config reloads: %s", err.msg);
     free(text);
+    // the same through the one helper the commands use, named by the run directory
+    char opened[700];
+    mm_config oc;
+    text = NULL;
+    memset(&got, 0, sizeof(got));
+    rc = ckpt_open_config(out, "test: --ckpt", opened, sizeof(opened), &got, &oc, &text, &err);
+    TEST_CHECK(tc,
+               rc == 0 && strcmp(opened, path) == 0 && got.step == 100 &&
+                   memcmp(&oc, &cfg, sizeof(cfg)) == 0 && text && strcmp(text, yaml) == 0,
+               "ckpt_open_config of the run directory: %s", err.msg);
+    free(text);
+    TEST_CHECK(tc, ckpt_read_config(path, NULL, &oc, NULL, &err) == 0, "config only: %s", err.msg);
+    snprintf(want, sizeof(want), "%s/nope", root);
+    rc = ckpt_open_config(want, "test: --ckpt", opened, sizeof(opened), NULL, &oc, NULL, &err);
+    TEST_CHECK(tc, rc == -1 && strncmp(err.msg, "test: --ckpt ", 13) == 0 &&
+                       strstr(err.msg, "nope: cannot open"),
+               "a missing checkpoint names the option and the path: %s", err.msg);
     TEST_CHECK(tc, ckpt_load_meta(path, &got, NULL, &err) == 0, "meta without config");
     check_load(tc, path, gl, 1, 0, "round trip");
     // weights only: m and v NULL are left alone
@@ -318,6 +335,13 @@ static void test_keep_and_partial(test_counts *tc, comm_group *world, const char
     TEST_CHECK(tc, ckpt_load_meta(path, NULL, &text, &err) == 0 && strcmp(text, "x: 2\n") == 0,
                "resaved config");
     free(text);
+    // it reads, but "x: 2" is no config: a config error (-2), not damage (-1)
+    mm_config oc;
+    text = NULL;
+    int rc = ckpt_read_config(path, NULL, &oc, &text, &err);
+    TEST_CHECK(tc, rc == -2 && text == NULL && strstr(err.msg, "step_00000005: saved config does "
+                                                          "not parse: ") && strstr(err.msg, "'x'"),
+               "a config that does not parse: %d %s", rc, err.msg);
     layout_free(&r);
     l.buf[0][0] -= 1.0f;
 

@@ -99,6 +99,7 @@ static void test_defaults(test_counts *tc) {
         tc, strcmp(c.model.kind, "transformer") == 0 && c.model.d_model == 128 && c.model.d_ff == 0,
         "model");
     TEST_CHECK(tc, c.optim.lr == 1e-3 && c.optim.eps == 1e-8 && c.optim.beta2 == 0.95, "optim");
+    TEST_CHECK(tc, strcmp(c.eval.scorer, "synth") == 0, "eval.scorer %s", c.eval.scorer);
     TEST_CHECK(tc, strcmp(c.checkpoint.resume, "auto") == 0 && c.checkpoint.keep_last == 3,
                "checkpoint");
     TEST_CHECK(tc, c.parallel.tp == 1 && c.parallel.bucket_mb == 4, "parallel");
@@ -283,6 +284,7 @@ static void test_override_errors(test_counts *tc) {
     expect_override_error(tc, "run.seed=18446744073709551616", "non-negative");
     expect_override_error(tc, "data.verify=2", "expected true or false, got '2'");
     expect_override_error(tc, "model.kind=gan", "expected one of transformer|diffusion, got 'gan'");
+    expect_override_error(tc, "eval.scorer=bleu", "expected one of synth|text, got 'bleu'");
     expect_override_error(tc, "data.train=a\tb", "control character");
     expect_override_error(tc, "data.train=a\xc3", "not valid UTF-8");
     // the one strict UTF-8 rule (core's), as for captions: byte offset and reason
@@ -323,6 +325,16 @@ static void test_override_errors(test_counts *tc) {
 }
 
 static void test_validate(test_counts *tc) {
+    {
+        mm_config c;
+        mm_config_default(&c);
+        mm_err err = {{0}};
+        TEST_CHECK(tc,
+                   mm_config_set(&c, "data.train=/data/x", &err) == 0 &&
+                       mm_config_set(&c, "eval.scorer=text", &err) == 0 &&
+                       mm_config_validate(&c, &err) == 0,
+                   "eval.scorer: text for a transformer: %s", err.msg);
+    }
     expect_invalid(tc, (const char *const[]){"data.global_batch=30", "data.micro_batch=8", NULL},
                    "data.global_batch (30) must be a multiple of data.micro_batch (8)");
     expect_invalid(tc, (const char *const[]){"data.micro_batch=64", NULL},
@@ -349,6 +361,9 @@ static void test_validate(test_counts *tc) {
     expect_invalid(tc, (const char *const[]){"diffusion.predict=x", "diffusion.objective=ddpm",
                                              NULL},
                    "diffusion.predict: x needs diffusion.objective: flow");
+    expect_invalid(tc, (const char *const[]){"model.kind=diffusion", "eval.scorer=text", NULL},
+                   "eval.scorer: text scores generated captions; a diffusion model generates "
+                   "images");
 }
 
 static void test_round_trip(test_counts *tc) {

@@ -788,6 +788,33 @@ static void test_loader(test_counts *tc, const char *root) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The caption layout every user shares (loader, `train sample`, generation's prompt): a full
+// caption, an empty one (the prompt), and bytes >= 0x80 that must stay bytes, not negatives.
+static void test_tokens(test_counts *tc) {
+    int32_t tok[6], tgt[6];
+    data_tokens_encode("ab\xc3\xa9", 4, 6, tok, tgt);
+    const int32_t want_tok[6] = {DATA_TOK_BOS, 'a', 'b', 0xc3, 0xa9, DATA_TOK_PAD};
+    const int32_t want_tgt[6] = {'a', 'b', 0xc3, 0xa9, DATA_TOK_EOS, -1};
+    TEST_CHECK(tc, memcmp(tok, want_tok, sizeof(tok)) == 0, "tokens of a caption");
+    TEST_CHECK(tc, memcmp(tgt, want_tgt, sizeof(tgt)) == 0, "targets of a caption");
+    int32_t full[3], full_tgt[3];
+    data_tokens_encode("xy", 2, 3, full, full_tgt);  // len = T - 1: no PAD, EOS last
+    TEST_CHECK(tc, full[0] == DATA_TOK_BOS && full[2] == 'y' && full_tgt[2] == DATA_TOK_EOS,
+               "a caption of text_max bytes");
+    for (int t = 0; t < 6; t++) tok[t] = 7;
+    data_tokens_encode("", 0, 6, tok, NULL);
+    int pads = 0;
+    for (int t = 1; t < 6; t++) pads += tok[t] == DATA_TOK_PAD;
+    TEST_CHECK(tc, tok[0] == DATA_TOK_BOS && pads == 5, "the prompt: BOS, then PAD");
+    TEST_CHECK(tc,
+               !data_tok_is_special(0) && !data_tok_is_special(255) &&
+                   data_tok_is_special(DATA_TOK_BOS) && data_tok_is_special(DATA_TOK_EOS) &&
+                   data_tok_is_special(DATA_TOK_PAD) && DATA_N_BYTES == 256 &&
+                   DATA_VOCAB == DATA_TOK_PAD + 1,
+               "bytes and specials");
+}
+
+// ---------------------------------------------------------------------------------------
 static void test_scorer(test_counts *tc) {
     int c[DATA_N_ATTR];
     const char *ref = "a small red circle on the left";
@@ -1032,6 +1059,7 @@ int main(void) {
     test_loader_read_error(&tc, root);
     test_permutation(&tc);
     test_loader(&tc, root);
+    test_tokens(&tc);
     test_scorer(&tc);
     test_synth(&tc, root);
     rm_dir(root);

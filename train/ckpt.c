@@ -832,6 +832,32 @@ int ckpt_load_meta(const char *dir, ckpt_meta *meta, char **config_yaml, mm_err 
     return read_meta(dir, meta, config_yaml, NULL, err);
 }
 
+// One reading of a checkpoint's saved config for every command that needs it (resume,
+// init_from, export, sample), so they agree on what parses and on the error they give.
+int ckpt_read_config(const char *dir, ckpt_meta *meta, mm_config *cfg, char **config_yaml,
+                     mm_err *err) {
+    ckpt_meta m;
+    char *yaml = NULL;
+    if (ckpt_load_meta(dir, &m, &yaml, err) != 0) return -1;
+    mm_err e;
+    if (mm_config_load_string(cfg, yaml, dir, &e) != 0) {
+        free(yaml);
+        mm_fail(err, "%s: saved config does not parse: %s", dir, e.msg);
+        return -2;
+    }
+    if (meta) *meta = m;
+    if (config_yaml) *config_yaml = yaml;
+    else free(yaml);
+    return 0;
+}
+
+int ckpt_open_config(const char *path, const char *what, char *dir, size_t dir_len,
+                     ckpt_meta *meta, mm_config *cfg, char **config_yaml, mm_err *err) {
+    mm_err e;
+    if (ckpt_resolve(path, dir, dir_len, &e) != 0) return mm_fail(err, "%s %s", what, e.msg);
+    return ckpt_read_config(dir, meta, cfg, config_yaml, err);
+}
+
 // The rank files of a checkpoint, opened on first use (a same-layout load touches only its
 // own), closed by close_rank_files.
 typedef struct {

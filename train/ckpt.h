@@ -23,6 +23,7 @@
 #include "../core/core.h"
 #include "../data/data.h"
 #include "../model/model.h"
+#include "config.h"
 
 #define CKPT_FORMAT "mmtrain-checkpoint"
 #define CKPT_VERSION 1
@@ -83,6 +84,22 @@ void ckpt_clean_partial(const char *out_dir);
 // Reads meta.h5 of a committed checkpoint; *config_yaml gets a malloc'd copy of the saved
 // config (caller frees; may pass NULL to skip).
 int ckpt_load_meta(const char *dir, ckpt_meta *meta, char **config_yaml, mm_err *err);
+
+// What a committed checkpoint was trained with: meta.h5's metadata (meta may be NULL) and its
+// saved config parsed over the defaults into *cfg. config_yaml (may be NULL) gets the saved
+// text, malloc'd, owned by the caller. Returns 0; -1 when the checkpoint cannot be read (err
+// as ckpt_load_meta's: damage, an unfinished save); -2 when it reads but its config does
+// not parse ("DIR: saved config does not parse: ..."), a config error rather than damage.
+// Nothing is written to meta, cfg or config_yaml on failure.
+int ckpt_read_config(const char *dir, ckpt_meta *meta, mm_config *cfg, char **config_yaml,
+                     mm_err *err);
+
+// ckpt_read_config of a checkpoint a user names (ckpt_resolve: a step, a ckpt/ or a run
+// directory); dir (dir_len bytes) gets the step directory. `what` says where path came from
+// and starts a resolving error ("export: --ckpt" -> "export: --ckpt PATH: not a ...").
+// Returns as ckpt_read_config, -1 also when path does not resolve.
+int ckpt_open_config(const char *path, const char *what, char *dir, size_t dir_len,
+                     ckpt_meta *meta, mm_config *cfg, char **config_yaml, mm_err *err);
 
 // A tensor as a checkpoint stores it: name and GLOBAL shape (whatever slices hold it).
 typedef struct {

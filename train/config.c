@@ -166,6 +166,11 @@ static const cfg_key keys[] = {
     KINT("eval.samples", eval.samples, "256", 0, 1000000000,
          "validation samples for val_loss and captions (0 = all)"),
     KINT("eval.batch", eval.batch, "64", 1, 1048576, "samples per evaluation forward pass"),
+    KENUM("eval.scorer", eval.scorer, "synth", "synth|text",
+          "how generated outputs are scored: synth, the synthetic set's rule (captions "
+          "attribute by attribute; diffusion: colour and shape read off the pixels); text, "
+          "captions against their reference by word F1 and exact match, for any dataset "
+          "(transformer only)"),
 
     KI64("checkpoint.every", checkpoint.every, "0", 0, 1e12,
          "checkpoint every N steps (0 = only at the end of the run)"),
@@ -787,6 +792,9 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
                        "config: optim.beta1 (%g) and optim.beta2 (%g) must be < 1 "
                        "(Adam's bias correction divides by 1 - beta^t)",
                        c->optim.beta1, c->optim.beta2);
+    if (strcmp(c->eval.scorer, "synth") != 0 && strcmp(c->model.kind, "diffusion") == 0)
+        return mm_fail(err, "config: eval.scorer: %s scores generated captions; a diffusion "
+                       "model generates images, which only synth scores", c->eval.scorer);
     if (c->checkpoint.reinit.n > 0 && !c->checkpoint.init_from[0])
         return mm_fail(err, "config: checkpoint.reinit names tensors to re-initialise, but "
                        "checkpoint.init_from is not set (nothing to take the others from)");

@@ -89,6 +89,7 @@ typedef struct {
         int every;             // evaluate every N steps (0 = only at the last step)
         int samples;           // validation samples for val_loss and captions (0 = all)
         int batch;             // samples per eval forward
+        char scorer[16];       // "synth" or "text": how generated outputs are scored (eval.h)
     } eval;
     struct {
         int64_t every;         // checkpoint every N steps (0 = none periodic; still at end)

@@ -138,17 +138,11 @@ int train_export_main(int argc, char **argv, comm_group *world, mm_err *err) {
     export_args a;
     if (parse_args(argc, argv, &a, err) != 0) return -1;
     char dir[4200];
-    mm_err e;
-    if (ckpt_resolve(a.ckpt, dir, sizeof(dir), &e) != 0)
-        return mm_fail(err, "export: --ckpt %s", e.msg);
     ckpt_meta meta;
-    char *yaml = NULL;
-    if (ckpt_load_meta(dir, &meta, &yaml, err) != 0) return -1;
     mm_config c;
-    if (mm_config_load_string(&c, yaml, dir, &e) != 0) {
-        free(yaml);
-        return mm_fail(err, "%s: saved config does not parse: %s", dir, e.msg);
-    }
+    char *yaml = NULL;
+    if (ckpt_open_config(a.ckpt, "export: --ckpt", dir, sizeof(dir), &meta, &c, &yaml, err))
+        return -1;
     ckpt_tensor_info *inv = NULL, *ema_inv = NULL;
     int n = 0, n_ema = 0, rc = -1;
     model_tensor *tab = NULL;

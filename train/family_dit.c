@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "../model/diffusion.h"
+#include "eval.h"
 #include "trainer_internal.h"
 
 typedef struct {
@@ -397,70 +398,48 @@ static void dit_fam_evaluate(trainer *t) {
     }
     double val_loss = scored ? loss_sum / (double)scored : 0.0;
 
-    // conditional accuracy: generate from validation prompts with the EMA weights and read
-    // colour and shape back from the pixels
+    // conditional accuracy: generate from validation prompts with the EMA weights and score
+    // each image against its prompt (eval.scorer for images: synth reads colour and shape
+    // back from the pixels)
+    const eval_scorer *sc = eval_scorer_find(c->eval.scorer, EVAL_IMAGES);
+    MM_CHECK(sc, "eval.scorer %s scores no images (mm_config_validate lets it through)",
+             c->eval.scorer);
     swap_ema(t);
-    // per mode: both attributes right, colour right, shape right
-    double acc[N_MODES] = {0}, acc_colour[N_MODES] = {0}, acc_shape[N_MODES] = {0};
+    eval_tally tally[N_MODES];
     int want = c->diffusion.eval_samples;
     uint64_t *pidx = mm_malloc((size_t)(want > 0 ? want : 1) * sizeof(uint64_t));
     uint8_t *rgb = mm_malloc((size_t)(want > 0 ? want : 1) * s->npix);
     FILE *ev = NULL;
     char path[MM_STR + 64];
     if (t->rank == 0) ev = train_open_output(t, "eval", "jsonl", path, sizeof(path));
+    for (int m = 0; m < N_MODES; m++) eval_tally_init(&tally[m], sc);
     for (int m = 0; m < N_MODES && want > 0; m++) {
         int n = pick_prompts(t, m, want, pidx);
         generate(t, pidx, n, m, 0x6576616c00ULL + (uint64_t)m * 1000003,  // "eval"
                  rgb);
-        int right = 0, right_colour = 0, right_shape = 0;
         for (int i = 0; i < n; i++) {
             uint64_t one = pidx[i];
             mm_err e;
             if (data_dataset_read(t->val, &one, 1, t->val_feat, &t->val_batch, &e) != 0)
                 train_die(t, e.msg);
-            int attr[DATA_N_ATTR], colour = -1, shape = -1;
-            int read = data_synth_attrs(t->val_batch.text, attr) == 0 &&
-                       data_synth_classify(rgb + (size_t)i * s->npix, vs->img_h, vs->img_w,
-                                           vs->img_c, &colour, &shape) == 0;
-            int ok = read && colour == attr[0] && shape == attr[1];
-            right += ok;
-            right_colour += read && colour == attr[0];
-            right_shape += read && shape == attr[1];
-            if (ev) {
-                fprintf(ev, "{\"sample_id\":%llu,\"mode\":\"%s\",\"prompt\":",
-                        (unsigned long long)t->val_batch.sample_id[0], mode_name[m]);
-                train_json_string(ev, t->val_batch.text);
-                fprintf(ev, ",\"colour\":%d,\"shape\":%d,\"right\":%d}\n", colour, shape, ok);
-            }
+            const eval_pair p = {.ref_text = t->val_batch.text,
+                                 .gen_image = rgb + (size_t)i * s->npix,
+                                 .h = vs->img_h,
+                                 .w = vs->img_w,
+                                 .c = vs->img_c};
+            eval_score score;
+            eval_tally_score(&tally[m], &p, &score);
+            eval_write_image(ev, t->val_batch.sample_id[0], mode_name[m], t->val_batch.text, sc,
+                             &score);
         }
-        acc[m] = n ? (double)right / n : 0.0;
-        acc_colour[m] = n ? (double)right_colour / n : 0.0;
-        acc_shape[m] = n ? (double)right_shape / n : 0.0;
     }
     if (ev) fclose(ev);
     int grid_now = c->diffusion.sample_every == 0;
     if (grid_now) write_grid(t);
     swap_ema(t);
-    if (t->rank == 0) {
-        printf("eval step %lld | val_loss %.4f | cond_acc %.1f%% (text %.1f%%, audio %.1f%%, "
-               "both %.1f%%) over %d prompts each; colour right %.0f/%.0f/%.0f%%, shape right "
-               "%.0f/%.0f/%.0f%%\n",
-               (long long)t->step, val_loss, 100.0 * acc[MODE_BOTH], 100.0 * acc[MODE_TEXT],
-               100.0 * acc[MODE_AUDIO], 100.0 * acc[MODE_BOTH], want,
-               100.0 * acc_colour[MODE_TEXT], 100.0 * acc_colour[MODE_AUDIO],
-               100.0 * acc_colour[MODE_BOTH], 100.0 * acc_shape[MODE_TEXT],
-               100.0 * acc_shape[MODE_AUDIO], 100.0 * acc_shape[MODE_BOTH]);
-        fprintf(t->metrics, "{\"step\":%lld,\"val_loss\":%.9g,\"cond_acc\":%.9g",
-                (long long)t->step, val_loss, acc[MODE_BOTH]);
-        for (int m = 0; m < N_MODES; m++)
-            fprintf(t->metrics,
-                    ",\"cond_acc_%s\":%.9g,\"colour_acc_%s\":%.9g,\"shape_acc_%s\":%.9g",
-                    mode_name[m], acc[m], mode_name[m], acc_colour[m], mode_name[m],
-                    acc_shape[m]);
-        fputs("}\n", t->metrics);
-        fflush(t->metrics);
-        fflush(stdout);
-    }
+    if (t->rank == 0)
+        eval_report_images(stdout, t->metrics, t->step, val_loss, tally, N_MODES, mode_name,
+                           MODE_BOTH, want);
     free(idx);
     free(pidx);
     free(rgb);

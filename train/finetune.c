@@ -69,16 +69,11 @@ static void note_problem(char *sum, size_t cap, int *shown, int *n, const char *
 int train_init_from(trainer *t, mm_err *err) {
     const mm_config *c = t->cfg;
     char dir[MM_STR + 128];
-    mm_err e;
-    if (ckpt_resolve(c->checkpoint.init_from, dir, sizeof(dir), &e) != 0)
-        return mm_fail(err, "checkpoint.init_from: %s", e.msg);
     ckpt_meta meta;
-    char *saved_yaml = NULL;
-    if (ckpt_load_meta(dir, &meta, &saved_yaml, err) != 0) return -1;
     mm_config saved;
-    int rc = mm_config_load_string(&saved, saved_yaml, dir, &e);
-    free(saved_yaml);
-    if (rc != 0) return mm_fail(err, "%s: saved config does not parse: %s", dir, e.msg);
+    int rc = ckpt_open_config(c->checkpoint.init_from, "checkpoint.init_from:", dir, sizeof(dir),
+                              &meta, &saved, NULL, err);
+    if (rc != 0) return -1;
     if (strcmp(saved.model.kind, c->model.kind) != 0)
         return mm_fail(err, "checkpoint.init_from %s: a %s model, the config asks for %s", dir,
                        saved.model.kind, c->model.kind);

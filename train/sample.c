@@ -104,15 +104,11 @@ static int read_audio(const char *path, const data_schema *sc, int16_t *pcm, int
 
 static int run_sample(const sample_args *a, mm_err *err) {
     ckpt_meta meta;
-    char *yaml = NULL, ck[4200];
+    char ck[4200];
     mm_err e;
-    if (ckpt_resolve(a->ckpt, ck, sizeof(ck), &e) != 0)
-        return mm_fail(err, "sample: --ckpt %s", e.msg);
-    if (ckpt_load_meta(ck, &meta, &yaml, err) != 0) return -1;
     mm_config c;
-    int rc = mm_config_load_string(&c, yaml, ck, &e);
-    free(yaml);
-    if (rc != 0) return mm_fail(err, "%s: saved config: %s", ck, e.msg);
+    int rc = ckpt_open_config(a->ckpt, "sample: --ckpt", ck, sizeof(ck), &meta, &c, NULL, err);
+    if (rc != 0) return -1;
     if (strcmp(c.model.kind, "diffusion") != 0)
         return mm_fail(err, "%s: a %s checkpoint; sample needs a diffusion one", ck,
                        c.model.kind);
@@ -165,10 +161,7 @@ static int run_sample(const sample_args *a, mm_err *err) {
             goto done;
         }
         for (int b = 0; b < n; b++) {
-            int32_t *tk = tokens + (size_t)b * text_T;
-            tk[0] = DATA_TOK_BOS;
-            for (int i = 1; i < text_T; i++)
-                tk[i] = i - 1 < (int)len ? (unsigned char)a->text[i - 1] : DATA_TOK_PAD;
+            data_tokens_encode(a->text, (int)len, text_T, tokens + (size_t)b * text_T, NULL);
             has_text[b] = 1;
         }
     }

@@ -107,30 +107,26 @@ static void save_checkpoint(trainer *t) {
 }
 
 // Architecture keys must match between a checkpoint and the run that resumes it.
-static int check_same_arch(const mm_config *now, const char *saved_yaml, const char *dir,
+static int check_same_arch(const mm_config *now, const mm_config *saved, const char *dir,
                            mm_err *err) {
-    mm_config saved;
-    mm_err e;
-    if (mm_config_load_string(&saved, saved_yaml, dir, &e) != 0)
-        return mm_fail(err, "%s: saved config does not parse: %s", dir, e.msg);
 #define SAME(field)                                                                         \
-    if (now->field != saved.field)                                                          \
+    if (now->field != saved->field)                                                         \
         return mm_fail(err, "%s: checkpoint has " #field " = %lld, the config says %lld", dir, \
-                       (long long)saved.field, (long long)now->field);
+                       (long long)saved->field, (long long)now->field);
     SAME(model.d_model) SAME(model.n_layers) SAME(model.n_heads) SAME(model.d_ff)
     SAME(model.patch) SAME(model.audio_group) SAME(data.n_mels) SAME(data.n_fft) SAME(data.hop)
 #undef SAME
     // the data's shapes (saved resolved since they became config keys; 0 in older checkpoints)
 #define SAME_DATA(field)                                                                     \
-    if (saved.field && now->field != saved.field)                                           \
+    if (saved->field && now->field != saved->field)                                         \
         return mm_fail(err, "%s: checkpoint was trained with " #field " = %lld, the data gives " \
-                       "%lld", dir, (long long)saved.field, (long long)now->field);
+                       "%lld", dir, (long long)saved->field, (long long)now->field);
     SAME_DATA(data.img_h) SAME_DATA(data.img_w) SAME_DATA(data.img_c) SAME_DATA(data.audio_len)
     SAME_DATA(data.audio_rate) SAME_DATA(data.text_max)
 #undef SAME_DATA
-    if (strcmp(now->model.kind, saved.model.kind) != 0)
+    if (strcmp(now->model.kind, saved->model.kind) != 0)
         return mm_fail(err, "%s: checkpoint is a %s model, the config asks for %s", dir,
-                       saved.model.kind, now->model.kind);
+                       saved->model.kind, now->model.kind);
     return 0;
 }
 
@@ -171,10 +167,11 @@ static int load_checkpoint(trainer *t, data_pos *pos, mm_err *err) {
     if (found) {
         ckpt_meta meta;
         for (;;) {  // a damaged checkpoint: resume: auto falls back to the previous committed one
-            char *saved = NULL;
-            int rc = ckpt_load_meta(dir, &meta, &saved, err);
-            int64_t other_arch = rc == 0 && check_same_arch(t->cfg, saved, dir, err) != 0;
-            free(saved);
+            // a config that does not parse is a config error like another architecture
+            mm_config saved;
+            int rc = ckpt_read_config(dir, &meta, &saved, NULL, err);
+            int64_t other_arch =
+                rc == -2 || (rc == 0 && check_same_arch(t->cfg, &saved, dir, err) != 0);
             if (rc == 0 && !other_arch) {
                 // the moments are loaded full-size and this rank keeps its part (ZeRO shards)
                 st.m = mm_alloc_aligned(st.n_params * sizeof(float));
