@@ -43,7 +43,7 @@
 // are drawn on the host and uploaded; forward copies back B pairs of doubles (per-sample
 // losses); generate copies back B rows of logits per step for the argmax.
 //
-// Tensor parallelism (Megatron, DESIGN.md "Parallel layout"). With NH/tp heads and d_ff/tp
+// Tensor parallelism (Megatron-LM's splits). With NH/tp heads and d_ff/tp
 // MLP columns per rank (Cl = C/tp, Fl = F/tp), a block is
 //   ln1 -> qkv (column-parallel, local heads) -> attention (local heads) -> attn.proj (row-
 //   parallel: partial sums over the local heads) -> ALLREDUCE -> + residual

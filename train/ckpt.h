@@ -1,4 +1,4 @@
-// ckpt.h: checkpoints as DESIGN.md and train/CHECKPOINT.md describe them.
+// ckpt.h: checkpoints as train/CHECKPOINT.md describes them.
 //
 //   <out_dir>/ckpt/step_XXXXXXXX/        a committed checkpoint (directory renamed into place)
 //       rank_XXXXX.h5                    this rank's slices: /params, /adam_m, /adam_v (/ema)

@@ -1,4 +1,4 @@
-// trainer.c: the main loop (DESIGN.md "Data flow"): loader -> forward -> backward ->
+// trainer.c: the main loop (ARCHITECTURE.md): loader -> forward -> backward ->
 // gradient reduction -> clip -> AdamW -> metrics -> evaluation -> checkpoint, plus resume.
 //
 // Loss definition, chosen so that it does not depend on how a global batch is split over
@@ -6,7 +6,7 @@
 // Each micro-step's backward is scaled by 1/global_batch, so summing gradients over
 // micro-steps and dp ranks gives exactly the global gradient.
 //
-// Parallel layout (DESIGN.md): world = dp x tp. Every rank of a tp group sees the same
+// Parallel layout (comm.h): world = dp x tp. Every rank of a tp group sees the same
 // samples and computes the same loss; dp ranks see disjoint parts of the global batch.
 // Only world rank 0 prints and writes metrics. What a step computes and how a run is
 // evaluated belong to the model family (family_lm.c, family_dit.c; trainer_internal.h).
