@@ -122,7 +122,7 @@ ifeq ($(CUDA),1)
   LIB_OBJ += $(CU_SRC:%.cu=$(OBJ)/%.o)
   ifeq ($(CUDA_MIN),1)
     LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/cpu/ops_cpu \
-               model/cpu/ops_glue_cpu model/cpu/ops_dit_cpu model/block model/diffusion \
+               model/cpu/ops_glue_cpu model/cpu/ops_dit_cpu model/block model/dit_block model/diffusion \
                model/diffusion_sched train/optim) $(CU_SRC:%.cu=$(OBJ)/%.o)
   endif
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart \
@@ -150,7 +150,7 @@ ifeq ($(CUDA_EMU),1)
   endif
   # only what test_ops_cuda needs: the CPU reference ops, train/optim.c, core
   EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm model/layout model/cpu/ops_cpu \
-             model/cpu/ops_glue_cpu model/cpu/ops_dit_cpu model/block model/diffusion \
+             model/cpu/ops_glue_cpu model/cpu/ops_dit_cpu model/block model/dit_block model/diffusion \
              model/diffusion_sched train/optim) \
              $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o
   # and the whole trainer on the emulated GPU (backend: cuda runs here, slowly: tiny configs)
