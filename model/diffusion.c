@@ -162,8 +162,10 @@ typedef struct {
     mm_real *dloss;            // (B)
     mm_real *dpred;            // (B, H, W, c)
     mm_real *doutp;            // (BN, pdim)
-    dit_block_scratch bs;         // the blocks' (the final layer borrows dm, dh, dmod); bs.dres
-                                  // ends as d(x0), bs.dsc and bs.dcond sum over every block
+    mm_real *dfm, *dfh;           // (BN, C) d(fm), d(fh)
+    mm_real *dfmod;               // (B, 2C) d(fmod)
+    dit_block_scratch bs;         // the blocks'; bs.dres ends as d(x0), bs.dsc and bs.dcond
+                                  // sum over every block and the final layer
     mm_real *dc, *dths, *dth;     // (B, C)
     mm_real *dphs, *dph, *dpool;  // (B, C) cond.pool backward
 } acts;
@@ -407,6 +409,9 @@ static size_t plan_acts(dit *m, mm_real *base) {
     a->dloss = model_carve(&cv, B);
     a->dpred = model_carve(&cv, pix);
     a->doutp = model_carve(&cv, pix);
+    a->dfm = model_carve(&cv, BN * C);
+    a->dfh = model_carve(&cv, BN * C);
+    a->dfmod = model_carve(&cv, B * 2 * C);
     dit_block_carve_scratch(&cv, &a->bs, B, N, (size_t)m->Tc, C, Cl, Fl);
     a->dc = model_carve(&cv, B * C);
     a->dths = model_carve(&cv, B * C);
@@ -778,7 +783,7 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     const model_ops *ops = m->ops;
     const dit_ops *dops = m->dops;
     const int B = in->B, C = m->C, N = m->N, BN = B * N, Tt = m->Tt;
-    const int na = m->n_aud, Tc = m->Tc, C6 = 6 * C, pd = m->pdim;
+    const int na = m->n_aud, Tc = m->Tc, pd = m->pdim;
     const size_t nBNC = (size_t)BN * C, pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
     acts *a = &m->a;
     const weights *w = &m->w;
@@ -793,17 +798,17 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
 
     // final layer
     {
-        mm_real *const zb[] = {a->bs.dm, a->bs.dh, a->bs.dres, a->bs.dmod, a->bs.dsc, a->bs.dcond};
-        const size_t zn[] = {nBNC, nBNC, nBNC, (size_t)B * C6, (size_t)B * C, (size_t)B * Tc * C};
+        mm_real *const zb[] = {a->dfm, a->dfh, a->dfmod, a->bs.dres, a->bs.dsc, a->bs.dcond};
+        const size_t zn[] = {nBNC, nBNC, (size_t)B * 2 * C, nBNC, (size_t)B * C,
+                             (size_t)B * Tc * C};
         model_zero_ops(ops, 6, zb, zn);
     }
     const mm_real *xL = a->layer[m->L - 1].res3;
-    ops->matmul_bwd(a->bs.dm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
-    dops->modulate_bwd(a->bs.dh, a->bs.dmod, a->bs.dmod + C, a->bs.dm, a->fh, a->fmod + C, 2 * C,
-                       B, N, C);
-    ops->layernorm_bwd(a->bs.dres, a->bs.dlng, a->bs.dlnb, a->bs.dh, xL, a->ones, a->fmean,
-                       a->frstd, BN, C);
-    ops->matmul_bwd(a->bs.dsc, g->fada_w, g->fada_b, a->bs.dmod, a->sc, w->fada_w, B, C, 2 * C);
+    ops->matmul_bwd(a->dfm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
+    dops->modulate_bwd(a->dfh, a->dfmod, a->dfmod + C, a->dfm, a->fh, a->fmod + C, 2 * C, B, N, C);
+    ops->layernorm_bwd(a->bs.dres, a->bs.dlng, a->bs.dlnb, a->dfh, xL, a->ones, a->fmean, a->frstd,
+                       BN, C);
+    ops->matmul_bwd(a->bs.dsc, g->fada_w, g->fada_b, a->dfmod, a->sc, w->fada_w, B, C, 2 * C);
     model_hook_fire(&m->hook, m->final_lo);
 
     const dit_block_run run = block_run(m, B);

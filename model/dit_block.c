@@ -101,17 +101,21 @@ void dit_block_carve_scratch(model_carver *cv, dit_block_scratch *s, size_t B, s
                              size_t C, size_t Cl, size_t Fl) {
     const size_t BN = B * N;
     s->dres = model_carve(cv, BN * C);
-    s->dy = model_carve(cv, BN * C);
-    s->dm = model_carve(cv, BN * C);
-    s->dh = model_carve(cv, BN * C);
-    s->dh2 = model_carve(cv, BN * C);
-    s->datty = model_carve(cv, BN * Cl);
-    s->dq = model_carve(cv, BN * Cl);
-    s->dqkv = model_carve(cv, BN * 3 * Cl);
-    s->dkv = model_carve(cv, B * Tc * 2 * Cl);
-    s->dfch = model_carve(cv, BN * Fl);
-    s->dfcg = model_carve(cv, BN * Fl);
     s->dmod = model_carve(cv, B * 6 * C);
+    s->dy3 = model_carve(cv, BN * C);
+    s->dfcg = model_carve(cv, BN * Fl);
+    s->dfch = model_carve(cv, BN * Fl);
+    s->dm3 = model_carve(cv, BN * C);
+    s->dh3 = model_carve(cv, BN * C);
+    s->dxatty = model_carve(cv, BN * Cl);
+    s->dq = model_carve(cv, BN * Cl);
+    s->dkv = model_carve(cv, B * Tc * 2 * Cl);
+    s->dh2 = model_carve(cv, BN * C);
+    s->dy1 = model_carve(cv, BN * C);
+    s->datty = model_carve(cv, BN * Cl);
+    s->dqkv = model_carve(cv, BN * 3 * Cl);
+    s->dm1 = model_carve(cv, BN * C);
+    s->dh1 = model_carve(cv, BN * C);
     s->dsc = model_carve(cv, B * C);
     s->dcond = model_carve(cv, B * Tc * C);
     s->dlng = model_carve(cv, C);
@@ -162,55 +166,47 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     const dit_ops *dops = r->dops;
     const int B = r->B, N = r->N, BN = B * N, Tc = r->Tc, C = r->C, C6 = 6 * C;
     const int Cl = r->NHl * r->HD, Fl = r->Fl;
-    const size_t nC = (size_t)BN * C;
+    const size_t nC = (size_t)BN * C, nCl = (size_t)BN * Cl, nFl = (size_t)BN * Fl;
+    const size_t nmod = (size_t)B * C6, nkv = (size_t)B * Tc * 2 * Cl;
     const mm_real *mod = a->mod;
     mm_real *dmod = s->dmod;
     // every activation gradient below is accumulated into: zero them all at once
-    mm_real *const zb[] = {s->dy,   s->dm,  s->dh,   s->dh2,  s->datty, s->dq,
-                           s->dqkv, s->dkv, s->dfch, s->dfcg, s->dmod};
-    const size_t zn[] = {nC,
-                         nC,
-                         nC,
-                         nC,
-                         (size_t)BN * Cl,
-                         (size_t)BN * Cl,
-                         (size_t)BN * 3 * Cl,
-                         (size_t)B * Tc * 2 * Cl,
-                         (size_t)BN * Fl,
-                         (size_t)BN * Fl,
-                         (size_t)B * C6};
-    model_zero_ops(ops, 11, zb, zn);
-    // dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
-    dops->gated_add_bwd(s->dy, dmod + 5 * C, s->dres, a->y3, mod + 5 * C, C6, B, N, C);
-    ops->matmul_bwd(s->dfcg, g->mproj_w, g->mproj_b, s->dy, a->fcg, w->mproj_w, BN, Fl, C);
-    ops->gelu_bwd(s->dfch, a->fch, s->dfcg, (size_t)BN * Fl);
-    ops->matmul_bwd(s->dm, g->fc_w, g->fc_b, s->dfch, a->m3, w->fc_w, BN, C, Fl);
+    mm_real *const zb[] = {s->dmod,                                        //
+                           s->dy3,    s->dfcg,  s->dfch, s->dm3, s->dh3,   // MLP
+                           s->dxatty, s->dq,    s->dkv,  s->dh2,           // cross-attention
+                           s->dy1,    s->datty, s->dqkv, s->dm1, s->dh1};  // self-attention
+    const size_t zn[] = {nmod,                                             //
+                         nC,   nFl, nFl,     nC, nC,                       //
+                         nCl,  nCl, nkv,     nC,                           //
+                         nC,   nCl, 3 * nCl, nC, nC};
+    model_zero_ops(ops, 15, zb, zn);
+    // MLP branch. dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
+    dops->gated_add_bwd(s->dy3, dmod + 5 * C, s->dres, a->y3, mod + 5 * C, C6, B, N, C);
+    ops->matmul_bwd(s->dfcg, g->mproj_w, g->mproj_b, s->dy3, a->fcg, w->mproj_w, BN, Fl, C);
+    ops->gelu_bwd(s->dfch, a->fch, s->dfcg, nFl);
+    ops->matmul_bwd(s->dm3, g->fc_w, g->fc_b, s->dfch, a->m3, w->fc_w, BN, C, Fl);
     // fc saw m3 whole: sum its column shares
-    model_tp_allreduce(r->tp, r->tp_group, s->dm, nC);
-    dops->modulate_bwd(s->dh, dmod + 3 * C, dmod + 4 * C, s->dm, a->h3, mod + 4 * C, C6, B, N, C);
-    ops->layernorm_bwd(s->dres, s->dlng, s->dlnb, s->dh, a->res2, r->ones, a->mean3, a->rstd3, BN,
+    model_tp_allreduce(r->tp, r->tp_group, s->dm3, nC);
+    dops->modulate_bwd(s->dh3, dmod + 3 * C, dmod + 4 * C, s->dm3, a->h3, mod + 4 * C, C6, B, N, C);
+    ops->layernorm_bwd(s->dres, s->dlng, s->dlnb, s->dh3, a->res2, r->ones, a->mean3, a->rstd3, BN,
                        C);
-    // dres = d(res2); res2 = res1 + xattn.proj(...)
-    ops->matmul_bwd(s->datty, g->xproj_w, g->xproj_b, s->dres, a->xatty, w->xproj_w, BN, Cl, C);
-    dops->xattn_bwd(s->dq, s->dkv, s->datty, a->q, a->kv, a->xatt, B, N, Tc, r->NHl, r->HD);
+    // cross-attention branch. dres = d(res2); res2 = res1 + xattn.proj(...)
+    ops->matmul_bwd(s->dxatty, g->xproj_w, g->xproj_b, s->dres, a->xatty, w->xproj_w, BN, Cl, C);
+    dops->xattn_bwd(s->dq, s->dkv, s->dxatty, a->q, a->kv, a->xatt, B, N, Tc, r->NHl, r->HD);
     ops->matmul_bwd(s->dh2, g->q_w, g->q_b, s->dq, a->h2, w->q_w, BN, C, Cl);
     model_tp_allreduce(r->tp, r->tp_group, s->dh2, nC);
     // this rank's heads' share of d(cond), summed over tp by the caller after the last block
     ops->matmul_bwd(s->dcond, g->kv_w, g->kv_b, s->dkv, r->cond, w->kv_w, B * Tc, C, 2 * Cl);
     ops->layernorm_bwd(s->dres, g->xln_g, g->xln_b, s->dh2, a->res1, w->xln_g, a->mean2, a->rstd2,
                        BN, C);
-    // dres = d(res1); res1 = x + gate1 * y1
-    ops->mem_zero(s->dy, nC * sizeof(mm_real));
-    dops->gated_add_bwd(s->dy, dmod + 2 * C, s->dres, a->y1, mod + 2 * C, C6, B, N, C);
-    ops->mem_zero(s->datty, (size_t)BN * Cl * sizeof(mm_real));
-    ops->matmul_bwd(s->datty, g->attproj_w, g->attproj_b, s->dy, a->atty, w->attproj_w, BN, Cl, C);
+    // self-attention branch. dres = d(res1); res1 = x + gate1 * y1
+    dops->gated_add_bwd(s->dy1, dmod + 2 * C, s->dres, a->y1, mod + 2 * C, C6, B, N, C);
+    ops->matmul_bwd(s->datty, g->attproj_w, g->attproj_b, s->dy1, a->atty, w->attproj_w, BN, Cl, C);
     ops->attention_bwd(s->dqkv, s->datty, a->qkv, a->atty, a->att, B, N, N, r->NHl, r->HD);
-    ops->mem_zero(s->dm, nC * sizeof(mm_real));
-    ops->matmul_bwd(s->dm, g->qkv_w, g->qkv_b, s->dqkv, a->m1, w->qkv_w, BN, C, 3 * Cl);
-    model_tp_allreduce(r->tp, r->tp_group, s->dm, nC);
-    ops->mem_zero(s->dh, nC * sizeof(mm_real));
-    dops->modulate_bwd(s->dh, dmod, dmod + C, s->dm, a->h1, mod + C, C6, B, N, C);
-    ops->layernorm_bwd(s->dres, s->dlng, s->dlnb, s->dh, x, r->ones, a->mean1, a->rstd1, BN, C);
+    ops->matmul_bwd(s->dm1, g->qkv_w, g->qkv_b, s->dqkv, a->m1, w->qkv_w, BN, C, 3 * Cl);
+    model_tp_allreduce(r->tp, r->tp_group, s->dm1, nC);
+    dops->modulate_bwd(s->dh1, dmod, dmod + C, s->dm1, a->h1, mod + C, C6, B, N, C);
+    ops->layernorm_bwd(s->dres, s->dlng, s->dlnb, s->dh1, x, r->ones, a->mean1, a->rstd1, BN, C);
     // dres = d(x); the block's modulation
     ops->matmul_bwd(s->dsc, g->ada_w, g->ada_b, dmod, r->sc, w->ada_w, B, C, C6);
 }

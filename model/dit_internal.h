@@ -69,19 +69,28 @@ typedef struct {
     mm_real *res3;                // (B, N, C) res2 + gate2 * y3 = next block's input
 } dit_block_acts;
 
-// Backward scratch shared by all blocks of the stack (not kept between calls).
+// Backward scratch shared by all blocks of the stack (not kept between calls). Each branch
+// has its own activation gradients, so that the block zeroes all it accumulates into once, at
+// its start.
 typedef struct {
-    mm_real *dres;         // (B, N, C) gradient of the residual stream: in d(res3), out d(x)
-    mm_real *dy;           // (B, N, C) d(y1) / d(y3)
-    mm_real *dm;           // (B, N, C) d(m1) / d(m3), allreduced under tp
-    mm_real *dh;           // (B, N, C) d(h1) / d(h3)
-    mm_real *dh2;          // (B, N, C) d(xattn.ln output), allreduced under tp
-    mm_real *datty;        // (B, N, Cl) d(atty) / d(xatty)
-    mm_real *dq;           // (B, N, Cl)
-    mm_real *dqkv;         // (B, N, 3, NHl, HD)
-    mm_real *dkv;          // (B, Tc, 2, NHl, HD)
-    mm_real *dfch, *dfcg;  // (B, N, Fl)
-    mm_real *dmod;         // (B, 6C) d(mod)
+    mm_real *dres;  // (B, N, C) gradient of the residual stream: in d(res3), out d(x)
+    mm_real *dmod;  // (B, 6C) d(mod)
+    // MLP branch
+    mm_real *dy3;          // (B, N, C)
+    mm_real *dfcg, *dfch;  // (B, N, Fl)
+    mm_real *dm3;          // (B, N, C) allreduced under tp
+    mm_real *dh3;          // (B, N, C)
+    // cross-attention branch
+    mm_real *dxatty;  // (B, N, Cl)
+    mm_real *dq;      // (B, N, Cl)
+    mm_real *dkv;     // (B, Tc, 2, NHl, HD)
+    mm_real *dh2;     // (B, N, C) d(xattn.ln output), allreduced under tp
+    // self-attention branch
+    mm_real *dy1;    // (B, N, C)
+    mm_real *datty;  // (B, N, Cl)
+    mm_real *dqkv;   // (B, N, 3, NHl, HD)
+    mm_real *dm1;    // (B, N, C) allreduced under tp
+    mm_real *dh1;    // (B, N, C)
     // accumulated over every block (the caller zeroes them before the first)
     mm_real *dsc;    // (B, C) d(SiLU(c))
     mm_real *dcond;  // (B, Tc, C) this rank's heads' share of d(cond); the caller sums it
