@@ -657,21 +657,28 @@ static dit_block_run block_run(const dit *m, int B) {
                            .zeros = a->zeros};
 }
 
-// Everything up to the model output: leaves pred (B, H, W, c) in out.
-static void forward_all(dit *m, const dit_input *in, mm_real *out) {
+// Timestep embedding: features of t*1000, [cos | sin], then the MLP -> c and SiLU(c).
+static void time_forward(dit *m, const dit_input *in) {
     const model_ops *ops = m->ops;
     const dit_ops *dops = m->dops;
-    const int B = in->B, C = m->C, N = m->N, BN = B * N, Tt = m->Tt;
-    const int na = m->n_aud, Tc = m->Tc;
+    const int B = in->B, C = m->C;
     acts *a = &m->a;
     const weights *w = &m->w;
-
-    // timestep embedding: features of t*1000, [cos | sin], then the MLP
     dops->time_embed(a->tfreq, in->t, B, C);
     ops->matmul_fwd(a->th, a->tfreq, w->t1_w, w->t1_b, B, C, C);
     dops->silu_fwd(a->ths, a->th, (size_t)B * C);
     ops->matmul_fwd(a->c, a->ths, w->t2_w, w->t2_b, B, C, C);
     dops->silu_fwd(a->sc, a->c, (size_t)B * C);
+}
+
+// The conditioning: both encoders, then cond (B, Tc, C) = [text | audio | null] and its key
+// mask; with pool_cond also the pooled condition added into c (and SiLU(c) again).
+static void cond_forward(dit *m, const dit_input *in) {
+    const model_ops *ops = m->ops;
+    const dit_ops *dops = m->dops;
+    const int B = in->B, C = m->C, Tt = m->Tt, na = m->n_aud, Tc = m->Tc;
+    acts *a = &m->a;
+    const weights *w = &m->w;
 
     // text encoder input: token + position embeddings; keys: non-PAD tokens of a caption (a
     // sample without one embeds PAD everywhere, so its bytes are never read)
@@ -694,7 +701,6 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     dops->sample_keys(ae->key_valid, in->has_audio, B, na);
     enc_forward(m, &w->audio, ae, B);
 
-    // cond (B, Tc, C) = [text | audio | null] and its key mask
     ops->copy_rows(a->cond, (size_t)Tc * C, te->out, (size_t)Tt * C, (size_t)Tt * C, B);
     ops->copy_rows(a->cond + (size_t)Tt * C, (size_t)Tc * C, ae->out, (size_t)na * C,
                    (size_t)na * C, B);
@@ -710,9 +716,21 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         ops->add(a->c, a->c, a->pc, (size_t)B * C);
         dops->silu_fwd(a->sc, a->c, (size_t)B * C);
     }
+}
+
+// Everything up to the model output: leaves pred (B, H, W, c) in out.
+static void forward_all(dit *m, const dit_input *in, mm_real *out) {
+    const model_ops *ops = m->ops;
+    const dit_ops *dops = m->dops;
+    const int B = in->B, C = m->C, N = m->N, BN = B * N;
+    const int H = m->cfg.img_h, W = m->cfg.img_w, ic = m->cfg.img_c, p = m->cfg.patch;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+
+    time_forward(m, in);
+    cond_forward(m, in);  // after time_forward: pool_cond adds into c
 
     // patchify (B, H, W, c) -> (BN, pdim), x_embed, + fixed positions
-    const int H = m->cfg.img_h, W = m->cfg.img_w, ic = m->cfg.img_c, p = m->cfg.patch;
     ops->patchify(a->patches, in->x_t, B, H, W, ic, p);
     ops->matmul_fwd(a->x0, a->patches, w->x_w, w->x_b, BN, m->pdim, C);
     dops->add_pos(a->x0, m->pos, B, N, C);
@@ -772,57 +790,50 @@ static void enc_backward(const dit *m, const enc_w *w, const enc_w *g, enc_acts 
     }
 }
 
-// in must be the batch of the preceding dit_forward (its target and inputs are read again).
-void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
-    check_input(m, in);
-    MM_CHECK(in->target, "dit_backward needs the target of the preceding dit_forward");
-    MM_CHECK(m->saved_B == in->B,
-             "dit_backward needs the activations of a dit_forward on the same batch (saved %d "
-             "samples, got %d; dit_predict discards them)",
-             m->saved_B, in->B);
+// loss_scale * the loss -> d(pred) -> d(outp) in patch layout (a->doutp).
+static void output_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     const model_ops *ops = m->ops;
     const dit_ops *dops = m->dops;
-    const int B = in->B, C = m->C, N = m->N, BN = B * N, Tt = m->Tt;
-    const int na = m->n_aud, Tc = m->Tc, pd = m->pdim;
-    const size_t nBNC = (size_t)BN * C, pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
+    const int B = in->B;
+    const size_t pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
     acts *a = &m->a;
-    const weights *w = &m->w;
-    const weights *g = &m->g;
-
-    // loss -> d(pred) -> patch layout
     for (int b = 0; b < B; b++) m->host_b[b] = loss_scale;
     ops->mem_upload(a->dloss, m->host_b, (size_t)B * sizeof(mm_real));
     dops->mse_bwd(a->dpred, a->pred, in->target, a->dloss, B, pix);
     if (m->cfg.x_pred) dops->xpred(a->dpred, in->x_t, in->t, 1, B, pix);
     ops->patchify(a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
+}
 
-    // final layer
-    {
-        mm_real *const zb[] = {a->dfm, a->dfh, a->dfmod, a->bs.dres, a->bs.dsc, a->bs.dcond};
-        const size_t zn[] = {nBNC, nBNC, (size_t)B * 2 * C, nBNC, (size_t)B * C,
-                             (size_t)B * Tc * C};
-        model_zero_ops(ops, 6, zb, zn);
-    }
+// The final layer from a->doutp: leaves d(last block's output) in a->bs.dres and starts the
+// sums over the blocks, d(SiLU(c)) in a->bs.dsc and d(cond) (zeroed here) in a->bs.dcond.
+static void final_backward(dit *m, int B) {
+    const model_ops *ops = m->ops;
+    const dit_ops *dops = m->dops;
+    const int C = m->C, N = m->N, BN = B * N;
+    const size_t nBNC = (size_t)BN * C;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
+    mm_real *const zb[] = {a->dfm, a->dfh, a->dfmod, a->bs.dres, a->bs.dsc, a->bs.dcond};
+    const size_t zn[] = {nBNC, nBNC, (size_t)B * 2 * C, nBNC, (size_t)B * C, (size_t)B * m->Tc * C};
+    model_zero_ops(ops, 6, zb, zn);
     const mm_real *xL = a->layer[m->L - 1].res3;
-    ops->matmul_bwd(a->dfm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
+    ops->matmul_bwd(a->dfm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, m->pdim);
     dops->modulate_bwd(a->dfh, a->dfmod, a->dfmod + C, a->dfm, a->fh, a->fmod + C, 2 * C, B, N, C);
     ops->layernorm_bwd(a->bs.dres, a->bs.dlng, a->bs.dlnb, a->dfh, xL, a->ones, a->fmean, a->frstd,
                        BN, C);
     ops->matmul_bwd(a->bs.dsc, g->fada_w, g->fada_b, a->dfmod, a->sc, w->fada_w, B, C, 2 * C);
-    model_hook_fire(&m->hook, m->final_lo);
+}
 
-    const dit_block_run run = block_run(m, B);
-    for (int l = m->L - 1; l >= 0; l--) {
-        const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
-        dit_block_backward(&run, &w->layer[l], &g->layer[l], &a->layer[l], x, &a->bs);
-        model_hook_fire(&m->hook, m->block_lo[l]);
-    }
-
-    // x_embed (the positions are fixed): no gradient flows into the image
-    ops->matmul_bwd(NULL, g->x_w, g->x_b, a->bs.dres, a->patches, w->x_w, BN, pd, C);
-    model_hook_fire(&m->hook, m->xemb_lo);
-
-    // timestep MLP from d(SiLU(c)), summed over every block and the final layer
+// The timestep MLP (and cond.pool) from d(SiLU(c)), summed over every block and the final
+// layer; leaves d(pool) in a->dpool with pool_cond.
+static void time_backward(dit *m, int B) {
+    const model_ops *ops = m->ops;
+    const dit_ops *dops = m->dops;
+    const int C = m->C;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
     {
         mm_real *const zb[] = {a->dc, a->dths, a->dth};
         const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
@@ -840,9 +851,18 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
         dops->silu_bwd(a->dph, a->ph, a->dphs, (size_t)B * C);
         ops->matmul_bwd(a->dpool, g->p1_w, g->p1_b, a->dph, a->pool, w->p1_w, B, C, C);
     }
-    model_hook_fire(&m->hook, m->pool_lo);
+}
 
-    // conditioning: d(cond) whole, then the null token and the two encoders
+// The conditioning from this rank's share of d(cond) in a->bs.dcond: d(cond) whole, then the
+// null token, the audio encoder and the text encoder, firing the grad hook after each.
+static void cond_backward(dit *m, const dit_input *in) {
+    const model_ops *ops = m->ops;
+    const dit_ops *dops = m->dops;
+    const int B = in->B, C = m->C, Tt = m->Tt, na = m->n_aud, Tc = m->Tc;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
+
     model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->bs.dcond, (size_t)B * Tc * C);
     // the mean's share to each valid key, after the sum: d(pool) is replicated, so adding it
     // before the allreduce would count it tp times
@@ -867,6 +887,42 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     // positions, deterministic without atomics (as transformer.c)
     ops->embed_bwd(NULL, NULL, g->wte, g->tpos, te->bs.dres, m->tok, B, Tt, 0, 0, C, m->V);
     model_hook_fire(&m->hook, 0);
+}
+
+// in must be the batch of the preceding dit_forward (its target and inputs are read again).
+// The stages run, and fire the grad hook, in the order of the file top.
+void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
+    check_input(m, in);
+    MM_CHECK(in->target, "dit_backward needs the target of the preceding dit_forward");
+    MM_CHECK(m->saved_B == in->B,
+             "dit_backward needs the activations of a dit_forward on the same batch (saved %d "
+             "samples, got %d; dit_predict discards them)",
+             m->saved_B, in->B);
+    const model_ops *ops = m->ops;
+    const int B = in->B, C = m->C, BN = B * m->N;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
+
+    output_backward(m, in, loss_scale);
+    final_backward(m, B);
+    model_hook_fire(&m->hook, m->final_lo);
+
+    const dit_block_run run = block_run(m, B);
+    for (int l = m->L - 1; l >= 0; l--) {
+        const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
+        dit_block_backward(&run, &w->layer[l], &g->layer[l], &a->layer[l], x, &a->bs);
+        model_hook_fire(&m->hook, m->block_lo[l]);
+    }
+
+    // x_embed (the positions are fixed): no gradient flows into the image
+    ops->matmul_bwd(NULL, g->x_w, g->x_b, a->bs.dres, a->patches, w->x_w, BN, m->pdim, C);
+    model_hook_fire(&m->hook, m->xemb_lo);
+
+    time_backward(m, B);
+    model_hook_fire(&m->hook, m->pool_lo);
+
+    cond_backward(m, in);
 }
 
 // ---------------------------------------------------------------------------------------
