@@ -9,9 +9,11 @@
 //   res2 = res1 + xattn.proj(crossattn(xattn.q(xattn.ln(res1)), xattn.kv(cond)))
 //   res3 = res2 + gate2 * mlp.proj(GELU(mlp.fc(modulate(LN(res2), shift2, scale2))))
 // The two modulated LayerNorms have no affine parameters (DiT's elementwise_affine=False).
-// tp-aware as the file top of diffusion.c describes: heads and MLP columns split, three
-// allreduces per pass each way, plus the one for d(cond) that the caller makes after the
-// last block.
+// tp-aware as dit_block.c's file top describes: heads and MLP columns split, three allreduces
+// per pass each way, plus the one for d(cond) that the caller makes after the last block.
+//
+// Every mm_real pointer below is a view: weights into the model's params / grads, activations
+// and scratch into its one activation buffer (model_carve). The caller owns all of it.
 #ifndef MM_DIT_INTERNAL_H
 #define MM_DIT_INTERNAL_H
 
