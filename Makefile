@@ -123,7 +123,7 @@ ifeq ($(CUDA),1)
   ifeq ($(CUDA_MIN),1)
     LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm comm/comm_nccl model/layout \
                model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_glue_cpu \
-               model/cpu/ops_dit_cpu model/block model/diffusion model/diffusion_sched \
+               model/cpu/ops_dit_cpu model/block model/dit_block model/diffusion model/diffusion_sched \
                train/optim) $(CU_SRC:%.cu=$(OBJ)/%.o)
   endif
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart \
@@ -152,7 +152,7 @@ ifeq ($(CUDA_EMU),1)
   # only what test_ops_cuda needs: the CPU reference ops, train/optim.c, core
   EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm comm/comm_nccl model/layout \
              model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_glue_cpu \
-             model/cpu/ops_dit_cpu model/block model/diffusion model/diffusion_sched \
+             model/cpu/ops_dit_cpu model/block model/dit_block model/diffusion model/diffusion_sched \
              train/optim) \
              $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o
   # and the whole trainer on the emulated GPU (backend: cuda runs here, slowly: tiny configs)

@@ -27,8 +27,8 @@
 //   cond   (B, Tc, d), Tc = text_T + n_aud + 1 = [text tokens | audio tokens | cond.null];
 //          key j of sample b is valid iff it is a non-PAD token of a sample with has_text,
 //          an audio token of a sample with has_audio, or the null token (always).
-// Generator block (shift, scale, gate per branch = blocks.i.ada(SiLU(c)), (B, 6d) in DiT's
-// order shift1 scale1 gate1 shift2 scale2 gate2):
+// Generator block (dit_block.c; shift, scale, gate per branch = blocks.i.ada(SiLU(c)), (B, 6d)
+// in DiT's order shift1 scale1 gate1 shift2 scale2 gate2):
 //   x += gate1 * attn.proj(selfattn(attn.qkv(modulate(LN(x), shift1, scale1))))
 //   x += xattn.proj(crossattn(xattn.q(xattn.ln(x)), xattn.kv(cond)))
 //   x += gate2 * mlp.proj(GELU(mlp.fc(modulate(LN(x), shift2, scale2))))
@@ -53,9 +53,9 @@
 //   [text.*, audio.*, cond.null, (cond.pool.*), t_embed.*, x_embed.*, blocks.*, final.*]
 // Backward runs final, blocks L-1 .. 0, then x_embed (its input gradient is d(block 0 input)),
 // t_embed and cond.pool (c feeds every block and the final layer, so its gradient is
-// complete only after all of them; one stage), then the conditioning: cond.null, the audio encoder, the text encoder (the
-// cond tokens feed every block's kv). The grad hook fires after each of those stages with lo
-// = the stage's first offset, last with lo = 0.
+// complete only after all of them; one stage), then the conditioning: cond.null, the audio
+// encoder, the text encoder (the cond tokens feed every block's kv). The grad hook fires after
+// each of those stages with lo = the stage's first offset, last with lo = 0.
 //   - weight decay on every tensor with ndim >= 2 that is not a bias (the transformer's rule:
 //     matrices, wte, text.pos/audio.pos and cond.null); never on biases or LN gains/biases.
 //   - init: per-tensor RNG stream mm_rng(seed, k) over the GLOBAL shape, row-major, sliced
@@ -89,6 +89,7 @@
 // Shared with transformer.c through model_internal.h: the table builder, the tp-independent
 // init draw and activation carving (layout.c), and the encoder block itself (block.c's
 // model_block, the LM's trunk block run replicated: tp = 1, full widths, every bias added).
+// The generator block is dit_block.c's (dit_internal.h): this file holds the model around it.
 #include "diffusion.h"
 
 #include <math.h>
@@ -97,33 +98,13 @@
 #include <string.h>
 
 #include "../data/data.h"
+#include "dit_internal.h"
 #include "model_internal.h"
 
 typedef struct {
     model_block_w *layer;    // (E) owned; replicated (tp = 1 shapes)
     mm_real *lnf_g, *lnf_b;  // (C)
 } enc_w;
-
-// One generator block, this rank's slices (Cl = C/tp, Fl = F/tp).
-typedef struct {
-    mm_real *ada_w;          // (6C, C) replicated
-    mm_real *ada_b;          // (6C)
-    mm_real *qkv_w;          // (3, Cl, C)
-    mm_real *qkv_b;          // (3, Cl)
-    mm_real *attproj_w;      // (C, Cl)
-    mm_real *attproj_b;      // (C) replicated
-    mm_real *xln_g, *xln_b;  // (C)
-    mm_real *q_w;            // (Cl, C)
-    mm_real *q_b;            // (Cl)
-    mm_real *kv_w;           // (2, Cl, C)
-    mm_real *kv_b;           // (2, Cl)
-    mm_real *xproj_w;        // (C, Cl)
-    mm_real *xproj_b;        // (C) replicated
-    mm_real *fc_w;           // (Fl, C)
-    mm_real *fc_b;           // (Fl)
-    mm_real *mproj_w;        // (C, Fl)
-    mm_real *mproj_b;        // (C) replicated
-} block_w;
 
 // Views into params or grads (same offsets in both).
 typedef struct {
@@ -141,7 +122,7 @@ typedef struct {
     mm_real *t2_w, *t2_b;  // (C, C), (C)
     mm_real *x_w;          // (C, pdim)
     mm_real *x_b;          // (C)
-    block_w *layer;        // (L) owned
+    dit_block_w *layer;    // (L) owned
     mm_real *fada_w;       // (2C, C)
     mm_real *fada_b;       // (2C)
     mm_real *fproj_w;      // (pdim, C)
@@ -159,29 +140,6 @@ typedef struct {
     model_block_scratch bs;  // the blocks'; bs.dres ends as d(x0)
 } enc_acts;
 
-// Saved activations of one generator block; BN = B*N rows.
-typedef struct {
-    mm_real *mod;                 // (B, 6C) ada output: shift1 scale1 gate1 shift2 scale2 gate2
-    mm_real *h1, *mean1, *rstd1;  // (BN, C) LN(x) (no affine); (BN), (BN)
-    mm_real *m1;                  // (BN, C) modulated
-    mm_real *qkv;                 // (BN, 3Cl) = (B, N, 3, NHl, HD)
-    mm_real *att;                 // ops->attention_saved(be, B, NHl, N)
-    mm_real *atty;                // (BN, Cl)
-    mm_real *y1;                  // (BN, C) attn.proj output, whole after the allreduce
-    mm_real *res1;                // (BN, C) x + gate1 * y1
-    mm_real *h2, *mean2, *rstd2;  // (BN, C) xattn.ln output; (BN), (BN)
-    mm_real *q;                   // (BN, Cl)
-    mm_real *kv;                  // (B, Tc, 2Cl) = (B, Tc, 2, NHl, HD)
-    mm_real *xatt;                // (B, NHl, N, Tc)
-    mm_real *xatty;               // (BN, Cl)
-    mm_real *res2;                // (BN, C) res1 + xattn.proj output
-    mm_real *h3, *mean3, *rstd3;  // (BN, C) LN(res2) (no affine); (BN), (BN)
-    mm_real *m3;                  // (BN, C) modulated
-    mm_real *fch, *fcg;           // (BN, Fl) pre / post GELU
-    mm_real *y3;                  // (BN, C) mlp.proj output, whole after the allreduce
-    mm_real *res3;                // (BN, C) res2 + gate2 * y3 = next block's input
-} block_acts;
-
 typedef struct {
     mm_real *patches;             // (BN, pdim)
     mm_real *x0;                  // (BN, C) block 0 input
@@ -192,7 +150,7 @@ typedef struct {
     mm_real *pc;                  // (B, C) cond.pool.fc2 output (added to c)
     mm_real *aud;                 // (B, n_aud, adim) grouped frames (when a tail is dropped)
     mm_real *cond;                // (B, Tc, C)
-    block_acts *layer;            // (L) owned
+    dit_block_acts *layer;        // (L) owned
     mm_real *fmod;                // (B, 2C) final shift, scale
     mm_real *fh, *fmean, *frstd;  // (BN, C) final LN; (BN), (BN)
     mm_real *fm;                  // (BN, C) modulated
@@ -204,27 +162,17 @@ typedef struct {
     mm_real *dloss;            // (B)
     mm_real *dpred;            // (B, H, W, c)
     mm_real *doutp;            // (BN, pdim)
-    mm_real *dres;             // (BN, C) gradient of the residual stream
-    mm_real *dy;               // (BN, C) d(y1) / d(y3)
-    mm_real *dm;               // (BN, C) d(m1) / d(m3) / d(fm), allreduced under tp
-    mm_real *dh;               // (BN, C) d(h1) / d(h3) / d(fh)
-    mm_real *dh2;              // (BN, C) d(xattn.ln output), allreduced under tp
-    mm_real *datty;            // (BN, Cl) d(atty) / d(xatty)
-    mm_real *dq;               // (BN, Cl)
-    mm_real *dqkv;             // (BN, 3Cl)
-    mm_real *dkv;              // (B, Tc, 2Cl)
-    mm_real *dfch, *dfcg;      // (BN, Fl)
-    mm_real *dmod;             // (B, 6C) d(block's ada output) / d(fmod)
-    mm_real *dsc;              // (B, C) d(SiLU(c)), summed over blocks and final
-    mm_real *dc, *dths, *dth;  // (B, C)
+    mm_real *dfm, *dfh;           // (BN, C) d(fm), d(fh)
+    mm_real *dfmod;               // (B, 2C) d(fmod)
+    dit_block_scratch bs;         // the blocks'; bs.dres ends as d(x0), bs.dsc and bs.dcond
+                                  // sum over every block and the final layer
+    mm_real *dc, *dths, *dth;     // (B, C)
     mm_real *dphs, *dph, *dpool;  // (B, C) cond.pool backward
-    mm_real *dcond;            // (B, Tc, C)
-    mm_real *dlng, *dlnb;      // (C) discarded gains/bias grads of the non-affine LNs
 } acts;
 
 struct dit {
     dit_config cfg;
-    const mm_backend *be;  // not owned
+    const mm_backend *be;   // not owned
     const model_ops *ops;  // be->ops
     const dit_ops *dops;
     int max_B;
@@ -269,8 +217,6 @@ static void add_tensor(model_table *tb, const char *name, int ndim, const int64_
     model_table_add(tb, name, ndim, shape, split_dim, group_of(name));
 }
 
-enum { GEN_BLOCK_TENSORS = 18 };
-
 // An encoder's blocks ("<pre>.blocks.<l>.*", replicated) and its ln_f.
 static void add_encoder(model_table *tb, const char *pre, int E, int64_t C, int64_t F) {
     char nm[64];
@@ -287,7 +233,7 @@ static void build_table(dit *m) {
     const int64_t C = m->C, F = m->F, V = m->V, P = m->pdim;
     const int E = m->E;
     int cap = 2 + (MODEL_BLOCK_TENSORS * E + 2) + 3 + (MODEL_BLOCK_TENSORS * E + 2) + 1 + 4 + 2 +
-              GEN_BLOCK_TENSORS * m->L + 4 + (c->pool_cond ? 4 : 0);
+              DIT_BLOCK_TENSORS * m->L + 4 + (c->pool_cond ? 4 : 0);
     model_table tb;
     model_table_init(&tb, cap, c->tp, c->tp_rank);
     add_tensor(&tb, "text.wte", 2, MODEL_SHAPE(V, C), -1);
@@ -315,32 +261,11 @@ static void build_table(dit *m) {
     m->xemb_lo = tb.off;
     add_tensor(&tb, "x_embed.w", 2, MODEL_SHAPE(C, P), -1);
     add_tensor(&tb, "x_embed.b", 1, MODEL_SHAPE(C), -1);
-    char nm[64];
-#define BLK(suffix, ...) \
-    (snprintf(nm, sizeof(nm), "blocks.%d.%s", l, suffix), add_tensor(&tb, nm, __VA_ARGS__))
     m->block_lo = mm_calloc((size_t)m->L, sizeof(size_t));
     for (int l = 0; l < m->L; l++) {
         m->block_lo[l] = tb.off;
-        BLK("ada.w", 2, MODEL_SHAPE(6 * C, C), -1);
-        BLK("ada.b", 1, MODEL_SHAPE(6 * C), -1);
-        BLK("attn.qkv.w", 3, MODEL_SHAPE(3, C, C), 1);
-        BLK("attn.qkv.b", 2, MODEL_SHAPE(3, C), 1);
-        BLK("attn.proj.w", 2, MODEL_SHAPE(C, C), 1);
-        BLK("attn.proj.b", 1, MODEL_SHAPE(C), -1);
-        BLK("xattn.ln.g", 1, MODEL_SHAPE(C), -1);
-        BLK("xattn.ln.b", 1, MODEL_SHAPE(C), -1);
-        BLK("xattn.q.w", 2, MODEL_SHAPE(C, C), 0);
-        BLK("xattn.q.b", 1, MODEL_SHAPE(C), 0);
-        BLK("xattn.kv.w", 3, MODEL_SHAPE(2, C, C), 1);
-        BLK("xattn.kv.b", 2, MODEL_SHAPE(2, C), 1);
-        BLK("xattn.proj.w", 2, MODEL_SHAPE(C, C), 1);
-        BLK("xattn.proj.b", 1, MODEL_SHAPE(C), -1);
-        BLK("mlp.fc.w", 2, MODEL_SHAPE(F, C), 0);
-        BLK("mlp.fc.b", 1, MODEL_SHAPE(F), 0);
-        BLK("mlp.proj.w", 2, MODEL_SHAPE(C, F), 1);
-        BLK("mlp.proj.b", 1, MODEL_SHAPE(C), -1);
+        dit_block_add_tensors(&tb, "blocks", l, C, F, MODEL_GROUP_TRUNK);
     }
-#undef BLK
     m->final_lo = tb.off;
     add_tensor(&tb, "final.ada.w", 2, MODEL_SHAPE(2 * C, C), -1);
     add_tensor(&tb, "final.ada.b", 1, MODEL_SHAPE(2 * C), -1);
@@ -386,28 +311,8 @@ static void bind_weights(const dit *m, weights *wt, mm_real *buf) {
     wt->t2_b = NEXT();
     wt->x_w = NEXT();
     wt->x_b = NEXT();
-    wt->layer = mm_calloc((size_t)m->L, sizeof(block_w));
-    for (int l = 0; l < m->L; l++) {
-        block_w *lw = &wt->layer[l];
-        lw->ada_w = NEXT();
-        lw->ada_b = NEXT();
-        lw->qkv_w = NEXT();
-        lw->qkv_b = NEXT();
-        lw->attproj_w = NEXT();
-        lw->attproj_b = NEXT();
-        lw->xln_g = NEXT();
-        lw->xln_b = NEXT();
-        lw->q_w = NEXT();
-        lw->q_b = NEXT();
-        lw->kv_w = NEXT();
-        lw->kv_b = NEXT();
-        lw->xproj_w = NEXT();
-        lw->xproj_b = NEXT();
-        lw->fc_w = NEXT();
-        lw->fc_b = NEXT();
-        lw->mproj_w = NEXT();
-        lw->mproj_b = NEXT();
-    }
+    wt->layer = mm_calloc((size_t)m->L, sizeof(dit_block_w));
+    for (int l = 0; l < m->L; l++) dit_block_bind(&wt->layer[l], buf, t, &k);
     wt->fada_w = NEXT();
     wt->fada_b = NEXT();
     wt->fproj_w = NEXT();
@@ -490,35 +395,8 @@ static size_t plan_acts(dit *m, mm_real *base) {
     a->pc = model_carve(&cv, B * C);
     a->aud = model_carve(&cv, B * m->n_aud * m->adim);
     a->cond = model_carve(&cv, BTc * C);
-    for (int l = 0; l < m->L; l++) {
-        block_acts *la = &a->layer[l];
-        la->mod = model_carve(&cv, B * 6 * C);
-        la->h1 = model_carve(&cv, BN * C);
-        la->mean1 = model_carve(&cv, BN);
-        la->rstd1 = model_carve(&cv, BN);
-        la->m1 = model_carve(&cv, BN * C);
-        la->qkv = model_carve(&cv, BN * 3 * Cl);
-        la->att = model_carve(&cv, m->ops->attention_saved(m->be, (int)B, m->NHl, (int)N));
-        la->atty = model_carve(&cv, BN * Cl);
-        la->y1 = model_carve(&cv, BN * C);
-        la->res1 = model_carve(&cv, BN * C);
-        la->h2 = model_carve(&cv, BN * C);
-        la->mean2 = model_carve(&cv, BN);
-        la->rstd2 = model_carve(&cv, BN);
-        la->q = model_carve(&cv, BN * Cl);
-        la->kv = model_carve(&cv, BTc * 2 * Cl);
-        la->xatt = model_carve(&cv, BN * m->NHl * m->Tc);
-        la->xatty = model_carve(&cv, BN * Cl);
-        la->res2 = model_carve(&cv, BN * C);
-        la->h3 = model_carve(&cv, BN * C);
-        la->mean3 = model_carve(&cv, BN);
-        la->rstd3 = model_carve(&cv, BN);
-        la->m3 = model_carve(&cv, BN * C);
-        la->fch = model_carve(&cv, BN * Fl);
-        la->fcg = model_carve(&cv, BN * Fl);
-        la->y3 = model_carve(&cv, BN * C);
-        la->res3 = model_carve(&cv, BN * C);
-    }
+    for (int l = 0; l < m->L; l++)
+        dit_block_carve(&cv, m->be, &a->layer[l], B, N, (size_t)m->Tc, C, (size_t)m->NHl, Cl, Fl);
     a->fmod = model_carve(&cv, B * 2 * C);
     a->fh = model_carve(&cv, BN * C);
     a->fmean = model_carve(&cv, BN);
@@ -532,28 +410,16 @@ static size_t plan_acts(dit *m, mm_real *base) {
     a->dloss = model_carve(&cv, B);
     a->dpred = model_carve(&cv, pix);
     a->doutp = model_carve(&cv, pix);
-    a->dres = model_carve(&cv, BN * C);
-    a->dy = model_carve(&cv, BN * C);
-    a->dm = model_carve(&cv, BN * C);
-    a->dh = model_carve(&cv, BN * C);
-    a->dh2 = model_carve(&cv, BN * C);
-    a->datty = model_carve(&cv, BN * Cl);
-    a->dq = model_carve(&cv, BN * Cl);
-    a->dqkv = model_carve(&cv, BN * 3 * Cl);
-    a->dkv = model_carve(&cv, BTc * 2 * Cl);
-    a->dfch = model_carve(&cv, BN * Fl);
-    a->dfcg = model_carve(&cv, BN * Fl);
-    a->dmod = model_carve(&cv, B * 6 * C);
-    a->dsc = model_carve(&cv, B * C);
+    a->dfm = model_carve(&cv, BN * C);
+    a->dfh = model_carve(&cv, BN * C);
+    a->dfmod = model_carve(&cv, B * 2 * C);
+    dit_block_carve_scratch(&cv, &a->bs, B, N, (size_t)m->Tc, C, Cl, Fl);
     a->dc = model_carve(&cv, B * C);
     a->dths = model_carve(&cv, B * C);
     a->dth = model_carve(&cv, B * C);
     a->dphs = model_carve(&cv, B * C);
     a->dph = model_carve(&cv, B * C);
     a->dpool = model_carve(&cv, B * C);
-    a->dcond = model_carve(&cv, BTc * C);
-    a->dlng = model_carve(&cv, C);
-    a->dlnb = model_carve(&cv, C);
     plan_enc(m, &cv, &m->te);
     plan_enc(m, &cv, &m->ae);
     return cv.off;
@@ -609,13 +475,13 @@ static int check_config(const dit_config *c, int max_B, mm_err *err) {
 // The DiT's kernels on each backend: the one place a backend registers them.
 const dit_ops *dit_ops_for(const mm_backend *be) {
     switch (be->kind) {
-        case MM_BACKEND_CPU:
-            return &dit_ops_cpu;
-        case MM_BACKEND_CUDA:
+    case MM_BACKEND_CPU:
+        return &dit_ops_cpu;
+    case MM_BACKEND_CUDA:
 #ifdef MM_HAVE_CUDA
-            return &dit_ops_cuda;
+        return &dit_ops_cuda;
 #endif
-            break;
+        break;
     }
     return NULL;
 }
@@ -674,7 +540,7 @@ int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B
     ops->mem_upload(be, m->pos, pos, posb);
     free(pos);
 
-    m->a.layer = mm_calloc((size_t)m->L, sizeof(block_acts));
+    m->a.layer = mm_calloc((size_t)m->L, sizeof(dit_block_acts));
     m->te.T = m->Tt;
     m->ae.T = m->n_aud;
     size_t nl = (size_t)(m->E ? m->E : 1);
@@ -744,9 +610,7 @@ mm_real *dit_params(dit *m) {
     return m->params;
 }
 const dit_config *dit_cfg(const dit *m) { return &m->cfg; }
-const mm_backend *dit_backend(const dit *m) {
-    return m->be;
-}
+const mm_backend *dit_backend(const dit *m) { return m->be; }
 const dit_ops *dit_dit_ops(const dit *m) { return m->dops; }
 
 mm_real *dit_grads(dit *m) {
@@ -758,11 +622,6 @@ void dit_set_grad_hook(dit *m, model_grad_hook fn, void *ctx) {
 
 void dit_zero_grad(dit *m) {
     model_zero_ops(m->be, 1, &m->grads, &m->n_params);
-}
-
-// dst = src (rows, C) (the residual copies before the in-place gated adds), one row per task.
-static void copy_par(const dit *m, mm_real *dst, const mm_real *src, int rows) {
-    m->ops->copy_rows(m->be, dst, (size_t)m->C, src, (size_t)m->C, (size_t)m->C, rows);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -796,23 +655,55 @@ static void enc_forward(const dit *m, const enc_w *w, enc_acts *e, int B) {
     m->ops->layernorm_fwd(m->be, e->out, e->mean, e->rstd, x, w->lnf_g, w->lnf_b, B * e->T, m->C);
 }
 
-// Everything up to the model output: leaves pred (B, H, W, c) in out.
-static void forward_all(dit *m, const dit_input *in, mm_real *out) {
+// How the generator blocks run a call with B samples: this rank's heads and MLP columns, and
+// the conditioning, SiLU(c) and key masks that forward_all leaves in the activations.
+static dit_block_run block_run(const dit *m, int B) {
+    const acts *a = &m->a;
+    return (dit_block_run){.be = m->be,
+                           .ops = m->ops,
+                           .dops = m->dops,
+                           .B = B,
+                           .N = m->N,
+                           .Tc = m->Tc,
+                           .C = m->C,
+                           .NHl = m->NHl,
+                           .HD = m->HD,
+                           .Fl = m->Fl,
+                           .bias_rank = m->cfg.tp_rank == 0,
+                           .tp = m->cfg.tp,
+                           .tp_group = m->cfg.tp_group,
+                           .sc = a->sc,
+                           .cond = a->cond,
+                           .self_valid = m->all_valid,
+                           .cond_valid = m->key_valid,
+                           .ones = a->ones,
+                           .zeros = a->zeros};
+}
+
+// Timestep embedding: features of t*1000, [cos | sin], then the MLP -> c and SiLU(c).
+static void time_forward(dit *m, const dit_input *in) {
     const mm_backend *be = m->be;
     const model_ops *ops = be->ops;
     const dit_ops *dops = m->dops;
-    const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, N = m->N, BN = B * N, Tt = m->Tt;
-    const int na = m->n_aud, Tc = m->Tc, C6 = 6 * C;
-    const int bias_rank = m->cfg.tp_rank == 0;  // adds the row-parallel biases (file top)
+    const int B = in->B, C = m->C;
     acts *a = &m->a;
     const weights *w = &m->w;
-
-    // timestep embedding: features of t*1000, [cos | sin], then the MLP
     dops->time_embed(be, a->tfreq, in->t, B, C);
     ops->matmul_fwd(be, a->th, a->tfreq, w->t1_w, w->t1_b, B, C, C);
     dops->silu_fwd(be, a->ths, a->th, (size_t)B * C);
     ops->matmul_fwd(be, a->c, a->ths, w->t2_w, w->t2_b, B, C, C);
     dops->silu_fwd(be, a->sc, a->c, (size_t)B * C);
+}
+
+// The conditioning: both encoders, then cond (B, Tc, C) = [text | audio | null] and its key
+// mask; with pool_cond also the pooled condition added into c (and SiLU(c) again).
+static void cond_forward(dit *m, const dit_input *in) {
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
+    const dit_ops *dops = m->dops;
+    const int B = in->B, C = m->C, Tt = m->Tt, na = m->n_aud, Tc = m->Tc;
+    acts *a = &m->a;
+    const weights *w = &m->w;
 
     // text encoder input: token + position embeddings; keys: non-PAD tokens of a caption (a
     // sample without one embeds PAD everywhere, so its bytes are never read)
@@ -835,7 +726,6 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     dops->sample_keys(be, ae->key_valid, in->has_audio, B, na);
     enc_forward(m, &w->audio, ae, B);
 
-    // cond (B, Tc, C) = [text | audio | null] and its key mask
     ops->copy_rows(be, a->cond, (size_t)Tc * C, te->out, (size_t)Tt * C, (size_t)Tt * C, B);
     ops->copy_rows(be, a->cond + (size_t)Tt * C, (size_t)Tc * C, ae->out, (size_t)na * C,
                    (size_t)na * C, B);
@@ -851,51 +741,31 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         ops->add(be, a->c, a->c, a->pc, (size_t)B * C);
         dops->silu_fwd(be, a->sc, a->c, (size_t)B * C);
     }
+}
+
+// Everything up to the model output: leaves pred (B, H, W, c) in out.
+static void forward_all(dit *m, const dit_input *in, mm_real *out) {
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
+    const dit_ops *dops = m->dops;
+    const int B = in->B, C = m->C, N = m->N, BN = B * N;
+    const int H = m->cfg.img_h, W = m->cfg.img_w, ic = m->cfg.img_c, p = m->cfg.patch;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+
+    time_forward(m, in);
+    cond_forward(m, in);  // after time_forward: pool_cond adds into c
 
     // patchify (B, H, W, c) -> (BN, pdim), x_embed, + fixed positions
-    const int H = m->cfg.img_h, W = m->cfg.img_w, ic = m->cfg.img_c, p = m->cfg.patch;
     ops->patchify(be, a->patches, in->x_t, B, H, W, ic, p);
     ops->matmul_fwd(be, a->x0, a->patches, w->x_w, w->x_b, BN, m->pdim, C);
     dops->add_pos(be, a->x0, m->pos, B, N, C);
 
-    const size_t nBNC = (size_t)BN * C;
+    const dit_block_run run = block_run(m, B);
     const mm_real *x = a->x0;
     for (int l = 0; l < m->L; l++) {
-        const block_w *lw = &w->layer[l];
-        block_acts *la = &a->layer[l];
-        const mm_real *mod = la->mod;  // (B, 6C)
-        ops->matmul_fwd(be, la->mod, a->sc, lw->ada_w, lw->ada_b, B, C, C6);
-        // self-attention branch
-        ops->layernorm_fwd(be, la->h1, la->mean1, la->rstd1, x, a->ones, a->zeros, BN, C);
-        dops->modulate_fwd(be, la->m1, la->h1, mod, mod + C, C6, B, N, C);
-        ops->matmul_fwd(be, la->qkv, la->m1, lw->qkv_w, lw->qkv_b, BN, C, 3 * Cl);
-        ops->attention_fwd(be, la->atty, la->att, la->qkv, m->all_valid, B, N, N, m->NHl, m->HD);
-        ops->matmul_fwd(be, la->y1, la->atty, lw->attproj_w, bias_rank ? lw->attproj_b : NULL, BN,
-                        Cl, C);
-        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->y1, nBNC);
-        copy_par(m, la->res1, x, BN);
-        dops->gated_add_fwd(be, la->res1, la->y1, mod + 2 * C, C6, B, N, C);
-        // cross-attention branch (no gate: the pre-norm LN has affine parameters)
-        ops->layernorm_fwd(be, la->h2, la->mean2, la->rstd2, la->res1, lw->xln_g, lw->xln_b, BN, C);
-        ops->matmul_fwd(be, la->q, la->h2, lw->q_w, lw->q_b, BN, C, Cl);
-        ops->matmul_fwd(be, la->kv, a->cond, lw->kv_w, lw->kv_b, B * Tc, C, 2 * Cl);
-        dops->xattn_fwd(be, la->xatty, la->xatt, la->q, la->kv, m->key_valid, B, N, Tc, m->NHl,
-                        m->HD);
-        ops->matmul_fwd(be, la->res2, la->xatty, lw->xproj_w, bias_rank ? lw->xproj_b : NULL, BN,
-                        Cl, C);
-        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->res2, nBNC);
-        ops->add(be, la->res2, la->res2, la->res1, nBNC);
-        // MLP branch
-        ops->layernorm_fwd(be, la->h3, la->mean3, la->rstd3, la->res2, a->ones, a->zeros, BN, C);
-        dops->modulate_fwd(be, la->m3, la->h3, mod + 3 * C, mod + 4 * C, C6, B, N, C);
-        ops->matmul_fwd(be, la->fch, la->m3, lw->fc_w, lw->fc_b, BN, C, Fl);
-        ops->gelu_fwd(be, la->fcg, la->fch, (size_t)BN * Fl);
-        ops->matmul_fwd(be, la->y3, la->fcg, lw->mproj_w, bias_rank ? lw->mproj_b : NULL, BN, Fl,
-                        C);
-        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, la->y3, nBNC);
-        copy_par(m, la->res3, la->res2, BN);
-        dops->gated_add_fwd(be, la->res3, la->y3, mod + 5 * C, C6, B, N, C);
-        x = la->res3;
+        dit_block_forward(&run, &w->layer[l], &a->layer[l], x);
+        x = a->layer[l].res3;
     }
 
     // final layer, then unpatchify (BN, pdim) -> (B, H, W, c)
@@ -937,8 +807,8 @@ static void enc_backward(const dit *m, const enc_w *w, const enc_w *g, enc_acts 
     const size_t n0[] = {(size_t)BT * C};
     model_zero_ops(m->be, 1, z0, n0);
     const mm_real *xl = m->E ? e->layer[m->E - 1].res3 : e->x0;
-    m->ops->layernorm_bwd(m->be, e->bs.dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean,
-                          e->rstd, BT, C);
+    m->ops->layernorm_bwd(m->be, e->bs.dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean, e->rstd,
+                          BT, C);
     const model_block_run run = enc_run(m, B, e->T);
     for (int l = m->E - 1; l >= 0; l--) {
         const mm_real *x = l ? e->layer[l - 1].res3 : e->x0;
@@ -946,123 +816,59 @@ static void enc_backward(const dit *m, const enc_w *w, const enc_w *g, enc_acts 
     }
 }
 
-// in must be the batch of the preceding dit_forward (its target and inputs are read again).
-void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
-    check_input(m, in);
-    MM_CHECK(in->target, "dit_backward needs the target of the preceding dit_forward");
-    MM_CHECK(m->saved_B == in->B,
-             "dit_backward needs the activations of a dit_forward on the same batch (saved %d "
-             "samples, got %d; dit_predict discards them)",
-             m->saved_B, in->B);
+// loss_scale * the loss -> d(pred) -> d(outp) in patch layout (a->doutp).
+static void output_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     const mm_backend *be = m->be;
     const model_ops *ops = be->ops;
     const dit_ops *dops = m->dops;
-    const int B = in->B, C = m->C, Cl = m->Cl, Fl = m->Fl, N = m->N, BN = B * N, Tt = m->Tt;
-    const int na = m->n_aud, Tc = m->Tc, C6 = 6 * C, pd = m->pdim;
-    const size_t nBNC = (size_t)BN * C, pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
+    const int B = in->B;
+    const size_t pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
     acts *a = &m->a;
-    const weights *w = &m->w;
-    const weights *g = &m->g;
-
-    // loss -> d(pred) -> patch layout
     for (int b = 0; b < B; b++) m->host_b[b] = loss_scale;
     ops->mem_upload(be, a->dloss, m->host_b, (size_t)B * sizeof(mm_real));
     dops->mse_bwd(be, a->dpred, a->pred, in->target, a->dloss, B, pix);
     if (m->cfg.x_pred) dops->xpred(be, a->dpred, in->x_t, in->t, 1, B, pix);
-    ops->patchify(be, a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
-                  m->cfg.patch);
+    ops->patchify(be, a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
+}
 
-    // final layer
-    {
-        mm_real *const zb[] = {a->dm, a->dh, a->dres, a->dmod, a->dsc, a->dcond};
-        const size_t zn[] = {nBNC, nBNC, nBNC, (size_t)B * C6, (size_t)B * C, (size_t)B * Tc * C};
-        model_zero_ops(be, 6, zb, zn);
-    }
+// The final layer from a->doutp: leaves d(last block's output) in a->bs.dres and starts the
+// sums over the blocks, d(SiLU(c)) in a->bs.dsc and d(cond) (zeroed here) in a->bs.dcond.
+static void final_backward(dit *m, int B) {
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
+    const dit_ops *dops = m->dops;
+    const int C = m->C, N = m->N, BN = B * N;
+    const size_t nBNC = (size_t)BN * C;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
+    mm_real *const zb[] = {a->dfm, a->dfh, a->dfmod, a->bs.dres, a->bs.dsc, a->bs.dcond};
+    const size_t zn[] = {nBNC, nBNC, (size_t)B * 2 * C, nBNC, (size_t)B * C, (size_t)B * m->Tc * C};
+    model_zero_ops(be, 6, zb, zn);
     const mm_real *xL = a->layer[m->L - 1].res3;
-    ops->matmul_bwd(be, a->dm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, pd);
-    dops->modulate_bwd(be, a->dh, a->dmod, a->dmod + C, a->dm, a->fh, a->fmod + C, 2 * C, B, N, C);
-    ops->layernorm_bwd(be, a->dres, a->dlng, a->dlnb, a->dh, xL, a->ones, a->fmean, a->frstd, BN,
-                       C);
-    ops->matmul_bwd(be, a->dsc, g->fada_w, g->fada_b, a->dmod, a->sc, w->fada_w, B, C, 2 * C);
-    model_hook_fire(&m->hook, m->final_lo);
+    ops->matmul_bwd(be, a->dfm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, m->pdim);
+    dops->modulate_bwd(be, a->dfh, a->dfmod, a->dfmod + C, a->dfm, a->fh, a->fmod + C, 2 * C, B, N, C);
+    ops->layernorm_bwd(be, a->bs.dres, a->bs.dlng, a->bs.dlnb, a->dfh, xL, a->ones, a->fmean, a->frstd,
+                       BN, C);
+    ops->matmul_bwd(be, a->bs.dsc, g->fada_w, g->fada_b, a->dfmod, a->sc, w->fada_w, B, C, 2 * C);
+}
 
-    for (int l = m->L - 1; l >= 0; l--) {
-        const block_w *lw = &w->layer[l];
-        const block_w *lg = &g->layer[l];
-        const block_acts *la = &a->layer[l];
-        const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
-        const mm_real *mod = la->mod;
-        mm_real *dmod = a->dmod;
-        // every activation gradient below is accumulated into: zero them all at once
-        mm_real *const zb[] = {a->dy,   a->dm,  a->dh,   a->dh2,  a->datty, a->dq,
-                               a->dqkv, a->dkv, a->dfch, a->dfcg, a->dmod};
-        const size_t zn[] = {nBNC,
-                             nBNC,
-                             nBNC,
-                             nBNC,
-                             (size_t)BN * Cl,
-                             (size_t)BN * Cl,
-                             (size_t)BN * 3 * Cl,
-                             (size_t)B * Tc * 2 * Cl,
-                             (size_t)BN * Fl,
-                             (size_t)BN * Fl,
-                             (size_t)B * C6};
-        model_zero_ops(be, 11, zb, zn);
-        // dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
-        dops->gated_add_bwd(be, a->dy, dmod + 5 * C, a->dres, la->y3, mod + 5 * C, C6, B, N, C);
-        ops->matmul_bwd(be, a->dfcg, lg->mproj_w, lg->mproj_b, a->dy, la->fcg, lw->mproj_w, BN, Fl,
-                        C);
-        ops->gelu_bwd(be, a->dfch, la->fch, a->dfcg, (size_t)BN * Fl);
-        ops->matmul_bwd(be, a->dm, lg->fc_w, lg->fc_b, a->dfch, la->m3, lw->fc_w, BN, C, Fl);
-        // fc saw m3 whole: sum its column shares
-        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dm, nBNC);
-        dops->modulate_bwd(be, a->dh, dmod + 3 * C, dmod + 4 * C, a->dm, la->h3, mod + 4 * C, C6, B,
-                           N, C);
-        ops->layernorm_bwd(be, a->dres, a->dlng, a->dlnb, a->dh, la->res2, a->ones, la->mean3,
-                           la->rstd3, BN, C);
-        // dres = d(res2); res2 = res1 + xattn.proj(...)
-        ops->matmul_bwd(be, a->datty, lg->xproj_w, lg->xproj_b, a->dres, la->xatty, lw->xproj_w, BN,
-                        Cl, C);
-        dops->xattn_bwd(be, a->dq, a->dkv, a->datty, la->q, la->kv, la->xatt, B, N, Tc, m->NHl,
-                        m->HD);
-        ops->matmul_bwd(be, a->dh2, lg->q_w, lg->q_b, a->dq, la->h2, lw->q_w, BN, C, Cl);
-        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dh2, nBNC);
-        // this rank's heads' share of d(cond), summed over tp once after the last block
-        ops->matmul_bwd(be, a->dcond, lg->kv_w, lg->kv_b, a->dkv, a->cond, lw->kv_w, B * Tc, C,
-                        2 * Cl);
-        ops->layernorm_bwd(be, a->dres, lg->xln_g, lg->xln_b, a->dh2, la->res1, lw->xln_g,
-                           la->mean2, la->rstd2, BN, C);
-        // dres = d(res1); res1 = x + gate1 * y1
-        ops->mem_zero(be, a->dy, nBNC * sizeof(mm_real));
-        dops->gated_add_bwd(be, a->dy, dmod + 2 * C, a->dres, la->y1, mod + 2 * C, C6, B, N, C);
-        ops->mem_zero(be, a->datty, (size_t)BN * Cl * sizeof(mm_real));
-        ops->matmul_bwd(be, a->datty, lg->attproj_w, lg->attproj_b, a->dy, la->atty, lw->attproj_w,
-                        BN, Cl, C);
-        ops->attention_bwd(be, a->dqkv, a->datty, la->qkv, la->atty, la->att, B, N, N, m->NHl,
-                           m->HD);
-        ops->mem_zero(be, a->dm, nBNC * sizeof(mm_real));
-        ops->matmul_bwd(be, a->dm, lg->qkv_w, lg->qkv_b, a->dqkv, la->m1, lw->qkv_w, BN, C, 3 * Cl);
-        model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dm, nBNC);
-        ops->mem_zero(be, a->dh, nBNC * sizeof(mm_real));
-        dops->modulate_bwd(be, a->dh, dmod, dmod + C, a->dm, la->h1, mod + C, C6, B, N, C);
-        ops->layernorm_bwd(be, a->dres, a->dlng, a->dlnb, a->dh, x, a->ones, la->mean1, la->rstd1,
-                           BN, C);
-        // dres = d(x); the block's modulation
-        ops->matmul_bwd(be, a->dsc, lg->ada_w, lg->ada_b, dmod, a->sc, lw->ada_w, B, C, C6);
-        model_hook_fire(&m->hook, m->block_lo[l]);
-    }
-
-    // x_embed (the positions are fixed): no gradient flows into the image
-    ops->matmul_bwd(be, NULL, g->x_w, g->x_b, a->dres, a->patches, w->x_w, BN, pd, C);
-    model_hook_fire(&m->hook, m->xemb_lo);
-
-    // timestep MLP from d(SiLU(c)), summed over every block and the final layer
+// The timestep MLP (and cond.pool) from d(SiLU(c)), summed over every block and the final
+// layer; leaves d(pool) in a->dpool with pool_cond.
+static void time_backward(dit *m, int B) {
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
+    const dit_ops *dops = m->dops;
+    const int C = m->C;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
     {
         mm_real *const zb[] = {a->dc, a->dths, a->dth};
         const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
         model_zero_ops(be, 3, zb, zn);
     }
-    dops->silu_bwd(be, a->dc, a->c, a->dsc, (size_t)B * C);
+    dops->silu_bwd(be, a->dc, a->c, a->bs.dsc, (size_t)B * C);
     ops->matmul_bwd(be, a->dths, g->t2_w, g->t2_b, a->dc, a->ths, w->t2_w, B, C, C);
     dops->silu_bwd(be, a->dth, a->th, a->dths, (size_t)B * C);
     ops->matmul_bwd(be, NULL, g->t1_w, g->t1_b, a->dth, a->tfreq, w->t1_w, B, C, C);
@@ -1074,20 +880,30 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
         dops->silu_bwd(be, a->dph, a->ph, a->dphs, (size_t)B * C);
         ops->matmul_bwd(be, a->dpool, g->p1_w, g->p1_b, a->dph, a->pool, w->p1_w, B, C, C);
     }
-    model_hook_fire(&m->hook, m->pool_lo);
+}
 
-    // conditioning: d(cond) whole, then the null token and the two encoders
-    model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->dcond, (size_t)B * Tc * C);
+// The conditioning from this rank's share of d(cond) in a->bs.dcond: d(cond) whole, then the
+// null token, the audio encoder and the text encoder, firing the grad hook after each.
+static void cond_backward(dit *m, const dit_input *in) {
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
+    const dit_ops *dops = m->dops;
+    const int B = in->B, C = m->C, Tt = m->Tt, na = m->n_aud, Tc = m->Tc;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
+
+    model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->bs.dcond, (size_t)B * Tc * C);
     // the mean's share to each valid key, after the sum: d(pool) is replicated, so adding it
     // before the allreduce would count it tp times
-    if (m->cfg.pool_cond) dops->pool_bwd(be, a->dcond, a->dpool, m->key_valid, B, Tc, C);
+    if (m->cfg.pool_cond) dops->pool_bwd(be, a->bs.dcond, a->dpool, m->key_valid, B, Tc, C);
     // the null token: row Tt + na of every sample, samples in order
-    dops->pos_bwd(be, g->null, a->dcond + (size_t)(Tt + na) * C, (size_t)Tc * C, B, 1, C);
+    dops->pos_bwd(be, g->null, a->bs.dcond + (size_t)(Tt + na) * C, (size_t)Tc * C, B, 1, C);
     model_hook_fire(&m->hook, m->null_lo);
 
     enc_acts *te = &m->te, *ae = &m->ae;
-    ops->copy_rows(be, te->dout, (size_t)Tt * C, a->dcond, (size_t)Tc * C, (size_t)Tt * C, B);
-    ops->copy_rows(be, ae->dout, (size_t)na * C, a->dcond + (size_t)Tt * C, (size_t)Tc * C,
+    ops->copy_rows(be, te->dout, (size_t)Tt * C, a->bs.dcond, (size_t)Tc * C, (size_t)Tt * C, B);
+    ops->copy_rows(be, ae->dout, (size_t)na * C, a->bs.dcond + (size_t)Tt * C, (size_t)Tc * C,
                    (size_t)na * C, B);
     enc_backward(m, &w->audio, &g->audio, ae, B);
     const mm_real *aud = m->cfg.audio_F != na * m->cfg.audio_group ? a->aud : in->audio;
@@ -1101,6 +917,43 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     // positions, deterministic without atomics (as transformer.c)
     ops->embed_bwd(be, NULL, NULL, g->wte, g->tpos, te->bs.dres, m->tok, B, Tt, 0, 0, C, m->V);
     model_hook_fire(&m->hook, 0);
+}
+
+// in must be the batch of the preceding dit_forward (its target and inputs are read again).
+// The stages run, and fire the grad hook, in the order of the file top.
+void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
+    check_input(m, in);
+    MM_CHECK(in->target, "dit_backward needs the target of the preceding dit_forward");
+    MM_CHECK(m->saved_B == in->B,
+             "dit_backward needs the activations of a dit_forward on the same batch (saved %d "
+             "samples, got %d; dit_predict discards them)",
+             m->saved_B, in->B);
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
+    const int B = in->B, C = m->C, BN = B * m->N;
+    acts *a = &m->a;
+    const weights *w = &m->w;
+    const weights *g = &m->g;
+
+    output_backward(m, in, loss_scale);
+    final_backward(m, B);
+    model_hook_fire(&m->hook, m->final_lo);
+
+    const dit_block_run run = block_run(m, B);
+    for (int l = m->L - 1; l >= 0; l--) {
+        const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
+        dit_block_backward(&run, &w->layer[l], &g->layer[l], &a->layer[l], x, &a->bs);
+        model_hook_fire(&m->hook, m->block_lo[l]);
+    }
+
+    // x_embed (the positions are fixed): no gradient flows into the image
+    ops->matmul_bwd(be, NULL, g->x_w, g->x_b, a->bs.dres, a->patches, w->x_w, BN, m->pdim, C);
+    model_hook_fire(&m->hook, m->xemb_lo);
+
+    time_backward(m, B);
+    model_hook_fire(&m->hook, m->pool_lo);
+
+    cond_backward(m, in);
 }
 
 // ---------------------------------------------------------------------------------------

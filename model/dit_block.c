@@ -1,0 +1,214 @@
+// dit_block.c: the DiT's generator block (dit_internal.h): adaLN-Zero modulated
+// self-attention, cross-attention to the conditioning tokens and a GELU MLP with gated
+// residuals, as tensors, views, activations, forward and backward. It sits beside block.c
+// (the plain pre-norm block of the LM and of the DiT's encoders) so that diffusion.c keeps
+// only the model around the blocks: embeddings, encoders, the final layer and the order in
+// which gradients become ready.
+//
+// Tensor parallelism (Megatron): attn.qkv, xattn.q, xattn.kv and mlp.fc column-parallel
+// (whole heads, MLP columns), attn.proj, xattn.proj and mlp.proj row-parallel with an
+// allreduce after each forward, and one after the input gradient of attn.qkv, xattn.q and
+// mlp.fc in the backward; the replicated row-parallel biases are added by bias_rank only.
+// xattn.kv's input gradient is this rank's heads' share of d(cond): the caller sums it over tp
+// once after the last block. The adaLN linear is replicated, so d(mod) and d(sc) are computed
+// in full on every rank from replicated values.
+#include <stdio.h>
+
+#include "dit_internal.h"
+
+void dit_block_add_tensors(model_table *tb, const char *prefix, int l, int64_t C, int64_t F,
+                           int group) {
+    char nm[64];
+#define ADD(suffix, ...)                                      \
+    (snprintf(nm, sizeof(nm), "%s.%d.%s", prefix, l, suffix), \
+     model_table_add(tb, nm, __VA_ARGS__, group))
+    ADD("ada.w", 2, MODEL_SHAPE(6 * C, C), -1);
+    ADD("ada.b", 1, MODEL_SHAPE(6 * C), -1);
+    ADD("attn.qkv.w", 3, MODEL_SHAPE(3, C, C), 1);
+    ADD("attn.qkv.b", 2, MODEL_SHAPE(3, C), 1);
+    ADD("attn.proj.w", 2, MODEL_SHAPE(C, C), 1);
+    ADD("attn.proj.b", 1, MODEL_SHAPE(C), -1);
+    ADD("xattn.ln.g", 1, MODEL_SHAPE(C), -1);
+    ADD("xattn.ln.b", 1, MODEL_SHAPE(C), -1);
+    ADD("xattn.q.w", 2, MODEL_SHAPE(C, C), 0);
+    ADD("xattn.q.b", 1, MODEL_SHAPE(C), 0);
+    ADD("xattn.kv.w", 3, MODEL_SHAPE(2, C, C), 1);
+    ADD("xattn.kv.b", 2, MODEL_SHAPE(2, C), 1);
+    ADD("xattn.proj.w", 2, MODEL_SHAPE(C, C), 1);
+    ADD("xattn.proj.b", 1, MODEL_SHAPE(C), -1);
+    ADD("mlp.fc.w", 2, MODEL_SHAPE(F, C), 0);
+    ADD("mlp.fc.b", 1, MODEL_SHAPE(F), 0);
+    ADD("mlp.proj.w", 2, MODEL_SHAPE(C, F), 1);
+    ADD("mlp.proj.b", 1, MODEL_SHAPE(C), -1);
+#undef ADD
+}
+
+void dit_block_bind(dit_block_w *w, mm_real *buf, const model_tensor *t, int *k) {
+#define NEXT() (buf + t[(*k)++].offset)
+    w->ada_w = NEXT();
+    w->ada_b = NEXT();
+    w->qkv_w = NEXT();
+    w->qkv_b = NEXT();
+    w->attproj_w = NEXT();
+    w->attproj_b = NEXT();
+    w->xln_g = NEXT();
+    w->xln_b = NEXT();
+    w->q_w = NEXT();
+    w->q_b = NEXT();
+    w->kv_w = NEXT();
+    w->kv_b = NEXT();
+    w->xproj_w = NEXT();
+    w->xproj_b = NEXT();
+    w->fc_w = NEXT();
+    w->fc_b = NEXT();
+    w->mproj_w = NEXT();
+    w->mproj_b = NEXT();
+#undef NEXT
+}
+
+void dit_block_carve(model_carver *cv, const mm_backend *be, dit_block_acts *a, size_t B, size_t N,
+                     size_t Tc, size_t C, size_t NHl, size_t Cl, size_t Fl) {
+    const size_t BN = B * N;
+    a->mod = model_carve(cv, B * 6 * C);
+    a->h1 = model_carve(cv, BN * C);
+    a->mean1 = model_carve(cv, BN);
+    a->rstd1 = model_carve(cv, BN);
+    a->m1 = model_carve(cv, BN * C);
+    a->qkv = model_carve(cv, BN * 3 * Cl);
+    a->att = model_carve(cv, be->ops->attention_saved(be, (int)B, (int)NHl, (int)N));
+    a->atty = model_carve(cv, BN * Cl);
+    a->y1 = model_carve(cv, BN * C);
+    a->res1 = model_carve(cv, BN * C);
+    a->h2 = model_carve(cv, BN * C);
+    a->mean2 = model_carve(cv, BN);
+    a->rstd2 = model_carve(cv, BN);
+    a->q = model_carve(cv, BN * Cl);
+    a->kv = model_carve(cv, B * Tc * 2 * Cl);
+    a->xatt = model_carve(cv, BN * NHl * Tc);
+    a->xatty = model_carve(cv, BN * Cl);
+    a->res2 = model_carve(cv, BN * C);
+    a->h3 = model_carve(cv, BN * C);
+    a->mean3 = model_carve(cv, BN);
+    a->rstd3 = model_carve(cv, BN);
+    a->m3 = model_carve(cv, BN * C);
+    a->fch = model_carve(cv, BN * Fl);
+    a->fcg = model_carve(cv, BN * Fl);
+    a->y3 = model_carve(cv, BN * C);
+    a->res3 = model_carve(cv, BN * C);
+}
+
+void dit_block_carve_scratch(model_carver *cv, dit_block_scratch *s, size_t B, size_t N, size_t Tc,
+                             size_t C, size_t Cl, size_t Fl) {
+    const size_t BN = B * N;
+    s->dres = model_carve(cv, BN * C);
+    s->dmod = model_carve(cv, B * 6 * C);
+    s->dy3 = model_carve(cv, BN * C);
+    s->dfcg = model_carve(cv, BN * Fl);
+    s->dfch = model_carve(cv, BN * Fl);
+    s->dm3 = model_carve(cv, BN * C);
+    s->dh3 = model_carve(cv, BN * C);
+    s->dxatty = model_carve(cv, BN * Cl);
+    s->dq = model_carve(cv, BN * Cl);
+    s->dkv = model_carve(cv, B * Tc * 2 * Cl);
+    s->dh2 = model_carve(cv, BN * C);
+    s->dy1 = model_carve(cv, BN * C);
+    s->datty = model_carve(cv, BN * Cl);
+    s->dqkv = model_carve(cv, BN * 3 * Cl);
+    s->dm1 = model_carve(cv, BN * C);
+    s->dh1 = model_carve(cv, BN * C);
+    s->dsc = model_carve(cv, B * C);
+    s->dcond = model_carve(cv, B * Tc * C);
+    s->dlng = model_carve(cv, C);
+    s->dlnb = model_carve(cv, C);
+}
+
+void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_acts *a,
+                       const mm_real *x) {
+    const mm_backend *be = r->be;
+    const model_ops *ops = be->ops;
+    const dit_ops *dops = r->dops;
+    const int B = r->B, N = r->N, BN = B * N, Tc = r->Tc, C = r->C, C6 = 6 * C;
+    const int Cl = r->NHl * r->HD, Fl = r->Fl;
+    const size_t nC = (size_t)BN * C;
+    const mm_real *mod = a->mod;  // (B, 6C)
+    ops->matmul_fwd(be, a->mod, r->sc, w->ada_w, w->ada_b, B, C, C6);
+    // self-attention branch
+    ops->layernorm_fwd(be, a->h1, a->mean1, a->rstd1, x, r->ones, r->zeros, BN, C);
+    dops->modulate_fwd(be, a->m1, a->h1, mod, mod + C, C6, B, N, C);
+    ops->matmul_fwd(be, a->qkv, a->m1, w->qkv_w, w->qkv_b, BN, C, 3 * Cl);
+    ops->attention_fwd(be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl, r->HD);
+    ops->matmul_fwd(be, a->y1, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BN, Cl, C);
+    model_tp_allreduce(r->tp, r->tp_group, a->y1, nC);
+    // the gated add is in place: res1 starts as a copy of x
+    ops->copy_rows(be, a->res1, (size_t)C, x, (size_t)C, (size_t)C, BN);
+    dops->gated_add_fwd(be, a->res1, a->y1, mod + 2 * C, C6, B, N, C);
+    // cross-attention branch (no gate: the pre-norm LN has affine parameters)
+    ops->layernorm_fwd(be, a->h2, a->mean2, a->rstd2, a->res1, w->xln_g, w->xln_b, BN, C);
+    ops->matmul_fwd(be, a->q, a->h2, w->q_w, w->q_b, BN, C, Cl);
+    ops->matmul_fwd(be, a->kv, r->cond, w->kv_w, w->kv_b, B * Tc, C, 2 * Cl);
+    dops->xattn_fwd(be, a->xatty, a->xatt, a->q, a->kv, r->cond_valid, B, N, Tc, r->NHl, r->HD);
+    ops->matmul_fwd(be, a->res2, a->xatty, w->xproj_w, r->bias_rank ? w->xproj_b : NULL, BN, Cl, C);
+    model_tp_allreduce(r->tp, r->tp_group, a->res2, nC);
+    ops->add(be, a->res2, a->res2, a->res1, nC);
+    // MLP branch
+    ops->layernorm_fwd(be, a->h3, a->mean3, a->rstd3, a->res2, r->ones, r->zeros, BN, C);
+    dops->modulate_fwd(be, a->m3, a->h3, mod + 3 * C, mod + 4 * C, C6, B, N, C);
+    ops->matmul_fwd(be, a->fch, a->m3, w->fc_w, w->fc_b, BN, C, Fl);
+    ops->gelu_fwd(be, a->fcg, a->fch, (size_t)BN * Fl);
+    ops->matmul_fwd(be, a->y3, a->fcg, w->mproj_w, r->bias_rank ? w->mproj_b : NULL, BN, Fl, C);
+    model_tp_allreduce(r->tp, r->tp_group, a->y3, nC);
+    ops->copy_rows(be, a->res3, (size_t)C, a->res2, (size_t)C, (size_t)C, BN);
+    dops->gated_add_fwd(be, a->res3, a->y3, mod + 5 * C, C6, B, N, C);
+}
+
+void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_block_w *g,
+                        const dit_block_acts *a, const mm_real *x, const dit_block_scratch *s) {
+    const mm_backend *be = r->be;
+    const model_ops *ops = be->ops;
+    const dit_ops *dops = r->dops;
+    const int B = r->B, N = r->N, BN = B * N, Tc = r->Tc, C = r->C, C6 = 6 * C;
+    const int Cl = r->NHl * r->HD, Fl = r->Fl;
+    const size_t nC = (size_t)BN * C, nCl = (size_t)BN * Cl, nFl = (size_t)BN * Fl;
+    const size_t nmod = (size_t)B * C6, nkv = (size_t)B * Tc * 2 * Cl;
+    const mm_real *mod = a->mod;
+    mm_real *dmod = s->dmod;
+    // every activation gradient below is accumulated into: zero them all at once
+    mm_real *const zb[] = {s->dmod,                                        //
+                           s->dy3,    s->dfcg,  s->dfch, s->dm3, s->dh3,   // MLP
+                           s->dxatty, s->dq,    s->dkv,  s->dh2,           // cross-attention
+                           s->dy1,    s->datty, s->dqkv, s->dm1, s->dh1};  // self-attention
+    const size_t zn[] = {nmod,                                             //
+                         nC,   nFl, nFl,     nC, nC,                       //
+                         nCl,  nCl, nkv,     nC,                           //
+                         nC,   nCl, 3 * nCl, nC, nC};
+    model_zero_ops(be, 15, zb, zn);
+    // MLP branch. dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
+    dops->gated_add_bwd(be, s->dy3, dmod + 5 * C, s->dres, a->y3, mod + 5 * C, C6, B, N, C);
+    ops->matmul_bwd(be, s->dfcg, g->mproj_w, g->mproj_b, s->dy3, a->fcg, w->mproj_w, BN, Fl, C);
+    ops->gelu_bwd(be, s->dfch, a->fch, s->dfcg, nFl);
+    ops->matmul_bwd(be, s->dm3, g->fc_w, g->fc_b, s->dfch, a->m3, w->fc_w, BN, C, Fl);
+    // fc saw m3 whole: sum its column shares
+    model_tp_allreduce(r->tp, r->tp_group, s->dm3, nC);
+    dops->modulate_bwd(be, s->dh3, dmod + 3 * C, dmod + 4 * C, s->dm3, a->h3, mod + 4 * C, C6, B, N, C);
+    ops->layernorm_bwd(be, s->dres, s->dlng, s->dlnb, s->dh3, a->res2, r->ones, a->mean3, a->rstd3, BN,
+                       C);
+    // cross-attention branch. dres = d(res2); res2 = res1 + xattn.proj(...)
+    ops->matmul_bwd(be, s->dxatty, g->xproj_w, g->xproj_b, s->dres, a->xatty, w->xproj_w, BN, Cl, C);
+    dops->xattn_bwd(be, s->dq, s->dkv, s->dxatty, a->q, a->kv, a->xatt, B, N, Tc, r->NHl, r->HD);
+    ops->matmul_bwd(be, s->dh2, g->q_w, g->q_b, s->dq, a->h2, w->q_w, BN, C, Cl);
+    model_tp_allreduce(r->tp, r->tp_group, s->dh2, nC);
+    // this rank's heads' share of d(cond), summed over tp by the caller after the last block
+    ops->matmul_bwd(be, s->dcond, g->kv_w, g->kv_b, s->dkv, r->cond, w->kv_w, B * Tc, C, 2 * Cl);
+    ops->layernorm_bwd(be, s->dres, g->xln_g, g->xln_b, s->dh2, a->res1, w->xln_g, a->mean2, a->rstd2,
+                       BN, C);
+    // self-attention branch. dres = d(res1); res1 = x + gate1 * y1
+    dops->gated_add_bwd(be, s->dy1, dmod + 2 * C, s->dres, a->y1, mod + 2 * C, C6, B, N, C);
+    ops->matmul_bwd(be, s->datty, g->attproj_w, g->attproj_b, s->dy1, a->atty, w->attproj_w, BN, Cl, C);
+    ops->attention_bwd(be, s->dqkv, s->datty, a->qkv, a->atty, a->att, B, N, N, r->NHl, r->HD);
+    ops->matmul_bwd(be, s->dm1, g->qkv_w, g->qkv_b, s->dqkv, a->m1, w->qkv_w, BN, C, 3 * Cl);
+    model_tp_allreduce(r->tp, r->tp_group, s->dm1, nC);
+    dops->modulate_bwd(be, s->dh1, dmod, dmod + C, s->dm1, a->h1, mod + C, C6, B, N, C);
+    ops->layernorm_bwd(be, s->dres, s->dlng, s->dlnb, s->dh1, x, r->ones, a->mean1, a->rstd1, BN, C);
+    // dres = d(x); the block's modulation
+    ops->matmul_bwd(be, s->dsc, g->ada_w, g->ada_b, dmod, r->sc, w->ada_w, B, C, C6);
+}
