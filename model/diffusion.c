@@ -197,7 +197,7 @@ struct dit {
     uint8_t *key_valid;    // (max_B, Tc) cross-attention keys, owned
     uint8_t *all_valid;    // (max_B, N) ones: self-attention keys, owned
     int32_t *tok;          // (max_B, Tt) the tokens the text encoder embeds (PAD when none)
-    uint8_t *tok_kv;       // (max_B, Tt) scratch: embed_fwd's key output, not used
+    uint8_t *tok_kv;       // (max_B, Tt) scratch: text_embed_fwd's key output, not used
     mm_real *host_b;       // (max_B) host: per-sample losses / loss scales, owned
     int saved_B;           // samples whose activations dit_backward may use
 };
@@ -709,8 +709,7 @@ static void cond_forward(dit *m, const dit_input *in) {
     // sample without one embeds PAD everywhere, so its bytes are never read)
     enc_acts *te = &m->te, *ae = &m->ae;
     dops->text_tokens(be, m->tok, te->key_valid, in->tokens, in->has_text, B, Tt, m->V);
-    ops->embed_fwd(be, te->x0, m->tok_kv, NULL, NULL, NULL, NULL, w->wte, w->tpos, m->tok, Tt, NULL,
-                   NULL, B, Tt, 0, 0, C, m->V);
+    dops->text_embed_fwd(be, te->x0, m->tok_kv, w->wte, w->tpos, m->tok, B, Tt, C, m->V);
     enc_forward(m, &w->text, te, B);
 
     // audio encoder input: grouped frames (a reshape unless a tail is dropped: then without
@@ -915,7 +914,7 @@ static void cond_backward(dit *m, const dit_input *in) {
     enc_backward(m, &w->text, &g->text, te, B);
     // token embeddings (the tokens forward embedded, PAD for a sample without a caption) and
     // positions, deterministic without atomics (as transformer.c)
-    ops->embed_bwd(be, NULL, NULL, g->wte, g->tpos, te->bs.dres, m->tok, B, Tt, 0, 0, C, m->V);
+    dops->text_embed_bwd(be, g->wte, g->tpos, te->bs.dres, m->tok, B, Tt, C, m->V);
     model_hook_fire(&m->hook, 0);
 }
 

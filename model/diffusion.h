@@ -110,6 +110,16 @@ typedef struct dit_ops {
     // backward (bwd != 0) turns d(velocity) into d(estimate): y = -y / max(t[b], TMIN).
     void (*xpred)(const mm_backend *be, mm_real *y, const mm_real *x_t, const mm_real *t, int bwd,
                   int B, size_t n);
+    // The caption encoder's input rows: x0 (B, T, C) = wte[tokens[b * T + t]] + tpos[t];
+    // key_valid (B, T) is written (1 everywhere) and not read back (text_tokens decides the
+    // keys). The backward ACCUMULATES g_wte and g_tpos from dx0 (B, T, C) in (sample,
+    // position) order, as the transformer's embedding does: both are its token rows without
+    // the image and audio prefix, and share its implementation.
+    void (*text_embed_fwd)(const mm_backend *be, mm_real *x0, uint8_t *key_valid,
+                           const mm_real *wte, const mm_real *tpos, const int32_t *tokens, int B,
+                           int T, int C, int V);
+    void (*text_embed_bwd)(const mm_backend *be, mm_real *g_wte, mm_real *g_tpos,
+                           const mm_real *dx0, const int32_t *tokens, int B, int T, int C, int V);
 } dit_ops;
 
 // The smallest time x-prediction divides by: the velocity (x_t - x0) / t would grow without

@@ -113,6 +113,15 @@ typedef struct model_ops {
                      int W, int c, int p);
     void (*unpatchify)(const mm_backend *be, mm_real *img, const mm_real *patches, int B, int H,
                        int W, int c, int p);
+} model_ops;
+
+extern const model_ops model_ops_cpu;  // the CPU backend's (backend.h mm_backend_cpu)
+
+// The transformer's own kernels: its input rows (the image and audio prefix, then the
+// caption's tokens) and its per-sample loss, which no other model shares. One table per
+// backend (model/cpu/ops_glue_cpu.c, model/cuda/ops_glue_cuda.cu); lm_ops_for picks it.
+typedef struct lm_ops {
+    const char *name;
     // The LM's input rows (transformer.c): for the sequence [n_img | n_aud | T - P text],
     // P = n_img + n_aud, x0 (B, T, C) = emb_img (B, n_img, C) + img_pos / emb_aud (B, n_aud, C)
     // + aud_pos / wte[tokens[b * tok_stride + t - P]] + tpos; key_valid (B, T) from has_image,
@@ -136,9 +145,13 @@ typedef struct model_ops {
     // dloss (B, Tt) = scale / n_targets(b) for every position of sample b (0 without targets)
     void (*seq_dloss)(const mm_backend *be, mm_real *dloss, const int32_t *targets, mm_real scale,
                       int B, int Tt);
-} model_ops;
+} lm_ops;
 
-extern const model_ops model_ops_cpu;  // the CPU backend's (backend.h mm_backend_cpu)
+extern const lm_ops lm_ops_cpu;
+extern const lm_ops lm_ops_cuda;  // model/cuda/, in CUDA builds only
+// The transformer's kernels for a backend (the one place they are registered per backend);
+// NULL when the backend has none.
+const lm_ops *lm_ops_for(const mm_backend *be);
 
 // ---------------------------------------------------------------------------------------
 // Parameter tensors.

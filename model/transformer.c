@@ -121,6 +121,7 @@ struct model {
     model_config cfg;
     const mm_backend *be;  // not owned
     const model_ops *ops;  // be->ops
+    const lm_ops *lops;    // lm_ops_for(be)
     int max_B;
     int C, L, NH, HD, F, V, Tt;  // d_model, layers, heads, head dim, d_ff, vocab, text_T
     int NHl, Cl, Fl;             // this tp rank's heads, attention width (NHl*HD), MLP width
@@ -293,15 +294,34 @@ static int check_config(const model_config *c, int max_B, mm_err *err) {
     return model_check_tp("model", c->n_heads, c->d_ff, c->tp, c->tp_rank, c->tp_group, err);
 }
 
+// The transformer's kernels on each backend: the one place a backend registers them.
+const lm_ops *lm_ops_for(const mm_backend *be) {
+    switch (be->kind) {
+    case MM_BACKEND_CPU:
+        return &lm_ops_cpu;
+    case MM_BACKEND_CUDA:
+#ifdef MM_HAVE_CUDA
+        return &lm_ops_cuda;
+#endif
+        break;
+    }
+    return NULL;
+}
+
 int model_create(model **out, const model_config *cfg, const mm_backend *be, int max_B,
                  uint64_t seed, mm_err *err) {
     *out = NULL;
     if (check_config(cfg, max_B, err)) return -1;
     const model_ops *ops = be->ops;
+    const lm_ops *lops = lm_ops_for(be);
+    if (!lops) return mm_fail(err, "model: backend %s has no transformer kernels", be->name);
+    if (mm_table_complete(lops, sizeof(*lops), sizeof(const char *), "lm_ops", err) != 0)
+        return -1;
     model *m = mm_calloc(1, sizeof(model));
     m->cfg = *cfg;
     m->be = be;
     m->ops = ops;
+    m->lops = lops;
     m->max_B = max_B;
     m->C = cfg->d_model;
     m->L = cfg->n_layers;
@@ -456,7 +476,7 @@ static void forward_trunk(model *m, const model_input *in, const int32_t *tokens
     ops->matmul_fwd(be, a->emb_aud, aud, w->aud_w, w->aud_b, B * n_aud, m->adim, C);
 
     // x0 rows: projected patches / audio tokens / token embeddings, plus positions
-    ops->embed_fwd(be, a->x0, m->key_valid, a->emb_img, a->emb_aud, w->img_pos, w->aud_pos, w->wte,
+    m->lops->embed_fwd(be, a->x0, m->key_valid, a->emb_img, a->emb_aud, w->img_pos, w->aud_pos, w->wte,
                    w->tpos, tokens, tok_stride, in->has_image, in->has_audio, B, T, n_img, n_aud, C,
                    m->V);
 
@@ -484,7 +504,7 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
     m->ops->matmul_fwd(m->be, a->logits, a->lnf, m->w.lm_head, NULL, B * Tt, C, V);
     m->ops->xent_fwd(m->be, a->losses, a->probs, a->logits, in->targets, B * Tt, V);
 
-    m->ops->seq_loss(m->be, m->seq_out, a->losses, in->targets, B, Tt);
+    m->lops->seq_loss(m->be, m->seq_out, a->losses, in->targets, B, Tt);
     m->ops->mem_download(m->be, m->seq_host, m->seq_out, (size_t)B * 2 * sizeof(double));
     double total = 0;
     int scored = 0;
@@ -518,7 +538,7 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     const weights *g = &m->g;
 
     // d(loss_scale * sum_b mean_t loss) / d loss[b, t] = loss_scale / n_targets(b)
-    ops->seq_dloss(be, a->dloss, in->targets, loss_scale, B, Tt);
+    m->lops->seq_dloss(be, a->dloss, in->targets, loss_scale, B, Tt);
     ops->xent_bwd(be, a->dlogits, a->logits, a->probs, in->targets, a->dloss, B * Tt, V);
     mm_real *const zb[] = {a->dlnf, a->dtxt};
     const size_t zn[] = {(size_t)B * Tt * C, (size_t)B * Tt * C};
@@ -551,8 +571,8 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     const mm_real *aud = m->cfg.audio_F != n_aud * m->cfg.audio_group ? a->aud : in->audio;
     ops->matmul_bwd(be, NULL, g->aud_w, g->aud_b, a->emb_aud, aud, w->aud_w, B * n_aud, m->adim, C);
 
-    // positions and token embeddings (deterministic: model.h embed_bwd)
-    ops->embed_bwd(be, g->img_pos, g->aud_pos, g->wte, g->tpos, a->bs.dres, in->tokens, B, T, n_img,
+    // positions and token embeddings (deterministic: model.h lm_ops.embed_bwd)
+    m->lops->embed_bwd(be, g->img_pos, g->aud_pos, g->wte, g->tpos, a->bs.dres, in->tokens, B, T, n_img,
                    n_aud, C, V);
     model_hook_fire(&m->hook, 0);
 }

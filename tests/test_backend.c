@@ -30,6 +30,7 @@ static void test_create(test_counts *tc) {
                "unknown backend: %s", err.msg);
     mm_backend_free(NULL);  // nothing
     TEST_CHECK(tc, dit_ops_for(&mm_backend_cpu) == &dit_ops_cpu, "the DiT's CPU kernels");
+    TEST_CHECK(tc, lm_ops_for(&mm_backend_cpu) == &lm_ops_cpu, "the transformer's CPU kernels");
 }
 
 static void test_tables(test_counts *tc) {
@@ -46,6 +47,10 @@ static void test_tables(test_counts *tc) {
                mm_table_complete(&dit_ops_cpu, sizeof(dit_ops), sizeof(const char *), "dit_ops",
                                  &err) == 0,
                "dit ops: %s", err.msg);
+    TEST_CHECK(tc,
+               mm_table_complete(&lm_ops_cpu, sizeof(lm_ops), sizeof(const char *), "lm_ops",
+                                 &err) == 0,
+               "lm ops: %s", err.msg);
     // each entry removed in turn is found, by its index
     const size_t n = (sizeof(model_ops) - sizeof(const char *)) / sizeof(void (*)(void));
     int found = 0;

@@ -591,8 +591,4 @@ const model_ops model_ops_cpu = {
     .copy_rows = model_cpu_copy_rows,
     .patchify = model_patchify,
     .unpatchify = model_unpatchify,
-    .embed_fwd = model_cpu_embed_fwd,
-    .embed_bwd = model_cpu_embed_bwd,
-    .seq_loss = model_cpu_seq_loss,
-    .seq_dloss = model_cpu_seq_dloss,
 };

@@ -20,6 +20,7 @@
 
 #include "../../data/data.h"
 #include "../diffusion.h"
+#include "../model_internal.h"
 
 #ifdef MM_F64
 #define GEMM cblas_dgemm
@@ -414,6 +415,20 @@ static void xpred(const mm_backend *be MM_UNUSED, mm_real *y, const mm_real *x_t
     }
 }
 
+// the transformer's token rows without a prefix (the same loops, so the same sums)
+static void text_embed_fwd(const mm_backend *be, mm_real *x0, uint8_t *key_valid,
+                           const mm_real *wte, const mm_real *tpos, const int32_t *tokens, int B,
+                           int T, int C, int V) {
+    model_cpu_embed_fwd(be, x0, key_valid, NULL, NULL, NULL, NULL, wte, tpos, tokens, T, NULL,
+                        NULL, B, T, 0, 0, C, V);
+}
+
+static void text_embed_bwd(const mm_backend *be, mm_real *g_wte, mm_real *g_tpos,
+                           const mm_real *dx0, const int32_t *tokens, int B, int T, int C,
+                           int V) {
+    model_cpu_embed_bwd(be, NULL, NULL, g_wte, g_tpos, dx0, tokens, B, T, 0, 0, C, V);
+}
+
 const dit_ops dit_ops_cpu = {
     .name = "cpu",
     .silu_fwd = silu_fwd,
@@ -440,4 +455,6 @@ const dit_ops dit_ops_cpu = {
     .ddim = ddim,
     .clip = clip,
     .xpred = xpred,
+    .text_embed_fwd = text_embed_fwd,
+    .text_embed_bwd = text_embed_bwd,
 };

@@ -126,3 +126,11 @@ void model_cpu_seq_dloss(const mm_backend *be MM_UNUSED, mm_real *dloss, const i
         for (int t = 0; t < Tt; t++) dloss[(size_t)b * Tt + t] = n ? scale / n : 0;
     }
 }
+
+const lm_ops lm_ops_cpu = {
+    .name = "cpu",
+    .embed_fwd = model_cpu_embed_fwd,
+    .embed_bwd = model_cpu_embed_bwd,
+    .seq_loss = model_cpu_seq_loss,
+    .seq_dloss = model_cpu_seq_dloss,
+};

@@ -862,8 +862,4 @@ const model_ops model_ops_cuda = {
     .copy_rows = cu_copy_rows,
     .patchify = cu_patchify,
     .unpatchify = cu_unpatchify,
-    .embed_fwd = cu_embed_fwd,
-    .embed_bwd = cu_embed_bwd,
-    .seq_loss = cu_seq_loss,
-    .seq_dloss = cu_seq_dloss,
 };

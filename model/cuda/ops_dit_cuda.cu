@@ -521,6 +521,18 @@ static void xpred(const mm_backend *be MM_UNUSED, float *y, const float *x_t, co
     CU_CHECK_LAUNCH("xpred");
 }
 
+// the transformer's token rows without a prefix (ops_glue_cuda.cu: the same kernels)
+static void text_embed_fwd(const mm_backend *be, float *x0, uint8_t *key_valid, const float *wte,
+                           const float *tpos, const int32_t *tokens, int B, int T, int C, int V) {
+    cu_embed_fwd(be, x0, key_valid, NULL, NULL, NULL, NULL, wte, tpos, tokens, T, NULL, NULL, B, T,
+                 0, 0, C, V);
+}
+
+static void text_embed_bwd(const mm_backend *be, float *g_wte, float *g_tpos, const float *dx0,
+                           const int32_t *tokens, int B, int T, int C, int V) {
+    cu_embed_bwd(be, NULL, NULL, g_wte, g_tpos, dx0, tokens, B, T, 0, 0, C, V);
+}
+
 const dit_ops dit_ops_cuda = {
     .name = "cuda",
     .silu_fwd = silu_fwd,
@@ -547,4 +559,6 @@ const dit_ops dit_ops_cuda = {
     .ddim = ddim,
     .clip = clip,
     .xpred = xpred,
+    .text_embed_fwd = text_embed_fwd,
+    .text_embed_bwd = text_embed_bwd,
 };

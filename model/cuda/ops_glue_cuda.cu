@@ -233,3 +233,11 @@ void cu_seq_dloss(const mm_backend *be MM_UNUSED, float *dloss, const int32_t *t
               scale, B, Tt);
     CU_CHECK_LAUNCH("seq_dloss");
 }
+
+const lm_ops lm_ops_cuda = {
+    .name = "cuda",
+    .embed_fwd = cu_embed_fwd,
+    .embed_bwd = cu_embed_bwd,
+    .seq_loss = cu_seq_loss,
+    .seq_dloss = cu_seq_dloss,
+};

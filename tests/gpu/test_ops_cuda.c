@@ -445,32 +445,32 @@ static void test_glue(T *t, int B, int n_img, int n_aud, int Tt, int C, int V) {
     }
     float *x0 = mm_malloc(nx * 4);
     uint8_t *kv = mm_malloc((size_t)B * T);
-    model_ops_cpu.embed_fwd(&mm_backend_cpu, x0, kv, ei, ea, ip, ap, wte, tp, tok, Tt, has_i, has_a,
+    lm_ops_cpu.embed_fwd(&mm_backend_cpu, x0, kv, ei, ea, ip, ap, wte, tp, tok, Tt, has_i, has_a,
                             B, T, n_img, n_aud, C, V);
     float *gi = hcopy(ip, (size_t)n_img * C), *ga = hcopy(ap, (size_t)n_aud * C),
           *gw = hcopy(wte, (size_t)V * C), *gt = hcopy(tp, (size_t)Tt * C);
     float *d_gi = dev(t, gi, (size_t)n_img * C * 4), *d_ga = dev(t, ga, (size_t)n_aud * C * 4),
           *d_gw = dev(t, gw, (size_t)V * C * 4), *d_gw2 = dev(t, gw, (size_t)V * C * 4),
           *d_gt = dev(t, gt, (size_t)Tt * C * 4);
-    model_ops_cpu.embed_bwd(&mm_backend_cpu, gi, ga, gw, gt, dx, tok, B, T, n_img, n_aud, C, V);
+    lm_ops_cpu.embed_bwd(&mm_backend_cpu, gi, ga, gw, gt, dx, tok, B, T, n_img, n_aud, C, V);
     float *d_ei = dev(t, ei, ni * 4), *d_ea = dev(t, ea, na * 4),
           *d_ip = dev(t, ip, (size_t)n_img * C * 4), *d_ap = dev(t, ap, (size_t)n_aud * C * 4),
           *d_wte = dev(t, wte, (size_t)V * C * 4), *d_tp = dev(t, tp, (size_t)Tt * C * 4),
           *d_dx = dev(t, dx, nx * 4), *d_x0 = cuda_alloc(t->c, nx * 4);
     int32_t *d_tok = dev(t, tok, (size_t)B * Tt * 4), *d_tg = dev(t, tg, (size_t)B * Tt * 4);
     uint8_t *d_hi = dev(t, has_i, 4), *d_ha = dev(t, has_a, 4), *d_kv = cuda_alloc(t->c, (size_t)B * T);
-    model_ops_cuda.embed_fwd(t->be, d_x0, d_kv, d_ei, d_ea, d_ip, d_ap, d_wte, d_tp, d_tok, Tt,
+    lm_ops_cuda.embed_fwd(t->be, d_x0, d_kv, d_ei, d_ea, d_ip, d_ap, d_wte, d_tp, d_tok, Tt,
                              d_hi, d_ha, B, T, n_img, n_aud, C, V);
     check(t, "embed_fwd", shape, "x0", d_x0, x0, nx, 0);
     uint8_t *hkv = mm_malloc((size_t)B * T);
     cuda_download(t->c, hkv, d_kv, (size_t)B * T);
     TEST_CHECK(&t->tc, memcmp(hkv, kv, (size_t)B * T) == 0, "embed_fwd %s: key_valid differs", shape);
-    model_ops_cuda.embed_bwd(t->be, d_gi, d_ga, d_gw, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
+    lm_ops_cuda.embed_bwd(t->be, d_gi, d_ga, d_gw, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
     check(t, "embed_bwd", shape, "img_pos", d_gi, gi, (size_t)n_img * C, 0);
     check(t, "embed_bwd", shape, "aud_pos", d_ga, ga, (size_t)n_aud * C, 0);
     check(t, "embed_bwd", shape, "tpos", d_gt, gt, (size_t)Tt * C, 0);
     check(t, "embed_bwd", shape, "wte", d_gw, gw, (size_t)V * C, 0);
-    model_ops_cuda.embed_bwd(t->be, d_gi, d_ga, d_gw2, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
+    lm_ops_cuda.embed_bwd(t->be, d_gi, d_ga, d_gw2, d_gt, d_dx, d_tok, B, T, n_img, n_aud, C, V);
     check_same(t, "embed_bwd", shape, "wte twice", d_gw, d_gw2, (size_t)V * C);
     // copy_rows: the text rows of x0, as transformer.c takes them
     float *txt = mm_malloc((size_t)B * Tt * C * 4), *d_txt = cuda_alloc(t->c, (size_t)B * Tt * C * 4);
@@ -481,17 +481,17 @@ static void test_glue(T *t, int B, int n_img, int n_aud, int Tt, int C, int V) {
     check(t, "copy_rows", shape, "text rows", d_txt, txt, (size_t)B * Tt * C, 0);
     // seq_loss / seq_dloss on the first B * Tt values of dx as losses
     double sl[8], dsl[8];
-    model_ops_cpu.seq_loss(&mm_backend_cpu, sl, dx, tg, B, Tt);
+    lm_ops_cpu.seq_loss(&mm_backend_cpu, sl, dx, tg, B, Tt);
     double *d_sl = cuda_alloc(t->c, sizeof(sl));
-    model_ops_cuda.seq_loss(t->be, d_sl, d_dx, d_tg, B, Tt);
+    lm_ops_cuda.seq_loss(t->be, d_sl, d_dx, d_tg, B, Tt);
     cuda_download(t->c, dsl, d_sl, (size_t)B * 2 * sizeof(double));
     TEST_CHECK(&t->tc, memcmp(sl, dsl, (size_t)B * 2 * sizeof(double)) == 0,
                "seq_loss %s: differs from the CPU", shape);
     printf("%-16s %-30s %-10s %11s\n", "seq_loss", shape, "mean,n",
            memcmp(sl, dsl, (size_t)B * 2 * sizeof(double)) ? "FAIL" : "ok (bitwise)");
     float *dl = mm_malloc((size_t)B * Tt * 4), *d_dl = cuda_alloc(t->c, (size_t)B * Tt * 4);
-    model_ops_cpu.seq_dloss(&mm_backend_cpu, dl, tg, 0.03125f, B, Tt);
-    model_ops_cuda.seq_dloss(t->be, d_dl, d_tg, 0.03125f, B, Tt);
+    lm_ops_cpu.seq_dloss(&mm_backend_cpu, dl, tg, 0.03125f, B, Tt);
+    lm_ops_cuda.seq_dloss(t->be, d_dl, d_tg, 0.03125f, B, Tt);
     check(t, "seq_dloss", shape, "dloss", d_dl, dl, (size_t)B * Tt, 0);
     void *h[] = {ei, ea, ip, ap, wte, tp, dx, tok, tg, x0, kv, gi, ga, gw, gt, hkv, txt, dl};
     void *d[] = {d_gi, d_ga, d_gw, d_gw2, d_gt, d_ei, d_ea, d_ip, d_ap, d_wte, d_tp,
