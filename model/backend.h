@@ -1,7 +1,8 @@
 // backend.h: the one object through which a run computes: the CPU (OpenBLAS + OpenMP) or a
 // GPU (CUDA, cuBLAS, NCCL). The trainer creates it once from the config's `backend:` and
-// `precision:` and passes it explicitly to the model families, the gradient sync, sampling
-// and export; nothing finds it through a global or a thread-local binding.
+// `precision:` and passes it explicitly to the model families, the gradient sync and
+// sampling (export only moves host arrays between files and needs none); nothing finds it
+// through a global or a thread-local binding.
 //
 // A backend is three things (ggml's ggml_backend_t and llm.c's explicit stream are the
 // models):
