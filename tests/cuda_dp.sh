@@ -37,11 +37,11 @@ optim: {lr: 2.0e-3, min_lr: 1.0e-4, warmup: 2, weight_decay: 0.1, grad_clip: 1.0
 parallel: {bucket_mb: 0.01}
 checkpoint: {every: 0}
 YAML
-# run NAME BIN ARGS...: 2 ranks into $tmp/NAME. The emulation has one device, so both ranks
-# take local rank 0 (env runs after mpirun has set the variable).
+# run NAME BIN ARGS...: 2 ranks into $tmp/NAME. The emulation presents MM_EMU_DEVICES
+# devices, 2 here, so each rank takes the device of its local rank as on a real node.
 run() {
     local name=$1 bin=$2; shift 2
-    OMP_NUM_THREADS=1 timeout 300 "${mpi[@]}" -np 2 env OMPI_COMM_WORLD_LOCAL_RANK=0 "$bin" \
+    OMP_NUM_THREADS=1 MM_EMU_DEVICES=${MM_EMU_DEVICES:-2} timeout 300 "${mpi[@]}" -np 2 "$bin" \
         "$tmp/c.yaml" run.out_dir="$tmp/$name" "$@" >"$tmp/$name.log" 2>&1
 }
 run cpu "$B/train"; rc=$?
@@ -102,4 +102,12 @@ for kind in transformer diffusion; do
 done
 [ "$(grep -h '^error' "$tmp"/zerotransformer.log)" = "$(grep -h '^error' "$tmp"/zerodiffusion.log)" ]
 ok "the same refusal for both kinds" '[ $? -eq 0 ]'
+
+# more ranks on a node than GPUs: the rank without one stops the job at start, with one line
+# naming the fix (at most as many ranks per node as GPUs)
+MM_EMU_DEVICES=1 run onegpu "$emu/train" backend=cuda; rc=$?
+ok "2 ranks on 1 emulated GPU refused (rc $rc): $(grep -m1 '^error' "$tmp/onegpu.log")" \
+    '[ $rc -ne 0 ] && grep -q "local rank 1.*needs GPU 1, but 1 GPU(s) are visible.*start at most 1 rank(s) per node" "$tmp/onegpu.log" && ! grep -q "^step" "$tmp/onegpu.log"'
+# and each rank on its own device when there are enough (the line the backend prints)
+ok "2 emulated GPUs: rank 1 on GPU 1" 'grep -q "cuda: rank 1 on GPU 1 (cuda_emu 1" "$tmp/gpu.log"'
 echo "$pass passed, $fail failed"

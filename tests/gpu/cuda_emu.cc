@@ -237,19 +237,36 @@ static cudaError_t fail(cudaError_t e, const char *what) {
 
 extern "C" {
 
+// Devices the emulation presents: MM_EMU_DEVICES (default 1), so that emulated ranks take
+// one device per local rank as on a real node, and a node with fewer devices than ranks is
+// refused as it would be. The devices share this process's memory; a process uses one.
+static int emu_devices(void) {
+    const char *s = getenv("MM_EMU_DEVICES");
+    if (!s || !*s) return 1;
+    char *end = NULL;
+    long n = strtol(s, &end, 10);
+    return *end == '\0' && n >= 0 && n <= 1024 ? (int)n : -1;
+}
+
 cudaError_t cudaGetDeviceCount(int *n) {
-    *n = 1;
-    return cudaSuccess;
+    *n = emu_devices();
+    if (*n < 0) {
+        *n = 0;
+        return fail(cudaErrorInvalidValue, "MM_EMU_DEVICES is not a count of devices (0..1024)");
+    }
+    return *n ? cudaSuccess : cudaErrorNoDevice;
 }
 
 cudaError_t cudaSetDevice(int d) {
-    return d == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
+    return d >= 0 && d < emu_devices() ? cudaSuccess
+                                       : fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
-    if (d != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such device");
+    if (d < 0 || d >= emu_devices())
+        return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such device");
     memset(p, 0, sizeof(*p));
-    snprintf(p->name, sizeof(p->name), "cuda_emu (CPU emulation)");
+    snprintf(p->name, sizeof(p->name), "cuda_emu %d (CPU emulation)", d);
     p->multiProcessorCount = 1;
     p->major = 9;
     p->totalGlobalMem = (size_t)1 << 32;
@@ -346,6 +363,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     default: return "emulated error";
     }
 }
