@@ -29,7 +29,7 @@ __global__ void k_fill_rows(float *out, const float *bias, int N, int OC) {
 
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias: the bias is written first and the GEMM
 // accumulates on it (beta = 1), as on the CPU.
-static void matmul_fwd(const mm_backend *be MM_UNUSED, float *out, const float *inp, const float *w,
+static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const float *w,
                        const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -65,7 +65,7 @@ struct colsum_rows {
 
 // dinp (N, IC) += dout (N, OC) @ w (OC, IC); dw (OC, IC) += dout^T @ inp; dbias += column
 // sums of dout. dinp and dbias may be NULL.
-static void matmul_bwd(const mm_backend *be MM_UNUSED, float *dinp, float *dw, float *dbias,
+static void matmul_bwd(const mm_backend *be, float *dinp, float *dw, float *dbias,
                        const float *dout, const float *inp, const float *w, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -124,7 +124,7 @@ __global__ void k_layernorm_fwd(float *out, float *mean, float *rstd, const floa
     }
 }
 
-static void layernorm_fwd(const mm_backend *be MM_UNUSED, float *out, float *mean, float *rstd,
+static void layernorm_fwd(const mm_backend *be, float *out, float *mean, float *rstd,
                           const float *x, const float *g, const float *b, int N, int C) {
     if (N <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -169,7 +169,7 @@ struct colsum_ln {
     }
 };
 
-static void layernorm_bwd(const mm_backend *be MM_UNUSED, float *dx, float *dg, float *db,
+static void layernorm_bwd(const mm_backend *be, float *dx, float *dg, float *db,
                           const float *dout, const float *x, const float *g, const float *mean,
                           const float *rstd, int N, int C) {
     if (N <= 0) return;
@@ -212,14 +212,14 @@ __global__ void k_add(float *out, const float *a, const float *b, size_t n) {
         out[i] = a[i] + b[i];
 }
 
-static void gelu_fwd(const mm_backend *be MM_UNUSED, float *out, const float *x, size_t n) {
+static void gelu_fwd(const mm_backend *be, float *out, const float *x, size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_gelu_fwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, x, n);
     CU_CHECK_LAUNCH("gelu_fwd");
 }
 
-static void gelu_bwd(const mm_backend *be MM_UNUSED, float *dx, const float *x, const float *dout,
+static void gelu_bwd(const mm_backend *be, float *dx, const float *x, const float *dout,
                      size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -227,7 +227,7 @@ static void gelu_bwd(const mm_backend *be MM_UNUSED, float *dx, const float *x, 
     CU_CHECK_LAUNCH("gelu_bwd");
 }
 
-static void add(const mm_backend *be MM_UNUSED, float *out, const float *a, const float *b,
+static void add(const mm_backend *be, float *out, const float *a, const float *b,
                 size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -700,7 +700,7 @@ static int attention_core(const cuda_ctx *c, int B, int NH, int T, int HD) {
     return HD > FA_HD || (size_t)B * NH * T * T * sizeof(float) <= c->attn_core_bytes;
 }
 
-static void attention_fwd(const mm_backend *be MM_UNUSED, float *out, float *att, const float *qkv,
+static void attention_fwd(const mm_backend *be, float *out, float *att, const float *qkv,
                           const uint8_t *key_valid, int B, int T, int P, int NH, int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     if (B <= 0 || T <= 0) return;
@@ -718,7 +718,7 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, float *out, float *att
     CU_CHECK_LAUNCH("attention_fwd (flash)");
 }
 
-static void attention_bwd(const mm_backend *be MM_UNUSED, float *dqkv, const float *dout,
+static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout,
                           const float *qkv, const float *out, const float *att, int B, int T, int P,
                           int NH, int HD) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
@@ -792,7 +792,7 @@ __global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const i
     }
 }
 
-static void xent_fwd(const mm_backend *be MM_UNUSED, float *loss, float *lse, const float *logits,
+static void xent_fwd(const mm_backend *be, float *loss, float *lse, const float *logits,
                      const int32_t *targets, int N, int V) {
     if (N <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -824,7 +824,7 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse
     }
 }
 
-static void xent_bwd(const mm_backend *be MM_UNUSED, float *dlogits, const float *logits,
+static void xent_bwd(const mm_backend *be, float *dlogits, const float *logits,
                      const float *lse, const int32_t *targets, const float *dloss, int N, int V) {
     if (N <= 0 || V <= 0) return;
     cuda_ctx *c = cu_ctx(be);

@@ -31,14 +31,14 @@ __global__ void k_silu_bwd(float *dx, const float *x, const float *dout, size_t 
     }
 }
 
-static void silu_fwd(const mm_backend *be MM_UNUSED, float *out, const float *x, size_t n) {
+static void silu_fwd(const mm_backend *be, float *out, const float *x, size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_silu_fwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, x, n);
     CU_CHECK_LAUNCH("silu_fwd");
 }
 
-static void silu_bwd(const mm_backend *be MM_UNUSED, float *dx, const float *x, const float *dout,
+static void silu_bwd(const mm_backend *be, float *dx, const float *x, const float *dout,
                      size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -111,7 +111,7 @@ struct colsum_gate {
     }
 };
 
-static void modulate_fwd(const mm_backend *be MM_UNUSED, float *out, const float *x,
+static void modulate_fwd(const mm_backend *be, float *out, const float *x,
                          const float *shift, const float *scale, int sc, int B, int N, int C) {
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
@@ -121,7 +121,7 @@ static void modulate_fwd(const mm_backend *be MM_UNUSED, float *out, const float
     CU_CHECK_LAUNCH("modulate_fwd");
 }
 
-static void modulate_bwd(const mm_backend *be MM_UNUSED, float *dx, float *dshift, float *dscale,
+static void modulate_bwd(const mm_backend *be, float *dx, float *dshift, float *dscale,
                          const float *dout, const float *x, const float *scale, int sc, int B,
                          int N, int C) {
     const size_t n = (size_t)B * N * C;
@@ -133,7 +133,7 @@ static void modulate_bwd(const mm_backend *be MM_UNUSED, float *dx, float *dshif
     CU_CHECK_LAUNCH("modulate_bwd");
 }
 
-static void gated_add_fwd(const mm_backend *be MM_UNUSED, float *x, const float *y,
+static void gated_add_fwd(const mm_backend *be, float *x, const float *y,
                           const float *gate, int sc, int B, int N, int C) {
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
@@ -143,7 +143,7 @@ static void gated_add_fwd(const mm_backend *be MM_UNUSED, float *x, const float 
     CU_CHECK_LAUNCH("gated_add_fwd");
 }
 
-static void gated_add_bwd(const mm_backend *be MM_UNUSED, float *dy, float *dgate, const float *dx,
+static void gated_add_bwd(const mm_backend *be, float *dy, float *dgate, const float *dx,
                           const float *y, const float *gate, int sc, int B, int N, int C) {
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
@@ -157,7 +157,7 @@ static void gated_add_bwd(const mm_backend *be MM_UNUSED, float *dy, float *dgat
 // ---------------------------------------------------------------------------------------
 // cross-attention: q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD) -> out (B, Tq, NH, HD)
 
-static void xattn_fwd(const mm_backend *be MM_UNUSED, float *out, float *att, const float *q,
+static void xattn_fwd(const mm_backend *be, float *out, float *att, const float *q,
                       const float *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
                       int HD) {
     if (B <= 0 || Tq <= 0) return;
@@ -179,7 +179,7 @@ static void xattn_fwd(const mm_backend *be MM_UNUSED, float *out, float *att, co
     cu_heads_merge(c, out, oh, B, Tq, NH, HD, C, 0, 0);
 }
 
-static void xattn_bwd(const mm_backend *be MM_UNUSED, float *dq, float *dkv, const float *dout,
+static void xattn_bwd(const mm_backend *be, float *dq, float *dkv, const float *dout,
                       const float *q, const float *kv, const float *att, int B, int Tq, int Tk,
                       int NH, int HD) {
     if (B <= 0 || Tq <= 0 || Tk <= 0) return;
@@ -231,7 +231,7 @@ __global__ void k_mse_final(float *loss, const double *part, int nch, size_t n) 
     if (threadIdx.x == 0) loss[b] = (float)(s / (double)n);
 }
 
-static void mse_fwd(const mm_backend *be MM_UNUSED, float *loss, const float *pred,
+static void mse_fwd(const mm_backend *be, float *loss, const float *pred,
                     const float *target, int B, size_t n) {
     if (B <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -255,7 +255,7 @@ __global__ void k_mse_bwd(float *dpred, const float *pred, const float *target,
         dpred[i] = 2 * (pred[i] - target[i]) * (dloss[i / n] / (float)n);
 }
 
-static void mse_bwd(const mm_backend *be MM_UNUSED, float *dpred, const float *pred,
+static void mse_bwd(const mm_backend *be, float *dpred, const float *pred,
                     const float *target, const float *dloss, int B, size_t n) {
     const size_t total = (size_t)B * n;
     if (B <= 0 || total == 0) return;
@@ -284,7 +284,7 @@ __global__ void k_time_embed(float *out, const float *t, int B, int C) {
     }
 }
 
-static void time_embed(const mm_backend *be MM_UNUSED, float *out, const float *t, int B, int C) {
+static void time_embed(const mm_backend *be, float *out, const float *t, int B, int C) {
     const size_t n = (size_t)B * (C / 2);
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -309,7 +309,7 @@ __global__ void k_text_tokens(int32_t *tok, uint8_t *key_valid, const int32_t *t
     }
 }
 
-static void text_tokens(const mm_backend *be MM_UNUSED, int32_t *tok, uint8_t *key_valid,
+static void text_tokens(const mm_backend *be, int32_t *tok, uint8_t *key_valid,
                         const int32_t *tokens, const uint8_t *has_text, int B, int T, int V) {
     if (B * T <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -325,7 +325,7 @@ __global__ void k_add_pos(float *x, const float *pos, int B, int T, int C) {
         x[i] += pos[i % tc];
 }
 
-static void add_pos(const mm_backend *be MM_UNUSED, float *x, const float *pos, int B, int T,
+static void add_pos(const mm_backend *be, float *x, const float *pos, int B, int T,
                     int C) {
     const size_t n = (size_t)B * T * C;
     if (n == 0) return;
@@ -339,7 +339,7 @@ __global__ void k_sample_keys(uint8_t *key_valid, const uint8_t *has, int B, int
         key_valid[r] = has[r / T] != 0;
 }
 
-static void sample_keys(const mm_backend *be MM_UNUSED, uint8_t *key_valid, const uint8_t *has,
+static void sample_keys(const mm_backend *be, uint8_t *key_valid, const uint8_t *has,
                         int B, int T) {
     if (B * T <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -357,7 +357,7 @@ __global__ void k_cond_keys(uint8_t *kv, const uint8_t *text, const uint8_t *aud
     }
 }
 
-static void cond_keys(const mm_backend *be MM_UNUSED, uint8_t *kv, const uint8_t *text,
+static void cond_keys(const mm_backend *be, uint8_t *kv, const uint8_t *text,
                       const uint8_t *audio, int B, int Tt, int na) {
     if (B <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -382,7 +382,7 @@ __global__ void k_pool_fwd(float *pool, const float *cond, const uint8_t *kv, in
     }
 }
 
-static void pool_fwd(const mm_backend *be MM_UNUSED, float *pool, const float *cond,
+static void pool_fwd(const mm_backend *be, float *pool, const float *cond,
                      const uint8_t *kv, int B, int Tc, int C) {
     if (B * C <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -406,7 +406,7 @@ __global__ void k_pool_bwd(float *dcond, const float *dpool, const uint8_t *kv, 
     }
 }
 
-static void pool_bwd(const mm_backend *be MM_UNUSED, float *dcond, const float *dpool,
+static void pool_bwd(const mm_backend *be, float *dcond, const float *dpool,
                      const uint8_t *kv, int B, int Tc, int C) {
     const size_t n = (size_t)B * Tc * C;
     if (n == 0) return;
@@ -427,7 +427,7 @@ __global__ void k_pos_bwd(float *g, const float *dx, size_t stride, int B, int T
     }
 }
 
-static void pos_bwd(const mm_backend *be MM_UNUSED, float *g, const float *dx, size_t stride, int B,
+static void pos_bwd(const mm_backend *be, float *g, const float *dx, size_t stride, int B,
                     int T, int C) {
     const size_t n = (size_t)T * C;
     if (n == 0 || B <= 0) return;
@@ -447,7 +447,7 @@ __global__ void k_make_pair(float *x_t, float *target, const float *x0, const fl
     }
 }
 
-static void make_pair(const mm_backend *be MM_UNUSED, float *x_t, float *target, const float *x0,
+static void make_pair(const mm_backend *be, float *x_t, float *target, const float *x0,
                       const float *eps, const double *coef, int flow, int B, size_t n) {
     const size_t total = (size_t)B * n;
     if (total == 0) return;
@@ -486,18 +486,18 @@ static void sampler_launch(const mm_backend *be, float *x, const float *y, int o
     CU_CHECK_LAUNCH("sampler step");
 }
 
-static void guide(const mm_backend *be MM_UNUSED, float *pred, const float *upred, float g,
+static void guide(const mm_backend *be, float *pred, const float *upred, float g,
                   size_t n) {
     sampler_launch(be, pred, upred, 0, g, 0, 0, 0, 0, n);
 }
-static void euler(const mm_backend *be MM_UNUSED, float *x, const float *v, float dt, size_t n) {
+static void euler(const mm_backend *be, float *x, const float *v, float dt, size_t n) {
     sampler_launch(be, x, v, 1, dt, 0, 0, 0, 0, n);
 }
-static void ddim(const mm_backend *be MM_UNUSED, float *x, const float *eps, double inv_sa,
+static void ddim(const mm_backend *be, float *x, const float *eps, double inv_sa,
                  double s1, double sp, double sp1, size_t n) {
     sampler_launch(be, x, eps, 2, 0, inv_sa, s1, sp, sp1, n);
 }
-static void clip(const mm_backend *be MM_UNUSED, float *x, size_t n) {
+static void clip(const mm_backend *be, float *x, size_t n) {
     sampler_launch(be, x, x, 3, 0, 0, 0, 0, 0, n);
 }
 
@@ -512,7 +512,7 @@ __global__ void k_xpred(float *y, const float *x_t, const float *t, int bwd, int
     }
 }
 
-static void xpred(const mm_backend *be MM_UNUSED, float *y, const float *x_t, const float *t,
+static void xpred(const mm_backend *be, float *y, const float *x_t, const float *t,
                   int bwd, int B, size_t n) {
     if ((size_t)B * n == 0) return;
     cuda_ctx *c = cu_ctx(be);

@@ -15,19 +15,19 @@
 // ---------------------------------------------------------------------------------------
 // memory: the bound context's stream (cuda.h)
 
-void *cu_mem_alloc(const mm_backend *be MM_UNUSED, size_t bytes) {
+void *cu_mem_alloc(const mm_backend *be, size_t bytes) {
     return cuda_alloc(cu_ctx(be), bytes);
 }
 void cu_mem_free(const mm_backend *be MM_UNUSED, void *p) {
     cuda_free(p);
 }
-void cu_mem_upload(const mm_backend *be MM_UNUSED, void *dst, const void *host, size_t bytes) {
+void cu_mem_upload(const mm_backend *be, void *dst, const void *host, size_t bytes) {
     cuda_upload(cu_ctx(be), dst, host, bytes);
 }
-void cu_mem_download(const mm_backend *be MM_UNUSED, void *host, const void *src, size_t bytes) {
+void cu_mem_download(const mm_backend *be, void *host, const void *src, size_t bytes) {
     cuda_download(cu_ctx(be), host, src, bytes);
 }
-void cu_mem_zero(const mm_backend *be MM_UNUSED, void *p, size_t bytes) {
+void cu_mem_zero(const mm_backend *be, void *p, size_t bytes) {
     cuda_zero(cu_ctx(be), p, bytes);
 }
 
@@ -41,7 +41,7 @@ __global__ void k_copy_rows(float *dst, size_t ds, const float *src, size_t ss, 
             dst[(size_t)r * ds + i] = src[(size_t)r * ss + i];
 }
 
-void cu_copy_rows(const mm_backend *be MM_UNUSED, float *dst, size_t dst_stride, const float *src,
+void cu_copy_rows(const mm_backend *be, float *dst, size_t dst_stride, const float *src,
                   size_t src_stride, size_t width, int rows) {
     if (rows <= 0 || width == 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -67,7 +67,7 @@ __global__ void k_patch(float *patches, float *img, int B, int H, int W, int c, 
     }
 }
 
-void cu_patchify(const mm_backend *be MM_UNUSED, float *patches, const float *img, int B, int H,
+void cu_patchify(const mm_backend *be, float *patches, const float *img, int B, int H,
                  int W, int c, int p) {
     cuda_ctx *cx = cu_ctx(be);
     const int rows = B * (H / p) * (W / p) * p;
@@ -77,7 +77,7 @@ void cu_patchify(const mm_backend *be MM_UNUSED, float *patches, const float *im
     CU_CHECK_LAUNCH("patchify");
 }
 
-void cu_unpatchify(const mm_backend *be MM_UNUSED, float *img, const float *patches, int B, int H,
+void cu_unpatchify(const mm_backend *be, float *img, const float *patches, int B, int H,
                    int W, int c, int p) {
     cuda_ctx *cx = cu_ctx(be);
     const int rows = B * (H / p) * (W / p) * p;
@@ -123,7 +123,7 @@ __global__ void k_embed_fwd(float *x0, uint8_t *key_valid, const float *emb_img,
     }
 }
 
-void cu_embed_fwd(const mm_backend *be MM_UNUSED, float *x0, uint8_t *key_valid,
+void cu_embed_fwd(const mm_backend *be, float *x0, uint8_t *key_valid,
                   const float *emb_img, const float *emb_aud, const float *img_pos,
                   const float *aud_pos, const float *wte, const float *tpos, const int32_t *tokens,
                   int tok_stride, const uint8_t *has_image, const uint8_t *has_audio, int B, int T,
@@ -175,7 +175,7 @@ __global__ void k_embed_bwd_wte(float *g_wte, const float *dx0, const int32_t *t
     }
 }
 
-void cu_embed_bwd(const mm_backend *be MM_UNUSED, float *g_img_pos, float *g_aud_pos, float *g_wte,
+void cu_embed_bwd(const mm_backend *be, float *g_img_pos, float *g_aud_pos, float *g_wte,
                   float *g_tpos, const float *dx0, const int32_t *tokens, int B, int T, int n_img,
                   int n_aud, int C, int V) {
     if (B <= 0 || T <= 0) return;
@@ -208,7 +208,7 @@ __global__ void k_seq_loss(double *out, const float *losses, const int32_t *targ
     }
 }
 
-void cu_seq_loss(const mm_backend *be MM_UNUSED, double *out, const float *losses,
+void cu_seq_loss(const mm_backend *be, double *out, const float *losses,
                  const int32_t *targets, int B, int Tt) {
     if (B <= 0) return;
     cuda_ctx *c = cu_ctx(be);
@@ -225,7 +225,7 @@ __global__ void k_seq_dloss(float *dloss, const int32_t *targets, float scale, i
     }
 }
 
-void cu_seq_dloss(const mm_backend *be MM_UNUSED, float *dloss, const int32_t *targets, float scale,
+void cu_seq_dloss(const mm_backend *be, float *dloss, const int32_t *targets, float scale,
                   int B, int Tt) {
     if (B <= 0) return;
     cuda_ctx *c = cu_ctx(be);
