@@ -1,11 +1,17 @@
 // cuda_emu.cc: the CPU emulation of CUDA and cuBLAS declared in cuda_emu.h (why it exists:
-// see there). Blocks run one after another; the threads of a block are ucontext coroutines
-// on the calling thread, each resumed until it reaches a barrier (__syncthreads: the whole
+// see there). Blocks run one after another; the threads of a block are coroutines on the
+// calling thread, each resumed until it reaches a barrier (__syncthreads: the whole
 // block; a shuffle: its warp) or ends. A barrier opens when every live thread of its block
 // (warp) waits at it; a thread that ended while others wait at a barrier, or a state in which
 // nothing can move, is a bug in the kernel and aborts with what every thread was doing.
 // Device memory is host memory registered in a table, so copies and GEMMs can check that
 // their device arguments lie inside one allocation.
+//
+// Switching coroutines: on x86-64 a few instructions of our own (emu_switch), because glibc's
+// swapcontext sets the signal mask with a system call on every switch, which was most of an
+// emulated training step's time (perf: 80% in swapcontext and the kernel) and made the
+// multi-rank layout tests minutes long. ucontext stays for other machines and for ASan builds
+// (ASan follows ucontext switches through its fiber annotations).
 #include "cuda_emu.h"
 
 #include <cblas.h>
@@ -29,6 +35,39 @@ void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_
 #define EMU_ASAN 0
 #endif
 
+#if defined(__x86_64__) && !EMU_ASAN
+#define EMU_FAST_SWITCH 1
+// emu_switch(save, to): pushes the callee-saved registers (System V ABI) on the current
+// stack, stores its stack pointer in *save, and continues on the stack `to`: one saved by an
+// earlier emu_switch, or a new one fiber_init laid out as if emu_switch had saved it.
+extern "C" void emu_switch(void **save, void *to);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+#else
+#define EMU_FAST_SWITCH 0
+#endif
+
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 [[noreturn]] static void emu_die(const char *what) {
@@ -45,14 +84,22 @@ enum { MAX_THREADS = 1024, STACK_BYTES = 256 << 10 };
 
 namespace {
 struct fiber {
+#if EMU_FAST_SWITCH
+    void *sp = nullptr;  // where emu_switch left it
+#else
     ucontext_t ctx;
+#endif
     char *stack = nullptr;
     int state = DONE;
     unsigned char slot[8];  // this lane's value in a warp exchange
 };
 
 struct emu_state {
+#if EMU_FAST_SWITCH
+    void *sched_sp = nullptr;
+#else
     ucontext_t sched;
+#endif
     fiber fibers[MAX_THREADS];
     int n = 0, cur = -1;
     const std::function<void()> *body = nullptr;
@@ -81,6 +128,9 @@ static void to_sched(bool final) {
     __sanitizer_start_switch_fiber(final ? nullptr : &fake, S.sched_bottom, S.sched_size);
     swapcontext(&f.ctx, &S.sched);
     __sanitizer_finish_switch_fiber(fake, &S.sched_bottom, &S.sched_size);
+#elif EMU_FAST_SWITCH
+    (void)final;
+    emu_switch(&f.sp, S.sched_sp);
 #else
     (void)final;
     swapcontext(&f.ctx, &S.sched);
@@ -106,6 +156,8 @@ static void resume(int t) {
     __sanitizer_start_switch_fiber(&S.fake_sched, f.stack, STACK_BYTES);
     swapcontext(&S.sched, &f.ctx);
     __sanitizer_finish_switch_fiber(S.fake_sched, nullptr, nullptr);
+#elif EMU_FAST_SWITCH
+    emu_switch(&S.sched_sp, f.sp);
 #else
     swapcontext(&S.sched, &f.ctx);
 #endif
@@ -141,7 +193,7 @@ static void dump_and_die(const char *why) {
     abort();
 }
 
-// Readies thread t to start the kernel body (its own frame: getcontext returns twice).
+// Readies thread t to start the kernel body in fiber_main on its own stack.
 static __attribute__((noinline)) void fiber_init(int t) {
     fiber &f = S.fibers[t];
     if (!f.stack) {
@@ -150,11 +202,22 @@ static __attribute__((noinline)) void fiber_init(int t) {
         if (p == MAP_FAILED) emu_die("cannot map a thread stack");
         f.stack = (char *)p;
     }
+#if EMU_FAST_SWITCH
+    // what emu_switch pops: six registers, then the address it returns to (fiber_main), over
+    // a null return address for fiber_main itself (which never returns), so that fiber_main
+    // starts with the stack alignment of a call (rsp + 8 a multiple of 16)
+    void **sp = (void **)(((uintptr_t)f.stack + STACK_BYTES) & ~(uintptr_t)15);
+    *--sp = nullptr;
+    *--sp = (void *)fiber_main;
+    for (int i = 0; i < 6; i++) *--sp = nullptr;
+    f.sp = sp;
+#else
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = STACK_BYTES;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fiber_main, 0);
+#endif
     f.state = RUNNABLE;
 }
 
