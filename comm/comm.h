@@ -98,6 +98,12 @@ int comm_nccl_init(comm_group *g, ncclComm_t *out, mm_err *err);
 // Every rank of nc calls it with the same count, in the same order. An NCCL error aborts
 // with file:line (a lost peer or device is not recoverable).
 void comm_nccl_allreduce(ncclComm_t nc, float *buf, size_t count, int avg, cudaStream_t stream);
+// The same for ZeRO-1: recv (count) = the sum over nc of block `rank` of send (size * count),
+// send and recv not overlapping; and the in-place all-gather of buf (size * count) whose
+// block `rank` is this rank's.
+void comm_nccl_reduce_scatter(ncclComm_t nc, const float *send, float *recv, size_t count,
+                              cudaStream_t stream);
+void comm_nccl_all_gather(ncclComm_t nc, float *buf, size_t count, int rank, cudaStream_t stream);
 #endif
 
 // Ends the whole job from any rank after printing msg (MPI_Abort), so that a failure on one

@@ -2,7 +2,9 @@
 // (CUDA build) reduce over the same ranks, in the same order, as host buffers over MPI. NCCL
 // needs its unique id on every rank before anyone calls ncclCommInitRank; MPI is already up,
 // so the group's rank 0 draws the id and broadcasts it over the group (comm.h's groups). The
-// device allreduce the dp gradient buckets run on (the CUDA backend's reducer) is here too. Compiled to nothing unless the build defines MM_HAVE_NCCL (make cuda).
+// device collectives the CUDA backend runs (dp gradient buckets, tp activations, ZeRO-1's
+// reduce-scatter and all-gather) are here too. Compiled to nothing unless the build defines
+// MM_HAVE_NCCL (make cuda).
 #ifdef MM_HAVE_NCCL
 #include <string.h>
 
@@ -32,12 +34,31 @@ int comm_nccl_init(comm_group *g, ncclComm_t *out, mm_err *err) {
     return 0;
 }
 
+// a failed NCCL call: a lost peer or device is not recoverable
+#define NCCL_CHECK(call, what, count)                                                    \
+    do {                                                                                 \
+        ncclResult_t rc_ = (call);                                                       \
+        if (rc_ != ncclSuccess)                                                          \
+            mm_fatal(__FILE__, __LINE__, "NCCL: %s of %zu floats failed: %s (%s)", what, \
+                     (size_t)(count), ncclGetErrorString(rc_), ncclGetLastError(nc));    \
+    } while (0)
+
 void comm_nccl_allreduce(ncclComm_t nc, float *buf, size_t count, int avg, cudaStream_t stream) {
     if (count == 0) return;
-    ncclResult_t rc =
-        ncclAllReduce(buf, buf, count, ncclFloat32, avg ? ncclAvg : ncclSum, nc, stream);
-    if (rc != ncclSuccess)
-        mm_fatal(__FILE__, __LINE__, "NCCL: ncclAllReduce of %zu floats failed: %s (%s)", count,
-                 ncclGetErrorString(rc), ncclGetLastError(nc));
+    NCCL_CHECK(ncclAllReduce(buf, buf, count, ncclFloat32, avg ? ncclAvg : ncclSum, nc, stream),
+               "ncclAllReduce", count);
+}
+
+void comm_nccl_reduce_scatter(ncclComm_t nc, const float *send, float *recv, size_t count,
+                              cudaStream_t stream) {
+    if (count == 0) return;
+    NCCL_CHECK(ncclReduceScatter(send, recv, count, ncclFloat32, ncclSum, nc, stream),
+               "ncclReduceScatter", count);
+}
+
+void comm_nccl_all_gather(ncclComm_t nc, float *buf, size_t count, int rank, cudaStream_t stream) {
+    if (count == 0) return;
+    NCCL_CHECK(ncclAllGather(buf + (size_t)rank * count, buf, count, ncclFloat32, nc, stream),
+               "ncclAllGather", count);
 }
 #endif  // MM_HAVE_NCCL

@@ -5,6 +5,7 @@
 #include "backend.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef MM_HAVE_CUDA
@@ -68,12 +69,26 @@ int mm_backend_check_layout(const mm_backend *be, int dp, int tp, int zero, mm_e
                        "backend %s does not run tensor parallelism yet (parallel.tp %d): "
                        "use parallel.tp 1 with more data-parallel ranks, or backend cpu",
                        be->name, tp);
-    if (zero && dp > 1 && !be->caps.zero)
+    if (zero && !be->caps.zero)
         return mm_fail(err,
                        "backend %s does not run ZeRO-1 yet (parallel.zero %d with %d "
                        "data-parallel ranks): use parallel.zero 0, or backend cpu",
                        be->name, zero, dp);
     return 0;
+}
+
+mm_coll *mm_coll_new(const mm_backend *be, comm_group *g) {
+    if (!g) return NULL;
+    mm_coll *c = mm_calloc(1, sizeof(*c));
+    c->group = g;
+    c->impl = be->iface->coll_init(be, g);
+    return c;
+}
+
+void mm_coll_free(const mm_backend *be, mm_coll *c) {
+    if (!c) return;
+    be->iface->coll_free(be, c->impl);
+    free(c);
 }
 
 void mm_backend_to_host(const mm_backend *be, void *host, const void *buf, size_t bytes) {

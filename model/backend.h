@@ -51,6 +51,15 @@ typedef struct {
     int group;            // the tensor's parameter group (MODEL_GROUP_*)
 } mm_opt_seg;
 
+// A group of ranks as a backend reduces over it: the comm_group (host collectives, and MPI to
+// set up) and what the backend needs to run collectives on its own memory: an NCCL
+// communicator on a GPU, nothing on the CPU. Whoever uses a group on a backend makes its
+// mm_coll once (mm_coll_new: the model for tp, train/gradsync for dp) and frees it.
+typedef struct {
+    comm_group *group;  // not owned
+    void *impl;         // the backend's communicator (iface coll_init), owned; NULL on the CPU
+} mm_coll;
+
 // AdamW's hyper-parameters for one update.
 typedef struct {
     int64_t step;  // 1-based, for bias correction
@@ -97,12 +106,29 @@ typedef struct mm_backend_iface {
     // the work queued so far is done (backward reports it final), progress lets
     // non-blocking reductions move, finish waits until every started bucket is summed into
     // grads, so that the next work queued sees the sums.
-    void *(*reducer_new)(const mm_backend *be, comm_group *dp, float *grads, size_t n,
+    void *(*reducer_new)(const mm_backend *be, const mm_coll *dp, float *grads, size_t n,
                          int n_buckets, const size_t *bucket_lo);
     void (*reducer_start)(const mm_backend *be, void *r, int b);
     void (*reducer_progress)(const mm_backend *be, void *r);
     void (*reducer_finish)(const mm_backend *be, void *r);
     void (*reducer_free)(const mm_backend *be, void *r);
+
+    // Collectives on the backend's memory over a group, queued in order with the ops
+    // (ordered after the work queued so far; whatever is queued next sees the result), the
+    // same ranks in the same order as comm/'s host collectives. Every rank of the group calls
+    // them in the same order with the same counts. coll_init is collective over g; it
+    // returns the mm_coll's impl (NULL where the backend needs none).
+    void *(*coll_init)(const mm_backend *be, comm_group *g);
+    void (*coll_free)(const mm_backend *be, void *impl);
+    // buf (n) = its sum over the group (the models' tp collectives)
+    void (*allreduce)(const mm_backend *be, const mm_coll *c, mm_real *buf, size_t n);
+    // recv (count) = the sum over the group of block `rank` of send (size * count); send and
+    // recv do not overlap (ZeRO-1's gradients)
+    void (*reduce_scatter)(const mm_backend *be, const mm_coll *c, const float *send, float *recv,
+                           size_t count);
+    // buf (size * count): every rank's block `rank` to every rank, in place (ZeRO-1's
+    // updated parameters)
+    void (*all_gather)(const mm_backend *be, const mm_coll *c, float *buf, size_t count);
 } mm_backend_iface;
 
 struct mm_backend {
@@ -137,6 +163,11 @@ int mm_backend_check_layout(const mm_backend *be, int dp, int tp, int zero, mm_e
 // `skip` bytes are not function pointers (a name). Backends check their tables at creation
 // and models their own tables, so a missing kernel is an error at start, not a NULL call.
 int mm_table_complete(const void *table, size_t bytes, size_t skip, const char *what, mm_err *err);
+
+// A backend's communicator over g (NULL for a NULL g). Collective over g. Free with
+// mm_coll_free (NULL: nothing).
+mm_coll *mm_coll_new(const mm_backend *be, comm_group *g);
+void mm_coll_free(const mm_backend *be, mm_coll *c);
 
 // Host views of backend memory: a copy between host and backend memory that does nothing
 // where the two are the same buffer (a host-memory backend's mirror is the buffer itself).

@@ -92,14 +92,14 @@ void model_block_forward(const model_block_run *r, const model_block_w *w, model
     // row-parallel: this rank's heads' share of attn.proj, summed over tp
     ops->matmul_fwd(be, a->res2, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BT, Cl,
                     C);
-    model_tp_allreduce(r->tp, r->tp_group, a->res2, nC);
+    model_tp_allreduce(r->be, r->tp, a->res2, nC);
     ops->add(be, a->res2, a->res2, x, nC);
     ops->layernorm_fwd(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2_g, w->ln2_b, BT, C);
     ops->matmul_fwd(be, a->fch, a->ln2, w->fc_w, w->fc_b, BT, C, Fl);
     ops->gelu_fwd(be, a->fcg, a->fch, (size_t)BT * Fl);
     ops->matmul_fwd(be, a->res3, a->fcg, w->mlpproj_w, r->bias_rank ? w->mlpproj_b : NULL, BT, Fl,
                     C);
-    model_tp_allreduce(r->tp, r->tp_group, a->res3, nC);
+    model_tp_allreduce(r->be, r->tp, a->res3, nC);
     ops->add(be, a->res3, a->res3, a->res2, nC);
 }
 
@@ -121,7 +121,7 @@ void model_block_backward(const model_block_run *r, const model_block_w *w,
                     C);
     ops->gelu_bwd(be, s->dfch, a->fch, s->dfcg, (size_t)BT * Fl);
     ops->matmul_bwd(be, s->dln2, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, BT, C, Fl);
-    model_tp_allreduce(r->tp, r->tp_group, s->dln2, nC);  // fc saw ln2 whole: sum the shares
+    model_tp_allreduce(r->be, r->tp, s->dln2, nC);  // fc saw ln2 whole: sum the shares
     ops->layernorm_bwd(be, s->dres, g->ln2_g, g->ln2_b, s->dln2, a->res2, w->ln2_g, a->ln2_mean,
                        a->ln2_rstd, BT, C);
     // dres now holds d(res2)
@@ -130,7 +130,7 @@ void model_block_backward(const model_block_run *r, const model_block_w *w,
     ops->attention_bwd(be, s->dqkv, s->datty, a->qkv, a->atty, a->att, r->B, r->T, r->P, r->NHl,
                        r->HD);
     ops->matmul_bwd(be, s->dln1, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, BT, C, 3 * Cl);
-    model_tp_allreduce(r->tp, r->tp_group, s->dln1, nC);  // the same for the heads' shares
+    model_tp_allreduce(r->be, r->tp, s->dln1, nC);  // the same for the heads' shares
     ops->layernorm_bwd(be, s->dres, g->ln1_g, g->ln1_b, s->dln1, x, w->ln1_g, a->ln1_mean,
                        a->ln1_rstd, BT, C);
     // dres now holds d(block input)

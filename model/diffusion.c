@@ -74,8 +74,8 @@
 //   encoders (they run on short sequences - text_T and n_aud tokens against N image tokens -
 //   so splitting them would buy little and cost four collectives per encoder block), the
 //   adaLN linears, t_embed, x_embed and the final layer.
-//   Collectives, all comm_allreduce_sum over cfg.tp_group: forward, after each of the three
-//   row-parallel projections of a block (B*N*d); backward, d(modulated LN1) after attn.qkv,
+//   Collectives, all sums over the tp group on the backend (m->tp): forward, after each of the
+//   three row-parallel projections of a block (B*N*d); backward, d(modulated LN1) after attn.qkv,
 //   d(xattn.ln) after xattn.q, d(modulated LN2) after mlp.fc (B*N*d each), and ONE for d(cond)
 //   (B*Tc*d) after the last block: each block's xattn.kv adds this rank's heads' share of
 //   d(cond) locally, and the encoders below need the sum.
@@ -189,6 +189,7 @@ struct dit {
     size_t pool_lo;        // = temb_lo without pool_cond
     size_t *block_lo;      // (L) owned
     model_hook hook;       // the grad hook (fn NULL when none)
+    mm_coll *tp;           // cfg.tp_group on be (NULL: tp 1 or layout only), owned
     weights w, g;          // views into params / grads
     mm_real *pos;          // (N, C) fixed 2D sin-cos position embedding, owned
     mm_real *act_mem;      // the one activation buffer, owned
@@ -564,6 +565,7 @@ int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B
     m->tok = ops->mem_alloc(be, (size_t)max_B * m->Tt * sizeof(int32_t));
     m->tok_kv = ops->mem_alloc(be, (size_t)max_B * m->Tt);
     m->host_b = mm_calloc((size_t)max_B, sizeof(mm_real));
+    m->tp = cfg->tp > 1 ? mm_coll_new(be, cfg->tp_group) : NULL;  // collective over the group
     *out = m;
     return 0;
 }
@@ -572,6 +574,7 @@ void dit_free(dit *m) {
     if (!m) return;
     const mm_backend *be = m->be;
     const model_ops *ops = be->ops;
+    mm_coll_free(be, m->tp);
     free(m->tensors);
     free(m->block_lo);
     ops->mem_free(be, m->params);
@@ -641,7 +644,7 @@ static void check_input(const dit *m, const dit_input *in) {
 
 // The encoders are replicated: full widths, every rank adds every bias, no collective.
 static model_block_run enc_run(const dit *m, int B, int T) {
-    return (model_block_run){m->be, m->ops, B, T, T, m->C, m->NH, m->HD, m->F, 1, 1, NULL};
+    return (model_block_run){m->be, m->ops, B, T, T, m->C, m->NH, m->HD, m->F, 1, NULL};
 }
 
 // Encoder blocks and ln_f on e->x0 (B, T, C) with e->key_valid; result in e->out.
@@ -670,8 +673,7 @@ static dit_block_run block_run(const dit *m, int B) {
                            .HD = m->HD,
                            .Fl = m->Fl,
                            .bias_rank = m->cfg.tp_rank == 0,
-                           .tp = m->cfg.tp,
-                           .tp_group = m->cfg.tp_group,
+                           .tp = m->tp,
                            .sc = a->sc,
                            .cond = a->cond,
                            .self_valid = m->all_valid,
@@ -892,7 +894,7 @@ static void cond_backward(dit *m, const dit_input *in) {
     const weights *w = &m->w;
     const weights *g = &m->g;
 
-    model_tp_allreduce(m->cfg.tp, m->cfg.tp_group, a->bs.dcond, (size_t)B * Tc * C);
+    model_tp_allreduce(m->be, m->tp, a->bs.dcond, (size_t)B * Tc * C);
     // the mean's share to each valid key, after the sum: d(pool) is replicated, so adding it
     // before the allreduce would count it tp times
     if (m->cfg.pool_cond) dops->pool_bwd(be, a->bs.dcond, a->dpool, m->key_valid, B, Tc, C);

@@ -138,7 +138,7 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     ops->matmul_fwd(be, a->qkv, a->m1, w->qkv_w, w->qkv_b, BN, C, 3 * Cl);
     ops->attention_fwd(be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl, r->HD);
     ops->matmul_fwd(be, a->y1, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BN, Cl, C);
-    model_tp_allreduce(r->tp, r->tp_group, a->y1, nC);
+    model_tp_allreduce(r->be, r->tp, a->y1, nC);
     // the gated add is in place: res1 starts as a copy of x
     ops->copy_rows(be, a->res1, (size_t)C, x, (size_t)C, (size_t)C, BN);
     dops->gated_add_fwd(be, a->res1, a->y1, mod + 2 * C, C6, B, N, C);
@@ -148,7 +148,7 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     ops->matmul_fwd(be, a->kv, r->cond, w->kv_w, w->kv_b, B * Tc, C, 2 * Cl);
     dops->xattn_fwd(be, a->xatty, a->xatt, a->q, a->kv, r->cond_valid, B, N, Tc, r->NHl, r->HD);
     ops->matmul_fwd(be, a->res2, a->xatty, w->xproj_w, r->bias_rank ? w->xproj_b : NULL, BN, Cl, C);
-    model_tp_allreduce(r->tp, r->tp_group, a->res2, nC);
+    model_tp_allreduce(r->be, r->tp, a->res2, nC);
     ops->add(be, a->res2, a->res2, a->res1, nC);
     // MLP branch
     ops->layernorm_fwd(be, a->h3, a->mean3, a->rstd3, a->res2, r->ones, r->zeros, BN, C);
@@ -156,7 +156,7 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     ops->matmul_fwd(be, a->fch, a->m3, w->fc_w, w->fc_b, BN, C, Fl);
     ops->gelu_fwd(be, a->fcg, a->fch, (size_t)BN * Fl);
     ops->matmul_fwd(be, a->y3, a->fcg, w->mproj_w, r->bias_rank ? w->mproj_b : NULL, BN, Fl, C);
-    model_tp_allreduce(r->tp, r->tp_group, a->y3, nC);
+    model_tp_allreduce(r->be, r->tp, a->y3, nC);
     ops->copy_rows(be, a->res3, (size_t)C, a->res2, (size_t)C, (size_t)C, BN);
     dops->gated_add_fwd(be, a->res3, a->y3, mod + 5 * C, C6, B, N, C);
 }
@@ -188,7 +188,7 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     ops->gelu_bwd(be, s->dfch, a->fch, s->dfcg, nFl);
     ops->matmul_bwd(be, s->dm3, g->fc_w, g->fc_b, s->dfch, a->m3, w->fc_w, BN, C, Fl);
     // fc saw m3 whole: sum its column shares
-    model_tp_allreduce(r->tp, r->tp_group, s->dm3, nC);
+    model_tp_allreduce(r->be, r->tp, s->dm3, nC);
     dops->modulate_bwd(be, s->dh3, dmod + 3 * C, dmod + 4 * C, s->dm3, a->h3, mod + 4 * C, C6, B, N, C);
     ops->layernorm_bwd(be, s->dres, s->dlng, s->dlnb, s->dh3, a->res2, r->ones, a->mean3, a->rstd3, BN,
                        C);
@@ -196,7 +196,7 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     ops->matmul_bwd(be, s->dxatty, g->xproj_w, g->xproj_b, s->dres, a->xatty, w->xproj_w, BN, Cl, C);
     dops->xattn_bwd(be, s->dq, s->dkv, s->dxatty, a->q, a->kv, a->xatt, B, N, Tc, r->NHl, r->HD);
     ops->matmul_bwd(be, s->dh2, g->q_w, g->q_b, s->dq, a->h2, w->q_w, BN, C, Cl);
-    model_tp_allreduce(r->tp, r->tp_group, s->dh2, nC);
+    model_tp_allreduce(r->be, r->tp, s->dh2, nC);
     // this rank's heads' share of d(cond), summed over tp by the caller after the last block
     ops->matmul_bwd(be, s->dcond, g->kv_w, g->kv_b, s->dkv, r->cond, w->kv_w, B * Tc, C, 2 * Cl);
     ops->layernorm_bwd(be, s->dres, g->xln_g, g->xln_b, s->dh2, a->res1, w->xln_g, a->mean2, a->rstd2,
@@ -206,7 +206,7 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     ops->matmul_bwd(be, s->datty, g->attproj_w, g->attproj_b, s->dy1, a->atty, w->attproj_w, BN, Cl, C);
     ops->attention_bwd(be, s->dqkv, s->datty, a->qkv, a->atty, a->att, B, N, N, r->NHl, r->HD);
     ops->matmul_bwd(be, s->dm1, g->qkv_w, g->qkv_b, s->dqkv, a->m1, w->qkv_w, BN, C, 3 * Cl);
-    model_tp_allreduce(r->tp, r->tp_group, s->dm1, nC);
+    model_tp_allreduce(r->be, r->tp, s->dm1, nC);
     dops->modulate_bwd(be, s->dh1, dmod, dmod + C, s->dm1, a->h1, mod + C, C6, B, N, C);
     ops->layernorm_bwd(be, s->dres, s->dlng, s->dlnb, s->dh1, x, r->ones, a->mean1, a->rstd1, BN, C);
     // dres = d(x); the block's modulation

@@ -110,8 +110,7 @@ typedef struct {
     int B, N, Tc;        // samples, image tokens, cond tokens
     int C, NHl, HD, Fl;  // model width; local heads, head dim; local MLP width
     int bias_rank;       // 1 on the one rank that adds the row-parallel biases (tp rank 0)
-    int tp;              // 1: no collective
-    comm_group *tp_group;
+    const mm_coll *tp;   // the tp group on be; NULL: tp 1, no collective
     const mm_real *sc;            // (B, C) SiLU(c), the input of every ada linear
     const mm_real *cond;          // (B, Tc, C) conditioning tokens
     const uint8_t *self_valid;    // (B, N) all 1: every image token is a key
@@ -131,8 +130,8 @@ void dit_block_carve(model_carver *cv, const mm_backend *be, dit_block_acts *a, 
 void dit_block_carve_scratch(model_carver *cv, dit_block_scratch *s, size_t B, size_t N, size_t Tc,
                              size_t C, size_t Cl, size_t Fl);
 
-// Forward of one block on x (B, N, C); result in a->res3. Collective over r->tp_group when
-// r->tp > 1.
+// Forward of one block on x (B, N, C); result in a->res3. Collective over r->tp when it is
+// set.
 void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_acts *a,
                        const mm_real *x);
 // Backward of one block whose forward input was x: from s->dres = d(res3) ACCUMULATES the

@@ -92,14 +92,8 @@ mm_real *model_carve(model_carver *cv, size_t n) {
     return p;
 }
 
-#ifdef MM_F64
-#define MM_REAL_COMM COMM_F64
-#else
-#define MM_REAL_COMM COMM_F32
-#endif
-
-void model_tp_allreduce(int tp, comm_group *g, mm_real *x, size_t n) {
-    if (tp > 1) comm_allreduce_sum(g, x, n, MM_REAL_COMM);
+void model_tp_allreduce(const mm_backend *be, const mm_coll *tp, mm_real *x, size_t n) {
+    if (tp) be->iface->allreduce(be, tp, x, n);
 }
 
 void model_zero_bufs(int n, mm_real *const *p, const size_t *len) {

@@ -105,6 +105,8 @@ typedef struct model_ops {
     void (*mem_upload)(const mm_backend *be, void *dst, const void *host, size_t bytes);
     void (*mem_download)(const mm_backend *be, void *host, const void *src, size_t bytes);
     void (*mem_zero)(const mm_backend *be, void *p, size_t bytes);
+    // within the backend's memory, queued in order with the ops; regions do not overlap
+    void (*mem_copy)(const mm_backend *be, void *dst, const void *src, size_t bytes);
     // rows rows of width elements: dst[r * dst_stride + i] = src[r * src_stride + i]
     void (*copy_rows)(const mm_backend *be, mm_real *dst, size_t dst_stride, const mm_real *src,
                       size_t src_stride, size_t width, int rows);

@@ -62,7 +62,7 @@ mm_real *model_carve(model_carver *cv, size_t n);
 // Helpers
 
 // In-place sum of x (n) over the tp ranks; nothing at tp = 1 (g may then be NULL).
-void model_tp_allreduce(int tp, comm_group *g, mm_real *x, size_t n);
+void model_tp_allreduce(const mm_backend *be, const mm_coll *tp, mm_real *x, size_t n);
 
 // Zeroes n buffers in one parallel region, each thread a contiguous share of each: a
 // single-threaded memset runs at a fraction of the machine's store bandwidth, and the
@@ -180,8 +180,7 @@ typedef struct {
     int B, T, P;       // samples, positions, bidirectional prefix (P = T: no causal part)
     int C, NHl, HD, Fl;  // model width; local heads, head dim; local MLP width
     int bias_rank;     // 1 on the one rank that adds the row-parallel biases (tp rank 0)
-    int tp;            // 1: no collective
-    comm_group *tp_group;
+    const mm_coll *tp;  // the tp group on be; NULL: tp 1, no collective
 } model_block_run;
 
 // Adds the block's 12 tensors named "<prefix>.<l>.<suffix>" (e.g. "blocks.3.attn.qkv.w");
@@ -197,7 +196,7 @@ void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t 
                                size_t Cl, size_t Fl);
 
 // Forward of one block on x (B, T, C); key_valid (B, T) as ops->attention_fwd. Result in
-// a->res3. Collective over r->tp_group when r->tp > 1.
+// a->res3. Collective over r->tp when it is set.
 void model_block_forward(const model_block_run *r, const model_block_w *w, model_block_acts *a,
                          const mm_real *x, const uint8_t *key_valid);
 // Backward of one block whose forward input was x: from s->dres = d(res3) ACCUMULATES the

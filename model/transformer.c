@@ -48,8 +48,8 @@
 //   ln1 -> qkv (column-parallel, local heads) -> attention (local heads) -> attn.proj (row-
 //   parallel: partial sums over the local heads) -> ALLREDUCE -> + residual
 //   ln2 -> fc (column-parallel) -> GELU -> mlp.proj (row-parallel) -> ALLREDUCE -> + residual
-// so there are exactly four collectives per block and pass, all comm_allreduce_sum over
-// cfg.tp_group on (B, T, C):
+// so there are exactly four collectives per block and pass, all sums over the tp group on
+// (B, T, C), through the backend (m->tp: MPI on host buffers, NCCL on device buffers):
 //   forward:  after attn.proj and after mlp.proj: each rank holds the product of its slice
 //             of the contraction dimension only; the sum makes the residual stream whole.
 //   backward: d(ln1) after qkv's backward and d(ln2) after fc's backward: each rank's input
@@ -61,9 +61,10 @@
 // Everything else - embeddings, layernorms, ln_f, lm_head, the loss - is replicated: every
 // rank computes it on identical inputs in the same order. INVARIANT (the trainer relies on
 // it and never reduces replicated gradients over tp): replicated tensors' gradients come out
-// bitwise identical on every tp rank. It holds because comm_allreduce_sum returns the same
-// bits on every rank (ring and reduce+broadcast sum each element once and distribute it;
-// recursive doubling adds the same two operands on both partners, and fp addition commutes)
+// bitwise identical on every tp rank. It holds because the allreduce returns the same bits on
+// every rank (ring and reduce+broadcast, MPI's and NCCL's, sum each element once and
+// distribute it; recursive doubling adds the same two operands on both partners, and fp
+// addition commutes)
 // and the replicated ops are deterministic (ops_cpu.c); tests/test_tp.c checks it. A tp > 1
 // result equals tp = 1 up to the fp32 summation order of those four contractions; tp = 1
 // makes no comm call at all.
@@ -134,6 +135,7 @@ struct model {
     size_t head_lo;           // first offset of ln_f / lm_head
     size_t *block_lo;         // (L) first offset of each block's tensors, owned
     model_hook hook;          // the grad hook (fn NULL when none)
+    mm_coll *tp;              // cfg.tp_group on be (NULL: tp 1 or layout only), owned
     weights w, g;             // views into params / grads
     mm_real *act_mem;         // the one activation buffer, owned
     acts a;                   // views into act_mem
@@ -365,12 +367,14 @@ int model_create(model **out, const model_config *cfg, const mm_backend *be, int
     m->gen_dtokens = ops->mem_alloc(be, (size_t)max_B * m->Tt * sizeof(int32_t));
     m->gen_tokens = mm_calloc((size_t)max_B * m->Tt, sizeof(int32_t));
     m->gen_done = mm_calloc((size_t)max_B, 1);
+    m->tp = cfg->tp > 1 ? mm_coll_new(be, cfg->tp_group) : NULL;  // collective over the group
     *out = m;
     return 0;
 }
 
 void model_free(model *m) {
     if (!m) return;
+    mm_coll_free(m->be, m->tp);
     free(m->tensors);
     free(m->block_lo);
     m->ops->mem_free(m->be, m->params);
@@ -446,8 +450,7 @@ static model_block_run block_run(const model *m, int B, int T) {
                              m->HD,
                              m->Fl,
                              m->cfg.tp_rank == 0,  // adds the row-parallel biases (file top)
-                             m->cfg.tp,
-                             m->cfg.tp_group};
+                             m->tp};
 }
 
 // Embeddings and all blocks for B samples using the first Tu text positions of tokens

@@ -78,8 +78,9 @@ static void test_layout(test_counts *tc) {
     gpu.name = "gpu";
     gpu.caps.tp = gpu.caps.zero = 0;
     TEST_CHECK(tc, mm_backend_check_layout(&gpu, 4, 1, 0, &err) == 0, "dp alone: %s", err.msg);
-    TEST_CHECK(tc, mm_backend_check_layout(&gpu, 1, 1, 1, &err) == 0,
-               "zero at dp 1 is nothing to shard: %s", err.msg);
+    // ZeRO-1 at dp 1 runs its own path (its collectives are copies), so it is refused too
+    TEST_CHECK(tc, mm_backend_check_layout(&gpu, 1, 1, 1, &err) != 0 && strstr(err.msg, "ZeRO-1"),
+               "zero at dp 1 refused: %s", err.msg);
     TEST_CHECK(tc,
                mm_backend_check_layout(&gpu, 2, 2, 0, &err) != 0 &&
                    strstr(err.msg, "backend gpu") && strstr(err.msg, "parallel.tp 2") &&

@@ -1,9 +1,9 @@
 // gradsync.c: data-parallel gradient reduction, ZeRO-1 and the optimizer update (gradsync.h),
-// written once for every backend: the bucket reduction, the sum of squares and AdamW are the
-// backend's (model/backend.h), on the buffers the model computes on. The CPU reduces buckets
-// with non-blocking MPI allreduces on host memory; CUDA with NCCL on its comm stream, so the
-// reduction overlaps the rest of backward either way. ZeRO-1 runs where the backend reports
-// it can (mm_backend_check_layout refused the rest at start).
+// written once for every backend: the bucket reduction, ZeRO-1's collectives, the sum of
+// squares and AdamW are the backend's (model/backend.h), on the buffers the model computes
+// on. The CPU reduces buckets with non-blocking MPI allreduces on host memory; CUDA with
+// NCCL on its comm stream, so the reduction overlaps the rest of backward either way. ZeRO-1
+// reduce-scatters and all-gathers in the backend's memory (MPI on the CPU, NCCL on a GPU).
 #include "gradsync.h"
 
 #include <math.h>
@@ -68,16 +68,19 @@ void gsync_init(gsync *g, const train_net *net, const comm_layout *lay, const op
     g->lay = lay;
     g->net = net;
     g->n = net->n_params;
-    g->zero = zero && lay->dp_size > 1;
+    // ZeRO-1 at dp 1 runs its own path too (its collectives are copies there), so that one
+    // GPU checks it
+    g->zero = zero;
     g->next = -1;
-    MM_CHECK(!g->zero || (be->caps.zero && be->caps.host_memory),
+    MM_CHECK(!g->zero || be->caps.zero,
              "gsync: ZeRO-1 on backend %s (mm_backend_check_layout refuses it at start)", be->name);
+    if (g->zero || lay->dp_size > 1) g->dp = mm_coll_new(be, lay->dp);
     size_t lo = 0, hi = g->n;
     if (g->zero) {
         size_t dp = (size_t)lay->dp_size;
         g->shard = (g->n + dp - 1) / dp;
-        g->zbuf = mm_alloc_aligned(g->shard * dp * sizeof(float));
-        g->zgrad = mm_alloc_aligned(g->shard * sizeof(float));
+        g->zbuf = be->ops->mem_alloc(be, g->shard * dp * sizeof(float));
+        g->zgrad = be->ops->mem_alloc(be, g->shard * sizeof(float));
         lo = g->shard * (size_t)lay->dp_rank;
         hi = lo + g->shard;
         if (lo > g->n) lo = g->n;
@@ -90,7 +93,7 @@ void gsync_init(gsync *g, const train_net *net, const comm_layout *lay, const op
         for (int b = 0; b < g->n_buckets; b++) g->bucket_lo[b] = (size_t)b * per;
         g->bucket_lo[g->n_buckets] = g->n;
         g->reducer =
-            be->iface->reducer_new(be, lay->dp, net->dgrads, g->n, g->n_buckets, g->bucket_lo);
+            be->iface->reducer_new(be, g->dp, net->dgrads, g->n, g->n_buckets, g->bucket_lo);
         net->set_grad_hook(net->impl, grad_ready, g);
     }
     optim_init(&g->opt, oc, net->tensors, net->n_tensors, lo, hi);
@@ -113,8 +116,9 @@ void gsync_free(gsync *g) {
     if (g->v != g->opt.v) be->ops->mem_free(be, g->v);
     optim_free(&g->opt);
     free(g->bucket_lo);
-    free(g->zbuf);
-    free(g->zgrad);
+    be->ops->mem_free(be, g->zbuf);
+    be->ops->mem_free(be, g->zgrad);
+    mm_coll_free(be, g->dp);
     memset(g, 0, sizeof(*g));
 }
 
@@ -140,9 +144,9 @@ double gsync_finish(gsync *g) {
         g->armed = 0;
     } else if (g->zero) {
         size_t padded = g->shard * (size_t)lay->dp_size;
-        memcpy(g->zbuf, grads, g->n * sizeof(float));
-        memset(g->zbuf + g->n, 0, (padded - g->n) * sizeof(float));
-        comm_reduce_scatter_sum(lay->dp, g->zbuf, g->zgrad, g->shard);
+        be->ops->mem_copy(be, g->zbuf, grads, g->n * sizeof(float));
+        be->ops->mem_zero(be, g->zbuf + g->n, (padded - g->n) * sizeof(float));
+        be->iface->reduce_scatter(be, g->dp, g->zbuf, g->zgrad, g->shard);
         mine = g->zgrad;
     }
     g->exposed = mm_now() - t0;
@@ -163,19 +167,20 @@ void gsync_update(gsync *g, int64_t step, double lr, double grad_scale) {
     if (!g->zero) return;
     // all-gather the updated shards in place in the padded buffer, then back to the model
     float *mine = g->zbuf + g->shard * (size_t)g->lay->dp_rank;
-    memcpy(mine, params + g->opt.lo, (g->opt.hi - g->opt.lo) * sizeof(float));
-    comm_all_gather(g->lay->dp, mine, g->zbuf, g->shard, COMM_F32);
-    memcpy(params, g->zbuf, g->n * sizeof(float));
+    be->ops->mem_copy(be, mine, params + g->opt.lo, (g->opt.hi - g->opt.lo) * sizeof(float));
+    be->iface->all_gather(be, g->dp, g->zbuf, g->shard);
+    be->ops->mem_copy(be, params, g->zbuf, g->n * sizeof(float));
 }
 
+// The full-size moment from every rank's part (host memory; the caller frees it).
 static float *gather_moment(gsync *g, const float *part) {
-    float *mine = g->zbuf + g->shard * (size_t)g->lay->dp_rank;
+    const size_t dp = (size_t)g->lay->dp_size;
+    float *all = mm_alloc_aligned(g->shard * dp * sizeof(float));
+    float *mine = all + g->shard * (size_t)g->lay->dp_rank;
     memset(mine, 0, g->shard * sizeof(float));
     memcpy(mine, part, (g->opt.hi - g->opt.lo) * sizeof(float));
-    comm_all_gather(g->lay->dp, mine, g->zbuf, g->shard, COMM_F32);
-    float *full = mm_alloc_aligned(g->n * sizeof(float));
-    memcpy(full, g->zbuf, g->n * sizeof(float));
-    return full;
+    comm_all_gather(g->lay->dp, mine, all, g->shard, COMM_F32);
+    return all;  // the first n are the moment
 }
 
 void gsync_full_state(gsync *g, float **m, float **v, int *owned) {

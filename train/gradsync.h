@@ -65,6 +65,7 @@ typedef struct {
                              // on a host-memory backend, else owned (opt's are then staging)
     void *plan;              // the backend's optimizer plan, made at the first use (after
                              // fine-tuning's optim_set_groups), owned
+    mm_coll *dp;             // the backend's communicator over lay->dp (dp > 1 or ZeRO), owned
     // buckets (zero = 0, dp > 1)
     int n_buckets;
     size_t *bucket_lo;       // (n_buckets + 1) boundaries, ascending, owned
@@ -73,8 +74,9 @@ typedef struct {
     int armed;               // 1 during the backward whose gradients are reduced
     // ZeRO-1 (zero = 1)
     size_t shard;            // elements per dp rank (n rounded up to a multiple of dp)
-    float *zbuf;             // (shard * dp) padded scratch: reduce-scatter in, all-gather out
-    float *zgrad;            // (shard) this rank's reduced gradient
+    float *zbuf;             // (shard * dp) padded scratch in the backend's memory:
+                             // reduce-scatter in, all-gather out, owned
+    float *zgrad;            // (shard) this rank's reduced gradient, backend memory, owned
     double exposed;          // seconds the last gsync_finish spent on communication that
                              // backward did not hide
 } gsync;

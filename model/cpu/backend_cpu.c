@@ -138,10 +138,10 @@ typedef struct {
     comm_request **req;  // (n_buckets) in flight, owned
 } cpu_reducer;
 
-static void *cpu_reducer_new(const mm_backend *be MM_UNUSED, comm_group *dp, float *grads,
+static void *cpu_reducer_new(const mm_backend *be MM_UNUSED, const mm_coll *dp, float *grads,
                              size_t n MM_UNUSED, int n_buckets, const size_t *bucket_lo) {
     cpu_reducer *r = mm_calloc(1, sizeof(*r));
-    r->dp = dp;
+    r->dp = dp->group;
     r->grads = grads;
     r->n_buckets = n_buckets;
     r->lo = mm_malloc(((size_t)n_buckets + 1) * sizeof(size_t));
@@ -178,6 +178,36 @@ static void cpu_reducer_free(const mm_backend *be MM_UNUSED, void *rp) {
     free(r);
 }
 
+// ---------------------------------------------------------------------------------------
+// collectives: comm/'s MPI ones, on the buffers where they are
+
+#ifdef MM_F64
+#define MM_REAL_COMM COMM_F64
+#else
+#define MM_REAL_COMM COMM_F32
+#endif
+
+static void *cpu_coll_init(const mm_backend *be MM_UNUSED, comm_group *g MM_UNUSED) {
+    return NULL;
+}
+
+static void cpu_coll_free(const mm_backend *be MM_UNUSED, void *impl MM_UNUSED) {}
+
+static void cpu_allreduce(const mm_backend *be MM_UNUSED, const mm_coll *c, mm_real *buf,
+                          size_t n) {
+    comm_allreduce_sum(c->group, buf, n, MM_REAL_COMM);
+}
+
+static void cpu_reduce_scatter(const mm_backend *be MM_UNUSED, const mm_coll *c, const float *send,
+                               float *recv, size_t count) {
+    comm_reduce_scatter_sum(c->group, send, recv, count);
+}
+
+static void cpu_all_gather(const mm_backend *be MM_UNUSED, const mm_coll *c, float *buf,
+                           size_t count) {
+    comm_all_gather(c->group, buf + count * (size_t)comm_rank(c->group), buf, count, COMM_F32);
+}
+
 static const mm_backend_iface cpu_iface = {
     .destroy = cpu_destroy,
     .sync = cpu_sync,
@@ -195,6 +225,11 @@ static const mm_backend_iface cpu_iface = {
     .reducer_progress = cpu_reducer_progress,
     .reducer_finish = cpu_reducer_finish,
     .reducer_free = cpu_reducer_free,
+    .coll_init = cpu_coll_init,
+    .coll_free = cpu_coll_free,
+    .allreduce = cpu_allreduce,
+    .reduce_scatter = cpu_reduce_scatter,
+    .all_gather = cpu_all_gather,
 };
 
 const mm_backend mm_backend_cpu = {

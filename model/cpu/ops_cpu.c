@@ -588,6 +588,7 @@ const model_ops model_ops_cpu = {
     .mem_upload = model_cpu_mem_copy,
     .mem_download = model_cpu_mem_copy,
     .mem_zero = model_cpu_mem_zero,
+    .mem_copy = model_cpu_mem_copy,
     .copy_rows = model_cpu_copy_rows,
     .patchify = model_patchify,
     .unpatchify = model_unpatchify,

@@ -1,15 +1,18 @@
 // backend_cuda.cu: the CUDA backend object (backend.h): this rank's GPU context behind the
 // generic ops table (model_ops_cuda), and the iface the trainer uses around a step: staging
 // through pinned buffers and a copy stream, the optimizer kernels of cuda.cu, and the
-// data-parallel bucket reduction.
+// collectives the models and ZeRO-1 run on device buffers (tp activations, reduce-scatter,
+// all-gather), and the data-parallel bucket reduction.
 //
 // Buckets: when backward reports a bucket final, an event recorded on the compute stream
 // marks the point; the comm stream waits for it and runs the bucket's NCCL allreduce, so the
 // reduction overlaps the rest of backward; finish makes the compute stream wait for the comm
-// stream, so the norm and AdamW read the sums. In a CUDA build without NCCL (and in the CPU
-// emulation build, which is how make test checks this logic on a machine without GPUs) the
-// buckets go through the host instead: downloaded when final, summed with comm/'s
-// non-blocking MPI allreduce while backward goes on, uploaded in finish.
+// stream, so the norm and AdamW read the sums. The other collectives run on the compute
+// stream itself, in order with the kernels around them. In a CUDA build without NCCL (and in
+// the CPU emulation build, which is how make test checks this logic on a machine without
+// GPUs) they go through the host instead: the buckets downloaded when final, summed with
+// comm/'s non-blocking MPI allreduce while backward goes on, uploaded in finish; the others
+// downloaded, reduced with MPI and uploaded in place.
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -84,25 +87,114 @@ static void cb_ema(const mm_backend *be, float *ema, const float *params, size_t
 }
 
 // ---------------------------------------------------------------------------------------
+// collectives over a group: NCCL on the compute stream, or (without NCCL, and under the
+// emulator) through the host: download, comm/'s MPI collective, upload
+
+typedef struct {
+#ifdef MM_HAVE_NCCL
+    ncclComm_t nccl;  // over the group, owned
+#else
+    float *host;  // staging, grown on demand, owned
+    size_t cap;   // its floats
+#endif
+} cb_coll;
+
+static void *cb_coll_init(const mm_backend *be MM_UNUSED, comm_group *g) {
+    cb_coll *k = (cb_coll *)mm_calloc(1, sizeof(cb_coll));
+#ifdef MM_HAVE_NCCL
+    mm_err err = {{0}};
+    if (comm_nccl_init(g, &k->nccl, &err) != 0) comm_abort(g, 1, err.msg);
+#else
+    (void)g;
+#endif
+    return k;
+}
+
+static void cb_coll_free(const mm_backend *be MM_UNUSED, void *impl) {
+    cb_coll *k = (cb_coll *)impl;
+    if (!k) return;
+#ifdef MM_HAVE_NCCL
+    ncclCommDestroy(k->nccl);
+#else
+    free(k->host);
+#endif
+    free(k);
+}
+
+static cb_coll *coll_of(const mm_coll *c) {
+    return (cb_coll *)c->impl;
+}
+
+#ifndef MM_HAVE_NCCL
+static float *coll_host(const mm_coll *c, size_t n) {
+    cb_coll *k = coll_of(c);
+    if (k->cap < n) {
+        free(k->host);
+        k->host = (float *)mm_alloc_aligned(n * sizeof(float));
+        k->cap = n;
+    }
+    return k->host;
+}
+#endif
+
+static void cb_allreduce(const mm_backend *be, const mm_coll *c, float *buf, size_t n) {
+    cuda_ctx *x = ctx_of(be);
+#ifdef MM_HAVE_NCCL
+    comm_nccl_allreduce(coll_of(c)->nccl, buf, n, 0, x->stream);
+#else
+    float *h = coll_host(c, n);
+    cuda_download(x, h, buf, n * sizeof(float));
+    comm_allreduce_sum(c->group, h, n, COMM_F32);
+    cuda_upload(x, buf, h, n * sizeof(float));
+#endif
+}
+
+static void cb_reduce_scatter(const mm_backend *be, const mm_coll *c, const float *send,
+                              float *recv, size_t count) {
+    cuda_ctx *x = ctx_of(be);
+#ifdef MM_HAVE_NCCL
+    comm_nccl_reduce_scatter(coll_of(c)->nccl, send, recv, count, x->stream);
+#else
+    const size_t all = count * (size_t)comm_size(c->group);
+    float *h = coll_host(c, all + count);
+    cuda_download(x, h, send, all * sizeof(float));
+    comm_reduce_scatter_sum(c->group, h, h + all, count);
+    cuda_upload(x, recv, h + all, count * sizeof(float));
+#endif
+}
+
+static void cb_all_gather(const mm_backend *be, const mm_coll *c, float *buf, size_t count) {
+    cuda_ctx *x = ctx_of(be);
+    const int rank = comm_rank(c->group);
+#ifdef MM_HAVE_NCCL
+    comm_nccl_all_gather(coll_of(c)->nccl, buf, count, rank, x->stream);
+#else
+    const size_t all = count * (size_t)comm_size(c->group), mine = count * (size_t)rank;
+    float *h = coll_host(c, all);
+    cuda_download(x, h + mine, buf + mine, count * sizeof(float));
+    comm_all_gather(c->group, h + mine, h, count, COMM_F32);
+    cuda_upload(x, buf, h, all * sizeof(float));
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
 // gradient buckets
 
 typedef struct {
-    comm_group *dp;  // not owned
-    float *grads;    // (n) device, not owned
+    const mm_coll *dp;  // not owned
+    float *grads;       // (n) device, not owned
     int n_buckets;
     size_t *lo;          // (n_buckets + 1) owned
     cudaEvent_t *ready;  // (n_buckets) on the compute stream: the bucket's gradients are final
     cudaEvent_t done;    // on the comm stream: every bucket reduced
-#ifdef MM_HAVE_NCCL
-    ncclComm_t nccl;  // over dp, owned
-#else
+#ifndef MM_HAVE_NCCL
     float *host;         // (n) host staging, owned
     comm_request **req;  // (n_buckets) in flight, owned
 #endif
 } cb_reducer;
 
-static void *cb_reducer_new(const mm_backend *be MM_UNUSED, comm_group *dp, float *grads, size_t n,
-                            int n_buckets, const size_t *bucket_lo) {
+static void *cb_reducer_new(const mm_backend *be MM_UNUSED, const mm_coll *dp, float *grads,
+                            size_t n, int n_buckets, const size_t *bucket_lo) {
     cb_reducer *r = (cb_reducer *)mm_calloc(1, sizeof(cb_reducer));
     r->dp = dp;
     r->grads = grads;
@@ -115,8 +207,6 @@ static void *cb_reducer_new(const mm_backend *be MM_UNUSED, comm_group *dp, floa
     CU_CHECK(cudaEventCreateWithFlags(&r->done, cudaEventDisableTiming));
 #ifdef MM_HAVE_NCCL
     (void)n;
-    mm_err err = {{0}};
-    if (comm_nccl_init(dp, &r->nccl, &err) != 0) comm_abort(dp, 1, err.msg);
 #else
     r->host = (float *)mm_alloc_aligned(n * sizeof(float));
     r->req = (comm_request **)mm_calloc((size_t)n_buckets, sizeof(comm_request *));
@@ -131,10 +221,10 @@ static void cb_reducer_start(const mm_backend *be, void *rp, int b) {
     CU_CHECK(cudaEventRecord(r->ready[b], c->stream));
 #ifdef MM_HAVE_NCCL
     CU_CHECK(cudaStreamWaitEvent(c->comm_stream, r->ready[b], 0));
-    comm_nccl_allreduce(r->nccl, r->grads + off, len, 0, c->comm_stream);
+    comm_nccl_allreduce(coll_of(r->dp)->nccl, r->grads + off, len, 0, c->comm_stream);
 #else
     cuda_download(c, r->host + off, r->grads + off, len * sizeof(float));  // after the event
-    r->req[b] = comm_iallreduce_sum(r->dp, r->host + off, len, COMM_F32);
+    r->req[b] = comm_iallreduce_sum(r->dp->group, r->host + off, len, COMM_F32);
 #endif
 }
 
@@ -169,9 +259,7 @@ static void cb_reducer_free(const mm_backend *be, void *rp) {
     CU_CHECK(cudaStreamSynchronize(ctx_of(be)->comm_stream));
     for (int b = 0; b < r->n_buckets; b++) CU_CHECK(cudaEventDestroy(r->ready[b]));
     CU_CHECK(cudaEventDestroy(r->done));
-#ifdef MM_HAVE_NCCL
-    ncclCommDestroy(r->nccl);
-#else
+#ifndef MM_HAVE_NCCL
     free(r->host);
     free(r->req);
 #endif
@@ -197,6 +285,11 @@ static const mm_backend_iface cuda_iface = {
     .reducer_progress = cb_reducer_progress,
     .reducer_finish = cb_reducer_finish,
     .reducer_free = cb_reducer_free,
+    .coll_init = cb_coll_init,
+    .coll_free = cb_coll_free,
+    .allreduce = cb_allreduce,
+    .reduce_scatter = cb_reduce_scatter,
+    .all_gather = cb_all_gather,
 };
 
 int cuda_backend_create(const mm_backend **out, const char *precision, int world_rank,
@@ -213,8 +306,7 @@ int cuda_backend_create(const mm_backend **out, const char *precision, int world
     mm_backend *be = (mm_backend *)mm_calloc(1, sizeof(mm_backend));
     be->name = "cuda";
     be->kind = MM_BACKEND_CUDA;
-    // tensor parallelism and ZeRO-1 need NCCL collectives inside the model and the optimizer
-    be->caps = (mm_backend_caps){.host_memory = 0, .tp = 0, .zero = 0};
+    be->caps = (mm_backend_caps){.host_memory = 0, .tp = 1, .zero = 1};
     be->ops = &model_ops_cuda;
     be->iface = &cuda_iface;
     be->ctx = c;

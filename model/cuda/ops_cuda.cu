@@ -859,6 +859,7 @@ const model_ops model_ops_cuda = {
     .mem_upload = cu_mem_upload,
     .mem_download = cu_mem_download,
     .mem_zero = cu_mem_zero,
+    .mem_copy = cu_mem_copy,
     .copy_rows = cu_copy_rows,
     .patchify = cu_patchify,
     .unpatchify = cu_unpatchify,

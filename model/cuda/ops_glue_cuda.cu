@@ -30,6 +30,9 @@ void cu_mem_download(const mm_backend *be, void *host, const void *src, size_t b
 void cu_mem_zero(const mm_backend *be, void *p, size_t bytes) {
     cuda_zero(cu_ctx(be), p, bytes);
 }
+void cu_mem_copy(const mm_backend *be, void *dst, const void *src, size_t bytes) {
+    cuda_copy(cu_ctx(be), dst, src, bytes);
+}
 
 // ---------------------------------------------------------------------------------------
 // copies

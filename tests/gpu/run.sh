@@ -17,7 +17,8 @@
 #   bundle        when gpu-carry.tar.xz (tests/gpu/bundle.sh) is here: unpack it, set
 #                 LD_LIBRARY_PATH, and skip deps + build (the GPU machine lacks our libraries)
 #   train-cpu-vs-gpu  the tiny transformer and the tiny diffusion model 20 steps each on CPU,
-#                 GPU fp32 and GPU bf16 from the same weights, every step's loss compared
+#                 GPU fp32 and GPU bf16 from the same weights, every step's loss compared;
+#                 ZeRO-1 at dp 1 on the GPU, fp32 and bf16, bitwise the run without it
 #                 (train.log: all training output)
 #   ckpt-gpu-resume   GPU stop_after 10 + resume == uninterrupted GPU run; GPU checkpoint -> CPU;
 #                 for both model kinds (the diffusion checkpoint with its EMA), and
@@ -211,6 +212,7 @@ step_train_cpu_vs_gpu() {
     r2=$(cmp_losses "$work/cpu" "$work/gpu16" 3e-2) || ok=0
     { echo "transformer fp32 GPU vs CPU: $r1"; echo "transformer bf16 GPU vs CPU: $r2";
       paste <(losses "$work/cpu") <(losses "$work/gpu32") <(losses "$work/gpu16") | nl; } >>"$TR"
+    zero_kind transformer "$c" "" || ok=0
     # the diffusion model: the same noise, times and dropout (drawn on the host either way)
     local cd=$work/tiny_dit.yaml
     tiny_dit_cfg "$work/x" 20 >"$cd"
@@ -222,8 +224,28 @@ step_train_cpu_vs_gpu() {
     r4=$(cmp_losses "$work/dcpu" "$work/dgpu16" 3e-2) || ok=0
     { echo "diffusion fp32 GPU vs CPU: $r3"; echo "diffusion bf16 GPU vs CPU: $r4";
       paste <(losses "$work/dcpu") <(losses "$work/dgpu32") <(losses "$work/dgpu16") | nl; } >>"$TR"
-    note="transformer fp32: $r1; bf16: $r2; diffusion fp32: $r3; bf16: $r4"
+    zero_kind diffusion "$cd" d || ok=0
+    note="transformer fp32: $r1; bf16: $r2; diffusion fp32: $r3; bf16: $r4; ZeRO-1 dp 1: $zero_note"
     record train-cpu-vs-gpu "$([ $ok = 1 ] && echo PASS || echo FAIL)" $((SECONDS - t0)) "$note"
+}
+
+# ZeRO-1 at dp 1 (its reduce-scatter and all-gather through NCCL on one rank): every loss
+# bitwise that of the same GPU run without ZeRO (the collectives are copies there, and the
+# norm and AdamW see the same values in the same order), so within (a)'s bounds of the CPU.
+# zero_kind KIND CONFIG PREFIX: the runs $work/${PREFIX}gpu{32,16}z next to (a)'s.
+zero_note=""
+zero_kind() {
+    local kind=$1 cfg=$2 p=$3 ok=1 prec same
+    for prec in 32 16; do
+        trainer "$cfg" run.out_dir="$work/${p}gpu${prec}z" backend=cuda parallel.zero=1 \
+            precision=$([ $prec = 32 ] && echo fp32 || echo bf16) || ok=0
+        if cmp -s <(losses "$work/${p}gpu$prec") <(losses "$work/${p}gpu${prec}z") &&
+            [ -n "$(losses "$work/${p}gpu${prec}z")" ]; then same=bitwise; else same=DIFFERENT; ok=0; fi
+        zero_note+="$kind fp$prec $same; "
+        { echo "$kind fp$prec ZeRO-1 dp 1 vs no ZeRO: $same";
+          paste <(losses "$work/${p}gpu$prec") <(losses "$work/${p}gpu${prec}z") | nl; } >>"$TR"
+    done
+    [ $ok = 1 ]
 }
 
 # (b) a GPU run stopped after step 10 and resumed equals the uninterrupted GPU run bit for
