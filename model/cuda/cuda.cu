@@ -60,8 +60,10 @@ int cuda_precision_parse(const char *s, cuda_precision *out, mm_err *err) {
 const char *cuda_precision_name(cuda_precision p) { return p == CUDA_BF16 ? "bf16" : "fp32"; }
 
 int cuda_local_rank(int *out, const char **var, mm_err *err) {
-    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
-                                       "MPI_LOCALRANKID"};
+    // the launcher's own variable before Slurm's: MPICH's Hydra started inside a Slurm job
+    // leaves every rank the SLURM_LOCALID of the one task that started it
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                                       "SLURM_LOCALID"};
     *out = 0;
     *var = "";
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {

@@ -91,7 +91,7 @@ typedef struct cuda_ctx {
 } cuda_ctx;
 
 // This process's rank within its node, from the launcher's environment: Open MPI
-// (OMPI_COMM_WORLD_LOCAL_RANK), Slurm (SLURM_LOCALID), MPICH/Intel MPI (MPI_LOCALRANKID),
+// (OMPI_COMM_WORLD_LOCAL_RANK), MPICH/Intel MPI (MPI_LOCALRANKID), Slurm (SLURM_LOCALID),
 // else 0. *var names the variable used (a static string, "" for the fallback). -1 with err
 // when a variable is set but not a non-negative integer.
 int cuda_local_rank(int *out, const char **var, mm_err *err);
