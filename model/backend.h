@@ -129,6 +129,15 @@ typedef struct mm_backend_iface {
     // buf (size * count): every rank's block `rank` to every rank, in place (ZeRO-1's
     // updated parameters)
     void (*all_gather)(const mm_backend *be, const mm_coll *c, float *buf, size_t count);
+
+    // Memory, for the trainer's estimate before the first step (train/memory.h): *avail
+    // bytes this rank can still allocate and *total, of the device (a GPU's), or of the host
+    // (what the OS reports available, shared by every rank of the node) on the CPU.
+    void (*mem_avail)(const mm_backend *be, size_t *avail, size_t *total);
+    // An estimate (meant as an upper bound) of the work memory the backend's ops take beyond
+    // the buffers of a model planned as m (0 on the CPU, whose ops work in the model's own
+    // scratch).
+    size_t (*scratch_bound)(const mm_backend *be, const model_mem *m);
 } mm_backend_iface;
 
 struct mm_backend {

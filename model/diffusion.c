@@ -378,7 +378,9 @@ static void plan_enc(dit *m, model_carver *cv, enc_acts *e) {
     model_block_carve_scratch(cv, &e->bs, BT, C, C, F);
 }
 
-static size_t plan_acts(dit *m, mm_real *base) {
+// Carves the activation buffer at base (NULL: only counts); returns its elements, and in
+// *per_layer those of one DiT block.
+static size_t plan_acts(dit *m, mm_real *base, size_t *per_layer) {
     model_carver cv = {base, 0};
     const size_t B = (size_t)m->max_B, N = (size_t)m->N, C = (size_t)m->C, BN = B * N;
     const size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl, BTc = B * m->Tc, pix = BN * m->pdim;
@@ -396,8 +398,10 @@ static size_t plan_acts(dit *m, mm_real *base) {
     a->pc = model_carve(&cv, B * C);
     a->aud = model_carve(&cv, B * m->n_aud * m->adim);
     a->cond = model_carve(&cv, BTc * C);
+    const size_t before = cv.off;
     for (int l = 0; l < m->L; l++)
         dit_block_carve(&cv, m->be, &a->layer[l], B, N, (size_t)m->Tc, C, (size_t)m->NHl, Cl, Fl);
+    *per_layer = (cv.off - before) / (size_t)m->L;
     a->fmod = model_carve(&cv, B * 2 * C);
     a->fh = model_carve(&cv, BN * C);
     a->fmean = model_carve(&cv, BN);
@@ -487,19 +491,18 @@ const dit_ops *dit_ops_for(const mm_backend *be) {
     return NULL;
 }
 
-int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B, uint64_t seed,
-               mm_err *err) {
-    *out = NULL;
+// The checks, shapes, tensor table and activation views of a model of cfg in m (no
+// buffers yet): what dit_create and dit_mem_plan share, so that the plan is what create
+// allocates. free_setup undoes it.
+static int setup(dit *m, const dit_config *cfg, const mm_backend *be, int max_B, mm_err *err) {
     if (check_config(cfg, max_B, err)) return -1;
-    const model_ops *ops = be->ops;
     const dit_ops *dops = dit_ops_for(be);
     if (!dops) return mm_fail(err, "dit: backend %s has no DiT kernels", be->name);
     if (mm_table_complete(dops, sizeof(*dops), sizeof(const char *), "dit_ops", err) != 0)
         return -1;
-    dit *m = mm_calloc(1, sizeof(dit));
     m->cfg = *cfg;
     m->be = be;
-    m->ops = ops;
+    m->ops = be->ops;
     m->dops = dops;
     m->max_B = max_B;
     m->C = cfg->d_model;
@@ -520,8 +523,50 @@ int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B
     m->n_aud = cfg->audio_F / cfg->audio_group;
     m->adim = cfg->audio_group * cfg->n_mels;
     m->Tc = m->Tt + m->n_aud + 1;
-
     build_table(m);
+    m->a.layer = mm_calloc((size_t)m->L, sizeof(dit_block_acts));
+    m->te.T = m->Tt;
+    m->ae.T = m->n_aud;
+    size_t nl = (size_t)(m->E ? m->E : 1);
+    m->te.layer = mm_calloc(nl, sizeof(model_block_acts));
+    m->ae.layer = mm_calloc(nl, sizeof(model_block_acts));
+    return 0;
+}
+
+static void free_setup(dit *m) {
+    free(m->tensors);
+    free(m->block_lo);
+    free(m->a.layer);
+    free(m->te.layer);
+    free(m->ae.layer);
+}
+
+int dit_mem_plan(const dit_config *cfg, const mm_backend *be, int max_B, model_mem *out,
+                 mm_err *err) {
+    dit m = {0};
+    int rc = setup(&m, cfg, be, max_B, err);
+    if (rc == 0) {
+        size_t per = 0, n = plan_acts(&m, NULL, &per);
+        *out = (model_mem){.n_params = m.n_params,
+                           .act_bytes = n * sizeof(mm_real),
+                           .act_per_layer = per * sizeof(mm_real),
+                           .attn_probs = (size_t)max_B * m.NHl * m.N * m.N * sizeof(float),
+                           .n_layers = m.L};
+    }
+    free_setup(&m);
+    return rc;
+}
+
+int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B, uint64_t seed,
+               mm_err *err) {
+    *out = NULL;
+    dit *m = mm_calloc(1, sizeof(dit));
+    if (setup(m, cfg, be, max_B, err) != 0) {
+        free_setup(m);
+        free(m);
+        return -1;
+    }
+    const model_ops *ops = be->ops;
     const size_t pbytes = m->n_params * sizeof(mm_real);
     m->params = ops->mem_alloc(be, pbytes);
     m->grads = ops->mem_alloc(be, pbytes);
@@ -541,15 +586,9 @@ int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B
     ops->mem_upload(be, m->pos, pos, posb);
     free(pos);
 
-    m->a.layer = mm_calloc((size_t)m->L, sizeof(dit_block_acts));
-    m->te.T = m->Tt;
-    m->ae.T = m->n_aud;
-    size_t nl = (size_t)(m->E ? m->E : 1);
-    m->te.layer = mm_calloc(nl, sizeof(model_block_acts));
-    m->ae.layer = mm_calloc(nl, sizeof(model_block_acts));
-    size_t n_acts = plan_acts(m, NULL);
+    size_t per_layer, n_acts = plan_acts(m, NULL, &per_layer);
     m->act_mem = ops->mem_alloc(be, n_acts * sizeof(mm_real));
-    plan_acts(m, m->act_mem);
+    plan_acts(m, m->act_mem, &per_layer);
     mm_real *ones = mm_malloc((size_t)m->C * sizeof(mm_real));
     for (int c = 0; c < m->C; c++) ones[c] = 1;  // zeros: the buffer is zeroed
     ops->mem_upload(be, m->a.ones, ones, (size_t)m->C * sizeof(mm_real));

@@ -140,6 +140,7 @@ typedef struct {
     int x_pred;                            // 1: the network estimates x0 (flow only)
     int tp, tp_rank;
     comm_group *tp_group;                  // NULL when tp == 1; not owned
+    model_recompute recompute;             // model.h; the encoders are never recomputed
 } dit_config;
 
 // One micro-batch. Training fills target; sampling passes target = NULL. Every pointer is the
@@ -161,6 +162,10 @@ typedef struct dit dit;  // opaque; model/diffusion.c
 int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B, uint64_t seed,
                mm_err *err);
 void dit_free(dit *m);
+// What a model of cfg needs on one rank (model.h model_mem), without allocating, by the
+// carving dit_create does. -1 with err for a cfg dit_create refuses.
+int dit_mem_plan(const dit_config *cfg, const mm_backend *be, int max_B, model_mem *out,
+                 mm_err *err);
 const dit_config *dit_cfg(const dit *m);  // the config it was created with
 int dit_n_tensors(const dit *m);
 const model_tensor *dit_tensors(const dit *m);

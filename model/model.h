@@ -173,6 +173,21 @@ typedef struct {
 enum { MODEL_GROUP_TEXT, MODEL_GROUP_IMAGE, MODEL_GROUP_AUDIO, MODEL_GROUP_TRUNK,
        MODEL_N_GROUPS };
 
+// Activation recomputation (config model.recompute), for both model kinds: what backward
+// recomputes instead of keeping from forward, trading one extra forward of that part per
+// step for activation memory. Losses and gradients do not change: the recomputation runs the
+// same ops on the same saved inputs (bitwise on a deterministic backend).
+typedef enum {
+    MODEL_RECOMPUTE_NONE = 0,   // keep every activation backward needs
+    // keep all but each attention's internals (ops->attention_saved and the attention output;
+    // the DiT's cross-attention too), which share one buffer and are recomputed per layer
+    MODEL_RECOMPUTE_ATTENTION,
+    // keep only each block's input (the residual stream between blocks); backward reruns a
+    // block's forward into one set of block activations shared by every layer. The DiT's
+    // small conditioning encoders are not recomputed.
+    MODEL_RECOMPUTE_BLOCK
+} model_recompute;
+
 // ---------------------------------------------------------------------------------------
 // Architecture. Sequence layout per sample: [image patches | audio tokens | text tokens];
 // the image and audio tokens form the bidirectional prefix (P = n_img + n_aud), text is
@@ -188,6 +203,7 @@ typedef struct {
     // that only lays out and initializes slices (resharding, table tests): forward, backward
     // and generate then abort with a hint.
     comm_group *tp_group;
+    model_recompute recompute;        // 0 (none) unless set
 } model_config;
 
 // Model inputs for one micro-batch (host or device memory as the backend requires).
@@ -214,6 +230,21 @@ typedef struct model model;  // opaque; see model/transformer.c
 int model_create(model **out, const model_config *cfg, const mm_backend *be, int max_B,
                  uint64_t seed, mm_err *err);
 void model_free(model *m);
+
+// What a model of cfg needs on one rank for batches of up to max_B samples, computed without
+// allocating, by the same carving model_create does (the trainer's memory estimate,
+// train/memory.h). diffusion.h's dit_mem_plan fills the same.
+typedef struct {
+    size_t n_params;       // this tp rank's parameters (floats of params, and of grads)
+    size_t act_bytes;      // the activation buffer, total
+    size_t act_per_layer;  // of it, one block's
+    size_t attn_probs;     // one self-attention's (max_B, heads, T, T) fp32 probabilities, which
+                           // a backend may materialise in its scratch (not in act_bytes)
+    int n_layers;
+} model_mem;
+// -1 with err for a cfg model_create refuses.
+int model_mem_plan(const model_config *cfg, const mm_backend *be, int max_B, model_mem *out,
+                   mm_err *err);
 
 const model_config *model_cfg(const model *m);
 int model_n_tensors(const model *m);

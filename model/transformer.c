@@ -226,7 +226,9 @@ static void init_tensor(model *m, mm_real *params, int k, uint64_t seed) {
 // activations: one buffer, carved in a fixed order
 
 // With base NULL only counts (the returned size).
-static size_t plan_acts(model *m, mm_real *base) {
+// Carves the activation buffer at base (NULL: only counts); returns its elements, and in
+// *per_layer those of one block.
+static size_t plan_acts(model *m, mm_real *base, size_t *per_layer) {
     size_t B = (size_t)m->max_B, T = (size_t)m->T, C = (size_t)m->C;
     size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl;
     size_t Tt = (size_t)m->Tt, V = (size_t)m->V, BT = B * T, BTt = B * Tt;
@@ -237,8 +239,10 @@ static size_t plan_acts(model *m, mm_real *base) {
     a->emb_img = model_carve(&cv, B * m->n_img * C);
     a->emb_aud = model_carve(&cv, B * m->n_aud * C);
     a->x0 = model_carve(&cv, BT * C);
+    const size_t before = cv.off;
     for (int l = 0; l < m->L; l++)
         model_block_carve(&cv, m->be, &a->layer[l], BT, T, C, (size_t)m->NHl, Cl, Fl);
+    *per_layer = (cv.off - before) / (size_t)m->L;
     a->txt = model_carve(&cv, BTt * C);
     a->lnf = model_carve(&cv, BTt * C);
     a->lnf_mean = model_carve(&cv, BTt);
@@ -310,19 +314,17 @@ const lm_ops *lm_ops_for(const mm_backend *be) {
     return NULL;
 }
 
-int model_create(model **out, const model_config *cfg, const mm_backend *be, int max_B,
-                 uint64_t seed, mm_err *err) {
-    *out = NULL;
+// The checks, shapes and tensor table of a model of cfg in m (no buffers yet): what
+// model_create and model_mem_plan share, so that the plan is what create allocates.
+static int setup(model *m, const model_config *cfg, const mm_backend *be, int max_B, mm_err *err) {
     if (check_config(cfg, max_B, err)) return -1;
-    const model_ops *ops = be->ops;
     const lm_ops *lops = lm_ops_for(be);
     if (!lops) return mm_fail(err, "model: backend %s has no transformer kernels", be->name);
     if (mm_table_complete(lops, sizeof(*lops), sizeof(const char *), "lm_ops", err) != 0)
         return -1;
-    model *m = mm_calloc(1, sizeof(model));
     m->cfg = *cfg;
     m->be = be;
-    m->ops = ops;
+    m->ops = be->ops;
     m->lops = lops;
     m->max_B = max_B;
     m->C = cfg->d_model;
@@ -341,8 +343,41 @@ int model_create(model **out, const model_config *cfg, const mm_backend *be, int
     m->T = m->P + m->Tt;
     m->pdim = cfg->patch * cfg->patch * cfg->img_c;
     m->adim = cfg->audio_group * cfg->n_mels;
-
     build_table(m);
+    m->a.layer = mm_calloc((size_t)m->L, sizeof(model_block_acts));
+    return 0;
+}
+
+int model_mem_plan(const model_config *cfg, const mm_backend *be, int max_B, model_mem *out,
+                   mm_err *err) {
+    model m = {0};
+    int rc = setup(&m, cfg, be, max_B, err);
+    if (rc == 0) {
+        size_t per = 0, n = plan_acts(&m, NULL, &per);
+        *out = (model_mem){.n_params = m.n_params,
+                           .act_bytes = n * sizeof(mm_real),
+                           .act_per_layer = per * sizeof(mm_real),
+                           .attn_probs = (size_t)max_B * m.NHl * m.T * m.T * sizeof(float),
+                           .n_layers = m.L};
+    }
+    free(m.tensors);
+    free(m.block_lo);
+    free(m.a.layer);
+    return rc;
+}
+
+int model_create(model **out, const model_config *cfg, const mm_backend *be, int max_B,
+                 uint64_t seed, mm_err *err) {
+    *out = NULL;
+    model *m = mm_calloc(1, sizeof(model));
+    if (setup(m, cfg, be, max_B, err) != 0) {
+        free(m->tensors);
+        free(m->block_lo);
+        free(m->a.layer);
+        free(m);
+        return -1;
+    }
+    const model_ops *ops = be->ops;
     const size_t pbytes = m->n_params * sizeof(mm_real);
     m->params = ops->mem_alloc(be, pbytes);
     m->grads = ops->mem_alloc(be, pbytes);
@@ -356,10 +391,9 @@ int model_create(model **out, const model_config *cfg, const mm_backend *be, int
     ops->mem_upload(be, m->params, init, pbytes);
     free(init);
 
-    m->a.layer = mm_calloc((size_t)m->L, sizeof(model_block_acts));
-    size_t n_acts = plan_acts(m, NULL);
+    size_t per_layer, n_acts = plan_acts(m, NULL, &per_layer);
     m->act_mem = ops->mem_alloc(be, n_acts * sizeof(mm_real));
-    plan_acts(m, m->act_mem);
+    plan_acts(m, m->act_mem, &per_layer);
     m->key_valid = ops->mem_alloc(be, (size_t)max_B * m->T);
     m->seq_out = ops->mem_alloc(be, (size_t)max_B * 2 * sizeof(double));
     m->seq_host = mm_calloc((size_t)max_B * 2, sizeof(double));

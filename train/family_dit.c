@@ -79,12 +79,26 @@ dit_config train_dit_config(const mm_config *c, const data_schema *sc) {
                         .tp_group = NULL};
 }
 
-static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
-    const mm_config *c = t->cfg;
-    dit_config dc = train_dit_config(c, &t->schema);
+// The generator this rank builds: train_dit_config at the run's tp placement.
+static dit_config dit_fam_config(const trainer *t) {
+    dit_config dc = train_dit_config(t->cfg, &t->schema);
     dc.tp = t->lay.tp_size;
     dc.tp_rank = t->lay.tp_rank;
     dc.tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL;
+    return dc;
+}
+
+static int dit_fam_mem_plan(const trainer *t, int max_B, model_mem *out, int *ema, mm_err *err) {
+    dit_config dc = dit_fam_config(t);
+    mm_err me;
+    *ema = 1;  // the EMA of the weights, in the backend's memory
+    if (dit_mem_plan(&dc, t->be, max_B, out, &me) != 0) return mm_fail(err, "model: %s", me.msg);
+    return 0;
+}
+
+static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
+    const mm_config *c = t->cfg;
+    dit_config dc = dit_fam_config(t);
     dit_state *s = mm_calloc(1, sizeof(*s));
     t->impl = s;  // dit_fam_destroy frees what is made from here on, on failure too
     mm_err me;
@@ -468,6 +482,7 @@ static void dit_fam_sync_device(trainer *t) {
 
 const train_family train_family_dit = {.kind = "diffusion",
                                        .create = dit_fam_create,
+                                       .mem_plan = dit_fam_mem_plan,
                                        .destroy = dit_fam_destroy,
                                        .micro_step = dit_fam_micro_step,
                                        .after_update = dit_fam_after_update_and_grid,

@@ -54,9 +54,10 @@ static void lm_set_hook(void *impl, model_grad_hook fn, void *ctx) {
     model_set_grad_hook((model *)impl, fn, ctx);
 }
 
-static int lm_create(trainer *t, int max_B, mm_err *err) {
+// The model this rank builds from the config and the training set's schema.
+static model_config lm_config(const trainer *t) {
     const mm_config *c = t->cfg;
-    model_config mc = {.d_model = c->model.d_model,
+    return (model_config){.d_model = c->model.d_model,
                        .n_layers = c->model.n_layers,
                        .n_heads = c->model.n_heads,
                        .d_ff = c->model.d_ff ? c->model.d_ff : 4 * c->model.d_model,
@@ -71,7 +72,20 @@ static int lm_create(trainer *t, int max_B, mm_err *err) {
                        .audio_group = c->model.audio_group,
                        .tp = t->lay.tp_size,
                        .tp_rank = t->lay.tp_rank,
-                       .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL};
+                          .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL};
+}
+
+static int lm_mem_plan(const trainer *t, int max_B, model_mem *out, int *ema, mm_err *err) {
+    model_config mc = lm_config(t);
+    mm_err me;
+    *ema = 0;
+    if (model_mem_plan(&mc, t->be, max_B, out, &me) != 0) return mm_fail(err, "model: %s", me.msg);
+    return 0;
+}
+
+static int lm_create(trainer *t, int max_B, mm_err *err) {
+    const mm_config *c = t->cfg;
+    model_config mc = lm_config(t);
     lm_impl *im = mm_calloc(1, sizeof(lm_impl));
     t->impl = im;
     model *m = NULL;
@@ -195,6 +209,7 @@ static void lm_evaluate(trainer *t) {
 
 const train_family train_family_lm = {.kind = "transformer",
                                       .create = lm_create,
+                                      .mem_plan = lm_mem_plan,
                                       .destroy = lm_destroy,
                                       .micro_step = lm_micro_step,
                                       .after_update = NULL,

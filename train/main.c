@@ -9,6 +9,7 @@
 
 #include "../comm/comm.h"
 #include "config.h"
+#include "memory.h"
 #include "train.h"
 
 static const char *usage =
@@ -49,11 +50,7 @@ static const char *name_config(mm_err *err, const char *path) {
 // this node shared evenly among the ranks on it.
 static int pick_threads(const mm_config *c) {
     if (c->run.threads > 0) return c->run.threads;
-    int local = 1;
-    const char *s = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-    if (!s) s = getenv("SLURM_NTASKS_PER_NODE");
-    if (s && atoi(s) > 0) local = atoi(s);
-    int n = omp_get_num_procs() / local;
+    int n = omp_get_num_procs() / train_local_ranks();
     return n > 0 ? n : 1;
 }
 

@@ -21,6 +21,7 @@
 
 #include "../data/data.h"
 #include "ckpt.h"
+#include "memory.h"
 #include "optim.h"
 #include "survive.h"
 #include "trainer_internal.h"
@@ -271,6 +272,26 @@ static int resolve_schema(mm_config *c, const data_schema *s, mm_err *err) {
     return 0;
 }
 
+// The per-rank memory estimate (memory.h), printed by rank 0 with the activations per
+// block, and checked before the model allocates anything.
+static int estimate_memory(trainer *t, int max_B, mm_err *err) {
+    const mm_config *c = t->cfg;
+    model_mem mm;
+    int ema = 0;
+    if (t->fam->mem_plan(t, max_B, &mm, &ema, err) != 0) return -1;
+    train_mem_estimate(&t->mem, t->be, &mm, ema, t->lay.dp_size, c->parallel.zero);
+    if (t->rank == 0) {
+        char line[400];
+        train_mem_format(&t->mem, line, sizeof(line));
+        printf("memory: %s (%lld parameters on this rank, batches of up to %d)\n", line,
+               (long long)mm.n_params, max_B);
+        printf("activations: %.1f MiB per block at %d samples (%d blocks), %.1f MiB in all\n",
+               mm.act_per_layer / 1048576.0, max_B, mm.n_layers, mm.act_bytes / 1048576.0);
+        fflush(stdout);
+    }
+    return train_mem_check(&t->mem, t->be, max_B, err);
+}
+
 // Stage 1: everything that depends on the config and the data's schema alone.
 static int init_model(trainer *t, mm_err *err) {
     const mm_config *c = t->cfg;
@@ -302,6 +323,7 @@ static int init_model(trainer *t, mm_err *err) {
         fflush(stdout);
     }
     int max_B = c->data.micro_batch > c->eval.batch ? c->data.micro_batch : c->eval.batch;
+    if (estimate_memory(t, max_B, err) != 0) return -1;
     if (t->fam->create(t, max_B, err) != 0) return -1;
     optim_cfg oc = {.lr = c->optim.lr,
                     .min_lr = c->optim.min_lr,
@@ -476,6 +498,15 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
                     "\"tokens_per_s\":%.9g,\"data_wait\":%.9g,\"comm_exposed\":%.9g,"
                     "\"step_time\":%.9g}\n",
                     (long long)done, loss, lr, gnorm, tps, wait / dt, t.sync.exposed / dt, dt);
+            if (done == first + 1 && !t.be->caps.host_memory) {
+                // every device buffer exists by now (scratch grows to its largest at the
+                // first step and is kept): what the estimate must cover
+                size_t avail = 0, total = 0;
+                t.be->iface->mem_avail(t.be, &avail, &total);
+                printf("memory: %.1f MiB in use on the device after step %lld (estimate %.1f "
+                       "MiB)\n",
+                       (total - avail) / 1048576.0, (long long)done, t.mem.total / 1048576.0);
+            }
             if (done % c->run.log_every == 0 || done == c->run.steps || done == first + 1) {
                 char eta[32];
                 double per = (mm_now() - t_start) / (double)(done - first);

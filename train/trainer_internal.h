@@ -13,6 +13,7 @@
 #include "../model/diffusion.h"
 #include "config.h"
 #include "gradsync.h"
+#include "memory.h"
 
 typedef struct trainer trainer;
 
@@ -21,6 +22,10 @@ typedef struct {
     // Builds the network into t->net (and the family's own state in t->impl) for
     // activations of up to max_B samples. -1 with err on a config that cannot be built.
     int (*create)(trainer *t, int max_B, mm_err *err);
+    // What create would allocate for the model, computed without allocating
+    // (model_mem_plan / dit_mem_plan); *ema 1 when the family keeps an EMA of the weights.
+    // -1 with err as create.
+    int (*mem_plan)(const trainer *t, int max_B, model_mem *out, int *ema, mm_err *err);
     void (*destroy)(trainer *t);
     // Forward and backward of one micro-batch, loss scaled by 1 / global_batch; returns the
     // sum of the per-sample losses. Collective over tp.
@@ -52,6 +57,7 @@ struct trainer {
     int rank, world_size;
     comm_layout lay;            // owned: dp and tp groups
     const mm_backend *be;       // owned: what the run computes on (backend.h)
+    train_mem mem;              // the memory estimate made before the model (memory.h)
     data_audio_cfg audio;
     data_schema schema;         // of the training set
     data_loader *loader;        // owned

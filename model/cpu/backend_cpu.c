@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../backend.h"
 
@@ -208,6 +209,20 @@ static void cpu_all_gather(const mm_backend *be MM_UNUSED, const mm_coll *c, flo
     comm_all_gather(c->group, buf + count * (size_t)comm_rank(c->group), buf, count, COMM_F32);
 }
 
+// ---------------------------------------------------------------------------------------
+// memory: the host's
+
+static void cpu_mem_avail(const mm_backend *be MM_UNUSED, size_t *avail, size_t *total) {
+    const long page = sysconf(_SC_PAGESIZE);
+    const long av = sysconf(_SC_AVPHYS_PAGES), all = sysconf(_SC_PHYS_PAGES);
+    *avail = av > 0 && page > 0 ? (size_t)av * (size_t)page : 0;
+    *total = all > 0 && page > 0 ? (size_t)all * (size_t)page : 0;
+}
+
+static size_t cpu_scratch_bound(const mm_backend *be MM_UNUSED, const model_mem *m MM_UNUSED) {
+    return 0;
+}
+
 static const mm_backend_iface cpu_iface = {
     .destroy = cpu_destroy,
     .sync = cpu_sync,
@@ -230,6 +245,8 @@ static const mm_backend_iface cpu_iface = {
     .allreduce = cpu_allreduce,
     .reduce_scatter = cpu_reduce_scatter,
     .all_gather = cpu_all_gather,
+    .mem_avail = cpu_mem_avail,
+    .scratch_bound = cpu_scratch_bound,
 };
 
 const mm_backend mm_backend_cpu = {

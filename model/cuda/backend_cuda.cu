@@ -268,6 +268,22 @@ static void cb_reducer_free(const mm_backend *be, void *rp) {
     free(r);
 }
 
+// ---------------------------------------------------------------------------------------
+// memory
+
+static void cb_mem_avail(const mm_backend *be MM_UNUSED, size_t *avail, size_t *total) {
+    CU_CHECK(cudaMemGetInfo(avail, total));
+}
+
+// The ops' scratch (cuda_scratch) grows to the largest single request: self-attention's
+// probabilities (when they fit in attn_core_bytes; the flash kernel beyond needs none), or
+// the bf16 copies of a matmul's operands and the chunked reductions' partial sums, each
+// within one block's activations. Plus cuBLAS's own workspace (32 MiB on Hopper).
+static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
+    const size_t attn = m->attn_probs <= ctx_of(be)->attn_core_bytes ? m->attn_probs : 0;
+    return (attn > m->act_per_layer ? attn : m->act_per_layer) + ((size_t)32 << 20);
+}
+
 static const mm_backend_iface cuda_iface = {
     .destroy = cb_destroy,
     .sync = cb_sync,
@@ -290,6 +306,8 @@ static const mm_backend_iface cuda_iface = {
     .allreduce = cb_allreduce,
     .reduce_scatter = cb_reduce_scatter,
     .all_gather = cb_all_gather,
+    .mem_avail = cb_mem_avail,
+    .scratch_bound = cb_scratch_bound,
 };
 
 int cuda_backend_create(const mm_backend **out, const char *precision, int world_rank,

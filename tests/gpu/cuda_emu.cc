@@ -325,6 +325,25 @@ cudaError_t cudaSetDevice(int d) {
                                        : fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
 }
 
+// Memory of each emulated device: MM_EMU_DEVICE_MIB (default 4096), so that a test can make
+// a run too big for its device without allocating that much. Allocations count against it
+// (cudaMemGetInfo) but are not refused: the host is the limit.
+static size_t emu_device_bytes(void) {
+    const char *s = getenv("MM_EMU_DEVICE_MIB");
+    char *end = NULL;
+    long long mib = s && *s ? strtoll(s, &end, 10) : 4096;
+    if (s && *s && (*end != '\0' || mib <= 0)) emu_die("MM_EMU_DEVICE_MIB is not a count of MiB");
+    return (size_t)mib << 20;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
+    size_t used = 0;
+    for (const auto &a : S.allocs) used += a.second;
+    *total = emu_device_bytes();
+    *free_bytes = used < *total ? *total - used : 0;
+    return cudaSuccess;
+}
+
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
     if (d < 0 || d >= emu_devices())
         return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such device");
@@ -332,7 +351,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
     snprintf(p->name, sizeof(p->name), "cuda_emu %d (CPU emulation)", d);
     p->multiProcessorCount = 1;
     p->major = 9;
-    p->totalGlobalMem = (size_t)1 << 32;
+    p->totalGlobalMem = emu_device_bytes();
     return cudaSuccess;
 }
 

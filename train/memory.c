@@ -1,0 +1,65 @@
+// memory.c: the per-rank memory estimate of a run (memory.h) and its check against the
+// backend's memory before the first large allocation.
+#include "memory.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+void train_mem_estimate(train_mem *e, const mm_backend *be, const model_mem *mm, int ema, int dp,
+                        int zero) {
+    const size_t n = mm->n_params, f = sizeof(float);
+    // gradsync.c: ZeRO-1 keeps ceil(n / dp) of m and v per rank, a padded (shard * dp)
+    // buffer for the collectives and the reduced gradient shard (ZeRO runs at dp 1 too)
+    const size_t shard = zero ? (n + (size_t)dp - 1) / (size_t)dp : n;
+    *e = (train_mem){.params = n * f,
+                     .grads = n * f,
+                     .optim = 2 * shard * f,
+                     .zero = zero ? (shard * (size_t)dp + shard) * f : 0,
+                     .ema = ema ? 2 * n * f : 0,  // and the swap buffer evaluation uses
+                     .acts = mm->act_bytes,
+                     .scratch = be->iface->scratch_bound(be, mm)};
+    e->total = e->params + e->grads + e->optim + e->zero + e->ema + e->acts + e->scratch;
+    // train_net's host mirror of the weights, the optimizer's host staging of m and v (for
+    // checkpoints), the EMA's host copy
+    if (!be->caps.host_memory) e->host = e->params + e->optim + e->ema;
+}
+
+int train_local_ranks(void) {
+    const char *s = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (!s) s = getenv("MPI_LOCALNRANKS");
+    if (!s) s = getenv("SLURM_NTASKS_PER_NODE");
+    int n = s ? atoi(s) : 0;
+    return n > 0 ? n : 1;
+}
+
+static double gib(size_t b) {
+    return (double)b / (1024.0 * 1024.0 * 1024.0);
+}
+
+void train_mem_format(const train_mem *e, char *buf, size_t len) {
+    snprintf(buf, len,
+             "%.2f GiB per rank = weights %.2f + grads %.2f + AdamW %.2f + ZeRO buffers %.2f + "
+             "EMA %.2f + activations %.2f + backend scratch %.2f",
+             gib(e->total), gib(e->params), gib(e->grads), gib(e->optim), gib(e->zero), gib(e->ema),
+             gib(e->acts), gib(e->scratch));
+}
+
+int train_mem_check(const train_mem *e, const mm_backend *be, int max_B, mm_err *err) {
+    size_t avail = 0, total = 0;
+    be->iface->mem_avail(be, &avail, &total);
+    const char *where = "of its GPU";
+    size_t need = e->total;
+    if (be->caps.host_memory) {
+        avail /= (size_t)train_local_ranks();  // the node's ranks share the host
+        where = "of the host's available memory (shared by this node's ranks)";
+    }
+    if (avail == 0 || need <= avail) return 0;  // 0: the system did not say
+    char line[400];
+    train_mem_format(e, line, sizeof(line));
+    return mm_fail(err,
+                   "memory: this run needs about %s, but this rank has %.2f GiB %s: lower "
+                   "data.micro_batch and eval.batch (activations are sized for the larger, %d "
+                   "samples), raise parallel.tp (splits weights and activations), or set "
+                   "parallel.zero: 1 (shards AdamW state over data-parallel ranks)",
+                   line, gib(avail), where, max_B);
+}
