@@ -100,6 +100,7 @@ static void test_defaults(test_counts *tc) {
         "model");
     TEST_CHECK(tc, c.optim.lr == 1e-3 && c.optim.eps == 1e-8 && c.optim.beta2 == 0.95, "optim");
     TEST_CHECK(tc, strcmp(c.eval.scorer, "synth") == 0, "eval.scorer %s", c.eval.scorer);
+    TEST_CHECK(tc, strcmp(c.model.recompute, "none") == 0, "model.recompute %s", c.model.recompute);
     TEST_CHECK(tc, strcmp(c.checkpoint.resume, "auto") == 0 && c.checkpoint.keep_last == 3,
                "checkpoint");
     TEST_CHECK(tc, c.parallel.tp == 1 && c.parallel.bucket_mb == 4, "parallel");
@@ -198,6 +199,8 @@ static void test_file_errors(ctx *x) {
                       "2:13: ", "data.prefetch: must be in [1, 64], got 0");
     expect_file_error(x, "range_double.yaml", "optim:\n  beta1: 1.5\n",
                       "2:10: ", "must be in [0, 1], got 1.5");
+    expect_file_error(x, "recompute.yaml", "model:\n  recompute: layers\n", "2:14: ",
+                      "model.recompute: expected one of none|attention|block, got 'layers'");
     expect_file_error(x, "enum.yaml", "run:\n  steps: 3\nbackend: tpu\n",
                       "3:10: ", "expected one of cpu|cuda, got 'tpu'");
     expect_file_error(x, "map_for_scalar.yaml", "run:\n  steps:\n    a: 1\n",
@@ -285,6 +288,8 @@ static void test_override_errors(test_counts *tc) {
     expect_override_error(tc, "data.verify=2", "expected true or false, got '2'");
     expect_override_error(tc, "model.kind=gan", "expected one of transformer|diffusion, got 'gan'");
     expect_override_error(tc, "eval.scorer=bleu", "expected one of synth|text, got 'bleu'");
+    expect_override_error(tc, "model.recompute=all",
+                          "expected one of none|attention|block, got 'all'");
     expect_override_error(tc, "data.train=a\tb", "control character");
     expect_override_error(tc, "data.train=a\xc3", "not valid UTF-8");
     // the one strict UTF-8 rule (core's), as for captions: byte offset and reason

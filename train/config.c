@@ -110,6 +110,9 @@ static const cfg_key keys[] = {
     KINT("model.d_ff", model.d_ff, "0", 0, 1048576, "MLP hidden width (0 = 4 * d_model)"),
     KINT("model.patch", model.patch, "8", 1, 4096, "image patch size in pixels"),
     KINT("model.audio_group", model.audio_group, "2", 1, 4096, "log-mel frames per audio token"),
+    KENUM("model.recompute", model.recompute, "none", "none|attention|block",
+          "activation recomputation: attention keeps no attention internals and reruns each "
+          "attention in backward; block keeps only each block's input and reruns the block"),
 
     KENUM("diffusion.objective", diffusion.objective, "flow", "flow|ddpm",
           "flow: rectified flow, velocity target; ddpm: epsilon target, cosine schedule"),

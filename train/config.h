@@ -59,6 +59,7 @@ typedef struct {
         int d_model, n_layers, n_heads, d_ff;  // d_ff 0 = 4 * d_model
         int patch;             // image patch size in pixels
         int audio_group;       // log-mel frames per audio token
+        char recompute[16];    // "none", "attention" or "block": what backward recomputes
     } model;
     struct {
         char objective[16];    // "flow" or "ddpm"
