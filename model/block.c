@@ -52,21 +52,44 @@ void model_block_bind(model_block_w *w, mm_real *buf, const model_tensor *t, int
 #undef NEXT
 }
 
-void model_block_carve(model_carver *cv, const mm_backend *be, model_block_acts *a, size_t BT,
-                       size_t T, size_t C, size_t NHl, size_t Cl, size_t Fl) {
-    a->ln1 = model_carve(cv, BT * C);
-    a->ln1_mean = model_carve(cv, BT);
-    a->ln1_rstd = model_carve(cv, BT);
-    a->qkv = model_carve(cv, BT * 3 * Cl);
-    a->att = model_carve(cv, be->ops->attention_saved(be, (int)(BT / T), (int)NHl, (int)T));
-    a->atty = model_carve(cv, BT * Cl);
-    a->res2 = model_carve(cv, BT * C);
-    a->ln2 = model_carve(cv, BT * C);
-    a->ln2_mean = model_carve(cv, BT);
-    a->ln2_rstd = model_carve(cv, BT);
-    a->fch = model_carve(cv, BT * Fl);
-    a->fcg = model_carve(cv, BT * Fl);
-    a->res3 = model_carve(cv, BT * C);
+int model_recompute_kept(model_recompute r) {
+    switch (r) {
+        case MODEL_RECOMPUTE_NONE:
+            return MODEL_PART_ALL;
+        case MODEL_RECOMPUTE_ATTENTION:
+            return MODEL_PART_ALL & ~MODEL_PART_ATT;
+        case MODEL_RECOMPUTE_BLOCK:
+            return MODEL_PART_OUT;
+    }
+    MM_CHECK(0, "recompute mode %d is none of model_recompute's", (int)r);
+    return MODEL_PART_ALL;
+}
+
+void model_block_carve(model_carver *cv, const mm_backend *be, model_block_acts *a, int parts,
+                       const model_block_acts *shared, size_t BT, size_t T, size_t C, size_t NHl,
+                       size_t Cl, size_t Fl) {
+    // the parts this layer does not carve are the shared set's views (all NULL without one)
+    *a = shared ? *shared : (model_block_acts){0};
+    const int att = parts & MODEL_PART_ATT, rest = parts & MODEL_PART_REST;
+    if (rest) {
+        a->ln1 = model_carve(cv, BT * C);
+        a->ln1_mean = model_carve(cv, BT);
+        a->ln1_rstd = model_carve(cv, BT);
+        a->qkv = model_carve(cv, BT * 3 * Cl);
+    }
+    if (att) {
+        a->att = model_carve(cv, be->ops->attention_saved(be, (int)(BT / T), (int)NHl, (int)T));
+        a->atty = model_carve(cv, BT * Cl);
+    }
+    if (rest) {
+        a->res2 = model_carve(cv, BT * C);
+        a->ln2 = model_carve(cv, BT * C);
+        a->ln2_mean = model_carve(cv, BT);
+        a->ln2_rstd = model_carve(cv, BT);
+        a->fch = model_carve(cv, BT * Fl);
+        a->fcg = model_carve(cv, BT * Fl);
+    }
+    if (parts & MODEL_PART_OUT) a->res3 = model_carve(cv, BT * C);
 }
 
 void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t BT, size_t C,
@@ -101,6 +124,15 @@ void model_block_forward(const model_block_run *r, const model_block_w *w, model
                     C);
     model_tp_allreduce(r->be, r->tp, a->res3, nC);
     ops->add(be, a->res3, a->res3, a->res2, nC);
+}
+
+void model_block_recompute(const model_block_run *r, model_recompute mode, const model_block_w *w,
+                           model_block_acts *a, const mm_real *x, const uint8_t *key_valid) {
+    if (mode == MODEL_RECOMPUTE_ATTENTION)  // from the kept qkv, as the forward ran it
+        r->ops->attention_fwd(r->be, a->atty, a->att, a->qkv, key_valid, r->B, r->T, r->P, r->NHl,
+                              r->HD);
+    else if (mode == MODEL_RECOMPUTE_BLOCK)  // also rewrites the kept res3 with the same values
+        model_block_forward(r, w, a, x, key_valid);
 }
 
 void model_block_backward(const model_block_run *r, const model_block_w *w,

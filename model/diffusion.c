@@ -84,7 +84,11 @@
 //   same bits everywhere) by deterministic ops in the same order. tp = 1 makes no comm call.
 //
 // Activations live in one buffer carved in a fixed order (plan_acts); forward keeps every
-// activation the backward needs, backward scratch comes after them.
+// activation the backward needs, backward scratch comes after them. Under cfg.recompute
+// (model.h) the generator blocks keep less and share one set for the rest, which backward
+// refills per block right before that block's backward (dit_block_recompute): SiLU(c), cond
+// and the key masks the blocks read are kept whole, and the final layer reads the kept output
+// of the last block. The encoders always keep everything (a few tokens each).
 //
 // Shared with transformer.c through model_internal.h: the table builder, the tp-independent
 // init draw and activation carving (layout.c), and the encoder block itself (block.c's
@@ -369,8 +373,10 @@ static void fill_pos_embed(mm_real *pos, int gh, int gw, int C) {
 static void plan_enc(dit *m, model_carver *cv, enc_acts *e) {
     size_t BT = (size_t)m->max_B * e->T, C = (size_t)m->C, F = (size_t)m->F;
     e->x0 = model_carve(cv, BT * C);
+    // the encoders are never recomputed (diffusion.h): every layer keeps all of its own
     for (int l = 0; l < m->E; l++)
-        model_block_carve(cv, m->be, &e->layer[l], BT, (size_t)e->T, C, (size_t)m->NH, C, F);
+        model_block_carve(cv, m->be, &e->layer[l], MODEL_PART_ALL, NULL, BT, (size_t)e->T, C,
+                          (size_t)m->NH, C, F);
     e->out = model_carve(cv, BT * C);
     e->mean = model_carve(cv, BT);
     e->rstd = model_carve(cv, BT);
@@ -398,9 +404,16 @@ static size_t plan_acts(dit *m, mm_real *base, size_t *per_layer) {
     a->pc = model_carve(&cv, B * C);
     a->aud = model_carve(&cv, B * m->n_aud * m->adim);
     a->cond = model_carve(&cv, BTc * C);
+    // under recomputation, one set of what the layers do not keep, shared by all of them
+    const int keep = model_recompute_kept(m->cfg.recompute);
+    dit_block_acts shared = {0};
+    if (keep != MODEL_PART_ALL)
+        dit_block_carve(&cv, m->be, &shared, MODEL_PART_ALL & ~keep, NULL, B, N, (size_t)m->Tc, C,
+                        (size_t)m->NHl, Cl, Fl);
     const size_t before = cv.off;
     for (int l = 0; l < m->L; l++)
-        dit_block_carve(&cv, m->be, &a->layer[l], B, N, (size_t)m->Tc, C, (size_t)m->NHl, Cl, Fl);
+        dit_block_carve(&cv, m->be, &a->layer[l], keep, &shared, B, N, (size_t)m->Tc, C,
+                        (size_t)m->NHl, Cl, Fl);
     *per_layer = (cv.off - before) / (size_t)m->L;
     a->fmod = model_carve(&cv, B * 2 * C);
     a->fh = model_carve(&cv, BN * C);
@@ -434,6 +447,9 @@ static size_t plan_acts(dit *m, mm_real *base, size_t *per_layer) {
 // create / free / accessors
 
 static int check_config(const dit_config *c, int max_B, mm_err *err) {
+    if (c->recompute != MODEL_RECOMPUTE_NONE && c->recompute != MODEL_RECOMPUTE_ATTENTION &&
+        c->recompute != MODEL_RECOMPUTE_BLOCK)
+        return mm_fail(err, "dit: recompute %d is not none, attention or block", (int)c->recompute);
     struct {
         const char *name;
         int v;
@@ -982,6 +998,7 @@ void dit_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     const dit_block_run run = block_run(m, B);
     for (int l = m->L - 1; l >= 0; l--) {
         const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
+        dit_block_recompute(&run, m->cfg.recompute, &w->layer[l], &a->layer[l], x);
         dit_block_backward(&run, &w->layer[l], &g->layer[l], &a->layer[l], x, &a->bs);
         model_hook_fire(&m->hook, m->block_lo[l]);
     }

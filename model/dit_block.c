@@ -66,35 +66,49 @@ void dit_block_bind(dit_block_w *w, mm_real *buf, const model_tensor *t, int *k)
 #undef NEXT
 }
 
-void dit_block_carve(model_carver *cv, const mm_backend *be, dit_block_acts *a, size_t B, size_t N,
-                     size_t Tc, size_t C, size_t NHl, size_t Cl, size_t Fl) {
+void dit_block_carve(model_carver *cv, const mm_backend *be, dit_block_acts *a, int parts,
+                     const dit_block_acts *shared, size_t B, size_t N, size_t Tc, size_t C,
+                     size_t NHl, size_t Cl, size_t Fl) {
     const size_t BN = B * N;
-    a->mod = model_carve(cv, B * 6 * C);
-    a->h1 = model_carve(cv, BN * C);
-    a->mean1 = model_carve(cv, BN);
-    a->rstd1 = model_carve(cv, BN);
-    a->m1 = model_carve(cv, BN * C);
-    a->qkv = model_carve(cv, BN * 3 * Cl);
-    a->att = model_carve(cv, be->ops->attention_saved(be, (int)B, (int)NHl, (int)N));
-    a->atty = model_carve(cv, BN * Cl);
-    a->y1 = model_carve(cv, BN * C);
-    a->res1 = model_carve(cv, BN * C);
-    a->h2 = model_carve(cv, BN * C);
-    a->mean2 = model_carve(cv, BN);
-    a->rstd2 = model_carve(cv, BN);
-    a->q = model_carve(cv, BN * Cl);
-    a->kv = model_carve(cv, B * Tc * 2 * Cl);
-    a->xatt = model_carve(cv, BN * NHl * Tc);
-    a->xatty = model_carve(cv, BN * Cl);
-    a->res2 = model_carve(cv, BN * C);
-    a->h3 = model_carve(cv, BN * C);
-    a->mean3 = model_carve(cv, BN);
-    a->rstd3 = model_carve(cv, BN);
-    a->m3 = model_carve(cv, BN * C);
-    a->fch = model_carve(cv, BN * Fl);
-    a->fcg = model_carve(cv, BN * Fl);
-    a->y3 = model_carve(cv, BN * C);
-    a->res3 = model_carve(cv, BN * C);
+    // the parts this layer does not carve are the shared set's views (all NULL without one)
+    *a = shared ? *shared : (dit_block_acts){0};
+    const int att = parts & MODEL_PART_ATT, rest = parts & MODEL_PART_REST;
+    if (rest) {
+        a->mod = model_carve(cv, B * 6 * C);
+        a->h1 = model_carve(cv, BN * C);
+        a->mean1 = model_carve(cv, BN);
+        a->rstd1 = model_carve(cv, BN);
+        a->m1 = model_carve(cv, BN * C);
+        a->qkv = model_carve(cv, BN * 3 * Cl);
+    }
+    if (att) {
+        a->att = model_carve(cv, be->ops->attention_saved(be, (int)B, (int)NHl, (int)N));
+        a->atty = model_carve(cv, BN * Cl);
+    }
+    if (rest) {
+        a->y1 = model_carve(cv, BN * C);
+        a->res1 = model_carve(cv, BN * C);
+        a->h2 = model_carve(cv, BN * C);
+        a->mean2 = model_carve(cv, BN);
+        a->rstd2 = model_carve(cv, BN);
+        a->q = model_carve(cv, BN * Cl);
+        a->kv = model_carve(cv, B * Tc * 2 * Cl);
+    }
+    if (att) {
+        a->xatt = model_carve(cv, BN * NHl * Tc);
+        a->xatty = model_carve(cv, BN * Cl);
+    }
+    if (rest) {
+        a->res2 = model_carve(cv, BN * C);
+        a->h3 = model_carve(cv, BN * C);
+        a->mean3 = model_carve(cv, BN);
+        a->rstd3 = model_carve(cv, BN);
+        a->m3 = model_carve(cv, BN * C);
+        a->fch = model_carve(cv, BN * Fl);
+        a->fcg = model_carve(cv, BN * Fl);
+        a->y3 = model_carve(cv, BN * C);
+    }
+    if (parts & MODEL_PART_OUT) a->res3 = model_carve(cv, BN * C);
 }
 
 void dit_block_carve_scratch(model_carver *cv, dit_block_scratch *s, size_t B, size_t N, size_t Tc,
@@ -159,6 +173,19 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     model_tp_allreduce(r->be, r->tp, a->y3, nC);
     ops->copy_rows(be, a->res3, (size_t)C, a->res2, (size_t)C, (size_t)C, BN);
     dops->gated_add_fwd(be, a->res3, a->y3, mod + 5 * C, C6, B, N, C);
+}
+
+void dit_block_recompute(const dit_block_run *r, model_recompute mode, const dit_block_w *w,
+                         dit_block_acts *a, const mm_real *x) {
+    if (mode == MODEL_RECOMPUTE_ATTENTION) {  // from the kept qkv, q and kv, as forward ran them
+        const int B = r->B, N = r->N;
+        r->ops->attention_fwd(r->be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl,
+                              r->HD);
+        r->dops->xattn_fwd(r->be, a->xatty, a->xatt, a->q, a->kv, r->cond_valid, B, N, r->Tc,
+                           r->NHl, r->HD);
+    } else if (mode == MODEL_RECOMPUTE_BLOCK) {  // also rewrites the kept res3, same values
+        dit_block_forward(r, w, a, x);
+    }
 }
 
 void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_block_w *g,

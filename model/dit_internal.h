@@ -124,9 +124,12 @@ void dit_block_add_tensors(model_table *tb, const char *prefix, int l, int64_t C
                            int group);
 // Points w's views at buf + t[*k..*k+18).offset and advances *k (table order).
 void dit_block_bind(dit_block_w *w, mm_real *buf, const model_tensor *t, int *k);
-// Carves one block's activations for B = max_B samples (ops: the attention's saved size).
-void dit_block_carve(model_carver *cv, const mm_backend *be, dit_block_acts *a, size_t B, size_t N,
-                     size_t Tc, size_t C, size_t NHl, size_t Cl, size_t Fl);
+// Carves the parts (model_internal.h MODEL_PART_*; the attention's are both attentions'
+// weights and outputs) of one block's activations for B = max_B samples (ops: the attention's
+// saved size); every other view is shared's (NULL shared: left NULL).
+void dit_block_carve(model_carver *cv, const mm_backend *be, dit_block_acts *a, int parts,
+                     const dit_block_acts *shared, size_t B, size_t N, size_t Tc, size_t C,
+                     size_t NHl, size_t Cl, size_t Fl);
 void dit_block_carve_scratch(model_carver *cv, dit_block_scratch *s, size_t B, size_t N, size_t Tc,
                              size_t C, size_t Cl, size_t Fl);
 
@@ -134,6 +137,13 @@ void dit_block_carve_scratch(model_carver *cv, dit_block_scratch *s, size_t B, s
 // set.
 void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_acts *a,
                        const mm_real *x);
+// Under recompute mode `mode`, refills what a (carved with model_recompute_kept(mode))
+// shares with the other layers by running that part of the forward again from what it keeps,
+// x and r's conditioning: nothing for none, the self- and the cross-attention for attention,
+// the whole block (its collectives included: every tp rank calls it in the same order) for
+// block. Call right before dit_block_backward of the same layer.
+void dit_block_recompute(const dit_block_run *r, model_recompute mode, const dit_block_w *w,
+                         dit_block_acts *a, const mm_real *x);
 // Backward of one block whose forward input was x: from s->dres = d(res3) ACCUMULATES the
 // weight gradients into g, and d(r->sc), d(r->cond) into s->dsc, s->dcond; leaves d(x) in
 // s->dres. Uses (and zeroes) the rest of s.

@@ -166,3 +166,12 @@ int model_check_tp(const char *who, int n_heads, int d_ff, int tp, int tp_rank,
                        who, comm_rank(tp_group), comm_size(tp_group), tp_rank, tp);
     return 0;
 }
+
+model_recompute model_recompute_named(const char *name) {
+    static const char *const names[] = {"none", "attention", "block"};  // model_recompute order
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, names[i]) == 0) return (model_recompute)i;
+    MM_CHECK(0, "model.recompute '%s' is none of none|attention|block (the config checks it)",
+             name);
+    return MODEL_RECOMPUTE_NONE;
+}

@@ -187,6 +187,9 @@ typedef enum {
     // small conditioning encoders are not recomputed.
     MODEL_RECOMPUTE_BLOCK
 } model_recompute;
+// The mode of a config value ("none", "attention", "block": train/config.c's model.recompute,
+// validated there); aborts on any other name.
+model_recompute model_recompute_named(const char *name);
 
 // ---------------------------------------------------------------------------------------
 // Architecture. Sequence layout per sample: [image patches | audio tokens | text tokens];
@@ -237,7 +240,9 @@ void model_free(model *m);
 typedef struct {
     size_t n_params;       // this tp rank's parameters (floats of params, and of grads)
     size_t act_bytes;      // the activation buffer, total
-    size_t act_per_layer;  // of it, one block's
+    size_t act_per_layer;  // of it, what each block keeps for itself: all of its activations
+                           // (recompute none), all but the attention's (attention), its output
+                           // only (block); the set the blocks share is counted once, in act_bytes
     size_t attn_probs;     // one self-attention's (max_B, heads, T, T) fp32 probabilities, which
                            // a backend may materialise in its scratch (not in act_bytes)
     int n_layers;

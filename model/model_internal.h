@@ -183,15 +183,30 @@ typedef struct {
     const mm_coll *tp;  // the tp group on be; NULL: tp 1, no collective
 } model_block_run;
 
+// Which of a block's activations a layer carves for itself (bits); under recomputation the
+// others are views into one set shared by every layer of the stack, which backward refills
+// (model_block_recompute, dit_block_recompute) before it reads them.
+enum {
+    MODEL_PART_ATT = 1,   // the attention's internals: att and atty (the DiT: also xatt, xatty)
+    MODEL_PART_OUT = 2,   // res3: the block's output, the next block's input (or ln_f's)
+    MODEL_PART_REST = 4,  // everything else
+    MODEL_PART_ALL = 7
+};
+// The parts a layer keeps under mode r: all (none), all but the attention's (attention), the
+// output only (block). The shared set holds MODEL_PART_ALL & ~ that (nothing for none).
+int model_recompute_kept(model_recompute r);
+
 // Adds the block's 12 tensors named "<prefix>.<l>.<suffix>" (e.g. "blocks.3.attn.qkv.w");
 // split = 1 splits them Megatron-style (heads / MLP columns), 0 replicates them all.
 void model_block_add_tensors(model_table *tb, const char *prefix, int l, int64_t C, int64_t F,
                              int split, int group);
 // Points w's views at buf + t[*k..*k+12).offset and advances *k (table order).
 void model_block_bind(model_block_w *w, mm_real *buf, const model_tensor *t, int *k);
-// Carves the block's activations for BT = max_B * T rows (ops: the attention's saved size).
-void model_block_carve(model_carver *cv, const mm_backend *be, model_block_acts *a, size_t BT,
-                       size_t T, size_t C, size_t NHl, size_t Cl, size_t Fl);
+// Carves the parts (MODEL_PART_*) of the block's activations for BT = max_B * T rows (ops:
+// the attention's saved size); every other view is shared's (NULL shared: left NULL).
+void model_block_carve(model_carver *cv, const mm_backend *be, model_block_acts *a, int parts,
+                       const model_block_acts *shared, size_t BT, size_t T, size_t C, size_t NHl,
+                       size_t Cl, size_t Fl);
 void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t BT, size_t C,
                                size_t Cl, size_t Fl);
 
@@ -199,6 +214,13 @@ void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t 
 // a->res3. Collective over r->tp when it is set.
 void model_block_forward(const model_block_run *r, const model_block_w *w, model_block_acts *a,
                          const mm_real *x, const uint8_t *key_valid);
+// Under recompute mode `mode`, refills what a (carved with model_recompute_kept(mode))
+// shares with the other layers, from what it keeps and its forward input x, by running
+// that part of the forward again: nothing for none, the attention for attention, the whole
+// block (its collectives included, so every tp rank must call it in the same order) for
+// block. Call right before model_block_backward of the same layer.
+void model_block_recompute(const model_block_run *r, model_recompute mode, const model_block_w *w,
+                           model_block_acts *a, const mm_real *x, const uint8_t *key_valid);
 // Backward of one block whose forward input was x: from s->dres = d(res3) ACCUMULATES the
 // weight gradients into g and leaves d(x) in s->dres. Uses (and zeroes) the rest of s.
 void model_block_backward(const model_block_run *r, const model_block_w *w,

@@ -69,6 +69,12 @@
 // result equals tp = 1 up to the fp32 summation order of those four contractions; tp = 1
 // makes no comm call at all.
 //
+// Activation recomputation (cfg.recompute, model.h): the blocks keep less (block: only their
+// output, the next block's input; attention: all but the attention's internals) and share
+// one set for the rest, which backward refills right before each block's backward
+// (model_block_recompute), tp collectives included, so the hook below fires as without it.
+// ln_f reads the kept output of the last block.
+//
 // Gradient-ready hook (model_set_grad_hook): backward finishes the head, then blocks L-1 .. 0,
 // then the embeddings; the table is laid out in the reverse order, so after each of those
 // stages every gradient from some offset lo to the end is final, and the data-parallel
@@ -225,7 +231,6 @@ static void init_tensor(model *m, mm_real *params, int k, uint64_t seed) {
 // ---------------------------------------------------------------------------------------
 // activations: one buffer, carved in a fixed order
 
-// With base NULL only counts (the returned size).
 // Carves the activation buffer at base (NULL: only counts); returns its elements, and in
 // *per_layer those of one block.
 static size_t plan_acts(model *m, mm_real *base, size_t *per_layer) {
@@ -239,9 +244,16 @@ static size_t plan_acts(model *m, mm_real *base, size_t *per_layer) {
     a->emb_img = model_carve(&cv, B * m->n_img * C);
     a->emb_aud = model_carve(&cv, B * m->n_aud * C);
     a->x0 = model_carve(&cv, BT * C);
+    // under recomputation, one set of what the layers do not keep, shared by all of them
+    const int keep = model_recompute_kept(m->cfg.recompute);
+    model_block_acts shared = {0};
+    if (keep != MODEL_PART_ALL)
+        model_block_carve(&cv, m->be, &shared, MODEL_PART_ALL & ~keep, NULL, BT, T, C,
+                          (size_t)m->NHl, Cl, Fl);
     const size_t before = cv.off;
     for (int l = 0; l < m->L; l++)
-        model_block_carve(&cv, m->be, &a->layer[l], BT, T, C, (size_t)m->NHl, Cl, Fl);
+        model_block_carve(&cv, m->be, &a->layer[l], keep, &shared, BT, T, C, (size_t)m->NHl, Cl,
+                          Fl);
     *per_layer = (cv.off - before) / (size_t)m->L;
     a->txt = model_carve(&cv, BTt * C);
     a->lnf = model_carve(&cv, BTt * C);
@@ -262,6 +274,10 @@ static size_t plan_acts(model *m, mm_real *base, size_t *per_layer) {
 // create / free / accessors
 
 static int check_config(const model_config *c, int max_B, mm_err *err) {
+    if (c->recompute != MODEL_RECOMPUTE_NONE && c->recompute != MODEL_RECOMPUTE_ATTENTION &&
+        c->recompute != MODEL_RECOMPUTE_BLOCK)
+        return mm_fail(err, "model: recompute %d is not none, attention or block",
+                       (int)c->recompute);
     struct {
         const char *name;
         int v;
@@ -594,6 +610,7 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     const model_block_run run = block_run(m, B, T);
     for (int l = m->L - 1; l >= 0; l--) {
         const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
+        model_block_recompute(&run, m->cfg.recompute, &w->layer[l], &a->layer[l], x, m->key_valid);
         model_block_backward(&run, &w->layer[l], &g->layer[l], &a->layer[l], x, &a->bs);
         model_hook_fire(&m->hook, m->block_lo[l]);
     }

@@ -76,7 +76,8 @@ dit_config train_dit_config(const mm_config *c, const data_schema *sc) {
                         .x_pred = strcmp(c->diffusion.predict, "x") == 0,
                         .tp = 1,
                         .tp_rank = 0,
-                        .tp_group = NULL};
+                        .tp_group = NULL,
+                        .recompute = model_recompute_named(c->model.recompute)};
 }
 
 // The generator this rank builds: train_dit_config at the run's tp placement.

@@ -58,21 +58,22 @@ static void lm_set_hook(void *impl, model_grad_hook fn, void *ctx) {
 static model_config lm_config(const trainer *t) {
     const mm_config *c = t->cfg;
     return (model_config){.d_model = c->model.d_model,
-                       .n_layers = c->model.n_layers,
-                       .n_heads = c->model.n_heads,
-                       .d_ff = c->model.d_ff ? c->model.d_ff : 4 * c->model.d_model,
-                       .vocab = DATA_VOCAB,
-                       .text_T = t->schema.text_max + 1,
-                       .img_h = t->schema.img_h,
-                       .img_w = t->schema.img_w,
-                       .img_c = t->schema.img_c,
-                       .patch = c->model.patch,
-                       .audio_F = data_audio_frames(&t->schema, &t->audio),
-                       .n_mels = c->data.n_mels,
-                       .audio_group = c->model.audio_group,
-                       .tp = t->lay.tp_size,
-                       .tp_rank = t->lay.tp_rank,
-                          .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL};
+                          .n_layers = c->model.n_layers,
+                          .n_heads = c->model.n_heads,
+                          .d_ff = c->model.d_ff ? c->model.d_ff : 4 * c->model.d_model,
+                          .vocab = DATA_VOCAB,
+                          .text_T = t->schema.text_max + 1,
+                          .img_h = t->schema.img_h,
+                          .img_w = t->schema.img_w,
+                          .img_c = t->schema.img_c,
+                          .patch = c->model.patch,
+                          .audio_F = data_audio_frames(&t->schema, &t->audio),
+                          .n_mels = c->data.n_mels,
+                          .audio_group = c->model.audio_group,
+                          .tp = t->lay.tp_size,
+                          .tp_rank = t->lay.tp_rank,
+                          .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL,
+                          .recompute = model_recompute_named(c->model.recompute)};
 }
 
 static int lm_mem_plan(const trainer *t, int max_B, model_mem *out, int *ema, mm_err *err) {
