@@ -89,8 +89,10 @@ static dit_config dit_fam_config(const trainer *t) {
     return dc;
 }
 
-static int dit_fam_mem_plan(const trainer *t, int max_B, model_mem *out, int *ema, mm_err *err) {
+static int dit_fam_mem_plan(const trainer *t, int max_B, model_recompute rc, model_mem *out,
+                            int *ema, mm_err *err) {
     dit_config dc = dit_fam_config(t);
+    dc.recompute = rc;
     mm_err me;
     *ema = 1;  // the EMA of the weights, in the backend's memory
     if (dit_mem_plan(&dc, t->be, max_B, out, &me) != 0) return mm_fail(err, "model: %s", me.msg);

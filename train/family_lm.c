@@ -76,8 +76,10 @@ static model_config lm_config(const trainer *t) {
                           .recompute = model_recompute_named(c->model.recompute)};
 }
 
-static int lm_mem_plan(const trainer *t, int max_B, model_mem *out, int *ema, mm_err *err) {
+static int lm_mem_plan(const trainer *t, int max_B, model_recompute rc, model_mem *out, int *ema,
+                       mm_err *err) {
     model_config mc = lm_config(t);
+    mc.recompute = rc;
     mm_err me;
     *ema = 0;
     if (model_mem_plan(&mc, t->be, max_B, out, &me) != 0) return mm_fail(err, "model: %s", me.msg);

@@ -37,14 +37,18 @@ static double gib(size_t b) {
 }
 
 void train_mem_format(const train_mem *e, char *buf, size_t len) {
+    // one unit for the whole line: GiB from 10 GiB on, MiB below (a tiny run reads 0.00 GiB)
+    const int big = e->total >= ((size_t)10 << 30);
+    const double u = big ? 1024.0 * 1024.0 * 1024.0 : 1024.0 * 1024.0;
     snprintf(buf, len,
-             "%.2f GiB per rank = weights %.2f + grads %.2f + AdamW %.2f + ZeRO buffers %.2f + "
-             "EMA %.2f + activations %.2f + backend scratch %.2f",
-             gib(e->total), gib(e->params), gib(e->grads), gib(e->optim), gib(e->zero), gib(e->ema),
-             gib(e->acts), gib(e->scratch));
+             "%.1f %s per rank = weights %.1f + grads %.1f + AdamW %.1f + ZeRO buffers %.1f + "
+             "EMA %.1f + activations %.1f + backend scratch %.1f",
+             e->total / u, big ? "GiB" : "MiB", e->params / u, e->grads / u, e->optim / u,
+             e->zero / u, e->ema / u, e->acts / u, e->scratch / u);
 }
 
-int train_mem_check(const train_mem *e, const mm_backend *be, int max_B, mm_err *err) {
+int train_mem_check(const train_mem *e, const mm_backend *be, int max_B, int can_recompute,
+                    mm_err *err) {
     size_t avail = 0, total = 0;
     be->iface->mem_avail(be, &avail, &total);
     const char *where = "of its GPU";
@@ -59,7 +63,10 @@ int train_mem_check(const train_mem *e, const mm_backend *be, int max_B, mm_err 
     return mm_fail(err,
                    "memory: this run needs about %s, but this rank has %.2f GiB %s: lower "
                    "data.micro_batch and eval.batch (activations are sized for the larger, %d "
-                   "samples), raise parallel.tp (splits weights and activations), or set "
+                   "samples), %sraise parallel.tp (splits weights and activations), or set "
                    "parallel.zero: 1 (shards AdamW state over data-parallel ranks)",
-                   line, gib(avail), where, max_B);
+                   line, gib(avail), where, max_B,
+                   can_recompute ? "set model.recompute: block (keeps one block's input per "
+                                   "block), "
+                                 : "");
 }

@@ -1,7 +1,7 @@
 // memory.h: the memory a run needs on each rank, estimated from its config before anything
 // large is allocated, printed at start, and checked against what the backend has: a run
 // that cannot fit stops before training with the estimate and what to change (a smaller
-// micro-batch, more tp, ZeRO-1), not with an allocation abort and a
+// micro-batch, recomputation, more tp, ZeRO-1), not with an allocation abort and a
 // backtrace. The model's part comes from the model's own carving plan (model_mem_plan,
 // dit_mem_plan), so the estimate cannot drift from what model_create allocates.
 #ifndef MM_TRAIN_MEMORY_H
@@ -34,8 +34,10 @@ int train_local_ranks(void);
 
 // 0 when e fits in what be has left (on the CPU: the host's available memory shared by the
 // node's ranks); else -1 with err: the estimate by part, what there is, and what to change.
-// max_B: the largest batch the activations are sized for.
-int train_mem_check(const train_mem *e, const mm_backend *be, int max_B, mm_err *err);
+// max_B: the largest batch the activations are sized for; can_recompute: 1 when
+// model.recompute block would save activations (it is not already set).
+int train_mem_check(const train_mem *e, const mm_backend *be, int max_B, int can_recompute,
+                    mm_err *err);
 
 // One line: the estimate by part, in MiB or GiB.
 void train_mem_format(const train_mem *e, char *buf, size_t len);

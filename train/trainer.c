@@ -273,23 +273,31 @@ static int resolve_schema(mm_config *c, const data_schema *s, mm_err *err) {
 }
 
 // The per-rank memory estimate (memory.h), printed by rank 0 with the activations per
-// block, and checked before the model allocates anything.
+// block under each recompute setting, and checked before the model allocates anything.
 static int estimate_memory(trainer *t, int max_B, mm_err *err) {
     const mm_config *c = t->cfg;
-    model_mem mm;
+    static const char *const names[3] = {"none", "attention", "block"};
+    const model_recompute mine = model_recompute_named(c->model.recompute);
+    model_mem per[3];
     int ema = 0;
-    if (t->fam->mem_plan(t, max_B, &mm, &ema, err) != 0) return -1;
-    train_mem_estimate(&t->mem, t->be, &mm, ema, t->lay.dp_size, c->parallel.zero);
+    for (int i = 0; i < 3; i++)
+        if (t->fam->mem_plan(t, max_B, model_recompute_named(names[i]), &per[i], &ema, err) != 0)
+            return -1;
+    const model_mem *mm = &per[mine];
+    train_mem_estimate(&t->mem, t->be, mm, ema, t->lay.dp_size, c->parallel.zero);
     if (t->rank == 0) {
         char line[400];
         train_mem_format(&t->mem, line, sizeof(line));
         printf("memory: %s (%lld parameters on this rank, batches of up to %d)\n", line,
-               (long long)mm.n_params, max_B);
-        printf("activations: %.1f MiB per block at %d samples (%d blocks), %.1f MiB in all\n",
-               mm.act_per_layer / 1048576.0, max_B, mm.n_layers, mm.act_bytes / 1048576.0);
+               (long long)mm->n_params, max_B);
+        printf(
+            "activations per block at %d samples (%d blocks), by model.recompute: none %.1f "
+            "MiB, attention %.1f MiB, block %.1f MiB (this run: %s, %.1f MiB in all)\n",
+            max_B, mm->n_layers, per[0].act_per_layer / 1048576.0, per[1].act_per_layer / 1048576.0,
+            per[2].act_per_layer / 1048576.0, c->model.recompute, mm->act_bytes / 1048576.0);
         fflush(stdout);
     }
-    return train_mem_check(&t->mem, t->be, max_B, err);
+    return train_mem_check(&t->mem, t->be, max_B, mine != MODEL_RECOMPUTE_BLOCK, err);
 }
 
 // Stage 1: everything that depends on the config and the data's schema alone.

@@ -22,10 +22,11 @@ typedef struct {
     // Builds the network into t->net (and the family's own state in t->impl) for
     // activations of up to max_B samples. -1 with err on a config that cannot be built.
     int (*create)(trainer *t, int max_B, mm_err *err);
-    // What create would allocate for the model, computed without allocating
-    // (model_mem_plan / dit_mem_plan); *ema 1 when the family keeps an EMA of the weights.
-    // -1 with err as create.
-    int (*mem_plan)(const trainer *t, int max_B, model_mem *out, int *ema, mm_err *err);
+    // What create would allocate for the model with recomputation rc (the config's, or
+    // another setting to compare), computed without allocating (model_mem_plan /
+    // dit_mem_plan); *ema 1 when the family keeps an EMA of the weights. -1 with err as create.
+    int (*mem_plan)(const trainer *t, int max_B, model_recompute rc, model_mem *out, int *ema,
+                    mm_err *err);
     void (*destroy)(trainer *t);
     // Forward and backward of one micro-batch, loss scaled by 1 / global_batch; returns the
     // sum of the per-sample losses. Collective over tp.

@@ -13,7 +13,11 @@
 // optimizer (gradient norm + AdamW) with cudaEvents on the compute stream; one more step runs
 // with every op bracketed by events too and sums them by kind (matmul, attention,
 // cross-entropy, the rest), printed as a table after the result line.
+// Memory: the device memory the run allocated (cudaMemGetInfo before model_create and after
+// the steps: nothing is freed in between, so it is the peak of our buffers, cuBLAS's workspace
+// included) next to train/memory.c's estimate of the same parts, for a recompute setting.
 //   build-cuda/tests/gpu/bench_train_cuda [fp32|bf16 (bf16)] [B (8)] [steps (10)]
+//       [none|attention|block (none): model.recompute]
 //   build-cuda/tests/gpu/bench_train_cuda dit [fp32|bf16 (bf16)] [B (32)] [steps (10)]: the
 //   DiT-S/2-sized diffusion model (bench_dit below)
 #include <cuda_runtime.h>
@@ -23,6 +27,7 @@
 
 #include "../../model/cuda/cuda.h"
 #include "../../model/model.h"
+#include "../../train/memory.h"
 
 // ---------------------------------------------------------------------------------------
 // per-op profile: the model runs on a timed copy of the CUDA backend object whose ops table
@@ -271,6 +276,11 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "dit") == 0) return bench_dit(argc - 1, argv + 1);
     const char *prec_s = argc > 1 ? argv[1] : "bf16";
     const int B = argc > 2 ? atoi(argv[2]) : 8, steps = argc > 3 ? atoi(argv[3]) : 10;
+    const char *rc_s = argc > 4 ? argv[4] : "none";
+    if (strcmp(rc_s, "none") && strcmp(rc_s, "attention") && strcmp(rc_s, "block")) {
+        fprintf(stderr, "bench_train_cuda: recompute '%s' is not none, attention or block\n", rc_s);
+        return 1;
+    }
     mm_err err;
     const mm_backend *be = NULL;
     if (B < 1 || steps < 1 || mm_backend_create(&be, "cuda", prec_s, 0, &err) != 0) {
@@ -278,10 +288,25 @@ int main(int argc, char **argv) {
         return 1;
     }
     cuda_ctx *ctx = (cuda_ctx *)be->ctx;
+    size_t free0 = 0, total = 0;
+    ck(cudaMemGetInfo(&free0, &total), "cudaMemGetInfo");
     const int Tt = 1022, V = 50304;
-    model_config mc = {.d_model = 768, .n_layers = 12, .n_heads = 12, .d_ff = 3072, .vocab = V,
-                       .text_T = Tt, .img_h = 8, .img_w = 8, .img_c = 3, .patch = 8,
-                       .audio_F = 1, .n_mels = 8, .audio_group = 1, .tp = 1, .tp_rank = 0};
+    model_config mc = {.d_model = 768,
+                       .n_layers = 12,
+                       .n_heads = 12,
+                       .d_ff = 3072,
+                       .vocab = V,
+                       .text_T = Tt,
+                       .img_h = 8,
+                       .img_w = 8,
+                       .img_c = 3,
+                       .patch = 8,
+                       .audio_F = 1,
+                       .n_mels = 8,
+                       .audio_group = 1,
+                       .tp = 1,
+                       .tp_rank = 0,
+                       .recompute = model_recompute_named(rc_s)};
     // the CUDA ops with the profiling wrappers (off until the profiled step), behind a timed
     // copy of the backend: the profiler's first member
     model_ops ops = model_ops_cuda;
@@ -385,6 +410,19 @@ int main(int argc, char **argv) {
     if (known) printf(", MFU %.1f%% of 989.4 TFLOP/s bf16 dense peak", 100 * flops / 989.4e12);
     else printf(", MFU: peak of this card unknown");
     printf("\n");
+    {
+        size_t free1 = 0;
+        ck(cudaMemGetInfo(&free1, &total), "cudaMemGetInfo");
+        model_mem mm;
+        train_mem est;
+        if (model_mem_plan(&mc, be, B, &mm, &err) != 0) mm_fatal(__FILE__, __LINE__, "%s", err.msg);
+        train_mem_estimate(&est, be, &mm, 0, 1, 0);
+        printf(
+            "MEMORY transformer %s B %d recompute %s: %.1f MiB allocated by the run, estimate "
+            "%.1f MiB (activations %.1f MiB, %.1f MiB per block)\n",
+            prec_s, B, rc_s, (double)(free0 - free1) / 1048576.0, est.total / 1048576.0,
+            mm.act_bytes / 1048576.0, mm.act_per_layer / 1048576.0);
+    }
     // the breakdown: phases from the timed steps, op kinds from the profiled one (its event
     // pairs add a little time between ops, not inside them)
     const double wall = 1e3 * per;

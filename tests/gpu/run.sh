@@ -18,13 +18,16 @@
 #                 LD_LIBRARY_PATH, and skip deps + build (the GPU machine lacks our libraries)
 #   train-cpu-vs-gpu  the tiny transformer and the tiny diffusion model 20 steps each on CPU,
 #                 GPU fp32 and GPU bf16 from the same weights, every step's loss compared;
-#                 ZeRO-1 at dp 1 on the GPU, fp32 and bf16, bitwise the run without it
+#                 ZeRO-1 at dp 1 on the GPU, fp32 and bf16, bitwise the run without it;
+#                 model.recompute attention and block, fp32, bitwise recompute none
 #                 (train.log: all training output)
 #   ckpt-gpu-resume   GPU stop_after 10 + resume == uninterrupted GPU run; GPU checkpoint -> CPU;
 #                 for both model kinds (the diffusion checkpoint with its EMA), and
 #                 `train sample --backend cuda` from the diffusion checkpoint
 #   bench-train-* GPT-2-small-sized training steps through the model API (bench_train_cuda):
-#                 tokens/s and MFU, bf16 and fp32
+#                 tokens/s and MFU, bf16 and fp32; device memory next to train/memory.c's
+#                 estimate (MEMORY lines), and mem-recompute-{attention,block} the same for
+#                 model.recompute attention and block
 #   bench-dit-s2  DiT-S/2-sized diffusion training steps (bench_train_cuda dit, bf16): images/s
 #                 and MFU
 # Exit status 0 when no step failed or timed out. MM_GPU_BUDGET (seconds, default 400) and
@@ -213,6 +216,7 @@ step_train_cpu_vs_gpu() {
     { echo "transformer fp32 GPU vs CPU: $r1"; echo "transformer bf16 GPU vs CPU: $r2";
       paste <(losses "$work/cpu") <(losses "$work/gpu32") <(losses "$work/gpu16") | nl; } >>"$TR"
     zero_kind transformer "$c" "" || ok=0
+    recompute_kind transformer "$c" "" || ok=0
     # the diffusion model: the same noise, times and dropout (drawn on the host either way)
     local cd=$work/tiny_dit.yaml
     tiny_dit_cfg "$work/x" 20 >"$cd"
@@ -225,8 +229,26 @@ step_train_cpu_vs_gpu() {
     { echo "diffusion fp32 GPU vs CPU: $r3"; echo "diffusion bf16 GPU vs CPU: $r4";
       paste <(losses "$work/dcpu") <(losses "$work/dgpu32") <(losses "$work/dgpu16") | nl; } >>"$TR"
     zero_kind diffusion "$cd" d || ok=0
-    note="transformer fp32: $r1; bf16: $r2; diffusion fp32: $r3; bf16: $r4; ZeRO-1 dp 1: $zero_note"
+    recompute_kind diffusion "$cd" d || ok=0
+    note="transformer fp32: $r1; bf16: $r2; diffusion fp32: $r3; bf16: $r4; ZeRO-1 dp 1: $zero_note recompute: $recompute_note"
     record train-cpu-vs-gpu "$([ $ok = 1 ] && echo PASS || echo FAIL)" $((SECONDS - t0)) "$note"
+}
+
+# model.recompute attention and block on the GPU (fp32): every loss bitwise recompute none's,
+# which holds when cuBLAS and the attention kernels give the same bits when rerun on the same
+# shapes (the emulator shows it; this checks the card). recompute_kind KIND CONFIG PREFIX
+recompute_note=""
+recompute_kind() {
+    local kind=$1 cfg=$2 p=$3 ok=1 r same
+    for r in attention block; do
+        trainer "$cfg" run.out_dir="$work/${p}gpu32r$r" backend=cuda precision=fp32 \
+            model.recompute=$r || ok=0
+        if cmp -s <(losses "$work/${p}gpu32") <(losses "$work/${p}gpu32r$r") &&
+            [ -n "$(losses "$work/${p}gpu32r$r")" ]; then same=bitwise; else same=DIFFERENT; ok=0; fi
+        recompute_note+="$kind $r $same; "
+        echo "$kind fp32 recompute $r vs none: $same" >>"$TR"
+    done
+    [ $ok = 1 ]
 }
 
 # ZeRO-1 at dp 1 (its reduce-scatter and all-gather through NCCL on one rank): every loss
@@ -324,7 +346,14 @@ step_bench_throughput() {
     local bin=$bindir/tests/gpu/bench_train_cuda
     if [ -z "$bindir" ] || [ ! -x "$bin" ]; then record bench-throughput SKIP 0 "not built"; return 1; fi
     run_step bench-train-bf16 120 "$OUT/bench_train.log" "$bin" bf16 8 10
-    grep RESULT "$OUT/bench_train.log" >"$OUT/bench_result.txt" 2>/dev/null
+    grep -E 'RESULT|MEMORY' "$OUT/bench_train.log" >"$OUT/bench_result.txt" 2>/dev/null
+    # device memory of GPT-2-small at B 8 under each recompute setting, next to the estimate
+    # (the none run is the one above); 3 steps each
+    local r
+    for r in attention block; do
+        run_step mem-recompute-$r 60 "$OUT/bench_mem_$r.log" "$bin" bf16 8 3 $r
+        grep -E 'RESULT|MEMORY' "$OUT/bench_mem_$r.log" >>"$OUT/bench_result.txt" 2>/dev/null
+    done
     cp "$OUT/bench_train.log" "${TMPDIR:-/tmp}/bench16.$$" 2>/dev/null
     run_step bench-train-fp32 90 "$OUT/bench_train.log" "$bin" fp32 8 5
     grep RESULT "$OUT/bench_train.log" >>"$OUT/bench_result.txt" 2>/dev/null
