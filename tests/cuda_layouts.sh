@@ -2,7 +2,8 @@
 # cuda_layouts.sh: every parallel layout with backend: cuda, on a machine without GPUs. The
 # trainer of the CPU emulation build (`make cuda-emu`, tests/gpu/cuda_emu.h) presents
 # MM_EMU_DEVICES devices, one per local rank as on a real node, and runs dp 2, tp 2 and
-# dp 2 x tp 2, each with and without ZeRO-1, for both model kinds, 20 steps each, against
+# dp 2 x tp 2, each with and without ZeRO-1, for both model kinds (and ZeRO-1 over 3 ranks
+# of a model whose size 3 does not divide), 20 steps each, against
 # the single-rank CPU run: per-step loss and gradient norm within 1e-5 relative (only the
 # fp32 summation order differs; a tp collective or gradient bucket left out, or a ZeRO shard
 # applied twice, changes them by far more). There is no NCCL in the emulation build, so
@@ -92,6 +93,13 @@ for kind in lm dit; do
     done
 done
 same_ids lm_cpu lm_dp2tp2z
+# ZeRO-1 over 3 emulated GPUs of a model of 50,468 parameters (d_model 31): 3 equal blocks
+# and a tail of 2 the last rank owns (reduce-scatter and all-gather in place in the model's
+# buffers, the tail allreduced)
+odd=(model.d_model=31 model.n_heads=1 data.global_batch=6)
+train odd_cpu 1 "$B/train" "${odd[@]}"
+train odd_z3 3 "$emu/train" backend=cuda parallel.zero=1 "${odd[@]}"
+for key in loss grad_norm; do same odd_cpu odd_z3 $key 1 1e-5; done
 ok "4 ranks on 4 emulated GPUs: rank 3 on GPU 3" 'grep -q "cuda: rank 3 on GPU 3 (cuda_emu 3" "$tmp/lm_dp2tp2z.log"'
 
 # stop + resume at another layout. The transformer: a ZeRO-1 dp 2 x tp 2 GPU run stopped

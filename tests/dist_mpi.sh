@@ -56,6 +56,17 @@ train accum4 1 data.micro_batch=2
 train zero2 2 data.micro_batch=4 parallel.zero=1
 train zero2tp2 4 data.micro_batch=4 parallel.zero=1 parallel.tp=2
 for r in dp2 dp4 tp2 tp4 dp2tp2 accum4 zero2 zero2tp2; do same_losses base $r; done
+# ZeRO-1 over 3 ranks of a model of 50,468 parameters (d_model 31): 50,468 = 3 x 16,822 + 2,
+# so the last rank also owns a tail of 2 that the collectives' equal blocks leave over;
+# then its AdamW state, gathered from 3 blocks and the tail, resumed on one rank
+odd=(model.d_model=31 model.n_heads=1 data.global_batch=6)
+train obase 1 data.micro_batch=6 "${odd[@]}"
+train ozero3 3 data.micro_batch=2 parallel.zero=1 "${odd[@]}"
+ok "the odd model has 50468 parameters" 'grep -q "model: 50468 parameters" "$tmp/ozero3.log"'
+same_losses obase ozero3
+train orsz 3 data.micro_batch=2 parallel.zero=1 run.stop_after=$((STEPS / 2)) "${odd[@]}"
+train orsz 1 data.micro_batch=6 "${odd[@]}"
+same_losses obase orsz
 same_losses dp2 zero2
 
 # exactly once per epoch (8 steps of 8 = the 64 samples), over all ranks together

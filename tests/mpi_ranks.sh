@@ -6,13 +6,14 @@
 #   test_tp    the transformer at tp = world against the serial model
 #   test_dit   the diffusion model at tp = world against the serial model
 #   test_eval  evaluation's gather at dp = world: every sample once, in order
+#   test_gradsync  ZeRO-1 against the plain dp path at dp = world, bitwise
 # Each binary already sums its counts over its ranks; this adds the runs into one closing
 # "N passed, N failed". A run that crashes, hangs or prints no count is one failure.
 set -u
 B=${MM_BUILD:-build}
 root=(); [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
 pass=0; fail=0
-for t in test_comm test_tp test_dit test_eval; do
+for t in test_comm test_tp test_dit test_eval test_gradsync; do
     for n in 1 2 4; do
         out=$(OMP_NUM_THREADS=1 timeout 300 mpirun "${root[@]}" --oversubscribe -np "$n" \
               "$B/tests/$t" 2>&1); rc=$?

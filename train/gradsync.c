@@ -77,14 +77,16 @@ void gsync_init(gsync *g, const train_net *net, const comm_layout *lay, const op
     if (g->zero || lay->dp_size > 1) g->dp = mm_coll_new(be, lay->dp);
     size_t lo = 0, hi = g->n;
     if (g->zero) {
-        size_t dp = (size_t)lay->dp_size;
-        g->shard = (g->n + dp - 1) / dp;
-        g->zbuf = be->ops->mem_alloc(be, g->shard * dp * sizeof(float));
-        g->zgrad = be->ops->mem_alloc(be, g->shard * sizeof(float));
+        // equal shards for the collectives, which need equal counts, and the few left over
+        // (tail < dp) to the last rank, so that no full-size padded copy is needed
+        const size_t dp = (size_t)lay->dp_size;
+        MM_CHECK(g->n >= dp, "ZeRO-1 over %zu ranks of a model of %zu parameters", dp, g->n);
+        g->shard = g->n / dp;
+        g->tail = g->n - g->shard * dp;
+        g->last = lay->dp_rank == lay->dp_size - 1;
         lo = g->shard * (size_t)lay->dp_rank;
-        hi = lo + g->shard;
-        if (lo > g->n) lo = g->n;
-        if (hi > g->n) hi = g->n;
+        hi = lo + g->shard + (g->last ? g->tail : 0);
+        g->zgrad = be->ops->mem_alloc(be, (hi - lo) * sizeof(float));
     } else if (lay->dp_size > 1) {
         size_t per = (size_t)(bucket_mb * 1024 * 1024 / sizeof(float));
         if (per < 1024) per = 1024;
@@ -116,7 +118,6 @@ void gsync_free(gsync *g) {
     if (g->v != g->opt.v) be->ops->mem_free(be, g->v);
     optim_free(&g->opt);
     free(g->bucket_lo);
-    be->ops->mem_free(be, g->zbuf);
     be->ops->mem_free(be, g->zgrad);
     mm_coll_free(be, g->dp);
     memset(g, 0, sizeof(*g));
@@ -143,10 +144,15 @@ double gsync_finish(gsync *g) {
         be->iface->reducer_finish(be, g->reducer);
         g->armed = 0;
     } else if (g->zero) {
-        size_t padded = g->shard * (size_t)lay->dp_size;
-        be->ops->mem_copy(be, g->zbuf, grads, g->n * sizeof(float));
-        be->ops->mem_zero(be, g->zbuf + g->n, (padded - g->n) * sizeof(float));
-        be->iface->reduce_scatter(be, g->dp, g->zbuf, g->zgrad, g->shard);
+        // this rank's shard of the sums straight from the gradient buffer; the tail summed
+        // everywhere, kept by the last rank after its shard
+        const size_t body = g->shard * (size_t)lay->dp_size;
+        be->iface->reduce_scatter(be, g->dp, grads, g->zgrad, g->shard);
+        if (g->tail) {
+            be->iface->allreduce(be, g->dp, grads + body, g->tail);
+            if (g->last)
+                be->ops->mem_copy(be, g->zgrad + g->shard, grads + body, g->tail * sizeof(float));
+        }
         mine = g->zgrad;
     }
     g->exposed = mm_now() - t0;
@@ -165,22 +171,26 @@ void gsync_update(gsync *g, int64_t step, double lr, double grad_scale) {
     const float *grads = g->zero ? g->zgrad : g->net->dgrads + g->opt.lo;
     be->iface->adamw(be, plan_of(g), params, grads, g->m, g->v, &a);
     if (!g->zero) return;
-    // all-gather the updated shards in place in the padded buffer, then back to the model
-    float *mine = g->zbuf + g->shard * (size_t)g->lay->dp_rank;
-    be->ops->mem_copy(be, mine, params + g->opt.lo, (g->opt.hi - g->opt.lo) * sizeof(float));
-    be->iface->all_gather(be, g->dp, g->zbuf, g->shard);
-    be->ops->mem_copy(be, params, g->zbuf, g->n * sizeof(float));
+    // every rank's updated shard to every rank, in place in the model's buffer (this rank's
+    // block is where its shard lives); the tail from the last rank: the others zero theirs
+    // and the sum is the last rank's values exactly
+    const size_t body = g->shard * (size_t)g->lay->dp_size;
+    be->iface->all_gather(be, g->dp, params, g->shard);
+    if (g->tail) {
+        if (!g->last) be->ops->mem_zero(be, params + body, g->tail * sizeof(float));
+        be->iface->allreduce(be, g->dp, params + body, g->tail);
+    }
 }
 
 // The full-size moment from every rank's part (host memory; the caller frees it).
 static float *gather_moment(gsync *g, const float *part) {
-    const size_t dp = (size_t)g->lay->dp_size;
-    float *all = mm_alloc_aligned(g->shard * dp * sizeof(float));
+    const size_t body = g->shard * (size_t)g->lay->dp_size;
+    float *all = mm_alloc_aligned(g->n * sizeof(float));
     float *mine = all + g->shard * (size_t)g->lay->dp_rank;
-    memset(mine, 0, g->shard * sizeof(float));
     memcpy(mine, part, (g->opt.hi - g->opt.lo) * sizeof(float));
     comm_all_gather(g->lay->dp, mine, all, g->shard, COMM_F32);
-    return all;  // the first n are the moment
+    if (g->tail) comm_bcast(g->lay->dp, all + body, g->tail, COMM_F32, g->lay->dp_size - 1);
+    return all;
 }
 
 void gsync_full_state(gsync *g, float **m, float **v, int *owned) {

@@ -73,10 +73,10 @@ typedef struct {
     int next;                // highest bucket not yet started, -1 when all are
     int armed;               // 1 during the backward whose gradients are reduced
     // ZeRO-1 (zero = 1)
-    size_t shard;            // elements per dp rank (n rounded up to a multiple of dp)
-    float *zbuf;             // (shard * dp) padded scratch in the backend's memory:
-                             // reduce-scatter in, all-gather out, owned
-    float *zgrad;            // (shard) this rank's reduced gradient, backend memory, owned
+    size_t shard;            // elements of each dp rank's block: n / dp, rounded down
+    size_t tail;             // n - shard * dp (< dp): the last rank's, after its block
+    int last;                // 1 on the last dp rank
+    float *zgrad;            // (hi - lo) this rank's reduced gradient, backend memory, owned
     double exposed;          // seconds the last gsync_finish spent on communication that
                              // backward did not hide
 } gsync;

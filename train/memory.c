@@ -8,13 +8,13 @@
 void train_mem_estimate(train_mem *e, const mm_backend *be, const model_mem *mm, int ema, int dp,
                         int zero) {
     const size_t n = mm->n_params, f = sizeof(float);
-    // gradsync.c: ZeRO-1 keeps ceil(n / dp) of m and v per rank, a padded (shard * dp)
-    // buffer for the collectives and the reduced gradient shard (ZeRO runs at dp 1 too)
-    const size_t shard = zero ? (n + (size_t)dp - 1) / (size_t)dp : n;
+    // gradsync.c: ZeRO-1 keeps this rank's part of m and v and of the reduced gradient: the
+    // last rank's is the largest, n / dp + up to dp - 1 (ZeRO runs at dp 1 too)
+    const size_t shard = zero ? n / (size_t)dp + (size_t)dp - 1 : n;
     *e = (train_mem){.params = n * f,
                      .grads = n * f,
                      .optim = 2 * shard * f,
-                     .zero = zero ? (shard * (size_t)dp + shard) * f : 0,
+                     .zero = zero ? shard * f : 0,
                      .ema = ema ? 2 * n * f : 0,  // and the swap buffer evaluation uses
                      .acts = mm->act_bytes,
                      .scratch = be->iface->scratch_bound(be, mm)};

@@ -16,7 +16,7 @@
 typedef struct {
     size_t params, grads;  // fp32 master weights and their gradients (this tp rank's)
     size_t optim;          // AdamW m and v: this dp rank's shard under ZeRO-1
-    size_t zero;           // ZeRO-1's padded reduce-scatter / all-gather buffer and shard
+    size_t zero;           // ZeRO-1's reduced gradient shard
     size_t ema;            // the EMA of the weights and evaluation's swap buffer (diffusion)
     size_t acts;           // the model's activation buffer for the largest batch
     size_t scratch;        // the backend's work memory beyond the model's buffers
