@@ -25,13 +25,9 @@ B=${MM_BUILD:-build}
 pass=0; fail=0
 ok() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $1"; fi; }
 if ! command -v mpirun >/dev/null 2>&1; then echo "cuda_layouts: skipped: no mpirun"; echo "0 passed, 0 failed"; exit 0; fi
-case "$B" in *-asan) emu=build-cuda-emu-asan; flags=(ASAN=1) ;; *) emu=build-cuda-emu; flags=() ;; esac
-mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -j2 "$@"; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$emu"
-if ! flock "$emu/.lock" bash -c "$(declare -f mk); mk cuda-emu ${flags[*]:-}" >"$tmp/build.log" 2>&1; then
-    echo "make cuda-emu failed:"; tail -n 20 "$tmp/build.log"; echo "0 passed, 1 failed"; exit 1
-fi
+. tests/lib/emu.sh
+emu_build "$tmp/build.log" || { echo "0 passed, 1 failed"; exit 1; }
 mpi=(mpirun --oversubscribe); [ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
 
 "$B/mmdata" synth --out "$tmp/d" --samples 32 --seed 3 >/dev/null || { echo "0 passed, 1 failed"; exit 1; }

@@ -59,11 +59,9 @@ for kind in lm dit; do
 done
 
 # the emulated GPU: the CUDA backend built against the CPU emulation (tests/cuda_layouts.sh)
-case "$B" in *-asan) emu=build-cuda-emu-asan; flags=(ASAN=1) ;; *) emu=build-cuda-emu; flags=() ;; esac
-mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -j2 "$@"; }
-mkdir -p "$emu"
-if ! flock "$emu/.lock" bash -c "$(declare -f mk); mk cuda-emu ${flags[*]:-}" >"$tmp/build.log" 2>&1; then
-    echo "make cuda-emu failed:"; tail -n 20 "$tmp/build.log"; fail=$((fail+1))
+. tests/lib/emu.sh
+if ! emu_build "$tmp/build.log"; then
+    fail=$((fail+1))
 else
     for kind in lm dit; do
         extra=(); [ $kind = dit ] && extra=("${dit[@]}")
