@@ -35,8 +35,22 @@ void mm_h5_quiet_end(mm_h5_quiet *q);
 // without being handed the scope.
 const char *mm_h5_why(char buf[MM_H5_WHY_LEN]);
 
+// The reason recorded for a failed write names the system error where HDF5's driver reports
+// one: "disk full (No space left on device)" for ENOSPC/EDQUOT, else the system's message;
+// HDF5's own messages longer than the buffer are cut at a word boundary and end in "...".
+
 // Closes *id with close (H5Dclose, H5Fclose, ...) when it is open, and marks it closed, so
 // that error paths can close everything they may hold without tracking what got opened.
+// With H5Fclose it is mm_h5_fclose.
 void mm_h5_close(hid_t *id, herr_t (*close)(hid_t));
+
+// Every H5Fclose goes through this: closes *id when open, marks it closed (never closed
+// twice), and returns H5Fclose's result. A failed close (a full disk flushing the file)
+// leaves HDF5 unable to shut down: its exit-time cleanup would crash (SIGSEGV) or print
+// "HDF5: infinite loop closing library". So after one, the process's exit skips HDF5's
+// cleanup (mm_h5_file_close_failed), keeping the caller's exit status and its one error line.
+herr_t mm_h5_fclose(hid_t *id);
+// What mm_h5_fclose does after a failed close, for a caller that closed a file itself.
+void mm_h5_file_close_failed(void);
 
 #endif  // MM_H5ERR_H

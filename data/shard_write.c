@@ -192,8 +192,7 @@ static int shard_end(data_writer *w, mm_err *err) {
         return writer_h5_fail(w, "cannot write the shard attributes", err);
     mm_h5_close(&w->d_image, H5Dclose);
     mm_h5_close(&w->d_audio, H5Dclose);
-    herr_t rc = H5Fclose(w->file);
-    w->file = H5I_INVALID_HID;
+    herr_t rc = mm_h5_fclose(&w->file);
     if (rc < 0) return writer_h5_fail(w, "cannot close shard", err);
 
     if (w->ix.n_shards == w->cap_shards) {

@@ -65,8 +65,11 @@ static int put_group(hid_t file, const char *path, const char *group, const mode
                                           H5P_DEFAULT, H5P_DEFAULT);
         if (ds < 0 ||
             H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf + tab[i].offset) < 0)
-            rc = mm_fail(err, "%s: cannot write tensor /%s/%s (disk full?)", path, group,
-                         tab[i].name);
+        {
+            char why[MM_H5_WHY_LEN];
+            rc = mm_fail(err, "%s: cannot write tensor /%s/%s: %s", path, group, tab[i].name,
+                         mm_h5_why(why));
+        }
         if (ds >= 0) H5Dclose(ds);
         if (space >= 0) H5Sclose(space);
     }
@@ -102,16 +105,16 @@ static int write_export(const char *out, const char *dir, const ckpt_meta *meta,
         h5attr_write(f, "saved_tp", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &tp) ||
         h5attr_write(f, "saved_dp", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &dp) ||
         h5attr_write_str(f, "weights", ema ? "params ema" : "params")) {
-        mm_fail(err, "%s: cannot write attributes (disk full?)", tmp);
+        char why[MM_H5_WHY_LEN];
+        mm_fail(err, "%s: cannot write attributes: %s", tmp, mm_h5_why(why));
         goto done;
     }
     if (put_group(f, tmp, "params", tab, n, params, err) ||
         (ema && put_group(f, tmp, "ema", tab, n, ema, err)))
         goto done;
-    herr_t closed = H5Fclose(f);
-    f = -1;
-    if (closed < 0) {
-        mm_fail(err, "%s: closing (flushing) the file failed: disk full?", tmp);
+    if (mm_h5_fclose(&f) < 0) {
+        char why[MM_H5_WHY_LEN];
+        mm_fail(err, "%s: closing (flushing) the file failed: %s", tmp, mm_h5_why(why));
         goto done;
     }
     int fd = open(tmp, O_RDONLY);
@@ -127,7 +130,7 @@ static int write_export(const char *out, const char *dir, const ckpt_meta *meta,
     }
     rc = 0;
 done:
-    if (f >= 0) H5Fclose(f);
+    mm_h5_fclose(&f);  // a failed close keeps HDF5 from crashing or looping at exit
     if (rc != 0) remove(tmp);
     mm_h5_quiet_end(&q);
     return rc;
