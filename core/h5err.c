@@ -25,10 +25,9 @@ static herr_t walk_innermost(unsigned n, const H5E_error2_t *e, void *data) {
     walk_state *w = data;
     // HDF5's stack holds 32 entries: a full disk's close overflows it before H5Fclose's own
     // entry, so the file's destructor (H5F__dest) and close paths count as well.
-    if (e->func_name && (strcmp(e->func_name, "H5Fclose") == 0 ||
-                         strcmp(e->func_name, "H5F__dest") == 0 ||
-                         strcmp(e->func_name, "H5F_try_close") == 0 ||
-                         strcmp(e->func_name, "H5F__close_cb") == 0))
+    if (e->func_name &&
+        (strcmp(e->func_name, "H5Fclose") == 0 || strcmp(e->func_name, "H5F__dest") == 0 ||
+         strcmp(e->func_name, "H5F_try_close") == 0 || strcmp(e->func_name, "H5F__close_cb") == 0))
         w->fclose_failed = 1;
     if (!e->desc || !e->desc[0]) return 0;
     if (n == 0) snprintf(w->inner, sizeof(w->inner), "%s", e->desc);

@@ -63,9 +63,8 @@ static int put_group(hid_t file, const char *path, const char *group, const mode
         hid_t ds = space < 0 ? -1
                              : H5Dcreate2(g, tab[i].name, H5T_IEEE_F32LE, space, H5P_DEFAULT,
                                           H5P_DEFAULT, H5P_DEFAULT);
-        if (ds < 0 ||
-            H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf + tab[i].offset) < 0)
-        {
+        if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                               buf + tab[i].offset) < 0) {
             char why[MM_H5_WHY_LEN];
             rc = mm_fail(err, "%s: cannot write tensor /%s/%s: %s", path, group, tab[i].name,
                          mm_h5_why(why));
