@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "../data/data.h"
-#include "trainer_internal.h"  // train_json_string
 
 // ---------------------------------------------------------------------------------------
 // Gathering.
@@ -226,19 +225,94 @@ double eval_tally_mean(const eval_tally *t, int k) {
 // ---------------------------------------------------------------------------------------
 // Writing.
 
-void eval_examples_add(eval_examples *e, const char *ref, const char *gen) {
+// One character of s at i, as its bytes may be written: the length of a valid UTF-8
+// sequence (1 for ASCII, NUL and controls included), or 0 for a byte that starts none.
+static size_t utf8_unit(const uint8_t *s, size_t n, size_t i) {
+    const uint8_t b = s[i];
+    size_t len = b < 0x80                 ? 1
+                 : b >= 0xC2 && b <= 0xDF ? 2
+                 : b >= 0xE0 && b <= 0xEF ? 3
+                 : b >= 0xF0 && b <= 0xF4 ? 4
+                                          : 0;
+    size_t at;
+    if (len == 0 || len > n - i || (len > 1 && mm_utf8_check(s + i, len, &at))) return 0;
+    return len;
+}
+
+size_t eval_escape(char *out, size_t cap, const char *s, size_t n, eval_esc mode, size_t *bad) {
+    static const char fffd[] = "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER, in UTF-8
+    const uint8_t *u = (const uint8_t *)s;
+    size_t k = 0, nbad = 0;
+    for (size_t i = 0; i < n;) {
+        char tmp[8];
+        const char *piece = tmp;
+        size_t len = utf8_unit(u, n, i), step = len ? len : 1;
+        const uint8_t b = u[i];
+        if (len == 0) {
+            piece = fffd;
+            nbad++;
+        } else if (len > 1) {
+            memcpy(tmp, u + i, len);
+            tmp[len] = '\0';
+        } else if (mode == EVAL_ESC_JSON) {
+            if (b == '"' || b == '\\')
+                snprintf(tmp, sizeof(tmp), "\\%c", b);
+            else if (b == '\n')
+                piece = "\\n";
+            else if (b < 0x20 || b == 0x7F)
+                snprintf(tmp, sizeof(tmp), "\\u%04x", b);
+            else
+                tmp[0] = (char)b, tmp[1] = '\0';
+        } else {  // EVAL_ESC_TERM: nothing the terminal would act on
+            if (b == '\\')
+                piece = "\\\\";
+            else if (b == '\n')
+                piece = "\\n";
+            else if (b == '\t')
+                piece = "\\t";
+            else if (b < 0x20 || b == 0x7F)
+                snprintf(tmp, sizeof(tmp), "\\x%02X", b);
+            else
+                tmp[0] = (char)b, tmp[1] = '\0';
+        }
+        const size_t pl = strlen(piece);
+        if (k + pl + 1 > cap) break;  // never cut an escape or a character
+        memcpy(out + k, piece, pl);
+        k += pl;
+        i += step;
+    }
+    if (cap) out[k] = '\0';
+    if (bad) *bad = nbad;
+    return k;
+}
+
+void eval_examples_add(eval_examples *e, const char *ref, const char *gen, size_t gen_n) {
     if (e->n >= EVAL_N_EXAMPLES) return;
-    snprintf(e->ref[e->n], sizeof(e->ref[0]), "%s", ref);
-    snprintf(e->gen[e->n], sizeof(e->gen[0]), "%s", gen);
+    eval_escape(e->ref[e->n], sizeof(e->ref[0]), ref, strlen(ref), EVAL_ESC_TERM, NULL);
+    eval_escape(e->gen[e->n], sizeof(e->gen[0]), gen, gen_n, EVAL_ESC_TERM, NULL);
     e->n++;
 }
 
-void eval_write_caption(FILE *f, uint64_t id, const char *ref, const char *gen) {
+// Writes s[0..n) as a JSON string (quotes included); returns its invalid UTF-8 byte count.
+static size_t json_string_n(FILE *f, const char *s, size_t n) {
+    const size_t cap = 6 * n + 1;  // the longest escape, \u00XX, is 6 bytes for 1
+    char *buf = mm_malloc(cap);
+    size_t bad;
+    const size_t k = eval_escape(buf, cap, s, n, EVAL_ESC_JSON, &bad);
+    fputc('"', f);
+    fwrite(buf, 1, k, f);
+    fputc('"', f);
+    free(buf);
+    return bad;
+}
+
+void eval_write_caption(FILE *f, uint64_t id, const char *ref, const char *gen, size_t gen_n) {
     if (!f) return;
     fprintf(f, "{\"sample_id\":%llu,\"reference\":", (unsigned long long)id);
-    train_json_string(f, ref);
+    json_string_n(f, ref, strlen(ref));
     fputs(",\"generated\":", f);
-    train_json_string(f, gen);
+    const size_t bad = json_string_n(f, gen, gen_n);
+    if (bad) fprintf(f, ",\"generated_invalid_bytes\":%zu", bad);
     fputs("}\n", f);
 }
 
@@ -246,7 +320,7 @@ void eval_write_image(FILE *f, uint64_t id, const char *mode, const char *prompt
                       const eval_scorer *sc, const eval_score *s) {
     if (!f) return;
     fprintf(f, "{\"sample_id\":%llu,\"mode\":\"%s\",\"prompt\":", (unsigned long long)id, mode);
-    train_json_string(f, prompt);
+    json_string_n(f, prompt, strlen(prompt));
     for (int k = 0; k < sc->n_notes; k++) fprintf(f, ",\"%s\":%d", sc->note[k], s->note[k]);
     fputs("}\n", f);
 }

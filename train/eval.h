@@ -107,17 +107,35 @@ double eval_tally_mean(const eval_tally *t, int k);
 // ---------------------------------------------------------------------------------------
 // Writing. Each function writes to the streams it is given; NULL skips that stream.
 
+// How eval_escape writes text. Captions a model generates are arbitrary bytes (the bytes-v1
+// tokenizer's tokens are the bytes 0..255): not UTF-8, NULs, control bytes.
+//   EVAL_ESC_JSON: the inside of a JSON string: '"' and '\\' backslashed, \n; other controls
+//                  (NUL included) and DEL as \u00xx (as runs have always written them).
+//   EVAL_ESC_TERM: printable on a terminal: '\\' doubled; \n, \t; other controls and DEL
+//                  as \xXX, so no control byte reaches the terminal raw.
+// In both, a byte that starts no valid UTF-8 sequence (core.h's strict rule) becomes U+FFFD
+// and is counted (JSON has no way to carry a raw byte, and \u00XX would claim a character
+// the model did not write); valid multi-byte characters pass unchanged.
+typedef enum { EVAL_ESC_JSON, EVAL_ESC_TERM } eval_esc;
+// Escapes s[0..n) into out (cap bytes, NUL-terminated; stops before an escape or character
+// that would not fit, never cutting one). Returns the bytes written (without the NUL);
+// *bad (may be NULL) gets the number of bytes replaced by U+FFFD.
+size_t eval_escape(char *out, size_t cap, const char *s, size_t n, eval_esc mode, size_t *bad);
+
 // The first few (reference, generated) captions, shown under the summary so a person sees
-// what the model says (cut to 63 bytes).
+// what the model says (escaped for the terminal, EVAL_ESC_TERM; cut to 63 bytes).
 enum { EVAL_N_EXAMPLES = 3 };
 typedef struct {
     int n;
     char ref[EVAL_N_EXAMPLES][64], gen[EVAL_N_EXAMPLES][64];
 } eval_examples;
-void eval_examples_add(eval_examples *e, const char *ref, const char *gen);
+// gen holds gen_n bytes (a generated NUL does not end it).
+void eval_examples_add(eval_examples *e, const char *ref, const char *gen, size_t gen_n);
 
-// {"sample_id":ID,"reference":"...","generated":"..."}
-void eval_write_caption(FILE *f, uint64_t id, const char *ref, const char *gen);
+// {"sample_id":ID,"reference":"...","generated":"..."} plus ,"generated_invalid_bytes":N
+// when N > 0 bytes of gen[0..gen_n) were not UTF-8 (written as U+FFFD). Strings escaped with
+// EVAL_ESC_JSON: each line is valid JSON in valid UTF-8.
+void eval_write_caption(FILE *f, uint64_t id, const char *ref, const char *gen, size_t gen_n);
 // {"sample_id":ID,"mode":"MODE","prompt":"...",<the scorer's notes as "key":int>}
 void eval_write_image(FILE *f, uint64_t id, const char *mode, const char *prompt,
                       const eval_scorer *sc, const eval_score *s);

@@ -135,6 +135,13 @@ static int lm_seq_len(const trainer *t) { return model_seq_len(lm(t)); }
 // --------------------------------------------------------------------------------------
 // evaluation: validation loss and greedy captions, scored by eval.scorer (eval.h)
 
+// The length of a generated caption in its record of w bytes (see the fill in lm_evaluate):
+// the offset of the record's last NUL.
+static size_t gen_len(const char *g, size_t w) {
+    const char *z = memrchr(g, '\0', w);
+    return z ? (size_t)(z - g) : strnlen(g, w);
+}
+
 // Each dp rank evaluates its batches and packs every sample into a record; world rank 0
 // reads them back in batch order (eval_gather), scores and writes them, so the output is the
 // same for any layout. Record: sample id | reference (text_max + 1 bytes, NUL-terminated) |
@@ -173,6 +180,10 @@ static void lm_evaluate(trainer *t) {
                 train_die(t, e.msg);
             model_input in = batch_input(t, &t->val_batch);
             loss = model_forward(lm(t), &in, NULL);
+            // A generated NUL is a byte like any other: model_generate writes the bytes and a
+            // NUL after the last, touching nothing beyond, so over a nonzero fill the last
+            // NUL of a record ends the caption (gen_len) and earlier ones are the model's.
+            memset(gens, 0x01, (size_t)eb * genw);
             model_generate(lm(t), &in, gens, genw);
             lm_input_done(t);
             for (int i = 0; i < nb; i++) {
@@ -193,9 +204,11 @@ static void lm_evaluate(trainer *t) {
                 uint64_t id;
                 memcpy(&id, r, sizeof(id));
                 const char *ref = (const char *)r + ref_at, *gen = (const char *)r + gen_at;
+                const size_t gen_n = gen_len(gen, (size_t)genw);
+                // scorers see the caption up to its first NUL; the eval line shows it all
                 eval_tally_score(&tally, &(eval_pair){.ref_text = ref, .gen_text = gen}, NULL);
-                eval_write_caption(ev, id, ref, gen);
-                eval_examples_add(&ex, ref, gen);
+                eval_write_caption(ev, id, ref, gen, gen_n);
+                eval_examples_add(&ex, ref, gen, gen_n);
             }
         }
     }
