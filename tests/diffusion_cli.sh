@@ -54,6 +54,10 @@ fi
 expect_error "no --ckpt" "--ckpt DIR is required" --out "$tmp/x"
 expect_error "unknown option" "unknown option '--colour'" --ckpt "$ck" --out "$tmp/x" --colour red
 expect_error "bad --n" "--n 'many'" --ckpt "$ck" --out "$tmp/x" --n many
+for g in nan inf -1 1e9 ""; do
+    expect_error "--guidance '$g'" "--guidance '$g': expected a number in \\[0, 100\\]" --ckpt "$ck" --out "$tmp/x" --guidance "$g"
+done
+expect_error "empty --seed" "--seed '': expected an unsigned integer" --ckpt "$ck" --out "$tmp/x" --seed ""
 expect_error "caption too long" "--text is 60 bytes" --ckpt "$ck" --out "$tmp/x" --text "$(printf 'x%.0s' $(seq 60))"
 expect_error "missing audio file" "nope.wav" --ckpt "$ck" --out "$tmp/x" --audio "$tmp/nope.wav"
 expect_error "not a checkpoint" "$tmp/d" --ckpt "$tmp/d" --out "$tmp/x"
@@ -65,5 +69,20 @@ sample --ckpt "$ck" --out "$tmp/o6" --text "a small red circle on the left" --n 
 ok "--backend cpu is the default" 'cmp -s "$tmp/o1/grid.png" "$tmp/o6/grid.png"'
 timeout 300 "$B/train" "$tmp/c.yaml" "${common[@]}" model.kind=transformer model.patch=8 run.out_dir="$tmp/lm" >/dev/null 2>&1
 expect_error "a transformer checkpoint" "transformer checkpoint; sample needs a diffusion one" --ckpt "$tmp/lm/ckpt/step_00000003" --out "$tmp/x"
+# a validation set without images: the diffusion loss cannot be evaluated; it is reported
+# absent (n/a, no val_loss key) with one warning, never as a perfect 0
+if command -v python3 >/dev/null 2>&1; then
+    for i in $(seq 1 40); do echo "{\"caption\": \"a small red circle on the left $i\"}"; done >"$tmp/noimg.jsonl"
+    "$B/mmdata" pack --manifest "$tmp/noimg.jsonl" --out "$tmp/noimg" --val-fraction 0.5 >/dev/null 2>&1
+    timeout 300 "$B/train" "$tmp/c.yaml" "${common[@]}" data.val="$tmp/noimg/val" eval.every=3 \
+        eval.samples=8 diffusion.eval_samples=2 run.out_dir="$tmp/noimgrun" >"$tmp/ni.out" 2>"$tmp/ni.err"
+    ok "val set without images: run exits 0: $(tail -n 2 "$tmp/ni.err")" '[ $? -eq 0 ]'
+    ok "val set without images: 'val_loss n/a', no 0.0000: $(grep "^eval step" "$tmp/ni.out")" \
+        'grep -q "^eval step 3 | val_loss n/a |" "$tmp/ni.out" && ! grep -q "val_loss 0.0000" "$tmp/ni.out"'
+    ok "val set without images: one warning naming the set" \
+        '[ "$(grep -c "^warning: .*noimg/val.*no.*image.*val_loss n/a" "$tmp/ni.err")" -eq 1 ]'
+    ok "val set without images: metrics.jsonl has no val_loss" \
+        'grep -q "\"step\":3,\"cond_acc\"" "$tmp/noimgrun/metrics.jsonl" && ! grep -q val_loss "$tmp/noimgrun/metrics.jsonl"'
+fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -242,6 +242,16 @@ static void test_writers(test_counts *tc) {
                "image metrics: %s", bm);
     free(bo);
     free(bm);
+    // no val_loss to report (a diffusion val set without images): n/a, and no key
+    eval_report_images(sink_open(&ko), sink_open(&km), 9, NAN, m, 3, modes, 2, 4);
+    bo = sink_close(&ko);
+    bm = sink_close(&km);
+    TEST_CHECK(tc, strncmp(bo, "eval step 9 | val_loss n/a | cond_acc 0.0% (", 44) == 0,
+               "image summary without val_loss: %s", bo);
+    TEST_CHECK(tc, strstr(bm, "{\"step\":9,\"cond_acc\":0,") == bm && !strstr(bm, "val_loss"),
+               "image metrics without val_loss: %s", bm);
+    free(bo);
+    free(bm);
     eval_score s = {.note = {2, -1, 0}};
     eval_write_image(sink_open(&ko), 5, "audio", "a \"red\" circle", img, &s);
     bo = sink_close(&ko);

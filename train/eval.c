@@ -5,6 +5,7 @@
 #include "eval.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -325,12 +326,22 @@ void eval_write_image(FILE *f, uint64_t id, const char *mode, const char *prompt
     fputs("}\n", f);
 }
 
+// "val_loss L", or "val_loss n/a" for NAN (nothing to evaluate it on).
+static const char *val_loss_text(double v, char buf[48]) {
+    if (isnan(v))
+        snprintf(buf, 48, "val_loss n/a");
+    else
+        snprintf(buf, 48, "val_loss %.4f", v);
+    return buf;
+}
+
 void eval_report_captions(FILE *out, FILE *metrics, int64_t step, double val_loss,
                           const eval_tally *t, const eval_examples *ex) {
     const eval_scorer *sc = t->sc;
+    char buf[48];
     if (out) {
-        fprintf(out, "eval step %lld | val_loss %.4f | %s %.1f%% (", (long long)step, val_loss,
-                sc->metric[0].label, 100.0 * eval_tally_mean(t, 0));
+        fprintf(out, "eval step %lld | %s | %s %.1f%% (", (long long)step,
+                val_loss_text(val_loss, buf), sc->metric[0].label, 100.0 * eval_tally_mean(t, 0));
         for (int k = 1; k < sc->n_metrics; k++)
             fprintf(out, "%s%s %.1f%%", k > 1 ? ", " : "", sc->metric[k].label,
                     100.0 * eval_tally_mean(t, k));
@@ -340,7 +351,8 @@ void eval_report_captions(FILE *out, FILE *metrics, int64_t step, double val_los
         fflush(out);
     }
     if (metrics) {
-        fprintf(metrics, "{\"step\":%lld,\"val_loss\":%.9g", (long long)step, val_loss);
+        fprintf(metrics, "{\"step\":%lld", (long long)step);
+        if (!isnan(val_loss)) fprintf(metrics, ",\"val_loss\":%.9g", val_loss);
         for (int k = 0; k < sc->n_metrics; k++)
             fprintf(metrics, ",\"%s\":%.9g", sc->metric[k].key, eval_tally_mean(t, k));
         fputs("}\n", metrics);
@@ -354,9 +366,11 @@ void eval_report_images(FILE *out, FILE *metrics, int64_t step, double val_loss,
     MM_CHECK(n_modes >= 1 && head >= 0 && head < n_modes, "eval_report_images: mode %d of %d", head,
              n_modes);
     const eval_scorer *sc = t[0].sc;
+    char buf[48];
     if (out) {
-        fprintf(out, "eval step %lld | val_loss %.4f | %s %.1f%% (", (long long)step, val_loss,
-                sc->metric[0].label, 100.0 * eval_tally_mean(&t[head], 0));
+        fprintf(out, "eval step %lld | %s | %s %.1f%% (", (long long)step,
+                val_loss_text(val_loss, buf), sc->metric[0].label,
+                100.0 * eval_tally_mean(&t[head], 0));
         for (int m = 0; m < n_modes; m++)
             fprintf(out, "%s%s %.1f%%", m ? ", " : "", mode[m], 100.0 * eval_tally_mean(&t[m], 0));
         fprintf(out, ") over %d prompts each", prompts);
@@ -370,8 +384,9 @@ void eval_report_images(FILE *out, FILE *metrics, int64_t step, double val_loss,
         fflush(out);
     }
     if (metrics) {
-        fprintf(metrics, "{\"step\":%lld,\"val_loss\":%.9g,\"%s\":%.9g", (long long)step, val_loss,
-                sc->metric[0].key, eval_tally_mean(&t[head], 0));
+        fprintf(metrics, "{\"step\":%lld", (long long)step);
+        if (!isnan(val_loss)) fprintf(metrics, ",\"val_loss\":%.9g", val_loss);
+        fprintf(metrics, ",\"%s\":%.9g", sc->metric[0].key, eval_tally_mean(&t[head], 0));
         for (int m = 0; m < n_modes; m++)
             for (int k = 0; k < sc->n_metrics; k++)
                 fprintf(metrics, ",\"%s_%s\":%.9g", sc->metric[k].key, mode[m],

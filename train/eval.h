@@ -140,6 +140,9 @@ void eval_write_caption(FILE *f, uint64_t id, const char *ref, const char *gen, 
 void eval_write_image(FILE *f, uint64_t id, const char *mode, const char *prompt,
                       const eval_scorer *sc, const eval_score *s);
 
+// In both reports a val_loss of NAN means there was nothing to evaluate it on (a diffusion
+// validation set without images): "val_loss n/a" is printed and metrics.jsonl has no
+// "val_loss" key, rather than a perfect-looking 0.
 // A captioning evaluation: to `out` "eval step S | val_loss L | <headline> X% (<label> Y%,
 // ...) over N samples" and the examples; to `metrics` {"step":S,"val_loss":L,"<key>":v,...}.
 void eval_report_captions(FILE *out, FILE *metrics, int64_t step, double val_loss,

@@ -34,6 +34,7 @@ typedef struct {
     dit_objective obj;
     int logit_normal;        // flow: draw t logit-normally
     int max_B;
+    int warned_no_val_images;  // the one warning that val_loss cannot be evaluated
     size_t npix;             // H * W * C
     // host micro-batch scratch, max_B samples each (owned)
     mm_real *x0, *eps, *t, *audio, *out;
@@ -413,7 +414,16 @@ static void dit_fam_evaluate(trainer *t) {
         input_done(s);
         scored += n;
     }
-    double val_loss = scored ? loss_sum / (double)scored : 0.0;
+    // No image among the evaluated samples: there is no diffusion loss to report, and a 0
+    // would read as perfect. NAN makes the reports say "n/a" and leave val_loss out.
+    double val_loss = scored ? loss_sum / (double)scored : NAN;
+    if (!scored && t->rank == 0 && !s->warned_no_val_images) {
+        fprintf(stderr,
+                "warning: %s: none of the %lld validation samples evaluated has an image; the "
+                "diffusion validation loss cannot be evaluated (val_loss n/a)\n",
+                c->data.val, (long long)nval);
+        s->warned_no_val_images = 1;
+    }
 
     // conditional accuracy: generate from validation prompts with the EMA weights and score
     // each image against its prompt (eval.scorer for images: synth reads colour and shape

@@ -51,17 +51,18 @@ static int parse_args(int argc, char **argv, sample_args *a, mm_err *err) {
         }
         else if (strcmp(k, "--n") == 0 || strcmp(k, "--steps") == 0) {
             long x = strtol(v, &end, 10);
-            if (errno || *end || x < 1 || x > 4096)
+            if (errno || end == v || *end || x < 1 || x > 4096)
                 return mm_fail(err, "sample: %s '%s': expected an integer in [1, 4096]", k, v);
             if (k[2] == 'n') a->n = (int)x;
             else a->steps = (int)x;
         } else if (strcmp(k, "--guidance") == 0) {
+            // the config's range for diffusion.guidance; NaN and inf fail the comparison
             a->guidance = strtod(v, &end);
-            if (errno || *end || a->guidance < 0)
-                return mm_fail(err, "sample: --guidance '%s': expected a number >= 0", v);
+            if (errno || end == v || *end || !(a->guidance >= 0 && a->guidance <= 100))
+                return mm_fail(err, "sample: --guidance '%s': expected a number in [0, 100]", v);
         } else if (strcmp(k, "--seed") == 0) {
             a->seed = strtoull(v, &end, 10);
-            if (errno || *end || *v == '-')
+            if (errno || end == v || *end || *v == '-')
                 return mm_fail(err, "sample: --seed '%s': expected an unsigned integer", v);
         } else {
             return mm_fail(err, "sample: unknown option '%s' (see train --help)", k);
