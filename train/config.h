@@ -98,6 +98,8 @@ typedef struct {
         char resume[MM_STR];   // "auto", "none" or a checkpoint directory
         char init_from[MM_STR];// checkpoint to take weights from ("" = none)
         mm_list reinit;        // init_from: tensor-name globs that keep their fresh init
+        mm_list allow_changes;  // resume: what may differ from the checkpoint (data, seed,
+                                // batch, lr, steps); anything else is refused
     } checkpoint;
     struct {
         int tp;                // tensor-parallel size
