@@ -12,8 +12,6 @@
 #define _GNU_SOURCE  // renameat2, nftw
 #endif
 #include "ckpt.h"
-#include "h5attr.h"
-#include "../core/h5err.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,8 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
+
+#include "../core/h5err.h"
+#include "h5attr.h"
 
 #define PATH_LEN 4096
 #define MAX_DIM 4
@@ -461,7 +463,8 @@ static int write_meta(const char *dir, const ckpt_meta *meta, const char *config
         h5attr_write(f, "rng", H5T_STD_U64LE, H5T_NATIVE_UINT64, 4, meta->rng.s) ||
         h5attr_write(f, "loader_epoch", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &epoch) ||
         h5attr_write(f, "loader_offset", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &offset) ||
-        h5attr_write_str(f, "config", config_yaml ? config_yaml : "")) {
+        h5attr_write_str(f, "config", config_yaml ? config_yaml : "") ||
+        (meta->data_id[0] && h5attr_write_str(f, "data_id", meta->data_id) < 0)) {
         mm_fail(err, "%s: cannot write attributes: disk full?", path);
         goto done;
     }
@@ -639,37 +642,90 @@ void ckpt_clean_partial(const char *out_dir) {
     snprintf(ckdir, sizeof(ckdir), "%s/ckpt", out_dir);
     DIR *d = opendir(ckdir);
     if (!d) return;
-    // Collect first: deleting while readdir walks the directory may skip entries.
+    // Collect first: renaming or deleting while readdir walks the directory may skip entries.
+    enum { DROP_TMP, ASIDE, RESTORE_OLD, DROP_OLD };
     int n = 0, cap = 16;
-    char **doomed = mm_malloc(sizeof(char *) * (size_t)cap);
+    char **paths = mm_malloc(sizeof(char *) * (size_t)cap);
+    int *what = mm_malloc(sizeof(int) * (size_t)cap);
     struct dirent *e;
     while ((e = readdir(d))) {
         const char *s = e->d_name;
         size_t len = strlen(s);
         char path[PATH_LEN];
         if (path_join(path, sizeof(path), ckdir, s)) continue;
-        int partial =
-            (len > 4 && strcmp(s + len - 4, ".tmp") == 0) ||
-            (len > 4 && strcmp(s + len - 4, ".old") == 0 && strncmp(s, "step_", 5) == 0) ||
-            (parse_step_name(s, NULL) && !has_file(path, "COMMITTED"));
-        if (!partial) continue;
+        int w = -1;
+        if (len > 4 && strcmp(s + len - 4, ".tmp") == 0) {
+            w = DROP_TMP;
+        } else if (len > 4 && strcmp(s + len - 4, ".old") == 0 && strncmp(s, "step_", 5) == 0) {
+            // a fallback swap cut short: the old checkpoint is the only one of its step when
+            // the new one never got the final name
+            char final[PATH_LEN];
+            struct stat sb;
+            snprintf(final, sizeof(final), "%.*s", (int)(strlen(path) - 4), path);
+            w = has_file(path, "COMMITTED") && stat(final, &sb) != 0 ? RESTORE_OLD : DROP_OLD;
+        } else if (parse_step_name(s, NULL) && !has_file(path, "COMMITTED")) {
+            w = ASIDE;
+        }
+        if (w < 0) continue;
         if (n == cap) {
             cap *= 2;
-            char **grown = realloc(doomed, sizeof(char *) * (size_t)cap);
-            MM_CHECK(grown, "out of memory listing checkpoints");
-            doomed = grown;
+            char **grown = realloc(paths, sizeof(char *) * (size_t)cap);
+            int *grown_w = realloc(what, sizeof(int) * (size_t)cap);
+            MM_CHECK(grown && grown_w, "out of memory listing checkpoints");
+            paths = grown, what = grown_w;
         }
-        doomed[n++] = strdup(path);
-        MM_CHECK(doomed[n - 1], "out of memory");
+        paths[n] = strdup(path);
+        MM_CHECK(paths[n], "out of memory");
+        what[n++] = w;
     }
     closedir(d);
     for (int i = 0; i < n; i++) {
-        if (remove_tree(doomed[i]) != 0)
-            fprintf(stderr, "warning: %s: could not remove partial checkpoint: %s\n", doomed[i],
+        const char *p = paths[i];
+        char to[PATH_LEN + 64];
+        if (what[i] == ASIDE) {
+            snprintf(to, sizeof(to), "%s.uncommitted-%lld", p, (long long)time(NULL));
+            if (rename(p, to) == 0)
+                fprintf(stderr,
+                        "warning: %s has no COMMITTED marker (an interrupted save or a "
+                        "damaged checkpoint): moved aside to %s, not loaded, not deleted\n",
+                        p, to);
+            else
+                fprintf(stderr,
+                        "warning: %s has no COMMITTED marker and could not be moved "
+                        "aside: %s\n",
+                        p, strerror(errno));
+        } else if (what[i] == RESTORE_OLD) {
+            snprintf(to, sizeof(to), "%.*s", (int)(strlen(p) - 4), p);
+            if (rename(p, to) == 0)
+                fprintf(stderr,
+                        "warning: %s: restored to %s (a checkpoint replacement was "
+                        "interrupted)\n",
+                        p, to);
+            else
+                fprintf(stderr, "warning: %s: could not be restored to %s: %s\n", p, to,
+                        strerror(errno));
+        } else if (remove_tree(p) != 0) {
+            fprintf(stderr, "warning: %s: could not remove partial checkpoint: %s\n", p,
                     strerror(errno));
-        free(doomed[i]);
+        }
+        free(paths[i]);
     }
-    free(doomed);
+    free(paths);
+    free(what);
+}
+
+int ckpt_data_id(const char *dir, char *out, size_t out_len, mm_err *err) {
+    char path[PATH_LEN];
+    if (path_join(path, sizeof(path), dir, "index.json"))
+        return mm_fail(err, "%s: path too long", dir);
+    char *text = NULL;
+    size_t len = 0;
+    if (mm_read_file(path, &text, &len, err)) return -1;
+    uLong crc = crc32(0L, Z_NULL, 0);
+    crc = crc32(crc, (const Bytef *)text, (uInt)len);
+    free(text);
+    snprintf(out, out_len, "index-crc32:%08lx", (unsigned long)crc);
+    return 0;
 }
 
 // ckpt_find_latest for a ckpt/ directory ckdir (its `latest` file).
@@ -801,6 +857,9 @@ static int read_meta(const char *dir, ckpt_meta *meta, char **config_yaml, int *
         read_attr(f, path, "loader_offset", H5T_INTEGER, H5T_NATIVE_UINT64, 0, &offset, err) ||
         read_str_attr(f, path, "config", &config, err))
         goto done;
+    // optional (absent in checkpoints written before it existed): "" = unknown
+    char *data_id = NULL;
+    if (H5Aexists(f, "data_id") > 0 && read_str_attr(f, path, "data_id", &data_id, err)) goto done;
     if (step < 0 || world < 1 || tp < 1 || dp < 1 || (int64_t)tp * dp != world || nfiles < 1 ||
         epoch < 0) {
         mm_fail(err,
@@ -817,7 +876,9 @@ static int read_meta(const char *dir, ckpt_meta *meta, char **config_yaml, int *
         meta->pos.epoch = epoch;
         meta->pos.offset = offset;
         memcpy(meta->rng.s, rng, sizeof(rng));
+        if (data_id) snprintf(meta->data_id, sizeof(meta->data_id), "%s", data_id);
     }
+    free(data_id);
     if (rank_files) *rank_files = nfiles;
     if (config_yaml) *config_yaml = config, config = NULL;
     rc = 0;

@@ -10,9 +10,10 @@
 //   <out_dir>/ckpt/latest                text: the directory name of the newest committed one
 //
 // A checkpoint is written into step_XXXXXXXX.tmp/, fsync'd, committed, then renamed; a
-// directory without COMMITTED (or still named .tmp) is never loaded and is removed by the
-// next save. Loading reads each tensor by global offset, so a checkpoint saved at one tp
-// layout loads at another (resharding).
+// directory without COMMITTED (or still named .tmp) is never loaded: *.tmp is removed by the
+// next save, a step_XXXXXXXX without COMMITTED is moved aside (kept) as
+// step_XXXXXXXX.uncommitted-<unix time>. Loading reads each tensor by global offset, so a
+// checkpoint saved at one tp layout loads at another (resharding).
 #ifndef MM_CKPT_H
 #define MM_CKPT_H
 
@@ -33,6 +34,9 @@ typedef struct {
     data_pos pos;      // loader position of the next step
     mm_rng rng;        // the training loop's RNG state
     int world, tp, dp; // layout it was saved with
+    char data_id[64];  // the training set's identity by content ("index-crc32:XXXXXXXX", of
+                       // its index.json, which lists every shard's checksum); "" = unknown
+                       // (checkpoints written before it existed)
 } ckpt_meta;
 
 // What a rank saves or loads: its tensor table and local buffers (n_params floats each).
@@ -78,8 +82,17 @@ int ckpt_find_previous(const char *out_dir, const char *than, char *path, size_t
 // (missing, an unfinished save, a run without a committed checkpoint, not a checkpoint).
 int ckpt_resolve(const char *path, char *out, size_t out_len, mm_err *err);
 
-// Removes leftovers of interrupted saves (*.tmp directories) under <out_dir>/ckpt (rank 0).
+// Tidies <out_dir>/ckpt (rank 0): removes leftovers of interrupted saves (*.tmp), moves a
+// step_XXXXXXXX directory without COMMITTED aside to step_XXXXXXXX.uncommitted-<time>
+// (kept, never deleted: it may hold the only copy of something), and renames a committed
+// step_XXXXXXXX.old back when step_XXXXXXXX is missing (a fallback swap cut short). Says
+// what it did in one line on stderr per directory.
 void ckpt_clean_partial(const char *out_dir);
+
+// The identity by content of the dataset in dir: "index-crc32:XXXXXXXX" of its index.json
+// (which holds every shard's CRC-32 and sample count, so it changes with any shard's
+// content and not with the directory's path). -1 with err when it cannot be read.
+int ckpt_data_id(const char *dir, char *out, size_t out_len, mm_err *err);
 
 // Reads meta.h5 of a committed checkpoint; *config_yaml gets a malloc'd copy of the saved
 // config (caller frees; may pass NULL to skip).
