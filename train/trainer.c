@@ -10,20 +10,26 @@
 // samples and computes the same loss; dp ranks see disjoint parts of the global batch.
 // Only world rank 0 prints and writes metrics. What a step computes and how a run is
 // evaluated belong to the model family (family_lm.c, family_dit.c; trainer_internal.h).
-#include "train.h"
-
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "../data/data.h"
 #include "ckpt.h"
 #include "memory.h"
 #include "optim.h"
 #include "survive.h"
+#include "train.h"
 #include "trainer_internal.h"
 
 // --------------------------------------------------------------------------------------
@@ -40,8 +46,226 @@ void train_json_string(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+// --------------------------------------------------------------------------------------
+// The run directory's owner: <out_dir>/LOCK (CHECKPOINT.md, "One job per run directory").
+// Taken by rank 0 at start with O_CREAT|O_EXCL (atomic on local disks, NFSv3+ and Lustre)
+// plus flock(LOCK_EX) where the filesystem has it; the file says who holds it and its
+// mtime is refreshed every LOCK_BEAT_S by a thread. A LOCK is stale, and taken over with
+// a note, when flock shows nobody holds it AND (same host: its pid no longer runs; another
+// host: not refreshed for LOCK_STALE_S).
+
+#define LOCK_BEAT_S 30
+#define LOCK_STALE_S 300
+
+struct train_run_lock {
+    int fd;
+    dev_t dev;
+    ino_t ino;
+    char path[MM_STR + 16];
+    pthread_t beat;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop, beating;
+};
+
+static void *lock_beat(void *arg) {
+    struct train_run_lock *l = arg;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += LOCK_BEAT_S;
+        pthread_cond_timedwait(&l->cv, &l->mu, &until);
+        if (!l->stop) futimens(l->fd, NULL);  // mtime = now: "still running"
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+static void run_unlock(struct train_run_lock *l) {
+    if (!l) return;
+    if (l->beating) {
+        pthread_mutex_lock(&l->mu);
+        l->stop = 1;
+        pthread_cond_signal(&l->cv);
+        pthread_mutex_unlock(&l->mu);
+        pthread_join(l->beat, NULL);
+    }
+    struct stat sb;
+    // only our own file: never one another job created after taking over
+    if (stat(l->path, &sb) == 0 && sb.st_dev == l->dev && sb.st_ino == l->ino) unlink(l->path);
+    close(l->fd);
+    free(l);
+}
+
+// The holder as the file says: "host H pid P started T (date)"; 0 when it does not parse.
+static int lock_holder(int fd, char *host, size_t host_len, long *pid, long long *started,
+                       char *text, size_t text_len) {
+    ssize_t n = pread(fd, text, text_len - 1, 0);
+    text[n > 0 ? n : 0] = '\0';
+    char *nl = strchr(text, '\n');
+    if (nl) *nl = '\0';
+    char h[256];
+    if (sscanf(text, "host %255s pid %ld started %lld", h, pid, started) != 3) return 0;
+    snprintf(host, host_len, "%s", h);
+    return 1;
+}
+
+static int run_lock(trainer *t, mm_err *err) {
+    struct train_run_lock *l = mm_malloc(sizeof(*l));
+    memset(l, 0, sizeof(*l));
+    l->fd = -1;
+    snprintf(l->path, sizeof(l->path), "%s/LOCK", t->cfg->run.out_dir);
+    char me[256] = "?";
+    gethostname(me, sizeof(me) - 1);
+    int stale_fd = -1;  // a stale LOCK we hold flock'd while replacing it
+    for (int attempt = 0; attempt < 4 && l->fd < 0; attempt++) {
+        int fd = open(l->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            (void)flock(fd, LOCK_EX | LOCK_NB);  // a new inode: nobody else can hold it
+            char text[512];
+            time_t now = time(NULL);
+            char when[64];
+            strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", localtime(&now));
+            int n = snprintf(text, sizeof(text), "host %s pid %ld started %lld (%s)\n", me,
+                             (long)getpid(), (long long)now, when);
+            struct stat sb;
+            if (write(fd, text, (size_t)n) != n || fsync(fd) != 0 || fstat(fd, &sb) != 0) {
+                int e = errno;
+                unlink(l->path);
+                close(fd);
+                free(l);
+                if (stale_fd >= 0) close(stale_fd);
+                return mm_fail(err, "%s: cannot write the run lock: %s", l->path, strerror(e));
+            }
+            l->fd = fd, l->dev = sb.st_dev, l->ino = sb.st_ino;
+            break;
+        }
+        if (errno != EEXIST) {
+            int e = errno;
+            free(l);
+            if (stale_fd >= 0) close(stale_fd);
+            return mm_fail(err,
+                           "%s: cannot create the run lock: %s (run.out_dir must be "
+                           "writable)",
+                           t->cfg->run.out_dir, strerror(e));
+        }
+        fd = open(l->path, O_RDWR | O_CLOEXEC);
+        if (fd < 0) continue;  // removed meanwhile (its job ended): try again
+        int held = flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+        struct stat fsb, psb;
+        if (fstat(fd, &fsb) != 0 || stat(l->path, &psb) != 0 || fsb.st_ino != psb.st_ino ||
+            fsb.st_dev != psb.st_dev) {
+            close(fd);  // replaced meanwhile: look again
+            continue;
+        }
+        char host[256] = "?", text[512];
+        long pid = 0;
+        long long started = 0;
+        int parsed = lock_holder(fd, host, sizeof(host), &pid, &started, text, sizeof(text));
+        double age = difftime(time(NULL), fsb.st_mtime);
+        const char *why = NULL;
+        char whybuf[160];
+        if (!held) {
+            if (!parsed && age > 60) {
+                why = "it names no holder (a job that died while writing it)";
+            } else if (parsed && strcmp(host, me) == 0 && kill((pid_t)pid, 0) != 0 &&
+                       errno == ESRCH) {
+                snprintf(whybuf, sizeof(whybuf), "process %ld no longer runs on %s", pid, host);
+                why = whybuf;
+            } else if (parsed && strcmp(host, me) != 0 && age > LOCK_STALE_S) {
+                snprintf(whybuf, sizeof(whybuf),
+                         "not refreshed for %.0f s (a live job "
+                         "refreshes it every %d s)",
+                         age, LOCK_BEAT_S);
+                why = whybuf;
+            }
+        }
+        if (!why) {
+            close(fd);
+            free(l);
+            if (stale_fd >= 0) close(stale_fd);
+            return mm_fail(err,
+                           "%s: run directory in use by another job (%s); a second job would "
+                           "train the same steps into it; wait for it, use another run.out_dir, "
+                           "or remove LOCK if that job is surely gone",
+                           l->path, parsed ? text : "holder unknown");
+        }
+        if (t->rank == 0)
+            printf("note: %s: taking over a stale run lock (%s): %s\n", l->path,
+                   parsed ? text : "no holder", why);
+        // keep the stale inode flock'd while replacing it, so that a concurrent job sees it
+        // held rather than deciding it is stale too
+        if (stale_fd >= 0) close(stale_fd);
+        stale_fd = fd;
+        unlink(l->path);
+    }
+    if (stale_fd >= 0) close(stale_fd);
+    if (l->fd < 0) {
+        free(l);
+        return mm_fail(err, "%s: could not take the run lock (other jobs keep changing it)",
+                       t->cfg->run.out_dir);
+    }
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv, NULL);
+    l->beating = pthread_create(&l->beat, NULL, lock_beat, l) == 0;
+    t->lock = l;
+    return 0;
+}
+
+// Rank 0 at start, before anything is read or written: the run directory exists, this job
+// owns it, and it and ckpt/ take files (an unwritable directory found now, not at the first
+// checkpoint after hours of training).
+static int claim_run_dir(trainer *t, mm_err *err) {
+    const char *out = t->cfg->run.out_dir;
+    if (mm_mkdirs(out, err) != 0) return -1;
+    if (run_lock(t, err) != 0) return -1;
+    char dir[MM_STR + 16], probe[MM_STR + 64];
+    snprintf(dir, sizeof(dir), "%s/ckpt", out);
+    if (mm_mkdirs(dir, err) != 0) return -1;
+    const char *dirs[2] = {out, dir};
+    for (int i = 0; i < 2; i++) {
+        snprintf(probe, sizeof(probe), "%s/.write-probe-%ld", dirs[i], (long)getpid());
+        int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        int e = errno;
+        if (fd >= 0) {
+            int ok = write(fd, "x", 1) == 1;
+            e = errno;
+            ok = close(fd) == 0 && ok;
+            unlink(probe);
+            if (ok) continue;
+        }
+        return mm_fail(err, "%s: not writable: %s (found at start, before training)", dirs[i],
+                       strerror(e));
+    }
+    return 0;
+}
+
+// metrics.jsonl: every line flushed and checked, so that a full disk stops the run here
+// (exit 1, naming the file) instead of dropping lines and exiting 0.
+static void metrics_check(trainer *t, int rc) {
+    if (!t->metrics) return;
+    int e = errno;
+    if (rc >= 0) {
+        rc = fflush(t->metrics) == 0 && !ferror(t->metrics) ? 0 : -1;
+        e = errno;
+    }
+    if (rc >= 0) return;
+    char msg[MM_ERR_LEN];
+    snprintf(msg, sizeof(msg), "%s: cannot write: %s%s", t->metrics_path,
+             e ? strerror(e) : "write error",
+             e == ENOSPC || e == EDQUOT ? " (disk full: the run stops; the last committed "
+                                          "checkpoint is intact)"
+                                        : "");
+    train_die(t, msg);
+}
+
 void train_die(trainer *t, const char *msg) {
     char line[MM_ERR_LEN + 16];
+    if (t->lock) {  // the process ends now: free the run directory for the next job
+        run_unlock(t->lock);
+        t->lock = NULL;
+    }
     snprintf(line, sizeof(line), "error: %s", msg);
     comm_abort(t->world, 1, line);
 }
@@ -72,13 +296,15 @@ static void fmt_eta(char *buf, size_t n, double s) {
 
 static void save_checkpoint(trainer *t) {
     const mm_config *c = t->cfg;
-    if (t->metrics) fflush(t->metrics);  // a kill after the commit must not lose its lines
+    metrics_check(t, 0);  // a kill after the commit must not lose its lines; a full disk
+                          // stops the run before a checkpoint newer than the metrics
     ckpt_meta meta = {.step = t->step,
                       .pos = data_loader_pos(t->loader),
                       .rng = t->rng,
                       .world = t->world_size,
                       .tp = c->parallel.tp,
                       .dp = t->lay.dp_size};
+    snprintf(meta.data_id, sizeof(meta.data_id), "%s", t->data_id);
     float *mom1, *mom2;
     int owned;
     gsync_full_state(&t->sync, &mom1, &mom2, &owned);
@@ -114,10 +340,17 @@ static int check_same_arch(const mm_config *now, const mm_config *saved, const c
     if (now->field != saved->field)                                                         \
         return mm_fail(err, "%s: checkpoint has " #field " = %lld, the config says %lld", dir, \
                        (long long)saved->field, (long long)now->field);
-    SAME(model.d_model) SAME(model.n_layers) SAME(model.n_heads) SAME(model.d_ff)
-    SAME(model.patch) SAME(model.audio_group) SAME(data.n_mels) SAME(data.n_fft) SAME(data.hop)
+    SAME(model.d_model)
+    SAME(model.n_layers) SAME(model.n_heads) SAME(model.patch) SAME(model.audio_group)
+        SAME(data.n_mels) SAME(data.n_fft) SAME(data.hop)
 #undef SAME
-    // the data's shapes (saved resolved since they became config keys; 0 in older checkpoints)
+        // resolved: 0 means 4 * d_model
+        long long ff_now = now->model.d_ff ? now->model.d_ff : 4LL * now->model.d_model;
+    long long ff_saved = saved->model.d_ff ? saved->model.d_ff : 4LL * saved->model.d_model;
+    if (ff_now != ff_saved)
+        return mm_fail(err, "%s: checkpoint has model.d_ff = %lld, the config says %lld", dir,
+                       ff_saved, ff_now);
+        // the data's shapes (saved resolved since they became config keys; 0 in older checkpoints)
 #define SAME_DATA(field)                                                                     \
     if (saved->field && now->field != saved->field)                                         \
         return mm_fail(err, "%s: checkpoint was trained with " #field " = %lld, the data gives " \
@@ -131,6 +364,65 @@ static int check_same_arch(const mm_config *now, const mm_config *saved, const c
     return 0;
 }
 
+// What exact resume depends on besides the architecture (CHECKPOINT.md, "Resuming exactly"):
+// the data by content, the seed, the global batch and the learning-rate schedule. A change is
+// refused with one line naming the key, unless checkpoint.allow_changes names its group; an
+// allowed change is logged (rank 0, verbose). A checkpoint without a data identity (written
+// before it was recorded) is said to be unchecked.
+static int allowed(const mm_config *c, const char *group) {
+    for (int i = 0; i < c->checkpoint.allow_changes.n; i++)
+        if (strcmp(c->checkpoint.allow_changes.item[i], group) == 0) return 1;
+    return 0;
+}
+
+static int check_exact(const trainer *t, const mm_config *saved, const ckpt_meta *meta,
+                       const char *dir, int verbose, mm_err *err) {
+    const mm_config *now = t->cfg;
+    struct {
+        const char *key, *group;
+        int differs;
+        char was[96], is[96];
+    } k[8];
+    int n = 0;
+#define NUM(name, grp, field, fmt, type)                                          \
+    k[n].key = name, k[n].group = grp, k[n].differs = now->field != saved->field; \
+    snprintf(k[n].was, sizeof(k[n].was), fmt, (type)saved->field);                \
+    snprintf(k[n].is, sizeof(k[n].is), fmt, (type)now->field), n++;
+    NUM("run.seed", "seed", run.seed, "%llu", unsigned long long)
+    NUM("data.global_batch", "batch", data.global_batch, "%lld", long long)
+    NUM("optim.lr", "lr", optim.lr, "%.17g", double)
+    NUM("optim.min_lr", "lr", optim.min_lr, "%.17g", double)
+    NUM("optim.warmup", "lr", optim.warmup, "%lld", long long)
+    NUM("run.steps", "steps", run.steps, "%lld", long long)
+#undef NUM
+    int data_known = meta->data_id[0] != 0;
+    k[n].key = "data.train", k[n].group = "data";
+    k[n].differs = data_known && strcmp(meta->data_id, t->data_id) != 0;
+    snprintf(k[n].was, sizeof(k[n].was), "%.40s (%.50s)", meta->data_id, saved->data.train);
+    snprintf(k[n].is, sizeof(k[n].is), "%.40s (%.50s)", t->data_id, now->data.train);
+    n++;
+    for (int i = 0; i < n; i++) {
+        if (!k[i].differs) continue;
+        if (!allowed(now, k[i].group))
+            return mm_fail(err,
+                           "%s: resume would change %s from %s to %s, so it would not continue "
+                           "the same run exactly (put %s in checkpoint.allow_changes to accept "
+                           "it, or use another run.out_dir)",
+                           dir, k[i].key, k[i].was, k[i].is, k[i].group);
+        if (verbose)
+            printf(
+                "note: resume changes %s from %s to %s (allowed by "
+                "checkpoint.allow_changes: %s)\n",
+                k[i].key, k[i].was, k[i].is, k[i].group);
+    }
+    if (verbose && !data_known)
+        printf(
+            "note: %s records no dataset identity (saved by an older version): the training "
+            "data could not be checked against it\n",
+            dir);
+    return 0;
+}
+
 // Resolves checkpoint.resume: fills *found = 1 and dir when there is something to resume.
 static int resume_target(const trainer *t, char *dir, size_t n, int *found, mm_err *err) {
     const char *r = t->cfg->checkpoint.resume;
@@ -139,6 +431,16 @@ static int resume_target(const trainer *t, char *dir, size_t n, int *found, mm_e
     if (strcmp(r, "auto") == 0) {
         int rc = ckpt_find_latest(t->cfg->run.out_dir, dir, n, err);
         if (rc < 0) return -1;
+        if (rc == 0 && ckpt_find_previous(t->cfg->run.out_dir, NULL, dir, n) == 1) {
+            // committed checkpoints but no `latest` (deleted, or lost with a crash): never
+            // start over on top of them
+            if (t->rank == 0)
+                fprintf(stderr,
+                        "warning: %s/ckpt/latest is missing but committed checkpoints "
+                        "exist; resuming from the newest committed one, %s\n",
+                        t->cfg->run.out_dir, dir);
+            rc = 1;
+        }
         *found = rc;
         return 0;
     }
@@ -172,7 +474,9 @@ static int load_checkpoint(trainer *t, data_pos *pos, mm_err *err) {
             mm_config saved;
             int rc = ckpt_read_config(dir, &meta, &saved, NULL, err);
             int64_t other_arch =
-                rc == -2 || (rc == 0 && check_same_arch(t->cfg, &saved, dir, err) != 0);
+                rc == -2 ||
+                (rc == 0 && (check_same_arch(t->cfg, &saved, dir, err) != 0 ||
+                             check_exact(t, &saved, &meta, dir, t->rank == 0, err) != 0));
             if (rc == 0 && !other_arch) {
                 // the moments are loaded full-size and this rank keeps its part (ZeRO shards)
                 st.m = mm_alloc_aligned(st.n_params * sizeof(float));
@@ -225,6 +529,8 @@ static void trainer_free(trainer *t) {
     if (t->trace) fclose(t->trace);
     free(t->config_yaml);
     if (t->metrics) fclose(t->metrics);
+    run_unlock(t->lock);
+    t->lock = NULL;
 }
 
 // All ranks agree on success: when any rank failed, every rank returns -1 with the message
@@ -315,6 +621,7 @@ static int init_model(trainer *t, mm_err *err) {
     if (data_dataset_open(&probe, c->data.train, 0, err) != 0) return -1;
     t->schema = *data_dataset_schema(probe);
     data_dataset_close(probe);
+    if (ckpt_data_id(c->data.train, t->data_id, sizeof(t->data_id), err) != 0) return -1;
     if (resolve_schema(&t->cfg_own, &t->schema, err) != 0) return -1;
     t->config_yaml = mm_config_to_yaml(c);
     if (data_audio_frames(&t->schema, &t->audio) < c->model.audio_group)
@@ -395,6 +702,7 @@ static int init_state(trainer *t, mm_err *err) {
             return -1;
         snprintf(path, sizeof(path), "%s/metrics.jsonl", c->run.out_dir);
         if (train_log_truncate(path, t->step, "\"step\":", err) != 0) return -1;
+        snprintf(t->metrics_path, sizeof(t->metrics_path), "%s", path);
         t->metrics = fopen(path, "a");
         if (!t->metrics) return mm_fail(err, "%s: cannot write: %s", path, strerror(errno));
         printf("--- resolved config (saved to %s/config.yaml) ---\n%s---\n", c->run.out_dir,
@@ -424,6 +732,8 @@ static int trainer_init(trainer *t, const mm_config *c, comm_group *world, mm_er
     comm_set_timeout(world, c->run.collective_timeout);  // the groups below inherit it
     // the layout is collective and fails alike on every rank
     if (comm_layout_init(&t->lay, world, c->parallel.tp, err) != 0) return -1;
+    // one job per run directory, and a writable one, before anything is read or written
+    if (agree(world, t->rank == 0 ? claim_run_dir(t, err) : 0, err) != 0) return -1;
     if (agree(world, init_model(t, err), err) != 0) return -1;
     if (agree(world, init_state(t, err), err) != 0) return -1;
     gsync_upload_params(&t->sync);  // the checkpoint's / init_from's weights (if any)
@@ -499,13 +809,16 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
 
         if (t.rank == 0 && skip) {
             train_guard_log(&guard, t.metrics, done, loss, gnorm, lr);
+            metrics_check(&t, 0);
         } else if (t.rank == 0) {
             double tps = tokens_per_step / dt;
-            fprintf(t.metrics,
-                    "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
-                    "\"tokens_per_s\":%.9g,\"data_wait\":%.9g,\"comm_exposed\":%.9g,"
-                    "\"step_time\":%.9g}\n",
-                    (long long)done, loss, lr, gnorm, tps, wait / dt, t.sync.exposed / dt, dt);
+            int wrc =
+                fprintf(t.metrics,
+                        "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
+                        "\"tokens_per_s\":%.9g,\"data_wait\":%.9g,\"comm_exposed\":%.9g,"
+                        "\"step_time\":%.9g}\n",
+                        (long long)done, loss, lr, gnorm, tps, wait / dt, t.sync.exposed / dt, dt);
+            metrics_check(&t, wrc);
             if (done == first + 1 && !t.be->caps.host_memory) {
                 // every device buffer exists by now (scratch grows to its largest at the
                 // first step and is kept): what the estimate must cover
@@ -534,8 +847,10 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
         int sig = train_signals_agree(t.world);
         if (sig) stop = 1;
         int last = done == c->run.steps;
-        if (t.val && ((c->eval.every > 0 && done % c->eval.every == 0) || last))
+        if (t.val && ((c->eval.every > 0 && done % c->eval.every == 0) || last)) {
             t.fam->evaluate(&t);
+            if (t.rank == 0) metrics_check(&t, 0);  // its val line
+        }
         if ((c->checkpoint.every > 0 && done % c->checkpoint.every == 0) || last || stop)
             save_checkpoint(&t);
         if (stop && !last) {
@@ -546,6 +861,20 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
             else if (t.rank == 0)
                 printf("stopping after step %lld (run.stop_after)\n", (long long)done);
             break;
+        }
+    }
+    if (t.rank == 0) metrics_check(&t, 0);  // the skip lines too (survive.c)
+    if (t.metrics) {
+        int rc = fclose(t.metrics);
+        t.metrics = NULL;
+        if (rc != 0) {
+            int e = errno;
+            mm_fail(err, "%s: cannot write: %s%s", t.metrics_path, strerror(e),
+                    e == ENOSPC ? " (disk full)" : "");
+            trainer_free(&t);
+            train_guard_free(&guard);
+            train_signals_restore(&sigs);
+            return -1;
         }
     }
     if (t.rank == 0 && t.step == first)

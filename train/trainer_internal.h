@@ -77,6 +77,9 @@ struct trainer {
     mm_rng rng;                 // training RNG (checkpointed)
     char *config_yaml;          // resolved config text, owned
     FILE *metrics;              // rank 0 only, owned
+    char metrics_path[MM_STR + 32];
+    char data_id[64];             // the training set's identity by content (ckpt_data_id)
+    struct train_run_lock *lock;  // rank 0: the run directory's LOCK, owned (trainer.c)
 };
 
 // finetune.c. Loads checkpoint.init_from's weights into t->net (and t->ema) as that file's
