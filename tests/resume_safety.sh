@@ -144,7 +144,7 @@ fi
 cfg "$tmp/long.yaml" "$tmp/shared"
 "$B/train" "$tmp/long.yaml" run.steps=1000000 checkpoint.every=0 >"$tmp/bg.out" 2>&1 &
 p1=$!; bg+=("$p1")
-for _ in $(seq 100); do [ "$(steps_in "$tmp/shared")" -gt 0 ] && break; sleep 0.1; done
+for _ in $(seq 600); do [ "$(steps_in "$tmp/shared")" -gt 0 ] && break; sleep 0.1; done
 ok "first job holds LOCK naming its pid" 'grep -q "pid $p1 " "$tmp/shared/LOCK"'
 expect_refusal "second job on the same out_dir" "shared/LOCK: run directory in use by another job \(host .* pid $p1 " \
     "$tmp/long.yaml" run.steps=1000000 checkpoint.every=0
@@ -157,7 +157,7 @@ ok "third job released LOCK" '[ ! -e "$tmp/shared/LOCK" ]'
 # a preemption (SIGTERM) stops with a checkpoint and releases LOCK
 "$B/train" "$tmp/long.yaml" run.steps=1000000 checkpoint.every=0 >"$tmp/bg.out" 2>&1 &
 p2=$!; bg+=("$p2")
-for _ in $(seq 100); do [ "$(steps_in "$tmp/shared")" -gt 3 ] && break; sleep 0.1; done
+for _ in $(seq 600); do [ "$(steps_in "$tmp/shared")" -gt 3 ] && break; sleep 0.1; done
 kill -TERM "$p2"; wait "$p2"; rc=$?
 ok "SIGTERM: exit 0 with a checkpoint (rc $rc)" '[ $rc -eq 0 ] && grep -q "checkpoint step" "$tmp/bg.out"'
 ok "SIGTERM: LOCK released" '[ ! -e "$tmp/shared/LOCK" ]'
