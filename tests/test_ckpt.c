@@ -198,15 +198,22 @@ static int exists(const char *dir, const char *name) {
     return stat(p, &sb) == 0;
 }
 
-static int count_entries(const char *dir) {
+// Entries of dir whose name starts with prefix ("" for all).
+static int count_prefixed(const char *dir, const char *prefix) {
     DIR *d = opendir(dir);
     if (!d) return -1;
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) n++;
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+            strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+            n++;
     closedir(d);
     return n;
+}
+
+static int count_entries(const char *dir) {
+    return count_prefixed(dir, "");
 }
 
 static ckpt_meta meta_for(int64_t step, int world, int tp) {
@@ -388,10 +395,14 @@ static void test_keep_and_partial(test_counts *tc, comm_group *world, const char
     run(cmd);
     meta = meta_for(6, 1, 1);
     TEST_CHECK(tc, ckpt_save(world, out, &meta, "", &st, 1, 3, &err) == 0, "%s", err.msg);
+    // steps without COMMITTED are moved aside, kept (step_N.uncommitted-<time>), not deleted
     TEST_CHECK(tc,
                !exists(ck, "step_00000010.tmp") && !exists(ck, "step_00000011") &&
-                   !exists(ck, "step_00000003") && count_entries(ck) == 4,
-               "save cleans partial and prunes");
+                   !exists(ck, "step_00000003") &&
+                   count_prefixed(ck, "step_00000011.uncommitted-") == 1 &&
+                   count_prefixed(ck, "step_00000008.uncommitted-") == 1 && count_entries(ck) == 6,
+               "save cleans partial, moves uncommitted steps aside and prunes (%d entries)",
+               count_entries(ck));
     layout_free(&l);
 }
 

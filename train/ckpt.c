@@ -381,7 +381,9 @@ static int write_tensor(hid_t grp, const char *path, const char *group, const mo
         h5attr_write(dset, "split_dim", H5T_STD_I32LE, H5T_NATIVE_INT32, 0, &split) ||
         h5attr_write(dset, "start", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &start) ||
         h5attr_write(dset, "crc32", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &crc)) {
-        mm_fail(err, "%s: cannot write tensor '%s' (/%s): disk full?", path, t->name, group);
+        char why[MM_H5_WHY_LEN];
+        mm_fail(err, "%s: cannot write tensor '%s' (/%s): %s", path, t->name, group,
+                mm_h5_why(why));
         goto done;
     }
     rc = 0;
@@ -401,7 +403,8 @@ int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, 
     hid_t file = create_file(path), grp = -1;
     int rc = -1;
     if (file < 0) {
-        mm_fail(err, "%s: cannot create file (directory missing or not writable?)", path);
+        char why[MM_H5_WHY_LEN];
+        mm_fail(err, "%s: cannot create file: %s", path, mm_h5_why(why));
         goto done;
     }
     int32_t rank = world_rank;
@@ -425,16 +428,15 @@ int ckpt_write_rank_file(const char *dir, int world_rank, const ckpt_state *st, 
         H5Gclose(grp);
         grp = -1;
     }
-    herr_t closed = H5Fclose(file);
-    file = -1;
-    if (closed < 0) {
-        mm_fail(err, "%s: closing (flushing) the file failed: disk full?", path);
+    if (mm_h5_fclose(&file) < 0) {
+        char why[MM_H5_WHY_LEN];
+        mm_fail(err, "%s: closing (flushing) the file failed: %s", path, mm_h5_why(why));
         goto done;
     }
     rc = fsync_path(path, 0, err);
 done:
     if (grp >= 0) H5Gclose(grp);
-    if (file >= 0) H5Fclose(file);
+    mm_h5_fclose(&file);
     mm_h5_quiet_end(&q);
     return rc;
 }
@@ -449,7 +451,8 @@ static int write_meta(const char *dir, const ckpt_meta *meta, const char *config
     hid_t f = create_file(path);
     int rc = -1;
     if (f < 0) {
-        mm_fail(err, "%s: cannot create file", path);
+        char why[MM_H5_WHY_LEN];
+        mm_fail(err, "%s: cannot create file: %s", path, mm_h5_why(why));
         goto done;
     }
     int32_t world = meta->world, tp = meta->tp, dp = meta->dp, nfiles = rank_files;
@@ -465,18 +468,18 @@ static int write_meta(const char *dir, const ckpt_meta *meta, const char *config
         h5attr_write(f, "loader_offset", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &offset) ||
         h5attr_write_str(f, "config", config_yaml ? config_yaml : "") ||
         (meta->data_id[0] && h5attr_write_str(f, "data_id", meta->data_id) < 0)) {
-        mm_fail(err, "%s: cannot write attributes: disk full?", path);
+        char why[MM_H5_WHY_LEN];
+        mm_fail(err, "%s: cannot write attributes: %s", path, mm_h5_why(why));
         goto done;
     }
-    herr_t closed = H5Fclose(f);
-    f = -1;
-    if (closed < 0) {
-        mm_fail(err, "%s: closing (flushing) the file failed: disk full?", path);
+    if (mm_h5_fclose(&f) < 0) {
+        char why[MM_H5_WHY_LEN];
+        mm_fail(err, "%s: closing (flushing) the file failed: %s", path, mm_h5_why(why));
         goto done;
     }
     rc = fsync_path(path, 0, err);
 done:
-    if (f >= 0) H5Fclose(f);
+    mm_h5_fclose(&f);
     mm_h5_quiet_end(&q);
     return rc;
 }
@@ -884,7 +887,7 @@ static int read_meta(const char *dir, ckpt_meta *meta, char **config_yaml, int *
     rc = 0;
 done:
     free(config);
-    if (f >= 0) H5Fclose(f);
+    mm_h5_fclose(&f);
     mm_h5_quiet_end(&q);
     return rc;
 }
@@ -959,8 +962,7 @@ static int list_rank_files(const char *dir, rank_file **out, mm_err *err) {
 }
 
 static void close_rank_files(rank_file *files, int n) {
-    for (int i = 0; i < n; i++)
-        if (files[i].file >= 0) H5Fclose(files[i].file);
+    for (int i = 0; i < n; i++) mm_h5_fclose(&files[i].file);
     free(files);
 }
 
@@ -974,7 +976,7 @@ static int open_rank_file(rank_file *rf, const char *tensor, mm_err *err) {
                        rf->path, tensor);
     mm_err why;
     if (check_format(f, rf->path, &why)) {
-        H5Fclose(f);
+        mm_h5_fclose(&f);
         return mm_fail(err, "%s (while loading tensor '%s')", why.msg, tensor);
     }
     rf->file = f;

@@ -33,20 +33,6 @@
 #include "trainer_internal.h"
 
 // --------------------------------------------------------------------------------------
-// small helpers
-
-void train_json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p == '\n') fputs("\\n", f);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
-// --------------------------------------------------------------------------------------
 // The run directory's owner: <out_dir>/LOCK (CHECKPOINT.md, "One job per run directory").
 // Taken by rank 0 at start with O_CREAT|O_EXCL (atomic on local disks, NFSv3+ and Lustre)
 // plus flock(LOCK_EX) where the filesystem has it; the file says who holds it and its

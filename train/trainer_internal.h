@@ -90,8 +90,6 @@ int train_init_from(trainer *t, mm_err *err);
 // group has no tensor in this model kind.
 int train_apply_groups(trainer *t, mm_err *err);
 
-// Writes s as a JSON string literal.
-void train_json_string(FILE *f, const char *s);
 // Opens <out_dir>/<sub>/step_XXXXXXXX.<ext> for writing on rank 0 (creating <sub>); ends
 // the job with a message when it cannot.
 FILE *train_open_output(trainer *t, const char *sub, const char *ext, char *path, size_t n);
