@@ -4,6 +4,8 @@
 #   1. SIGTERM to a single-process run (no mpirun);
 #   2. SIGUSR1 to mpirun with 2 ranks (Open MPI forwards it to every rank);
 #   3. a second signal ends the run at once, without a checkpoint (exit 128 + signal).
+#   4-6. launch/slurm.sbatch outside Slurm: SIGUSR1 stops and requeues, a job-wide SIGTERM
+#      stops with a checkpoint, a too-short time limit is refused.
 # "Bit for bit": the resumed run, stopped a few steps later with run.stop_after, has the same
 # parameters, AdamW moments and per-step losses as a run that was never stopped
 # (build/tests/test_survive --same compares checkpoints).
@@ -98,22 +100,73 @@ wait $pid; rc=$?
 ok "second signal: exits at once with 128+signal (got $rc)" '[ $rc -eq 143 ] || [ $rc -eq 130 ]'
 ok "second signal: says so" 'grep -q "second stop signal: exiting now" "$tmp/s.out"'
 ok "second signal: no checkpoint written" '[ ! -e "$tmp/s/ckpt/latest" ]'
-# 4. launch/slurm.sbatch outside Slurm: SIGUSR1 to the batch script (what --signal=B:USR1
-# sends) reaches the ranks through mpirun, they stop with a checkpoint, and the script
-# requeues the job (scontrol replaced by a stub that records its arguments)
-mkdir -p "$tmp/bin"
-printf '#!/bin/sh\necho "$@" >"%s/requeued"\n' "$tmp" >"$tmp/bin/scontrol"; chmod +x "$tmp/bin/scontrol"
-here=$(pwd); cd "$tmp" && ln -sfn "$(cd "$here" && cd "$(dirname "$B")" && pwd)/$(basename "$B")" build
-PATH="$tmp/bin:$PATH" SLURM_NTASKS=2 SLURM_JOB_ID=4242 SLURM_SUBMIT_DIR="$tmp" \
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
-    timeout 120 bash "$here/launch/slurm.sbatch" "$tmp/c.yaml" run.out_dir="$tmp/sb" >"$tmp/sb.out" 2>&1 &
-pid=$!
-cd "$here"
-wait_steps "$tmp/sb/metrics.jsonl" 20 $pid; ok "sbatch: run made progress" '[ $? -eq 0 ]'
+# 4-6. launch/slurm.sbatch outside Slurm (tests/slurm.sh runs it under a real one): fake
+# SLURM_* variables, scontrol and squeue replaced by stubs (requeue is recorded; `show job`
+# names the script as submitted; squeue answers STUB_LIMIT / STUB_STATE), launcher mpirun.
+# The script runs as sbatch runs it: a copy in a spool folder, from another folder.
+mkdir -p "$tmp/bin" "$tmp/spool" "$tmp/elsewhere"
+here=$(pwd)
+{
+    echo '#!/bin/sh'
+    echo 'case "$1" in'
+    echo "requeue) echo \"\$@\" >>'$tmp/requeued' ;;"
+    echo "show) printf '   Command=%s\\n   WorkDir=%s\\n' '$here/launch/slurm.sbatch' '$tmp/elsewhere' ;;"
+    echo 'esac'
+} >"$tmp/bin/scontrol"
+{
+    echo '#!/bin/sh'
+    echo 'case "$*" in'
+    echo '*%l*) echo "${STUB_LIMIT:-1-00:00:00}" ;;'
+    echo '*%T*) echo "${STUB_STATE:-RUNNING}" ;;'
+    echo 'esac'
+} >"$tmp/bin/squeue"
+chmod +x "$tmp/bin/scontrol" "$tmp/bin/squeue"
+cp launch/slurm.sbatch "$tmp/spool/slurm_script"
+# sbatch_bg NAME [VAR=VALUE...]: the spooled script in the background, its pid in $pid
+sbatch_bg() {
+    local name=$1; shift
+    (cd "$tmp/elsewhere" && exec env PATH="$tmp/bin:$PATH" SLURM_NTASKS=2 SLURM_JOB_ID=4242 \
+        SLURM_SUBMIT_DIR="$tmp/elsewhere" LAUNCHER=mpirun TRAIN= MMTRAIN_ROOT= MMTRAIN_MIN_RUN=0 \
+        OMPI_MCA_rmaps_base_oversubscribe=1 "$@" \
+        timeout 120 bash "$tmp/spool/slurm_script" "$tmp/c.yaml" run.out_dir="$tmp/$name") \
+        >"$tmp/$name.out" 2>&1 &
+    pid=$!
+}
+# descendants of a process
+tree() { local c; for c in $(pgrep -P "$1"); do echo "$c"; tree "$c"; done; }
+# 4. SIGUSR1 to the batch script (what --signal=B:USR1 and scancel -b -s USR1 send) reaches
+# the ranks through mpirun once; they stop with a checkpoint and the script requeues the job
+sbatch_bg sb
+wait_steps "$tmp/sb/metrics.jsonl" 20 $pid; ok "sbatch usr1: run made progress" '[ $? -eq 0 ]'
 sb=$(pgrep -P $pid bash || echo $pid)
 kill -USR1 $sb; wait $pid; rc=$?
-ok "sbatch: script exits 0 (rc $rc): $(tail -n 3 "$tmp/sb.out")" '[ $rc -eq 0 ]'
-ok "sbatch: the ranks stopped with a checkpoint" 'grep -q "SIGUSR1 received: stopped after step" "$tmp/sb.out" && [ -f "$tmp/sb/ckpt/$(cat "$tmp/sb/ckpt/latest")/COMMITTED" ]'
-ok "sbatch: requeued" 'grep -q "requeue 4242" "$tmp/requeued"'
+ok "sbatch usr1: script exits 0 (rc $rc): $(tail -n 3 "$tmp/sb.out")" '[ $rc -eq 0 ]'
+ok "sbatch usr1: repository found from the spooled copy" 'grep -q "mpirun .*$here/build/train" "$tmp/sb.out"'
+if [ "$(id -u)" -eq 0 ]; then
+    ok "sbatch usr1: as root, mpirun gets --allow-run-as-root" 'grep -q "mpirun .*--allow-run-as-root" "$tmp/sb.out"'
+fi
+ok "sbatch usr1: the ranks stopped with a checkpoint, once" \
+   '[ "$(grep -c "SIGUSR1 received: stopped after step" "$tmp/sb.out")" -eq 1 ] && [ -f "$tmp/sb/ckpt/$(cat "$tmp/sb/ckpt/latest")/COMMITTED" ]'
+ok "sbatch usr1: requeued" 'grep -q "requeue 4242" "$tmp/requeued"'
+# 5. the job ending (scancel, time limit): Slurm sends SIGTERM to every process of the job at
+# once (the script, mpirun, each rank); mpirun must not kill the ranks, which stop with a
+# checkpoint and exit 0; the script passes nothing on and does not requeue
+rm -f "$tmp/requeued"
+sbatch_bg st STUB_STATE=CANCELLED
+wait_steps "$tmp/st/metrics.jsonl" 20 $pid; ok "sbatch term: run made progress" '[ $? -eq 0 ]'
+sb=$(pgrep -P $pid bash || echo $pid)
+# shellcheck disable=SC2046  # a list of pids
+kill -TERM $sb $(tree $sb); wait $pid; rc=$?
+ok "sbatch term: script exits 0 (rc $rc): $(tail -n 3 "$tmp/st.out")" '[ $rc -eq 0 ]'
+ok "sbatch term: the ranks stopped with a checkpoint" \
+   'grep -q "SIGTERM received: stopped after step" "$tmp/st.out" && [ -f "$tmp/st/ckpt/$(cat "$tmp/st/ckpt/latest")/COMMITTED" ]'
+ok "sbatch term: no step lost (metrics end at the checkpoint)" \
+   '[ "$(losses "$tmp/st/metrics.jsonl" | wc -l)" -eq "$(sed -n "s/^step_0*//p" "$tmp/st/ckpt/latest")" ]'
+ok "sbatch term: not requeued" '[ ! -e "$tmp/requeued" ]'
+# 6. a time limit shorter than the stop margin plus MMTRAIN_MIN_TRAIN is refused at start
+sbatch_bg short STUB_LIMIT=5:00
+wait $pid; rc=$?
+ok "sbatch short limit: refused with exit 2 (rc $rc): $(tail -n 1 "$tmp/short.out")" \
+   '[ $rc -eq 2 ] && grep -q "time limit (5:00) leaves less than" "$tmp/short.out" && [ ! -e "$tmp/short" ]'
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
