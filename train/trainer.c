@@ -37,8 +37,9 @@
 // Taken by rank 0 at start with O_CREAT|O_EXCL (atomic on local disks, NFSv3+ and Lustre)
 // plus flock(LOCK_EX) where the filesystem has it; the file says who holds it and its
 // mtime is refreshed every LOCK_BEAT_S by a thread. A LOCK is stale, and taken over with
-// a note, when flock shows nobody holds it AND (same host: its pid no longer runs; another
-// host: not refreshed for LOCK_STALE_S).
+// a note, when flock shows nobody holds it AND (same host: flock works there, so its holder
+// has exited, or its pid no longer runs (not a zombie); another host: not refreshed for
+// LOCK_STALE_S).
 
 #define LOCK_BEAT_S 30
 #define LOCK_STALE_S 300
@@ -97,6 +98,21 @@ static int lock_holder(int fd, char *host, size_t host_len, long *pid, long long
     return 1;
 }
 
+// 1 when process pid runs on this host: exists and is not a zombie (a job killed with -9 is
+// a zombie until its parent reaps it, and kill(pid, 0) still succeeds on it).
+static int pid_runs(long pid) {
+    if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH)) return 0;
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 1;  // no /proc: believe kill
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *end = strrchr(buf, ')');  // "pid (comm) S ...": comm may hold spaces
+    return !(end && end[1] == ' ' && (end[2] == 'Z' || end[2] == 'X'));
+}
+
 static int run_lock(trainer *t, mm_err *err) {
     struct train_run_lock *l = mm_malloc(sizeof(*l));
     memset(l, 0, sizeof(*l));
@@ -138,7 +154,12 @@ static int run_lock(trainer *t, mm_err *err) {
         }
         fd = open(l->path, O_RDWR | O_CLOEXEC);
         if (fd < 0) continue;  // removed meanwhile (its job ended): try again
-        int held = flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+        errno = 0;
+        const int fl = flock(fd, LOCK_EX | LOCK_NB);
+        const int held = fl != 0 && errno == EWOULDBLOCK;
+        // the holder keeps its LOCK flock'd for its whole life, so on its own host a free
+        // flock means it has exited, whatever its pid shows (a zombie, or a reused pid)
+        const int flock_free = fl == 0;
         struct stat fsb, psb;
         if (fstat(fd, &fsb) != 0 || stat(l->path, &psb) != 0 || fsb.st_ino != psb.st_ino ||
             fsb.st_dev != psb.st_dev) {
@@ -155,8 +176,7 @@ static int run_lock(trainer *t, mm_err *err) {
         if (!held) {
             if (!parsed && age > 60) {
                 why = "it names no holder (a job that died while writing it)";
-            } else if (parsed && strcmp(host, me) == 0 && kill((pid_t)pid, 0) != 0 &&
-                       errno == ESRCH) {
+            } else if (parsed && strcmp(host, me) == 0 && (flock_free || !pid_runs(pid))) {
                 snprintf(whybuf, sizeof(whybuf), "process %ld no longer runs on %s", pid, host);
                 why = whybuf;
             } else if (parsed && strcmp(host, me) != 0 && age > LOCK_STALE_S) {
