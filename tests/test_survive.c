@@ -384,7 +384,8 @@ static void check_fallback(test_counts *tc, comm_group *w, const char *data, con
     FILE *f = fopen(file, "w");
     fputs("step_00000010\n", f);
     fclose(f);
-    const char *s9[] = {"run.steps=9", NULL};
+    // (a longer run changes the learning-rate schedule: allowed by name)
+    const char *s9[] = {"run.steps=9", "checkpoint.allow_changes=[steps]", NULL};
     config_for(&c, data, R, s9);
     rc = run_capture(&c, w, &err, &msg);
     TEST_CHECK(tc, rc == 0 && strstr(msg, "step_00000010") && strstr(msg, "instead"),
@@ -399,7 +400,7 @@ static void check_fallback(test_counts *tc, comm_group *w, const char *data, con
     flip_value(file, "lm_head.w");
     char key[700];
     snprintf(key, sizeof(key), "checkpoint.resume=%s", dir);
-    const char *explicit_keys[] = {"run.steps=10", key, NULL};
+    const char *explicit_keys[] = {"run.steps=10", "checkpoint.allow_changes=[steps]", key, NULL};
     config_for(&c, data, R, explicit_keys);
     rc = run_capture(&c, w, &err, &msg);
     TEST_CHECK(tc, rc == -1 && strstr(err.msg, "checksum mismatch") && strstr(err.msg, "lm_head.w"),
