@@ -94,8 +94,22 @@ int data_writer_close(data_writer *w, mm_err *err);
 // Reading. A dataset is a directory of shards plus index.json. Opening validates the index
 // and every shard's attributes, dataset shapes, offsets and (when verify) the checksum; any
 // problem is a -1 with an error naming file, dataset and sample.
+//
+// mode (the old verify_checksums flag keeps its meaning for 0 and 1):
+//  DATA_OPEN_VERIFY (1): each shard's crc32 is checked against index.json BEFORE HDF5 parses
+//    a byte of it, so a damaged shard is "checksum mismatch" naming it, never an HDF5 error.
+//  DATA_OPEN_NO_VERIFY (0): no checksum pass (data.verify: false). Permissions and the file
+//    type are still checked first ("permission denied", "not a regular file"); what HDF5
+//    returns is bounds-checked before use; and when HDF5 refuses a shard, its checksum is
+//    computed then, so a damaged file still reads "checksum mismatch" rather than a
+//    misleading HDF5 reason. (HDF5 1.10 itself is not hardened against every damaged file:
+//    only verify keeps damaged bytes away from it.)
+//  DATA_OPEN_SCHEMA (2): reads and checks index.json only, opening no shard: for callers
+//    that want the schema before the real open (the trainer's probe). Such a dataset gives
+//    its schema; data_dataset_read and _read_raw refuse it with an error.
+enum { DATA_OPEN_NO_VERIFY = 0, DATA_OPEN_VERIFY = 1, DATA_OPEN_SCHEMA = 2 };
 typedef struct data_dataset data_dataset;  // opaque; thread-safe for concurrent reads
-int data_dataset_open(data_dataset **out, const char *dir, int verify_checksums, mm_err *err);
+int data_dataset_open(data_dataset **out, const char *dir, int mode, mm_err *err);
 void data_dataset_close(data_dataset *ds);
 const data_schema *data_dataset_schema(const data_dataset *ds);
 

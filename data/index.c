@@ -6,10 +6,13 @@
 // The file is JSON written by hand (it is tiny and flat) and read back with libyaml, whose
 // flow syntax is a superset of JSON; the checks below restrict it to what we write.
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 #include <zlib.h>
 
@@ -295,9 +298,24 @@ void data_index_free(data_index *ix) {
 // ---------------------------------------------------------------------------------------
 // Shard files: where they are and what they checksum to.
 // Read in 1 MiB blocks: shards are far larger than is worth holding whole.
+// Opened without blocking and refused unless a regular file: a FIFO would wait forever.
 int data_file_crc32(const char *path, uint32_t *out, mm_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mm_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EACCES || errno == EPERM)
+            return mm_fail(err, "%s: permission denied: this user may not read it", path);
+        return mm_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return mm_fail(err, "%s: not a regular file", path);
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return mm_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    }
     unsigned char *buf = mm_malloc(1 << 20);
     uLong crc = crc32(0L, Z_NULL, 0);
     size_t r;

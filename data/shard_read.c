@@ -10,11 +10,13 @@
 // HDF5 prints its own error stack to stderr; every entry point here runs its HDF5 calls in a
 // quiet scope (core/h5err.h) and turns failures into mm_err lines quoting HDF5's reason.
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../core/h5err.h"
 #include "data.h"
@@ -33,6 +35,7 @@ typedef struct {
 
 struct data_dataset {
     char *dir;
+    int schema_only;  // opened with DATA_OPEN_SCHEMA: no shard is open
     data_schema schema;
     int n_shards;
     shard *shards;  // (n_shards)
@@ -114,6 +117,52 @@ static int attr_str(hid_t file, const char *path, const char *name, char *out, s
 
 #define ANY_DIM ((hsize_t)-1)
 
+// What HDF5 says about a dataset's storage, checked before any read trusts it (a damaged
+// file read with verify off): a layout the writer uses, no filters (the writer sets none),
+// chunks of sane size and storage that lies inside the file.
+static int check_storage(hid_t file, hid_t d, const char *path, const char *name, int rank,
+                         size_t elem, mm_err *err) {
+    hid_t dcpl = H5Dget_create_plist(d);
+    if (dcpl < 0)
+        return mm_fail(err, "%s: dataset '%s': cannot read its storage properties", path, name);
+    int rc = 0;
+    H5D_layout_t lay = H5Pget_layout(dcpl);
+    int nf = H5Pget_nfilters(dcpl);
+    if (lay != H5D_COMPACT && lay != H5D_CONTIGUOUS && lay != H5D_CHUNKED) {
+        rc = mm_fail(err, "%s: dataset '%s' has an unknown storage layout (%d)", path, name,
+                     (int)lay);
+    } else if (nf != 0) {
+        rc = mm_fail(err, "%s: dataset '%s' has %d filter(s); format v1 writes none", path, name,
+                     nf);
+    } else if (lay == H5D_CHUNKED) {
+        hsize_t ch[8] = {0};
+        int cr = H5Pget_chunk(dcpl, 8, ch);
+        double bytes = (double)elem;
+        for (int i = 0; i < cr && i < 8; i++) bytes *= (double)ch[i];
+        int bad = cr != rank;
+        for (int i = 0; i < cr && i < 8; i++) bad |= ch[i] < 1;
+        if (bad || bytes > (double)(1u << 30))
+            rc = mm_fail(err, "%s: dataset '%s' has a bad chunk shape (rank %d, %.0f bytes)", path,
+                         name, cr, bytes);
+    }
+    H5Pclose(dcpl);
+    if (rc) return rc;
+    hsize_t fsize = 0;
+    if (H5Fget_filesize(file, &fsize) < 0)
+        return mm_fail(err, "%s: cannot read the file's size", path);
+    hsize_t st = H5Dget_storage_size(d);
+    if (st > fsize)
+        return mm_fail(err, "%s: dataset '%s' claims %llu bytes of storage in a file of %llu", path,
+                       name, (unsigned long long)st, (unsigned long long)fsize);
+    if (lay == H5D_CONTIGUOUS) {
+        haddr_t off = H5Dget_offset(d);
+        if (off != HADDR_UNDEF && (off > fsize || st > fsize - off))
+            return mm_fail(err, "%s: dataset '%s' lies beyond the end of the file (offset %llu)",
+                           path, name, (unsigned long long)off);
+    }
+    return 0;
+}
+
 // Opens dataset `name` and checks that it is an integer dataset of `size` bytes and the
 // given signedness, with rank `rank` and shape `dims` (ANY_DIM matches anything; the actual
 // shape goes to got when not NULL). dims_doc says what the dimensions mean, for errors.
@@ -164,6 +213,8 @@ static hid_t open_ds(hid_t file, const char *path, const char *name, size_t size
             }
             mm_fail(err, "%s: dataset '%s' has shape [%s], expected [%s] %s", path, name, have,
                     want, dims_doc);
+        } else if (check_storage(file, d, path, name, rank, size, err) != 0) {
+            ok = 0;
         } else if (got) {
             memcpy(got, cur, sizeof(hsize_t) * (size_t)rank);
         }
@@ -198,22 +249,62 @@ static int check_flags(const shard *sh, const char *name, const uint8_t *v, mm_e
     return 0;
 }
 
-// Everything about one shard that can be wrong, checked before a single batch is read.
-static int shard_open(shard *sh, const data_shard_info *info, const data_schema *s, int verify,
-                      mm_err *err) {
-    char why[MM_H5_WHY_LEN];
-    if (verify) {
-        uint32_t crc;
-        if (data_file_crc32(sh->path, &crc, err)) return -1;
-        if (crc != info->crc32)
-            return mm_fail(err,
-                           "%s: checksum mismatch: the file's crc32 is %lu, index.json says %lu "
-                           "(file corrupted or replaced)",
-                           sh->path, (unsigned long)crc, (unsigned long)info->crc32);
+// Before any byte is read: the shard exists, is a regular file (a FIFO would block) and
+// this process may read it, so these are said as such rather than as HDF5 trouble.
+static int shard_access(const char *path, mm_err *err) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EACCES || errno == EPERM)
+            return mm_fail(err, "%s: permission denied: this user may not read the shard", path);
+        return mm_fail(err, "%s: cannot open: %s", path, strerror(errno));
     }
     struct stat st;
-    if (stat(sh->path, &st) != 0)
-        return mm_fail(err, "%s: cannot open: %s", sh->path, strerror(errno));
+    int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    close(fd);
+    if (!ok) return mm_fail(err, "%s: not a regular file", path);
+    return 0;
+}
+
+// The whole file's crc32 against index.json's. 1 = it differs (err says so), 0 = it
+// matches, -1 = it could not be computed (err says why).
+static int shard_crc_differs(const char *path, const data_shard_info *info, mm_err *err) {
+    uint32_t crc;
+    if (data_file_crc32(path, &crc, err)) return -1;
+    if (crc == info->crc32) return 0;
+    mm_fail(err,
+            "%s: checksum mismatch: the file's crc32 is %lu, index.json says %lu (file "
+            "corrupted or replaced)",
+            path, (unsigned long)crc, (unsigned long)info->crc32);
+    return 1;
+}
+
+static int shard_parse(shard *sh, const data_shard_info *info, const data_schema *s, mm_err *err);
+
+// Everything about one shard that can be wrong, checked before a single batch is read.
+// With verify, the checksum comes before HDF5 parses anything; without, a shard HDF5 (or
+// a check here) refuses is checksummed then, and a mismatch is what the error says.
+static int shard_open(shard *sh, const data_shard_info *info, const data_schema *s, int verify,
+                      mm_err *err) {
+    if (shard_access(sh->path, err)) return -1;
+    if (verify) {
+        if (shard_crc_differs(sh->path, info, err) != 0) return -1;
+        return shard_parse(sh, info, s, err);
+    }
+    if (shard_parse(sh, info, s, err) == 0) return 0;
+    mm_err sum;
+    if (shard_crc_differs(sh->path, info, &sum) == 1) {  // the cause first, then the symptom
+        size_t lp = strlen(sh->path);
+        const char *what = err->msg;
+        if (strncmp(what, sh->path, lp) == 0 && strncmp(what + lp, ": ", 2) == 0) what += lp + 2;
+        char symptom[MM_ERR_LEN];
+        snprintf(symptom, sizeof(symptom), "%s", what);
+        mm_fail(err, "%s; reading it anyway gave: %.400s", sum.msg, symptom);
+    }
+    return -1;
+}
+
+static int shard_parse(shard *sh, const data_shard_info *info, const data_schema *s, mm_err *err) {
+    char why[MM_H5_WHY_LEN];
     sh->file = H5Fopen(sh->path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (sh->file < 0)
         return mm_fail(err, "%s: not a readable HDF5 file (truncated or corrupt?): %s", sh->path,
@@ -409,8 +500,10 @@ static int check_unique_ids(const data_dataset *ds, mm_err *err) {
 
 // Reads index.json, opens and validates every shard (and their checksums when verify), and
 // keeps them open. The caller owns *out (data_dataset_close). On -1 nothing is left open.
-int data_dataset_open(data_dataset **out, const char *dir, int verify_checksums, mm_err *err) {
+int data_dataset_open(data_dataset **out, const char *dir, int mode, mm_err *err) {
     *out = NULL;
+    MM_CHECK(mode == DATA_OPEN_NO_VERIFY || mode == DATA_OPEN_VERIFY || mode == DATA_OPEN_SCHEMA,
+             "data_dataset_open: unknown mode %d", mode);
     data_index ix;
     if (data_index_read(dir, &ix, err)) return -1;
     mm_h5_quiet q;
@@ -425,12 +518,14 @@ int data_dataset_open(data_dataset **out, const char *dir, int verify_checksums,
             H5I_INVALID_HID;
     ds->n_shards = ix.n_shards;
     int rc = -1;
+    ds->schema_only = mode == DATA_OPEN_SCHEMA;
     for (int i = 0; i < ix.n_shards; i++) {
         if (data_path_join(ds->shards[i].path, dir, ix.shards[i].file, err)) goto done;
-        if (shard_open(&ds->shards[i], &ix.shards[i], &ds->schema, verify_checksums, err))
+        if (ds->schema_only) continue;
+        if (shard_open(&ds->shards[i], &ix.shards[i], &ds->schema, mode == DATA_OPEN_VERIFY, err))
             goto done;
     }
-    rc = check_unique_ids(ds, err);
+    rc = ds->schema_only ? 0 : check_unique_ids(ds, err);
 done:
     mm_h5_quiet_end(&q);
     data_index_free(&ix);
@@ -490,6 +585,8 @@ int data_dataset_read(data_dataset *ds, const uint64_t *idx, int n, data_featuri
     MM_CHECK(fF == b->audio_F && fM == b->n_mels,
              "data_dataset_read: featurizer gives (%d, %d) features, batch holds (%d, %d)", fF, fM,
              b->audio_F, b->n_mels);
+    if (ds->schema_only)
+        return mm_fail(err, "%s: dataset opened for its schema only; cannot read samples", ds->dir);
     char why[MM_H5_WHY_LEN];
     mm_h5_quiet q;
     mm_h5_quiet_begin(&q);
@@ -611,6 +708,8 @@ void data_batch_free(data_batch *b) {
 int data_dataset_read_raw(data_dataset *ds, uint64_t index, uint8_t *image, int16_t *audio,
                           char *text, data_raw_info *info, mm_err *err) {
     const data_schema *s = &ds->schema;
+    if (ds->schema_only)
+        return mm_fail(err, "%s: dataset opened for its schema only; cannot read samples", ds->dir);
     if (index >= s->n_samples)
         return mm_fail(err, "%s: sample position %llu is out of range (%llu samples)", ds->dir,
                        (unsigned long long)index, (unsigned long long)s->n_samples);

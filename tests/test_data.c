@@ -8,10 +8,12 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../data/data.h"
@@ -1046,6 +1048,145 @@ static void test_synth(test_counts *tc, const char *root) {
     data_dataset_close(va);
 }
 
+// ---------------------------------------------------------------------------------------
+// Issue 16, item 9: what HDF5 gets to see. Each open runs in a child process so that a
+// crash or a hang (HDF5 on damaged bytes, a FIFO) is one failed check, not a dead test run.
+// The child writes its rc and message to a pipe; the parent gives it 20 s.
+static int open_in_child(const char *dir, int mode, uid_t as_uid, mm_err *err, int *crashed) {
+    int fds[2];
+    *crashed = 0;
+    if (pipe(fds) != 0) return mm_fail(err, "pipe failed");
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        alarm(20);
+        if (as_uid != (uid_t)-1 && setuid(as_uid) != 0) _exit(3);
+        mm_err e = {{0}};
+        int rc = open_try(dir, mode, &e);
+        char out[MM_ERR_LEN + 4];
+        int k = snprintf(out, sizeof(out), "%c%s", rc == 0 ? '0' : '1', e.msg);
+        if (write(fds[1], out, (size_t)k) != k) _exit(4);
+        _exit(0);
+    }
+    close(fds[1]);
+    char buf[MM_ERR_LEN + 4] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof(buf) - 1 && (r = read(fds[0], buf + got, sizeof(buf) - 1 - got)) > 0)
+        got += (size_t)r;
+    close(fds[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || got == 0) {
+        *crashed = 1;
+        return mm_fail(err, "child died (%s %d)", WIFSIGNALED(st) ? "signal" : "exit",
+                       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    }
+    memcpy(err->msg, buf + 1, sizeof(err->msg) - 1);
+    err->msg[sizeof(err->msg) - 1] = 0;
+    return buf[0] == '0' ? 0 : -1;
+}
+
+static void test_checksum_first(test_counts *tc, const char *root) {
+    char good[4096], d[4096], p[4096];
+    mm_err err;
+    path_join(good, sizeof(good), root, "ckfirst");
+    TEST_CHECK(tc, write_small(good, 12, 12, 1, &err) == 0, "write: %s", err.msg);
+    path_join(d, sizeof(d), root, "ckfirst_bad");
+    TEST_CHECK(tc, copy_dir(good, d) == 0, "copy %s", d);
+    path_join(p, sizeof(p), d, "shard_00000.h5");
+    // Single-bit flips over the metadata at the start of the file and a stride through the
+    // rest: with verify, always "checksum mismatch"; without, data or an error that names
+    // the mismatch (never a misleading HDF5 reason alone), and never a crash.
+    long size = file_size(p);
+    int n_flips = 0, v_bad = 0, nv_bad = 0, crashes = 0;
+    for (long at = 0; at < size; at += at < 4096 ? 29 : 997) {
+        int fd = open(p, O_RDWR);
+        unsigned char c;
+        if (fd < 0 || pread(fd, &c, 1, at) != 1) break;
+        unsigned char flipped = (unsigned char)(c ^ (1u << (at % 8)));
+        if (pwrite(fd, &flipped, 1, at) != 1) break;
+        int crashed;
+        int rc = open_in_child(d, DATA_OPEN_VERIFY, (uid_t)-1, &err, &crashed);
+        if (rc == 0 || !strstr(err.msg, "checksum mismatch") ||
+            !strstr(err.msg, "shard_00000.h5")) {
+            if (v_bad++ == 0)
+                TEST_CHECK(tc, 0, "verify, bit flipped at %ld: want checksum mismatch: %s", at,
+                           rc ? err.msg : "opened");
+        }
+        crashes += crashed;
+        rc = open_in_child(d, DATA_OPEN_NO_VERIFY, (uid_t)-1, &err, &crashed);
+        crashes += crashed;
+        if (!crashed && rc != 0 &&
+            (!strstr(err.msg, "checksum mismatch") || strchr(err.msg, '\n'))) {
+            if (nv_bad++ == 0)
+                TEST_CHECK(tc, 0, "no verify, bit flipped at %ld: error without the cause: %s", at,
+                           err.msg);
+        }
+        if (pwrite(fd, &c, 1, at) != 1) break;
+        close(fd);
+        n_flips++;
+    }
+    TEST_CHECK(tc, n_flips > 100 && v_bad == 0 && nv_bad == 0 && crashes == 0,
+               "%d bit flips: %d verify misreports, %d no-verify misreports, %d crashes", n_flips,
+               v_bad, nv_bad, crashes);
+
+    // A schema-only open (the trainer's probe) reads index.json alone: a damaged shard is the
+    // real open's business, and its samples cannot be read through the probe.
+    flip_byte(p, 200);
+    data_dataset *ds = NULL;
+    TEST_CHECK(tc, data_dataset_open(&ds, d, DATA_OPEN_SCHEMA, &err) == 0, "schema open: %s",
+               err.msg);
+    if (ds) {
+        TEST_CHECK(tc, data_dataset_schema(ds)->n_samples == 12, "schema from index.json");
+        uint8_t img[SM_H * SM_W * SM_C];
+        data_raw_info info;
+        TEST_CHECK(tc,
+                   data_dataset_read_raw(ds, 0, img, NULL, NULL, &info, &err) == -1 &&
+                       strstr(err.msg, "schema only"),
+                   "schema-only dataset refuses reads: %s", err.msg);
+        data_dataset_close(ds);
+    }
+    expect_fail(tc, "probe then verify", open_try(d, DATA_OPEN_VERIFY, &err), &err,
+                "shard_00000.h5", "checksum mismatch");
+
+    // A FIFO where a shard should be: refused at once, with or without verify (not a hang).
+    int crashed;
+    unlink(p);
+    TEST_CHECK(tc, mkfifo(p, 0644) == 0, "mkfifo");
+    for (int mode = 0; mode <= 1; mode++) {
+        int rc = open_in_child(d, mode, (uid_t)-1, &err, &crashed);
+        TEST_CHECK(tc,
+                   rc == -1 && !crashed && strstr(err.msg, "shard_00000.h5") &&
+                       strstr(err.msg, "not a regular file"),
+                   "FIFO shard (verify %d): %s", mode, err.msg);
+    }
+    unlink(p);
+
+    // A shard this user may not read: "permission denied", not "not a readable HDF5 file".
+    // As root the check runs in a child that drops to nobody (65534).
+    path_join(d, sizeof(d), root, "ckfirst_perm");
+    TEST_CHECK(tc, copy_dir(good, d) == 0, "copy %s", d);
+    chmod(d, 0755);
+    chmod(root, 0755);
+    path_join(p, sizeof(p), d, "shard_00000.h5");
+    chmod(p, 0);
+    char ix[4096];
+    path_join(ix, sizeof(ix), d, "index.json");
+    chmod(ix, 0644);
+    uid_t as = getuid() == 0 ? (uid_t)65534 : (uid_t)-1;
+    for (int mode = 0; mode <= 1; mode++) {
+        int rc = open_in_child(d, mode, as, &err, &crashed);
+        TEST_CHECK(tc,
+                   rc == -1 && !crashed && strstr(err.msg, "shard_00000.h5") &&
+                       strstr(err.msg, "permission denied") && !strstr(err.msg, "HDF5"),
+                   "unreadable shard (verify %d): %s", mode, err.msg);
+    }
+    chmod(p, 0644);
+    chmod(root, 0700);
+}
+
 int main(void) {
     test_counts tc = {0, 0};
     char root[] = "/tmp/mmtrain_test_data_XXXXXX";
@@ -1056,6 +1197,7 @@ int main(void) {
     test_roundtrip(&tc, root);
     test_logmel(&tc);
     test_bad_files(&tc, root);
+    test_checksum_first(&tc, root);
     test_loader_read_error(&tc, root);
     test_permutation(&tc);
     test_loader(&tc, root);
