@@ -12,6 +12,7 @@
 // per call; libsndfile keeps the reason an open failed in one process-wide variable, so opens
 // go through the lock in data_media.
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <png.h>
 #include <pthread.h>
@@ -23,13 +24,18 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 
 #include "data.h"
 #include "data_internal.h"
 
-// Decoded images may not exceed this many pixels (a 12-megapixel photo is ~2^23.5): a
-// decompression bomb is refused before its pixels are allocated.
-#define MAX_PIXELS ((int64_t)1 << 27)
+// Decoded images may not exceed this many pixels: 64 Mpixel (8192 x 8192; a 12-megapixel
+// photo is ~2^23.5). The header's size is checked before a pixel is allocated or decoded,
+// so a decompression bomb (a 1 MB PNG of 11585 x 11585 RGBA16 would take 2.1 GB and 10 s)
+// costs nothing; the largest image accepted peaks at ~1 GB per decoding thread (RGBA16
+// plus its 16-bit copy). FORMAT.md "Packing" documents the limit.
+#define MAX_PIXELS ((int64_t)1 << 26)
+#define MAX_MPIXEL 64
 #define MAX_SIDE 65535
 // Files larger than this are not images or captions anyone packs on purpose.
 #define MAX_FILE_BYTES ((size_t)1 << 30)
@@ -50,16 +56,42 @@ void data_media_free(data_media *m) {
     free(m);
 }
 
+// Opens path for reading only if it is a regular file: opened without blocking (a FIFO's
+// open would wait for a writer forever, a device's might) and checked with fstat on that
+// same descriptor. *st is filled. NULL with err = "cannot open: ..." or "not a regular file
+// (a FIFO)".
+static FILE *open_regular(const char *path, struct stat *st, mm_err *err) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        mm_fail(err, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
+        const char *kind = S_ISFIFO(st->st_mode)                          ? " (a FIFO)"
+                           : S_ISDIR(st->st_mode)                         ? " (a directory)"
+                           : S_ISSOCK(st->st_mode)                        ? " (a socket)"
+                           : S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) ? " (a device)"
+                                                                          : "";
+        close(fd);
+        mm_fail(err, "not a regular file%s", kind);
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        mm_fail(err, "cannot open: %s", strerror(errno));
+        close(fd);
+    }
+    return f;
+}
+
 // Reads a whole regular file (at most max bytes) into a malloc'd buffer (caller frees).
 static int read_small_file(const char *path, size_t max, uint8_t **out, size_t *n, mm_err *err) {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return mm_fail(err, "cannot open: %s", strerror(errno));
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return mm_fail(err, "not a regular file");
-    }
+    FILE *f = open_regular(path, &st, err);
+    if (!f) return -1;
     if ((uint64_t)st.st_size > max) {
         fclose(f);
         return mm_fail(err, "file of %lld bytes is larger than the limit of %zu",
@@ -122,7 +154,14 @@ static int png_decode(const uint8_t *buf, size_t n, data_image_src *out, mm_err 
         png_set_user_limits(png, MAX_SIDE, MAX_SIDE);
         png_read_info(png, info);
         png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
-        if ((int64_t)w * h > MAX_PIXELS) png_error(png, "image has too many pixels");
+        if ((int64_t)w * h > MAX_PIXELS) {
+            snprintf(s->msg, sizeof(s->msg),
+                     "PNG of %lu x %lu pixels (%.1f Mpixel) exceeds the limit of %d Mpixel "
+                     "(%lld pixels); shrink it before packing",
+                     (unsigned long)w, (unsigned long)h, (double)w * h / 1048576.0, MAX_MPIXEL,
+                     (long long)MAX_PIXELS);
+            png_longjmp(png, 2);
+        }
         // palette -> RGB, grey below 8 bits -> 8 bits, tRNS -> an alpha channel; 16 bits stay
         png_set_expand(png);
         png_set_interlace_handling(png);
@@ -148,6 +187,8 @@ static int png_decode(const uint8_t *buf, size_t n, data_image_src *out, mm_err 
         out->px = s->px;
         s->px = NULL;
         rc = 0;
+    } else if (strncmp(s->msg, "PNG of ", 7) == 0) {
+        mm_fail(err, "%s", s->msg);
     } else {
         mm_fail(err, "not a readable PNG: %s", s->msg);
     }
@@ -167,8 +208,13 @@ static int jpeg_decode(const uint8_t *buf, size_t n, data_image_src *out, mm_err
     int w, h, subsamp, cs, rc = -1;
     if (tjDecompressHeader3(tj, buf, (unsigned long)n, &w, &h, &subsamp, &cs) != 0) {
         mm_fail(err, "not a readable JPEG: %s", tjGetErrorStr2(tj));
-    } else if (w < 1 || h < 1 || w > MAX_SIDE || h > MAX_SIDE || (int64_t)w * h > MAX_PIXELS) {
-        mm_fail(err, "JPEG of %dx%d pixels is too large", w, h);
+    } else if (w < 1 || h < 1) {
+        mm_fail(err, "JPEG of %d x %d pixels is empty", w, h);
+    } else if (w > MAX_SIDE || h > MAX_SIDE || (int64_t)w * h > MAX_PIXELS) {
+        mm_fail(err,
+                "JPEG of %d x %d pixels (%.1f Mpixel) exceeds the limit of %d Mpixel (%lld "
+                "pixels, sides up to %d); shrink it before packing",
+                w, h, (double)w * h / 1048576.0, MAX_MPIXEL, (long long)MAX_PIXELS, MAX_SIDE);
     } else if (cs == TJCS_CMYK || cs == TJCS_YCCK) {
         mm_fail(err, "CMYK JPEGs are not supported (convert to RGB)");
     } else {
@@ -366,12 +412,10 @@ int data_audio_load(data_media *m, const char *path, int rate, int max_len, int1
     MM_CHECK(rate >= 1 && max_len >= 1, "data_audio_load: rate %d, max_len %d", rate, max_len);
     memset(info, 0, sizeof(*info));
     // fopen first, for the same "cannot open: <errno text>" as every other file
-    FILE *probe = fopen(path, "rb");
-    if (!probe) return mm_fail(err, "cannot open: %s", strerror(errno));
     struct stat st;
-    int regular = fstat(fileno(probe), &st) == 0 && S_ISREG(st.st_mode);
+    FILE *probe = open_regular(path, &st, err);
+    if (!probe) return -1;
     fclose(probe);
-    if (!regular) return mm_fail(err, "not a regular file");
     if (st.st_size == 0) return mm_fail(err, "file is empty");
     SF_INFO si;
     memset(&si, 0, sizeof(si));

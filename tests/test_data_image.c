@@ -3,13 +3,16 @@
 // every sample where its index says, the float-to-byte map must invert the loader's, and a path
 // that cannot be written must give one line naming it and leave nothing behind.
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "../data/data.h"
 #include "test.h"
@@ -142,6 +145,125 @@ static void rm_dir(const char *dir) {
     rmdir(dir);
 }
 
+// ---------------------------------------------------------------------------------------
+// Issue 16, item 12: a decompression bomb. A PNG whose header says w x h (16-bit RGBA)
+// with a few bytes of pixel data: the header alone must be refused, before any allocation.
+static void put_chunk(uint8_t *buf, size_t *n, const char *type, const uint8_t *data,
+                      uint32_t len) {
+    uint8_t *p = buf + *n;
+    p[0] = (uint8_t)(len >> 24), p[1] = (uint8_t)(len >> 16), p[2] = (uint8_t)(len >> 8),
+    p[3] = (uint8_t)len;
+    memcpy(p + 4, type, 4);
+    if (len) memcpy(p + 8, data, len);
+    uLong crc = crc32(crc32(0L, Z_NULL, 0), p + 4, len + 4);
+    p[8 + len] = (uint8_t)(crc >> 24), p[9 + len] = (uint8_t)(crc >> 16),
+          p[10 + len] = (uint8_t)(crc >> 8), p[11 + len] = (uint8_t)crc;
+    *n += 12 + len;
+}
+
+// Writes the bomb's bytes into buf (at least 2048 bytes); returns its length.
+static size_t bomb_png(uint8_t *buf, uint32_t w, uint32_t h) {
+    size_t n = 0;
+    memcpy(buf, "\x89PNG\r\n\x1a\n", 8);
+    n = 8;
+    uint8_t ihdr[13] = {(uint8_t)(w >> 24),
+                        (uint8_t)(w >> 16),
+                        (uint8_t)(w >> 8),
+                        (uint8_t)w,
+                        (uint8_t)(h >> 24),
+                        (uint8_t)(h >> 16),
+                        (uint8_t)(h >> 8),
+                        (uint8_t)h,
+                        16,
+                        6,
+                        0,
+                        0,
+                        0};
+    put_chunk(buf, &n, "IHDR", ihdr, 13);
+    uint8_t zeros[1024] = {0}, z[1200];
+    uLongf zn = sizeof(z);
+    compress(z, &zn, zeros, sizeof(zeros));
+    put_chunk(buf, &n, "IDAT", z, (uint32_t)zn);
+    put_chunk(buf, &n, "IEND", NULL, 0);
+    return n;
+}
+
+static void test_bomb(test_counts *tc, const char *root) {
+    uint8_t buf[2048];
+    size_t n = bomb_png(buf, 11585, 11585);
+    data_image_src src;
+    mm_err err;
+    double t0 = mm_now();
+    int rc = data_image_decode(buf, n, &src, &err);
+    TEST_CHECK(tc,
+               rc == -1 && strstr(err.msg, "11585 x 11585") && strstr(err.msg, "64 Mpixel") &&
+                   !strchr(err.msg, '\n'),
+               "bomb PNG refused from its header: %s", rc ? err.msg : "decoded");
+    TEST_CHECK(tc, mm_now() - t0 < 0.5, "refused at once (%.2f s)", mm_now() - t0);
+    if (rc == 0) data_image_src_free(&src);
+    // through the file loader too, and the regression input of the fuzz harness is this file
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/bomb.png", root);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fwrite(buf, 1, n, f);
+        fclose(f);
+    }
+    uint8_t out[4 * 4 * 3];
+    TEST_CHECK(tc, data_image_load(path, 4, 4, 3, out, &err) == -1 && strstr(err.msg, "Mpixel"),
+               "bomb PNG file refused: %s", err.msg);
+    // just under the limit (8192 x 8192 = 64 Mpixel) passes the header check and then fails
+    // on its missing pixel data, not on its size
+    n = bomb_png(buf, 8192, 8192);
+    rc = data_image_decode(buf, n, &src, &err);
+    TEST_CHECK(tc, rc == -1 && !strstr(err.msg, "Mpixel"), "64 Mpixel is allowed: %s", err.msg);
+    n = bomb_png(buf, 8193, 8192);
+    rc = data_image_decode(buf, n, &src, &err);
+    TEST_CHECK(tc, rc == -1 && strstr(err.msg, "Mpixel"), "64 Mpixel + 1 row refused: %s", err.msg);
+}
+
+// Issue 16, item 13: a FIFO as an image, audio or caption path is refused at once (no writer
+// ever comes; an open that waits for one would hang pack forever). Checked in a child with
+// an alarm so that a hang is a failure, not a stuck test.
+static void test_fifo(test_counts *tc, const char *root) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/fifo", root);
+    TEST_CHECK(tc, mkfifo(path, 0644) == 0, "mkfifo");
+    for (int kind = 0; kind < 3; kind++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(10);
+            mm_err err;
+            int rc;
+            if (kind == 0) {
+                uint8_t out[4 * 4 * 3];
+                rc = data_image_load(path, 4, 4, 3, out, &err);
+            } else if (kind == 1) {
+                data_media *m = data_media_new();
+                int16_t pcm[64];
+                data_audio_info info;
+                rc = data_audio_load(m, path, 8000, 64, pcm, &info, &err);
+                data_media_free(m);
+            } else {
+                char text[17];
+                int tn;
+                rc = data_caption_load(path, 16, text, &tn, &err);
+            }
+            _exit(rc == -1 && strstr(err.msg, "not a regular file") ? 0 : 1);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        TEST_CHECK(tc, WIFEXITED(st) && WEXITSTATUS(st) == 0, "FIFO as %s refused at once (%s %d)",
+                   kind == 0   ? "image"
+                   : kind == 1 ? "audio"
+                               : "caption file",
+                   WIFSIGNALED(st) ? "signal" : "exit",
+                   WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    }
+    unlink(path);
+}
+
 int main(void) {
     test_counts tc = {0, 0};
     char root[] = "/tmp/mmtrain_test_image_XXXXXX";
@@ -152,6 +274,8 @@ int main(void) {
     test_png(&tc, root);
     test_to_u8(&tc);
     test_grid(&tc);
+    test_bomb(&tc, root);
+    test_fifo(&tc, root);
     rm_dir(root);
     return test_finish(&tc);
 }
