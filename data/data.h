@@ -10,7 +10,9 @@
 #ifndef MM_DATA_H
 #define MM_DATA_H
 
+#include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "../core/core.h"
 
@@ -209,12 +211,20 @@ typedef struct {
     // of data_synth_attrs' lists); 0 = all. A restricted set is differently distributed
     // from the full one (a fine-tuning split); with every mask 0 the draws are unchanged.
     unsigned allow[DATA_N_ATTR];
+    FILE *progress;                     // a progress line every few seconds (NULL = silent)
+    const volatile sig_atomic_t *stop;  // when set to non-zero (a signal), writing stops
 } data_synth_cfg;
 void data_synth_default(data_synth_cfg *c);
 // Restricts c from a spec "ATTR=WORD[,WORD...]" (e.g. "colour=red,blue", "position=left");
 // repeating an attribute replaces its words. -1 with err naming the unknown attribute/word.
 int data_synth_restrict(data_synth_cfg *c, const char *spec, mm_err *err);
 // Writes dir/train (n samples) and dir/val (max(64, n/10) samples) with disjoint seeds.
+// n is at most DATA_SYNTH_MAX_SAMPLES, and the estimated size must fit in the free space of
+// dir's file system. Both splits are written into temporary folders beside them
+// (dir/.train.synth-PID, dir/.val.synth-PID) and renamed into place at the end, so a
+// failure, a stop or a kill never leaves a partial dir/train or dir/val (a kill -9 leaves
+// the hidden temporary folder, which a later synth into dir removes).
+#define DATA_SYNTH_MAX_SAMPLES 100000000ULL
 int data_synth_write(const char *dir, uint64_t n, uint64_t seed, const data_synth_cfg *c,
                      mm_err *err);
 // Scores a generated caption against the reference: correct[a] = 1 when the generated text

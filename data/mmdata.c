@@ -8,6 +8,7 @@
 // Exit status: 0 success, 1 the work failed (e.g. a corrupt dataset), 2 a bad command line.
 // Every failure is one line on stderr starting with "error: ".
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +70,11 @@ static int parse_u64(const char *s, uint64_t *out) {
     return 0;
 }
 
+static volatile sig_atomic_t stop_signal;
+static void on_stop_signal(int sig) {
+    stop_signal = sig;
+}
+
 static int cmd_synth(int argc, char **argv) {
     const char *out = NULL;
     uint64_t n = 0, seed = 1;
@@ -86,8 +92,9 @@ static int cmd_synth(int argc, char **argv) {
             if (!*v) return usage_error("synth: --out needs a directory");
             out = v;
         } else if (strcmp(a, "--samples") == 0) {
-            if (parse_u64(v, &n) || n < 1 || n > ((uint64_t)1 << 40))
-                return usage_error("synth: --samples wants a whole number >= 1, got '%s'", v);
+            if (parse_u64(v, &n) || n < 1 || n > DATA_SYNTH_MAX_SAMPLES)
+                return usage_error("synth: --samples wants a whole number in 1..%llu, got '%s'",
+                                   DATA_SYNTH_MAX_SAMPLES, v);
             have_n = 1;
         } else if (strcmp(a, "--only") == 0) {
             mm_err e;
@@ -100,6 +107,17 @@ static int cmd_synth(int argc, char **argv) {
     if (!have_n) return usage_error("synth: missing --samples N");
     mm_err err;
     double t0 = mm_now();
+    // SIGINT/SIGTERM stop the writing cleanly: the temporary folders are removed and the
+    // exit status is 1 (never a partial DIR/train, never 130 or 143)
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    c.stop = &stop_signal;
+    c.progress = stderr;
     if (data_synth_write(out, n, seed, &c, &err)) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;

@@ -16,11 +16,18 @@
 // only on (seed, split, index). data_synth_cfg.allow restricts attributes to some of their
 // words (`mmdata synth --only colour=yellow,white`): a set distributed differently from the
 // full one, for fine-tuning tests and demos.
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "data.h"
 #include "data_internal.h"
@@ -56,6 +63,8 @@ void data_synth_default(data_synth_cfg *c) {
     c->p_no_image = 0.1;
     c->p_no_audio = 0.1;
     for (int a = 0; a < DATA_N_ATTR; a++) c->allow[a] = 0;
+    c->progress = NULL;
+    c->stop = NULL;
 }
 
 int data_synth_restrict(data_synth_cfg *c, const char *spec, mm_err *err) {
@@ -245,8 +254,9 @@ static void draw_audio(int16_t *pcm, int len, int rate, const int attr[DATA_N_AT
     }
 }
 
-static int write_split(const char *dir, uint64_t n, uint64_t seed, const data_synth_cfg *c,
-                       mm_err *err) {
+static int write_split(const char *dir, const char *name, uint64_t n, uint64_t seed,
+                       const data_synth_cfg *c, mm_err *err) {
+    double t0 = mm_now(), t_last = t0;
     data_schema s = {0};
     s.img_h = c->synth_h;
     s.img_w = c->synth_w;
@@ -280,6 +290,16 @@ static int write_split(const char *dir, uint64_t n, uint64_t seed, const data_sy
         smp.text = text;
         smp.text_n = data_synth_caption(text, sizeof(text), attr, phrasing);
         rc = data_writer_add(w, &smp, err);
+        if (rc == 0 && c->stop && *c->stop)
+            rc = mm_fail(err, "%s: stopped by a signal after %llu of %llu samples; nothing kept",
+                         name, (unsigned long long)i + 1, (unsigned long long)n);
+        if (rc == 0 && c->progress && (i & 1023) == 1023 && mm_now() - t_last >= 5.0) {
+            t_last = mm_now();
+            fprintf(c->progress, "synth: %s: %llu / %llu samples (%.0f%%), %.0f samples/s\n", name,
+                    (unsigned long long)i + 1, (unsigned long long)n, 100.0 * (double)(i + 1) / n,
+                    (double)(i + 1) / (t_last - t0));
+            fflush(c->progress);
+        }
     }
     free(img);
     free(pcm);
@@ -291,10 +311,50 @@ static int write_split(const char *dir, uint64_t n, uint64_t seed, const data_sy
     return data_writer_close(w, err);
 }
 
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void remove_tree(const char *path) {
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int dir_missing_or_empty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return errno == ENOENT;
+    struct dirent *e;
+    int empty = 1;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
+    closedir(d);
+    return empty;
+}
+
+// Temporary folders a killed synth left in dir (.train.synth-PID of a PID that is gone).
+static void remove_stale_tmp(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *at = strstr(e->d_name, ".synth-");
+        if (e->d_name[0] != '.' || !at) continue;
+        long pid = strtol(at + 7, NULL, 10);
+        if (pid <= 0 || (kill((pid_t)pid, 0) == 0 || errno == EPERM)) continue;
+        char p[4200];
+        if (snprintf(p, sizeof(p), "%s/%s", dir, e->d_name) < (int)sizeof(p)) remove_tree(p);
+    }
+    closedir(d);
+}
+
 // Checks c, then writes dir/train and dir/val (each refused if it exists with files).
 int data_synth_write(const char *dir, uint64_t n, uint64_t seed, const data_synth_cfg *c,
                      mm_err *err) {
     if (n < 1) return mm_fail(err, "%s: the synthetic set needs at least 1 sample", dir);
+    if (n > DATA_SYNTH_MAX_SAMPLES)
+        return mm_fail(err, "%s: %llu samples is over the limit of %llu", dir,
+                       (unsigned long long)n, DATA_SYNTH_MAX_SAMPLES);
     if (c->synth_h < 16 || c->synth_w < 16 || c->synth_h > 1024 || c->synth_w > 1024)
         return mm_fail(err, "%s: synthetic image %dx%d must be between 16x16 and 1024x1024", dir,
                        c->synth_h, c->synth_w);
@@ -323,13 +383,51 @@ int data_synth_write(const char *dir, uint64_t n, uint64_t seed, const data_synt
     if (c->text_max < longest)
         return mm_fail(err, "%s: text_max %d is shorter than the longest synthetic caption (%d)",
                        dir, c->text_max, longest);
-    char path[4200];
     uint64_t n_val = n / 10 > 64 ? n / 10 : 64;
+    char fin[2][4200], tmp[2][4200];
+    static const char *const split[2] = {"train", "val"};
+    for (int k = 0; k < 2; k++) {
+        if (snprintf(fin[k], sizeof(fin[k]), "%s/%s", dir, split[k]) >= (int)sizeof(fin[k]) ||
+            snprintf(tmp[k], sizeof(tmp[k]), "%s/.%s.synth-%ld", dir, split[k], (long)getpid()) >=
+                (int)sizeof(tmp[k]))
+            return mm_fail(err, "%s: path too long", dir);
+        if (!dir_missing_or_empty(fin[k]))
+            return mm_fail(err, "%s: exists and is not empty (synth writes new datasets only)",
+                           fin[k]);
+    }
+    if (mm_mkdirs(dir, err)) return -1;
+    remove_stale_tmp(dir);
+    // Room for it: images, clips, captions, plus HDF5's overhead, against the free space.
+    double per = (double)c->synth_h * c->synth_w * 3 + 2.0 * c->audio_len + c->text_max + 64;
+    double need = per * (double)(n + n_val) * 1.02;
+    struct statvfs vs;
+    if (statvfs(dir, &vs) == 0) {
+        double avail = (double)vs.f_bavail * (double)vs.f_frsize;
+        if (need > avail)
+            return mm_fail(err,
+                           "%s: %llu + %llu samples need about %.2f GB, the file system has "
+                           "%.2f GB free",
+                           dir, (unsigned long long)n, (unsigned long long)n_val, need / 1e9,
+                           avail / 1e9);
+    }
+    if (c->progress && need > 1e9) {
+        fprintf(c->progress, "synth: writing %llu + %llu samples, about %.1f GB, into %s\n",
+                (unsigned long long)n, (unsigned long long)n_val, need / 1e9, dir);
+        fflush(c->progress);
+    }
     // Distinct seeds per split: val never repeats a train sample's draws.
-    snprintf(path, sizeof(path), "%s/train", dir);
-    if (write_split(path, n, seed * 2 + 0x5eed0001ULL, c, err)) return -1;
-    snprintf(path, sizeof(path), "%s/val", dir);
-    return write_split(path, n_val, seed * 2 + 0x5eed0002ULL, c, err);
+    int rc = write_split(tmp[0], fin[0], n, seed * 2 + 0x5eed0001ULL, c, err);
+    if (rc == 0) rc = write_split(tmp[1], fin[1], n_val, seed * 2 + 0x5eed0002ULL, c, err);
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        rmdir(fin[k]);  // an empty one is allowed above; rename needs it gone or empty
+        if (rename(tmp[k], fin[k]) != 0) {
+            rc = mm_fail(err, "%s: cannot rename %s to it: %s", fin[k], tmp[k], strerror(errno));
+            if (k == 1) remove_tree(fin[0]);
+        }
+    }
+    if (rc != 0)
+        for (int k = 0; k < 2; k++) remove_tree(tmp[k]);
+    return rc;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -121,5 +121,42 @@ run "$MMDATA" verify "$tmp/ds/train" extra
 expect "verify with two directories: exit 2" test "$rc" -eq 2
 expect "verify with two directories: one-line error" one_line_error "unexpected argument 'extra'"
 
+
+# Issue 16, item 15: a bounded sample count, and a stopped or killed synth leaves no partial
+# DIR/train: it writes hidden temporary folders and renames them at the end.
+run timeout 20 "$MMDATA" synth --out "$tmp/huge" --samples 99999999999
+expect "synth --samples 99999999999: exit 2" test "$rc" -eq 2
+expect "synth --samples 99999999999: one line naming the limit" one_line_error "1..100000000"
+expect "synth --samples 99999999999: nothing written" test ! -e "$tmp/huge"
+"$MMDATA" synth --out "$tmp/stopped" --samples 100000 >"$tmp/out" 2>"$tmp/err" &
+pid=$!
+for _ in $(seq 1 100); do
+    ls "$tmp/stopped"/.train.synth-* >/dev/null 2>&1 && break
+    sleep 0.1
+done
+sleep 0.5
+kill -TERM "$pid"
+wait "$pid"
+rc=$?
+expect "synth stopped by SIGTERM: exit 1, not 143" test "$rc" -eq 1
+expect "synth stopped by SIGTERM: one error line saying so" \
+    test "$(grep -c '^error: .*/stopped/train: stopped by a signal' "$tmp/err")" -eq 1
+expect "synth stopped by SIGTERM: no DIR/train, no temporary folder" \
+    test -z "$(ls -A "$tmp/stopped" 2>/dev/null)"
+"$MMDATA" synth --out "$tmp/killed" --samples 100000 >"$tmp/out" 2>"$tmp/err" &
+pid=$!
+for _ in $(seq 1 100); do
+    ls "$tmp/killed"/.train.synth-* >/dev/null 2>&1 && break
+    sleep 0.1
+done
+sleep 0.5
+kill -KILL "$pid"
+wait "$pid" 2>/dev/null
+expect "synth killed by SIGKILL: no DIR/train" test ! -e "$tmp/killed/train"
+run "$MMDATA" synth --out "$tmp/killed" --samples 100 --seed 3
+expect "synth after a kill: succeeds" test "$rc" -eq 0
+expect "synth after a kill: the stale temporary folder is removed" \
+    test "$(ls -A "$tmp/killed")" = "$(printf 'train\nval')"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
