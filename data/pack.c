@@ -227,12 +227,82 @@ static void *worker(void *arg) {
 // reason" for an empty one).
 static void bad_line(char *out, size_t cap, const data_manifest *m, const data_manifest_rec *r,
                      const char *path, const char *why) {
-    if (r->error)
+    if (r->error && r->col > 0)
         snprintf(out, cap, "%s:%d:%d: %s", m->path, r->line, r->col, why);
+    else if (r->error)
+        snprintf(out, cap, "%s:%d: %s", m->path, r->line, why);
     else if (path)
         snprintf(out, cap, "%s:%d: %s: %s", m->path, r->line, path, why);
     else
         snprintf(out, cap, "%s:%d: %s", m->path, r->line, why);
+}
+
+// Duplicate records (FORMAT.md "Packing"): a record naming the same image, audio and caption
+// (inline text or caption file) as an earlier one would put one sample in the dataset twice,
+// or in train and val at once. Paths are compared after realpath (so "a.png" and "./a.png"
+// are one file). Content is not hashed: two files with the same bytes are two samples.
+typedef struct {
+    char *key;
+    size_t n;
+    int i;  // record
+} dup_key;
+
+static int cmp_dup_key(const void *a, const void *b) {
+    const dup_key *x = a, *y = b;
+    size_t n = x->n < y->n ? x->n : y->n;
+    int c = memcmp(x->key, y->key, n);
+    if (c) return c;
+    if (x->n != y->n) return x->n < y->n ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+// Marks each later copy as a malformed record "duplicate of line K (...)" (col 0: none).
+// Returns how many were marked.
+static int mark_duplicates(data_manifest *m) {
+    dup_key *k = mm_calloc((size_t)m->n + 1, sizeof(dup_key));
+    int nk = 0, marked = 0;
+    for (int i = 0; i < m->n; i++) {
+        data_manifest_rec *r = &m->rec[i];
+        if (r->error) continue;
+        data_strbuf sb = {mm_malloc(256), 0, 256};
+        for (int f = 0; f < DATA_MF_N; f++) {
+            data_sb_printf(&sb, "%d:", f);
+            if (!r->field[f]) continue;
+            if (f == DATA_MF_CAPTION) {  // may hold any byte: copied with its length
+                data_sb_printf(&sb, "%zu:", r->caption_n);
+                if (sb.cap - sb.n < r->caption_n + 2) {
+                    sb.cap = sb.n + r->caption_n + 256;
+                    sb.buf = realloc(sb.buf, sb.cap);
+                    MM_CHECK(sb.buf, "out of memory");
+                }
+                memcpy(sb.buf + sb.n, r->field[f], r->caption_n);
+                sb.n += r->caption_n;
+            } else {
+                char *real = realpath(r->field[f], NULL);
+                data_sb_printf(&sb, "%zu:%s", strlen(real ? real : r->field[f]),
+                               real ? real : r->field[f]);
+                free(real);
+            }
+            data_sb_printf(&sb, "%c", '\x1f');
+        }
+        k[nk++] = (dup_key){sb.buf, sb.n, i};
+    }
+    qsort(k, (size_t)nk, sizeof(dup_key), cmp_dup_key);
+    for (int a = 0, b; a < nk; a = b) {
+        for (b = a + 1; b < nk && k[b].n == k[a].n && !memcmp(k[b].key, k[a].key, k[a].n); b++) {
+            data_manifest_rec *r = &m->rec[k[b].i];
+            char why[128];
+            snprintf(why, sizeof(why), "duplicate of line %d (same image, audio and caption)",
+                     m->rec[k[a].i].line);
+            r->error = strdup(why);
+            MM_CHECK(r->error, "out of memory");
+            r->col = 0;
+            marked++;
+        }
+    }
+    for (int i = 0; i < nk; i++) free(k[i].key);
+    free(k);
+    return marked;
 }
 
 static void progress(FILE *log, uint64_t done, uint64_t n, uint64_t skipped, double t) {
@@ -290,14 +360,24 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
         data_manifest_free(&m);
         return mm_fail(err, "%s: the manifest holds no samples", c->manifest);
     }
+    int n_dup = mark_duplicates(&m);
     if (c->on_error == DATA_PACK_FAIL) {  // a typo in the manifest: say so before decoding
         for (int i = 0; i < m.n; i++) {
             if (!m.rec[i].error) continue;
-            mm_fail(err, "%s:%d:%d: %s", m.path, m.rec[i].line, m.rec[i].col, m.rec[i].error);
+            if (m.rec[i].col > 0)
+                mm_fail(err, "%s:%d:%d: %s", m.path, m.rec[i].line, m.rec[i].col, m.rec[i].error);
+            else
+                mm_fail(err,
+                        "%s:%d: %s (%d duplicate record(s) in all; remove them or use "
+                        "--on-error skip)",
+                        m.path, m.rec[i].line, m.rec[i].error, n_dup);
             data_manifest_free(&m);
             return -1;
         }
     }
+    if (n_dup && c->log)
+        fprintf(c->log, "warning: %s: %d duplicate record(s) skipped (listed in skipped.tsv)\n",
+                m.path, n_dup);
     st->records = (uint64_t)m.n;
 
     // The split: the first round(f * n) records of a seeded permutation go to val.

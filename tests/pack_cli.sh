@@ -306,5 +306,34 @@ f=$(freq_of "$tmp/lg/sample_1.wav")
 expect "custom schema: 660 Hz at 16 kHz ($f Hz)" near "$f" 660 0.02
 expect "custom schema: 0.5 s is 8000 samples at 16 kHz" grep -q "8000 samples at 16000 Hz" "$tmp/out"
 
+
+# Issue 16, items 13 and 16: a FIFO as an image or audio path is refused at once (pack used to
+# wait forever for a writer), and duplicated manifest lines are refused, or skipped and
+# counted, never packed twice (val could hold copies of training samples).
+mkdir -p "$tmp/dupsrc"
+"$B/tests/test_pack" --fixtures "$tmp/dupsrc" >/dev/null 2>&1
+mkfifo "$tmp/dupsrc/pipe.png" "$tmp/dupsrc/pipe.wav"
+for f in pipe.png pipe.wav; do
+    key=image; [ "$f" = pipe.wav ] && key=audio
+    printf '{"%s": "%s", "caption": "x"}\n' "$key" "$f" >"$tmp/dupsrc/fifo.jsonl"
+    run timeout 20 "$MMDATA" pack --manifest "$tmp/dupsrc/fifo.jsonl" --out "$tmp/fifo_$key" --val-fraction 0
+    expect "FIFO as $key: exit 1 at once (not a hang)" test "$rc" -eq 1
+    expect "FIFO as $key: one line naming the path" one_line_error "fifo.jsonl:1" "$f" "not a regular file"
+done
+printf '%s\n' '{"image": "rgb32.png", "caption": "a"}' '{"image": "photo.jpg", "caption": "b"}' \
+    '{"image": "./rgb32.png", "caption": "a"}' '{"caption": "c"}' '{"caption": "c"}' \
+    >"$tmp/dupsrc/dup.jsonl"
+run "$MMDATA" pack --manifest "$tmp/dupsrc/dup.jsonl" --out "$tmp/dup_fail" --val-fraction 0
+expect "duplicate lines: exit 1" test "$rc" -eq 1
+expect "duplicate lines: one line naming the first copy and the count" \
+    one_line_error "dup.jsonl:3: duplicate of line 1" "2 duplicate record(s)"
+expect "duplicate lines: nothing written" test ! -e "$tmp/dup_fail"
+run "$MMDATA" pack --manifest "$tmp/dupsrc/dup.jsonl" --out "$tmp/dup_skip" --val-fraction 0 --on-error skip
+expect "duplicate lines, skip mode: exit 0" test "$rc" -eq 0
+expect "duplicate lines, skip mode: 3 packed, 2 skipped" grep -q "packed 3 of 5 samples.*skipped 2" "$tmp/out"
+expect "duplicate lines, skip mode: the count is said" grep -q "2 duplicate record(s) skipped" "$tmp/err"
+expect "duplicate lines, skip mode: skipped.tsv names line 5 as a copy of line 4" \
+    grep -q "duplicate of line 4" "$tmp/dup_skip/skipped.tsv"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
