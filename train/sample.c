@@ -119,7 +119,7 @@ static int run_sample(const sample_args *a, mm_err *err) {
     if (!sc.img_h || !sc.img_w || !sc.img_c || !sc.audio_rate || !sc.audio_len ||
         !sc.text_max) {  // a checkpoint from before the shape keys: ask its training set
         data_dataset *probe = NULL;
-        if (data_dataset_open(&probe, c.data.train, 0, &e) != 0)
+        if (data_dataset_open(&probe, c.data.train, DATA_OPEN_SCHEMA, &e) != 0)
             return mm_fail(err, "%s: needs the schema of its training set data.train: %s", ck,
                            e.msg);
         sc = *data_dataset_schema(probe);

@@ -624,7 +624,7 @@ static int init_model(trainer *t, mm_err *err) {
     // Model first (its shapes come from the training set's schema), then the checkpoint,
     // then the loader at the checkpoint's position.
     data_dataset *probe = NULL;
-    if (data_dataset_open(&probe, c->data.train, 0, err) != 0) return -1;
+    if (data_dataset_open(&probe, c->data.train, DATA_OPEN_SCHEMA, err) != 0) return -1;
     t->schema = *data_dataset_schema(probe);
     data_dataset_close(probe);
     if (ckpt_data_id(c->data.train, t->data_id, sizeof(t->data_id), err) != 0) return -1;
