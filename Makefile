@@ -231,15 +231,15 @@ clean:
 
 # --- fuzzing (make fuzz) ---------------------------------------------------------------
 # libFuzzer harnesses (tests/fuzz/fuzz_*.c) for the readers of files someone else wrote:
-# the YAML config loader, the dataset reader (index + shard), the checkpoint reader and the
-# manifest parser. Built by clang with ASan + UBSan into build-fuzz/ (the readers compiled
-# without MPI: a single-rank comm layer). `make fuzz` runs each harness for FUZZ_SECONDS
+# the YAML config loader, the dataset reader (index + shard), the checkpoint reader, the
+# manifest parser and the image decoders. Built by clang with ASan + UBSan into build-fuzz/
+# (the readers compiled without MPI: a single-rank comm layer). `make fuzz` runs each harness for FUZZ_SECONDS
 # (default 60) from its seed corpus tests/fuzz/corpus/<name>/ and replays the crashes found
 # so far (tests/fuzz/regress/<name>/); tests/fuzz.sh is the short pass `make test` runs.
 FUZZ_DIR := build-fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_CC ?= clang
-FUZZ_NAMES := config shard ckpt manifest
+FUZZ_NAMES := config shard ckpt manifest image
 FUZZ_CFLAGS := -std=c11 -Wall -Wextra -Werror -Wno-unknown-pragmas -g -O1 -D_GNU_SOURCE \
                -fno-omit-frame-pointer -fsanitize=address,undefined \
                -fno-sanitize-recover=undefined -I. -I$(BLAS_INC) $(PKG_CFLAGS)

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # tests/fuzz/run.sh BUILD_DIR SECONDS [NAME...]: runs each libFuzzer harness (default: all of
-# config shard ckpt manifest) for SECONDS under ASan + UBSan, starting from its seed corpus
-# tests/fuzz/corpus/NAME (copied: new inputs stay in a scratch corpus, the repository's stays
-# small), then replays every input of tests/fuzz/regress/NAME (crashes found earlier, fixed
-# since). A crash is kept in tests/fuzz/crashes/ for turning into a regression input, or, when
-# it happens inside libhdf5 on a file whose checksum was forged to match (our readers verify
-# the checksum first, so only a deliberately crafted file gets there; HDF5 1.10 is not
-# hardened against those), into tests/fuzz/hdf5-known/ as a documented limitation.
+# config shard ckpt manifest image) for SECONDS under ASan + UBSan, starting from its seed
+# corpus tests/fuzz/corpus/NAME (copied: new inputs stay in a scratch corpus, the repository's
+# stays small), then replays every input of tests/fuzz/regress/NAME (crashes and wrong
+# answers found earlier, fixed since). A crash is kept in tests/fuzz/crashes/ for turning
+# into a regression input, or, when it happens inside libhdf5 on a file whose checksum was
+# forged to match (our readers verify the checksum first, so only a deliberately crafted
+# file gets there; HDF5 1.10 is not hardened against those), into tests/fuzz/hdf5-known/ as
+# a documented limitation.
 # Prints one line per harness and "N passed, N failed" (make fuzz, tests/fuzz.sh).
 set -u
 BUILD=${1:?usage: run.sh BUILD_DIR SECONDS [NAME...]}
 SECONDS_EACH=${2:?usage: run.sh BUILD_DIR SECONDS [NAME...]}
 shift 2
-names=("$@"); [ ${#names[@]} -gt 0 ] || names=(config shard ckpt manifest)
+names=("$@"); [ ${#names[@]} -gt 0 ] || names=(config shard ckpt manifest image)
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 # the suite's ASAN_OPTIONS slow every allocation down for Open MPI's sake; not needed here
