@@ -205,9 +205,12 @@ static int png_decode(const uint8_t *buf, size_t n, data_image_src *out, mm_err 
 static int jpeg_decode(const uint8_t *buf, size_t n, data_image_src *out, mm_err *err) {
     tjhandle tj = tjInitDecompress();
     if (!tj) return mm_fail(err, "TurboJPEG could not start: %s", tjGetErrorStr2(NULL));
-    int w, h, subsamp, cs, rc = -1;
+    // zeroed: for a stream of tables only, TurboJPEG 2.1 reports success and writes none of them
+    int w = 0, h = 0, subsamp = 0, cs = 0, rc = -1;
     if (tjDecompressHeader3(tj, buf, (unsigned long)n, &w, &h, &subsamp, &cs) != 0) {
         mm_fail(err, "not a readable JPEG: %s", tjGetErrorStr2(tj));
+    } else if (w == 0 && h == 0) {
+        mm_fail(err, "not a readable JPEG: no image frame (tables only)");
     } else if (w < 1 || h < 1) {
         mm_fail(err, "JPEG of %d x %d pixels is empty", w, h);
     } else if (w > MAX_SIDE || h > MAX_SIDE || (int64_t)w * h > MAX_PIXELS) {
