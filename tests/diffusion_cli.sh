@@ -73,7 +73,8 @@ expect_error "a transformer checkpoint" "transformer checkpoint; sample needs a 
 # absent (n/a, no val_loss key) with one warning, never as a perfect 0
 if command -v python3 >/dev/null 2>&1; then
     for i in $(seq 1 40); do echo "{\"caption\": \"a small red circle on the left $i\"}"; done >"$tmp/noimg.jsonl"
-    "$B/mmdata" pack --manifest "$tmp/noimg.jsonl" --out "$tmp/noimg" --val-fraction 0.5 >/dev/null 2>&1
+    "$B/mmdata" pack --manifest "$tmp/noimg.jsonl" --out "$tmp/noimg" --val-fraction 0.5 \
+        --schema-from "$tmp/d" >/dev/null 2>&1  # the training set's shapes
     timeout 300 "$B/train" "$tmp/c.yaml" "${common[@]}" data.val="$tmp/noimg/val" eval.every=3 \
         eval.samples=8 diffusion.eval_samples=2 run.out_dir="$tmp/noimgrun" >"$tmp/ni.out" 2>"$tmp/ni.err"
     ok "val set without images: run exits 0: $(tail -n 2 "$tmp/ni.err")" '[ $? -eq 0 ]'
