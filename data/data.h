@@ -325,6 +325,7 @@ typedef struct {
     size_t caption_n;       // bytes of the inline caption
     char *error;            // malloc'd reason when the record is malformed (fields all NULL)
     int col;                // 1-based column of that error
+    int file_name;          // 1 when a field came from the key 'file_name' (Hugging Face)
 } data_manifest_rec;
 
 typedef struct {
@@ -332,12 +333,27 @@ typedef struct {
     int n;                   // records (blank lines are not records)
     data_manifest_rec *rec;  // (n) in file order
 } data_manifest;
-// Reads a .jsonl or .csv manifest (decided by the name's ending). A malformed record does
-// not stop the reading: it is kept with its error, so that --on-error skip can report it.
-// Returns -1 (with "FILE..." in err) only when the whole file is unusable: unreadable, an
-// unknown type, a CSV without a valid header. On success the caller frees m with
+// Which keys (JSON) or columns (CSV) give which field. key[f] (NULL: the defaults) is the
+// only name field f answers to; by default image is "image" or "file_name", audio "audio",
+// caption "caption" or "text", caption_file "caption_file". ignore is a comma-separated list
+// of keys that are read past (NULL: none). Strings are borrowed.
+typedef struct {
+    const char *key[DATA_MF_N];
+    const char *ignore;
+} data_manifest_keys;
+extern const char *const data_manifest_key_opts[DATA_MF_N];  // "--image-key", ...
+// A map names each key once and does not ignore a key it maps. 0 or -1 with err.
+int data_manifest_keys_check(const data_manifest_keys *k, mm_err *err);
+
+// Reads a .jsonl or .csv manifest (decided by the name's ending) under the key map keys (NULL:
+// the defaults). A malformed record (an unknown key, one field given twice, a missing
+// file_name when other records have one) does not stop the reading: it is kept with its
+// error, so that --on-error skip can report it. Returns -1 (with "FILE..." in err) only when
+// the whole file is unusable: unreadable, an unknown type, a CSV without a valid header, a
+// key mapped by keys that no record has. On success the caller frees m with
 // data_manifest_free; on failure m holds nothing.
-int data_manifest_read(const char *path, data_manifest *m, mm_err *err);
+int data_manifest_read(const char *path, const data_manifest_keys *keys, data_manifest *m,
+                       mm_err *err);
 void data_manifest_free(data_manifest *m);
 
 // --- Media (data/media.c) --------------------------------------------------------------
@@ -383,25 +399,56 @@ typedef struct {
 int data_audio_load(data_media *m, const char *path, int rate, int max_len, int16_t *pcm,
                     data_audio_info *info, mm_err *err);
 
+// The length an audio file will have at rate (at most ceil(frames * rate / file rate), what
+// data_audio_load gives before cutting), from its header alone. 0, or -1 with the reason.
+int data_audio_probe(data_media *m, const char *path, int rate, int64_t *n, mm_err *err);
+
 // A caption must be strict UTF-8 (data_utf8_why) of at most text_max bytes. 0 or -1 + reason.
 int data_caption_check(const char *s, size_t n, int text_max, mm_err *err);
+// The longest prefix of the valid UTF-8 caption s[0..n) that has at most max bytes and ends
+// at a character boundary (a cut never splits a character).
+size_t data_caption_cut(const char *s, size_t n, size_t max);
 // Reads a caption file: its bytes, less a leading UTF-8 BOM and one final line ending (LF or
-// CRLF) that editors add, checked like data_caption_check, into out (text_max + 1 bytes,
+// CRLF) that editors add, into *out (malloc'd, NUL-terminated, owned by the caller), *n its
+// length. Not checked. 0, or -1 with the reason.
+int data_caption_read(const char *path, char **out, size_t *n, mm_err *err);
+// data_caption_read, then checked like data_caption_check, into out (text_max + 1 bytes,
 // NUL-terminated); *n = its length. 0, or -1 with the reason.
 int data_caption_load(const char *path, int text_max, char *out, int *n, mm_err *err);
 
 // --- Packing and inspecting (data/pack.c) ----------------------------------------------
-enum { DATA_PACK_FAIL = 0, DATA_PACK_SKIP = 1 };
+enum { DATA_PACK_FAIL = 0, DATA_PACK_SKIP = 1, DATA_PACK_PATH = 4200 };
+// What the schema takes from the data when not given (FORMAT.md "Packing"): text_max is the
+// longest caption, at most DATA_PACK_TEXT_CAP bytes (longer ones are cut at a character
+// boundary); audio_len is the longest clip rounded up to a multiple of DATA_PACK_AUDIO_ROUND
+// samples (so the trainer's default STFT frames, n_fft 256 and hop 128, reach the clip's
+// end), at least 256, at most DATA_PACK_AUDIO_CAP_S seconds.
+#define DATA_PACK_TEXT_CAP 256
+#define DATA_PACK_AUDIO_CAP_S 10
+#define DATA_PACK_AUDIO_ROUND 128
+enum { DATA_PACK_N_PCT = 5 };
+extern const int data_pack_pcts[DATA_PACK_N_PCT];  // the clip-length percentiles reported
 typedef struct {
-    const char *manifest;  // .jsonl or .csv
+    const char *manifest;      // .jsonl or .csv; or NULL when folder is given
+    const char *folder;        // a Hugging Face-style folder: DIR/metadata.{jsonl,csv}, or
+                               // DIR/<train_split>/metadata.* and a val split beside it
+    const char *train_split;   // folder's training subfolder (NULL: DIR itself when it holds
+                               // metadata, else "train")
+    const char *val_split;     // folder's val subfolder (NULL: the first of validation, valid,
+                               // val, dev, test that exists; "none": no pre-split val)
+    const char *val_manifest;  // val records from this file, not split off (NULL: none)
+    data_manifest_keys keys;   // key / column names (zeroed: the defaults)
     const char *out;       // dataset folder to create: out/train, out/val (must not exist or be empty)
     int img_h, img_w;      // image size (default 32 x 32, as mmdata synth)
     int img_c;             // 1 grey, 3 RGB (default), 4 RGBA
     int audio_rate;        // Hz (default 8000)
-    int audio_len;         // max PCM samples per clip (default 4000)
-    int text_max;          // max caption bytes (default 48)
+    int audio_len;         // max PCM samples per clip; 0 (default): from the clips
+    int text_max;          // max caption bytes; 0 (default): from the captions
+    int cut_captions;      // a caption over text_max: 1 cut, 0 a bad sample; -1 (default):
+                           // cut when text_max comes from the data, bad when it is given
     int shard_size;        // samples per shard (default 500)
-    double val_fraction;   // share of the records that go to out/val, in [0, 1) (default 0.1)
+    double val_fraction;   // share of the records that go to out/val, in [0, 1); -1 (default):
+                           // 0.1, or 0 when val comes from its own manifest
     uint64_t seed;         // of the split permutation (default 1)
     int threads;           // decoding threads (default: the online CPUs, at most 16)
     int on_error;          // DATA_PACK_FAIL (default) or DATA_PACK_SKIP
@@ -411,15 +458,23 @@ typedef struct {
 void data_pack_default(data_pack_cfg *c);
 
 typedef struct {
-    uint64_t records;          // samples in the manifest (malformed records included)
+    char train_manifest[DATA_PACK_PATH], val_manifest[DATA_PACK_PATH];  // what was read ("" none)
+    uint64_t records;          // samples in the manifests (malformed records included)
     uint64_t packed, skipped;  // packed = train + val
     uint64_t train, val;
     int train_shards, val_shards;
+    int text_max, audio_len;             // the schema written
+    int text_auto, audio_auto;           // 1 when taken from the data
+    int text_longest;                    // longest valid caption in bytes (when text_auto)
+    uint64_t captions_cut;               // captions cut to text_max
+    uint64_t clips;                      // audio files whose length was read (when audio_auto)
+    int64_t clip_pct[DATA_PACK_N_PCT];   // their lengths at audio_rate at data_pack_pcts
+    uint64_t clip_cut[DATA_PACK_N_PCT];  // clips longer than each of those
     uint64_t trimmed;          // clips longer than audio_len, cut to it
     uint64_t bytes;            // bytes of the finished dataset's files
     double seconds;
 } data_pack_stats;
-// Packs the manifest's samples into c->out (FORMAT.md "Packing"): written into a temporary
+// Packs the manifests' samples into c->out (FORMAT.md "Packing"): written into a temporary
 // folder next to it and renamed at the end, so that a failure leaves no partial dataset.
 // With DATA_PACK_FAIL the first bad sample in manifest order stops it: -1 with err
 // "FILE:LINE: PATH: reason". With DATA_PACK_SKIP bad samples are left out and listed in

@@ -1,7 +1,11 @@
 // manifest.c: reads the list of samples a user hands to `mmdata pack`, so that a typo on line
 // 9000 of their manifest is an error naming that line and column rather than a sample that
 // quietly goes missing. Two formats: JSON Lines (one flat object per line) and CSV (RFC 4180,
-// with a header row). Both name the same fields: image, audio, caption, caption_file.
+// with a header row). Both name the same fields: image, audio, caption, caption_file. Folders
+// from elsewhere name them otherwise, so the names are a map (data_manifest_keys): by default
+// Hugging Face's `file_name` is also the image and `text` also the caption; the command line
+// maps any other column (--caption-key ...) or leaves it out (--ignore-keys), and a key that
+// is neither stays an error, so that a typo ("imgae") never drops a field silently.
 //
 // There is no JSON library among the project's dependencies, and the objects are flat, so
 // the parser here is small and strict: one object per line, string (or null) values only,
@@ -362,10 +366,72 @@ static int ends_with(const char *s, const char *suffix) {
     return 1;
 }
 
-static int field_index(const char *name) {
+// The names a field answers to when no option maps it: the project's own, then the common
+// one of Hugging Face folders (imagefolder's file_name, the `text` column of captions).
+static const char *const default_names[DATA_MF_N][2] = {
+    {"image", "file_name"}, {"audio", NULL}, {"caption", "text"}, {"caption_file", NULL}};
+static const char *const field_what[DATA_MF_N] = {"image", "audio", "caption", "caption file"};
+const char *const data_manifest_key_opts[DATA_MF_N] = {"--image-key", "--audio-key",
+                                                       "--caption-key", "--caption-file-key"};
+enum { KEY_UNKNOWN = -1, KEY_IGNORED = DATA_MF_N };
+
+static const char *explicit_key(const data_manifest_keys *k, int f) {
+    return k && k->key[f] && k->key[f][0] ? k->key[f] : NULL;
+}
+
+// Whether name is an item of the comma-separated list (NULL: an empty list).
+static int in_list(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && memcmp(p, name, n) == 0) return 1;
+        p = end ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+// The field a key gives, KEY_IGNORED, or KEY_UNKNOWN.
+static int key_field(const data_manifest_keys *k, const char *name) {
     for (int f = 0; f < DATA_MF_N; f++)
-        if (strcmp(name, data_manifest_fields[f]) == 0) return f;
-    return -1;
+        if (explicit_key(k, f) && strcmp(name, k->key[f]) == 0) return f;
+    if (k && in_list(k->ignore, name)) return KEY_IGNORED;
+    for (int f = 0; f < DATA_MF_N; f++)
+        for (int j = 0; j < 2 && !explicit_key(k, f); j++)
+            if (default_names[f][j] && strcmp(name, default_names[f][j]) == 0) return f;
+    return KEY_UNKNOWN;
+}
+
+// "image|file_name, audio, caption|text, caption_file" under the map k, for messages.
+static void known_keys(const data_manifest_keys *k, char *out, size_t cap) {
+    size_t at = 0;
+    out[0] = '\0';
+    for (int f = 0; f < DATA_MF_N && at < cap; f++) {
+        at += (size_t)snprintf(out + at, cap - at, "%s", f ? ", " : "");
+        if (at >= cap) break;
+        if (explicit_key(k, f))
+            at += (size_t)snprintf(out + at, cap - at, "%s", k->key[f]);
+        else
+            at += (size_t)snprintf(out + at, cap - at, "%s%s%s", default_names[f][0],
+                                   default_names[f][1] ? "|" : "",
+                                   default_names[f][1] ? default_names[f][1] : "");
+    }
+}
+
+int data_manifest_keys_check(const data_manifest_keys *k, mm_err *err) {
+    for (int f = 0; f < DATA_MF_N; f++) {
+        if (k->key[f] && !k->key[f][0])
+            return mm_fail(err, "%s: the key name is empty", data_manifest_key_opts[f]);
+        if (!explicit_key(k, f)) continue;
+        for (int g = 0; g < f; g++)
+            if (explicit_key(k, g) && strcmp(k->key[f], k->key[g]) == 0)
+                return mm_fail(err, "%s and %s both name the key '%s'", data_manifest_key_opts[g],
+                               data_manifest_key_opts[f], k->key[f]);
+        if (in_list(k->ignore, k->key[f]))
+            return mm_fail(err, "'%s' is given by %s and ignored by --ignore-keys", k->key[f],
+                           data_manifest_key_opts[f]);
+    }
+    return 0;
 }
 
 // Relative paths resolve against the manifest's folder (dir; "" when the manifest has none).
@@ -402,6 +468,7 @@ static void rec_error(data_manifest_rec *r, int col, const char *fmt, ...) {
     va_end(ap);
     for (int f = 0; f < DATA_MF_N; f++) free(r->field[f]), r->field[f] = NULL;
     r->caption_n = 0;
+    r->file_name = 0;
     free(r->error);
     r->error = strdup(why);
     MM_CHECK(r->error, "out of memory");
@@ -431,8 +498,27 @@ static int rec_check(data_manifest_rec *r) {
     return 0;
 }
 
-static void read_jsonl(data_manifest *m, const char *dir, const char *buf, size_t n) {
-    int cap = 0, line = 0;
+// A record that gives one field under two keys ("image" and "file_name").
+static void twice_error(data_manifest_rec *r, int col, int f, const char *a, const char *b) {
+    rec_error(r, col, "keys '%s' and '%s' both give the %s (keep one, or choose with %s)", a, b,
+              field_what[f], data_manifest_key_opts[f]);
+}
+
+// Hugging Face folders name every sample's file with file_name: once some record does, one
+// without it is a mistake (a caption-only sample is not what the row meant).
+static void require_file_name(data_manifest *m) {
+    int used = 0;
+    for (int i = 0; i < m->n; i++) used |= m->rec[i].file_name;
+    for (int i = 0; i < m->n && used; i++)
+        if (!m->rec[i].error && !m->rec[i].file_name)
+            rec_error(&m->rec[i], 1,
+                      "'file_name' is missing or empty (the other records name their file "
+                      "with it)");
+}
+
+static int read_jsonl(data_manifest *m, const data_manifest_keys *km, const char *dir,
+                      const char *buf, size_t n, mm_err *err) {
+    int cap = 0, line = 0, parsed = 0, used[DATA_MF_N] = {0};
     size_t i = 0;
     if (n >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) i = 3;  // a BOM some editors write
     while (i < n) {
@@ -454,21 +540,40 @@ static void read_jsonl(data_manifest *m, const char *dir, const char *buf, size_
             rec_error(r, col, "%s", e.msg);
             continue;
         }
+        parsed++;
+        int from[DATA_MF_N];  // the member that gave each field
+        for (int f = 0; f < DATA_MF_N; f++) from[f] = -1;
         for (int j = 0; j < o.n && !r->error; j++) {
-            int f = field_index(o.key[j]);
-            if (f < 0)
+            int f = key_field(km, o.key[j]);
+            if (f == KEY_IGNORED) continue;
+            if (f == KEY_UNKNOWN) {
+                char known[200];
+                known_keys(km, known, sizeof(known));
                 rec_error(r, o.col[j],
-                          "unknown key '%s' (known: image, audio, caption, caption_file)",
-                          o.key[j]);
-            else
+                          "unknown key '%s' (known: %s; map a key with --image-key, --audio-key, "
+                          "--caption-key, or leave it out with --ignore-keys)",
+                          o.key[j], known);
+            } else if (from[f] >= 0) {
+                twice_error(r, o.col[j], f, o.key[from[f]], o.key[j]);
+            } else {
+                from[f] = j;
+                used[f] = 1;
                 rec_set(r, dir, f, o.val[j], o.val_n[j]);
+                if (strcmp(o.key[j], "file_name") == 0 && r->field[f]) r->file_name = 1;
+            }
         }
         if (!r->error) rec_check(r);
         data_json_obj_free(&o);
     }
+    for (int f = 0; f < DATA_MF_N && parsed; f++)
+        if (explicit_key(km, f) && !used[f])
+            return mm_fail(err, "%s: no record has the key '%s' (given by %s)", m->path, km->key[f],
+                           data_manifest_key_opts[f]);
+    return 0;
 }
 
-static int read_csv(data_manifest *m, const char *dir, const char *buf, size_t n, mm_err *err) {
+static int read_csv(data_manifest *m, const data_manifest_keys *km, const char *dir,
+                    const char *buf, size_t n, mm_err *err) {
     size_t pos = 0;
     int line = 1, cap = 0, eline, ecol;
     if (n >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) pos = 3;
@@ -482,19 +587,45 @@ static int read_csv(data_manifest *m, const char *dir, const char *buf, size_t n
         data_csv_row_free(&head);
         return mm_fail(err, "%s:%d: header: more than 64 columns", m->path, head.line);
     }
-    int seen[DATA_MF_N] = {0};
+    for (int f = 0; f < DATA_MF_N; f++) {  // a mapped column that is not there, first
+        int found = !explicit_key(km, f);
+        for (int c = 0; c < head.n && !found; c++) found = !strcmp(head.cell[c], km->key[f]);
+        if (found) continue;
+        rc = mm_fail(err, "%s:%d: header: no column '%s' (given by %s)", m->path, head.line,
+                     km->key[f], data_manifest_key_opts[f]);
+        data_csv_row_free(&head);
+        return rc;
+    }
+    int seen[DATA_MF_N], fn_col = -1;  // seen: the column giving each field
+    for (int f = 0; f < DATA_MF_N; f++) seen[f] = -1;
     for (int c = 0; c < head.n; c++) {
-        int f = field_index(head.cell[c]);
-        if (f < 0 || seen[f]) {
-            rc = mm_fail(err,
-                         "%s:%d: header: column %d '%.60s' is %s (known: image, audio, caption, "
-                         "caption_file)",
-                         m->path, head.line, c + 1, head.cell[c], f < 0 ? "unknown" : "repeated");
-            data_csv_row_free(&head);
-            return rc;
-        }
-        seen[f] = 1;
+        int f = key_field(km, head.cell[c]);
         col_field[c] = f;
+        if (f == KEY_IGNORED) continue;
+        if (f == KEY_UNKNOWN) {
+            char known[200];
+            known_keys(km, known, sizeof(known));
+            rc = mm_fail(err,
+                         "%s:%d: header: column %d '%.60s' is unknown (known: %s; map a column "
+                         "with --image-key, --audio-key, --caption-key, or leave it out with "
+                         "--ignore-keys)",
+                         m->path, head.line, c + 1, head.cell[c], known);
+        } else if (seen[f] >= 0 && strcmp(head.cell[seen[f]], head.cell[c]) == 0) {
+            rc = mm_fail(err, "%s:%d: header: column %d '%.60s' is repeated", m->path, head.line,
+                         c + 1, head.cell[c]);
+        } else if (seen[f] >= 0) {
+            rc = mm_fail(err,
+                         "%s:%d: header: columns '%.60s' and '%.60s' both give the %s (keep one, "
+                         "or choose with %s)",
+                         m->path, head.line, head.cell[seen[f]], head.cell[c], field_what[f],
+                         data_manifest_key_opts[f]);
+        } else {
+            seen[f] = c;
+            if (strcmp(head.cell[c], "file_name") == 0) fn_col = c;
+            continue;
+        }
+        data_csv_row_free(&head);
+        return rc;
     }
     int n_cols = head.n;
     data_csv_row_free(&head);
@@ -514,10 +645,12 @@ static int read_csv(data_manifest *m, const char *dir, const char *buf, size_t n
         } else {
             for (int c = 0; c < n_cols && !r->error; c++) {
                 int f = col_field[c];
+                if (f == KEY_IGNORED) continue;
                 if (f != DATA_MF_CAPTION && strlen(row.cell[c]) != row.cell_n[c])
                     rec_error(r, 1, "column '%s' holds a NUL byte", data_manifest_fields[f]);
                 else
                     rec_set(r, dir, f, row.cell[c], row.cell_n[c]);
+                if (c == fn_col && r->field[f]) r->file_name = 1;
             }
             if (!r->error) rec_check(r);
         }
@@ -526,7 +659,8 @@ static int read_csv(data_manifest *m, const char *dir, const char *buf, size_t n
     return 0;
 }
 
-int data_manifest_read(const char *path, data_manifest *m, mm_err *err) {
+int data_manifest_read(const char *path, const data_manifest_keys *keys, data_manifest *m,
+                       mm_err *err) {
     memset(m, 0, sizeof(*m));
     int csv = ends_with(path, ".csv");
     if (!csv && !ends_with(path, ".jsonl"))
@@ -542,9 +676,10 @@ int data_manifest_read(const char *path, data_manifest *m, mm_err *err) {
     if (slash) memcpy(dir, path, slash == path ? 1 : (size_t)(slash - path));
     int rc = 0;
     if (csv)
-        rc = read_csv(m, dir, buf, n, err);
+        rc = read_csv(m, keys, dir, buf, n, err);
     else
-        read_jsonl(m, dir, buf, n);
+        rc = read_jsonl(m, keys, dir, buf, n, err);
+    if (rc == 0) require_file_name(m);
     free(dir);
     free(buf);
     if (rc) {

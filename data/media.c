@@ -509,6 +509,25 @@ done:
     return rc;
 }
 
+int data_audio_probe(data_media *m, const char *path, int rate, int64_t *n, mm_err *err) {
+    struct stat st;
+    FILE *probe = open_regular(path, &st, err);  // never sf_open a FIFO: it would block
+    if (!probe) return -1;
+    fclose(probe);
+    SF_INFO si;
+    memset(&si, 0, sizeof(si));
+    pthread_mutex_lock(&m->sf_open_lock);
+    SNDFILE *sf = sf_open(path, SFM_READ, &si);
+    if (!sf) mm_fail(err, "not a readable audio file: %s", sf_strerror(NULL));
+    pthread_mutex_unlock(&m->sf_open_lock);
+    if (!sf) return -1;
+    sf_close(sf);
+    if (si.samplerate < 1 || si.frames < 0) return mm_fail(err, "bad audio header");
+    *n = si.samplerate == rate ? (int64_t)si.frames
+                               : (int64_t)ceil((double)si.frames * rate / si.samplerate);
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------
 // Captions.
 int data_caption_check(const char *s, size_t n, int text_max, mm_err *err) {
@@ -521,7 +540,14 @@ int data_caption_check(const char *s, size_t n, int text_max, mm_err *err) {
     return 0;
 }
 
-int data_caption_load(const char *path, int text_max, char *out, int *n, mm_err *err) {
+size_t data_caption_cut(const char *s, size_t n, size_t max) {
+    if (n <= max) return n;
+    size_t k = max;  // s[k] is the first byte left out: not a continuation byte (10xxxxxx)
+    while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+    return k;
+}
+
+int data_caption_read(const char *path, char **out, size_t *n, mm_err *err) {
     uint8_t *buf;
     size_t len;
     if (read_small_file(path, MAX_FILE_BYTES, &buf, &len, err)) return -1;
@@ -531,11 +557,21 @@ int data_caption_load(const char *path, int text_max, char *out, int *n, mm_err 
         len--;
         if (len > start && buf[len - 1] == '\r') len--;
     }
-    int rc = data_caption_check((const char *)buf + start, len - start, text_max, err);
+    memmove(buf, buf + start, len - start);
+    buf[len - start] = '\0';
+    *out = (char *)buf;
+    *n = len - start;
+    return 0;
+}
+
+int data_caption_load(const char *path, int text_max, char *out, int *n, mm_err *err) {
+    char *buf;
+    size_t len;
+    if (data_caption_read(path, &buf, &len, err)) return -1;
+    int rc = data_caption_check(buf, len, text_max, err);
     if (rc == 0) {
-        memcpy(out, buf + start, len - start);
-        out[len - start] = '\0';
-        *n = (int)(len - start);
+        memcpy(out, buf, len + 1);
+        *n = (int)len;
     }
     free(buf);
     return rc;

@@ -30,16 +30,30 @@ static const char usage[] =
     "  verify DIR\n"
     "        check a dataset completely: index.json, each shard's checksum, attributes and\n"
     "        datasets, then decode every sample. Prints a summary, or the first problem.\n"
-    "  pack --manifest FILE --out DIR [options]\n"
+    "  pack --manifest FILE --out DIR [options]    (or --folder FOLDER instead of --manifest)\n"
     "        pack your own images (PNG, JPEG), audio (WAV, FLAC, OGG, ...) and captions into\n"
     "        DIR/train and DIR/val. FILE is .jsonl (one object per line) or .csv (header row)\n"
-    "        with the fields image, audio, caption (inline text) or caption_file (a .txt);\n"
-    "        relative paths are relative to FILE's folder. Options (defaults = synth's set):\n"
+    "        with the fields image (or file_name), audio, caption (or text; inline) or\n"
+    "        caption_file (a .txt); relative paths are relative to FILE's folder.\n"
+    "        FOLDER is Hugging Face style: FOLDER/metadata.jsonl|csv, or FOLDER/train/ with\n"
+    "        FOLDER/validation/ (or valid, val, dev, test) as val. Options:\n"
+    "          --image-key K --audio-key K --caption-key K --caption-file-key K\n"
+    "                               read the field from key/column K (e.g. --caption-key desc)\n"
+    "          --ignore-keys K1,K2  read past these keys (other unknown keys are errors)\n"
+    "          --val-manifest FILE  val from FILE, not split off (pre-split sets)\n"
+    "          --train-split NAME --val-split NAME|none   FOLDER's subfolders by name\n"
     "          --image-size HxW|N (32)  --channels 1|3|4 (3)  --audio-rate HZ (8000)\n"
-    "          --audio-len SAMPLES (4000)  --text-max BYTES (48)  --shard-size N (500)\n"
-    "          --val-fraction F (0.1)  --seed S (1)  --threads N (CPUs)\n"
+    "          --audio-len SAMPLES  (default: the longest clip, rounded up to 128, at most 10 s;\n"
+    "                                the clips' length percentiles are printed)\n"
+    "          --text-max BYTES     (default: the longest caption, at most 256; longer cut)\n"
+    "          --long-captions cut|refuse (default: cut with the default text-max, refuse\n"
+    "                               with an explicit one)\n"
+    "          --schema-from SET    shapes not given from dataset SET (to fit a base model)\n"
+    "          --shard-size N (500)  --val-fraction F (0.1; none with a val split)\n"
+    "          --seed S (1)  --threads N (CPUs)\n"
     "          --on-error fail|skip (fail: stop at the first bad sample, leave no DIR;\n"
     "                                skip: leave bad samples out, list them in DIR/skipped.tsv)\n"
+    "        The model's input shape follows the schema (data/FORMAT.md \"Packing\").\n"
     "  inspect DIR [--sample I [--split train|val] --out FOLDER]\n"
     "        print a dataset's schema, splits, shards and modalities; with --sample, write\n"
     "        sample I (a position in the split) to FOLDER as sample_I.png, .wav and .txt.\n"
@@ -188,14 +202,85 @@ static int int_opt(const char *cmd, const char *opt, const char *v, long lo, lon
     return 0;
 }
 
+// --schema-from DIR: the schema of an existing dataset (DIR, or DIR/train of a packed
+// folder) for every shape option not given, so that a set packed for fine-tuning fits the
+// base model (whose shapes are its training set's).
+static int schema_from(const char *dir, data_schema *s, mm_err *err) {
+    data_index ix;
+    char p[DATA_PATH_CAP + 16];
+    snprintf(p, sizeof(p), "%s/index.json", dir);
+    if (access(p, F_OK) != 0)
+        snprintf(p, sizeof(p), "%s/train", dir);
+    else
+        snprintf(p, sizeof(p), "%s", dir);
+    if (data_index_read(p, &ix, err)) return -1;
+    *s = ix.schema;
+    data_index_free(&ix);
+    return 0;
+}
+
+// What pack took from the data (stdout, before the summary line): the caption limit, the
+// clips' lengths at a few percentiles with how many each would cut, and the length chosen.
+static void print_survey(const data_pack_cfg *c, const data_pack_stats *st) {
+    if (st->text_auto) {
+        printf("captions: longest %d bytes; text_max %d", st->text_longest, st->text_max);
+        if (st->text_longest > st->text_max)
+            printf(" (at most %d): %llu caption%s cut to it at a character boundary",
+                   DATA_PACK_TEXT_CAP, (unsigned long long)st->captions_cut,
+                   st->captions_cut == 1 ? "" : "s");
+        printf(" (from the data; --text-max N to choose)\n");
+    }
+    if (!st->audio_auto) return;
+    double rate = c->audio_rate;
+    if (st->clips == 0) {
+        printf("audio: no clips; audio_len %d (%.3f s, the default)\n", st->audio_len,
+               st->audio_len / rate);
+        return;
+    }
+    printf(
+        "audio: %llu clip%s at %d Hz, by length (and how many clips are longer: what that "
+        "--audio-len would cut):",
+        (unsigned long long)st->clips, st->clips == 1 ? "" : "s", c->audio_rate);
+    for (int j = 0; j < DATA_PACK_N_PCT; j++)
+        printf("%s p%d %lld samples (%.3f s, %llu longer)", j ? "," : "", data_pack_pcts[j],
+               (long long)st->clip_pct[j], st->clip_pct[j] / rate,
+               (unsigned long long)st->clip_cut[j]);
+    printf("\n");
+    const int64_t longest = st->clip_pct[DATA_PACK_N_PCT - 1];
+    // the model's audio input: frames of the trainer's default STFT (n_fft 256, hop 128)
+    char why[96];
+    if (longest > st->audio_len)
+        snprintf(why, sizeof(why), "the cap of %d s", DATA_PACK_AUDIO_CAP_S);
+    else
+        snprintf(why, sizeof(why), "the longest clip rounded up to a multiple of %d",
+                 DATA_PACK_AUDIO_ROUND);
+    printf(
+        "audio: audio_len %d (%.3f s, %d log-mel frames at the default data.n_fft 256, "
+        "data.hop 128): %s (from the data; --audio-len N to choose)\n",
+        st->audio_len, st->audio_len / rate, 1 + (st->audio_len - 256) / 128, why);
+    const int64_t p95 = st->clip_pct[2];
+    if (p95 > 0 && st->audio_len > 2 * p95)  // a few long clips make every sample long
+        printf(
+            "audio: note: audio_len is %.1f times the p95 clip; --audio-len %lld would "
+            "shorten %llu clips and the model's audio input %.1f times\n",
+            (double)st->audio_len / p95, (long long)p95, (unsigned long long)st->clip_cut[2],
+            (double)st->audio_len / p95);
+}
+
 static int cmd_pack(int argc, char **argv) {
     data_pack_cfg c;
     data_pack_default(&c);
+    const char *from = NULL;
+    int given_size = 0, given_c = 0, given_rate = 0;
     for (int i = 0; i < argc; i++) {
-        static const char *const opts[] = {
-            "--manifest", "--out",      "--image-size",   "--channels", "--audio-rate",
-            "--audio-len", "--text-max", "--shard-size", "--val-fraction", "--seed",
-            "--threads",  "--on-error"};
+        static const char *const opts[] = {"--manifest",    "--folder",       "--val-manifest",
+                                           "--train-split", "--val-split",    "--image-key",
+                                           "--audio-key",   "--caption-key",  "--caption-file-key",
+                                           "--ignore-keys", "--schema-from",  "--long-captions",
+                                           "--out",         "--image-size",   "--channels",
+                                           "--audio-rate",  "--audio-len",    "--text-max",
+                                           "--shard-size",  "--val-fraction", "--seed",
+                                           "--threads",     "--on-error"};
         const char *a = argv[i];
         int known = 0;
         for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]); k++) known |= !strcmp(a, opts[k]);
@@ -205,11 +290,31 @@ static int cmd_pack(int argc, char **argv) {
         int bad = 0;
         if (!strcmp(a, "--manifest")) {
             c.manifest = v;
+        } else if (!strcmp(a, "--folder")) {
+            c.folder = v;
+        } else if (!strcmp(a, "--val-manifest")) {
+            c.val_manifest = v;
+        } else if (!strcmp(a, "--train-split")) {
+            c.train_split = v;
+        } else if (!strcmp(a, "--val-split")) {
+            c.val_split = v;
+        } else if (!strcmp(a, "--ignore-keys")) {
+            c.keys.ignore = v;
+        } else if (!strcmp(a, "--schema-from")) {
+            from = v;
+        } else if (!strcmp(a, "--long-captions")) {
+            if (!strcmp(v, "cut"))
+                c.cut_captions = 1;
+            else if (!strcmp(v, "refuse"))
+                c.cut_captions = 0;
+            else
+                bad = usage_error("pack: --long-captions wants cut or refuse, got '%s'", v);
         } else if (!strcmp(a, "--out")) {
             c.out = v;
         } else if (!strcmp(a, "--image-size")) {
             const char *x = strchr(v, 'x');
             char hbuf[32];
+            given_size = 1;
             if (!x) {
                 bad = int_opt("pack", a, v, 1, 16384, &c.img_h);
                 c.img_w = c.img_h;
@@ -222,10 +327,12 @@ static int cmd_pack(int argc, char **argv) {
                 bad = usage_error("pack: --image-size wants HxW or N, got '%s'", v);
             }
         } else if (!strcmp(a, "--channels")) {
+            given_c = 1;
             bad = int_opt("pack", a, v, 1, 4, &c.img_c);
             if (!bad && c.img_c == 2)
                 bad = usage_error("pack: --channels wants 1 (grey), 3 (RGB) or 4 (RGBA), got 2");
         } else if (!strcmp(a, "--audio-rate")) {
+            given_rate = 1;
             bad = int_opt("pack", a, v, 1, 1000000, &c.audio_rate);
         } else if (!strcmp(a, "--audio-len")) {
             bad = int_opt("pack", a, v, 64, 1 << 26, &c.audio_len);
@@ -244,30 +351,65 @@ static int cmd_pack(int argc, char **argv) {
             c.val_fraction = strtod(v, &end);
             if (errno || end == v || *end || !(c.val_fraction >= 0 && c.val_fraction < 1))
                 bad = usage_error("pack: --val-fraction wants a number in [0, 1), got '%s'", v);
-        } else {  // --on-error
+        } else if (!strcmp(a, "--on-error")) {
             if (!strcmp(v, "fail")) c.on_error = DATA_PACK_FAIL;
             else if (!strcmp(v, "skip")) c.on_error = DATA_PACK_SKIP;
             else bad = usage_error("pack: --on-error wants fail or skip, got '%s'", v);
+        } else {  // --image-key, --audio-key, --caption-key, --caption-file-key
+            for (int f = 0; f < DATA_MF_N; f++)
+                if (!strcmp(a, data_manifest_key_opts[f])) c.keys.key[f] = v;
         }
         if (bad) return 2;
     }
-    if (!c.manifest || !c.manifest[0]) return usage_error("pack: missing --manifest FILE");
+    int have_m = c.manifest && c.manifest[0], have_f = c.folder && c.folder[0];
+    if (have_m && have_f) return usage_error("pack: --manifest and --folder exclude each other");
+    if (!have_m && !have_f) return usage_error("pack: missing --manifest FILE or --folder DIR");
     if (!c.out || !c.out[0]) return usage_error("pack: missing --out DIR");
+    if ((c.train_split || c.val_split) && !have_f)
+        return usage_error("pack: --train-split and --val-split need --folder DIR");
+    if (c.val_manifest && c.val_split)
+        return usage_error("pack: --val-manifest and --val-split exclude each other");
+    if (c.val_manifest && c.val_fraction >= 0)
+        return usage_error(
+            "pack: --val-manifest and --val-fraction exclude each other (val "
+            "comes from the file)");
+    mm_err err;
+    if (data_manifest_keys_check(&c.keys, &err)) return usage_error("pack: %s", err.msg);
+    if (from) {
+        data_schema s;
+        if (schema_from(from, &s, &err)) {
+            fprintf(stderr, "error: --schema-from: %s\n", err.msg);
+            return 1;
+        }
+        if (!given_size) c.img_h = s.img_h, c.img_w = s.img_w;
+        if (!given_c) c.img_c = s.img_c;
+        if (!given_rate) c.audio_rate = s.audio_rate;
+        if (!c.audio_len) c.audio_len = s.audio_len;
+        if (!c.text_max) c.text_max = s.text_max;
+    }
     c.log = stderr;
     c.progress = isatty(fileno(stderr));
     data_pack_stats st;
-    mm_err err;
     if (data_pack(&c, &st, &err)) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
+    if (st.val_manifest[0])
+        printf("splits: train from %s, val from %s\n", st.train_manifest, st.val_manifest);
+    else if (c.folder)
+        printf("splits: train and val from %s\n", st.train_manifest);
+    print_survey(&c, &st);
     char skipped[64 + 4200] = "";
     if (c.on_error == DATA_PACK_SKIP)
         snprintf(skipped, sizeof(skipped), " (listed in %s/skipped.tsv)", c.out);
-    char trimmed[96] = "";
+    char trimmed[160] = "";
     if (st.trimmed)
         snprintf(trimmed, sizeof(trimmed), "; %llu clip%s longer than %d samples cut to it",
-                 (unsigned long long)st.trimmed, st.trimmed == 1 ? "" : "s", c.audio_len);
+                 (unsigned long long)st.trimmed, st.trimmed == 1 ? "" : "s", st.audio_len);
+    if (st.captions_cut && !st.text_auto)
+        snprintf(trimmed + strlen(trimmed), sizeof(trimmed) - strlen(trimmed),
+                 "; %llu caption%s longer than %d bytes cut to it",
+                 (unsigned long long)st.captions_cut, st.captions_cut == 1 ? "" : "s", st.text_max);
     printf("%s: packed %llu of %llu samples: train %llu in %d shard%s, val %llu in %d shard%s; "
            "skipped %llu%s; %llu bytes in %.1f s (%.1f samples/s)%s\n",
            c.out, (unsigned long long)st.packed, (unsigned long long)st.records,

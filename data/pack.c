@@ -2,15 +2,19 @@
 // captions becomes a dataset mmtrain trains on, and how they look inside one afterwards.
 //
 // Packing (the rules are in data/FORMAT.md "Packing"):
-//   1. the manifest is read whole (data/manifest.c); each record is one sample, and its line
-//      number becomes the sample_id, so any sample can be traced back to its line;
-//   2. the records are split into train and val by a seeded permutation of the record
-//      indices (data_permutation), before anything is decoded, so the split depends only on
-//      the manifest and the seed, never on which samples turn out to be bad or on threads;
-//   3. worker threads decode samples (data/media.c) into a ring of slots; the calling thread
+//   1. the manifest is read whole (data/manifest.c), or two (a training and a val manifest,
+//      given or found in a Hugging Face-style folder); each record is one sample, and its
+//      line number becomes the sample_id, so any sample can be traced back to its line;
+//   2. what the schema does not fix is taken from the data: the longest caption (text_max)
+//      and the longest clip (audio_len), both capped, read on several threads first;
+//   3. without a val manifest the records are split into train and val by a seeded
+//      permutation of the record indices (data_permutation), before anything is decoded, so
+//      the split depends only on the manifest and the seed, never on which samples turn out
+//      to be bad or on threads;
+//   4. worker threads decode samples (data/media.c) into a ring of slots; the calling thread
 //      takes them in manifest order and writes them (data_writer_*), so the dataset's bytes
 //      do not depend on the number of threads;
-//   4. everything is written into "<out>.packing-<pid>" beside <out> and renamed to <out>
+//   5. everything is written into "<out>.packing-<pid>" beside <out> and renamed to <out>
 //      only when complete: a failed or interrupted pack never leaves something at <out> that
 //      looks like a dataset (an interrupted one leaves the .packing folder, which says so).
 //
@@ -44,10 +48,11 @@ void data_pack_default(data_pack_cfg *c) {
     c->img_w = sc.synth_w;
     c->img_c = 3;
     c->audio_rate = sc.audio_rate;
-    c->audio_len = sc.audio_len;
-    c->text_max = sc.text_max;
+    c->audio_len = 0;  // from the clips
+    c->text_max = 0;   // from the captions
+    c->cut_captions = -1;
     c->shard_size = 500;
-    c->val_fraction = 0.1;
+    c->val_fraction = -1;  // 0.1, or none with a val manifest
     c->seed = 1;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     c->threads = cpus < 1 ? 1 : cpus > 16 ? 16 : (int)cpus;
@@ -127,21 +132,101 @@ static void fsync_dir_of(const char *path) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Where the records come from: a manifest (and maybe a val manifest), or a Hugging Face-style
+// folder (FORMAT.md "Folders").
+
+// DIR/metadata.jsonl or DIR/metadata.csv into out: 1 found, 0 neither, -1 both (err).
+static int find_metadata(const char *dir, char *out, size_t cap, mm_err *err) {
+    char j[PATH_CAP + 32], c[PATH_CAP + 32];
+    if (snprintf(j, sizeof(j), "%s/metadata.jsonl", dir) >= (int)cap)
+        return mm_fail(err, "%s: path too long", dir);
+    snprintf(c, sizeof(c), "%s/metadata.csv", dir);
+    struct stat st;
+    int hj = stat(j, &st) == 0, hc = stat(c, &st) == 0;
+    if (hj && hc)
+        return mm_fail(err, "%s: holds both metadata.jsonl and metadata.csv (keep one)", dir);
+    if (!hj && !hc) return 0;
+    memcpy(out, hj ? j : c, strlen(hj ? j : c) + 1);  // fits: checked above
+    return 1;
+}
+
+// The training manifest into train, the val manifest (or "") into val.
+static int resolve_sources(const data_pack_cfg *c, char *train, char *val, size_t cap,
+                           mm_err *err) {
+    val[0] = '\0';
+    if (c->val_manifest) snprintf(val, cap, "%s", c->val_manifest);
+    if (!c->folder) {
+        snprintf(train, cap, "%s", c->manifest);
+        return 0;
+    }
+    char d[PATH_CAP];
+    int r;
+    if (!c->train_split) {  // DIR/metadata.*: one set, val by fraction or its own manifest
+        if ((r = find_metadata(c->folder, train, cap, err)) < 0) return -1;
+        if (r == 1 && c->val_split && strcmp(c->val_split, "none") != 0)
+            return mm_fail(err,
+                           "%s: --val-split %s: the folder holds metadata itself, not in "
+                           "split subfolders",
+                           c->folder, c->val_split);
+        if (r == 1) return 0;
+    }
+    const char *tn = c->train_split ? c->train_split : "train";
+    snprintf(d, sizeof(d), "%s/%s", c->folder, tn);
+    if ((r = find_metadata(d, train, cap, err)) < 0) return -1;
+    if (r == 0 && c->train_split)
+        return mm_fail(err, "%s: no metadata.jsonl or metadata.csv (--train-split %s)", d, tn);
+    if (r == 0)
+        return mm_fail(err,
+                       "%s: no metadata.jsonl or metadata.csv in it or in its train/ (a "
+                       "Hugging Face folder: DIR/metadata.jsonl, or DIR/train/metadata.jsonl "
+                       "beside DIR/test/ or DIR/validation/)",
+                       c->folder);
+    if (val[0] || (c->val_split && strcmp(c->val_split, "none") == 0)) return 0;
+    if (c->val_split) {
+        snprintf(d, sizeof(d), "%s/%s", c->folder, c->val_split);
+        if ((r = find_metadata(d, val, cap, err)) < 0) return -1;
+        if (r == 0)
+            return mm_fail(err, "%s: no metadata.jsonl or metadata.csv (--val-split %s)", d,
+                           c->val_split);
+        return 0;
+    }
+    // a held-out validation split is preferred to test, which is for the final evaluation
+    static const char *const names[] = {"validation", "valid", "val", "dev", "test"};
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        if (strcmp(names[k], tn) == 0) continue;
+        snprintf(d, sizeof(d), "%s/%s", c->folder, names[k]);
+        if ((r = find_metadata(d, val, cap, err)) != 0) return r < 0 ? -1 : 0;
+    }
+    return 0;  // no val split: it is split off the training records
+}
+
+// ---------------------------------------------------------------------------------------
 // The packer: records, the ring of decoded samples, the writers.
+
+// One record to pack, in the order they are written: the training manifest's, then the val
+// manifest's.
+typedef struct {
+    const data_manifest *m;
+    data_manifest_rec *r;
+    uint8_t val;  // goes to out/val
+} item;
+
 typedef struct {
     int done;             // decoded and waiting for the writer (guarded by packer.mu)
     uint8_t *img;         // (H, W, C)
     int16_t *pcm;         // (audio_len)
     char *text;           // (text_max + 1)
-    int has_img, has_aud, audio_n, trimmed, text_n;
+    int has_img, has_aud, audio_n, trimmed, text_n, text_cut;
     int bad;              // the sample is bad: bad_path (may be NULL) and why
     const char *bad_path;
     mm_err why;
 } slot;
 
 typedef struct {
-    const data_pack_cfg *c;
-    const data_manifest *m;
+    const data_pack_cfg *c;  // with the schema's audio_len and text_max resolved
+    const item *it;
+    int64_t n;  // items
+    int cut;    // cut captions over text_max (else they are bad samples)
     data_media *media;
     int K;         // slots in the ring
     slot *slots;   // (K); record i uses slot i % K
@@ -155,8 +240,8 @@ typedef struct {
 
 static void decode(packer *p, int64_t i, slot *s) {
     const data_pack_cfg *c = p->c;
-    const data_manifest_rec *r = &p->m->rec[i];
-    s->has_img = s->has_aud = s->audio_n = s->trimmed = s->text_n = s->bad = 0;
+    const data_manifest_rec *r = p->it[i].r;
+    s->has_img = s->has_aud = s->audio_n = s->trimmed = s->text_n = s->text_cut = s->bad = 0;
     s->bad_path = NULL;
     s->text[0] = '\0';
     if (r->error) {
@@ -171,18 +256,29 @@ static void decode(packer *p, int64_t i, slot *s) {
         mm_fail(&s->why, "empty sample: no image, audio or caption");
         return;
     }
-    if (cap) {
-        if (data_caption_check(cap, r->caption_n, c->text_max, &s->why)) {
-            s->bad = 1, s->bad_path = "caption";
+    if (cap || cap_file) {
+        char *from_file = NULL;
+        size_t len = r->caption_n;
+        if (!cap && data_caption_read(cap_file, &from_file, &len, &s->why)) {
+            s->bad = 1, s->bad_path = cap_file;
             return;
         }
-        memcpy(s->text, cap, r->caption_n);
-        s->text[r->caption_n] = '\0';
-        s->text_n = (int)r->caption_n;
-    } else if (cap_file && data_caption_load(cap_file, c->text_max, s->text, &s->text_n,
-                                             &s->why)) {
-        s->bad = 1, s->bad_path = cap_file;
-        return;
+        const char *t = cap ? cap : from_file;
+        size_t keep = len;
+        if (p->cut && data_caption_check(t, len, INT32_MAX, &s->why) == 0)
+            keep = data_caption_cut(t, len, (size_t)c->text_max);
+        int bad = data_caption_check(t, keep, c->text_max, &s->why);
+        if (!bad) {
+            memcpy(s->text, t, keep);
+            s->text[keep] = '\0';
+            s->text_n = (int)keep;
+            s->text_cut = keep < len;
+        }
+        free(from_file);
+        if (bad) {
+            s->bad = 1, s->bad_path = cap ? "caption" : cap_file;
+            return;
+        }
     }
     if (img) {
         if (data_image_load(img, c->img_h, c->img_w, c->img_c, s->img, &s->why)) {
@@ -203,7 +299,7 @@ static void decode(packer *p, int64_t i, slot *s) {
 
 static void *worker(void *arg) {
     packer *p = arg;
-    int64_t n = p->m->n;
+    int64_t n = p->n;
     for (;;) {
         pthread_mutex_lock(&p->mu);
         while (!p->stop && p->next < n && p->next >= p->written + p->K)
@@ -239,12 +335,13 @@ static void bad_line(char *out, size_t cap, const data_manifest *m, const data_m
 
 // Duplicate records (FORMAT.md "Packing"): a record naming the same image, audio and caption
 // (inline text or caption file) as an earlier one would put one sample in the dataset twice,
-// or in train and val at once. Paths are compared after realpath (so "a.png" and "./a.png"
-// are one file). Content is not hashed: two files with the same bytes are two samples.
+// or in train and val at once (also across a training and a val manifest). Paths are
+// compared after realpath (so "a.png" and "./a.png" are one file). Content is not hashed: two
+// files with the same bytes are two samples.
 typedef struct {
     char *key;
     size_t n;
-    int i;  // record
+    int64_t i;  // item
 } dup_key;
 
 static int cmp_dup_key(const void *a, const void *b) {
@@ -258,11 +355,12 @@ static int cmp_dup_key(const void *a, const void *b) {
 
 // Marks each later copy as a malformed record "duplicate of line K (...)" (col 0: none).
 // Returns how many were marked.
-static int mark_duplicates(data_manifest *m) {
-    dup_key *k = mm_calloc((size_t)m->n + 1, sizeof(dup_key));
-    int nk = 0, marked = 0;
-    for (int i = 0; i < m->n; i++) {
-        data_manifest_rec *r = &m->rec[i];
+static int mark_duplicates(item *it, int64_t n) {
+    dup_key *k = mm_calloc((size_t)n + 1, sizeof(dup_key));
+    int64_t nk = 0;
+    int marked = 0;
+    for (int64_t i = 0; i < n; i++) {
+        data_manifest_rec *r = it[i].r;
         if (r->error) continue;
         data_strbuf sb = {mm_malloc(256), 0, 256};
         for (int f = 0; f < DATA_MF_N; f++) {
@@ -288,21 +386,138 @@ static int mark_duplicates(data_manifest *m) {
         k[nk++] = (dup_key){sb.buf, sb.n, i};
     }
     qsort(k, (size_t)nk, sizeof(dup_key), cmp_dup_key);
-    for (int a = 0, b; a < nk; a = b) {
+    for (int64_t a = 0, b; a < nk; a = b) {
         for (b = a + 1; b < nk && k[b].n == k[a].n && !memcmp(k[b].key, k[a].key, k[a].n); b++) {
-            data_manifest_rec *r = &m->rec[k[b].i];
-            char why[128];
-            snprintf(why, sizeof(why), "duplicate of line %d (same image, audio and caption)",
-                     m->rec[k[a].i].line);
+            const item *first = &it[k[a].i];
+            data_manifest_rec *r = it[k[b].i].r;
+            char why[PATH_CAP + 128];
+            if (first->m == it[k[b].i].m)
+                snprintf(why, sizeof(why), "duplicate of line %d (same image, audio and caption)",
+                         first->r->line);
+            else  // a val record that is also a training one
+                snprintf(why, sizeof(why),
+                         "duplicate of %s:%d (same image, audio and caption in train and val)",
+                         first->m->path, first->r->line);
             r->error = strdup(why);
             MM_CHECK(r->error, "out of memory");
             r->col = 0;
             marked++;
         }
     }
-    for (int i = 0; i < nk; i++) free(k[i].key);
+    for (int64_t i = 0; i < nk; i++) free(k[i].key);
     free(k);
     return marked;
+}
+
+// ---------------------------------------------------------------------------------------
+// The survey: what text_max and audio_len are taken from when not given (FORMAT.md
+// "Packing"): every caption's length and every clip's length at the dataset's rate, read
+// from the headers on several threads. Files that cannot be read are left out here; the
+// packing proper reports them.
+const int data_pack_pcts[DATA_PACK_N_PCT] = {50, 90, 95, 99, 100};
+
+typedef struct {
+    const item *it;
+    int64_t n, next;
+    int rate, text, audio;  // what to measure
+    data_media *media;
+    int64_t *clip;     // (n) length at rate, -1 when none
+    int64_t *caption;  // (n) bytes, -1 when none
+    pthread_mutex_t mu;
+} survey;
+
+static void *survey_worker(void *arg) {
+    survey *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        int64_t i = s->next++;
+        pthread_mutex_unlock(&s->mu);
+        if (i >= s->n) return NULL;
+        const data_manifest_rec *r = s->it[i].r;
+        s->clip[i] = s->caption[i] = -1;
+        if (r->error) continue;
+        mm_err ignored;
+        if (s->audio && r->field[DATA_MF_AUDIO]) {
+            int64_t len;
+            if (data_audio_probe(s->media, r->field[DATA_MF_AUDIO], s->rate, &len, &ignored) == 0)
+                s->clip[i] = len;
+        }
+        if (!s->text) continue;
+        if (r->field[DATA_MF_CAPTION]) {
+            if (!data_utf8_why((const uint8_t *)r->field[DATA_MF_CAPTION], r->caption_n,
+                               &(size_t){0}))
+                s->caption[i] = (int64_t)r->caption_n;
+        } else if (r->field[DATA_MF_CAPTION_FILE]) {
+            char *t;
+            size_t tn, at;
+            if (data_caption_read(r->field[DATA_MF_CAPTION_FILE], &t, &tn, &ignored) == 0) {
+                if (!data_utf8_why((const uint8_t *)t, tn, &at)) s->caption[i] = (int64_t)tn;
+                free(t);
+            }
+        }
+    }
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+// Fills c->text_max and c->audio_len where they are 0, and the survey's part of st.
+static void survey_schema(data_pack_cfg *c, const item *it, int64_t n, data_media *media,
+                          data_pack_stats *st) {
+    survey s = {.it = it,
+                .n = n,
+                .rate = c->audio_rate,
+                .text = c->text_max == 0,
+                .audio = c->audio_len == 0,
+                .media = media};
+    if (!s.text && !s.audio) return;
+    s.clip = mm_malloc(sizeof(int64_t) * (size_t)n);
+    s.caption = mm_malloc(sizeof(int64_t) * (size_t)n);
+    pthread_mutex_init(&s.mu, NULL);
+    int nt = c->threads < n ? c->threads : (int)n;
+    pthread_t *tid = mm_calloc((size_t)nt, sizeof(pthread_t));
+    for (int j = 0; j < nt; j++)
+        MM_CHECK(pthread_create(&tid[j], NULL, survey_worker, &s) == 0, "pthread_create failed");
+    for (int j = 0; j < nt; j++) pthread_join(tid[j], NULL);
+    free(tid);
+    pthread_mutex_destroy(&s.mu);
+    if (s.text) {
+        int64_t longest = 0;
+        for (int64_t i = 0; i < n; i++) longest = s.caption[i] > longest ? s.caption[i] : longest;
+        st->text_auto = 1;
+        st->text_longest = (int)(longest < INT32_MAX ? longest : INT32_MAX);
+        c->text_max = longest < 1                    ? 1
+                      : longest > DATA_PACK_TEXT_CAP ? DATA_PACK_TEXT_CAP
+                                                     : (int)longest;
+    }
+    if (s.audio) {
+        int64_t k = 0;  // the clips' lengths, sorted, at the front of s.clip
+        for (int64_t i = 0; i < n; i++)
+            if (s.clip[i] >= 0) s.clip[k++] = s.clip[i];
+        qsort(s.clip, (size_t)k, sizeof(int64_t), cmp_i64);
+        st->audio_auto = 1;
+        st->clips = (uint64_t)k;
+        for (int j = 0; j < DATA_PACK_N_PCT && k > 0; j++) {
+            int64_t rank = (data_pack_pcts[j] * k + 99) / 100;  // nearest rank
+            st->clip_pct[j] = s.clip[rank < 1 ? 0 : rank - 1];
+            for (int64_t i = 0; i < k; i++) st->clip_cut[j] += s.clip[i] > st->clip_pct[j];
+        }
+        if (k == 0) {  // no sound at all: the synthetic set's length
+            data_synth_cfg sc;
+            data_synth_default(&sc);
+            c->audio_len = sc.audio_len;
+        } else {
+            const int64_t R = DATA_PACK_AUDIO_ROUND;
+            int64_t cap = (int64_t)DATA_PACK_AUDIO_CAP_S * c->audio_rate / R * R;
+            int64_t len = (s.clip[k - 1] + R - 1) / R * R;
+            if (cap < 2 * R) cap = 2 * R;
+            c->audio_len = (int)(len < 2 * R ? 2 * R : len > cap ? cap : len);
+        }
+    }
+    free(s.clip);
+    free(s.caption);
 }
 
 static void progress(FILE *log, uint64_t done, uint64_t n, uint64_t skipped, double t) {
@@ -318,14 +533,22 @@ static void progress(FILE *log, uint64_t done, uint64_t n, uint64_t skipped, dou
 }
 
 static int check_cfg(const data_pack_cfg *c, mm_err *err) {
-    if (!c->manifest || !c->manifest[0]) return mm_fail(err, "pack: no manifest given");
+    if (!!(c->manifest && c->manifest[0]) == !!(c->folder && c->folder[0]))
+        return mm_fail(err, "pack: give a manifest or a folder (one of them)");
     if (!c->out || !c->out[0]) return mm_fail(err, "pack: no output folder given");
+    if (!c->folder && (c->train_split || c->val_split))
+        return mm_fail(err, "pack: a split by name needs a folder");
+    if (c->val_manifest && c->val_split)
+        return mm_fail(err, "pack: a val manifest and a val split exclude each other");
+    if (c->train_split && c->val_split && strcmp(c->train_split, c->val_split) == 0)
+        return mm_fail(err, "pack: the train and val splits are both '%s'", c->val_split);
+    if (data_manifest_keys_check(&c->keys, err)) return -1;
     if (c->img_c != 1 && c->img_c != 3 && c->img_c != 4)
         return mm_fail(err, "pack: image channels %d: must be 1 (grey), 3 (RGB) or 4 (RGBA)",
                        c->img_c);
     if (c->shard_size < 1 || c->shard_size > 1000000)
         return mm_fail(err, "pack: shard size %d is out of range 1..1000000", c->shard_size);
-    if (!(c->val_fraction >= 0 && c->val_fraction < 1))
+    if (!(c->val_fraction >= 0 && c->val_fraction < 1) && c->val_fraction != -1)
         return mm_fail(err, "pack: val fraction %g must be in [0, 1)", c->val_fraction);
     if (c->threads < 1 || c->threads > 256)
         return mm_fail(err, "pack: threads %d is out of range 1..256", c->threads);
@@ -345,60 +568,39 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
     for (size_t l = strlen(outp); l > 1 && outp[l - 1] == '/'; l--) outp[l - 1] = '\0';
     data_pack_cfg cc = *cfg;
     cc.out = outp;
-    const data_pack_cfg *c = &cc;
-    data_schema schema = {0};
-    schema.img_h = c->img_h, schema.img_w = c->img_w, schema.img_c = c->img_c;
-    schema.audio_rate = c->audio_rate, schema.audio_len = c->audio_len;
-    schema.text_max = c->text_max;
-    snprintf(schema.tokenizer, sizeof(schema.tokenizer), "%s", DATA_TOKENIZER_NAME);
-    if (data_schema_check(&schema, "pack", err)) return -1;
+    data_pack_cfg *c = &cc;
     if (check_out_free(c->out, err)) return -1;
+    char *src[2] = {st->train_manifest, st->val_manifest};
+    if (resolve_sources(c, src[0], src[1], DATA_PACK_PATH, err)) return -1;
+    double frac = c->val_fraction;
+    if (src[1][0] && frac > 0)
+        return mm_fail(err,
+                       "pack: --val-fraction %g would split val off the training records, "
+                       "but val comes from %s (leave --val-fraction out%s)",
+                       frac, src[1], c->folder ? ", or use --val-split none" : "");
+    if (frac < 0) frac = src[1][0] ? 0 : 0.1;
 
-    data_manifest m;
-    if (data_manifest_read(c->manifest, &m, err)) return -1;
-    if (m.n == 0) {
-        data_manifest_free(&m);
-        return mm_fail(err, "%s: the manifest holds no samples", c->manifest);
-    }
-    int n_dup = mark_duplicates(&m);
-    if (c->on_error == DATA_PACK_FAIL) {  // a typo in the manifest: say so before decoding
-        for (int i = 0; i < m.n; i++) {
-            if (!m.rec[i].error) continue;
-            if (m.rec[i].col > 0)
-                mm_fail(err, "%s:%d:%d: %s", m.path, m.rec[i].line, m.rec[i].col, m.rec[i].error);
-            else
-                mm_fail(err,
-                        "%s:%d: %s (%d duplicate record(s) in all; remove them or use "
-                        "--on-error skip)",
-                        m.path, m.rec[i].line, m.rec[i].error, n_dup);
-            data_manifest_free(&m);
+    data_manifest m[2];
+    memset(m, 0, sizeof(m));
+    int n_man = src[1][0] ? 2 : 1;
+    for (int j = 0; j < n_man; j++) {
+        if (data_manifest_read(src[j], &c->keys, &m[j], err)) {
+            if (j) data_manifest_free(&m[0]);
+            return -1;
+        }
+        if (m[j].n == 0) {
+            mm_fail(err, "%s: the manifest holds no samples", src[j]);
+            for (int q = 0; q <= j; q++) data_manifest_free(&m[q]);
             return -1;
         }
     }
-    if (n_dup && c->log)
-        fprintf(c->log, "warning: %s: %d duplicate record(s) skipped (listed in skipped.tsv)\n",
-                m.path, n_dup);
-    st->records = (uint64_t)m.n;
-
-    // The split: the first round(f * n) records of a seeded permutation go to val.
-    uint64_t n = (uint64_t)m.n, n_val = (uint64_t)llround(c->val_fraction * (double)n);
-    if (c->val_fraction > 0 && n_val == 0) n_val = 1;
-    if (c->val_fraction > 0 && n_val >= n) {
-        data_manifest_free(&m);
-        return mm_fail(err,
-                       "%s: --val-fraction %g leaves no training sample among %llu (use more "
-                       "samples or --val-fraction 0)",
-                       c->manifest, c->val_fraction, (unsigned long long)n);
+    int64_t n_items = m[0].n + (n_man > 1 ? m[1].n : 0);
+    item *it = mm_calloc((size_t)n_items, sizeof(item));
+    for (int64_t i = 0; i < n_items; i++) {
+        int j = i >= m[0].n;
+        it[i] = (item){&m[j], &m[j].rec[i - (j ? m[0].n : 0)], (uint8_t)j};
     }
-    uint8_t *is_val = mm_calloc(n, 1);
-    uint64_t *perm = mm_malloc(sizeof(uint64_t) * n);
-    data_permutation(n, c->seed, 0, perm);
-    for (uint64_t k = 0; k < n_val; k++) is_val[perm[k]] = 1;
-    free(perm);
-
-    // The temporary folder beside out.
-    char tmp[PATH_CAP], path[PATH_CAP + 32];
-    int k = snprintf(tmp, sizeof(tmp), "%s.packing-%ld", c->out, (long)getpid());
+    int n_dup = mark_duplicates(it, n_items);
     int rc = -1;
     data_writer *w[2] = {NULL, NULL};
     packer p;
@@ -408,6 +610,60 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
     data_sb_printf(&skipped, "line\tpath\treason\n");
     int have_tmp = 0, threads_up = 0;
     pthread_t *tid = NULL;
+    char tmp[PATH_CAP], path[PATH_CAP + 32];
+    uint64_t n = (uint64_t)n_items, n_val = 0;
+    if (c->on_error == DATA_PACK_FAIL) {  // a typo in the manifest: say so before decoding
+        for (int64_t i = 0; i < n_items; i++) {
+            const data_manifest_rec *r = it[i].r;
+            if (!r->error) continue;
+            if (r->col > 0)
+                mm_fail(err, "%s:%d:%d: %s", it[i].m->path, r->line, r->col, r->error);
+            else
+                mm_fail(err,
+                        "%s:%d: %s (%d duplicate record(s) in all; remove them or use "
+                        "--on-error skip)",
+                        it[i].m->path, r->line, r->error, n_dup);
+            goto done;
+        }
+    }
+    if (n_dup && c->log)
+        fprintf(c->log, "warning: %s: %d duplicate record(s) skipped (listed in skipped.tsv)\n",
+                m[n_man - 1].path, n_dup);
+    st->records = n;
+
+    // The schema: what is not given is taken from the data.
+    p.media = data_media_new();
+    survey_schema(c, it, n_items, p.media, st);
+    data_schema schema = {0};
+    schema.img_h = c->img_h, schema.img_w = c->img_w, schema.img_c = c->img_c;
+    schema.audio_rate = c->audio_rate, schema.audio_len = c->audio_len;
+    schema.text_max = c->text_max;
+    snprintf(schema.tokenizer, sizeof(schema.tokenizer), "%s", DATA_TOKENIZER_NAME);
+    if (data_schema_check(&schema, "pack", err)) goto done;
+    st->text_max = c->text_max, st->audio_len = c->audio_len;
+
+    // The split: a val manifest's records, or the first round(f * n) records of a seeded
+    // permutation of the training manifest's.
+    if (n_man > 1) {
+        n_val = (uint64_t)m[1].n;
+    } else {
+        n_val = (uint64_t)llround(frac * (double)n);
+        if (frac > 0 && n_val == 0) n_val = 1;
+        if (frac > 0 && n_val >= n) {
+            mm_fail(err,
+                    "%s: --val-fraction %g leaves no training sample among %llu (use more "
+                    "samples or --val-fraction 0)",
+                    src[0], frac, (unsigned long long)n);
+            goto done;
+        }
+        uint64_t *perm = mm_malloc(sizeof(uint64_t) * n);
+        data_permutation(n, c->seed, 0, perm);
+        for (uint64_t k = 0; k < n_val; k++) it[perm[k]].val = 1;
+        free(perm);
+    }
+
+    // The temporary folder beside out.
+    int k = snprintf(tmp, sizeof(tmp), "%s.packing-%ld", c->out, (long)getpid());
     if (k < 0 || (size_t)k >= sizeof(tmp) - 16) {
         mm_fail(err, "%s: path too long", c->out);
         goto done;
@@ -434,9 +690,9 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
     }
 
     // Decoding threads and the ring.
-    p.c = c, p.m = &m;
-    p.media = data_media_new();
-    int nt = c->threads < m.n ? c->threads : m.n;
+    p.c = c, p.it = it, p.n = n_items;
+    p.cut = c->cut_captions >= 0 ? c->cut_captions : st->text_auto;
+    int nt = c->threads < n_items ? c->threads : (int)n_items;
     p.K = 4 * nt + 4;
     p.slots = mm_calloc((size_t)p.K, sizeof(slot));
     size_t img_n = (size_t)c->img_h * c->img_w * c->img_c;
@@ -458,15 +714,15 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
     FILE *log = c->log;
     double last_draw = 0;
     int failed = 0;
-    for (int64_t i = 0; i < m.n && !failed; i++) {
+    for (int64_t i = 0; i < n_items && !failed; i++) {
         slot *s = &p.slots[i % p.K];
         pthread_mutex_lock(&p.mu);
         while (!s->done) pthread_cond_wait(&p.ready, &p.mu);
         pthread_mutex_unlock(&p.mu);
-        const data_manifest_rec *r = &m.rec[i];
+        const data_manifest_rec *r = it[i].r;
         if (s->bad) {
             char line[2 * MM_ERR_LEN];
-            bad_line(line, sizeof(line), &m, r, s->bad_path, s->why.msg);
+            bad_line(line, sizeof(line), it[i].m, r, s->bad_path, s->why.msg);
             if (c->on_error == DATA_PACK_FAIL) {
                 mm_fail(err, "%s", line);
                 failed = 1;
@@ -475,6 +731,10 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
                 if (log && st->skipped <= WARN_SHOWN) {
                     if (c->progress) fprintf(log, "\r\033[K");
                     fprintf(log, "warning: skipped: %s\n", line);
+                }
+                if (n_man > 1) {  // which manifest the line is in
+                    sb_tsv_field(&skipped, it[i].m->path);
+                    data_sb_printf(&skipped, ":");
                 }
                 data_sb_printf(&skipped, "%d\t", r->line);
                 sb_tsv_field(&skipped, s->bad_path ? s->bad_path : "");
@@ -491,13 +751,15 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
             smp.audio_n = s->audio_n;
             smp.text = s->text;
             smp.text_n = s->text_n;
-            if (data_writer_add(w[is_val[i]], &smp, err)) {
+            if (data_writer_add(w[it[i].val], &smp, err)) {
                 failed = 1;
             } else {
                 st->packed++;
-                if (is_val[i]) st->val++;
+                if (it[i].val)
+                    st->val++;
                 else st->train++;
                 st->trimmed += (uint64_t)s->trimmed;
+                st->captions_cut += (uint64_t)s->text_cut;
             }
         }
         pthread_mutex_lock(&p.mu);
@@ -506,7 +768,7 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
         pthread_cond_broadcast(&p.space);
         pthread_mutex_unlock(&p.mu);
         double now = mm_now();
-        if (log && c->progress && (now - last_draw >= 0.1 || i + 1 == m.n)) {
+        if (log && c->progress && (now - last_draw >= 0.1 || i + 1 == n_items)) {
             progress(log, (uint64_t)i + 1, n, st->skipped, now - t0);
             last_draw = now;
         }
@@ -518,13 +780,13 @@ int data_pack(const data_pack_cfg *cfg, data_pack_stats *st, mm_err *err) {
     if (failed) goto done;
     if (st->train == 0) {
         mm_fail(err, "%s: no training sample is left: all %llu training records were skipped",
-                c->manifest, (unsigned long long)(n - n_val));
+                src[0], (unsigned long long)(n - n_val));
         goto done;
     }
     if (n_val > 0 && st->val == 0) {
-        mm_fail(err, "%s: no validation sample is left: all %llu val records were skipped (use "
-                "--val-fraction 0 for no val split)",
-                c->manifest, (unsigned long long)n_val);
+        mm_fail(err, "%s: no validation sample is left: all %llu val records were skipped%s",
+                src[n_man - 1], (unsigned long long)n_val,
+                n_man > 1 ? "" : " (use --val-fraction 0 for no val split)");
         goto done;
     }
     for (int j = 0; j < 2; j++) {
@@ -586,8 +848,8 @@ done:
     }
     if (have_tmp) remove_tree(tmp);
     free(skipped.buf);
-    free(is_val);
-    data_manifest_free(&m);
+    free(it);
+    for (int j = 0; j < n_man; j++) data_manifest_free(&m[j]);
     st->seconds = mm_now() - t0;
     return rc;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # diffusion_cli.sh: `train sample` end to end: a tiny diffusion run, then images from its
-# checkpoint for a caption and for a WAV file; sampling is deterministic for a seed and
+# checkpoint for a caption and for a sound file (any rate and channel count, decoded as pack
+# does: the same images as from the clip pack stores); sampling is deterministic for a seed and
 # differs across seeds; bad options and inputs are one-line errors.
 set -u
 B=${MM_BUILD:-build}
@@ -35,20 +36,40 @@ sample --ckpt "$ck" --out "$tmp/o4" --n 1 --steps 2 >/dev/null 2>&1
 ok "unconditional sample" '[ -s "$tmp/o4/sample_000.png" ]'
 
 if command -v python3 >/dev/null 2>&1; then
-    wav() {  # PATH RATE: half a second of 880 Hz, 16-bit mono
-        python3 - "$1" "$2" <<'PY'
+    wav() {  # PATH RATE [CHANNELS]: half a second of 880 Hz, 16-bit (channels 0.8 and 0.4 loud)
+        python3 - "$1" "$2" "${3:-1}" <<'PY'
 import math, struct, sys, wave
-path, rate = sys.argv[1], int(sys.argv[2])
+path, rate, ch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with wave.open(path, "wb") as w:
-    w.setnchannels(1); w.setsampwidth(2); w.setframerate(rate)
-    w.writeframes(b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * 880 * i / rate)))
-                           for i in range(rate // 2)))
+    w.setnchannels(ch); w.setsampwidth(2); w.setframerate(rate)
+    w.writeframes(b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * 880 * i / rate) / (1 + c)))
+                           for i in range(rate // 2) for c in range(ch)))
 PY
     }
-    wav "$tmp/tone.wav" 8000 && wav "$tmp/tone16k.wav" 16000
+    wav "$tmp/tone.wav" 8000 && wav "$tmp/tone16k.wav" 16000 && wav "$tmp/st22k.wav" 22050 2
     sample --ckpt "$ck" --out "$tmp/o5" --audio "$tmp/tone.wav" --n 1 --steps 2 >"$tmp/s5.log" 2>&1
     ok "sample with audio: $(tail -n 1 "$tmp/s5.log")" '[ $? -eq 0 ] && [ -s "$tmp/o5/sample_000.png" ]'
-    expect_error "audio at another rate" "tone16k.wav.*16000 Hz.*8000 Hz" --ckpt "$ck" --out "$tmp/o6" --audio "$tmp/tone16k.wav"
+    sample --ckpt "$ck" --out "$tmp/o6" --audio "$tmp/tone16k.wav" --n 1 --steps 2 >"$tmp/s6.log" 2>&1
+    ok "audio at 16 kHz is resampled to the model's 8 kHz: $(head -n 1 "$tmp/s6.log")" \
+        '[ $? -eq 0 ] && grep -q "tone16k.wav: 16000 Hz, 1 channel, 0.500 s -> 4000 samples at 8000 Hz$" "$tmp/s6.log"'
+    # a 22.05 kHz stereo clip conditions the model exactly as the clip pack stores for it:
+    # sampling from the file and from what `mmdata inspect` writes back gives the same images
+    echo '{"audio": "st22k.wav", "caption": "x"}' >"$tmp/one.jsonl"
+    "$B/mmdata" pack --manifest "$tmp/one.jsonl" --out "$tmp/p22" --val-fraction 0 --audio-len 4000 \
+        --text-max 48 >/dev/null 2>&1 && "$B/mmdata" inspect "$tmp/p22" --sample 0 --out "$tmp/p22look" >/dev/null 2>&1
+    ok "pack stores the 22.05 kHz stereo clip" '[ -s "$tmp/p22look/sample_0.wav" ]'
+    sample --ckpt "$ck" --out "$tmp/o7" --audio "$tmp/st22k.wav" --n 2 --steps 2 --seed 3 >"$tmp/s7.log" 2>&1
+    ok "sample with a 22.05 kHz stereo clip: $(head -n 1 "$tmp/s7.log")" \
+        '[ $? -eq 0 ] && grep -q "22050 Hz, 2 channels, 0.500 s -> 4000 samples at 8000 Hz$" "$tmp/s7.log"'
+    sample --ckpt "$ck" --out "$tmp/o8" --audio "$tmp/p22look/sample_0.wav" --n 2 --steps 2 --seed 3 >/dev/null 2>&1
+    ok "the clip as given and as packed give the same images" 'cmp -s "$tmp/o7/grid.png" "$tmp/o8/grid.png"'
+    python3 -c "import random, struct, sys, wave
+w = wave.open(sys.argv[1], 'wb'); w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
+random.seed(1); w.writeframes(b''.join(struct.pack('<h', random.randint(-30000, 30000)) for i in range(4000)))" "$tmp/noise.wav"
+    sample --ckpt "$ck" --out "$tmp/o9" --audio "$tmp/noise.wav" --n 2 --steps 2 --seed 3 >/dev/null 2>&1
+    ok "loud noise gives other images (the clip is used)" '! cmp -s "$tmp/o7/grid.png" "$tmp/o9/grid.png"'
+    printf 'not audio at all' >"$tmp/junk.wav"
+    expect_error "audio that is not audio" "--audio .*junk.wav: not a readable audio file" --ckpt "$ck" --out "$tmp/x" --audio "$tmp/junk.wav"
 fi
 
 expect_error "no --ckpt" "--ckpt DIR is required" --out "$tmp/x"
@@ -59,7 +80,7 @@ for g in nan inf -1 1e9 ""; do
 done
 expect_error "empty --seed" "--seed '': expected an unsigned integer" --ckpt "$ck" --out "$tmp/x" --seed ""
 expect_error "caption too long" "--text is 60 bytes" --ckpt "$ck" --out "$tmp/x" --text "$(printf 'x%.0s' $(seq 60))"
-expect_error "missing audio file" "nope.wav" --ckpt "$ck" --out "$tmp/x" --audio "$tmp/nope.wav"
+expect_error "missing audio file" "--audio .*nope.wav: cannot open" --ckpt "$ck" --out "$tmp/x" --audio "$tmp/nope.wav"
 expect_error "not a checkpoint" "$tmp/d" --ckpt "$tmp/d" --out "$tmp/x"
 expect_error "bad --backend" "--backend 'tpu': expected cpu or cuda" --ckpt "$ck" --out "$tmp/x" --backend tpu
 case "$B" in *cuda*) ;; *)
@@ -73,7 +94,8 @@ expect_error "a transformer checkpoint" "transformer checkpoint; sample needs a 
 # absent (n/a, no val_loss key) with one warning, never as a perfect 0
 if command -v python3 >/dev/null 2>&1; then
     for i in $(seq 1 40); do echo "{\"caption\": \"a small red circle on the left $i\"}"; done >"$tmp/noimg.jsonl"
-    "$B/mmdata" pack --manifest "$tmp/noimg.jsonl" --out "$tmp/noimg" --val-fraction 0.5 >/dev/null 2>&1
+    "$B/mmdata" pack --manifest "$tmp/noimg.jsonl" --out "$tmp/noimg" --val-fraction 0.5 \
+        --schema-from "$tmp/d" >/dev/null 2>&1  # the training set's shapes
     timeout 300 "$B/train" "$tmp/c.yaml" "${common[@]}" data.val="$tmp/noimg/val" eval.every=3 \
         eval.samples=8 diffusion.eval_samples=2 run.out_dir="$tmp/noimgrun" >"$tmp/ni.out" 2>"$tmp/ni.err"
     ok "val set without images: run exits 0: $(tail -n 2 "$tmp/ni.err")" '[ $? -eq 0 ]'

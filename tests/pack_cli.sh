@@ -93,13 +93,18 @@ EOF
 run "$MMDATA" pack --manifest "$src/m.jsonl" --out "$tmp/ds" --val-fraction 0 --threads 3
 expect "pack jsonl succeeds" test "$rc" -eq 0
 expect "summary counts 12 of 12 samples" grep -q "packed 12 of 12 samples: train 12 in 1 shard" "$tmp/out"
-expect "summary counts the clips cut to audio_len" grep -q "3 clips longer than 4000 samples cut" "$tmp/out"
+expect "caption limit from the data: the longest caption" grep -q "^captions: longest 24 bytes; text_max 24 (from the data" "$tmp/out"
+expect "clip lengths reported with what each length would cut" \
+    grep -q "^audio: 9 clips at 8000 Hz, by length.*p50 4000 samples (0.500 s, 3 longer), p90 8000 samples (1.000 s, 0 longer).*p100 8000 samples (1.000 s, 0 longer)$" "$tmp/out"
+expect "audio_len from the data: the longest clip rounded up to 128, frames said" \
+    grep -q "^audio: audio_len 8064 (1.008 s, 62 log-mel frames at the default data.n_fft 256, data.hop 128): the longest clip" "$tmp/out"
+expect "no clip cut" grep -vq "cut to it" "$tmp/out"
 expect "no progress bar when stderr is not a terminal" test ! -s "$tmp/err"
 run "$MMDATA" verify "$tmp/ds/train"
-expect "verify accepts the packed dataset" grep -q "ok: 12 samples in 1 shard; images 32x32x3 (11 present), audio 8000 Hz x 4000 (9 present)" "$tmp/out"
+expect "verify accepts the packed dataset" grep -q "ok: 12 samples in 1 shard; images 32x32x3 (11 present), audio 8000 Hz x 8064 (9 present), captions <= 24 bytes" "$tmp/out"
 run "$MMDATA" inspect "$tmp/ds"
 expect "inspect succeeds" test "$rc" -eq 0
-expect "inspect prints the schema" grep -q "schema: image 32x32x3 uint8, audio 8000 Hz x 4000 samples" "$tmp/out"
+expect "inspect prints the schema" grep -q "schema: image 32x32x3 uint8, audio 8000 Hz x 8064 samples" "$tmp/out"
 expect "inspect counts modalities" grep -q "image 11 (91.7%), audio 9 (75.0%)" "$tmp/out"
 expect "inspect lists the shard" grep -q "shard_00000.h5: 12 samples from position 0" "$tmp/out"
 
@@ -124,7 +129,7 @@ run "$MMDATA" inspect "$tmp/ds" --sample 2 --out "$o"
 expect "caption file loses only its final newline" test "$(od -An -tx1 "$o/sample_2.txt" | tr -d ' \n')" = "$(printf 'na\xc3\xafve caf\xc3\xa9 \xe2\x80\x94 \xe4\xb8\xad\xe6\x96\x87' | od -An -tx1 | tr -d ' \n')"
 f=$(freq_of "$o/sample_2.wav")
 expect "44100 Hz stereo 523 Hz resampled to 8000: pitch kept ($f Hz)" near "$f" 523 0.02
-expect "a 1 s clip is cut to 4000 samples" grep -q "4000 samples at 8000 Hz" "$tmp/out"
+expect "a 1 s clip is kept whole" grep -q "8000 samples at 8000 Hz" "$tmp/out"
 expect "16-bit grey PNG 40x40 comes back as 32x32" test "$(png_size "$o/sample_2.png")" = 32x32
 
 run "$MMDATA" inspect "$tmp/ds" --sample 4 --out "$o"
@@ -193,7 +198,7 @@ bad_case() {  # name, second manifest line, expected strings...
     shift 2
     printf '%s\n%s\n' '{"image": "rgb32.png", "caption": "good"}' "$line" >"$m"
     rm -rf "$tmp/bad"  # a failed check above must not fail every case after it
-    run "$MMDATA" pack --manifest "$m" --out "$tmp/bad"
+    run "$MMDATA" pack --manifest "$m" --out "$tmp/bad" --text-max 48
     expect "$name: exit 1" test "$rc" -eq 1
     expect "$name: one error line with $m:2 and '$*'" one_line_error "$m:2" "$@"
     expect "$name: no output folder left" no_output_left "$tmp/bad"
@@ -334,6 +339,141 @@ expect "duplicate lines, skip mode: 3 packed, 2 skipped" grep -q "packed 3 of 5 
 expect "duplicate lines, skip mode: the count is said" grep -q "2 duplicate record(s) skipped" "$tmp/err"
 expect "duplicate lines, skip mode: skipped.tsv names line 5 as a copy of line 4" \
     grep -q "duplicate of line 4" "$tmp/dup_skip/skipped.tsv"
+
+# Issue 17, item 4: packing the way folders come. Keys mapped on the command line (and the
+# aliases file_name and text), Hugging Face folders, pre-split sets, caption and clip limits
+# taken from the data, --schema-from for a set that must fit a base model.
+h="$tmp/hf"
+mkdir -p "$h/one" "$h/two/train" "$h/two/test"
+for d in one two/train two/test; do cp "$src/rgb32.png" "$src/photo.jpg" "$src/ga.png" "$h/$d/"; done
+printf '%s\n' '{"file_name": "rgb32.png", "text": "a red square"}' \
+    '{"file_name": "photo.jpg", "text": "a photo"}' '{"file_name": "ga.png", "text": "grey"}' \
+    '{"file_name": "rgb32.png", "text": "the same image, another caption"}' >"$h/one/metadata.jsonl"
+run "$MMDATA" pack --folder "$h/one" --out "$tmp/hf1" --val-fraction 0.25
+expect "--folder with metadata.jsonl (file_name, text) packs" grep -q "packed 4 of 4 samples: train 3 in 1 shard, val 1 in 1 shard" "$tmp/out"
+expect "--folder names the manifest it read" grep -q "^splits: train and val from $h/one/metadata.jsonl$" "$tmp/out"
+run "$MMDATA" inspect "$tmp/hf1" --sample 0 --out "$tmp/hf1look"
+expect "file_name is the image, text the caption" \
+    test "$(cat "$tmp/hf1look/sample_0.txt")" = "a red square" -a "$(png_size "$tmp/hf1look/sample_0.png")" = 32x32
+run "$MMDATA" pack --manifest "$h/one/metadata.jsonl" --out "$tmp/hf1m" --val-fraction 0.25
+expect "--manifest DIR/metadata.jsonl gives the same bytes as --folder DIR" cmp -s "$tmp/hf1/train/shard_00000.h5" "$tmp/hf1m/train/shard_00000.h5"
+
+printf 'file_name,text\nrgb32.png,train one\nphoto.jpg,train two\nga.png,train three\n' >"$h/two/train/metadata.csv"
+printf '%s\n' '{"file_name": "photo.jpg", "text": "test one"}' '{"file_name": "ga.png", "text": "test two"}' >"$h/two/test/metadata.jsonl"
+run "$MMDATA" pack --folder "$h/two" --out "$tmp/hf2"
+expect "train/ and test/: val is test, not split off" grep -q "packed 5 of 5 samples: train 3 in 1 shard, val 2 in 1 shard" "$tmp/out"
+expect "train/ and test/: the summary names both files" grep -q "^splits: train from $h/two/train/metadata.csv, val from $h/two/test/metadata.jsonl$" "$tmp/out"
+run "$MMDATA" inspect "$tmp/hf2" --split val --sample 1 --out "$tmp/hf2look"
+expect "a val sample's sample_id is its line in the val file" grep -q "sample_id 2 " "$tmp/out"
+expect "a val sample comes from the val file" test "$(cat "$tmp/hf2look/sample_1.txt")" = "test two"
+mkdir -p "$h/two/validation" && cp "$src/rgb32.png" "$h/two/validation/"
+echo '{"file_name": "rgb32.png", "text": "validation one"}' >"$h/two/validation/metadata.jsonl"
+run "$MMDATA" pack --folder "$h/two" --out "$tmp/hf3"
+expect "validation/ is preferred to test/" grep -q "val from $h/two/validation/metadata.jsonl" "$tmp/out"
+run "$MMDATA" pack --folder "$h/two" --out "$tmp/hf4" --val-split test
+expect "--val-split test picks test/" grep -q "val from $h/two/test/metadata.jsonl" "$tmp/out"
+run "$MMDATA" pack --folder "$h/two" --out "$tmp/hf5" --val-split none --val-fraction 0.34
+expect "--val-split none: val split off train" grep -q "packed 3 of 3 samples: train 2 in 1 shard, val 1 in 1 shard" "$tmp/out"
+run "$MMDATA" pack --folder "$h/two" --out "$tmp/x" --val-split nope
+expect "--val-split naming no folder: one line" one_line_error "$h/two/nope: no metadata.jsonl or metadata.csv (--val-split nope)"
+run "$MMDATA" pack --folder "$h/two" --out "$tmp/x" --val-fraction 0.2
+expect "--val-fraction with a val split: one line" one_line_error "would split val off the training records, but val comes from $h/two/validation/metadata.jsonl"
+run "$MMDATA" pack --folder "$h" --out "$tmp/x"
+expect "a folder without metadata: one line" one_line_error "$h: no metadata.jsonl or metadata.csv in it or in its train/"
+cp "$h/one/metadata.jsonl" "$h/one/metadata.csv"
+run "$MMDATA" pack --folder "$h/one" --out "$tmp/x"
+expect "metadata.jsonl and metadata.csv both: one line" one_line_error "$h/one: holds both metadata.jsonl and metadata.csv"
+rm "$h/one/metadata.csv"
+run "$MMDATA" pack --folder "$h/one" --manifest "$h/one/metadata.jsonl" --out "$tmp/x"
+expect "--folder with --manifest: exit 2" test "$rc" -eq 2
+expect "nothing written by the refused folders" no_output_left "$tmp/x"
+
+# pre-split files: --val-manifest
+printf '%s\n' '{"image": "rgb32.png", "caption": "v one"}' '{"image": "ga.png", "caption": "v two"}' >"$src/val.jsonl"
+run "$MMDATA" pack --manifest "$src/m.jsonl" --val-manifest "$src/val.jsonl" --out "$tmp/vm" --audio-len 4000
+expect "--val-manifest: val from the file" grep -q "packed 14 of 14 samples: train 12 in 1 shard, val 2 in 1 shard" "$tmp/out"
+run "$MMDATA" pack --manifest "$src/m.jsonl" --val-manifest "$src/nope.jsonl" --out "$tmp/x"
+expect "--val-manifest missing: one line naming it" one_line_error "$src/nope.jsonl: cannot open"
+run "$MMDATA" pack --manifest "$src/m.jsonl" --val-manifest "$src/val.jsonl" --val-fraction 0.1 --out "$tmp/x"
+expect "--val-manifest with --val-fraction: exit 2" test "$rc" -eq 2
+printf '%s\n' '{"image": "ga.png", "caption": "v ok"}' '{"image": "rgb32.png", "caption": "image seven"}' >"$src/valdup.jsonl"
+run "$MMDATA" pack --manifest "$src/m.jsonl" --val-manifest "$src/valdup.jsonl" --out "$tmp/x"
+expect "a val record that is a training one: one line naming both" \
+    one_line_error "$src/valdup.jsonl:2: duplicate of $src/m.jsonl:8 (same image, audio and caption in train and val)"
+printf '%s\n' '{"image": "ga.png", "caption": "v ok"}' '{"image": "nope.png"}' >"$src/valbad.jsonl"
+run "$MMDATA" pack --manifest "$src/m.jsonl" --val-manifest "$src/valbad.jsonl" --out "$tmp/vskip" --on-error skip
+expect "skip mode with a val manifest: skipped.tsv names the file" grep -qF "$src/valbad.jsonl:2	$src/nope.png	cannot open" "$tmp/vskip/skipped.tsv"
+expect "nothing written by the refused val manifests" no_output_left "$tmp/x"
+
+# keys
+printf 'image,text\nrgb32.png,a caption in a text column\n' >"$src/text.csv"
+run "$MMDATA" pack --manifest "$src/text.csv" --out "$tmp/k1" --val-fraction 0
+expect "CSV 'text' column is the caption" grep -q "longest 26 bytes" "$tmp/out"
+printf '%s\n' '{"img": "rgb32.png", "desc": "mapped", "label": "3"}' '{"img": "ga.png", "desc": "mapped two", "label": "4"}' >"$src/keys.jsonl"
+run "$MMDATA" pack --manifest "$src/keys.jsonl" --out "$tmp/k2" --image-key img --caption-key desc --ignore-keys label,id --val-fraction 0
+expect "--image-key, --caption-key, --ignore-keys" grep -q "packed 2 of 2 samples" "$tmp/out"
+run "$MMDATA" inspect "$tmp/k2" --sample 1 --out "$tmp/k2look"
+expect "the mapped caption comes back" test "$(cat "$tmp/k2look/sample_1.txt")" = "mapped two"
+run "$MMDATA" pack --manifest "$src/keys.jsonl" --out "$tmp/x" --image-key img --caption-key desc
+expect "an unmapped key: one line with the line, the key and the way out" \
+    one_line_error "$src/keys.jsonl:1:" "unknown key 'label'" "--ignore-keys"
+run "$MMDATA" pack --manifest "$src/keys.jsonl" --out "$tmp/x" --image-key img --caption-key txt --ignore-keys label,desc
+expect "--caption-key no record has: one line" one_line_error "$src/keys.jsonl: no record has the key 'txt' (given by --caption-key)"
+run "$MMDATA" pack --manifest "$src/text.csv" --out "$tmp/x" --caption-key desc
+expect "--caption-key no CSV column has: one line" one_line_error "text.csv:1: header: no column 'desc' (given by --caption-key)"
+run "$MMDATA" pack --manifest "$src/keys.jsonl" --out "$tmp/x" --image-key img --caption-key img
+expect "one key for two fields: exit 2" test "$rc" -eq 2
+expect "one key for two fields: one line" one_line_error "--image-key and --caption-key both name the key 'img'"
+echo '{"image": "rgb32.png", "file_name": "ga.png"}' >"$src/twice.jsonl"
+run "$MMDATA" pack --manifest "$src/twice.jsonl" --out "$tmp/x"
+expect "image and file_name in one record: one line" one_line_error "twice.jsonl:1:" "keys 'image' and 'file_name' both give the image"
+printf 'image,caption,text\nrgb32.png,a,b\n' >"$src/twice.csv"
+run "$MMDATA" pack --manifest "$src/twice.csv" --out "$tmp/x"
+expect "caption and text columns: one line" one_line_error "twice.csv:1: header: columns 'caption' and 'text' both give the caption"
+printf '%s\n' '{"file_name": "rgb32.png", "text": "a"}' '{"text": "b"}' >"$h/one/nofile.jsonl"
+run "$MMDATA" pack --manifest "$h/one/nofile.jsonl" --out "$tmp/x"
+expect "a record without file_name among records with it: one line" one_line_error "nofile.jsonl:2:1:" "'file_name' is missing or empty"
+expect "nothing written by the refused keys" no_output_left "$tmp/x"
+
+# captions: the cap from the data, a cut never splits a character
+long=$(printf 'a%.0s' $(seq 255))$(printf '\xc3\xa9')$(printf 'b%.0s' $(seq 43))
+printf '{"caption": "%s"}\n{"caption": "short"}\n' "$long" >"$src/long.jsonl"
+run "$MMDATA" pack --manifest "$src/long.jsonl" --out "$tmp/c1" --val-fraction 0
+expect "a 300-byte caption: capped at 256, one cut, said" \
+    grep -q "^captions: longest 300 bytes; text_max 256 (at most 256): 1 caption cut to it at a character boundary" "$tmp/out"
+run "$MMDATA" inspect "$tmp/c1" --sample 0 --out "$tmp/c1look"
+expect "the cut drops the 2-byte character at bytes 256-257 whole (255 bytes kept)" \
+    test "$(wc -c <"$tmp/c1look/sample_0.txt")" -eq 255
+run "$MMDATA" verify "$tmp/c1/train"
+expect "the cut set verifies (strict UTF-8)" test "$rc" -eq 0
+run "$MMDATA" pack --manifest "$src/long.jsonl" --out "$tmp/c2" --val-fraction 0 --text-max 10 --long-captions cut
+expect "--text-max 10 --long-captions cut: counted" grep -q "1 caption longer than 10 bytes cut to it" "$tmp/out"
+
+# audio: an outlier clip is noted, a clip past the cap is cut, an explicit length as before
+sox -n -r 8000 -c 1 -b 16 "$src/snd/long3.wav" synth 3.0 sine 300 vol 0.5
+sox -n -r 8000 -c 1 -b 16 "$src/snd/long12.wav" synth 12.0 sine 300 vol 0.5
+{ for i in $(seq 20); do echo "{\"audio\": \"snd/a16k.flac\", \"caption\": \"clip $i\"}"; done
+  echo '{"audio": "snd/long3.wav", "caption": "long"}'; } >"$src/outlier.jsonl"
+run "$MMDATA" pack --manifest "$src/outlier.jsonl" --out "$tmp/a1" --val-fraction 0
+expect "one long clip among short ones: audio_len is the longest" grep -q "^audio: audio_len 24064 " "$tmp/out"
+expect "one long clip among short ones: a note names the p95 length" \
+    grep -q "^audio: note: audio_len is 10.0 times the p95 clip; --audio-len 2400 would shorten 1 clips" "$tmp/out"
+printf '%s\n' '{"audio": "snd/long12.wav"}' '{"audio": "snd/a8k.wav"}' >"$src/cap.jsonl"
+run "$MMDATA" pack --manifest "$src/cap.jsonl" --out "$tmp/a2" --val-fraction 0
+expect "a 12 s clip: audio_len capped at 10 s" grep -q "^audio: audio_len 80000 (10.000 s, 624 log-mel frames.*the cap of 10 s" "$tmp/out"
+expect "a 12 s clip: counted as cut" grep -q "1 clip longer than 80000 samples cut to it" "$tmp/out"
+run "$MMDATA" pack --manifest "$src/m.jsonl" --out "$tmp/a3" --val-fraction 0 --audio-len 4000
+expect "explicit --audio-len 4000: no survey, 3 clips cut as before" \
+    grep -q "3 clips longer than 4000 samples cut" "$tmp/out"
+expect "explicit --audio-len: no audio report" test "$(grep -c '^audio:' "$tmp/out")" -eq 0
+
+# --schema-from: a set packed to fit a base model's shapes (its training set's schema)
+"$MMDATA" synth --out "$tmp/base" --samples 8 >/dev/null
+run "$MMDATA" pack --manifest "$src/m.jsonl" --out "$tmp/s1" --val-fraction 0 --schema-from "$tmp/base"
+run "$MMDATA" inspect "$tmp/s1"
+expect "--schema-from: the base set's schema" grep -q "schema: image 32x32x3 uint8, audio 8000 Hz x 4000 samples int16 mono (0.500 s), captions <= 48 bytes" "$tmp/out"
+run "$MMDATA" pack --manifest "$src/m.jsonl" --out "$tmp/x" --schema-from "$tmp/nobase"
+expect "--schema-from a non-dataset: one line" one_line_error "--schema-from:" "nobase"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -522,6 +522,41 @@ static void test_audio(test_counts *tc) {
     data_media_free(m);
 }
 
+// The header's length (what pack's audio_len is chosen from) against the decoded length: it
+// may exceed it by at most one sample (soxr rounds, the probe takes the ceiling), never fall
+// short, so the longest clip is never cut by the length chosen for it.
+static void test_audio_probe(test_counts *tc) {
+    data_media *m = data_media_new();
+    mm_err err;
+    static int16_t got[20000];
+    const int rates[] = {8000, 22050, 44100, 16000, 11025, 48000};
+    const int lens[] = {1, 7, 999, 2205, 11025, 12345};
+    int worst = 0, bad = 0, n_cases = 0;
+    for (size_t r = 0; r < sizeof(rates) / sizeof(rates[0]); r++) {
+        for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+            int16_t *sn = sine(300, 0.3, rates[r], lens[l], 2);
+            write_audio(tpath("p.wav"), SF_FORMAT_WAV | SF_FORMAT_PCM_16, rates[r], 2, sn, lens[l]);
+            free(sn);
+            int64_t est = -1;
+            data_audio_info ai = {0};
+            int rp = data_audio_probe(m, tpath("p.wav"), 8000, &est, &err);
+            int rl = data_audio_load(m, tpath("p.wav"), 8000, 20000, got, &ai, &err);
+            if (rl != 0) ai.n = 0;  // a clip too short to leave a sample at 8 kHz
+            int d = (int)(est - ai.n);
+            bad += rp != 0 || d < 0 || d > 1 || (rates[r] == 8000 && d != 0);
+            worst = d > worst ? d : worst;
+            n_cases++;
+        }
+    }
+    TEST_CHECK(tc, bad == 0, "probe vs decoded length over %d rates x lengths: %d bad, worst +%d",
+               n_cases, bad, worst);
+    int64_t est;
+    int rc = data_audio_probe(m, tpath("junk.wav"), 8000, &est, &err);
+    TEST_CHECK(tc, rc == -1 && strstr(err.msg, "not a readable audio file"), "probe of junk: %s",
+               err.msg);
+    data_media_free(m);
+}
+
 // ---------------------------------------------------------------------------------------
 // UTF-8 and captions.
 static void test_utf8(test_counts *tc) {
@@ -702,6 +737,62 @@ static void test_csv(test_counts *tc) {
                "unclosed quote: line %d col %d: %s", el, ec, err.msg);
 }
 
+// A cut keeps the longest prefix of at most max bytes that ends between characters: checked
+// against every max for a string of 1-, 2-, 3- and 4-byte characters, by a property that
+// must hold (the prefix is valid UTF-8, fits, and one more character would not fit).
+static void test_caption_cut(test_counts *tc) {
+    const char *s = "a\xc3\xa9\xe2\x80\x94\xf0\x9f\x98\x80z\xe4\xb8\xad";  // a é — 😀 z 中
+    size_t n = strlen(s);
+    int bad = 0;
+    for (size_t max = 0; max <= n + 2; max++) {
+        size_t k = data_caption_cut(s, n, max), at;
+        size_t next = k;  // the end of the next character
+        if (next < n) next++;
+        while (next < n && ((unsigned char)s[next] & 0xC0) == 0x80) next++;
+        bad += k > max || data_utf8_why((const uint8_t *)s, k, &at) != NULL ||
+               (k < n && next <= max) || (max >= n && k != n);
+    }
+    TEST_CHECK(tc, bad == 0, "caption cut at a character boundary: %d bad of %zu", bad, n + 3);
+}
+
+// Key maps: explicit names replace the defaults, aliases work, ignored keys are read past.
+static void test_manifest_keys(test_counts *tc) {
+    mm_err err;
+    data_manifest m;
+    const char *jl =
+        "{\"file_name\": \"a.png\", \"text\": \"t\", \"id\": \"7\"}\n"
+        "{\"pic\": \"b.png\", \"caption\": \"c\"}\n";
+    write_bytes(tpath("k.jsonl"), jl, strlen(jl));
+    data_manifest_keys k = {{0}, "id"};
+    int rc = data_manifest_read(tpath("k.jsonl"), &k, &m, &err);
+    TEST_CHECK(tc,
+               rc == 0 && m.n == 2 && !m.rec[0].error && m.rec[0].field[DATA_MF_IMAGE] &&
+                   strstr(m.rec[0].field[DATA_MF_IMAGE], "/a.png") &&
+                   !strcmp(m.rec[0].field[DATA_MF_CAPTION], "t") && m.rec[0].file_name,
+               "file_name and text are the image and the caption; id ignored");
+    TEST_CHECK(tc,
+               rc == 0 && m.n == 2 && m.rec[1].error && strstr(m.rec[1].error, "'pic'") &&
+                   strstr(m.rec[1].error, "file_name"),
+               "an unknown key is an error even beside file_name records: %s",
+               rc == 0 && m.rec[1].error ? m.rec[1].error : "(none)");
+    if (rc == 0) data_manifest_free(&m);
+    k.key[DATA_MF_IMAGE] = "pic";
+    k.ignore = "id,file_name";
+    rc = data_manifest_read(tpath("k.jsonl"), &k, &m, &err);
+    TEST_CHECK(tc,
+               rc == 0 && m.n == 2 && !m.rec[1].error &&
+                   strstr(m.rec[1].field[DATA_MF_IMAGE], "/b.png") &&
+                   !m.rec[0].field[DATA_MF_IMAGE],
+               "--image-key pic: pic is the image, file_name ignored");
+    if (rc == 0) data_manifest_free(&m);
+    data_manifest_keys dup = {{"x", NULL, "x", NULL}, NULL};
+    TEST_CHECK(tc, data_manifest_keys_check(&dup, &err) == -1 && strstr(err.msg, "'x'"),
+               "two fields, one key: %s", err.msg);
+    data_manifest_keys ign = {{NULL, NULL, "x", NULL}, "a,x"};
+    TEST_CHECK(tc, data_manifest_keys_check(&ign, &err) == -1 && strstr(err.msg, "ignored"),
+               "a mapped key ignored: %s", err.msg);
+}
+
 // ---------------------------------------------------------------------------------------
 // Manifests: both formats, paths resolved, bad records kept with their error.
 static void test_manifest(test_counts *tc) {
@@ -716,7 +807,7 @@ static void test_manifest(test_counts *tc) {
         "not json\n"
         "{\"caption\": \"\"}\n";
     write_bytes(tpath("m.jsonl"), jl, strlen(jl));
-    int rc = data_manifest_read(tpath("m.jsonl"), &m, &err);
+    int rc = data_manifest_read(tpath("m.jsonl"), NULL, &m, &err);
     TEST_CHECK(tc, rc == 0 && m.n == 6, "jsonl: 6 records (blank line skipped): %d", m.n);
     if (rc == 0 && m.n == 6) {
         char want[256];
@@ -740,7 +831,7 @@ static void test_manifest(test_counts *tc) {
     }
     const char *cv = "caption,image\n\"a, b\",img/x.jpg\nonly one field\n";
     write_bytes(tpath("m.csv"), cv, strlen(cv));
-    rc = data_manifest_read(tpath("m.csv"), &m, &err);
+    rc = data_manifest_read(tpath("m.csv"), NULL, &m, &err);
     TEST_CHECK(tc, rc == 0 && m.n == 2, "csv: 2 records");
     if (rc == 0 && m.n == 2) {
         TEST_CHECK(tc, m.rec[0].line == 2 && !strcmp(m.rec[0].field[DATA_MF_CAPTION], "a, b") &&
@@ -751,13 +842,13 @@ static void test_manifest(test_counts *tc) {
         data_manifest_free(&m);
     }
     write_bytes(tpath("h.csv"), "image,size\nx.png,3\n", 19);
-    rc = data_manifest_read(tpath("h.csv"), &m, &err);
+    rc = data_manifest_read(tpath("h.csv"), NULL, &m, &err);
     TEST_CHECK(tc, rc == -1 && strstr(err.msg, "h.csv:1") && strstr(err.msg, "'size'"),
                "unknown CSV column: %s", err.msg);
     write_bytes(tpath("m.txt"), "x\n", 2);
-    rc = data_manifest_read(tpath("m.txt"), &m, &err);
+    rc = data_manifest_read(tpath("m.txt"), NULL, &m, &err);
     TEST_CHECK(tc, rc == -1 && strstr(err.msg, ".jsonl or .csv"), "unknown type: %s", err.msg);
-    rc = data_manifest_read(tpath("absent.jsonl"), &m, &err);
+    rc = data_manifest_read(tpath("absent.jsonl"), NULL, &m, &err);
     TEST_CHECK(tc, rc == -1 && strstr(err.msg, "absent.jsonl"), "missing manifest: %s", err.msg);
 }
 
@@ -808,6 +899,9 @@ int main(int argc, char **argv) {
     test_resize(&tc);
     test_image_errors(&tc);
     test_audio(&tc);
+    test_audio_probe(&tc);
+    test_caption_cut(&tc);
+    test_manifest_keys(&tc);
     test_utf8(&tc);
     test_json(&tc);
     test_csv(&tc);

@@ -1,15 +1,15 @@
 // sample.c: `train sample`: generate images from a diffusion checkpoint with its EMA
-// weights, conditioned on a caption and/or a WAV file, without a training run around it.
+// weights, conditioned on a caption and/or a sound file, without a training run around it.
 //   train sample --ckpt DIR --out DIR [--text "..."] [--audio FILE.wav] [--n K]
 //                [--steps S] [--guidance G] [--seed S] [--backend cpu|cuda]
-// Writes DIR/sample_XXX.png and DIR/grid.png. --backend cuda (a `make cuda` build) samples on
-// this process's GPU with the checkpoint's precision; the noise is drawn on the host either
-// way, so CPU and GPU agree to rounding. --ckpt may be a checkpoint, a ckpt/ or a run
-// directory (ckpt_resolve). Shapes come from the checkpoint's config: its data.img_* /
-// audio_* / text_max keys (saved resolved since they exist), or for older checkpoints the
-// schema of its training set (data.train must then still be readable).
+// Writes DIR/sample_XXX.png and DIR/grid.png. The audio file may be anything `mmdata pack`
+// accepts (any rate and channel count): it is decoded by the same function. --backend cuda
+// (a `make cuda` build) samples on this process's GPU with the checkpoint's precision; the
+// noise is drawn on the host either way, so CPU and GPU agree to rounding. --ckpt may be a
+// checkpoint, a ckpt/ or a run directory (ckpt_resolve). Shapes come from the checkpoint's config:
+// its data.img_* / audio_* / text_max keys (saved resolved since they exist), or for older
+// checkpoints the schema of its training set (data.train must then still be readable).
 #include <errno.h>
-#include <sndfile.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,34 +73,22 @@ static int parse_args(int argc, char **argv, sample_args *a, mm_err *err) {
     return 0;
 }
 
-// Reads a WAV (any libsndfile format) as mono int16 at the dataset's rate, up to len samples.
+// Reads an audio file as `mmdata pack` does (data_audio_load: any format libsndfile reads,
+// channels mixed down, resampled with libsoxr to the model's rate, the first audio_len
+// samples kept), so a clip conditions the model exactly as it would after packing.
 static int read_audio(const char *path, const data_schema *sc, int16_t *pcm, int *n,
                       mm_err *err) {
-    SF_INFO info;
-    memset(&info, 0, sizeof(info));
-    SNDFILE *f = sf_open(path, SFM_READ, &info);
-    if (!f) return mm_fail(err, "%s: cannot read audio: %s", path, sf_strerror(NULL));
-    int rc = 0;
-    if (info.samplerate != sc->audio_rate) {
-        rc = mm_fail(err, "%s: sample rate %d Hz, the model was trained at %d Hz (resample it, "
-                     "e.g. sox in.wav -r %d out.wav)", path, info.samplerate, sc->audio_rate,
-                     sc->audio_rate);
-    } else {
-        float *buf = mm_malloc((size_t)sc->audio_len * info.channels * sizeof(float));
-        sf_count_t got = sf_readf_float(f, buf, sc->audio_len);
-        if (got <= 0) rc = mm_fail(err, "%s: no audio frames", path);
-        for (sf_count_t i = 0; i < got; i++) {
-            float s = 0;
-            for (int ch = 0; ch < info.channels; ch++) s += buf[i * info.channels + ch];
-            s /= (float)info.channels;
-            s = s > 1 ? 1 : s < -1 ? -1 : s;
-            pcm[i] = (int16_t)(s * 32767.0f);
-        }
-        *n = (int)(got > 0 ? got : 0);
-        free(buf);
-    }
-    sf_close(f);
-    return rc;
+    data_media *media = data_media_new();
+    data_audio_info ai;
+    mm_err e;
+    int rc = data_audio_load(media, path, sc->audio_rate, sc->audio_len, pcm, &ai, &e);
+    data_media_free(media);
+    if (rc != 0) return mm_fail(err, "sample: --audio %s: %s", path, e.msg);
+    *n = ai.n;
+    printf("audio: %s: %d Hz, %d channel%s, %.3f s -> %d samples at %d Hz%s\n", path, ai.src_rate,
+           ai.src_channels, ai.src_channels == 1 ? "" : "s", (double)ai.src_frames / ai.src_rate,
+           ai.n, sc->audio_rate, ai.trimmed ? " (cut to the model's clip length)" : "");
+    return 0;
 }
 
 static int run_sample(const sample_args *a, mm_err *err) {

@@ -16,7 +16,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_write(path, data + 1, size - 1);
     data_manifest m;
     mm_err err;
-    if (data_manifest_read(path, &m, &err) == 0) data_manifest_free(&m);
+    if (data_manifest_read(path, NULL, &m, &err) == 0)
+        data_manifest_free(&m);
     else if (!err.msg[0] || strchr(err.msg, '\n')) abort();
     return 0;
 }
