@@ -134,9 +134,14 @@ ok "configs/finetune_diffusion_tiny.yaml fine-tunes a diffusion_tiny.yaml base: 
 # README's "Fine-tune on your own data" starts from launch/example_folder.sh's files
 MMDATA="$B/mmdata" launch/example_folder.sh "$tmp/files" 12 >"$tmp/files.log" 2>&1 &&
 "$B/mmdata" pack --manifest "$tmp/files/manifest.jsonl" --out "$tmp/packed" --val-fraction 0.25 \
-    >>"$tmp/files.log" 2>&1
+    --schema-from "$tmp/A" >>"$tmp/files.log" 2>&1
 ok "example_folder.sh + pack: 12 of 12 samples packed: $(tail -n 1 "$tmp/files.log")" \
     '[ $? -eq 0 ] && grep -q "packed 12 of 12 samples" "$tmp/files.log"'
+# ... and the README's fine-tune of the tiny.yaml base trains on it
+OMP_NUM_THREADS=1 timeout 300 "$B/train" "$tmp/ex1.yaml" run.out_dir="$tmp/ex1p" run.steps=1 \
+    data.train="$tmp/packed/train" data.val="$tmp/packed/val" run.threads=1 >"$tmp/ex1p.log" 2>&1
+ok "README: packed with --schema-from, configs/finetune_tiny.yaml fine-tunes on it: $(tail -n 2 "$tmp/ex1p.log")" \
+    '[ $? -eq 0 ] && grep -q "initialized weights from" "$tmp/ex1p.log"'
 
 # --- bad input ------------------------------------------------------------------------
 expect_error "export: missing checkpoint" "$tmp/nope: cannot open" "$B/train" export --ckpt "$tmp/nope" --out "$tmp/x.h5"

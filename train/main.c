@@ -16,7 +16,7 @@ static const char *usage =
     "usage: train CONFIG.yaml [section.key=value ...]\n"
     "  Trains (or resumes, with checkpoint.resume: auto) the run CONFIG describes;\n"
     "  each section.key=value overrides one config key. Keys: train/CONFIG.md.\n"
-    "usage: train sample --ckpt DIR --out DIR [--text \"...\"] [--audio FILE.wav] [--n K]\n"
+    "usage: train sample --ckpt DIR --out DIR [--text \"...\"] [--audio FILE] [--n K]\n"
     "                    [--steps S] [--guidance G] [--seed S] [--backend cpu|cuda]\n"
     "  Generates images from a diffusion checkpoint (EMA weights) into DIR.\n"
     "usage: train export --ckpt DIR --out FILE.h5\n"
