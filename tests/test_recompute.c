@@ -115,7 +115,7 @@ static void test_lm(test_counts *tc) {
         tg[i] = i % 4 == 3 ? -1 : 'a' + (int)mm_rng_below(&r, 26);
     }
     const uint8_t has_image[SB] = {1, 0, 1}, has_audio[SB] = {1, 1, 0};
-    const model_input in = {SB, image, has_image, audio, has_audio, tok, tg};
+    const model_input in = {SB, image, has_image, audio, has_audio, tok, tg, 0, 0, NULL};
 
     run_rec rec[N_MODES] = {0};
     size_t n_params = 0;

@@ -63,7 +63,7 @@ static void make_batch(batch *b, const model_config *c, mm_rng *r) {
                 s < 3 && t < c->text_T - 1 - s ? 'a' + (int)mm_rng_below(r, 26) : -1;
         }
     }
-    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg};
+    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg, 0, 0, NULL};
 }
 
 static void free_batch(batch *b) {

@@ -113,6 +113,17 @@ static const cfg_key keys[] = {
     KENUM("model.recompute", model.recompute, "none", "none|attention|block",
           "activation recomputation: attention keeps no attention internals and reruns each "
           "attention in backward; block keeps only each block's input and reruns the block"),
+    KF64("model.dropout", model.dropout, "0", 0, 0.99,
+         "transformer: inverted dropout on the embeddings and on each attention and MLP branch "
+         "before its residual add, training only (GPT-2's embd/resid pdrop)"),
+    KF64("model.attn_dropout", model.attn_dropout, "0", 0, 0.99,
+         "transformer: inverted dropout on the attention probabilities, training only"),
+    KF64("model.modality_drop", model.modality_drop, "0", 0, 0.5,
+         "transformer: share of training samples with image and audio trained on the image "
+         "alone, and the same share on the audio alone"),
+    KF64("model.audio_drop", model.audio_drop, "0", 0, 1,
+         "transformer: then, share of the training samples still with both trained without "
+         "their audio (image-only test sets)"),
 
     KENUM("diffusion.objective", diffusion.objective, "flow", "flow|ddpm",
           "flow: rectified flow, velocity target; ddpm: epsilon target, cosine schedule"),
@@ -153,6 +164,9 @@ static const cfg_key keys[] = {
     KINT("optim.max_skips", optim.max_skips, "10", 0, 1000000000,
          "consecutive steps with a non-finite loss or gradient norm (each skipped: nothing "
          "applied) that end the run (0 = never)"),
+    KF64("optim.label_smoothing", optim.label_smoothing, "0", 0, 0.99,
+         "transformer: label smoothing eps of the training cross-entropy (target (1 - eps) "
+         "one-hot + eps / vocab); val_loss stays plain cross-entropy"),
     KLIST("optim.freeze", optim.freeze, "", "text|image|audio|trunk",
           "parameter groups kept fixed: no AdamW step, no decay, not in the gradient norm"),
     KF64("optim.lr_mult_text", optim.lr_mult[0], "1", 0, 1000,

@@ -315,14 +315,14 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
     uint8_t *kv = make_mask(t, B, Tn, P);
     float *out = mm_malloc(no * 4), *att = mm_malloc((na ? na : 1) * 4), *dqkv = hcopy(dqkv0, nqkv);
     float *lse = mm_malloc(nl * 4);
-    model_ops_cpu.attention_fwd(&mm_backend_cpu, out, att, qkv, kv, B, Tn, P, NH, HD);
-    model_ops_cpu.attention_bwd(&mm_backend_cpu, dqkv, dout, qkv, out, att, B, Tn, P, NH, HD);
+    model_ops_cpu.attention_fwd(&mm_backend_cpu, out, att, qkv, kv, B, Tn, P, NH, HD, NULL);
+    model_ops_cpu.attention_bwd(&mm_backend_cpu, dqkv, dout, qkv, out, att, B, Tn, P, NH, HD, NULL);
     ref_lse(lse, qkv, kv, B, Tn, P, NH, HD);
     float *d_qkv = dev(t, qkv, nqkv * 4), *d_dout = dev(t, dout, no * 4),
           *d_out = cuda_alloc(t->c, no * 4), *d_att = cuda_alloc(t->c, ns * 4),
           *d_dqkv = dev(t, dqkv0, nqkv * 4), *d_dqkv2 = dev(t, dqkv0, nqkv * 4);
     uint8_t *d_kv = dev(t, kv, (size_t)B * Tn);
-    model_ops_cuda.attention_fwd(t->be, d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_fwd(t->be, d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD, NULL);
     check(t, "attention_fwd", shape, "out", d_out, out, no, 1e-5);
     if (flash) {  // only flash saves the lse (the cuBLAS path recomputes everything)
         // -inf rows must match exactly; the finite ones to 1e-5 of the largest |lse|
@@ -337,9 +337,11 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
         row(t, "attention_fwd", shape, "lse", rel_err(h, lse, nl), 1e-5);
         free(h);
     }
-    model_ops_cuda.attention_bwd(t->be, d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_bwd(t->be, d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
+                                 NULL);
     check(t, "attention_bwd", shape, "dqkv", d_dqkv, dqkv, nqkv, 1e-5);
-    model_ops_cuda.attention_bwd(t->be, d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_bwd(t->be, d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
+                                 NULL);
     check_same(t, "attention_bwd", shape, "dqkv rerun", d_dqkv, d_dqkv2, nqkv);
     void *h[] = {qkv, dout, dqkv0, kv, out, att, dqkv, lse};
     void *d[] = {d_qkv, d_dout, d_out, d_att, d_dqkv, d_dqkv2, d_kv};
@@ -389,8 +391,8 @@ static void test_xent(T *t, int N, int V) {
         tg[i] = mm_rng_uniform(&t->rng) < 0.25f ? -1 : (int32_t)mm_rng_below(&t->rng, V);
     tg[0] = -1;  // always one ignored row
     float *loss = mm_malloc(N * 4), *probs = mm_malloc(n * 4), *dl = mm_malloc(n * 4);
-    model_ops_cpu.xent_fwd(&mm_backend_cpu, loss, probs, logits, tg, N, V);
-    model_ops_cpu.xent_bwd(&mm_backend_cpu, dl, logits, probs, tg, dloss, N, V);
+    model_ops_cpu.xent_fwd(&mm_backend_cpu, loss, probs, logits, tg, N, V, 0);
+    model_ops_cpu.xent_bwd(&mm_backend_cpu, dl, logits, probs, tg, dloss, N, V, 0);
     float *junk = hrand(t, n, 7);  // dlogits is overwritten, ignored rows included
     float *d_logits = dev(t, logits, n * 4), *d_dloss = dev(t, dloss, N * 4),
           *d_loss = cuda_alloc(t->c, N * 4), *d_probs = cuda_alloc(t->c, 4),
@@ -409,12 +411,12 @@ static void test_xent(T *t, int N, int V) {
         lse[i] = (float)(mx + log(sum));
     }
     float *d_lse = cuda_alloc(t->c, N * 4), *d_inplace = dev(t, logits, n * 4);
-    model_ops_cuda.xent_fwd(t->be, d_loss, d_lse, d_logits, d_tg, N, V);
+    model_ops_cuda.xent_fwd(t->be, d_loss, d_lse, d_logits, d_tg, N, V, 0);
     check(t, "xent_fwd", shape, "loss", d_loss, loss, N, 1e-5);
     check(t, "xent_fwd", shape, "lse", d_lse, lse, N, 1e-5);
-    model_ops_cuda.xent_bwd(t->be, d_dl, d_logits, d_lse, d_tg, d_dloss, N, V);
+    model_ops_cuda.xent_bwd(t->be, d_dl, d_logits, d_lse, d_tg, d_dloss, N, V, 0);
     check(t, "xent_bwd", shape, "dlogits", d_dl, dl, n, 1e-5);
-    model_ops_cuda.xent_bwd(t->be, d_inplace, d_inplace, d_lse, d_tg, d_dloss, N, V);
+    model_ops_cuda.xent_bwd(t->be, d_inplace, d_inplace, d_lse, d_tg, d_dloss, N, V, 0);
     check_same(t, "xent_bwd", shape, "in place", d_inplace, d_dl, n);
     free(lse);
     cuda_free(d_lse);
