@@ -23,7 +23,7 @@
 
 #include <stdint.h>
 
-#if defined(__CUDACC__) || defined(MM_CUDA_EMU)
+#if defined(__CUDACC__) || (defined(MM_CUDA_EMU) && defined(__cplusplus))
 #define MODEL_DROP_FN __host__ __device__ static inline
 #else
 #define MODEL_DROP_FN static inline

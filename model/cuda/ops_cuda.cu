@@ -513,7 +513,7 @@ __global__ void k_flash_fwd(float *out, float *lse, const float *qkv, const uint
                 float pd = p;
                 if (d.thr) {
                     const uint64_t e =
-                        ((uint64_t)(d.head0 + h) * T + (uint64_t)(q0 + ty + 32 * r)) * T + k0 + j;
+                        ((uint64_t)(d.head0 + h) * T + (uint64_t)(q0 + ty + 32 * r)) * T + k0 + tx + 8 * u;
                     pd = model_drop_keep(sk, e, d.thr) ? p * d.scale : 0.0f;
                 }
                 Ps[ty + 32 * r][tx + 8 * u] = pd;
