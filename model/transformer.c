@@ -75,6 +75,14 @@
 // (model_block_recompute), tp collectives included, so the hook below fires as without it.
 // ln_f reads the kept output of the last block.
 //
+// Regularisation (model_config dropout, attn_dropout, label_smoothing; only for a model_input
+// with train set): inverted dropout on x0 (layer 0, MODEL_DROP_EMBD) and in each block
+// (block.c: the attention probabilities, and each branch after its tp allreduce, where it is
+// whole, so every tp rank drops the same elements); the smoothed cross-entropy in the ops.
+// The masks are model_drop.h's counters of (seed, step, sample id, layer, place, element):
+// nothing is stored, backward and recomputation redraw them. x0's dropout is undone on d(x0)
+// before the embeddings' backward.
+//
 // Gradient-ready hook (model_set_grad_hook): backward finishes the head, then blocks L-1 .. 0,
 // then the embeddings; the table is laid out in the reverse order, so after each of those
 // stages every gradient from some offset lo to the end is final, and the data-parallel
