@@ -6,7 +6,9 @@
 #     are the uninterrupted run's text (%.9g);
 #   - the layout does not matter: dp 2, dp 4, gradient accumulation and tp 2 give the one-rank
 #     losses within 1e-5 relative (the masks and modality draws are counters of the sample id,
-#     not of the rank or micro-batch; only the reduction order differs, as in dist_mpi.sh).
+#     not of the rank or micro-batch; only the reduction order differs, as in dist_mpi.sh);
+#   - the emulated GPU (the CUDA kernels, `make cuda-emu`) gives the CPU's losses within 1e-5:
+#     both backends draw the same masks from the shared model/model_drop.h.
 # That evaluation is untouched (train 0: no dropout, plain cross-entropy) is checked bitwise
 # by tests/test_regularize.c, the gradients by tests/test64_gradcheck.c.
 # Prints "N passed, N failed".
@@ -67,4 +69,12 @@ train dp4 4 data.micro_batch=2
 train accum 1 data.micro_batch=2
 train tp2 2 parallel.tp=2
 for r in dp2 dp4 accum tp2; do close base $r; done
+
+. tests/lib/emu.sh
+if ! emu_build "$tmp/build.log"; then
+    fail=$((fail+1))
+else
+    B=$emu train gpu 1 backend=cuda
+    close base gpu
+fi
 echo "$pass passed, $fail failed"
