@@ -3,9 +3,10 @@
 // probability 1 - p (the kept count within 4 binomial standard deviations) and keeps the mean
 // (inverted dropout), depends on the sample's key but not on where the sample sits in the
 // batch; modality dropout leaves out audio and image each in the configured share and never
-// both; evaluation (train 0) is untouched by any of it, bitwise; and model_create refuses a
-// probability outside [0, 1) naming it. The gradients are test64_gradcheck.c's, tp and
-// recomputation test_tp.c's and test_recompute.c's, the trainer tests/regularize.sh.
+// both; evaluation (train 0) is untouched by any of it, bitwise; model_create refuses a
+// probability outside [0, 1) naming it, and the config refuses these keys on a diffusion
+// model. The gradients are test64_gradcheck.c's, tp and recomputation test_tp.c's and
+// test_recompute.c's, the trainer tests/regularize.sh.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "../model/backend.h"
 #include "../model/model.h"
 #include "../model/model_drop.h"
+#include "../train/config.h"
 #include "test.h"
 #include "tp_check.h"
 
@@ -183,6 +185,25 @@ static void test_bad_config(test_counts *tc) {
     }
 }
 
+// The regularisation keys of the transformer on a diffusion model: refused, naming the key.
+static void test_config_kind(test_counts *tc) {
+    const char *keys[] = {"model.dropout=0.1", "model.attn_dropout=0.1", "model.modality_drop=0.1",
+                          "model.audio_drop=0.1", "optim.label_smoothing=0.1"};
+    for (int i = 0; i < 5; i++) {
+        mm_config c;
+        mm_config_default(&c);
+        mm_err err = {{0}};
+        int ok = mm_config_set(&c, "data.train=/data/x", &err) == 0 &&
+                 mm_config_set(&c, keys[i], &err) == 0 && mm_config_validate(&c, &err) == 0;
+        TEST_CHECK(tc, ok, "transformer with %s: %s", keys[i], err.msg);
+        ok = mm_config_set(&c, "model.kind=diffusion", &err) == 0 &&
+             mm_config_validate(&c, &err) == -1;
+        char key[32];
+        snprintf(key, sizeof(key), "%.*s", (int)(strchr(keys[i], '=') - keys[i]), keys[i]);
+        TEST_CHECK(tc, ok && strstr(err.msg, key), "diffusion with %s: \"%s\"", keys[i], err.msg);
+    }
+}
+
 int main(void) {
     test_counts tc = {0, 0};
     printf("regularisation: dropout and modality-dropout shares, evaluation untouched\n");
@@ -190,5 +211,6 @@ int main(void) {
     test_modality(&tc);
     test_eval_untouched(&tc);
     test_bad_config(&tc);
+    test_config_kind(&tc);
     return test_finish(&tc);
 }

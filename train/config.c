@@ -816,6 +816,22 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
     if (strcmp(c->eval.scorer, "synth") != 0 && strcmp(c->model.kind, "diffusion") == 0)
         return mm_fail(err, "config: eval.scorer: %s scores generated captions; a diffusion "
                        "model generates images, which only synth scores", c->eval.scorer);
+    if (strcmp(c->model.kind, "diffusion") == 0) {
+        const struct {
+            const char *key;
+            double v;
+        } lm_only[] = {{"model.dropout", c->model.dropout},
+                       {"model.attn_dropout", c->model.attn_dropout},
+                       {"model.modality_drop", c->model.modality_drop},
+                       {"model.audio_drop", c->model.audio_drop},
+                       {"optim.label_smoothing", c->optim.label_smoothing}};
+        for (size_t i = 0; i < sizeof(lm_only) / sizeof(lm_only[0]); i++)
+            if (lm_only[i].v != 0)
+                return mm_fail(err,
+                               "config: %s (%g) regularises the transformer; the diffusion "
+                               "model has diffusion.cond_drop and diffusion.modality_drop",
+                               lm_only[i].key, lm_only[i].v);
+    }
     if (c->checkpoint.reinit.n > 0 && !c->checkpoint.init_from[0])
         return mm_fail(err, "config: checkpoint.reinit names tensors to re-initialise, but "
                        "checkpoint.init_from is not set (nothing to take the others from)");
