@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "model_drop.h"
 #include "model_internal.h"
 
 void model_block_add_tensors(model_table *tb, const char *prefix, int l, int64_t C, int64_t F,
@@ -101,6 +102,19 @@ void model_block_carve_scratch(model_carver *cv, model_block_scratch *s, size_t 
     s->dqkv = model_carve(cv, BT * 3 * Cl);
     s->dfch = model_carve(cv, BT * Fl);
     s->dfcg = model_carve(cv, BT * Fl);
+    s->ddrop = NULL;
+}
+
+// The dropout of this block at place (model_drop.h MODEL_DROP_*); thr 0 when none.
+static model_drop block_drop(const model_block_run *r, int place) {
+    const int probs = place == MODEL_DROP_ATTN_P;
+    if (!r->drop_keys) return (model_drop){0};
+    return (model_drop){.keys = r->drop_keys,
+                        .layer = r->layer,
+                        .place = place,
+                        .thr = probs ? r->attn_thr : r->resid_thr,
+                        .scale = probs ? r->attn_scale : r->resid_scale,
+                        .head0 = r->head0};
 }
 
 void model_block_forward(const model_block_run *r, const model_block_w *w, model_block_acts *a,
@@ -108,14 +122,20 @@ void model_block_forward(const model_block_run *r, const model_block_w *w, model
     const mm_backend *be = r->be;
     const model_ops *ops = be->ops;
     const int BT = r->B * r->T, C = r->C, Cl = r->NHl * r->HD, Fl = r->Fl;
-    const size_t nC = (size_t)BT * C;
+    const size_t nC = (size_t)BT * C, n1 = (size_t)r->T * C;
+    const model_drop dp = block_drop(r, MODEL_DROP_ATTN_P);
+    const model_drop da = block_drop(r, MODEL_DROP_ATTN_OUT),
+                     dm = block_drop(r, MODEL_DROP_MLP_OUT);
     ops->layernorm_fwd(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_g, w->ln1_b, BT, C);
     ops->matmul_fwd(be, a->qkv, a->ln1, w->qkv_w, w->qkv_b, BT, C, 3 * Cl);
-    ops->attention_fwd(be, a->atty, a->att, a->qkv, key_valid, r->B, r->T, r->P, r->NHl, r->HD);
+    ops->attention_fwd(be, a->atty, a->att, a->qkv, key_valid, r->B, r->T, r->P, r->NHl, r->HD,
+                       &dp);
     // row-parallel: this rank's heads' share of attn.proj, summed over tp
     ops->matmul_fwd(be, a->res2, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BT, Cl,
                     C);
     model_tp_allreduce(r->be, r->tp, a->res2, nC);
+    // the branch is whole (replicated) after the sum: every tp rank drops the same elements
+    if (da.thr) ops->dropout(be, a->res2, a->res2, &da, r->B, n1);
     ops->add(be, a->res2, a->res2, x, nC);
     ops->layernorm_fwd(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2_g, w->ln2_b, BT, C);
     ops->matmul_fwd(be, a->fch, a->ln2, w->fc_w, w->fc_b, BT, C, Fl);
@@ -123,15 +143,17 @@ void model_block_forward(const model_block_run *r, const model_block_w *w, model
     ops->matmul_fwd(be, a->res3, a->fcg, w->mlpproj_w, r->bias_rank ? w->mlpproj_b : NULL, BT, Fl,
                     C);
     model_tp_allreduce(r->be, r->tp, a->res3, nC);
+    if (dm.thr) ops->dropout(be, a->res3, a->res3, &dm, r->B, n1);
     ops->add(be, a->res3, a->res3, a->res2, nC);
 }
 
 void model_block_recompute(const model_block_run *r, model_recompute mode, const model_block_w *w,
                            model_block_acts *a, const mm_real *x, const uint8_t *key_valid) {
-    if (mode == MODEL_RECOMPUTE_ATTENTION)  // from the kept qkv, as the forward ran it
+    if (mode == MODEL_RECOMPUTE_ATTENTION) {  // from the kept qkv, as the forward ran it
+        const model_drop dp = block_drop(r, MODEL_DROP_ATTN_P);  // the same draws again
         r->ops->attention_fwd(r->be, a->atty, a->att, a->qkv, key_valid, r->B, r->T, r->P, r->NHl,
-                              r->HD);
-    else if (mode == MODEL_RECOMPUTE_BLOCK)  // also rewrites the kept res3 with the same values
+                              r->HD, &dp);
+    } else if (mode == MODEL_RECOMPUTE_BLOCK)  // also rewrites the kept res3 with the same values
         model_block_forward(r, w, a, x, key_valid);
 }
 
@@ -141,26 +163,40 @@ void model_block_backward(const model_block_run *r, const model_block_w *w,
     const mm_backend *be = r->be;
     const model_ops *ops = be->ops;
     const int BT = r->B * r->T, C = r->C, Cl = r->NHl * r->HD, Fl = r->Fl;
-    const size_t nC = (size_t)BT * C;
+    const size_t nC = (size_t)BT * C, n1 = (size_t)r->T * C;
+    const model_drop dp = block_drop(r, MODEL_DROP_ATTN_P);
+    const model_drop da = block_drop(r, MODEL_DROP_ATTN_OUT),
+                     dm = block_drop(r, MODEL_DROP_MLP_OUT);
+    MM_CHECK(!(da.thr || dm.thr) || s->ddrop, "block backward with residual dropout needs ddrop");
     // every activation gradient below is accumulated into: zero them all at once
     mm_real *const zb[] = {s->dfcg, s->dfch, s->dln2, s->datty, s->dqkv, s->dln1};
     const size_t zn[] = {(size_t)BT * Fl, (size_t)BT * Fl,     nC,
                          (size_t)BT * Cl, (size_t)BT * 3 * Cl, nC};
     model_zero_ops(be, 6, zb, zn);
     // dres holds d(res3) (replicated); the residual passes it to res2 unchanged. Every rank
-    // computes the replicated mlp.proj.b / attn.proj.b gradients from it in full.
-    ops->matmul_bwd(be, s->dfcg, g->mlpproj_w, g->mlpproj_b, s->dres, a->fcg, w->mlpproj_w, BT, Fl,
-                    C);
+    // computes the replicated mlp.proj.b / attn.proj.b gradients from it in full. Under
+    // dropout the branch sees d(res3) through its mask (ddrop); the residual path does not.
+    const mm_real *dmlp = s->dres;
+    if (dm.thr) {
+        ops->dropout(be, s->ddrop, s->dres, &dm, r->B, n1);
+        dmlp = s->ddrop;
+    }
+    ops->matmul_bwd(be, s->dfcg, g->mlpproj_w, g->mlpproj_b, dmlp, a->fcg, w->mlpproj_w, BT, Fl, C);
     ops->gelu_bwd(be, s->dfch, a->fch, s->dfcg, (size_t)BT * Fl);
     ops->matmul_bwd(be, s->dln2, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, BT, C, Fl);
     model_tp_allreduce(r->be, r->tp, s->dln2, nC);  // fc saw ln2 whole: sum the shares
     ops->layernorm_bwd(be, s->dres, g->ln2_g, g->ln2_b, s->dln2, a->res2, w->ln2_g, a->ln2_mean,
                        a->ln2_rstd, BT, C);
     // dres now holds d(res2)
-    ops->matmul_bwd(be, s->datty, g->attproj_w, g->attproj_b, s->dres, a->atty, w->attproj_w, BT,
-                    Cl, C);
+    const mm_real *datt = s->dres;
+    if (da.thr) {
+        ops->dropout(be, s->ddrop, s->dres, &da, r->B, n1);
+        datt = s->ddrop;
+    }
+    ops->matmul_bwd(be, s->datty, g->attproj_w, g->attproj_b, datt, a->atty, w->attproj_w, BT, Cl,
+                    C);
     ops->attention_bwd(be, s->dqkv, s->datty, a->qkv, a->atty, a->att, r->B, r->T, r->P, r->NHl,
-                       r->HD);
+                       r->HD, &dp);
     ops->matmul_bwd(be, s->dln1, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, BT, C, 3 * Cl);
     model_tp_allreduce(r->be, r->tp, s->dln1, nC);  // the same for the heads' shares
     ops->layernorm_bwd(be, s->dres, g->ln1_g, g->ln1_b, s->dln1, x, w->ln1_g, a->ln1_mean,

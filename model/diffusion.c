@@ -699,7 +699,16 @@ static void check_input(const dit *m, const dit_input *in) {
 
 // The encoders are replicated: full widths, every rank adds every bias, no collective.
 static model_block_run enc_run(const dit *m, int B, int T) {
-    return (model_block_run){m->be, m->ops, B, T, T, m->C, m->NH, m->HD, m->F, 1, NULL};
+    return (model_block_run){.be = m->be,  // replicated, no dropout
+                             .ops = m->ops,
+                             .B = B,
+                             .T = T,
+                             .P = T,
+                             .C = m->C,
+                             .NHl = m->NH,
+                             .HD = m->HD,
+                             .Fl = m->F,
+                             .bias_rank = 1};
 }
 
 // Encoder blocks and ln_f on e->x0 (B, T, C) with e->key_valid; result in e->out.

@@ -150,7 +150,7 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     ops->layernorm_fwd(be, a->h1, a->mean1, a->rstd1, x, r->ones, r->zeros, BN, C);
     dops->modulate_fwd(be, a->m1, a->h1, mod, mod + C, C6, B, N, C);
     ops->matmul_fwd(be, a->qkv, a->m1, w->qkv_w, w->qkv_b, BN, C, 3 * Cl);
-    ops->attention_fwd(be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl, r->HD);
+    ops->attention_fwd(be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl, r->HD, NULL);
     ops->matmul_fwd(be, a->y1, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BN, Cl, C);
     model_tp_allreduce(r->be, r->tp, a->y1, nC);
     // the gated add is in place: res1 starts as a copy of x
@@ -179,8 +179,8 @@ void dit_block_recompute(const dit_block_run *r, model_recompute mode, const dit
                          dit_block_acts *a, const mm_real *x) {
     if (mode == MODEL_RECOMPUTE_ATTENTION) {  // from the kept qkv, q and kv, as forward ran them
         const int B = r->B, N = r->N;
-        r->ops->attention_fwd(r->be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl,
-                              r->HD);
+        r->ops->attention_fwd(r->be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl, r->HD,
+                              NULL);
         r->dops->xattn_fwd(r->be, a->xatty, a->xatt, a->q, a->kv, r->cond_valid, B, N, r->Tc,
                            r->NHl, r->HD);
     } else if (mode == MODEL_RECOMPUTE_BLOCK) {  // also rewrites the kept res3, same values
@@ -231,7 +231,8 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     // self-attention branch. dres = d(res1); res1 = x + gate1 * y1
     dops->gated_add_bwd(be, s->dy1, dmod + 2 * C, s->dres, a->y1, mod + 2 * C, C6, B, N, C);
     ops->matmul_bwd(be, s->datty, g->attproj_w, g->attproj_b, s->dy1, a->atty, w->attproj_w, BN, Cl, C);
-    ops->attention_bwd(be, s->dqkv, s->datty, a->qkv, a->atty, a->att, B, N, N, r->NHl, r->HD);
+    ops->attention_bwd(be, s->dqkv, s->datty, a->qkv, a->atty, a->att, B, N, N, r->NHl, r->HD,
+                       NULL);
     ops->matmul_bwd(be, s->dm1, g->qkv_w, g->qkv_b, s->dqkv, a->m1, w->qkv_w, BN, C, 3 * Cl);
     model_tp_allreduce(r->be, r->tp, s->dm1, nC);
     dops->modulate_bwd(be, s->dh1, dmod, dmod + C, s->dm1, a->h1, mod + C, C6, B, N, C);

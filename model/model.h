@@ -35,6 +35,17 @@ typedef struct mm_backend mm_backend;
 // backend); C11 has no unnamed parameters in definitions.
 #define MM_UNUSED __attribute__((unused))
 
+// A dropout as an op applies it (model_drop.h says how the draws are made): which elements of
+// each sample survive is a hash of the sample's key, the site and the element's index in the
+// sample's FULL tensor, so the mask does not depend on the layout and needs no buffer.
+typedef struct {
+    const uint64_t *keys;  // (B) ops memory: each sample's model_drop_sample_key
+    int layer, place;      // the site (model_drop.h MODEL_DROP_*)
+    uint32_t thr;          // an element is dropped iff its 24-bit draw < thr; 0: none is
+    mm_real scale;         // 1 / (1 - p): the factor of the kept elements (inverted dropout)
+    int head0;             // attention: the global index of this rank's first head (tp)
+} model_drop;
+
 // ---------------------------------------------------------------------------------------
 // Ops table: the generic kernels and memory functions of one backend (model/cpu/ops_cpu.c,
 // model/cuda/ops_cuda.cu); a backend object (backend.h) points to its table. All pointers
@@ -62,6 +73,11 @@ typedef struct model_ops {
                      size_t n);  // dx +=
     // out = a + b (n elements); out may alias a or b (residual adds are done in place)
     void (*add)(const mm_backend *be, mm_real *out, const mm_real *a, const mm_real *b, size_t n);
+    // Inverted dropout of B samples of n elements: out[b * n + e] = x[b * n + e] * d->scale
+    // where element e of sample b survives under d, else 0. out may be x. Being linear with
+    // the mask fixed, the same call is its own backward (on the output's gradient).
+    void (*dropout)(const mm_backend *be, mm_real *out, const mm_real *x, const model_drop *d,
+                    int B, size_t n);
     // Multi-head attention on packed qkv (B, T, 3, NH, HD) -> out (B, T, NH, HD).
     // Query i may attend key j iff key_valid[b*T + j] && (j < P || j <= i): the first P
     // positions form a bidirectional prefix, the rest is causal. A query with no allowed key
@@ -71,28 +87,35 @@ typedef struct model_ops {
     // zero rows for queries without a key); the CUDA backend (flash attention) keeps only each
     // row's log-sum-exp of the scaled scores (B, NH, T) (-inf for a row without a key) and a
     // copy of key_valid, and recomputes the probabilities tile by tile in the backward pass.
+    // drop (NULL or thr 0: none) is dropout on the probabilities after the softmax: out =
+    // (p * mask * scale) v, the mask of element (head0 + h, i, j) of sample b at index
+    // ((head0 + h) * T + i) * T + j; att keeps the probabilities before it, and the backward
+    // takes the same drop and redraws the mask.
     void (*attention_fwd)(const mm_backend *be, mm_real *out, mm_real *att, const mm_real *qkv,
-                          const uint8_t *key_valid, int B, int T, int P, int NH, int HD);
+                          const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
+                          const model_drop *drop);
     // accumulates dqkv; out is attention_fwd's output for these inputs and att what it saved
     // (the CUDA backward needs out for the row terms sum_j p_ij dp_ij = dout_i . out_i)
     void (*attention_bwd)(const mm_backend *be, mm_real *dqkv, const mm_real *dout,
                           const mm_real *qkv, const mm_real *out, const mm_real *att, int B, int T,
-                          int P, int NH, int HD);
+                          int P, int NH, int HD, const model_drop *drop);
     // elements of attention_fwd's att buffer for these sizes
     size_t (*attention_saved)(const mm_backend *be, int B, int NH, int T);
-    // Softmax cross-entropy per row: logits (N, V), targets (N) (-1 = ignored).
-    // loss[i] = -log softmax(logits_i)[t_i] (0 when ignored). saved (xent_saved(N, V)
+    // Softmax cross-entropy per row: logits (N, V), targets (N) (-1 = ignored), with label
+    // smoothing eps in [0, 1) (Szegedy et al. 2016): the target distribution is
+    // q = (1 - eps) onehot(t) + eps / V, loss[i] = -sum_j q_j log softmax(logits_i)_j
+    // (eps 0: -log softmax(logits_i)[t_i]; 0 when ignored). saved (xent_saved(N, V)
     // elements) is what the backend keeps for the backward pass: the CPU keeps the
     // probabilities (N, V); the CUDA backend only each row's log-sum-exp (N), so that the
     // forward reads the logits once and writes nothing per logit.
     void (*xent_fwd)(const mm_backend *be, mm_real *loss, mm_real *saved, const mm_real *logits,
-                     const int32_t *targets, int N, int V);
-    // dlogits (N, V) = (softmax(logits) - onehot) * dloss[i] (overwrites; 0 rows when
+                     const int32_t *targets, int N, int V, mm_real eps);
+    // dlogits (N, V) = (softmax(logits) - q) * dloss[i] (overwrites; 0 rows when
     // ignored), from the forward's logits and saved. dlogits may be logits itself (the
     // gradient then replaces the logits in place, one pass over them).
     void (*xent_bwd)(const mm_backend *be, mm_real *dlogits, const mm_real *logits,
                      const mm_real *saved, const int32_t *targets, const mm_real *dloss, int N,
-                     int V);
+                     int V, mm_real eps);
     // elements of xent_fwd's saved buffer for these sizes
     size_t (*xent_saved)(const mm_backend *be, int N, int V);
 
@@ -207,6 +230,12 @@ typedef struct {
     // and generate then abort with a hint.
     comm_group *tp_group;
     model_recompute recompute;        // 0 (none) unless set
+    // Regularisation, applied only to a model_input with train set (all 0: none; the zeroed
+    // config of every existing caller). Inverted dropout with these probabilities in [0, 1):
+    double dropout;          // on the block-0 input and each block's attention and MLP
+                             // branch before its residual add (GPT-2's embd and resid pdrop)
+    double attn_dropout;     // on the attention probabilities (GPT-2's attn_pdrop)
+    double label_smoothing;  // eps of the training cross-entropy (ops xent_fwd)
 } model_config;
 
 // Model inputs for one micro-batch (host or device memory as the backend requires).
@@ -218,9 +247,24 @@ typedef struct {
     const uint8_t *has_audio;    // (B)
     const int32_t *tokens;       // (B, text_T)
     const int32_t *targets;      // (B, text_T), -1 = ignored
+    // 1 for a training micro-batch: the config's dropout and label smoothing apply, drawn
+    // from (model_create's seed, step, sample_id) (model_drop.h); 0 for evaluation (plain
+    // cross-entropy, no dropout). sample_id is host memory, needed only when train is 1.
+    int train;
+    int64_t step;               // the optimizer step this micro-batch belongs to
+    const uint64_t *sample_id;  // (B) global sample ids (data_batch.sample_id)
 } model_input;
 
 typedef struct model model;  // opaque; see model/transformer.c
+
+// Modality dropout of one training sample (model.modality_drop, model.audio_drop): with both
+// an image and audio, its audio is left out with probability modality_drop and otherwise its
+// image with probability modality_drop (never both: modality_drop <= 0.5); then, while it
+// still has both, its audio is left out with probability audio_drop. The draws are
+// model_drop.h's for (seed, step, sample id), so they do not depend on the layout. Updates
+// *has_image, *has_audio (host).
+void model_modality_drop(uint64_t seed, int64_t step, uint64_t sample_id, double modality_drop,
+                         double audio_drop, uint8_t *has_image, uint8_t *has_audio);
 
 // Builds the parameter table for cfg, allocates params and grads (one buffer each, owned
 // by the model) and activations for up to max_B samples; draws initial weights from seed.

@@ -171,6 +171,9 @@ typedef struct {
     mm_real *dqkv;   // (B, T, 3, NHl, HD)
     mm_real *dfch;   // (B, T, Fl)
     mm_real *dfcg;   // (B, T, Fl)
+    // (B, T, C) a dropped branch's output gradient; carved by a model that drops residual
+    // branches (model_block_carve_scratch leaves it NULL)
+    mm_real *ddrop;
 } model_block_scratch;
 
 // How a stack of blocks runs: shapes of this call and the tp placement.
@@ -181,6 +184,15 @@ typedef struct {
     int C, NHl, HD, Fl;  // model width; local heads, head dim; local MLP width
     int bias_rank;     // 1 on the one rank that adds the row-parallel biases (tp rank 0)
     const mm_coll *tp;  // the tp group on be; NULL: tp 1, no collective
+    // Dropout (model.h model_config; what model_drop.h draws): none when drop_keys is NULL
+    // (the zeroes a caller that never drops leaves here). The residual branches (after
+    // attn.proj and mlp.proj, before the add) drop with resid_*, the attention probabilities
+    // with attn_*; a thr of 0 is none.
+    const uint64_t *drop_keys;  // (B) ops memory: each sample's model_drop_sample_key
+    uint32_t resid_thr, attn_thr;
+    mm_real resid_scale, attn_scale;
+    int layer;  // this block's index in its stack: the draws' site (set per block)
+    int head0;  // the global index of this rank's first head
 } model_block_run;
 
 // Which of a block's activations a layer carves for itself (bits); under recomputation the

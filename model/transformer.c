@@ -75,6 +75,14 @@
 // (model_block_recompute), tp collectives included, so the hook below fires as without it.
 // ln_f reads the kept output of the last block.
 //
+// Regularisation (model_config dropout, attn_dropout, label_smoothing; only for a model_input
+// with train set): inverted dropout on x0 (layer 0, MODEL_DROP_EMBD) and in each block
+// (block.c: the attention probabilities, and each branch after its tp allreduce, where it is
+// whole, so every tp rank drops the same elements); the smoothed cross-entropy in the ops.
+// The masks are model_drop.h's counters of (seed, step, sample id, layer, place, element):
+// nothing is stored, backward and recomputation redraw them. x0's dropout is undone on d(x0)
+// before the embeddings' backward.
+//
 // Gradient-ready hook (model_set_grad_hook): backward finishes the head, then blocks L-1 .. 0,
 // then the embeddings; the table is laid out in the reverse order, so after each of those
 // stages every gradient from some offset lo to the end is final, and the data-parallel
@@ -86,6 +94,7 @@
 
 #include "../data/data.h"
 #include "model.h"
+#include "model_drop.h"
 #include "model_internal.h"
 
 // Views into params or grads (same offsets in both).
@@ -153,6 +162,14 @@ struct model {
     int32_t *gen_tokens;      // (max_B, Tt) generation's token buffer (host)
     uint8_t *gen_done;        // (max_B)
     int saved_B;              // samples whose activations model_backward may use; 0 after generate
+    // Regularisation (model_config): the draws' seed (model_create's), the thresholds and
+    // scales of model_drop, and each sample's key for the current training batch.
+    uint64_t seed;
+    uint32_t resid_thr, attn_thr;  // 0: that dropout is off
+    mm_real resid_scale, attn_scale;
+    uint64_t *drop_keys;  // (max_B) ops memory
+    uint64_t *drop_host;  // (max_B) host copy
+    int saved_train;      // in->train of the forward whose activations are kept
 };
 
 // ---------------------------------------------------------------------------------------
@@ -263,6 +280,7 @@ static size_t plan_acts(model *m, mm_real *base, size_t *per_layer) {
     a->probs = model_carve(&cv, m->ops->xent_saved(m->be, (int)BTt, (int)V));
     a->losses = model_carve(&cv, BTt);
     model_block_carve_scratch(&cv, &a->bs, BT, C, Cl, Fl);
+    if (m->cfg.dropout > 0) a->bs.ddrop = model_carve(&cv, BT * C);
     a->dlogits = a->logits;
     a->dlnf = model_carve(&cv, BTt * C);
     a->dtxt = model_carve(&cv, BTt * C);
@@ -310,6 +328,15 @@ static int check_config(const model_config *c, int max_B, mm_err *err) {
                        "model: audio_F %d frames is fewer than audio_group %d (no audio "
                        "token)",
                        c->audio_F, c->audio_group);
+    const struct {
+        const char *name;
+        double v;
+    } prob[] = {{"dropout", c->dropout},
+                {"attn_dropout", c->attn_dropout},
+                {"label_smoothing", c->label_smoothing}};
+    for (size_t i = 0; i < sizeof(prob) / sizeof(prob[0]); i++)
+        if (!(prob[i].v >= 0 && prob[i].v < 1))
+            return mm_fail(err, "model: %s must be in [0, 1) (got %g)", prob[i].name, prob[i].v);
     if (c->vocab <= DATA_TOK_EOS)
         return mm_fail(err, "model: vocab %d must include the BOS/EOS tokens (%d, %d)", c->vocab,
                        DATA_TOK_BOS, DATA_TOK_EOS);
@@ -328,6 +355,13 @@ const lm_ops *lm_ops_for(const mm_backend *be) {
         break;
     }
     return NULL;
+}
+
+// A dropout probability as model_drop's threshold (p in 2^-24 steps) and the scale that keeps
+// the expectation exact for the probability the threshold really draws.
+static void drop_rate(double p, uint32_t *thr, mm_real *scale) {
+    *thr = (uint32_t)llround(p * (double)(1u << MODEL_DROP_BITS));
+    *scale = (mm_real)(1.0 / (1.0 - (double)*thr / (double)(1u << MODEL_DROP_BITS)));
 }
 
 // The checks, shapes and tensor table of a model of cfg in m (no buffers yet): what
@@ -359,6 +393,8 @@ static int setup(model *m, const model_config *cfg, const mm_backend *be, int ma
     m->T = m->P + m->Tt;
     m->pdim = cfg->patch * cfg->patch * cfg->img_c;
     m->adim = cfg->audio_group * cfg->n_mels;
+    drop_rate(cfg->dropout, &m->resid_thr, &m->resid_scale);
+    drop_rate(cfg->attn_dropout, &m->attn_thr, &m->attn_scale);
     build_table(m);
     m->a.layer = mm_calloc((size_t)m->L, sizeof(model_block_acts));
     return 0;
@@ -393,6 +429,7 @@ int model_create(model **out, const model_config *cfg, const mm_backend *be, int
         free(m);
         return -1;
     }
+    m->seed = seed;
     const model_ops *ops = be->ops;
     const size_t pbytes = m->n_params * sizeof(mm_real);
     m->params = ops->mem_alloc(be, pbytes);
@@ -417,6 +454,8 @@ int model_create(model **out, const model_config *cfg, const mm_backend *be, int
     m->gen_dtokens = ops->mem_alloc(be, (size_t)max_B * m->Tt * sizeof(int32_t));
     m->gen_tokens = mm_calloc((size_t)max_B * m->Tt, sizeof(int32_t));
     m->gen_done = mm_calloc((size_t)max_B, 1);
+    m->drop_keys = ops->mem_alloc(be, (size_t)max_B * sizeof(uint64_t));
+    m->drop_host = mm_calloc((size_t)max_B, sizeof(uint64_t));
     m->tp = cfg->tp > 1 ? mm_coll_new(be, cfg->tp_group) : NULL;  // collective over the group
     *out = m;
     return 0;
@@ -440,6 +479,8 @@ void model_free(model *m) {
     m->ops->mem_free(m->be, m->gen_dtokens);
     free(m->gen_tokens);
     free(m->gen_done);
+    m->ops->mem_free(m->be, m->drop_keys);
+    free(m->drop_host);
     free(m);
 }
 
@@ -488,26 +529,70 @@ static void check_input(const model *m, const model_input *in) {
              "model_input needs image, audio and the has_* flags (zeros when absent)");
 }
 
-// How this rank runs its blocks on B samples of T positions (Megatron split, file top).
-static model_block_run block_run(const model *m, int B, int T) {
-    return (model_block_run){m->be,
-                             m->ops,
-                             B,
-                             T,
-                             m->P,
-                             m->C,
-                             m->NHl,
-                             m->HD,
-                             m->Fl,
-                             m->cfg.tp_rank == 0,  // adds the row-parallel biases (file top)
-                             m->tp};
+// 1 when a forward on in drops anything (a training batch under a dropout of the config)
+static int dropping(const model *m, const model_input *in) {
+    return in->train && (m->resid_thr || m->attn_thr);
+}
+
+// How this rank runs its blocks on B samples of T positions (Megatron split, file top);
+// with drop, under the config's dropout with the keys of the batch (drop_prepare).
+static model_block_run block_run(const model *m, int B, int T, int drop) {
+    return (model_block_run){.be = m->be,
+                             .ops = m->ops,
+                             .B = B,
+                             .T = T,
+                             .P = m->P,
+                             .C = m->C,
+                             .NHl = m->NHl,
+                             .HD = m->HD,
+                             .Fl = m->Fl,
+                             .bias_rank = m->cfg.tp_rank == 0,  // adds the row-parallel biases
+                             .tp = m->tp,
+                             .drop_keys = drop ? m->drop_keys : NULL,
+                             .resid_thr = m->resid_thr,
+                             .attn_thr = m->attn_thr,
+                             .resid_scale = m->resid_scale,
+                             .attn_scale = m->attn_scale,
+                             .head0 = m->cfg.tp_rank * m->NHl};
+}
+
+// The dropout of the block-0 input (the embeddings): layer 0, over each sample's (T, C).
+static model_drop embd_drop(const model *m) {
+    return (model_drop){.keys = m->drop_keys,
+                        .place = MODEL_DROP_EMBD,
+                        .thr = m->resid_thr,
+                        .scale = m->resid_scale};
+}
+
+// Each sample's key for this training batch (model_drop.h), into the ops' memory.
+static void drop_prepare(model *m, const model_input *in) {
+    MM_CHECK(in->sample_id && in->step >= 0,
+             "a training model_input under dropout needs sample_id and a step >= 0");
+    for (int b = 0; b < in->B; b++)
+        m->drop_host[b] = model_drop_sample_key(m->seed, (uint64_t)in->step, in->sample_id[b]);
+    m->ops->mem_upload(m->be, m->drop_keys, m->drop_host, (size_t)in->B * sizeof(uint64_t));
+}
+
+void model_modality_drop(uint64_t seed, int64_t step, uint64_t sample_id, double modality_drop,
+                         double audio_drop, uint8_t *has_image, uint8_t *has_audio) {
+    if (!*has_image || !*has_audio) return;
+    const uint64_t k = model_drop_site_key(model_drop_sample_key(seed, (uint64_t)step, sample_id),
+                                           0, MODEL_DROP_MODALITY);
+    const double scale = 1.0 / (double)(1u << MODEL_DROP_BITS);
+    const double u = model_drop_draw(k, 0) * scale, v = model_drop_draw(k, 1) * scale;
+    if (u < modality_drop)
+        *has_audio = 0;
+    else if (u >= 1.0 - modality_drop)
+        *has_image = 0;
+    else if (v < audio_drop)
+        *has_audio = 0;
 }
 
 // Embeddings and all blocks for B samples using the first Tu text positions of tokens
 // (row stride tok_stride): the sequence is T' = P + Tu long. The final residual is left in
 // the last block's res3 as (B, T', C).
 static void forward_trunk(model *m, const model_input *in, const int32_t *tokens, int tok_stride,
-                          int Tu) {
+                          int Tu, int drop) {
     const mm_backend *be = m->be;
     const model_ops *ops = be->ops;
     const int B = in->B, C = m->C, P = m->P, T = P + Tu, n_img = m->n_img, n_aud = m->n_aud;
@@ -532,10 +617,13 @@ static void forward_trunk(model *m, const model_input *in, const int32_t *tokens
     m->lops->embed_fwd(be, a->x0, m->key_valid, a->emb_img, a->emb_aud, w->img_pos, w->aud_pos, w->wte,
                    w->tpos, tokens, tok_stride, in->has_image, in->has_audio, B, T, n_img, n_aud, C,
                    m->V);
+    const model_drop de = embd_drop(m);
+    if (drop && de.thr) ops->dropout(be, a->x0, a->x0, &de, B, (size_t)T * C);
 
-    const model_block_run run = block_run(m, B, T);
+    model_block_run run = block_run(m, B, T, drop);
     const mm_real *x = a->x0;
     for (int l = 0; l < m->L; l++) {
+        run.layer = l;
         model_block_forward(&run, &w->layer[l], &a->layer[l], x, m->key_valid);
         x = a->layer[l].res3;
     }
@@ -546,7 +634,9 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
     MM_CHECK(in->tokens && in->targets, "model_forward needs tokens and targets");
     const int B = in->B, C = m->C, T = m->T, P = m->P, Tt = m->Tt, V = m->V;
     acts *a = &m->a;
-    forward_trunk(m, in, in->tokens, Tt, Tt);
+    const int drop = dropping(m, in);
+    if (drop) drop_prepare(m, in);
+    forward_trunk(m, in, in->tokens, Tt, Tt, drop);
 
     // ln_f and lm_head only on the text rows
     const mm_real *fin = a->layer[m->L - 1].res3;
@@ -555,7 +645,8 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
     m->ops->layernorm_fwd(m->be, a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g, m->w.lnf_b,
                           B * Tt, C);
     m->ops->matmul_fwd(m->be, a->logits, a->lnf, m->w.lm_head, NULL, B * Tt, C, V);
-    m->ops->xent_fwd(m->be, a->losses, a->probs, a->logits, in->targets, B * Tt, V);
+    m->ops->xent_fwd(m->be, a->losses, a->probs, a->logits, in->targets, B * Tt, V,
+                     in->train ? (mm_real)m->cfg.label_smoothing : 0);
 
     m->lops->seq_loss(m->be, m->seq_out, a->losses, in->targets, B, Tt);
     m->ops->mem_download(m->be, m->seq_host, m->seq_out, (size_t)B * 2 * sizeof(double));
@@ -568,6 +659,7 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
         }
     if (n_scored) *n_scored = scored;
     m->saved_B = B;
+    m->saved_train = in->train;
     return total;
 }
 
@@ -582,6 +674,8 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
              "model_backward needs the activations of a model_forward on "
              "the same batch (saved %d samples, got %d; model_generate discards them)",
              m->saved_B, in->B);
+    MM_CHECK(m->saved_train == in->train, "model_backward's train %d is not its forward's %d",
+             in->train, m->saved_train);
     const mm_backend *be = m->be;
     const model_ops *ops = be->ops;
     const int B = in->B, C = m->C, T = m->T, P = m->P, Tt = m->Tt, V = m->V;
@@ -592,7 +686,8 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
 
     // d(loss_scale * sum_b mean_t loss) / d loss[b, t] = loss_scale / n_targets(b)
     m->lops->seq_dloss(be, a->dloss, in->targets, loss_scale, B, Tt);
-    ops->xent_bwd(be, a->dlogits, a->logits, a->probs, in->targets, a->dloss, B * Tt, V);
+    ops->xent_bwd(be, a->dlogits, a->logits, a->probs, in->targets, a->dloss, B * Tt, V,
+                  in->train ? (mm_real)m->cfg.label_smoothing : 0);
     mm_real *const zb[] = {a->dlnf, a->dtxt};
     const size_t zn[] = {(size_t)B * Tt * C, (size_t)B * Tt * C};
     model_zero_ops(be, 2, zb, zn);
@@ -607,13 +702,19 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
                    (size_t)Tt * C, B);
     model_hook_fire(&m->hook, m->head_lo);
 
-    const model_block_run run = block_run(m, B, T);
+    const int drop = dropping(m, in);  // the keys of the forward are still in drop_keys
+    model_block_run run = block_run(m, B, T, drop);
     for (int l = m->L - 1; l >= 0; l--) {
+        run.layer = l;
         const mm_real *x = l ? a->layer[l - 1].res3 : a->x0;
         model_block_recompute(&run, m->cfg.recompute, &w->layer[l], &a->layer[l], x, m->key_valid);
         model_block_backward(&run, &w->layer[l], &g->layer[l], &a->layer[l], x, &a->bs);
         model_hook_fire(&m->hook, m->block_lo[l]);
     }
+
+    // d(x0) before the embeddings' dropout
+    const model_drop de = embd_drop(m);
+    if (drop && de.thr) ops->dropout(be, a->bs.dres, a->bs.dres, &de, B, (size_t)T * C);
 
     // input projections: gather their rows of d(x0); no gradient flows into the inputs
     ops->copy_rows(be, a->emb_img, (size_t)n_img * C, a->bs.dres, (size_t)T * C, (size_t)n_img * C,
@@ -654,7 +755,7 @@ void model_generate(model *m, const model_input *in, char *out, int out_stride) 
     // runs the trunk on T' = P + s + 1 positions and the head on one row per sample.
     for (int s = 0; s < Tt - 1 && n_live > 0; s++) {
         m->ops->mem_upload(m->be, m->gen_dtokens, tok, (size_t)B * Tt * sizeof(int32_t));
-        forward_trunk(m, in, m->gen_dtokens, Tt, s + 1);
+        forward_trunk(m, in, m->gen_dtokens, Tt, s + 1, 0);
         const int Ts = P + s + 1;
         const mm_real *fin = a->layer[m->L - 1].res3;
         m->ops->copy_rows(m->be, a->txt, (size_t)C, fin + (size_t)(P + s) * C, (size_t)Ts * C,

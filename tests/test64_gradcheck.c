@@ -6,8 +6,10 @@
 // gradient is the op's backward fed dout = R. Accumulating backwards are called on buffers
 // pre-filled with random values, so an op that overwrites instead of adding fails too.
 // Part 2, the whole model at tiny dimensions, every parameter tensor, with a sample lacking
-// its image and one lacking its audio. Part 3, greedy generation is deterministic, batch-
-// independent and emits the argmax of the forward's logits.
+// its image and one lacking its audio; then again with dropout, attention dropout and label
+// smoothing on (a training input: the masks depend only on the seed, step, sample ids and
+// element indices, so f stays a deterministic function of the parameters). Part 3, greedy
+// generation is deterministic, batch-independent and emits the argmax of the forward's logits.
 //
 // Numeric derivative: the fourth-order central difference
 //   n = (8 (f(x+h) - f(x-h)) - (f(x+2h) - f(x-2h))) / 12h,  h = 1e-3.
@@ -28,6 +30,7 @@
 #include "../data/data.h"
 #include "../model/backend.h"
 #include "../model/model.h"
+#include "../model/model_drop.h"
 #include "gradcheck.h"
 #include "test.h"
 
@@ -188,16 +191,17 @@ typedef struct {
     int B, T, P, NH, HD;
     mm_real *qkv, *out, *att, *R;
     uint8_t *kv;
+    const model_drop *drop;  // NULL: none
 } att_ctx;
 
 static double att_f(void *p) {
     att_ctx *c = p;
-    ops->attention_fwd(be, c->out, c->att, c->qkv, c->kv, c->B, c->T, c->P, c->NH, c->HD);
+    ops->attention_fwd(be, c->out, c->att, c->qkv, c->kv, c->B, c->T, c->P, c->NH, c->HD, c->drop);
     return dot(c->out, c->R, (size_t)c->B * c->T * c->NH * c->HD);
 }
 
 static void check_attention(test_counts *tc, mm_rng *r) {
-    att_ctx c = {3, 7, 3, 2, 3, 0, 0, 0, 0, 0};
+    att_ctx c = {3, 7, 3, 2, 3, 0, 0, 0, 0, 0, NULL};
     int C = c.NH * c.HD;
     size_t nq = (size_t)c.B * c.T * 3 * C, no = (size_t)c.B * c.T * C;
     c.qkv = malloc(nq * sizeof(mm_real));
@@ -214,7 +218,7 @@ static void check_attention(test_counts *tc, mm_rng *r) {
     fill_normal(pre, nq, 1, r);
     memcpy(d, pre, nq * sizeof(mm_real));
     att_f(&c);
-    ops->attention_bwd(be, d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD);
+    ops->attention_bwd(be, d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD, NULL);
     subtract(d, pre, nq);
     report(tc, "attention (P=3, masked)", "qkv", fd_check(att_f, &c, c.qkv, d, nq, NULL, 0, EPS));
     // P = 0 (plain causal) and P = T (all bidirectional) take the single-gemm paths
@@ -222,10 +226,19 @@ static void check_attention(test_counts *tc, mm_rng *r) {
         c.P = P;
         memset(d, 0, nq * sizeof(mm_real));
         att_f(&c);
-        ops->attention_bwd(be, d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD);
+        ops->attention_bwd(be, d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD, NULL);
         report(tc, P ? "attention (P=T)" : "attention (P=0)", "qkv",
                fd_check(att_f, &c, c.qkv, d, nq, NULL, 0, EPS));
     }
+    // dropout on the probabilities (p = 0.3, heads as the second and third of a wider layout)
+    const uint64_t keys[3] = {11, 22, 33};
+    const model_drop dr = {keys, 1, MODEL_DROP_ATTN_P, (uint32_t)(0.3 * (1 << 24)), 1 / 0.7, 1};
+    c.drop = &dr;
+    c.P = 3;
+    memset(d, 0, nq * sizeof(mm_real));
+    att_f(&c);
+    ops->attention_bwd(be, d, c.R, c.qkv, c.out, c.att, c.B, c.T, c.P, c.NH, c.HD, &dr);
+    report(tc, "attention (dropout 0.3)", "qkv", fd_check(att_f, &c, c.qkv, d, nq, NULL, 0, EPS));
     free(c.qkv), free(c.out), free(c.R), free(c.att), free(d), free(pre);
 }
 
@@ -235,17 +248,18 @@ typedef struct {
     int N, V;
     mm_real *logits, *probs, *loss, *wt;
     int32_t *tg;
+    mm_real eps;  // label smoothing
 } xe_ctx;
 
 static double xe_f(void *p) {
     xe_ctx *c = p;
-    ops->xent_fwd(be, c->loss, c->probs, c->logits, c->tg, c->N, c->V);
+    ops->xent_fwd(be, c->loss, c->probs, c->logits, c->tg, c->N, c->V, c->eps);
     return dot(c->loss, c->wt, c->N);
 }
 
 static void check_xent(test_counts *tc, mm_rng *r) {
     int32_t tg[6] = {2, -1, 0, 5, -1, 3};
-    xe_ctx c = {6, 7, 0, 0, 0, 0, tg};
+    xe_ctx c = {6, 7, 0, 0, 0, 0, tg, 0};
     size_t n = (size_t)c.N * c.V;
     c.logits = malloc(n * sizeof(mm_real));
     c.probs = malloc(n * sizeof(mm_real));
@@ -255,12 +269,60 @@ static void check_xent(test_counts *tc, mm_rng *r) {
     fill_normal(c.wt, c.N, 1, r);
     mm_real *d = malloc(n * sizeof(mm_real));
     xe_f(&c);
-    ops->xent_bwd(be, d, c.logits, c.probs, c.tg, c.wt, c.N, c.V);
+    ops->xent_bwd(be, d, c.logits, c.probs, c.tg, c.wt, c.N, c.V, 0);
     report(tc, "xent (2 rows ignored)", "logits", fd_check(xe_f, &c, c.logits, d, n, NULL, 0, EPS));
     int zero = 1;
     for (int j = 0; j < c.V; j++) zero &= d[c.V + j] == 0 && c.loss[1] == 0;
     TEST_CHECK(tc, zero, "xent: ignored row must have loss 0 and gradient 0");
+    // label smoothing: the gradient, and the loss against -sum_j q_j log p_j written out with
+    // q = (1 - eps) onehot + eps / V and log p_j = l_j - logsumexp(l)
+    c.eps = 0.1;
+    xe_f(&c);
+    ops->xent_bwd(be, d, c.logits, c.probs, c.tg, c.wt, c.N, c.V, c.eps);
+    report(tc, "xent (smoothing 0.1)", "logits", fd_check(xe_f, &c, c.logits, d, n, NULL, 0, EPS));
+    xe_f(&c);
+    double worst = 0;
+    for (int i = 0; i < c.N; i++) {
+        const mm_real *l = c.logits + (size_t)i * c.V;
+        double lse = 0, want = 0;
+        for (int j = 0; j < c.V; j++) lse += exp(l[j]);
+        lse = log(lse);
+        for (int j = 0; j < c.V; j++)
+            want -= ((j == tg[i]) * (1 - c.eps) + c.eps / c.V) * (l[j] - lse);
+        if (tg[i] < 0) want = 0;
+        worst = fmax(worst, fabs(c.loss[i] - want));
+    }
+    TEST_CHECK(tc, worst < 1e-12, "xent smoothing loss off its definition by %.2e", worst);
     free(c.logits), free(c.probs), free(c.loss), free(c.wt), free(d);
+}
+
+// ---------------------------------------------------------------------------------------
+// dropout: linear with the mask fixed, so its own backward
+typedef struct {
+    int B;
+    size_t n;
+    mm_real *x, *out, *R;
+    const model_drop *d;
+} drop_ctx;
+
+static double drop_f(void *p) {
+    drop_ctx *c = p;
+    ops->dropout(be, c->out, c->x, c->d, c->B, c->n);
+    return dot(c->out, c->R, (size_t)c->B * c->n);
+}
+
+static void check_dropout(test_counts *tc, mm_rng *r) {
+    const uint64_t keys[2] = {5, 6};
+    const model_drop dr = {keys, 2, MODEL_DROP_MLP_OUT, (uint32_t)(0.4 * (1 << 24)), 1 / 0.6, 0};
+    drop_ctx c = {2, 13, 0, 0, 0, &dr};
+    const size_t n = (size_t)c.B * c.n;
+    c.x = alloc_normal(n, 1, r);
+    c.R = alloc_normal(n, 1, r);
+    c.out = malloc(n * sizeof(mm_real));
+    mm_real *d = malloc(n * sizeof(mm_real));
+    ops->dropout(be, d, c.R, &dr, c.B, c.n);
+    report(tc, "dropout (0.4)", "x", fd_check(drop_f, &c, c.x, d, n, NULL, 0, EPS));
+    free(c.x), free(c.R), free(c.out), free(d);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -274,6 +336,7 @@ typedef struct {
     mm_real *image, *audio;
     uint8_t has_image[MB], has_audio[MB];
     int32_t *tokens, *targets;
+    uint64_t ids[MB];
     model_input in;
 } model_ctx;
 
@@ -301,8 +364,14 @@ static void tiny_config(model_config *c) {
     c->tp_rank = 0;
 }
 
-static void make_model(model_ctx *c, mm_rng *r, test_counts *tc) {
+// reg: with dropout, attention dropout and label smoothing, fed as a training batch
+static void make_model(model_ctx *c, mm_rng *r, test_counts *tc, int reg) {
     tiny_config(&c->cfg);
+    if (reg) {
+        c->cfg.dropout = 0.2;
+        c->cfg.attn_dropout = 0.3;
+        c->cfg.label_smoothing = 0.1;
+    }
     mm_err err = {{0}};
     int rc = model_create(&c->m, &c->cfg, &mm_backend_cpu, MB, 1234, &err);
     TEST_CHECK(tc, rc == 0, "model_create: %s", err.msg);
@@ -337,8 +406,9 @@ static void make_model(model_ctx *c, mm_rng *r, test_counts *tc) {
             if (t + 1 < k->text_T) tk[t + 1] = t < len[b] ? tg[t] : DATA_TOK_PAD;
         }
     }
-    c->in =
-        (model_input){MB, c->image, c->has_image, c->audio, c->has_audio, c->tokens, c->targets};
+    for (int b = 0; b < MB; b++) c->ids[b] = 1000 + 7 * (uint64_t)b;
+    c->in = (model_input){MB,        c->image,   c->has_image, c->audio,    c->has_audio,
+                          c->tokens, c->targets, reg,          reg ? 3 : 0, reg ? c->ids : NULL};
 }
 
 static void free_model_ctx(model_ctx *c) {
@@ -346,7 +416,7 @@ static void free_model_ctx(model_ctx *c) {
     free(c->image), free(c->audio), free(c->tokens), free(c->targets);
 }
 
-static void check_model(test_counts *tc, model_ctx *c, mm_rng *r) {
+static void check_model(test_counts *tc, model_ctx *c, mm_rng *r, const char *what) {
     model *m = c->m;
     int scored = 0;
     double loss = model_forward(m, &c->in, &scored);
@@ -368,8 +438,8 @@ static void check_model(test_counts *tc, model_ctx *c, mm_rng *r) {
     int used[DATA_VOCAB] = {0};
     for (int i = 0; i < MB * c->cfg.text_T; i++) used[c->tokens[i]] = 1;
     printf("\n  model tensor               checked  max rel err\n");
-    double model_worst = fd_check_tensors(tc, "model", 26, ts, model_n_tensors(m), model_params(m),
-                                          ga, model_f, c, used, r, EPS, TOL);
+    double model_worst = fd_check_tensors(tc, what, 26, ts, model_n_tensors(m), model_params(m), ga,
+                                          model_f, c, used, r, EPS, TOL);
     printf("  worst over all model tensors: %.2e\n", model_worst);
     free(ga);
 }
@@ -386,7 +456,10 @@ static int argmax_via_loss(model_ctx *c, int b, const int32_t *tokens, int pos) 
                        c->audio + (size_t)b * k->audio_F * k->n_mels,
                        c->has_audio + b,
                        tokens,
-                       tg};
+                       tg,
+                       0,
+                       0,
+                       NULL};
     int best = -1;
     double best_loss = INFINITY;
     for (int v = 0; v < k->vocab; v++) {
@@ -449,12 +522,19 @@ int main(void) {
     check_gelu(&tc, &r);
     check_attention(&tc, &r);
     check_xent(&tc, &r);
+    check_dropout(&tc, &r);
 
     model_ctx c;
-    make_model(&c, &r, &tc);
-    check_model(&tc, &c, &r);
+    make_model(&c, &r, &tc, 0);
+    check_model(&tc, &c, &r, "model");
     printf("\ngeneration\n");
     check_generate(&tc, &c);
     free_model_ctx(&c);
+
+    printf("\nwith dropout 0.2, attn_dropout 0.3, label smoothing 0.1 (training input)\n");
+    model_ctx cr;
+    make_model(&cr, &r, &tc, 1);
+    check_model(&tc, &cr, &r, "model (regularised)");
+    free_model_ctx(&cr);
     return test_finish(&tc);
 }

@@ -228,10 +228,10 @@ static void test_attention(test_counts *tc, mm_rng *r) {
     float *out = malloc(no * 4), *att = malloc(na * 4), *dq = calloc(nq, 4);
     double *ro = zeros(no), *ra = zeros(na), *rd = zeros(nq);
     ref_attention(ro, ra, rd, qkv, dout, kv, B, T, P, NH, HD);
-    ops->attention_fwd(be, out, att, qkv, kv, B, T, P, NH, HD);
+    ops->attention_fwd(be, out, att, qkv, kv, B, T, P, NH, HD, NULL);
     expect(tc, "attention_fwd out", nerr(out, ro, no));
     expect(tc, "attention_fwd att (probabilities)", nerr(att, ra, na));
-    ops->attention_bwd(be, dq, dout, qkv, out, att, B, T, P, NH, HD);
+    ops->attention_bwd(be, dq, dout, qkv, out, att, B, T, P, NH, HD, NULL);
     expect(tc, "attention_bwd dqkv", nerr(dq, rd, nq));
     int zero = 1;  // masked entries of att are exactly zero
     for (int b = 0; b < B; b++)
@@ -263,11 +263,11 @@ static void test_xent(test_counts *tc, mm_rng *r) {
             rdl[(size_t)i * V + j] =
                 tg[i] < 0 ? 0 : (rp[(size_t)i * V + j] - (j == tg[i])) * dloss[i];
     }
-    ops->xent_fwd(be, loss, probs, logits, tg, N, V);
+    ops->xent_fwd(be, loss, probs, logits, tg, N, V, 0);
     expect(tc, "xent_fwd loss", nerr(loss, rl, N));
     expect(tc, "xent_fwd probs", nerr(probs, rp, n));
     for (size_t i = 0; i < n; i++) dl[i] = 7;  // xent_bwd overwrites
-    ops->xent_bwd(be, dl, logits, probs, tg, dloss, N, V);
+    ops->xent_bwd(be, dl, logits, probs, tg, dloss, N, V, 0);
     expect(tc, "xent_bwd", nerr(dl, rdl, n));
     free(logits), free(dloss), free(loss), free(probs), free(dl), free(rl), free(rp), free(rdl);
 }
@@ -300,7 +300,7 @@ static void make_batch(batch *b, const model_config *c, mm_rng *r) {
         }
     }
     for (int t = 0; t < c->text_T; t++) b->tg[3 * c->text_T + t] = -1;  // sample 3: no target
-    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg};
+    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg, 0, 0, NULL};
 }
 
 static void free_batch(batch *b) {

@@ -3,7 +3,9 @@
 // total and per layer, parameters unchanged), and a model that recomputes gives BITWISE the
 // losses, gradients and grad-hook stages of one that does not, over several steps (the CPU's
 // ops are deterministic, and the recomputation runs the same ops on the same saved inputs).
-// A bad mode is refused by create and by the plan. tp 2 and the CUDA backend are checked
+// The transformer is checked again with dropout, attention dropout and label smoothing on (a
+// training batch, a new step each time): recomputation redraws the same masks from their
+// counters, so the equality stays bitwise. A bad mode is refused by create and by the plan. tp 2 and the CUDA backend are checked
 // through the trainer by tests/recompute.sh.
 #include <stdint.h>
 #include <stdlib.h>
@@ -100,8 +102,10 @@ static model_config lm_config(void) {
                           .tp = 1};
 }
 
-static void test_lm(test_counts *tc) {
-    const model_config base = lm_config();
+// reg: under the regularisation of model_config, as training batches
+static void test_lm(test_counts *tc, int reg) {
+    model_config base = lm_config();
+    if (reg) base.dropout = 0.2, base.attn_dropout = 0.3, base.label_smoothing = 0.1;
     mm_rng r;
     mm_rng_init(&r, 7, 0);
     const size_t ni = (size_t)SB * base.img_h * base.img_w * base.img_c,
@@ -115,7 +119,8 @@ static void test_lm(test_counts *tc) {
         tg[i] = i % 4 == 3 ? -1 : 'a' + (int)mm_rng_below(&r, 26);
     }
     const uint8_t has_image[SB] = {1, 0, 1}, has_audio[SB] = {1, 1, 0};
-    const model_input in = {SB, image, has_image, audio, has_audio, tok, tg};
+    const uint64_t ids[SB] = {3, 17, 4};
+    model_input in = {SB, image, has_image, audio, has_audio, tok, tg, reg, 0, reg ? ids : NULL};
 
     run_rec rec[N_MODES] = {0};
     size_t n_params = 0;
@@ -132,6 +137,7 @@ static void test_lm(test_counts *tc) {
         for (int s = 0; s < STEPS; s++) {
             model_set_grad_hook(m, record, &rec[k].hooks[s]);
             model_zero_grad(m);
+            in.step = s;
             rec[k].loss[s] = model_forward(m, &in, NULL);
             model_backward(m, &in, (mm_real)(1.0 / SB));
             rec[k].grads[s] = malloc(n_params * sizeof(mm_real));
@@ -140,8 +146,12 @@ static void test_lm(test_counts *tc) {
         }
         model_free(m);
     }
-    compare(tc, "transformer", rec, n_params);
+    compare(tc, reg ? "regularised" : "transformer", rec, n_params);
     for (int k = 0; k < N_MODES; k++) free_rec(&rec[k]);
+    if (reg) {
+        free(image), free(audio), free(tok), free(tg);
+        return;
+    }
 
     // a mode that is none of the three: refused with a message, by the plan and by create
     model_config bad = base;
@@ -249,7 +259,8 @@ static void test_dit(test_counts *tc) {
 int main(void) {
     test_counts tc = {0, 0};
     printf("activation recomputation: planned buffer, and bitwise equality with none\n");
-    test_lm(&tc);
+    test_lm(&tc, 0);
+    test_lm(&tc, 1);
     test_dit(&tc);
     return test_finish(&tc);
 }

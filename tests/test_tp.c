@@ -7,6 +7,9 @@
 //   - gives replicated tensors bitwise identical gradients on every tp rank (the trainer
 //     never reduces them over tp);
 //   - is bitwise deterministic, and generates the tp = 1 text;
+//   - does all of the above again with dropout, attention dropout and label smoothing on (a
+//     training batch): the masks index the full tensors, so a rank's heads draw the tp = 1
+//     model's bits for them;
 //   - calls the gradient-ready hook with decreasing lo ending at 0, each time when every
 //     gradient at >= lo already holds its final value;
 // and that bad layouts are refused by model_create with a message. The counts of all ranks
@@ -40,6 +43,7 @@ typedef struct {
     mm_real *image, *audio;
     uint8_t hi[SB], ha[SB];
     int32_t *tok, *tg;
+    uint64_t ids[SB];
     model_input in;
 } batch;
 
@@ -63,7 +67,8 @@ static void make_batch(batch *b, const model_config *c, mm_rng *r) {
                 s < 3 && t < c->text_T - 1 - s ? 'a' + (int)mm_rng_below(r, 26) : -1;
         }
     }
-    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg};
+    for (int s = 0; s < SB; s++) b->ids[s] = 40 + 3 * (uint64_t)s;
+    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg, 0, 0, NULL};
 }
 
 static void free_batch(batch *b) {
@@ -81,10 +86,17 @@ static void check_hook_pass(test_counts *tc, hook_rec *h, model *m, const char *
 // ---------------------------------------------------------------------------------------
 
 // The tp model against the serial one; tp = world, this rank = tp_rank.
-static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg) {
+// reg: with the regularisation of model_config on, fed as a training batch
+static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg, int reg) {
     const int tp = comm_size(tpg), rank = comm_rank(tpg), root = rank == 0;
     model_config c1, ct;
     small_model_config(&c1);
+    if (reg) {
+        c1.dropout = 0.2;
+        c1.attn_dropout = 0.3;
+        c1.label_smoothing = 0.1;
+        if (root) printf("with dropout 0.2, attn_dropout 0.3, label smoothing 0.1\n");
+    }
     ct = c1;
     ct.tp = tp;
     ct.tp_rank = rank;
@@ -117,6 +129,7 @@ static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg
 
     batch b;
     make_batch(&b, &c1, &r);
+    if (reg) b.in.train = 1, b.in.step = 12, b.in.sample_id = b.ids;
     const mm_real scale = 1.0f / 3;
     int s1 = -1, st = -1;
     double l1 = model_forward(ref, &b.in, &s1);
@@ -224,7 +237,8 @@ int main(int argc, char **argv) {
     comm_group *tpg = comm_split(world, 0, rank);
     comm_group *self = comm_split(world, rank, 0);
     if (size == 1 || size == 2 || size == 4) {
-        test_equivalence(&tc, world, tpg);
+        test_equivalence(&tc, world, tpg, 0);
+        test_equivalence(&tc, world, tpg, 1);
     } else {
         TEST_CHECK(&tc, 0, "test_tp runs with 1, 2 or 4 ranks (n_heads = 4), not %d", size);
     }

@@ -113,6 +113,17 @@ static const cfg_key keys[] = {
     KENUM("model.recompute", model.recompute, "none", "none|attention|block",
           "activation recomputation: attention keeps no attention internals and reruns each "
           "attention in backward; block keeps only each block's input and reruns the block"),
+    KF64("model.dropout", model.dropout, "0", 0, 0.99,
+         "transformer: inverted dropout on the embeddings and on each attention and MLP branch "
+         "before its residual add, training only (GPT-2's embd/resid pdrop)"),
+    KF64("model.attn_dropout", model.attn_dropout, "0", 0, 0.99,
+         "transformer: inverted dropout on the attention probabilities, training only"),
+    KF64("model.modality_drop", model.modality_drop, "0", 0, 0.5,
+         "transformer: share of training samples with image and audio trained on the image "
+         "alone, and the same share on the audio alone"),
+    KF64("model.audio_drop", model.audio_drop, "0", 0, 1,
+         "transformer: then, share of the training samples still with both trained without "
+         "their audio (image-only test sets)"),
 
     KENUM("diffusion.objective", diffusion.objective, "flow", "flow|ddpm",
           "flow: rectified flow, velocity target; ddpm: epsilon target, cosine schedule"),
@@ -153,6 +164,9 @@ static const cfg_key keys[] = {
     KINT("optim.max_skips", optim.max_skips, "10", 0, 1000000000,
          "consecutive steps with a non-finite loss or gradient norm (each skipped: nothing "
          "applied) that end the run (0 = never)"),
+    KF64("optim.label_smoothing", optim.label_smoothing, "0", 0, 0.99,
+         "transformer: label smoothing eps of the training cross-entropy (target (1 - eps) "
+         "one-hot + eps / vocab); val_loss stays plain cross-entropy"),
     KLIST("optim.freeze", optim.freeze, "", "text|image|audio|trunk",
           "parameter groups kept fixed: no AdamW step, no decay, not in the gradient norm"),
     KF64("optim.lr_mult_text", optim.lr_mult[0], "1", 0, 1000,
@@ -802,6 +816,22 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
     if (strcmp(c->eval.scorer, "synth") != 0 && strcmp(c->model.kind, "diffusion") == 0)
         return mm_fail(err, "config: eval.scorer: %s scores generated captions; a diffusion "
                        "model generates images, which only synth scores", c->eval.scorer);
+    if (strcmp(c->model.kind, "diffusion") == 0) {
+        const struct {
+            const char *key;
+            double v;
+        } lm_only[] = {{"model.dropout", c->model.dropout},
+                       {"model.attn_dropout", c->model.attn_dropout},
+                       {"model.modality_drop", c->model.modality_drop},
+                       {"model.audio_drop", c->model.audio_drop},
+                       {"optim.label_smoothing", c->optim.label_smoothing}};
+        for (size_t i = 0; i < sizeof(lm_only) / sizeof(lm_only[0]); i++)
+            if (lm_only[i].v != 0)
+                return mm_fail(err,
+                               "config: %s (%g) regularises the transformer; the diffusion "
+                               "model has diffusion.cond_drop and diffusion.modality_drop",
+                               lm_only[i].key, lm_only[i].v);
+    }
     if (c->checkpoint.reinit.n > 0 && !c->checkpoint.init_from[0])
         return mm_fail(err, "config: checkpoint.reinit names tensors to re-initialise, but "
                        "checkpoint.init_from is not set (nothing to take the others from)");

@@ -60,6 +60,11 @@ typedef struct {
         int patch;             // image patch size in pixels
         int audio_group;       // log-mel frames per audio token
         char recompute[16];    // "none", "attention" or "block": what backward recomputes
+        // regularisation of the transformer's training (model.h model_config, CONFIG.md)
+        double dropout;        // embeddings and residual branches
+        double attn_dropout;   // attention probabilities
+        double modality_drop;  // share of image+audio samples trained on one of them, each
+        double audio_drop;     // then, share of image+audio samples trained without audio
     } model;
     struct {
         char objective[16];    // "flow" or "ddpm"
@@ -85,6 +90,7 @@ typedef struct {
         mm_list freeze;        // parameter groups kept fixed (mm_group_names)
         double lr_mult[MM_N_GROUPS];  // learning-rate multiplier per group (text, image,
                                       // audio, trunk)
+        double label_smoothing;       // eps of the transformer's training cross-entropy
     } optim;
     struct {
         int every;             // evaluate every N steps (0 = only at the last step)

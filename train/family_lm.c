@@ -18,16 +18,28 @@
 typedef struct {
     model *m;
     void *stage;  // the input batches' way to the backend's memory
+    uint8_t *has_image, *has_audio;  // (max_B) a training batch's flags after modality dropout
 } lm_impl;
 
 static model *lm(const trainer *t) { return ((lm_impl *)t->impl)->m; }
 
 // The model's view of a batch, staged into the backend's memory (call lm_input_done after
-// queueing the work that reads it).
-static model_input batch_input(const trainer *t, const data_batch *b) {
+// queueing the work that reads it); train: a training batch, under the model.* regularisation.
+static model_input batch_input(const trainer *t, const data_batch *b, int train) {
     lm_impl *im = t->impl;
+    const mm_config *c = t->cfg;
     const size_t B = (size_t)b->B, T = (size_t)b->text_T;
-    const void *src[6] = {b->image, b->audio, b->tokens, b->targets, b->has_image, b->has_audio};
+    const uint8_t *has_image = b->has_image, *has_audio = b->has_audio;
+    if (train && (c->model.modality_drop > 0 || c->model.audio_drop > 0)) {
+        memcpy(im->has_image, b->has_image, B);
+        memcpy(im->has_audio, b->has_audio, B);
+        for (size_t i = 0; i < B; i++)
+            model_modality_drop(c->run.seed, t->step, b->sample_id[i], c->model.modality_drop,
+                                c->model.audio_drop, &im->has_image[i], &im->has_audio[i]);
+        has_image = im->has_image;
+        has_audio = im->has_audio;
+    }
+    const void *src[6] = {b->image, b->audio, b->tokens, b->targets, has_image, has_audio};
     const size_t len[6] = {B * b->img_h * b->img_w * b->img_c * sizeof(float),
                            B * b->audio_F * b->n_mels * sizeof(float),
                            B * T * sizeof(int32_t),
@@ -42,7 +54,10 @@ static model_input batch_input(const trainer *t, const data_batch *b) {
                          .audio = dst[1],
                          .has_audio = dst[5],
                          .tokens = dst[2],
-                         .targets = dst[3]};
+                         .targets = dst[3],
+                         .train = train,
+                         .step = t->step,
+                         .sample_id = b->sample_id};
 }
 
 static void lm_input_done(const trainer *t) {
@@ -73,7 +88,10 @@ static model_config lm_config(const trainer *t) {
                           .tp = t->lay.tp_size,
                           .tp_rank = t->lay.tp_rank,
                           .tp_group = t->lay.tp_size > 1 ? t->lay.tp : NULL,
-                          .recompute = model_recompute_named(c->model.recompute)};
+                          .recompute = model_recompute_named(c->model.recompute),
+                          .dropout = c->model.dropout,
+                          .attn_dropout = c->model.attn_dropout,
+                          .label_smoothing = c->optim.label_smoothing};
 }
 
 static int lm_mem_plan(const trainer *t, int max_B, model_recompute rc, model_mem *out, int *ema,
@@ -108,6 +126,8 @@ static int lm_create(trainer *t, int max_B, mm_err *err) {
                            1};
     for (int i = 0; i < 6; i++) bytes += (per[i] * max_B + 255) / 256 * 256;
     im->stage = t->be->iface->stage_new(t->be, bytes);
+    im->has_image = mm_malloc((size_t)max_B);
+    im->has_audio = mm_malloc((size_t)max_B);
     return 0;
 }
 
@@ -116,13 +136,15 @@ static void lm_destroy(trainer *t) {
     if (!im) return;
     if (im->stage) t->be->iface->stage_free(t->be, im->stage);
     if (im->m) model_free(im->m);
+    free(im->has_image);
+    free(im->has_audio);
     train_net_free(&t->net);
     free(im);
     t->impl = NULL;
 }
 
 static double lm_micro_step(trainer *t, const data_batch *b) {
-    model_input in = batch_input(t, b);
+    model_input in = batch_input(t, b, 1);
     double loss = model_forward(lm(t), &in, NULL);
     t->be->iface->sync(t->be);  // a corrupt token ends the job here, named
     model_backward(lm(t), &in, (mm_real)(1.0 / t->cfg->data.global_batch));
@@ -178,7 +200,7 @@ static void lm_evaluate(trainer *t) {
             mm_err e;
             if (data_dataset_read(t->val, idx, nb, t->val_feat, &t->val_batch, &e) != 0)
                 train_die(t, e.msg);
-            model_input in = batch_input(t, &t->val_batch);
+            model_input in = batch_input(t, &t->val_batch, 0);
             loss = model_forward(lm(t), &in, NULL);
             // A generated NUL is a byte like any other: model_generate writes the bytes and a
             // NUL after the last, touching nothing beyond, so over a nonzero fill the last

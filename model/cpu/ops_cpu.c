@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "../model.h"
+#include "../model_drop.h"
 #include "../model_internal.h"
 
 #ifdef MM_F64
@@ -227,6 +228,32 @@ static void add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a, 
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+// 1 when d drops anything
+static inline int drop_on(const model_drop *d) {
+    return d && d->thr > 0;
+}
+
+// out = x * mask * scale per sample (model.h); out may be x
+static void dropout(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x,
+                    const model_drop *d, int B, size_t n) {
+    if (!drop_on(d)) {
+        if (out != x) memcpy(out, x, (size_t)B * n * sizeof(mm_real));
+        return;
+    }
+    const size_t chunk = 4096;  // per task: the draws of one sample split over threads
+    const size_t per = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static)
+    for (size_t task = 0; task < (size_t)B * per; task++) {
+        const size_t b = task / per, e0 = task % per * chunk;
+        const size_t e1 = e0 + chunk < n ? e0 + chunk : n;
+        const uint64_t k = model_drop_site_key(d->keys[b], d->layer, d->place);
+        const mm_real *xb = x + b * n;
+        mm_real *ob = out + b * n;
+        for (size_t e = e0; e < e1; e++)
+            ob[e] = model_drop_keep(k, e, d->thr) ? xb[e] * d->scale : 0;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // attention
 //
@@ -371,7 +398,8 @@ static inline mm_real softmax_row(mm_real *restrict a, const mm_real *restrict k
 // out (B, T, NH, HD), att (B, NH, T, T), qkv (B, T, 3, NH, HD), key_valid (B, T)
 static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att,
                           const mm_real *qkv, const uint8_t *key_valid, int B, int T, int P, int NH,
-                          int HD) {
+                          int HD, const model_drop *drop) {
+    const int dropping = drop_on(drop);
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
@@ -383,6 +411,9 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
         for (int bh = 0; bh < B * NH; bh++) {
             const int b = bh / NH, h = bh % NH;
             const mm_real *src = qkv + (size_t)b * T * C3 + (size_t)h * HD;
+            const uint64_t dk =
+                dropping ? model_drop_site_key(drop->keys[b], drop->layer, drop->place) : 0;
+            const uint64_t hrow = dropping ? (uint64_t)(drop->head0 + h) * T : 0;
             // gather: q pre-scaled (T, HD), k transposed (HD, T), v (T, HD)
             for (int i = 0; i < T; i++) {
                 const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
@@ -410,6 +441,14 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                     for (int j = 0; j < n; j++) ai[j] = si[j] *= inv;
                     // [cols, Tp) of the row is never written: 0 since allocation
                     for (int j = n; j < T; j++) ai[j] = 0;
+                    // att keeps p; PV below reads the dropped p * mask * scale
+                    if (dropping) {
+                        const uint64_t e0 = (hrow + (uint64_t)i) * (uint64_t)T;
+                        for (int j = 0; j < n; j++)
+                            si[j] = model_drop_keep(dk, e0 + (uint64_t)j, drop->thr)
+                                        ? si[j] * drop->scale
+                                        : 0;
+                    }
                 }
                 // probabilities are 0 beyond cols, so PV stops there too
                 for (int d0 = 0; d0 < Dp; d0 += KC)
@@ -431,8 +470,9 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
 // not needed here: the saved probabilities give the softmax backward directly.
 static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const mm_real *dout,
                           const mm_real *qkv, const mm_real *out, const mm_real *att, int B, int T,
-                          int P, int NH, int HD) {
+                          int P, int NH, int HD, const model_drop *drop) {
     (void)out;
+    const int dropping = drop_on(drop);
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
@@ -447,6 +487,9 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
             const size_t base = (size_t)b * T * C3 + (size_t)h * HD;
             const mm_real *src = qkv + base, *dsrc = dout + (size_t)b * T * C + (size_t)h * HD;
             const mm_real *a = att + (size_t)bh * T * T;
+            const uint64_t dk =
+                dropping ? model_drop_site_key(drop->keys[b], drop->layer, drop->place) : 0;
+            const uint64_t hrow = dropping ? (uint64_t)(drop->head0 + h) * T : 0;
             for (int i = 0; i < T; i++) {
                 const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
                 const mm_real *doi = dsrc + (size_t)i * C, *ai = a + (size_t)i * T;
@@ -471,8 +514,33 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
                 // dscores = scale * p * (dprobs - sum(p * dprobs)): 0 wherever p is
                 const int i1 = i0 + KR < T ? i0 + KR : T;
                 for (int i = i0; i < i1; i++) {
-                    const mm_real *pi = w.s + (size_t)i * Tp;
+                    mm_real *pi = w.s + (size_t)i * Tp;
                     mm_real *di = w.ds + (size_t)i * Tp;
+                    // under dropout the product gave d(p * mask * scale): the mask takes it
+                    // to dprobs, and the row's p turns into the dropped p that dv needs
+                    // (the forward's p' v); sum(p * dprobs) is then dout . out as unmasked
+                    if (dropping) {
+                        const uint64_t e0 = (hrow + (uint64_t)i) * (uint64_t)T;
+                        const int n = cols < T ? cols : T;
+                        mm_real dot = 0;
+                        for (int j = 0; j < cols; j++) {
+                            const mm_real f =
+                                j < T && model_drop_keep(dk, e0 + (uint64_t)j, drop->thr)
+                                    ? drop->scale
+                                    : 0;
+                            di[j] *= f;
+                            dot += pi[j] * di[j];
+                        }
+                        for (int j = 0; j < cols; j++) {
+                            const mm_real f = di[j];
+                            di[j] = scale * pi[j] * (f - dot);
+                        }
+                        for (int j = 0; j < n; j++)
+                            pi[j] = model_drop_keep(dk, e0 + (uint64_t)j, drop->thr)
+                                        ? pi[j] * drop->scale
+                                        : 0;
+                        continue;
+                    }
                     mm_real dot = 0;
 #pragma omp simd reduction(+ : dot)
                     for (int j = 0; j < cols; j++) dot += pi[j] * di[j];
@@ -516,9 +584,10 @@ static size_t attention_saved(const mm_backend *be MM_UNUSED, int B, int NH, int
 // ---------------------------------------------------------------------------------------
 // softmax cross-entropy
 
-// loss (N), probs (N, V), logits (N, V), targets (N) in [-1, V)
+// loss (N), probs (N, V), logits (N, V), targets (N) in [-1, V). With smoothing eps the loss
+// is lse - (1 - eps) l_t - eps/V sum_j l_j, all shifted by the row's max.
 static void xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *probs,
-                     const mm_real *logits, const int32_t *targets, int N, int V) {
+                     const mm_real *logits, const int32_t *targets, int N, int V, mm_real eps) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const mm_real *l = logits + (size_t)i * V;
@@ -537,15 +606,25 @@ static void xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *pro
         mm_real inv = 1 / s;
 #pragma omp simd
         for (int j = 0; j < V; j++) p[j] *= inv;
-        loss[i] = t < 0 ? 0 : R_LOG(s) - (l[t] - mx);
+        if (t < 0) {
+            loss[i] = 0;
+        } else if (eps > 0) {
+            mm_real sl = 0;
+#pragma omp simd reduction(+ : sl)
+            for (int j = 0; j < V; j++) sl += l[j] - mx;
+            loss[i] = R_LOG(s) - (1 - eps) * (l[t] - mx) - eps / V * sl;
+        } else {
+            loss[i] = R_LOG(s) - (l[t] - mx);
+        }
     }
 }
 
-// dlogits (N, V) = (probs - onehot(target)) * dloss (N); ignored rows 0. Overwrites.
-// The logits are not read (the probabilities are saved), so dlogits may alias them.
+// dlogits (N, V) = (probs - q) * dloss (N), q = (1 - eps) onehot(target) + eps / V; ignored
+// rows 0. Overwrites. The logits are not read (the probabilities are saved), so dlogits may
+// alias them.
 static void xent_bwd(const mm_backend *be MM_UNUSED, mm_real *dlogits, const mm_real *logits,
                      const mm_real *probs, const int32_t *targets, const mm_real *dloss, int N,
-                     int V) {
+                     int V, mm_real eps) {
     (void)logits;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
@@ -557,6 +636,13 @@ static void xent_bwd(const mm_backend *be MM_UNUSED, mm_real *dlogits, const mm_
             continue;
         }
         mm_real s = dloss[i];
+        if (eps > 0) {
+            const mm_real u = eps / V;
+#pragma omp simd
+            for (int j = 0; j < V; j++) d[j] = (p[j] - u) * s;
+            d[t] -= (1 - eps) * s;
+            continue;
+        }
 #pragma omp simd
         for (int j = 0; j < V; j++) d[j] = p[j] * s;
         d[t] -= s;
@@ -577,6 +663,7 @@ const model_ops model_ops_cpu = {
     .gelu_fwd = gelu_fwd,
     .gelu_bwd = gelu_bwd,
     .add = add,
+    .dropout = dropout,
     .attention_fwd = attention_fwd,
     .attention_bwd = attention_bwd,
     .attention_saved = attention_saved,

@@ -16,6 +16,7 @@
 // Arithmetic follows ops_cpu.c expression for expression where it matters (layernorm's two-
 // pass variance, GELU as x * sigmoid(2u), xent's max-shifted log-sum-exp) with CUDA's IEEE
 // expf/logf/sqrtf and division (no fast-math), so results agree with the CPU to rounding.
+#include "../model_drop.h"
 #include "cuda_internal.h"
 
 // ---------------------------------------------------------------------------------------
@@ -236,6 +237,52 @@ static void add(const mm_backend *be, float *out, const float *a, const float *b
 }
 
 // ---------------------------------------------------------------------------------------
+// dropout: the draws of model_drop.h, the same expression as ops_cpu.c's, so both backends
+// drop the same elements and scale the kept ones by the same float
+
+// d by value for a kernel (thr 0: nothing dropped)
+static model_drop drop_arg(const model_drop *d) {
+    return d && d->thr ? *d : model_drop{};
+}
+
+// out[b * n + e] = x * mask * scale
+__global__ void k_dropout(float *out, const float *x, model_drop d, int B, size_t n) {
+    const size_t total = (size_t)B * n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t b = i / n, e = i % n;
+        const uint64_t k = model_drop_site_key(d.keys[b], d.layer, d.place);
+        out[i] = model_drop_keep(k, e, d.thr) ? x[i] * d.scale : 0.0f;
+    }
+}
+
+static void dropout(const mm_backend *be, float *out, const float *x, const model_drop *d, int B,
+                    size_t n) {
+    if (B <= 0 || n == 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    if (!d || !d->thr) {
+        if (out != x) cu_mem_copy(be, out, x, (size_t)B * n * sizeof(float));
+        return;
+    }
+    CU_LAUNCH(k_dropout, cu_blocks((size_t)B * n, CU_THREADS), CU_THREADS, c->stream, out, x, *d, B,
+              n);
+    CU_CHECK_LAUNCH("dropout");
+}
+
+// dst (B, NH, T, T) = src * mask * scale, the mask of the self-attention probabilities (the
+// element of local head h at index ((head0 + h) * T + i) * T + j, as on the CPU); in place ok
+__global__ void k_attn_drop(float *dst, const float *src, model_drop d, int B, int NH, int T) {
+    const size_t TT = (size_t)T * T, total = (size_t)B * NH * TT;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t bh = i / TT, b = bh / NH, h = bh % NH;
+        const uint64_t k = model_drop_site_key(d.keys[b], d.layer, d.place);
+        const uint64_t e = (uint64_t)(d.head0 + h) * TT + i % TT;
+        dst[i] = model_drop_keep(k, e, d.thr) ? src[i] * d.scale : 0.0f;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // attention core (cuda_internal.h), shared with the cross-attention of ops_dit_cuda.cu:
 // q k^T and att v as strided-batched SGEMMs over (b, h), the masked softmax in between.
 
@@ -408,8 +455,9 @@ __device__ __forceinline__ void fa_load_valid(uint8_t *kval, const uint8_t *key_
 // out (B, T, NH, HD), lse (B, NH, T); grid (query tiles of FA_BQ, B * NH). Each thread owns
 // query rows ty and ty + 32 of the tile: their scores for keys tx + 8u of a key tile, their
 // running max m and sum l, and their output columns (see the layout above).
+// Under dropout d (thr 0: none) the sum l takes every p, the product with v the dropped ones.
 __global__ void k_flash_fwd(float *out, float *lse, const float *qkv, const uint8_t *key_valid,
-                            int T, int P, int NH, int HD, float scale) {
+                            int T, int P, int NH, int HD, float scale, model_drop d) {
     __shared__ fa_f4 Qs[FA_BQ][FA_LD / 4], Ks[FA_BK][FA_LD / 4], Vs[FA_BK][FA_LD / 4];
     __shared__ fa_f4 Ps4[FA_BQ][FA_PLD / 4];
     __shared__ uint8_t kval[FA_BK];
@@ -418,6 +466,7 @@ __global__ void k_flash_fwd(float *out, float *lse, const float *qkv, const uint
     const int q0 = blockIdx.x * FA_BQ, ty = threadIdx.x / 8, tx = threadIdx.x % 8;
     const size_t rs = 3 * (size_t)C;
     const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
+    const uint64_t sk = d.thr ? model_drop_site_key(d.keys[b], d.layer, d.place) : 0;
     fa_load<FA_BQ>(Qs, qb, rs, q0, T, HD);
     int lim[2];
     float m[2], l[2];
@@ -461,7 +510,13 @@ __global__ void k_flash_fwd(float *out, float *lse, const float *qkv, const uint
             FA_UNROLL
             for (int u = 0; u < 4; u++) {
                 const float p = s[r][u] == -INFINITY ? 0.0f : expf(s[r][u] - mn);
-                Ps[ty + 32 * r][tx + 8 * u] = p;
+                float pd = p;
+                if (d.thr) {
+                    const uint64_t e =
+                        ((uint64_t)(d.head0 + h) * T + (uint64_t)(q0 + ty + 32 * r)) * T + k0 + tx + 8 * u;
+                    pd = model_drop_keep(sk, e, d.thr) ? p * d.scale : 0.0f;
+                }
+                Ps[ty + 32 * r][tx + 8 * u] = pd;
                 ps += p;
             }
             ps = fa_row_sum(ps);
@@ -521,13 +576,17 @@ __global__ void k_flash_rowdot(float *D, const float *dout, const float *out, in
     if (lane == 0) D[row] = s;
 }
 
-// p and ds = scale * p * (dp - D) of query row ty against keys tx + 8u of the key tile at k0
+// p and ds = scale * p * (dp - D) of query row ty against keys tx + 8u of the key tile at k0.
+// Under dropout (thr > 0: the row's draws start at index erow, site key sk), with f = mask *
+// dscale: p comes out dropped (p f, what the forward multiplied v by) and ds = scale * p *
+// (dp f - D), dp being the gradient of the dropped probability; D = dout . out is then
+// sum_j p f dp as before. Without it f = 1 exactly, so the results are the undropped ones.
 __device__ __forceinline__ void fa_probs(float p[4], float ds[4], const fa_f4 (*Qs)[FA_LD / 4],
                                          const fa_f4 (*dOs)[FA_LD / 4],
-                                         const fa_f4 (*Ks)[FA_LD / 4],
-                                         const fa_f4 (*Vs)[FA_LD / 4], const uint8_t *kval,
-                                         int ty, int tx, int k0, int lim, float lse, float D,
-                                         int HD4, float scale) {
+                                         const fa_f4 (*Ks)[FA_LD / 4], const fa_f4 (*Vs)[FA_LD / 4],
+                                         const uint8_t *kval, int ty, int tx, int k0, int lim,
+                                         float lse, float D, int HD4, float scale, uint64_t sk,
+                                         uint64_t erow, uint32_t thr, float dscale) {
     float s[4] = {0, 0, 0, 0}, dp[4] = {0, 0, 0, 0};
     for (int d4 = 0; d4 < HD4; d4++) {
         const fa_f4 a = Qs[ty][d4], g = dOs[ty][d4];
@@ -540,16 +599,19 @@ __device__ __forceinline__ void fa_probs(float p[4], float ds[4], const fa_f4 (*
     FA_UNROLL
     for (int u = 0; u < 4; u++) {
         const int j = tx + 8 * u;
-        p[u] = k0 + j < lim && kval[j] ? expf(s[u] * scale - lse) : 0.0f;
-        ds[u] = scale * p[u] * (dp[u] - D);
+        const float pu = k0 + j < lim && kval[j] ? expf(s[u] * scale - lse) : 0.0f;
+        const float f =
+            thr ? (model_drop_keep(sk, erow + (uint64_t)(k0 + j), thr) ? dscale : 0.0f) : 1.0f;
+        ds[u] = scale * pu * (dp[u] * f - D);
+        p[u] = pu * f;
     }
 }
 
 // dq part of dqkv +=; grid (query tiles of FA_TB, B * NH). Thread: query row ty; keys
 // tx + 8u of each key tile; its dq columns.
-__global__ void k_flash_bwd_dq(float *dqkv, const float *dout, const float *qkv,
-                               const float *lse, const float *D, const uint8_t *key_valid, int T,
-                               int P, int NH, int HD, float scale) {
+__global__ void k_flash_bwd_dq(float *dqkv, const float *dout, const float *qkv, const float *lse,
+                               const float *D, const uint8_t *key_valid, int T, int P, int NH,
+                               int HD, float scale, model_drop dr) {
     __shared__ fa_f4 Qs[FA_TB][FA_LD / 4], dOs[FA_TB][FA_LD / 4], Ks[FA_TB][FA_LD / 4],
         Vs[FA_TB][FA_LD / 4], dS4[FA_TB][FA_PLD / 4];
     __shared__ uint8_t kval[FA_TB];
@@ -562,6 +624,8 @@ __global__ void k_flash_bwd_dq(float *dqkv, const float *dout, const float *qkv,
     fa_load<FA_TB>(dOs, dout + (size_t)b * T * C + (size_t)h * HD, C, q0, T, HD);
     const int i = q0 + ty;
     const int lim = i < T ? fa_lim(i, P) : 0;
+    const uint64_t sk = dr.thr ? model_drop_site_key(dr.keys[b], dr.layer, dr.place) : 0;
+    const uint64_t erow = ((uint64_t)(dr.head0 + h) * T + (uint64_t)i) * T;
     const float l_i = i < T ? lse[(size_t)bh * T + i] : 0.0f;
     const float D_i = i < T ? D[(size_t)bh * T + i] : 0.0f;
     fa_f4 dq[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
@@ -574,7 +638,8 @@ __global__ void k_flash_bwd_dq(float *dqkv, const float *dout, const float *qkv,
         fa_load_valid(kval, key_valid + (size_t)b * T, k0, T);
         __syncthreads();
         float p[4], ds[4];
-        fa_probs(p, ds, Qs, dOs, Ks, Vs, kval, ty, tx, k0, lim, l_i, D_i, HD4, scale);
+        fa_probs(p, ds, Qs, dOs, Ks, Vs, kval, ty, tx, k0, lim, l_i, D_i, HD4, scale, sk, erow,
+                 dr.thr, dr.scale);
         for (int u = 0; u < 4; u++) dSs[ty][tx + 8 * u] = ds[u];
         __syncthreads();
         for (int j4 = 0; j4 < FA_TB / 4; j4++) {
@@ -601,9 +666,9 @@ __global__ void k_flash_bwd_dq(float *dqkv, const float *dout, const float *qkv,
 // (thread: query row ty, keys tx + 8u), stored transposed (key, query); then each thread owns
 // key row ty's dk, dv columns. Only the query tiles that can see a key of the tile are
 // visited: all of them for a prefix key, queries >= k0 for causal keys.
-__global__ void k_flash_bwd_dkv(float *dqkv, const float *dout, const float *qkv,
-                                const float *lse, const float *D, const uint8_t *key_valid,
-                                int T, int P, int NH, int HD, float scale) {
+__global__ void k_flash_bwd_dkv(float *dqkv, const float *dout, const float *qkv, const float *lse,
+                                const float *D, const uint8_t *key_valid, int T, int P, int NH,
+                                int HD, float scale, model_drop dr) {
     __shared__ fa_f4 Qs[FA_TB][FA_LD / 4], dOs[FA_TB][FA_LD / 4], Ks[FA_TB][FA_LD / 4],
         Vs[FA_TB][FA_LD / 4], PT4[FA_TB][FA_PLD / 4], dST4[FA_TB][FA_PLD / 4];
     __shared__ uint8_t kval[FA_TB];
@@ -615,6 +680,7 @@ __global__ void k_flash_bwd_dkv(float *dqkv, const float *dout, const float *qkv
     const size_t rs = 3 * (size_t)C;
     const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
     const float *ob = dout + (size_t)b * T * C + (size_t)h * HD;
+    const uint64_t sk = dr.thr ? model_drop_site_key(dr.keys[b], dr.layer, dr.place) : 0;
     fa_load<FA_TB>(Ks, qb + C, rs, k0, T, HD);
     fa_load<FA_TB>(Vs, qb + 2 * C, rs, k0, T, HD);
     fa_load_valid(kval, key_valid + (size_t)b * T, k0, T);
@@ -632,7 +698,8 @@ __global__ void k_flash_bwd_dkv(float *dqkv, const float *dout, const float *qkv
         const int i = q0 + ty;
         float p[4], ds[4];
         fa_probs(p, ds, Qs, dOs, Ks, Vs, kval, ty, tx, k0, i < T ? fa_lim(i, P) : 0, lse_s[ty],
-                 D_s[ty], HD4, scale);
+                 D_s[ty], HD4, scale, sk, ((uint64_t)(dr.head0 + h) * T + (uint64_t)i) * T, dr.thr,
+                 dr.scale);
         for (int u = 0; u < 4; u++) {
             PT[tx + 8 * u][ty] = p[u];
             dST[tx + 8 * u][ty] = ds[u];
@@ -667,22 +734,52 @@ __global__ void k_flash_bwd_dkv(float *dqkv, const float *dout, const float *qkv
 }
 
 // The cuBLAS path (attention_core): split, the core with the probabilities in scratch
-// (att: B * NH * T * T after 4 (B, T, C) buffers), merge.
+// (att: B * NH * T * T after 4 (B, T, C) buffers; under dropout d, the dropped probabilities
+// after them, which the product with v takes), merge.
 static float *attention_core_fwd(cuda_ctx *c, float *out, const float *qkv,
                                  const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
-                                 size_t extra) {
+                                 const model_drop &d, size_t extra) {
     const int C = NH * HD;
     const size_t n = cu_round_up((size_t)B * T * C * sizeof(float), 256);
     const size_t na = cu_round_up((size_t)B * NH * T * T * sizeof(float), 256);
-    float *ws = (float *)cuda_scratch(c, 4 * n + na + extra);
+    float *ws = (float *)cuda_scratch(c, 4 * n + (d.thr ? 2 : 1) * na + extra);
     const size_t step = n / sizeof(float);
     float *q = ws, *k = ws + step, *v = ws + 2 * step, *o = ws + 3 * step, *att = ws + 4 * step;
     cu_heads_split(c, q, qkv, B, T, NH, HD, 3 * C, 0);
     cu_heads_split(c, k, qkv, B, T, NH, HD, 3 * C, C);
     cu_heads_split(c, v, qkv, B, T, NH, HD, 3 * C, 2 * C);
     cu_attn_fwd(c, att, o, q, k, v, key_valid, B, T, T, P, NH, HD);
+    if (d.thr) {  // o again, from the dropped probabilities
+        float *attd = att + na / sizeof(float);
+        const size_t tot = (size_t)B * NH * T * T;
+        CU_LAUNCH(k_attn_drop, cu_blocks(tot, CU_THREADS), CU_THREADS, c->stream, attd, att, d, B,
+                  NH, T);
+        CU_CHECK_LAUNCH("attention dropout");
+        const long long sq = (long long)T * HD, sa = (long long)T * T;
+        cu_gemm(c, 0, 0, T, HD, T, 1, attd, T, sa, v, HD, sq, 0, o, HD, sq, B * NH);
+    }
     if (out) cu_heads_merge(c, out, o, B, T, NH, HD, C, 0, 0);
     return ws;
+}
+
+// cu_attn_bwd for self-attention under dropout: dv from the dropped probabilities attd, and
+// the gradient of the probabilities through the mask before the softmax's backward.
+static void attention_core_bwd_drop(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
+                                    const float *dout, const float *q, const float *k,
+                                    const float *v, const float *att, const float *attd,
+                                    const model_drop &d, int B, int T, int NH, int HD) {
+    const int BNH = B * NH, rows = BNH * T;
+    const long long sq = (long long)T * HD, sa = (long long)T * T;
+    const float scale = 1 / sqrtf((float)HD);
+    cu_gemm(c, 0, 1, T, T, HD, 1, dout, HD, sq, v, HD, sq, 0, ds, T, sa, BNH);
+    cu_gemm(c, 1, 0, T, HD, T, 1, attd, T, sa, dout, HD, sq, 0, dv, HD, sq, BNH);
+    CU_LAUNCH(k_attn_drop, cu_blocks((size_t)rows * T, CU_THREADS), CU_THREADS, c->stream, ds, ds,
+              d, B, NH, T);
+    CU_CHECK_LAUNCH("attention dropout backward");
+    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, att, rows, T, scale);
+    CU_CHECK_LAUNCH("attention softmax backward");
+    cu_gemm(c, 0, 0, T, HD, T, 1, ds, T, sa, k, HD, sq, 0, dq, HD, sq, BNH);
+    cu_gemm(c, 1, 0, T, HD, T, 1, ds, T, sa, q, HD, sq, 0, dk, HD, sq, BNH);
 }
 
 // The saved buffer (attention_saved): lse (B, NH, T) floats, then a copy of the forward's
@@ -701,41 +798,48 @@ static int attention_core(const cuda_ctx *c, int B, int NH, int T, int HD) {
 }
 
 static void attention_fwd(const mm_backend *be, float *out, float *att, const float *qkv,
-                          const uint8_t *key_valid, int B, int T, int P, int NH, int HD) {
+                          const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
+                          const model_drop *drop) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     if (B <= 0 || T <= 0) return;
     cuda_ctx *c = cu_ctx(be);
+    const model_drop d = drop_arg(drop);
     CU_CHECK(cudaMemcpyAsync(saved_mask(att, B, NH, T), key_valid, (size_t)B * T,
                              cudaMemcpyDeviceToDevice, c->stream));
     if (attention_core(c, B, NH, T, HD)) {
-        attention_core_fwd(c, out, qkv, key_valid, B, T, P, NH, HD, 0);
+        attention_core_fwd(c, out, qkv, key_valid, B, T, P, NH, HD, d, 0);
         return;
     }
     MM_CHECK(B * NH <= 65535, "attention: B * NH = %d above the grid's 65535", B * NH);
     const dim3 grid((unsigned)((T + FA_BQ - 1) / FA_BQ), (unsigned)(B * NH));
     CU_LAUNCH(k_flash_fwd, grid, FA_THREADS, c->stream, out, att, qkv, key_valid, T, P, NH, HD,
-              1 / sqrtf((float)HD));
+              1 / sqrtf((float)HD), d);
     CU_CHECK_LAUNCH("attention_fwd (flash)");
 }
 
-static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout,
-                          const float *qkv, const float *out, const float *att, int B, int T, int P,
-                          int NH, int HD) {
+static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, const float *qkv,
+                          const float *out, const float *att, int B, int T, int P, int NH, int HD,
+                          const model_drop *drop) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     if (B <= 0 || T <= 0) return;
     cuda_ctx *c = cu_ctx(be);
+    const model_drop d = drop_arg(drop);
     const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
     const int C = NH * HD;
     if (attention_core(c, B, NH, T, HD)) {  // recompute the probabilities, then the backward
         const size_t n = cu_round_up((size_t)B * T * C * sizeof(float), 256);
         const size_t na = cu_round_up((size_t)B * NH * T * T * sizeof(float), 256);
-        float *ws = attention_core_fwd(c, NULL, qkv, key_valid, B, T, P, NH, HD, 5 * n + na);
-        const size_t step = n / sizeof(float);
+        float *ws = attention_core_fwd(c, NULL, qkv, key_valid, B, T, P, NH, HD, d, 5 * n + na);
+        const size_t step = n / sizeof(float), nd = d.thr ? na / sizeof(float) : 0;
         float *q = ws, *k = ws + step, *v = ws + 2 * step, *pr = ws + 4 * step;
-        float *dout_h = pr + na / sizeof(float), *dq = dout_h + step, *dk = dq + step,
+        float *dout_h = pr + na / sizeof(float) + nd, *dq = dout_h + step, *dk = dq + step,
               *dv = dk + step, *ds = dv + step;
         cu_heads_split(c, dout_h, dout, B, T, NH, HD, C, 0);
-        cu_attn_bwd(c, dq, dk, dv, ds, dout_h, q, k, v, pr, B, T, T, NH, HD);
+        if (d.thr)
+            attention_core_bwd_drop(c, dq, dk, dv, ds, dout_h, q, k, v, pr, pr + nd, d, B, T, NH,
+                                    HD);
+        else
+            cu_attn_bwd(c, dq, dk, dv, ds, dout_h, q, k, v, pr, B, T, T, NH, HD);
         cu_heads_merge(c, dqkv, dq, B, T, NH, HD, 3 * C, 0, 1);
         cu_heads_merge(c, dqkv, dk, B, T, NH, HD, 3 * C, C, 1);
         cu_heads_merge(c, dqkv, dv, B, T, NH, HD, 3 * C, 2 * C, 1);
@@ -748,11 +852,11 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout,
     CU_CHECK_LAUNCH("attention_bwd (row terms)");
     const float scale = 1 / sqrtf((float)HD);
     const dim3 grid((unsigned)((T + FA_TB - 1) / FA_TB), (unsigned)(B * NH));
-    CU_LAUNCH(k_flash_bwd_dq, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid, T,
-              P, NH, HD, scale);
+    CU_LAUNCH(k_flash_bwd_dq, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid, T, P,
+              NH, HD, scale, d);
     CU_CHECK_LAUNCH("attention_bwd (flash dq)");
-    CU_LAUNCH(k_flash_bwd_dkv, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid,
-              T, P, NH, HD, scale);
+    CU_LAUNCH(k_flash_bwd_dkv, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid, T,
+              P, NH, HD, scale, d);
     CU_CHECK_LAUNCH("attention_bwd (flash dk, dv)");
 }
 
@@ -763,9 +867,10 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout,
 // dlogits = (exp(logit - lse) - onehot) * dloss, in place when dlogits is the logits. One
 // block per row; the block's (max, sum) pairs combine in a fixed tree (deterministic).
 
-// log-sum-exp of the row, loss = lse - logit[t] (0 when ignored); one block per row
+// log-sum-exp of the row, loss = lse - logit[t] (0 when ignored); one block per row. With
+// label smoothing eps: lse - (1 - eps) logit[t] - eps/V sum_j logit[j], shifted by the max.
 __global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const int32_t *targets,
-                           int V, int *flag) {
+                           int V, int *flag, float eps) {
     const int row = blockIdx.x;
     const float *l = logits + (size_t)row * V;
     int t = targets[row];
@@ -785,27 +890,39 @@ __global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const i
     }
     const float mx = block_max(m);
     s = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx));
+    float sl = 0;  // sum_j (logit_j - max), for smoothing only
+    if (eps > 0) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) sl += l[j] - mx;
+        sl = block_sum(sl);
+    }
     if (threadIdx.x == 0) {
         const float ls = mx + logf(s);
         lse[row] = ls;
-        loss[row] = t < 0 ? 0.0f : logf(s) - (l[t] - mx);
+        if (t < 0)
+            loss[row] = 0.0f;
+        else if (eps > 0)
+            loss[row] = logf(s) - (1 - eps) * (l[t] - mx) - eps / V * sl;
+        else
+            loss[row] = logf(s) - (l[t] - mx);
     }
 }
 
 static void xent_fwd(const mm_backend *be, float *loss, float *lse, const float *logits,
-                     const int32_t *targets, int N, int V) {
+                     const int32_t *targets, int N, int V, float eps) {
     if (N <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_xent_fwd, (unsigned)N, CU_THREADS, c->stream, loss, lse, logits, targets, V,
-              c->flag);
+              c->flag, eps);
     CU_CHECK_LAUNCH("xent_fwd");
 }
 
-// dlogits (N, V) = (exp(logits - lse) - onehot) * dloss[row]; 0 rows when ignored
+// dlogits (N, V) = (exp(logits - lse) - q) * dloss[row], q = (1 - eps) onehot + eps / V; 0
+// rows when ignored
 // (overwrites; dlogits may be logits: each element is read, then written, by one thread).
 // One block per row (grid-stride over rows), threads along the row.
 __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse,
-                           const int32_t *targets, const float *dloss, int N, int V, int *flag) {
+                           const int32_t *targets, const float *dloss, int N, int V, int *flag,
+                           float eps) {
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
         const int t = targets[row];
         const float *l = logits + (size_t)row * V;
@@ -816,6 +933,15 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse
             continue;
         }
         const float s = dloss[row], ls = lse[row];
+        if (eps > 0) {
+            const float u = eps / V;
+            for (int j = threadIdx.x; j < V; j += blockDim.x) {
+                float v = (expf(l[j] - ls) - u) * s;
+                if (j == t) v -= (1 - eps) * s;
+                d[j] = v;
+            }
+            continue;
+        }
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
             float v = expf(l[j] - ls) * s;
             if (j == t) v -= s;
@@ -824,12 +950,12 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse
     }
 }
 
-static void xent_bwd(const mm_backend *be, float *dlogits, const float *logits,
-                     const float *lse, const int32_t *targets, const float *dloss, int N, int V) {
+static void xent_bwd(const mm_backend *be, float *dlogits, const float *logits, const float *lse,
+                     const int32_t *targets, const float *dloss, int N, int V, float eps) {
     if (N <= 0 || V <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_xent_bwd, cu_row_blocks(N), CU_THREADS, c->stream, dlogits, logits, lse, targets,
-              dloss, N, V, c->flag);
+              dloss, N, V, c->flag, eps);
     CU_CHECK_LAUNCH("xent_bwd");
 }
 
@@ -848,6 +974,7 @@ const model_ops model_ops_cuda = {
     .gelu_fwd = gelu_fwd,
     .gelu_bwd = gelu_bwd,
     .add = add,
+    .dropout = dropout,
     .attention_fwd = attention_fwd,
     .attention_bwd = attention_bwd,
     .attention_saved = attention_saved,

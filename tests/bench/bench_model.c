@@ -151,29 +151,29 @@ static void t_add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a
 }
 static void t_attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att,
                             const mm_real *qkv, const uint8_t *key_valid, int B, int T, int P,
-                            int NH, int HD) {
+                            int NH, int HD, const model_drop *drop) {
     double t0 = mm_now();
-    model_ops_cpu.attention_fwd(&mm_backend_cpu, out, att, qkv, key_valid, B, T, P, NH, HD);
+    model_ops_cpu.attention_fwd(&mm_backend_cpu, out, att, qkv, key_valid, B, T, P, NH, HD, drop);
     probe.t[OP_ATTN] += mm_now() - t0;
 }
 static void t_attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const mm_real *dout,
                             const mm_real *qkv, const mm_real *out, const mm_real *att, int B,
-                            int T, int P, int NH, int HD) {
+                            int T, int P, int NH, int HD, const model_drop *drop) {
     double t0 = mm_now();
-    model_ops_cpu.attention_bwd(&mm_backend_cpu, dqkv, dout, qkv, out, att, B, T, P, NH, HD);
+    model_ops_cpu.attention_bwd(&mm_backend_cpu, dqkv, dout, qkv, out, att, B, T, P, NH, HD, drop);
     probe.t[OP_ATTN] += mm_now() - t0;
 }
 static void t_xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *probs,
-                       const mm_real *logits, const int32_t *targets, int N, int V) {
+                       const mm_real *logits, const int32_t *targets, int N, int V, mm_real eps) {
     double t0 = mm_now();
-    model_ops_cpu.xent_fwd(&mm_backend_cpu, loss, probs, logits, targets, N, V);
+    model_ops_cpu.xent_fwd(&mm_backend_cpu, loss, probs, logits, targets, N, V, eps);
     probe.t[OP_XENT] += mm_now() - t0;
 }
 static void t_xent_bwd(const mm_backend *be MM_UNUSED, mm_real *dlogits, const mm_real *logits,
                        const mm_real *probs, const int32_t *targets, const mm_real *dloss, int N,
-                       int V) {
+                       int V, mm_real eps) {
     double t0 = mm_now();
-    model_ops_cpu.xent_bwd(&mm_backend_cpu, dlogits, logits, probs, targets, dloss, N, V);
+    model_ops_cpu.xent_bwd(&mm_backend_cpu, dlogits, logits, probs, targets, dloss, N, V, eps);
     probe.t[OP_XENT] += mm_now() - t0;
 }
 

@@ -144,10 +144,11 @@ static void gpt2(bench *b, int B) {
     const size_t core_bytes = b->c->attn_core_bytes;
     for (int path = 0; path < 2; path++) {
         b->c->attn_core_bytes = path ? SIZE_MAX : 0;
-        TIME_MS(b, ms, model_ops_cuda.attention_fwd(b->be, y, att, qkvb, valid, B, T, 64, NH, HD));
+        TIME_MS(b, ms,
+                model_ops_cuda.attention_fwd(b->be, y, att, qkvb, valid, B, T, 64, NH, HD, NULL));
         op_row(path ? "attention_fwd (cuBLAS)" : "attention_fwd (flash)", ms, &proj, 0);
         TIME_MS(b, ms,
-                model_ops_cuda.attention_bwd(b->be, dqkv, x, qkvb, y, att, B, T, 64, NH, HD));
+                model_ops_cuda.attention_bwd(b->be, dqkv, x, qkvb, y, att, B, T, 64, NH, HD, NULL));
         op_row(path ? "attention_bwd (cuBLAS)" : "attention_bwd (flash)", ms, &qkv, 1);
     }
     b->c->attn_core_bytes = core_bytes;
@@ -162,10 +163,10 @@ static void gpt2(bench *b, int B) {
     int32_t *dtg = cuda_alloc(b->c, (size_t)N * sizeof(int32_t));
     cuda_upload(b->c, dtg, tg, (size_t)N * sizeof(int32_t));
     free(tg);
-    TIME_MS(b, ms, model_ops_cuda.xent_fwd(b->be, loss, probs, logits, dtg, N, V));
+    TIME_MS(b, ms, model_ops_cuda.xent_fwd(b->be, loss, probs, logits, dtg, N, V, 0));
     op_row("xent_fwd", ms, &lm, 0);
     // in place over the logits, as the transformer runs it
-    TIME_MS(b, ms, model_ops_cuda.xent_bwd(b->be, logits, logits, probs, dtg, dloss, N, V));
+    TIME_MS(b, ms, model_ops_cuda.xent_bwd(b->be, logits, logits, probs, dtg, dloss, N, V, 0));
     op_row("xent_bwd", ms, &lm, 1);
     float *all[] = {x, y, g, bb, mean, rstd, dx, dg, db, logits, probs, loss, dloss};
     for (int i = 0; i < 13; i++) cuda_free(all[i]);

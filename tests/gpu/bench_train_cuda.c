@@ -109,22 +109,26 @@ static void p_add(const mm_backend *be, float *out, const float *a, const float 
     TIMED(be, K_OTHER, model_ops_cuda.add(be, out, a, b, n));
 }
 static void p_attention_fwd(const mm_backend *be, float *out, float *att, const float *qkv,
-                            const uint8_t *key_valid, int B, int T, int P, int NH, int HD) {
-    TIMED(be, K_ATTN, model_ops_cuda.attention_fwd(be, out, att, qkv, key_valid, B, T, P, NH, HD));
+                            const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
+                            const model_drop *drop) {
+    TIMED(be, K_ATTN,
+          model_ops_cuda.attention_fwd(be, out, att, qkv, key_valid, B, T, P, NH, HD, drop));
 }
 static void p_attention_bwd(const mm_backend *be, float *dqkv, const float *dout, const float *qkv,
-                            const float *out, const float *att, int B, int T, int P, int NH,
-                            int HD) {
-    TIMED(be, K_ATTN, model_ops_cuda.attention_bwd(be, dqkv, dout, qkv, out, att, B, T, P, NH, HD));
+                            const float *out, const float *att, int B, int T, int P, int NH, int HD,
+                            const model_drop *drop) {
+    TIMED(be, K_ATTN,
+          model_ops_cuda.attention_bwd(be, dqkv, dout, qkv, out, att, B, T, P, NH, HD, drop));
 }
 static void p_xent_fwd(const mm_backend *be, float *loss, float *saved, const float *logits,
-                       const int32_t *targets, int N, int V) {
-    TIMED(be, K_XENT, model_ops_cuda.xent_fwd(be, loss, saved, logits, targets, N, V));
+                       const int32_t *targets, int N, int V, mm_real eps) {
+    TIMED(be, K_XENT, model_ops_cuda.xent_fwd(be, loss, saved, logits, targets, N, V, eps));
 }
 static void p_xent_bwd(const mm_backend *be, float *dlogits, const float *logits,
-                       const float *saved, const int32_t *targets, const float *dloss, int N,
-                       int V) {
-    TIMED(be, K_XENT, model_ops_cuda.xent_bwd(be, dlogits, logits, saved, targets, dloss, N, V));
+                       const float *saved, const int32_t *targets, const float *dloss, int N, int V,
+                       mm_real eps) {
+    TIMED(be, K_XENT,
+          model_ops_cuda.xent_bwd(be, dlogits, logits, saved, targets, dloss, N, V, eps));
 }
 
 // Sums the recorded calls by kind (ms); waits for them.

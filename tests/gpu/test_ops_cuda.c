@@ -298,15 +298,25 @@ static void ref_lse(float *lse, const float *qkv, const uint8_t *kv, int B, int 
 // backward runs from its own forward (flash attention recomputes the probabilities) and is
 // compared with the CPU's backward from the CPU's probabilities. 1e-5 holds: the only
 // difference is the order of the sums (online softmax), a few ulps of a row's values.
-static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
+// pdrop > 0: with dropout on the probabilities (the same counters on both backends: the CPU
+// and CUDA masks are the same bits, so the tolerance stays the summation order's), the heads
+// placed as from head 1 of a wider layout.
+static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pdrop) {
     const int C = NH * HD;
     size_t nqkv = (size_t)B * Tn * 3 * C, no = (size_t)B * Tn * C, na = (size_t)B * NH * Tn * Tn;
     // the path the op takes (ops_cuda.cu attention_core): flash unless the probabilities fit
     // the context's attn_core_bytes or the heads are wider than 64
     const int flash = HD <= 64 && na * sizeof(float) > t->c->attn_core_bytes;
     char shape[64];
-    snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d %s", B, Tn, P, NH, HD,
-             flash ? "flash" : "cuBLAS");
+    snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d %s%s", B, Tn, P, NH, HD,
+             flash ? "flash" : "cuBLAS", pdrop > 0 ? " drop" : "");
+    uint64_t keys[8];
+    for (int b = 0; b < B && b < 8; b++) keys[b] = 1000003u * (uint64_t)(b + 1);
+    uint64_t *d_keys = dev(t, keys, sizeof(keys));
+    const uint32_t thr = (uint32_t)(pdrop * (1 << 24));
+    const model_drop hd = {keys, 2, 1, thr, (float)(1 / (1 - pdrop)), 1},
+                     dd = {d_keys, 2, 1, thr, (float)(1 / (1 - pdrop)), 1};
+    const model_drop *hdrop = pdrop > 0 ? &hd : NULL, *ddrop = pdrop > 0 ? &dd : NULL;
     size_t nl = (size_t)B * NH * Tn, ns = model_ops_cuda.attention_saved(t->be, B, NH, Tn);
     // lse rows plus the mask's bytes, far less than the probabilities
     TEST_CHECK(&t->tc, ns * 4 >= nl * 4 + (size_t)B * Tn && ns <= nl + (size_t)B * Tn,
@@ -315,14 +325,15 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
     uint8_t *kv = make_mask(t, B, Tn, P);
     float *out = mm_malloc(no * 4), *att = mm_malloc((na ? na : 1) * 4), *dqkv = hcopy(dqkv0, nqkv);
     float *lse = mm_malloc(nl * 4);
-    model_ops_cpu.attention_fwd(&mm_backend_cpu, out, att, qkv, kv, B, Tn, P, NH, HD);
-    model_ops_cpu.attention_bwd(&mm_backend_cpu, dqkv, dout, qkv, out, att, B, Tn, P, NH, HD);
+    model_ops_cpu.attention_fwd(&mm_backend_cpu, out, att, qkv, kv, B, Tn, P, NH, HD, hdrop);
+    model_ops_cpu.attention_bwd(&mm_backend_cpu, dqkv, dout, qkv, out, att, B, Tn, P, NH, HD,
+                                hdrop);
     ref_lse(lse, qkv, kv, B, Tn, P, NH, HD);
     float *d_qkv = dev(t, qkv, nqkv * 4), *d_dout = dev(t, dout, no * 4),
           *d_out = cuda_alloc(t->c, no * 4), *d_att = cuda_alloc(t->c, ns * 4),
           *d_dqkv = dev(t, dqkv0, nqkv * 4), *d_dqkv2 = dev(t, dqkv0, nqkv * 4);
     uint8_t *d_kv = dev(t, kv, (size_t)B * Tn);
-    model_ops_cuda.attention_fwd(t->be, d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_fwd(t->be, d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD, ddrop);
     check(t, "attention_fwd", shape, "out", d_out, out, no, 1e-5);
     if (flash) {  // only flash saves the lse (the cuBLAS path recomputes everything)
         // -inf rows must match exactly; the finite ones to 1e-5 of the largest |lse|
@@ -337,14 +348,37 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD) {
         row(t, "attention_fwd", shape, "lse", rel_err(h, lse, nl), 1e-5);
         free(h);
     }
-    model_ops_cuda.attention_bwd(t->be, d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_bwd(t->be, d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
+                                 ddrop);
     check(t, "attention_bwd", shape, "dqkv", d_dqkv, dqkv, nqkv, 1e-5);
-    model_ops_cuda.attention_bwd(t->be, d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD);
+    model_ops_cuda.attention_bwd(t->be, d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
+                                 ddrop);
     check_same(t, "attention_bwd", shape, "dqkv rerun", d_dqkv, d_dqkv2, nqkv);
     void *h[] = {qkv, dout, dqkv0, kv, out, att, dqkv, lse};
-    void *d[] = {d_qkv, d_dout, d_out, d_att, d_dqkv, d_dqkv2, d_kv};
+    void *d[] = {d_qkv, d_dout, d_out, d_att, d_dqkv, d_dqkv2, d_kv, d_keys};
     free_all(8, h);
-    cuda_free_all(7, d);
+    cuda_free_all(8, d);
+}
+
+// The dropout op: the kept elements and their scaled values bitwise the CPU's (the same
+// integer test on the same draws, one float product), in place as the model calls it.
+static void test_dropout(T *t, int B, size_t n, double p) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d n%zu p%.2f", B, n, p);
+    const size_t tot = (size_t)B * n;
+    float *x = hrand(t, tot, 1), *out = mm_malloc(tot * 4);
+    uint64_t keys[4] = {7, 8, 9, 10};
+    uint64_t *d_keys = dev(t, keys, sizeof(keys));
+    const uint32_t thr = (uint32_t)(p * (1 << 24));
+    const model_drop hd = {keys, 3, 2, thr, (float)(1 / (1 - p)), 0},
+                     dd = {d_keys, 3, 2, thr, (float)(1 / (1 - p)), 0};
+    model_ops_cpu.dropout(&mm_backend_cpu, out, x, &hd, B, n);
+    float *d_x = dev(t, x, tot * 4), *d_ref = dev(t, out, tot * 4);
+    model_ops_cuda.dropout(t->be, d_x, d_x, &dd, B, n);
+    check_same(t, "dropout", shape, "out", d_x, d_ref, tot);
+    free(x), free(out);
+    void *d[] = {d_x, d_ref, d_keys};
+    cuda_free_all(3, d);
 }
 
 static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD) {
@@ -379,9 +413,10 @@ static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD) {
 // ---------------------------------------------------------------------------------------
 // cross-entropy
 
-static void test_xent(T *t, int N, int V) {
+// eps: label smoothing
+static void test_xent(T *t, int N, int V, float eps) {
     char shape[64];
-    snprintf(shape, sizeof(shape), "N%d V%d", N, V);
+    snprintf(shape, sizeof(shape), "N%d V%d eps%g", N, V, eps);
     size_t n = (size_t)N * V;
     float *logits = hrand(t, n, 4), *dloss = hrand(t, N, 1);
     int32_t *tg = mm_malloc(N * sizeof(int32_t));
@@ -389,8 +424,8 @@ static void test_xent(T *t, int N, int V) {
         tg[i] = mm_rng_uniform(&t->rng) < 0.25f ? -1 : (int32_t)mm_rng_below(&t->rng, V);
     tg[0] = -1;  // always one ignored row
     float *loss = mm_malloc(N * 4), *probs = mm_malloc(n * 4), *dl = mm_malloc(n * 4);
-    model_ops_cpu.xent_fwd(&mm_backend_cpu, loss, probs, logits, tg, N, V);
-    model_ops_cpu.xent_bwd(&mm_backend_cpu, dl, logits, probs, tg, dloss, N, V);
+    model_ops_cpu.xent_fwd(&mm_backend_cpu, loss, probs, logits, tg, N, V, eps);
+    model_ops_cpu.xent_bwd(&mm_backend_cpu, dl, logits, probs, tg, dloss, N, V, eps);
     float *junk = hrand(t, n, 7);  // dlogits is overwritten, ignored rows included
     float *d_logits = dev(t, logits, n * 4), *d_dloss = dev(t, dloss, N * 4),
           *d_loss = cuda_alloc(t->c, N * 4), *d_probs = cuda_alloc(t->c, 4),
@@ -409,12 +444,12 @@ static void test_xent(T *t, int N, int V) {
         lse[i] = (float)(mx + log(sum));
     }
     float *d_lse = cuda_alloc(t->c, N * 4), *d_inplace = dev(t, logits, n * 4);
-    model_ops_cuda.xent_fwd(t->be, d_loss, d_lse, d_logits, d_tg, N, V);
+    model_ops_cuda.xent_fwd(t->be, d_loss, d_lse, d_logits, d_tg, N, V, eps);
     check(t, "xent_fwd", shape, "loss", d_loss, loss, N, 1e-5);
     check(t, "xent_fwd", shape, "lse", d_lse, lse, N, 1e-5);
-    model_ops_cuda.xent_bwd(t->be, d_dl, d_logits, d_lse, d_tg, d_dloss, N, V);
+    model_ops_cuda.xent_bwd(t->be, d_dl, d_logits, d_lse, d_tg, d_dloss, N, V, eps);
     check(t, "xent_bwd", shape, "dlogits", d_dl, dl, n, 1e-5);
-    model_ops_cuda.xent_bwd(t->be, d_inplace, d_inplace, d_lse, d_tg, d_dloss, N, V);
+    model_ops_cuda.xent_bwd(t->be, d_inplace, d_inplace, d_lse, d_tg, d_dloss, N, V, eps);
     check_same(t, "xent_bwd", shape, "in place", d_inplace, d_dl, n);
     free(lse);
     cuda_free(d_lse);
@@ -839,8 +874,13 @@ int main(void) {
     for (int path = 0; path < 2; path++) {
         ctx->attn_core_bytes = path ? SIZE_MAX : 0;
         for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++)
-            test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4]);
+            for (int drop = 0; drop < 2; drop++)
+                test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4],
+                               drop ? 0.25 : 0);
     }
+    test_dropout(&t, 1, 1, 0.5);
+    test_dropout(&t, 3, 1000, 0.1);
+    test_dropout(&t, 4, 70003, 0.3);
     ctx->attn_core_bytes = core_bytes;
 
     test_glue(&t, 1, 1, 1, 1, 1, 3);
@@ -850,7 +890,10 @@ int main(void) {
     test_patchify(&t, 3, 12, 6, 4, 2);
 
     static const int xe[][2] = {{1, 1}, {5, 3}, {37, 259}, {64, 1000}};
-    for (size_t i = 0; i < sizeof(xe) / sizeof(xe[0]); i++) test_xent(&t, xe[i][0], xe[i][1]);
+    for (size_t i = 0; i < sizeof(xe) / sizeof(xe[0]); i++) {
+        test_xent(&t, xe[i][0], xe[i][1], 0);
+        test_xent(&t, xe[i][0], xe[i][1], 0.1f);
+    }
 
     static const int md[][4] = {{1, 1, 1, 3}, {3, 17, 40, 240}, {2, 1, 130, 390}, {1, 64, 33, 99}};
     for (size_t i = 0; i < sizeof(md) / sizeof(md[0]); i++)
