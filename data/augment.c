@@ -192,9 +192,8 @@ int data_augment_check(const data_augment_cfg *a, int h, int w, int c, int frame
     if (!(a->crop_scale >= 0.0 && a->crop_scale <= 1.0))
         return mm_fail(err, "augment.crop_scale = %g must be in [0, 1] (0 or 1: no crop)",
                        a->crop_scale);
-    if (!(a->crop_ratio == 0.0 || (a->crop_ratio >= 1.0 && a->crop_ratio <= 1e3)))
-        return mm_fail(err,
-                       "augment.crop_ratio = %g must be 0 or in [1, 1000] (0 or 1: no stretch)",
+    if (!(a->crop_ratio == 0.0 || (a->crop_ratio >= 1.0 && a->crop_ratio <= 10.0)))
+        return mm_fail(err, "augment.crop_ratio = %g must be 0 or in [1, 10] (0 or 1: no stretch)",
                        a->crop_ratio);
     int side = h < w ? h : w;
     if (a->translate < 0 || a->translate >= side)
@@ -213,8 +212,8 @@ int data_augment_check(const data_augment_cfg *a, int h, int w, int c, int frame
     if (a->audio_shift < 0 || a->audio_shift >= frames)
         return mm_fail(err, "augment.audio_shift = %d must be in [0, %d): a clip has %d frames",
                        a->audio_shift, frames, frames);
-    if (!(a->audio_gain_db >= 0.0 && a->audio_gain_db <= 100.0))
-        return mm_fail(err, "augment.audio_gain_db = %g must be in [0, 100]", a->audio_gain_db);
+    if (!(a->audio_gain_db >= 0.0 && a->audio_gain_db <= 60.0))
+        return mm_fail(err, "augment.audio_gain_db = %g must be in [0, 60]", a->audio_gain_db);
     if (a->time_masks < 0 || a->time_masks > DATA_AUG_MAX_MASKS || a->freq_masks < 0 ||
         a->freq_masks > DATA_AUG_MAX_MASKS)
         return mm_fail(err,

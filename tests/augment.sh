@@ -3,7 +3,7 @@
 # With every transform on, a tiny transformer run
 #   - trains on changed samples (its losses differ from the same run without augmentation);
 #   - gives the same per-step losses at dp=2, dp=4, tp=2 and with gradient accumulation as one
-#     process, within 1e-5 relative (tests/dist_mpi.sh's tolerance: only the reduction order
+#     process (and the diffusion model at dp=2 x tp=2), within 1e-5 relative (tests/dist_mpi.sh's tolerance: only the reduction order
 #     may differ), because each sample's changes are drawn from (seed, sample id, epoch);
 #   - resumes exactly: stopped at step 8 and resumed, its losses are the uninterrupted run's
 #     to the last printed digit, on the same layout and on another dp;
@@ -62,6 +62,11 @@ train dp4 4 data.micro_batch=2 "${aug[@]}"
 train tp2 2 data.micro_batch=8 parallel.tp=2 "${aug[@]}"
 train accum4 1 data.micro_batch=2 "${aug[@]}"
 for r in dp2 dp4 tp2 accum4; do same_losses base $r; done
+# the diffusion model, whose targets are the augmented images
+dit=(model.kind=diffusion model.patch=4 diffusion.enc_layers=1)
+train dbase 1 data.micro_batch=8 "${dit[@]}" "${aug[@]}"
+train ddp2tp2 4 data.micro_batch=4 parallel.tp=2 "${dit[@]}" "${aug[@]}"
+same_losses dbase ddp2tp2
 
 # resume: stopped after step 8 (the end of epoch 0), then continued
 train rs 1 data.micro_batch=8 run.stop_after=$((STEPS / 2)) "${aug[@]}"
