@@ -21,13 +21,6 @@
 #include "data.h"
 #include "data_internal.h"
 
-// Mean and standard deviation of log(mel + 1e-6) over the synthetic set's clips (mmdata
-// synth, n_fft 256, hop 128, 32 mels: -7.2 and 2.4), rounded. Typical features then lie in
-// [-2.5, 3.5]; digital silence maps to (log(1e-6) + 7) / 2.5 = -2.7.
-#define DATA_LOGMEL_MEAN (-7.0f)
-#define DATA_LOGMEL_STD 2.5f
-#define DATA_LOGMEL_FLOOR 1e-6f
-
 struct data_featurizer {
     int n_fft, hop, n_mels, n_bins;  // n_bins = n_fft / 2 + 1
     int audio_len, F;                // clip length and frames per clip

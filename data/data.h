@@ -166,6 +166,71 @@ void data_permutation(uint64_t n, uint64_t seed, int64_t epoch, uint64_t *perm);
 data_pos data_pos_advance(data_pos pos, uint64_t n, uint64_t G);
 
 // ---------------------------------------------------------------------------------------
+// Augmentation (data/augment.c): random changes to training samples, applied by the loader
+// thread to the decoded batch (evaluation reads the validation set without the loader, so it
+// never sees them). Every draw comes from a stream of (seed, sample_id, epoch) alone, so a
+// sample is changed the same way whatever the rank count, the micro-batch split or a resume,
+// and differently in each epoch. A zero-initialised cfg changes nothing; each transform has
+// its own sub-stream, so turning one on does not change what the others draw.
+typedef struct {
+    // images (pixels in [-1, 1], HWC); applied in this order
+    double crop_scale;  // random resized crop: min share of the area kept, (0, 1]; 0 or 1
+                        // with crop_ratio 0 or 1 = no crop
+    double crop_ratio;  // max aspect stretch of the crop against the image's, >= 1
+    int flip;           // mirror left-right with probability 1/2 (0/1)
+    int translate;      // max shift in pixels along each axis; the border pixels fill in
+    double brightness;  // colour jitter strengths in [0, 1]: factors drawn in [1-s, 1+s]
+    double contrast;
+    double saturation;  // colour images only (3 or more channels)
+    // audio (normalised log-mel, (F, n_mels)); applied in this order
+    int audio_shift;                  // max shift in frames, either way; silence fills in
+    double audio_gain_db;             // max gain in dB, either way
+    int time_masks, time_mask_width;  // SpecAugment: masks of up to width frames, set to 0
+    int freq_masks, freq_mask_width;  // SpecAugment: masks of up to width mel bands, set to 0
+} data_augment_cfg;
+
+// 1 when cfg changes anything at all.
+int data_augment_on(const data_augment_cfg *a);
+// Checks cfg against what it will be applied to: images (h, w, c) and features (frames,
+// n_mels). Returns 0, or -1 with err naming the augment.* key, its value and the limit.
+int data_augment_check(const data_augment_cfg *a, int h, int w, int c, int frames, int n_mels,
+                       mm_err *err);
+
+// What augmentation drew for one sample: plain data, so that tests can check that a
+// transform changed exactly what its draw says.
+enum { DATA_AUG_MAX_MASKS = 64 };
+typedef struct {
+    int crop;  // 0: no crop; else the box, in pixels of the source image:
+    double crop_y, crop_x, crop_h, crop_w;
+    int flip;
+    int dy, dx;  // translation: the content moves down by dy and right by dx pixels
+    float brightness, contrast, saturation;  // jitter factors (1 = unchanged)
+    int shift;  // frames the features move later in time (< 0: earlier)
+    float gain_db;
+    int n_time, n_freq;  // masks drawn (time_masks, freq_masks), each a first frame (band)
+    int time_at[DATA_AUG_MAX_MASKS], time_w[DATA_AUG_MAX_MASKS];  // and a width
+    int freq_at[DATA_AUG_MAX_MASKS], freq_w[DATA_AUG_MAX_MASKS];
+} data_aug_draw;
+// Draws sample sample_id's changes for epoch from (seed, sample_id, epoch) alone.
+void data_augment_draw(const data_augment_cfg *a, uint64_t seed, uint64_t sample_id, int64_t epoch,
+                       int h, int w, int frames, int n_mels, data_aug_draw *d);
+
+// The augmenter the loader thread owns: cfg, seed and scratch. Not thread-safe (one per
+// thread). init copies cfg; free releases the scratch.
+typedef struct {
+    data_augment_cfg cfg;
+    uint64_t seed;
+    int on;          // data_augment_on(&cfg)
+    float *scratch;  // (h * w * c) for the image transforms that move pixels; owned
+    size_t scratch_n;
+} data_augmenter;
+void data_augmenter_init(data_augmenter *g, const data_augment_cfg *cfg, uint64_t seed);
+void data_augmenter_free(data_augmenter *g);
+// Changes every sample of b (a training micro-batch of epoch) in place; samples without an
+// image (audio) keep their zero image (features).
+void data_augment_batch(data_augmenter *g, data_batch *b, int64_t epoch);
+
+// ---------------------------------------------------------------------------------------
 // Loader: a background thread that reads and decodes the micro-batches of this rank, in
 // order, `depth` batches ahead of the training loop.
 typedef struct {
@@ -178,6 +243,7 @@ typedef struct {
     int verify;           // verify shard checksums at open
     data_pos start;       // where to start (from a checkpoint, or {0, 0})
     data_audio_cfg audio;
+    data_augment_cfg augment;  // training-time changes (zero = none), seeded from seed
 } data_loader_cfg;
 
 typedef struct data_loader data_loader;  // opaque

@@ -6,6 +6,7 @@
 #ifndef MM_DATA_INTERNAL_H
 #define MM_DATA_INTERNAL_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +24,19 @@ void data_sb_printf(data_strbuf *sb, const char *fmt, ...) __attribute__((format
 // Checks that the audio settings make sense for the schema (4 <= n_fft <= audio_len,
 // hop >= 1, 1 <= n_mels <= n_fft / 2 + 1). Returns 0, or -1 with err naming the bad setting.
 int data_audio_check(const data_schema *s, const data_audio_cfg *a, mm_err *err);
+
+// The fixed normalisation of the log-mel features (audio.c), shared with augment.c, whose
+// gain and silence fill must invert it. Mean and standard deviation of log(mel + 1e-6) over
+// the synthetic set's clips (mmdata synth, n_fft 256, hop 128, 32 mels: -7.2 and 2.4),
+// rounded. Typical features then lie in [-2.5, 3.5]; digital silence maps to
+// (log(1e-6) + 7) / 2.5 = -2.7 (data_logmel_silence).
+#define DATA_LOGMEL_MEAN (-7.0f)
+#define DATA_LOGMEL_STD 2.5f
+#define DATA_LOGMEL_FLOOR 1e-6f
+// The feature of a frame of digital silence, computed as the featurizer computes it.
+static inline float data_logmel_silence(void) {
+    return (logf(0.0f + DATA_LOGMEL_FLOOR) - DATA_LOGMEL_MEAN) / DATA_LOGMEL_STD;
+}
 
 // The (frames, mel bands) a featurizer produces per clip, so readers can check that a batch
 // was allocated for the same audio settings.
@@ -90,5 +104,37 @@ int data_synth_caption(char *out, size_t cap, const int attr[DATA_N_ATTR], int p
 // Finds attribute words in text (whole words, ASCII case-insensitive). For each attribute,
 // count[a] = how many words of its vocabulary occur and word[a] = the last one (-1 if none).
 void data_synth_parse(const char *text, int count[DATA_N_ATTR], int word[DATA_N_ATTR]);
+
+// ---------------------------------------------------------------------------------------
+// Augmentation's transforms (augment.c), one by one with explicit parameters, so that the
+// tests can check each one's property (data_augment_batch draws the parameters).
+// Images are (h, w, c) floats in [-1, 1]; features are (F, M) normalised log-mel.
+
+// Resamples the box (y0, x0, bh, bw) of src (pixel units, inside the image) to the whole
+// of dst bilinearly; pixel centres map to pixel centres, outside samples take the border.
+// The whole box (0, 0, h, w) copies src exactly. src and dst must not overlap.
+void data_aug_crop(const float *src, int h, int w, int c, double y0, double x0, double bh,
+                   double bw, float *dst);
+// Mirrors img left-right in place.
+void data_aug_flip(float *img, int h, int w, int c);
+// dst = src moved down by dy and right by dx pixels; the uncovered part repeats the nearest
+// border pixel of src. src and dst must not overlap.
+void data_aug_translate(const float *src, int h, int w, int c, int dy, int dx, float *dst);
+// Colour jitter in place by factors (1 = unchanged): brightness scales the intensity
+// (x + 1), contrast moves every pixel from the image's mean grey, saturation (c >= 3) from
+// its own grey (ITU-R 601 weights); the result is clipped to [-1, 1] after each. Only the
+// first three channels of c >= 3 (the first one otherwise) are colour; others (alpha) stay.
+void data_aug_jitter(float *img, int h, int w, int c, float brightness, float contrast,
+                     float saturation);
+// Moves the frames of feat later by k (earlier when k < 0); frames that come in are silence.
+void data_aug_shift(float *feat, int F, int M, int k);
+// Gain of db decibels on the signal under the features, inverted through the fixed
+// normalisation and the floor: mel' = g^2 mel with g = 10^(db/20). 0 dB is exactly the
+// identity; silence stays silence.
+void data_aug_gain(float *feat, size_t n, float db);
+// Sets frames [at, at + width) (time) or bands [at, at + width) (freq) of every frame to 0,
+// the mean of the normalised features.
+void data_aug_mask_time(float *feat, int F, int M, int at, int width);
+void data_aug_mask_freq(float *feat, int F, int M, int at, int width);
 
 #endif  // MM_DATA_INTERNAL_H

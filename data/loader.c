@@ -1,7 +1,7 @@
 // loader.c: keeps the training loop from ever waiting on disk or on audio features. A
 // background thread walks the sampler's order (sampler.c), reads this rank's micro-batches
-// from the shards and decodes them into a ring of batch buffers, `depth` batches ahead of
-// the caller, who takes them in order with data_loader_next.
+// from the shards, decodes and augments them (augment.c) into a ring of batch buffers,
+// `depth` batches ahead of the caller, who takes them in order with data_loader_next.
 //
 // Ring discipline: depth + 1 buffers. The caller holds the batch it was last given (valid
 // until its next call), and the thread may fill up to `depth` others meanwhile. `produced`
@@ -21,6 +21,7 @@ struct data_loader {
     data_loader_cfg cfg;  // cfg.dir points at dir
     data_dataset *ds;
     data_featurizer *feat;  // created here, used only by the thread
+    data_augmenter aug;     // used only by the thread
     uint64_t n, G;          // samples in the dataset, global batch
     int accum;              // micro-steps per optimizer step
     int nbuf;               // depth + 1
@@ -63,6 +64,7 @@ static int produce(data_loader *l, int slot, mm_err *err) {
     MM_CHECK(base + (uint64_t)c->micro_batch <= l->n, "loader: micro-batch beyond the epoch");
     for (int j = 0; j < c->micro_batch; j++) l->idx[j] = l->perm[base + (uint64_t)j];
     if (data_dataset_read(l->ds, l->idx, c->micro_batch, l->feat, &l->ring[slot], err)) return -1;
+    data_augment_batch(&l->aug, &l->ring[slot], l->prod_pos.epoch);
     if (++l->prod_k == l->accum) {
         l->prod_k = 0;
         l->prod_pos = data_pos_advance(l->prod_pos, l->n, l->G);
@@ -139,7 +141,9 @@ int data_loader_open(data_loader **out, const data_loader_cfg *cfg, mm_err *err)
         return -1;
     }
     mm_err why;
-    if (data_audio_check(s, &cfg->audio, &why)) {
+    if (data_audio_check(s, &cfg->audio, &why) ||
+        data_augment_check(&cfg->augment, s->img_h, s->img_w, s->img_c,
+                           data_audio_frames(s, &cfg->audio), cfg->audio.n_mels, &why)) {
         data_dataset_close(ds);
         return mm_fail(err, "%s: %.900s", dir, why.msg);
     }
@@ -151,6 +155,7 @@ int data_loader_open(data_loader **out, const data_loader_cfg *cfg, mm_err *err)
     l->cfg.dir = l->dir;
     l->ds = ds;
     l->feat = data_featurizer_new(s, &cfg->audio);
+    data_augmenter_init(&l->aug, &cfg->augment, cfg->seed);
     l->n = s->n_samples;
     l->G = (uint64_t)cfg->global_batch;
     l->accum = cfg->global_batch / (cfg->micro_batch * cfg->dp_size);
@@ -237,6 +242,7 @@ void data_loader_close(data_loader *l) {
     free(l->perm);
     free(l->idx);
     data_featurizer_free(l->feat);
+    data_augmenter_free(&l->aug);
     data_dataset_close(l->ds);
     free(l->dir);
     free(l);

@@ -101,6 +101,40 @@ static const cfg_key keys[] = {
     KINT("data.text_max", data.text_max, "0", 0, 1 << 20,
          "caption bytes per sample; 0 = the training set's"),
 
+    KF64("augment.crop_scale", augment.crop_scale, "1", 0.01, 1,
+         "random resized crop: least share of the image's area a crop keeps (drawn up to 1), "
+         "resized back bilinearly; 1 with crop_ratio 1 = no crop"),
+    KF64("augment.crop_ratio", augment.crop_ratio, "1", 1, 10,
+         "random resized crop: most aspect stretch against the image's own, drawn "
+         "log-uniformly in [1/r, r]; 1 = none"),
+    KBOOL("augment.flip", augment.flip, "false",
+          "mirror images left-right with probability 1/2 (wrong for text, digits and anything "
+          "with a handedness)"),
+    KINT("augment.translate", augment.translate, "0", 0, 16384,
+         "largest image shift in pixels along each axis, either way; the border pixels repeat "
+         "into the uncovered part"),
+    KF64("augment.brightness", augment.brightness, "0", 0, 1,
+         "colour jitter: intensity factor drawn in [1 - s, 1 + s]"),
+    KF64("augment.contrast", augment.contrast, "0", 0, 1,
+         "colour jitter: contrast factor drawn in [1 - s, 1 + s], about the image's mean grey"),
+    KF64("augment.saturation", augment.saturation, "0", 0, 1,
+         "colour jitter: saturation factor drawn in [1 - s, 1 + s]; colour images only"),
+    KINT("augment.audio_shift", augment.audio_shift, "0", 0, 1 << 20,
+         "largest time shift of the log-mel in frames (data.hop samples each), either way; "
+         "silence comes in"),
+    KF64("augment.audio_gain_db", augment.audio_gain_db, "0", 0, 60,
+         "largest audio gain in dB, either way (silence stays silence)"),
+    KINT("augment.time_masks", augment.time_masks, "0", 0, DATA_AUG_MAX_MASKS,
+         "SpecAugment time masks per clip"),
+    KINT("augment.time_mask_width", augment.time_mask_width, "0", 0, 1 << 20,
+         "SpecAugment: most frames one time mask covers (width drawn in 0..W); masked values "
+         "are 0, the mean of the normalised log-mel"),
+    KINT("augment.freq_masks", augment.freq_masks, "0", 0, DATA_AUG_MAX_MASKS,
+         "SpecAugment frequency masks per clip"),
+    KINT("augment.freq_mask_width", augment.freq_mask_width, "0", 0, 1024,
+         "SpecAugment: most mel bands one frequency mask covers (width drawn in 0..W); masked "
+         "values are 0"),
+
     KENUM("model.kind", model.kind, "transformer", "transformer|diffusion",
           "transformer: captions from image/audio; diffusion: images from caption/audio"),
     KINT("model.d_model", model.d_model, "128", 1, 65536, "residual stream width"),
@@ -787,6 +821,16 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
     if (c->data.n_mels > c->data.n_fft / 2 + 1)
         return mm_fail(err, "config: data.n_mels (%d) must not exceed data.n_fft / 2 + 1 (%d)",
                        c->data.n_mels, c->data.n_fft / 2 + 1);
+    if ((c->augment.time_masks > 0) != (c->augment.time_mask_width > 0))
+        return mm_fail(err,
+                       "config: augment.time_masks (%d) and augment.time_mask_width (%d) "
+                       "must both be 0 or both be positive (one without the other masks nothing)",
+                       c->augment.time_masks, c->augment.time_mask_width);
+    if ((c->augment.freq_masks > 0) != (c->augment.freq_mask_width > 0))
+        return mm_fail(err,
+                       "config: augment.freq_masks (%d) and augment.freq_mask_width (%d) "
+                       "must both be 0 or both be positive (one without the other masks nothing)",
+                       c->augment.freq_masks, c->augment.freq_mask_width);
     if (c->diffusion.ema_decay >= 1)
         return mm_fail(err, "config: diffusion.ema_decay (%.17g) must be below 1 (the EMA would "
                        "never move)", c->diffusion.ema_decay);

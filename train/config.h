@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "../core/core.h"
+#include "../data/data.h"
 
 #define MM_STR 512
 
@@ -54,6 +55,9 @@ typedef struct {
         int audio_len;         // PCM samples per clip
         int text_max;          // caption bytes
     } data;
+    // Training-time augmentation (data/augment.c, applied by the loader thread; never to
+    // evaluation). Every default changes nothing.
+    data_augment_cfg augment;
     struct {
         char kind[32];         // "transformer" or "diffusion"
         int d_model, n_layers, n_heads, d_ff;  // d_ff 0 = 4 * d_model

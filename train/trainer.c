@@ -679,7 +679,8 @@ static int init_state(trainer *t, mm_err *err) {
                           .depth = c->data.prefetch,
                           .verify = c->data.verify,
                           .start = pos,
-                          .audio = t->audio};
+                          .audio = t->audio,
+                          .augment = c->augment};
     if (data_loader_open(&t->loader, &lc, err) != 0) return -1;
     if (c->data.val[0]) {
         if (data_dataset_open(&t->val, c->data.val, c->data.verify, err) != 0) return -1;
