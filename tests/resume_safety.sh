@@ -105,6 +105,11 @@ fresh; expect_refusal "steps changed" "run.steps from 8 to 10" "$tmp/c.yaml" run
 fresh; run "$tmp/c.yaml" run.out_dir="$tmp/r" run.steps=10 'checkpoint.allow_changes=[steps, lr]' optim.lr=0.002 >"$tmp/out" 2>&1; rc=$?
 ok "steps+lr changed, allowed: exit 0, both logged (rc $rc)" \
     '[ $rc -eq 0 ] && grep -q "changes run.steps" "$tmp/out" && grep -q "changes optim.lr" "$tmp/out"'
+fresh; expect_refusal "dropout changed" "model.dropout from 0 to 0.1.*regularization" "$tmp/c.yaml" run.out_dir="$tmp/r" model.dropout=0.1
+fresh; expect_refusal "augmentation changed" "augment.translate from 0 to 2.*augment" "$tmp/c.yaml" run.out_dir="$tmp/r" augment.translate=2
+fresh; run "$tmp/c.yaml" run.out_dir="$tmp/r" optim.label_smoothing=0.1 augment.translate=2 'checkpoint.allow_changes=[regularization, augment]' >"$tmp/out" 2>&1; rc=$?
+ok "smoothing+augmentation changed, allowed: exit 0, both logged (rc $rc)" \
+    '[ $rc -eq 0 ] && grep -q "changes optim.label_smoothing" "$tmp/out" && grep -q "changes augment.translate" "$tmp/out"'
 fresh; expect_refusal "other dataset" "data.train from index-crc32:" "$tmp/c.yaml" run.out_dir="$tmp/r" data.train="$tmp/other/train"
 fresh; run "$tmp/c.yaml" run.out_dir="$tmp/r" data.train="$tmp/d_moved/train" >"$tmp/out" 2>&1; rc=$?
 ok "same dataset at another path: accepted (rc $rc): $(grep -m1 error "$tmp/out")" '[ $rc -eq 0 ]'

@@ -234,10 +234,12 @@ static const cfg_key keys[] = {
     KLIST("checkpoint.reinit", checkpoint.reinit, "", NULL,
           "init_from: tensor-name globs (fnmatch) that keep their fresh init; may be missing, "
           "reshaped or unused in the checkpoint"),
-    KLIST("checkpoint.allow_changes", checkpoint.allow_changes, "", "data|seed|batch|lr|steps",
+    KLIST("checkpoint.allow_changes", checkpoint.allow_changes, "", "data|seed|batch|lr|steps|regularization|augment",
           "resume: what may differ from the checkpoint without a refusal (data = data.train's "
           "content, seed = run.seed, batch = data.global_batch, lr = optim.lr/min_lr/warmup, "
-          "steps = run.steps); each allowed change is logged"),
+          "steps = run.steps, regularization = model.dropout/attn_dropout/modality_drop/audio_drop "
+          "and optim.label_smoothing, augment = every augment.* key); each allowed change is "
+          "logged"),
 
     KINT("parallel.tp", parallel.tp, "1", 1, 4096,
          "tensor-parallel size (divides world size and n_heads)"),

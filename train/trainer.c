@@ -371,7 +371,8 @@ static int check_same_arch(const mm_config *now, const mm_config *saved, const c
 }
 
 // What exact resume depends on besides the architecture (CHECKPOINT.md, "Resuming exactly"):
-// the data by content, the seed, the global batch and the learning-rate schedule. A change is
+// the data by content, the seed, the global batch, the learning-rate schedule, and the random
+// changes that training draws (regularization, augmentation). A change is
 // refused with one line naming the key, unless checkpoint.allow_changes names its group; an
 // allowed change is logged (rank 0, verbose). A checkpoint without a data identity (written
 // before it was recorded) is said to be unchecked.
@@ -388,7 +389,7 @@ static int check_exact(const trainer *t, const mm_config *saved, const ckpt_meta
         const char *key, *group;
         int differs;
         char was[96], is[96];
-    } k[8];
+    } k[32];
     int n = 0;
 #define NUM(name, grp, field, fmt, type)                                          \
     k[n].key = name, k[n].group = grp, k[n].differs = now->field != saved->field; \
@@ -400,6 +401,24 @@ static int check_exact(const trainer *t, const mm_config *saved, const ckpt_meta
     NUM("optim.min_lr", "lr", optim.min_lr, "%.17g", double)
     NUM("optim.warmup", "lr", optim.warmup, "%lld", long long)
     NUM("run.steps", "steps", run.steps, "%lld", long long)
+    NUM("model.dropout", "regularization", model.dropout, "%.17g", double)
+    NUM("model.attn_dropout", "regularization", model.attn_dropout, "%.17g", double)
+    NUM("model.modality_drop", "regularization", model.modality_drop, "%.17g", double)
+    NUM("model.audio_drop", "regularization", model.audio_drop, "%.17g", double)
+    NUM("optim.label_smoothing", "regularization", optim.label_smoothing, "%.17g", double)
+    NUM("augment.crop_scale", "augment", augment.crop_scale, "%.17g", double)
+    NUM("augment.crop_ratio", "augment", augment.crop_ratio, "%.17g", double)
+    NUM("augment.flip", "augment", augment.flip, "%d", int)
+    NUM("augment.translate", "augment", augment.translate, "%d", int)
+    NUM("augment.brightness", "augment", augment.brightness, "%.17g", double)
+    NUM("augment.contrast", "augment", augment.contrast, "%.17g", double)
+    NUM("augment.saturation", "augment", augment.saturation, "%.17g", double)
+    NUM("augment.audio_shift", "augment", augment.audio_shift, "%d", int)
+    NUM("augment.audio_gain_db", "augment", augment.audio_gain_db, "%.17g", double)
+    NUM("augment.time_masks", "augment", augment.time_masks, "%d", int)
+    NUM("augment.time_mask_width", "augment", augment.time_mask_width, "%d", int)
+    NUM("augment.freq_masks", "augment", augment.freq_masks, "%d", int)
+    NUM("augment.freq_mask_width", "augment", augment.freq_mask_width, "%d", int)
 #undef NUM
     int data_known = meta->data_id[0] != 0;
     k[n].key = "data.train", k[n].group = "data";
