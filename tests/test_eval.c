@@ -646,7 +646,44 @@ static void test_modes(test_counts *tc, comm_group *world) {
     }
 }
 
+// test_eval --score FILE (for tests/eval_metrics.sh): FILE holds one pair per line,
+// "REFHEX<TAB>GENHEX" (bytes in hex, either may be empty); prints each pair's "exact edits
+// ref_chars" and then the corpus "exact cer bleu4 f1" to full precision.
+static int score_file(const char *path) {
+    char *text = NULL;
+    mm_err err;
+    if (mm_read_file(path, &text, NULL, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 2;
+    }
+    eval_text t;
+    eval_text_init(&t);
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char *tab = strchr(line, '\t');
+        MM_CHECK(tab, "%s: a line without a tab", path);
+        *tab = '\0';
+        char *side[2] = {line, tab + 1};
+        size_t len[2];
+        for (int k = 0; k < 2; k++) {  // hex to bytes in place
+            len[k] = strlen(side[k]) / 2;
+            for (size_t i = 0; i < len[k]; i++) {
+                unsigned v;
+                MM_CHECK(sscanf(side[k] + 2 * i, "%2x", &v) == 1, "%s: bad hex", path);
+                side[k][i] = (char)v;
+            }
+        }
+        eval_text_one o;
+        eval_text_add(&t, side[0], len[0], side[1], len[1], &o);
+        printf("%d %lld %lld\n", o.exact, (long long)o.edits, (long long)o.ref_chars);
+    }
+    printf("%.17g %.17g %.17g %.17g\n", eval_text_exact(&t), eval_text_cer(&t), eval_text_bleu4(&t),
+           eval_text_f1(&t));
+    free(text);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--score") == 0) return score_file(argv[2]);
     comm_group *world = comm_init(&argc, &argv);
     test_counts tc = {0, 0};
     const int rank = comm_rank(world);
