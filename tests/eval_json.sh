@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # eval_json.sh: every line of a run's eval/step_*.jsonl is valid JSON in valid UTF-8 (issue 16,
-# item 5). An early model generates arbitrary bytes (>= 0x80, controls, NUL); they must be
+# item 5), with each caption's exact match and CER (issue 17). An early model generates arbitrary bytes (>= 0x80, controls, NUL); they must be
 # escaped (U+FFFD for bytes that are not UTF-8, counted in "generated_invalid_bytes"; \u00xx
 # for controls), and the printed examples must carry no raw control byte.
 set -u
@@ -46,6 +46,10 @@ for path in sys.argv[1:]:
         try:
             o = json.loads(raw.decode("utf-8", errors="strict"))
             assert isinstance(o["generated"], str) and isinstance(o["reference"], str)
+            assert o["exact"] in (0, 1) and (o["cer"] is None or o["cer"] >= 0)
+            if "generated_image" in o:  # the caption with the audio left out, scored alike
+                assert isinstance(o["generated_image"], str) and o["exact_image"] in (0, 1)
+                replaced += o.get("generated_image_invalid_bytes", 0)
             replaced += o.get("generated_invalid_bytes", 0)
         except Exception as e:
             bad += 1

@@ -218,10 +218,10 @@ static const cfg_key keys[] = {
          "validation samples for val_loss and captions (0 = all)"),
     KINT("eval.batch", eval.batch, "64", 1, 1048576, "samples per evaluation forward pass"),
     KENUM("eval.scorer", eval.scorer, "synth", "synth|text",
-          "how generated outputs are scored: synth, the synthetic set's rule (captions "
-          "attribute by attribute; diffusion: colour and shape read off the pixels); text, "
-          "captions against their reference by word F1 and exact match, for any dataset "
-          "(transformer only)"),
+          "captions are always scored against their references (exact match, CER, BLEU-4, "
+          "word F1); synth adds the synthetic set's rule (attribute by attribute; diffusion: "
+          "colour and shape read off the pixels) when every reference is a synthetic "
+          "caption; text never applies it"),
 
     KI64("checkpoint.every", checkpoint.every, "0", 0, 1e12,
          "checkpoint every N steps (0 = only at the end of the run)"),

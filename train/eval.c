@@ -1,7 +1,7 @@
 // eval.c: what evaluation does the same way for every model family (eval.h): the exchange
-// of per-sample records over dp ranks, the scorers that eval.scorer chooses from, and the
-// bytes evaluation writes (eval JSONL lines, the metrics.jsonl object, the printed summary).
-// The formats are the ones runs have always written: tools read them.
+// of per-sample records over dp ranks, the caption metrics of any dataset and the synthetic
+// set's rule, and the bytes evaluation writes (eval JSONL lines, the metrics.jsonl object,
+// the printed summary). Keys runs have always written keep their place: tools read them.
 #include "eval.h"
 
 #include <ctype.h>
@@ -14,10 +14,10 @@
 // ---------------------------------------------------------------------------------------
 // Gathering.
 
-// What leads each rank's message: its batch size and loss.
+// What leads each rank's message: its batch size and sums.
 typedef struct {
-    int64_t n;    // records that follow (0 when the rank had no batch this round)
-    double loss;  // sum of the batch's per-sample losses
+    int64_t n;                      // records that follow (0: no batch this round)
+    double sums[EVAL_GATHER_SUMS];  // the family's (its losses by input mode)
 } gather_head;
 
 void eval_gather_init(eval_gather *g, comm_group *dp, int dp_rank, int dp_size, int64_t n,
@@ -60,19 +60,20 @@ void *eval_gather_mine(eval_gather *g, int i) {
     return g->mine + sizeof(gather_head) + (size_t)i * g->rec;
 }
 
-void eval_gather_exchange(eval_gather *g, int n_mine, double loss) {
+void eval_gather_exchange(eval_gather *g, int n_mine, const double *sums) {
     MM_CHECK(n_mine >= 0 && n_mine <= g->batch, "eval_gather_exchange: %d records of %d", n_mine,
              g->batch);
-    const gather_head h = {n_mine, loss};
+    gather_head h = {.n = n_mine};
+    memcpy(h.sums, sums, sizeof(h.sums));
     memcpy(g->mine, &h, sizeof(h));
     comm_all_gather(g->dp, g->mine, g->all, g->msg, COMM_U8);
 }
 
-int eval_gather_count(const eval_gather *g, int d, double *loss) {
+int eval_gather_count(const eval_gather *g, int d, double *sums) {
     MM_CHECK(d >= 0 && d < g->dp_size, "eval_gather_count: rank %d of %d", d, g->dp_size);
     gather_head h;
     memcpy(&h, g->all + g->msg * (size_t)d, sizeof(h));
-    if (loss) *loss = h.loss;
+    if (sums) memcpy(sums, h.sums, sizeof(h.sums));
     return (int)h.n;
 }
 
@@ -118,65 +119,10 @@ static void score_synth_image(const eval_pair *p, eval_score *s) {
     s->note[2] = ok;
 }
 
-// text, captions: for data without a rule of its own. Word F1 is the headline because a
-// caption that says the right things in another order or case is nearly right, which exact
-// match (the strict second metric) cannot tell from nonsense.
-static const eval_metric text_caption_metrics[2] = {{"caption_f1", "caption_f1"},
-                                                    {"caption_exact", "exact"}};
-
-// The words of s, normalised: ASCII letters lowercased; ASCII spaces, controls and
-// punctuation separate words; other bytes (digits, UTF-8) are kept as they are. buf
-// (strlen(s) + 1 bytes) receives them NUL-separated, w[] points at each. Returns the count.
-static int split_words(const char *s, char *buf, const char **w) {
-    int n = 0;
-    size_t k = 0;
-    int in_word = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        int sep = *p < 0x80 && (isspace(*p) || ispunct(*p) || iscntrl(*p));
-        if (sep) {
-            if (in_word) buf[k++] = '\0';
-            in_word = 0;
-            continue;
-        }
-        if (!in_word) w[n++] = buf + k;
-        in_word = 1;
-        buf[k++] = (char)(*p < 0x80 ? tolower(*p) : *p);
-    }
-    if (in_word) buf[k] = '\0';
-    return n;
-}
-
-static int cmp_word(const void *a, const void *b) {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-// F1 of the two captions' bags of words: 2 * common / (words of one + words of the other),
-// each word counted as often as both have it; 1 when both have no words.
-static double word_f1(const char *ref, const char *gen) {
-    size_t lr = strlen(ref), lg = strlen(gen);
-    char *br = mm_malloc(lr + 1), *bg = mm_malloc(lg + 1);
-    const char **wr = mm_malloc(sizeof(char *) * (lr / 2 + 1));
-    const char **wg = mm_malloc(sizeof(char *) * (lg / 2 + 1));
-    int nr = split_words(ref, br, wr), ng = split_words(gen, bg, wg);
-    qsort(wr, (size_t)nr, sizeof(char *), cmp_word);
-    qsort(wg, (size_t)ng, sizeof(char *), cmp_word);
-    int common = 0;
-    for (int i = 0, j = 0; i < nr && j < ng;) {
-        int c = strcmp(wr[i], wg[j]);
-        if (c == 0) common++;
-        if (c <= 0) i++;
-        if (c >= 0) j++;
-    }
-    free(br);
-    free(bg);
-    free(wr);
-    free(wg);
-    return nr + ng == 0 ? 1.0 : 2.0 * common / (nr + ng);
-}
-
-static void score_text_caption(const eval_pair *p, eval_score *s) {
-    s->value[0] = word_f1(p->ref_text, p->gen_text);
-    s->value[1] = strcmp(p->ref_text, p->gen_text) == 0;
+// Both synth scorers judge a sample by the attributes its caption names.
+static int synth_judges(const char *ref) {
+    int attr[DATA_N_ATTR];
+    return data_synth_attrs(ref, attr) == 0;
 }
 
 static const eval_scorer scorers[] = {
@@ -184,19 +130,16 @@ static const eval_scorer scorers[] = {
      .kind = EVAL_CAPTIONS,
      .n_metrics = 1 + DATA_N_ATTR,
      .metric = synth_caption_metrics,
-     .score = score_synth_caption},
+     .score = score_synth_caption,
+     .judges = synth_judges},
     {.name = "synth",
      .kind = EVAL_IMAGES,
      .n_metrics = 3,
      .metric = synth_image_metrics,
      .n_notes = 3,
      .note = synth_image_notes,
-     .score = score_synth_image},
-    {.name = "text",
-     .kind = EVAL_CAPTIONS,
-     .n_metrics = 2,
-     .metric = text_caption_metrics,
-     .score = score_text_caption},
+     .score = score_synth_image,
+     .judges = synth_judges},
 };
 
 const eval_scorer *eval_scorer_find(const char *name, eval_kind kind) {
@@ -224,7 +167,7 @@ double eval_tally_mean(const eval_tally *t, int k) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Writing.
+// Caption metrics (eval_text; definitions in eval.h).
 
 // One character of s at i, as its bytes may be written: the length of a valid UTF-8
 // sequence (1 for ASCII, NUL and controls included), or 0 for a byte that starts none.
@@ -239,6 +182,218 @@ static size_t utf8_unit(const uint8_t *s, size_t n, size_t i) {
     if (len == 0 || len > n - i || (len > 1 && mm_utf8_check(s + i, len, &at))) return 0;
     return len;
 }
+
+static int ascii_space(unsigned char c) {
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+static char ascii_lower(unsigned char c) {
+    return (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+}
+
+// s[0..n) lowercased, its whitespace runs made one space and trimmed, into out (n bytes at
+// least); returns the length. Exact match compares these; BLEU splits them at the spaces.
+static size_t normalise(const char *s, size_t n, char *out) {
+    size_t k = 0;
+    int gap = 0;
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char c = (unsigned char)s[i];
+        if (ascii_space(c)) {
+            gap = k > 0;
+            continue;
+        }
+        if (gap) out[k++] = ' ';
+        gap = 0;
+        out[k++] = ascii_lower(c);
+    }
+    return k;
+}
+
+// s[0..n) as characters, one code each into out (n codes at least): a valid UTF-8 sequence
+// is its bytes, a byte that starts none is 0x80000000 | byte (no sequence packs to that).
+static size_t to_chars(const char *s, size_t n, uint32_t *out) {
+    const uint8_t *u = (const uint8_t *)s;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        const size_t len = utf8_unit(u, n, i);
+        uint32_t c = len ? 0 : 0x80000000u | u[i];
+        for (size_t j = 0; j < len; j++) c = c << 8 | u[i + j];
+        out[k++] = c;
+        i += len ? len : 1;
+    }
+    return k;
+}
+
+// Levenshtein distance of a and b: the classic dynamic programme, one row kept.
+static int64_t levenshtein(const uint32_t *a, size_t na, const uint32_t *b, size_t nb) {
+    int64_t *row = mm_malloc((nb + 1) * sizeof(int64_t));
+    for (size_t j = 0; j <= nb; j++) row[j] = (int64_t)j;
+    for (size_t i = 1; i <= na; i++) {
+        int64_t diag = row[0];  // row i-1, column j-1
+        row[0] = (int64_t)i;
+        for (size_t j = 1; j <= nb; j++) {
+            const int64_t up = row[j];
+            int64_t best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    const int64_t d = row[nb];
+    free(row);
+    return d;
+}
+
+typedef struct {
+    const char *p;
+    size_t n;
+} word;
+
+// The words of a normalised string (separated by single spaces) into w; returns the count.
+static size_t split_normalised(const char *s, size_t n, word *w) {
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && s[j] != ' ') j++;
+        w[k++] = (word){s + i, j - i};
+        i = j + 1;
+    }
+    return k;
+}
+
+static int ngram_eq(const word *a, const word *b, int n) {
+    for (int k = 0; k < n; k++)
+        if (a[k].n != b[k].n || memcmp(a[k].p, b[k].p, a[k].n) != 0) return 0;
+    return 1;
+}
+
+// BLEU's counts for n-grams: *total += h's n-grams; *match += each distinct one's count in h,
+// clipped to its count in r. Quadratic, which captions' lengths afford.
+static void bleu_counts(const word *h, size_t nh, const word *r, size_t nr, int n, int64_t *match,
+                        int64_t *total) {
+    if (nh < (size_t)n) return;
+    *total += (int64_t)(nh - (size_t)n + 1);
+    for (size_t i = 0; i + n <= nh; i++) {
+        int first = 1;
+        for (size_t j = 0; j < i && first; j++) first = !ngram_eq(h + j, h + i, n);
+        if (!first) continue;  // counted at its first occurrence
+        int64_t ch = 0, cr = 0;
+        for (size_t j = i; j + n <= nh; j++) ch += ngram_eq(h + j, h + i, n);
+        for (size_t j = 0; j + n <= nr; j++) cr += ngram_eq(r + j, h + i, n);
+        *match += ch < cr ? ch : cr;
+    }
+}
+
+// The words of s[0..n) for word F1, normalised: ASCII letters lowercased; ASCII spaces,
+// controls (NUL included) and punctuation separate words; other bytes (digits, UTF-8) are
+// kept as they are. buf (n + 1 bytes) receives them NUL-separated, w[] points at each.
+// Returns the count.
+static int split_words(const char *s, size_t n, char *buf, const char **w) {
+    int nw = 0;
+    size_t k = 0;
+    int in_word = 0;
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char c = (unsigned char)s[i];
+        if (c < 0x80 && (isspace(c) || ispunct(c) || iscntrl(c))) {
+            if (in_word) buf[k++] = '\0';
+            in_word = 0;
+            continue;
+        }
+        if (!in_word) w[nw++] = buf + k;
+        in_word = 1;
+        buf[k++] = ascii_lower(c);
+    }
+    if (in_word) buf[k] = '\0';
+    return nw;
+}
+
+static int cmp_word(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+// F1 of the two captions' bags of words: 2 * common / (words of one + words of the other),
+// each word counted as often as both have it; 1 when both have no words.
+static double word_f1(const char *ref, size_t lr, const char *gen, size_t lg) {
+    char *br = mm_malloc(lr + 1), *bg = mm_malloc(lg + 1);
+    const char **wr = mm_malloc(sizeof(char *) * (lr / 2 + 1));
+    const char **wg = mm_malloc(sizeof(char *) * (lg / 2 + 1));
+    int nr = split_words(ref, lr, br, wr), ng = split_words(gen, lg, bg, wg);
+    qsort(wr, (size_t)nr, sizeof(char *), cmp_word);
+    qsort(wg, (size_t)ng, sizeof(char *), cmp_word);
+    int common = 0;
+    for (int i = 0, j = 0; i < nr && j < ng;) {
+        int c = strcmp(wr[i], wg[j]);
+        if (c == 0) common++;
+        if (c <= 0) i++;
+        if (c >= 0) j++;
+    }
+    free(br);
+    free(bg);
+    free(wr);
+    free(wg);
+    return nr + ng == 0 ? 1.0 : 2.0 * common / (nr + ng);
+}
+
+void eval_text_init(eval_text *t) {
+    memset(t, 0, sizeof(*t));
+}
+
+void eval_text_add(eval_text *t, const char *ref, size_t ref_n, const char *gen, size_t gen_n,
+                   eval_text_one *one) {
+    char *nr = mm_malloc(ref_n + 1), *ng = mm_malloc(gen_n + 1);
+    const size_t lr = normalise(ref, ref_n, nr), lg = normalise(gen, gen_n, ng);
+    eval_text_one o = {.exact = lr == lg && memcmp(nr, ng, lr) == 0};
+    uint32_t *cr = mm_malloc((ref_n + 1) * sizeof(uint32_t));
+    uint32_t *cg = mm_malloc((gen_n + 1) * sizeof(uint32_t));
+    const size_t kr = to_chars(ref, ref_n, cr), kg = to_chars(gen, gen_n, cg);
+    o.edits = levenshtein(cg, kg, cr, kr);
+    o.ref_chars = (int64_t)kr;
+    word *wr = mm_malloc((lr / 2 + 1) * sizeof(word)), *wg = mm_malloc((lg / 2 + 1) * sizeof(word));
+    const size_t nwr = split_normalised(nr, lr, wr), nwg = split_normalised(ng, lg, wg);
+    for (int n = 1; n <= 4; n++)
+        bleu_counts(wg, nwg, wr, nwr, n, &t->match[n - 1], &t->total[n - 1]);
+    o.f1 = word_f1(ref, ref_n, gen, gen_n);
+    t->n++;
+    t->exact += o.exact;
+    t->edits += o.edits;
+    t->ref_chars += o.ref_chars;
+    t->hyp_words += (int64_t)nwg;
+    t->ref_words += (int64_t)nwr;
+    t->f1 += o.f1;
+    if (one) *one = o;
+    free(nr);
+    free(ng);
+    free(cr);
+    free(cg);
+    free(wr);
+    free(wg);
+}
+
+double eval_text_exact(const eval_text *t) {
+    return t->n ? (double)t->exact / (double)t->n : 0.0;
+}
+
+double eval_text_cer(const eval_text *t) {
+    return t->ref_chars ? (double)t->edits / (double)t->ref_chars : NAN;
+}
+
+double eval_text_bleu4(const eval_text *t) {
+    if (t->hyp_words == 0) return 0.0;
+    double log_p = 0.0;
+    for (int n = 0; n < 4; n++) {
+        if (t->match[n] == 0) return 0.0;  // no smoothing
+        log_p += log((double)t->match[n] / (double)t->total[n]);
+    }
+    const double c = (double)t->hyp_words, r = (double)t->ref_words;
+    return (c > r ? 1.0 : exp(1.0 - r / c)) * exp(log_p / 4.0);
+}
+
+double eval_text_f1(const eval_text *t) {
+    return t->n ? t->f1 / (double)t->n : 0.0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing.
 
 size_t eval_escape(char *out, size_t cap, const char *s, size_t n, eval_esc mode, size_t *bad) {
     static const char fffd[] = "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER, in UTF-8
@@ -307,13 +462,25 @@ static size_t json_string_n(FILE *f, const char *s, size_t n) {
     return bad;
 }
 
-void eval_write_caption(FILE *f, uint64_t id, const char *ref, const char *gen, size_t gen_n) {
+// ,"<key>":"..."[,"<key>_invalid_bytes":N],"exact<sfx>":E,"cer<sfx>":C|null
+static void write_gen(FILE *f, const char *key, const char *sfx, const eval_caption_gen *g) {
+    fprintf(f, ",\"%s\":", key);
+    const size_t bad = json_string_n(f, g->gen, g->gen_n);
+    if (bad) fprintf(f, ",\"%s_invalid_bytes\":%zu", key, bad);
+    fprintf(f, ",\"exact%s\":%d,\"cer%s\":", sfx, g->s.exact, sfx);
+    if (g->s.ref_chars)
+        fprintf(f, "%.9g", (double)g->s.edits / (double)g->s.ref_chars);
+    else
+        fputs("null", f);
+}
+
+void eval_write_caption(FILE *f, uint64_t id, const char *ref, const eval_caption_gen *given,
+                        const eval_caption_gen *image) {
     if (!f) return;
     fprintf(f, "{\"sample_id\":%llu,\"reference\":", (unsigned long long)id);
     json_string_n(f, ref, strlen(ref));
-    fputs(",\"generated\":", f);
-    const size_t bad = json_string_n(f, gen, gen_n);
-    if (bad) fprintf(f, ",\"generated_invalid_bytes\":%zu", bad);
+    write_gen(f, "generated", "", given);
+    if (image) write_gen(f, "generated_image", "_image", image);
     fputs("}\n", f);
 }
 
@@ -335,26 +502,105 @@ static const char *val_loss_text(double v, char buf[48]) {
     return buf;
 }
 
-void eval_report_captions(FILE *out, FILE *metrics, int64_t step, double val_loss,
-                          const eval_tally *t, const eval_examples *ex) {
-    const eval_scorer *sc = t->sc;
+const char *const eval_mode_name[EVAL_N_MODES] = {"", "image", "audio", "both"};
+static const char *const mode_label[EVAL_N_MODES] = {"as given", "image only", "audio only",
+                                                     "both"};
+
+void eval_captions_init(eval_captions *e, const eval_scorer *rule) {
+    memset(e, 0, sizeof(*e));
+    e->rule = rule;
+    for (int m = 0; m < EVAL_N_MODES; m++) {
+        eval_text_init(&e->text[m]);
+        if (rule) eval_tally_init(&e->tally[m], rule);
+    }
+}
+
+void eval_captions_add(eval_captions *e, int m, const char *ref, const char *gen, size_t gen_n,
+                       eval_text_one *one) {
+    MM_CHECK(m >= 0 && m < EVAL_N_MODES, "eval_captions_add: mode %d", m);
+    eval_text_add(&e->text[m], ref, strlen(ref), gen, gen_n, one);
+    if (e->rule)
+        eval_tally_score(&e->tally[m], &(eval_pair){.ref_text = ref, .gen_text = gen}, NULL);
+    if (m != EVAL_GIVEN) return;
+    if (e->rule && !e->rule->judges(ref)) e->not_rule++;
+    eval_examples_add(&e->ex, ref, gen, gen_n);
+}
+
+int eval_captions_rule_applies(const eval_captions *e) {
+    return e->rule && e->not_rule == 0 && e->text[EVAL_GIVEN].n > 0;
+}
+
+// " | exact X% | CER X% | BLEU-4 X | F1 X%": BLEU on its usual 0-100 scale.
+static void text_summary(FILE *out, const eval_text *t) {
+    const double cer = eval_text_cer(t);
+    fprintf(out, " | exact %.1f%% | ", 100.0 * eval_text_exact(t));
+    if (isnan(cer))
+        fputs("CER n/a", out);
+    else
+        fprintf(out, "CER %.1f%%", 100.0 * cer);
+    fprintf(out, " | BLEU-4 %.1f | F1 %.1f%%", 100.0 * eval_text_bleu4(t), 100.0 * eval_text_f1(t));
+}
+
+static void text_keys(FILE *f, const eval_text *t, const char *sfx) {
+    const double cer = eval_text_cer(t);
+    fprintf(f, ",\"caption_exact%s\":%.9g", sfx, eval_text_exact(t));
+    if (!isnan(cer)) fprintf(f, ",\"caption_cer%s\":%.9g", sfx, cer);
+    fprintf(f, ",\"caption_bleu4%s\":%.9g,\"caption_f1%s\":%.9g", sfx, eval_text_bleu4(t), sfx,
+            eval_text_f1(t));
+}
+
+void eval_report_captions(FILE *out, FILE *metrics, int64_t step, const eval_captions *e) {
+    const eval_scorer *sc = eval_captions_rule_applies(e) ? e->rule : NULL;
+    double vl[EVAL_N_MODES];
+    for (int m = 0; m < EVAL_N_MODES; m++) vl[m] = e->n[m] ? e->loss_sum[m] / (double)e->n[m] : NAN;
     char buf[48];
     if (out) {
-        fprintf(out, "eval step %lld | %s | %s %.1f%% (", (long long)step,
-                val_loss_text(val_loss, buf), sc->metric[0].label, 100.0 * eval_tally_mean(t, 0));
-        for (int k = 1; k < sc->n_metrics; k++)
-            fprintf(out, "%s%s %.1f%%", k > 1 ? ", " : "", sc->metric[k].label,
-                    100.0 * eval_tally_mean(t, k));
-        fprintf(out, ") over %lld samples\n", (long long)t->n);
-        for (int i = 0; ex && i < ex->n; i++)
-            fprintf(out, "  ref: %-44s gen: %s\n", ex->ref[i], ex->gen[i]);
+        fprintf(out, "eval step %lld | %s", (long long)step, val_loss_text(vl[EVAL_GIVEN], buf));
+        text_summary(out, &e->text[EVAL_GIVEN]);
+        fprintf(out, " | %lld samples\n", (long long)e->n[EVAL_GIVEN]);
+        for (int m = EVAL_GIVEN + 1; m < EVAL_N_MODES; m++) {
+            if (!e->n[m]) continue;
+            fprintf(out, "  %s: %s", mode_label[m], val_loss_text(vl[m], buf));
+            if (e->text[m].n) text_summary(out, &e->text[m]);
+            fprintf(out, " | %lld samples\n", (long long)e->n[m]);
+        }
+        if (sc) {
+            const eval_tally *t = e->tally;
+            fprintf(out, "  synthetic set's rule: %s %.1f%% (", sc->metric[0].label,
+                    100.0 * eval_tally_mean(&t[EVAL_GIVEN], 0));
+            for (int k = 1; k < sc->n_metrics; k++)
+                fprintf(out, "%s%s %.1f%%", k > 1 ? ", " : "", sc->metric[k].label,
+                        100.0 * eval_tally_mean(&t[EVAL_GIVEN], k));
+            const char *sep = "; ";
+            for (int m = EVAL_GIVEN + 1; m < EVAL_N_MODES; m++) {
+                if (!t[m].n) continue;
+                fprintf(out, "%s%s %.1f%%", sep, mode_label[m], 100.0 * eval_tally_mean(&t[m], 0));
+                sep = ", ";
+            }
+            fputs(")\n", out);
+        }
+        for (int i = 0; i < e->ex.n; i++)
+            fprintf(out, "  ref: %-44s gen: %s\n", e->ex.ref[i], e->ex.gen[i]);
         fflush(out);
     }
     if (metrics) {
+        // the keys runs have always written first, in their order
         fprintf(metrics, "{\"step\":%lld", (long long)step);
-        if (!isnan(val_loss)) fprintf(metrics, ",\"val_loss\":%.9g", val_loss);
-        for (int k = 0; k < sc->n_metrics; k++)
-            fprintf(metrics, ",\"%s\":%.9g", sc->metric[k].key, eval_tally_mean(t, k));
+        if (!isnan(vl[EVAL_GIVEN])) fprintf(metrics, ",\"val_loss\":%.9g", vl[EVAL_GIVEN]);
+        for (int k = 0; sc && k < sc->n_metrics; k++)
+            fprintf(metrics, ",\"%s\":%.9g", sc->metric[k].key,
+                    eval_tally_mean(&e->tally[EVAL_GIVEN], k));
+        text_keys(metrics, &e->text[EVAL_GIVEN], "");
+        for (int m = EVAL_GIVEN + 1; m < EVAL_N_MODES; m++) {
+            if (!e->n[m]) continue;
+            char sfx[16];
+            snprintf(sfx, sizeof(sfx), "_%s", eval_mode_name[m]);
+            fprintf(metrics, ",\"val_loss%s\":%.9g", sfx, vl[m]);
+            if (e->text[m].n) text_keys(metrics, &e->text[m], sfx);
+            for (int k = 0; sc && e->tally[m].n && k < sc->n_metrics; k++)
+                fprintf(metrics, ",\"%s%s\":%.9g", sc->metric[k].key, sfx,
+                        eval_tally_mean(&e->tally[m], k));
+        }
         fputs("}\n", metrics);
         fflush(metrics);
     }
@@ -363,10 +609,23 @@ void eval_report_captions(FILE *out, FILE *metrics, int64_t step, double val_los
 void eval_report_images(FILE *out, FILE *metrics, int64_t step, double val_loss,
                         const eval_tally *t, int n_modes, const char *const *mode, int head,
                         int prompts) {
+    char buf[48];
+    if (!t) {  // nothing scored: the loss alone
+        if (out) {
+            fprintf(out, "eval step %lld | %s\n", (long long)step, val_loss_text(val_loss, buf));
+            fflush(out);
+        }
+        if (metrics) {
+            fprintf(metrics, "{\"step\":%lld", (long long)step);
+            if (!isnan(val_loss)) fprintf(metrics, ",\"val_loss\":%.9g", val_loss);
+            fputs("}\n", metrics);
+            fflush(metrics);
+        }
+        return;
+    }
     MM_CHECK(n_modes >= 1 && head >= 0 && head < n_modes, "eval_report_images: mode %d of %d", head,
              n_modes);
     const eval_scorer *sc = t[0].sc;
-    char buf[48];
     if (out) {
         fprintf(out, "eval step %lld | %s | %s %.1f%% (", (long long)step,
                 val_loss_text(val_loss, buf), sc->metric[0].label,

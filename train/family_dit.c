@@ -35,6 +35,7 @@ typedef struct {
     int logit_normal;        // flow: draw t logit-normally
     int max_B;
     int warned_no_val_images;  // the one warning that val_loss cannot be evaluated
+    int noted_rule;            // the one note that cond_acc is not evaluated (not synthetic)
     size_t npix;             // H * W * C
     // host micro-batch scratch, max_B samples each (owned)
     mm_real *x0, *eps, *t, *audio, *out;
@@ -394,7 +395,12 @@ static void dit_fam_evaluate(trainer *t) {
     const int eb = c->eval.batch < s->max_B ? c->eval.batch : s->max_B;
     uint64_t *idx = mm_malloc((size_t)(nval > eb ? nval : eb) * sizeof(uint64_t));
     double loss_sum = 0.0;
-    int64_t scored = 0;
+    int64_t scored = 0, unjudged = 0;
+    // the pixel rule reads the synthetic set's drawings: only there is it asked (eval.h,
+    // eval_scorer.judges: every evaluated caption must be the synthetic set's)
+    const eval_scorer *sc = eval_scorer_find(c->eval.scorer, EVAL_IMAGES);
+    MM_CHECK(sc, "eval.scorer %s scores no images (mm_config_validate lets it through)",
+             c->eval.scorer);
     for (int64_t b0 = 0; b0 < nval; b0 += eb) {
         int nb = (int)(nval - b0 < eb ? nval - b0 : eb);
         for (int i = 0; i < nb; i++) idx[i] = (uint64_t)(b0 + i);
@@ -403,6 +409,7 @@ static void dit_fam_evaluate(trainer *t) {
             train_die(t, e.msg);
         int n = 0;
         for (int i = 0; i < nb; i++) {
+            unjudged += !sc->judges(t->val_batch.text + (size_t)i * (vs->text_max + 1));
             if (!t->val_batch.has_image[i]) continue;
             take_sample(s, &t->val_batch, i, n);
             draw_sample(s, c->run.seed, -2, t->val_batch.sample_id[i], 0.0, 0.0, n);
@@ -427,18 +434,24 @@ static void dit_fam_evaluate(trainer *t) {
 
     // conditional accuracy: generate from validation prompts with the EMA weights and score
     // each image against its prompt (eval.scorer for images: synth reads colour and shape
-    // back from the pixels)
-    const eval_scorer *sc = eval_scorer_find(c->eval.scorer, EVAL_IMAGES);
-    MM_CHECK(sc, "eval.scorer %s scores no images (mm_config_validate lets it through)",
-             c->eval.scorer);
+    // back from the pixels). Every rank decides alike: each read the same captions.
+    const int judge = unjudged == 0 && nval > 0;
+    if (!judge && t->rank == 0 && !s->noted_rule) {
+        printf(
+            "note: %s: %lld of %lld validation captions name no attributes as the synthetic "
+            "set's do: cond_acc (read off the pixels by the synthetic set's rule) is not "
+            "evaluated on this set\n",
+            c->data.val, (long long)unjudged, (long long)nval);
+        s->noted_rule = 1;
+    }
     swap_ema(t);
     eval_tally tally[N_MODES];
-    int want = c->diffusion.eval_samples;
+    int want = judge ? c->diffusion.eval_samples : 0;
     uint64_t *pidx = mm_malloc((size_t)(want > 0 ? want : 1) * sizeof(uint64_t));
     uint8_t *rgb = mm_malloc((size_t)(want > 0 ? want : 1) * s->npix);
     FILE *ev = NULL;
     char path[MM_STR + 64];
-    if (t->rank == 0) ev = train_open_output(t, "eval", "jsonl", path, sizeof(path));
+    if (t->rank == 0 && judge) ev = train_open_output(t, "eval", "jsonl", path, sizeof(path));
     for (int m = 0; m < N_MODES; m++) eval_tally_init(&tally[m], sc);
     for (int m = 0; m < N_MODES && want > 0; m++) {
         int n = pick_prompts(t, m, want, pidx);
@@ -458,15 +471,16 @@ static void dit_fam_evaluate(trainer *t) {
             eval_tally_score(&tally[m], &p, &score);
             eval_write_image(ev, t->val_batch.sample_id[0], mode_name[m], t->val_batch.text, sc,
                              &score);
+            train_check_write(t, ev, path, 0);
         }
     }
-    if (ev) fclose(ev);
+    train_close_output(t, ev, path);
     int grid_now = c->diffusion.sample_every == 0;
     if (grid_now) write_grid(t);
     swap_ema(t);
     if (t->rank == 0)
-        eval_report_images(stdout, t->metrics, t->step, val_loss, tally, N_MODES, mode_name,
-                           MODE_BOTH, want);
+        eval_report_images(stdout, t->metrics, t->step, val_loss, judge ? tally : NULL,
+                           judge ? N_MODES : 0, mode_name, MODE_BOTH, want);
     free(idx);
     free(pidx);
     free(rgb);

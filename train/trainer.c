@@ -247,23 +247,36 @@ static int claim_run_dir(trainer *t, mm_err *err) {
     return 0;
 }
 
-// metrics.jsonl: every line flushed and checked, so that a full disk stops the run here
-// (exit 1, naming the file) instead of dropping lines and exiting 0.
-static void metrics_check(trainer *t, int rc) {
-    if (!t->metrics) return;
-    int e = errno;
-    if (rc >= 0) {
-        rc = fflush(t->metrics) == 0 && !ferror(t->metrics) ? 0 : -1;
-        e = errno;
-    }
-    if (rc >= 0) return;
+// Ends the job: the write to path failed with errno e ("disk full" on ENOSPC/EDQUOT).
+static noreturn void write_failed(trainer *t, const char *path, int e) {
     char msg[MM_ERR_LEN];
-    snprintf(msg, sizeof(msg), "%s: cannot write: %s%s", t->metrics_path,
-             e ? strerror(e) : "write error",
+    snprintf(msg, sizeof(msg), "%s: cannot write: %s%s", path, e ? strerror(e) : "write error",
              e == ENOSPC || e == EDQUOT ? " (disk full: the run stops; the last committed "
                                           "checkpoint is intact)"
                                         : "");
     train_die(t, msg);
+}
+
+void train_check_write(trainer *t, FILE *f, const char *path, int rc) {
+    if (!f) return;
+    int e = errno;
+    if (rc >= 0) {
+        rc = fflush(f) == 0 && !ferror(f) ? 0 : -1;
+        e = errno;
+    }
+    if (rc < 0) write_failed(t, path, e);
+}
+
+void train_close_output(trainer *t, FILE *f, const char *path) {
+    if (!f) return;
+    train_check_write(t, f, path, 0);
+    if (fclose(f) != 0) write_failed(t, path, errno);
+}
+
+// metrics.jsonl: every line flushed and checked, so that a full disk stops the run here
+// (exit 1, naming the file) instead of dropping lines and exiting 0.
+static void metrics_check(trainer *t, int rc) {
+    train_check_write(t, t->metrics, t->metrics_path, rc);
 }
 
 void train_die(trainer *t, const char *msg) {

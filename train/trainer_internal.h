@@ -93,6 +93,12 @@ int train_apply_groups(trainer *t, mm_err *err);
 // Opens <out_dir>/<sub>/step_XXXXXXXX.<ext> for writing on rank 0 (creating <sub>); ends
 // the job with a message when it cannot.
 FILE *train_open_output(trainer *t, const char *sub, const char *ext, char *path, size_t n);
+// Rank 0's output files (metrics.jsonl, eval/step_*.jsonl): rc < 0 (a write's result) or a
+// failed flush or stream error ends the job with one line naming path and the reason, "disk
+// full" on ENOSPC/EDQUOT, rather than dropping lines and exiting 0. NULL f: nothing to check.
+void train_check_write(trainer *t, FILE *f, const char *path, int rc);
+// Checks, then closes f (train_open_output's files) the same way.
+void train_close_output(trainer *t, FILE *f, const char *path);
 // Ends the whole job with "error: <msg>" (a failure only this rank can see).
 noreturn void train_die(trainer *t, const char *msg);
 

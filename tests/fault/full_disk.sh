@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fault/full_disk.sh: a full disk on a small tmpfs (issue 16, item 1). `mmdata pack` and a
-# single-process `train` whose output fills the disk must stop with exit 1 and one error line
-# saying "disk full" and naming the file: no SIGSEGV from HDF5's exit-time cleanup after a
+# single-process `train` whose output (checkpoint, eval file) fills the disk must stop with
+# exit 1 and one error line saying "disk full" and naming the file: no SIGSEGV from HDF5's exit-time cleanup after a
 # failed H5Fclose, no raw HDF5 text cut mid-word. A run whose later checkpoint fills the disk
 # keeps its last committed checkpoint, and a rerun with space resumes from it.
 # Needs root (or CAP_SYS_ADMIN) to mount a tmpfs; prints "skipped" with a zero count otherwise.
@@ -67,6 +67,13 @@ rm -rf "$mnt/r"; fill 300
 "$B/train" "$tmp/cfg.yaml" run.out_dir="$mnt/r" run.steps=2 checkpoint.every=0 data.val= \
     >"$tmp/out" 2>"$tmp/err"
 expect_full "train, final save" "$mnt/r/ckpt/[^ ]*" $?
+
+# train: the evaluation's eval/step_*.jsonl (32 lines of an untrained model's long captions,
+# over 10 KB) does not fit in the 8 KB left after config.yaml and metrics.jsonl
+rm -rf "$mnt/r"; fill 16
+"$B/train" "$tmp/cfg.yaml" run.out_dir="$mnt/r" run.steps=1 checkpoint.every=0 eval.samples=32 \
+    >"$tmp/out" 2>"$tmp/err"
+expect_full "train, eval file" "$mnt/r/eval/step_00000001\\.jsonl" $?
 
 # train with checkpoints every step: two fit in 1200 KB, the third fills the disk; the
 # committed step 2 stays, and a rerun with space resumes from it

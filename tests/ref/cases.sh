@@ -66,8 +66,15 @@ ref_mpirun() {  # NP ARGS...
 
 # The step lines of a run, exactly as metrics.jsonl has them (timings left out).
 ref_steps() { grep -o '"step":[0-9]*,"loss":[^,]*,"lr":[^,]*,"grad_norm":[^,}]*' "runs/$1/metrics.jsonl"; }
-# The evaluation lines (no timings in them), whole.
-ref_evals() { grep '"val_loss"' "runs/$1/metrics.jsonl"; }
+# The evaluation lines (no timings in them), with the keys the baseline had: the metrics
+# issue 17 added (caption metrics of any set, the per-input-mode keys of the transformer)
+# come after those and are left out, and so are their fields in eval/*.jsonl (ref_eval_sha).
+ref_evals() {
+    grep '"val_loss"' "runs/$1/metrics.jsonl" |
+        sed -E 's/,"(val_loss|caption_(exact|cer|bleu4|f1|acc)|acc_[a-z]+)_(image|audio|both)":[^,}]*//g; s/,"caption_(exact|cer|bleu4|f1)":[^,}]*//g'
+}
+# sha256 of an eval/*.jsonl as the baseline wrote it: each caption line up to "exact"
+ref_eval_sha() { sed -E 's/,"exact":.*$/}/' "$1" | sha256sum | cut -d' ' -f1; }
 # sha256 of a file's bytes; of an HDF5 file's canonical content (h5canon.c says why).
 ref_sha() { sha256sum <"$1" | cut -d' ' -f1; }
 ref_h5sha() {  # [--tensors] FILE
@@ -143,7 +150,11 @@ ref_produce() {
         ref_evals "res_$kind" >"$out/evals_res_$kind.txt"
         ref_ckpt_sums "runs/res_$kind/ckpt/step_00000020" "res_$kind/step_00000020" >>"$out/sums.txt"
         for e in "runs/res_$kind"/eval/*.jsonl "runs/res_$kind"/samples/*.png; do
-            [ -e "$e" ] && ref_sum "res_$kind/${e#"runs/res_$kind/"}" "$(ref_sha "$e")"
+            [ -e "$e" ] || continue
+            case $e in
+                *.jsonl) ref_sum "res_$kind/${e#"runs/res_$kind/"}" "$(ref_eval_sha "$e")" ;;
+                *) ref_sum "res_$kind/${e#"runs/res_$kind/"}" "$(ref_sha "$e")" ;;
+            esac
         done
 
         ref_x "export_$kind" env OMP_NUM_THREADS=1 timeout 120 "$REF_B/train" export \
