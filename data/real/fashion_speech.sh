@@ -14,7 +14,8 @@ usage() {
     cat <<EOF
 usage: data/real/fashion_speech.sh [--out DIR] [--train N] [--test N] [--seed S]
                                    [--threads N] [--mmdata PATH]
-Builds the Fashion-MNIST + spoken class names set into DIR (default data/real/fashion_speech):
+Builds the Fashion-MNIST + spoken class names set into DIR (default: data/real/fashion_speech
+in the repository, where configs/fashion_tiny.yaml looks for it):
   DIR/files/     PNG images, WAV clips, train.jsonl and test.jsonl (pack manifests),
                  *_labels.tsv (class, source index, pixel sha1, speech settings per line),
                  *_pixels.u8 (raw pixels in manifest order, for data/real/baseline.py)
@@ -28,7 +29,7 @@ EOF
 }
 die() { echo "error: fashion_speech.sh: $1" >&2; exit "${2:-1}"; }  # message, exit status
 
-out=data/real/fashion_speech
+out=$root/data/real/fashion_speech
 n_train=4000 n_test=500 seed=1 threads=$(nproc) mmdata=""
 while [ $# -gt 0 ]; do
     case "$1" in
