@@ -208,7 +208,7 @@ def main():
     os.makedirs(os.path.join(a.out, "img"), exist_ok=True)
     os.makedirs(os.path.join(a.out, "wav"), exist_ok=True)
     max_len = int(a.max_seconds * RATE)
-    jobs = []
+    jobs, out = [], {}
     for split, images, labels, chosen in (("train", train_img, train_lab, train_idx),
                                            ("test", test_img, test_lab, test_idx)):
         src = "train" if split == "train" else "t10k"
@@ -222,6 +222,8 @@ def main():
             speech = None
             if split == "train" and k in with_audio:
                 rec["audio"] = f"wav/{name}.wav"
+                # text, voice, speed (words/min; raised later if the clip is too long),
+                # pitch, amplitude
                 speech = [rng.choice([CLASSES[c], PHRASES[c]]),
                           rng.choice(VOICES) + "+" + rng.choice(VARIANTS),
                           rng.randint(150, 220), rng.randint(25, 75), rng.randint(80, 140)]
@@ -230,21 +232,27 @@ def main():
             with open(os.path.join(a.out, rec["image"]), "wb") as f:
                 f.write(png_grey(images[i], SIDE, SIDE))
             lines.append(json.dumps(rec))
-            rows.append([str(k + 1), str(c), CLASSES[c], src, str(i),
-                         hashlib.sha1(images[i]).hexdigest(),
-                         "|".join(map(str, speech)) if speech else "-"])
+            rows.append((k + 1, c, src, i, hashlib.sha1(images[i]).hexdigest(), speech))
         with open(os.path.join(a.out, split + ".jsonl"), "w") as f:
             f.write("\n".join(lines) + "\n")
-        with open(os.path.join(a.out, split + "_labels.tsv"), "w") as f:
-            f.write("line\tclass\tname\tsource\tsource_index\tsha1\tspeech\n")
-            f.write("".join("\t".join(r) + "\n" for r in rows))
         with open(os.path.join(a.out, split + "_pixels.u8"), "wb") as f:
             f.write(b"".join(images[i] for i in chosen))
+        out[split] = rows
 
     with concurrent.futures.ThreadPoolExecutor(a.threads) as ex:
         futs = [ex.submit(speak, s[0], s[1], s[2], s[3], s[4], path, max_len)
                 for path, s in jobs]
-        lens = [f.result()[0] for f in futs]
+        lens = []
+        for (_, s), fut in zip(jobs, futs):
+            n, s[2] = fut.result()
+            lens.append(n)
+    # written after the speech, so that the label files hold the speed each clip got
+    for split, rows in out.items():
+        with open(os.path.join(a.out, split + "_labels.tsv"), "w") as f:
+            f.write("line\tclass\tname\tsource\tsource_index\tsha1\tspeech\n")
+            for line, c, src, i, sha, speech in rows:
+                sp = "|".join(map(str, speech)) if speech else "-"
+                f.write(f"{line}\t{c}\t{CLASSES[c]}\t{src}\t{i}\t{sha}\t{sp}\n")
     if lens:
         lens.sort()
         print(f"fashion_speech.py: {len(lens)} clips, {lens[0] / RATE:.2f}-"
