@@ -5,6 +5,7 @@
 #   make demo     synthesize a dataset, train the tiny config with mpirun, print the result
 #   make demo-diffusion   the same for the diffusion model: sample grid + conditional accuracy
 #   make bench    throughput benchmarks (see README "Performance")
+#   make real-data  build the project's own real paired set (data/real/README.md)
 #   make cuda     + the CUDA backend and NCCL into build-cuda/ (see the CUDA section below)
 
 SHELL := /bin/bash
@@ -176,7 +177,7 @@ endif
 
 BINS := $(BUILD)/train $(BUILD)/mmdata
 
-.PHONY: all deps test demo demo-diffusion bench clean info
+.PHONY: all deps test demo demo-diffusion bench clean info real-data
 # keep test and bench objects (they are intermediate files of pattern chains)
 .SECONDARY:
 all: info $(BINS) $(TEST_BIN) $(BENCH_BIN)
@@ -225,6 +226,9 @@ demo-diffusion:
 
 bench: all
 	@bash tests/bench/run.sh $(BUILD)
+
+real-data: $(BUILD)/mmdata
+	@bash data/real/fashion_speech.sh --mmdata $(BUILD)/mmdata
 
 clean:
 	rm -rf $(BUILD)
