@@ -68,9 +68,11 @@ fi
 [ -x "$mmdata" ] || die "--mmdata $mmdata: not an executable"
 
 # --- up to date? -------------------------------------------------------------------------
-# The packed schema; fashion_speech.py's TEXT_MAX and --max-seconds must agree with it.
-pack_opts=(--image-size 28 --channels 1 --audio-rate 8000 --audio-len 10000 --text-max 32)
-stamp="fashion_speech v1 train=$n_train test=$n_test seed=$seed pack=${pack_opts[*]}"
+# The packed schema; fashion_speech.py's TEXT_MAX and --max-seconds must agree with it. The
+# images keep pack's default shape (32x32 RGB, the 28x28 grey photos scaled up), as a user's
+# folder packed without options gets, so configs made for such sets train on it unchanged.
+pack_opts=(--audio-rate 8000 --audio-len 10000 --text-max 32)
+stamp="fashion_speech v2 train=$n_train test=$n_test seed=$seed pack=${pack_opts[*]}"
 if [ -e "$out" ]; then
     if [ -f "$out/BUILD" ] && [ "$(cat "$out/BUILD")" = "$stamp" ] &&
         [ -f "$out/train/index.json" ] && [ -f "$out/test/index.json" ]; then
