@@ -279,10 +279,14 @@ def cmd_score(a):
     for p, _, _ in rows:
         path = os.path.join(base, p)
         h, w, px = png_read_grey(path)
+        img = torch.frombuffer(bytearray(px), dtype=torch.uint8).float().view(1, 1, h, w)
         if (h, w) != (SIDE, SIDE):
-            die(f"{path}: {w}x{h} pixels: the judge takes {SIDE}x{SIDE}")
-        pix.append(px)
-    x = torch.frombuffer(bytearray(b"".join(pix)), dtype=torch.uint8).float().view(-1, SIDE * SIDE)
+            # a model trained on pack's default 32x32 (the photos scaled up) draws at that
+            # size: back to the photos' 28x28 with an antialiased bilinear filter
+            img = torch.nn.functional.interpolate(img, size=(SIDE, SIDE), mode="bilinear",
+                                                  antialias=True, align_corners=False)
+        pix.append(img.view(SIDE * SIDE))
+    x = torch.stack(pix)
     x = (x / 255.0 - ck["mean"]) / ck["std"]
     pred = predict(nets, x).tolist()
     kinds = sorted({k for _, _, k in rows})
@@ -339,7 +343,8 @@ def cmd_score(a):
                 # the first image of each prompt first, so that every clip shows
                 mine = [(os.path.basename(p), i) for i, (p, cc, kk) in enumerate(rows)
                         if cc == c and kk == k]
-                chosen = [pix[i] for _, i in sorted(mine)[:k_per]]
+                chosen = [bytes(pix[i].round().clamp(0, 255).to(torch.uint8).tolist())
+                          for _, i in sorted(mine)[:k_per]]
                 for i, px in enumerate(chosen):
                     x0, y0 = 2 + (j * k_per + i) * tile + 4 * j, 2 + c * tile
                     for y in range(SIDE):
