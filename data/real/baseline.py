@@ -72,7 +72,7 @@ def models():
 
 
 def fit(make, epochs, xtr, ytr, xte, yte, seed):
-    """Accuracy on (xte, yte) after each of epochs epochs of training on (xtr, ytr)."""
+    """(net, accuracy on (xte, yte) after each of epochs epochs of training on (xtr, ytr))."""
     torch.manual_seed(seed)
     net = make()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
@@ -87,14 +87,14 @@ def fit(make, epochs, xtr, ytr, xte, yte, seed):
         net.eval()
         with torch.no_grad():
             accs.append((net(xte).argmax(1) == yte).float().mean().item())
-    return accs
+    return net, accs
 
 
 def train_eval(make, max_epochs, xtr, ytr, xte, yte, seed, n_val=500):
     """(test accuracy, epochs): epochs chosen on the last n_val training samples."""
-    val = fit(make, max_epochs, xtr[:-n_val], ytr[:-n_val], xtr[-n_val:], ytr[-n_val:], seed)
+    _, val = fit(make, max_epochs, xtr[:-n_val], ytr[:-n_val], xtr[-n_val:], ytr[-n_val:], seed)
     epochs = val.index(max(val)) + 1
-    return fit(make, epochs, xtr, ytr, xte, yte, seed)[-1], epochs
+    return fit(make, epochs, xtr, ytr, xte, yte, seed)[1][-1], epochs
 
 
 def main():
