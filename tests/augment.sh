@@ -36,16 +36,7 @@ train() {
     local rc=$?
     ok "$name exits 0 (rc $rc): $(tail -n 3 "$tmp/$name.log")" '[ $rc -eq 0 ]'
 }
-losses() { grep -o '"step":[0-9]*,"loss":[^,]*' "$tmp/$1/metrics.jsonl" | sed 's/"step":\([0-9]*\),"loss":/\1 /'; }
-# same_losses A B: every step of A and B agrees within 1e-5 relative (dist_mpi.sh's rule)
-same_losses() {
-    local a=$1 b=$2 res
-    res=$(join <(losses "$a" | sort -k1,1) <(losses "$b" | sort -k1,1) | awk -v steps=$STEPS '
-        { n++; d = $2 - $3; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r }
-        END { printf "%d %.3g", n, worst; exit !(n == steps && worst <= 1e-5) }')
-    local rc=$?
-    ok "losses $a vs $b: steps compared, worst relative difference = $res" '[ $rc -eq 0 ]'
-}
+. "$(dirname "$0")/lib/layout.sh"  # losses, same_losses
 # exact_losses A B: the printed losses (%.9g) of every step are the same text
 exact_losses() {
     local a=$1 b=$2

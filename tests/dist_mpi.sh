@@ -31,18 +31,7 @@ train() {
     local rc=$?
     ok "$name exits 0 (rc $rc): $(tail -n 3 "$tmp/$name.log")" '[ $rc -eq 0 ]'
 }
-losses() { grep -o '"step":[0-9]*,"loss":[^,]*' "$tmp/$1/metrics.jsonl" | sed 's/"step":\([0-9]*\),"loss":/\1 /'; }
-# same_losses A B FROM: steps >= FROM of A and B agree within 1e-5 relative, and B has them all
-same_losses() {
-    local a=$1 b=$2 from=${3:-1}
-    local res
-    res=$(join <(losses "$a" | sort -k1,1) <(losses "$b" | sort -k1,1) | awk -v from="$from" -v steps=$STEPS '
-        $1 >= from { n++; d = $2 - $3; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2);
-                     if (r > worst) worst = r }
-        END { printf "%d %.3g", n, worst; exit !(n == steps - from + 1 && worst <= 1e-5) }')
-    local rc=$?
-    ok "losses $a vs $b from step $from: steps compared, worst relative difference = $res" '[ $rc -eq 0 ]'
-}
+. "$(dirname "$0")/lib/layout.sh"  # losses, same_losses
 # the sorted sample ids of each step (all ranks, all micro-steps together)
 step_ids() { cat "$tmp/$1"/trace/rank_*.txt | awk '{ for (i = 4; i <= NF; i++) print $1, $i }' | sort -n -k1,1 -k2,2; }
 
