@@ -136,9 +136,10 @@ static int run_lock(trainer *t, mm_err *err) {
                 int e = errno;
                 unlink(l->path);
                 close(fd);
+                mm_fail(err, "%s: cannot write the run lock: %s", l->path, strerror(e));
                 free(l);
                 if (stale_fd >= 0) close(stale_fd);
-                return mm_fail(err, "%s: cannot write the run lock: %s", l->path, strerror(e));
+                return -1;
             }
             l->fd = fd, l->dev = sb.st_dev, l->ino = sb.st_ino;
             break;
@@ -172,7 +173,7 @@ static int run_lock(trainer *t, mm_err *err) {
         int parsed = lock_holder(fd, host, sizeof(host), &pid, &started, text, sizeof(text));
         double age = difftime(time(NULL), fsb.st_mtime);
         const char *why = NULL;
-        char whybuf[160];
+        char whybuf[320];  // room for the host name (up to 255 bytes)
         if (!held) {
             if (!parsed && age > 60) {
                 why = "it names no holder (a job that died while writing it)";
@@ -189,13 +190,14 @@ static int run_lock(trainer *t, mm_err *err) {
         }
         if (!why) {
             close(fd);
+            mm_fail(err,
+                    "%s: run directory in use by another job (%s); a second job would "
+                    "train the same steps into it; wait for it, use another run.out_dir, "
+                    "or remove LOCK if that job is surely gone",
+                    l->path, parsed ? text : "holder unknown");
             free(l);
             if (stale_fd >= 0) close(stale_fd);
-            return mm_fail(err,
-                           "%s: run directory in use by another job (%s); a second job would "
-                           "train the same steps into it; wait for it, use another run.out_dir, "
-                           "or remove LOCK if that job is surely gone",
-                           l->path, parsed ? text : "holder unknown");
+            return -1;
         }
         if (t->rank == 0)
             printf("note: %s: taking over a stale run lock (%s): %s\n", l->path,
