@@ -132,6 +132,8 @@ typedef struct {
     int32_t *tokens;      // (B, text_T) BOS, caption bytes, then PAD
     int32_t *targets;     // (B, text_T) caption bytes, EOS, then -1 (ignored)
     char *text;           // (B, text_max + 1) raw caption, NUL-terminated (for eval)
+    double load_t0, load_t1;  // mm_now() when the loader thread began and finished making it
+                              // (the step timeline, train/trace.h); 0 when not from a loader
 } data_batch;
 
 void data_batch_alloc(data_batch *b, int cap, const data_schema *s, const data_audio_cfg *a);

@@ -62,9 +62,12 @@ static int produce(data_loader *l, int slot, mm_err *err) {
         l->prod_pos.offset + ((uint64_t)l->prod_k * (uint64_t)c->dp_size + (uint64_t)c->dp_rank) *
                                  (uint64_t)c->micro_batch;
     MM_CHECK(base + (uint64_t)c->micro_batch <= l->n, "loader: micro-batch beyond the epoch");
+    const double t0 = mm_now();
     for (int j = 0; j < c->micro_batch; j++) l->idx[j] = l->perm[base + (uint64_t)j];
     if (data_dataset_read(l->ds, l->idx, c->micro_batch, l->feat, &l->ring[slot], err)) return -1;
     data_augment_batch(&l->aug, &l->ring[slot], l->prod_pos.epoch);
+    l->ring[slot].load_t0 = t0;
+    l->ring[slot].load_t1 = mm_now();
     if (++l->prod_k == l->accum) {
         l->prod_k = 0;
         l->prod_pos = data_pos_advance(l->prod_pos, l->n, l->G);

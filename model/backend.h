@@ -112,6 +112,21 @@ typedef struct mm_backend_iface {
     void (*reducer_progress)(const mm_backend *be, void *r);
     void (*reducer_finish)(const mm_backend *be, void *r);
     void (*reducer_free)(const mm_backend *be, void *r);
+    // The step timeline (train/trace.h): start and end (n_buckets each) receive when each
+    // bucket of the reduction the last finish completed began and ended, on mm_now()'s clock
+    // (the host's view on the CPU: started, and seen complete; CUDA events on a GPU). Off
+    // until the first call with start = end = NULL turns it on, so that a run without the
+    // timeline pays nothing; reading may wait for the reduction.
+    void (*reducer_times)(const mm_backend *be, void *r, double *start, double *end);
+
+    // Marks on the backend's queue for the step timeline: timer_new makes room for n marks,
+    // timer_mark(i) records when the work queued so far is done (the CPU, which runs each
+    // op as it is called: now), timer_read waits for marks 0..n-1 and gives their times on
+    // mm_now()'s clock.
+    void *(*timer_new)(const mm_backend *be, int n);
+    void (*timer_mark)(const mm_backend *be, void *tm, int i);
+    void (*timer_read)(const mm_backend *be, void *tm, int n, double *t);
+    void (*timer_free)(const mm_backend *be, void *tm);
 
     // Collectives on the backend's memory over a group, queued in order with the ops
     // (ordered after the work queued so far; whatever is queued next sees the result), the

@@ -73,6 +73,10 @@ static const cfg_key keys[] = {
     KINT("run.log_every", run.log_every, "10", 1, 1e9, "progress line and metrics every N steps"),
     KINT("run.threads", run.threads, "0", 0, 4096,
          "OpenMP/OpenBLAS threads per rank (0 = cores / ranks on the node)"),
+    KBOOL("run.trace", run.trace, "false",
+          "write each rank's step timeline (Chrome trace / Perfetto JSON: data wait, forward, "
+          "backward per block, bucket allreduces, optimizer, evaluation, checkpoint) to "
+          "<out_dir>/trace/rank_XXXXX.json"),
     KF64("run.collective_timeout", run.collective_timeout, "900", 0, 1e9,
          "seconds a collective may wait for the other ranks before the job ends naming the "
          "ranks that did not arrive (0 = wait forever); must exceed a checkpoint write"),

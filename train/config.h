@@ -35,6 +35,7 @@ typedef struct {
         uint64_t seed;         // seeds init, sampler and everything random
         int log_every;         // progress line + metrics every N steps
         int threads;           // OpenMP/OpenBLAS threads per rank (0 = all cores / ranks)
+        int trace;             // write the step timeline (train/trace.h) (0/1)
         double collective_timeout;  // seconds a collective may take before the job ends
                                     // naming the ranks that did not arrive (0 = wait forever)
     } run;

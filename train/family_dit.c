@@ -267,6 +267,7 @@ static double dit_fam_micro_step(trainer *t, const data_batch *b) {
     dit_input in = make_input(s, n, 1);
     double loss = dit_forward(s->net, &in);
     t->be->iface->sync(t->be);  // a corrupt token ends the job here, named
+    trace_dev_next(t->timeline, "backward");
     dit_backward(s->net, &in, (mm_real)(1.0 / c->data.global_batch));
     input_done(s);
     return loss;

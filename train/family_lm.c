@@ -149,6 +149,7 @@ static double lm_micro_step(trainer *t, const data_batch *b) {
     model_input in = batch_input(t, b, 1);
     double loss = model_forward(lm(t), &in, NULL);
     t->be->iface->sync(t->be);  // a corrupt token ends the job here, named
+    trace_dev_next(t->timeline, "backward");
     model_backward(lm(t), &in, (mm_real)(1.0 / t->cfg->data.global_batch));
     lm_input_done(t);
     return loss;

@@ -50,10 +50,27 @@ static const void *plan_of(gsync *g) {
     return g->plan;
 }
 
+// The timeline's name of the backward stage that made gradients from lo on final: its first
+// tensor's name up to the block index ("blocks.3.ln1.g" -> "blocks.3", "lnf.g" -> "lnf").
+static void trace_stage(gsync *g, size_t lo) {
+    const model_tensor *t = NULL;
+    for (int i = 0; i < g->net->n_tensors && !t; i++)
+        if (g->net->tensors[i].offset == lo) t = &g->net->tensors[i];
+    if (!t) {
+        trace_dev_stage(g->tl, "", 0);
+        return;
+    }
+    const char *dot = strchr(t->name, '.');
+    int n = dot ? (int)(dot - t->name) : (int)strlen(t->name);
+    if (dot && dot[1] >= '0' && dot[1] <= '9') n += 1 + (int)strspn(dot + 1, "0123456789");
+    trace_dev_stage(g->tl, t->name, n);
+}
+
 // The model's hook: gradients at offsets >= lo are final. Starts every bucket that lies
 // entirely in that range, and lets the ones in flight progress.
 static void grad_ready(void *ctx, size_t lo) {
     gsync *g = ctx;
+    if (g->tl) trace_stage(g, lo);
     if (!g->armed) return;
     while (g->next >= 0 && g->bucket_lo[g->next] >= lo)
         g->be->iface->reducer_start(g->be, g->reducer, g->next--);
@@ -109,10 +126,9 @@ void gsync_init(gsync *g, const train_net *net, const comm_layout *lay, const op
 
 void gsync_free(gsync *g) {
     const mm_backend *be = g->be;
-    if (g->n_buckets) {
-        be->iface->reducer_free(be, g->reducer);
-        g->net->set_grad_hook(g->net->impl, NULL, NULL);
-    }
+    if (g->n_buckets) be->iface->reducer_free(be, g->reducer);
+    if (g->n_buckets || g->tl) g->net->set_grad_hook(g->net->impl, NULL, NULL);
+    free(g->bucket_t);
     if (g->plan) be->iface->opt_plan_free(be, g->plan);
     if (g->m != g->opt.m) be->ops->mem_free(be, g->m);
     if (g->v != g->opt.v) be->ops->mem_free(be, g->v);
@@ -121,6 +137,15 @@ void gsync_free(gsync *g) {
     be->ops->mem_free(be, g->zgrad);
     mm_coll_free(be, g->dp);
     memset(g, 0, sizeof(*g));
+}
+
+void gsync_trace(gsync *g, trace_timeline *tl) {
+    g->tl = tl;
+    if (!tl) return;
+    g->net->set_grad_hook(g->net->impl, grad_ready, g);  // also without buckets (dp = 1)
+    if (!g->n_buckets) return;
+    g->be->iface->reducer_times(g->be, g->reducer, NULL, NULL);
+    g->bucket_t = mm_malloc(2 * (size_t)g->n_buckets * sizeof(double));
 }
 
 void gsync_arm(gsync *g) {
@@ -143,6 +168,13 @@ double gsync_finish(gsync *g) {
                  g->next);
         be->iface->reducer_finish(be, g->reducer);
         g->armed = 0;
+        if (g->tl) {
+            double *start = g->bucket_t, *end = g->bucket_t + g->n_buckets;
+            be->iface->reducer_times(be, g->reducer, start, end);
+            for (int b = 0; b < g->n_buckets; b++)
+                trace_event_at(g->tl, "allreduce", TRACE_BUCKET + b, "bucket", b, start[b],
+                               end[b] - start[b]);
+        }
     } else if (g->zero) {
         // this rank's shard of the sums straight from the gradient buffer; the tail summed
         // everywhere, kept by the last rank after its shard

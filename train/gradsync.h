@@ -21,6 +21,7 @@
 #include "../model/backend.h"
 #include "../model/model.h"
 #include "optim.h"
+#include "trace.h"
 
 // A network as the optimizer sees it: one contiguous parameter buffer, one gradient buffer,
 // the tensor table, and the hook through which backward reports finished gradients. Every
@@ -79,6 +80,8 @@ typedef struct {
     float *zgrad;            // (hi - lo) this rank's reduced gradient, backend memory, owned
     double exposed;          // seconds the last gsync_finish spent on communication that
                              // backward did not hide
+    trace_timeline *tl;      // the step timeline, not owned; NULL when off
+    double *bucket_t;        // (2 n_buckets) the buckets' times for tl, owned
 } gsync;
 
 // Sets up reduction and optimizer state for net on layout lay; installs the network's
@@ -86,6 +89,10 @@ typedef struct {
 void gsync_init(gsync *g, const train_net *net, const comm_layout *lay, const optim_cfg *oc,
                 int zero, double bucket_mb);
 void gsync_free(gsync *g);
+
+// Reports to the step timeline tl (trace.h): each backward stage (the gradient hook, named
+// after its first tensor: "backward blocks.3") and each bucket's reduction.
+void gsync_trace(gsync *g, trace_timeline *tl);
 
 // Call before the backward of the last micro-step of a step: its buckets reduce as they
 // complete.

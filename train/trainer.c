@@ -281,6 +281,16 @@ static void metrics_check(trainer *t, int rc) {
     train_check_write(t, t->metrics, t->metrics_path, rc);
 }
 
+// The step timeline to its file (trace.h); a failed write ends the job naming the file, as
+// a failed metrics line does.
+static void trace_flush_or_die(trainer *t) {
+    mm_err e;
+    trace_begin(t->timeline, "trace flush", NULL, 0);
+    int rc = trace_flush(t->timeline, &e);
+    trace_end(t->timeline);  // written at the next flush
+    if (rc != 0) train_die(t, e.msg);
+}
+
 void train_die(trainer *t, const char *msg) {
     char line[MM_ERR_LEN + 16];
     if (t->lock) {  // the process ends now: free the run directory for the next job
@@ -567,6 +577,8 @@ static void trainer_free(trainer *t) {
     mm_backend_free(t->be);
     comm_layout_free(&t->lay);
     if (t->trace) fclose(t->trace);
+    if (t->timeline) trace_free(t->timeline);
+    free(t->timeline);
     free(t->config_yaml);
     if (t->metrics) fclose(t->metrics);
     run_unlock(t->lock);
@@ -736,6 +748,15 @@ static int init_state(trainer *t, mm_err *err) {
         t->trace = fopen(path, "a");
         if (!t->trace) return mm_fail(err, "%s: cannot write: %s", path, strerror(errno));
     }
+    if (c->run.trace) {
+        t->timeline = mm_malloc(sizeof(trace_timeline));
+        if (trace_init(t->timeline, c->run.out_dir, t->rank, t->be, err) != 0) {
+            free(t->timeline);
+            t->timeline = NULL;
+            return -1;
+        }
+        gsync_trace(&t->sync, t->timeline);
+    }
     if (t->rank == 0) {
         char path[MM_STR + 32];
         snprintf(path, sizeof(path), "%s/config.yaml", c->run.out_dir);
@@ -806,15 +827,22 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
     const double tokens_per_step = (double)G * t.fam->seq_len(&t);
     const int64_t first = t.step;
     double t_start = mm_now();
+    trace_timeline *tl = t.timeline;  // NULL: tracing off (trace.h)
     while (t.step < c->run.steps) {
         double t0 = mm_now();
+        trace_begin(tl, "zero grads", NULL, 0);
         gsync_zero_grads(&t.sync);
+        trace_end(tl);
         train_guard_inject(&guard, t.step + 1, &t.net);
         double loss_sum = 0.0;
         for (int k = 0; k < accum; k++) {
             mm_err e;
+            trace_begin(tl, "data wait", "micro_step", k);
             const data_batch *b = data_loader_next(t.loader, &e);
+            trace_end(tl);
             if (!b) train_die(&t, e.msg);
+            trace_event_at(tl, "load batch", TRACE_LOADER, "micro_step", k, b->load_t0,
+                           b->load_t1 - b->load_t0);
             if (t.trace) {
                 fprintf(t.trace, "%lld %d %d", (long long)t.step + 1, k, t.lay.dp_rank);
                 for (int i = 0; i < b->B; i++)
@@ -823,12 +851,19 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
                 fflush(t.trace);  // a kill loses no line of a step before a checkpoint
             }
             if (k == accum - 1) gsync_arm(&t.sync);  // accumulation reduces once, at the end
+            trace_begin(tl, "micro-step", "micro_step", k);
+            trace_dev_begin(tl, "forward", "micro_step", k);  // the family begins "backward"
             loss_sum += t.fam->micro_step(&t, b);
+            trace_dev_end(tl);
+            trace_end(tl);
         }
         train_guard_fail_point(&guard, t.step + 1, t.rank);
+        trace_begin(tl, "grad sync", NULL, 0);
         double gnorm = gsync_finish(&t.sync);
         // tp ranks hold the same loss; dp ranks hold parts of the global batch
         comm_allreduce_sum(t.lay.dp, &loss_sum, 1, COMM_F64);
+        trace_end(tl);
+        trace_begin(tl, "update", NULL, 0);
         double loss = loss_sum / G;
         double scale = 1.0;
         if (c->optim.grad_clip > 0 && gnorm > c->optim.grad_clip)
@@ -842,8 +877,13 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
             train_signals_restore(&sigs);
             return -1;
         }
+        trace_dev_begin(tl, "optimizer", NULL, 0);
         if (!skip) gsync_update(&t.sync, t.step + 1, lr, scale);
+        trace_dev_end(tl);
+        trace_end(tl);
         double dt = mm_now() - t0;
+        trace_step(tl, t.step + 1, t0, dt);
+        if (tl && trace_full(tl)) trace_flush_or_die(&t);
         double wait = data_loader_take_wait(t.loader);
         const int64_t done = ++t.step;
         if (t.fam->after_update && !skip) t.fam->after_update(&t);
@@ -889,11 +929,17 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
         if (sig) stop = 1;
         int last = done == c->run.steps;
         if (t.val && ((c->eval.every > 0 && done % c->eval.every == 0) || last)) {
+            trace_begin(tl, "evaluation", "step", done);
             t.fam->evaluate(&t);
             if (t.rank == 0) metrics_check(&t, 0);  // its val line
+            trace_end(tl);
         }
-        if ((c->checkpoint.every > 0 && done % c->checkpoint.every == 0) || last || stop)
+        if ((c->checkpoint.every > 0 && done % c->checkpoint.every == 0) || last || stop) {
+            trace_begin(tl, "checkpoint", "step", done);
             save_checkpoint(&t);
+            trace_end(tl);
+            if (tl) trace_flush_or_die(&t);
+        }
         if (stop && !last) {
             if (t.rank == 0 && sig)
                 printf("%s received: stopped after step %lld with a checkpoint; run again "
@@ -905,6 +951,7 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
         }
     }
     if (t.rank == 0) metrics_check(&t, 0);  // the skip lines too (survive.c)
+    if (tl) trace_flush_or_die(&t);
     if (t.metrics) {
         int rc = fclose(t.metrics);
         t.metrics = NULL;

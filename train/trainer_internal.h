@@ -14,6 +14,7 @@
 #include "config.h"
 #include "gradsync.h"
 #include "memory.h"
+#include "trace.h"
 
 typedef struct trainer trainer;
 
@@ -73,6 +74,7 @@ struct trainer {
     gsync sync;                 // owned: gradient reduction + AdamW state
     int sync_ready;             // sync initialized
     FILE *trace;                // data.trace: sample ids of this rank, owned
+    trace_timeline *timeline;   // run.trace: the step timeline (trace.h), owned; NULL when off
     int64_t step;               // optimizer steps completed
     mm_rng rng;                 // training RNG (checkpointed)
     char *config_yaml;          // resolved config text, owned

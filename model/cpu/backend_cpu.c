@@ -137,6 +137,8 @@ typedef struct {
     int n_buckets;
     size_t *lo;          // (n_buckets + 1) owned
     comm_request **req;  // (n_buckets) in flight, owned
+    double *t;           // (2 n_buckets) each bucket's start and end for the step timeline,
+                         // owned; NULL while nobody asked (reducer_times)
 } cpu_reducer;
 
 static void *cpu_reducer_new(const mm_backend *be MM_UNUSED, const mm_coll *dp, float *grads,
@@ -153,22 +155,35 @@ static void *cpu_reducer_new(const mm_backend *be MM_UNUSED, const mm_coll *dp, 
 
 static void cpu_reducer_start(const mm_backend *be MM_UNUSED, void *rp, int b) {
     cpu_reducer *r = rp;
+    if (r->t) r->t[2 * b] = mm_now(), r->t[2 * b + 1] = 0;
     r->req[b] = comm_iallreduce_sum(r->dp, r->grads + r->lo[b], r->lo[b + 1] - r->lo[b], COMM_F32);
 }
 
 // there is no progress thread: without these tests the reductions would only move in the
-// final wait
+// final wait. A bucket's end, for the timeline, is when a test first sees it complete.
 static void cpu_reducer_progress(const mm_backend *be MM_UNUSED, void *rp) {
     cpu_reducer *r = rp;
-    for (int b = r->n_buckets - 1; b >= 0; b--) comm_test(r->req[b]);  // NULL: no-op
+    for (int b = r->n_buckets - 1; b >= 0; b--) {
+        const int done = comm_test(r->req[b]);  // NULL: no-op
+        if (r->t && done && r->req[b] && r->t[2 * b + 1] == 0) r->t[2 * b + 1] = mm_now();
+    }
 }
 
 static void cpu_reducer_finish(const mm_backend *be MM_UNUSED, void *rp) {
     cpu_reducer *r = rp;
     for (int b = 0; b < r->n_buckets; b++) {
         comm_wait(r->req[b]);
+        if (r->t && r->req[b] && r->t[2 * b + 1] == 0) r->t[2 * b + 1] = mm_now();
         r->req[b] = NULL;
     }
+}
+
+static void cpu_reducer_times(const mm_backend *be MM_UNUSED, void *rp, double *start,
+                              double *end) {
+    cpu_reducer *r = rp;
+    if (!r->t) r->t = mm_calloc(2 * (size_t)r->n_buckets, sizeof(double));
+    for (int b = 0; start && end && b < r->n_buckets; b++)
+        start[b] = r->t[2 * b], end[b] = r->t[2 * b + 1];
 }
 
 static void cpu_reducer_free(const mm_backend *be MM_UNUSED, void *rp) {
@@ -176,7 +191,27 @@ static void cpu_reducer_free(const mm_backend *be MM_UNUSED, void *rp) {
     if (!r) return;
     free(r->lo);
     free(r->req);
+    free(r->t);
     free(r);
+}
+
+// ---------------------------------------------------------------------------------------
+// the step timeline's marks: every op has run when it returns, so a mark is the time now
+
+static void *cpu_timer_new(const mm_backend *be MM_UNUSED, int n) {
+    return mm_calloc((size_t)n, sizeof(double));
+}
+
+static void cpu_timer_mark(const mm_backend *be MM_UNUSED, void *tm, int i) {
+    ((double *)tm)[i] = mm_now();
+}
+
+static void cpu_timer_read(const mm_backend *be MM_UNUSED, void *tm, int n, double *t) {
+    memcpy(t, tm, (size_t)n * sizeof(double));
+}
+
+static void cpu_timer_free(const mm_backend *be MM_UNUSED, void *tm) {
+    free(tm);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -240,6 +275,11 @@ static const mm_backend_iface cpu_iface = {
     .reducer_progress = cpu_reducer_progress,
     .reducer_finish = cpu_reducer_finish,
     .reducer_free = cpu_reducer_free,
+    .reducer_times = cpu_reducer_times,
+    .timer_new = cpu_timer_new,
+    .timer_mark = cpu_timer_mark,
+    .timer_read = cpu_timer_read,
+    .timer_free = cpu_timer_free,
     .coll_init = cpu_coll_init,
     .coll_free = cpu_coll_free,
     .allreduce = cpu_allreduce,

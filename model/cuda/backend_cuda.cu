@@ -187,6 +187,11 @@ typedef struct {
     size_t *lo;          // (n_buckets + 1) owned
     cudaEvent_t *ready;  // (n_buckets) on the compute stream: the bucket's gradients are final
     cudaEvent_t done;    // on the comm stream: every bucket reduced
+    // the step timeline (reducer_times), NULL until asked for: (2 n_buckets) each bucket's
+    // start and end, as timing events around its allreduce on the comm stream (NCCL) or as
+    // host times (the host path); anchor reads the events on the host's clock
+    cudaEvent_t *tev, anchor;
+    double *tt;
 #ifndef MM_HAVE_NCCL
     float *host;         // (n) host staging, owned
     comm_request **req;  // (n_buckets) in flight, owned
@@ -221,8 +226,11 @@ static void cb_reducer_start(const mm_backend *be, void *rp, int b) {
     CU_CHECK(cudaEventRecord(r->ready[b], c->stream));
 #ifdef MM_HAVE_NCCL
     CU_CHECK(cudaStreamWaitEvent(c->comm_stream, r->ready[b], 0));
+    if (r->tev) CU_CHECK(cudaEventRecord(r->tev[2 * b], c->comm_stream));
     comm_nccl_allreduce(coll_of(r->dp)->nccl, r->grads + off, len, 0, c->comm_stream);
+    if (r->tev) CU_CHECK(cudaEventRecord(r->tev[2 * b + 1], c->comm_stream));
 #else
+    if (r->tt) r->tt[2 * b] = mm_now();
     cuda_download(c, r->host + off, r->grads + off, len * sizeof(float));  // after the event
     r->req[b] = comm_iallreduce_sum(r->dp->group, r->host + off, len, COMM_F32);
 #endif
@@ -247,10 +255,47 @@ static void cb_reducer_finish(const mm_backend *be, void *rp) {
     for (int b = 0; b < r->n_buckets; b++) {
         comm_wait(r->req[b]);
         r->req[b] = NULL;
+        if (r->tt) r->tt[2 * b + 1] = mm_now();
         const size_t off = r->lo[b], len = r->lo[b + 1] - off;
         cuda_upload(c, r->grads + off, r->host + off, len * sizeof(float));
     }
 #endif
+}
+
+// The times of events ev (n, recorded) on mm_now()'s clock: an anchor recorded on s after
+// them is waited for, and the host clock read then stands for the anchor's time.
+static void event_times(cudaStream_t s, cudaEvent_t anchor, const cudaEvent_t *ev, int n,
+                        double *t) {
+    CU_CHECK(cudaEventRecord(anchor, s));
+    CU_CHECK(cudaEventSynchronize(anchor));
+    const double now = mm_now();
+    for (int i = 0; i < n; i++) {
+        float ms = 0;
+        CU_CHECK(cudaEventElapsedTime(&ms, ev[i], anchor));
+        t[i] = now - 1e-3 * (double)ms;
+    }
+}
+
+static void cb_reducer_times(const mm_backend *be, void *rp, double *start, double *end) {
+    cb_reducer *r = (cb_reducer *)rp;
+    const int n = r->n_buckets;
+    if (!r->tt) {
+        r->tt = (double *)mm_calloc(2 * (size_t)n, sizeof(double));
+#ifdef MM_HAVE_NCCL
+        r->tev = (cudaEvent_t *)mm_calloc(2 * (size_t)n, sizeof(cudaEvent_t));
+        for (int i = 0; i < 2 * n; i++)
+            CU_CHECK(cudaEventCreateWithFlags(&r->tev[i], cudaEventDefault));
+        CU_CHECK(cudaEventCreateWithFlags(&r->anchor, cudaEventDefault));
+#endif
+        return;  // nothing recorded yet
+    }
+    if (!start || !end) return;
+#ifdef MM_HAVE_NCCL
+    event_times(ctx_of(be)->comm_stream, r->anchor, r->tev, 2 * n, r->tt);
+#else
+    (void)be;
+#endif
+    for (int b = 0; b < n; b++) start[b] = r->tt[2 * b], end[b] = r->tt[2 * b + 1];
 }
 
 static void cb_reducer_free(const mm_backend *be, void *rp) {
@@ -259,6 +304,12 @@ static void cb_reducer_free(const mm_backend *be, void *rp) {
     CU_CHECK(cudaStreamSynchronize(ctx_of(be)->comm_stream));
     for (int b = 0; b < r->n_buckets; b++) CU_CHECK(cudaEventDestroy(r->ready[b]));
     CU_CHECK(cudaEventDestroy(r->done));
+    if (r->tev) {
+        for (int i = 0; i < 2 * r->n_buckets; i++) CU_CHECK(cudaEventDestroy(r->tev[i]));
+        CU_CHECK(cudaEventDestroy(r->anchor));
+        free(r->tev);
+    }
+    free(r->tt);
 #ifndef MM_HAVE_NCCL
     free(r->host);
     free(r->req);
@@ -266,6 +317,41 @@ static void cb_reducer_free(const mm_backend *be, void *rp) {
     free(r->ready);
     free(r->lo);
     free(r);
+}
+
+// ---------------------------------------------------------------------------------------
+// the step timeline's marks: timing events on the compute stream
+
+typedef struct {
+    int n;
+    cudaEvent_t *ev;  // (n) owned
+    cudaEvent_t anchor;
+} cb_timer;
+
+static void *cb_timer_new(const mm_backend *be MM_UNUSED, int n) {
+    cb_timer *tm = (cb_timer *)mm_calloc(1, sizeof(cb_timer));
+    tm->n = n;
+    tm->ev = (cudaEvent_t *)mm_calloc((size_t)n, sizeof(cudaEvent_t));
+    for (int i = 0; i < n; i++) CU_CHECK(cudaEventCreateWithFlags(&tm->ev[i], cudaEventDefault));
+    CU_CHECK(cudaEventCreateWithFlags(&tm->anchor, cudaEventDefault));
+    return tm;
+}
+
+static void cb_timer_mark(const mm_backend *be, void *tp, int i) {
+    CU_CHECK(cudaEventRecord(((cb_timer *)tp)->ev[i], ctx_of(be)->stream));
+}
+
+static void cb_timer_read(const mm_backend *be, void *tp, int n, double *t) {
+    cb_timer *tm = (cb_timer *)tp;
+    event_times(ctx_of(be)->stream, tm->anchor, tm->ev, n, t);
+}
+
+static void cb_timer_free(const mm_backend *be MM_UNUSED, void *tp) {
+    cb_timer *tm = (cb_timer *)tp;
+    for (int i = 0; i < tm->n; i++) CU_CHECK(cudaEventDestroy(tm->ev[i]));
+    CU_CHECK(cudaEventDestroy(tm->anchor));
+    free(tm->ev);
+    free(tm);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -301,6 +387,11 @@ static const mm_backend_iface cuda_iface = {
     .reducer_progress = cb_reducer_progress,
     .reducer_finish = cb_reducer_finish,
     .reducer_free = cb_reducer_free,
+    .reducer_times = cb_reducer_times,
+    .timer_new = cb_timer_new,
+    .timer_mark = cb_timer_mark,
+    .timer_read = cb_timer_read,
+    .timer_free = cb_timer_free,
     .coll_init = cb_coll_init,
     .coll_free = cb_coll_free,
     .allreduce = cb_allreduce,

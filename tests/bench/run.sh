@@ -143,4 +143,10 @@ fi
 # side). Target: efficiency / ceiling >= 0.90. Changes rc only when a training run crashed.
 bash "$here/scaling.sh" "$BUILD" || rc=1
 # ==== end dp scaling ======================================================================
+# ==== step timeline: tests/bench/trace_overhead.sh (independent of everything above) =======
+# run.trace on against off, alternating runs of the same job: the ratio of step times.
+# Target < 1.02. Changes rc only when a training run crashed.
+echo
+bash "$here/trace_overhead.sh" "$BUILD" || rc=1
+# ==== end step timeline ===================================================================
 exit $rc

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <ucontext.h>
 
 #include <map>
@@ -367,8 +368,18 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
+// an event is the time of its last record (the work before it ran already), on mm_now()'s
+// clock
+struct cuemu_event {
+    double t;
+};
+static double emu_now() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
-    *e = (cudaEvent_t)malloc(1);
+    *e = (cudaEvent_t)calloc(1, sizeof(cuemu_event));
     return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
@@ -376,7 +387,14 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
     return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
-    return e ? cudaSuccess : fail(cudaErrorInvalidValue, "cudaEventRecord: no event");
+    if (!e) return fail(cudaErrorInvalidValue, "cudaEventRecord: no event");
+    e->t = emu_now();
+    return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    if (!a || !b) return fail(cudaErrorInvalidValue, "cudaEventElapsedTime: no event");
+    *ms = (float)((b->t - a->t) * 1e3);
+    return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
     return e ? cudaSuccess : fail(cudaErrorInvalidValue, "cudaEventSynchronize: no event");

@@ -69,11 +69,13 @@ cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s);
 // events and pinned host memory: everything runs in order on the host, so an event is
 // complete as soon as it is recorded and pinned memory is plain host memory
 typedef struct cuemu_event *cudaEvent_t;
-enum { cudaEventDisableTiming = 2 };
+enum { cudaEventDefault = 0, cudaEventDisableTiming = 2 };
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
+// milliseconds between the host clock readings the two records took
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags);
 cudaError_t cudaMallocHost(void **p, size_t n);
 cudaError_t cudaFreeHost(void *p);
