@@ -80,6 +80,9 @@ static const cfg_key keys[] = {
     KF64("run.collective_timeout", run.collective_timeout, "900", 0, 1e9,
          "seconds a collective may wait for the other ranks before the job ends naming the "
          "ranks that did not arrive (0 = wait forever); must exceed a checkpoint write"),
+    KSTR("run.tensorboard", run.tensorboard, "tb",
+         "directory of the TensorBoard event files (every metrics.jsonl scalar, sample grids, "
+         "generated captions), relative to run.out_dir unless absolute; \"\" = none"),
 
     KSTR("data.train", data.train, "", "training dataset directory (mmdata format); required"),
     KSTR("data.val", data.val, "", "validation dataset directory (\"\" = no validation)"),

@@ -38,6 +38,8 @@ typedef struct {
         int trace;             // write the step timeline (train/trace.h) (0/1)
         double collective_timeout;  // seconds a collective may take before the job ends
                                     // naming the ranks that did not arrive (0 = wait forever)
+        char tensorboard[MM_STR];   // TensorBoard event files' directory, relative to out_dir
+                                    // unless absolute; "" = none (tboard.h)
     } run;
     struct {
         char train[MM_STR];    // dataset directory (mmdata format)

@@ -449,6 +449,27 @@ void eval_examples_add(eval_examples *e, const char *ref, const char *gen, size_
     e->n++;
 }
 
+static size_t md_cell(char *out, const char *s) {
+    size_t o = 0;
+    for (; *s; s++) {
+        if (ispunct((unsigned char)*s)) out[o++] = '\\';
+        out[o++] = *s;
+    }
+    return o;
+}
+
+void eval_examples_markdown(const eval_examples *e, char *out, size_t cap) {
+    MM_CHECK(cap >= EVAL_EXAMPLES_MD, "eval_examples_markdown: %zu bytes", cap);
+    size_t o = (size_t)sprintf(out, "| reference | generated |\n|---|---|\n");
+    for (int i = 0; i < e->n; i++) {
+        o += (size_t)sprintf(out + o, "| ");
+        o += md_cell(out + o, e->ref[i]);
+        o += (size_t)sprintf(out + o, " | ");
+        o += md_cell(out + o, e->gen[i]);
+        o += (size_t)sprintf(out + o, " |\n");
+    }
+}
+
 // Writes s[0..n) as a JSON string (quotes included); returns its invalid UTF-8 byte count.
 static size_t json_string_n(FILE *f, const char *s, size_t n) {
     const size_t cap = 6 * n + 1;  // the longest escape, \u00XX, is 6 bytes for 1

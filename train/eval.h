@@ -188,6 +188,11 @@ typedef struct {
 } eval_examples;
 // gen holds gen_n bytes (a generated NUL does not end it).
 void eval_examples_add(eval_examples *e, const char *ref, const char *gen, size_t gen_n);
+// The examples as a Markdown table (reference | generated) into out (cap bytes, at least
+// EVAL_EXAMPLES_MD), for TensorBoard's text tab: ASCII punctuation is backslash-escaped, so
+// a caption shows as its characters, never as Markdown.
+enum { EVAL_EXAMPLES_MD = 64 + 4 * EVAL_N_EXAMPLES * 64 };
+void eval_examples_markdown(const eval_examples *e, char *out, size_t cap);
 
 // ---------------------------------------------------------------------------------------
 // A captioning evaluation by input mode. Every validation sample is evaluated as given

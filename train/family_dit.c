@@ -380,6 +380,7 @@ static void write_grid(trainer *t) {
         snprintf(path, sizeof(path), "%s/samples/step_%08lld.png", t->cfg->run.out_dir,
                  (long long)t->step);
         if (data_png_write(path, grid, gh, gw, sc->img_c, &e) != 0) train_die(t, e.msg);
+        train_tb_image(t, "samples", path, gh, gw, sc->img_c);
         printf("samples: %s (rows: text, audio, both; %d prompts each)\n", path, COLS);
         free(grid);
     }

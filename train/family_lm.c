@@ -319,6 +319,9 @@ static void lm_evaluate(trainer *t) {
             im->noted_rule = 1;
         }
         eval_report_captions(stdout, t->metrics, t->step, &ec);
+        char md[EVAL_EXAMPLES_MD];
+        eval_examples_markdown(&ec.ex, md, sizeof(md));
+        train_tb_text(t, "captions", md);
     }
     eval_gather_free(&g);
     free(idx);

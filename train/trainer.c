@@ -275,10 +275,51 @@ void train_close_output(trainer *t, FILE *f, const char *path) {
     if (fclose(f) != 0) write_failed(t, path, errno);
 }
 
+// The lines metrics.jsonl got since the last call, into the TensorBoard file (tboard.h).
+// Mirroring the file, rather than hooking each of its writers (trainer.c, eval.c,
+// survive.c), keeps the two equal by construction.
+static void tb_mirror(trainer *t) {
+    struct stat st;
+    const int fd = fileno(t->metrics);
+    if (fstat(fd, &st) != 0 || st.st_size <= t->tb_mirrored) return;
+    const size_t n = (size_t)(st.st_size - t->tb_mirrored);
+    char *buf = mm_malloc(n);
+    if (pread(fd, buf, n, t->tb_mirrored) != (ssize_t)n) {
+        char msg[MM_ERR_LEN];
+        snprintf(msg, sizeof(msg), "%s: cannot read back for TensorBoard: %s", t->metrics_path,
+                 strerror(errno));
+        train_die(t, msg);
+    }
+    size_t at = 0;
+    for (char *nl; (nl = memchr(buf + at, '\n', n - at));) {  // whole lines only
+        if (tb_metrics_line(&t->tb, buf + at, (size_t)(nl - buf) - at) != 0)
+            write_failed(t, t->tb.path, errno);
+        at = (size_t)(nl - buf) + 1;
+    }
+    t->tb_mirrored += (int64_t)at;
+    free(buf);
+}
+
 // metrics.jsonl: every line flushed and checked, so that a full disk stops the run here
-// (exit 1, naming the file) instead of dropping lines and exiting 0.
+// (exit 1, naming the file) instead of dropping lines and exiting 0; then into TensorBoard.
 static void metrics_check(trainer *t, int rc) {
     train_check_write(t, t->metrics, t->metrics_path, rc);
+    if (t->tb.f) tb_mirror(t);
+}
+
+void train_tb_image(trainer *t, const char *tag, const char *png_path, int h, int w, int c) {
+    if (!t->tb.f) return;
+    char *png = NULL;
+    size_t n = 0;
+    mm_err e;
+    if (mm_read_file(png_path, &png, &n, &e) != 0) train_die(t, e.msg);
+    if (tb_image_png(&t->tb, tag, t->step, png, n, h, w, c) != 0)
+        write_failed(t, t->tb.path, errno);
+    free(png);
+}
+
+void train_tb_text(trainer *t, const char *tag, const char *markdown) {
+    if (t->tb.f && tb_text(&t->tb, tag, t->step, markdown) != 0) write_failed(t, t->tb.path, errno);
 }
 
 // The step timeline to its file (trace.h); a failed write ends the job naming the file, as
@@ -581,6 +622,7 @@ static void trainer_free(trainer *t) {
     free(t->timeline);
     free(t->config_yaml);
     if (t->metrics) fclose(t->metrics);
+    tb_close(&t->tb);
     run_unlock(t->lock);
     t->lock = NULL;
 }
@@ -711,6 +753,25 @@ static int init_model(trainer *t, mm_err *err) {
     return 0;
 }
 
+// Rank 0: run.tensorboard's event file, cut back to the resumed step as metrics.jsonl is.
+// The lines metrics.jsonl already holds are in it from the earlier runs; a file started
+// now (a first run, or a resumed one that had no TensorBoard) gets them all.
+static int open_tensorboard(trainer *t, mm_err *err) {
+    const mm_config *c = t->cfg;
+    char dir[2 * MM_STR + 2];
+    if (c->run.tensorboard[0] == '/')
+        snprintf(dir, sizeof(dir), "%s", c->run.tensorboard);
+    else
+        snprintf(dir, sizeof(dir), "%s/%s", c->run.out_dir, c->run.tensorboard);
+    mm_err e;
+    if (tb_open(&t->tb, dir, t->step, &e) != 0) return mm_fail(err, "run.tensorboard: %s", e.msg);
+    struct stat st;
+    if (fstat(fileno(t->metrics), &st) != 0)
+        return mm_fail(err, "%s: %s", t->metrics_path, strerror(errno));
+    t->tb_mirrored = t->tb.created ? 0 : st.st_size;
+    return 0;
+}
+
 // Stage 2: state (checkpoint), data and outputs.
 static int init_state(trainer *t, mm_err *err) {
     const mm_config *c = t->cfg;
@@ -765,8 +826,9 @@ static int init_state(trainer *t, mm_err *err) {
         snprintf(path, sizeof(path), "%s/metrics.jsonl", c->run.out_dir);
         if (train_log_truncate(path, t->step, "\"step\":", err) != 0) return -1;
         snprintf(t->metrics_path, sizeof(t->metrics_path), "%s", path);
-        t->metrics = fopen(path, "a");
+        t->metrics = fopen(path, "a+");  // + : tb_mirror reads the new lines back
         if (!t->metrics) return mm_fail(err, "%s: cannot write: %s", path, strerror(errno));
+        if (c->run.tensorboard[0] && open_tensorboard(t, err) != 0) return -1;
         printf("--- resolved config (saved to %s/config.yaml) ---\n%s---\n", c->run.out_dir,
                t->config_yaml);
         printf("model: %zu parameters per rank, sequence %d tokens; %d rank(s) = dp %d x tp %d, "
@@ -952,6 +1014,7 @@ int train_run(const mm_config *c, comm_group *world, mm_err *err) {
     }
     if (t.rank == 0) metrics_check(&t, 0);  // the skip lines too (survive.c)
     if (tl) trace_flush_or_die(&t);
+    if (tb_close(&t.tb) != 0) write_failed(&t, t.tb.path, errno);
     if (t.metrics) {
         int rc = fclose(t.metrics);
         t.metrics = NULL;

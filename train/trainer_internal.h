@@ -15,6 +15,7 @@
 #include "gradsync.h"
 #include "memory.h"
 #include "trace.h"
+#include "tboard.h"
 
 typedef struct trainer trainer;
 
@@ -80,6 +81,8 @@ struct trainer {
     char *config_yaml;          // resolved config text, owned
     FILE *metrics;              // rank 0 only, owned
     char metrics_path[MM_STR + 32];
+    tb_writer tb;                 // rank 0, run.tensorboard: the event file (closed: tb.f NULL)
+    int64_t tb_mirrored;          // bytes of metrics.jsonl already in tb
     char data_id[64];             // the training set's identity by content (ckpt_data_id)
     struct train_run_lock *lock;  // rank 0: the run directory's LOCK, owned (trainer.c)
 };
@@ -101,6 +104,11 @@ FILE *train_open_output(trainer *t, const char *sub, const char *ext, char *path
 void train_check_write(trainer *t, FILE *f, const char *path, int rc);
 // Checks, then closes f (train_open_output's files) the same way.
 void train_close_output(trainer *t, FILE *f, const char *path);
+// Rank 0: the PNG file at png_path (h x w pixels, c channels) as TensorBoard image tag at
+// t->step, and Markdown text as text tag; nothing without run.tensorboard. A failed write
+// ends the job as train_check_write does, naming the event file.
+void train_tb_image(trainer *t, const char *tag, const char *png_path, int h, int w, int c);
+void train_tb_text(trainer *t, const char *tag, const char *markdown);
 // Ends the whole job with "error: <msg>" (a failure only this rank can see).
 noreturn void train_die(trainer *t, const char *msg);
 
