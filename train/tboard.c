@@ -1,6 +1,6 @@
 // tboard.c: TensorBoard event files (tboard.h): the few protobuf fields an Event needs,
 // encoded by hand, in TFRecord framing. Hand-encoding keeps the project free of a protobuf
-// dependency for a format of five messages; tests/tensorboard.sh reads the result back with
+// dependency for the handful of messages used; tests/tensorboard.sh reads the result back with
 // the tensorboard package's own reader, which is the check that the encoding is right.
 #include "tboard.h"
 
