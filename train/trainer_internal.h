@@ -14,8 +14,8 @@
 #include "config.h"
 #include "gradsync.h"
 #include "memory.h"
-#include "trace.h"
 #include "tboard.h"
+#include "trace.h"
 
 typedef struct trainer trainer;
 
