@@ -11,7 +11,7 @@ set -u
 B=${MM_BUILD:-build}
 pass=0; fail=0
 tmp=$(mktemp -d)
-cleanup() { umount "$tmp/mnt" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$tmp"; }
+cleanup() { umount "$tmp/mnt" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 ok() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $1"; fi; }
 has_tb() { python3 -c "import tensorboard.backend.event_processing.event_accumulator" 2>/dev/null; }
