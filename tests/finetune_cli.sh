@@ -150,7 +150,7 @@ mkdir -p "$tmp/empty/ckpt"
 expect_error "export: a run without checkpoints" "without a committed checkpoint" "$B/train" export --ckpt "$tmp/empty" --out "$tmp/x.h5"
 cp -r "$tmp/resave/ckpt/step_00000001" "$tmp/resave/ckpt/step_00000002.tmp"
 expect_error "export: an unfinished save" "unfinished save" "$B/train" export --ckpt "$tmp/resave/ckpt/step_00000002.tmp" --out "$tmp/x.h5"
-expect_error "export: no --out" "--out FILE.h5 is required" "$B/train" export --ckpt "$tmp/base"
+expect_error "export: no --out" "--out FILE is required" "$B/train" export --ckpt "$tmp/base"
 expect_error "export: unwritable --out" "$tmp/nodir/x.h5: cannot create" "$B/train" export --ckpt "$tmp/base" --out "$tmp/nodir/x.h5"
 expect_error "export under mpirun -np 2" "single process" mpirun "${root[@]}" --oversubscribe -np 2 "$B/train" export --ckpt "$tmp/base" --out "$tmp/x.h5"
 expect_error "config disagrees with the data" "c.yaml: data.img_h=64 but dataset .*/A/train has 32x32x3 images" \

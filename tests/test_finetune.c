@@ -905,9 +905,10 @@ static void test_export(test_counts *tc, comm_group *world, ft_ctx *x) {
     TEST_CHECK(tc, train_export_main(4, argv, world, &err) == -1 &&
                        strstr(err.msg, "unknown option '--colour'"),
                "unknown option: %s", err.msg);
-    TEST_CHECK(tc, train_export_main(2, argv, world, &err) == -1 &&
-                       strstr(err.msg, "--out FILE.h5 is required"),
-               "missing --out: %s", err.msg);
+    TEST_CHECK(
+        tc,
+        train_export_main(2, argv, world, &err) == -1 && strstr(err.msg, "--out FILE is required"),
+        "missing --out: %s", err.msg);
 }
 
 int main(int argc, char **argv) {

@@ -237,11 +237,13 @@ static const cfg_key keys[] = {
     KSTR("checkpoint.resume", checkpoint.resume, "auto",
          "auto (continue from <out_dir>/ckpt/latest if any), none, or a checkpoint directory"),
     KSTR("checkpoint.init_from", checkpoint.init_from, "",
-         "weights to start from when not resuming: a checkpoint, a ckpt/ or a run directory"),
+         "weights to start from when not resuming: a checkpoint, a ckpt/ or a run directory, or a "
+         ".safetensors file"),
     KLIST("checkpoint.reinit", checkpoint.reinit, "", NULL,
           "init_from: tensor-name globs (fnmatch) that keep their fresh init; may be missing, "
           "reshaped or unused in the checkpoint"),
-    KLIST("checkpoint.allow_changes", checkpoint.allow_changes, "", "data|seed|batch|lr|steps|regularization|augment",
+    KLIST("checkpoint.allow_changes", checkpoint.allow_changes, "",
+          "data|seed|batch|lr|steps|regularization|augment",
           "resume: what may differ from the checkpoint without a refusal (data = data.train's "
           "content, seed = run.seed, batch = data.global_batch, lr = optim.lr/min_lr/warmup, "
           "steps = run.steps, regularization = model.dropout/attn_dropout/modality_drop/audio_drop "

@@ -19,10 +19,11 @@ static const char *usage =
     "usage: train sample --ckpt DIR --out DIR [--text \"...\"] [--audio FILE] [--n K]\n"
     "                    [--steps S] [--guidance G] [--seed S] [--backend cpu|cuda]\n"
     "  Generates images from a diffusion checkpoint (EMA weights) into DIR.\n"
-    "usage: train export --ckpt DIR --out FILE.h5\n"
+    "usage: train export --ckpt DIR --out FILE [--format hdf5|safetensors]\n"
     "  Writes the weights (and the EMA, if kept) of a checkpoint of any tp x dp layout as\n"
-    "  full-shape float32 tensors into one HDF5 file (train/EXPORT.md). DIR may be a\n"
-    "  checkpoint, a ckpt/ directory or a run directory (its latest checkpoint).\n";
+    "  full-shape float32 tensors into one HDF5 (default) or safetensors file\n"
+    "  (train/EXPORT.md). DIR may be a checkpoint, a ckpt/ directory or a run directory\n"
+    "  (its latest checkpoint).\n";
 
 // Exits every rank with status 2 after rank 0 printed msg: used for errors that all ranks
 // detect alike (command line, config), so the message is printed once.
