@@ -5,6 +5,8 @@
 // `mmdata pack` turns a user's own files into a dataset and `mmdata inspect` shows what one
 // holds and writes a sample back out as files (both in data/pack.c).
 //
+// Each command's usage and options are one table below (core/cli.h): `mmdata COMMAND
+// --help` prints it and the parser takes exactly what it lists.
 // Exit status: 0 success, 1 the work failed (e.g. a corrupt dataset), 2 a bad command line.
 // Every failure is one line on stderr starting with "error: ".
 #include <errno.h>
@@ -15,61 +17,134 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../core/cli.h"
 #include "data.h"
 #include "data_internal.h"
 
-static const char usage[] =
-    "usage: mmdata <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  synth --out DIR --samples N [--seed S] [--only ATTR=WORD[,WORD...]]...\n"
-    "        write the synthetic paired image/audio/text set: DIR/train (N samples) and\n"
-    "        DIR/val (max(64, N/10) samples). DIR/train and DIR/val must not hold files.\n"
-    "        --only restricts an attribute (colour, shape, size, position) to some words,\n"
-    "        e.g. --only colour=yellow,white: a differently distributed set (fine-tuning).\n"
-    "  verify DIR\n"
-    "        check a dataset completely: index.json, each shard's checksum, attributes and\n"
-    "        datasets, then decode every sample. Prints a summary, or the first problem.\n"
-    "  pack --manifest FILE --out DIR [options]    (or --folder FOLDER instead of --manifest)\n"
-    "        pack your own images (PNG, JPEG), audio (WAV, FLAC, OGG, ...) and captions into\n"
-    "        DIR/train and DIR/val. FILE is .jsonl (one object per line) or .csv (header row)\n"
-    "        with the fields image (or file_name), audio, caption (or text; inline) or\n"
-    "        caption_file (a .txt); relative paths are relative to FILE's folder.\n"
-    "        FOLDER is Hugging Face style: FOLDER/metadata.jsonl|csv, or FOLDER/train/ with\n"
-    "        FOLDER/validation/ (or valid, val, dev, test) as val. Options:\n"
-    "          --image-key K --audio-key K --caption-key K --caption-file-key K\n"
-    "                               read the field from key/column K (e.g. --caption-key desc)\n"
-    "          --ignore-keys K1,K2  read past these keys (other unknown keys are errors)\n"
-    "          --val-manifest FILE  val from FILE, not split off (pre-split sets)\n"
-    "          --train-split NAME --val-split NAME|none   FOLDER's subfolders by name\n"
-    "          --image-size HxW|N (32)  --channels 1|3|4 (3)  --audio-rate HZ (8000)\n"
-    "          --audio-len SAMPLES  (default: the longest clip, rounded up to 128, at most 10 s;\n"
-    "                                the clips' length percentiles are printed)\n"
-    "          --text-max BYTES     (default: the longest caption, at most 256; longer cut)\n"
-    "          --long-captions cut|refuse (default: cut with the default text-max, refuse\n"
-    "                               with an explicit one)\n"
-    "          --schema-from SET    shapes not given from dataset SET (to fit a base model)\n"
-    "          --shard-size N (500)  --val-fraction F (0.1; none with a val split)\n"
-    "          --seed S (1)  --threads N (CPUs)\n"
-    "          --on-error fail|skip (fail: stop at the first bad sample, leave no DIR;\n"
-    "                                skip: leave bad samples out, list them in DIR/skipped.tsv)\n"
-    "        The model's input shape follows the schema (data/FORMAT.md \"Packing\").\n"
-    "  inspect DIR [--sample I [--split train|val] --out FOLDER]\n"
-    "        print a dataset's schema, splits, shards and modalities; with --sample, write\n"
-    "        sample I (a position in the split) to FOLDER as sample_I.png, .wav and .txt.\n"
-    "  --help, -h, help\n"
-    "        print this text\n"
-    "\n"
-    "exit status: 0 ok, 1 the command failed, 2 bad command line\n";
+// Each command's options and usage (cli.h): `mmdata COMMAND --help` prints them, and the
+// parsers below take exactly these options.
+static const mm_cli_opt synth_opts[] = {
+    {"--out", "DIR",
+     "writes DIR/train (N samples) and DIR/val (max(64, N/10) samples), which\n"
+     "must not hold files; required"},
+    {"--samples", "N", "training samples, 1..100000000; required"},
+    {"--seed", "S", "the generator's seed (1): the same seed writes the same bytes"},
+    {"--only", "ATTR=WORD[,WORD...]",
+     "restrict an attribute (colour, shape, size, position) to some words, e.g.\n"
+     "--only colour=yellow,white: a differently distributed set (fine-tuning);\n"
+     "repeatable"},
+    {NULL, NULL, NULL}};
+static const mm_cli_cmd synth_cli = {
+    .prog = "mmdata",
+    .name = "synth",
+    .synopsis = "--out DIR --samples N [options]",
+    .summary = "write the synthetic paired image/audio/caption set the demos train on",
+    .about = "  Writes the synthetic paired image/audio/text set.\n",
+    .opts = synth_opts};
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...) {
+static const mm_cli_cmd verify_cli = {
+    .prog = "mmdata",
+    .name = "verify",
+    .synopsis = "DIR",
+    .summary = "check a dataset completely, as training would read it",
+    .about =
+        "  Checks a dataset completely: index.json, each shard's checksum, attributes and\n"
+        "  datasets, then decodes every sample. Prints a summary, or the first problem.\n"};
+
+static const mm_cli_opt pack_opts[] = {
+    {"--manifest", "FILE", "the manifest: .jsonl or .csv (above)"},
+    {"--folder", "FOLDER", "a Hugging Face style folder (above), instead of --manifest"},
+    {"--out", "DIR", "where DIR/train and DIR/val are written; required"},
+    {"--image-key", "K", "read the image path from key/column K (default image, file_name)"},
+    {"--audio-key", "K", "read the audio path from key/column K (default audio)"},
+    {"--caption-key", "K", "read the inline caption from key/column K (default caption, text)"},
+    {"--caption-file-key", "K", "read the caption's .txt path from K (default caption_file)"},
+    {"--ignore-keys", "K1,K2", "read past these keys (other unknown keys are errors)"},
+    {"--val-manifest", "FILE", "val from FILE, not split off (pre-split sets)"},
+    {"--train-split", "NAME", "FOLDER's subfolder that holds train"},
+    {"--val-split", "NAME|none", "FOLDER's subfolder that holds val; none: split val off train"},
+    {"--image-size", "HxW|N", "image height x width, or N x N (32)"},
+    {"--channels", "1|3|4", "image channels: grey, RGB or RGBA (3)"},
+    {"--audio-rate", "HZ", "audio sample rate (8000)"},
+    {"--audio-len", "SAMPLES",
+     "clip length (default: the longest clip, rounded up to 128, at\n"
+     "most 10 s; the clips' length percentiles are printed)"},
+    {"--text-max", "BYTES",
+     "caption limit (default: the longest caption, at most 256; longer\n"
+     "ones cut)"},
+    {"--long-captions", "cut|refuse",
+     "captions over --text-max (default: cut with the default\n"
+     "text-max, refuse with an explicit one)"},
+    {"--schema-from", "SET", "shapes not given from dataset SET (to fit a base model)"},
+    {"--shard-size", "N", "samples per shard (500)"},
+    {"--val-fraction", "F", "the share split off as val, in [0, 1) (0.1; none with a val split)"},
+    {"--seed", "S", "the seed of the split (1)"},
+    {"--threads", "N", "decoding threads, 1..256 (the CPUs, at most 16)"},
+    {"--on-error", "fail|skip",
+     "fail: stop at the first bad sample, leave no DIR (default);\n"
+     "skip: leave bad samples out, list them in DIR/skipped.tsv"},
+    {NULL, NULL, NULL}};
+static const mm_cli_cmd pack_cli = {
+    .prog = "mmdata",
+    .name = "pack",
+    .synopsis = "--manifest FILE --out DIR [options]\n--folder FOLDER --out DIR [options]",
+    .summary = "pack your own images, audio and captions into a dataset",
+    .about =
+        "  Packs your own images (PNG, JPEG), audio (WAV, FLAC, OGG, ...) and captions into\n"
+        "  DIR/train and DIR/val. FILE is .jsonl (one object per line) or .csv (header row)\n"
+        "  with the fields image (or file_name), audio, caption (or text; inline) or\n"
+        "  caption_file (a .txt); relative paths are relative to FILE's folder.\n"
+        "  FOLDER is Hugging Face style: FOLDER/metadata.jsonl|csv, or FOLDER/train/ with\n"
+        "  FOLDER/validation/ (or valid, val, dev, test) as val.\n",
+    .opts = pack_opts,
+    .notes = "The model's input shape follows the schema (data/FORMAT.md \"Packing\").\n"};
+
+static const mm_cli_opt inspect_opts[] = {
+    {"--sample", "I",
+     "write sample I (a position in the split) to FOLDER as sample_I.png,\n"
+     ".wav and .txt"},
+    {"--split", "train|val",
+     "the split of --sample (default: DIR when it is one split,\n"
+     "else train)"},
+    {"--out", "FOLDER", "where --sample writes; required with it"},
+    {NULL, NULL, NULL}};
+static const mm_cli_cmd inspect_cli = {
+    .prog = "mmdata",
+    .name = "inspect",
+    .synopsis = "DIR [--sample I [--split train|val] --out FOLDER]",
+    .summary = "show a dataset's schema, splits and shards; write a sample out as files",
+    .about =
+        "  Prints a dataset's schema, splits, shards and modalities; with --sample, writes\n"
+        "  one sample back out as ordinary files.\n",
+    .opts = inspect_opts};
+
+static const mm_cli_cmd *const mmdata_subs[] = {&synth_cli, &verify_cli, &pack_cli, &inspect_cli,
+                                                NULL};
+static const mm_cli_cmd mmdata_cli = {
+    .prog = "mmdata",
+    .synopsis = "COMMAND [options]",
+    .about = "  Makes, packs and checks the datasets training reads (data/FORMAT.md).\n",
+    .subs = mmdata_subs,
+    .notes = "exit status: 0 ok, 1 the command failed, 2 bad command line\n"};
+
+// A bad command line of command c: prints its one-line error, returns exit status 2.
+static int usage_error(const mm_cli_cmd *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int usage_error(const mm_cli_cmd *c, const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "error: mmdata: %s (see mmdata --help)\n", msg);
+    mm_err err;
+    mm_cli_fail(c, &err, "%s", msg);
+    fprintf(stderr, "error: %s\n", err.msg);
+    return 2;
+}
+
+// The error mm_cli_next left in err: exit status 2.
+static int usage_error_from(const mm_err *err) {
+    fprintf(stderr, "error: %s\n", err->msg);
     return 2;
 }
 
@@ -96,29 +171,28 @@ static int cmd_synth(int argc, char **argv) {
     data_synth_cfg c;
     data_synth_default(&c);
     for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--out") != 0 && strcmp(a, "--samples") != 0 && strcmp(a, "--seed") != 0 &&
-            strcmp(a, "--only") != 0)
-            return usage_error("synth: unknown option '%s'", a);
-        if (i + 1 >= argc) return usage_error("synth: option '%s' needs a value", a);
-        const char *v = argv[++i];
+        const char *v;
+        mm_err e;
+        const mm_cli_opt *o = mm_cli_next(&synth_cli, argc, argv, &i, &v, &e);
+        if (!o) return usage_error_from(&e);
+        const char *a = o->name;
         if (strcmp(a, "--out") == 0) {
-            if (!*v) return usage_error("synth: --out needs a directory");
+            if (!*v) return usage_error(&synth_cli, "--out needs a directory");
             out = v;
         } else if (strcmp(a, "--samples") == 0) {
             if (parse_u64(v, &n) || n < 1 || n > DATA_SYNTH_MAX_SAMPLES)
-                return usage_error("synth: --samples wants a whole number in 1..%llu, got '%s'",
+                return usage_error(&synth_cli,
+                                   "--samples wants a whole number in 1..%llu, got '%s'",
                                    DATA_SYNTH_MAX_SAMPLES, v);
             have_n = 1;
         } else if (strcmp(a, "--only") == 0) {
-            mm_err e;
-            if (data_synth_restrict(&c, v, &e)) return usage_error("synth: --only: %s", e.msg);
+            if (data_synth_restrict(&c, v, &e)) return usage_error(&synth_cli, "--only: %s", e.msg);
         } else if (parse_u64(v, &seed)) {
-            return usage_error("synth: --seed wants a non-negative whole number, got '%s'", v);
+            return usage_error(&synth_cli, "--seed wants a non-negative whole number, got '%s'", v);
         }
     }
-    if (!out) return usage_error("synth: missing --out DIR");
-    if (!have_n) return usage_error("synth: missing --samples N");
+    if (!out) return usage_error(&synth_cli, "missing --out DIR");
+    if (!have_n) return usage_error(&synth_cli, "missing --samples N");
     mm_err err;
     double t0 = mm_now();
     // SIGINT/SIGTERM stop the writing cleanly: the temporary folders are removed and the
@@ -143,9 +217,9 @@ static int cmd_synth(int argc, char **argv) {
 }
 
 static int cmd_verify(int argc, char **argv) {
-    if (argc < 1) return usage_error("verify: missing the dataset directory");
-    if (argc > 1) return usage_error("verify: unexpected argument '%s'", argv[1]);
-    if (argv[0][0] == '-') return usage_error("verify: unknown option '%s'", argv[0]);
+    if (argc < 1) return usage_error(&verify_cli, "missing the dataset directory");
+    if (argc > 1) return usage_error(&verify_cli, "unexpected argument '%s'", argv[1]);
+    if (argv[0][0] == '-') return usage_error(&verify_cli, "unknown option '%s'", argv[0]);
     const char *dir = argv[0];
     mm_err err;
     data_index ix;
@@ -194,10 +268,11 @@ static int cmd_verify(int argc, char **argv) {
 }
 
 // A decimal number in [lo, hi], for pack's options.
-static int int_opt(const char *cmd, const char *opt, const char *v, long lo, long hi, int *out) {
+static int int_opt(const mm_cli_cmd *c, const char *opt, const char *v, long lo, long hi,
+                   int *out) {
     uint64_t x;
     if (parse_u64(v, &x) || x < (uint64_t)lo || x > (uint64_t)hi)
-        return usage_error("%s: %s wants a whole number in %ld..%ld, got '%s'", cmd, opt, lo, hi, v);
+        return usage_error(c, "%s wants a whole number in %ld..%ld, got '%s'", opt, lo, hi, v);
     *out = (int)x;
     return 0;
 }
@@ -273,20 +348,11 @@ static int cmd_pack(int argc, char **argv) {
     const char *from = NULL;
     int given_size = 0, given_c = 0, given_rate = 0;
     for (int i = 0; i < argc; i++) {
-        static const char *const opts[] = {"--manifest",    "--folder",       "--val-manifest",
-                                           "--train-split", "--val-split",    "--image-key",
-                                           "--audio-key",   "--caption-key",  "--caption-file-key",
-                                           "--ignore-keys", "--schema-from",  "--long-captions",
-                                           "--out",         "--image-size",   "--channels",
-                                           "--audio-rate",  "--audio-len",    "--text-max",
-                                           "--shard-size",  "--val-fraction", "--seed",
-                                           "--threads",     "--on-error"};
-        const char *a = argv[i];
-        int known = 0;
-        for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]); k++) known |= !strcmp(a, opts[k]);
-        if (!known) return usage_error("pack: unknown option '%s'", a);
-        if (i + 1 >= argc) return usage_error("pack: option '%s' needs a value", a);
-        const char *v = argv[++i];
+        const char *v;
+        mm_err e;
+        const mm_cli_opt *o = mm_cli_next(&pack_cli, argc, argv, &i, &v, &e);
+        if (!o) return usage_error_from(&e);
+        const char *a = o->name;
         int bad = 0;
         if (!strcmp(a, "--manifest")) {
             c.manifest = v;
@@ -308,7 +374,7 @@ static int cmd_pack(int argc, char **argv) {
             else if (!strcmp(v, "refuse"))
                 c.cut_captions = 0;
             else
-                bad = usage_error("pack: --long-captions wants cut or refuse, got '%s'", v);
+                bad = usage_error(&pack_cli, "--long-captions wants cut or refuse, got '%s'", v);
         } else if (!strcmp(a, "--out")) {
             c.out = v;
         } else if (!strcmp(a, "--image-size")) {
@@ -316,45 +382,49 @@ static int cmd_pack(int argc, char **argv) {
             char hbuf[32];
             given_size = 1;
             if (!x) {
-                bad = int_opt("pack", a, v, 1, 16384, &c.img_h);
+                bad = int_opt(&pack_cli, a, v, 1, 16384, &c.img_h);
                 c.img_w = c.img_h;
             } else if ((size_t)(x - v) < sizeof(hbuf)) {
                 memcpy(hbuf, v, (size_t)(x - v));
                 hbuf[x - v] = '\0';
-                bad = int_opt("pack", a, hbuf, 1, 16384, &c.img_h) ||
-                      int_opt("pack", a, x + 1, 1, 16384, &c.img_w);
+                bad = int_opt(&pack_cli, a, hbuf, 1, 16384, &c.img_h) ||
+                      int_opt(&pack_cli, a, x + 1, 1, 16384, &c.img_w);
             } else {
-                bad = usage_error("pack: --image-size wants HxW or N, got '%s'", v);
+                bad = usage_error(&pack_cli, "--image-size wants HxW or N, got '%s'", v);
             }
         } else if (!strcmp(a, "--channels")) {
             given_c = 1;
-            bad = int_opt("pack", a, v, 1, 4, &c.img_c);
+            bad = int_opt(&pack_cli, a, v, 1, 4, &c.img_c);
             if (!bad && c.img_c == 2)
-                bad = usage_error("pack: --channels wants 1 (grey), 3 (RGB) or 4 (RGBA), got 2");
+                bad =
+                    usage_error(&pack_cli, "--channels wants 1 (grey), 3 (RGB) or 4 (RGBA), got 2");
         } else if (!strcmp(a, "--audio-rate")) {
             given_rate = 1;
-            bad = int_opt("pack", a, v, 1, 1000000, &c.audio_rate);
+            bad = int_opt(&pack_cli, a, v, 1, 1000000, &c.audio_rate);
         } else if (!strcmp(a, "--audio-len")) {
-            bad = int_opt("pack", a, v, 64, 1 << 26, &c.audio_len);
+            bad = int_opt(&pack_cli, a, v, 64, 1 << 26, &c.audio_len);
         } else if (!strcmp(a, "--text-max")) {
-            bad = int_opt("pack", a, v, 1, 1 << 20, &c.text_max);
+            bad = int_opt(&pack_cli, a, v, 1, 1 << 20, &c.text_max);
         } else if (!strcmp(a, "--shard-size")) {
-            bad = int_opt("pack", a, v, 1, 1000000, &c.shard_size);
+            bad = int_opt(&pack_cli, a, v, 1, 1000000, &c.shard_size);
         } else if (!strcmp(a, "--threads")) {
-            bad = int_opt("pack", a, v, 1, 256, &c.threads);
+            bad = int_opt(&pack_cli, a, v, 1, 256, &c.threads);
         } else if (!strcmp(a, "--seed")) {
             if (parse_u64(v, &c.seed))
-                bad = usage_error("pack: --seed wants a non-negative whole number, got '%s'", v);
+                bad =
+                    usage_error(&pack_cli, "--seed wants a non-negative whole number, got '%s'", v);
         } else if (!strcmp(a, "--val-fraction")) {
             char *end;
             errno = 0;
             c.val_fraction = strtod(v, &end);
             if (errno || end == v || *end || !(c.val_fraction >= 0 && c.val_fraction < 1))
-                bad = usage_error("pack: --val-fraction wants a number in [0, 1), got '%s'", v);
+                bad =
+                    usage_error(&pack_cli, "--val-fraction wants a number in [0, 1), got '%s'", v);
         } else if (!strcmp(a, "--on-error")) {
             if (!strcmp(v, "fail")) c.on_error = DATA_PACK_FAIL;
             else if (!strcmp(v, "skip")) c.on_error = DATA_PACK_SKIP;
-            else bad = usage_error("pack: --on-error wants fail or skip, got '%s'", v);
+            else
+                bad = usage_error(&pack_cli, "--on-error wants fail or skip, got '%s'", v);
         } else {  // --image-key, --audio-key, --caption-key, --caption-file-key
             for (int f = 0; f < DATA_MF_N; f++)
                 if (!strcmp(a, data_manifest_key_opts[f])) c.keys.key[f] = v;
@@ -362,19 +432,21 @@ static int cmd_pack(int argc, char **argv) {
         if (bad) return 2;
     }
     int have_m = c.manifest && c.manifest[0], have_f = c.folder && c.folder[0];
-    if (have_m && have_f) return usage_error("pack: --manifest and --folder exclude each other");
-    if (!have_m && !have_f) return usage_error("pack: missing --manifest FILE or --folder DIR");
-    if (!c.out || !c.out[0]) return usage_error("pack: missing --out DIR");
+    if (have_m && have_f)
+        return usage_error(&pack_cli, "--manifest and --folder exclude each other");
+    if (!have_m && !have_f)
+        return usage_error(&pack_cli, "missing --manifest FILE or --folder DIR");
+    if (!c.out || !c.out[0]) return usage_error(&pack_cli, "missing --out DIR");
     if ((c.train_split || c.val_split) && !have_f)
-        return usage_error("pack: --train-split and --val-split need --folder DIR");
+        return usage_error(&pack_cli, "--train-split and --val-split need --folder DIR");
     if (c.val_manifest && c.val_split)
-        return usage_error("pack: --val-manifest and --val-split exclude each other");
+        return usage_error(&pack_cli, "--val-manifest and --val-split exclude each other");
     if (c.val_manifest && c.val_fraction >= 0)
-        return usage_error(
-            "pack: --val-manifest and --val-fraction exclude each other (val "
-            "comes from the file)");
+        return usage_error(&pack_cli,
+                           "--val-manifest and --val-fraction exclude each other (val "
+                           "comes from the file)");
     mm_err err;
-    if (data_manifest_keys_check(&c.keys, &err)) return usage_error("pack: %s", err.msg);
+    if (data_manifest_keys_check(&c.keys, &err)) return usage_error(&pack_cli, "%s", err.msg);
     if (from) {
         data_schema s;
         if (schema_from(from, &s, &err)) {
@@ -427,29 +499,31 @@ static int cmd_inspect(int argc, char **argv) {
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-') {
-            if (dir) return usage_error("inspect: unexpected argument '%s'", a);
+            if (dir) return usage_error(&inspect_cli, "unexpected argument '%s'", a);
             dir = a;
             continue;
         }
-        if (strcmp(a, "--sample") != 0 && strcmp(a, "--out") != 0 && strcmp(a, "--split") != 0)
-            return usage_error("inspect: unknown option '%s'", a);
-        if (i + 1 >= argc) return usage_error("inspect: option '%s' needs a value", a);
-        const char *v = argv[++i];
+        const char *v;
+        mm_err e;
+        const mm_cli_opt *o = mm_cli_next(&inspect_cli, argc, argv, &i, &v, &e);
+        if (!o) return usage_error_from(&e);
+        a = o->name;
         if (!strcmp(a, "--sample")) {
             if (parse_u64(v, &index))
-                return usage_error("inspect: --sample wants a position >= 0, got '%s'", v);
+                return usage_error(&inspect_cli, "--sample wants a position >= 0, got '%s'", v);
             have_sample = 1;
         } else if (!strcmp(a, "--out")) {
             out = v;
         } else {
             if (strcmp(v, "train") != 0 && strcmp(v, "val") != 0)
-                return usage_error("inspect: --split wants train or val, got '%s'", v);
+                return usage_error(&inspect_cli, "--split wants train or val, got '%s'", v);
             split = v;
         }
     }
-    if (!dir) return usage_error("inspect: missing the dataset directory");
-    if ((out || split) && !have_sample) return usage_error("inspect: --out and --split need --sample I");
-    if (have_sample && !out) return usage_error("inspect: --sample needs --out FOLDER");
+    if (!dir) return usage_error(&inspect_cli, "missing the dataset directory");
+    if ((out || split) && !have_sample)
+        return usage_error(&inspect_cli, "--out and --split need --sample I");
+    if (have_sample && !out) return usage_error(&inspect_cli, "--sample needs --out FOLDER");
     mm_err err;
     int rc = have_sample ? data_inspect_sample(dir, split, index, out, stdout, &err)
                          : data_inspect(dir, stdout, &err);
@@ -462,15 +536,20 @@ static int cmd_inspect(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return usage_error("missing command");
-    const char *cmd = argv[1];
-    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
-        fputs(usage, stdout);
+    const mm_cli_cmd *sub = argc >= 2 ? mm_cli_sub(&mmdata_cli, argv[1]) : NULL;
+    if (sub && mm_cli_wants_help(sub, argc - 2, argv + 2)) {
+        mm_cli_usage(sub, stdout);
         return 0;
     }
-    if (!strcmp(cmd, "synth")) return cmd_synth(argc - 2, argv + 2);
-    if (!strcmp(cmd, "verify")) return cmd_verify(argc - 2, argv + 2);
-    if (!strcmp(cmd, "pack")) return cmd_pack(argc - 2, argv + 2);
-    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
-    return usage_error("unknown command '%s'", cmd);
+    if (!sub && (mm_cli_wants_help(&mmdata_cli, argc - 1, argv + 1) ||
+                 (argc >= 2 && !strcmp(argv[1], "help")))) {
+        mm_cli_usage(&mmdata_cli, stdout);
+        return 0;
+    }
+    if (argc < 2) return usage_error(&mmdata_cli, "missing command");
+    if (sub == &synth_cli) return cmd_synth(argc - 2, argv + 2);
+    if (sub == &verify_cli) return cmd_verify(argc - 2, argv + 2);
+    if (sub == &pack_cli) return cmd_pack(argc - 2, argv + 2);
+    if (sub == &inspect_cli) return cmd_inspect(argc - 2, argv + 2);
+    return usage_error(&mmdata_cli, "unknown command '%s'", argv[1]);
 }

@@ -6,15 +6,28 @@
 #   diffusion:             configs/diffusion_tiny.yaml, sample grid + conditional accuracy
 #                          (about 15 minutes on 2 cores)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+usage() {
+    cat <<'EOF'
+usage: launch/demo.sh [transformer|diffusion]
+  Installs what is missing (launch/deps.sh), builds, synthesizes DATA (when it does not
+  verify) and trains the tiny transformer (default) or diffusion config on NP ranks.
+environment: NP (2), DATA (demo_data), OUT (runs/demo or runs/demo_diffusion)
+EOF
+}
+for a in "$@"; do  # --help anywhere wins over every other error
+    case "$a" in -h | --help) usage; exit 0 ;; esac
+done
+die() { echo "error: demo.sh: $1 (see --help)" >&2; exit 2; }
+[ $# -le 1 ] || die "one model kind at most, got $#"
 KIND=${1:-transformer}
-NP=${NP:-2}
-DATA=${DATA:-demo_data}
 case "$KIND" in
     transformer) CONFIG=configs/tiny.yaml; OUT=${OUT:-runs/demo} ;;
     diffusion) CONFIG=configs/diffusion_tiny.yaml; OUT=${OUT:-runs/demo_diffusion} ;;
-    *) echo "usage: $0 [transformer|diffusion]" >&2; exit 2 ;;
+    *) die "unknown model kind '$KIND'" ;;
 esac
+cd "$(dirname "$0")/.."
+NP=${NP:-2}
+DATA=${DATA:-demo_data}
 bash launch/deps.sh
 make -j2 build/train build/mmdata
 if ! build/mmdata verify "$DATA/train" >/dev/null 2>&1 || ! build/mmdata verify "$DATA/val" >/dev/null 2>&1; then

@@ -4,6 +4,15 @@
 # clang + libclang-rt-dev: the libFuzzer harnesses of make test (tests/fuzz.sh).
 # MM_DEPS_EXTRA adds packages (e.g. python3-torch for the PyTorch column of make bench).
 set -euo pipefail
+usage() {
+    echo "usage: launch/deps.sh"
+    echo "  Installs the Debian packages mmtrain builds against that are missing (apt-get,"
+    echo "  sudo when not root); elsewhere prints what to install. MM_DEPS_EXTRA: more packages."
+}
+for a in "$@"; do  # --help anywhere wins over every other error
+    case "$a" in -h | --help) usage; exit 0 ;; esac
+done
+[ $# -eq 0 ] || { echo "error: deps.sh: takes no arguments, got '$1' (see --help)" >&2; exit 2; }
 pkgs=(build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-dev libyaml-dev
       libopenblas-openmp-dev libfftw3-dev zlib1g-dev libpng-dev libsndfile1-dev libturbojpeg0-dev
       libsoxr-dev sox clang libclang-rt-dev ${MM_DEPS_EXTRA:-})

@@ -7,8 +7,23 @@
 # own files would arrive; nothing in it is specific to mmtrain's formats.
 #   launch/example_folder.sh DIR [N]      (N samples, default 600)
 set -euo pipefail
-DIR=${1:?usage: launch/example_folder.sh DIR [N]}
+usage() {
+    cat <<'EOF'
+usage: launch/example_folder.sh DIR [N]
+  Writes N samples (600) of ordinary files into the new folder DIR: img/*.png, wav/*.wav,
+  txt/*.txt and manifest.jsonl listing them, ready for `mmdata pack --manifest`.
+environment: MMDATA (build/mmdata)
+EOF
+}
+for a in "$@"; do  # --help anywhere wins over every other error
+    case "$a" in -h | --help) usage; exit 0 ;; esac
+done
+die() { echo "error: example_folder.sh: $1 (see --help)" >&2; exit 2; }
+[ $# -ge 1 ] && [ $# -le 2 ] || die "wants DIR and at most N, got $# arguments"
+[[ "$1" != -* ]] || die "unknown option '$1'"
+DIR=$1
 N=${2:-600}
+[[ "$N" =~ ^[1-9][0-9]*$ ]] || die "N '$N' is not a positive number"
 MMDATA=${MMDATA:-build/mmdata}
 [ -x "$MMDATA" ] || { echo "example_folder.sh: $MMDATA not built (run make)" >&2; exit 1; }
 [ ! -e "$DIR" ] || { echo "example_folder.sh: $DIR exists; choose a new folder" >&2; exit 1; }

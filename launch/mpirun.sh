@@ -56,22 +56,22 @@ environment:
 EOF
 }
 
+for a in "$@"; do  # --help anywhere wins over every other error
+    case "$a" in -h | --help) usage; exit 0 ;; esac
+done
+die() { echo "error: mpirun.sh: $*" >&2; exit 2; }
 dry=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h | --help) usage; exit 0 ;;
         --dry-run) dry=1; shift ;;
+        -*) die "unknown option '$1' (see --help)" ;;
         *) break ;;
     esac
 done
-if [ $# -lt 2 ]; then
-    usage >&2
-    exit 2
-fi
+[ $# -ge 2 ] || die "needs NP and CONFIG.yaml (see --help)"
 np=$1; shift
 cfg=$1
 here=$(cd "$(dirname "$0")/.." && pwd)
-die() { echo "mpirun.sh: $*" >&2; exit 2; }
 is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 is_count "$np" || die "NP '$np' is not a positive number of ranks"
 

@@ -45,7 +45,9 @@ fi
 
 run "$MMDATA" --help
 expect "--help exits 0 with usage" test "$rc" -eq 0
-expect "--help prints the commands" grep -q 'synth --out DIR --samples N' "$tmp/out"
+expect "--help lists the commands" grep -Eq '^  synth +write the synthetic' "$tmp/out"
+run "$MMDATA" synth --help
+expect "synth --help prints its options" grep -q 'usage: mmdata synth --out DIR --samples N' "$tmp/out"
 
 run "$MMDATA"
 expect "no command: exit 2" test "$rc" -eq 2

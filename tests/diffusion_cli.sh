@@ -2,7 +2,7 @@
 # diffusion_cli.sh: `train sample` end to end: a tiny diffusion run, then images from its
 # checkpoint for a caption and for a sound file (any rate and channel count, decoded as pack
 # does: the same images as from the clip pack stores); sampling is deterministic for a seed and
-# differs across seeds; bad options and inputs are one-line errors.
+# differs across seeds and not with --threads; bad options and inputs are one-line errors.
 set -u
 B=${MM_BUILD:-build}
 pass=0; fail=0
@@ -33,6 +33,12 @@ ok "same seed, same images" 'cmp -s "$tmp/o1/sample_000.png" "$tmp/o2/sample_000
 sample --ckpt "$ck" --out "$tmp/o3" --text "a small red circle on the left" --n 2 --steps 3 --seed 6 >/dev/null 2>&1
 ok "another seed, other images" '! cmp -s "$tmp/o1/sample_000.png" "$tmp/o3/sample_000.png"'
 sample --ckpt "$ck" --out "$tmp/o4" --n 1 --steps 2 >/dev/null 2>&1
+# the thread count changes the speed, never the images
+sample --ckpt "$ck" --out "$tmp/t1" --text "a blue square" --n 4 --steps 3 --threads 1 >"$tmp/t1.log" 2>&1
+ok "--threads 1: $(tail -n 1 "$tmp/t1.log")" '[ $? -eq 0 ] && grep -q "s, 1 thread$" "$tmp/t1.log"'
+sample --ckpt "$ck" --out "$tmp/t2" --text "a blue square" --n 4 --steps 3 --threads 2 >"$tmp/t2.log" 2>&1
+ok "--threads 2: $(tail -n 1 "$tmp/t2.log")" '[ $? -eq 0 ] && grep -q "s, 2 threads$" "$tmp/t2.log"'
+ok "1 and 2 threads give the same images" 'cmp -s "$tmp/t1/grid.png" "$tmp/t2/grid.png"'
 ok "unconditional sample" '[ -s "$tmp/o4/sample_000.png" ]'
 
 if command -v python3 >/dev/null 2>&1; then

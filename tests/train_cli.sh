@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # train_cli.sh: the `train` command line under mpirun: bad input of every kind gives ONE
 # "error:" line naming the file/place/reason and a non-zero exit, never a crash or a hang;
-# --help works; a tiny run prints the resolved config and writes config.yaml + metrics.
+# --help works (once under several ranks); a tiny run prints the resolved config and writes config.yaml + metrics.
 set -u
 B=${MM_BUILD:-build}
 pass=0; fail=0
@@ -45,6 +45,12 @@ ok "metrics.jsonl has 3 step lines" '[ "$(grep -c "\"loss\"" "$tmp/run/metrics.j
 ok "eval file written" '[ -s "$tmp/run/eval/step_00000003.jsonl" ]'
 ok "latest checkpoint" 'grep -q step_00000003 "$tmp/run/ckpt/latest"'
 run --help >"$tmp/out" 2>&1; ok "--help exits 0" '[ $? -eq 0 ] && grep -q usage "$tmp/out"'
+# under several ranks the usage is printed once (rank 0), every command's as the program's
+for args in "--help" "sample --help" "export -h" "$tmp/good.yaml run.steps=x --help"; do
+    NP=2 run $args >"$tmp/out" 2>&1; rc=$?
+    ok "2 ranks, $args: exit 0 (got $rc), one usage: $(head -c 200 "$tmp/out")" \
+        '[ $rc -eq 0 ] && [ "$(grep -c "^usage: train" "$tmp/out")" -eq 1 ]'
+done
 
 expect_error "no config" "no config file"
 expect_error "missing file" "nope.yaml.*(No such file|cannot open)" "$tmp/nope.yaml"

@@ -34,6 +34,26 @@
 #define EXPORT_FORMAT "mmtrain-weights"
 #define EXPORT_VERSION 1
 
+// The usage `train export --help` prints (main.c); parse_args below must take what it lists.
+static const mm_cli_opt export_opts[] = {
+    {"--ckpt", "DIR",
+     "a checkpoint, a ckpt/ directory or a run directory (its latest\n"
+     "checkpoint), saved at any tp x dp layout; required"},
+    {"--out", "FILE", "the file to write (written whole or not at all); required"},
+    {"--format", "hdf5|safetensors", "the file format (default hdf5; train/EXPORT.md)"},
+    {NULL, NULL, NULL}};
+
+const mm_cli_cmd train_export_cli = {
+    .prog = "train",
+    .name = "export",
+    .synopsis = "--ckpt DIR --out FILE [--format hdf5|safetensors]",
+    .summary = "write a checkpoint's weights as full-shape float32 tensors in one file",
+    .about =
+        "  Writes the weights (and the EMA, if kept) of a checkpoint as full-shape float32\n"
+        "  tensors into one HDF5 (default) or safetensors file, whatever layout it was saved\n"
+        "  at (train/EXPORT.md).\n",
+    .opts = export_opts};
+
 typedef struct {
     const char *ckpt, *out;
     int safetensors;  // --format safetensors (else hdf5)
@@ -50,7 +70,7 @@ static int parse_args(int argc, char **argv, export_args *a, mm_err *err) {
     for (int i = 0; i < argc; i++) {
         const char *k = argv[i];
         if (strcmp(k, "--ckpt") != 0 && strcmp(k, "--out") != 0 && strcmp(k, "--format") != 0)
-            return mm_fail(err, "export: unknown option '%s' (see train --help)", k);
+            return mm_fail(err, "train export: unknown option '%s' (see train export --help)", k);
         if (i + 1 >= argc) return mm_fail(err, "export: %s needs a value", k);
         const char *v = argv[++i];
         if (!*v) return mm_fail(err, "export: %s needs a non-empty value", k);

@@ -1,29 +1,26 @@
 // main.c: the `train` entry point. Parses the command line, resolves the config, sets the
 // thread counts, and turns every failure into one "error: ..." line and a non-zero exit on
 // every rank (never a hang: a failure seen by one rank only ends the job via comm_abort).
-#include <cblas.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../comm/comm.h"
+#include "../core/cli.h"
 #include "config.h"
 #include "memory.h"
 #include "train.h"
 
-static const char *usage =
-    "usage: train CONFIG.yaml [section.key=value ...]\n"
-    "  Trains (or resumes, with checkpoint.resume: auto) the run CONFIG describes;\n"
-    "  each section.key=value overrides one config key. Keys: train/CONFIG.md.\n"
-    "usage: train sample --ckpt DIR --out DIR [--text \"...\"] [--audio FILE] [--n K]\n"
-    "                    [--steps S] [--guidance G] [--seed S] [--backend cpu|cuda]\n"
-    "  Generates images from a diffusion checkpoint (EMA weights) into DIR.\n"
-    "usage: train export --ckpt DIR --out FILE [--format hdf5|safetensors]\n"
-    "  Writes the weights (and the EMA, if kept) of a checkpoint of any tp x dp layout as\n"
-    "  full-shape float32 tensors into one HDF5 (default) or safetensors file\n"
-    "  (train/EXPORT.md). DIR may be a checkpoint, a ckpt/ directory or a run directory\n"
-    "  (its latest checkpoint).\n";
+static const mm_cli_cmd *const train_subs[] = {&train_sample_cli, &train_export_cli, NULL};
+static const mm_cli_cmd train_cli = {
+    .prog = "train",
+    .synopsis = "CONFIG.yaml [section.key=value ...]\nCOMMAND [options]",
+    .about =
+        "  Trains (or resumes, with checkpoint.resume: auto) the run CONFIG describes; each\n"
+        "  section.key=value overrides one config key (keys: train/CONFIG.md). Run it under\n"
+        "  mpirun for several ranks (launch/mpirun.sh --help).\n",
+    .subs = train_subs,
+    .notes = "exit status: 0 ok, non-zero on any error (one \"error: ...\" line)\n"};
 
 // Exits every rank with status 2 after rank 0 printed msg: used for errors that all ranks
 // detect alike (command line, config), so the message is printed once.
@@ -47,45 +44,44 @@ static const char *name_config(mm_err *err, const char *path) {
     return err->msg;
 }
 
-// OpenMP (and the OpenMP build of OpenBLAS) threads per rank: run.threads, or the cores of
-// this node shared evenly among the ranks on it.
-static int pick_threads(const mm_config *c) {
-    if (c->run.threads > 0) return c->run.threads;
-    int n = omp_get_num_procs() / train_local_ranks();
-    return n > 0 ? n : 1;
+// Prints c's usage on rank 0 and ends the process with status 0.
+static void help_and_exit(comm_group *world, const mm_cli_cmd *c) {
+    if (comm_rank(world) == 0) mm_cli_usage(c, stdout);
+    fflush(stdout);
+    comm_finalize(world);
+    exit(0);
 }
 
 int main(int argc, char **argv) {
     comm_group *world = comm_init(&argc, &argv);
-    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        if (comm_rank(world) == 0) fputs(usage, stdout);
-        comm_finalize(world);
-        return 0;
-    }
-    if (argc >= 2 && strcmp(argv[1], "sample") == 0) {
+    const mm_cli_cmd *sub = argc >= 2 ? mm_cli_sub(&train_cli, argv[1]) : NULL;
+    if (sub) {
+        if (mm_cli_wants_help(sub, argc - 2, argv + 2)) help_and_exit(world, sub);
+        int (*run)(int, char **, comm_group *, mm_err *) =
+            sub == &train_sample_cli   ? train_sample_main
+            : sub == &train_export_cli ? train_export_main
+                                       : NULL;
+        MM_CHECK(run, "train: command '%s' is listed but not dispatched", sub->name);
         mm_err err;
-        if (train_sample_main(argc - 2, argv + 2, world, &err) != 0) fail_all(world, err.msg);
+        if (run(argc - 2, argv + 2, world, &err) != 0) fail_all(world, err.msg);
         comm_finalize(world);
         return 0;
     }
-    if (argc >= 2 && strcmp(argv[1], "export") == 0) {
-        mm_err err;
-        if (train_export_main(argc - 2, argv + 2, world, &err) != 0) fail_all(world, err.msg);
-        comm_finalize(world);
-        return 0;
-    }
+    if (mm_cli_wants_help(&train_cli, argc - 1, argv + 1)) help_and_exit(world, &train_cli);
     if (argc < 2 || argv[1][0] == '-') {
-        if (comm_rank(world) == 0) fputs(usage, stderr);
-        fail_all(world, argc < 2 ? "no config file given" : "unknown option (see --help)");
+        mm_err err;
+        if (argc < 2)
+            mm_cli_fail(&train_cli, &err, "no config file given");
+        else
+            mm_cli_fail(&train_cli, &err, "unknown option '%s'", argv[1]);
+        fail_all(world, err.msg);
     }
     mm_config cfg;
     mm_err err;
     if (mm_config_load(&cfg, argv[1], argc - 2, argv + 2, &err) != 0)
         fail_all(world, err.msg);
     if (mm_config_validate(&cfg, &err) != 0) fail_all(world, name_config(&err, argv[1]));
-    int threads = pick_threads(&cfg);
-    omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
+    train_set_threads(cfg.run.threads);
 
     int rc = train_run(&cfg, world, &err);
     if (rc != 0) fail_all(world, name_config(&err, argv[1]));

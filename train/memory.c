@@ -1,7 +1,10 @@
 // memory.c: the per-rank memory estimate of a run (memory.h) and its check against the
-// backend's memory before the first large allocation.
+// backend's memory before the first large allocation; and the thread count, since the
+// node's ranks share its cores as they share its memory.
 #include "memory.h"
 
+#include <cblas.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -30,6 +33,14 @@ int train_local_ranks(void) {
     if (!s) s = getenv("SLURM_NTASKS_PER_NODE");
     int n = s ? atoi(s) : 0;
     return n > 0 ? n : 1;
+}
+
+int train_set_threads(int n) {
+    if (n <= 0) n = omp_get_num_procs() / train_local_ranks();
+    if (n < 1) n = 1;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+    return n;
 }
 
 static double gib(size_t b) {

@@ -3,7 +3,8 @@
 // that cannot fit stops before training with the estimate and what to change (a smaller
 // micro-batch, recomputation, more tp, ZeRO-1), not with an allocation abort and a
 // backtrace. The model's part comes from the model's own carving plan (model_mem_plan,
-// dit_mem_plan), so the estimate cannot drift from what model_create allocates.
+// dit_mem_plan), so the estimate cannot drift from what model_create allocates. The
+// threads of a rank come from the same share of the node (train_set_threads).
 #ifndef MM_TRAIN_MEMORY_H
 #define MM_TRAIN_MEMORY_H
 
@@ -31,6 +32,11 @@ void train_mem_estimate(train_mem *e, const mm_backend *be, const model_mem *mm,
 // The ranks on this node, from the launcher (1 when it does not say): they share the host's
 // memory and cores.
 int train_local_ranks(void);
+
+// Sets this process's OpenMP threads (and OpenBLAS's, its OpenMP build) and returns how
+// many: n when n > 0 (run.threads, `train sample --threads`), else the cores this process
+// may run on divided by the ranks on its node.
+int train_set_threads(int n);
 
 // 0 when e fits in what be has left (on the CPU: the host's available memory shared by the
 // node's ranks); else -1 with err: the estimate by part, what there is, and what to change.

@@ -1,7 +1,6 @@
 // sample.c: `train sample`: generate images from a diffusion checkpoint with its EMA
 // weights, conditioned on a caption and/or a sound file, without a training run around it.
-//   train sample --ckpt DIR --out DIR [--text "..."] [--audio FILE.wav] [--n K]
-//                [--steps S] [--guidance G] [--seed S] [--backend cpu|cuda]
+// Options and usage: train_sample_cli below (`train sample --help`).
 // Writes DIR/sample_XXX.png and DIR/grid.png. The audio file may be anything `mmdata pack`
 // accepts (any rate and channel count): it is decoded by the same function. --backend cuda
 // (a `make cuda` build) samples on this process's GPU with the checkpoint's precision; the
@@ -9,6 +8,8 @@
 // checkpoint, a ckpt/ or a run directory (ckpt_resolve). Shapes come from the checkpoint's config:
 // its data.img_* / audio_* / text_max keys (saved resolved since they exist), or for older
 // checkpoints the schema of its training set (data.train must then still be readable).
+// Threads: as training sets them (train_set_threads), --threads N in place of run.threads;
+// the images do not depend on the count.
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,26 +19,61 @@
 #include "../model/diffusion.h"
 #include "ckpt.h"
 #include "config.h"
+#include "memory.h"
 #include "train.h"
 #include "trainer_internal.h"
+
+static const mm_cli_opt sample_opts[] = {
+    {"--ckpt", "DIR",
+     "the diffusion checkpoint: a checkpoint, a ckpt/ directory or a run\n"
+     "directory (its latest checkpoint); required"},
+    {"--out", "DIR", "where to write sample_000.png ... and grid.png; required"},
+    {"--text", "CAPTION", "the caption every image is conditioned on"},
+    {"--audio", "FILE",
+     "a sound every image is conditioned on: any file `mmdata pack` reads\n"
+     "(WAV, FLAC, OGG, ...; any rate and channel count)"},
+    {"--n", "K", "how many images, 1..4096 (8)"},
+    {"--steps", "S", "sampling steps, 1..4096 (the checkpoint's diffusion.sample_steps)"},
+    {"--guidance", "G", "classifier-free guidance, 0..100 (its diffusion.guidance)"},
+    {"--seed", "S", "the seed of the noise (0): the same seed gives the same images"},
+    {"--threads", "N",
+     "OpenMP/OpenBLAS threads, 1..4096 (default: the cores this process may\n"
+     "use, as training with run.threads 0); on a machine busy with other\n"
+     "work, --threads 1 (or OMP_WAIT_POLICY=passive) can be many times\n"
+     "faster"},
+    {"--backend", "cpu|cuda", "where to sample (cpu); cuda needs a `make cuda` build"},
+    {NULL, NULL, NULL}};
+
+const mm_cli_cmd train_sample_cli = {
+    .prog = "train",
+    .name = "sample",
+    .synopsis = "--ckpt DIR --out DIR [options]",
+    .summary = "generate images from a diffusion checkpoint (its EMA weights)",
+    .about =
+        "  Generates images conditioned on a caption and/or a sound (neither: unconditional)\n"
+        "  with the EMA weights of a diffusion checkpoint of any layout.\n",
+    .opts = sample_opts};
 
 typedef struct {
     const char *ckpt, *out, *text, *audio, *backend;
     int n, steps;
+    int threads;  // --threads (0: training's rule), then the count in use
     double guidance;
     uint64_t seed;
 } sample_args;
 
 static int parse_args(int argc, char **argv, sample_args *a, mm_err *err) {
+    const mm_cli_cmd *c = &train_sample_cli;
     memset(a, 0, sizeof(*a));
     a->n = 8;
     a->steps = -1;
     a->guidance = -1;
     a->backend = "cpu";
     for (int i = 0; i < argc; i++) {
-        const char *k = argv[i];
-        if (i + 1 >= argc) return mm_fail(err, "sample: %s needs a value", k);
-        const char *v = argv[++i];
+        const char *v;
+        const mm_cli_opt *o = mm_cli_next(c, argc, argv, &i, &v, err);
+        if (!o) return -1;
+        const char *k = o->name;
         char *end = NULL;
         errno = 0;
         if (strcmp(k, "--ckpt") == 0) a->ckpt = v;
@@ -46,30 +82,27 @@ static int parse_args(int argc, char **argv, sample_args *a, mm_err *err) {
         else if (strcmp(k, "--audio") == 0) a->audio = v;
         else if (strcmp(k, "--backend") == 0) {
             if (strcmp(v, "cpu") != 0 && strcmp(v, "cuda") != 0)
-                return mm_fail(err, "sample: --backend '%s': expected cpu or cuda", v);
+                return mm_cli_fail(c, err, "--backend '%s': expected cpu or cuda", v);
             a->backend = v;  // whether this binary has it: mm_backend_create says
-        }
-        else if (strcmp(k, "--n") == 0 || strcmp(k, "--steps") == 0) {
+        } else if (strcmp(k, "--n") == 0 || strcmp(k, "--steps") == 0 ||
+                   strcmp(k, "--threads") == 0) {
             long x = strtol(v, &end, 10);
             if (errno || end == v || *end || x < 1 || x > 4096)
-                return mm_fail(err, "sample: %s '%s': expected an integer in [1, 4096]", k, v);
-            if (k[2] == 'n') a->n = (int)x;
-            else a->steps = (int)x;
+                return mm_cli_fail(c, err, "%s '%s': expected an integer in [1, 4096]", k, v);
+            *(k[2] == 'n' ? &a->n : k[2] == 's' ? &a->steps : &a->threads) = (int)x;
         } else if (strcmp(k, "--guidance") == 0) {
             // the config's range for diffusion.guidance; NaN and inf fail the comparison
             a->guidance = strtod(v, &end);
             if (errno || end == v || *end || !(a->guidance >= 0 && a->guidance <= 100))
-                return mm_fail(err, "sample: --guidance '%s': expected a number in [0, 100]", v);
-        } else if (strcmp(k, "--seed") == 0) {
+                return mm_cli_fail(c, err, "--guidance '%s': expected a number in [0, 100]", v);
+        } else {  // --seed
             a->seed = strtoull(v, &end, 10);
             if (errno || end == v || *end || *v == '-')
-                return mm_fail(err, "sample: --seed '%s': expected an unsigned integer", v);
-        } else {
-            return mm_fail(err, "sample: unknown option '%s' (see train --help)", k);
+                return mm_cli_fail(c, err, "--seed '%s': expected an unsigned integer", v);
         }
     }
-    if (!a->ckpt) return mm_fail(err, "sample: --ckpt DIR is required");
-    if (!a->out) return mm_fail(err, "sample: --out DIR is required");
+    if (!a->ckpt) return mm_cli_fail(c, err, "--ckpt DIR is required");
+    if (!a->out) return mm_cli_fail(c, err, "--out DIR is required");
     return 0;
 }
 
@@ -92,6 +125,7 @@ static int read_audio(const char *path, const data_schema *sc, int16_t *pcm, int
 }
 
 static int run_sample(const sample_args *a, mm_err *err) {
+    const double t0 = mm_now();
     ckpt_meta meta;
     char ck[4200];
     mm_err e;
@@ -210,8 +244,8 @@ static int run_sample(const sample_args *a, mm_err *err) {
         free(grid);
         if (wrc) goto done;
     }
-    printf("sample: %d image(s) from %s (step %lld) in %s (grid.png)\n", n, ck,
-           (long long)meta.step, a->out);
+    printf("sample: %d image(s) from %s (step %lld) in %s (grid.png); %.1f s, %d thread%s\n", n, ck,
+           (long long)meta.step, a->out, mm_now() - t0, a->threads, a->threads == 1 ? "" : "s");
     rc = 0;
 done:
     if (feat) data_featurizer_free(feat);
@@ -232,5 +266,6 @@ int train_sample_main(int argc, char **argv, comm_group *world, mm_err *err) {
     if (comm_size(world) != 1) return mm_fail(err, "sample: run it as a single process");
     sample_args a;
     if (parse_args(argc, argv, &a, err) != 0) return -1;
+    a.threads = train_set_threads(a.threads);
     return run_sample(&a, err);
 }

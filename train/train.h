@@ -5,6 +5,7 @@
 #define MM_TRAIN_H
 
 #include "../comm/comm.h"
+#include "../core/cli.h"
 #include "../core/core.h"
 #include "config.h"
 
@@ -15,11 +16,14 @@
 int train_run(const mm_config *cfg, comm_group *world, mm_err *err);
 
 // `train sample ARGS...` (train/sample.c): images from a diffusion checkpoint. argv holds
-// the options after "sample". Returns 0, or -1 with err filled.
+// the options after "sample". Returns 0, or -1 with err filled. train_sample_cli: its
+// usage and options (main.c answers --help with it).
 int train_sample_main(int argc, char **argv, comm_group *world, mm_err *err);
+extern const mm_cli_cmd train_sample_cli;
 
 // `train export ARGS...` (train/export.c): one consolidated HDF5 file of full-shape float32
 // tensors from a checkpoint of any layout (train/EXPORT.md). Returns 0, or -1 with err.
 int train_export_main(int argc, char **argv, comm_group *world, mm_err *err);
+extern const mm_cli_cmd train_export_cli;
 
 #endif  // MM_TRAIN_H

@@ -33,13 +33,15 @@ Needs python3 with torch and numpy (skipped with a note without them), espeak-ng
 fashion_speech.py and baseline.py beside this script.
 EOF
 }
+for a in "$@"; do  # --help anywhere wins over every other error
+    case "$a" in -h|--help) usage; exit 0 ;; esac
+done
 die() { echo "error: diffusion_eval.sh: $1" >&2; exit "${2:-1}"; }  # message, exit status
 
 train=0 np=2 data=data/real/fashion_speech out="" n=20 clips=4 per_clip=5 seed=1 guidance=""
 judge="" run="" overrides=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) usage; exit 0 ;;
         --train) train=1; shift ;;
         --np|--data|--out|--n|--clips|--per-clip|--seed|--guidance|--judge)
             [ $# -ge 2 ] || die "$1 needs a value (see --help)" 2

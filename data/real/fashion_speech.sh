@@ -27,13 +27,15 @@ builds build/mmdata when missing. Schema: 28x28x1 images, 8000 Hz audio of 10000
 (1.25 s; clips are trimmed and sped up to fit), captions of at most 32 bytes.
 EOF
 }
+for a in "$@"; do  # --help anywhere wins over every other error
+    case "$a" in -h|--help) usage; exit 0 ;; esac
+done
 die() { echo "error: fashion_speech.sh: $1" >&2; exit "${2:-1}"; }  # message, exit status
 
 out=$root/data/real/fashion_speech
 n_train=4000 n_test=500 seed=1 threads=$(nproc) mmdata=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) usage; exit 0 ;;
         --out|--train|--test|--seed|--threads|--mmdata)
             [ $# -ge 2 ] || die "$1 needs a value (see --help)" 2
             case "$1" in

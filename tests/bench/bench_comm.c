@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../../comm/comm.h"
+#include "../../core/cli.h"
 #include "../../core/core.h"
 
 #ifdef MM_HAVE_MPI
@@ -56,11 +57,35 @@ static int reps_for(size_t bytes) {
     return r < 10 ? 10 : r > 200 ? 200 : (int)r;
 }
 
+static const mm_cli_cmd bench_comm_cli = {
+    .prog = "bench_comm",
+    .synopsis = "[SECONDS]",
+    .about =
+        "  Under mpirun with 2 or more ranks: the comm layer's allreduce against MPI's, and\n"
+        "  the gradient allreduce by bucket size. SECONDS: the same with a collective\n"
+        "  timeout (the trainer's default path).\n"};
+
 int main(int argc, char **argv) {
     comm_group *world = comm_init(&argc, &argv);
-    // bench_comm SECONDS: the same with a collective timeout (the trainer's default path)
-    if (argc > 1) comm_set_timeout(world, atof(argv[1]));
     int rank = comm_rank(world), ranks = comm_size(world);
+    if (mm_cli_wants_help(&bench_comm_cli, argc - 1, argv + 1)) {
+        if (rank == 0) mm_cli_usage(&bench_comm_cli, stdout);
+        comm_finalize(world);
+        return 0;
+    }
+    if (argc > 1) {
+        char *end;
+        double t = strtod(argv[1], &end);
+        if (argc > 2 || end == argv[1] || *end || !(t > 0)) {
+            mm_err err;
+            mm_cli_fail(&bench_comm_cli, &err, "'%s': expected one timeout in seconds > 0",
+                        argv[argc > 2 ? 2 : 1]);
+            if (rank == 0) fprintf(stderr, "error: %s\n", err.msg);
+            comm_finalize(world);
+            return 2;
+        }
+        comm_set_timeout(world, t);
+    }
     if (ranks < 2) {
         if (rank == 0) printf("bench_comm: needs 2 or more ranks (mpirun -np 2 %s)\n", argv[0]);
         comm_finalize(world);

@@ -4,7 +4,7 @@
 // claims in the README are numbers anyone can reproduce, not impressions.
 //
 //   bench_model CONFIG.yaml [--threads N] [--warmup N] [--steps N] [--schema NAME]
-//               [--shapes-only] [section.key=value ...]
+//               [--shapes-only] [section.key=value ...]      (bench_model --help)
 //
 // One timed step is what train/ does per step on one rank: model_zero_grad, model_forward,
 // model_backward (loss_scale 1/B), the global grad norm (clipping when optim.grad_clip > 0)
@@ -39,13 +39,13 @@
 // Output: a human-readable block and one `BENCH {json}` line (plus `SHAPES {json}` first,
 // which tests/bench/torch_ref.py reads to build the same model in PyTorch).
 #include <cblas.h>
-#include <getopt.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../core/cli.h"
 #include "../../core/core.h"
 #include "../../data/data.h"
 #include "../../model/backend.h"
@@ -268,39 +268,72 @@ static const char *base_name(const char *path, char *buf, size_t n) {
     return buf;
 }
 
-static void usage(void) {
-    fprintf(stderr,
-            "usage: bench_model CONFIG.yaml [--threads N] [--warmup N] [--steps N]\n"
-            "                   [--schema NAME] [--shapes-only] [section.key=value ...]\n");
+static const mm_cli_opt bench_opts[] = {
+    {"--threads", "N", "OpenMP/OpenBLAS threads, 1..4096 (run.threads, else the cores)"},
+    {"--warmup", "N", "untimed steps first, 1..100000 (2)"},
+    {"--steps", "N", "timed steps, 1..100000 (10)"},
+    {"--schema", "NAME", "the data shapes of this table entry (default: the config's name)"},
+    {"--shapes-only", NULL, "print the SHAPES line and stop"},
+    {NULL, NULL, NULL}};
+static const mm_cli_cmd bench_cli = {
+    .prog = "bench_model",
+    .synopsis = "CONFIG.yaml [options] [section.key=value ...]",
+    .about =
+        "  Times the CPU backend's training step for CONFIG against the BLAS alone on the\n"
+        "  same matrix shapes (make bench; tests/bench/run.sh).\n",
+    .opts = bench_opts};
+
+static int bench_usage_error(const mm_err *err) {
+    fprintf(stderr, "error: %s\n", err->msg);
+    return 2;
 }
 
 int main(int argc, char **argv) {
     int threads = 0, warmup = 2, steps = 10, shapes_only = 0;
     const char *schema_name = NULL;
-    static const struct option longopts[] = {
-        {"threads", required_argument, NULL, 't'}, {"warmup", required_argument, NULL, 'w'},
-        {"steps", required_argument, NULL, 's'},   {"schema", required_argument, NULL, 'S'},
-        {"shapes-only", no_argument, NULL, 'o'},   {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    for (int ch; (ch = getopt_long(argc, argv, "t:w:s:S:oh", longopts, NULL)) != -1;) {
-        switch (ch) {
-        case 't': threads = atoi(optarg); break;
-        case 'w': warmup = atoi(optarg); break;
-        case 's': steps = atoi(optarg); break;
-        case 'S': schema_name = optarg; break;
-        case 'o': shapes_only = 1; break;
-        default: usage(); return ch == 'h' ? 0 : 2;
+    int n_pos = 0;  // CONFIG.yaml and the overrides, moved to argv[1 ..] as getopt would
+    mm_err err;
+    if (mm_cli_wants_help(&bench_cli, argc - 1, argv + 1)) {
+        mm_cli_usage(&bench_cli, stdout);
+        return 0;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] != '-') {
+            argv[1 + n_pos++] = argv[i];
+            continue;
+        }
+        const char *v;
+        const mm_cli_opt *o = mm_cli_next(&bench_cli, argc, argv, &i, &v, &err);
+        if (!o) return bench_usage_error(&err);
+        if (strcmp(o->name, "--schema") == 0)
+            schema_name = v;
+        else if (strcmp(o->name, "--shapes-only") == 0)
+            shapes_only = 1;
+        else {
+            char *end;
+            long x = strtol(v, &end, 10);
+            long hi = o->name[2] == 't' ? 4096 : 100000;
+            if (end == v || *end || x < 1 || x > hi) {
+                mm_cli_fail(&bench_cli, &err, "%s '%s': expected an integer in [1, %ld]", o->name,
+                            v, hi);
+                return bench_usage_error(&err);
+            }
+            if (o->name[2] == 't')
+                threads = (int)x;
+            else if (o->name[2] == 'w')
+                warmup = (int)x;
+            else
+                steps = (int)x;
         }
     }
-    if (optind >= argc || warmup < 1 || steps < 1 || threads < 0) {
-        usage();
-        return 2;
+    if (n_pos == 0) {
+        mm_cli_fail(&bench_cli, &err, "no config file given");
+        return bench_usage_error(&err);
     }
-    const char *cfg_path = argv[optind];
     mm_config c;
-    mm_err err;
     mm_config_default(&c);
-    if (mm_config_load(&c, cfg_path, argc - optind - 1, argv + optind + 1, &err) != 0) {
+    const char *cfg_path = argv[1];
+    if (mm_config_load(&c, cfg_path, n_pos - 1, argv + 2, &err) != 0) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
