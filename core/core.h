@@ -71,6 +71,15 @@ uint64_t mm_rng_below(mm_rng *r, uint64_t n);
 // hold one refuse it themselves.
 const char *mm_utf8_check(const uint8_t *s, size_t n, size_t *at);
 
+// Decodes the JSON string (RFC 8259) whose opening quote is s[*i], s[0..n) not necessarily
+// NUL-terminated, into out: NUL-terminated, *len bytes, UTF-8; out needs room for n - *i
+// bytes, as decoding never lengthens. Escapes and surrogate pairs are checked and \u0000 is
+// refused (callers hold C strings); the bytes are not checked for UTF-8 (mm_utf8_check).
+// Returns 0 with *i after the closing quote, or -1 with the reason in why and *i at the byte
+// it concerns (the opening quote for a string not closed).
+int mm_json_string(const char *s, size_t n, size_t *i, char *out, size_t *len, char *why,
+                   size_t why_len);
+
 // Monotonic wall clock in seconds.
 double mm_now(void);
 

@@ -31,7 +31,7 @@ typedef struct {
     size_t n, cap;
 } bytes;
 
-static void bytes_put(bytes *b, const char *p, size_t k) {
+static void bytes_reserve(bytes *b, size_t k) {
     if (b->n + k + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 64;
         while (cap < b->n + k + 1) cap *= 2;
@@ -39,6 +39,10 @@ static void bytes_put(bytes *b, const char *p, size_t k) {
         MM_CHECK(nb, "out of memory reading the manifest");
         b->buf = nb, b->cap = cap;
     }
+}
+
+static void bytes_put(bytes *b, const char *p, size_t k) {
+    bytes_reserve(b, k);
     memcpy(b->buf + b->n, p, k);
     b->n += k;
     b->buf[b->n] = '\0';
@@ -50,23 +54,6 @@ static char *bytes_take(bytes *b, size_t *n) {
     if (n) *n = b->n;
     memset(b, 0, sizeof(*b));
     return p;
-}
-
-static void put_utf8(bytes *b, uint32_t cp) {
-    char u[4];
-    size_t k;
-    if (cp < 0x80) {
-        u[0] = (char)cp, k = 1;
-    } else if (cp < 0x800) {
-        u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F)), k = 2;
-    } else if (cp < 0x10000) {
-        u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-        u[2] = (char)(0x80 | (cp & 0x3F)), k = 3;
-    } else {
-        u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-        u[2] = (char)(0x80 | (cp >> 6 & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), k = 4;
-    }
-    bytes_put(b, u, k);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -95,64 +82,15 @@ static void jp_ws(jp *p) {
         p->i++;
 }
 
-static int hex4(const char *s, uint32_t *out) {
-    uint32_t v = 0;
-    for (int k = 0; k < 4; k++) {
-        char c = s[k];
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
-        if (d < 0) return -1;
-        v = v << 4 | (uint32_t)d;
-    }
-    *out = v;
-    return 0;
-}
-
 // A string starting at the opening quote p->s[p->i]; its decoded bytes go to out.
 static int jp_string(jp *p, bytes *out) {
-    size_t start = p->i++;
-    for (;;) {
-        if (p->i >= p->n) return jp_fail(p, start, "string is not closed");
-        size_t at = p->i;
-        unsigned char c = (unsigned char)p->s[p->i++];
-        if (c == '"') return 0;
-        if (c < 0x20) return jp_fail(p, at, "control character 0x%02X inside a string", c);
-        if (c != '\\') {
-            bytes_put(out, (const char *)&c, 1);
-            continue;
-        }
-        if (p->i >= p->n) return jp_fail(p, at, "string is not closed");
-        char e = p->s[p->i++];
-        const char *simple = strchr("\"\\/bfnrt", e);
-        if (e && simple) {
-            static const char map[] = "\"\\/\b\f\n\r\t";
-            bytes_put(out, &map[simple - "\"\\/bfnrt"], 1);
-            continue;
-        }
-        if (e != 'u') return jp_fail(p, at, "unknown escape '\\%c'", e);
-        uint32_t cp;
-        if (p->i + 4 > p->n || hex4(p->s + p->i, &cp))
-            return jp_fail(p, at, "\\u must be followed by 4 hex digits");
-        p->i += 4;
-        if (cp >= 0xDC00 && cp <= 0xDFFF)
-            return jp_fail(p, at, "\\u%04X is a low surrogate without a high surrogate before it",
-                           cp);
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-            uint32_t lo;
-            if (p->i + 6 > p->n || p->s[p->i] != '\\' || p->s[p->i + 1] != 'u' ||
-                hex4(p->s + p->i + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-                return jp_fail(p, at,
-                               "\\u%04X is a high surrogate not followed by a low surrogate "
-                               "\\uDC00..\\uDFFF",
-                               cp);
-            p->i += 6;
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        }
-        if (cp == 0) return jp_fail(p, at, "\\u0000 is not allowed (no NUL characters)");
-        put_utf8(out, cp);
-    }
+    char why[MM_ERR_LEN];
+    size_t len;
+    bytes_reserve(out, p->n - p->i);
+    if (mm_json_string(p->s, p->n, &p->i, out->buf + out->n, &len, why, sizeof(why)))
+        return jp_fail(p, p->i, "%s", why);
+    out->n += len;
+    return 0;
 }
 
 void data_json_obj_free(data_json_obj *o) {

@@ -55,94 +55,17 @@ static int jr_expect(jr *p, char c, const char *what) {
     return 0;
 }
 
-static void put_utf8(char *out, size_t *k, uint32_t cp) {
-    if (cp < 0x80) {
-        out[(*k)++] = (char)cp;
-    } else if (cp < 0x800) {
-        out[(*k)++] = (char)(0xC0 | cp >> 6);
-        out[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        out[(*k)++] = (char)(0xE0 | cp >> 12);
-        out[(*k)++] = (char)(0x80 | (cp >> 6 & 0x3F));
-        out[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    } else {
-        out[(*k)++] = (char)(0xF0 | cp >> 18);
-        out[(*k)++] = (char)(0x80 | (cp >> 12 & 0x3F));
-        out[(*k)++] = (char)(0x80 | (cp >> 6 & 0x3F));
-        out[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    }
-}
-
-static int hex4(const char *s, uint32_t *out) {
-    uint32_t v = 0;
-    for (int k = 0; k < 4; k++) {
-        char c = s[k];
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
-        if (d < 0) return -1;
-        v = v << 4 | (uint32_t)d;
-    }
-    *out = v;
-    return 0;
-}
-
 // A JSON string into *out (malloc'd, NUL-terminated; its decoded length never exceeds the
 // escaped one, so one allocation suffices). No NUL characters: names and values are C strings.
 static int jr_string(jr *p, char **out, const char *what) {
     if (jr_expect(p, '"', what)) return -1;
-    size_t start = p->i, k = 0;
-    char *buf = mm_malloc(p->n - start + 1);
-    for (;;) {
-        if (p->i >= p->n) {
-            p->i = start - 1;
-            free(buf);
-            return jr_fail(p, "string is not closed");
-        }
-        unsigned char c = (unsigned char)p->s[p->i];
-        if (c == '"') break;
-        if (c < 0x20) {
-            free(buf);
-            return jr_fail(p, "control character 0x%02X inside a string", c);
-        }
-        p->i++;
-        if (c != '\\') {
-            buf[k++] = (char)c;
-            continue;
-        }
-        char e = p->i < p->n ? p->s[p->i] : 0;
-        const char *simple = e ? strchr("\"\\/bfnrt", e) : NULL;
-        p->i++;
-        if (simple) {
-            buf[k++] = "\"\\/\b\f\n\r\t"[simple - "\"\\/bfnrt"];
-            continue;
-        }
-        uint32_t cp = 0, lo = 0;
-        if (e != 'u' || p->i + 4 > p->n || hex4(p->s + p->i, &cp)) {
-            p->i -= 2;
-            free(buf);
-            return jr_fail(p,
-                           "bad escape (\\u must be followed by 4 hex digits; others: "
-                           "\\\" \\\\ \\/ \\b \\f \\n \\r \\t)");
-        }
-        p->i += 4;
-        if (cp >= 0xD800 && cp <= 0xDBFF && p->i + 6 <= p->n && p->s[p->i] == '\\' &&
-            p->s[p->i + 1] == 'u' && !hex4(p->s + p->i + 2, &lo) && lo >= 0xDC00 && lo <= 0xDFFF) {
-            p->i += 6;
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        } else if (cp >= 0xD800 && cp <= 0xDFFF) {
-            free(buf);
-            return jr_fail(p, "\\u%04X is an unpaired UTF-16 surrogate", cp);
-        }
-        if (cp == 0) {
-            free(buf);
-            return jr_fail(p, "\\u0000 is not allowed (no NUL characters)");
-        }
-        put_utf8(buf, &k, cp);  // at most 4 bytes for the 6 or 12 read
+    p->i--;  // mm_json_string starts at the quote
+    char why[MM_ERR_LEN], *buf = mm_malloc(p->n - p->i + 1);
+    size_t len;
+    if (mm_json_string(p->s, p->n, &p->i, buf, &len, why, sizeof(why))) {
+        free(buf);
+        return jr_fail(p, "%s", why);
     }
-    p->i++;
-    buf[k] = '\0';
     *out = buf;
     return 0;
 }
