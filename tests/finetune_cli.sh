@@ -17,25 +17,7 @@ pass=0; fail=0
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 root=(); [ "$(id -u)" -ne 0 ] || root=(--allow-run-as-root)
 ok() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $1"; fi; }
-# train NP NAME ARGS...: the trainer under mpirun into $tmp/NAME, log in $tmp/NAME.log
-train() {
-    local np=$1 name=$2; shift 2
-    OMP_NUM_THREADS=1 timeout 300 mpirun "${root[@]}" --oversubscribe -np "$np" "$B/train" \
-        "$tmp/c.yaml" run.out_dir="$tmp/$name" "$@" >"$tmp/$name.log" 2>&1
-}
-trained() {  # NP NAME ARGS...: train and count success
-    train "$@"; local rc=$?
-    ok "$2 exits 0 (rc $rc): $(tail -n 3 "$tmp/$2.log")" '[ $rc -eq 0 ]'
-}
-# expect_error NAME PATTERN CMD...: non-zero exit, exactly one error line matching PATTERN
-expect_error() {
-    local name=$1 pat=$2; shift 2
-    "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
-    ok "$name: exit non-zero (got $rc)" '[ $rc -ne 0 ]'
-    ok "$name: one error line matching '$pat': $(grep error: "$tmp/err" | head -c 400)" \
-        '[ "$(grep -c "^error:" "$tmp/err")" -eq 1 ] && grep -Eq "^error: .*$pat" "$tmp/err"'
-    ok "$name: no crash" '! grep -Eqi "segmentation|sanitizer|core dumped|fatal:" "$tmp/err"'
-}
+. "$(dirname "$0")/lib/runs.sh"  # train, trained, expect_error
 losses() { grep -o '"step":[0-9]*,"loss":[^,]*,"lr":[^,]*,"grad_norm":[^,]*' "$tmp/$1/metrics.jsonl"; }
 same_tensors() { "$B/tests/test_finetune" --same-tensors "$@"; }
 
