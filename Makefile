@@ -123,7 +123,7 @@ ifeq ($(CUDA),1)
   LIB_OBJ += $(CU_SRC:%.cu=$(OBJ)/%.o)
   ifeq ($(CUDA_MIN),1)
     LIB_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm comm/comm_nccl model/layout \
-               model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_glue_cpu \
+               model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_conv_cpu model/cpu/ops_glue_cpu \
                model/cpu/ops_dit_cpu model/block model/dit_block model/diffusion model/diffusion_sched \
                train/optim) $(CU_SRC:%.cu=$(OBJ)/%.o)
   endif
@@ -152,7 +152,7 @@ ifeq ($(CUDA_EMU),1)
   endif
   # only what test_ops_cuda needs: the CPU reference ops, train/optim.c, core
   EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm comm/comm_nccl model/layout \
-             model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_glue_cpu \
+             model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_conv_cpu model/cpu/ops_glue_cpu \
              model/cpu/ops_dit_cpu model/block model/dit_block model/diffusion model/diffusion_sched \
              train/optim) \
              $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o

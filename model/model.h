@@ -138,6 +138,25 @@ typedef struct model_ops {
                      int W, int c, int p);
     void (*unpatchify)(const mm_backend *be, mm_real *img, const mm_real *patches, int B, int H,
                        int W, int c, int p);
+    // --- the convolutional image stem (model.stem: conv; transformer.c "stem"). Images and
+    // feature maps are (B, H, W, c), channels last, like the input images.
+    // The gather of a 3x3 convolution, stride 1, zero padding 1: cols (B*H*W, 9c), row
+    // (b, y, x) = img[b, y + dy - 1, x + dx - 1, :] for dy, dx in 0..2 (0 outside the
+    // image), inner order (dy, dx, c); a matmul_fwd of cols by w (OC, 9c) is the convolution.
+    void (*im2col3)(const mm_backend *be, mm_real *cols, const mm_real *img, int B, int H, int W,
+                    int c);
+    // Its adjoint: dimg (B, H, W, c) += the sum over the cols entries each pixel was copied
+    // to, added in (dy, dx) order per pixel (a gather, no atomics: deterministic).
+    void (*col2im3)(const mm_backend *be, mm_real *dimg, const mm_real *dcols, int B, int H,
+                    int W, int c);
+    // 2x2 max pooling, stride 2: out (B, H/2, W/2, c) = the max of each 2x2 window of x (H, W
+    // even). NaN-free inputs assumed.
+    void (*maxpool2_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, int B, int H, int W,
+                         int c);
+    // dx (B, H, W, c) += dout routed to the first maximum of each window in (dy, dx) order,
+    // found again from x (the forward's input): no index buffer to keep.
+    void (*maxpool2_bwd)(const mm_backend *be, mm_real *dx, const mm_real *dout, const mm_real *x,
+                         int B, int H, int W, int c);
 } model_ops;
 
 extern const model_ops model_ops_cpu;  // the CPU backend's (backend.h mm_backend_cpu)

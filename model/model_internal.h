@@ -87,6 +87,15 @@ void model_patchify(const mm_backend *be MM_UNUSED, mm_real *patches, const mm_r
                     int H, int W, int c, int p);
 void model_unpatchify(const mm_backend *be MM_UNUSED, mm_real *img, const mm_real *patches, int B,
                       int H, int W, int c, int p);
+// The CPU kernels of the convolutional stem (model.h; model/cpu/ops_conv_cpu.c).
+void model_cpu_im2col3(const mm_backend *be, mm_real *cols, const mm_real *img, int B, int H,
+                       int W, int c);
+void model_cpu_col2im3(const mm_backend *be, mm_real *dimg, const mm_real *dcols, int B, int H,
+                       int W, int c);
+void model_cpu_maxpool2_fwd(const mm_backend *be, mm_real *out, const mm_real *x, int B, int H,
+                            int W, int c);
+void model_cpu_maxpool2_bwd(const mm_backend *be, mm_real *dx, const mm_real *dout,
+                            const mm_real *x, int B, int H, int W, int c);
 
 // Audio (B, F, n_mels) as (B, F / group, group * n_mels) tokens: a reshape when group
 // divides F (returns audio itself), else copies all but the trailing F % group frames of

@@ -679,4 +679,8 @@ const model_ops model_ops_cpu = {
     .copy_rows = model_cpu_copy_rows,
     .patchify = model_patchify,
     .unpatchify = model_unpatchify,
+    .im2col3 = model_cpu_im2col3,
+    .col2im3 = model_cpu_col2im3,
+    .maxpool2_fwd = model_cpu_maxpool2_fwd,
+    .maxpool2_bwd = model_cpu_maxpool2_bwd,
 };
