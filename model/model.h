@@ -233,6 +233,8 @@ typedef enum {
 // validated there); aborts on any other name.
 model_recompute model_recompute_named(const char *name);
 
+enum { MODEL_STEM_PATCH, MODEL_STEM_CONV };
+
 // ---------------------------------------------------------------------------------------
 // Architecture. Sequence layout per sample: [image patches | audio tokens | text tokens];
 // the image and audio tokens form the bidirectional prefix (P = n_img + n_aud), text is
@@ -242,6 +244,11 @@ typedef struct {
     int vocab;                        // DATA_VOCAB
     int text_T;                       // text positions (BOS + text_max)
     int img_h, img_w, img_c, patch;   // n_img = (img_h/patch) * (img_w/patch)
+    // The image stem: 0 (MODEL_STEM_PATCH, every existing caller's zeroed config) projects
+    // each patch; MODEL_STEM_CONV runs two 3x3 convolution + GELU + 2x2 max-pool stages of
+    // stem_width and 2 * stem_width channels first, then patches of patch / 4 (transformer.c
+    // "stem"; train/MODEL.md).
+    int stem, stem_width;
     int audio_F, n_mels, audio_group; // n_aud = audio_F / audio_group (frames per token)
     int tp, tp_rank;                  // tensor parallel size and this rank in it
     // the tp ranks (NULL when tp == 1); not owned. May also be NULL under tp > 1 for a model

@@ -5,7 +5,8 @@
 //
 // Sequence per sample: [image patches (n_img) | audio tokens (n_aud) | text (text_T)].
 //   image  (H, W, C) -> patches (n_img, patch*patch*C), inner order (dy, dx, c), patches in
-//          row-major (py, px) order -> img.proj (linear) + img.pos
+//          row-major (py, px) order -> img.proj (linear) + img.pos. With the conv stem
+//          (model.stem: conv) the patches are cut from a feature map instead: see "stem".
 //   audio  (audio_F, n_mels) -> (n_aud, audio_group*n_mels) by grouping consecutive frames
 //          (trailing audio_F % audio_group frames dropped) -> audio.proj + audio.pos
 //   text   text.wte[token] + text.pos
@@ -27,7 +28,9 @@
 //   - weight decay on every tensor with ndim >= 2: all matrices, the token embedding and the
 //     learned positions (as nanoGPT does); never on biases or LN gains/biases.
 //   - init (GPT-2): matrices and embeddings N(0, 0.02); attn.proj.w and mlp.proj.w
-//     N(0, 0.02/sqrt(2*n_layers)); biases 0; LN gains 1. Tensor k draws from mm_rng(seed, k)
+//     N(0, 0.02/sqrt(2*n_layers)); the stem's convolutions N(0, 1/fan_in) (LeCun: with 0.02
+//     their outputs would start near zero and the stem would learn nothing for long); biases
+//     0; LN gains 1. Tensor k draws from mm_rng(seed, k)
 //     over its full global shape in row-major order; a rank keeps its slice, so initial
 //     values do not depend on tp.
 //
@@ -99,6 +102,8 @@
 
 // Views into params or grads (same offsets in both).
 typedef struct {
+    mm_real *conv1_w, *conv1_b;  // stem conv: (S, 3, 3, c), (S); NULL with the patch stem
+    mm_real *conv2_w, *conv2_b;  // stem conv: (2S, 3, 3, S), (2S)
     mm_real *img_w;          // (C, pdim)
     mm_real *img_b;          // (C)
     mm_real *img_pos;        // (n_img, C)
@@ -113,6 +118,17 @@ typedef struct {
 } weights;
 
 typedef struct {
+    // the conv stem (NULL with the patch stem), feature maps channels last; H, W the image's
+    mm_real *cols1;     // (B, H, W, 9c) im2col of the image
+    mm_real *h1, *g1;   // (B, H, W, S) conv1 output, its GELU; g1 is reused for d(h1)
+    mm_real *p1;        // (B, H/2, W/2, S) pooled; reused for its gradient
+    mm_real *cols2;     // (B, H/2, W/2, 9S) im2col of p1
+    mm_real *h2, *g2;   // (B, H/2, W/2, 2S) conv2 output, its GELU; g2 is reused for d(h2)
+    mm_real *p2;        // (B, H/4, W/4, 2S) pooled: what the patches are cut from; reused for
+                        // its gradient
+    mm_real *dpatches;  // (B, n_img, pdim) backward scratch
+    mm_real *dg;        // (B, H, W, S) backward scratch: d(g1), and d(g2) before it
+    mm_real *dcols2;    // (B, H/2, W/2, 9S) backward scratch
     mm_real *patches;   // (B, n_img, pdim)
     mm_real *aud;       // (B, n_aud, adim) grouped frames (used when audio_F % group != 0)
     mm_real *emb_img;   // (B, n_img, C) img.proj output; reused for its gradient
@@ -143,6 +159,7 @@ struct model {
     int NHl, Cl, Fl;             // this tp rank's heads, attention width (NHl*HD), MLP width
     int n_img, n_aud, P, T;      // image/audio tokens, prefix, full sequence length
     int pdim, adim;              // patch and audio-token input widths
+    int S;                       // stem conv: stem_width (0 with the patch stem)
     int n_tensors;
     model_tensor *tensors;  // (n_tensors) owned
     size_t n_params;
@@ -178,10 +195,17 @@ struct model {
 static void build_table(model *m) {
     const model_config *c = &m->cfg;
     int64_t C = m->C, F = m->F, V = m->V;
-    const int cap = 8 + MODEL_BLOCK_TENSORS * m->L + 3;
+    const int cap = (m->S ? 4 : 0) + 8 + MODEL_BLOCK_TENSORS * m->L + 3;
     model_table tb;
     model_table_init(&tb, cap, c->tp, c->tp_rank);
 #define ADD(name, ndim, shape, group) model_table_add(&tb, name, ndim, shape, -1, group)
+    if (m->S) {
+        int64_t S = m->S;
+        ADD("img.conv1.w", 4, MODEL_SHAPE(S, 3, 3, c->img_c), MODEL_GROUP_IMAGE);
+        ADD("img.conv1.b", 1, MODEL_SHAPE(S), MODEL_GROUP_IMAGE);
+        ADD("img.conv2.w", 4, MODEL_SHAPE(2 * S, 3, 3, S), MODEL_GROUP_IMAGE);
+        ADD("img.conv2.b", 1, MODEL_SHAPE(2 * S), MODEL_GROUP_IMAGE);
+    }
     ADD("img.proj.w", 2, MODEL_SHAPE(C, m->pdim), MODEL_GROUP_IMAGE);
     ADD("img.proj.b", 1, MODEL_SHAPE(C), MODEL_GROUP_IMAGE);
     ADD("img.pos", 2, MODEL_SHAPE(m->n_img, C), MODEL_GROUP_IMAGE);
@@ -212,6 +236,12 @@ static void bind_weights(const model *m, weights *wt, mm_real *buf) {
     const model_tensor *t = m->tensors;
     int k = 0;
 #define NEXT() (buf + t[k++].offset)
+    if (m->S) {
+        wt->conv1_w = NEXT();
+        wt->conv1_b = NEXT();
+        wt->conv2_w = NEXT();
+        wt->conv2_b = NEXT();
+    }
     wt->img_w = NEXT();
     wt->img_b = NEXT();
     wt->img_pos = NEXT();
@@ -242,6 +272,8 @@ static void init_tensor(model *m, mm_real *params, int k, uint64_t seed) {
     double std = 0.02;
     if (model_ends_with(n, "attn.proj.w") || model_ends_with(n, "mlp.proj.w"))
         std = 0.02 / sqrt(2.0 * m->L);
+    if (model_ends_with(n, ".conv1.w") || model_ends_with(n, ".conv2.w"))
+        std = 1.0 / sqrt(9.0 * (double)t->shape[3]);  // fan_in = 3 * 3 * input channels
     model_init_draw(p, t, seed, (uint64_t)k, std, 0);
 }
 
@@ -256,6 +288,20 @@ static size_t plan_acts(model *m, mm_real *base, size_t *per_layer) {
     size_t Tt = (size_t)m->Tt, V = (size_t)m->V, BT = B * T, BTt = B * Tt;
     model_carver cv = {base, 0};
     acts *a = &m->a;
+    if (m->S) {
+        const size_t HW = (size_t)m->cfg.img_h * m->cfg.img_w, S = (size_t)m->S;
+        a->cols1 = model_carve(&cv, B * HW * 9 * (size_t)m->cfg.img_c);
+        a->h1 = model_carve(&cv, B * HW * S);
+        a->g1 = model_carve(&cv, B * HW * S);
+        a->p1 = model_carve(&cv, B * HW / 4 * S);
+        a->cols2 = model_carve(&cv, B * HW / 4 * 9 * S);
+        a->h2 = model_carve(&cv, B * HW / 4 * 2 * S);
+        a->g2 = model_carve(&cv, B * HW / 4 * 2 * S);
+        a->p2 = model_carve(&cv, B * HW / 16 * 2 * S);
+        a->dpatches = model_carve(&cv, B * m->n_img * m->pdim);
+        a->dg = model_carve(&cv, B * HW * S);
+        a->dcols2 = model_carve(&cv, B * HW / 4 * 9 * S);
+    }
     a->patches = model_carve(&cv, B * m->n_img * m->pdim);
     a->aud = model_carve(&cv, B * m->n_aud * m->adim);
     a->emb_img = model_carve(&cv, B * m->n_img * C);
@@ -323,6 +369,13 @@ static int check_config(const model_config *c, int max_B, mm_err *err) {
     if (c->img_h % c->patch || c->img_w % c->patch)
         return mm_fail(err, "model: image %dx%d is not divisible into %dx%d patches", c->img_h,
                        c->img_w, c->patch, c->patch);
+    if (c->stem != MODEL_STEM_PATCH && c->stem != MODEL_STEM_CONV)
+        return mm_fail(err, "model: stem %d is not patch or conv", c->stem);
+    if (c->stem == MODEL_STEM_CONV && (c->patch % 4 || c->stem_width <= 0))
+        return mm_fail(err,
+                       "model: the conv stem needs a patch that is a multiple of 4 (got %d) and "
+                       "stem_width > 0 (got %d)",
+                       c->patch, c->stem_width);
     if (c->audio_F < c->audio_group)
         return mm_fail(err,
                        "model: audio_F %d frames is fewer than audio_group %d (no audio "
@@ -392,6 +445,10 @@ static int setup(model *m, const model_config *cfg, const mm_backend *be, int ma
     m->P = m->n_img + m->n_aud;
     m->T = m->P + m->Tt;
     m->pdim = cfg->patch * cfg->patch * cfg->img_c;
+    if (cfg->stem == MODEL_STEM_CONV) {
+        m->S = cfg->stem_width;
+        m->pdim = (cfg->patch / 4) * (cfg->patch / 4) * 2 * m->S;
+    }
     m->adim = cfg->audio_group * cfg->n_mels;
     drop_rate(cfg->dropout, &m->resid_thr, &m->resid_scale);
     drop_rate(cfg->attn_dropout, &m->attn_thr, &m->attn_scale);
@@ -588,6 +645,67 @@ void model_modality_drop(uint64_t seed, int64_t step, uint64_t sample_id, double
         *has_audio = 0;
 }
 
+// ---------------------------------------------------------------------------------------
+// stem: the conv image stem (model.stem: conv). Two stages of 3x3 convolution (im2col3 and
+// one matmul), GELU and 2x2 max pooling turn the (H, W, c) image into an (H/4, W/4, 2S) map,
+// from which patchify cuts patches of patch/4: as many image tokens as the patch stem makes,
+// but each one built from local features, the inductive bias a transformer lacks on a few
+// thousand images (data/real/README.md has the measurements).
+
+// The backward ops accumulate: their outputs start at zero.
+static void stem_zero(const mm_backend *be, mm_real *p, size_t n) {
+    model_zero_ops(be, 1, &p, &n);
+}
+
+static void stem_forward(model *m, const mm_real *image, int B) {
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
+    const weights *w = &m->w;
+    acts *a = &m->a;
+    const int H = m->cfg.img_h, W = m->cfg.img_w, c = m->cfg.img_c, S = m->S;
+    const size_t n1 = (size_t)B * H * W * S, n2 = (size_t)B * (H / 2) * (W / 2) * 2 * S;
+    ops->im2col3(be, a->cols1, image, B, H, W, c);
+    ops->matmul_fwd(be, a->h1, a->cols1, w->conv1_w, w->conv1_b, B * H * W, 9 * c, S);
+    ops->gelu_fwd(be, a->g1, a->h1, n1);
+    ops->maxpool2_fwd(be, a->p1, a->g1, B, H, W, S);
+    ops->im2col3(be, a->cols2, a->p1, B, H / 2, W / 2, S);
+    ops->matmul_fwd(be, a->h2, a->cols2, w->conv2_w, w->conv2_b, B * (H / 2) * (W / 2), 9 * S,
+                    2 * S);
+    ops->gelu_fwd(be, a->g2, a->h2, n2);
+    ops->maxpool2_fwd(be, a->p2, a->g2, B, H / 2, W / 2, 2 * S);
+    ops->patchify(be, a->patches, a->p2, B, H / 4, W / 4, 2 * S, m->cfg.patch / 4);
+}
+
+// From d(patches) in a->dpatches: accumulates the stem's weight gradients. Buffers the
+// forward no longer needs hold the gradients (acts: g1, p1, g2, p2); no gradient goes
+// into the image.
+static void stem_backward(model *m, int B) {
+    const mm_backend *be = m->be;
+    const model_ops *ops = be->ops;
+    const weights *w = &m->w, *g = &m->g;
+    acts *a = &m->a;
+    const int H = m->cfg.img_h, W = m->cfg.img_w, c = m->cfg.img_c, S = m->S;
+    const int H2 = H / 2, W2 = W / 2;
+    const size_t n1 = (size_t)B * H * W * S, n2 = (size_t)B * H2 * W2 * 2 * S;
+    mm_real *dp2 = a->p2, *dg2 = a->dg, *dh2 = a->g2, *dp1 = a->p1, *dg1 = a->dg, *dh1 = a->g1;
+    ops->unpatchify(be, dp2, a->dpatches, B, H / 4, W / 4, 2 * S, m->cfg.patch / 4);
+    stem_zero(be, dg2, n2);
+    ops->maxpool2_bwd(be, dg2, dp2, a->g2, B, H2, W2, 2 * S);
+    stem_zero(be, dh2, n2);
+    stem_zero(be, a->dcols2, n2 / 2 * 9);
+    stem_zero(be, dp1, n2 / 2);
+    ops->gelu_bwd(be, dh2, a->h2, dg2, n2);
+    ops->matmul_bwd(be, a->dcols2, g->conv2_w, g->conv2_b, dh2, a->cols2, w->conv2_w, B * H2 * W2,
+                    9 * S, 2 * S);
+    ops->col2im3(be, dp1, a->dcols2, B, H2, W2, S);
+    stem_zero(be, dg1, n1);
+    ops->maxpool2_bwd(be, dg1, dp1, a->g1, B, H, W, S);
+    stem_zero(be, dh1, n1);
+    ops->gelu_bwd(be, dh1, a->h1, dg1, n1);
+    ops->matmul_bwd(be, NULL, g->conv1_w, g->conv1_b, dh1, a->cols1, w->conv1_w, B * H * W, 9 * c,
+                    S);
+}
+
 // Embeddings and all blocks for B samples using the first Tu text positions of tokens
 // (row stride tok_stride): the sequence is T' = P + Tu long. The final residual is left in
 // the last block's res3 as (B, T', C).
@@ -599,8 +717,11 @@ static void forward_trunk(model *m, const model_input *in, const int32_t *tokens
     acts *a = &m->a;
     const weights *w = &m->w;
 
-    ops->patchify(be, a->patches, in->image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
-                  m->cfg.patch);
+    if (m->S)
+        stem_forward(m, in->image, B);
+    else
+        ops->patchify(be, a->patches, in->image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
+                      m->cfg.patch);
     ops->matmul_fwd(be, a->emb_img, a->patches, w->img_w, w->img_b, B * n_img, m->pdim, C);
 
     // audio (B, F, n_mels) as (B, n_aud, adim) tokens: a reshape when audio_group divides F,
@@ -721,8 +842,10 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
                    B);
     ops->copy_rows(be, a->emb_aud, (size_t)n_aud * C, a->bs.dres + (size_t)n_img * C, (size_t)T * C,
                    (size_t)n_aud * C, B);
-    ops->matmul_bwd(be, NULL, g->img_w, g->img_b, a->emb_img, a->patches, w->img_w, B * n_img,
-                    m->pdim, C);
+    if (m->S) stem_zero(be, a->dpatches, (size_t)B * n_img * m->pdim);
+    ops->matmul_bwd(be, m->S ? a->dpatches : NULL, g->img_w, g->img_b, a->emb_img, a->patches,
+                    w->img_w, B * n_img, m->pdim, C);
+    if (m->S) stem_backward(m, B);
     const mm_real *aud = m->cfg.audio_F != n_aud * m->cfg.audio_group ? a->aud : in->audio;
     ops->matmul_bwd(be, NULL, g->aud_w, g->aud_b, a->emb_aud, aud, w->aud_w, B * n_aud, m->adim, C);
 

@@ -364,9 +364,14 @@ static void tiny_config(model_config *c) {
     c->tp_rank = 0;
 }
 
-// reg: with dropout, attention dropout and label smoothing, fed as a training batch
-static void make_model(model_ctx *c, mm_rng *r, test_counts *tc, int reg) {
+// reg: with dropout, attention dropout and label smoothing, fed as a training batch; stem:
+// with the conv image stem (8x8 -> 2x2 maps of 6 channels, patches of 1)
+static void make_model(model_ctx *c, mm_rng *r, test_counts *tc, int reg, int stem) {
     tiny_config(&c->cfg);
+    if (stem) {
+        c->cfg.stem = MODEL_STEM_CONV;
+        c->cfg.stem_width = 3;
+    }
     if (reg) {
         c->cfg.dropout = 0.2;
         c->cfg.attn_dropout = 0.3;
@@ -525,7 +530,7 @@ int main(void) {
     check_dropout(&tc, &r);
 
     model_ctx c;
-    make_model(&c, &r, &tc, 0);
+    make_model(&c, &r, &tc, 0, 0);
     check_model(&tc, &c, &r, "model");
     printf("\ngeneration\n");
     check_generate(&tc, &c);
@@ -533,8 +538,14 @@ int main(void) {
 
     printf("\nwith dropout 0.2, attn_dropout 0.3, label smoothing 0.1 (training input)\n");
     model_ctx cr;
-    make_model(&cr, &r, &tc, 1);
+    make_model(&cr, &r, &tc, 1, 0);
     check_model(&tc, &cr, &r, "model (regularised)");
     free_model_ctx(&cr);
+
+    printf("\nwith the conv image stem (model.stem: conv)\n");
+    model_ctx cs;
+    make_model(&cs, &r, &tc, 0, 1);
+    check_model(&tc, &cs, &r, "model (conv stem)");
+    free_model_ctx(&cs);
     return test_finish(&tc);
 }

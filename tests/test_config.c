@@ -369,6 +369,10 @@ static void test_validate(test_counts *tc) {
     expect_invalid(tc, (const char *const[]){"model.kind=diffusion", "eval.scorer=text", NULL},
                    "eval.scorer: text scores generated captions; a diffusion model generates "
                    "images");
+    expect_invalid(tc, (const char *const[]){"model.stem=conv", "model.patch=6", NULL},
+                   "model.stem: conv needs model.patch a multiple of 4");
+    expect_invalid(tc, (const char *const[]){"model.kind=diffusion", "model.stem=conv", NULL},
+                   "model.stem: conv is the transformer's image stem");
 }
 
 static void test_round_trip(test_counts *tc) {

@@ -86,11 +86,18 @@ static void check_hook_pass(test_counts *tc, hook_rec *h, model *m, const char *
 // ---------------------------------------------------------------------------------------
 
 // The tp model against the serial one; tp = world, this rank = tp_rank.
-// reg: with the regularisation of model_config on, fed as a training batch
-static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg, int reg) {
+// reg: with the regularisation of model_config on, fed as a training batch; stem: with the
+// conv image stem (replicated tensors whose gradients every tp rank must agree on)
+static void test_equivalence(test_counts *tc, comm_group *world, comm_group *tpg, int reg,
+                             int stem) {
     const int tp = comm_size(tpg), rank = comm_rank(tpg), root = rank == 0;
     model_config c1, ct;
     small_model_config(&c1);
+    if (stem) {
+        c1.stem = MODEL_STEM_CONV;
+        c1.stem_width = 3;
+        if (root) printf("with the conv image stem\n");
+    }
     if (reg) {
         c1.dropout = 0.2;
         c1.attn_dropout = 0.3;
@@ -237,8 +244,9 @@ int main(int argc, char **argv) {
     comm_group *tpg = comm_split(world, 0, rank);
     comm_group *self = comm_split(world, rank, 0);
     if (size == 1 || size == 2 || size == 4) {
-        test_equivalence(&tc, world, tpg, 0);
-        test_equivalence(&tc, world, tpg, 1);
+        test_equivalence(&tc, world, tpg, 0, 0);
+        test_equivalence(&tc, world, tpg, 1, 0);
+        test_equivalence(&tc, world, tpg, 0, 1);
     } else {
         TEST_CHECK(&tc, 0, "test_tp runs with 1, 2 or 4 ranks (n_heads = 4), not %d", size);
     }

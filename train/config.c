@@ -150,6 +150,12 @@ static const cfg_key keys[] = {
          "attention heads (must divide d_model; tp must divide it)"),
     KINT("model.d_ff", model.d_ff, "0", 0, 1048576, "MLP hidden width (0 = 4 * d_model)"),
     KINT("model.patch", model.patch, "8", 1, 4096, "image patch size in pixels"),
+    KENUM("model.stem", model.stem, "patch", "patch|conv",
+          "transformer: how images become tokens. patch: each patch projected linearly; conv: "
+          "two 3x3 convolution + GELU + 2x2 max-pool stages first, then patches of patch/4 "
+          "(patch a multiple of 4): a CNN's locality, for small real image sets"),
+    KINT("model.stem_width", model.stem_width, "32", 1, 4096,
+         "transformer, stem conv: channels of the first convolution (the second has twice)"),
     KINT("model.audio_group", model.audio_group, "2", 1, 4096, "log-mel frames per audio token"),
     KENUM("model.recompute", model.recompute, "none", "none|attention|block",
           "activation recomputation: attention keeps no attention internals and reruns each "
@@ -871,6 +877,12 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
     if (strcmp(c->eval.scorer, "synth") != 0 && strcmp(c->model.kind, "diffusion") == 0)
         return mm_fail(err, "config: eval.scorer: %s scores generated captions; a diffusion "
                        "model generates images, which only synth scores", c->eval.scorer);
+    if (strcmp(c->model.stem, "conv") == 0 && strcmp(c->model.kind, "diffusion") == 0)
+        return mm_fail(err, "config: model.stem: conv is the transformer's image stem; the "
+                       "diffusion model takes patches (set model.stem: patch)");
+    if (strcmp(c->model.stem, "conv") == 0 && c->model.patch % 4)
+        return mm_fail(err, "config: model.stem: conv needs model.patch a multiple of 4 (two "
+                       "2x2 poolings, then patches of patch/4), got %d", c->model.patch);
     if (strcmp(c->model.kind, "diffusion") == 0) {
         const struct {
             const char *key;

@@ -65,6 +65,8 @@ typedef struct {
         char kind[32];         // "transformer" or "diffusion"
         int d_model, n_layers, n_heads, d_ff;  // d_ff 0 = 4 * d_model
         int patch;             // image patch size in pixels
+        char stem[16];         // "patch" or "conv": the transformer's image stem
+        int stem_width;        // stem conv: channels of the first convolution
         int audio_group;       // log-mel frames per audio token
         char recompute[16];    // "none", "attention" or "block": what backward recomputes
         // regularisation of the transformer's training (model.h model_config, CONFIG.md)

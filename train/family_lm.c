@@ -84,6 +84,9 @@ static model_config lm_config(const trainer *t) {
                           .img_w = t->schema.img_w,
                           .img_c = t->schema.img_c,
                           .patch = c->model.patch,
+                          .stem = strcmp(c->model.stem, "conv") == 0 ? MODEL_STEM_CONV
+                                                                      : MODEL_STEM_PATCH,
+                          .stem_width = c->model.stem_width,
                           .audio_F = data_audio_frames(&t->schema, &t->audio),
                           .n_mels = c->data.n_mels,
                           .audio_group = c->model.audio_group,
