@@ -910,7 +910,9 @@ void model_generate(model *m, const model_input *in, char *out, int out_stride) 
 // FLOPs per sample of one forward + backward (llm.c / PaLM convention):
 //   matmuls: 6 * MACs per token for every weight applied (2 forward, 2 for dinp, 2 for dw),
 //            over the T positions for the blocks, the text positions for lm_head, and
-//            4 * MACs for img.proj / audio.proj (no input gradient is computed);
+//            4 * MACs for img.proj / audio.proj (no input gradient is computed) and the
+//            conv stem's first convolution, 6 * MACs for img.proj and the second convolution
+//            under the conv stem (their inputs get gradients);
 //   attention: per block 4 * T^2 * d forward (QK^T and PV over the full T x T, as the
 //            masked gemms are counted whole), twice that backward: 12 * T^2 * d.
 // Elementwise ops are not counted.
@@ -919,7 +921,12 @@ double model_flops_per_sample(const model *m) {
     double block = 3 * C * C + C * C + 2 * C * F;  // MACs per token per block
     double f = 6.0 * T * L * block;
     f += 6.0 * m->Tt * (double)m->V * C;
-    f += 4.0 * ((double)m->n_img * m->pdim + (double)m->n_aud * m->adim) * C;
+    f += (m->S ? 6.0 : 4.0) * (double)m->n_img * m->pdim * C;
+    f += 4.0 * (double)m->n_aud * m->adim * C;
+    if (m->S) {
+        const double HW = (double)m->cfg.img_h * m->cfg.img_w, S = m->S;
+        f += 4.0 * HW * 9 * m->cfg.img_c * S + 6.0 * (HW / 4) * 9 * S * 2 * S;
+    }
     f += 12.0 * L * T * T * C;
     return f;
 }
