@@ -273,6 +273,114 @@ static void test_xent(test_counts *tc, mm_rng *r) {
 }
 
 // ---------------------------------------------------------------------------------------
+// the convolutional stem's ops: each against what it is for, not against its own loops.
+// im2col3 + matmul is a 3x3 convolution (a direct one in float64 here); col2im3 is the
+// adjoint of im2col3 (<col2im3(d), x> == <d, im2col3(x)>) and accumulates; max pooling is a
+// plain max, and its backward sends each gradient to the first maximum of its window.
+
+static double conv_x(const float *img, int b, int y, int x, int k, int H, int W, int c) {
+    if (y < 0 || y >= H || x < 0 || x >= W) return 0;
+    return img[(((size_t)b * H + y) * W + x) * c + k];
+}
+
+static void test_im2col3(test_counts *tc, mm_rng *r, int B, int H, int W, int c, int OC) {
+    char shape[32], what[64];
+    const size_t npix = (size_t)B * H * W, ncol = npix * 9 * c;
+    float *img = randn(npix * c, 1, r), *w = randn((size_t)OC * 9 * c, 1, r),
+          *bias = randn(OC, 1, r), *cols = malloc(ncol * 4), *out = malloc(npix * OC * 4);
+    for (size_t i = 0; i < ncol; i++) cols[i] = 1e30f;  // padding must be written, not left
+    double *ro = zeros(npix * OC);
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                for (int o = 0; o < OC; o++) {
+                    double s = bias[o];
+                    for (int ky = -1; ky <= 1; ky++)
+                        for (int kx = -1; kx <= 1; kx++)
+                            for (int k = 0; k < c; k++)
+                                s += (double)w[(((size_t)o * 3 + ky + 1) * 3 + kx + 1) * c + k] *
+                                     conv_x(img, b, y + ky, x + kx, k, H, W, c);
+                    ro[(((size_t)b * H + y) * W + x) * OC + o] = s;
+                }
+    ops->im2col3(be, cols, img, B, H, W, c);
+    ops->matmul_fwd(be, out, cols, w, bias, (int)npix, 9 * c, OC);
+    snprintf(shape, sizeof(shape), "B%d %dx%dx%d", B, H, W, c);
+    snprintf(what, sizeof(what), "im2col3+matmul %s", shape);
+    expect(tc, what, nerr(out, ro, npix * OC));
+
+    // adjoint: both inner products in float64 of float values; col2im3 adds at most 9
+    // terms per pixel in float, so they agree to ~9 * 2^-24 of sum |d| |cols|
+    float *d = randn(ncol, 1, r), *dimg = calloc(npix * c, 4);
+    ops->col2im3(be, dimg, d, B, H, W, c);
+    double lhs = 0, rhs = 0, scale = 0;
+    for (size_t i = 0; i < npix * c; i++) lhs += (double)dimg[i] * img[i];
+    for (size_t i = 0; i < ncol; i++) {
+        rhs += (double)d[i] * cols[i];
+        scale += fabs((double)d[i] * cols[i]);
+    }
+    const double adj = fabs(lhs - rhs) / scale;
+    printf("  %-34s %.2e\n", "col2im3 adjoint of im2col3", adj);
+    TEST_CHECK(tc, adj <= 1e-6, "col2im3 %s: |<col2im3(d), x> - <d, im2col3(x)>| %.3e > 1e-6",
+               shape, adj);
+    // accumulation: onto a non-zero buffer the result is that buffer plus the gradient
+    float *acc = randn(npix * c, 1, r);
+    double *ra = zeros(npix * c);
+    for (size_t i = 0; i < npix * c; i++) ra[i] = (double)acc[i] + dimg[i];
+    ops->col2im3(be, acc, d, B, H, W, c);
+    expect(tc, "col2im3 (accumulating)", nerr(acc, ra, npix * c));
+    free(img), free(w), free(bias), free(cols), free(out), free(ro), free(d), free(dimg);
+    free(acc), free(ra);
+}
+
+static void test_maxpool2(test_counts *tc, mm_rng *r, int B, int H, int W, int c) {
+    const int Ho = H / 2, Wo = W / 2;
+    const size_t n = (size_t)B * H * W * c, no = (size_t)B * Ho * Wo * c;
+    float *x = randn(n, 1, r), *dout = randn(no, 1, r), *out = malloc(no * 4), *dx = randn(n, 1, r);
+    double *ro = zeros(no), *rd = zeros(n);
+    for (size_t i = 0; i < n; i++) rd[i] = dx[i];
+    int ties = 0;
+    for (size_t o = 0; o < no; o++) {
+        const int k = (int)(o % c), xo = (int)(o / c % Wo), yo = (int)(o / c / Wo % Ho),
+                  b = (int)(o / c / Wo / Ho);
+        size_t at[4];  // window order (0,0), (0,1), (1,0), (1,1)
+        for (int j = 0; j < 4; j++)
+            at[j] = (((size_t)b * H + 2 * yo + j / 2) * W + 2 * xo + j % 2) * c + k;
+        // ties for the maximum, made on purpose in 4 windows of 5: all four, (0,1) and
+        // (1,1), (1,0) and (1,1), (0,0) and (1,1)
+        float top = fmaxf(fmaxf(x[at[0]], x[at[1]]), fmaxf(x[at[2]], x[at[3]])) + 1;
+        static const int tie[5][4] = {{0}, {1, 1, 1, 1}, {0, 1, 0, 1}, {0, 0, 1, 1}, {1, 0, 0, 1}};
+        const int *t = tie[o % 5];
+        for (int j = 0; j < 4; j++)
+            if (t[j]) x[at[j]] = top;
+        ties += o % 5 != 0;
+        double m = -INFINITY;
+        for (int j = 0; j < 4; j++) m = fmax(m, x[at[j]]);
+        ro[o] = m;
+        int first = 0;
+        while (x[at[first]] != m) first++;
+        rd[at[first]] += dout[o];
+    }
+    ops->maxpool2_fwd(be, out, x, B, H, W, c);
+    char what[64];
+    snprintf(what, sizeof(what), "maxpool2_fwd B%d %dx%dx%d", B, H, W, c);
+    expect(tc, what, nerr(out, ro, no));
+    ops->maxpool2_bwd(be, dx, dout, x, B, H, W, c);
+    snprintf(what, sizeof(what), "maxpool2_bwd (%d ties, accum.)", ties);
+    expect(tc, what, nerr(dx, rd, n));
+    free(x), free(dout), free(out), free(dx), free(ro), free(rd);
+}
+
+static void test_conv(test_counts *tc, mm_rng *r) {
+    // c = 1 and 3 (images), wider maps; H != W, odd W, a single pixel
+    static const int sh[][5] = {{2, 5, 7, 1, 4}, {1, 6, 3, 3, 5}, {2, 4, 9, 8, 6}, {1, 1, 1, 2, 3}};
+    for (size_t i = 0; i < sizeof(sh) / sizeof(sh[0]); i++)
+        test_im2col3(tc, r, sh[i][0], sh[i][1], sh[i][2], sh[i][3], sh[i][4]);
+    static const int mp[][4] = {{2, 4, 6, 1}, {1, 8, 2, 3}, {3, 6, 10, 5}};
+    for (size_t i = 0; i < sizeof(mp) / sizeof(mp[0]); i++)
+        test_maxpool2(tc, r, mp[i][0], mp[i][1], mp[i][2], mp[i][3]);
+}
+
+// ---------------------------------------------------------------------------------------
 // the model in float32
 
 enum { SB = 4 };
@@ -551,6 +659,7 @@ int main(void) {
     test_gelu_add(&tc, &r);
     test_attention(&tc, &r);
     test_xent(&tc, &r);
+    test_conv(&tc, &r);
     printf("model (float32)\n");
     test_model(&tc, &r);
     test_table(&tc);

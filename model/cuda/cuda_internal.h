@@ -246,6 +246,12 @@ void cu_patchify(const mm_backend *be MM_UNUSED, float *patches, const float *im
                  int W, int c, int p);
 void cu_unpatchify(const mm_backend *be MM_UNUSED, float *img, const float *patches, int B, int H,
                    int W, int c, int p);
+// the convolutional stem's gather, its adjoint and the 2x2 max pooling (ops_conv_cuda.cu)
+void cu_im2col3(const mm_backend *be, float *cols, const float *img, int B, int H, int W, int c);
+void cu_col2im3(const mm_backend *be, float *dimg, const float *dcols, int B, int H, int W, int c);
+void cu_maxpool2_fwd(const mm_backend *be, float *out, const float *x, int B, int H, int W, int c);
+void cu_maxpool2_bwd(const mm_backend *be, float *dx, const float *dout, const float *x, int B,
+                     int H, int W, int c);
 void cu_embed_fwd(const mm_backend *be MM_UNUSED, float *x0, uint8_t *key_valid,
                   const float *emb_img, const float *emb_aud, const float *img_pos,
                   const float *aud_pos, const float *wte, const float *tpos, const int32_t *tokens,

@@ -990,4 +990,8 @@ const model_ops model_ops_cuda = {
     .copy_rows = cu_copy_rows,
     .patchify = cu_patchify,
     .unpatchify = cu_unpatchify,
+    .im2col3 = cu_im2col3,
+    .col2im3 = cu_col2im3,
+    .maxpool2_fwd = cu_maxpool2_fwd,
+    .maxpool2_bwd = cu_maxpool2_bwd,
 };

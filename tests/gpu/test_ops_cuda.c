@@ -664,6 +664,48 @@ static void test_patchify(T *t, int B, int H, int W, int c, int p) {
     cuda_free_all(3, d);
 }
 
+// The convolutional stem: the gather and its adjoint at any H, W; the pooling at even ones.
+// Pooling inputs are rounded to halves so that windows hold ties (the backward must pick the
+// CPU's first maximum). Every backward starts from a random gradient (+=). Bit for bit.
+static void test_conv(T *t, int B, int H, int W, int c) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d %dx%dx%d", B, H, W, c);
+    const size_t n = (size_t)B * H * W * c, nc = n * 9;
+    float *img = hrand(t, n, 1), *dc = hrand(t, nc, 1), *di0 = hrand(t, n, 1);
+    float *cols = mm_malloc(nc * 4), *di = hcopy(di0, n);
+    model_ops_cpu.im2col3(&mm_backend_cpu, cols, img, B, H, W, c);
+    model_ops_cpu.col2im3(&mm_backend_cpu, di, dc, B, H, W, c);
+    float *d_img = dev(t, img, n * 4), *d_dc = dev(t, dc, nc * 4), *d_di = dev(t, di0, n * 4),
+          *d_cols = cuda_alloc(t->c, nc * 4);
+    model_ops_cuda.im2col3(t->be, d_cols, d_img, B, H, W, c);
+    check(t, "im2col3", shape, "cols", d_cols, cols, nc, 0);
+    model_ops_cuda.col2im3(t->be, d_di, d_dc, B, H, W, c);
+    check(t, "col2im3", shape, "dimg", d_di, di, n, 0);
+    if (H % 2 == 0 && W % 2 == 0) {
+        const size_t no = n / 4;
+        for (size_t i = 0; i < n; i++) img[i] = roundf(img[i] * 2) / 2;
+        float *out = mm_malloc(no * 4), *dout = hrand(t, no, 1);
+        memcpy(di, di0, n * 4);
+        model_ops_cpu.maxpool2_fwd(&mm_backend_cpu, out, img, B, H, W, c);
+        model_ops_cpu.maxpool2_bwd(&mm_backend_cpu, di, dout, img, B, H, W, c);
+        float *d_out = cuda_alloc(t->c, no * 4), *d_dout = dev(t, dout, no * 4);
+        cuda_upload(t->c, d_img, img, n * 4);
+        cuda_upload(t->c, d_di, di0, n * 4);
+        model_ops_cuda.maxpool2_fwd(t->be, d_out, d_img, B, H, W, c);
+        check(t, "maxpool2_fwd", shape, "out", d_out, out, no, 0);
+        model_ops_cuda.maxpool2_bwd(t->be, d_di, d_dout, d_img, B, H, W, c);
+        check(t, "maxpool2_bwd", shape, "dx", d_di, di, n, 0);
+        void *h[] = {out, dout};
+        void *d[] = {d_out, d_dout};
+        free_all(2, h);
+        cuda_free_all(2, d);
+    }
+    void *h[] = {img, dc, di0, cols, di};
+    void *d[] = {d_img, d_dc, d_di, d_cols};
+    free_all(5, h);
+    cuda_free_all(4, d);
+}
+
 // ---------------------------------------------------------------------------------------
 // DiT: modulation, gated residual, MSE
 
@@ -888,6 +930,10 @@ int main(void) {
     test_glue(&t, 3, 0, 2, 33, 96, 7);
     test_patchify(&t, 2, 8, 8, 3, 4);
     test_patchify(&t, 3, 12, 6, 4, 2);
+    static const int cv[][4] = {
+        {1, 1, 1, 1}, {2, 5, 7, 3}, {1, 4, 2, 1}, {2, 6, 10, 3}, {3, 8, 6, 33}};
+    for (size_t i = 0; i < sizeof(cv) / sizeof(cv[0]); i++)
+        test_conv(&t, cv[i][0], cv[i][1], cv[i][2], cv[i][3]);
 
     static const int xe[][2] = {{1, 1}, {5, 3}, {37, 259}, {64, 1000}};
     for (size_t i = 0; i < sizeof(xe) / sizeof(xe[0]); i++) {
