@@ -5,6 +5,10 @@
 #   - the transformer trained at tp=1 and at tp=2 (mpirun -np 2): val_loss and the per-mode
 #     val_loss_image/_audio/_both within 1e-6 relative, and every greedy caption of
 #     eval/step_*.jsonl (as given and image only) byte for byte;
+#   - the transformer with the convolutional image stem (model.stem: conv) at tp=1 and tp=2,
+#     held to the same: the reference computes the stem with torch's conv2d and max_pool2d,
+#     not with an im2col like the trainer's kernels; the export holds the stem's tensors in
+#     the documented shapes, and the reference's stem equals the spec written in numpy;
 #   - the diffusion model (flow with x-prediction, logit-normal times and pooled
 #     conditioning at tp=2; DDPM at tp=1): val_loss within 1e-6 relative;
 #   - and it can fail: an export with one bias nudged by 1e-3 does not match.
@@ -40,7 +44,8 @@ check() {
     OMP_NUM_THREADS=1 timeout 300 mpirun "${root[@]}" --oversubscribe -np "$np" "$B/train" \
         "$tmp/c.yaml" "${common[@]}" run.out_dir="$tmp/$name" "$@" >"$tmp/$name.log" 2>&1
     local rc=$?
-    ok "$name trains (rc $rc): $(tail -n 3 "$tmp/$name.log")" '[ $rc -eq 0 ]'
+    local why; why=$(grep -m 1 '^error:' "$tmp/$name.log" || tail -n 3 "$tmp/$name.log")
+    ok "$name trains (rc $rc): $why" '[ $rc -eq 0 ]'
     "$B/train" export --ckpt "$tmp/$name" --out "$tmp/$name.h5" >"$tmp/$name.export" 2>&1
     rc=$?
     ok "$name exports (rc $rc): $(cat "$tmp/$name.export")" '[ $rc -eq 0 ]'
@@ -56,6 +61,57 @@ check lm_tp1 1 "${lm[@]}"
 check lm_tp2 2 "${lm[@]}" parallel.tp=2
 ok "lm_tp2 compared its captions and its four losses" \
     'grep -q "captions: [1-9][0-9]* of" "$tmp/lm_tp2.ref" && [ "$(grep -c "^val_loss.*relative difference" "$tmp/lm_tp2.ref")" -eq 4 ]'
+
+# the conv stem: first the reference itself against the spec (train/MODEL.md "The convolutional
+# stem") written with numpy's im2col, matmul and reshape-max, on a non-square image with random
+# weights, so that a kernel read transposed or a pooling window misplaced shows
+PYTHONDONTWRITEBYTECODE=1 "$PY" - "$here/../train" >"$tmp/stem_spec" 2>&1 <<'EOF'
+import math, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import ref_torch
+rng = np.random.default_rng(1)
+B, H, Wd, c, S = 2, 12, 8, 3, 5
+img = rng.uniform(-1, 1, (B, H, Wd, c))
+W = {"img.conv1.w": rng.normal(0, 1 / math.sqrt(9 * c), (S, 3, 3, c)),
+     "img.conv1.b": rng.normal(0, 0.1, S),
+     "img.conv2.w": rng.normal(0, 1 / math.sqrt(9 * S), (2 * S, 3, 3, S)),
+     "img.conv2.b": rng.normal(0, 0.1, 2 * S)}
+x = img
+for name in ("img.conv1", "img.conv2"):
+    b, h, w, ic = x.shape
+    pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = np.stack([pad[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], 3)
+    wt = W[name + ".w"].reshape(W[name + ".w"].shape[0], 9 * ic)
+    y = cols.reshape(b * h * w, 9 * ic) @ wt.T + W[name + ".b"]
+    y = 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3)))
+    x = y.reshape(b, h // 2, 2, w // 2, 2, -1).max(axis=(2, 4))
+got = ref_torch.conv_stem(torch.as_tensor(img), {k: torch.as_tensor(v) for k, v in W.items()})
+diff = float(np.abs(got.numpy() - x).max()) if got.shape == x.shape else math.inf
+print(f"conv stem: shape {tuple(got.shape)} (spec {x.shape}), largest difference {diff:.2e}")
+sys.exit(0 if diff < 1e-12 else 1)
+EOF
+rc=$?
+sed 's/^/  /' "$tmp/stem_spec"
+ok "the reference's conv stem is the spec's (rc $rc)" '[ $rc -eq 0 ]'
+
+# then the trainer against it: 4 stem channels, patch 8 = 2x2 patches of the (8, 8, 8) map
+stem=("${lm[@]}" model.stem=conv model.stem_width=4 model.patch=8)
+check stem_tp1 1 "${stem[@]}"
+check stem_tp2 2 "${stem[@]}" parallel.tp=2
+"$PY" - "$tmp/stem_tp1.h5" >"$tmp/stem_shapes" 2>&1 <<'EOF'
+import sys, h5py
+want = {"img.conv1.w": (4, 3, 3, 3), "img.conv1.b": (4,), "img.conv2.w": (8, 3, 3, 4),
+        "img.conv2.b": (8,), "img.proj.w": (32, 32), "img.pos": (16, 32)}
+with h5py.File(sys.argv[1], "r") as f:
+    got = {k: f["params"][k].shape if k in f["params"] else None for k in want}
+bad = {k: (got[k], v) for k, v in want.items() if got[k] != v}
+print(f"wrong shapes (exported, documented): {bad}" if bad else "stem shapes as documented")
+sys.exit(1 if bad else 0)
+EOF
+rc=$?
+ok "stem_tp1's export has the documented stem tensors: $(tail -n 1 "$tmp/stem_shapes")" \
+    '[ $rc -eq 0 ]'
 
 dit=(model.kind=diffusion model.patch=4 diffusion.enc_layers=1 diffusion.eval_samples=0
      data.micro_batch=8 run.steps=6 eval.every=6 checkpoint.every=6)

@@ -159,6 +159,19 @@ def unpatchify(x, H, Wd, c, p):
     return x.reshape(B, H, Wd, c)
 
 
+def conv_stem(img, W):
+    """The convolutional image stem (MODEL.md "The convolutional stem"): (B, H, W, c) ->
+    (B, H/4, W/4, 2S), two rounds of 3x3 convolution (padding 1), GELU and 2x2 max pooling,
+    computed by torch's own convolution and pooling on NCHW, not by an im2col like the
+    trainer's, so that this is an independent check of those kernels."""
+    x = img.permute(0, 3, 1, 2)
+    for name in ("img.conv1", "img.conv2"):
+        # stored (OC, kh, kw, IC), a row in im2col order; Conv2d's weight is (OC, IC, kh, kw)
+        w = W[name + ".w"].permute(0, 3, 1, 2)
+        x = F.max_pool2d(F.gelu(F.conv2d(x, w, W[name + ".b"], padding=1), approximate="tanh"), 2)
+    return x.permute(0, 2, 3, 1)
+
+
 def group_audio(aud, g):
     """(B, F, M) -> (B, F // g, g*M): g consecutive frames per token, the tail dropped."""
     B, Fr, M = aud.shape
@@ -176,11 +189,23 @@ class Transformer:
         self.NH, self.L, self.p, self.g = m["n_heads"], m["n_layers"], m["patch"], m["audio_group"]
         self.n_img, self.n_aud = W["img.pos"].shape[0], W["audio.pos"].shape[0]
         self.P = self.n_img + self.n_aud
+        self.conv = m.get("stem", "patch") == "conv"  # exports older than the stem have no key
+        S = m.get("stem_width", 32)
+        if self.conv and W["img.conv1.w"].shape[0] != S:
+            raise ValueError(f"img.conv1.w has {W['img.conv1.w'].shape[0]} output channels, "
+                             f"model.stem_width says {S}")
+
+    def image_tokens(self, img):
+        """(B, n_img, C) before the positions: patches of the image, or of the conv stem's
+        (H/4, W/4) feature map with patches of p/4."""
+        if self.conv:
+            return linear(patchify(conv_stem(img, self.W), self.p // 4), self.W, "img.proj")
+        return linear(patchify(img, self.p), self.W, "img.proj")
 
     def hidden(self, img, aud, has_img, has_aud, tok):
         """The final LayerNorm's output at the text positions, (B, Tu, C) for Tu tokens."""
         W, B, Tu = self.W, tok.shape[0], tok.shape[1]
-        x = torch.cat([linear(patchify(img, self.p), W, "img.proj") + W["img.pos"],
+        x = torch.cat([self.image_tokens(img) + W["img.pos"],
                        linear(group_audio(aud, self.g), W, "audio.proj") + W["audio.pos"],
                        W["text.wte"][tok] + W["text.pos"][:Tu]], dim=1)
         T, dev = x.shape[1], x.device
