@@ -27,12 +27,12 @@
 //     including the row-parallel biases (added once, by tp rank 0; see below).
 //   - weight decay on every tensor with ndim >= 2: all matrices, the token embedding and the
 //     learned positions (as nanoGPT does); never on biases or LN gains/biases.
-//   - init (GPT-2): matrices and embeddings N(0, 0.02); attn.proj.w and mlp.proj.w
-//     N(0, 0.02/sqrt(2*n_layers)); the stem's convolutions N(0, 1/fan_in) (LeCun: with 0.02
-//     their outputs would start near zero and the stem would learn nothing for long); biases
-//     0; LN gains 1. Tensor k draws from mm_rng(seed, k)
-//     over its full global shape in row-major order; a rank keeps its slice, so initial
-//     values do not depend on tp.
+//   - init (GPT-2; N(0, s) has standard deviation s): matrices and embeddings N(0, 0.02);
+//     attn.proj.w and mlp.proj.w N(0, 0.02/sqrt(2*n_layers)); the stem's convolutions
+//     N(0, 1/sqrt(fan_in)) (LeCun: at 0.02 their outputs would start near zero and the stem
+//     would learn nothing for long); biases 0; LN gains 1. Tensor k draws from
+//     mm_rng(seed, k) over its full global shape in row-major order; a rank keeps its slice,
+//     so initial values do not depend on tp.
 //
 // The block (tensors, forward, backward, its four collectives) lives in block.c and the
 // table / init / carving mechanics in layout.c, shared with the DiT (model_internal.h); this
