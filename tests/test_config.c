@@ -346,6 +346,10 @@ static void test_validate(test_counts *tc) {
                    "data.micro_batch (64) must not exceed data.global_batch (32)");
     expect_invalid(tc, (const char *const[]){"diffusion.ema_decay=1", NULL},
                    "diffusion.ema_decay (1) must be below 1");
+    expect_invalid(tc, (const char *const[]){"optim.ema_decay=1", NULL},
+                   "optim.ema_decay (1) must be below 1");
+    expect_invalid(tc, (const char *const[]){"model.kind=diffusion", "optim.ema_decay=0.99", NULL},
+                   "optim.ema_decay (0.99) is the transformer's EMA");
     expect_invalid(tc, (const char *const[]){"model.n_heads=3", NULL},
                    "model.d_model (128) must be a multiple of model.n_heads (3)");
     expect_invalid(tc, (const char *const[]){"parallel.tp=8", NULL},

@@ -214,6 +214,10 @@ static const cfg_key keys[] = {
     KF64("optim.label_smoothing", optim.label_smoothing, "0", 0, 0.99,
          "transformer: label smoothing eps of the training cross-entropy (target (1 - eps) "
          "one-hot + eps / vocab); val_loss stays plain cross-entropy"),
+    KF64("optim.ema_decay", optim.ema_decay, "0", 0, 1,
+         "transformer: keep an EMA of the weights with this decay (0 = none) and evaluate, "
+         "sample and export with it (the diffusion model always keeps one: "
+         "diffusion.ema_decay)"),
     KLIST("optim.freeze", optim.freeze, "", "text|image|audio|trunk",
           "parameter groups kept fixed: no AdamW step, no decay, not in the gradient norm"),
     KF64("optim.lr_mult_text", optim.lr_mult[0], "1", 0, 1000,
@@ -249,12 +253,12 @@ static const cfg_key keys[] = {
           "init_from: tensor-name globs (fnmatch) that keep their fresh init; may be missing, "
           "reshaped or unused in the checkpoint"),
     KLIST("checkpoint.allow_changes", checkpoint.allow_changes, "",
-          "data|seed|batch|lr|steps|regularization|augment",
+          "data|seed|batch|lr|steps|regularization|augment|ema",
           "resume: what may differ from the checkpoint without a refusal (data = data.train's "
           "content, seed = run.seed, batch = data.global_batch, lr = optim.lr/min_lr/warmup, "
           "steps = run.steps, regularization = model.dropout/attn_dropout/modality_drop/audio_drop "
-          "and optim.label_smoothing, augment = every augment.* key); each allowed change is "
-          "logged"),
+          "and optim.label_smoothing, augment = every augment.* key, ema = optim.ema_decay and "
+          "diffusion.ema_decay); each allowed change is logged"),
 
     KINT("parallel.tp", parallel.tp, "1", 1, 4096,
          "tensor-parallel size (divides world size and n_heads)"),
@@ -848,6 +852,9 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
                        "config: augment.freq_masks (%d) and augment.freq_mask_width (%d) "
                        "must both be 0 or both be positive (one without the other masks nothing)",
                        c->augment.freq_masks, c->augment.freq_mask_width);
+    if (c->optim.ema_decay >= 1)
+        return mm_fail(err, "config: optim.ema_decay (%.17g) must be below 1 (the EMA would "
+                       "never move)", c->optim.ema_decay);
     if (c->diffusion.ema_decay >= 1)
         return mm_fail(err, "config: diffusion.ema_decay (%.17g) must be below 1 (the EMA would "
                        "never move)", c->diffusion.ema_decay);
@@ -898,6 +905,10 @@ int mm_config_validate(const mm_config *c, mm_err *err) {
                                "config: %s (%g) regularises the transformer; the diffusion "
                                "model has diffusion.cond_drop and diffusion.modality_drop",
                                lm_only[i].key, lm_only[i].v);
+        if (c->optim.ema_decay != 0)
+            return mm_fail(err, "config: optim.ema_decay (%g) is the transformer's EMA; the "
+                           "diffusion model keeps its own with diffusion.ema_decay",
+                           c->optim.ema_decay);
     }
     if (c->checkpoint.reinit.n > 0 && !c->checkpoint.init_from[0])
         return mm_fail(err, "config: checkpoint.reinit names tensors to re-initialise, but "

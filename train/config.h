@@ -100,6 +100,7 @@ typedef struct {
         double lr_mult[MM_N_GROUPS];  // learning-rate multiplier per group (text, image,
                                       // audio, trunk)
         double label_smoothing;       // eps of the transformer's training cross-entropy
+        double ema_decay;             // transformer: EMA of the weights (0 = none)
     } optim;
     struct {
         int every;             // evaluate every N steps (0 = only at the last step)

@@ -12,7 +12,7 @@
 // is the mean over global_batch samples, so it does not depend on the split) but adds 0.
 //
 // The family computes on the trainer's backend (t->be), as family_lm.c: the model's buffers
-// and the EMA (dema, updated by the backend's ema kernel after every update) are the
+// and the EMA (ema.h, updated by the backend's ema kernel after every update) are the
 // backend's memory; t->net.params and t->ema are their host views for checkpoints
 // (gradsync.h; sync_host / sync_device move the EMA's on a GPU). The per-sample randomness is
 // drawn on the host whatever the backend; each micro-batch's images, noise, times, pair
@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "../model/diffusion.h"
+#include "ema.h"
 #include "eval.h"
 #include "trainer_internal.h"
 
@@ -45,8 +46,7 @@ typedef struct {
     double *coef;            // (max_B, 2) the pairs' coefficients (dit_pair_coefs)
     // in the backend's memory (owned)
     void *stage;             // the micro-batches' way there
-    float *dema;             // (n_params) the EMA; t->ema is its host view
-    float *dswap;            // (n_params) scratch of swap_ema, allocated on first use
+    train_ema ema;           // the EMA; t->ema is its host view
     mm_real *dxt, *dtarget;  // (max_B, npix) the training pairs
     mm_real *dout;           // (max_B, npix) samples
 } dit_state;
@@ -129,10 +129,8 @@ static int dit_fam_create(trainer *t, int max_B, mm_err *err) {
     const mm_backend *be = t->be;
     train_net_bind(&t->net, be, s->net, dit_params(s->net), dit_grads(s->net), dit_n_params(s->net),
                    dit_tensors(s->net), dit_n_tensors(s->net), dit_set_hook);
-    const size_t pb = t->net.n_params * sizeof(mm_real);
-    s->dema = be->ops->mem_alloc(be, pb);
-    be->ops->copy_rows(be, s->dema, 0, dit_params(s->net), 0, t->net.n_params, 1);
-    t->ema = train_host_view(be, s->dema, t->net.n_params);
+    train_ema_init(&s->ema, be, t->net.dparams, t->net.n_params);
+    t->ema = s->ema.host;
     s->dxt = be->ops->mem_alloc(be, img);
     s->dtarget = be->ops->mem_alloc(be, img);
     s->dout = be->ops->mem_alloc(be, img);
@@ -155,10 +153,8 @@ static void dit_fam_destroy(trainer *t) {
     if (!s) return;
     const mm_backend *be = t->be;
     if (s->stage) be->iface->stage_free(be, s->stage);
-    train_host_view_free(t->ema, s->dema);
+    train_ema_free(&s->ema);
     t->ema = NULL;
-    if (s->dema) be->ops->mem_free(be, s->dema);
-    if (s->dswap) be->ops->mem_free(be, s->dswap);
     if (s->dxt) be->ops->mem_free(be, s->dxt);
     if (s->dtarget) be->ops->mem_free(be, s->dtarget);
     if (s->dout) be->ops->mem_free(be, s->dout);
@@ -274,9 +270,7 @@ static double dit_fam_micro_step(trainer *t, const data_batch *b) {
 }
 
 static void dit_fam_after_update(trainer *t) {
-    dit_state *s = ds(t);
-    t->be->iface->ema(t->be, s->dema, t->net.dparams, t->net.n_params,
-                      (float)t->cfg->diffusion.ema_decay);
+    train_ema_update(&ds(t)->ema, t->net.dparams, (float)t->cfg->diffusion.ema_decay);
 }
 
 static int dit_fam_seq_len(const trainer *t) {
@@ -293,15 +287,7 @@ enum { MODE_TEXT, MODE_AUDIO, MODE_BOTH, N_MODES };
 static const char *const mode_name[N_MODES] = {"text", "audio", "both"};
 
 // Swaps the network's weights with the EMA (twice restores them).
-static void swap_ema(trainer *t) {
-    dit_state *s = ds(t);
-    const mm_backend *be = t->be;
-    const size_t n = t->net.n_params;
-    if (!s->dswap) s->dswap = be->ops->mem_alloc(be, n * sizeof(float));
-    be->ops->copy_rows(be, s->dswap, 0, t->net.dparams, 0, n, 1);
-    be->ops->copy_rows(be, t->net.dparams, 0, s->dema, 0, n, 1);
-    be->ops->copy_rows(be, s->dema, 0, s->dswap, 0, n, 1);
-}
+static void swap_ema(trainer *t) { train_ema_swap(&ds(t)->ema, t->net.dparams); }
 
 // Reads validation samples idx[0..n) into the scratch batch as prompts of the given mode.
 static void load_prompts(trainer *t, const uint64_t *idx, int n, int mode) {
@@ -501,13 +487,9 @@ static void dit_fam_after_update_and_grid(trainer *t) {
 
 // The EMA's host view from the backend before a checkpoint, and back after one (or
 // init_from) wrote it: nothing where the view is the buffer itself.
-static void dit_fam_sync_host(trainer *t) {
-    mm_backend_to_host(t->be, t->ema, ds(t)->dema, t->net.n_params * sizeof(float));
-}
+static void dit_fam_sync_host(trainer *t) { train_ema_to_host(&ds(t)->ema); }
 
-static void dit_fam_sync_device(trainer *t) {
-    mm_backend_from_host(t->be, ds(t)->dema, t->ema, t->net.n_params * sizeof(float));
-}
+static void dit_fam_sync_device(trainer *t) { train_ema_from_host(&ds(t)->ema); }
 
 const train_family train_family_dit = {.kind = "diffusion",
                                        .create = dit_fam_create,

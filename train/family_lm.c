@@ -1,7 +1,7 @@
 // family_lm.c: the captioning transformer as a model family of the trainer: micro-steps
 // are next-byte cross-entropy on the caption given the image/audio prefix; evaluation is
 // validation loss and greedy captions, as given and by input mode, scored against the
-// references (eval.h).
+// references (eval.h), with the EMA of the weights when optim.ema_decay keeps one (ema.h).
 //
 // The family computes on the trainer's backend (t->be): on a GPU the model's buffers are
 // device memory, t->net.params is a host mirror for checkpoints (gradsync.h), and every
@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "../model/model.h"
+#include "ema.h"
 #include "eval.h"
 #include "trainer_internal.h"
 
@@ -20,6 +21,7 @@ typedef struct {
     model *m;
     void *stage;                     // the input batches' way to the backend's memory
     uint8_t *has_image, *has_audio;  // (max_B) a training batch's flags after modality dropout
+    train_ema ema;                   // optim.ema_decay > 0: the EMA (t->ema its host view)
     int noted_rule;  // the note that eval.scorer synth's rule does not apply, printed once
 } lm_impl;
 
@@ -104,7 +106,7 @@ static int lm_mem_plan(const trainer *t, int max_B, model_recompute rc, model_me
     model_config mc = lm_config(t);
     mc.recompute = rc;
     mm_err me;
-    *ema = 0;
+    *ema = t->cfg->optim.ema_decay > 0;
     if (model_mem_plan(&mc, t->be, max_B, out, &me) != 0) return mm_fail(err, "model: %s", me.msg);
     return 0;
 }
@@ -133,6 +135,10 @@ static int lm_create(trainer *t, int max_B, mm_err *err) {
     im->stage = t->be->iface->stage_new(t->be, bytes);
     im->has_image = mm_malloc((size_t)max_B);
     im->has_audio = mm_malloc((size_t)max_B);
+    if (c->optim.ema_decay > 0) {
+        train_ema_init(&im->ema, t->be, t->net.dparams, t->net.n_params);
+        t->ema = im->ema.host;
+    }
     return 0;
 }
 
@@ -140,6 +146,8 @@ static void lm_destroy(trainer *t) {
     lm_impl *im = t->impl;
     if (!im) return;
     if (im->stage) t->be->iface->stage_free(t->be, im->stage);
+    train_ema_free(&im->ema);
+    t->ema = NULL;
     if (im->m) model_free(im->m);
     free(im->has_image);
     free(im->has_audio);
@@ -159,6 +167,24 @@ static double lm_micro_step(trainer *t, const data_batch *b) {
 }
 
 static int lm_seq_len(const trainer *t) { return model_seq_len(lm(t)); }
+
+// optim.ema_decay > 0: the average follows every update; evaluation swaps it in.
+static void lm_after_update(trainer *t) {
+    lm_impl *im = t->impl;
+    if (t->ema) train_ema_update(&im->ema, t->net.dparams, (float)t->cfg->optim.ema_decay);
+}
+
+static void lm_swap_ema(trainer *t) {
+    if (t->ema) train_ema_swap(&((lm_impl *)t->impl)->ema, t->net.dparams);
+}
+
+static void lm_sync_host(trainer *t) {
+    if (t->ema) train_ema_to_host(&((lm_impl *)t->impl)->ema);
+}
+
+static void lm_sync_device(trainer *t) {
+    if (t->ema) train_ema_from_host(&((lm_impl *)t->impl)->ema);
+}
 
 // --------------------------------------------------------------------------------------
 // evaluation: validation loss and greedy captions, as given and by input mode (eval.h's
@@ -235,6 +261,7 @@ static void lm_evaluate(trainer *t) {
     // eval.scorer text names no rule; synth's applies only to the synthetic set (eval.h)
     eval_captions ec;
     eval_captions_init(&ec, eval_scorer_find(c->eval.scorer, EVAL_CAPTIONS));
+    lm_swap_ema(t);  // evaluate the average, when one is kept
     FILE *ev = NULL;
     char path[MM_STR + 64];
     if (t->rank == 0) ev = train_open_output(t, "eval", "jsonl", path, sizeof(path));
@@ -326,6 +353,7 @@ static void lm_evaluate(trainer *t) {
         eval_examples_markdown(&ec.ex, md, sizeof(md));
         train_tb_text(t, "captions", md);
     }
+    lm_swap_ema(t);
     eval_gather_free(&g);
     free(idx);
     free(gens);
@@ -340,6 +368,8 @@ const train_family train_family_lm = {.kind = "transformer",
                                       .mem_plan = lm_mem_plan,
                                       .destroy = lm_destroy,
                                       .micro_step = lm_micro_step,
-                                      .after_update = NULL,
+                                      .after_update = lm_after_update,
                                       .evaluate = lm_evaluate,
-                                      .seq_len = lm_seq_len};
+                                      .seq_len = lm_seq_len,
+                                      .sync_host = lm_sync_host,
+                                      .sync_device = lm_sync_device};

@@ -448,6 +448,14 @@ static int allowed(const mm_config *c, const char *group) {
     return 0;
 }
 
+// v in the fewest digits that read back as v (0.7, not 0.69999999999999996).
+static void shortest(char *buf, size_t n, double v) {
+    for (int digits = 15; digits <= 17; digits++) {
+        snprintf(buf, n, "%.*g", digits, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
 static int check_exact(const trainer *t, const mm_config *saved, const ckpt_meta *meta,
                        const char *dir, int verbose, mm_err *err) {
     const mm_config *now = t->cfg;
@@ -461,31 +469,38 @@ static int check_exact(const trainer *t, const mm_config *saved, const ckpt_meta
     k[n].key = name, k[n].group = grp, k[n].differs = now->field != saved->field; \
     snprintf(k[n].was, sizeof(k[n].was), fmt, (type)saved->field);                \
     snprintf(k[n].is, sizeof(k[n].is), fmt, (type)now->field), n++;
+#define DBL(name, grp, field)                                                     \
+    k[n].key = name, k[n].group = grp, k[n].differs = now->field != saved->field; \
+    shortest(k[n].was, sizeof(k[n].was), saved->field);                           \
+    shortest(k[n].is, sizeof(k[n].is), now->field), n++;
     NUM("run.seed", "seed", run.seed, "%llu", unsigned long long)
     NUM("data.global_batch", "batch", data.global_batch, "%lld", long long)
-    NUM("optim.lr", "lr", optim.lr, "%.17g", double)
-    NUM("optim.min_lr", "lr", optim.min_lr, "%.17g", double)
+    DBL("optim.lr", "lr", optim.lr)
+    DBL("optim.min_lr", "lr", optim.min_lr)
     NUM("optim.warmup", "lr", optim.warmup, "%lld", long long)
     NUM("run.steps", "steps", run.steps, "%lld", long long)
-    NUM("model.dropout", "regularization", model.dropout, "%.17g", double)
-    NUM("model.attn_dropout", "regularization", model.attn_dropout, "%.17g", double)
-    NUM("model.modality_drop", "regularization", model.modality_drop, "%.17g", double)
-    NUM("model.audio_drop", "regularization", model.audio_drop, "%.17g", double)
-    NUM("optim.label_smoothing", "regularization", optim.label_smoothing, "%.17g", double)
-    NUM("augment.crop_scale", "augment", augment.crop_scale, "%.17g", double)
-    NUM("augment.crop_ratio", "augment", augment.crop_ratio, "%.17g", double)
+    DBL("model.dropout", "regularization", model.dropout)
+    DBL("model.attn_dropout", "regularization", model.attn_dropout)
+    DBL("model.modality_drop", "regularization", model.modality_drop)
+    DBL("model.audio_drop", "regularization", model.audio_drop)
+    DBL("optim.label_smoothing", "regularization", optim.label_smoothing)
+    DBL("augment.crop_scale", "augment", augment.crop_scale)
+    DBL("augment.crop_ratio", "augment", augment.crop_ratio)
     NUM("augment.flip", "augment", augment.flip, "%d", int)
     NUM("augment.translate", "augment", augment.translate, "%d", int)
-    NUM("augment.brightness", "augment", augment.brightness, "%.17g", double)
-    NUM("augment.contrast", "augment", augment.contrast, "%.17g", double)
-    NUM("augment.saturation", "augment", augment.saturation, "%.17g", double)
+    DBL("augment.brightness", "augment", augment.brightness)
+    DBL("augment.contrast", "augment", augment.contrast)
+    DBL("augment.saturation", "augment", augment.saturation)
     NUM("augment.audio_shift", "augment", augment.audio_shift, "%d", int)
-    NUM("augment.audio_gain_db", "augment", augment.audio_gain_db, "%.17g", double)
+    DBL("augment.audio_gain_db", "augment", augment.audio_gain_db)
     NUM("augment.time_masks", "augment", augment.time_masks, "%d", int)
     NUM("augment.time_mask_width", "augment", augment.time_mask_width, "%d", int)
     NUM("augment.freq_masks", "augment", augment.freq_masks, "%d", int)
     NUM("augment.freq_mask_width", "augment", augment.freq_mask_width, "%d", int)
+    DBL("optim.ema_decay", "ema", optim.ema_decay)
+    DBL("diffusion.ema_decay", "ema", diffusion.ema_decay)
 #undef NUM
+#undef DBL
     int data_known = meta->data_id[0] != 0;
     k[n].key = "data.train", k[n].group = "data";
     k[n].differs = data_known && strcmp(meta->data_id, t->data_id) != 0;
@@ -572,7 +587,20 @@ static int load_checkpoint(trainer *t, data_pos *pos, mm_err *err) {
                 // the moments are loaded full-size and this rank keeps its part (ZeRO shards)
                 st.m = mm_alloc_aligned(st.n_params * sizeof(float));
                 st.v = mm_alloc_aligned(st.n_params * sizeof(float));
-                rc = ckpt_load_state(dir, &st, err);
+                // a run that starts keeping an EMA (allowed by allow_changes: ema) starts it
+                // at the checkpoint's weights
+                ckpt_tensor_info *ema_inv = NULL;
+                int n_ema = 0;
+                rc = t->ema ? ckpt_list_tensors(dir, "ema", &ema_inv, &n_ema, err) : 0;
+                free(ema_inv);
+                st.ema = n_ema > 0 ? t->ema : NULL;
+                if (rc == 0) rc = ckpt_load_state(dir, &st, err);
+                if (rc == 0 && t->ema && !st.ema) {
+                    memcpy(t->ema, t->net.params, t->net.n_params * sizeof(float));
+                    if (t->rank == 0)
+                        printf("note: %s has no EMA of the weights: the EMA starts at its "
+                               "weights\n", dir);
+                }
                 if (rc == 0) gsync_load_state(&t->sync, st.m, st.v);
                 free(st.m);
                 free(st.v);
