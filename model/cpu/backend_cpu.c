@@ -58,26 +58,43 @@ static void cpu_opt_plan_free(const mm_backend *be MM_UNUSED, void *plan) {
 }
 
 // Fixed chunks, each summed in order, then the chunk sums in order: the result depends on
-// n only, not on how OpenMP schedules threads.
-static double sumsq(const float *g, size_t n) {
-    enum { CHUNK = 1 << 14 };
-    size_t nchunks = (n + CHUNK - 1) / CHUNK;
-    if (nchunks <= 1) {
-        double s = 0.0;
-        for (size_t i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
-        return s;
+// n only, not on how OpenMP schedules threads. A chunk's sum is one serial chain of double
+// adds (latency bound), so a task runs LANES chunks side by side: independent chains in
+// flight at once, each still in its own order, so the same bits.
+enum { SUMSQ_CHUNK = 1 << 14, SUMSQ_LANES = 4 };
+
+// part[l] = sum of squares of chunk c0 + l of g (n elements in all), l < lanes
+static void sumsq_chunks(const float *g, size_t n, size_t c0, int lanes, double *part) {
+    double s[SUMSQ_LANES] = {0};
+    const float *base = g + c0 * SUMSQ_CHUNK;
+    // every chunk but the last is full: run the full ones together
+    int full = lanes;
+    while (full > 0 && (c0 + (size_t)full) * SUMSQ_CHUNK > n) full--;
+    for (size_t i = 0; i < SUMSQ_CHUNK; i++)
+        for (int l = 0; l < full; l++) {
+            const double x = base[(size_t)l * SUMSQ_CHUNK + i];
+            s[l] += x * x;
+        }
+    for (int l = full; l < lanes; l++) {
+        const size_t lo = (c0 + (size_t)l) * SUMSQ_CHUNK;
+        for (size_t i = lo; i < n; i++) s[l] += (double)g[i] * (double)g[i];
     }
-    double *part = mm_malloc(nchunks * sizeof(double));
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
-        double s = 0.0;
-        for (size_t i = lo; i < hi; i++) s += (double)g[i] * (double)g[i];
-        part[c] = s;
+    for (int l = 0; l < lanes; l++) part[l] = s[l];
+}
+
+static double sumsq(const float *g, size_t n) {
+    const size_t nchunks = (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
+    const size_t ntasks = (nchunks + SUMSQ_LANES - 1) / SUMSQ_LANES;
+    double one[SUMSQ_LANES], *part = nchunks <= SUMSQ_LANES ? one : mm_malloc(nchunks * sizeof(double));
+#pragma omp parallel for schedule(static) if (ntasks > 1)
+    for (size_t t = 0; t < ntasks; t++) {
+        const size_t c0 = t * SUMSQ_LANES;
+        const int lanes = nchunks - c0 < SUMSQ_LANES ? (int)(nchunks - c0) : SUMSQ_LANES;
+        sumsq_chunks(g, n, c0, lanes, part + c0);
     }
     double total = 0.0;
     for (size_t c = 0; c < nchunks; c++) total += part[c];
-    free(part);
+    if (part != one) free(part);
     return total;
 }
 
