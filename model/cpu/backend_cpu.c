@@ -85,7 +85,8 @@ static void sumsq_chunks(const float *g, size_t n, size_t c0, int lanes, double 
 static double sumsq(const float *g, size_t n) {
     const size_t nchunks = (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
     const size_t ntasks = (nchunks + SUMSQ_LANES - 1) / SUMSQ_LANES;
-    double one[SUMSQ_LANES], *part = nchunks <= SUMSQ_LANES ? one : mm_malloc(nchunks * sizeof(double));
+    double one[SUMSQ_LANES],
+        *part = nchunks <= SUMSQ_LANES ? one : mm_malloc(nchunks * sizeof(double));
 #pragma omp parallel for schedule(static) if (ntasks > 1)
     for (size_t t = 0; t < ntasks; t++) {
         const size_t c0 = t * SUMSQ_LANES;
