@@ -40,7 +40,10 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(ASAN),1)
   OPT ?= -O1
 else
-  OPT ?= -O3 -march=native
+  # no -march: the binaries run on any x86-64. The CPU backend's hot loops are compiled once
+  # per x86-64 level and take the machine's at load time (model/cpu/cpu_isa.h); OpenBLAS
+  # picks its own kernels. OPT="-O3 -march=native" builds for the build machine alone.
+  OPT ?= -O3
 endif
 # -fno-math-errno: a loop calling sqrtf (AdamW) vectorizes only when sqrtf need not set errno;
 # no result changes (nothing reads errno after a math function).

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../backend.h"
+#include "cpu_isa.h"
 
 static void cpu_destroy(const mm_backend *be MM_UNUSED) {}
 static void cpu_sync(const mm_backend *be MM_UNUSED) {}
@@ -64,6 +65,7 @@ static void cpu_opt_plan_free(const mm_backend *be MM_UNUSED, void *plan) {
 enum { SUMSQ_CHUNK = 1 << 14, SUMSQ_LANES = 4 };
 
 // part[l] = sum of squares of chunk c0 + l of g (n elements in all), l < lanes
+CPU_ISA_CLONES
 static void sumsq_chunks(const float *g, size_t n, size_t c0, int lanes, double *part) {
     double s[SUMSQ_LANES] = {0};
     const float *base = g + c0 * SUMSQ_CHUNK;
@@ -116,6 +118,7 @@ static void cpu_sumsq(const mm_backend *be MM_UNUSED, const void *plan, const fl
 // loop: written inline under `omp for simd` over size_t, GCC 12 left it scalar ("control flow
 // in loop"). Elementwise and without contraction (-std=c11), so vector and scalar code give
 // the same bits.
+CPU_ISA_CLONES
 static void adamw_span(float *restrict p, const float *restrict g, float *restrict m,
                        float *restrict v, size_t n, float b1, float b2, float eps, float ibc1,
                        float ibc2, float lr, float wd, float gs) {
@@ -157,6 +160,7 @@ static void cpu_adamw(const mm_backend *be MM_UNUSED, const void *plan, float *p
     }
 }
 
+CPU_ISA_CLONES
 static void cpu_ema(const mm_backend *be MM_UNUSED, float *ema, const float *params, size_t n,
                     float decay) {
 #pragma omp parallel for simd schedule(static)

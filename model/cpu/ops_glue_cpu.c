@@ -8,6 +8,7 @@
 
 #include "../model.h"
 #include "../model_internal.h"
+#include "cpu_isa.h"
 
 // Zeroed. Buffers of HUGE_MIN bytes and more (the activation arena, parameters, gradients)
 // are 2 MiB aligned and asked to be backed by transparent huge pages: the ops walk them with
@@ -48,6 +49,7 @@ void model_cpu_copy_rows(const mm_backend *be MM_UNUSED, mm_real *dst, size_t ds
                width * sizeof(mm_real));
 }
 
+CPU_ISA_CLONES
 void model_cpu_embed_fwd(const mm_backend *be MM_UNUSED, mm_real *x0, uint8_t *key_valid,
                          const mm_real *emb_img, const mm_real *emb_aud, const mm_real *img_pos,
                          const mm_real *aud_pos, const mm_real *wte, const mm_real *tpos,
@@ -82,6 +84,7 @@ void model_cpu_embed_fwd(const mm_backend *be MM_UNUSED, mm_real *x0, uint8_t *k
 
 // each thread owns a block of columns and adds the rows in (sample, position) order, so
 // repeated tokens sum deterministically without atomics
+CPU_ISA_CLONES
 void model_cpu_embed_bwd(const mm_backend *be MM_UNUSED, mm_real *g_img_pos, mm_real *g_aud_pos,
                          mm_real *g_wte, mm_real *g_tpos, const mm_real *dx0, const int32_t *tokens,
                          int B, int T, int n_img, int n_aud, int C, int V) {
