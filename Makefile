@@ -40,9 +40,14 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(ASAN),1)
   OPT ?= -O1
 else
-  OPT ?= -O3 -march=native
+  # no -march: the binaries run on any x86-64. The CPU backend's hot loops are compiled once
+  # per x86-64 level and take the machine's at load time (model/cpu/cpu_isa.h); OpenBLAS
+  # picks its own kernels. OPT="-O3 -march=native" builds for the build machine alone.
+  OPT ?= -O3
 endif
-CFLAGS := -std=c11 -Wall -Wextra -Werror -g $(OPT) -fopenmp -D_GNU_SOURCE $(MPI_DEFS) \
+# -fno-math-errno: a loop calling sqrtf (AdamW) vectorizes only when sqrtf need not set errno;
+# no result changes (nothing reads errno after a math function).
+CFLAGS := -std=c11 -Wall -Wextra -Werror -g $(OPT) -fno-math-errno -fopenmp -D_GNU_SOURCE $(MPI_DEFS) \
           -I. -I$(BLAS_INC) $(PKG_CFLAGS)
 LDLIBS := $(PKG_LIBS) -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas -lz -lpthread -lm
 LDFLAGS := -fopenmp

@@ -3,11 +3,13 @@
 // the reference arithmetic every other backend follows step for step: AdamW with decoupled
 // weight decay, the gradient sum of squares over fixed chunks, and the EMA of the weights.
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "../backend.h"
+#include "cpu_isa.h"
 
 static void cpu_destroy(const mm_backend *be MM_UNUSED) {}
 static void cpu_sync(const mm_backend *be MM_UNUSED) {}
@@ -57,26 +59,45 @@ static void cpu_opt_plan_free(const mm_backend *be MM_UNUSED, void *plan) {
 }
 
 // Fixed chunks, each summed in order, then the chunk sums in order: the result depends on
-// n only, not on how OpenMP schedules threads.
-static double sumsq(const float *g, size_t n) {
-    enum { CHUNK = 1 << 14 };
-    size_t nchunks = (n + CHUNK - 1) / CHUNK;
-    if (nchunks <= 1) {
-        double s = 0.0;
-        for (size_t i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
-        return s;
+// n only, not on how OpenMP schedules threads. A chunk's sum is one serial chain of double
+// adds (latency bound), so a task runs LANES chunks side by side: independent chains in
+// flight at once, each still in its own order, so the same bits.
+enum { SUMSQ_CHUNK = 1 << 14, SUMSQ_LANES = 4 };
+
+// part[l] = sum of squares of chunk c0 + l of g (n elements in all), l < lanes
+CPU_ISA_CLONES
+static void sumsq_chunks(const float *g, size_t n, size_t c0, int lanes, double *part) {
+    double s[SUMSQ_LANES] = {0};
+    const float *base = g + c0 * SUMSQ_CHUNK;
+    // every chunk but the last is full: run the full ones together
+    int full = lanes;
+    while (full > 0 && (c0 + (size_t)full) * SUMSQ_CHUNK > n) full--;
+    for (size_t i = 0; i < SUMSQ_CHUNK; i++)
+        for (int l = 0; l < full; l++) {
+            const double x = base[(size_t)l * SUMSQ_CHUNK + i];
+            s[l] += x * x;
+        }
+    for (int l = full; l < lanes; l++) {
+        const size_t lo = (c0 + (size_t)l) * SUMSQ_CHUNK;
+        for (size_t i = lo; i < n; i++) s[l] += (double)g[i] * (double)g[i];
     }
-    double *part = mm_malloc(nchunks * sizeof(double));
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
-        double s = 0.0;
-        for (size_t i = lo; i < hi; i++) s += (double)g[i] * (double)g[i];
-        part[c] = s;
+    for (int l = 0; l < lanes; l++) part[l] = s[l];
+}
+
+static double sumsq(const float *g, size_t n) {
+    const size_t nchunks = (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
+    const size_t ntasks = (nchunks + SUMSQ_LANES - 1) / SUMSQ_LANES;
+    double one[SUMSQ_LANES],
+        *part = nchunks <= SUMSQ_LANES ? one : mm_malloc(nchunks * sizeof(double));
+#pragma omp parallel for schedule(static) if (ntasks > 1)
+    for (size_t t = 0; t < ntasks; t++) {
+        const size_t c0 = t * SUMSQ_LANES;
+        const int lanes = nchunks - c0 < SUMSQ_LANES ? (int)(nchunks - c0) : SUMSQ_LANES;
+        sumsq_chunks(g, n, c0, lanes, part + c0);
     }
     double total = 0.0;
     for (size_t c = 0; c < nchunks; c++) total += part[c];
-    free(part);
+    if (part != one) free(part);
     return total;
 }
 
@@ -93,6 +114,26 @@ static void cpu_sumsq(const mm_backend *be MM_UNUSED, const void *plan, const fl
     }
 }
 
+// AdamW on n contiguous elements. Its own function with restrict pointers and a plain counted
+// loop: written inline under `omp for simd` over size_t, GCC 12 left it scalar ("control flow
+// in loop"). Elementwise and without contraction (-std=c11), so vector and scalar code give
+// the same bits.
+CPU_ISA_CLONES
+static void adamw_span(float *restrict p, const float *restrict g, float *restrict m,
+                       float *restrict v, size_t n, float b1, float b2, float eps, float ibc1,
+                       float ibc2, float lr, float wd, float gs) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * gs;
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float mhat = mi * ibc1, vhat = vi * ibc2;
+        p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+    }
+}
+
 static void cpu_adamw(const mm_backend *be MM_UNUSED, const void *plan, float *params,
                       const float *grads, float *m, float *v, const mm_adamw_args *a) {
     const cpu_plan *p = plan;
@@ -103,25 +144,23 @@ static void cpu_adamw(const mm_backend *be MM_UNUSED, const void *plan, float *p
     const float ibc2 = (float)(1.0 / (1.0 - pow(a->beta2, (double)a->step)));
     const float flr = (float)a->lr, wd = (float)a->weight_decay, gs = (float)a->grad_scale;
     const size_t base = p->lo;  // m, v and grads are indexed from lo
-    // One parallel region for all tensors; elementwise, so `nowait` between them is safe.
+    // One parallel region for all tensors; each thread takes its contiguous share of every
+    // tensor (elementwise, so no barrier between tensors).
 #pragma omp parallel
-    for (int s = 0; s < p->n_seg; s++) {
-        const size_t lo = p->seg[s].offset, hi = lo + p->seg[s].size;
-        const float lri = flr * p->seg[s].lr_mult, wdi = wd * p->seg[s].decay;
-#pragma omp for simd schedule(static) nowait
-        for (size_t i = lo; i < hi; i++) {
-            const size_t j = i - base;
-            float gi = grads[j] * gs;
-            float mi = b1 * m[j] + (1.0f - b1) * gi;
-            float vi = b2 * v[j] + (1.0f - b2) * gi * gi;
-            m[j] = mi;
-            v[j] = vi;
-            float mhat = mi * ibc1, vhat = vi * ibc2;
-            params[i] -= lri * (mhat / (sqrtf(vhat) + eps) + wdi * params[i]);
+    {
+        const size_t nth = (size_t)omp_get_num_threads(), tid = (size_t)omp_get_thread_num();
+        for (int s = 0; s < p->n_seg; s++) {
+            const size_t n = p->seg[s].size, per = (n + nth - 1) / nth;
+            const size_t i0 = tid * per < n ? tid * per : n;
+            const size_t i1 = i0 + per < n ? i0 + per : n;
+            const size_t lo = p->seg[s].offset + i0, j = lo - base;
+            adamw_span(params + lo, grads + j, m + j, v + j, i1 - i0, b1, b2, eps, ibc1, ibc2,
+                       flr * p->seg[s].lr_mult, wd * p->seg[s].decay, gs);
         }
     }
 }
 
+CPU_ISA_CLONES
 static void cpu_ema(const mm_backend *be MM_UNUSED, float *ema, const float *params, size_t n,
                     float decay) {
 #pragma omp parallel for simd schedule(static)

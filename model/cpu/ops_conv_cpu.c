@@ -9,7 +9,9 @@
 
 #include "../model.h"
 #include "../model_internal.h"
+#include "cpu_isa.h"
 
+CPU_ISA_CLONES
 void model_cpu_im2col3(const mm_backend *be MM_UNUSED, mm_real *cols, const mm_real *img,
                        int B, int H, int W, int c) {
     const size_t row = (size_t)9 * c;
@@ -31,6 +33,7 @@ void model_cpu_im2col3(const mm_backend *be MM_UNUSED, mm_real *cols, const mm_r
 
 // Pixel (y, x) was copied into the rows of its 3x3 neighbours (y - dy + 1, x - dx + 1) at
 // slot (dy, dx): gather those.
+CPU_ISA_CLONES
 void model_cpu_col2im3(const mm_backend *be MM_UNUSED, mm_real *dimg, const mm_real *dcols, int B,
                     int H, int W, int c) {
     const size_t row = (size_t)9 * c;
@@ -49,6 +52,7 @@ void model_cpu_col2im3(const mm_backend *be MM_UNUSED, mm_real *dimg, const mm_r
     }
 }
 
+CPU_ISA_CLONES
 void model_cpu_maxpool2_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x, int B,
                          int H, int W, int c) {
     const int Ho = H / 2, Wo = W / 2;
@@ -67,6 +71,7 @@ void model_cpu_maxpool2_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const 
     }
 }
 
+CPU_ISA_CLONES
 void model_cpu_maxpool2_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *dout,
                          const mm_real *x, int B, int H, int W, int c) {
     const int Ho = H / 2, Wo = W / 2;

@@ -23,6 +23,7 @@
 #include "../model.h"
 #include "../model_drop.h"
 #include "../model_internal.h"
+#include "cpu_isa.h"
 
 #ifdef MM_F64
 #define GEMM cblas_dgemm
@@ -90,6 +91,7 @@ static void matmul_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_re
 }
 
 // dst (C) += column sums of src (N, C), each column summed over rows in order.
+CPU_ISA_CLONES
 static void colsum_acc(mm_real *dst, const mm_real *src, int N, int C) {
     int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
 #pragma omp parallel for schedule(static)
@@ -121,6 +123,7 @@ static void matmul_bwd(const mm_backend *be MM_UNUSED, mm_real *dinp, mm_real *d
 // ---------------------------------------------------------------------------------------
 // layernorm (eps 1e-5, biased variance, as PyTorch)
 
+CPU_ISA_CLONES
 static void layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *mean,
                           mm_real *rstd, const mm_real *x, const mm_real *g, const mm_real *b,
                           int N, int C) {
@@ -145,6 +148,7 @@ static void layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
 
 // dx (N, C) += ; dg, db (C) += . One pass over the rows computes dx and per-block partial
 // dg/db; a second loop adds the blocks in order.
+CPU_ISA_CLONES
 static void layernorm_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *dg, mm_real *db,
                           const mm_real *dout, const mm_real *x, const mm_real *g,
                           const mm_real *mean, const mm_real *rstd, int N, int C) {
@@ -200,6 +204,7 @@ static void layernorm_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *
 #define GELU_K ((mm_real)0.7978845608028654)
 #define GELU_A ((mm_real)0.044715)
 
+CPU_ISA_CLONES
 static void gelu_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x, size_t n) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
@@ -209,6 +214,7 @@ static void gelu_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real
     }
 }
 
+CPU_ISA_CLONES
 static void gelu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *x,
                      const mm_real *dout, size_t n) {
 #pragma omp parallel for simd schedule(static)
@@ -222,6 +228,7 @@ static void gelu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real 
 }
 
 // out = a + b; out may alias a or b (the transformer adds residuals in place).
+CPU_ISA_CLONES
 static void add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a, const mm_real *b,
                 size_t n) {
 #pragma omp parallel for simd schedule(static)
@@ -234,6 +241,7 @@ static inline int drop_on(const model_drop *d) {
 }
 
 // out = x * mask * scale per sample (model.h); out may be x
+CPU_ISA_CLONES
 static void dropout(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x,
                     const model_drop *d, int B, size_t n) {
     if (!drop_on(d)) {
@@ -302,6 +310,20 @@ static inline int block_cols(int i0, int T, int P, int Tp) {
 // key, only queries i >= j see a causal key j.
 static inline int block_first_query(int j0, int P) {
     return j0 < P ? 0 : j0;
+}
+
+// Rows ahead that attention's row loops prefetch. They read (and in the backward, add to)
+// one head's slice of every row of qkv, dout and dqkv (a stride of 3 C or C floats), and
+// the backward reads the saved probabilities; all went cold since the op that wrote them,
+// and the hardware prefetcher does not run far enough ahead on a stride this long and a run
+// this short (a few dozen rows per head): without it the first touch of each row stalled
+// attention_bwd for half of its time (perf, bench_small). Prefetches change no result.
+enum { PF_ROWS = 4 };
+
+// prefetches the n floats at p (one head's slice of a row)
+static inline void prefetch_row(const mm_real *p, int n) {
+    for (int d = 0; d < n; d += 64 / (int)sizeof(mm_real)) __builtin_prefetch(p + d);
+    __builtin_prefetch(p + n - 1);
 }
 
 // c (KR, KC) (row stride ldc) = sum over k in [k0, k1) of x[r, k] * y (k, KC) (row stride
@@ -396,6 +418,7 @@ static inline mm_real softmax_row(mm_real *restrict a, const mm_real *restrict k
 }
 
 // out (B, T, NH, HD), att (B, NH, T, T), qkv (B, T, 3, NH, HD), key_valid (B, T)
+CPU_ISA_CLONES
 static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att,
                           const mm_real *qkv, const uint8_t *key_valid, int B, int T, int P, int NH,
                           int HD, const model_drop *drop) {
@@ -418,6 +441,12 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
             for (int i = 0; i < T; i++) {
                 const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
                 mm_real *wq = w.q + (size_t)i * Dp, *wv = w.v + (size_t)i * Dp;
+                if (i + PF_ROWS < T) {
+                    const mm_real *qn = qi + (size_t)PF_ROWS * C3;
+                    prefetch_row(qn, HD);
+                    prefetch_row(qn + C, HD);
+                    prefetch_row(qn + 2 * C, HD);
+                }
 #pragma omp simd
                 for (int d = 0; d < HD; d++) {
                     wq[d] = qi[d] * scale;
@@ -468,6 +497,7 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
 
 // dqkv (B, T, 3, NH, HD) +=, dout (B, T, NH, HD), qkv, att (B, NH, T, T) as saved. out is
 // not needed here: the saved probabilities give the softmax backward directly.
+CPU_ISA_CLONES
 static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const mm_real *dout,
                           const mm_real *qkv, const mm_real *out, const mm_real *att, int B, int T,
                           int P, int NH, int HD, const model_drop *drop) {
@@ -493,6 +523,14 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
             for (int i = 0; i < T; i++) {
                 const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
                 const mm_real *doi = dsrc + (size_t)i * C, *ai = a + (size_t)i * T;
+                if (i + PF_ROWS < T) {
+                    const mm_real *qn = qi + (size_t)PF_ROWS * C3;
+                    prefetch_row(qn, HD);
+                    prefetch_row(qn + C, HD);
+                    prefetch_row(qn + 2 * C, HD);
+                    prefetch_row(doi + (size_t)PF_ROWS * C, HD);
+                    prefetch_row(ai + (size_t)PF_ROWS * T, T);
+                }
                 mm_real *wq = w.q + (size_t)i * Dp, *wk = w.k + (size_t)i * Dp,
                         *wd = w.o + (size_t)i * Dp, *ws = w.s + (size_t)i * Tp;
 #pragma omp simd
@@ -562,6 +600,12 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
             mm_real *dst = dqkv + base;
             for (int i = 0; i < T; i++) {
                 mm_real *dq = dst + (size_t)i * C3, *dk = dq + C, *dv = dq + 2 * C;
+                if (i + PF_ROWS < T) {
+                    mm_real *dn = dq + (size_t)PF_ROWS * C3;
+                    prefetch_row(dn, HD);
+                    prefetch_row(dn + C, HD);
+                    prefetch_row(dn + 2 * C, HD);
+                }
                 const mm_real *sq = w.dq + (size_t)i * Dp, *sk = w.dk + (size_t)i * Dp,
                               *sv = w.dv + (size_t)i * Dp;
 #pragma omp simd
@@ -586,6 +630,7 @@ static size_t attention_saved(const mm_backend *be MM_UNUSED, int B, int NH, int
 
 // loss (N), probs (N, V), logits (N, V), targets (N) in [-1, V). With smoothing eps the loss
 // is lse - (1 - eps) l_t - eps/V sum_j l_j, all shifted by the row's max.
+CPU_ISA_CLONES
 static void xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *probs,
                      const mm_real *logits, const int32_t *targets, int N, int V, mm_real eps) {
 #pragma omp parallel for schedule(static)
@@ -622,6 +667,7 @@ static void xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *pro
 // dlogits (N, V) = (probs - q) * dloss (N), q = (1 - eps) onehot(target) + eps / V; ignored
 // rows 0. Overwrites. The logits are not read (the probabilities are saved), so dlogits may
 // alias them.
+CPU_ISA_CLONES
 static void xent_bwd(const mm_backend *be MM_UNUSED, mm_real *dlogits, const mm_real *logits,
                      const mm_real *probs, const int32_t *targets, const mm_real *dloss, int N,
                      int V, mm_real eps) {

@@ -21,6 +21,7 @@
 #include "../../data/data.h"
 #include "../diffusion.h"
 #include "../model_internal.h"
+#include "cpu_isa.h"
 
 #ifdef MM_F64
 #define GEMM cblas_dgemm
@@ -38,12 +39,14 @@
 // ---------------------------------------------------------------------------------------
 // SiLU: x * sigmoid(x)
 
+CPU_ISA_CLONES
 static void silu_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x, size_t n) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = x[i] / (1 + R_EXP(-x[i]));
 }
 
 // d/dx x s(x) = s (1 + x (1 - s))
+CPU_ISA_CLONES
 static void silu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *x,
                      const mm_real *dout, size_t n) {
 #pragma omp parallel for simd schedule(static)
@@ -57,6 +60,7 @@ static void silu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real 
 // adaLN modulation and gated residual (DiT): per-sample vectors broadcast over the N rows
 
 // out (B, N, C) = x * (1 + scale[b]) + shift[b]; shift, scale rows at stride sc.
+CPU_ISA_CLONES
 static void modulate_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x,
                          const mm_real *shift, const mm_real *scale, int sc, int B, int N, int C) {
 #pragma omp parallel for schedule(static)
@@ -71,6 +75,7 @@ static void modulate_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_
 
 // dx += dout * (1 + scale); dshift[b] += sum_n dout; dscale[b] += sum_n dout * x. One task per
 // (sample, column block) owns those columns of dshift/dscale and adds its rows in order.
+CPU_ISA_CLONES
 static void modulate_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *dshift,
                          mm_real *dscale, const mm_real *dout, const mm_real *x,
                          const mm_real *scale, int sc, int B, int N, int C) {
@@ -101,6 +106,7 @@ static void modulate_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *d
 }
 
 // x (B, N, C) += gate[b] * y
+CPU_ISA_CLONES
 static void gated_add_fwd(const mm_backend *be MM_UNUSED, mm_real *x, const mm_real *y,
                           const mm_real *gate, int sc, int B, int N, int C) {
 #pragma omp parallel for schedule(static)
@@ -113,6 +119,7 @@ static void gated_add_fwd(const mm_backend *be MM_UNUSED, mm_real *x, const mm_r
 }
 
 // dy += dx * gate; dgate[b] += sum_n dx * y (same task split as modulate_bwd).
+CPU_ISA_CLONES
 static void gated_add_bwd(const mm_backend *be MM_UNUSED, mm_real *dy, mm_real *dgate,
                           const mm_real *dx, const mm_real *y, const mm_real *gate, int sc, int B,
                           int N, int C) {
@@ -166,6 +173,7 @@ static inline void softmax_row(mm_real *a, const uint8_t *kv, int Tk) {
 
 // out (B, Tq, NH, HD), att (B, NH, Tq, Tk), q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD),
 // key_valid (B, Tk).
+CPU_ISA_CLONES
 static void xattn_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att, const mm_real *q,
                       const mm_real *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
                       int HD) {
@@ -187,6 +195,7 @@ static void xattn_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att
 
 // dq (B, Tq, NH, HD) +=, dkv (B, Tk, 2, NH, HD) +=; att as saved by xattn_fwd. Each (b, h)
 // writes only its head's columns of its sample: no two tasks touch the same element.
+CPU_ISA_CLONES
 static void xattn_bwd(const mm_backend *be MM_UNUSED, mm_real *dq, mm_real *dkv,
                       const mm_real *dout, const mm_real *q, const mm_real *kv, const mm_real *att,
                       int B, int Tq, int Tk, int NH, int HD) {
@@ -230,6 +239,7 @@ static void xattn_bwd(const mm_backend *be MM_UNUSED, mm_real *dq, mm_real *dkv,
 
 // loss (B) = mean over the n elements of sample b of (pred - target)^2, summed in order in
 // double (n is a whole image: ~3e3 .. 2e5 terms).
+CPU_ISA_CLONES
 static void mse_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, const mm_real *pred,
                     const mm_real *target, int B, size_t n) {
 #pragma omp parallel for schedule(static)
@@ -245,6 +255,7 @@ static void mse_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, const mm_real
 }
 
 // dpred (B, n) = 2 (pred - target) / n * dloss[b] (overwrites)
+CPU_ISA_CLONES
 static void mse_bwd(const mm_backend *be MM_UNUSED, mm_real *dpred, const mm_real *pred,
                     const mm_real *target, const mm_real *dloss, int B, size_t n) {
     const size_t total = (size_t)B * n;
@@ -281,6 +292,7 @@ static void text_tokens(const mm_backend *be MM_UNUSED, int32_t *tok, uint8_t *k
     }
 }
 
+CPU_ISA_CLONES
 static void add_pos(const mm_backend *be MM_UNUSED, mm_real *x, const mm_real *pos, int B, int T,
                     int C) {
 #pragma omp parallel for schedule(static)
@@ -309,6 +321,7 @@ static void cond_keys(const mm_backend *be MM_UNUSED, uint8_t *kv, const uint8_t
 }
 
 // keys in order, so the mean is deterministic
+CPU_ISA_CLONES
 static void pool_fwd(const mm_backend *be MM_UNUSED, mm_real *pool, const mm_real *cond,
                      const uint8_t *kv, int B, int Tc, int C) {
 #pragma omp parallel for schedule(static)
@@ -327,6 +340,7 @@ static void pool_fwd(const mm_backend *be MM_UNUSED, mm_real *pool, const mm_rea
     }
 }
 
+CPU_ISA_CLONES
 static void pool_bwd(const mm_backend *be MM_UNUSED, mm_real *dcond, const mm_real *dpool,
                      const uint8_t *kv, int B, int Tc, int C) {
 #pragma omp parallel for schedule(static)
@@ -344,6 +358,7 @@ static void pool_bwd(const mm_backend *be MM_UNUSED, mm_real *dcond, const mm_re
 }
 
 // each task owns a block of columns and adds the samples in order
+CPU_ISA_CLONES
 static void pos_bwd(const mm_backend *be MM_UNUSED, mm_real *g, const mm_real *dx, size_t stride,
                     int B, int T, int C) {
     enum { CB = 32 };
@@ -401,6 +416,7 @@ static void clip(const mm_backend *be MM_UNUSED, mm_real *x, size_t n) {
     for (size_t j = 0; j < n; j++) x[j] = clip1(x[j]);
 }
 
+CPU_ISA_CLONES
 static void xpred(const mm_backend *be MM_UNUSED, mm_real *y, const mm_real *x_t, const mm_real *t,
                   int bwd, int B, size_t n) {
 #pragma omp parallel for schedule(static)

@@ -4,13 +4,26 @@
 // have one reference to be checked against.
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "../model.h"
 #include "../model_internal.h"
+#include "cpu_isa.h"
 
+// Zeroed. Buffers of HUGE_MIN bytes and more (the activation arena, parameters, gradients)
+// are 2 MiB aligned and asked to be backed by transparent huge pages: the ops walk them with
+// long strides (one head's slice per row, a column block per row), which on 4 KiB pages
+// costs a TLB miss every few rows. Only a request: where THP is off, nothing changes.
+enum { HUGE_PAGE = 2 << 20, HUGE_MIN = 4 << 20 };
 void *model_cpu_mem_alloc(const mm_backend *be MM_UNUSED, size_t bytes) {
-    return mm_alloc_aligned(bytes);
-}  // zeroed
+    if (bytes < HUGE_MIN) return mm_alloc_aligned(bytes);
+    const size_t sz = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    void *p = aligned_alloc(HUGE_PAGE, sz);
+    MM_CHECK(p, "out of memory allocating %zu bytes", bytes);
+    (void)madvise(p, sz, MADV_HUGEPAGE);  // advisory: a failure leaves 4 KiB pages
+    memset(p, 0, sz);
+    return p;
+}
 void model_cpu_mem_free(const mm_backend *be MM_UNUSED, void *p) {
     free(p);
 }
@@ -36,6 +49,7 @@ void model_cpu_copy_rows(const mm_backend *be MM_UNUSED, mm_real *dst, size_t ds
                width * sizeof(mm_real));
 }
 
+CPU_ISA_CLONES
 void model_cpu_embed_fwd(const mm_backend *be MM_UNUSED, mm_real *x0, uint8_t *key_valid,
                          const mm_real *emb_img, const mm_real *emb_aud, const mm_real *img_pos,
                          const mm_real *aud_pos, const mm_real *wte, const mm_real *tpos,
@@ -70,6 +84,7 @@ void model_cpu_embed_fwd(const mm_backend *be MM_UNUSED, mm_real *x0, uint8_t *k
 
 // each thread owns a block of columns and adds the rows in (sample, position) order, so
 // repeated tokens sum deterministically without atomics
+CPU_ISA_CLONES
 void model_cpu_embed_bwd(const mm_backend *be MM_UNUSED, mm_real *g_img_pos, mm_real *g_aud_pos,
                          mm_real *g_wte, mm_real *g_tpos, const mm_real *dx0, const int32_t *tokens,
                          int B, int T, int n_img, int n_aud, int C, int V) {

@@ -9,6 +9,8 @@
 #   env: MM_BENCH_THREADS="1 2"   thread counts to run
 #        MM_TORCH_PYTHON=/usr/bin/python3   interpreter that has torch
 #        MM_BENCH_WAIT=0   seconds to wait, before each run, for the machine to become idle
+#        MM_BENCH_MODEL_ONLY=1   stop after the model table (no comm, scaling, timeline):
+#                                 to compare two builds' model numbers quickly
 set -u
 BUILD=${1:-build}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -104,6 +106,7 @@ for row in "${rows[@]}"; do
         "$ttok" "$vs_torch"
 done
 [ -e "$tmp/noisy" ] && echo "WARNING: other processes were running: rerun on a quiet machine"
+[ "${MM_BENCH_MODEL_ONLY:-0}" = 1 ] && exit $rc
 # ==== comm: bench_comm (owned by comm/; independent of everything above) ================
 # comm_allreduce_sum vs a plain MPI_Allreduce on 2 ranks, 1 KiB .. 64 MiB, and the DP bucket
 # sizes over a 64 MiB buffer (tests/bench/bench_comm.c). Target: comm/MPI >= 90% of the bus
