@@ -45,10 +45,13 @@ else
   # picks its own kernels. OPT="-O3 -march=native" builds for the build machine alone.
   OPT ?= -O3
 endif
+# CPU_ISA=x86-64-v3 (or x86-64, x86-64-v4): those loops for that level only, not cloned;
+# tests/cpu_isa.sh builds each level and checks that they compute the same bits
+CPU_ISA ?=
 # -fno-math-errno: a loop calling sqrtf (AdamW) vectorizes only when sqrtf need not set errno;
 # no result changes (nothing reads errno after a math function).
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g $(OPT) -fno-math-errno -fopenmp -D_GNU_SOURCE $(MPI_DEFS) \
-          -I. -I$(BLAS_INC) $(PKG_CFLAGS)
+          $(if $(CPU_ISA),-DMM_CPU_ISA='"arch=$(CPU_ISA)"') -I. -I$(BLAS_INC) $(PKG_CFLAGS)
 LDLIBS := $(PKG_LIBS) -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas -lz -lpthread -lm
 LDFLAGS := -fopenmp
 

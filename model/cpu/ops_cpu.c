@@ -9,7 +9,8 @@
 // schedules, there are no atomics, and every cross-row reduction (bias gradients, layernorm
 // gain/bias gradients) sums fixed-size blocks in a fixed order, so those results do not even
 // depend on the thread count. (BLAS gemm splits M/N, not K, across threads, so its results
-// are deterministic too.)
+// are deterministic too.) Sums within a row use MM_LANE_SUM, so they do not depend on the
+// x86-64 level either (cpu_isa.h).
 //
 // Precision: mm_real is float, or double under -DMM_F64 (gradient checks). The float build
 // uses a vectorizable exp (Cephes-style, ~1 ulp) because libm's expf is not vectorized
@@ -132,12 +133,10 @@ static void layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
         const mm_real *xr = x + (size_t)r * C;
         mm_real *o = out + (size_t)r * C;
         mm_real s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int c = 0; c < C; c++) s += xr[c];
+        MM_LANE_SUM(s, C, c, xr[c]);
         mm_real m = s / C;
         mm_real v = 0;  // two passes: no cancellation when |mean| >> std
-#pragma omp simd reduction(+ : v)
-        for (int c = 0; c < C; c++) v += (xr[c] - m) * (xr[c] - m);
+        MM_LANE_SUM(v, C, c, (xr[c] - m) * (xr[c] - m));
         mm_real rs = 1 / R_SQRT(v / C + (mm_real)1e-5);
 #pragma omp simd
         for (int c = 0; c < C; c++) o[c] = (xr[c] - m) * rs * g[c] + b[c];
@@ -167,12 +166,8 @@ static void layernorm_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *
                 mm_real *dxr = dx + (size_t)r * C;
                 mm_real m = mean[r], rs = rstd[r];
                 mm_real s1 = 0, s2 = 0;  // mean(dout*g), mean(dout*g*xhat)
-#pragma omp simd reduction(+ : s1, s2)
-                for (int c = 0; c < C; c++) {
-                    mm_real dn = dr[c] * g[c];
-                    s1 += dn;
-                    s2 += dn * (xr[c] - m) * rs;
-                }
+                MM_LANE_SUM(s1, C, c, dr[c] * g[c]);
+                MM_LANE_SUM(s2, C, c, dr[c] * g[c] * (xr[c] - m) * rs);
                 s1 /= C;
                 s2 /= C;
 #pragma omp simd
@@ -580,8 +575,7 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
                         continue;
                     }
                     mm_real dot = 0;
-#pragma omp simd reduction(+ : dot)
-                    for (int j = 0; j < cols; j++) dot += pi[j] * di[j];
+                    MM_LANE_SUM(dot, cols, j, pi[j] * di[j]);
 #pragma omp simd
                     for (int j = 0; j < cols; j++) di[j] = scale * pi[j] * (di[j] - dot);
                 }
@@ -639,15 +633,11 @@ static void xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *pro
         mm_real *p = probs + (size_t)i * V;
         int t = targets[i];
         MM_CHECK(t >= -1 && t < V, "xent: target %d of row %d outside [-1, %d)", t, i, V);
-        mm_real mx = -INFINITY;
+        mm_real mx = -INFINITY;  // a max is the same in any order: no MM_LANE_SUM needed
 #pragma omp simd reduction(max : mx)
         for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
         mm_real s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int j = 0; j < V; j++) {
-            p[j] = R_EXP(l[j] - mx);
-            s += p[j];
-        }
+        MM_LANE_SUM(s, V, j, (p[j] = R_EXP(l[j] - mx)));
         mm_real inv = 1 / s;
 #pragma omp simd
         for (int j = 0; j < V; j++) p[j] *= inv;
@@ -655,8 +645,7 @@ static void xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *pro
             loss[i] = 0;
         } else if (eps > 0) {
             mm_real sl = 0;
-#pragma omp simd reduction(+ : sl)
-            for (int j = 0; j < V; j++) sl += l[j] - mx;
+            MM_LANE_SUM(sl, V, j, l[j] - mx);
             loss[i] = R_LOG(s) - (1 - eps) * (l[t] - mx) - eps / V * sl;
         } else {
             loss[i] = R_LOG(s) - (l[t] - mx);

@@ -11,6 +11,13 @@
 # h5canon), and, for mpirun as root, REF_MPI_ROOT=(--allow-run-as-root).
 # shellcheck shell=bash disable=SC2034
 
+# The BLAS kernels. OpenBLAS picks its kernels by CPU, and they round differently (the
+# SkylakeX sgemm is not the Haswell one), so the references would hold only on CPUs that
+# get the same pick. Every run here takes the Haswell kernels, which any x86-64 with AVX2 and
+# FMA runs; our own loops compute the same bits at every x86-64 level (model/cpu/cpu_isa.h),
+# so the references hold on any such machine. ref_produce exports it.
+REF_BLAS_CORE=Haswell
+
 # The synthetic data set: 128 training and 64 validation samples, seed 11.
 REF_SYNTH=(--samples 128 --seed 11)
 
@@ -105,6 +112,7 @@ ref_ckpt_sums() {  # DIR LABEL
 # just made, which is how make_ref.sh made the stored ones).
 ref_produce() {
     local out=$1 fix=$2 c name np cfg extra f kind e
+    export OPENBLAS_CORETYPE=$REF_BLAS_CORE
     mkdir -p "$out" runs fix logs
     : >"$out/cmdlines.txt"; : >"$out/status.txt"; : >"$out/sums.txt"
     ref_x() {  # NAME CMD...: runs CMD into logs/NAME.txt, noting its command line and status

@@ -80,7 +80,7 @@ done
 { what "Where the references were made: numbers are bit-exact only for the same BLAS kernels."
   echo "commit: $commit"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
-  echo "openblas: $(ldd "$REF_B/train" | grep -o 'libopenblas[^ ]* => [^ ]*' | head -n 1)"
+  echo "openblas: $(ldd "$REF_B/train" | grep -o 'libopenblas[^ ]* => [^ ]*' | head -n 1), kernels OPENBLAS_CORETYPE=$REF_BLAS_CORE"
   echo "compiler: $(cc --version | head -n 1)"
   echo "date: $(date -u +%Y-%m-%d)"; } >"$here/made_with.txt"
 for kind in lm dit; do
