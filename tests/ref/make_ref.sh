@@ -3,8 +3,13 @@
 # is reproducible: it is the script that made them. The stored references (steps_*.txt,
 # evals_*.txt, sums.txt, cmdlines.txt, made_with.txt) and the fixture checkpoints
 # (ckpt_lm/, ckpt_dit/) were made with it from main at commit
-# a8ef475642be3e40222bcf7442b579420139fb9e (before the backend refactor), built with `make`
-# on the project's 2-core CPU VM.
+# 370de5501ab8f592cae0e222ac72f71b6a3cb3e5, built with `make` on the project's 2-core CPU VM.
+# History: first made from a8ef475 (before the backend refactor) with -march=native; remade
+# from 370de55 on purpose, when the sums of the CPU loops got an order of their own instead
+# of the vector width's (model/cpu/cpu_isa.h) and the BLAS kernels were pinned (cases.sh):
+# the step lines moved by at most 4e-7 relative, and since then the references hold on any
+# x86-64 with AVX2, at every level the build clones (checked at x86-64-v3, at the baseline
+# and at AVX-512 on the machine that remade them).
 #
 # They pin the CPU numbers of that commit bit for bit. Do NOT regenerate them to make a
 # failing comparison pass: a failure means the build under test computes something else than
