@@ -464,8 +464,8 @@ int main(int argc, char **argv) {
     for (int k = 0; k < OP_N; k++) t_ops += t_op[k];
 
     printf("%s: %d threads, B=%d T=%d d_model=%d layers=%d heads=%d, %zu params, "
-           "%d GEMM calls/step\n", name, threads, B, T, mc.d_model, mc.n_layers, mc.n_heads, np,
-           probe.n_calls);
+           "%d GEMM calls/step, OpenBLAS %s kernels\n", name, threads, B, T, mc.d_model,
+           mc.n_layers, mc.n_heads, np, probe.n_calls, openblas_get_corename());
     printf("  loss %.4f -> %.4f over %d steps\n", first_loss, last_loss, warmup + steps);
     printf("  best of %d steps: %.0f tokens/s, %.2f ms/step (mean %.2f), step %.1f GFLOP/s "
            "(%.3f GFLOP)\n", steps, tok_s, step * 1e3, step_mean * 1e3, step_gflops,
@@ -481,12 +481,12 @@ int main(int argc, char **argv) {
            "\"sgemm_share\": %.4f, \"attn_share\": %.4f, \"other_ops_share\": %.4f, "
            "\"outside_ops_share\": %.4f, \"step_gflops\": %.2f, \"sgemm_gflops\": %.2f, "
            "\"ratio_vs_sgemm\": %.4f, \"sgemm_time_over_step\": %.4f, \"loss_first\": %.4f, "
-           "\"loss_last\": %.4f}\n",
+           "\"loss_last\": %.4f, \"blas_kernels\": \"%s\"}\n",
            name, threads, B, T, steps, tok_s, step * 1e3, step_mean * 1e3,
            t_op[OP_MATMUL] / t_steps, t_op[OP_ATTN] / t_steps,
            (t_ops - t_op[OP_MATMUL] - t_op[OP_ATTN]) / t_steps, (t_steps - t_ops) / t_steps,
            step_gflops, gemm_gflops, step_gflops / gemm_gflops, t_gemm / step,
-           first_loss, last_loss);
+           first_loss, last_loss, openblas_get_corename());
 
     replay_free(&rp);
     free(probe.calls);

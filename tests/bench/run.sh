@@ -34,6 +34,11 @@ trap 'rm -rf "$tmp"' EXIT
 rc=0
 rows=()
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)"
+# OpenBLAS picks its kernels for the CPU unless told: say so when the environment tells it,
+# since GEMM speed (and so every ratio below) depends on it
+[ -z "${OPENBLAS_CORETYPE:-}" ] ||
+    echo "note: OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE is set: OpenBLAS runs those kernels, not" \
+         "its own pick for this CPU (each run below names the kernels it ran)"
 . "$(dirname "$0")/idle.sh"
 for spec in $runs; do
     IFS=: read -r cfg warmup steps <<<"$spec"
