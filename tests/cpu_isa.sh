@@ -6,8 +6,8 @@
 # clones pinned to x86-64-v3 and to the baseline (make CPU_ISA=...) and checks that 8 steps of
 # the transformer and of the diffusion model (configs of tests/ref/) give the same step lines
 # and the same checkpoint tensors, bit for bit, in all three. The BLAS kernels are pinned
-# (OPENBLAS_CORETYPE, as tests/ref/cases.sh pins them) so that only our own code is compared. A level this CPU cannot
-# run is skipped with a note. About a minute on 2 cores.
+# (OPENBLAS_CORETYPE, as tests/ref/cases.sh pins them) so that only our own code is compared.
+# On a CPU without AVX2/FMA it is skipped with a note. About 35 s on 2 cores.
 set -u
 B=${MM_BUILD:-build}
 pass=0; fail=0
