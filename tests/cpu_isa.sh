@@ -16,34 +16,34 @@ root=$(cd "$here/.." && pwd)
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 ok() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $1"; fi; }
 B=$(cd "$B" && pwd) || { echo "FAIL: no build at ${MM_BUILD:-build}"; echo "0 passed, 1 failed"; exit 1; }
-flags=$(grep -m1 '^flags' /proc/cpuinfo)
-has() { [[ " $flags " == *" $1 "* ]]; }
-if ! has avx2 || ! has fma; then
+# shellcheck source=ref/cases.sh
+. "$here/ref/cases.sh"  # REF_BLAS_CORE, ref_steps, ref_h5sha
+if ! ref_cpu_runs_blas_core; then
     echo "note: this CPU lacks AVX2/FMA: the Haswell BLAS kernels and the v3 level cannot run here"
     echo "0 passed, 0 failed"; exit 0
 fi
-# shellcheck source=ref/cases.sh
-. "$here/ref/cases.sh"  # REF_BLAS_CORE
 export OPENBLAS_CORETYPE=$REF_BLAS_CORE OMP_NUM_THREADS=1
-cc -std=c11 -O1 -o "$tmp/h5canon" "$here/ref/h5canon.c" \
+REF_H5CANON=$tmp/h5canon
+cc -std=c11 -O1 -o "$REF_H5CANON" "$here/ref/h5canon.c" \
     $(pkg-config --cflags --libs hdf5-serial 2>/dev/null || pkg-config --cflags --libs hdf5) \
     >"$tmp/cc.log" 2>&1 || { echo "FAIL: cannot compile tests/ref/h5canon.c"; echo "0 passed, 1 failed"; exit 1; }
 
-"$B/mmdata" synth --out "$tmp/data" --samples 64 --seed 11 >/dev/null 2>&1
-ok "mmdata synth runs" '[ -d "$tmp/data/train" ]'
+cd "$tmp" || exit 1
+"$B/mmdata" synth --out data --samples 64 --seed 11 >/dev/null 2>&1
+ok "mmdata synth runs" '[ -d data/train ]'
 
-# run BUILD NAME: both models, 8 steps each, into $tmp/NAME; their step lines and tensors
-# into $tmp/NAME.txt
+# run BUILD NAME: both models, 8 steps each, into $tmp/runs/NAME-MODEL; their step lines and
+# tensors into $tmp/NAME.txt
 run() {
-    local bin=$1 out=$tmp/$2 m cfg
+    local bin=$1 name=$2 m cfg
     for m in lm:tiny.yaml dit:diffusion_tiny.yaml; do
-        cfg=${m#*:}; m=${m%%:*}
-        (cd "$tmp" && timeout 300 "$bin/train" "$here/ref/$cfg" data.train=data/train data.val= \
-            run.steps=8 run.threads=1 run.log_every=1 eval.every=0 checkpoint.every=0 \
-            run.out_dir="$out/$m") >"$out.$m.log" 2>&1 || echo "$m: train failed: $(tail -n 2 "$out.$m.log")"
-        grep -o '"step":[0-9]*,"loss":[^,]*,"lr":[^,]*,"grad_norm":[^,}]*' "$out/$m/metrics.jsonl"
-        "$tmp/h5canon" --tensors "$out/$m/ckpt/step_00000008/rank_00000.h5" | sha256sum
-    done >"$out.txt" 2>&1
+        cfg=${m#*:}; m=$name-${m%%:*}
+        timeout 300 "$bin/train" "$here/ref/$cfg" data.train=data/train data.val= run.steps=8 \
+            run.threads=1 run.log_every=1 eval.every=0 checkpoint.every=0 run.out_dir="runs/$m" \
+            >"$m.log" 2>&1 || echo "$m: train failed: $(tail -n 2 "$m.log")"
+        ref_steps "$m"
+        ref_h5sha --tensors "runs/$m/ckpt/step_00000008/rank_00000.h5"
+    done >"$name.txt" 2>&1
 }
 run "$B" native
 ok "the suite's build trains both models ($(wc -l <"$tmp/native.txt") lines)" \

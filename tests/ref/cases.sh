@@ -17,6 +17,11 @@
 # FMA runs; our own loops compute the same bits at every x86-64 level (model/cpu/cpu_isa.h),
 # so the references hold on any such machine. ref_produce exports it.
 REF_BLAS_CORE=Haswell
+# Succeeds when this CPU can run those kernels (AVX2 and FMA).
+ref_cpu_runs_blas_core() {
+    local f; f=" $(grep -m1 '^flags' /proc/cpuinfo) "
+    [[ $f == *" avx2 "* && $f == *" fma "* ]]
+}
 
 # The synthetic data set: 128 training and 64 validation samples, seed 11.
 REF_SYNTH=(--samples 128 --seed 11)
