@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # real_set.sh: a fast check of data/real/fashion_speech.sh, the project's own real paired set
 # (the full set takes a minute and training on it four: too slow for the suite), on a tiny
-# version (50 training, 20 test samples): it builds and packs; both splits verify; no test
-# image equals a training image (sha1 of the pixels the packed datasets hold, written back
-# out by mmdata inspect); training samples come from the package's train file and test
-# samples from its t10k file, class-balanced; sound is in half the training samples and in
-# no test sample; every test caption names its label's class; the same seed gives the same bytes;
-# a second run does nothing; bad arguments get one error line. And data/real/score.py on a
+# version (50 training, 20 test, 20 development samples): it builds and packs; every split
+# verifies; no image is in two splits (sha1 of the pixels the packed datasets hold, written
+# back out by mmdata inspect); training samples come from the package's train file and test
+# and development samples from its t10k file, class-balanced; sound is in half the training
+# samples and in no test or development sample; every test caption names its label's class;
+# the same seed gives the same bytes, and the same training and test sets without --dev; a
+# second run does nothing; bad arguments get one error line. And data/real/score.py on a
 # made-up eval file whose right answers are known. Skipped with a note when
 # dataset-fashion-mnist or espeak-ng is missing and cannot be installed.
 # Ends with "N passed, N failed".
@@ -61,39 +62,45 @@ same_sets() { cmp -s "$1/train/index.json" "$2/train/index.json" && cmp -s "$1/t
 
 S=$tmp/set
 F=$S/files
-build "$S"
-ok "builds a 50/20 set" test "$rc" -eq 0 -a -f "$S/train/index.json" -a -f "$S/test/index.json"
+build "$S" --dev 20
+ok "builds a 50/20/20 set" test "$rc" -eq 0 -a -f "$S/train/index.json" -a -f "$S/test/index.json" \
+    -a -f "$S/dev/index.json"
 run "$MMDATA" verify "$S/train"
 ok "the training split verifies with 50 samples" grep -q "ok: 50 samples" "$tmp/out"
-run "$MMDATA" verify "$S/test"
-ok "the test split verifies with 20 samples" grep -q "ok: 20 samples" "$tmp/out"
+for split in test dev; do
+    run "$MMDATA" verify "$S/$split"
+    ok "the $split split verifies with 20 samples" grep -q "ok: 20 samples" "$tmp/out"
 
-# sound: inspect's modality counts of each packed split
-run "$MMDATA" inspect "$S/test"
-ok "no test sample has sound" grep -q "modalities: image 20 (100.0%), audio 0 " "$tmp/out"
+    # sound: inspect's modality counts of each packed split
+    run "$MMDATA" inspect "$S/$split"
+    ok "no $split sample has sound" grep -q "modalities: image 20 (100.0%), audio 0 " "$tmp/out"
+done
 run "$MMDATA" inspect "$S/train"
 n_audio=$(sed -n 's/.*modalities: image 50 (100.0%), audio \([0-9]*\) .*/\1/p' "$tmp/out")
 ok "about half the training samples have sound ($n_audio of 50)" \
     test "${n_audio:-0}" -ge 20 -a "${n_audio:-0}" -le 30
 
 # disjoint by content: the pixels each packed sample holds, hashed
-for split in train test; do
+for split in train test dev; do
     n=$([ $split = train ] && echo 50 || echo 20)
     for ((i = 0; i < n; i++)); do
         "$MMDATA" inspect "$S/$split" --sample $i --out "$tmp/look-$split" >/dev/null 2>&1 || echo "inspect failed"
     done
     sha1sum "$tmp/look-$split"/sample_*.png | cut -d' ' -f1 | sort >"$tmp/$split.sha"
 done
-ok "every packed image was written back" test "$(wc -l <"$tmp/train.sha")" -eq 50 -a "$(wc -l <"$tmp/test.sha")" -eq 20
+ok "every packed image was written back" test "$(wc -l <"$tmp/train.sha")" -eq 50 \
+    -a "$(wc -l <"$tmp/test.sha")" -eq 20 -a "$(wc -l <"$tmp/dev.sha")" -eq 20
 ok "no test image is a training image" test -z "$(comm -12 "$tmp/train.sha" "$tmp/test.sha")"
-ok "no image repeats within a split" \
-    test "$(uniq "$tmp/train.sha" | wc -l)" -eq 50 -a "$(uniq "$tmp/test.sha" | wc -l)" -eq 20
+ok "no development image is a training or test image" \
+    test -z "$(sort -m "$tmp/train.sha" "$tmp/test.sha" | comm -12 - "$tmp/dev.sha")"
+ok "no image repeats within a split" test "$(uniq "$tmp/train.sha" | wc -l)" -eq 50 \
+    -a "$(uniq "$tmp/test.sha" | wc -l)" -eq 20 -a "$(uniq "$tmp/dev.sha" | wc -l)" -eq 20
 
 # sources, balance and captions, from the label files and the manifests
 run python3 - "$F" <<'EOF'
 import json, sys, collections
 files = sys.argv[1]
-for split, src, n in (("train", "train", 50), ("test", "t10k", 20)):
+for split, src, n in (("train", "train", 50), ("test", "t10k", 20), ("dev", "t10k", 20)):
     rows = [r.rstrip("\n").split("\t") for r in open(f"{files}/{split}_labels.tsv")][1:]
     recs = [json.loads(l) for l in open(f"{files}/{split}.jsonl")]
     assert len(rows) == len(recs) == n, (split, len(rows), len(recs))
@@ -107,10 +114,12 @@ EOF
 ok "samples from the right source file, class-balanced, speech listed where there is sound" \
     grep -qx ok "$tmp/out"
 
-# determinism and idempotence
+# determinism and idempotence; the development split draws from a stream of its own
 build "$tmp/again"
-ok "the same seed gives the same datasets (shard checksums)" same_sets "$S" "$tmp/again"
-build "$S"
+ok "the same seed gives the same training and test sets, with --dev or without (shard checksums)" \
+    same_sets "$S" "$tmp/again"
+ok "without --dev there is no development split" test ! -e "$tmp/again/dev" -a ! -e "$tmp/again/files/dev.jsonl"
+build "$S" --dev 20
 ok "a second run with the same settings does nothing" \
     test "$rc" -eq 0 -a -n "$(grep 'up to date' "$tmp/out")"
 
@@ -119,6 +128,8 @@ build "$tmp/bad" --train x
 ok "a bad count: exit 2, one line" refused 2 "--train 'x'"
 build "$tmp/bad" --bogus
 ok "an unknown option: exit 2, one line" refused 2 "unknown argument '--bogus'"
+build "$tmp/bad" --dev 5
+ok "a development split smaller than the classes: exit 2, one line" refused 2 "--dev 5: 0 or at least 10"
 run bash "$script" --out "$S" --train 60 --test 20 --seed 3 --mmdata "$MMDATA"
 ok "other settings into a built set: exit 1, naming the set" refused 1 "$S was built"
 mkdir -p "$tmp/full" && touch "$tmp/full/x"

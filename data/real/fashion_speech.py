@@ -8,13 +8,17 @@ and loudness drawn per sample; captions name the class in one of a few phrasings
 training set comes only from the package's train file and the test set only from its t10k
 file (and no test image equals any training image byte for byte), so a score on the test
 set is a held-out score. Sound is present in a seeded half of the training samples and in
-no test sample: at test time the caption must come from the image.
+no test sample: at test time the caption must come from the image. With --dev N it also
+writes a development split, image-only like the test set, from the t10k file and sharing no
+image with either: settings are chosen on it, so that the test set is scored once, at the end,
+and its score stays held out (data/real/README.md "Tuning on dev").
 
 Written to OUT (fashion_speech.sh packs it afterwards):
   img/{train,test}_NNNNN.png   the photos, 8-bit grey, as stored in the idx files
   wav/train_NNNNN.wav          spoken class name, 16-bit mono 22050 Hz, silence trimmed
-  train.jsonl, test.jsonl      mmdata pack manifests (line k = sample_id k)
-  train_labels.tsv, test_labels.tsv
+  img/dev_NNNNN.png            with --dev N: the development photos
+  train.jsonl, test.jsonl      mmdata pack manifests (line k = sample_id k); dev.jsonl too
+  train_labels.tsv, test_labels.tsv, dev_labels.tsv
                                per manifest line: class, source file and index, sha1 of
                                the 784 pixel bytes, the speech settings (or '-')
   train_pixels.u8, test_pixels.u8
@@ -178,6 +182,8 @@ def main():
                     help="folder of the idx files (default: dataset-fashion-mnist's)")
     ap.add_argument("--train", type=int, default=4000, help="training samples (4000)")
     ap.add_argument("--test", type=int, default=500, help="test samples (500)")
+    ap.add_argument("--dev", type=int, default=0,
+                    help="development samples from t10k, no sound, for tuning (0: none)")
     ap.add_argument("--seed", type=int, default=1, help="seed of every choice (1)")
     ap.add_argument("--audio-share", type=float, default=0.5,
                     help="share of training samples with sound (0.5)")
@@ -188,6 +194,8 @@ def main():
     a = ap.parse_args()
     if a.train < len(CLASSES) or a.test < len(CLASSES):
         die(f"--train {a.train} --test {a.test}: each needs at least {len(CLASSES)} samples")
+    if a.dev != 0 and a.dev < len(CLASSES):
+        die(f"--dev {a.dev}: 0 or at least {len(CLASSES)} samples")
     if not 0.0 <= a.audio_share <= 1.0:
         die(f"--audio-share {a.audio_share}: must be in [0, 1]")
     if a.threads < 1:
@@ -204,13 +212,19 @@ def main():
     train_idx = pick(train_img, train_lab, a.train, rng, {test_img[i] for i in test_idx})
     n_audio = round(a.audio_share * a.train)
     with_audio = set(rng.sample(range(a.train), n_audio))
+    # The development split from a stream of its own, after everything else: asking for it
+    # leaves the training and test samples as they are without it.
+    dev_idx = pick(test_img, test_lab, a.dev, random.Random(f"dev {a.seed}"),
+                   set(train_img) | {test_img[i] for i in test_idx}) if a.dev else []
 
     os.makedirs(os.path.join(a.out, "img"), exist_ok=True)
     os.makedirs(os.path.join(a.out, "wav"), exist_ok=True)
     max_len = int(a.max_seconds * RATE)
     jobs, out = [], {}
-    for split, images, labels, chosen in (("train", train_img, train_lab, train_idx),
-                                           ("test", test_img, test_lab, test_idx)):
+    splits = [("train", train_img, train_lab, train_idx), ("test", test_img, test_lab, test_idx)]
+    if a.dev:
+        splits.append(("dev", test_img, test_lab, dev_idx))
+    for split, images, labels, chosen in splits:
         src = "train" if split == "train" else "t10k"
         rows, lines = [], []
         for k, i in enumerate(chosen):
@@ -258,7 +272,8 @@ def main():
         print(f"fashion_speech.py: {len(lens)} clips, {lens[0] / RATE:.2f}-"
               f"{lens[-1] / RATE:.2f} s (median {lens[len(lens) // 2] / RATE:.2f} s)")
     print(f"fashion_speech.py: {a.train} training samples ({n_audio} with sound), "
-          f"{a.test} test samples (no sound) in {a.out}")
+          f"{a.test} test samples (no sound)" + (f", {a.dev} development samples (no sound)"
+                                                 if a.dev else "") + f" in {a.out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 # ships, so that training can be judged on real photos and real speech, not only on the
 # synthetic rule: Fashion-MNIST photos (dataset-fashion-mnist), their class names spoken by
 # espeak-ng, short captions; 4000 training samples from the package's train file, 500 test
-# samples from its t10k file, sound in half the training samples and in no test sample.
+# samples from its t10k file, sound in half the training samples and in no test sample, and
+# with --dev N a development split to tune on (t10k, no sound, no image shared with either).
 # It writes the files (fashion_speech.py), then packs each split with `mmdata pack` into
 # OUT/train and OUT/test (mmdata datasets). data/real/README.md has the why and the numbers.
 set -euo pipefail
@@ -12,7 +13,7 @@ root=$(cd "$here/../.." && pwd)
 
 usage() {
     cat <<EOF
-usage: data/real/fashion_speech.sh [--out DIR] [--train N] [--test N] [--seed S]
+usage: data/real/fashion_speech.sh [--out DIR] [--train N] [--test N] [--dev N] [--seed S]
                                    [--threads N] [--mmdata PATH]
 Builds the Fashion-MNIST + spoken class names set into DIR (default: data/real/fashion_speech
 in the repository, where configs/fashion_tiny.yaml looks for it):
@@ -21,6 +22,9 @@ in the repository, where configs/fashion_tiny.yaml looks for it):
                  *_pixels.u8 (raw pixels in manifest order, for data/real/baseline.py)
   DIR/train      mmdata dataset: N training samples (default 4000), half with sound
   DIR/test       mmdata dataset: N test samples (default 500), none with sound
+  DIR/dev        with --dev N: N development samples, none with sound, sharing no image with
+                 train or test: choose settings on it and score the test set once at the end
+                 (data.val=DIR/dev; data/real/score.py RUN --labels DIR/files/dev_labels.tsv)
   DIR/BUILD      the settings it was built with; a second run with the same ones does nothing
 Installs the Debian packages dataset-fashion-mnist and espeak-ng when missing (as root) and
 builds build/mmdata when missing. Schema: 28x28x1 images, 8000 Hz audio of 10000 samples
@@ -33,22 +37,23 @@ done
 die() { echo "error: fashion_speech.sh: $1" >&2; exit "${2:-1}"; }  # message, exit status
 
 out=$root/data/real/fashion_speech
-n_train=4000 n_test=500 seed=1 threads=$(nproc) mmdata=""
+n_train=4000 n_test=500 n_dev=0 seed=1 threads=$(nproc) mmdata=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --out|--train|--test|--seed|--threads|--mmdata)
+        --out|--train|--test|--dev|--seed|--threads|--mmdata)
             [ $# -ge 2 ] || die "$1 needs a value (see --help)" 2
             case "$1" in
-                --out) out=$2 ;; --train) n_train=$2 ;; --test) n_test=$2 ;;
+                --out) out=$2 ;; --train) n_train=$2 ;; --test) n_test=$2 ;; --dev) n_dev=$2 ;;
                 --seed) seed=$2 ;; --threads) threads=$2 ;; --mmdata) mmdata=$2 ;;
             esac
             shift 2 ;;
         *) die "unknown argument '$1' (see --help)" 2 ;;
     esac
 done
-for v in "--train $n_train" "--test $n_test" "--seed $seed" "--threads $threads"; do
+for v in "--train $n_train" "--test $n_test" "--dev $n_dev" "--seed $seed" "--threads $threads"; do
     [[ ${v#* } =~ ^[0-9]+$ ]] || die "${v% *} '${v#* }': not a non-negative integer" 2
 done
+[ "$n_dev" -eq 0 ] || [ "$n_dev" -ge 10 ] || die "--dev $n_dev: 0 or at least 10 samples (one per class)" 2
 
 # --- what it needs ---------------------------------------------------------------------
 src=/usr/share/datasets/fashion-mnist
@@ -74,10 +79,14 @@ fi
 # images keep pack's default shape (32x32 RGB, the 28x28 grey photos scaled up), as a user's
 # folder packed without options gets, so configs made for such sets train on it unchanged.
 pack_opts=(--audio-rate 8000 --audio-len 10000 --text-max 32)
-stamp="fashion_speech v2 train=$n_train test=$n_test seed=$seed pack=${pack_opts[*]}"
+splits=(train test)
+dev_stamp=""
+if [ "$n_dev" -gt 0 ]; then splits+=(dev); dev_stamp=" dev=$n_dev"; fi
+stamp="fashion_speech v2 train=$n_train test=$n_test$dev_stamp seed=$seed pack=${pack_opts[*]}"
 if [ -e "$out" ]; then
     if [ -f "$out/BUILD" ] && [ "$(cat "$out/BUILD")" = "$stamp" ] &&
-        [ -f "$out/train/index.json" ] && [ -f "$out/test/index.json" ]; then
+        [ -f "$out/train/index.json" ] && [ -f "$out/test/index.json" ] &&
+        { [ "$n_dev" -eq 0 ] || [ -f "$out/dev/index.json" ]; }; then
         echo "fashion_speech.sh: $out is up to date ($stamp)"
         exit 0
     fi
@@ -94,8 +103,8 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work"
 t0=$SECONDS
 python3 "$here/fashion_speech.py" --out "$work/files" --source "$src" --train "$n_train" \
-    --test "$n_test" --seed "$seed" --threads "$threads" --max-seconds 1.25
-for split in train test; do
+    --test "$n_test" --dev "$n_dev" --seed "$seed" --threads "$threads" --max-seconds 1.25
+for split in "${splits[@]}"; do
     # one split per manifest: --val-fraction 0 puts every sample in the pack's train split
     "$mmdata" pack --manifest "$work/files/$split.jsonl" --out "$work/pack-$split" \
         --val-fraction 0 --seed "$seed" --threads "$threads" "${pack_opts[@]}" >"$work/pack-$split.log" ||
@@ -108,7 +117,8 @@ done
 echo "$stamp" >"$work/BUILD"
 mv "$work" "$out"
 trap - EXIT
-for split in train test; do
+for split in "${splits[@]}"; do
     "$mmdata" inspect "$out/$split" | grep 'modalities' | sed "s/^ */$split: /"
 done
-echo "fashion_speech.sh: built $out in $((SECONDS - t0))s (train: $out/train, test: $out/test)"
+echo "fashion_speech.sh: built $out in $((SECONDS - t0))s (train: $out/train, test: $out/test$(
+    [ "$n_dev" -eq 0 ] || echo ", dev: $out/dev"))"
