@@ -11,7 +11,7 @@ set is a held-out score. Sound is present in a seeded half of the training sampl
 no test sample: at test time the caption must come from the image. With --dev N it also
 writes a development split, image-only like the test set, from the t10k file and sharing no
 image with either: settings are chosen on it, so that the test set is scored once, at the end,
-and its score stays held out (data/real/README.md "Tuning on dev").
+and its score stays held out (data/real/README.md, "Build").
 
 Written to OUT (fashion_speech.sh packs it afterwards):
   img/{train,test}_NNNNN.png   the photos, 8-bit grey, as stored in the idx files
@@ -21,7 +21,7 @@ Written to OUT (fashion_speech.sh packs it afterwards):
   train_labels.tsv, test_labels.tsv, dev_labels.tsv
                                per manifest line: class, source file and index, sha1 of
                                the 784 pixel bytes, the speech settings (or '-')
-  train_pixels.u8, test_pixels.u8
+  train_pixels.u8, test_pixels.u8 (dev_pixels.u8)
                                the same pixels back to back in manifest order (N x 784)
                                so baselines need no image decoder
 
