@@ -4,8 +4,9 @@
 # so a run resumed on another kind of node, or a job over mixed nodes, does not drift. The
 # suite's build runs whichever clone this CPU picks; this test also builds the trainer with the
 # clones pinned to x86-64-v3 and to the baseline (make CPU_ISA=...) and checks that 8 steps of
-# the transformer and of the diffusion model (configs of tests/ref/) give the same step lines
-# and the same checkpoint tensors, bit for bit, in all three. The BLAS kernels are pinned
+# the transformer (with the patch stem and with the conv stem) and of the diffusion model
+# (configs of tests/ref/) give the same step lines and the same checkpoint tensors, bit for
+# bit, in all three. The BLAS kernels are pinned
 # (OPENBLAS_CORETYPE, as tests/ref/cases.sh pins them) so that only our own code is compared.
 # On a CPU without AVX2/FMA it is skipped with a note. About 35 s on 2 cores.
 set -u
@@ -32,22 +33,23 @@ cd "$tmp" || exit 1
 "$B/mmdata" synth --out data --samples 64 --seed 11 >/dev/null 2>&1
 ok "mmdata synth runs" '[ -d data/train ]'
 
-# run BUILD NAME: both models, 8 steps each, into $tmp/runs/NAME-MODEL; their step lines and
-# tensors into $tmp/NAME.txt
+# run BUILD NAME: both models (the transformer twice: patch and conv stems), 8 steps each,
+# into $tmp/runs/NAME-MODEL; their step lines and tensors into $tmp/NAME.txt
 run() {
-    local bin=$1 name=$2 m cfg
-    for m in lm:tiny.yaml dit:diffusion_tiny.yaml; do
-        cfg=${m#*:}; m=$name-${m%%:*}
+    local bin=$1 name=$2 m cfg key
+    for m in lm:tiny.yaml lmconv:tiny.yaml:model.stem=conv dit:diffusion_tiny.yaml; do
+        IFS=: read -r m cfg key <<<"$m"
+        m=$name-$m
         timeout 300 "$bin/train" "$here/ref/$cfg" data.train=data/train data.val= run.steps=8 \
             run.threads=1 run.log_every=1 eval.every=0 checkpoint.every=0 run.out_dir="runs/$m" \
-            >"$m.log" 2>&1 || echo "$m: train failed: $(tail -n 2 "$m.log")"
+            ${key:+"$key"} >"$m.log" 2>&1 || echo "$m: train failed: $(tail -n 2 "$m.log")"
         ref_steps "$m"
         ref_h5sha --tensors "runs/$m/ckpt/step_00000008/rank_00000.h5"
     done >"$name.txt" 2>&1
 }
 run "$B" native
 ok "the suite's build trains both models ($(wc -l <"$tmp/native.txt") lines)" \
-    '[ "$(grep -c "\"step\"" "$tmp/native.txt")" -eq 16 ] && ! grep -q "failed\|unreadable" "$tmp/native.txt"'
+    '[ "$(grep -c "\"step\"" "$tmp/native.txt")" -eq 24 ] && ! grep -q "failed\|unreadable" "$tmp/native.txt"'
 
 for isa in x86-64-v3 x86-64; do
     make -C "$root" --no-print-directory BUILD="$tmp/b-$isa" CPU_ISA="$isa" \

@@ -71,21 +71,40 @@ void model_cpu_maxpool2_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const 
     }
 }
 
+// Each input element gets the gradient when it is the window's argmax, found as the forward's
+// running maximum with strict >: the first of equal values wins and a NaN never does (with a
+// NaN first, the first). Written without branches so that the channel loop vectorizes: every
+// element of the window is added to, the others with -0, which leaves any float unchanged
+// (-0 included), so the result is the one-element update's bit for bit. Branching on the
+// argmax of random activations, the scalar loop cost ~9 ns an output (fashion_tiny's stem:
+// 1.8 ms of a 26 ms step), this one 0.4.
 CPU_ISA_CLONES
 void model_cpu_maxpool2_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *dout,
                          const mm_real *x, int B, int H, int W, int c) {
     const int Ho = H / 2, Wo = W / 2;
+    const mm_real z = (mm_real)-0.0;
 #pragma omp parallel for schedule(static)
     for (long bp = 0; bp < (long)B * Ho * Wo; bp++) {
         const int b = (int)(bp / ((long)Ho * Wo)), y = (int)(bp / Wo % Ho), xo = (int)(bp % Wo);
-        const size_t p = (((size_t)b * H + 2 * y) * W + 2 * xo) * c;
-        const size_t at[4] = {p, p + c, p + (size_t)W * c, p + (size_t)W * c + c};
+        const size_t p = (((size_t)b * H + 2 * y) * W + 2 * xo) * c, q = p + (size_t)W * c;
+        const mm_real *x0 = x + p, *x1 = x0 + c, *x2 = x + q, *x3 = x2 + c;
+        mm_real *d0 = dx + p, *d1 = d0 + c, *d2 = dx + q, *d3 = d2 + c;
         const mm_real *d = dout + (size_t)bp * c;
+#pragma omp simd
         for (int k = 0; k < c; k++) {
-            int best = 0;
-            for (int j = 1; j < 4; j++)
-                if (x[at[j] + k] > x[at[best] + k]) best = j;
-            dx[at[best] + k] += d[k];
+            const mm_real v0 = x0[k], v1 = x1[k], v2 = x2[k], v3 = x3[k];
+            const mm_real m1 = v1 > v0 ? v1 : v0, m2 = v2 > m1 ? v2 : m1;
+            // g goes to the last position that raised the running maximum
+            mm_real left = d[k];
+            const mm_real g3 = v3 > m2 ? left : z;
+            left = v3 > m2 ? z : left;
+            const mm_real g2 = v2 > m1 ? left : z;
+            left = v2 > m1 ? z : left;
+            const mm_real g1 = v1 > v0 ? left : z, g0 = v1 > v0 ? z : left;
+            d0[k] += g0;
+            d1[k] += g1;
+            d2[k] += g2;
+            d3[k] += g3;
         }
     }
 }
