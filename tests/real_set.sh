@@ -138,6 +138,8 @@ ok "a folder that is not such a set: exit 1" refused 1 "$tmp/full exists"
 
 # score.py: 20 made-up captions of the test set, 12 of them right. With --labels it also
 # checks that each reference names its label's class (and so that every test caption does).
+# The first 8 also carry a caption from the sound alone (as eval.audio_captions writes), 5
+# of them right: scored apart, over those 8.
 python3 - "$F/test.jsonl" "$F/test_labels.tsv" "$tmp/run/eval/step_00000010.jsonl" \
     "$tmp/mislabelled.jsonl" <<'EOF'
 import json, os, sys
@@ -157,7 +159,10 @@ for k, r in enumerate(recs):
         gen = ref + " or a bag or a coat"           # several classes (at least two)
     else:
         gen = "a t-shirt" if "t-shirt" not in ref else "a shirt"   # another class
-    gens.append(json.dumps({"sample_id": k + 1, "reference": ref, "generated": gen}))
+    rec = {"sample_id": k + 1, "reference": ref, "generated": gen}
+    if k < 8:
+        rec["generated_audio"] = ref if k < 5 else "a photo of a"
+    gens.append(json.dumps(rec))
 open(sys.argv[3], "w").write("\n".join(gens) + "\n")
 # the first line again, under the sample_id of a sample of another class
 other = next(k for k, c in enumerate(classes) if c != classes[0]) + 1
@@ -166,6 +171,8 @@ EOF
 run python3 "$root/data/real/score.py" "$tmp/run" --labels "$F/test_labels.tsv"
 ok "score.py: 12 of 20 right" grep -q "^accuracy 60.0% (12/20)" "$tmp/out"
 ok "score.py: the kinds of wrong" grep -q "^wrong: another class 4, several classes 2, no class 2" "$tmp/out"
+ok "score.py: captions from the sound alone, 5 of 8 right" grep -q "^audio only: accuracy 62.5% (5/8)" "$tmp/out"
+ok "score.py: no image-only line without such captions" bash -c '! grep -q "^image only" "$1"' _ "$tmp/out"
 run python3 "$root/data/real/score.py" "$tmp/mislabelled.jsonl" --labels "$F/test_labels.tsv"
 ok "score.py: a reference that disagrees with the labels is an error" \
     grep -q "^error: score.py: .*mislabelled.jsonl:1: sample_id [0-9]*: reference" "$tmp/err"

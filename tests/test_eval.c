@@ -347,15 +347,17 @@ static void test_writers(test_counts *tc) {
     free(bm);
 
     // one eval line: as given, and image only with its own scores; null CER for an empty
-    // reference; invalid bytes counted per caption
+    // reference; invalid bytes counted per caption; a sample with sound and no image: as
+    // given and audio only
     eval_caption_gen given = {
         .gen = "tab\there", .gen_n = 8, .s = {.exact = 0, .edits = 3, .ref_chars = 9}};
     eval_caption_gen image = {
         .gen = "x\xff", .gen_n = 2, .s = {.exact = 1, .edits = 0, .ref_chars = 9}};
-    eval_write_caption(sink_open(&ko), 17, "say \"hi\"\n", &given, &image);
-    eval_write_caption(NULL, 17, "", &given, NULL);  // a rank without the file writes nothing
+    eval_write_caption(sink_open(&ko), 17, "say \"hi\"\n", &given, &image, NULL);
+    eval_write_caption(NULL, 17, "", &given, NULL, NULL);  // a rank without the file writes nothing
     given.s.ref_chars = 0;
-    eval_write_caption(ko.f, 18, "", &given, NULL);
+    eval_caption_gen audio = {.gen = "ab", .gen_n = 2, .s = {.exact = 0, .edits = 2}};
+    eval_write_caption(ko.f, 18, "", &given, NULL, &audio);
     bo = sink_close(&ko);
     TEST_CHECK(tc,
                strcmp(bo,
@@ -364,7 +366,8 @@ static void test_writers(test_counts *tc) {
                       "\"x\xEF\xBF\xBD\",\"generated_image_invalid_bytes\":1,\"exact_image\":1,"
                       "\"cer_image\":0}\n"
                       "{\"sample_id\":18,\"reference\":\"\",\"generated\":\"tab\\u0009here\","
-                      "\"exact\":0,\"cer\":null}\n") == 0,
+                      "\"exact\":0,\"cer\":null,\"generated_audio\":\"ab\",\"exact_audio\":0,"
+                      "\"cer_audio\":null}\n") == 0,
                "caption lines: %s", bo);
     free(bo);
 
@@ -450,7 +453,7 @@ static void test_escape(test_counts *tc) {
     // the caption line: a NUL, a control and invalid bytes, counted
     sink ko;
     eval_caption_gen g = {.gen = "x\0y\x80\xFF", .gen_n = 5, .s = {.edits = 5, .ref_chars = 3}};
-    eval_write_caption(sink_open(&ko), 3, "ref", &g, NULL);
+    eval_write_caption(sink_open(&ko), 3, "ref", &g, NULL, NULL);
     char *bo = sink_close(&ko);
     TEST_CHECK(tc,
                strcmp(bo,

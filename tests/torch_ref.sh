@@ -4,7 +4,8 @@
 # set and must reproduce what the trainer logged:
 #   - the transformer trained at tp=1 and at tp=2 (mpirun -np 2): val_loss and the per-mode
 #     val_loss_image/_audio/_both within 1e-6 relative, and every greedy caption of
-#     eval/step_*.jsonl (as given and image only) byte for byte;
+#     eval/step_*.jsonl (as given, image only, and at tp=2 under eval.audio_captions sound
+#     only) byte for byte;
 #   - the transformer with the convolutional image stem (model.stem: conv) at tp=1 and tp=2,
 #     held to the same: the reference computes the stem with torch's conv2d and max_pool2d,
 #     not with an im2col like the trainer's kernels; the export holds the stem's tensors in
@@ -58,9 +59,13 @@ check() {
 # 60 steps at a high learning rate: captions that start to depend on the image and the sound
 lm=(data.micro_batch=8 run.steps=60 optim.lr=4e-3 eval.every=60 checkpoint.every=60)
 check lm_tp1 1 "${lm[@]}"
-check lm_tp2 2 "${lm[@]}" parallel.tp=2
+check lm_tp2 2 "${lm[@]}" parallel.tp=2 eval.audio_captions=true
 ok "lm_tp2 compared its captions and its four losses" \
     'grep -q "captions: [1-9][0-9]* of" "$tmp/lm_tp2.ref" && [ "$(grep -c "^val_loss.*relative difference" "$tmp/lm_tp2.ref")" -eq 4 ]'
+# the comparison above covers each key a line has: the audio-only captions must be there
+ok "lm_tp2 (eval.audio_captions) wrote captions from the sound alone, lm_tp1 (default) none" \
+    '"$PY" -c "import json,sys; L=[json.loads(l) for l in open(sys.argv[1])]; n=sum(\"generated_audio\" in o for o in L); sys.exit(0 if n else 1)" "$(ls "$tmp"/lm_tp2/eval/step_*.jsonl | tail -n 1)" &&
+     ! grep -q generated_audio "$tmp"/lm_tp1/eval/step_*.jsonl'
 
 # the conv stem: first the reference itself against the spec (train/MODEL.md "The convolutional
 # stem") written with numpy's im2col, matmul and reshape-max, on a non-square image with random

@@ -239,6 +239,10 @@ static const cfg_key keys[] = {
           "word F1); synth adds the synthetic set's rule (attribute by attribute; diffusion: "
           "colour and shape read off the pixels) when every reference is a synthetic "
           "caption; text never applies it"),
+    KBOOL("eval.audio_captions", eval.audio_captions, "false",
+          "transformer: also caption every validation sample that has sound from the sound "
+          "alone (its image left out) and score those as audio only (exact, CER, BLEU-4, F1; "
+          "eval/*.jsonl: generated_audio): one more greedy decoding of the samples with both"),
 
     KI64("checkpoint.every", checkpoint.every, "0", 0, 1e12,
          "checkpoint every N steps (0 = only at the end of the run)"),

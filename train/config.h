@@ -107,6 +107,7 @@ typedef struct {
         int samples;           // validation samples for val_loss and captions (0 = all)
         int batch;             // samples per eval forward
         char scorer[16];       // "synth" or "text": how generated outputs are scored (eval.h)
+        int audio_captions;    // transformer: captions from the sound alone too (1 = yes)
     } eval;
     struct {
         int64_t every;         // checkpoint every N steps (0 = none periodic; still at end)

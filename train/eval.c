@@ -496,12 +496,13 @@ static void write_gen(FILE *f, const char *key, const char *sfx, const eval_capt
 }
 
 void eval_write_caption(FILE *f, uint64_t id, const char *ref, const eval_caption_gen *given,
-                        const eval_caption_gen *image) {
+                        const eval_caption_gen *image, const eval_caption_gen *audio) {
     if (!f) return;
     fprintf(f, "{\"sample_id\":%llu,\"reference\":", (unsigned long long)id);
     json_string_n(f, ref, strlen(ref));
     write_gen(f, "generated", "", given);
     if (image) write_gen(f, "generated_image", "_image", image);
+    if (audio) write_gen(f, "generated_audio", "_audio", audio);
     fputs("}\n", f);
 }
 

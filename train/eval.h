@@ -234,10 +234,12 @@ typedef struct {
 // (NULL: the sample has no image) also "generated_image", "exact_image", "cer_image": the
 // caption generated with its audio left out. ,"generated_invalid_bytes":N (and
 // "generated_image_invalid_bytes") follows its caption when N > 0 of its bytes were not UTF-8
-// (written as U+FFFD). Strings escaped with EVAL_ESC_JSON: each line is valid JSON in valid
-// UTF-8. The first three keys come first, as runs have always written them.
+// (written as U+FFFD). With audio (NULL: not generated, or the sample has no sound) likewise
+// "generated_audio", "exact_audio", "cer_audio": the caption generated with its image left
+// out. Strings escaped with EVAL_ESC_JSON: each line is valid JSON in valid UTF-8. The first
+// three keys come first, as runs have always written them.
 void eval_write_caption(FILE *f, uint64_t id, const char *ref, const eval_caption_gen *given,
-                        const eval_caption_gen *image);
+                        const eval_caption_gen *image, const eval_caption_gen *audio);
 // {"sample_id":ID,"mode":"MODE","prompt":"...",<the scorer's notes as "key":int>}
 void eval_write_image(FILE *f, uint64_t id, const char *mode, const char *prompt,
                       const eval_scorer *sc, const eval_score *s);

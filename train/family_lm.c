@@ -238,11 +238,12 @@ static int mode_batch(int m, const data_batch *b, data_batch *mb, uint8_t *hi, u
 // reads them back in batch order (eval_gather), scores and writes them, so the output is the
 // same for any layout. Per batch: the loss as given and in each mode (the gather's sums);
 // captions as given and with the audio left out (EVAL_IMAGE; the one extra greedy decoding
-// where a batch has a sample with image and audio). Audio-only captions are not generated:
-// a third decoding would cost as much again, and val_loss_audio measures that path.
+// where a batch has a sample with image and audio). Audio-only captions (EVAL_AUDIO, the
+// image left out) only under eval.audio_captions: a third decoding costs as much again, and
+// without it val_loss_audio measures that path.
 // Record: sample id | flags (1: image, 2: audio) | reference (text_max + 1 bytes,
-// NUL-terminated) | generated as given, then image only (text_max + 2 bytes each: room for
-// model_generate's text_T - 1 bytes and the NUL).
+// NUL-terminated) | generated as given, image only, audio only (text_max + 2 bytes each: room
+// for model_generate's text_T - 1 bytes and the NUL).
 static void lm_evaluate(trainer *t) {
     lm_impl *im = t->impl;
     const mm_config *c = t->cfg;
@@ -251,11 +252,13 @@ static void lm_evaluate(trainer *t) {
     if (c->eval.samples > 0 && c->eval.samples < n) n = c->eval.samples;
     const int eb = c->eval.batch, refw = vs->text_max + 1, genw = vs->text_max + 2;
     const size_t flag_at = sizeof(uint64_t), ref_at = flag_at + 1, gen_at = ref_at + (size_t)refw,
-                 img_at = gen_at + (size_t)genw;
+                 img_at = gen_at + (size_t)genw, aud_at = img_at + (size_t)genw;
+    const int aud_caps = c->eval.audio_captions;
     eval_gather g;
-    eval_gather_init(&g, t->lay.dp, t->lay.dp_rank, t->lay.dp_size, n, eb, img_at + genw);
+    eval_gather_init(&g, t->lay.dp, t->lay.dp_rank, t->lay.dp_size, n, eb, aud_at + genw);
     uint64_t *idx = mm_malloc((size_t)eb * sizeof(uint64_t));
-    char *gens = mm_malloc((size_t)eb * genw), *imgs = mm_malloc((size_t)eb * genw);
+    char *gens = mm_malloc((size_t)eb * genw), *imgs = mm_malloc((size_t)eb * genw),
+         *auds = mm_malloc((size_t)eb * genw);
     uint8_t *hi = mm_malloc((size_t)eb), *ha = mm_malloc((size_t)eb);
     int32_t *tg = mm_malloc((size_t)eb * (vs->text_max + 1) * sizeof(int32_t));
     // eval.scorer text names no rule; synth's applies only to the synthetic set (eval.h)
@@ -284,6 +287,7 @@ static void lm_evaluate(trainer *t) {
             model_generate(lm(t), &in, gens, genw);
             lm_input_done(t);
             memcpy(imgs, gens, (size_t)eb * genw);
+            memcpy(auds, gens, (size_t)eb * genw);
             for (int m = EVAL_GIVEN + 1; m < EVAL_N_MODES; m++) {
                 data_batch mb;
                 int same, gen_same;
@@ -294,9 +298,10 @@ static void lm_evaluate(trainer *t) {
                 }
                 in = batch_input(t, &mb, 0);
                 sums[m] = model_forward(lm(t), &in, NULL);
-                if (m == EVAL_IMAGE && !gen_same) {
-                    memset(imgs, 0x01, (size_t)eb * genw);
-                    model_generate(lm(t), &in, imgs, genw);
+                char *mg = m == EVAL_IMAGE ? imgs : m == EVAL_AUDIO && aud_caps ? auds : NULL;
+                if (mg && !gen_same) {
+                    memset(mg, 0x01, (size_t)eb * genw);
+                    model_generate(lm(t), &in, mg, genw);
                 }
                 lm_input_done(t);
             }
@@ -307,6 +312,7 @@ static void lm_evaluate(trainer *t) {
                 memcpy(r + ref_at, vb->text + (size_t)i * refw, (size_t)refw);
                 memcpy(r + gen_at, gens + (size_t)i * genw, (size_t)genw);
                 memcpy(r + img_at, imgs + (size_t)i * genw, (size_t)genw);
+                memcpy(r + aud_at, auds + (size_t)i * genw, (size_t)genw);
             }
         }
         eval_gather_exchange(&g, nb, sums);
@@ -322,16 +328,21 @@ static void lm_evaluate(trainer *t) {
                 const int has_i = r[flag_at] & 1, has_a = (r[flag_at] & 2) != 0;
                 const char *ref = (const char *)r + ref_at;
                 eval_caption_gen given = {.gen = (const char *)r + gen_at},
-                                 image = {.gen = (const char *)r + img_at};
+                                 image = {.gen = (const char *)r + img_at},
+                                 audio = {.gen = (const char *)r + aud_at};
                 given.gen_n = gen_len(given.gen, (size_t)genw);
                 image.gen_n = gen_len(image.gen, (size_t)genw);
+                audio.gen_n = gen_len(audio.gen, (size_t)genw);
                 for (int m = 0; m < EVAL_N_MODES; m++) ec.n[m] += in_mode(m, has_i, has_a);
                 eval_captions_add(&ec, EVAL_GIVEN, ref, given.gen, given.gen_n, &given.s);
                 if (has_i)
                     eval_captions_add(&ec, EVAL_IMAGE, ref, image.gen, image.gen_n, &image.s);
+                if (has_a && aud_caps)
+                    eval_captions_add(&ec, EVAL_AUDIO, ref, audio.gen, audio.gen_n, &audio.s);
                 if (has_i && has_a)
                     eval_captions_add(&ec, EVAL_BOTH, ref, given.gen, given.gen_n, NULL);
-                eval_write_caption(ev, id, ref, &given, has_i ? &image : NULL);
+                eval_write_caption(ev, id, ref, &given, has_i ? &image : NULL,
+                                   has_a && aud_caps ? &audio : NULL);
                 train_check_write(t, ev, path, 0);
             }
         }
@@ -358,6 +369,7 @@ static void lm_evaluate(trainer *t) {
     free(idx);
     free(gens);
     free(imgs);
+    free(auds);
     free(hi);
     free(ha);
     free(tg);

@@ -265,10 +265,12 @@ def eval_transformer(W, cfg, S, dt, want_captions, batch):
                             for i in range(0, S["n"], batch)])
         res["val_loss" + sfx] = float(losses.double()[take].sum()) / int(take.sum())
     if want_captions:
-        for key, ma in (("generated", ha), ("generated_image", torch.zeros_like(ha))):
+        none = torch.zeros_like(hi)
+        for key, mi, ma in (("generated", hi, ha), ("generated_image", hi, none),
+                            ("generated_audio", none, ha)):
             caps[key] = []
             for i in range(0, S["n"], batch):
-                caps[key] += net.generate(img[i:i + batch], aud[i:i + batch], hi[i:i + batch],
+                caps[key] += net.generate(img[i:i + batch], aud[i:i + batch], mi[i:i + batch],
                                           ma[i:i + batch], S["text_T"])
     return res, caps
 
@@ -484,7 +486,7 @@ def compare(run, step, res, caps, S, rtol):
         same = total = 0
         for i, o in enumerate(lines):
             assert o["sample_id"] == S["sample_id"][i], "eval order is not the val set's"
-            for key in ("generated", "generated_image"):
+            for key in ("generated", "generated_image", "generated_audio"):
                 if key not in o:
                     continue
                 total += 1

@@ -12,7 +12,9 @@ the label file by sample_id (= manifest line) and the reference must agree with 
 Class names are matched as whole words, lower-cased, with '-' part of a word, so "shirt"
 is not found inside "t-shirt" and "boot" alone is not "ankle boot". A caption is right when
 the set of classes it names is exactly {the reference's}. The test samples have no sound, so
-this is image-only accuracy.
+this is image-only accuracy. Where the file also holds the captions of each input mode
+(generated_image: the sound left out; generated_audio: the image left out, written under
+eval.audio_captions), each mode's accuracy follows, over the samples that have it.
 """
 import argparse
 import glob
@@ -74,6 +76,9 @@ def main():
     path = eval_file(a.run)
     labels = read_labels(a.labels) if a.labels else None
 
+    modes = {"generated_image": "image only", "generated_audio": "audio only"}
+    mode_n = dict.fromkeys(modes, 0)
+    mode_right = dict.fromkeys(modes, 0)
     n = [0] * len(CLASSES)
     right = [0] * len(CLASSES)
     wrong = {"another class": 0, "several classes": 0, "no class": 0}
@@ -94,6 +99,10 @@ def main():
                 if labels[sid] != c:
                     die(f"{path}:{ln}: sample_id {sid}: reference {ref!r} but {a.labels} "
                         f"says {CLASSES[labels[sid]]}")
+            for key in modes:
+                if key in rec:
+                    mode_n[key] += 1
+                    mode_right[key] += named(rec[key]) == {c}
             got = named(gen)
             n[c] += 1
             if got == {c}:
@@ -114,6 +123,10 @@ def main():
         print(f"{name:<12} {n[c]:>5} {right[c]:>6} {acc}")
     print("wrong: " + ", ".join(f"{k} {v}" for k, v in wrong.items()))
     print(f"accuracy {100 * sum(right) / total:.1f}% ({sum(right)}/{total})")
+    for key, label in modes.items():
+        if mode_n[key]:
+            print(f"{label}: accuracy {100 * mode_right[key] / mode_n[key]:.1f}% "
+                  f"({mode_right[key]}/{mode_n[key]})")
 
 
 if __name__ == "__main__":
