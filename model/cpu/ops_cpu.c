@@ -40,10 +40,23 @@
 // exp(x) for float without libm, so that loops calling it vectorize. Range reduction
 // x = n ln2 + r with n = round(x / ln2) done by the 1.5*2^23 trick (the rounded integer sits
 // in the low mantissa bits), degree-5 polynomial for e^r on |r| <= ln2/2, scale by 2^n
-// built in the exponent field. Inputs are clamped to [-87, 88] (no inf/denormal results).
+// built in the exponent field. Inputs outside [-87, 88] give the value at that end (no
+// inf/denormal results); NaN stays NaN.
+//
+// That range is a select on the result, not a clamp of x first: GCC turns two NaN-keeping
+// clamps into a chain of compares and mask-register ops at the head of the dependency chain
+// (GELU's loop ran 30% slower with them, AVX-512, bench_small's shapes), while compares
+// beside the polynomial run in parallel with it. Same bits: inside the range the input is the
+// same, outside it the constants are what the clamped polynomial gave at -87 and 88.
+static inline float fast_expf_core(float x);
 static inline float fast_expf(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
+    const float e = fast_expf_core(x);
+    const float lo = 0x1.666d0ep-126f, hi = 0x1.f1056ep+126f;  // fast_expf_core(-87), (88)
+    return x < -87.0f ? lo : x > 88.0f ? hi : e;
+}
+
+// the polynomial and scaling alone: right for x in [-87, 88], garbage outside it
+static inline float fast_expf_core(float x) {
     const float magic = 12582912.0f;  // 1.5 * 2^23
     float t = fmaf(x, 1.44269504088896341f, magic);
     float n = t - magic;
@@ -375,41 +388,128 @@ static void att_scratch_init(att_scratch *w, int Tp, int Dp) {
     w->kv = p;
 }
 
-// Unnormalized masked softmax of score row a (cols, a multiple of KC): a[j] = exp(a[j] - max)
-// for keys j < lim with kv[j] != 0, 0 for every other j < cols; returns 1 / sum (0 for a
+// The KC lanes of a row's partial max or sum, reduced as a tree: lane c takes lane c + w for
+// w = KC/2, ..., 1. In vector registers (GNU vector extensions, lowered to whatever width the
+// clone has), not through the stack lane by lane as the plain loop compiled: softmax_rows
+// runs this twice per score row. Same pairs in the same order as the loop, so the same bits.
+typedef mm_real att_lanes __attribute__((vector_size(KC * sizeof(mm_real))));
+#ifdef MM_F64
+typedef int64_t att_lanes_i __attribute__((vector_size(KC * sizeof(int64_t))));
+#else
+typedef int32_t att_lanes_i __attribute__((vector_size(KC * sizeof(int32_t))));
+#endif
+_Static_assert(KC == 16, "LANES_DOWN below is written for KC = 16");
+
+// v with lane c replaced by lane c + w, w = 8, 4, 2, 1 (lanes past the end keep theirs: never
+// read). A macro: a function returning a vector this wide trips GCC's ABI warning.
+#define LANES_DOWN_8(v) \
+    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15)
+#define LANES_DOWN_4(v) \
+    __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define LANES_DOWN_2(v) \
+    __builtin_shufflevector(v, v, 2, 3, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define LANES_DOWN_1(v) \
+    __builtin_shufflevector(v, v, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+
+// the loop's "lane[c] = lane[c + w] > lane[c] ? lane[c + w] : lane[c]" on every lane at once
+#define LANES_MAX_STEP(v, hi)                                               \
+    do {                                                                    \
+        const att_lanes hi_ = (hi);                                         \
+        const att_lanes_i gt_ = hi_ > (v);                                  \
+        (v) = (att_lanes)(((att_lanes_i)hi_ & gt_) | ((att_lanes_i)(v) & ~gt_)); \
+    } while (0)
+
+static inline mm_real lanes_max(const mm_real lane[KC]) {
+    att_lanes v;
+    memcpy(&v, lane, sizeof v);
+    LANES_MAX_STEP(v, LANES_DOWN_8(v));
+    LANES_MAX_STEP(v, LANES_DOWN_4(v));
+    LANES_MAX_STEP(v, LANES_DOWN_2(v));
+    LANES_MAX_STEP(v, LANES_DOWN_1(v));
+    return v[0];
+}
+
+static inline mm_real lanes_sum(const mm_real lane[KC]) {
+    att_lanes v;
+    memcpy(&v, lane, sizeof v);
+    v += LANES_DOWN_8(v);
+    v += LANES_DOWN_4(v);
+    v += LANES_DOWN_2(v);
+    v += LANES_DOWN_1(v);
+    return v[0];
+}
+
+// Unnormalized masked softmax of the nr (<= KR) score rows of a row block starting at query
+// i0, row stride ld, cols a multiple of KC: a[j] = exp(a[j] - max) for keys j below the row's
+// key_limit with kv[j] != 0, 0 for every other j < cols; inv[r] = 1 / the row's sum (0 for a
 // row with no allowed key, which is then all zero). Rows are short (a few KC), so latency
-// rules: the max and the sum run in KC lanes reduced as a tree, never as a serial chain,
-// and the caller folds the normalization into the copy it makes anyway.
-static inline mm_real softmax_row(mm_real *restrict a, const mm_real *restrict kv, int lim,
-                                  int cols) {
-    mm_real lane[KC];
-    for (int c = 0; c < KC; c++) lane[c] = -INFINITY;
-    for (int j0 = 0; j0 < cols; j0 += KC)
-        for (int c = 0; c < KC; c++) {
-            const int j = j0 + c;
-            const mm_real x = j < lim && kv[j] != 0 ? a[j] : -INFINITY;
-            lane[c] = x > lane[c] ? x : lane[c];
-        }
-    for (int w = KC / 2; w > 0; w /= 2)
-        for (int c = 0; c < w; c++) lane[c] = lane[c + w] > lane[c] ? lane[c + w] : lane[c];
-    const mm_real mx = lane[0];
-    if (mx == -INFINITY) {
-        for (int j = 0; j < cols; j++) a[j] = 0;
-        return 0;
+// rules: the max and the sum run in KC lanes reduced as a tree, never as a serial chain; each
+// phase runs over all rows of the block before the next, so the rows' trees and divisions
+// overlap instead of queueing behind each other; and the caller folds the normalization into
+// the copy it makes anyway. Per row the operations and their order are those of one row alone.
+static inline void softmax_rows(mm_real *restrict s, int ld, int nr, const mm_real *restrict kv,
+                                int i0, int P, int cols, mm_real inv[KR]) {
+    mm_real lane[KR][KC], mx[KR];
+    for (int r = 0; r < nr; r++) {
+        const mm_real *a = s + (size_t)r * ld;
+        const int lim = key_limit(i0 + r, P);
+        for (int c = 0; c < KC; c++) lane[r][c] = -INFINITY;
+        for (int j0 = 0; j0 < cols; j0 += KC)
+            for (int c = 0; c < KC; c++) {
+                const int j = j0 + c;
+                const mm_real x = j < lim && kv[j] != 0 ? a[j] : -INFINITY;
+                lane[r][c] = x > lane[r][c] ? x : lane[r][c];
+            }
     }
-    for (int c = 0; c < KC; c++) lane[c] = 0;
-    for (int j0 = 0; j0 < cols; j0 += KC)
-        for (int c = 0; c < KC; c++) {
-            const int j = j0 + c;
-            // exp first, then select, so the loop vectorizes; a masked key's value is never
-            // used (fast_expf never returns 0, libm's exp may overflow there)
-            const mm_real e = R_EXP(a[j] - mx);
-            a[j] = j < lim && kv[j] != 0 ? e : 0;
-            lane[c] += a[j];
+    for (int r = 0; r < nr; r++) mx[r] = lanes_max(lane[r]);
+    for (int r = 0; r < nr; r++) {
+        mm_real *a = s + (size_t)r * ld;
+        const int lim = key_limit(i0 + r, P);
+        if (mx[r] == -INFINITY) {
+            for (int j = 0; j < cols; j++) a[j] = 0;
+            continue;
         }
-    for (int w = KC / 2; w > 0; w /= 2)
-        for (int c = 0; c < w; c++) lane[c] += lane[c + w];
-    return 1 / lane[0];
+        for (int c = 0; c < KC; c++) lane[r][c] = 0;
+        for (int j0 = 0; j0 < cols; j0 += KC)
+            for (int c = 0; c < KC; c++) {
+                const int j = j0 + c;
+                // exp first, then select, so the loop vectorizes; a masked key's value is never
+                // used (fast_expf never returns 0, libm's exp may overflow there)
+                const mm_real e = R_EXP(a[j] - mx[r]);
+                a[j] = j < lim && kv[j] != 0 ? e : 0;
+                lane[r][c] += a[j];
+            }
+    }
+    for (int r = 0; r < nr; r++) inv[r] = mx[r] == -INFINITY ? 0 : 1 / lanes_sum(lane[r]);
+}
+
+// ds = scale * p * (ds - sum(p * ds)) on the nr (<= KR) rows of a row block (row stride ld,
+// cols columns): the softmax backward without dropout. Each row's sum is MM_LANE_SUM's, term
+// for term and in its order (so the same bits), but the block's rows run each phase side by
+// side: a row's final serial sum of 16 lanes then overlaps the other rows' instead of
+// stalling the row loop.
+static inline void dsoftmax_rows(const mm_real *restrict p, mm_real *restrict ds, int ld, int nr,
+                                 int cols, mm_real scale) {
+    mm_real lane[KR][MM_LANES], dot[KR];
+    const int nb = cols / MM_LANES * MM_LANES;
+    for (int r = 0; r < nr; r++) {
+        const mm_real *pr = p + (size_t)r * ld, *dr = ds + (size_t)r * ld;
+        for (int l = 0; l < MM_LANES; l++) lane[r][l] = 0;
+        for (int b = 0; b < nb; b += MM_LANES)
+#pragma omp simd
+            for (int l = 0; l < MM_LANES; l++) lane[r][l] += pr[b + l] * dr[b + l];
+        for (int j = nb; j < cols; j++) lane[r][0] += pr[j] * dr[j];
+    }
+    for (int r = 0; r < nr; r++) {
+        dot[r] = 0;
+        for (int l = 0; l < MM_LANES; l++) dot[r] += lane[r][l];
+    }
+    for (int r = 0; r < nr; r++) {
+        const mm_real *pr = p + (size_t)r * ld;
+        mm_real *dr = ds + (size_t)r * ld;
+#pragma omp simd
+        for (int j = 0; j < cols; j++) dr[j] = scale * pr[j] * (dr[j] - dot[r]);
+    }
 }
 
 // out (B, T, NH, HD), att (B, NH, T, T), qkv (B, T, 3, NH, HD), key_valid (B, T)
@@ -421,6 +521,9 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
+    // PV reads p from att itself where its rows need no padding (T a multiple of KC) and
+    // dropout leaves p as it is, as the backward does; from the padded work rows else
+    const int direct = !dropping && Tp == T;
 #pragma omp parallel
     {
         att_scratch w;
@@ -457,12 +560,19 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                 for (int j0 = 0; j0 < cols; j0 += KC)
                     tile(s + j0, Tp, w.q + (size_t)i0 * Dp, Dp, 1, w.kt + j0, Tp, 0, HD);
                 const int i1 = i0 + KR < T ? i0 + KR : T;
+                mm_real invs[KR];
+                softmax_rows(s, Tp, i1 - i0, w.kv, i0, P, cols, invs);
                 for (int i = i0; i < i1; i++) {
                     mm_real *si = w.s + (size_t)i * Tp, *ai = a + (size_t)i * T;
-                    const mm_real inv = softmax_row(si, w.kv, key_limit(i, P), cols);
+                    const mm_real inv = invs[i - i0];
                     const int n = cols < T ? cols : T;
+                    if (direct) {
 #pragma omp simd
-                    for (int j = 0; j < n; j++) ai[j] = si[j] *= inv;
+                        for (int j = 0; j < n; j++) ai[j] = si[j] * inv;
+                    } else {
+#pragma omp simd
+                        for (int j = 0; j < n; j++) ai[j] = si[j] *= inv;
+                    }
                     // [cols, Tp) of the row is never written: 0 since allocation
                     for (int j = n; j < T; j++) ai[j] = 0;
                     // att keeps p; PV below reads the dropped p * mask * scale
@@ -476,7 +586,8 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                 }
                 // probabilities are 0 beyond cols, so PV stops there too
                 for (int d0 = 0; d0 < Dp; d0 += KC)
-                    tile(w.o + (size_t)i0 * Dp + d0, Dp, s, Tp, 1, w.v + d0, Dp, 0, cols);
+                    tile(w.o + (size_t)i0 * Dp + d0, Dp, direct ? a + (size_t)i0 * T : s, Tp, 1,
+                         w.v + d0, Dp, 0, cols);
             }
             mm_real *o = out + (size_t)b * T * C + (size_t)h * HD;
             for (int i = 0; i < T; i++) {
@@ -515,6 +626,9 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
             const uint64_t dk =
                 dropping ? model_drop_site_key(drop->keys[b], drop->layer, drop->place) : 0;
             const uint64_t hrow = dropping ? (uint64_t)(drop->head0 + h) * T : 0;
+            // the products read the saved probabilities where they are when their rows need no
+            // padding (T a multiple of KC) and dropout does not rewrite them; a padded copy else
+            const mm_real *ps = !dropping && Tp == T ? a : w.s;
             for (int i = 0; i < T; i++) {
                 const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
                 const mm_real *doi = dsrc + (size_t)i * C, *ai = a + (size_t)i * T;
@@ -535,8 +649,10 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
                     wd[d] = doi[d];
                 }
                 for (int d = 0; d < HD; d++) w.vt[(size_t)d * Tp + i] = vi[d];
+                if (ps == w.s) {
 #pragma omp simd
-                for (int j = 0; j < T; j++) ws[j] = ai[j];
+                    for (int j = 0; j < T; j++) ws[j] = ai[j];
+                }
             }
             for (int i0 = 0; i0 < T; i0 += KR) {
                 const int cols = block_cols(i0, T, P, Tp);
@@ -546,38 +662,31 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
                     tile(ds + j0, Tp, w.o + (size_t)i0 * Dp, Dp, 1, w.vt + j0, Tp, 0, HD);
                 // dscores = scale * p * (dprobs - sum(p * dprobs)): 0 wherever p is
                 const int i1 = i0 + KR < T ? i0 + KR : T;
-                for (int i = i0; i < i1; i++) {
+                if (!dropping) dsoftmax_rows(ps + (size_t)i0 * Tp, ds, Tp, i1 - i0, cols, scale);
+                for (int i = i0; i < i1 && dropping; i++) {
                     mm_real *pi = w.s + (size_t)i * Tp;
                     mm_real *di = w.ds + (size_t)i * Tp;
                     // under dropout the product gave d(p * mask * scale): the mask takes it
                     // to dprobs, and the row's p turns into the dropped p that dv needs
                     // (the forward's p' v); sum(p * dprobs) is then dout . out as unmasked
-                    if (dropping) {
-                        const uint64_t e0 = (hrow + (uint64_t)i) * (uint64_t)T;
-                        const int n = cols < T ? cols : T;
-                        mm_real dot = 0;
-                        for (int j = 0; j < cols; j++) {
-                            const mm_real f =
-                                j < T && model_drop_keep(dk, e0 + (uint64_t)j, drop->thr)
-                                    ? drop->scale
-                                    : 0;
-                            di[j] *= f;
-                            dot += pi[j] * di[j];
-                        }
-                        for (int j = 0; j < cols; j++) {
-                            const mm_real f = di[j];
-                            di[j] = scale * pi[j] * (f - dot);
-                        }
-                        for (int j = 0; j < n; j++)
-                            pi[j] = model_drop_keep(dk, e0 + (uint64_t)j, drop->thr)
-                                        ? pi[j] * drop->scale
-                                        : 0;
-                        continue;
-                    }
+                    const uint64_t e0 = (hrow + (uint64_t)i) * (uint64_t)T;
+                    const int n = cols < T ? cols : T;
                     mm_real dot = 0;
-                    MM_LANE_SUM(dot, cols, j, pi[j] * di[j]);
-#pragma omp simd
-                    for (int j = 0; j < cols; j++) di[j] = scale * pi[j] * (di[j] - dot);
+                    for (int j = 0; j < cols; j++) {
+                        const mm_real f =
+                            j < T && model_drop_keep(dk, e0 + (uint64_t)j, drop->thr) ? drop->scale
+                                                                                        : 0;
+                        di[j] *= f;
+                        dot += pi[j] * di[j];
+                    }
+                    for (int j = 0; j < cols; j++) {
+                        const mm_real f = di[j];
+                        di[j] = scale * pi[j] * (f - dot);
+                    }
+                    for (int j = 0; j < n; j++)
+                        pi[j] = model_drop_keep(dk, e0 + (uint64_t)j, drop->thr)
+                                    ? pi[j] * drop->scale
+                                    : 0;
                 }
                 // dq = dscores k
                 for (int d0 = 0; d0 < Dp; d0 += KC)
@@ -587,7 +696,7 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
             for (int j0 = 0; j0 < T; j0 += KR) {
                 const int q0 = block_first_query(j0, P);
                 for (int d0 = 0; d0 < Dp; d0 += KC) {
-                    tile(w.dv + (size_t)j0 * Dp + d0, Dp, w.s + j0, 1, Tp, w.o + d0, Dp, q0, T);
+                    tile(w.dv + (size_t)j0 * Dp + d0, Dp, ps + j0, 1, Tp, w.o + d0, Dp, q0, T);
                     tile(w.dk + (size_t)j0 * Dp + d0, Dp, w.ds + j0, 1, Tp, w.q + d0, Dp, q0, T);
                 }
             }
