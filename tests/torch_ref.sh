@@ -12,6 +12,9 @@
 #     the documented shapes, and the reference's stem equals the spec written in numpy;
 #   - the diffusion model (flow with x-prediction, logit-normal times and pooled
 #     conditioning at tp=2; DDPM at tp=1): val_loss within 1e-6 relative;
+#   - tests/gpu/torch_gpu.py (the PyTorch side of the GPU benchmark, built on these classes)
+#     builds exactly the export's tensors, its fused attention gives the written-out one's
+#     loss (1e-5), it trains eager and compiled on the CPU, and its table marks the targets;
 #   - and it can fail: an export with one bias nudged by 1e-3 does not match.
 # The reference computes in float64, so the differences printed are the trainer's fp32
 # rounding (about 1e-8 here). Skipped, as "0 passed, 0 failed", where torch, h5py, PyYAML
@@ -123,6 +126,39 @@ dit=(model.kind=diffusion model.patch=4 diffusion.enc_layers=1 diffusion.eval_sa
 check dit_tp2 2 "${dit[@]}" parallel.tp=2 diffusion.predict=x diffusion.t_sampling=logit_normal \
     diffusion.pool_cond=true
 check dit_ddpm 1 "${dit[@]}" diffusion.objective=ddpm
+
+# tests/gpu/torch_gpu.py, the PyTorch side of the GPU benchmark, trains these same classes:
+# its parameter table must be the export's, its fused attention (scaled_dot_product_attention)
+# must give the written-out one's loss, and a few steps eager and compiled must train (CPU)
+gpu_ref="$here/gpu/torch_gpu.py"
+for name in lm_tp1 dit_tp2; do
+    OMP_NUM_THREADS=1 timeout 300 "$PY" "$gpu_ref" --check-export "$tmp/$name.h5" --steps 2 \
+        >"$tmp/$name.gpuref" 2>&1
+    rc=$?
+    grep '^torch_gpu' "$tmp/$name.gpuref" | sed "s/^/  /"
+    ok "torch_gpu.py builds and trains $name's model (rc $rc): $(tail -n 1 "$tmp/$name.gpuref")" \
+        '[ $rc -eq 0 ]'
+done
+# and its table judges the issue's targets from bench_train_cuda's lines and its own
+cat >"$tmp/ours.txt" <<'END'
+bench_train_cuda: H200, GPT-2-small-sized transformer: 1000 parameters, B 8 x T 1024, bf16
+RESULT transformer bf16: 400000 tokens/s, 20.5 ms/step, 400.0 TFLOP/s model, MFU 40.4% of 989.4 TFLOP/s bf16 dense peak
+MEMORY transformer bf16 B 8 recompute none: 9000.0 MiB allocated by the run, estimate 9000.0 MiB (activations 1.0 MiB, 1.0 MiB per block)
+RESULT diffusion bf16: 800.0 images/s, 40.0 ms/step, 40.0 TFLOP/s model (1.00 GFLOP/image fwd+bwd), MFU 4.0% of 989.4 TFLOP/s bf16 dense peak
+END
+cat >"$tmp/theirs.txt" <<'END'
+TORCH_GPU {"model": "transformer", "mode": "eager", "precision": "bf16", "params": 1000, "tokens_per_s": 300000.0, "ms_per_step": 27.3, "peak_alloc_mib": 12000.0}
+TORCH_GPU {"model": "transformer", "mode": "compile", "precision": "bf16", "params": 999, "tokens_per_s": 500000.0, "ms_per_step": 16.4, "peak_alloc_mib": 10000.0}
+TORCH_GPU {"model": "dit", "mode": "eager", "precision": "bf16", "params": 5, "images_per_s": 1000.0, "ms_per_step": 32.0}
+END
+"$PY" "$gpu_ref" --table "$tmp/ours.txt" "$tmp/theirs.txt" >"$tmp/table" 2>&1
+sed 's/^/  /' "$tmp/table"
+ok "the GPU table: eager 1.33x PASS, compiled 0.80x MISS, MFU and memory PASS, DiT 0.80x MISS" \
+    'grep -q "eager: 1.33x.*PASS" "$tmp/table" && grep -q "compile: 0.80x.*MISS" "$tmp/table" &&
+     grep -q "MFU: 40.4%.*PASS" "$tmp/table" && grep -q "9,000 MiB.*10,000 MiB.*PASS" "$tmp/table" &&
+     grep -q "dit bf16 ours / PyTorch eager: 0.80x.*MISS" "$tmp/table"'
+ok "the GPU table flags the PyTorch run whose parameter count is not ours (compiled: 999)" \
+    '[ "$(grep -c "NOT THE SAME MODEL" "$tmp/table")" -eq 1 ]'
 
 # it can fail: one bias moved by 1e-3 must show
 "$PY" - "$tmp/lm_tp1.h5" <<'EOF'

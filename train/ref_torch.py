@@ -15,16 +15,17 @@
 # of the documented model, so its difference from the log is the trainer's fp32 rounding;
 # --dtype float32 shows what fp32 arithmetic in PyTorch gives instead.
 #
-# Needs numpy, h5py and PyYAML; torch (CPU is enough).
+# Needs numpy, h5py and PyYAML; torch (CPU is enough). The model classes need only torch and
+# numpy (h5py and PyYAML are imported where files are read): tests/gpu/torch_gpu.py trains
+# them on a GPU as the PyTorch yardstick of tests/gpu/run.sh, so they take their device from
+# their inputs.
 import argparse
 import json
 import math
 import os
 import sys
 
-import h5py
 import numpy as np
-import yaml
 
 try:
     import torch
@@ -60,6 +61,7 @@ def log_mel(pcm, rate, n_fft, hop, n_mels, audio_len):
 
 def read_val(folder, n_max, cfg):
     """The first n_max samples of a dataset folder as model-ready numpy arrays."""
+    import h5py
     with open(os.path.join(folder, "index.json")) as fp:
         index = json.load(fp)
     sc = index["schema"]
@@ -119,10 +121,12 @@ def linear(x, W, name):
 
 
 def attention(q, k, v, allowed):
-    """q (B, NH, Tq, HD), k, v (B, NH, Tk, HD), allowed (B, Tq, Tk) bool. Softmax of
-    q k^T / sqrt(HD) over the allowed keys; a query with none gets zeros."""
+    """q (B, NH, Tq, HD), k, v (B, NH, Tk, HD), allowed (B, Tq, Tk) bool, or None when every
+    key is allowed. Softmax of q k^T / sqrt(HD) over the allowed keys; a query with none gets
+    zeros."""
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    s = s.masked_fill(~allowed[:, None], float("-inf"))
+    if allowed is not None:
+        s = s.masked_fill(~allowed[:, None], float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row of -inf only: NaN -> 0
     return p @ v
 
@@ -363,7 +367,7 @@ class DiT:
         C = W["x_embed.b"].shape[0]
         half = C // 2
         arg = t.double()[:, None] * 1000.0 * torch.exp(
-            -math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+            -math.log(10000.0) * torch.arange(half, dtype=torch.float64, device=t.device) / half)
         temb = torch.cat([torch.cos(arg), torch.sin(arg)], 1).to(x_t.dtype)
         c = linear(F.silu(linear(temb, W, "t_embed.fc1")), W, "t_embed.fc2")
         # the conditioning tokens [caption | audio | null] and which of them are keys
@@ -374,21 +378,20 @@ class DiT:
         akey = has_aud[:, None].expand(B, a.shape[1])
         audio = self.encoder(a, "audio", akey)
         cond = torch.cat([text, audio, W["cond.null"].expand(B, 1, C)], 1)
-        ckey = torch.cat([tkey, akey, torch.ones(B, 1, dtype=torch.bool)], 1)
+        ckey = torch.cat([tkey, akey, torch.ones(B, 1, dtype=torch.bool, device=tkey.device)], 1)
         if self.pool:
             k = ckey.to(cond.dtype)[..., None]
             pooled = (cond * k).sum(1) / k.sum(1)
             c = c + linear(F.silu(linear(pooled, W, "cond.pool.fc1")), W, "cond.pool.fc2")
         sc = F.silu(c)
-        x = linear(patchify(x_t, self.p), W, "x_embed") + self.pos
+        x = linear(patchify(x_t, self.p), W, "x_embed") + self.pos.to(x_t.device)
         N, Tc = x.shape[1], cond.shape[1]
-        every = torch.ones(B, N, N, dtype=torch.bool)
         xallowed = ckey[:, None, :].expand(B, N, Tc)
         for l in range(self.L):
             pre = f"blocks.{l}"
             sh1, s1, g1, sh2, s2, g2 = linear(sc, W, pre + ".ada")[:, None].chunk(6, dim=-1)
             h = layer_norm(x) * (1 + s1) + sh1
-            x = x + g1 * self_attention(h, W, pre + ".attn", NH, every)
+            x = x + g1 * self_attention(h, W, pre + ".attn", NH, None)
             h = layer_norm(x, W[pre + ".xattn.ln.g"], W[pre + ".xattn.ln.b"])
             q = linear(h, W, pre + ".xattn.q").view(B, N, NH, -1).transpose(1, 2)
             kv = linear(cond, W, pre + ".xattn.kv").view(B, Tc, 2, NH, -1).permute(2, 0, 3, 1, 4)
@@ -514,6 +517,8 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dt = getattr(torch, a.dtype)
+    import h5py
+    import yaml
     with h5py.File(a.export, "r") as f:
         kind = f.attrs["model_kind"].decode()
         step = int(f.attrs["step"])

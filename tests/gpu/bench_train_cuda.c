@@ -441,9 +441,13 @@ int main(int argc, char **argv) {
     printf("  %-28s %9.2f %6.1f%%\n", "host gaps (wall - phases)", wall - in_phases,
            100 * (wall - in_phases) / wall);
     double in_ops = 0;
-    printf("ops of one profiled step (%d calls)\n", calls);
+    // per layer: the kind's time over the n_layers blocks (matmul includes the lm_head's and
+    // cross-entropy is not in a layer at all: there it says what one layer's share would be)
+    printf("ops of one profiled step (%d calls)  %9s %7s %9s\n", calls, "ms", "share",
+           "ms/layer");
     for (int k = 0; k < K_N; k++) {
-        printf("  %-28s %9.2f %6.1f%%\n", kind_name[k], kms[k], 100 * kms[k] / wall);
+        printf("  %-28s %9.2f %6.1f%% %9.3f\n", kind_name[k], kms[k], 100 * kms[k] / wall,
+               kms[k] / mc.n_layers);
         in_ops += kms[k];
     }
     printf("  %-28s %9.2f %6.1f%%\n", "optimizer, glue ops, gaps", wall - in_ops,
