@@ -73,6 +73,12 @@ typedef struct model_ops {
                      size_t n);  // dx +=
     // out = a + b (n elements); out may alias a or b (residual adds are done in place)
     void (*add)(const mm_backend *be, mm_real *out, const mm_real *a, const mm_real *b, size_t n);
+    // The residual add and the LayerNorm after it in one pass over the rows: res (N, C) =
+    // a + b, then out, mean, rstd = layernorm_fwd of res, with the same bits as add followed
+    // by layernorm_fwd. res may alias a or b.
+    void (*add_layernorm_fwd)(const mm_backend *be, mm_real *res, mm_real *out, mm_real *mean,
+                              mm_real *rstd, const mm_real *a, const mm_real *b,
+                              const mm_real *g, const mm_real *beta, int N, int C);
     // Inverted dropout of B samples of n elements: out[b * n + e] = x[b * n + e] * d->scale
     // where element e of sample b survives under d, else 0. out may be x. Being linear with
     // the mask fixed, the same call is its own backward (on the output's gradient).

@@ -123,6 +123,21 @@ static void test_layernorm(test_counts *tc, mm_rng *r) {
     expect(tc, "layernorm_bwd dx", nerr(dx, rdx, n));
     expect(tc, "layernorm_bwd dg", nerr(dg, rdg, C));
     expect(tc, "layernorm_bwd db", nerr(db, rdb, C));
+    // the fused residual add: the same bits as add then layernorm_fwd, also in place (res = a)
+    float *y = randn(n, 2, r), *res = malloc(n * 4), *res2 = malloc(n * 4), *out2 = malloc(n * 4);
+    float *mean2 = malloc(N * 4), *rstd2 = malloc(N * 4);
+    ops->add(be, res, x, y, n);
+    ops->layernorm_fwd(be, out, mean, rstd, res, g, b, N, C);
+    for (int inplace = 0; inplace < 2; inplace++) {
+        if (inplace) memcpy(res2, x, n * 4);
+        ops->add_layernorm_fwd(be, res2, out2, mean2, rstd2, inplace ? res2 : x, y, g, b, N, C);
+        const int same = !memcmp(res2, res, n * 4) && !memcmp(out2, out, n * 4) &&
+                         !memcmp(mean2, mean, N * 4) && !memcmp(rstd2, rstd, N * 4);
+        expect(tc, inplace ? "add_layernorm_fwd = add, layernorm (in place)"
+                           : "add_layernorm_fwd = add, layernorm", same ? 0 : 1);
+        memset(out2, 0, n * 4);
+    }
+    free(y), free(res), free(res2), free(out2), free(mean2), free(rstd2);
     free(x), free(g), free(b), free(dout), free(out), free(mean), free(rstd);
     free(ro), free(rdx), free(rdg), free(rdb), free(dx), free(dg), free(db);
 }

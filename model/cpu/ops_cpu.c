@@ -137,24 +137,44 @@ static void matmul_bwd(const mm_backend *be MM_UNUSED, mm_real *dinp, mm_real *d
 // ---------------------------------------------------------------------------------------
 // layernorm (eps 1e-5, biased variance, as PyTorch)
 
+// one row: o (C) from xr (C); its mean and rstd
+static inline void layernorm_row(mm_real *restrict o, mm_real *mean, mm_real *rstd,
+                                 const mm_real *restrict xr, const mm_real *restrict g,
+                                 const mm_real *restrict b, int C) {
+    mm_real s = 0;
+    MM_LANE_SUM(s, C, c, xr[c]);
+    mm_real m = s / C;
+    mm_real v = 0;  // two passes: no cancellation when |mean| >> std
+    MM_LANE_SUM(v, C, c, (xr[c] - m) * (xr[c] - m));
+    mm_real rs = 1 / R_SQRT(v / C + (mm_real)1e-5);
+#pragma omp simd
+    for (int c = 0; c < C; c++) o[c] = (xr[c] - m) * rs * g[c] + b[c];
+    *mean = m;
+    *rstd = rs;
+}
+
 CPU_ISA_CLONES
 static void layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *mean,
                           mm_real *rstd, const mm_real *x, const mm_real *g, const mm_real *b,
                           int N, int C) {
 #pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++)
+        layernorm_row(out + (size_t)r * C, &mean[r], &rstd[r], x + (size_t)r * C, g, b, C);
+}
+
+// The row's sum is written, then normalized while it is still in L1: the separate add made
+// a pass over all of res that layernorm_fwd read back from further away.
+CPU_ISA_CLONES
+static void add_layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *res, mm_real *out,
+                              mm_real *mean, mm_real *rstd, const mm_real *a, const mm_real *b,
+                              const mm_real *g, const mm_real *beta, int N, int C) {
+#pragma omp parallel for schedule(static)
     for (int r = 0; r < N; r++) {
-        const mm_real *xr = x + (size_t)r * C;
-        mm_real *o = out + (size_t)r * C;
-        mm_real s = 0;
-        MM_LANE_SUM(s, C, c, xr[c]);
-        mm_real m = s / C;
-        mm_real v = 0;  // two passes: no cancellation when |mean| >> std
-        MM_LANE_SUM(v, C, c, (xr[c] - m) * (xr[c] - m));
-        mm_real rs = 1 / R_SQRT(v / C + (mm_real)1e-5);
+        const size_t o = (size_t)r * C;
+        mm_real *rr = res + o;
 #pragma omp simd
-        for (int c = 0; c < C; c++) o[c] = (xr[c] - m) * rs * g[c] + b[c];
-        mean[r] = m;
-        rstd[r] = rs;
+        for (int c = 0; c < C; c++) rr[c] = a[o + c] + b[o + c];
+        layernorm_row(out + o, &mean[r], &rstd[r], rr, g, beta, C);
     }
 }
 
@@ -807,6 +827,7 @@ const model_ops model_ops_cpu = {
     .gelu_fwd = gelu_fwd,
     .gelu_bwd = gelu_bwd,
     .add = add,
+    .add_layernorm_fwd = add_layernorm_fwd,
     .dropout = dropout,
     .attention_fwd = attention_fwd,
     .attention_bwd = attention_bwd,

@@ -134,6 +134,45 @@ static void layernorm_fwd(const mm_backend *be, float *out, float *mean, float *
     CU_CHECK_LAUNCH("layernorm_fwd");
 }
 
+// The residual add fused in front: each lane writes its elements of the row's sum and reads
+// the same ones back in the passes after (no other thread touches them, so no barrier), in
+// k_layernorm_fwd's order: the same bits as add + layernorm_fwd, one launch and one pass over
+// a and b fewer.
+__global__ void k_add_layernorm_fwd(float *res, float *out, float *mean, float *rstd,
+                                    const float *a, const float *b, const float *g,
+                                    const float *beta, int N, int C) {
+    const int r = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
+    const int lane = threadIdx.x % CU_WARP;
+    if (r >= N) return;  // the whole warp: the shuffles below see every lane
+    const size_t o = (size_t)r * C;
+    float *xr = res + o;
+    float s = 0;
+    for (int c = lane; c < C; c += CU_WARP) {
+        const float v = a[o + c] + b[o + c];
+        xr[c] = v;
+        s += v;
+    }
+    const float m = warp_sum(s) / C;
+    float v = 0;
+    for (int c = lane; c < C; c += CU_WARP) v += (xr[c] - m) * (xr[c] - m);
+    const float rs = 1 / sqrtf(warp_sum(v) / C + 1e-5f);
+    for (int c = lane; c < C; c += CU_WARP) out[o + c] = (xr[c] - m) * rs * g[c] + beta[c];
+    if (lane == 0) {
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
+static void add_layernorm_fwd(const mm_backend *be, float *res, float *out, float *mean,
+                              float *rstd, const float *a, const float *b, const float *g,
+                              const float *beta, int N, int C) {
+    if (N <= 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    CU_LAUNCH(k_add_layernorm_fwd, row_blocks(N), CU_THREADS, c->stream, res, out, mean, rstd, a,
+              b, g, beta, N, C);
+    CU_CHECK_LAUNCH("add_layernorm_fwd");
+}
+
 // dx += (dout g - mean(dout g) - xhat mean(dout g xhat)) rstd, one warp per row
 __global__ void k_layernorm_bwd_dx(float *dx, const float *dout, const float *x, const float *g,
                                    const float *mean, const float *rstd, int N, int C) {
@@ -974,6 +1013,7 @@ const model_ops model_ops_cuda = {
     .gelu_fwd = gelu_fwd,
     .gelu_bwd = gelu_bwd,
     .add = add,
+    .add_layernorm_fwd = add_layernorm_fwd,
     .dropout = dropout,
     .attention_fwd = attention_fwd,
     .attention_bwd = attention_bwd,

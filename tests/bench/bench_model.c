@@ -149,6 +149,14 @@ static void t_add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a
     model_ops_cpu.add(&mm_backend_cpu, out, a, b, n);
     probe.t[OP_ADD] += mm_now() - t0;
 }
+// counted as layernorm: the add rides along in the same pass
+static void t_add_layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *res, mm_real *out,
+                                mm_real *mean, mm_real *rstd, const mm_real *a, const mm_real *b,
+                                const mm_real *g, const mm_real *beta, int N, int C) {
+    double t0 = mm_now();
+    model_ops_cpu.add_layernorm_fwd(&mm_backend_cpu, res, out, mean, rstd, a, b, g, beta, N, C);
+    probe.t[OP_NORM] += mm_now() - t0;
+}
 static void t_attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att,
                             const mm_real *qkv, const uint8_t *key_valid, int B, int T, int P,
                             int NH, int HD, const model_drop *drop) {
@@ -189,6 +197,7 @@ static model_ops timed_ops_make(void) {
     o.gelu_fwd = t_gelu_fwd;
     o.gelu_bwd = t_gelu_bwd;
     o.add = t_add;
+    o.add_layernorm_fwd = t_add_layernorm_fwd;
     o.attention_fwd = t_attention_fwd;
     o.attention_bwd = t_attention_bwd;
     o.xent_fwd = t_xent_fwd;

@@ -105,6 +105,12 @@ static void p_gelu_bwd(const mm_backend *be, float *dx, const float *x, const fl
                        size_t n) {
     TIMED(be, K_OTHER, model_ops_cuda.gelu_bwd(be, dx, x, dout, n));
 }
+static void p_add_layernorm_fwd(const mm_backend *be, float *res, float *out, float *mean,
+                                float *rstd, const float *a, const float *b, const float *g,
+                                const float *beta, int N, int C) {
+    TIMED(be, K_OTHER,
+          model_ops_cuda.add_layernorm_fwd(be, res, out, mean, rstd, a, b, g, beta, N, C));
+}
 static void p_add(const mm_backend *be, float *out, const float *a, const float *b, size_t n) {
     TIMED(be, K_OTHER, model_ops_cuda.add(be, out, a, b, n));
 }
@@ -321,6 +327,7 @@ int main(int argc, char **argv) {
     ops.gelu_fwd = p_gelu_fwd;
     ops.gelu_bwd = p_gelu_bwd;
     ops.add = p_add;
+    ops.add_layernorm_fwd = p_add_layernorm_fwd;
     ops.attention_fwd = p_attention_fwd;
     ops.attention_bwd = p_attention_bwd;
     ops.xent_fwd = p_xent_fwd;

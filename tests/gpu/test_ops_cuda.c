@@ -217,11 +217,34 @@ static void test_layernorm(T *t, int N, int C) {
     model_ops_cuda.layernorm_bwd(t->be, f_dx, f_dg, f_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
     check_same(t, "layernorm_bwd", shape, "dg rerun", e_dg, f_dg, C);
     check_same(t, "layernorm_bwd", shape, "db rerun", e_db, f_db, C);
-    void *h[] = {x, g, b, dout, dx0, dg0, db0, out, mean, rstd, dx, dg, db};
-    void *d[] = {d_x, d_g, d_b, d_dout, d_out, d_mean, d_rstd, d_dx, d_dg, d_db,
-                 e_dx, e_dg, e_db, f_dx, f_dg, f_db};
-    free_all(13, h);
-    cuda_free_all(16, d);
+    // the fused residual add (res = x + dout here): against the CPU's fused op, and bitwise
+    // against this backend's own add + layernorm_fwd; out of place and in place (res = a)
+    float *res = mm_malloc(n * 4);
+    model_ops_cpu.add_layernorm_fwd(&mm_backend_cpu, res, out, mean, rstd, x, dout, g, b, N, C);
+    float *s_res = cuda_alloc(t->c, n * 4), *s_out = cuda_alloc(t->c, n * 4),
+          *s_mean = cuda_alloc(t->c, N * 4), *s_rstd = cuda_alloc(t->c, N * 4);
+    model_ops_cuda.add(t->be, s_res, d_x, d_dout, n);
+    model_ops_cuda.layernorm_fwd(t->be, s_out, s_mean, s_rstd, s_res, d_g, d_b, N, C);
+    for (int inplace = 0; inplace < 2; inplace++) {
+        const char *op = "add_layernorm_fwd";
+        if (inplace) snprintf(shape, sizeof(shape), "N%d C%d in place", N, C);
+        float *d_res = inplace ? dev(t, x, n * 4) : cuda_alloc(t->c, n * 4);
+        model_ops_cuda.add_layernorm_fwd(t->be, d_res, d_out, d_mean, d_rstd,
+                                         inplace ? d_res : d_x, d_dout, d_g, d_b, N, C);
+        check(t, op, shape, "res", d_res, res, n, 0);
+        check(t, op, shape, "out", d_out, out, n, 1e-5);
+        check(t, op, shape, "mean", d_mean, mean, N, 1e-5);
+        check(t, op, shape, "rstd", d_rstd, rstd, N, 1e-5);
+        check_same(t, op, shape, "out = add, layernorm_fwd", d_out, s_out, n);
+        check_same(t, op, shape, "mean = add, layernorm_fwd", d_mean, s_mean, N);
+        check_same(t, op, shape, "rstd = add, layernorm_fwd", d_rstd, s_rstd, N);
+        cuda_free(d_res);
+    }
+    void *h[] = {x, g, b, dout, dx0, dg0, db0, out, mean, rstd, dx, dg, db, res};
+    void *d[] = {d_x,  d_g,  d_b,  d_dout, d_out, d_mean, d_rstd, d_dx,  d_dg,   d_db,
+                 e_dx, e_dg, e_db, f_dx,   f_dg,  f_db,   s_res,  s_out, s_mean, s_rstd};
+    free_all(14, h);
+    cuda_free_all(20, d);
 }
 
 static void test_elementwise(T *t, size_t n) {
