@@ -362,11 +362,16 @@ static void cb_mem_avail(const mm_backend *be MM_UNUSED, size_t *avail, size_t *
 }
 
 // The ops' scratch (cuda_scratch) grows to the largest single request: self-attention's
-// probabilities (when they fit in attn_core_bytes; the flash kernel beyond needs none), or
-// the bf16 copies of a matmul's operands and the chunked reductions' partial sums, each
-// within one block's activations. Plus cuBLAS's own workspace (32 MiB on Hopper).
+// backward on the cuBLAS core (when the probabilities fit in attn_core_bytes; the flash
+// kernel beyond needs none) holds the probabilities and their gradient, in bf16 also their
+// bf16 copies: 2 or 3 times the fp32 probabilities; or the bf16 copies of a matmul's
+// operands and the chunked reductions' partial sums, each within one block's activations.
+// Plus cuBLAS's own workspace (32 MiB on Hopper).
 static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
-    const size_t attn = m->attn_probs <= ctx_of(be)->attn_core_bytes ? m->attn_probs : 0;
+    const cuda_ctx *c = ctx_of(be);
+    const size_t attn = m->attn_probs <= c->attn_core_bytes
+                            ? m->attn_probs * (c->precision == CUDA_BF16 ? 3 : 2)
+                            : 0;
     return (attn > m->act_per_layer ? attn : m->act_per_layer) + ((size_t)32 << 20);
 }
 

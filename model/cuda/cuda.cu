@@ -299,13 +299,19 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, cons
 }
 
 void cu_gemm_bf16(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
-                  const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta,
-                  float *C, int ldc) {
-    if (M <= 0 || N <= 0) return;
+                  const __nv_bfloat16 *A, int lda, long long sA, const __nv_bfloat16 *B, int ldb,
+                  long long sB, float beta, float *C, int ldc, long long sC, int batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
     MM_CHECK(K > 0, "gemm: inner dimension %d", K);
-    CUBLAS_CHECK(cublasGemmEx(c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb, A,
-                              CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    if (batch == 1)
+        CUBLAS_CHECK(cublasGemmEx(c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb,
+                                  A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+            c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF,
+            lda, sA, &beta, C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
+            CUBLAS_GEMM_DEFAULT));
 }
 
 __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
@@ -347,15 +353,21 @@ void cu_colsum_final(cuda_ctx *c, const float *part, int S, int nch, int K, int 
 // heads layout (cuda_internal.h). One grid row per (b, h) (looping when there are more than
 // the grid allows), grid-stride over the head's T * HD elements.
 
-__global__ void k_heads_split(float *dst, const float *src, int BNH, int NH, int T, int HD, int rs,
+__device__ __forceinline__ void heads_store(float *p, float v) { *p = v; }
+__device__ __forceinline__ void heads_store(__nv_bfloat16 *p, float v) {
+    *p = __float2bfloat16(v);
+}
+
+template <typename D>
+__global__ void k_heads_split(D *dst, const float *src, int BNH, int NH, int T, int HD, int rs,
                               int off) {
     const int n = T * HD;
     for (int bh = blockIdx.y; bh < BNH; bh += gridDim.y) {
         const int b = bh / NH, h = bh % NH;
         const float *s = src + (size_t)b * T * rs + off + (size_t)h * HD;
-        float *d = dst + (size_t)bh * n;
+        D *d = dst + (size_t)bh * n;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-            d[i] = s[(size_t)(i / HD) * rs + i % HD];
+            heads_store(&d[i], s[(size_t)(i / HD) * rs + i % HD]);
     }
 }
 
@@ -379,13 +391,22 @@ static dim3 heads_grid(int BNH, int n) {
     return dim3(x, BNH < 65535 ? BNH : 65535);
 }
 
-void cu_heads_split(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,
-                    int rs, int off) {
+template <typename D>
+static void heads_split(cuda_ctx *c, D *dst, const float *src, int B, int T, int NH, int HD,
+                        int rs, int off) {
     if (B <= 0 || T <= 0) return;
     MM_CHECK((size_t)T * HD < (size_t)1 << 31, "heads: T*HD %d*%d too large", T, HD);
-    CU_LAUNCH(k_heads_split, heads_grid(B * NH, T * HD), CU_THREADS, c->stream, dst, src,
+    CU_LAUNCH(k_heads_split<D>, heads_grid(B * NH, T * HD), CU_THREADS, c->stream, dst, src,
               B * NH, NH, T, HD, rs, off);
     CU_CHECK_LAUNCH("heads_split");
+}
+void cu_heads_split(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,
+                    int rs, int off) {
+    heads_split(c, dst, src, B, T, NH, HD, rs, off);
+}
+void cu_heads_split(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, int B, int T, int NH,
+                    int HD, int rs, int off) {
+    heads_split(c, dst, src, B, T, NH, HD, rs, off);
 }
 
 void cu_heads_merge(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,

@@ -149,13 +149,13 @@ __device__ __forceinline__ void cu_flag(int *flag, int code, int a, int b) {
 // A stored row-major as (M, K) (ta = 0) or (K, M) (ta = 1) with row stride lda; B likewise
 // as (K, N) or (N, K) with ldb; C (M, N) with ldc. Batched over `batch` matrices at element
 // strides sA, sB, sC. Row-major C is column-major C^T = op(B)^T op(A)^T, hence the swap.
-// Precision CUDA_BF16 takes bf16 A and B (the caller converted them); C is always fp32.
+// cu_gemm_bf16 takes bf16 A and B (tensor cores, fp32 accumulation); C is always fp32.
 void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const float *A,
              int lda, long long sA, const float *B, int ldb, long long sB, float beta, float *C,
              int ldc, long long sC, int batch);
 void cu_gemm_bf16(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
-                  const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta,
-                  float *C, int ldc);
+                  const __nv_bfloat16 *A, int lda, long long sA, const __nv_bfloat16 *B, int ldb,
+                  long long sB, float beta, float *C, int ldc, long long sC, int batch);
 // dst (n) = bf16(src) (round to nearest even)
 void cu_to_bf16(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, size_t n);
 
@@ -211,9 +211,11 @@ void cu_colsum(cuda_ctx *c, F f, int S, int R, int C, float *dst0, float *dst1, 
 // ---------------------------------------------------------------------------------------
 // heads: (B, T, NH, HD) rows at row stride rs and column offset off  <->  (B, NH, T, HD)
 
-// dst (B, NH, T, HD) = src[(b*T + t) * rs + off + h*HD + d]
+// dst (B, NH, T, HD) = src[(b*T + t) * rs + off + h*HD + d] (bf16 dst: rounded to nearest)
 void cu_heads_split(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,
                     int rs, int off);
+void cu_heads_split(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, int B, int T, int NH,
+                    int HD, int rs, int off);
 // dst[(b*T + t) * rs + off + h*HD + d] (+)= src (B, NH, T, HD): acc = 1 adds, 0 overwrites
 void cu_heads_merge(cuda_ctx *c, float *dst, const float *src, int B, int T, int NH, int HD,
                     int rs, int off, int acc);
@@ -230,6 +232,17 @@ void cu_attn_fwd(cuda_ctx *c, float *att, float *o, const float *q, const float 
 void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const float *dout,
                  const float *q, const float *k, const float *v, const float *att, int B,
                  int Tq, int Tk, int NH, int HD);
+// The same pair on tensor cores: q, k, v and dout in bf16; scores, softmax and its backward
+// in fp32 (att, ds); the probabilities and dscores rounded to bf16 (att16, ds16, of att's
+// shape) for the products after them, as FlashAttention-2 rounds P and dS; every product
+// accumulates in fp32. o NULL: the probabilities only (no product with v).
+void cu_attn_fwd16(cuda_ctx *c, float *att, __nv_bfloat16 *att16, float *o,
+                   const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                   const uint8_t *key_valid, int B, int Tq, int Tk, int P, int NH, int HD);
+void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
+                   __nv_bfloat16 *ds16, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
+                   const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *att,
+                   const __nv_bfloat16 *att16, int B, int Tq, int Tk, int NH, int HD);
 
 // ---------------------------------------------------------------------------------------
 // the ops table's memory and glue ops (ops_glue_cuda.cu; model.h documents them)

@@ -53,7 +53,7 @@ static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const
     __nv_bfloat16 *w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
     cu_to_bf16(c, inp16, inp, (size_t)N * IC);
     cu_to_bf16(c, w16, w, (size_t)OC * IC);
-    cu_gemm_bf16(c, 0, 1, N, OC, IC, 1, inp16, IC, w16, IC, beta, out, OC);
+    cu_gemm_bf16(c, 0, 1, N, OC, IC, 1, inp16, IC, 0, w16, IC, 0, beta, out, OC, 0, 1);
 }
 
 // one column of rows: dbias
@@ -88,9 +88,9 @@ static void matmul_bwd(const mm_backend *be, float *dinp, float *dw, float *dbia
         if (dinp) {
             __nv_bfloat16 *w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sz);
             cu_to_bf16(c, w16, w, (size_t)OC * IC);
-            cu_gemm_bf16(c, 0, 0, N, IC, OC, 1, dout16, OC, w16, IC, 1, dinp, IC);
+            cu_gemm_bf16(c, 0, 0, N, IC, OC, 1, dout16, OC, 0, w16, IC, 0, 1, dinp, IC, 0, 1);
         }
-        cu_gemm_bf16(c, 1, 0, OC, IC, N, 1, dout16, OC, inp16, IC, 1, dw, IC);
+        cu_gemm_bf16(c, 1, 0, OC, IC, N, 1, dout16, OC, 0, inp16, IC, 0, 1, dw, IC, 0, 1);
     }
     // after the GEMMs: cu_colsum takes the scratch the bf16 copies were in
     if (dbias) cu_colsum(c, colsum_rows{dout, OC}, 1, N, OC, dbias, NULL, 0);
@@ -327,9 +327,10 @@ __global__ void k_attn_drop(float *dst, const float *src, model_drop d, int B, i
 
 // In place over the scores (rows = B * NH * Tq rows of Tk): masked softmax, one warp per row.
 // Query i of sample b may see key j iff key_valid[b*Tk + j] and j < lim(i); lim = Tk when
-// P < 0, else P for a prefix query (i < P) and i + 1 for a causal one.
-__global__ void k_attn_softmax(float *att, const uint8_t *key_valid, int rows, int NH, int Tq,
-                               int Tk, int P) {
+// P < 0, else P for a prefix query (i < P) and i + 1 for a causal one. att16 (NULL: none)
+// gets the probabilities rounded to bf16 as well, for the product with v on tensor cores.
+__global__ void k_attn_softmax(float *att, __nv_bfloat16 *att16, const uint8_t *key_valid,
+                               int rows, int NH, int Tq, int Tk, int P) {
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (row >= rows) return;
@@ -342,8 +343,12 @@ __global__ void k_attn_softmax(float *att, const uint8_t *key_valid, int rows, i
     for (int j = lane; j < lim; j += CU_WARP)
         if (valid[j]) mx = fmaxf(mx, a[j]);
     mx = warp_max(mx);
+    __nv_bfloat16 *a16 = att16 ? att16 + (size_t)row * Tk : NULL;
     if (mx == -INFINITY) {  // no allowed key: a zero row
-        for (int j = lane; j < Tk; j += CU_WARP) a[j] = 0;
+        for (int j = lane; j < Tk; j += CU_WARP) {
+            a[j] = 0;
+            if (a16) a16[j] = __float2bfloat16(0.0f);
+        }
         return;
     }
     float s = 0;
@@ -353,11 +358,17 @@ __global__ void k_attn_softmax(float *att, const uint8_t *key_valid, int rows, i
         s += e;
     }
     const float inv = 1 / warp_sum(s);
-    for (int j = lane; j < Tk; j += CU_WARP) a[j] *= inv;
+    for (int j = lane; j < Tk; j += CU_WARP) {
+        a[j] *= inv;
+        if (a16) a16[j] = __float2bfloat16(a[j]);
+    }
 }
 
-// ds (rows, Tk) = scale * p * (dp - sum_j p dp), in place over dp; 0 wherever p is.
-__global__ void k_attn_softmax_bwd(float *ds, const float *att, int rows, int Tk, float scale) {
+// ds (rows, Tk) = scale * p * (dp - sum_j p dp), in place over dp; 0 wherever p is. With
+// ds16 (not NULL) the result goes there, rounded to bf16, and dp is left as it was: the
+// products after it run on tensor cores and read only the bf16 copy.
+__global__ void k_attn_softmax_bwd(float *ds, __nv_bfloat16 *ds16, const float *att, int rows,
+                                   int Tk, float scale) {
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (row >= rows) return;
@@ -366,7 +377,13 @@ __global__ void k_attn_softmax_bwd(float *ds, const float *att, int rows, int Tk
     float dot = 0;
     for (int j = lane; j < Tk; j += CU_WARP) dot += p[j] * d[j];
     dot = warp_sum(dot);
-    for (int j = lane; j < Tk; j += CU_WARP) d[j] = scale * p[j] * (d[j] - dot);
+    if (ds16) {
+        __nv_bfloat16 *d16 = ds16 + (size_t)row * Tk;
+        for (int j = lane; j < Tk; j += CU_WARP)
+            d16[j] = __float2bfloat16(scale * p[j] * (d[j] - dot));
+    } else {
+        for (int j = lane; j < Tk; j += CU_WARP) d[j] = scale * p[j] * (d[j] - dot);
+    }
 }
 
 void cu_attn_fwd(cuda_ctx *c, float *att, float *o, const float *q, const float *k,
@@ -377,8 +394,8 @@ void cu_attn_fwd(cuda_ctx *c, float *att, float *o, const float *q, const float 
     const float scale = 1 / sqrtf((float)HD);
     cu_gemm(c, 0, 1, Tq, Tk, HD, scale, q, HD, sq, k, HD, sk, 0, att, Tk, sa, BNH);
     const int rows = BNH * Tq;
-    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, key_valid, rows, NH,
-              Tq, Tk, P);
+    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, nullptr, key_valid,
+              rows, NH, Tq, Tk, P);
     CU_CHECK_LAUNCH("attention softmax");
     cu_gemm(c, 0, 0, Tq, HD, Tk, 1, att, Tk, sa, v, HD, sk, 0, o, HD, sq, BNH);
 }
@@ -393,12 +410,43 @@ void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const 
     cu_gemm(c, 0, 1, Tq, Tk, HD, 1, dout, HD, sq, v, HD, sk, 0, ds, Tk, sa, BNH);
     cu_gemm(c, 1, 0, Tk, HD, Tq, 1, att, Tk, sa, dout, HD, sq, 0, dv, HD, sk, BNH);
     const int rows = BNH * Tq;
-    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, att, rows, Tk,
-              scale);
+    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, nullptr, att, rows,
+              Tk, scale);
     CU_CHECK_LAUNCH("attention softmax backward");
     // scores = scale q k^T (scale folded into ds): dq = ds k ; dk = ds^T q
     cu_gemm(c, 0, 0, Tq, HD, Tk, 1, ds, Tk, sa, k, HD, sk, 0, dq, HD, sq, BNH);
     cu_gemm(c, 1, 0, Tk, HD, Tq, 1, ds, Tk, sa, q, HD, sq, 0, dk, HD, sk, BNH);
+}
+
+void cu_attn_fwd16(cuda_ctx *c, float *att, __nv_bfloat16 *att16, float *o,
+                   const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                   const uint8_t *key_valid, int B, int Tq, int Tk, int P, int NH, int HD) {
+    const int BNH = B * NH;
+    const long long sq = (long long)Tq * HD, sk = (long long)Tk * HD, sa = (long long)Tq * Tk;
+    const float scale = 1 / sqrtf((float)HD);
+    cu_gemm_bf16(c, 0, 1, Tq, Tk, HD, scale, q, HD, sq, k, HD, sk, 0, att, Tk, sa, BNH);
+    const int rows = BNH * Tq;
+    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, att16, key_valid,
+              rows, NH, Tq, Tk, P);
+    CU_CHECK_LAUNCH("attention softmax");
+    if (o) cu_gemm_bf16(c, 0, 0, Tq, HD, Tk, 1, att16, Tk, sa, v, HD, sk, 0, o, HD, sq, BNH);
+}
+
+void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
+                   __nv_bfloat16 *ds16, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
+                   const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *att,
+                   const __nv_bfloat16 *att16, int B, int Tq, int Tk, int NH, int HD) {
+    const int BNH = B * NH;
+    const long long sq = (long long)Tq * HD, sk = (long long)Tk * HD, sa = (long long)Tq * Tk;
+    const float scale = 1 / sqrtf((float)HD);
+    cu_gemm_bf16(c, 0, 1, Tq, Tk, HD, 1, dout, HD, sq, v, HD, sk, 0, ds, Tk, sa, BNH);
+    cu_gemm_bf16(c, 1, 0, Tk, HD, Tq, 1, att16, Tk, sa, dout, HD, sq, 0, dv, HD, sk, BNH);
+    const int rows = BNH * Tq;
+    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, ds16, att, rows,
+              Tk, scale);
+    CU_CHECK_LAUNCH("attention softmax backward");
+    cu_gemm_bf16(c, 0, 0, Tq, HD, Tk, 1, ds16, Tk, sa, k, HD, sk, 0, dq, HD, sq, BNH);
+    cu_gemm_bf16(c, 1, 0, Tk, HD, Tq, 1, ds16, Tk, sa, q, HD, sq, 0, dk, HD, sk, BNH);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -417,7 +465,10 @@ void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const 
 // way. On an H200 at GPT-2-small size (T 1024, bf16) the core took 1.06 ms forward and
 // 1.96 ms backward per layer from saved probabilities (about 3.0 ms with the recomputation),
 // this SIMT kernel 1.26 and 4.87 ms: until flash attention runs on tensor cores it is the
-// path for long sequences, whose probabilities would not fit.
+// path for long sequences, whose probabilities would not fit. In precision bf16 without
+// attention dropout the core's four products run on tensor cores (attention_core16: bf16
+// operands, fp32 scores, softmax and accumulation); the DiT's cross-attention
+// (ops_dit_cuda.cu) still takes the fp32 core.
 //
 // Numbers: the same mask and the same zero rows as the CPU op; the results differ from the
 // CPU's only in summation order (running max and rescaled sums instead of one max and one
@@ -815,10 +866,53 @@ static void attention_core_bwd_drop(cuda_ctx *c, float *dq, float *dk, float *dv
     CU_LAUNCH(k_attn_drop, cu_blocks((size_t)rows * T, CU_THREADS), CU_THREADS, c->stream, ds, ds,
               d, B, NH, T);
     CU_CHECK_LAUNCH("attention dropout backward");
-    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, att, rows, T, scale);
+    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, nullptr, att, rows,
+              T, scale);
     CU_CHECK_LAUNCH("attention softmax backward");
     cu_gemm(c, 0, 0, T, HD, T, 1, ds, T, sa, k, HD, sq, 0, dq, HD, sq, BNH);
     cu_gemm(c, 1, 0, T, HD, T, 1, ds, T, sa, q, HD, sq, 0, dk, HD, sq, BNH);
+}
+
+// The cuBLAS path on tensor cores (precision bf16, no dropout; cu_attn_fwd16): q, k, v split
+// straight into bf16 heads. Scratch, carved in this order: q16 k16 v16, o and att (fp32),
+// att16; with bwd also dout16, dq dk dv (fp32), ds (fp32), ds16. The backward calls it again
+// without out (the probabilities only: no product with v).
+struct attn16_ws {
+    __nv_bfloat16 *q, *k, *v, *att16, *dout, *ds16;
+    float *o, *att, *dq, *dk, *dv, *ds;
+};
+static attn16_ws attention_core16(cuda_ctx *c, float *out, const float *qkv,
+                                  const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
+                                  int bwd) {
+    typedef __nv_bfloat16 bf16;
+    const int C = NH * HD;
+    const size_t e = (size_t)B * T * C, ea = (size_t)B * NH * T * T, h = sizeof(bf16);
+    attn16_ws w = {};
+    cu_carver cv = {NULL, 0};
+    for (int pass = 0; pass < 2; pass++) {  // count, then carve
+        w.q = (bf16 *)cu_carve(&cv, e * h);
+        w.k = (bf16 *)cu_carve(&cv, e * h);
+        w.v = (bf16 *)cu_carve(&cv, e * h);
+        w.o = (float *)cu_carve(&cv, out ? e * 4 : 0);
+        w.att = (float *)cu_carve(&cv, ea * 4);
+        w.att16 = (bf16 *)cu_carve(&cv, ea * h);
+        if (bwd) {
+            w.dout = (bf16 *)cu_carve(&cv, e * h);
+            w.dq = (float *)cu_carve(&cv, e * 4);
+            w.dk = (float *)cu_carve(&cv, e * 4);
+            w.dv = (float *)cu_carve(&cv, e * 4);
+            w.ds = (float *)cu_carve(&cv, ea * 4);
+            w.ds16 = (bf16 *)cu_carve(&cv, ea * h);
+        }
+        if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
+    }
+    cu_heads_split(c, w.q, qkv, B, T, NH, HD, 3 * C, 0);
+    cu_heads_split(c, w.k, qkv, B, T, NH, HD, 3 * C, C);
+    cu_heads_split(c, w.v, qkv, B, T, NH, HD, 3 * C, 2 * C);
+    cu_attn_fwd16(c, w.att, w.att16, out ? w.o : NULL, w.q, w.k, w.v, key_valid, B, T, T, P, NH,
+                  HD);
+    if (out) cu_heads_merge(c, out, w.o, B, T, NH, HD, C, 0, 0);
+    return w;
 }
 
 // The saved buffer (attention_saved): lse (B, NH, T) floats, then a copy of the forward's
@@ -835,6 +929,10 @@ static uint8_t *saved_mask(float *att, int B, int NH, int T) {
 static int attention_core(const cuda_ctx *c, int B, int NH, int T, int HD) {
     return HD > FA_HD || (size_t)B * NH * T * T * sizeof(float) <= c->attn_core_bytes;
 }
+// 1 when that core runs on tensor cores (attention_core16)
+static int attention_core16_on(const cuda_ctx *c, const model_drop &d) {
+    return c->precision == CUDA_BF16 && !d.thr;
+}
 
 static void attention_fwd(const mm_backend *be, float *out, float *att, const float *qkv,
                           const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
@@ -846,7 +944,10 @@ static void attention_fwd(const mm_backend *be, float *out, float *att, const fl
     CU_CHECK(cudaMemcpyAsync(saved_mask(att, B, NH, T), key_valid, (size_t)B * T,
                              cudaMemcpyDeviceToDevice, c->stream));
     if (attention_core(c, B, NH, T, HD)) {
-        attention_core_fwd(c, out, qkv, key_valid, B, T, P, NH, HD, d, 0);
+        if (attention_core16_on(c, d))
+            attention_core16(c, out, qkv, key_valid, B, T, P, NH, HD, 0);
+        else
+            attention_core_fwd(c, out, qkv, key_valid, B, T, P, NH, HD, d, 0);
         return;
     }
     MM_CHECK(B * NH <= 65535, "attention: B * NH = %d above the grid's 65535", B * NH);
@@ -865,6 +966,16 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
     const model_drop d = drop_arg(drop);
     const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
     const int C = NH * HD;
+    if (attention_core(c, B, NH, T, HD) && attention_core16_on(c, d)) {
+        const attn16_ws w = attention_core16(c, NULL, qkv, key_valid, B, T, P, NH, HD, 1);
+        cu_heads_split(c, w.dout, dout, B, T, NH, HD, C, 0);
+        cu_attn_bwd16(c, w.dq, w.dk, w.dv, w.ds, w.ds16, w.dout, w.q, w.k, w.v, w.att, w.att16, B,
+                      T, T, NH, HD);
+        cu_heads_merge(c, dqkv, w.dq, B, T, NH, HD, 3 * C, 0, 1);
+        cu_heads_merge(c, dqkv, w.dk, B, T, NH, HD, 3 * C, C, 1);
+        cu_heads_merge(c, dqkv, w.dv, B, T, NH, HD, 3 * C, 2 * C, 1);
+        return;
+    }
     if (attention_core(c, B, NH, T, HD)) {  // recompute the probabilities, then the backward
         const size_t n = cu_round_up((size_t)B * T * C * sizeof(float), 256);
         const size_t na = cu_round_up((size_t)B * NH * T * T * sizeof(float), 256);

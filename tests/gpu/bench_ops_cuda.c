@@ -140,18 +140,25 @@ static void gpt2(bench *b, int B) {
     memset(ones, 1, (size_t)N);
     cuda_upload(b->c, valid, ones, (size_t)N);
     free(ones);
-    // both self-attention paths (ops_cuda.cu attention_core): flash, then the cuBLAS core
+    // the self-attention paths (ops_cuda.cu attention_core): flash, then the cuBLAS core in
+    // fp32 and in bf16 (tensor cores)
     const size_t core_bytes = b->c->attn_core_bytes;
-    for (int path = 0; path < 2; path++) {
+    static const char *const fwd_name[3] = {"attention_fwd (flash)", "attention_fwd (cuBLAS)",
+                                            "attention_fwd (bf16 TC)"};
+    static const char *const bwd_name[3] = {"attention_bwd (flash)", "attention_bwd (cuBLAS)",
+                                            "attention_bwd (bf16 TC)"};
+    for (int path = 0; path < 3; path++) {
         b->c->attn_core_bytes = path ? SIZE_MAX : 0;
+        b->c->precision = path == 2 ? CUDA_BF16 : CUDA_FP32;
         TIME_MS(b, ms,
                 model_ops_cuda.attention_fwd(b->be, y, att, qkvb, valid, B, T, 64, NH, HD, NULL));
-        op_row(path ? "attention_fwd (cuBLAS)" : "attention_fwd (flash)", ms, &proj, 0);
+        op_row(fwd_name[path], ms, &proj, 0);
         TIME_MS(b, ms,
                 model_ops_cuda.attention_bwd(b->be, dqkv, x, qkvb, y, att, B, T, 64, NH, HD, NULL));
-        op_row(path ? "attention_bwd (cuBLAS)" : "attention_bwd (flash)", ms, &qkv, 1);
+        op_row(bwd_name[path], ms, &qkv, 1);
     }
     b->c->attn_core_bytes = core_bytes;
+    b->c->precision = CUDA_FP32;
     cuda_free(att);
     cuda_free(qkvb);
     cuda_free(dqkv);

@@ -566,4 +566,23 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
     return CUBLAS_STATUS_SUCCESS;
 }
 
+// one cublasGemmEx per matrix (element strides; bf16 inputs, fp32 output as there)
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta,
+                                          cublasOperation_t tb, int m, int n, int k,
+                                          const void *alpha, const void *A, cudaDataType at,
+                                          int lda, long long sA, const void *B, cudaDataType bt,
+                                          int ldb, long long sB, const void *beta, void *C,
+                                          cudaDataType ct, int ldc, long long sC, int batch,
+                                          cublasComputeType_t compute, cublasGemmAlgo_t algo) {
+    if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    for (int i = 0; i < batch; i++) {
+        cublasStatus_t s = cublasGemmEx(h, ta, tb, m, n, k, alpha,
+                                        (const __nv_bfloat16 *)A + i * sA, at, lda,
+                                        (const __nv_bfloat16 *)B + i * sB, bt, ldb, beta,
+                                        (float *)C + i * sC, ct, ldc, compute, algo);
+        if (s != CUBLAS_STATUS_SUCCESS) return s;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 }  // extern "C"

@@ -324,15 +324,43 @@ static void ref_lse(float *lse, const float *qkv, const uint8_t *kv, int B, int 
 // pdrop > 0: with dropout on the probabilities (the same counters on both backends: the CPU
 // and CUDA masks are the same bits, so the tolerance stays the summation order's), the heads
 // placed as from head 1 of a wider layout.
-static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pdrop) {
+// What the backward added to a (rows, 3, C) gradient that started at base, as dq, dk and dv,
+// each against its own largest value: the start and a peaked softmax's small dq and dk would
+// hide an error in them in the whole's norm
+static void check_qkv_parts(T *t, const char *shape, const float *d, const float *ref,
+                            const float *base, int rows, int C, double tol) {
+    float *h = mm_malloc((size_t)rows * 3 * C * 4), *a = mm_malloc((size_t)rows * C * 4),
+          *b = mm_malloc((size_t)rows * C * 4);
+    cuda_ctx_sync(t->c);
+    cuda_download(t->c, h, d, (size_t)rows * 3 * C * 4);
+    static const char *const name[3] = {"dq", "dk", "dv"};
+    for (int p = 0; p < 3; p++) {
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < C; c++) {
+                const size_t i = ((size_t)r * 3 + p) * C + c;
+                a[(size_t)r * C + c] = h[i] - base[i];
+                b[(size_t)r * C + c] = ref[i] - base[i];
+            }
+        row(t, "attention_bwd", shape, name[p], rel_err(a, b, (size_t)rows * C), tol);
+    }
+    free(h), free(a), free(b);
+}
+
+static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pdrop,
+                           cuda_precision prec) {
     const int C = NH * HD;
     size_t nqkv = (size_t)B * Tn * 3 * C, no = (size_t)B * Tn * C, na = (size_t)B * NH * Tn * Tn;
     // the path the op takes (ops_cuda.cu attention_core): flash unless the probabilities fit
-    // the context's attn_core_bytes or the heads are wider than 64
+    // the context's attn_core_bytes or the heads are wider than 64; the cuBLAS core runs on
+    // tensor cores in bf16 without dropout (1e-2 against the fp32 CPU op, as bf16 matmuls)
     const int flash = HD <= 64 && na * sizeof(float) > t->c->attn_core_bytes;
+    const int tc = !flash && prec == CUDA_BF16 && pdrop == 0;
+    const double tol = tc ? 1e-2 : 1e-5;
+    t->c->precision = prec;
     char shape[64];
-    snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d %s%s", B, Tn, P, NH, HD,
-             flash ? "flash" : "cuBLAS", pdrop > 0 ? " drop" : "");
+    snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d %s%s%s", B, Tn, P, NH, HD,
+             flash ? "flash" : tc ? "cuBLAS-bf16" : "cuBLAS", pdrop > 0 ? " drop" : "",
+             prec == CUDA_BF16 && !tc ? " (bf16 ctx)" : "");
     uint64_t keys[8];
     for (int b = 0; b < B && b < 8; b++) keys[b] = 1000003u * (uint64_t)(b + 1);
     uint64_t *d_keys = dev(t, keys, sizeof(keys));
@@ -357,7 +385,7 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pd
           *d_dqkv = dev(t, dqkv0, nqkv * 4), *d_dqkv2 = dev(t, dqkv0, nqkv * 4);
     uint8_t *d_kv = dev(t, kv, (size_t)B * Tn);
     model_ops_cuda.attention_fwd(t->be, d_out, d_att, d_qkv, d_kv, B, Tn, P, NH, HD, ddrop);
-    check(t, "attention_fwd", shape, "out", d_out, out, no, 1e-5);
+    check(t, "attention_fwd", shape, "out", d_out, out, no, tol);
     if (flash) {  // only flash saves the lse (the cuBLAS path recomputes everything)
         // -inf rows must match exactly; the finite ones to 1e-5 of the largest |lse|
         float *h = mm_malloc(nl * 4);
@@ -373,7 +401,8 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pd
     }
     model_ops_cuda.attention_bwd(t->be, d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
                                  ddrop);
-    check(t, "attention_bwd", shape, "dqkv", d_dqkv, dqkv, nqkv, 1e-5);
+    check(t, "attention_bwd", shape, "dqkv", d_dqkv, dqkv, nqkv, tol);
+    check_qkv_parts(t, shape, d_dqkv, dqkv, dqkv0, B * Tn, C, tol);
     model_ops_cuda.attention_bwd(t->be, d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
                                  ddrop);
     check_same(t, "attention_bwd", shape, "dqkv rerun", d_dqkv, d_dqkv2, nqkv);
@@ -381,6 +410,7 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pd
     void *d[] = {d_qkv, d_dout, d_out, d_att, d_dqkv, d_dqkv2, d_kv, d_keys};
     free_all(8, h);
     cuda_free_all(8, d);
+    t->c->precision = CUDA_FP32;
 }
 
 // The dropout op: the kept elements and their scaled values bitwise the CPU's (the same
@@ -931,17 +961,18 @@ int main(void) {
     // attention: T = 1, all-causal, all-prefix, mixed; HD not a multiple of 32; several
     // query and key tiles with the prefix ending inside one (HD 64, the flash kernels' widest);
     // HD 80 (always cuBLAS). Each shape on both paths: flash (attn_core_bytes 0) and the
-    // cuBLAS core (no limit); then the default limit is restored.
+    // cuBLAS core (no limit), the latter in fp32 and in bf16 (tensor cores without dropout;
+    // the fp32 core with it); then the default limit is restored.
     static const int at[][5] = {{1, 1, 0, 1, 4},   {3, 1, 1, 2, 8},     {3, 5, 2, 1, 3},
                                 {3, 37, 10, 2, 16}, {2, 64, 64, 4, 32},  {3, 70, 0, 3, 24},
                                 {3, 150, 45, 2, 64}, {2, 33, 7, 1, 80}};
     const size_t core_bytes = ctx->attn_core_bytes;
-    for (int path = 0; path < 2; path++) {
+    for (int path = 0; path < 3; path++) {
         ctx->attn_core_bytes = path ? SIZE_MAX : 0;
         for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++)
             for (int drop = 0; drop < 2; drop++)
                 test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4],
-                               drop ? 0.25 : 0);
+                               drop ? 0.25 : 0, path == 2 ? CUDA_BF16 : CUDA_FP32);
     }
     test_dropout(&t, 1, 1, 0.5);
     test_dropout(&t, 3, 1000, 0.1);
