@@ -235,8 +235,10 @@ void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const 
 // The same pair on tensor cores: q, k, v and dout in bf16; scores, softmax and its backward
 // in fp32 (att, ds); the probabilities and dscores rounded to bf16 (att16, ds16, of att's
 // shape) for the products after them, as FlashAttention-2 rounds P and dS; every product
-// accumulates in fp32. o NULL: the probabilities only (no product with v).
-void cu_attn_fwd16(cuda_ctx *c, float *att, __nv_bfloat16 *att16, float *o,
+// accumulates in fp32. o NULL: the probabilities only (no product with v). keep32 0: att
+// holds unnormalized scores afterwards, only att16 the probabilities (one pass fewer when
+// nothing reads att after the forward).
+void cu_attn_fwd16(cuda_ctx *c, float *att, int keep32, __nv_bfloat16 *att16, float *o,
                    const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                    const uint8_t *key_valid, int B, int Tq, int Tk, int P, int NH, int HD);
 void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,

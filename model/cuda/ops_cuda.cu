@@ -328,9 +328,10 @@ __global__ void k_attn_drop(float *dst, const float *src, model_drop d, int B, i
 // In place over the scores (rows = B * NH * Tq rows of Tk): masked softmax, one warp per row.
 // Query i of sample b may see key j iff key_valid[b*Tk + j] and j < lim(i); lim = Tk when
 // P < 0, else P for a prefix query (i < P) and i + 1 for a causal one. att16 (NULL: none)
-// gets the probabilities rounded to bf16 as well, for the product with v on tensor cores.
-__global__ void k_attn_softmax(float *att, __nv_bfloat16 *att16, const uint8_t *key_valid,
-                               int rows, int NH, int Tq, int Tk, int P) {
+// gets the probabilities rounded to bf16 as well, for the product with v on tensor cores;
+// with keep32 0 only att16 does (a forward whose backward recomputes them: one pass fewer).
+__global__ void k_attn_softmax(float *att, __nv_bfloat16 *att16, int keep32,
+                               const uint8_t *key_valid, int rows, int NH, int Tq, int Tk, int P) {
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (row >= rows) return;
@@ -359,8 +360,9 @@ __global__ void k_attn_softmax(float *att, __nv_bfloat16 *att16, const uint8_t *
     }
     const float inv = 1 / warp_sum(s);
     for (int j = lane; j < Tk; j += CU_WARP) {
-        a[j] *= inv;
-        if (a16) a16[j] = __float2bfloat16(a[j]);
+        const float p = a[j] * inv;
+        if (keep32) a[j] = p;
+        if (a16) a16[j] = __float2bfloat16(p);
     }
 }
 
@@ -394,7 +396,7 @@ void cu_attn_fwd(cuda_ctx *c, float *att, float *o, const float *q, const float 
     const float scale = 1 / sqrtf((float)HD);
     cu_gemm(c, 0, 1, Tq, Tk, HD, scale, q, HD, sq, k, HD, sk, 0, att, Tk, sa, BNH);
     const int rows = BNH * Tq;
-    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, nullptr, key_valid,
+    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, nullptr, 1, key_valid,
               rows, NH, Tq, Tk, P);
     CU_CHECK_LAUNCH("attention softmax");
     cu_gemm(c, 0, 0, Tq, HD, Tk, 1, att, Tk, sa, v, HD, sk, 0, o, HD, sq, BNH);
@@ -418,7 +420,7 @@ void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const 
     cu_gemm(c, 1, 0, Tk, HD, Tq, 1, ds, Tk, sa, q, HD, sq, 0, dk, HD, sk, BNH);
 }
 
-void cu_attn_fwd16(cuda_ctx *c, float *att, __nv_bfloat16 *att16, float *o,
+void cu_attn_fwd16(cuda_ctx *c, float *att, int keep32, __nv_bfloat16 *att16, float *o,
                    const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                    const uint8_t *key_valid, int B, int Tq, int Tk, int P, int NH, int HD) {
     const int BNH = B * NH;
@@ -426,8 +428,8 @@ void cu_attn_fwd16(cuda_ctx *c, float *att, __nv_bfloat16 *att16, float *o,
     const float scale = 1 / sqrtf((float)HD);
     cu_gemm_bf16(c, 0, 1, Tq, Tk, HD, scale, q, HD, sq, k, HD, sk, 0, att, Tk, sa, BNH);
     const int rows = BNH * Tq;
-    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, att16, key_valid,
-              rows, NH, Tq, Tk, P);
+    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, att16, keep32,
+              key_valid, rows, NH, Tq, Tk, P);
     CU_CHECK_LAUNCH("attention softmax");
     if (o) cu_gemm_bf16(c, 0, 0, Tq, HD, Tk, 1, att16, Tk, sa, v, HD, sk, 0, o, HD, sq, BNH);
 }
@@ -467,8 +469,8 @@ void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
 // this SIMT kernel 1.26 and 4.87 ms: until flash attention runs on tensor cores it is the
 // path for long sequences, whose probabilities would not fit. In precision bf16 without
 // attention dropout the core's four products run on tensor cores (attention_core16: bf16
-// operands, fp32 scores, softmax and accumulation); the DiT's cross-attention
-// (ops_dit_cuda.cu) still takes the fp32 core.
+// operands, fp32 scores, softmax and accumulation), as do the DiT's cross-attention's
+// (ops_dit_cuda.cu).
 //
 // Numbers: the same mask and the same zero rows as the CPU op; the results differ from the
 // CPU's only in summation order (running max and rescaled sums instead of one max and one
@@ -909,8 +911,9 @@ static attn16_ws attention_core16(cuda_ctx *c, float *out, const float *qkv,
     cu_heads_split(c, w.q, qkv, B, T, NH, HD, 3 * C, 0);
     cu_heads_split(c, w.k, qkv, B, T, NH, HD, 3 * C, C);
     cu_heads_split(c, w.v, qkv, B, T, NH, HD, 3 * C, 2 * C);
-    cu_attn_fwd16(c, w.att, w.att16, out ? w.o : NULL, w.q, w.k, w.v, key_valid, B, T, T, P, NH,
-                  HD);
+    // the fp32 probabilities only for the backward (no out), which reads them
+    cu_attn_fwd16(c, w.att, !out, w.att16, out ? w.o : NULL, w.q, w.k, w.v, key_valid, B, T, T,
+                  P, NH, HD);
     if (out) cu_heads_merge(c, out, w.o, B, T, NH, HD, C, 0, 0);
     return w;
 }

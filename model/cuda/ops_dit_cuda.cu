@@ -167,6 +167,27 @@ static void xattn_fwd(const mm_backend *be, float *out, float *att, const float 
         CU_CHECK(cudaMemsetAsync(out, 0, (size_t)B * Tq * C * sizeof(float), c->stream));
         return;
     }
+    if (c->precision == CUDA_BF16) {  // tensor cores; att (saved) stays fp32
+        typedef __nv_bfloat16 bf16;
+        const size_t eq = (size_t)B * Tq * C, ek = (size_t)B * Tk * C, h = sizeof(bf16);
+        bf16 *q16, *k16, *v16, *att16;
+        float *oh;
+        cu_carver cv = {NULL, 0};
+        for (int pass = 0; pass < 2; pass++) {  // count, then carve
+            q16 = (bf16 *)cu_carve(&cv, eq * h);
+            k16 = (bf16 *)cu_carve(&cv, ek * h);
+            v16 = (bf16 *)cu_carve(&cv, ek * h);
+            oh = (float *)cu_carve(&cv, eq * 4);
+            att16 = (bf16 *)cu_carve(&cv, (size_t)B * NH * Tq * Tk * h);
+            if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
+        }
+        cu_heads_split(c, q16, q, B, Tq, NH, HD, C, 0);
+        cu_heads_split(c, k16, kv, B, Tk, NH, HD, 2 * C, 0);
+        cu_heads_split(c, v16, kv, B, Tk, NH, HD, 2 * C, C);
+        cu_attn_fwd16(c, att, 1, att16, oh, q16, k16, v16, key_valid, B, Tq, Tk, -1, NH, HD);
+        cu_heads_merge(c, out, oh, B, Tq, NH, HD, C, 0, 0);
+        return;
+    }
     const size_t nq = cu_round_up((size_t)B * Tq * C * sizeof(float), 256);
     const size_t nk = cu_round_up((size_t)B * Tk * C * sizeof(float), 256);
     char *ws = (char *)cuda_scratch(c, 2 * nq + 2 * nk);
@@ -185,6 +206,38 @@ static void xattn_bwd(const mm_backend *be, float *dq, float *dkv, const float *
     if (B <= 0 || Tq <= 0 || Tk <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     const int C = NH * HD;
+    if (c->precision == CUDA_BF16) {  // tensor cores, from a bf16 copy of the saved att
+        typedef __nv_bfloat16 bf16;
+        const size_t eq = (size_t)B * Tq * C, ek = (size_t)B * Tk * C, h = sizeof(bf16);
+        const size_t ea = (size_t)B * NH * Tq * Tk;
+        bf16 *q16, *do16, *k16, *v16, *att16, *ds16;
+        float *dqh, *dkh, *dvh, *ds;
+        cu_carver cv = {NULL, 0};
+        for (int pass = 0; pass < 2; pass++) {  // count, then carve
+            q16 = (bf16 *)cu_carve(&cv, eq * h);
+            do16 = (bf16 *)cu_carve(&cv, eq * h);
+            k16 = (bf16 *)cu_carve(&cv, ek * h);
+            v16 = (bf16 *)cu_carve(&cv, ek * h);
+            att16 = (bf16 *)cu_carve(&cv, ea * h);
+            ds16 = (bf16 *)cu_carve(&cv, ea * h);
+            dqh = (float *)cu_carve(&cv, eq * 4);
+            dkh = (float *)cu_carve(&cv, ek * 4);
+            dvh = (float *)cu_carve(&cv, ek * 4);
+            ds = (float *)cu_carve(&cv, ea * 4);
+            if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
+        }
+        cu_heads_split(c, q16, q, B, Tq, NH, HD, C, 0);
+        cu_heads_split(c, do16, dout, B, Tq, NH, HD, C, 0);
+        cu_heads_split(c, k16, kv, B, Tk, NH, HD, 2 * C, 0);
+        cu_heads_split(c, v16, kv, B, Tk, NH, HD, 2 * C, C);
+        cu_to_bf16(c, att16, att, ea);
+        cu_attn_bwd16(c, dqh, dkh, dvh, ds, ds16, do16, q16, k16, v16, att, att16, B, Tq, Tk, NH,
+                      HD);
+        cu_heads_merge(c, dq, dqh, B, Tq, NH, HD, C, 0, 1);
+        cu_heads_merge(c, dkv, dkh, B, Tk, NH, HD, 2 * C, 0, 1);
+        cu_heads_merge(c, dkv, dvh, B, Tk, NH, HD, 2 * C, C, 1);
+        return;
+    }
     const size_t nq = cu_round_up((size_t)B * Tq * C * sizeof(float), 256);
     const size_t nk = cu_round_up((size_t)B * Tk * C * sizeof(float), 256);
     const size_t na = cu_round_up((size_t)B * NH * Tq * Tk * sizeof(float), 256);

@@ -324,27 +324,28 @@ static void ref_lse(float *lse, const float *qkv, const uint8_t *kv, int B, int 
 // pdrop > 0: with dropout on the probabilities (the same counters on both backends: the CPU
 // and CUDA masks are the same bits, so the tolerance stays the summation order's), the heads
 // placed as from head 1 of a wider layout.
-// What the backward added to a (rows, 3, C) gradient that started at base, as dq, dk and dv,
-// each against its own largest value: the start and a peaked softmax's small dq and dk would
-// hide an error in them in the whole's norm
-static void check_qkv_parts(T *t, const char *shape, const float *d, const float *ref,
-                            const float *base, int rows, int C, double tol) {
-    float *h = mm_malloc((size_t)rows * 3 * C * 4), *a = mm_malloc((size_t)rows * C * 4),
+// What a backward added to a (rows, np, C) gradient that started at base, part by part
+// (dq, dk, dv of a packed qkv), each against its own largest value: the start and a peaked
+// softmax's small dq and dk would hide an error in them in the whole's norm
+static void check_parts(T *t, const char *op, const char *shape, const float *d,
+                        const float *ref, const float *base, int rows, int np, int C,
+                        const char *const *name, double tol) {
+    float *h = mm_malloc((size_t)rows * np * C * 4), *a = mm_malloc((size_t)rows * C * 4),
           *b = mm_malloc((size_t)rows * C * 4);
     cuda_ctx_sync(t->c);
-    cuda_download(t->c, h, d, (size_t)rows * 3 * C * 4);
-    static const char *const name[3] = {"dq", "dk", "dv"};
-    for (int p = 0; p < 3; p++) {
+    cuda_download(t->c, h, d, (size_t)rows * np * C * 4);
+    for (int p = 0; p < np; p++) {
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < C; c++) {
-                const size_t i = ((size_t)r * 3 + p) * C + c;
+                const size_t i = ((size_t)r * np + p) * C + c;
                 a[(size_t)r * C + c] = h[i] - base[i];
                 b[(size_t)r * C + c] = ref[i] - base[i];
             }
-        row(t, "attention_bwd", shape, name[p], rel_err(a, b, (size_t)rows * C), tol);
+        row(t, op, shape, name[p], rel_err(a, b, (size_t)rows * C), tol);
     }
     free(h), free(a), free(b);
 }
+static const char *const qkv_part[3] = {"dq", "dk", "dv"};
 
 static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pdrop,
                            cuda_precision prec) {
@@ -402,7 +403,7 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pd
     model_ops_cuda.attention_bwd(t->be, d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
                                  ddrop);
     check(t, "attention_bwd", shape, "dqkv", d_dqkv, dqkv, nqkv, tol);
-    check_qkv_parts(t, shape, d_dqkv, dqkv, dqkv0, B * Tn, C, tol);
+    check_parts(t, "attention_bwd", shape, d_dqkv, dqkv, dqkv0, B * Tn, 3, C, qkv_part, tol);
     model_ops_cuda.attention_bwd(t->be, d_dqkv2, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
                                  ddrop);
     check_same(t, "attention_bwd", shape, "dqkv rerun", d_dqkv, d_dqkv2, nqkv);
@@ -434,9 +435,13 @@ static void test_dropout(T *t, int B, size_t n, double p) {
     cuda_free_all(3, d);
 }
 
-static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD) {
+// In bf16 (tensor cores) 1e-2 against the fp32 CPU op, as the matmuls.
+static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD, cuda_precision prec) {
     char shape[64];
-    snprintf(shape, sizeof(shape), "B%d Tq%d Tk%d NH%d HD%d", B, Tq, Tk, NH, HD);
+    snprintf(shape, sizeof(shape), "B%d Tq%d Tk%d NH%d HD%d%s", B, Tq, Tk, NH, HD,
+             prec == CUDA_BF16 ? " bf16" : "");
+    const double tol = prec == CUDA_BF16 ? 1e-2 : 1e-5;
+    t->c->precision = prec;
     const int C = NH * HD;
     size_t nq = (size_t)B * Tq * C, nkv = (size_t)B * Tk * 2 * C, na = (size_t)B * NH * Tq * Tk;
     float *q = hrand(t, nq, 2), *kvv = hrand(t, nkv, 2), *dout = hrand(t, nq, 1),
@@ -451,16 +456,18 @@ static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD) {
           *d_dq = dev(t, dq0, nq * 4), *d_dkv = dev(t, dkv0, nkv * 4);
     uint8_t *d_mask = dev(t, mask, (size_t)B * Tk);
     dit_ops_cuda.xattn_fwd(t->be, d_out, d_att, d_q, d_kvv, d_mask, B, Tq, Tk, NH, HD);
-    check(t, "xattn_fwd", shape, "out", d_out, out, nq, 1e-5);
-    check(t, "xattn_fwd", shape, "att", d_att, att, na, 1e-5);
+    check(t, "xattn_fwd", shape, "out", d_out, out, nq, tol);
+    check(t, "xattn_fwd", shape, "att", d_att, att, na, tol);
     cuda_upload(t->c, d_att, att, na * 4);
     dit_ops_cuda.xattn_bwd(t->be, d_dq, d_dkv, d_dout, d_q, d_kvv, d_att, B, Tq, Tk, NH, HD);
-    check(t, "xattn_bwd", shape, "dq", d_dq, dq, nq, 1e-5);
-    check(t, "xattn_bwd", shape, "dkv", d_dkv, dkv, nkv, 1e-5);
+    static const char *const dq_part[1] = {"dq"}, *const dkv_part[2] = {"dk", "dv"};
+    check_parts(t, "xattn_bwd", shape, d_dq, dq, dq0, B * Tq, 1, C, dq_part, tol);
+    check_parts(t, "xattn_bwd", shape, d_dkv, dkv, dkv0, B * Tk, 2, C, dkv_part, tol);
     void *h[] = {q, kvv, dout, dq0, dkv0, mask, out, att, dq, dkv};
     void *d[] = {d_q, d_kvv, d_dout, d_out, d_att, d_dq, d_dkv, d_mask};
     free_all(10, h);
     cuda_free_all(8, d);
+    t->c->precision = CUDA_FP32;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1001,7 +1008,9 @@ int main(void) {
 
     static const int xa[][5] = {{1, 1, 1, 1, 4}, {2, 17, 5, 2, 8}, {3, 64, 37, 3, 16}};
     for (size_t i = 0; i < sizeof(xa) / sizeof(xa[0]); i++)
-        test_xattn(&t, xa[i][0], xa[i][1], xa[i][2], xa[i][3], xa[i][4]);
+        for (int p = 0; p < 2; p++)
+            test_xattn(&t, xa[i][0], xa[i][1], xa[i][2], xa[i][3], xa[i][4],
+                       p ? CUDA_BF16 : CUDA_FP32);
 
     test_mse(&t, 1, 1);
     test_mse(&t, 3, 100);
