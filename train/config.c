@@ -272,8 +272,10 @@ static const cfg_key keys[] = {
 
     KENUM("backend", backend, "cpu", "cpu|cuda", "compute backend"),
     KENUM("precision", precision, "fp32", "fp32|bf16",
-          "matmul precision on cuda: bf16 inputs with fp32 accumulation, fp32 master weights "
-          "and optimizer state (backend cpu: fp32 only)"),
+          "matmul precision on cuda: bf16 inputs with fp32 accumulation for the linear layers "
+          "and, without attention dropout, the attention products (scores, softmax and its "
+          "backward stay fp32); fp32 master weights and optimizer state (backend cpu: fp32 "
+          "only)"),
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
