@@ -298,7 +298,7 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, cons
                                                sB, A, lda, sA, &beta, C, ldc, sC, batch));
 }
 
-void cu_gemm_bf16(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
+void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
                   const __nv_bfloat16 *A, int lda, long long sA, const __nv_bfloat16 *B, int ldb,
                   long long sB, float beta, float *C, int ldc, long long sC, int batch) {
     if (M <= 0 || N <= 0 || batch <= 0) return;

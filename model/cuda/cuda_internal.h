@@ -149,11 +149,11 @@ __device__ __forceinline__ void cu_flag(int *flag, int code, int a, int b) {
 // A stored row-major as (M, K) (ta = 0) or (K, M) (ta = 1) with row stride lda; B likewise
 // as (K, N) or (N, K) with ldb; C (M, N) with ldc. Batched over `batch` matrices at element
 // strides sA, sB, sC. Row-major C is column-major C^T = op(B)^T op(A)^T, hence the swap.
-// cu_gemm_bf16 takes bf16 A and B (tensor cores, fp32 accumulation); C is always fp32.
+// With bf16 A and B: tensor cores, fp32 accumulation; C is always fp32.
 void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const float *A,
              int lda, long long sA, const float *B, int ldb, long long sB, float beta, float *C,
              int ldc, long long sC, int batch);
-void cu_gemm_bf16(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
+void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
                   const __nv_bfloat16 *A, int lda, long long sA, const __nv_bfloat16 *B, int ldb,
                   long long sB, float beta, float *C, int ldc, long long sC, int batch);
 // dst (n) = bf16(src) (round to nearest even)

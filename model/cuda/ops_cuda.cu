@@ -53,7 +53,7 @@ static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const
     __nv_bfloat16 *w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
     cu_to_bf16(c, inp16, inp, (size_t)N * IC);
     cu_to_bf16(c, w16, w, (size_t)OC * IC);
-    cu_gemm_bf16(c, 0, 1, N, OC, IC, 1, inp16, IC, 0, w16, IC, 0, beta, out, OC, 0, 1);
+    cu_gemm(c, 0, 1, N, OC, IC, 1, inp16, IC, 0, w16, IC, 0, beta, out, OC, 0, 1);
 }
 
 // one column of rows: dbias
@@ -88,9 +88,9 @@ static void matmul_bwd(const mm_backend *be, float *dinp, float *dw, float *dbia
         if (dinp) {
             __nv_bfloat16 *w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sz);
             cu_to_bf16(c, w16, w, (size_t)OC * IC);
-            cu_gemm_bf16(c, 0, 0, N, IC, OC, 1, dout16, OC, 0, w16, IC, 0, 1, dinp, IC, 0, 1);
+            cu_gemm(c, 0, 0, N, IC, OC, 1, dout16, OC, 0, w16, IC, 0, 1, dinp, IC, 0, 1);
         }
-        cu_gemm_bf16(c, 1, 0, OC, IC, N, 1, dout16, OC, 0, inp16, IC, 0, 1, dw, IC, 0, 1);
+        cu_gemm(c, 1, 0, OC, IC, N, 1, dout16, OC, 0, inp16, IC, 0, 1, dw, IC, 0, 1);
     }
     // after the GEMMs: cu_colsum takes the scratch the bf16 copies were in
     if (dbias) cu_colsum(c, colsum_rows{dout, OC}, 1, N, OC, dbias, NULL, 0);
@@ -388,67 +388,69 @@ __global__ void k_attn_softmax_bwd(float *ds, __nv_bfloat16 *ds16, const float *
     }
 }
 
-void cu_attn_fwd(cuda_ctx *c, float *att, float *o, const float *q, const float *k,
-                 const float *v, const uint8_t *key_valid, int B, int Tq, int Tk, int P, int NH,
-                 int HD) {
+// The core over operands H: float (fp32 SGEMMs) or __nv_bfloat16 (tensor cores). A bf16 core
+// keeps bf16 copies of the probabilities (att_h) and dscores (ds_h) for the products after
+// the softmax; an fp32 one reads att and ds themselves (att_h == att, ds_h == ds).
+static __nv_bfloat16 *bf16_or_null(float *) { return nullptr; }
+static __nv_bfloat16 *bf16_or_null(__nv_bfloat16 *p) { return p; }
+
+template <typename H>
+static void attn_fwd(cuda_ctx *c, float *att, int keep32, H *att_h, float *o, const H *q,
+                     const H *k, const H *v, const uint8_t *key_valid, int B, int Tq, int Tk,
+                     int P, int NH, int HD) {
     const int BNH = B * NH;
     const long long sq = (long long)Tq * HD, sk = (long long)Tk * HD, sa = (long long)Tq * Tk;
     const float scale = 1 / sqrtf((float)HD);
     cu_gemm(c, 0, 1, Tq, Tk, HD, scale, q, HD, sq, k, HD, sk, 0, att, Tk, sa, BNH);
     const int rows = BNH * Tq;
-    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, nullptr, 1, key_valid,
-              rows, NH, Tq, Tk, P);
+    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, bf16_or_null(att_h),
+              keep32, key_valid, rows, NH, Tq, Tk, P);
     CU_CHECK_LAUNCH("attention softmax");
-    cu_gemm(c, 0, 0, Tq, HD, Tk, 1, att, Tk, sa, v, HD, sk, 0, o, HD, sq, BNH);
+    if (o) cu_gemm(c, 0, 0, Tq, HD, Tk, 1, att_h, Tk, sa, v, HD, sk, 0, o, HD, sq, BNH);
 }
 
-void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const float *dout,
-                 const float *q, const float *k, const float *v, const float *att, int B,
-                 int Tq, int Tk, int NH, int HD) {
+template <typename H>
+static void attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, H *ds_h,
+                     const H *dout, const H *q, const H *k, const H *v, const float *att,
+                     const H *att_h, int B, int Tq, int Tk, int NH, int HD) {
     const int BNH = B * NH;
     const long long sq = (long long)Tq * HD, sk = (long long)Tk * HD, sa = (long long)Tq * Tk;
     const float scale = 1 / sqrtf((float)HD);
     // dprobs = dout v^T ; dv = att^T dout
     cu_gemm(c, 0, 1, Tq, Tk, HD, 1, dout, HD, sq, v, HD, sk, 0, ds, Tk, sa, BNH);
-    cu_gemm(c, 1, 0, Tk, HD, Tq, 1, att, Tk, sa, dout, HD, sq, 0, dv, HD, sk, BNH);
+    cu_gemm(c, 1, 0, Tk, HD, Tq, 1, att_h, Tk, sa, dout, HD, sq, 0, dv, HD, sk, BNH);
     const int rows = BNH * Tq;
-    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, nullptr, att, rows,
-              Tk, scale);
+    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, bf16_or_null(ds_h),
+              att, rows, Tk, scale);
     CU_CHECK_LAUNCH("attention softmax backward");
     // scores = scale q k^T (scale folded into ds): dq = ds k ; dk = ds^T q
-    cu_gemm(c, 0, 0, Tq, HD, Tk, 1, ds, Tk, sa, k, HD, sk, 0, dq, HD, sq, BNH);
-    cu_gemm(c, 1, 0, Tk, HD, Tq, 1, ds, Tk, sa, q, HD, sq, 0, dk, HD, sk, BNH);
+    cu_gemm(c, 0, 0, Tq, HD, Tk, 1, ds_h, Tk, sa, k, HD, sk, 0, dq, HD, sq, BNH);
+    cu_gemm(c, 1, 0, Tk, HD, Tq, 1, ds_h, Tk, sa, q, HD, sq, 0, dk, HD, sk, BNH);
+}
+
+void cu_attn_fwd(cuda_ctx *c, float *att, float *o, const float *q, const float *k,
+                 const float *v, const uint8_t *key_valid, int B, int Tq, int Tk, int P, int NH,
+                 int HD) {
+    attn_fwd(c, att, 1, att, o, q, k, v, key_valid, B, Tq, Tk, P, NH, HD);
+}
+
+void cu_attn_bwd(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds, const float *dout,
+                 const float *q, const float *k, const float *v, const float *att, int B,
+                 int Tq, int Tk, int NH, int HD) {
+    attn_bwd(c, dq, dk, dv, ds, ds, dout, q, k, v, att, att, B, Tq, Tk, NH, HD);
 }
 
 void cu_attn_fwd16(cuda_ctx *c, float *att, int keep32, __nv_bfloat16 *att16, float *o,
                    const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                    const uint8_t *key_valid, int B, int Tq, int Tk, int P, int NH, int HD) {
-    const int BNH = B * NH;
-    const long long sq = (long long)Tq * HD, sk = (long long)Tk * HD, sa = (long long)Tq * Tk;
-    const float scale = 1 / sqrtf((float)HD);
-    cu_gemm_bf16(c, 0, 1, Tq, Tk, HD, scale, q, HD, sq, k, HD, sk, 0, att, Tk, sa, BNH);
-    const int rows = BNH * Tq;
-    CU_LAUNCH(k_attn_softmax, row_blocks(rows), CU_THREADS, c->stream, att, att16, keep32,
-              key_valid, rows, NH, Tq, Tk, P);
-    CU_CHECK_LAUNCH("attention softmax");
-    if (o) cu_gemm_bf16(c, 0, 0, Tq, HD, Tk, 1, att16, Tk, sa, v, HD, sk, 0, o, HD, sq, BNH);
+    attn_fwd(c, att, keep32, att16, o, q, k, v, key_valid, B, Tq, Tk, P, NH, HD);
 }
 
 void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
                    __nv_bfloat16 *ds16, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
                    const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *att,
                    const __nv_bfloat16 *att16, int B, int Tq, int Tk, int NH, int HD) {
-    const int BNH = B * NH;
-    const long long sq = (long long)Tq * HD, sk = (long long)Tk * HD, sa = (long long)Tq * Tk;
-    const float scale = 1 / sqrtf((float)HD);
-    cu_gemm_bf16(c, 0, 1, Tq, Tk, HD, 1, dout, HD, sq, v, HD, sk, 0, ds, Tk, sa, BNH);
-    cu_gemm_bf16(c, 1, 0, Tk, HD, Tq, 1, att16, Tk, sa, dout, HD, sq, 0, dv, HD, sk, BNH);
-    const int rows = BNH * Tq;
-    CU_LAUNCH(k_attn_softmax_bwd, row_blocks(rows), CU_THREADS, c->stream, ds, ds16, att, rows,
-              Tk, scale);
-    CU_CHECK_LAUNCH("attention softmax backward");
-    cu_gemm_bf16(c, 0, 0, Tq, HD, Tk, 1, ds16, Tk, sa, k, HD, sk, 0, dq, HD, sq, BNH);
-    cu_gemm_bf16(c, 1, 0, Tk, HD, Tq, 1, ds16, Tk, sa, q, HD, sq, 0, dk, HD, sk, BNH);
+    attn_bwd(c, dq, dk, dv, ds, ds16, dout, q, k, v, att, att16, B, Tq, Tk, NH, HD);
 }
 
 // ---------------------------------------------------------------------------------------

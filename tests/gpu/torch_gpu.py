@@ -133,6 +133,7 @@ def init_params(torch, shapes, device, seed=1, adaln_zero=True, std=0.02):
 
 def ref_module(torch):
     sys.path.insert(0, os.path.join(HERE, "..", "..", "train"))
+    sys.dont_write_bytecode = True  # no __pycache__ left in the tree
     import ref_torch
     F = torch.nn.functional
 
