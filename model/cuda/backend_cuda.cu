@@ -366,13 +366,14 @@ static void cb_mem_avail(const mm_backend *be MM_UNUSED, size_t *avail, size_t *
 // kernel beyond needs none) holds the probabilities and their gradient, in bf16 also their
 // bf16 copies: 2 or 3 times the fp32 probabilities; or the bf16 copies of a matmul's
 // operands and the chunked reductions' partial sums, each within one block's activations.
-// Plus cuBLAS's own workspace (32 MiB on Hopper).
+// Plus cuBLAS's own workspace (32 MiB on Hopper) and, in bf16, cuBLASLt's (the context's).
 static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
     const cuda_ctx *c = ctx_of(be);
     const size_t attn = m->attn_probs <= c->attn_core_bytes
                             ? m->attn_probs * (c->precision == CUDA_BF16 ? 3 : 2)
                             : 0;
-    return (attn > m->act_per_layer ? attn : m->act_per_layer) + ((size_t)32 << 20);
+    return (attn > m->act_per_layer ? attn : m->act_per_layer) + ((size_t)32 << 20) +
+           (c->precision == CUDA_BF16 ? CUDA_LT_WORKSPACE : 0);
 }
 
 static const mm_backend_iface cuda_iface = {

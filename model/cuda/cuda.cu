@@ -132,6 +132,7 @@ int cuda_ctx_init(cuda_ctx *c, int world_rank, cuda_precision precision, mm_err 
     CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
     // no TF32: fp32 matmuls stay fp32 (the bf16 path is the explicit fast one)
     CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cublasLtCreate(&c->lt));
     CU_CHECK(cudaMalloc((void **)&c->flag, 4 * sizeof(int)));
     CU_CHECK(cudaMemsetAsync(c->flag, 0, 4 * sizeof(int), c->stream));
     CU_CHECK(cudaStreamSynchronize(c->stream));
@@ -147,6 +148,8 @@ void cuda_ctx_free(cuda_ctx *c) {
     CU_CHECK(cudaStreamSynchronize(c->stream));
     CU_CHECK(cudaStreamSynchronize(c->comm_stream));
     CUBLAS_CHECK(cublasDestroy(c->blas));
+    CUBLAS_CHECK(cublasLtDestroy(c->lt));
+    CU_CHECK(cudaFree(c->lt_ws));
     CU_CHECK(cudaFree(c->scratch));
     CU_CHECK(cudaFree(c->flag));
     CU_CHECK(cudaStreamDestroy(c->stream));
@@ -312,6 +315,52 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
             c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF,
             lda, sA, &beta, C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
             CUBLAS_GEMM_DEFAULT));
+}
+
+// cuBLASLt wants the algorithm of each call looked up (cublasLtMatmulAlgoGetHeuristic): the
+// lookup is a host call of microseconds, as llm.c does it, while the GPU runs ahead.
+int cu_gemm_bias_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
+                    const __nv_bfloat16 *w, const float *bias, float *out) {
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const uint32_t epi = CUBLASLT_EPILOGUE_BIAS;
+    if (!c->lt_ws) {  // on first use: fp32 runs never take this path
+        CU_CHECK(cudaMalloc(&c->lt_ws, CUDA_LT_WORKSPACE));
+        c->lt_ws_bytes = CUDA_LT_WORKSPACE;
+    }
+    const uint64_t ws = c->lt_ws_bytes;
+    cublasLtMatmulDesc_t d;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    // column-major: D (OC x N) = op(A) B, A = w stored (IC x OC) and transposed, B = inp (IC x N)
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, IC, OC, IC));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, IC, N, IC));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, OC, N, OC));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    cublasLtMatmulHeuristicResult_t h;
+    int got = 0;
+    const int ok = cublasLtMatmulAlgoGetHeuristic(c->lt, d, la, lb, ld, ld, pref, 1, &h, &got) ==
+                       CUBLAS_STATUS_SUCCESS &&
+                   got > 0;
+    if (ok) {
+        const float one = 1, zero = 0;
+        CUBLAS_CHECK(cublasLtMatmul(c->lt, d, &one, w, la, inp, lb, &zero, out, ld, out, ld,
+                                    &h.algo, c->lt_ws, c->lt_ws_bytes, c->stream));
+        c->lt_matmuls++;
+    }
+    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(ld));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(la));
+    CUBLAS_CHECK(cublasLtMatmulDescDestroy(d));
+    return ok ? 0 : -1;
 }
 
 __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {

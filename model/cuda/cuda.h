@@ -41,6 +41,7 @@
 // MM_CUDA_EMU: the CPU emulation build of these sources (tests/gpu/cuda_emu.h, included
 // first by the compiler command line, provides the CUDA types); otherwise the real toolkit.
 #ifndef MM_CUDA_EMU
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #ifdef __cplusplus
@@ -71,6 +72,9 @@ typedef enum { CUDA_FP32 = 0, CUDA_BF16 = 1 } cuda_precision;
 int cuda_precision_parse(const char *s, cuda_precision *out, mm_err *err);
 const char *cuda_precision_name(cuda_precision p);
 
+// cuBLASLt's workspace per context: what NVIDIA recommends for Hopper
+#define CUDA_LT_WORKSPACE ((size_t)32 << 20)
+
 // One process's GPU and what its ops run on. Owned by whoever calls cuda_ctx_init.
 typedef struct cuda_ctx {
     int device;                // CUDA device index (= the local rank)
@@ -80,6 +84,10 @@ typedef struct cuda_ctx {
     cudaStream_t stream;       // every op and kernel of this context, in order
     cudaStream_t comm_stream;  // NCCL collectives: their own stream, so they overlap compute
     cublasHandle_t blas;       // bound to stream
+    cublasLtHandle_t lt;       // cuBLASLt (matmuls with a fused bias), on stream per call
+    void *lt_ws;               // (lt_ws_bytes) its workspace, allocated on first use
+    size_t lt_ws_bytes;
+    size_t lt_matmuls;         // calls that took it (so a test can see the path runs)
     void *scratch;             // (scratch_bytes) device work memory of the ops, grown on demand
     size_t scratch_bytes;
     int *flag;                 // (4) device: first bad input a kernel saw (0 = none), op, a, b

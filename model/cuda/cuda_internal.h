@@ -156,6 +156,12 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, cons
 void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
                   const __nv_bfloat16 *A, int lda, long long sA, const __nv_bfloat16 *B, int ldb,
                   long long sB, float beta, float *C, int ldc, long long sC, int batch);
+// out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC), bf16 operands, through cuBLASLt's
+// bias epilogue: one kernel where a broadcast of the bias and a GEMM reading it back were
+// two passes over out. Returns 0, or -1 (nothing launched) when cuBLASLt has no algorithm
+// for these shapes; the caller then takes that path.
+int cu_gemm_bias_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
+                    const __nv_bfloat16 *w, const float *bias, float *out);
 // dst (n) = bf16(src) (round to nearest even)
 void cu_to_bf16(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, size_t n);
 

@@ -28,32 +28,35 @@ __global__ void k_fill_rows(float *out, const float *bias, int N, int OC) {
         for (int c = threadIdx.x; c < OC; c += blockDim.x) out[(size_t)r * OC + c] = bias[c];
 }
 
-// out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias: the bias is written first and the GEMM
+// out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias. In bf16 the bias rides in cuBLASLt's
+// epilogue; otherwise (fp32, or no algorithm from cuBLASLt) it is written first and the GEMM
 // accumulates on it (beta = 1), as on the CPU.
 static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const float *w,
                        const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
+    __nv_bfloat16 *inp16 = NULL, *w16 = NULL;
+    if (c->precision == CUDA_BF16) {
+        cu_carver cv = {NULL, 0};
+        for (int pass = 0; pass < 2; pass++) {  // count, then carve
+            inp16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)N * IC * sizeof(__nv_bfloat16));
+            w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
+            if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
+        }
+        cu_to_bf16(c, inp16, inp, (size_t)N * IC);
+        cu_to_bf16(c, w16, w, (size_t)OC * IC);
+        if (bias && IC > 0 && cu_gemm_bias_lt(c, N, OC, IC, inp16, w16, bias, out) == 0) return;
+    }
     float beta = 0;
     if (bias) {
         CU_LAUNCH(k_fill_rows, cu_row_blocks(N), CU_THREADS, c->stream, out, bias, N, OC);
         CU_CHECK_LAUNCH("matmul bias");
         beta = 1;
     }
-    if (c->precision == CUDA_FP32) {
+    if (c->precision == CUDA_FP32)
         cu_gemm(c, 0, 1, N, OC, IC, 1, inp, IC, 0, w, IC, 0, beta, out, OC, 0, 1);
-        return;
-    }
-    cu_carver cv = {NULL, 0};
-    cu_carve(&cv, (size_t)N * IC * sizeof(__nv_bfloat16));
-    cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
-    cv.base = (char *)cuda_scratch(c, cv.off);
-    cv.off = 0;
-    __nv_bfloat16 *inp16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)N * IC * sizeof(__nv_bfloat16));
-    __nv_bfloat16 *w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
-    cu_to_bf16(c, inp16, inp, (size_t)N * IC);
-    cu_to_bf16(c, w16, w, (size_t)OC * IC);
-    cu_gemm(c, 0, 1, N, OC, IC, 1, inp16, IC, 0, w16, IC, 0, beta, out, OC, 0, 1);
+    else
+        cu_gemm(c, 0, 1, N, OC, IC, 1, inp16, IC, 0, w16, IC, 0, beta, out, OC, 0, 1);
 }
 
 // one column of rows: dbias

@@ -566,6 +566,163 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
     return CUBLAS_STATUS_SUCCESS;
 }
 
+// ---------------------------------------------------------------------------------------
+// cuBLASLt: descriptors are plain structs; the matmul checks what cuBLASLt would (types,
+// layouts against op(A) op(B), the workspace, device pointers) and runs cublasGemmEx, then
+// the bias epilogue (bias[i] added to row i of D, i < D's rows).
+
+struct cuemu_lt {
+    int unused;
+};
+struct cuemu_lt_desc {
+    cublasComputeType_t compute;
+    cudaDataType scale;
+    cublasOperation_t ta, tb;
+    cublasLtEpilogue_t epilogue;
+    const float *bias;
+};
+struct cuemu_lt_layout {
+    cudaDataType type;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+struct cuemu_lt_pref {
+    size_t ws;
+};
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
+    *h = new cuemu_lt();
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute,
+                                        cudaDataType scale) {
+    *d = new cuemu_lt_desc{compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT,
+                           NULL};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+    delete d;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d,
+                                              cublasLtMatmulDescAttributes_t a, const void *v,
+                                              size_t n) {
+    // each attribute's documented type and size
+    switch (a) {
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+    case CUBLASLT_MATMUL_DESC_TRANSB:
+        if (n != sizeof(int32_t)) break;
+        (a == CUBLASLT_MATMUL_DESC_TRANSA ? d->ta : d->tb) = *(const cublasOperation_t *)v;
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE:
+        if (n != sizeof(uint32_t)) break;
+        d->epilogue = *(const cublasLtEpilogue_t *)v;
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+        if (n != sizeof(void *)) break;
+        d->bias = *(const float *const *)v;
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    fprintf(stderr, "cuda_emu: cublasLtMatmulDescSetAttribute %d: size %zu is not its type's\n",
+            (int)a, n);
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType t,
+                                          uint64_t rows, uint64_t cols, int64_t ld) {
+    *l = new cuemu_lt_layout{t, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+    delete l;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
+    *p = new cuemu_lt_pref{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+    delete p;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
+                                                    cublasLtMatmulPreferenceAttributes_t a,
+                                                    const void *v, size_t n) {
+    if (a != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || n != sizeof(uint64_t))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    p->ws = *(const uint64_t *)v;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// The (m, n, k) of D = op(A) op(B) when the layouts agree, else false.
+static bool lt_shape(const cuemu_lt_desc *d, const cuemu_lt_layout *a, const cuemu_lt_layout *b,
+                     const cuemu_lt_layout *c, const cuemu_lt_layout *dl, int *m, int *n, int *k) {
+    const uint64_t am = d->ta == CUBLAS_OP_N ? a->rows : a->cols,
+                   ak = d->ta == CUBLAS_OP_N ? a->cols : a->rows,
+                   bk = d->tb == CUBLAS_OP_N ? b->rows : b->cols,
+                   bn = d->tb == CUBLAS_OP_N ? b->cols : b->rows;
+    if (ak != bk || dl->rows != am || dl->cols != bn || c->rows != dl->rows ||
+        c->cols != dl->cols || c->ld != dl->ld)
+        return false;
+    *m = (int)am, *n = (int)bn, *k = (int)ak;
+    return true;
+}
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t d,
+                                              cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                              cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t dl,
+                                              cublasLtMatmulPreference_t, int want,
+                                              cublasLtMatmulHeuristicResult_t *res, int *got) {
+    int m, n, k;
+    *got = 0;
+    if (want < 1 || !lt_shape(d, a, b, c, dl, &m, &n, &k)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (d->compute != CUBLAS_COMPUTE_32F || d->scale != CUDA_R_32F || a->type != CUDA_R_16BF ||
+        b->type != CUDA_R_16BF || c->type != CUDA_R_32F || dl->type != CUDA_R_32F ||
+        (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && d->epilogue != CUBLASLT_EPILOGUE_BIAS))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    memset(res, 0, sizeof(*res));
+    res->state = CUBLAS_STATUS_SUCCESS;
+    *got = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void *alpha,
+                              const void *A, cublasLtMatrixLayout_t la, const void *B,
+                              cublasLtMatrixLayout_t lb, const void *beta, const void *C,
+                              cublasLtMatrixLayout_t lc, void *D, cublasLtMatrixLayout_t ld,
+                              const cublasLtMatmulAlgo_t *algo, void *ws, size_t ws_bytes,
+                              cudaStream_t) {
+    cublasLtMatmulHeuristicResult_t r;
+    int got = 0, m, n, k;
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(h, d, la, lb, lc, ld, NULL, 1, &r, &got);
+    if (s != CUBLAS_STATUS_SUCCESS || !got || !algo || !lt_shape(d, la, lb, lc, ld, &m, &n, &k))
+        return s != CUBLAS_STATUS_SUCCESS ? s : CUBLAS_STATUS_INVALID_VALUE;
+    if (C != D) {  // in place only, which is all ops_cuda.cu asks for
+        fprintf(stderr, "cuda_emu: cublasLtMatmul: C must be D here\n");
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    if (ws_bytes && !on_device(ws, ws_bytes)) {
+        fprintf(stderr, "cuda_emu: cublasLtMatmul: the workspace is not device memory\n");
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && !on_device(d->bias, (size_t)m * sizeof(float))) {
+        fprintf(stderr, "cuda_emu: cublasLtMatmul: the bias (%d floats) is not device memory\n",
+                m);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    s = cublasGemmEx(NULL, d->ta, d->tb, m, n, k, alpha, A, CUDA_R_16BF, (int)la->ld, B,
+                     CUDA_R_16BF, (int)lb->ld, beta, D, CUDA_R_32F, (int)ld->ld,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS || d->epilogue != CUBLASLT_EPILOGUE_BIAS) return s;
+    float *out = (float *)D;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) out[(size_t)j * ld->ld + i] += d->bias[i];
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 // one cublasGemmEx per matrix (element strides; bf16 inputs, fp32 output as there)
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta,
                                           cublasOperation_t tb, int m, int n, int k,

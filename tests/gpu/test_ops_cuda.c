@@ -154,8 +154,18 @@ static void test_matmul(T *t, int N, int IC, int OC, int with_bias, int with_din
           *d_dout = dev(t, dout, no * 4), *d_out = cuda_alloc(t->c, no * 4),
           *d_dinp = dev(t, dinp0, ni * 4), *d_dw = dev(t, dw0, nw * 4),
           *d_db = dev(t, db0, OC * 4);
+    const size_t lt0 = t->c->lt_matmuls;
     model_ops_cuda.matmul_fwd(t->be, d_out, d_inp, d_w, with_bias ? d_bias : NULL, N, IC, OC);
     check(t, op_f, shape, "out", d_out, out, no, tol);
+    // bf16 with a bias: cuBLASLt's bias epilogue (the emulation always has an algorithm; a
+    // real GPU may fall back to the broadcast + GEMM for some shapes, which is correct too)
+#ifdef MM_CUDA_EMU
+    if (prec == CUDA_BF16 && with_bias && N > 0 && IC > 0 && OC > 0)
+        TEST_CHECK(&t->tc, t->c->lt_matmuls == lt0 + 1, "matmul_fwd bf16 %s: cuBLASLt not used",
+                   shape);
+#else
+    (void)lt0;
+#endif
     model_ops_cuda.matmul_bwd(t->be, with_dinp ? d_dinp : NULL, d_dw, with_bias ? d_db : NULL,
                               d_dout, d_inp, d_w, N, IC, OC);
     check(t, op_b, shape, "dinp", d_dinp, with_dinp ? dinp : dinp0, ni, tol);
