@@ -138,8 +138,7 @@ void model_block_forward(const model_block_run *r, const model_block_w *w, model
     if (da.thr) ops->dropout(be, a->res2, a->res2, &da, r->B, n1);
     ops->add_layernorm_fwd(be, a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, x, w->ln2_g,
                            w->ln2_b, BT, C);
-    ops->matmul_fwd(be, a->fch, a->ln2, w->fc_w, w->fc_b, BT, C, Fl);
-    ops->gelu_fwd(be, a->fcg, a->fch, (size_t)BT * Fl);
+    ops->matmul_gelu_fwd(be, a->fch, a->fcg, a->ln2, w->fc_w, w->fc_b, BT, C, Fl);
     ops->matmul_fwd(be, a->res3, a->fcg, w->mlpproj_w, r->bias_rank ? w->mlpproj_b : NULL, BT, Fl,
                     C);
     model_tp_allreduce(r->be, r->tp, a->res3, nC);

@@ -163,12 +163,11 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     dops->xattn_fwd(be, a->xatty, a->xatt, a->q, a->kv, r->cond_valid, B, N, Tc, r->NHl, r->HD);
     ops->matmul_fwd(be, a->res2, a->xatty, w->xproj_w, r->bias_rank ? w->xproj_b : NULL, BN, Cl, C);
     model_tp_allreduce(r->be, r->tp, a->res2, nC);
-    ops->add(be, a->res2, a->res2, a->res1, nC);
     // MLP branch
-    ops->layernorm_fwd(be, a->h3, a->mean3, a->rstd3, a->res2, r->ones, r->zeros, BN, C);
+    ops->add_layernorm_fwd(be, a->res2, a->h3, a->mean3, a->rstd3, a->res2, a->res1, r->ones,
+                           r->zeros, BN, C);
     dops->modulate_fwd(be, a->m3, a->h3, mod + 3 * C, mod + 4 * C, C6, B, N, C);
-    ops->matmul_fwd(be, a->fch, a->m3, w->fc_w, w->fc_b, BN, C, Fl);
-    ops->gelu_fwd(be, a->fcg, a->fch, (size_t)BN * Fl);
+    ops->matmul_gelu_fwd(be, a->fch, a->fcg, a->m3, w->fc_w, w->fc_b, BN, C, Fl);
     ops->matmul_fwd(be, a->y3, a->fcg, w->mproj_w, r->bias_rank ? w->mproj_b : NULL, BN, Fl, C);
     model_tp_allreduce(r->be, r->tp, a->y3, nC);
     ops->copy_rows(be, a->res3, (size_t)C, a->res2, (size_t)C, (size_t)C, BN);

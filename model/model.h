@@ -71,6 +71,11 @@ typedef struct model_ops {
     void (*gelu_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, size_t n);
     void (*gelu_bwd)(const mm_backend *be, mm_real *dx, const mm_real *x, const mm_real *dout,
                      size_t n);  // dx +=
+    // pre (N, OC) = inp @ w^T + bias (not NULL), out = GELU(pre): matmul_fwd then gelu_fwd
+    // in one call, so that a backend may fuse them (CUDA bf16: cuBLASLt's GELU epilogue);
+    // pre is what gelu_bwd reads later. The CPU's bits are those of the two calls.
+    void (*matmul_gelu_fwd)(const mm_backend *be, mm_real *pre, mm_real *out, const mm_real *inp,
+                            const mm_real *w, const mm_real *bias, int N, int IC, int OC);
     // out = a + b (n elements); out may alias a or b (residual adds are done in place)
     void (*add)(const mm_backend *be, mm_real *out, const mm_real *a, const mm_real *b, size_t n);
     // The residual add and the LayerNorm after it in one pass over the rows: res (N, C) =

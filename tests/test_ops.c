@@ -70,6 +70,15 @@ static void test_matmul(test_counts *tc, mm_rng *r) {
         }
     ops->matmul_fwd(be, out, inp, w, b, N, IC, OC);
     expect(tc, "matmul_fwd", nerr(out, ro, (size_t)N * OC));
+    {  // matmul_gelu_fwd: the bits of matmul_fwd, then gelu_fwd
+        const size_t no = (size_t)N * OC;
+        float *g = malloc(no * 4), *pre = malloc(no * 4), *g2 = malloc(no * 4);
+        ops->gelu_fwd(be, g, out, no);
+        ops->matmul_gelu_fwd(be, pre, g2, inp, w, b, N, IC, OC);
+        const int same = !memcmp(pre, out, no * 4) && !memcmp(g2, g, no * 4);
+        expect(tc, "matmul_gelu_fwd = matmul, gelu", same ? 0 : 1);
+        free(g), free(pre), free(g2);
+    }
     float *di = malloc((size_t)N * IC * 4), *dw = malloc((size_t)OC * IC * 4), *db = malloc(OC * 4);
     for (size_t i = 0; i < (size_t)N * IC; i++) di[i] = 1;
     for (size_t i = 0; i < (size_t)OC * IC; i++) dw[i] = 1;

@@ -319,10 +319,11 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
 
 // cuBLASLt wants the algorithm of each call looked up (cublasLtMatmulAlgoGetHeuristic): the
 // lookup is a host call of microseconds, as llm.c does it, while the GPU runs ahead.
-int cu_gemm_bias_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
-                    const __nv_bfloat16 *w, const float *bias, float *out) {
+int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
+               const __nv_bfloat16 *w, const float *bias, float *gelu_pre, float *out) {
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const uint32_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const uint32_t epi = gelu_pre ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    const int64_t aux_ld = OC;
     if (!c->lt_ws) {  // on first use: fp32 runs never take this path
         CU_CHECK(cudaMalloc(&c->lt_ws, CUDA_LT_WORKSPACE));
         c->lt_ws_bytes = CUDA_LT_WORKSPACE;
@@ -337,6 +338,12 @@ int cu_gemm_bias_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (gelu_pre) {  // the GELU's input, (OC x N) at leading dimension OC like D
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                    &gelu_pre, sizeof(gelu_pre)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                    &aux_ld, sizeof(aux_ld)));
+    }
     // column-major: D (OC x N) = op(A) B, A = w stored (IC x OC) and transposed, B = inp (IC x N)
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, IC, OC, IC));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, IC, N, IC));
@@ -353,7 +360,7 @@ int cu_gemm_bias_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp
         const float one = 1, zero = 0;
         CUBLAS_CHECK(cublasLtMatmul(c->lt, d, &one, w, la, inp, lb, &zero, out, ld, out, ld,
                                     &h.algo, c->lt_ws, c->lt_ws_bytes, c->stream));
-        c->lt_matmuls++;
+        c->lt_matmuls[gelu_pre != NULL]++;
     }
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(ld));

@@ -87,7 +87,8 @@ typedef struct cuda_ctx {
     cublasLtHandle_t lt;       // cuBLASLt (matmuls with a fused bias), on stream per call
     void *lt_ws;               // (lt_ws_bytes) its workspace, allocated on first use
     size_t lt_ws_bytes;
-    size_t lt_matmuls;         // calls that took it (so a test can see the path runs)
+    size_t lt_matmuls[2];      // calls that took it, [0] bias, [1] bias + GELU (so a test
+                               // can see each path run)
     void *scratch;             // (scratch_bytes) device work memory of the ops, grown on demand
     size_t scratch_bytes;
     int *flag;                 // (4) device: first bad input a kernel saw (0 = none), op, a, b

@@ -158,10 +158,12 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
                   long long sB, float beta, float *C, int ldc, long long sC, int batch);
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC), bf16 operands, through cuBLASLt's
 // bias epilogue: one kernel where a broadcast of the bias and a GEMM reading it back were
-// two passes over out. Returns 0, or -1 (nothing launched) when cuBLASLt has no algorithm
-// for these shapes; the caller then takes that path.
-int cu_gemm_bias_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
-                    const __nv_bfloat16 *w, const float *bias, float *out);
+// two passes over out. With gelu_pre (N, OC): gelu_pre = that sum and out = its GELU
+// (CUBLASLT_EPILOGUE_GELU_AUX_BIAS, the tanh form), the GELU kernel's pass saved too.
+// Returns 0, or -1 (nothing launched) when cuBLASLt has no algorithm for these shapes (its
+// GELU input needs OC % 8 == 0); the caller then takes the unfused path.
+int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
+               const __nv_bfloat16 *w, const float *bias, float *gelu_pre, float *out);
 // dst (n) = bf16(src) (round to nearest even)
 void cu_to_bf16(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, size_t n);
 

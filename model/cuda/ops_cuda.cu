@@ -31,21 +31,27 @@ __global__ void k_fill_rows(float *out, const float *bias, int N, int OC) {
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias. In bf16 the bias rides in cuBLASLt's
 // epilogue; otherwise (fp32, or no algorithm from cuBLASLt) it is written first and the GEMM
 // accumulates on it (beta = 1), as on the CPU.
+// bf16 copies of a forward matmul's operands in scratch
+static void bf16_operands(cuda_ctx *c, const float *inp, const float *w, int N, int IC, int OC,
+                          __nv_bfloat16 **inp16, __nv_bfloat16 **w16) {
+    cu_carver cv = {NULL, 0};
+    for (int pass = 0; pass < 2; pass++) {  // count, then carve
+        *inp16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)N * IC * sizeof(__nv_bfloat16));
+        *w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
+        if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
+    }
+    cu_to_bf16(c, *inp16, inp, (size_t)N * IC);
+    cu_to_bf16(c, *w16, w, (size_t)OC * IC);
+}
+
 static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const float *w,
                        const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     __nv_bfloat16 *inp16 = NULL, *w16 = NULL;
     if (c->precision == CUDA_BF16) {
-        cu_carver cv = {NULL, 0};
-        for (int pass = 0; pass < 2; pass++) {  // count, then carve
-            inp16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)N * IC * sizeof(__nv_bfloat16));
-            w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
-            if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
-        }
-        cu_to_bf16(c, inp16, inp, (size_t)N * IC);
-        cu_to_bf16(c, w16, w, (size_t)OC * IC);
-        if (bias && IC > 0 && cu_gemm_bias_lt(c, N, OC, IC, inp16, w16, bias, out) == 0) return;
+        bf16_operands(c, inp, w, N, IC, OC, &inp16, &w16);
+        if (bias && IC > 0 && cu_gemm_lt(c, N, OC, IC, inp16, w16, bias, NULL, out) == 0) return;
     }
     float beta = 0;
     if (bias) {
@@ -268,6 +274,20 @@ static void gelu_bwd(const mm_backend *be, float *dx, const float *x, const floa
     cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_gelu_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dx, x, dout, n);
     CU_CHECK_LAUNCH("gelu_bwd");
+}
+
+// In bf16 cuBLASLt's GELU epilogue, when it has an algorithm for the shapes; else the two ops.
+static void matmul_gelu_fwd(const mm_backend *be, float *pre, float *out, const float *inp,
+                            const float *w, const float *bias, int N, int IC, int OC) {
+    if (N <= 0 || OC <= 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    if (c->precision == CUDA_BF16 && IC > 0) {
+        __nv_bfloat16 *inp16, *w16;
+        bf16_operands(c, inp, w, N, IC, OC, &inp16, &w16);
+        if (cu_gemm_lt(c, N, OC, IC, inp16, w16, bias, pre, out) == 0) return;
+    }
+    matmul_fwd(be, pre, inp, w, bias, N, IC, OC);
+    gelu_fwd(be, out, pre, (size_t)N * OC);
 }
 
 static void add(const mm_backend *be, float *out, const float *a, const float *b,
@@ -1131,6 +1151,7 @@ const model_ops model_ops_cuda = {
     .layernorm_bwd = layernorm_bwd,
     .gelu_fwd = gelu_fwd,
     .gelu_bwd = gelu_bwd,
+    .matmul_gelu_fwd = matmul_gelu_fwd,
     .add = add,
     .add_layernorm_fwd = add_layernorm_fwd,
     .dropout = dropout,

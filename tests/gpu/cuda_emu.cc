@@ -568,8 +568,9 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
 
 // ---------------------------------------------------------------------------------------
 // cuBLASLt: descriptors are plain structs; the matmul checks what cuBLASLt would (types,
-// layouts against op(A) op(B), the workspace, device pointers) and runs cublasGemmEx, then
-// the bias epilogue (bias[i] added to row i of D, i < D's rows).
+// layouts against op(A) op(B), the workspace, device pointers, the GELU input's leading
+// dimension a multiple of 8) and runs cublasGemmEx, then the epilogue: bias[i] added to row i
+// of D (i < D's rows); for GELU_AUX_BIAS that sum also stored to aux and D = its tanh GELU.
 
 struct cuemu_lt {
     int unused;
@@ -580,6 +581,8 @@ struct cuemu_lt_desc {
     cublasOperation_t ta, tb;
     cublasLtEpilogue_t epilogue;
     const float *bias;
+    float *aux;
+    int64_t aux_ld;
 };
 struct cuemu_lt_layout {
     cudaDataType type;
@@ -601,7 +604,7 @@ cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute,
                                         cudaDataType scale) {
     *d = new cuemu_lt_desc{compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT,
-                           NULL};
+                           NULL, NULL, 0};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
@@ -625,6 +628,14 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d,
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
         if (n != sizeof(void *)) break;
         d->bias = *(const float *const *)v;
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER:
+        if (n != sizeof(void *)) break;
+        d->aux = *(float *const *)v;
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
+        if (n != sizeof(int64_t)) break;
+        d->aux_ld = *(const int64_t *)v;
         return CUBLAS_STATUS_SUCCESS;
     }
     fprintf(stderr, "cuda_emu: cublasLtMatmulDescSetAttribute %d: size %zu is not its type's\n",
@@ -681,7 +692,12 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
     if (want < 1 || !lt_shape(d, a, b, c, dl, &m, &n, &k)) return CUBLAS_STATUS_INVALID_VALUE;
     if (d->compute != CUBLAS_COMPUTE_32F || d->scale != CUDA_R_32F || a->type != CUDA_R_16BF ||
         b->type != CUDA_R_16BF || c->type != CUDA_R_32F || dl->type != CUDA_R_32F ||
-        (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && d->epilogue != CUBLASLT_EPILOGUE_BIAS))
+        (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && d->epilogue != CUBLASLT_EPILOGUE_BIAS &&
+         d->epilogue != CUBLASLT_EPILOGUE_GELU_AUX_BIAS))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    // the documented rule for the GELU input's leading dimension
+    if (d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS &&
+        (d->aux_ld % 8 != 0 || d->aux_ld < (int64_t)dl->rows))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     memset(res, 0, sizeof(*res));
     res->state = CUBLAS_STATUS_SUCCESS;
@@ -708,18 +724,32 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
         fprintf(stderr, "cuda_emu: cublasLtMatmul: the workspace is not device memory\n");
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && !on_device(d->bias, (size_t)m * sizeof(float))) {
+    const bool gelu = d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && !on_device(d->bias, (size_t)m * sizeof(float))) {
         fprintf(stderr, "cuda_emu: cublasLtMatmul: the bias (%d floats) is not device memory\n",
                 m);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (gelu && !on_device(d->aux, extent(m, n, (int)d->aux_ld) * sizeof(float))) {
+        fprintf(stderr, "cuda_emu: cublasLtMatmul: the GELU input (%d x %d, ld %lld) is not "
+                "device memory\n", m, n, (long long)d->aux_ld);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
     s = cublasGemmEx(NULL, d->ta, d->tb, m, n, k, alpha, A, CUDA_R_16BF, (int)la->ld, B,
                      CUDA_R_16BF, (int)lb->ld, beta, D, CUDA_R_32F, (int)ld->ld,
                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS || d->epilogue != CUBLASLT_EPILOGUE_BIAS) return s;
+    if (s != CUBLAS_STATUS_SUCCESS || d->epilogue == CUBLASLT_EPILOGUE_DEFAULT) return s;
     float *out = (float *)D;
     for (int j = 0; j < n; j++)
-        for (int i = 0; i < m; i++) out[(size_t)j * ld->ld + i] += d->bias[i];
+        for (int i = 0; i < m; i++) {
+            float *o = &out[(size_t)j * ld->ld + i];
+            *o += d->bias[i];
+            if (gelu) {  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+                d->aux[(size_t)j * d->aux_ld + i] = *o;
+                const float x = *o, u = 0.7978845608f * (x + 0.044715f * x * x * x);
+                *o = 0.5f * x * (1 + tanhf(u));
+            }
+        }
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -154,15 +154,15 @@ static void test_matmul(T *t, int N, int IC, int OC, int with_bias, int with_din
           *d_dout = dev(t, dout, no * 4), *d_out = cuda_alloc(t->c, no * 4),
           *d_dinp = dev(t, dinp0, ni * 4), *d_dw = dev(t, dw0, nw * 4),
           *d_db = dev(t, db0, OC * 4);
-    const size_t lt0 = t->c->lt_matmuls;
+    const size_t lt0 = t->c->lt_matmuls[0];
     model_ops_cuda.matmul_fwd(t->be, d_out, d_inp, d_w, with_bias ? d_bias : NULL, N, IC, OC);
     check(t, op_f, shape, "out", d_out, out, no, tol);
     // bf16 with a bias: cuBLASLt's bias epilogue (the emulation always has an algorithm; a
     // real GPU may fall back to the broadcast + GEMM for some shapes, which is correct too)
 #ifdef MM_CUDA_EMU
     if (prec == CUDA_BF16 && with_bias && N > 0 && IC > 0 && OC > 0)
-        TEST_CHECK(&t->tc, t->c->lt_matmuls == lt0 + 1, "matmul_fwd bf16 %s: cuBLASLt not used",
-                   shape);
+        TEST_CHECK(&t->tc, t->c->lt_matmuls[0] == lt0 + 1,
+                   "matmul_fwd bf16 %s: cuBLASLt not used", shape);
 #else
     (void)lt0;
 #endif
@@ -255,6 +255,39 @@ static void test_layernorm(T *t, int N, int C) {
                  e_dx, e_dg, e_db, f_dx,   f_dg,  f_db,   s_res,  s_out, s_mean, s_rstd};
     free_all(14, h);
     cuda_free_all(20, d);
+}
+
+// matmul_gelu_fwd against the CPU's (matmul_fwd then gelu_fwd). In bf16 with OC a multiple
+// of 8 it is cuBLASLt's GELU epilogue (the emulation checks that it ran); otherwise the two
+// ops, as cuBLASLt refuses a GELU input whose leading dimension is not a multiple of 8.
+static void test_matmul_gelu(T *t, int N, int IC, int OC, cuda_precision prec) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "N%d IC%d OC%d%s", N, IC, OC, prec == CUDA_BF16 ? " bf16" : "");
+    const double tol = prec == CUDA_BF16 ? 1e-2 : 1e-5;
+    const size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+    float *inp = hrand(t, ni, 1), *w = hrand(t, nw, 0.5f), *bias = hrand(t, OC, 1);
+    float *pre = mm_malloc(no * 4), *out = mm_malloc(no * 4);
+    model_ops_cpu.matmul_gelu_fwd(&mm_backend_cpu, pre, out, inp, w, bias, N, IC, OC);
+    float *d_inp = dev(t, inp, ni * 4), *d_w = dev(t, w, nw * 4), *d_bias = dev(t, bias, OC * 4),
+          *d_pre = cuda_alloc(t->c, no * 4), *d_out = cuda_alloc(t->c, no * 4);
+    t->c->precision = prec;
+    const size_t lt0 = t->c->lt_matmuls[1];
+    model_ops_cuda.matmul_gelu_fwd(t->be, d_pre, d_out, d_inp, d_w, d_bias, N, IC, OC);
+    check(t, "matmul_gelu_fwd", shape, "pre", d_pre, pre, no, tol);
+    check(t, "matmul_gelu_fwd", shape, "out", d_out, out, no, tol);
+#ifdef MM_CUDA_EMU
+    const size_t want = prec == CUDA_BF16 && OC % 8 == 0 ? 1 : 0;
+    TEST_CHECK(&t->tc, t->c->lt_matmuls[1] == lt0 + want,
+               "matmul_gelu_fwd %s: %zu cuBLASLt GELU calls, expected %zu", shape,
+               t->c->lt_matmuls[1] - lt0, want);
+#else
+    (void)lt0;
+#endif
+    t->c->precision = CUDA_FP32;
+    void *h[] = {inp, w, bias, pre, out};
+    void *d[] = {d_inp, d_w, d_bias, d_pre, d_out};
+    free_all(5, h);
+    cuda_free_all(5, d);
 }
 
 static void test_elementwise(T *t, size_t n) {
@@ -967,6 +1000,11 @@ int main(void) {
     }
     for (size_t i = 1; i < sizeof(mm) / sizeof(mm[0]); i++)
         test_matmul(&t, mm[i][0], mm[i][1], mm[i][2], 1, (int)(i != 2), CUDA_BF16);
+    // the fused GELU: OC 160 and 64 take cuBLASLt's epilogue in bf16, 77 and 5 the two ops
+    static const int mg[][3] = {{7, 13, 5}, {37, 45, 77}, {64, 96, 160}, {33, 40, 64}};
+    for (size_t i = 0; i < sizeof(mg) / sizeof(mg[0]); i++)
+        for (int p = 0; p < 2; p++)
+            test_matmul_gelu(&t, mg[i][0], mg[i][1], mg[i][2], p ? CUDA_BF16 : CUDA_FP32);
 
     static const int ln[][2] = {{1, 1}, {5, 7}, {33, 100}, {70, 768}, {300, 33}};
     for (size_t i = 0; i < sizeof(ln) / sizeof(ln[0]); i++) test_layernorm(&t, ln[i][0], ln[i][1]);
