@@ -167,11 +167,11 @@ void model_block_backward(const model_block_run *r, const model_block_w *w,
     const model_drop da = block_drop(r, MODEL_DROP_ATTN_OUT),
                      dm = block_drop(r, MODEL_DROP_MLP_OUT);
     MM_CHECK(!(da.thr || dm.thr) || s->ddrop, "block backward with residual dropout needs ddrop");
-    // every activation gradient below is accumulated into: zero them all at once
-    mm_real *const zb[] = {s->dfcg, s->dfch, s->dln2, s->datty, s->dqkv, s->dln1};
-    const size_t zn[] = {(size_t)BT * Fl, (size_t)BT * Fl,     nC,
-                         (size_t)BT * Cl, (size_t)BT * 3 * Cl, nC};
-    model_zero_ops(be, 6, zb, zn);
+    // every activation gradient below is accumulated into: zero them all at once (dfch and
+    // its scratch dfcg are matmul_gelu_bwd's to write)
+    mm_real *const zb[] = {s->dln2, s->datty, s->dqkv, s->dln1};
+    const size_t zn[] = {nC, (size_t)BT * Cl, (size_t)BT * 3 * Cl, nC};
+    model_zero_ops(be, 4, zb, zn);
     // dres holds d(res3) (replicated); the residual passes it to res2 unchanged. Every rank
     // computes the replicated mlp.proj.b / attn.proj.b gradients from it in full. Under
     // dropout the branch sees d(res3) through its mask (ddrop); the residual path does not.
@@ -180,8 +180,8 @@ void model_block_backward(const model_block_run *r, const model_block_w *w,
         ops->dropout(be, s->ddrop, s->dres, &dm, r->B, n1);
         dmlp = s->ddrop;
     }
-    ops->matmul_bwd(be, s->dfcg, g->mlpproj_w, g->mlpproj_b, dmlp, a->fcg, w->mlpproj_w, BT, Fl, C);
-    ops->gelu_bwd(be, s->dfch, a->fch, s->dfcg, (size_t)BT * Fl);
+    ops->matmul_gelu_bwd(be, s->dfch, s->dfcg, g->mlpproj_w, g->mlpproj_b, dmlp, a->fcg, a->fch,
+                         w->mlpproj_w, BT, Fl, C);
     ops->matmul_bwd(be, s->dln2, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, BT, C, Fl);
     model_tp_allreduce(r->be, r->tp, s->dln2, nC);  // fc saw ln2 whole: sum the shares
     ops->layernorm_bwd(be, s->dres, g->ln2_g, g->ln2_b, s->dln2, a->res2, w->ln2_g, a->ln2_mean,

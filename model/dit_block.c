@@ -194,24 +194,25 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     const dit_ops *dops = r->dops;
     const int B = r->B, N = r->N, BN = B * N, Tc = r->Tc, C = r->C, C6 = 6 * C;
     const int Cl = r->NHl * r->HD, Fl = r->Fl;
-    const size_t nC = (size_t)BN * C, nCl = (size_t)BN * Cl, nFl = (size_t)BN * Fl;
+    const size_t nC = (size_t)BN * C, nCl = (size_t)BN * Cl;
     const size_t nmod = (size_t)B * C6, nkv = (size_t)B * Tc * 2 * Cl;
     const mm_real *mod = a->mod;
     mm_real *dmod = s->dmod;
-    // every activation gradient below is accumulated into: zero them all at once
+    // every activation gradient below is accumulated into: zero them all at once (dfch and
+    // its scratch dfcg are matmul_gelu_bwd's to write)
     mm_real *const zb[] = {s->dmod,                                        //
-                           s->dy3,    s->dfcg,  s->dfch, s->dm3, s->dh3,   // MLP
+                           s->dy3,    s->dm3,   s->dh3,                    // MLP
                            s->dxatty, s->dq,    s->dkv,  s->dh2,           // cross-attention
                            s->dy1,    s->datty, s->dqkv, s->dm1, s->dh1};  // self-attention
     const size_t zn[] = {nmod,                                             //
-                         nC,   nFl, nFl,     nC, nC,                       //
+                         nC,   nC,  nC,                                    //
                          nCl,  nCl, nkv,     nC,                           //
                          nC,   nCl, 3 * nCl, nC, nC};
-    model_zero_ops(be, 15, zb, zn);
+    model_zero_ops(be, 13, zb, zn);
     // MLP branch. dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
     dops->gated_add_bwd(be, s->dy3, dmod + 5 * C, s->dres, a->y3, mod + 5 * C, C6, B, N, C);
-    ops->matmul_bwd(be, s->dfcg, g->mproj_w, g->mproj_b, s->dy3, a->fcg, w->mproj_w, BN, Fl, C);
-    ops->gelu_bwd(be, s->dfch, a->fch, s->dfcg, nFl);
+    ops->matmul_gelu_bwd(be, s->dfch, s->dfcg, g->mproj_w, g->mproj_b, s->dy3, a->fcg, a->fch,
+                         w->mproj_w, BN, Fl, C);
     ops->matmul_bwd(be, s->dm3, g->fc_w, g->fc_b, s->dfch, a->m3, w->fc_w, BN, C, Fl);
     // fc saw m3 whole: sum its column shares
     model_tp_allreduce(r->be, r->tp, s->dm3, nC);

@@ -76,6 +76,14 @@ typedef struct model_ops {
     // pre is what gelu_bwd reads later. The CPU's bits are those of the two calls.
     void (*matmul_gelu_fwd)(const mm_backend *be, mm_real *pre, mm_real *out, const mm_real *inp,
                             const mm_real *w, const mm_real *bias, int N, int IC, int OC);
+    // The backward of a matmul_fwd whose input was act = GELU(pre) (N, IC), through the GELU:
+    // dpre (N, IC) = (dout @ w) * GELU'(pre) (overwritten), dw += dout^T act, dbias +=
+    // column sums of dout (may be NULL). dact (N, IC) is scratch (the CPU keeps dout @ w in
+    // it). The CPU's bits are those of matmul_bwd into a zeroed dact, then gelu_bwd into a
+    // zeroed dpre; CUDA bf16 fuses the GELU into the GEMM (cuBLASLt's DGELU epilogue).
+    void (*matmul_gelu_bwd)(const mm_backend *be, mm_real *dpre, mm_real *dact, mm_real *dw,
+                            mm_real *dbias, const mm_real *dout, const mm_real *act,
+                            const mm_real *pre, const mm_real *w, int N, int IC, int OC);
     // out = a + b (n elements); out may alias a or b (residual adds are done in place)
     void (*add)(const mm_backend *be, mm_real *out, const mm_real *a, const mm_real *b, size_t n);
     // The residual add and the LayerNorm after it in one pass over the rows: res (N, C) =

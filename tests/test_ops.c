@@ -77,7 +77,25 @@ static void test_matmul(test_counts *tc, mm_rng *r) {
         ops->matmul_gelu_fwd(be, pre, g2, inp, w, b, N, IC, OC);
         const int same = !memcmp(pre, out, no * 4) && !memcmp(g2, g, no * 4);
         expect(tc, "matmul_gelu_fwd = matmul, gelu", same ? 0 : 1);
-        free(g), free(pre), free(g2);
+        // matmul_gelu_bwd (this matmul's input taken as GELU(pre), pre of inp's shape):
+        // matmul_bwd into a zeroed dact, gelu_bwd into a zeroed dpre, whatever dpre and dact
+        // held before (NaN here); dw and dbias accumulate
+        const size_t ni = (size_t)N * IC, nw = (size_t)OC * IC;
+        float *p = randn(ni, 1, r), *act = malloc(ni * 4), *ra = calloc(ni, 4),
+              *rp = calloc(ni, 4), *dpre = malloc(ni * 4), *dact = malloc(ni * 4);
+        float *rw = malloc(nw * 4), *rb = malloc(OC * 4), *gw = malloc(nw * 4), *gb = malloc(OC * 4);
+        ops->gelu_fwd(be, act, p, ni);
+        for (size_t i = 0; i < nw; i++) rw[i] = gw[i] = 1;
+        for (int i = 0; i < OC; i++) rb[i] = gb[i] = 1;
+        ops->matmul_bwd(be, ra, rw, rb, dout, act, w, N, IC, OC);
+        ops->gelu_bwd(be, rp, p, ra, ni);
+        for (size_t i = 0; i < ni; i++) dpre[i] = dact[i] = NAN;
+        ops->matmul_gelu_bwd(be, dpre, dact, gw, gb, dout, act, p, w, N, IC, OC);
+        const int bsame = !memcmp(dpre, rp, ni * 4) && !memcmp(gw, rw, nw * 4) &&
+                          !memcmp(gb, rb, OC * 4);
+        expect(tc, "matmul_gelu_bwd = matmul_bwd, gelu_bwd", bsame ? 0 : 1);
+        free(g), free(pre), free(g2), free(p), free(act), free(ra), free(rp), free(dpre);
+        free(dact), free(rw), free(rb), free(gw), free(gb);
     }
     float *di = malloc((size_t)N * IC * 4), *dw = malloc((size_t)OC * IC * 4), *db = malloc(OC * 4);
     for (size_t i = 0; i < (size_t)N * IC; i++) di[i] = 1;

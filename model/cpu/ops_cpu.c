@@ -262,6 +262,17 @@ static void matmul_gelu_fwd(const mm_backend *be, mm_real *pre, mm_real *out, co
     gelu_fwd(be, out, pre, (size_t)N * OC);
 }
 
+// The two calls, each into its zeroed output: the bits of the unfused backward.
+static void matmul_gelu_bwd(const mm_backend *be, mm_real *dpre, mm_real *dact, mm_real *dw,
+                            mm_real *dbias, const mm_real *dout, const mm_real *act,
+                            const mm_real *pre, const mm_real *w, int N, int IC, int OC) {
+    const size_t n = (size_t)N * IC;
+    memset(dact, 0, n * sizeof(mm_real));
+    matmul_bwd(be, dact, dw, dbias, dout, act, w, N, IC, OC);
+    memset(dpre, 0, n * sizeof(mm_real));
+    gelu_bwd(be, dpre, pre, dact, n);
+}
+
 // out = a + b; out may alias a or b (the transformer adds residuals in place).
 CPU_ISA_CLONES
 static void add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a, const mm_real *b,
@@ -834,6 +845,7 @@ const model_ops model_ops_cpu = {
     .gelu_fwd = gelu_fwd,
     .gelu_bwd = gelu_bwd,
     .matmul_gelu_fwd = matmul_gelu_fwd,
+    .matmul_gelu_bwd = matmul_gelu_bwd,
     .add = add,
     .add_layernorm_fwd = add_layernorm_fwd,
     .dropout = dropout,

@@ -317,13 +317,20 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
             CUBLAS_GEMM_DEFAULT));
 }
 
-// cuBLASLt wants the algorithm of each call looked up (cublasLtMatmulAlgoGetHeuristic): the
-// lookup is a host call of microseconds, as llm.c does it, while the GPU runs ahead.
-int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
-               const __nv_bfloat16 *w, const float *bias, float *gelu_pre, float *out) {
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const uint32_t epi = gelu_pre ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
-    const int64_t aux_ld = OC;
+// One cuBLASLt matmul, column-major: D (m x n, ld m, fp32) = op(A) B with bf16 A (stored
+// k x m and transposed when ta, else m x k) and B (k x n), then the epilogue: bias (m) for
+// the bias kinds, aux (m x n, ld m) the GELU's input (written by GELU_AUX_BIAS, read by
+// DGELU). cuBLASLt wants the algorithm of each call looked up (a host call of microseconds,
+// as llm.c does it, while the GPU runs ahead). Returns -1, launching nothing, when it has
+// none for these shapes.
+static int lt_matmul(cuda_ctx *c, cu_lt_kind kind, int ta_, int m, int n, int k,
+                     const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float *D,
+                     const float *bias, float *aux) {
+    static const uint32_t epilogue[CU_LT_KINDS] = {
+        CUBLASLT_EPILOGUE_BIAS, CUBLASLT_EPILOGUE_GELU_AUX_BIAS, CUBLASLT_EPILOGUE_DGELU};
+    const cublasOperation_t ta = ta_ ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
+    const uint32_t epi = epilogue[kind];
+    const int64_t aux_ld = m;
     if (!c->lt_ws) {  // on first use: fp32 runs never take this path
         CU_CHECK(cudaMalloc(&c->lt_ws, CUDA_LT_WORKSPACE));
         c->lt_ws_bytes = CUDA_LT_WORKSPACE;
@@ -336,18 +343,18 @@ int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    if (gelu_pre) {  // the GELU's input, (OC x N) at leading dimension OC like D
+    if (bias)
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                    sizeof(bias)));
+    if (aux) {
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                                                    &gelu_pre, sizeof(gelu_pre)));
+                                                    &aux, sizeof(aux)));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
                                                     &aux_ld, sizeof(aux_ld)));
     }
-    // column-major: D (OC x N) = op(A) B, A = w stored (IC x OC) and transposed, B = inp (IC x N)
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, IC, OC, IC));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, IC, N, IC));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, OC, N, OC));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, ta_ ? k : m, ta_ ? m : k, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, m));
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
@@ -358,9 +365,9 @@ int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
                    got > 0;
     if (ok) {
         const float one = 1, zero = 0;
-        CUBLAS_CHECK(cublasLtMatmul(c->lt, d, &one, w, la, inp, lb, &zero, out, ld, out, ld,
-                                    &h.algo, c->lt_ws, c->lt_ws_bytes, c->stream));
-        c->lt_matmuls[gelu_pre != NULL]++;
+        CUBLAS_CHECK(cublasLtMatmul(c->lt, d, &one, A, la, B, lb, &zero, D, ld, D, ld, &h.algo,
+                                    c->lt_ws, c->lt_ws_bytes, c->stream));
+        c->lt_matmuls[kind]++;
     }
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(ld));
@@ -368,6 +375,19 @@ int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(la));
     CUBLAS_CHECK(cublasLtMatmulDescDestroy(d));
     return ok ? 0 : -1;
+}
+
+// D (OC x N) = w^T-as-stored (w is (IC x OC) column-major, transposed) times inp (IC x N)
+int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
+               const __nv_bfloat16 *w, const float *bias, float *gelu_pre, float *out) {
+    return lt_matmul(c, gelu_pre ? CU_LT_GELU_BIAS : CU_LT_BIAS, 1, OC, N, IC, w, IC, inp, IC, out,
+                     bias, gelu_pre);
+}
+
+// D (IC x N) = w (IC x OC column-major) times dout (OC x N), then times GELU'(pre)
+int cu_gemm_dgelu_lt(cuda_ctx *c, int N, int IC, int OC, const __nv_bfloat16 *dout,
+                     const __nv_bfloat16 *w, const float *pre, float *dpre) {
+    return lt_matmul(c, CU_LT_DGELU, 0, IC, N, OC, w, IC, dout, OC, dpre, NULL, (float *)pre);
 }
 
 __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {

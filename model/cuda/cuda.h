@@ -74,6 +74,8 @@ const char *cuda_precision_name(cuda_precision p);
 
 // cuBLASLt's workspace per context: what NVIDIA recommends for Hopper
 #define CUDA_LT_WORKSPACE ((size_t)32 << 20)
+// The cuBLASLt epilogues the ops use (cuda_internal.h cu_gemm_lt, cu_gemm_dgelu_lt)
+typedef enum { CU_LT_BIAS, CU_LT_GELU_BIAS, CU_LT_DGELU, CU_LT_KINDS } cu_lt_kind;
 
 // One process's GPU and what its ops run on. Owned by whoever calls cuda_ctx_init.
 typedef struct cuda_ctx {
@@ -87,8 +89,8 @@ typedef struct cuda_ctx {
     cublasLtHandle_t lt;       // cuBLASLt (matmuls with a fused bias), on stream per call
     void *lt_ws;               // (lt_ws_bytes) its workspace, allocated on first use
     size_t lt_ws_bytes;
-    size_t lt_matmuls[2];      // calls that took it, [0] bias, [1] bias + GELU (so a test
-                               // can see each path run)
+    size_t lt_matmuls[CU_LT_KINDS];  // calls that took it, by epilogue (so a test can see
+                                     // each path run)
     void *scratch;             // (scratch_bytes) device work memory of the ops, grown on demand
     size_t scratch_bytes;
     int *flag;                 // (4) device: first bad input a kernel saw (0 = none), op, a, b

@@ -164,6 +164,10 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
 // GELU input needs OC % 8 == 0); the caller then takes the unfused path.
 int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
                const __nv_bfloat16 *w, const float *bias, float *gelu_pre, float *out);
+// dpre (N, IC) = (dout (N, OC) @ w (OC, IC)) * GELU'(pre (N, IC)), bf16 operands, in one
+// kernel (cuBLASLt's DGELU epilogue; overwrites dpre). 0, or -1 as cu_gemm_lt (IC % 8 != 0).
+int cu_gemm_dgelu_lt(cuda_ctx *c, int N, int IC, int OC, const __nv_bfloat16 *dout,
+                     const __nv_bfloat16 *w, const float *pre, float *dpre);
 // dst (n) = bf16(src) (round to nearest even)
 void cu_to_bf16(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, size_t n);
 

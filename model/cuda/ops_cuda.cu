@@ -290,6 +290,28 @@ static void matmul_gelu_fwd(const mm_backend *be, float *pre, float *out, const 
     gelu_fwd(be, out, pre, (size_t)N * OC);
 }
 
+// In bf16 the GELU's derivative is the dinp GEMM's epilogue (cuBLASLt DGELU), dw and dbias
+// the usual backward without dinp; otherwise (fp32, or no algorithm) the two ops.
+static void matmul_gelu_bwd(const mm_backend *be, float *dpre, float *dact, float *dw,
+                            float *dbias, const float *dout, const float *act, const float *pre,
+                            const float *w, int N, int IC, int OC) {
+    if (N <= 0 || IC <= 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    const size_t n = (size_t)N * IC;
+    if (c->precision == CUDA_BF16 && OC > 0) {
+        __nv_bfloat16 *dout16, *w16;
+        bf16_operands(c, dout, w, N, OC, IC, &dout16, &w16);  // (N, OC) and (IC, OC) elements
+        if (cu_gemm_dgelu_lt(c, N, IC, OC, dout16, w16, pre, dpre) == 0) {
+            matmul_bwd(be, NULL, dw, dbias, dout, act, w, N, IC, OC);
+            return;
+        }
+    }
+    CU_CHECK(cudaMemsetAsync(dact, 0, n * sizeof(float), c->stream));
+    matmul_bwd(be, dact, dw, dbias, dout, act, w, N, IC, OC);
+    CU_CHECK(cudaMemsetAsync(dpre, 0, n * sizeof(float), c->stream));
+    gelu_bwd(be, dpre, pre, dact, n);
+}
+
 static void add(const mm_backend *be, float *out, const float *a, const float *b,
                 size_t n) {
     if (n == 0) return;
@@ -1152,6 +1174,7 @@ const model_ops model_ops_cuda = {
     .gelu_fwd = gelu_fwd,
     .gelu_bwd = gelu_bwd,
     .matmul_gelu_fwd = matmul_gelu_fwd,
+    .matmul_gelu_bwd = matmul_gelu_bwd,
     .add = add,
     .add_layernorm_fwd = add_layernorm_fwd,
     .dropout = dropout,

@@ -150,6 +150,16 @@ static void t_gelu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_rea
     model_ops_cpu.gelu_bwd(&mm_backend_cpu, dx, x, dout, n);
     probe.t[OP_GELU] += mm_now() - t0;
 }
+// likewise the backward: the op's zeroing, then its two calls timed as each
+static void t_matmul_gelu_bwd(const mm_backend *be, mm_real *dpre, mm_real *dact, mm_real *dw,
+                              mm_real *dbias, const mm_real *dout, const mm_real *act,
+                              const mm_real *pre, const mm_real *w, int N, int IC, int OC) {
+    const size_t n = (size_t)N * IC;
+    memset(dact, 0, n * sizeof(mm_real));
+    t_matmul_bwd(be, dact, dw, dbias, dout, act, w, N, IC, OC);
+    memset(dpre, 0, n * sizeof(mm_real));
+    t_gelu_bwd(be, dpre, pre, dact, n);
+}
 static void t_add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a, const mm_real *b,
                   size_t n) {
     double t0 = mm_now();
@@ -204,6 +214,7 @@ static model_ops timed_ops_make(void) {
     o.gelu_fwd = t_gelu_fwd;
     o.gelu_bwd = t_gelu_bwd;
     o.matmul_gelu_fwd = t_matmul_gelu_fwd;
+    o.matmul_gelu_bwd = t_matmul_gelu_bwd;
     o.add = t_add;
     o.add_layernorm_fwd = t_add_layernorm_fwd;
     o.attention_fwd = t_attention_fwd;

@@ -103,6 +103,12 @@ static void p_matmul_gelu_fwd(const mm_backend *be, float *pre, float *out, cons
                               const float *w, const float *bias, int N, int IC, int OC) {
     TIMED(be, K_MATMUL, model_ops_cuda.matmul_gelu_fwd(be, pre, out, inp, w, bias, N, IC, OC));
 }
+static void p_matmul_gelu_bwd(const mm_backend *be, float *dpre, float *dact, float *dw,
+                              float *dbias, const float *dout, const float *act, const float *pre,
+                              const float *w, int N, int IC, int OC) {
+    TIMED(be, K_MATMUL, model_ops_cuda.matmul_gelu_bwd(be, dpre, dact, dw, dbias, dout, act, pre,
+                                                       w, N, IC, OC));
+}
 static void p_gelu_fwd(const mm_backend *be, float *out, const float *x, size_t n) {
     TIMED(be, K_OTHER, model_ops_cuda.gelu_fwd(be, out, x, n));
 }
@@ -332,6 +338,7 @@ int main(int argc, char **argv) {
     ops.gelu_fwd = p_gelu_fwd;
     ops.gelu_bwd = p_gelu_bwd;
     ops.matmul_gelu_fwd = p_matmul_gelu_fwd;
+    ops.matmul_gelu_bwd = p_matmul_gelu_bwd;
     ops.add = p_add;
     ops.add_layernorm_fwd = p_add_layernorm_fwd;
     ops.attention_fwd = p_attention_fwd;

@@ -570,7 +570,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
 // cuBLASLt: descriptors are plain structs; the matmul checks what cuBLASLt would (types,
 // layouts against op(A) op(B), the workspace, device pointers, the GELU input's leading
 // dimension a multiple of 8) and runs cublasGemmEx, then the epilogue: bias[i] added to row i
-// of D (i < D's rows); for GELU_AUX_BIAS that sum also stored to aux and D = its tanh GELU.
+// of D (i < D's rows); for GELU_AUX_BIAS that sum also stored to aux and D = its tanh GELU;
+// for DGELU D times the tanh GELU's derivative at aux.
 
 struct cuemu_lt {
     int unused;
@@ -693,11 +694,12 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
     if (d->compute != CUBLAS_COMPUTE_32F || d->scale != CUDA_R_32F || a->type != CUDA_R_16BF ||
         b->type != CUDA_R_16BF || c->type != CUDA_R_32F || dl->type != CUDA_R_32F ||
         (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && d->epilogue != CUBLASLT_EPILOGUE_BIAS &&
-         d->epilogue != CUBLASLT_EPILOGUE_GELU_AUX_BIAS))
+         d->epilogue != CUBLASLT_EPILOGUE_GELU_AUX_BIAS && d->epilogue != CUBLASLT_EPILOGUE_DGELU))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     // the documented rule for the GELU input's leading dimension
-    if (d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS &&
-        (d->aux_ld % 8 != 0 || d->aux_ld < (int64_t)dl->rows))
+    const bool aux = d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ||
+                     d->epilogue == CUBLASLT_EPILOGUE_DGELU;
+    if (aux && (d->aux_ld % 8 != 0 || d->aux_ld < (int64_t)dl->rows))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     memset(res, 0, sizeof(*res));
     res->state = CUBLAS_STATUS_SUCCESS;
@@ -724,13 +726,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
         fprintf(stderr, "cuda_emu: cublasLtMatmul: the workspace is not device memory\n");
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    const bool gelu = d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
-    if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && !on_device(d->bias, (size_t)m * sizeof(float))) {
+    const bool gelu = d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+               dgelu = d->epilogue == CUBLASLT_EPILOGUE_DGELU, bias = !dgelu;
+    if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && bias &&
+        !on_device(d->bias, (size_t)m * sizeof(float))) {
         fprintf(stderr, "cuda_emu: cublasLtMatmul: the bias (%d floats) is not device memory\n",
                 m);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    if (gelu && !on_device(d->aux, extent(m, n, (int)d->aux_ld) * sizeof(float))) {
+    if ((gelu || dgelu) && !on_device(d->aux, extent(m, n, (int)d->aux_ld) * sizeof(float))) {
         fprintf(stderr, "cuda_emu: cublasLtMatmul: the GELU input (%d x %d, ld %lld) is not "
                 "device memory\n", m, n, (long long)d->aux_ld);
         return CUBLAS_STATUS_INVALID_VALUE;
@@ -743,9 +747,17 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             float *o = &out[(size_t)j * ld->ld + i];
+            float *a = d->aux ? &d->aux[(size_t)j * d->aux_ld + i] : NULL;
+            if (dgelu) {  // d/dx of the GELU below at x = aux
+                const float x = *a, u = 0.7978845608f * (x + 0.044715f * x * x * x),
+                            th = tanhf(u);
+                *o *= 0.5f * (1 + th) +
+                      0.5f * x * (1 - th * th) * 0.7978845608f * (1 + 3 * 0.044715f * x * x);
+                continue;
+            }
             *o += d->bias[i];
             if (gelu) {  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-                d->aux[(size_t)j * d->aux_ld + i] = *o;
+                *a = *o;
                 const float x = *o, u = 0.7978845608f * (x + 0.044715f * x * x * x);
                 *o = 0.5f * x * (1 + tanhf(u));
             }

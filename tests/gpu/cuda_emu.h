@@ -127,8 +127,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
                             void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t algo);
-// cuBLASLt: the matmul with the bias and GELU epilogues, bf16 x bf16 -> fp32 (what
-// ops_cuda.cu uses)
+// cuBLASLt: the matmul with the bias, GELU and GELU-gradient epilogues, bf16 x bf16 -> fp32
+// (what ops_cuda.cu uses)
 typedef struct cuemu_lt *cublasLtHandle_t;
 typedef struct cuemu_lt_desc *cublasLtMatmulDesc_t;
 typedef struct cuemu_lt_layout *cublasLtMatrixLayout_t;
@@ -155,6 +155,7 @@ typedef enum {
     CUBLASLT_EPILOGUE_DEFAULT = 1,
     CUBLASLT_EPILOGUE_BIAS = 4,
     CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4,
+    CUBLASLT_EPILOGUE_DGELU = 64 | 128,
 } cublasLtEpilogue_t;
 typedef enum { CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1 } cublasLtMatmulPreferenceAttributes_t;
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *h);

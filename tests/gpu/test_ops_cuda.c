@@ -154,14 +154,14 @@ static void test_matmul(T *t, int N, int IC, int OC, int with_bias, int with_din
           *d_dout = dev(t, dout, no * 4), *d_out = cuda_alloc(t->c, no * 4),
           *d_dinp = dev(t, dinp0, ni * 4), *d_dw = dev(t, dw0, nw * 4),
           *d_db = dev(t, db0, OC * 4);
-    const size_t lt0 = t->c->lt_matmuls[0];
+    const size_t lt0 = t->c->lt_matmuls[CU_LT_BIAS];
     model_ops_cuda.matmul_fwd(t->be, d_out, d_inp, d_w, with_bias ? d_bias : NULL, N, IC, OC);
     check(t, op_f, shape, "out", d_out, out, no, tol);
     // bf16 with a bias: cuBLASLt's bias epilogue (the emulation always has an algorithm; a
     // real GPU may fall back to the broadcast + GEMM for some shapes, which is correct too)
 #ifdef MM_CUDA_EMU
     if (prec == CUDA_BF16 && with_bias && N > 0 && IC > 0 && OC > 0)
-        TEST_CHECK(&t->tc, t->c->lt_matmuls[0] == lt0 + 1,
+        TEST_CHECK(&t->tc, t->c->lt_matmuls[CU_LT_BIAS] == lt0 + 1,
                    "matmul_fwd bf16 %s: cuBLASLt not used", shape);
 #else
     (void)lt0;
@@ -271,15 +271,15 @@ static void test_matmul_gelu(T *t, int N, int IC, int OC, cuda_precision prec) {
     float *d_inp = dev(t, inp, ni * 4), *d_w = dev(t, w, nw * 4), *d_bias = dev(t, bias, OC * 4),
           *d_pre = cuda_alloc(t->c, no * 4), *d_out = cuda_alloc(t->c, no * 4);
     t->c->precision = prec;
-    const size_t lt0 = t->c->lt_matmuls[1];
+    const size_t lt0 = t->c->lt_matmuls[CU_LT_GELU_BIAS];
     model_ops_cuda.matmul_gelu_fwd(t->be, d_pre, d_out, d_inp, d_w, d_bias, N, IC, OC);
     check(t, "matmul_gelu_fwd", shape, "pre", d_pre, pre, no, tol);
     check(t, "matmul_gelu_fwd", shape, "out", d_out, out, no, tol);
 #ifdef MM_CUDA_EMU
     const size_t want = prec == CUDA_BF16 && OC % 8 == 0 ? 1 : 0;
-    TEST_CHECK(&t->tc, t->c->lt_matmuls[1] == lt0 + want,
+    TEST_CHECK(&t->tc, t->c->lt_matmuls[CU_LT_GELU_BIAS] == lt0 + want,
                "matmul_gelu_fwd %s: %zu cuBLASLt GELU calls, expected %zu", shape,
-               t->c->lt_matmuls[1] - lt0, want);
+               t->c->lt_matmuls[CU_LT_GELU_BIAS] - lt0, want);
 #else
     (void)lt0;
 #endif
@@ -288,6 +288,45 @@ static void test_matmul_gelu(T *t, int N, int IC, int OC, cuda_precision prec) {
     void *d[] = {d_inp, d_w, d_bias, d_pre, d_out};
     free_all(5, h);
     cuda_free_all(5, d);
+}
+
+// matmul_gelu_bwd against the CPU's: dpre and dact start as garbage (the op overwrites them),
+// dw and dbias accumulate from random values. In bf16 with IC a multiple of 8 it is cuBLASLt's
+// DGELU epilogue (checked under the emulation), else the unfused ops.
+static void test_matmul_gelu_bwd(T *t, int N, int IC, int OC, cuda_precision prec) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "N%d IC%d OC%d%s", N, IC, OC, prec == CUDA_BF16 ? " bf16" : "");
+    const double tol = prec == CUDA_BF16 ? 1e-2 : 1e-5;
+    const size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+    float *pre = hrand(t, ni, 2), *act = mm_malloc(ni * 4), *w = hrand(t, nw, 0.5f),
+          *dout = hrand(t, no, 1), *dw = hrand(t, nw, 1), *db = hrand(t, OC, 1),
+          *junk = hrand(t, ni, 9), *dpre = mm_malloc(ni * 4), *dact = mm_malloc(ni * 4);
+    model_ops_cpu.gelu_fwd(&mm_backend_cpu, act, pre, ni);
+    float *d_pre = dev(t, pre, ni * 4), *d_act = dev(t, act, ni * 4), *d_w = dev(t, w, nw * 4),
+          *d_dout = dev(t, dout, no * 4), *d_dw = dev(t, dw, nw * 4), *d_db = dev(t, db, OC * 4),
+          *d_dpre = dev(t, junk, ni * 4), *d_dact = dev(t, junk, ni * 4);
+    model_ops_cpu.matmul_gelu_bwd(&mm_backend_cpu, dpre, dact, dw, db, dout, act, pre, w, N, IC,
+                                  OC);
+    t->c->precision = prec;
+    const size_t lt0 = t->c->lt_matmuls[CU_LT_DGELU];
+    model_ops_cuda.matmul_gelu_bwd(t->be, d_dpre, d_dact, d_dw, d_db, d_dout, d_act, d_pre, d_w, N,
+                                   IC, OC);
+    check(t, "matmul_gelu_bwd", shape, "dpre", d_dpre, dpre, ni, tol);
+    check(t, "matmul_gelu_bwd", shape, "dw", d_dw, dw, nw, tol);
+    check(t, "matmul_gelu_bwd", shape, "dbias", d_db, db, OC, 1e-5);  // dbias stays fp32
+#ifdef MM_CUDA_EMU
+    const size_t want = prec == CUDA_BF16 && IC % 8 == 0 ? 1 : 0;
+    TEST_CHECK(&t->tc, t->c->lt_matmuls[CU_LT_DGELU] == lt0 + want,
+               "matmul_gelu_bwd %s: %zu cuBLASLt DGELU calls, expected %zu", shape,
+               t->c->lt_matmuls[CU_LT_DGELU] - lt0, want);
+#else
+    (void)lt0;
+#endif
+    t->c->precision = CUDA_FP32;
+    void *h[] = {pre, act, w, dout, dw, db, junk, dpre, dact};
+    void *d[] = {d_pre, d_act, d_w, d_dout, d_dw, d_db, d_dpre, d_dact};
+    free_all(9, h);
+    cuda_free_all(8, d);
 }
 
 static void test_elementwise(T *t, size_t n) {
@@ -1005,6 +1044,10 @@ int main(void) {
     for (size_t i = 0; i < sizeof(mg) / sizeof(mg[0]); i++)
         for (int p = 0; p < 2; p++)
             test_matmul_gelu(&t, mg[i][0], mg[i][1], mg[i][2], p ? CUDA_BF16 : CUDA_FP32);
+    // and its backward, the GELU's input now the matmul's IC: 160 and 64 fused in bf16
+    for (size_t i = 0; i < sizeof(mg) / sizeof(mg[0]); i++)
+        for (int p = 0; p < 2; p++)
+            test_matmul_gelu_bwd(&t, mg[i][0], mg[i][2], mg[i][1], p ? CUDA_BF16 : CUDA_FP32);
 
     static const int ln[][2] = {{1, 1}, {5, 7}, {33, 100}, {70, 768}, {300, 33}};
     for (size_t i = 0; i < sizeof(ln) / sizeof(ln[0]); i++) test_layernorm(&t, ln[i][0], ln[i][1]);
