@@ -28,10 +28,7 @@ __global__ void k_fill_rows(float *out, const float *bias, int N, int OC) {
         for (int c = threadIdx.x; c < OC; c += blockDim.x) out[(size_t)r * OC + c] = bias[c];
 }
 
-// out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias. In bf16 the bias rides in cuBLASLt's
-// epilogue; otherwise (fp32, or no algorithm from cuBLASLt) it is written first and the GEMM
-// accumulates on it (beta = 1), as on the CPU.
-// bf16 copies of a forward matmul's operands in scratch
+// bf16 copies of a matmul's operands in scratch
 static void bf16_operands(cuda_ctx *c, const float *inp, const float *w, int N, int IC, int OC,
                           __nv_bfloat16 **inp16, __nv_bfloat16 **w16) {
     cu_carver cv = {NULL, 0};
@@ -44,6 +41,9 @@ static void bf16_operands(cuda_ctx *c, const float *inp, const float *w, int N, 
     cu_to_bf16(c, *w16, w, (size_t)OC * IC);
 }
 
+// out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias. In bf16 the bias rides in cuBLASLt's
+// epilogue; otherwise (fp32, or no algorithm from cuBLASLt) it is written first and the GEMM
+// accumulates on it (beta = 1), as on the CPU.
 static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const float *w,
                        const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
