@@ -73,6 +73,34 @@ struct colsum_rows {
     __device__ void operator()(int, int r, int c, float *v) const { v[0] = x[(size_t)r * C + c]; }
 };
 
+// matmul_bwd's GEMMs in bf16 from one set of bf16 copies: dinp (may be NULL) += dout @ w,
+// or with pre, dinp = (dout @ w) * GELU'(pre) through cuBLASLt's DGELU epilogue; then dw +=
+// dout^T @ inp. Returns -1 having done no GEMM when pre is given and cuBLASLt has no
+// algorithm for it (the caller takes the unfused path).
+static int matmul_bwd_bf16(cuda_ctx *c, float *dinp, const float *pre, float *dw,
+                           const float *dout, const float *inp, const float *w, int N, int IC,
+                           int OC) {
+    typedef __nv_bfloat16 bf16;
+    bf16 *dout16, *inp16, *w16 = NULL;
+    cu_carver cv = {NULL, 0};
+    for (int pass = 0; pass < 2; pass++) {  // count, then carve
+        dout16 = (bf16 *)cu_carve(&cv, (size_t)N * OC * sizeof(bf16));
+        inp16 = (bf16 *)cu_carve(&cv, (size_t)N * IC * sizeof(bf16));
+        if (dinp) w16 = (bf16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(bf16));
+        if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
+    }
+    cu_to_bf16(c, dout16, dout, (size_t)N * OC);
+    if (dinp) cu_to_bf16(c, w16, w, (size_t)OC * IC);
+    if (pre) {
+        if (cu_gemm_dgelu_lt(c, N, IC, OC, dout16, w16, pre, dinp) != 0) return -1;
+    } else if (dinp) {
+        cu_gemm(c, 0, 0, N, IC, OC, 1, dout16, OC, 0, w16, IC, 0, 1, dinp, IC, 0, 1);
+    }
+    cu_to_bf16(c, inp16, inp, (size_t)N * IC);
+    cu_gemm(c, 1, 0, OC, IC, N, 1, dout16, OC, 0, inp16, IC, 0, 1, dw, IC, 0, 1);
+    return 0;
+}
+
 // dinp (N, IC) += dout (N, OC) @ w (OC, IC); dw (OC, IC) += dout^T @ inp; dbias += column
 // sums of dout. dinp and dbias may be NULL.
 static void matmul_bwd(const mm_backend *be, float *dinp, float *dw, float *dbias,
@@ -83,23 +111,7 @@ static void matmul_bwd(const mm_backend *be, float *dinp, float *dw, float *dbia
         if (dinp) cu_gemm(c, 0, 0, N, IC, OC, 1, dout, OC, 0, w, IC, 0, 1, dinp, IC, 0, 1);
         cu_gemm(c, 1, 0, OC, IC, N, 1, dout, OC, 0, inp, IC, 0, 1, dw, IC, 0, 1);
     } else {
-        const size_t sz = sizeof(__nv_bfloat16);
-        cu_carver cv = {NULL, 0};
-        cu_carve(&cv, (size_t)N * OC * sz);
-        cu_carve(&cv, (size_t)N * IC * sz);
-        if (dinp) cu_carve(&cv, (size_t)OC * IC * sz);
-        cv.base = (char *)cuda_scratch(c, cv.off);
-        cv.off = 0;
-        __nv_bfloat16 *dout16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)N * OC * sz);
-        __nv_bfloat16 *inp16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)N * IC * sz);
-        cu_to_bf16(c, dout16, dout, (size_t)N * OC);
-        cu_to_bf16(c, inp16, inp, (size_t)N * IC);
-        if (dinp) {
-            __nv_bfloat16 *w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sz);
-            cu_to_bf16(c, w16, w, (size_t)OC * IC);
-            cu_gemm(c, 0, 0, N, IC, OC, 1, dout16, OC, 0, w16, IC, 0, 1, dinp, IC, 0, 1);
-        }
-        cu_gemm(c, 1, 0, OC, IC, N, 1, dout16, OC, 0, inp16, IC, 0, 1, dw, IC, 0, 1);
+        matmul_bwd_bf16(c, dinp, NULL, dw, dout, inp, w, N, IC, OC);
     }
     // after the GEMMs: cu_colsum takes the scratch the bf16 copies were in
     if (dbias) cu_colsum(c, colsum_rows{dout, OC}, 1, N, OC, dbias, NULL, 0);
@@ -290,21 +302,18 @@ static void matmul_gelu_fwd(const mm_backend *be, float *pre, float *out, const 
     gelu_fwd(be, out, pre, (size_t)N * OC);
 }
 
-// In bf16 the GELU's derivative is the dinp GEMM's epilogue (cuBLASLt DGELU), dw and dbias
-// the usual backward without dinp; otherwise (fp32, or no algorithm) the two ops.
+// In bf16 the GELU's derivative is the dinp GEMM's epilogue (cuBLASLt DGELU), dw from the
+// same bf16 copy of dout; otherwise (fp32, or no algorithm) the two ops.
 static void matmul_gelu_bwd(const mm_backend *be, float *dpre, float *dact, float *dw,
                             float *dbias, const float *dout, const float *act, const float *pre,
                             const float *w, int N, int IC, int OC) {
     if (N <= 0 || IC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     const size_t n = (size_t)N * IC;
-    if (c->precision == CUDA_BF16 && OC > 0) {
-        __nv_bfloat16 *dout16, *w16;
-        bf16_operands(c, dout, w, N, OC, IC, &dout16, &w16);  // (N, OC) and (IC, OC) elements
-        if (cu_gemm_dgelu_lt(c, N, IC, OC, dout16, w16, pre, dpre) == 0) {
-            matmul_bwd(be, NULL, dw, dbias, dout, act, w, N, IC, OC);
-            return;
-        }
+    if (c->precision == CUDA_BF16 && OC > 0 &&
+        matmul_bwd_bf16(c, dpre, pre, dw, dout, act, w, N, IC, OC) == 0) {
+        if (dbias) cu_colsum(c, colsum_rows{dout, OC}, 1, N, OC, dbias, NULL, 0);
+        return;
     }
     CU_CHECK(cudaMemsetAsync(dact, 0, n * sizeof(float), c->stream));
     matmul_bwd(be, dact, dw, dbias, dout, act, w, N, IC, OC);
