@@ -334,6 +334,8 @@ typedef struct {
                            // only (block); the set the blocks share is counted once, in act_bytes
     size_t attn_probs;     // one self-attention's (max_B, heads, T, T) fp32 probabilities, which
                            // a backend may materialise in its scratch (not in act_bytes)
+    int attn_hd;           // that attention's head width
+    int attn_dropout;      // 1 when dropout applies to its probabilities
     int n_layers;
 } model_mem;
 // -1 with err for a cfg model_create refuses.

@@ -467,6 +467,8 @@ int model_mem_plan(const model_config *cfg, const mm_backend *be, int max_B, mod
                            .act_bytes = n * sizeof(mm_real),
                            .act_per_layer = per * sizeof(mm_real),
                            .attn_probs = (size_t)max_B * m.NHl * m.T * m.T * sizeof(float),
+                           .attn_hd = m.HD,
+                           .attn_dropout = m.attn_thr != 0,
                            .n_layers = m.L};
     }
     free(m.tensors);

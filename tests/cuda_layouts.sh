@@ -90,9 +90,10 @@ for kind in lm dit; do
     done
 done
 same_ids lm_cpu lm_dp2tp2z
-# precision bf16 (bf16 matmuls, self-attention on tensor cores) through the whole trainer, on
-# one emulated GPU and at dp 2 x tp 2 with ZeRO-1: within 1e-3 of the fp32 CPU losses (bf16
-# rounds operands to 2^-9; the difference measured here is ~6e-5, on an H200 7e-5), and not
+# precision bf16 (bf16 matmuls, flash attention on tensor cores: HD 16 here) through the whole
+# trainer, on one emulated GPU and at dp 2 x tp 2 with ZeRO-1: within 1e-3 of the fp32 CPU
+# losses (bf16 rounds operands to 2^-9; the difference measured here is ~5e-5; on an H200,
+# before the tensor-core flash kernels, 7e-5), and not
 # equal to the fp32 GPU run's, or bf16 did not take effect. tests/gpu/test_ops_cuda checks
 # each op's bf16 result closely; this checks that the trainer runs them together.
 for kind in lm dit; do

@@ -362,15 +362,18 @@ static void cb_mem_avail(const mm_backend *be MM_UNUSED, size_t *avail, size_t *
 }
 
 // The ops' scratch (cuda_scratch) grows to the largest single request: self-attention's
-// backward on the cuBLAS core (when the probabilities fit in attn_core_bytes; the flash
-// kernel beyond needs none) holds the probabilities and their gradient, in bf16 also their
-// bf16 copies: 2 or 3 times the fp32 probabilities; or the bf16 copies of a matmul's
-// operands and the chunked reductions' partial sums, each within one block's activations.
-// Plus cuBLAS's own workspace (32 MiB on Hopper) and, in bf16, cuBLASLt's (the context's).
+// backward on the cuBLAS core (when the probabilities fit in attn_core_bytes and the
+// tensor-core flash kernels do not take the attention; the flash kernels need none) holds the
+// probabilities and their gradient, in bf16 also their bf16 copies: 2 or 3 times the fp32
+// probabilities; or the bf16 copies of a matmul's operands and the chunked reductions' partial
+// sums, each within one block's activations. Plus cuBLAS's own workspace (32 MiB on Hopper)
+// and, in bf16, cuBLASLt's (the context's).
 static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
     const cuda_ctx *c = ctx_of(be);
-    const size_t attn = m->attn_probs <= c->attn_core_bytes
-                            ? m->attn_probs * (c->precision == CUDA_BF16 ? 3 : 2)
+    const int bf16 = c->precision == CUDA_BF16;
+    const int flash_tc = bf16 && c->flash_tc && !m->attn_dropout && cu_flash_tc_ok(m->attn_hd);
+    const size_t attn = m->attn_probs <= c->attn_core_bytes && !flash_tc
+                            ? m->attn_probs * (bf16 ? 3 : 2)
                             : 0;
     return (attn > m->act_per_layer ? attn : m->act_per_layer) + ((size_t)32 << 20) +
            (c->precision == CUDA_BF16 ? CUDA_LT_WORKSPACE : 0);

@@ -99,6 +99,9 @@ typedef struct cuda_ctx {
     size_t mem_bytes;          // device memory
     size_t attn_core_bytes;    // self-attention materialises its (B, NH, T, T) probabilities
                                // in scratch (cuBLAS) up to this size, flash beyond; init: 1 GiB
+    int flash_tc;              // 1: in precision bf16, self-attention without dropout runs on
+                               // the tensor-core flash kernels where the head width allows,
+                               // whatever attn_core_bytes says; 0: the paths above (init 1)
 } cuda_ctx;
 
 // This process's rank within its node, from the launcher's environment: Open MPI

@@ -258,6 +258,23 @@ void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
                    const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *att,
                    const __nv_bfloat16 *att16, int B, int Tq, int Tk, int NH, int HD);
 
+// Self-attention's mask on packed qkv: query i may see the keys below cu_attn_lim(i, P)
+// (then filtered by key_valid): the whole prefix for a prefix query (i < P), itself and
+// everything before for a causal one. Nondecreasing in i.
+__device__ __forceinline__ int cu_attn_lim(int i, int P) { return i < P ? P : i + 1; }
+
+// Self-attention on tensor cores (ops_flash_tc_cuda.cu), for precision bf16 without dropout:
+// cu_flash_tc_ok says whether the kernels take heads of width HD. fwd writes out (B, T, NH,
+// HD) and lse (B, NH, T) (-inf for a query with no allowed key, whose output is zero) from
+// qkv (B, T, 3, NH, HD); bwd adds the gradients to dqkv from dout, the forward's lse and D
+// (B, NH, T) = dout . out row by row.
+int cu_flash_tc_ok(int HD);
+void cu_flash_tc_fwd(cuda_ctx *c, float *out, float *lse, const float *qkv,
+                     const uint8_t *key_valid, int B, int T, int P, int NH, int HD);
+void cu_flash_tc_bwd(cuda_ctx *c, float *dqkv, const float *dout, const float *qkv,
+                     const float *lse, const float *D, const uint8_t *key_valid, int B, int T,
+                     int P, int NH, int HD);
+
 // ---------------------------------------------------------------------------------------
 // the ops table's memory and glue ops (ops_glue_cuda.cu; model.h documents them)
 

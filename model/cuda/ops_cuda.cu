@@ -2,8 +2,9 @@
 // that the transformer runs unchanged on a GPU. Matmuls go to cuBLAS (fp32, or bf16 inputs
 // with fp32 accumulation when the context says so); self-attention is a fused flash-attention
 // forward and backward of our own (fp32, tiled in shared memory, saving the log-sum-exp of
-// each row instead of the probabilities); the cross-attention of the diffusion model keeps the
-// cuBLAS core with materialised probabilities. The rest are memory-bound kernels: one warp
+// each row instead of the probabilities; in bf16 the tensor-core kernels of
+// ops_flash_tc_cuda.cu), or the cuBLAS core below; the cross-attention of the diffusion model
+// keeps the cuBLAS core with materialised probabilities. The rest are memory-bound kernels: one warp
 // per row for layernorm, one block per row for the fused cross-entropy over a vocabulary,
 // grid-stride loops for elementwise ops. Same semantics as the CPU ops, including the
 // accumulating (+=) backward ops and the attention mask (prefix bidirectional, causal text,
@@ -569,9 +570,6 @@ __device__ __forceinline__ float fa_get(fa_f4 v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// Number of leading keys query i may see (then filtered by key_valid); nondecreasing in i.
-__device__ __forceinline__ int fa_lim(int i, int P) { return i < P ? P : i + 1; }
-
 __device__ __forceinline__ float fa_row_max(float v) {
     for (int o = 1; o < 8; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
@@ -621,13 +619,13 @@ __global__ void k_flash_fwd(float *out, float *lse, const float *qkv, const uint
     fa_f4 o[2][2];
     for (int r = 0; r < 2; r++) {
         const int i = q0 + ty + 32 * r;
-        lim[r] = i < T ? fa_lim(i, P) : 0;
+        lim[r] = i < T ? cu_attn_lim(i, P) : 0;
         m[r] = -INFINITY;
         l[r] = 0;
         o[r][0] = o[r][1] = fa_f4{0, 0, 0, 0};
     }
     const int last = (q0 + FA_BQ < T ? q0 + FA_BQ : T) - 1;
-    const int kend = fa_lim(last, P) < T ? fa_lim(last, P) : T;
+    const int kend = cu_attn_lim(last, P) < T ? cu_attn_lim(last, P) : T;
     for (int k0 = 0; k0 < kend; k0 += FA_BK) {
         __syncthreads();  // the previous tile's readers are done
         fa_load<FA_BK>(Ks, qb + C, rs, k0, T, HD);
@@ -771,14 +769,14 @@ __global__ void k_flash_bwd_dq(float *dqkv, const float *dout, const float *qkv,
     fa_load<FA_TB>(Qs, qb, rs, q0, T, HD);
     fa_load<FA_TB>(dOs, dout + (size_t)b * T * C + (size_t)h * HD, C, q0, T, HD);
     const int i = q0 + ty;
-    const int lim = i < T ? fa_lim(i, P) : 0;
+    const int lim = i < T ? cu_attn_lim(i, P) : 0;
     const uint64_t sk = dr.thr ? model_drop_site_key(dr.keys[b], dr.layer, dr.place) : 0;
     const uint64_t erow = ((uint64_t)(dr.head0 + h) * T + (uint64_t)i) * T;
     const float l_i = i < T ? lse[(size_t)bh * T + i] : 0.0f;
     const float D_i = i < T ? D[(size_t)bh * T + i] : 0.0f;
     fa_f4 dq[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
     const int last = (q0 + FA_TB < T ? q0 + FA_TB : T) - 1;
-    const int kend = fa_lim(last, P) < T ? fa_lim(last, P) : T;
+    const int kend = cu_attn_lim(last, P) < T ? cu_attn_lim(last, P) : T;
     for (int k0 = 0; k0 < kend; k0 += FA_TB) {
         __syncthreads();
         fa_load<FA_TB>(Ks, qb + C, rs, k0, T, HD);
@@ -845,7 +843,7 @@ __global__ void k_flash_bwd_dkv(float *dqkv, const float *dout, const float *qkv
         __syncthreads();
         const int i = q0 + ty;
         float p[4], ds[4];
-        fa_probs(p, ds, Qs, dOs, Ks, Vs, kval, ty, tx, k0, i < T ? fa_lim(i, P) : 0, lse_s[ty],
+        fa_probs(p, ds, Qs, dOs, Ks, Vs, kval, ty, tx, k0, i < T ? cu_attn_lim(i, P) : 0, lse_s[ty],
                  D_s[ty], HD4, scale, sk, ((uint64_t)(dr.head0 + h) * T + (uint64_t)i) * T, dr.thr,
                  dr.scale);
         for (int u = 0; u < 4; u++) {
@@ -992,6 +990,22 @@ static int attention_core(const cuda_ctx *c, int B, int NH, int T, int HD) {
 static int attention_core16_on(const cuda_ctx *c, const model_drop &d) {
     return c->precision == CUDA_BF16 && !d.thr;
 }
+// 1 when self-attention runs on the tensor-core flash kernels (ops_flash_tc_cuda.cu), ahead
+// of both paths above
+static int attention_flash_tc(const cuda_ctx *c, int HD, const model_drop &d) {
+    return c->flash_tc && attention_core16_on(c, d) && cu_flash_tc_ok(HD);
+}
+
+// D (B, NH, T) of k_flash_rowdot, in scratch, for the flash backward kernels
+static const float *flash_row_terms(cuda_ctx *c, const float *dout, const float *out, int B,
+                                    int T, int NH, int HD) {
+    const int rows = B * NH * T;
+    float *D = (float *)cuda_scratch(c, (size_t)rows * sizeof(float));
+    CU_LAUNCH(k_flash_rowdot, row_blocks(rows), CU_THREADS, c->stream, D, dout, out, B, T, NH,
+              HD);
+    CU_CHECK_LAUNCH("attention_bwd (row terms)");
+    return D;
+}
 
 static void attention_fwd(const mm_backend *be, float *out, float *att, const float *qkv,
                           const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
@@ -1002,6 +1016,10 @@ static void attention_fwd(const mm_backend *be, float *out, float *att, const fl
     const model_drop d = drop_arg(drop);
     CU_CHECK(cudaMemcpyAsync(saved_mask(att, B, NH, T), key_valid, (size_t)B * T,
                              cudaMemcpyDeviceToDevice, c->stream));
+    if (attention_flash_tc(c, HD, d)) {
+        cu_flash_tc_fwd(c, out, att, qkv, key_valid, B, T, P, NH, HD);
+        return;
+    }
     if (attention_core(c, B, NH, T, HD)) {
         if (attention_core16_on(c, d))
             attention_core16(c, out, qkv, key_valid, B, T, P, NH, HD, 0);
@@ -1025,6 +1043,11 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
     const model_drop d = drop_arg(drop);
     const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
     const int C = NH * HD;
+    if (attention_flash_tc(c, HD, d)) {
+        const float *D = flash_row_terms(c, dout, out, B, T, NH, HD);
+        cu_flash_tc_bwd(c, dqkv, dout, qkv, att, D, key_valid, B, T, P, NH, HD);
+        return;
+    }
     if (attention_core(c, B, NH, T, HD) && attention_core16_on(c, d)) {
         const attn16_ws w = attention_core16(c, NULL, qkv, key_valid, B, T, P, NH, HD, 1);
         cu_heads_split(c, w.dout, dout, B, T, NH, HD, C, 0);
@@ -1054,11 +1077,7 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
         cu_heads_merge(c, dqkv, dv, B, T, NH, HD, 3 * C, 2 * C, 1);
         return;
     }
-    const int rows = B * NH * T;
-    float *D = (float *)cuda_scratch(c, (size_t)rows * sizeof(float));
-    CU_LAUNCH(k_flash_rowdot, row_blocks(rows), CU_THREADS, c->stream, D, dout, out, B, T, NH,
-              HD);
-    CU_CHECK_LAUNCH("attention_bwd (row terms)");
+    const float *D = flash_row_terms(c, dout, out, B, T, NH, HD);
     const float scale = 1 / sqrtf((float)HD);
     const dim3 grid((unsigned)((T + FA_TB - 1) / FA_TB), (unsigned)(B * NH));
     CU_LAUNCH(k_flash_bwd_dq, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid, T, P,

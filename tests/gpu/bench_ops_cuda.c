@@ -140,16 +140,19 @@ static void gpt2(bench *b, int B) {
     memset(ones, 1, (size_t)N);
     cuda_upload(b->c, valid, ones, (size_t)N);
     free(ones);
-    // the self-attention paths (ops_cuda.cu attention_core): flash, then the cuBLAS core in
-    // fp32 and in bf16 (tensor cores)
+    // the self-attention paths (ops_cuda.cu): SIMT flash, the cuBLAS core in fp32 and in bf16
+    // (tensor cores), then flash on tensor cores (bf16, ops_flash_tc_cuda.cu: the default
+    // where the heads allow)
     const size_t core_bytes = b->c->attn_core_bytes;
-    static const char *const fwd_name[3] = {"attention_fwd (flash)", "attention_fwd (cuBLAS)",
-                                            "attention_fwd (bf16 TC)"};
-    static const char *const bwd_name[3] = {"attention_bwd (flash)", "attention_bwd (cuBLAS)",
-                                            "attention_bwd (bf16 TC)"};
-    for (int path = 0; path < 3; path++) {
-        b->c->attn_core_bytes = path ? SIZE_MAX : 0;
-        b->c->precision = path == 2 ? CUDA_BF16 : CUDA_FP32;
+    const int flash_tc = b->c->flash_tc;
+    static const char *const fwd_name[4] = {"attention_fwd (flash)", "attention_fwd (cuBLAS)",
+                                            "attention_fwd (bf16 TC)", "attention_fwd (flash TC)"};
+    static const char *const bwd_name[4] = {"attention_bwd (flash)", "attention_bwd (cuBLAS)",
+                                            "attention_bwd (bf16 TC)", "attention_bwd (flash TC)"};
+    for (int path = 0; path < 4; path++) {
+        b->c->attn_core_bytes = path == 1 || path == 2 ? SIZE_MAX : 0;
+        b->c->flash_tc = path == 3;
+        b->c->precision = path >= 2 ? CUDA_BF16 : CUDA_FP32;
         TIME_MS(b, ms,
                 model_ops_cuda.attention_fwd(b->be, y, att, qkvb, valid, B, T, 64, NH, HD, NULL));
         op_row(fwd_name[path], ms, &proj, 0);
@@ -158,6 +161,7 @@ static void gpt2(bench *b, int B) {
         op_row(bwd_name[path], ms, &qkv, 1);
     }
     b->c->attn_core_bytes = core_bytes;
+    b->c->flash_tc = flash_tc;
     b->c->precision = CUDA_FP32;
     cuda_free(att);
     cuda_free(qkvb);

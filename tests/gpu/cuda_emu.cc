@@ -92,7 +92,7 @@ struct fiber {
 #endif
     char *stack = nullptr;
     int state = DONE;
-    unsigned char slot[8];  // this lane's value in a warp exchange
+    unsigned char slot[32];  // this lane's value in a warp exchange or gather
 };
 
 struct emu_state {
@@ -182,6 +182,58 @@ void cuemu_warp_exchange(const void *in, void *out, size_t size, int src_lane) {
     memcpy(out, S.fibers[base + (src_lane & 31)].slot, size);
     S.fibers[me].state = AT_WARP_BARRIER;  // everyone has read before the slots change
     to_sched(false);
+}
+
+void cuemu_warp_gather(const void *in, void *all, size_t size) {
+    if (S.cur < 0) emu_die("warp gather outside a kernel");
+    if (size > sizeof(S.fibers[0].slot)) emu_die("warp gather of more than 32 bytes");
+    if (blockDim.x * blockDim.y * blockDim.z % 32 != 0)
+        emu_die("warp gather in a block whose size is not a multiple of 32");
+    const int me = S.cur, base = me / 32 * 32;
+    memcpy(S.fibers[me].slot, in, size);
+    S.fibers[me].state = AT_WARP_BARRIER;
+    to_sched(false);
+    for (int l = 0; l < 32; l++) memcpy((char *)all + l * size, S.fibers[base + l].slot, size);
+    S.fibers[me].state = AT_WARP_BARRIER;
+    to_sched(false);
+}
+
+// The fragments of PTX's mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (PTX ISA,
+// "Matrix Fragments for mma.m16n8k16 with floating point type"): lane = 4 g + t holds
+// A (16 x 16, row-major) a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9],
+// a[3] = A[g+8][2t+8, 2t+9]; B (16 x 8, k by n) b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g];
+// C/D (16 x 8) d[0..1] = D[g][2t, 2t+1], d[2..3] = D[g+8][2t, 2t+1]; each 32-bit register
+// holds its lower-indexed element in the low half. Products are summed in double and added
+// to d once (the hardware's internal order is not IEEE's either).
+static float bf16_bits(uint32_t u16) {
+    const uint32_t u = u16 << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+void cuemu_mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]}, all[32][6];
+    cuemu_warp_gather(mine, all, sizeof mine);
+    float A[16][16], B[16][8];
+    for (int lane = 0; lane < 32; lane++) {
+        const int g = lane / 4, t = lane % 4;
+        const uint32_t *f = all[lane];
+        for (int h = 0; h < 2; h++) {
+            A[g][2 * t + h] = bf16_bits(f[0] >> (16 * h) & 0xffffu);
+            A[g + 8][2 * t + h] = bf16_bits(f[1] >> (16 * h) & 0xffffu);
+            A[g][2 * t + 8 + h] = bf16_bits(f[2] >> (16 * h) & 0xffffu);
+            A[g + 8][2 * t + 8 + h] = bf16_bits(f[3] >> (16 * h) & 0xffffu);
+            B[2 * t + h][g] = bf16_bits(f[4] >> (16 * h) & 0xffffu);
+            B[2 * t + 8 + h][g] = bf16_bits(f[5] >> (16 * h) & 0xffffu);
+        }
+    }
+    const int lane = S.cur % 32, g = lane / 4, t = lane % 4;
+    for (int e = 0; e < 4; e++) {
+        const int r = g + 8 * (e / 2), col = 2 * t + e % 2;
+        double s = 0;
+        for (int k = 0; k < 16; k++) s += (double)A[r][k] * B[k][col];
+        d[e] = (float)((double)d[e] + s);
+    }
 }
 
 static void dump_and_die(const char *why) {

@@ -205,6 +205,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 #define __shared__ static
 
 struct dim3 {
@@ -220,6 +221,12 @@ void cuemu_syncthreads(void);
 // Exchanges `size` bytes among the 32 lanes of the calling thread's warp: writes in, returns
 // in out the value of lane src (clamped by the caller).
 void cuemu_warp_exchange(const void *in, void *out, size_t size, int src_lane);
+// Gathers `size` (<= 32) bytes from each of the 32 lanes of the calling thread's warp into
+// all (32 * size bytes, lane order); every lane must call it.
+void cuemu_warp_gather(const void *in, void *all, size_t size);
+// d += A B for one warp's mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 fragments (the
+// PTX ISA's layout; cuda_emu.cc spells it out); every lane must call it.
+void cuemu_mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
 void cuemu_launch(dim3 grid, dim3 block, const std::function<void()> &body);
 
 #define __syncthreads() cuemu_syncthreads()
@@ -245,6 +252,8 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
     else r.x = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
     return r;
 }
+
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.x; }
 
 inline float __bfloat162float(__nv_bfloat16 h) {
     uint32_t u = (uint32_t)h.x << 16;

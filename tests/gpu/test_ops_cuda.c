@@ -433,17 +433,20 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pd
                            cuda_precision prec) {
     const int C = NH * HD;
     size_t nqkv = (size_t)B * Tn * 3 * C, no = (size_t)B * Tn * C, na = (size_t)B * NH * Tn * Tn;
-    // the path the op takes (ops_cuda.cu attention_core): flash unless the probabilities fit
-    // the context's attn_core_bytes or the heads are wider than 64; the cuBLAS core runs on
-    // tensor cores in bf16 without dropout (1e-2 against the fp32 CPU op, as bf16 matmuls)
-    const int flash = HD <= 64 && na * sizeof(float) > t->c->attn_core_bytes;
-    const int tc = !flash && prec == CUDA_BF16 && pdrop == 0;
+    // the path the op takes (ops_cuda.cu): in bf16 without dropout, flash on tensor cores
+    // where the context allows it (flash_tc) and the heads are a multiple of 16 up to 64;
+    // else SIMT flash unless the probabilities fit the context's attn_core_bytes or the heads
+    // are wider than 64; the cuBLAS core runs on tensor cores in bf16 without dropout. Both
+    // tensor-core paths: 1e-2 against the fp32 CPU op, as bf16 matmuls.
+    const int ftc = t->c->flash_tc && prec == CUDA_BF16 && pdrop == 0 && HD % 16 == 0 && HD <= 64;
+    const int flash = ftc || (HD <= 64 && na * sizeof(float) > t->c->attn_core_bytes);
+    const int tc = ftc || (!flash && prec == CUDA_BF16 && pdrop == 0);
     const double tol = tc ? 1e-2 : 1e-5;
     t->c->precision = prec;
     char shape[64];
     snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d %s%s%s", B, Tn, P, NH, HD,
-             flash ? "flash" : tc ? "cuBLAS-bf16" : "cuBLAS", pdrop > 0 ? " drop" : "",
-             prec == CUDA_BF16 && !tc ? " (bf16 ctx)" : "");
+             ftc ? "flash-TC" : flash ? "flash" : tc ? "cuBLAS-bf16" : "cuBLAS",
+             pdrop > 0 ? " drop" : "", prec == CUDA_BF16 && !tc ? " (bf16 ctx)" : "");
     uint64_t keys[8];
     for (int b = 0; b < B && b < 8; b++) keys[b] = 1000003u * (uint64_t)(b + 1);
     uint64_t *d_keys = dev(t, keys, sizeof(keys));
@@ -479,7 +482,7 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pd
             if (isinf(h[i])) h[i] = lse[i] = 0;
         }
         TEST_CHECK(&t->tc, same_inf, "attention_fwd %s: rows without a key differ", shape);
-        row(t, "attention_fwd", shape, "lse", rel_err(h, lse, nl), 1e-5);
+        row(t, "attention_fwd", shape, "lse", rel_err(h, lse, nl), ftc ? 1e-2 : 1e-5);
         free(h);
     }
     model_ops_cuda.attention_bwd(t->be, d_dqkv, d_dout, d_qkv, d_out, d_att, B, Tn, P, NH, HD,
@@ -1057,21 +1060,27 @@ int main(void) {
     test_elementwise(&t, 70003);
 
     // attention: T = 1, all-causal, all-prefix, mixed; HD not a multiple of 32; several
-    // query and key tiles with the prefix ending inside one (HD 64, the flash kernels' widest);
-    // HD 80 (always cuBLAS). Each shape on both paths: flash (attn_core_bytes 0) and the
-    // cuBLAS core (no limit), the latter in fp32 and in bf16 (tensor cores without dropout;
-    // the fp32 core with it); then the default limit is restored.
-    static const int at[][5] = {{1, 1, 0, 1, 4},   {3, 1, 1, 2, 8},     {3, 5, 2, 1, 3},
-                                {3, 37, 10, 2, 16}, {2, 64, 64, 4, 32},  {3, 70, 0, 3, 24},
-                                {3, 150, 45, 2, 64}, {2, 33, 7, 1, 80}};
+    // query and key tiles with the prefix ending inside one (HD 64, the flash kernels' widest;
+    // HD 48 with a last tile of one row); HD 80 (always cuBLAS). Each shape on every path:
+    // SIMT flash (attn_core_bytes 0) and the cuBLAS core (no limit), the latter in fp32 and in
+    // bf16 (tensor cores without dropout; the fp32 core with it), all with flash_tc off; then
+    // bf16 with flash_tc on (flash on tensor cores where the shape allows, the bf16 core
+    // otherwise; dropout still the fp32 core). Then the context's defaults are restored.
+    static const int at[][5] = {{1, 1, 0, 1, 4},   {3, 1, 1, 2, 8},      {3, 5, 2, 1, 3},
+                                {3, 37, 10, 2, 16}, {2, 64, 64, 4, 32},   {3, 70, 0, 3, 24},
+                                {3, 150, 45, 2, 64}, {2, 129, 100, 3, 48}, {1, 1, 0, 1, 16},
+                                {2, 33, 7, 1, 80}};
     const size_t core_bytes = ctx->attn_core_bytes;
-    for (int path = 0; path < 3; path++) {
-        ctx->attn_core_bytes = path ? SIZE_MAX : 0;
+    const int flash_tc = ctx->flash_tc;
+    for (int path = 0; path < 4; path++) {
+        ctx->attn_core_bytes = path == 1 || path == 2 ? SIZE_MAX : 0;
+        ctx->flash_tc = path == 3;
         for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++)
             for (int drop = 0; drop < 2; drop++)
                 test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4],
-                               drop ? 0.25 : 0, path == 2 ? CUDA_BF16 : CUDA_FP32);
+                               drop ? 0.25 : 0, path >= 2 ? CUDA_BF16 : CUDA_FP32);
     }
+    ctx->flash_tc = flash_tc;
     test_dropout(&t, 1, 1, 0.5);
     test_dropout(&t, 3, 1000, 0.1);
     test_dropout(&t, 4, 70003, 0.3);

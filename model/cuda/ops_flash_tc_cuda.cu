@@ -1,0 +1,419 @@
+// ops_flash_tc_cuda.cu: self-attention on tensor cores for precision bf16 — FlashAttention-2's
+// schedule with its products on mma.sync (m16n8k16, bf16 operands, fp32 accumulation), so
+// that the (B, NH, T, T) probabilities are never written to memory and the products run at
+// tensor-core rate. ops_cuda.cu's attention op calls it where the heads allow (HD a multiple
+// of 16, at most 64) and there is no attention dropout; its SIMT flash kernels and the cuBLAS
+// core remain the paths for everything else (precision fp32, dropout, other head widths).
+//
+// Kernels (grid: 64-row tiles of queries or keys x B * NH; 4 warps, 16 rows each):
+//   fwd: a query tile streams past the key tiles it can see with an online softmax; writes
+//        out and the row's log-sum-exp, which is all the backward needs (as the SIMT kernel).
+//   dq:  a query tile loops over key tiles, recomputing p = exp(s - lse), dp = dout v^T,
+//        ds = scale p (dp - D), dq += ds k.
+//   dkv: a key tile loops over the query tiles that can see it: dv += p^T dout, dk += ds^T q.
+// Each gradient element is owned by one thread and summed in a fixed order (no atomics), so
+// a rerun gives the same bits; the hardware's order inside one mma is fixed for a device.
+//
+// Numbers: q, k, v and dout are rounded to bf16 when their tiles are loaded (the fp32
+// activations are read directly: no conversion pass), as are p and ds before the products
+// after them (FlashAttention-2 does the same); scores, the softmax, its row sums and every
+// accumulation are fp32. Against the fp32 CPU op: about bf16's precision (test_ops_cuda: 1e-2).
+//
+// Fragments follow the PTX ISA's layout for mma.m16n8k16 (lane = 4 g + t): an A fragment
+// (16 x 16, row-major) is rows g and g + 8, columns 2t, 2t + 1 and 2t + 8, 2t + 9; a B
+// fragment (16 x 8) is column g, rows 2t, 2t + 1 and 2t + 8, 2t + 9; a C fragment (16 x 8)
+// is rows g and g + 8, columns 2t, 2t + 1. So the operand whose contraction index is not the
+// contiguous one is kept transposed in shared memory (V for p v, K for ds k, q and dout for
+// the key-side products), and a C fragment of scores becomes the A fragment of the next
+// product in registers. The CPU emulator (tests/gpu/cuda_emu.cc) runs the same instruction
+// from the same fragments.
+#include "cuda_internal.h"
+
+enum { TC_ROWS = 64, TC_THREADS = 128, TC_PAD = 8 };
+typedef uint16_t tc_bits;  // a bf16 in shared memory
+
+__device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16(lo)) |
+           (uint32_t)__bfloat16_as_ushort(__float2bfloat16(hi)) << 16;
+}
+__device__ __forceinline__ uint32_t tc_ld(const tc_bits *p) {  // two bf16, 4-byte aligned
+#ifdef MM_CUDA_EMU
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+#else
+    return *reinterpret_cast<const uint32_t *>(p);
+#endif
+}
+__device__ __forceinline__ void tc_st(tc_bits *p, uint32_t v) {
+#ifdef MM_CUDA_EMU
+    memcpy(p, &v, 4);
+#else
+    *reinterpret_cast<uint32_t *>(p) = v;
+#endif
+}
+
+// d += a b for one warp (every lane calls it)
+__device__ __forceinline__ void tc_mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef MM_CUDA_EMU
+    cuemu_mma_bf16_16816(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// A fragment of the 16 x 16 block at (r0, k0) of S, k contiguous
+template <int LD>
+__device__ __forceinline__ void tc_frag_a(uint32_t a[4], const tc_bits (*S)[LD], int r0, int k0,
+                                          int g, int t) {
+    a[0] = tc_ld(&S[r0 + g][k0 + 2 * t]);
+    a[1] = tc_ld(&S[r0 + g + 8][k0 + 2 * t]);
+    a[2] = tc_ld(&S[r0 + g][k0 + 2 * t + 8]);
+    a[3] = tc_ld(&S[r0 + g + 8][k0 + 2 * t + 8]);
+}
+// B fragment of the 16 (k) x 8 (n) block at (k0, n0) of an operand stored n-major: S[n][k]
+template <int LD>
+__device__ __forceinline__ void tc_frag_b(uint32_t b[2], const tc_bits (*S)[LD], int n0, int k0,
+                                          int g, int t) {
+    b[0] = tc_ld(&S[n0 + g][k0 + 2 * t]);
+    b[1] = tc_ld(&S[n0 + g][k0 + 2 * t + 8]);
+}
+// The A fragment (16 x 16) made of two C fragments side by side (columns 0-7, 8-15)
+__device__ __forceinline__ void tc_c_to_a(uint32_t a[4], const float c0[4], const float c1[4]) {
+    a[0] = tc_pack(c0[0], c0[1]);
+    a[1] = tc_pack(c0[2], c0[3]);
+    a[2] = tc_pack(c1[0], c1[1]);
+    a[3] = tc_pack(c1[2], c1[3]);
+}
+
+// Rows r0 .. r0 + TC_ROWS - 1 (HD wide) of a (T, rs) fp32 matrix into bf16 tiles: rows
+// (TC_ROWS, HD + TC_PAD) and/or cols, its transpose (HD, TC_ROWS + TC_PAD); zeros past T.
+template <int HD>
+__device__ void tc_load(tc_bits (*rows)[HD + TC_PAD], tc_bits (*cols)[TC_ROWS + TC_PAD],
+                        const float *src, size_t rs, int r0, int T) {
+    for (int e = threadIdx.x; e < TC_ROWS * HD / 2; e += blockDim.x) {
+        const int r = e / (HD / 2), d = 2 * (e % (HD / 2)), i = r0 + r;
+        float x0 = 0, x1 = 0;
+        if (i < T) {
+            x0 = src[(size_t)i * rs + d];
+            x1 = src[(size_t)i * rs + d + 1];
+        }
+        const uint32_t v = tc_pack(x0, x1);
+        if (rows) tc_st(&rows[r][d], v);
+        if (cols) {
+            cols[d][r] = (tc_bits)(v & 0xffffu);
+            cols[d + 1][r] = (tc_bits)(v >> 16);
+        }
+    }
+}
+
+// the keys of a tile: 1 where valid (0 past T)
+__device__ __forceinline__ void tc_load_valid(uint8_t *kval, const uint8_t *key_valid, int k0,
+                                              int T) {
+    if (threadIdx.x < TC_ROWS)
+        kval[threadIdx.x] = k0 + (int)threadIdx.x < T ? key_valid[k0 + threadIdx.x] != 0 : 0;
+}
+
+// the max / sum of a row over the 4 lanes that hold it (the same bits in each)
+__device__ __forceinline__ float tc_quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float tc_quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// One past the last key the queries of the tile at q0 may see
+__device__ __forceinline__ int tc_key_end(int q0, int T, int P) {
+    const int last = (q0 + TC_ROWS < T ? q0 + TC_ROWS : T) - 1, e = cu_attn_lim(last, P);
+    return e < T ? e : T;
+}
+
+// out (B, T, NH, HD), lse (B, NH, T). Thread: query rows g and g + 8 of its warp's 16, their
+// running max m and sum l, score columns 8n + 2t (+1) of a key tile, output columns likewise.
+template <int HD>
+__global__ void __launch_bounds__(TC_THREADS)
+    k_flash_tc_fwd(float *out, float *lse, const float *qkv, const uint8_t *key_valid, int T, int P,
+                   int NH, float scale) {
+    constexpr int KD = HD / 16, ND = HD / 8, NK = TC_ROWS / 8;
+    alignas(16) __shared__ tc_bits Qs[TC_ROWS][HD + TC_PAD], Ks[TC_ROWS][HD + TC_PAD],
+        Vt[HD][TC_ROWS + TC_PAD];
+    __shared__ uint8_t kval[TC_ROWS];
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD;
+    const int q0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
+              t = threadIdx.x % 4;
+    const size_t rs = 3 * (size_t)C;
+    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
+    tc_load<HD>(Qs, nullptr, qb, rs, q0, T);
+    __syncthreads();
+    uint32_t qa[KD][4];
+    for (int kk = 0; kk < KD; kk++) tc_frag_a(qa[kk], Qs, 16 * w, 16 * kk, g, t);
+    int lim[2];
+    float m[2], l[2], o[ND][4] = {};
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + 16 * w + g + 8 * r;
+        lim[r] = i < T ? cu_attn_lim(i, P) : 0;
+        m[r] = -INFINITY;
+        l[r] = 0;
+    }
+    const int kend = tc_key_end(q0, T, P);
+    for (int k0 = 0; k0 < kend; k0 += TC_ROWS) {
+        __syncthreads();  // the previous tile's readers are done
+        tc_load<HD>(Ks, nullptr, qb + C, rs, k0, T);
+        tc_load<HD>(nullptr, Vt, qb + 2 * C, rs, k0, T);
+        tc_load_valid(kval, key_valid + (size_t)b * T, k0, T);
+        __syncthreads();
+        float s[NK][4] = {};
+        for (int kk = 0; kk < KD; kk++)
+            for (int n = 0; n < NK; n++) {
+                uint32_t bf[2];
+                tc_frag_b(bf, Ks, 8 * n, 16 * kk, g, t);
+                tc_mma(s[n], qa[kk], bf);
+            }
+        float mx[2] = {-INFINITY, -INFINITY}, ps[2] = {0, 0}, mn[2];
+        for (int n = 0; n < NK; n++)
+            for (int e = 0; e < 4; e++) {
+                const int r = e / 2, j = 8 * n + 2 * t + e % 2;
+                s[n][e] = k0 + j < lim[r] && kval[j] ? s[n][e] * scale : -INFINITY;
+                mx[r] = fmaxf(mx[r], s[n][e]);
+            }
+        for (int r = 0; r < 2; r++) mn[r] = fmaxf(m[r], tc_quad_max(mx[r]));
+        for (int n = 0; n < NK; n++)
+            for (int e = 0; e < 4; e++) {
+                const int r = e / 2;
+                s[n][e] = s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - mn[r]);
+                ps[r] += s[n][e];
+            }
+        for (int r = 0; r < 2; r++) {
+            ps[r] = tc_quad_sum(ps[r]);
+            if (mn[r] == -INFINITY) continue;  // nothing allowed yet: o, l stay 0
+            const float alpha = expf(m[r] - mn[r]);  // 0 when m was -inf
+            l[r] = l[r] * alpha + ps[r];
+            for (int n = 0; n < ND; n++) {
+                o[n][2 * r] *= alpha;
+                o[n][2 * r + 1] *= alpha;
+            }
+            m[r] = mn[r];
+        }
+        for (int kk = 0; kk < NK / 2; kk++) {
+            uint32_t pa[4];
+            tc_c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+            for (int n = 0; n < ND; n++) {
+                uint32_t bf[2];
+                tc_frag_b(bf, Vt, 8 * n, 16 * kk, g, t);
+                tc_mma(o[n], pa, bf);
+            }
+        }
+    }
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + 16 * w + g + 8 * r;
+        if (i >= T) continue;
+        const float inv = l[r] > 0 ? 1 / l[r] : 0.0f;  // no allowed key: a zero output
+        float *orow = out + (size_t)(b * T + i) * C + (size_t)h * HD;
+        for (int n = 0; n < ND; n++) {
+            orow[8 * n + 2 * t] = o[n][2 * r] * inv;
+            orow[8 * n + 2 * t + 1] = o[n][2 * r + 1] * inv;
+        }
+        if (t == 0) lse[(size_t)bh * T + i] = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
+    }
+}
+
+// dq part of dqkv +=. Thread: query rows g, g + 8 of its warp's, their dq columns 8n + 2t (+1).
+template <int HD>
+__global__ void __launch_bounds__(TC_THREADS)
+    k_flash_tc_dq(float *dqkv, const float *dout, const float *qkv, const float *lse,
+                  const float *D, const uint8_t *key_valid, int T, int P, int NH, float scale) {
+    constexpr int KD = HD / 16, ND = HD / 8, NK = TC_ROWS / 8;
+    alignas(16) __shared__ tc_bits Ks[TC_ROWS][HD + TC_PAD], Vs[TC_ROWS][HD + TC_PAD],
+        Kt[HD][TC_ROWS + TC_PAD];
+    __shared__ uint8_t kval[TC_ROWS];
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD;
+    const int q0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
+              t = threadIdx.x % 4;
+    const size_t rs = 3 * (size_t)C;
+    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
+    // q and dout pass through Ks and Vs on their way into registers
+    tc_load<HD>(Ks, nullptr, qb, rs, q0, T);
+    tc_load<HD>(Vs, nullptr, dout + (size_t)b * T * C + (size_t)h * HD, C, q0, T);
+    __syncthreads();
+    uint32_t qa[KD][4], da[KD][4];
+    for (int kk = 0; kk < KD; kk++) {
+        tc_frag_a(qa[kk], Ks, 16 * w, 16 * kk, g, t);
+        tc_frag_a(da[kk], Vs, 16 * w, 16 * kk, g, t);
+    }
+    int lim[2];
+    float lse_r[2], D_r[2], dq[ND][4] = {};
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + 16 * w + g + 8 * r;
+        lim[r] = i < T ? cu_attn_lim(i, P) : 0;
+        lse_r[r] = i < T ? lse[(size_t)bh * T + i] : 0.0f;
+        D_r[r] = i < T ? D[(size_t)bh * T + i] : 0.0f;
+    }
+    const int kend = tc_key_end(q0, T, P);
+    for (int k0 = 0; k0 < kend; k0 += TC_ROWS) {
+        __syncthreads();
+        tc_load<HD>(Ks, Kt, qb + C, rs, k0, T);
+        tc_load<HD>(Vs, nullptr, qb + 2 * C, rs, k0, T);
+        tc_load_valid(kval, key_valid + (size_t)b * T, k0, T);
+        __syncthreads();
+        float s[NK][4] = {}, dp[NK][4] = {};
+        for (int kk = 0; kk < KD; kk++)
+            for (int n = 0; n < NK; n++) {
+                uint32_t bf[2];
+                tc_frag_b(bf, Ks, 8 * n, 16 * kk, g, t);
+                tc_mma(s[n], qa[kk], bf);
+                tc_frag_b(bf, Vs, 8 * n, 16 * kk, g, t);
+                tc_mma(dp[n], da[kk], bf);
+            }
+        for (int n = 0; n < NK; n++)
+            for (int e = 0; e < 4; e++) {  // s becomes ds
+                const int r = e / 2, j = 8 * n + 2 * t + e % 2;
+                const float p = k0 + j < lim[r] && kval[j] ? expf(s[n][e] * scale - lse_r[r]) : 0.0f;
+                s[n][e] = scale * p * (dp[n][e] - D_r[r]);
+            }
+        for (int kk = 0; kk < NK / 2; kk++) {
+            uint32_t sa[4];
+            tc_c_to_a(sa, s[2 * kk], s[2 * kk + 1]);
+            for (int n = 0; n < ND; n++) {
+                uint32_t bf[2];
+                tc_frag_b(bf, Kt, 8 * n, 16 * kk, g, t);
+                tc_mma(dq[n], sa, bf);
+            }
+        }
+    }
+    for (int r = 0; r < 2; r++) {
+        const int i = q0 + 16 * w + g + 8 * r;
+        if (i >= T) continue;
+        float *dst = dqkv + (size_t)(b * T + i) * rs + (size_t)h * HD;
+        for (int n = 0; n < ND; n++) {
+            dst[8 * n + 2 * t] += dq[n][2 * r];
+            dst[8 * n + 2 * t + 1] += dq[n][2 * r + 1];
+        }
+    }
+}
+
+// dk, dv parts of dqkv +=. Thread: key rows g, g + 8 of its warp's, their scores against the
+// queries 8n + 2t (+1) of a query tile (the transposed scores: k q^T), their dk, dv columns.
+// Only the query tiles that can see a key of the tile are visited: every one for a prefix
+// key, those from k0 on for causal keys.
+template <int HD>
+__global__ void __launch_bounds__(TC_THREADS)
+    k_flash_tc_dkv(float *dqkv, const float *dout, const float *qkv, const float *lse,
+                   const float *D, const uint8_t *key_valid, int T, int P, int NH, float scale) {
+    constexpr int KD = HD / 16, ND = HD / 8, NQ = TC_ROWS / 8;
+    alignas(16) __shared__ tc_bits Qs[TC_ROWS][HD + TC_PAD], dOs[TC_ROWS][HD + TC_PAD],
+        Qt[HD][TC_ROWS + TC_PAD], dOt[HD][TC_ROWS + TC_PAD];
+    __shared__ float lse_s[TC_ROWS], D_s[TC_ROWS];
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD;
+    const int k0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
+              t = threadIdx.x % 4;
+    const size_t rs = 3 * (size_t)C;
+    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
+    const float *ob = dout + (size_t)b * T * C + (size_t)h * HD;
+    // k and v pass through Qs and dOs on their way into registers
+    tc_load<HD>(Qs, nullptr, qb + C, rs, k0, T);
+    tc_load<HD>(dOs, nullptr, qb + 2 * C, rs, k0, T);
+    __syncthreads();
+    uint32_t ka[KD][4], va[KD][4];
+    for (int kk = 0; kk < KD; kk++) {
+        tc_frag_a(ka[kk], Qs, 16 * w, 16 * kk, g, t);
+        tc_frag_a(va[kk], dOs, 16 * w, 16 * kk, g, t);
+    }
+    int j[2], ok[2];
+    for (int r = 0; r < 2; r++) {
+        j[r] = k0 + 16 * w + g + 8 * r;
+        ok[r] = j[r] < T && key_valid[(size_t)b * T + j[r]];
+    }
+    float dk[ND][4] = {}, dv[ND][4] = {};
+    for (int q0 = k0 < P ? 0 : k0; q0 < T; q0 += TC_ROWS) {
+        __syncthreads();
+        tc_load<HD>(Qs, Qt, qb, rs, q0, T);
+        tc_load<HD>(dOs, dOt, ob, C, q0, T);
+        if (threadIdx.x < TC_ROWS) {
+            const int i = q0 + threadIdx.x;
+            lse_s[threadIdx.x] = i < T ? lse[(size_t)bh * T + i] : 0.0f;
+            D_s[threadIdx.x] = i < T ? D[(size_t)bh * T + i] : 0.0f;
+        }
+        __syncthreads();
+        float s[NQ][4] = {}, dp[NQ][4] = {};
+        for (int kk = 0; kk < KD; kk++)
+            for (int n = 0; n < NQ; n++) {
+                uint32_t bf[2];
+                tc_frag_b(bf, Qs, 8 * n, 16 * kk, g, t);
+                tc_mma(s[n], ka[kk], bf);
+                tc_frag_b(bf, dOs, 8 * n, 16 * kk, g, t);
+                tc_mma(dp[n], va[kk], bf);
+            }
+        for (int n = 0; n < NQ; n++)
+            for (int e = 0; e < 4; e++) {  // s becomes p, dp becomes ds
+                const int r = e / 2, il = 8 * n + 2 * t + e % 2, i = q0 + il;
+                const float p = i < T && ok[r] && j[r] < cu_attn_lim(i, P)
+                                    ? expf(s[n][e] * scale - lse_s[il])
+                                    : 0.0f;
+                s[n][e] = p;
+                dp[n][e] = scale * p * (dp[n][e] - D_s[il]);
+            }
+        for (int kk = 0; kk < NQ / 2; kk++) {
+            uint32_t pa[4], sa[4];
+            tc_c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+            tc_c_to_a(sa, dp[2 * kk], dp[2 * kk + 1]);
+            for (int n = 0; n < ND; n++) {
+                uint32_t bf[2];
+                tc_frag_b(bf, dOt, 8 * n, 16 * kk, g, t);
+                tc_mma(dv[n], pa, bf);
+                tc_frag_b(bf, Qt, 8 * n, 16 * kk, g, t);
+                tc_mma(dk[n], sa, bf);
+            }
+        }
+    }
+    for (int r = 0; r < 2; r++) {
+        if (j[r] >= T) continue;
+        float *dst = dqkv + (size_t)(b * T + j[r]) * rs + (size_t)h * HD;
+        for (int n = 0; n < ND; n++)
+            for (int e = 0; e < 2; e++) {
+                dst[C + 8 * n + 2 * t + e] += dk[n][2 * r + e];
+                dst[2 * C + 8 * n + 2 * t + e] += dv[n][2 * r + e];
+            }
+    }
+}
+
+int cu_flash_tc_ok(int HD) { return HD > 0 && HD % 16 == 0 && HD <= 64; }
+
+static dim3 tc_grid(int B, int T, int NH) {
+    MM_CHECK(B * NH <= 65535, "attention: B * NH = %d above the grid's 65535", B * NH);
+    return dim3((unsigned)((T + TC_ROWS - 1) / TC_ROWS), (unsigned)(B * NH));
+}
+
+// one instance per head width the kernels take (cu_flash_tc_ok)
+#define TC_BY_HD(HD, kern, ...)                                                        \
+    switch (HD) {                                                                      \
+        case 16: CU_LAUNCH(kern<16>, __VA_ARGS__); break;                              \
+        case 32: CU_LAUNCH(kern<32>, __VA_ARGS__); break;                              \
+        case 48: CU_LAUNCH(kern<48>, __VA_ARGS__); break;                              \
+        case 64: CU_LAUNCH(kern<64>, __VA_ARGS__); break;                              \
+        default: MM_CHECK(0, "flash attention on tensor cores: head width %d", HD);    \
+    }
+
+void cu_flash_tc_fwd(cuda_ctx *c, float *out, float *lse, const float *qkv,
+                     const uint8_t *key_valid, int B, int T, int P, int NH, int HD) {
+    TC_BY_HD(HD, k_flash_tc_fwd, tc_grid(B, T, NH), TC_THREADS, c->stream, out, lse, qkv,
+             key_valid, T, P, NH, 1 / sqrtf((float)HD));
+    CU_CHECK_LAUNCH("attention_fwd (flash, tensor cores)");
+}
+
+void cu_flash_tc_bwd(cuda_ctx *c, float *dqkv, const float *dout, const float *qkv,
+                     const float *lse, const float *D, const uint8_t *key_valid, int B, int T,
+                     int P, int NH, int HD) {
+    const float scale = 1 / sqrtf((float)HD);
+    TC_BY_HD(HD, k_flash_tc_dq, tc_grid(B, T, NH), TC_THREADS, c->stream, dqkv, dout, qkv, lse, D,
+             key_valid, T, P, NH, scale);
+    CU_CHECK_LAUNCH("attention_bwd (flash dq, tensor cores)");
+    TC_BY_HD(HD, k_flash_tc_dkv, tc_grid(B, T, NH), TC_THREADS, c->stream, dqkv, dout, qkv, lse,
+             D, key_valid, T, P, NH, scale);
+    CU_CHECK_LAUNCH("attention_bwd (flash dk, dv, tensor cores)");
+}
