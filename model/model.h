@@ -135,6 +135,11 @@ typedef struct model_ops {
     void (*xent_bwd)(const mm_backend *be, mm_real *dlogits, const mm_real *logits,
                      const mm_real *saved, const int32_t *targets, const mm_real *dloss, int N,
                      int V, mm_real eps);
+    // xent_fwd and xent_bwd in one pass, for training, where dloss is known before the
+    // forward ends (llm.c's fused classifier): loss as xent_fwd, then logits overwritten by
+    // the dlogits xent_bwd would write (the same bits), nothing saved.
+    void (*xent_fwd_bwd)(const mm_backend *be, mm_real *loss, mm_real *logits,
+                         const int32_t *targets, const mm_real *dloss, int N, int V, mm_real eps);
     // elements of xent_fwd's saved buffer for these sizes
     size_t (*xent_saved)(const mm_backend *be, int N, int V);
 
@@ -298,6 +303,11 @@ typedef struct {
     int train;
     int64_t step;               // the optimizer step this micro-batch belongs to
     const uint64_t *sample_id;  // (B) global sample ids (data_batch.sample_id)
+    // Nonzero: the model_backward that follows will take this loss_scale, so model_forward
+    // computes the classifier's gradient in the same pass as its loss (ops xent_fwd_bwd: the
+    // same bits as computing it in model_backward, one pass over the logits fewer). 0: the
+    // backward computes it, from what the forward saved.
+    mm_real loss_scale;
 } model_input;
 
 typedef struct model model;  // opaque; see model/transformer.c
@@ -358,7 +368,8 @@ int model_seq_len(const model *m);         // n_img + n_aud + text_T
 // *n_scored (may be NULL). Keeps activations for model_backward.
 double model_forward(model *m, const model_input *in, int *n_scored);
 // Backward of loss_scale * (that sum): ACCUMULATES into the grads buffer (call
-// model_zero_grad before the first micro-step). Training passes loss_scale = 1/global_batch.
+// model_zero_grad before the first micro-step). Training passes loss_scale = 1/global_batch;
+// a forward given a nonzero in->loss_scale needs the same one here.
 void model_backward(model *m, const model_input *in, mm_real loss_scale);
 void model_zero_grad(model *m);
 

@@ -187,6 +187,7 @@ struct model {
     uint64_t *drop_keys;  // (max_B) ops memory
     uint64_t *drop_host;  // (max_B) host copy
     int saved_train;      // in->train of the forward whose activations are kept
+    mm_real saved_scale;  // its in->loss_scale: nonzero when dlogits are already computed
 };
 
 // ---------------------------------------------------------------------------------------
@@ -768,8 +769,13 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
     m->ops->layernorm_fwd(m->be, a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g, m->w.lnf_b,
                           B * Tt, C);
     m->ops->matmul_fwd(m->be, a->logits, a->lnf, m->w.lm_head, NULL, B * Tt, C, V);
-    m->ops->xent_fwd(m->be, a->losses, a->probs, a->logits, in->targets, B * Tt, V,
-                     in->train ? (mm_real)m->cfg.label_smoothing : 0);
+    const mm_real eps = in->train ? (mm_real)m->cfg.label_smoothing : 0;
+    if (in->loss_scale != 0) {  // the classifier's gradient now, over the logits in place
+        m->lops->seq_dloss(m->be, a->dloss, in->targets, in->loss_scale, B, Tt);
+        m->ops->xent_fwd_bwd(m->be, a->losses, a->logits, in->targets, a->dloss, B * Tt, V, eps);
+    } else {
+        m->ops->xent_fwd(m->be, a->losses, a->probs, a->logits, in->targets, B * Tt, V, eps);
+    }
 
     m->lops->seq_loss(m->be, m->seq_out, a->losses, in->targets, B, Tt);
     m->ops->mem_download(m->be, m->seq_host, m->seq_out, (size_t)B * 2 * sizeof(double));
@@ -783,6 +789,7 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
     if (n_scored) *n_scored = scored;
     m->saved_B = B;
     m->saved_train = in->train;
+    m->saved_scale = in->loss_scale;
     return total;
 }
 
@@ -808,9 +815,15 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     const weights *g = &m->g;
 
     // d(loss_scale * sum_b mean_t loss) / d loss[b, t] = loss_scale / n_targets(b)
-    m->lops->seq_dloss(be, a->dloss, in->targets, loss_scale, B, Tt);
-    ops->xent_bwd(be, a->dlogits, a->logits, a->probs, in->targets, a->dloss, B * Tt, V,
-                  in->train ? (mm_real)m->cfg.label_smoothing : 0);
+    if (m->saved_scale != 0) {  // the forward left dlogits in place of the logits
+        MM_CHECK(loss_scale == m->saved_scale,
+                 "model_backward's loss_scale %g is not the %g its forward computed dlogits with",
+                 (double)loss_scale, (double)m->saved_scale);
+    } else {
+        m->lops->seq_dloss(be, a->dloss, in->targets, loss_scale, B, Tt);
+        ops->xent_bwd(be, a->dlogits, a->logits, a->probs, in->targets, a->dloss, B * Tt, V,
+                      in->train ? (mm_real)m->cfg.label_smoothing : 0);
+    }
     mm_real *const zb[] = {a->dlnf, a->dtxt};
     const size_t zn[] = {(size_t)B * Tt * C, (size_t)B * Tt * C};
     model_zero_ops(be, 2, zb, zn);

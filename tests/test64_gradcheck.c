@@ -413,7 +413,8 @@ static void make_model(model_ctx *c, mm_rng *r, test_counts *tc, int reg, int st
     }
     for (int b = 0; b < MB; b++) c->ids[b] = 1000 + 7 * (uint64_t)b;
     c->in = (model_input){MB,        c->image,   c->has_image, c->audio,    c->has_audio,
-                          c->tokens, c->targets, reg,          reg ? 3 : 0, reg ? c->ids : NULL};
+                          c->tokens, c->targets, reg,          reg ? 3 : 0, reg ? c->ids : NULL,
+                          0};
 }
 
 static void free_model_ctx(model_ctx *c) {
@@ -433,9 +434,12 @@ static void check_model(test_counts *tc, model_ctx *c, mm_rng *r, const char *wh
     mm_real *ga = malloc(np * sizeof(mm_real));
     memcpy(ga, model_grads(m), np * sizeof(mm_real));
 
-    // backward accumulates and scales: a second call with loss_scale 0.5 adds half
+    // backward accumulates and scales: a second call with loss_scale 0.5 adds half (its
+    // classifier gradient computed in the forward, as training does)
+    c->in.loss_scale = 0.5;
     model_forward(m, &c->in, NULL);
     model_backward(m, &c->in, 0.5);
+    c->in.loss_scale = 0;
     double worst = accumulate_err(model_grads(m), ga, np, 1.5);
     TEST_CHECK(tc, worst < 1e-12, "backward must accumulate loss_scale * grad (err %.2e)", worst);
 
@@ -464,7 +468,8 @@ static int argmax_via_loss(model_ctx *c, int b, const int32_t *tokens, int pos) 
                        tg,
                        0,
                        0,
-                       NULL};
+                       NULL,
+                       0};
     int best = -1;
     double best_loss = INFINITY;
     for (int v = 0; v < k->vocab; v++) {

@@ -313,6 +313,19 @@ static void test_xent(test_counts *tc, mm_rng *r) {
     for (size_t i = 0; i < n; i++) dl[i] = 7;  // xent_bwd overwrites
     ops->xent_bwd(be, dl, logits, probs, tg, dloss, N, V, 0);
     expect(tc, "xent_bwd", nerr(dl, rdl, n));
+    // the fused op (in place over a copy of the logits): the bits of the two calls, also with
+    // label smoothing
+    float *fl = malloc(n * 4), *floss = malloc(N * 4);
+    for (int k = 0; k < 2; k++) {
+        const float eps = k ? 0.1f : 0;
+        ops->xent_fwd(be, loss, probs, logits, tg, N, V, eps);
+        ops->xent_bwd(be, dl, logits, probs, tg, dloss, N, V, eps);
+        memcpy(fl, logits, n * 4);
+        ops->xent_fwd_bwd(be, floss, fl, tg, dloss, N, V, eps);
+        TEST_CHECK(tc, !memcmp(floss, loss, N * 4) && !memcmp(fl, dl, n * 4),
+                   "xent_fwd_bwd (eps %g): not the bits of xent_fwd + xent_bwd", eps);
+    }
+    free(fl), free(floss);
     free(logits), free(dloss), free(loss), free(probs), free(dl), free(rl), free(rp), free(rdl);
 }
 
@@ -452,7 +465,7 @@ static void make_batch(batch *b, const model_config *c, mm_rng *r) {
         }
     }
     for (int t = 0; t < c->text_T; t++) b->tg[3 * c->text_T + t] = -1;  // sample 3: no target
-    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg, 0, 0, NULL};
+    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg, 0, 0, NULL, 0};
 }
 
 static void free_batch(batch *b) {
@@ -479,12 +492,15 @@ static void test_model(test_counts *tc, mm_rng *r) {
                "initial loss per sample %.4f vs ln V %.4f", l1 / 3, log(DATA_VOCAB));
     model_zero_grad(m1);
     model_backward(m1, &b.in, 1.0f / 3);
+    // m2 computes the classifier's gradient in its forward (as training does): the same bits
+    b.in.loss_scale = 1.0f / 3;
     double l2 = model_forward(m2, &b.in, NULL);
     model_zero_grad(m2);
     model_backward(m2, &b.in, 1.0f / 3);
+    b.in.loss_scale = 0;
     TEST_CHECK(tc, l1 == l2, "forward not bit-identical across runs: %.17g vs %.17g", l1, l2);
     TEST_CHECK(tc, memcmp(model_grads(m1), model_grads(m2), np * 4) == 0,
-               "backward not bit-identical across runs");
+               "backward not bit-identical across runs (one with the fused classifier)");
     double l3 = model_forward(m1, &b.in, NULL);
     TEST_CHECK(tc, l1 == l3, "forward on the same model changed: %.17g vs %.17g", l1, l3);
 

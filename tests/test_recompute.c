@@ -120,7 +120,9 @@ static void test_lm(test_counts *tc, int reg) {
     }
     const uint8_t has_image[SB] = {1, 0, 1}, has_audio[SB] = {1, 1, 0};
     const uint64_t ids[SB] = {3, 17, 4};
-    model_input in = {SB, image, has_image, audio, has_audio, tok, tg, reg, 0, reg ? ids : NULL};
+    // the classifier's gradient in the forward, as training computes it
+    model_input in = {SB, image, has_image, audio, has_audio, tok, tg, reg, 0, reg ? ids : NULL,
+                      (mm_real)(1.0 / SB)};
 
     run_rec rec[N_MODES] = {0};
     size_t n_params = 0;
@@ -139,7 +141,7 @@ static void test_lm(test_counts *tc, int reg) {
             model_zero_grad(m);
             in.step = s;
             rec[k].loss[s] = model_forward(m, &in, NULL);
-            model_backward(m, &in, (mm_real)(1.0 / SB));
+            model_backward(m, &in, in.loss_scale);
             rec[k].grads[s] = malloc(n_params * sizeof(mm_real));
             memcpy(rec[k].grads[s], model_grads(m), n_params * sizeof(mm_real));
             sgd(model_params(m), model_grads(m), n_params);

@@ -146,7 +146,7 @@ static void test_eval_untouched(test_counts *tc) {
     }
     const uint8_t hi[SB] = {1, 1, 0}, ha[SB] = {1, 0, 1};
     const uint64_t ids[SB] = {8, 9, 10};
-    model_input in = {SB, image, hi, audio, ha, tok, tg, 0, 4, ids};
+    model_input in = {SB, image, hi, audio, ha, tok, tg, 0, 4, ids, 0};
     const double lp = model_forward(mp, &in, NULL), le = model_forward(mr, &in, NULL);
     TEST_CHECK(tc, memcmp(&lp, &le, sizeof(double)) == 0,
                "evaluation of a regularised model: loss %.17g, plain %.17g", le, lp);

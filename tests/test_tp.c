@@ -68,7 +68,7 @@ static void make_batch(batch *b, const model_config *c, mm_rng *r) {
         }
     }
     for (int s = 0; s < SB; s++) b->ids[s] = 40 + 3 * (uint64_t)s;
-    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg, 0, 0, NULL};
+    b->in = (model_input){SB, b->image, b->hi, b->audio, b->ha, b->tok, b->tg, 0, 0, NULL, 0};
 }
 
 static void free_batch(batch *b) {

@@ -158,10 +158,11 @@ static void lm_destroy(trainer *t) {
 
 static double lm_micro_step(trainer *t, const data_batch *b) {
     model_input in = batch_input(t, b, 1);
+    in.loss_scale = (mm_real)(1.0 / t->cfg->data.global_batch);  // the classifier in one pass
     double loss = model_forward(lm(t), &in, NULL);
     t->be->iface->sync(t->be);  // a corrupt token ends the job here, named
     trace_dev_next(t->timeline, "backward");
-    model_backward(lm(t), &in, (mm_real)(1.0 / t->cfg->data.global_batch));
+    model_backward(lm(t), &in, in.loss_scale);
     lm_input_done(t);
     return loss;
 }

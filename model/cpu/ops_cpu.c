@@ -769,34 +769,54 @@ static size_t attention_saved(const mm_backend *be MM_UNUSED, int B, int NH, int
 // ---------------------------------------------------------------------------------------
 // softmax cross-entropy
 
-// loss (N), probs (N, V), logits (N, V), targets (N) in [-1, V). With smoothing eps the loss
-// is lse - (1 - eps) l_t - eps/V sum_j l_j, all shifted by the row's max.
+// One row: p (V) = softmax(l), returns the loss against target t (0 when t < 0). With
+// smoothing eps the loss is lse - (1 - eps) l_t - eps/V sum_j l_j, all shifted by the row's
+// max. p may be l itself: the row is read for the loss before p is written.
+CPU_ISA_INLINE mm_real xent_row(mm_real *p, const mm_real *l, int t, int V, mm_real eps) {
+    mm_real mx = -INFINITY;  // a max is the same in any order: no MM_LANE_SUM needed
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+    const mm_real lt = t >= 0 ? l[t] : 0;
+    mm_real sl = 0;
+    if (t >= 0 && eps > 0) MM_LANE_SUM(sl, V, j, l[j] - mx);
+    mm_real s = 0;
+    MM_LANE_SUM(s, V, j, (p[j] = R_EXP(l[j] - mx)));
+    mm_real inv = 1 / s;
+#pragma omp simd
+    for (int j = 0; j < V; j++) p[j] *= inv;
+    if (t < 0) return 0;
+    if (eps > 0) return R_LOG(s) - (1 - eps) * (lt - mx) - eps / V * sl;
+    return R_LOG(s) - (lt - mx);
+}
+
+// One row: d (V) = (p - q) * s, q = (1 - eps) onehot(t) + eps / V; 0 when t < 0. d may be p.
+CPU_ISA_INLINE void xent_row_grad(mm_real *d, const mm_real *p, int t, int V, mm_real s,
+                                  mm_real eps) {
+    if (t < 0) {
+        memset(d, 0, (size_t)V * sizeof(mm_real));
+        return;
+    }
+    if (eps > 0) {
+        const mm_real u = eps / V;
+#pragma omp simd
+        for (int j = 0; j < V; j++) d[j] = (p[j] - u) * s;
+        d[t] -= (1 - eps) * s;
+        return;
+    }
+#pragma omp simd
+    for (int j = 0; j < V; j++) d[j] = p[j] * s;
+    d[t] -= s;
+}
+
+// loss (N), probs (N, V), logits (N, V), targets (N) in [-1, V).
 CPU_ISA_CLONES
 static void xent_fwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *probs,
                      const mm_real *logits, const int32_t *targets, int N, int V, mm_real eps) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
-        const mm_real *l = logits + (size_t)i * V;
-        mm_real *p = probs + (size_t)i * V;
-        int t = targets[i];
+        const int t = targets[i];
         MM_CHECK(t >= -1 && t < V, "xent: target %d of row %d outside [-1, %d)", t, i, V);
-        mm_real mx = -INFINITY;  // a max is the same in any order: no MM_LANE_SUM needed
-#pragma omp simd reduction(max : mx)
-        for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
-        mm_real s = 0;
-        MM_LANE_SUM(s, V, j, (p[j] = R_EXP(l[j] - mx)));
-        mm_real inv = 1 / s;
-#pragma omp simd
-        for (int j = 0; j < V; j++) p[j] *= inv;
-        if (t < 0) {
-            loss[i] = 0;
-        } else if (eps > 0) {
-            mm_real sl = 0;
-            MM_LANE_SUM(sl, V, j, l[j] - mx);
-            loss[i] = R_LOG(s) - (1 - eps) * (l[t] - mx) - eps / V * sl;
-        } else {
-            loss[i] = R_LOG(s) - (l[t] - mx);
-        }
+        loss[i] = xent_row(probs + (size_t)i * V, logits + (size_t)i * V, t, V, eps);
     }
 }
 
@@ -809,25 +829,23 @@ static void xent_bwd(const mm_backend *be MM_UNUSED, mm_real *dlogits, const mm_
                      int V, mm_real eps) {
     (void)logits;
 #pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++)
+        xent_row_grad(dlogits + (size_t)i * V, probs + (size_t)i * V, targets[i], V, dloss[i],
+                      eps);
+}
+
+// Both in one pass over each row, in place: the probabilities land in the logits' row and
+// become its gradient there. The same bits as xent_fwd then xent_bwd.
+CPU_ISA_CLONES
+static void xent_fwd_bwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *logits,
+                         const int32_t *targets, const mm_real *dloss, int N, int V, mm_real eps) {
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
-        const mm_real *p = probs + (size_t)i * V;
-        mm_real *d = dlogits + (size_t)i * V;
-        int t = targets[i];
-        if (t < 0) {
-            memset(d, 0, (size_t)V * sizeof(mm_real));
-            continue;
-        }
-        mm_real s = dloss[i];
-        if (eps > 0) {
-            const mm_real u = eps / V;
-#pragma omp simd
-            for (int j = 0; j < V; j++) d[j] = (p[j] - u) * s;
-            d[t] -= (1 - eps) * s;
-            continue;
-        }
-#pragma omp simd
-        for (int j = 0; j < V; j++) d[j] = p[j] * s;
-        d[t] -= s;
+        const int t = targets[i];
+        MM_CHECK(t >= -1 && t < V, "xent: target %d of row %d outside [-1, %d)", t, i, V);
+        mm_real *l = logits + (size_t)i * V;
+        loss[i] = xent_row(l, l, t, V, eps);
+        xent_row_grad(l, l, t, V, dloss[i], eps);
     }
 }
 
@@ -854,6 +872,7 @@ const model_ops model_ops_cpu = {
     .attention_saved = attention_saved,
     .xent_fwd = xent_fwd,
     .xent_bwd = xent_bwd,
+    .xent_fwd_bwd = xent_fwd_bwd,
     .xent_saved = xent_saved,
     .mem_alloc = model_cpu_mem_alloc,
     .mem_free = model_cpu_mem_free,

@@ -1092,20 +1092,14 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
 // softmax cross-entropy, fused for bandwidth (at GPT-2 size the (N, V) logits are
 // 1.6 GB). The forward reads each row once with an online max and sum per thread and saves
 // only the row's log-sum-exp (N); the backward reads the logits once more and writes
-// dlogits = (exp(logit - lse) - onehot) * dloss, in place when dlogits is the logits. One
-// block per row; the block's (max, sum) pairs combine in a fixed tree (deterministic).
+// dlogits = (exp(logit - lse) - onehot) * dloss, in place when dlogits is the logits; in
+// training both run as one kernel (xent_fwd_bwd). One block per row; the block's (max, sum)
+// pairs combine in a fixed tree (deterministic).
 
-// log-sum-exp of the row, loss = lse - logit[t] (0 when ignored); one block per row. With
+// One row's log-sum-exp, and its loss = lse - logit[t] (0 when ignored), by one block. With
 // label smoothing eps: lse - (1 - eps) logit[t] - eps/V sum_j logit[j], shifted by the max.
-__global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const int32_t *targets,
-                           int V, int *flag, float eps) {
-    const int row = blockIdx.x;
-    const float *l = logits + (size_t)row * V;
-    int t = targets[row];
-    if (t < -1 || t >= V) {  // corrupt data: recorded for cuda_ctx_sync, the row ignored
-        if (threadIdx.x == 0) cu_flag(flag, CU_FLAG_XENT_TARGET, t, row);
-        t = -1;
-    }
+// Every thread returns the lse; thread 0 writes the loss.
+__device__ float xent_row(float *loss, const float *l, int t, int V, float eps) {
     float m = -INFINITY, s = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
         const float x = l[j];
@@ -1124,15 +1118,54 @@ __global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const i
         sl = block_sum(sl);
     }
     if (threadIdx.x == 0) {
-        const float ls = mx + logf(s);
-        lse[row] = ls;
         if (t < 0)
-            loss[row] = 0.0f;
+            *loss = 0.0f;
         else if (eps > 0)
-            loss[row] = logf(s) - (1 - eps) * (l[t] - mx) - eps / V * sl;
+            *loss = logf(s) - (1 - eps) * (l[t] - mx) - eps / V * sl;
         else
-            loss[row] = logf(s) - (l[t] - mx);
+            *loss = logf(s) - (l[t] - mx);
     }
+    return mx + logf(s);
+}
+
+// One row's d = (exp(l - lse) - q) * s, q = (1 - eps) onehot + eps / V (0 when t < 0), by
+// one block; d may be l (each element is read, then written, by one thread).
+__device__ void xent_row_grad(float *d, const float *l, float ls, int t, int V, float s,
+                              float eps) {
+    if (t < 0) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0;
+        return;
+    }
+    if (eps > 0) {
+        const float u = eps / V;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float v = (expf(l[j] - ls) - u) * s;
+            if (j == t) v -= (1 - eps) * s;
+            d[j] = v;
+        }
+        return;
+    }
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float v = expf(l[j] - ls) * s;
+        if (j == t) v -= s;
+        d[j] = v;
+    }
+}
+
+// the row's target, -1 (ignored, and recorded for cuda_ctx_sync) when outside [-1, V)
+__device__ __forceinline__ int xent_target(const int32_t *targets, int row, int V, int *flag) {
+    const int t = targets[row];
+    if (t >= -1 && t < V) return t;
+    if (threadIdx.x == 0) cu_flag(flag, CU_FLAG_XENT_TARGET, t, row);
+    return -1;
+}
+
+// loss (N), lse (N) from logits (N, V); one block per row
+__global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const int32_t *targets,
+                           int V, int *flag, float eps) {
+    const int row = blockIdx.x, t = xent_target(targets, row, V, flag);
+    const float ls = xent_row(loss + row, logits + (size_t)row * V, t, V, eps);
+    if (threadIdx.x == 0) lse[row] = ls;
 }
 
 static void xent_fwd(const mm_backend *be, float *loss, float *lse, const float *logits,
@@ -1144,37 +1177,15 @@ static void xent_fwd(const mm_backend *be, float *loss, float *lse, const float 
     CU_CHECK_LAUNCH("xent_fwd");
 }
 
-// dlogits (N, V) = (exp(logits - lse) - q) * dloss[row], q = (1 - eps) onehot + eps / V; 0
-// rows when ignored
-// (overwrites; dlogits may be logits: each element is read, then written, by one thread).
-// One block per row (grid-stride over rows), threads along the row.
+// dlogits (N, V) from the forward's lse, rows scaled by dloss (overwrites; dlogits may be
+// logits). One block per row (grid-stride over rows), threads along the row.
 __global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse,
                            const int32_t *targets, const float *dloss, int N, int V, int *flag,
                            float eps) {
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
-        const int t = targets[row];
-        const float *l = logits + (size_t)row * V;
-        float *d = dlogits + (size_t)row * V;
-        if (t < 0 || t >= V) {
-            if (t != -1 && threadIdx.x == 0) cu_flag(flag, CU_FLAG_XENT_TARGET, t, row);
-            for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0;
-            continue;
-        }
-        const float s = dloss[row], ls = lse[row];
-        if (eps > 0) {
-            const float u = eps / V;
-            for (int j = threadIdx.x; j < V; j += blockDim.x) {
-                float v = (expf(l[j] - ls) - u) * s;
-                if (j == t) v -= (1 - eps) * s;
-                d[j] = v;
-            }
-            continue;
-        }
-        for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float v = expf(l[j] - ls) * s;
-            if (j == t) v -= s;
-            d[j] = v;
-        }
+        const int t = xent_target(targets, row, V, flag);
+        xent_row_grad(dlogits + (size_t)row * V, logits + (size_t)row * V, t < 0 ? 0 : lse[row],
+                      t, V, t < 0 ? 0 : dloss[row], eps);
     }
 }
 
@@ -1185,6 +1196,27 @@ static void xent_bwd(const mm_backend *be, float *dlogits, const float *logits, 
     CU_LAUNCH(k_xent_bwd, cu_row_blocks(N), CU_THREADS, c->stream, dlogits, logits, lse, targets,
               dloss, N, V, c->flag, eps);
     CU_CHECK_LAUNCH("xent_bwd");
+}
+
+// Both in one kernel, in place: a block's second read of its row (for the gradient) follows
+// the first at once, from cache rather than from memory a whole backward pass later (llm.c's
+// fused classifier). The same bits as k_xent_fwd then k_xent_bwd: the same row functions.
+__global__ void k_xent_fwd_bwd(float *loss, float *logits, const int32_t *targets,
+                               const float *dloss, int V, int *flag, float eps) {
+    const int row = blockIdx.x, t = xent_target(targets, row, V, flag);
+    float *l = logits + (size_t)row * V;
+    const float ls = xent_row(loss + row, l, t, V, eps);
+    __syncthreads();  // thread 0 has read l[t] for the loss before the row is overwritten
+    xent_row_grad(l, l, ls, t, V, t < 0 ? 0 : dloss[row], eps);
+}
+
+static void xent_fwd_bwd(const mm_backend *be, float *loss, float *logits,
+                         const int32_t *targets, const float *dloss, int N, int V, float eps) {
+    if (N <= 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    CU_LAUNCH(k_xent_fwd_bwd, (unsigned)N, CU_THREADS, c->stream, loss, logits, targets, dloss, V,
+              c->flag, eps);
+    CU_CHECK_LAUNCH("xent_fwd_bwd");
 }
 
 // the rows' log-sum-exp (N)
@@ -1211,6 +1243,7 @@ const model_ops model_ops_cuda = {
     .attention_saved = attention_saved,
     .xent_fwd = xent_fwd,
     .xent_bwd = xent_bwd,
+    .xent_fwd_bwd = xent_fwd_bwd,
     .xent_saved = xent_saved,
     .mem_alloc = cu_mem_alloc,
     .mem_free = cu_mem_free,

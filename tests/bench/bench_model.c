@@ -201,6 +201,13 @@ static void t_xent_bwd(const mm_backend *be MM_UNUSED, mm_real *dlogits, const m
     model_ops_cpu.xent_bwd(&mm_backend_cpu, dlogits, logits, probs, targets, dloss, N, V, eps);
     probe.t[OP_XENT] += mm_now() - t0;
 }
+static void t_xent_fwd_bwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real *logits,
+                           const int32_t *targets, const mm_real *dloss, int N, int V,
+                           mm_real eps) {
+    double t0 = mm_now();
+    model_ops_cpu.xent_fwd_bwd(&mm_backend_cpu, loss, logits, targets, dloss, N, V, eps);
+    probe.t[OP_XENT] += mm_now() - t0;
+}
 
 // The CPU table with the compute ops wrapped in timers; everything else (memory, glue)
 // stays the CPU's own, so the table is complete whatever ops model.h gains.
@@ -221,6 +228,7 @@ static model_ops timed_ops_make(void) {
     o.attention_bwd = t_attention_bwd;
     o.xent_fwd = t_xent_fwd;
     o.xent_bwd = t_xent_bwd;
+    o.xent_fwd_bwd = t_xent_fwd_bwd;
     return o;
 }
 
@@ -434,8 +442,10 @@ int main(int argc, char **argv) {
         for (int j = 1; j < mc.text_T; j++) tk[j] = tg[j - 1] = (int32_t)mm_rng_below(&r, 256);
         tg[mc.text_T - 1] = DATA_TOK_EOS;
     }
+    // the classifier's gradient in the forward, as train/ computes it (loss_scale 1/B)
     model_input in = {.B = B, .image = image, .has_image = has, .audio = audio,
-                      .has_audio = has, .tokens = tokens, .targets = targets};
+                      .has_audio = has, .tokens = tokens, .targets = targets,
+                      .loss_scale = (mm_real)(1.0 / B)};
 
     const size_t np = model_n_params(md);
     const optim_cfg oc = {.lr = c.optim.lr, .min_lr = c.optim.lr, .warmup = 0, .total = 1,
@@ -457,7 +467,7 @@ int main(int argc, char **argv) {
         model_zero_grad(md);
         int n_scored = 0;
         double loss = model_forward(md, &in, &n_scored) / B;
-        model_backward(md, &in, (mm_real)(1.0 / B));
+        model_backward(md, &in, in.loss_scale);
         double scale = 1.0;
         if (oc.grad_clip > 0) {
             double sh, rep;

@@ -141,6 +141,10 @@ static void p_xent_fwd(const mm_backend *be, float *loss, float *saved, const fl
                        const int32_t *targets, int N, int V, mm_real eps) {
     TIMED(be, K_XENT, model_ops_cuda.xent_fwd(be, loss, saved, logits, targets, N, V, eps));
 }
+static void p_xent_fwd_bwd(const mm_backend *be, float *loss, float *logits,
+                           const int32_t *targets, const float *dloss, int N, int V, float eps) {
+    TIMED(be, K_XENT, model_ops_cuda.xent_fwd_bwd(be, loss, logits, targets, dloss, N, V, eps));
+}
 static void p_xent_bwd(const mm_backend *be, float *dlogits, const float *logits,
                        const float *saved, const int32_t *targets, const float *dloss, int N, int V,
                        mm_real eps) {
@@ -168,7 +172,7 @@ static double step(model *m, const model_input *in, cuda_ctx *ctx, cuda_plan *pl
     model_zero_grad(m);
     const double loss = model_forward(m, in, NULL) / B;
     if (ev) ck(cudaEventRecord(ev[1], ctx->stream), "event");
-    model_backward(m, in, (mm_real)(1.0 / B));
+    model_backward(m, in, in->loss_scale);
     if (ev) ck(cudaEventRecord(ev[2], ctx->stream), "event");
     double ss[2];
     cuda_sumsq(ctx, plan, model_grads(m), &ss[0], &ss[1]);
@@ -345,6 +349,7 @@ int main(int argc, char **argv) {
     ops.attention_bwd = p_attention_bwd;
     ops.xent_fwd = p_xent_fwd;
     ops.xent_bwd = p_xent_bwd;
+    ops.xent_fwd_bwd = p_xent_fwd_bwd;
     profiler *prof = mm_calloc(1, sizeof(profiler));
     prof->be = *be;
     prof->be.ops = &ops;
@@ -378,8 +383,10 @@ int main(int argc, char **argv) {
     cuda_upload(ctx, tok, htok, nt * 4);
     cuda_upload(ctx, tgt, htgt, nt * 4);
     cuda_upload(ctx, ones, hones, (size_t)B);
+    // the classifier's gradient in the forward, as the trainer computes it (loss_scale 1/B)
     model_input in = {.B = B, .image = img, .has_image = ones, .audio = aud,
-                      .has_audio = ones, .tokens = tok, .targets = tgt};
+                      .has_audio = ones, .tokens = tok, .targets = tgt,
+                      .loss_scale = (float)(1.0 / B)};
     // AdamW over every tensor (train/optim.c's segments)
     const int nts = model_n_tensors(m);
     const model_tensor *ts = model_tensors(m);

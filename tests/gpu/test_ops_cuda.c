@@ -596,9 +596,16 @@ static void test_xent(T *t, int N, int V, float eps) {
     check(t, "xent_bwd", shape, "dlogits", d_dl, dl, n, 1e-5);
     model_ops_cuda.xent_bwd(t->be, d_inplace, d_inplace, d_lse, d_tg, d_dloss, N, V, eps);
     check_same(t, "xent_bwd", shape, "in place", d_inplace, d_dl, n);
+    // the fused op over another copy of the logits: the bits of the two kernels
+    float *d_fused = dev(t, logits, n * 4), *d_floss = cuda_alloc(t->c, N * 4);
+    model_ops_cuda.xent_fwd_bwd(t->be, d_floss, d_fused, d_tg, d_dloss, N, V, eps);
+    check_same(t, "xent_fwd_bwd", shape, "loss", d_floss, d_loss, N);
+    check_same(t, "xent_fwd_bwd", shape, "dlogits", d_fused, d_dl, n);
     free(lse);
     cuda_free(d_lse);
     cuda_free(d_inplace);
+    cuda_free(d_fused);
+    cuda_free(d_floss);
     void *h[] = {logits, dloss, tg, loss, probs, dl, junk};
     void *d[] = {d_logits, d_dloss, d_loss, d_probs, d_dl, d_tg};
     free_all(7, h);
