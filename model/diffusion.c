@@ -568,6 +568,7 @@ int dit_mem_plan(const dit_config *cfg, const mm_backend *be, int max_B, model_m
                            .act_per_layer = per * sizeof(mm_real),
                            .attn_probs = (size_t)max_B * m.NHl * m.N * m.N * sizeof(float),
                            .attn_hd = m.HD,
+                           .max_tensor = model_table_max(m.tensors, m.n_tensors),
                            .n_layers = m.L};
     }
     free_setup(&m);

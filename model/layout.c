@@ -58,6 +58,12 @@ void model_table_done(const model_table *tb) {
     MM_CHECK(tb->n == tb->cap, "tensor count %d != %d (update build_table)", tb->n, tb->cap);
 }
 
+size_t model_table_max(const model_tensor *t, int n) {
+    size_t m = 0;
+    for (int i = 0; i < n; i++) m = t[i].size > m ? t[i].size : m;
+    return m;
+}
+
 void model_init_draw(mm_real *p, const model_tensor *t, uint64_t seed, uint64_t stream,
                      double scale, int uniform) {
     mm_rng r;

@@ -346,6 +346,7 @@ typedef struct {
                            // a backend may materialise in its scratch (not in act_bytes)
     int attn_hd;           // that attention's head width
     int attn_dropout;      // 1 when dropout applies to its probabilities
+    size_t max_tensor;     // elements of the largest tensor (a weight a matmul may copy)
     int n_layers;
 } model_mem;
 // -1 with err for a cfg model_create refuses.

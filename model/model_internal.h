@@ -40,6 +40,8 @@ void model_table_add(model_table *tb, const char *name, int ndim, const int64_t 
                      int split_dim, int group);
 // Aborts unless exactly cap tensors were added.
 void model_table_done(const model_table *tb);
+// Elements of the largest of the n tensors (this rank's slice).
+size_t model_table_max(const model_tensor *t, int n);
 
 // Fills this rank's slice (p, t->size) of tensor t with draws over its GLOBAL shape in
 // row-major order from mm_rng(seed, stream): scale * N(0, 1), or with uniform set

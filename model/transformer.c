@@ -470,6 +470,7 @@ int model_mem_plan(const model_config *cfg, const mm_backend *be, int max_B, mod
                            .attn_probs = (size_t)max_B * m.NHl * m.T * m.T * sizeof(float),
                            .attn_hd = m.HD,
                            .attn_dropout = m.attn_thr != 0,
+                           .max_tensor = model_table_max(m.tensors, m.n_tensors),
                            .n_layers = m.L};
     }
     free(m.tensors);

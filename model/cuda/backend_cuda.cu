@@ -365,9 +365,11 @@ static void cb_mem_avail(const mm_backend *be MM_UNUSED, size_t *avail, size_t *
 // backward on the cuBLAS core (when the probabilities fit in attn_core_bytes and the
 // tensor-core flash kernels do not take the attention; the flash kernels need none) holds the
 // probabilities and their gradient, in bf16 also their bf16 copies: 2 or 3 times the fp32
-// probabilities; or the bf16 copies of a matmul's operands and the chunked reductions' partial
-// sums, each within one block's activations. Plus cuBLAS's own workspace (32 MiB on Hopper)
-// and, in bf16, cuBLASLt's (the context's).
+// probabilities; the chunked reductions' partial sums, within one block's activations; in
+// bf16 the copies of a matmul's operands: within one block's activations, or, for a matmul
+// backward that goes in passes (the classifier's), a pass's rows (matmul_chunk_bytes) and
+// its weight. Plus cuBLAS's own workspace (32 MiB on Hopper) and, in bf16, cuBLASLt's (the
+// context's).
 static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
     const cuda_ctx *c = ctx_of(be);
     const int bf16 = c->precision == CUDA_BF16;
@@ -375,8 +377,13 @@ static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
     const size_t attn = m->attn_probs <= c->attn_core_bytes && !flash_tc
                             ? m->attn_probs * (bf16 ? 3 : 2)
                             : 0;
-    return (attn > m->act_per_layer ? attn : m->act_per_layer) + ((size_t)32 << 20) +
-           (c->precision == CUDA_BF16 ? CUDA_LT_WORKSPACE : 0);
+    // a pass's copies: bf16 halves of activations (dout, inp), so also within act_bytes / 2
+    const size_t rows = m->act_bytes / 2 < c->matmul_chunk_bytes ? m->act_bytes / 2
+                                                                 : c->matmul_chunk_bytes;
+    const size_t mm = bf16 ? rows + m->max_tensor * 2 : 0;
+    size_t big = attn > m->act_per_layer ? attn : m->act_per_layer;
+    big = mm > big ? mm : big;
+    return big + ((size_t)32 << 20) + (bf16 ? CUDA_LT_WORKSPACE : 0);
 }
 
 static const mm_backend_iface cuda_iface = {

@@ -123,6 +123,7 @@ int cuda_ctx_init(cuda_ctx *c, int world_rank, cuda_precision precision, mm_err 
     c->mem_bytes = prop.totalGlobalMem;
     c->attn_core_bytes = (size_t)1 << 30;
     c->flash_tc = 1;
+    c->matmul_chunk_bytes = (size_t)256 << 20;
     if (precision == CUDA_BF16 && c->cc_major < 8)
         return mm_fail(err, "rank %d on host %s: precision bf16 needs compute capability 8.0 "
                        "or newer; GPU %d (%s) has %d.%d", world_rank, host, local,

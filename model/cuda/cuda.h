@@ -99,6 +99,9 @@ typedef struct cuda_ctx {
     size_t mem_bytes;          // device memory
     size_t attn_core_bytes;    // self-attention materialises its (B, NH, T, T) probabilities
                                // in scratch (cuBLAS) up to this size, flash beyond; init: 1 GiB
+    size_t matmul_chunk_bytes; // a bf16 matmul backward converts the rows of dout and inp in
+                               // passes of at most this many bytes of bf16 (bounds its
+                               // scratch); init 256 MiB
     int flash_tc;              // 1: in precision bf16, self-attention without dropout runs on
                                // the tensor-core flash kernels where the head width allows,
                                // whatever attn_core_bytes says; 0: the paths above (init 1)

@@ -78,27 +78,41 @@ struct colsum_rows {
 // or with pre, dinp = (dout @ w) * GELU'(pre) through cuBLASLt's DGELU epilogue; then dw +=
 // dout^T @ inp. Returns -1 having done no GEMM when pre is given and cuBLASLt has no
 // algorithm for it (the caller takes the unfused path).
+//
+// The rows go in passes of at most ctx->matmul_chunk_bytes of bf16 copies of dout and inp,
+// so that the scratch stays bounded: at GPT-2 size the classifier's dout (the logits'
+// gradient) would take 0.8 GB in one piece, at the moment the activations peak. A shape that
+// fits runs as one pass, the same GEMMs as unsplit. The DGELU path is never split (its dout
+// is C wide, and its epilogue may refuse a shape: that has to happen before any GEMM).
 static int matmul_bwd_bf16(cuda_ctx *c, float *dinp, const float *pre, float *dw,
                            const float *dout, const float *inp, const float *w, int N, int IC,
                            int OC) {
     typedef __nv_bfloat16 bf16;
+    const size_t row_bytes = ((size_t)OC + IC) * sizeof(bf16);
+    int R = N;
+    if (!pre && (size_t)N * row_bytes > c->matmul_chunk_bytes)
+        R = c->matmul_chunk_bytes / row_bytes > 0 ? (int)(c->matmul_chunk_bytes / row_bytes) : 1;
     bf16 *dout16, *inp16, *w16 = NULL;
     cu_carver cv = {NULL, 0};
     for (int pass = 0; pass < 2; pass++) {  // count, then carve
-        dout16 = (bf16 *)cu_carve(&cv, (size_t)N * OC * sizeof(bf16));
-        inp16 = (bf16 *)cu_carve(&cv, (size_t)N * IC * sizeof(bf16));
+        dout16 = (bf16 *)cu_carve(&cv, (size_t)R * OC * sizeof(bf16));
+        inp16 = (bf16 *)cu_carve(&cv, (size_t)R * IC * sizeof(bf16));
         if (dinp) w16 = (bf16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(bf16));
         if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
     }
-    cu_to_bf16(c, dout16, dout, (size_t)N * OC);
     if (dinp) cu_to_bf16(c, w16, w, (size_t)OC * IC);
-    if (pre) {
-        if (cu_gemm_dgelu_lt(c, N, IC, OC, dout16, w16, pre, dinp) != 0) return -1;
-    } else if (dinp) {
-        cu_gemm(c, 0, 0, N, IC, OC, 1, dout16, OC, 0, w16, IC, 0, 1, dinp, IC, 0, 1);
+    for (int r0 = 0; r0 < N; r0 += R) {
+        const int n = R < N - r0 ? R : N - r0;
+        const size_t ro = (size_t)r0 * OC, ri = (size_t)r0 * IC;
+        cu_to_bf16(c, dout16, dout + ro, (size_t)n * OC);
+        if (pre) {  // n == N
+            if (cu_gemm_dgelu_lt(c, N, IC, OC, dout16, w16, pre, dinp) != 0) return -1;
+        } else if (dinp) {
+            cu_gemm(c, 0, 0, n, IC, OC, 1, dout16, OC, 0, w16, IC, 0, 1, dinp + ri, IC, 0, 1);
+        }
+        cu_to_bf16(c, inp16, inp + ri, (size_t)n * IC);
+        cu_gemm(c, 1, 0, OC, IC, n, 1, dout16, OC, 0, inp16, IC, 0, 1, dw, IC, 0, 1);
     }
-    cu_to_bf16(c, inp16, inp, (size_t)N * IC);
-    cu_gemm(c, 1, 0, OC, IC, N, 1, dout16, OC, 0, inp16, IC, 0, 1, dw, IC, 0, 1);
     return 0;
 }
 

@@ -181,6 +181,19 @@ static void test_matmul(T *t, int N, int IC, int OC, int with_bias, int with_din
         check(t, op_f, shape, "out~bf16in", d_out, out, no, 1e-4);
         check(t, op_b, shape, "dinp~bf16", d_dinp, dinp2, ni, 1e-4);
         check(t, op_b, shape, "dw~bf16in", d_dw, dw2, nw, 1e-4);
+        // the backward in passes of 3 rows (matmul_chunk_bytes), the last one shorter: the
+        // same sums up to fp32 order
+        if (N > 3) {
+            const size_t chunk = t->c->matmul_chunk_bytes;
+            t->c->matmul_chunk_bytes = (size_t)3 * (OC + IC) * 2;
+            cuda_upload(t->c, d_dinp, dinp0, ni * 4);
+            cuda_upload(t->c, d_dw, dw0, nw * 4);
+            model_ops_cuda.matmul_bwd(t->be, with_dinp ? d_dinp : NULL, d_dw, NULL, d_dout, d_inp,
+                                      d_w, N, IC, OC);
+            t->c->matmul_chunk_bytes = chunk;
+            check(t, op_b, shape, "dinp 3-row", d_dinp, dinp2, ni, 1e-4);
+            check(t, op_b, shape, "dw 3-row", d_dw, dw2, nw, 1e-4);
+        }
         void *h2[] = {ri, rw, rd, dinp2, dw2, db2};
         free_all(6, h2);
     }
