@@ -812,6 +812,7 @@ static void cond_forward(dit *m, const dit_input *in) {
 
 // Everything up to the model output: leaves pred (B, H, W, c) in out.
 static void forward_all(dit *m, const dit_input *in, mm_real *out) {
+    m->ops->params_ready(m->be, m->params, m->n_params);
     const mm_backend *be = m->be;
     const model_ops *ops = be->ops;
     const dit_ops *dops = m->dops;

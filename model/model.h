@@ -143,6 +143,12 @@ typedef struct model_ops {
     // elements of xent_fwd's saved buffer for these sizes
     size_t (*xent_saved)(const mm_backend *be, int N, int V);
 
+    // The model's parameters (n) as the forward about to run reads them (and the backward
+    // after it): a backend may keep a copy in its compute precision, valid until it writes
+    // into them (the CUDA backend in bf16: one conversion per forward instead of one per
+    // matmul and direction). The CPU does nothing.
+    void (*params_ready)(const mm_backend *be, const mm_real *params, size_t n);
+
     // --- memory and the models' glue: so that a model's buffers may live on a device, every
     // loop a model would run on its buffers is an op here. Sizes in bytes for the mem_* ops.
     // Zeroed buffer; the caller owns it and frees it with mem_free (NULL: no-op).

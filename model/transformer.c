@@ -761,6 +761,7 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
     acts *a = &m->a;
     const int drop = dropping(m, in);
     if (drop) drop_prepare(m, in);
+    m->ops->params_ready(m->be, m->params, m->n_params);
     forward_trunk(m, in, in->tokens, Tt, Tt, drop);
 
     // ln_f and lm_head only on the text rows
@@ -883,6 +884,7 @@ void model_generate(model *m, const model_input *in, char *out, int out_stride) 
              out_stride, Tt);
     acts *a = &m->a;
     m->saved_B = 0;  // the activation buffers are reused below
+    m->ops->params_ready(m->be, m->params, m->n_params);
     int32_t *tok = m->gen_tokens;
     int n_live = B;
     for (int b = 0; b < B; b++) {

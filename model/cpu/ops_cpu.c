@@ -849,6 +849,10 @@ static void xent_fwd_bwd(const mm_backend *be MM_UNUSED, mm_real *loss, mm_real 
     }
 }
 
+// the CPU computes from its parameters as they are
+static void params_ready(const mm_backend *be MM_UNUSED, const mm_real *params MM_UNUSED,
+                         size_t n MM_UNUSED) {}
+
 // the probabilities (N, V)
 static size_t xent_saved(const mm_backend *be MM_UNUSED, int N, int V) {
     return (size_t)N * V;
@@ -874,6 +878,7 @@ const model_ops model_ops_cpu = {
     .xent_bwd = xent_bwd,
     .xent_fwd_bwd = xent_fwd_bwd,
     .xent_saved = xent_saved,
+    .params_ready = params_ready,
     .mem_alloc = model_cpu_mem_alloc,
     .mem_free = model_cpu_mem_free,
     .mem_upload = model_cpu_mem_copy,

@@ -139,6 +139,7 @@ static float *coll_host(const mm_coll *c, size_t n) {
 
 static void cb_allreduce(const mm_backend *be, const mm_coll *c, float *buf, size_t n) {
     cuda_ctx *x = ctx_of(be);
+    cuda_params16_touch(x, buf, n * sizeof(float));
 #ifdef MM_HAVE_NCCL
     comm_nccl_allreduce(coll_of(c)->nccl, buf, n, 0, x->stream);
 #else
@@ -152,6 +153,7 @@ static void cb_allreduce(const mm_backend *be, const mm_coll *c, float *buf, siz
 static void cb_reduce_scatter(const mm_backend *be, const mm_coll *c, const float *send,
                               float *recv, size_t count) {
     cuda_ctx *x = ctx_of(be);
+    cuda_params16_touch(x, recv, count * sizeof(float));
 #ifdef MM_HAVE_NCCL
     comm_nccl_reduce_scatter(coll_of(c)->nccl, send, recv, count, x->stream);
 #else
@@ -166,6 +168,7 @@ static void cb_reduce_scatter(const mm_backend *be, const mm_coll *c, const floa
 static void cb_all_gather(const mm_backend *be, const mm_coll *c, float *buf, size_t count) {
     cuda_ctx *x = ctx_of(be);
     const int rank = comm_rank(c->group);
+    cuda_params16_touch(x, buf, count * (size_t)comm_size(c->group) * sizeof(float));
 #ifdef MM_HAVE_NCCL
     comm_nccl_all_gather(coll_of(c)->nccl, buf, count, rank, x->stream);
 #else
@@ -369,7 +372,7 @@ static void cb_mem_avail(const mm_backend *be MM_UNUSED, size_t *avail, size_t *
 // bf16 the copies of a matmul's operands: within one block's activations, or, for a matmul
 // backward that goes in passes (the classifier's), a pass's rows (matmul_chunk_bytes) and
 // its weight. Plus cuBLAS's own workspace (32 MiB on Hopper) and, in bf16, cuBLASLt's (the
-// context's).
+// context's) and the bf16 copy of the parameters (params_ready).
 static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
     const cuda_ctx *c = ctx_of(be);
     const int bf16 = c->precision == CUDA_BF16;
@@ -383,7 +386,7 @@ static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
     const size_t mm = bf16 ? rows + m->max_tensor * 2 : 0;
     size_t big = attn > m->act_per_layer ? attn : m->act_per_layer;
     big = mm > big ? mm : big;
-    return big + ((size_t)32 << 20) + (bf16 ? CUDA_LT_WORKSPACE : 0);
+    return big + ((size_t)32 << 20) + (bf16 ? CUDA_LT_WORKSPACE + m->n_params * 2 : 0);
 }
 
 static const mm_backend_iface cuda_iface = {

@@ -152,6 +152,7 @@ void cuda_ctx_free(cuda_ctx *c) {
     CUBLAS_CHECK(cublasDestroy(c->blas));
     CUBLAS_CHECK(cublasLtDestroy(c->lt));
     CU_CHECK(cudaFree(c->lt_ws));
+    CU_CHECK(cudaFree(c->p16));
     CU_CHECK(cudaFree(c->scratch));
     CU_CHECK(cudaFree(c->flag));
     CU_CHECK(cudaStreamDestroy(c->stream));
@@ -206,8 +207,15 @@ void cuda_free(void *p) {
     if (p) CU_CHECK(cudaFree(p));
 }
 
+void cuda_params16_touch(cuda_ctx *c, const void *dst, size_t bytes) {
+    if (!c->p16_valid || bytes == 0) return;
+    const char *a = (const char *)dst, *lo = (const char *)c->p16_src;
+    if (a < lo + c->p16_n * sizeof(float) && lo < a + bytes) c->p16_valid = 0;
+}
+
 void cuda_upload(cuda_ctx *c, void *dev, const void *host, size_t bytes) {
     if (bytes == 0) return;
+    cuda_params16_touch(c, dev, bytes);
     CU_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, c->stream));
     CU_CHECK(cudaStreamSynchronize(c->stream));
 }
@@ -220,12 +228,14 @@ void cuda_download(cuda_ctx *c, void *host, const void *dev, size_t bytes) {
 
 void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes) {
     if (bytes == 0) return;
+    cuda_params16_touch(c, dst, bytes);
     CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
     CU_CHECK(cudaStreamSynchronize(c->stream));
 }
 
 void cuda_zero(cuda_ctx *c, void *dev, size_t bytes) {
     if (bytes == 0) return;
+    cuda_params16_touch(c, dev, bytes);
     CU_CHECK(cudaMemsetAsync(dev, 0, bytes, c->stream));
 }
 
@@ -576,6 +586,7 @@ void cuda_adamw(cuda_ctx *c, const cuda_plan *p, float *params, const float *gra
     const float b1 = (float)beta1, b2 = (float)beta2, feps = (float)eps;
     const float ibc1 = (float)(1.0 / (1.0 - pow(beta1, (double)step)));
     const float ibc2 = (float)(1.0 / (1.0 - pow(beta2, (double)step)));
+    cuda_params16_touch(c, params + p->lo, (p->hi - p->lo) * sizeof(float));
     CU_LAUNCH(k_adamw, (unsigned)p->n_chunk, CU_THREADS, c->stream,
               (const cu_chunk *)p->dchunk, p->lo, params, grads, m, v, b1, b2, feps, ibc1, ibc2,
               (float)lr, (float)weight_decay, (float)grad_scale);

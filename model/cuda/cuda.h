@@ -99,6 +99,15 @@ typedef struct cuda_ctx {
     size_t mem_bytes;          // device memory
     size_t attn_core_bytes;    // self-attention materialises its (B, NH, T, T) probabilities
                                // in scratch (cuBLAS) up to this size, flash beyond; init: 1 GiB
+    // precision bf16: one model's parameters in bf16 for the matmuls' weight operands (fp32
+    // stays the master copy). The ops table's params_ready makes it before a forward; any
+    // write of the backend into those parameters (upload, copy, zero, copy_rows, AdamW,
+    // all-gather) invalidates it; a matmul whose weight is not in a valid copy converts its own.
+    const float *p16_src;      // the parameters it copies (not owned), p16_n floats
+    size_t p16_n;
+    void *p16;                 // (p16_cap) bf16, owned
+    size_t p16_cap;
+    int p16_valid;
     size_t matmul_chunk_bytes; // a bf16 matmul backward converts the rows of dout and inp in
                                // passes of at most this many bytes of bf16 (bounds its
                                // scratch); init 256 MiB
@@ -133,6 +142,9 @@ void cuda_upload(cuda_ctx *c, void *dev, const void *host, size_t bytes);
 void cuda_download(cuda_ctx *c, void *host, const void *dev, size_t bytes);
 void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes);  // device to device
 void cuda_zero(cuda_ctx *c, void *dev, size_t bytes);                  // async on the stream
+// Marks the context's bf16 parameter copy stale when [dst, dst + bytes) overlaps what it
+// copies (every write of the backend into device memory calls it).
+void cuda_params16_touch(cuda_ctx *c, const void *dst, size_t bytes);
 
 // Input staging: host batches copied asynchronously so the copy overlaps compute.
 // Two slots, used alternately; each has a pinned host buffer and a device buffer of `bytes`.

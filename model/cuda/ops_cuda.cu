@@ -29,17 +29,45 @@ __global__ void k_fill_rows(float *out, const float *bias, int N, int OC) {
         for (int c = threadIdx.x; c < OC; c += blockDim.x) out[(size_t)r * OC + c] = bias[c];
 }
 
-// bf16 copies of a matmul's operands in scratch
+// The model's parameters in bf16 (cuda.h p16): one conversion per forward; the copy stays
+// valid until the backend writes into them (cuda_params16_touch).
+static void params_ready(const mm_backend *be, const float *params, size_t n) {
+    cuda_ctx *c = cu_ctx(be);
+    if (c->precision != CUDA_BF16 || n == 0) return;
+    if (n > c->p16_cap) {
+        cuda_free(c->p16);  // cudaFree waits for the work that may still read it
+        c->p16 = cuda_alloc(c, n * sizeof(__nv_bfloat16));
+        c->p16_cap = n;
+    }
+    cu_to_bf16(c, (__nv_bfloat16 *)c->p16, params, n);
+    c->p16_src = params;
+    c->p16_n = n;
+    c->p16_valid = 1;
+}
+
+// w (n) in the context's valid bf16 parameter copy, or NULL
+static const __nv_bfloat16 *params16(const cuda_ctx *c, const float *w, size_t n) {
+    const uintptr_t a = (uintptr_t)w, lo = (uintptr_t)c->p16_src;
+    if (!c->p16_valid || a < lo || a + n * sizeof(float) > lo + c->p16_n * sizeof(float))
+        return NULL;
+    return (const __nv_bfloat16 *)c->p16 + (w - c->p16_src);
+}
+
+// bf16 copies of a matmul's operands: inp in scratch; w from the parameter copy, or in
+// scratch when it is not there
 static void bf16_operands(cuda_ctx *c, const float *inp, const float *w, int N, int IC, int OC,
-                          __nv_bfloat16 **inp16, __nv_bfloat16 **w16) {
+                          __nv_bfloat16 **inp16, const __nv_bfloat16 **w16) {
+    const __nv_bfloat16 *pw = params16(c, w, (size_t)OC * IC);
+    __nv_bfloat16 *cw = NULL;
     cu_carver cv = {NULL, 0};
     for (int pass = 0; pass < 2; pass++) {  // count, then carve
         *inp16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)N * IC * sizeof(__nv_bfloat16));
-        *w16 = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
+        if (!pw) cw = (__nv_bfloat16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(__nv_bfloat16));
         if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
     }
     cu_to_bf16(c, *inp16, inp, (size_t)N * IC);
-    cu_to_bf16(c, *w16, w, (size_t)OC * IC);
+    if (!pw) cu_to_bf16(c, cw, w, (size_t)OC * IC);
+    *w16 = pw ? pw : cw;
 }
 
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias. In bf16 the bias rides in cuBLASLt's
@@ -49,7 +77,8 @@ static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const
                        const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    __nv_bfloat16 *inp16 = NULL, *w16 = NULL;
+    __nv_bfloat16 *inp16 = NULL;
+    const __nv_bfloat16 *w16 = NULL;
     if (c->precision == CUDA_BF16) {
         bf16_operands(c, inp, w, N, IC, OC, &inp16, &w16);
         if (bias && IC > 0 && cu_gemm_lt(c, N, OC, IC, inp16, w16, bias, NULL, out) == 0) return;
@@ -92,15 +121,17 @@ static int matmul_bwd_bf16(cuda_ctx *c, float *dinp, const float *pre, float *dw
     int R = N;
     if (!pre && (size_t)N * row_bytes > c->matmul_chunk_bytes)
         R = c->matmul_chunk_bytes / row_bytes > 0 ? (int)(c->matmul_chunk_bytes / row_bytes) : 1;
-    bf16 *dout16, *inp16, *w16 = NULL;
+    const bf16 *pw = dinp ? params16(c, w, (size_t)OC * IC) : NULL;
+    bf16 *dout16, *inp16, *cw = NULL;
     cu_carver cv = {NULL, 0};
     for (int pass = 0; pass < 2; pass++) {  // count, then carve
         dout16 = (bf16 *)cu_carve(&cv, (size_t)R * OC * sizeof(bf16));
         inp16 = (bf16 *)cu_carve(&cv, (size_t)R * IC * sizeof(bf16));
-        if (dinp) w16 = (bf16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(bf16));
+        if (dinp && !pw) cw = (bf16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(bf16));
         if (pass == 0) cv = {(char *)cuda_scratch(c, cv.off), 0};
     }
-    if (dinp) cu_to_bf16(c, w16, w, (size_t)OC * IC);
+    if (cw) cu_to_bf16(c, cw, w, (size_t)OC * IC);
+    const bf16 *w16 = pw ? pw : cw;
     for (int r0 = 0; r0 < N; r0 += R) {
         const int n = R < N - r0 ? R : N - r0;
         const size_t ro = (size_t)r0 * OC, ri = (size_t)r0 * IC;
@@ -309,7 +340,8 @@ static void matmul_gelu_fwd(const mm_backend *be, float *pre, float *out, const 
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     if (c->precision == CUDA_BF16 && IC > 0) {
-        __nv_bfloat16 *inp16, *w16;
+        __nv_bfloat16 *inp16;
+        const __nv_bfloat16 *w16;
         bf16_operands(c, inp, w, N, IC, OC, &inp16, &w16);
         if (cu_gemm_lt(c, N, OC, IC, inp16, w16, bias, pre, out) == 0) return;
     }
@@ -1259,6 +1291,7 @@ const model_ops model_ops_cuda = {
     .xent_bwd = xent_bwd,
     .xent_fwd_bwd = xent_fwd_bwd,
     .xent_saved = xent_saved,
+    .params_ready = params_ready,
     .mem_alloc = cu_mem_alloc,
     .mem_free = cu_mem_free,
     .mem_upload = cu_mem_upload,

@@ -48,6 +48,7 @@ void cu_copy_rows(const mm_backend *be, float *dst, size_t dst_stride, const flo
                   size_t src_stride, size_t width, int rows) {
     if (rows <= 0 || width == 0) return;
     cuda_ctx *c = cu_ctx(be);
+    cuda_params16_touch(c, dst, ((size_t)(rows - 1) * dst_stride + width) * sizeof(float));
     CU_LAUNCH(k_copy_rows, cu_row_blocks(rows), CU_THREADS, c->stream, dst, dst_stride, src,
               src_stride, width, rows);
     CU_CHECK_LAUNCH("copy_rows");

@@ -204,6 +204,65 @@ static void test_matmul(T *t, int N, int IC, int OC, int with_bias, int with_din
     cuda_free_all(8, d);
 }
 
+// The bf16 copy of the parameters (ops params_ready, cuda.h p16): a matmul whose weight lies
+// in it gives the bits of one that converts its own; it is what the matmuls then read (a write
+// behind the backend's back goes unseen: every write must go through the backend, and each of
+// the backend's writes into the parameters makes it stale); after an upload the matmul
+// converts the new weights again.
+static void test_params16(T *t, int N, int IC, int OC) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "N%d IC%d OC%d", N, IC, OC);
+    const size_t nw = (size_t)OC * IC, np = nw + 8, ni = (size_t)N * IC, no = (size_t)N * OC;
+    float *params = hrand(t, np, 0.5f), *inp = hrand(t, ni, 1), *dout = hrand(t, no, 1);
+    float *d_p = dev(t, params, np * 4), *d_inp = dev(t, inp, ni * 4), *d_dout = dev(t, dout, no * 4);
+    float *w = d_p + 5;  // a weight inside the parameters
+    float *o1 = cuda_alloc(t->c, no * 4), *o2 = cuda_alloc(t->c, no * 4);
+    float *di1 = cuda_alloc(t->c, ni * 4), *di2 = cuda_alloc(t->c, ni * 4);
+    float *dw1 = cuda_alloc(t->c, nw * 4), *dw2 = cuda_alloc(t->c, nw * 4);
+    t->c->precision = CUDA_BF16;
+    t->c->p16_valid = 0;
+    model_ops_cuda.matmul_fwd(t->be, o1, d_inp, w, NULL, N, IC, OC);
+    model_ops_cuda.matmul_bwd(t->be, di1, dw1, NULL, d_dout, d_inp, w, N, IC, OC);
+    model_ops_cuda.params_ready(t->be, d_p, np);
+    TEST_CHECK(&t->tc, t->c->p16_valid, "params_ready %s: no valid copy", shape);
+    model_ops_cuda.matmul_fwd(t->be, o2, d_inp, w, NULL, N, IC, OC);
+    model_ops_cuda.matmul_bwd(t->be, di2, dw2, NULL, d_dout, d_inp, w, N, IC, OC);
+    check_same(t, "params16", shape, "out", o2, o1, no);
+    check_same(t, "params16", shape, "dinp", di2, di1, ni);
+    check_same(t, "params16", shape, "dw", dw2, dw1, nw);
+    // new weights written behind the backend's back: the copy is what the matmul reads
+    float *w2 = hrand(t, nw, 0.5f);
+    MM_CHECK(cudaMemcpyAsync(w, w2, nw * 4, cudaMemcpyHostToDevice, t->c->stream) == cudaSuccess &&
+                 cudaStreamSynchronize(t->c->stream) == cudaSuccess,
+             "params16: a raw copy failed");
+    model_ops_cuda.matmul_fwd(t->be, o2, d_inp, w, NULL, N, IC, OC);
+    check_same(t, "params16", shape, "copy read", o2, o1, no);
+    // through the backend: stale, so the matmul converts the new weights
+    cuda_upload(t->c, w, w2, nw * 4);
+    TEST_CHECK(&t->tc, !t->c->p16_valid, "params16 %s: an upload left the copy valid", shape);
+    model_ops_cuda.matmul_fwd(t->be, o2, d_inp, w, NULL, N, IC, OC);
+    float *ref = mm_malloc(no * 4);
+    model_ops_cpu.matmul_fwd(&mm_backend_cpu, ref, inp, w2, NULL, N, IC, OC);
+    check(t, "params16", shape, "after upload", o2, ref, no, 1e-2);
+    // every other write of the backend into the parameters makes it stale too, and one
+    // outside them does not
+    for (int k = 0; k < 4; k++) {
+        model_ops_cuda.params_ready(t->be, d_p, np);
+        if (k == 0) model_ops_cuda.mem_zero(t->be, d_p + np - 1, 4);
+        if (k == 1) model_ops_cuda.mem_copy(t->be, d_p, d_inp, 4);
+        if (k == 2) model_ops_cuda.copy_rows(t->be, d_p + 3, 1, d_inp, 1, 1, 2);
+        if (k == 3) model_ops_cuda.copy_rows(t->be, di1, 1, d_p, 1, 1, 2);  // reads them only
+        TEST_CHECK(&t->tc, t->c->p16_valid == (k == 3), "params16 %s: write %d left it %s",
+                   shape, k, t->c->p16_valid ? "valid" : "stale");
+    }
+    t->c->p16_valid = 0;
+    t->c->precision = CUDA_FP32;
+    void *h[] = {params, inp, dout, w2, ref};
+    void *d[] = {d_p, d_inp, d_dout, o1, o2, di1, di2, dw1, dw2};
+    free_all(5, h);
+    cuda_free_all(9, d);
+}
+
 // ---------------------------------------------------------------------------------------
 // layernorm, GELU, add
 
@@ -1062,6 +1121,8 @@ int main(void) {
     }
     for (size_t i = 1; i < sizeof(mm) / sizeof(mm[0]); i++)
         test_matmul(&t, mm[i][0], mm[i][1], mm[i][2], 1, (int)(i != 2), CUDA_BF16);
+    test_params16(&t, 7, 13, 5);
+    test_params16(&t, 37, 64, 96);
     // the fused GELU: OC 160 and 64 take cuBLASLt's epilogue in bf16, 77 and 5 the two ops
     static const int mg[][3] = {{7, 13, 5}, {37, 45, 77}, {64, 96, 160}, {33, 40, 64}};
     for (size_t i = 0; i < sizeof(mg) / sizeof(mg[0]); i++)
