@@ -916,7 +916,7 @@ static void final_backward(dit *m, int B) {
     const mm_real *xL = a->layer[m->L - 1].res3;
     ops->matmul_bwd(be, a->dfm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, m->pdim);
     dops->modulate_bwd(be, a->dfh, a->dfmod, a->dfmod + C, a->dfm, a->fh, a->fmod + C, 2 * C, B, N, C);
-    ops->layernorm_bwd(be, a->bs.dres, a->bs.dlng, a->bs.dlnb, a->dfh, xL, a->ones, a->fmean, a->frstd,
+    ops->layernorm_bwd(be, a->bs.dres, NULL, NULL, a->dfh, xL, a->ones, a->fmean, a->frstd,
                        BN, C);
     ops->matmul_bwd(be, a->bs.dsc, g->fada_w, g->fada_b, a->dfmod, a->sc, w->fada_w, B, C, 2 * C);
 }

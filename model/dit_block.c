@@ -132,8 +132,6 @@ void dit_block_carve_scratch(model_carver *cv, dit_block_scratch *s, size_t B, s
     s->dh1 = model_carve(cv, BN * C);
     s->dsc = model_carve(cv, B * C);
     s->dcond = model_carve(cv, B * Tc * C);
-    s->dlng = model_carve(cv, C);
-    s->dlnb = model_carve(cv, C);
 }
 
 void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_acts *a,
@@ -217,8 +215,7 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     // fc saw m3 whole: sum its column shares
     model_tp_allreduce(r->be, r->tp, s->dm3, nC);
     dops->modulate_bwd(be, s->dh3, dmod + 3 * C, dmod + 4 * C, s->dm3, a->h3, mod + 4 * C, C6, B, N, C);
-    ops->layernorm_bwd(be, s->dres, s->dlng, s->dlnb, s->dh3, a->res2, r->ones, a->mean3, a->rstd3, BN,
-                       C);
+    ops->layernorm_bwd(be, s->dres, NULL, NULL, s->dh3, a->res2, r->ones, a->mean3, a->rstd3, BN, C);
     // cross-attention branch. dres = d(res2); res2 = res1 + xattn.proj(...)
     ops->matmul_bwd(be, s->dxatty, g->xproj_w, g->xproj_b, s->dres, a->xatty, w->xproj_w, BN, Cl, C);
     dops->xattn_bwd(be, s->dq, s->dkv, s->dxatty, a->q, a->kv, a->xatt, B, N, Tc, r->NHl, r->HD);
@@ -236,7 +233,7 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     ops->matmul_bwd(be, s->dm1, g->qkv_w, g->qkv_b, s->dqkv, a->m1, w->qkv_w, BN, C, 3 * Cl);
     model_tp_allreduce(r->be, r->tp, s->dm1, nC);
     dops->modulate_bwd(be, s->dh1, dmod, dmod + C, s->dm1, a->h1, mod + C, C6, B, N, C);
-    ops->layernorm_bwd(be, s->dres, s->dlng, s->dlnb, s->dh1, x, r->ones, a->mean1, a->rstd1, BN, C);
+    ops->layernorm_bwd(be, s->dres, NULL, NULL, s->dh1, x, r->ones, a->mean1, a->rstd1, BN, C);
     // dres = d(x); the block's modulation
     ops->matmul_bwd(be, s->dsc, g->ada_w, g->ada_b, dmod, r->sc, w->ada_w, B, C, C6);
 }

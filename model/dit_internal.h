@@ -96,9 +96,6 @@ typedef struct {
     // accumulated over every block (the caller zeroes them before the first)
     mm_real *dsc;    // (B, C) d(SiLU(c))
     mm_real *dcond;  // (B, Tc, C) this rank's heads' share of d(cond); the caller sums it
-    // sinks for the gain and bias gradients of the non-affine LayerNorms: never read, never
-    // zeroed
-    mm_real *dlng, *dlnb;  // (C)
 } dit_block_scratch;
 
 // How the stack runs in this call: ops, shapes, tp placement, and what every block reads.

@@ -63,7 +63,8 @@ typedef struct model_ops {
     // out (N, C) = (x - mean) * rstd * g + b ; saves mean, rstd (N)
     void (*layernorm_fwd)(const mm_backend *be, mm_real *out, mm_real *mean, mm_real *rstd,
                           const mm_real *x, const mm_real *g, const mm_real *b, int N, int C);
-    // accumulates dx, dg, db
+    // accumulates dx, dg, db; dg and db NULL (together): no gain and bias gradients (a
+    // LayerNorm without affine parameters, such as the DiT's before adaLN)
     void (*layernorm_bwd)(const mm_backend *be, mm_real *dx, mm_real *dg, mm_real *db,
                           const mm_real *dout, const mm_real *x, const mm_real *g,
                           const mm_real *mean, const mm_real *rstd, int N, int C);

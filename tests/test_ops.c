@@ -150,6 +150,13 @@ static void test_layernorm(test_counts *tc, mm_rng *r) {
     expect(tc, "layernorm_bwd dx", nerr(dx, rdx, n));
     expect(tc, "layernorm_bwd dg", nerr(dg, rdg, C));
     expect(tc, "layernorm_bwd db", nerr(db, rdb, C));
+    {  // without gain and bias gradients (dg = db = NULL): the same dx bits
+        float *dx2 = calloc(n, 4), *dx1 = calloc(n, 4), *dg1 = calloc(C, 4), *db1 = calloc(C, 4);
+        ops->layernorm_bwd(be, dx1, dg1, db1, dout, x, g, mean, rstd, N, C);
+        ops->layernorm_bwd(be, dx2, NULL, NULL, dout, x, g, mean, rstd, N, C);
+        expect(tc, "layernorm_bwd without dg, db: the same dx", memcmp(dx1, dx2, n * 4) ? 1 : 0);
+        free(dx1), free(dx2), free(dg1), free(db1);
+    }
     // the fused residual add: the same bits as add then layernorm_fwd, also in place (res = a)
     float *y = randn(n, 2, r), *res = malloc(n * 4), *res2 = malloc(n * 4), *out2 = malloc(n * 4);
     float *mean2 = malloc(N * 4), *rstd2 = malloc(N * 4);

@@ -185,14 +185,17 @@ static void layernorm_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *
                           const mm_real *dout, const mm_real *x, const mm_real *g,
                           const mm_real *mean, const mm_real *rstd, int N, int C) {
     if (N <= 0) return;
+    MM_CHECK(!dg == !db, "layernorm_bwd: dg and db are NULL together or not at all");
+    const int gains = dg != NULL;
     int nblk = (N + ROW_BLOCK - 1) / ROW_BLOCK;
-    mm_real *part = mm_malloc((size_t)nblk * 2 * C * sizeof(mm_real));  // (nblk, 2, C)
+    // (nblk, 2, C) partial sums of dg, db
+    mm_real *part = gains ? mm_malloc((size_t)nblk * 2 * C * sizeof(mm_real)) : NULL;
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
         for (int blk = 0; blk < nblk; blk++) {
-            mm_real *pg = part + (size_t)blk * 2 * C, *pb = pg + C;
-            memset(pg, 0, 2 * (size_t)C * sizeof(mm_real));
+            mm_real *pg = gains ? part + (size_t)blk * 2 * C : NULL, *pb = gains ? pg + C : NULL;
+            if (gains) memset(pg, 0, 2 * (size_t)C * sizeof(mm_real));
             int r1 = (blk + 1) * ROW_BLOCK < N ? (blk + 1) * ROW_BLOCK : N;
             for (int r = blk * ROW_BLOCK; r < r1; r++) {
                 const mm_real *xr = x + (size_t)r * C, *dr = dout + (size_t)r * C;
@@ -203,24 +206,34 @@ static void layernorm_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *
                 MM_LANE_SUM(s2, C, c, dr[c] * g[c] * (xr[c] - m) * rs);
                 s1 /= C;
                 s2 /= C;
+                if (gains) {
 #pragma omp simd
-                for (int c = 0; c < C; c++) {
-                    mm_real xh = (xr[c] - m) * rs;
-                    pg[c] += dr[c] * xh;
-                    pb[c] += dr[c];
-                    dxr[c] += (dr[c] * g[c] - s1 - xh * s2) * rs;
+                    for (int c = 0; c < C; c++) {
+                        mm_real xh = (xr[c] - m) * rs;
+                        pg[c] += dr[c] * xh;
+                        pb[c] += dr[c];
+                        dxr[c] += (dr[c] * g[c] - s1 - xh * s2) * rs;
+                    }
+                } else {
+#pragma omp simd
+                    for (int c = 0; c < C; c++) {
+                        mm_real xh = (xr[c] - m) * rs;
+                        dxr[c] += (dr[c] * g[c] - s1 - xh * s2) * rs;
+                    }
                 }
             }
         }
+        if (gains) {
 #pragma omp for schedule(static)
-        for (int c = 0; c < C; c++) {
-            mm_real sg = 0, sb = 0;
-            for (int blk = 0; blk < nblk; blk++) {
-                sg += part[(size_t)blk * 2 * C + c];
-                sb += part[(size_t)blk * 2 * C + C + c];
+            for (int c = 0; c < C; c++) {
+                mm_real sg = 0, sb = 0;
+                for (int blk = 0; blk < nblk; blk++) {
+                    sg += part[(size_t)blk * 2 * C + c];
+                    sb += part[(size_t)blk * 2 * C + C + c];
+                }
+                dg[c] += sg;
+                db[c] += sb;
             }
-            dg[c] += sg;
-            db[c] += sb;
         }
     }
     free(part);

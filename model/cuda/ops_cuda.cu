@@ -280,8 +280,9 @@ static void layernorm_bwd(const mm_backend *be, float *dx, float *dg, float *db,
                           const float *dout, const float *x, const float *g, const float *mean,
                           const float *rstd, int N, int C) {
     if (N <= 0) return;
+    MM_CHECK(!dg == !db, "layernorm_bwd: dg and db are NULL together or not at all");
     cuda_ctx *c = cu_ctx(be);
-    cu_colsum(c, colsum_ln{dout, x, mean, rstd, C}, 1, N, C, dg, db, 0);
+    if (dg) cu_colsum(c, colsum_ln{dout, x, mean, rstd, C}, 1, N, C, dg, db, 0);
     CU_LAUNCH(k_layernorm_bwd_dx, row_blocks(N), CU_THREADS, c->stream, dx, dout, x, g, mean,
               rstd, N, C);
     CU_CHECK_LAUNCH("layernorm_bwd");

@@ -299,6 +299,10 @@ static void test_layernorm(T *t, int N, int C) {
     model_ops_cuda.layernorm_bwd(t->be, f_dx, f_dg, f_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
     check_same(t, "layernorm_bwd", shape, "dg rerun", e_dg, f_dg, C);
     check_same(t, "layernorm_bwd", shape, "db rerun", e_db, f_db, C);
+    // without gain and bias gradients (dg = db = NULL): the same dx bits
+    cuda_upload(t->c, f_dx, dx0, n * 4);
+    model_ops_cuda.layernorm_bwd(t->be, f_dx, NULL, NULL, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
+    check_same(t, "layernorm_bwd", shape, "dx, no dg db", f_dx, e_dx, n);
     // the fused residual add (res = x + dout here): against the CPU's fused op, and bitwise
     // against this backend's own add + layernorm_fwd; out of place and in place (res = a)
     float *res = mm_malloc(n * 4);
