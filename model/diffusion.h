@@ -52,14 +52,16 @@ typedef struct dit_ops {
     void (*gated_add_bwd)(const mm_backend *be, mm_real *dy, mm_real *dgate, const mm_real *dx,
                           const mm_real *y, const mm_real *gate, int sc, int B, int N, int C);
     // Cross-attention: q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD) -> out (B, Tq, NH, HD);
-    // key j of sample b is attended iff key_valid[b*Tk + j]. att (B, NH, Tq, Tk) saved.
+    // key j of sample b is attended iff key_valid[b*Tk + j]. att (B, NH, Tq, Tk) is what the
+    // backend keeps for the backward: the CPU the probabilities; the CUDA backend on its
+    // tensor-core flash path only each row's log-sum-exp and the mask.
     void (*xattn_fwd)(const mm_backend *be, mm_real *out, mm_real *att, const mm_real *q,
                       const mm_real *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
                       int HD);
-    // accumulates dq, dkv
+    // accumulates dq, dkv; out is the forward's
     void (*xattn_bwd)(const mm_backend *be, mm_real *dq, mm_real *dkv, const mm_real *dout,
-                      const mm_real *q, const mm_real *kv, const mm_real *att, int B, int Tq,
-                      int Tk, int NH, int HD);
+                      const mm_real *q, const mm_real *kv, const mm_real *out,
+                      const mm_real *att, int B, int Tq, int Tk, int NH, int HD);
     // Per-sample mean squared error: loss[b] = mean over n of (pred - target)^2;
     // dpred (B, n) = 2 (pred - target) / n * dloss[b] (overwrites)
     void (*mse_fwd)(const mm_backend *be, mm_real *loss, const mm_real *pred, const mm_real *target,

@@ -218,7 +218,8 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     ops->layernorm_bwd(be, s->dres, NULL, NULL, s->dh3, a->res2, r->ones, a->mean3, a->rstd3, BN, C);
     // cross-attention branch. dres = d(res2); res2 = res1 + xattn.proj(...)
     ops->matmul_bwd(be, s->dxatty, g->xproj_w, g->xproj_b, s->dres, a->xatty, w->xproj_w, BN, Cl, C);
-    dops->xattn_bwd(be, s->dq, s->dkv, s->dxatty, a->q, a->kv, a->xatt, B, N, Tc, r->NHl, r->HD);
+    dops->xattn_bwd(be, s->dq, s->dkv, s->dxatty, a->q, a->kv, a->xatty, a->xatt, B, N, Tc,
+                    r->NHl, r->HD);
     ops->matmul_bwd(be, s->dh2, g->q_w, g->q_b, s->dq, a->h2, w->q_w, BN, C, Cl);
     model_tp_allreduce(r->be, r->tp, s->dh2, nC);
     // this rank's heads' share of d(cond), summed over tp by the caller after the last block

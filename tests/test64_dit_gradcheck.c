@@ -163,7 +163,7 @@ static void check_xattn(test_counts *tc, mm_rng *r) {
     c.R = alloc_normal(nq, 1, r);
     acc_buf dq = acc_new(nq, r), dkv = acc_new(nkv, r);
     xa_f(&c);
-    dops->xattn_bwd(be, dq.d, dkv.d, c.R, c.q, c.kv, c.att, c.B, c.Tq, c.Tk, c.NH, c.HD);
+    dops->xattn_bwd(be, dq.d, dkv.d, c.R, c.q, c.kv, c.out, c.att, c.B, c.Tq, c.Tk, c.NH, c.HD);
     acc_done(&dq);
     acc_done(&dkv);
     report(tc, "xattn (masked, 1-key sample)", "q", fd_check(xa_f, &c, c.q, dq.d, nq, NULL, 0, EPS));

@@ -193,7 +193,7 @@ static void test_ops(test_counts *tc, mm_rng *r) {
 #undef DO
             }
         dops->xattn_fwd(be, out, att, q, kv, valid, B, Tq, Tk, NH, HD);
-        dops->xattn_bwd(be, dq, dkv, dout, q, kv, att, B, Tq, Tk, NH, HD);
+        dops->xattn_bwd(be, dq, dkv, dout, q, kv, out, att, B, Tq, Tk, NH, HD);
         op_report(tc, "xattn fwd (masked)", nerr(out, ro, nq));
         op_report(tc, "xattn bwd dq", nerr(dq, rdq, nq));
         op_report(tc, "xattn bwd dkv", nerr(dkv, rdkv, nkv));

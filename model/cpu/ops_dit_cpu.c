@@ -193,12 +193,14 @@ static void xattn_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *att
     }
 }
 
-// dq (B, Tq, NH, HD) +=, dkv (B, Tk, 2, NH, HD) +=; att as saved by xattn_fwd. Each (b, h)
-// writes only its head's columns of its sample: no two tasks touch the same element.
+// dq (B, Tq, NH, HD) +=, dkv (B, Tk, 2, NH, HD) +=; att as saved by xattn_fwd (the
+// probabilities: out is not needed). Each (b, h) writes only its head's columns of its
+// sample: no two tasks touch the same element.
 CPU_ISA_CLONES
 static void xattn_bwd(const mm_backend *be MM_UNUSED, mm_real *dq, mm_real *dkv,
-                      const mm_real *dout, const mm_real *q, const mm_real *kv, const mm_real *att,
-                      int B, int Tq, int Tk, int NH, int HD) {
+                      const mm_real *dout, const mm_real *q, const mm_real *kv,
+                      const mm_real *out MM_UNUSED, const mm_real *att, int B, int Tq, int Tk,
+                      int NH, int HD) {
     const int C = NH * HD, C2 = 2 * C;
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
 #pragma omp parallel

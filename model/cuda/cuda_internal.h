@@ -263,17 +263,29 @@ void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
 // everything before for a causal one. Nondecreasing in i.
 __device__ __forceinline__ int cu_attn_lim(int i, int P) { return i < P ? P : i + 1; }
 
-// Self-attention on tensor cores (ops_flash_tc_cuda.cu), for precision bf16 without dropout:
-// cu_flash_tc_ok says whether the kernels take heads of width HD. fwd writes out (B, T, NH,
-// HD) and lse (B, NH, T) (-inf for a query with no allowed key, whose output is zero) from
-// qkv (B, T, 3, NH, HD); bwd adds the gradients to dqkv from dout, the forward's lse and D
-// (B, NH, T) = dout . out row by row.
+// Attention on tensor cores (ops_flash_tc_cuda.cu), for precision bf16 without dropout:
+// cu_flash_tc_ok says whether the kernels take heads of width HD. The operands are read in
+// place: row i of sample b, head h of q is q + (b * Tq + i) * sq + h * HD (k, v likewise with
+// Tk and skv); query i sees the keys j < min(cu_attn_lim(i, P), Tk) with key_valid[b * Tk + j]
+// (P >= Tq and Tk: every key, as cross-attention does). Not owned.
+typedef struct {
+    const float *q, *k, *v;
+    int sq, skv;
+    const uint8_t *key_valid;  // (B, Tk)
+    int Tq, Tk, P, NH;
+    float scale;               // of the scores: 1 / sqrt(HD)
+} cu_flash;
 int cu_flash_tc_ok(int HD);
-void cu_flash_tc_fwd(cuda_ctx *c, float *out, float *lse, const float *qkv,
-                     const uint8_t *key_valid, int B, int T, int P, int NH, int HD);
-void cu_flash_tc_bwd(cuda_ctx *c, float *dqkv, const float *dout, const float *qkv,
-                     const float *lse, const float *D, const uint8_t *key_valid, int B, int T,
-                     int P, int NH, int HD);
+// out (B, Tq, NH, HD), and lse (B, NH, Tq) (-inf for a query with no allowed key, whose
+// output is zero)
+void cu_flash_tc_fwd(cuda_ctx *c, const cu_flash *a, int B, int HD, float *out, float *lse);
+// dq (row stride sdq), dk and dv (row stride sdkv) += the gradients from dout (B, Tq, NH, HD),
+// the forward's lse and D (cu_flash_row_terms)
+void cu_flash_tc_bwd(cuda_ctx *c, const cu_flash *a, int B, int HD, float *dq, int sdq, float *dk,
+                     float *dv, int sdkv, const float *dout, const float *lse, const float *D);
+// D (B, NH, T) = dout . out row by row (the softmax backward's row term), in scratch
+const float *cu_flash_row_terms(cuda_ctx *c, const float *dout, const float *out, int B, int T,
+                                int NH, int HD);
 
 // ---------------------------------------------------------------------------------------
 // the ops table's memory and glue ops (ops_glue_cuda.cu; model.h documents them)

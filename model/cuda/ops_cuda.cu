@@ -3,8 +3,8 @@
 // with fp32 accumulation when the context says so); self-attention is a fused flash-attention
 // forward and backward of our own (fp32, tiled in shared memory, saving the log-sum-exp of
 // each row instead of the probabilities; in bf16 the tensor-core kernels of
-// ops_flash_tc_cuda.cu), or the cuBLAS core below; the cross-attention of the diffusion model
-// keeps the cuBLAS core with materialised probabilities. The rest are memory-bound kernels: one warp
+// ops_flash_tc_cuda.cu), or the cuBLAS core below, which the cross-attention of the diffusion
+// model shares where the tensor-core kernels do not take it. The rest are memory-bound kernels: one warp
 // per row for layernorm, one block per row for the fused cross-entropy over a vocabulary,
 // grid-stride loops for elementwise ops. Same semantics as the CPU ops, including the
 // accumulating (+=) backward ops and the attention mask (prefix bidirectional, causal text,
@@ -1037,15 +1037,21 @@ static int attention_core(const cuda_ctx *c, int B, int NH, int T, int HD) {
 static int attention_core16_on(const cuda_ctx *c, const model_drop &d) {
     return c->precision == CUDA_BF16 && !d.thr;
 }
+// packed qkv (B, T, 3, NH, HD) as the tensor-core flash kernels read it
+static cu_flash self_flash(const float *qkv, const uint8_t *key_valid, int T, int P, int NH,
+                           int HD) {
+    const int C = NH * HD;
+    return cu_flash{qkv, qkv + C, qkv + 2 * C, 3 * C, 3 * C, key_valid, T, T, P, NH,
+                    1 / sqrtf((float)HD)};
+}
 // 1 when self-attention runs on the tensor-core flash kernels (ops_flash_tc_cuda.cu), ahead
 // of both paths above
 static int attention_flash_tc(const cuda_ctx *c, int HD, const model_drop &d) {
     return c->flash_tc && attention_core16_on(c, d) && cu_flash_tc_ok(HD);
 }
 
-// D (B, NH, T) of k_flash_rowdot, in scratch, for the flash backward kernels
-static const float *flash_row_terms(cuda_ctx *c, const float *dout, const float *out, int B,
-                                    int T, int NH, int HD) {
+const float *cu_flash_row_terms(cuda_ctx *c, const float *dout, const float *out, int B, int T,
+                                int NH, int HD) {
     const int rows = B * NH * T;
     float *D = (float *)cuda_scratch(c, (size_t)rows * sizeof(float));
     CU_LAUNCH(k_flash_rowdot, row_blocks(rows), CU_THREADS, c->stream, D, dout, out, B, T, NH,
@@ -1064,7 +1070,8 @@ static void attention_fwd(const mm_backend *be, float *out, float *att, const fl
     CU_CHECK(cudaMemcpyAsync(saved_mask(att, B, NH, T), key_valid, (size_t)B * T,
                              cudaMemcpyDeviceToDevice, c->stream));
     if (attention_flash_tc(c, HD, d)) {
-        cu_flash_tc_fwd(c, out, att, qkv, key_valid, B, T, P, NH, HD);
+        const cu_flash a = self_flash(qkv, key_valid, T, P, NH, HD);
+        cu_flash_tc_fwd(c, &a, B, HD, out, att);
         return;
     }
     if (attention_core(c, B, NH, T, HD)) {
@@ -1091,8 +1098,9 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
     const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
     const int C = NH * HD;
     if (attention_flash_tc(c, HD, d)) {
-        const float *D = flash_row_terms(c, dout, out, B, T, NH, HD);
-        cu_flash_tc_bwd(c, dqkv, dout, qkv, att, D, key_valid, B, T, P, NH, HD);
+        const cu_flash a = self_flash(qkv, key_valid, T, P, NH, HD);
+        const float *D = cu_flash_row_terms(c, dout, out, B, T, NH, HD);
+        cu_flash_tc_bwd(c, &a, B, HD, dqkv, 3 * C, dqkv + C, dqkv + 2 * C, 3 * C, dout, att, D);
         return;
     }
     if (attention_core(c, B, NH, T, HD) && attention_core16_on(c, d)) {
@@ -1124,7 +1132,7 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
         cu_heads_merge(c, dqkv, dv, B, T, NH, HD, 3 * C, 2 * C, 1);
         return;
     }
-    const float *D = flash_row_terms(c, dout, out, B, T, NH, HD);
+    const float *D = cu_flash_row_terms(c, dout, out, B, T, NH, HD);
     const float scale = 1 / sqrtf((float)HD);
     const dim3 grid((unsigned)((T + FA_TB - 1) / FA_TB), (unsigned)(B * NH));
     CU_LAUNCH(k_flash_bwd_dq, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid, T, P,

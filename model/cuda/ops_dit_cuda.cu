@@ -5,8 +5,9 @@
 // Conventions as ops_cuda.cu: every backward accumulates (+=) except mse_bwd (overwrites),
 // no float atomics; the per-sample shift/scale/gate gradients are column sums over a sample's
 // rows done by cu_colsum's two fixed passes, and the MSE sums fixed chunks in double, then the
-// chunks in order, so every result is the same bits run after run. Cross-attention runs the
-// attention core of ops_cuda.cu (cuBLAS for the products) with every valid key allowed.
+// chunks in order, so every result is the same bits run after run. Cross-attention runs, with
+// every valid key allowed, the tensor-core flash kernels (ops_flash_tc_cuda.cu) in bf16 where
+// the heads allow, else the attention core of ops_cuda.cu (cuBLAS for the products).
 #include "cuda_internal.h"
 
 extern "C" {
@@ -157,6 +158,22 @@ static void gated_add_bwd(const mm_backend *be, float *dy, float *dgate, const f
 // ---------------------------------------------------------------------------------------
 // cross-attention: q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD) -> out (B, Tq, NH, HD)
 
+// In bf16 without dropout, and for heads the kernels take, the tensor-core flash kernels
+// (ops_flash_tc_cuda.cu): att then holds lse (B, NH, Tq), then a copy of key_valid (B, Tk)
+// bytes for the backward, which fits in att's (B, NH, Tq, Tk) floats once Tk >= 2.
+static int xattn_flash_tc(const cuda_ctx *c, int Tk, int HD) {
+    return c->precision == CUDA_BF16 && c->flash_tc && cu_flash_tc_ok(HD) && Tk >= 2;
+}
+static uint8_t *xattn_saved_mask(const float *att, int B, int Tq, int NH) {
+    return (uint8_t *)(att + (size_t)B * NH * Tq);
+}
+static cu_flash xattn_flash(const float *q, const float *kv, const uint8_t *key_valid, int Tq,
+                            int Tk, int NH, int HD) {
+    const int C = NH * HD;
+    return cu_flash{q, kv, kv + C, C, 2 * C, key_valid, Tq, Tk, Tq > Tk ? Tq : Tk, NH,
+                    1 / sqrtf((float)HD)};
+}
+
 static void xattn_fwd(const mm_backend *be, float *out, float *att, const float *q,
                       const float *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
                       int HD) {
@@ -165,6 +182,14 @@ static void xattn_fwd(const mm_backend *be, float *out, float *att, const float 
     const int C = NH * HD;
     if (Tk <= 0) {  // no key at all: zero rows, zero output (as the CPU's empty softmax)
         CU_CHECK(cudaMemsetAsync(out, 0, (size_t)B * Tq * C * sizeof(float), c->stream));
+        return;
+    }
+    if (xattn_flash_tc(c, Tk, HD)) {
+        uint8_t *mask = xattn_saved_mask(att, B, Tq, NH);
+        CU_CHECK(cudaMemcpyAsync(mask, key_valid, (size_t)B * Tk, cudaMemcpyDeviceToDevice,
+                                 c->stream));
+        const cu_flash a = xattn_flash(q, kv, mask, Tq, Tk, NH, HD);
+        cu_flash_tc_fwd(c, &a, B, HD, out, att);
         return;
     }
     if (c->precision == CUDA_BF16) {  // tensor cores; att (saved) stays fp32
@@ -201,11 +226,17 @@ static void xattn_fwd(const mm_backend *be, float *out, float *att, const float 
 }
 
 static void xattn_bwd(const mm_backend *be, float *dq, float *dkv, const float *dout,
-                      const float *q, const float *kv, const float *att, int B, int Tq, int Tk,
-                      int NH, int HD) {
+                      const float *q, const float *kv, const float *out, const float *att, int B,
+                      int Tq, int Tk, int NH, int HD) {
     if (B <= 0 || Tq <= 0 || Tk <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     const int C = NH * HD;
+    if (xattn_flash_tc(c, Tk, HD)) {
+        const cu_flash a = xattn_flash(q, kv, xattn_saved_mask(att, B, Tq, NH), Tq, Tk, NH, HD);
+        const float *D = cu_flash_row_terms(c, dout, out, B, Tq, NH, HD);
+        cu_flash_tc_bwd(c, &a, B, HD, dq, C, dkv, dkv + C, 2 * C, dout, att, D);
+        return;
+    }
     if (c->precision == CUDA_BF16) {  // tensor cores, from a bf16 copy of the saved att
         typedef __nv_bfloat16 bf16;
         const size_t eq = (size_t)B * Tq * C, ek = (size_t)B * Tk * C, h = sizeof(bf16);

@@ -1,11 +1,14 @@
-// ops_flash_tc_cuda.cu: self-attention on tensor cores for precision bf16 — FlashAttention-2's
+// ops_flash_tc_cuda.cu: attention on tensor cores for precision bf16 — FlashAttention-2's
 // schedule with its products on mma.sync (m16n8k16, bf16 operands, fp32 accumulation), so
-// that the (B, NH, T, T) probabilities are never written to memory and the products run at
-// tensor-core rate. ops_cuda.cu's attention op calls it where the heads allow (HD a multiple
-// of 16, at most 64) and there is no attention dropout; its SIMT flash kernels and the cuBLAS
-// core remain the paths for everything else (precision fp32, dropout, other head widths).
+// that the (B, NH, Tq, Tk) probabilities are never written to memory and the products run at
+// tensor-core rate. ops_cuda.cu's self-attention and ops_dit_cuda.cu's cross-attention call
+// it where the heads allow (HD a multiple of 16, at most 64) and there is no attention
+// dropout; the SIMT flash kernels and the cuBLAS core remain the paths for everything else
+// (precision fp32, dropout, other head widths). q, k and v are read in place at their row
+// strides (packed qkv for self-attention, q and packed kv for cross-attention).
 //
-// Kernels (grid: 64-row tiles of queries or keys x B * NH; 4 warps, 16 rows each):
+// Kernels (grid: 64-row tiles of queries or keys x B * NH; 4 warps, 16 rows each; the mask
+// and the layout in cu_flash, cuda_internal.h):
 //   fwd: a query tile streams past the key tiles it can see with an online softmax; writes
 //        out and the row's log-sum-exp, which is all the backward needs (as the SIMT kernel).
 //   dq:  a query tile loops over key tiles, recomputing p = exp(s - lse), dp = dout v^T,
@@ -129,27 +132,26 @@ __device__ __forceinline__ float tc_quad_sum(float v) {
 }
 
 // One past the last key the queries of the tile at q0 may see
-__device__ __forceinline__ int tc_key_end(int q0, int T, int P) {
-    const int last = (q0 + TC_ROWS < T ? q0 + TC_ROWS : T) - 1, e = cu_attn_lim(last, P);
-    return e < T ? e : T;
+__device__ __forceinline__ int tc_key_end(const cu_flash &a, int q0) {
+    const int last = (q0 + TC_ROWS < a.Tq ? q0 + TC_ROWS : a.Tq) - 1, e = cu_attn_lim(last, a.P);
+    return e < a.Tk ? e : a.Tk;
 }
 
-// out (B, T, NH, HD), lse (B, NH, T). Thread: query rows g and g + 8 of its warp's 16, their
+// out (B, Tq, NH, HD), lse (B, NH, Tq). Thread: query rows g and g + 8 of its warp's 16, their
 // running max m and sum l, score columns 8n + 2t (+1) of a key tile, output columns likewise.
 template <int HD>
-__global__ void __launch_bounds__(TC_THREADS)
-    k_flash_tc_fwd(float *out, float *lse, const float *qkv, const uint8_t *key_valid, int T, int P,
-                   int NH, float scale) {
+__global__ void __launch_bounds__(TC_THREADS) k_flash_tc_fwd(cu_flash a, float *out, float *lse) {
     constexpr int KD = HD / 16, ND = HD / 8, NK = TC_ROWS / 8;
     alignas(16) __shared__ tc_bits Qs[TC_ROWS][HD + TC_PAD], Ks[TC_ROWS][HD + TC_PAD],
         Vt[HD][TC_ROWS + TC_PAD];
     __shared__ uint8_t kval[TC_ROWS];
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD;
+    const int bh = blockIdx.y, b = bh / a.NH, h = bh % a.NH, C = a.NH * HD;
     const int q0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
               t = threadIdx.x % 4;
-    const size_t rs = 3 * (size_t)C;
-    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
-    tc_load<HD>(Qs, nullptr, qb, rs, q0, T);
+    const float *qb = a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD;
+    const float *kb = a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
+    const float *vb = a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
+    tc_load<HD>(Qs, nullptr, qb, a.sq, q0, a.Tq);
     __syncthreads();
     uint32_t qa[KD][4];
     for (int kk = 0; kk < KD; kk++) tc_frag_a(qa[kk], Qs, 16 * w, 16 * kk, g, t);
@@ -157,16 +159,16 @@ __global__ void __launch_bounds__(TC_THREADS)
     float m[2], l[2], o[ND][4] = {};
     for (int r = 0; r < 2; r++) {
         const int i = q0 + 16 * w + g + 8 * r;
-        lim[r] = i < T ? cu_attn_lim(i, P) : 0;
+        lim[r] = i < a.Tq ? cu_attn_lim(i, a.P) : 0;
         m[r] = -INFINITY;
         l[r] = 0;
     }
-    const int kend = tc_key_end(q0, T, P);
+    const int kend = tc_key_end(a, q0);
     for (int k0 = 0; k0 < kend; k0 += TC_ROWS) {
         __syncthreads();  // the previous tile's readers are done
-        tc_load<HD>(Ks, nullptr, qb + C, rs, k0, T);
-        tc_load<HD>(nullptr, Vt, qb + 2 * C, rs, k0, T);
-        tc_load_valid(kval, key_valid + (size_t)b * T, k0, T);
+        tc_load<HD>(Ks, nullptr, kb, a.skv, k0, a.Tk);
+        tc_load<HD>(nullptr, Vt, vb, a.skv, k0, a.Tk);
+        tc_load_valid(kval, a.key_valid + (size_t)b * a.Tk, k0, a.Tk);
         __syncthreads();
         float s[NK][4] = {};
         for (int kk = 0; kk < KD; kk++)
@@ -179,7 +181,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         for (int n = 0; n < NK; n++)
             for (int e = 0; e < 4; e++) {
                 const int r = e / 2, j = 8 * n + 2 * t + e % 2;
-                s[n][e] = k0 + j < lim[r] && kval[j] ? s[n][e] * scale : -INFINITY;
+                s[n][e] = k0 + j < lim[r] && kval[j] ? s[n][e] * a.scale : -INFINITY;
                 mx[r] = fmaxf(mx[r], s[n][e]);
             }
         for (int r = 0; r < 2; r++) mn[r] = fmaxf(m[r], tc_quad_max(mx[r]));
@@ -212,34 +214,35 @@ __global__ void __launch_bounds__(TC_THREADS)
     }
     for (int r = 0; r < 2; r++) {
         const int i = q0 + 16 * w + g + 8 * r;
-        if (i >= T) continue;
+        if (i >= a.Tq) continue;
         const float inv = l[r] > 0 ? 1 / l[r] : 0.0f;  // no allowed key: a zero output
-        float *orow = out + (size_t)(b * T + i) * C + (size_t)h * HD;
+        float *orow = out + (size_t)(b * a.Tq + i) * C + (size_t)h * HD;
         for (int n = 0; n < ND; n++) {
             orow[8 * n + 2 * t] = o[n][2 * r] * inv;
             orow[8 * n + 2 * t + 1] = o[n][2 * r + 1] * inv;
         }
-        if (t == 0) lse[(size_t)bh * T + i] = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
+        if (t == 0) lse[(size_t)bh * a.Tq + i] = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
     }
 }
 
-// dq part of dqkv +=. Thread: query rows g, g + 8 of its warp's, their dq columns 8n + 2t (+1).
+// dq (row stride sdq) +=. Thread: query rows g, g + 8 of its warp's, their dq columns 8n + 2t
+// (+1).
 template <int HD>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_flash_tc_dq(float *dqkv, const float *dout, const float *qkv, const float *lse,
-                  const float *D, const uint8_t *key_valid, int T, int P, int NH, float scale) {
+    k_flash_tc_dq(cu_flash a, float *dq, int sdq, const float *dout, const float *lse,
+                  const float *D) {
     constexpr int KD = HD / 16, ND = HD / 8, NK = TC_ROWS / 8;
     alignas(16) __shared__ tc_bits Ks[TC_ROWS][HD + TC_PAD], Vs[TC_ROWS][HD + TC_PAD],
         Kt[HD][TC_ROWS + TC_PAD];
     __shared__ uint8_t kval[TC_ROWS];
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD;
+    const int bh = blockIdx.y, b = bh / a.NH, h = bh % a.NH, C = a.NH * HD;
     const int q0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
               t = threadIdx.x % 4;
-    const size_t rs = 3 * (size_t)C;
-    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
+    const float *kb = a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
+    const float *vb = a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
     // q and dout pass through Ks and Vs on their way into registers
-    tc_load<HD>(Ks, nullptr, qb, rs, q0, T);
-    tc_load<HD>(Vs, nullptr, dout + (size_t)b * T * C + (size_t)h * HD, C, q0, T);
+    tc_load<HD>(Ks, nullptr, a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD, a.sq, q0, a.Tq);
+    tc_load<HD>(Vs, nullptr, dout + (size_t)b * a.Tq * C + (size_t)h * HD, C, q0, a.Tq);
     __syncthreads();
     uint32_t qa[KD][4], da[KD][4];
     for (int kk = 0; kk < KD; kk++) {
@@ -247,19 +250,19 @@ __global__ void __launch_bounds__(TC_THREADS)
         tc_frag_a(da[kk], Vs, 16 * w, 16 * kk, g, t);
     }
     int lim[2];
-    float lse_r[2], D_r[2], dq[ND][4] = {};
+    float lse_r[2], D_r[2], acc[ND][4] = {};
     for (int r = 0; r < 2; r++) {
         const int i = q0 + 16 * w + g + 8 * r;
-        lim[r] = i < T ? cu_attn_lim(i, P) : 0;
-        lse_r[r] = i < T ? lse[(size_t)bh * T + i] : 0.0f;
-        D_r[r] = i < T ? D[(size_t)bh * T + i] : 0.0f;
+        lim[r] = i < a.Tq ? cu_attn_lim(i, a.P) : 0;
+        lse_r[r] = i < a.Tq ? lse[(size_t)bh * a.Tq + i] : 0.0f;
+        D_r[r] = i < a.Tq ? D[(size_t)bh * a.Tq + i] : 0.0f;
     }
-    const int kend = tc_key_end(q0, T, P);
+    const int kend = tc_key_end(a, q0);
     for (int k0 = 0; k0 < kend; k0 += TC_ROWS) {
         __syncthreads();
-        tc_load<HD>(Ks, Kt, qb + C, rs, k0, T);
-        tc_load<HD>(Vs, nullptr, qb + 2 * C, rs, k0, T);
-        tc_load_valid(kval, key_valid + (size_t)b * T, k0, T);
+        tc_load<HD>(Ks, Kt, kb, a.skv, k0, a.Tk);
+        tc_load<HD>(Vs, nullptr, vb, a.skv, k0, a.Tk);
+        tc_load_valid(kval, a.key_valid + (size_t)b * a.Tk, k0, a.Tk);
         __syncthreads();
         float s[NK][4] = {}, dp[NK][4] = {};
         for (int kk = 0; kk < KD; kk++)
@@ -273,8 +276,9 @@ __global__ void __launch_bounds__(TC_THREADS)
         for (int n = 0; n < NK; n++)
             for (int e = 0; e < 4; e++) {  // s becomes ds
                 const int r = e / 2, j = 8 * n + 2 * t + e % 2;
-                const float p = k0 + j < lim[r] && kval[j] ? expf(s[n][e] * scale - lse_r[r]) : 0.0f;
-                s[n][e] = scale * p * (dp[n][e] - D_r[r]);
+                const float p =
+                    k0 + j < lim[r] && kval[j] ? expf(s[n][e] * a.scale - lse_r[r]) : 0.0f;
+                s[n][e] = a.scale * p * (dp[n][e] - D_r[r]);
             }
         for (int kk = 0; kk < NK / 2; kk++) {
             uint32_t sa[4];
@@ -282,42 +286,41 @@ __global__ void __launch_bounds__(TC_THREADS)
             for (int n = 0; n < ND; n++) {
                 uint32_t bf[2];
                 tc_frag_b(bf, Kt, 8 * n, 16 * kk, g, t);
-                tc_mma(dq[n], sa, bf);
+                tc_mma(acc[n], sa, bf);
             }
         }
     }
     for (int r = 0; r < 2; r++) {
         const int i = q0 + 16 * w + g + 8 * r;
-        if (i >= T) continue;
-        float *dst = dqkv + (size_t)(b * T + i) * rs + (size_t)h * HD;
+        if (i >= a.Tq) continue;
+        float *dst = dq + (size_t)(b * a.Tq + i) * sdq + (size_t)h * HD;
         for (int n = 0; n < ND; n++) {
-            dst[8 * n + 2 * t] += dq[n][2 * r];
-            dst[8 * n + 2 * t + 1] += dq[n][2 * r + 1];
+            dst[8 * n + 2 * t] += acc[n][2 * r];
+            dst[8 * n + 2 * t + 1] += acc[n][2 * r + 1];
         }
     }
 }
 
-// dk, dv parts of dqkv +=. Thread: key rows g, g + 8 of its warp's, their scores against the
-// queries 8n + 2t (+1) of a query tile (the transposed scores: k q^T), their dk, dv columns.
-// Only the query tiles that can see a key of the tile are visited: every one for a prefix
-// key, those from k0 on for causal keys.
+// dk, dv (row stride sdkv) +=. Thread: key rows g, g + 8 of its warp's, their scores against
+// the queries 8n + 2t (+1) of a query tile (the transposed scores: k q^T), their dk, dv
+// columns. Only the query tiles that can see a key of the tile are visited: every one for a
+// prefix key, those from k0 on for causal keys.
 template <int HD>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_flash_tc_dkv(float *dqkv, const float *dout, const float *qkv, const float *lse,
-                   const float *D, const uint8_t *key_valid, int T, int P, int NH, float scale) {
+    k_flash_tc_dkv(cu_flash a, float *dk, float *dv, int sdkv, const float *dout,
+                   const float *lse, const float *D) {
     constexpr int KD = HD / 16, ND = HD / 8, NQ = TC_ROWS / 8;
     alignas(16) __shared__ tc_bits Qs[TC_ROWS][HD + TC_PAD], dOs[TC_ROWS][HD + TC_PAD],
         Qt[HD][TC_ROWS + TC_PAD], dOt[HD][TC_ROWS + TC_PAD];
     __shared__ float lse_s[TC_ROWS], D_s[TC_ROWS];
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HD;
+    const int bh = blockIdx.y, b = bh / a.NH, h = bh % a.NH, C = a.NH * HD;
     const int k0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
               t = threadIdx.x % 4;
-    const size_t rs = 3 * (size_t)C;
-    const float *qb = qkv + (size_t)b * T * rs + (size_t)h * HD;
-    const float *ob = dout + (size_t)b * T * C + (size_t)h * HD;
+    const float *qb = a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD;
+    const float *ob = dout + (size_t)b * a.Tq * C + (size_t)h * HD;
     // k and v pass through Qs and dOs on their way into registers
-    tc_load<HD>(Qs, nullptr, qb + C, rs, k0, T);
-    tc_load<HD>(dOs, nullptr, qb + 2 * C, rs, k0, T);
+    tc_load<HD>(Qs, nullptr, a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD, a.skv, k0, a.Tk);
+    tc_load<HD>(dOs, nullptr, a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD, a.skv, k0, a.Tk);
     __syncthreads();
     uint32_t ka[KD][4], va[KD][4];
     for (int kk = 0; kk < KD; kk++) {
@@ -327,17 +330,17 @@ __global__ void __launch_bounds__(TC_THREADS)
     int j[2], ok[2];
     for (int r = 0; r < 2; r++) {
         j[r] = k0 + 16 * w + g + 8 * r;
-        ok[r] = j[r] < T && key_valid[(size_t)b * T + j[r]];
+        ok[r] = j[r] < a.Tk && a.key_valid[(size_t)b * a.Tk + j[r]];
     }
-    float dk[ND][4] = {}, dv[ND][4] = {};
-    for (int q0 = k0 < P ? 0 : k0; q0 < T; q0 += TC_ROWS) {
+    float ak[ND][4] = {}, av[ND][4] = {};
+    for (int q0 = k0 < a.P ? 0 : k0; q0 < a.Tq; q0 += TC_ROWS) {
         __syncthreads();
-        tc_load<HD>(Qs, Qt, qb, rs, q0, T);
-        tc_load<HD>(dOs, dOt, ob, C, q0, T);
+        tc_load<HD>(Qs, Qt, qb, a.sq, q0, a.Tq);
+        tc_load<HD>(dOs, dOt, ob, C, q0, a.Tq);
         if (threadIdx.x < TC_ROWS) {
             const int i = q0 + threadIdx.x;
-            lse_s[threadIdx.x] = i < T ? lse[(size_t)bh * T + i] : 0.0f;
-            D_s[threadIdx.x] = i < T ? D[(size_t)bh * T + i] : 0.0f;
+            lse_s[threadIdx.x] = i < a.Tq ? lse[(size_t)bh * a.Tq + i] : 0.0f;
+            D_s[threadIdx.x] = i < a.Tq ? D[(size_t)bh * a.Tq + i] : 0.0f;
         }
         __syncthreads();
         float s[NQ][4] = {}, dp[NQ][4] = {};
@@ -352,11 +355,11 @@ __global__ void __launch_bounds__(TC_THREADS)
         for (int n = 0; n < NQ; n++)
             for (int e = 0; e < 4; e++) {  // s becomes p, dp becomes ds
                 const int r = e / 2, il = 8 * n + 2 * t + e % 2, i = q0 + il;
-                const float p = i < T && ok[r] && j[r] < cu_attn_lim(i, P)
-                                    ? expf(s[n][e] * scale - lse_s[il])
+                const float p = i < a.Tq && ok[r] && j[r] < cu_attn_lim(i, a.P)
+                                    ? expf(s[n][e] * a.scale - lse_s[il])
                                     : 0.0f;
                 s[n][e] = p;
-                dp[n][e] = scale * p * (dp[n][e] - D_s[il]);
+                dp[n][e] = a.scale * p * (dp[n][e] - D_s[il]);
             }
         for (int kk = 0; kk < NQ / 2; kk++) {
             uint32_t pa[4], sa[4];
@@ -365,28 +368,28 @@ __global__ void __launch_bounds__(TC_THREADS)
             for (int n = 0; n < ND; n++) {
                 uint32_t bf[2];
                 tc_frag_b(bf, dOt, 8 * n, 16 * kk, g, t);
-                tc_mma(dv[n], pa, bf);
+                tc_mma(av[n], pa, bf);
                 tc_frag_b(bf, Qt, 8 * n, 16 * kk, g, t);
-                tc_mma(dk[n], sa, bf);
+                tc_mma(ak[n], sa, bf);
             }
         }
     }
     for (int r = 0; r < 2; r++) {
-        if (j[r] >= T) continue;
-        float *dst = dqkv + (size_t)(b * T + j[r]) * rs + (size_t)h * HD;
+        if (j[r] >= a.Tk) continue;
+        const size_t row = (size_t)(b * a.Tk + j[r]) * sdkv + (size_t)h * HD;
         for (int n = 0; n < ND; n++)
             for (int e = 0; e < 2; e++) {
-                dst[C + 8 * n + 2 * t + e] += dk[n][2 * r + e];
-                dst[2 * C + 8 * n + 2 * t + e] += dv[n][2 * r + e];
+                dk[row + 8 * n + 2 * t + e] += ak[n][2 * r + e];
+                dv[row + 8 * n + 2 * t + e] += av[n][2 * r + e];
             }
     }
 }
 
 int cu_flash_tc_ok(int HD) { return HD > 0 && HD % 16 == 0 && HD <= 64; }
 
-static dim3 tc_grid(int B, int T, int NH) {
+static dim3 tc_grid(int B, int rows, int NH) {
     MM_CHECK(B * NH <= 65535, "attention: B * NH = %d above the grid's 65535", B * NH);
-    return dim3((unsigned)((T + TC_ROWS - 1) / TC_ROWS), (unsigned)(B * NH));
+    return dim3((unsigned)((rows + TC_ROWS - 1) / TC_ROWS), (unsigned)(B * NH));
 }
 
 // one instance per head width the kernels take (cu_flash_tc_ok)
@@ -399,21 +402,19 @@ static dim3 tc_grid(int B, int T, int NH) {
         default: MM_CHECK(0, "flash attention on tensor cores: head width %d", HD);    \
     }
 
-void cu_flash_tc_fwd(cuda_ctx *c, float *out, float *lse, const float *qkv,
-                     const uint8_t *key_valid, int B, int T, int P, int NH, int HD) {
-    TC_BY_HD(HD, k_flash_tc_fwd, tc_grid(B, T, NH), TC_THREADS, c->stream, out, lse, qkv,
-             key_valid, T, P, NH, 1 / sqrtf((float)HD));
-    CU_CHECK_LAUNCH("attention_fwd (flash, tensor cores)");
+void cu_flash_tc_fwd(cuda_ctx *c, const cu_flash *a, int B, int HD, float *out, float *lse) {
+    if (B <= 0 || a->Tq <= 0) return;
+    TC_BY_HD(HD, k_flash_tc_fwd, tc_grid(B, a->Tq, a->NH), TC_THREADS, c->stream, *a, out, lse);
+    CU_CHECK_LAUNCH("attention forward (flash, tensor cores)");
 }
 
-void cu_flash_tc_bwd(cuda_ctx *c, float *dqkv, const float *dout, const float *qkv,
-                     const float *lse, const float *D, const uint8_t *key_valid, int B, int T,
-                     int P, int NH, int HD) {
-    const float scale = 1 / sqrtf((float)HD);
-    TC_BY_HD(HD, k_flash_tc_dq, tc_grid(B, T, NH), TC_THREADS, c->stream, dqkv, dout, qkv, lse, D,
-             key_valid, T, P, NH, scale);
-    CU_CHECK_LAUNCH("attention_bwd (flash dq, tensor cores)");
-    TC_BY_HD(HD, k_flash_tc_dkv, tc_grid(B, T, NH), TC_THREADS, c->stream, dqkv, dout, qkv, lse,
-             D, key_valid, T, P, NH, scale);
-    CU_CHECK_LAUNCH("attention_bwd (flash dk, dv, tensor cores)");
+void cu_flash_tc_bwd(cuda_ctx *c, const cu_flash *a, int B, int HD, float *dq, int sdq, float *dk,
+                     float *dv, int sdkv, const float *dout, const float *lse, const float *D) {
+    if (B <= 0 || a->Tq <= 0 || a->Tk <= 0) return;
+    TC_BY_HD(HD, k_flash_tc_dq, tc_grid(B, a->Tq, a->NH), TC_THREADS, c->stream, *a, dq, sdq,
+             dout, lse, D);
+    CU_CHECK_LAUNCH("attention backward (flash dq, tensor cores)");
+    TC_BY_HD(HD, k_flash_tc_dkv, tc_grid(B, a->Tk, a->NH), TC_THREADS, c->stream, *a, dk, dv,
+             sdkv, dout, lse, D);
+    CU_CHECK_LAUNCH("attention backward (flash dk, dv, tensor cores)");
 }

@@ -218,7 +218,7 @@ static void dit_s2(bench *b, int B) {
     free(ones);
     TIME_MS(b, ms, dit_ops_cuda.xattn_fwd(b->be, y, att, x, kv, valid, B, N, Tc, NH, HD));
     op_row("xattn_fwd", ms, &proj, 0);
-    TIME_MS(b, ms, dit_ops_cuda.xattn_bwd(b->be, dx, dkv, y, x, kv, att, B, N, Tc, NH, HD));
+    TIME_MS(b, ms, dit_ops_cuda.xattn_bwd(b->be, dx, dkv, y, x, kv, y, att, B, N, Tc, NH, HD));
     op_row("xattn_bwd", ms, &q, 1);
     float *pred = buf(b, (size_t)B * pix, 1), *tgt = buf(b, (size_t)B * pix, 1),
           *loss = buf(b, B, 0), *dp = buf(b, (size_t)B * pix, 0);

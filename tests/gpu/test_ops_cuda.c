@@ -597,10 +597,15 @@ static void test_dropout(T *t, int B, size_t n, double p) {
 }
 
 // In bf16 (tensor cores) 1e-2 against the fp32 CPU op, as the matmuls.
+// In bf16 with flash_tc on, heads of 16..64 (step 16) and two keys or more the op takes the
+// tensor-core flash kernels, whose saved buffer is each row's log-sum-exp (checked against
+// one computed in double) and the mask, and whose backward runs from its own forward;
+// otherwise the saved probabilities are compared and the backward runs from the CPU's.
 static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD, cuda_precision prec) {
+    const int ftc = prec == CUDA_BF16 && t->c->flash_tc && HD % 16 == 0 && HD <= 64 && Tk >= 2;
     char shape[64];
     snprintf(shape, sizeof(shape), "B%d Tq%d Tk%d NH%d HD%d%s", B, Tq, Tk, NH, HD,
-             prec == CUDA_BF16 ? " bf16" : "");
+             ftc ? " flash-TC" : prec == CUDA_BF16 ? " bf16" : "");
     const double tol = prec == CUDA_BF16 ? 1e-2 : 1e-5;
     t->c->precision = prec;
     const int C = NH * HD;
@@ -611,16 +616,46 @@ static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD, cuda_precisi
     float *out = mm_malloc(nq * 4), *att = mm_malloc((na ? na : 1) * 4), *dq = hcopy(dq0, nq),
           *dkv = hcopy(dkv0, nkv);
     dit_ops_cpu.xattn_fwd(&mm_backend_cpu, out, att, q, kvv, mask, B, Tq, Tk, NH, HD);
-    dit_ops_cpu.xattn_bwd(&mm_backend_cpu, dq, dkv, dout, q, kvv, att, B, Tq, Tk, NH, HD);
+    dit_ops_cpu.xattn_bwd(&mm_backend_cpu, dq, dkv, dout, q, kvv, out, att, B, Tq, Tk, NH, HD);
     float *d_q = dev(t, q, nq * 4), *d_kvv = dev(t, kvv, nkv * 4), *d_dout = dev(t, dout, nq * 4),
           *d_out = cuda_alloc(t->c, nq * 4), *d_att = cuda_alloc(t->c, na * 4),
           *d_dq = dev(t, dq0, nq * 4), *d_dkv = dev(t, dkv0, nkv * 4);
     uint8_t *d_mask = dev(t, mask, (size_t)B * Tk);
     dit_ops_cuda.xattn_fwd(t->be, d_out, d_att, d_q, d_kvv, d_mask, B, Tq, Tk, NH, HD);
     check(t, "xattn_fwd", shape, "out", d_out, out, nq, tol);
-    check(t, "xattn_fwd", shape, "att", d_att, att, na, tol);
-    cuda_upload(t->c, d_att, att, na * 4);
-    dit_ops_cuda.xattn_bwd(t->be, d_dq, d_dkv, d_dout, d_q, d_kvv, d_att, B, Tq, Tk, NH, HD);
+    if (ftc) {  // -inf rows (no valid key) exactly, the others to 1e-2 of the largest |lse|
+        const size_t nl = (size_t)B * NH * Tq;
+        float *h = mm_malloc(nl * 4), *ref = mm_malloc(nl * 4);
+        cuda_download(t->c, h, d_att, nl * 4);
+        const double scale = 1 / sqrt((double)HD);
+        int same_inf = 1;
+        for (int b = 0; b < B; b++)
+            for (int hh = 0; hh < NH; hh++)
+                for (int i = 0; i < Tq; i++) {
+                    double mx = -INFINITY, sum = 0, sc[4096];
+                    for (int j = 0; j < Tk && j < 4096; j++) {
+                        double d = 0;
+                        for (int e = 0; e < HD; e++)
+                            d += (double)q[((size_t)b * Tq + i) * C + hh * HD + e] *
+                                 kvv[((size_t)b * Tk + j) * 2 * C + hh * HD + e];
+                        sc[j] = mask[(size_t)b * Tk + j] ? d * scale : -INFINITY;
+                        mx = fmax(mx, sc[j]);
+                    }
+                    for (int j = 0; j < Tk && mx > -INFINITY; j++) sum += exp(sc[j] - mx);
+                    const size_t k = ((size_t)b * NH + hh) * Tq + i;
+                    ref[k] = mx > -INFINITY ? (float)(mx + log(sum)) : -INFINITY;
+                    same_inf &= isinf(h[k]) == isinf(ref[k]);
+                    if (isinf(h[k]) || isinf(ref[k])) h[k] = ref[k] = 0;
+                }
+        TEST_CHECK(&t->tc, same_inf, "xattn_fwd %s: rows without a key differ", shape);
+        row(t, "xattn_fwd", shape, "lse", rel_err(h, ref, nl), 1e-2);
+        free(h), free(ref);
+    } else {
+        check(t, "xattn_fwd", shape, "att", d_att, att, na, tol);
+        cuda_upload(t->c, d_att, att, na * 4);
+    }
+    dit_ops_cuda.xattn_bwd(t->be, d_dq, d_dkv, d_dout, d_q, d_kvv, d_out, d_att, B, Tq, Tk, NH,
+                           HD);
     static const char *const dq_part[1] = {"dq"}, *const dkv_part[2] = {"dk", "dv"};
     check_parts(t, "xattn_bwd", shape, d_dq, dq, dq0, B * Tq, 1, C, dq_part, tol);
     check_parts(t, "xattn_bwd", shape, d_dkv, dkv, dkv0, B * Tk, 2, C, dkv_part, tol);
@@ -1191,11 +1226,19 @@ int main(void) {
     for (size_t i = 0; i < sizeof(md) / sizeof(md[0]); i++)
         test_modulate(&t, md[i][0], md[i][1], md[i][2], md[i][3]);
 
-    static const int xa[][5] = {{1, 1, 1, 1, 4}, {2, 17, 5, 2, 8}, {3, 64, 37, 3, 16}};
+    // cross-attention in fp32, in bf16 on the cuBLAS core (flash_tc off) and in bf16 as the
+    // context has it (flash on tensor cores where the heads and Tk >= 2 allow); the last two
+    // shapes with several query and key tiles
+    static const int xa[][5] = {{1, 1, 1, 1, 4},     {2, 17, 5, 2, 8},   {3, 64, 37, 3, 16},
+                                {2, 70, 1, 2, 32},   {2, 130, 70, 2, 64}, {1, 65, 129, 1, 48}};
+    const int xflash = ctx->flash_tc;
     for (size_t i = 0; i < sizeof(xa) / sizeof(xa[0]); i++)
-        for (int p = 0; p < 2; p++)
+        for (int p = 0; p < 3; p++) {
+            ctx->flash_tc = p == 2;
             test_xattn(&t, xa[i][0], xa[i][1], xa[i][2], xa[i][3], xa[i][4],
                        p ? CUDA_BF16 : CUDA_FP32);
+        }
+    ctx->flash_tc = xflash;
 
     test_mse(&t, 1, 1);
     test_mse(&t, 3, 100);
