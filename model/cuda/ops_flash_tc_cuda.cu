@@ -93,6 +93,37 @@ __device__ __forceinline__ void tc_c_to_a(uint32_t a[4], const float c0[4], cons
     a[3] = tc_pack(c1[2], c1[3]);
 }
 
+// s (16 x TC_ROWS, C fragments) += A (16 x 16 KD, its A fragments a) @ the operand that S
+// holds n-major (S[n][k]: TC_ROWS rows of 16 KD): the first product of every kernel (q k^T,
+// dout v^T, k q^T, v dout^T)
+template <int KD, int LD>
+__device__ __forceinline__ void tc_rows(float (*s)[4], const uint32_t (*a)[4],
+                                        const tc_bits (*S)[LD], int g, int t) {
+    for (int kk = 0; kk < KD; kk++)
+        for (int n = 0; n < TC_ROWS / 8; n++) {
+            uint32_t bf[2];
+            tc_frag_b(bf, S, 8 * n, 16 * kk, g, t);
+            tc_mma(s[n], a[kk], bf);
+        }
+}
+
+// acc (16 x 8 ND, C fragments) += X (16 x TC_ROWS, given as its C fragments x, rounded to
+// bf16 here) @ the operand that S holds n-major (S[n][k]: 8 ND rows of TC_ROWS): the second
+// product of every kernel (p v, ds k, p^T dout, ds^T q)
+template <int ND, int LD>
+__device__ __forceinline__ void tc_acc(float (*acc)[4], const float (*x)[4], const tc_bits (*S)[LD],
+                                       int g, int t) {
+    for (int kk = 0; kk < TC_ROWS / 16; kk++) {
+        uint32_t xa[4];
+        tc_c_to_a(xa, x[2 * kk], x[2 * kk + 1]);
+        for (int n = 0; n < ND; n++) {
+            uint32_t bf[2];
+            tc_frag_b(bf, S, 8 * n, 16 * kk, g, t);
+            tc_mma(acc[n], xa, bf);
+        }
+    }
+}
+
 // Rows r0 .. r0 + TC_ROWS - 1 (HD wide) of a (T, rs) fp32 matrix into bf16 tiles: rows
 // (TC_ROWS, HD + TC_PAD) and/or cols, its transpose (HD, TC_ROWS + TC_PAD); zeros past T.
 template <int HD>
@@ -171,12 +202,7 @@ __global__ void __launch_bounds__(TC_THREADS) k_flash_tc_fwd(cu_flash a, float *
         tc_load_valid(kval, a.key_valid + (size_t)b * a.Tk, k0, a.Tk);
         __syncthreads();
         float s[NK][4] = {};
-        for (int kk = 0; kk < KD; kk++)
-            for (int n = 0; n < NK; n++) {
-                uint32_t bf[2];
-                tc_frag_b(bf, Ks, 8 * n, 16 * kk, g, t);
-                tc_mma(s[n], qa[kk], bf);
-            }
+        tc_rows<KD>(s, qa, Ks, g, t);
         float mx[2] = {-INFINITY, -INFINITY}, ps[2] = {0, 0}, mn[2];
         for (int n = 0; n < NK; n++)
             for (int e = 0; e < 4; e++) {
@@ -202,15 +228,7 @@ __global__ void __launch_bounds__(TC_THREADS) k_flash_tc_fwd(cu_flash a, float *
             }
             m[r] = mn[r];
         }
-        for (int kk = 0; kk < NK / 2; kk++) {
-            uint32_t pa[4];
-            tc_c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-            for (int n = 0; n < ND; n++) {
-                uint32_t bf[2];
-                tc_frag_b(bf, Vt, 8 * n, 16 * kk, g, t);
-                tc_mma(o[n], pa, bf);
-            }
-        }
+        tc_acc<ND>(o, s, Vt, g, t);
     }
     for (int r = 0; r < 2; r++) {
         const int i = q0 + 16 * w + g + 8 * r;
@@ -265,14 +283,8 @@ __global__ void __launch_bounds__(TC_THREADS)
         tc_load_valid(kval, a.key_valid + (size_t)b * a.Tk, k0, a.Tk);
         __syncthreads();
         float s[NK][4] = {}, dp[NK][4] = {};
-        for (int kk = 0; kk < KD; kk++)
-            for (int n = 0; n < NK; n++) {
-                uint32_t bf[2];
-                tc_frag_b(bf, Ks, 8 * n, 16 * kk, g, t);
-                tc_mma(s[n], qa[kk], bf);
-                tc_frag_b(bf, Vs, 8 * n, 16 * kk, g, t);
-                tc_mma(dp[n], da[kk], bf);
-            }
+        tc_rows<KD>(s, qa, Ks, g, t);
+        tc_rows<KD>(dp, da, Vs, g, t);
         for (int n = 0; n < NK; n++)
             for (int e = 0; e < 4; e++) {  // s becomes ds
                 const int r = e / 2, j = 8 * n + 2 * t + e % 2;
@@ -280,15 +292,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                     k0 + j < lim[r] && kval[j] ? expf(s[n][e] * a.scale - lse_r[r]) : 0.0f;
                 s[n][e] = a.scale * p * (dp[n][e] - D_r[r]);
             }
-        for (int kk = 0; kk < NK / 2; kk++) {
-            uint32_t sa[4];
-            tc_c_to_a(sa, s[2 * kk], s[2 * kk + 1]);
-            for (int n = 0; n < ND; n++) {
-                uint32_t bf[2];
-                tc_frag_b(bf, Kt, 8 * n, 16 * kk, g, t);
-                tc_mma(acc[n], sa, bf);
-            }
-        }
+        tc_acc<ND>(acc, s, Kt, g, t);
     }
     for (int r = 0; r < 2; r++) {
         const int i = q0 + 16 * w + g + 8 * r;
@@ -344,14 +348,8 @@ __global__ void __launch_bounds__(TC_THREADS)
         }
         __syncthreads();
         float s[NQ][4] = {}, dp[NQ][4] = {};
-        for (int kk = 0; kk < KD; kk++)
-            for (int n = 0; n < NQ; n++) {
-                uint32_t bf[2];
-                tc_frag_b(bf, Qs, 8 * n, 16 * kk, g, t);
-                tc_mma(s[n], ka[kk], bf);
-                tc_frag_b(bf, dOs, 8 * n, 16 * kk, g, t);
-                tc_mma(dp[n], va[kk], bf);
-            }
+        tc_rows<KD>(s, ka, Qs, g, t);
+        tc_rows<KD>(dp, va, dOs, g, t);
         for (int n = 0; n < NQ; n++)
             for (int e = 0; e < 4; e++) {  // s becomes p, dp becomes ds
                 const int r = e / 2, il = 8 * n + 2 * t + e % 2, i = q0 + il;
@@ -361,18 +359,8 @@ __global__ void __launch_bounds__(TC_THREADS)
                 s[n][e] = p;
                 dp[n][e] = a.scale * p * (dp[n][e] - D_s[il]);
             }
-        for (int kk = 0; kk < NQ / 2; kk++) {
-            uint32_t pa[4], sa[4];
-            tc_c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-            tc_c_to_a(sa, dp[2 * kk], dp[2 * kk + 1]);
-            for (int n = 0; n < ND; n++) {
-                uint32_t bf[2];
-                tc_frag_b(bf, dOt, 8 * n, 16 * kk, g, t);
-                tc_mma(av[n], pa, bf);
-                tc_frag_b(bf, Qt, 8 * n, 16 * kk, g, t);
-                tc_mma(ak[n], sa, bf);
-            }
-        }
+        tc_acc<ND>(av, s, dOt, g, t);
+        tc_acc<ND>(ak, dp, Qt, g, t);
     }
     for (int r = 0; r < 2; r++) {
         if (j[r] >= a.Tk) continue;
