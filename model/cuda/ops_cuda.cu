@@ -570,11 +570,11 @@ void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
 // scratch (the backward recomputes them there), so the saved buffer stays (B, NH, T) either
 // way. On an H200 at GPT-2-small size (T 1024, bf16) the core took 1.06 ms forward and
 // 1.96 ms backward per layer from saved probabilities (about 3.0 ms with the recomputation),
-// this SIMT kernel 1.26 and 4.87 ms: until flash attention runs on tensor cores it is the
-// path for long sequences, whose probabilities would not fit. In precision bf16 without
-// attention dropout the core's four products run on tensor cores (attention_core16: bf16
-// operands, fp32 scores, softmax and accumulation), as do the DiT's cross-attention's
-// (ops_dit_cuda.cu).
+// this SIMT kernel 1.26 and 4.87 ms: in fp32 it is the path for long sequences, whose
+// probabilities would not fit. In precision bf16 without attention dropout, the flash
+// kernels on tensor cores (ops_flash_tc_cuda.cu) take heads of 16..64 (step 16) ahead of
+// both; for other widths the core's four products run on tensor cores (attention_core16:
+// bf16 operands, fp32 scores, softmax and accumulation).
 //
 // Numbers: the same mask and the same zero rows as the CPU op; the results differ from the
 // CPU's only in summation order (running max and rescaled sums instead of one max and one
