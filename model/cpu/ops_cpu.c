@@ -255,17 +255,27 @@ static void gelu_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real
     }
 }
 
+// GELU'(v) * d
+CPU_ISA_INLINE mm_real gelu_grad(mm_real v, mm_real d) {
+    mm_real u = GELU_K * (v + GELU_A * v * v * v);
+    mm_real s = 1 / (1 + R_EXP(-2 * u));
+    mm_real du = GELU_K * (1 + 3 * GELU_A * v * v);
+    return (s + 2 * v * s * (1 - s) * du) * d;
+}
+
 CPU_ISA_CLONES
 static void gelu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *x,
                      const mm_real *dout, size_t n) {
 #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        mm_real v = x[i];
-        mm_real u = GELU_K * (v + GELU_A * v * v * v);
-        mm_real s = 1 / (1 + R_EXP(-2 * u));
-        mm_real du = GELU_K * (1 + 3 * GELU_A * v * v);
-        dx[i] += (s + 2 * v * s * (1 - s) * du) * dout[i];
-    }
+    for (size_t i = 0; i < n; i++) dx[i] += gelu_grad(x[i], dout[i]);
+}
+
+// dx = GELU'(x) * dout, written: the fused backward's dpre has nothing to add to. "0 +" keeps
+// the bits of gelu_bwd into a zeroed dx (a -0 gradient becomes +0 there too).
+CPU_ISA_CLONES
+static void gelu_bwd_set(mm_real *dx, const mm_real *x, const mm_real *dout, size_t n) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) dx[i] = (mm_real)0 + gelu_grad(x[i], dout[i]);
 }
 
 // The two calls: on the CPU a fused GELU would save one pass over pre, small next to the GEMM.
@@ -275,15 +285,16 @@ static void matmul_gelu_fwd(const mm_backend *be, mm_real *pre, mm_real *out, co
     gelu_fwd(be, out, pre, (size_t)N * OC);
 }
 
-// The two calls, each into its zeroed output: the bits of the unfused backward.
+// The bits of the unfused backward: matmul_bwd into a zeroed dact, gelu_bwd into a zeroed
+// dpre, except that dpre is written instead of zeroed and added to (one pass over it, not
+// three).
 static void matmul_gelu_bwd(const mm_backend *be, mm_real *dpre, mm_real *dact, mm_real *dw,
                             mm_real *dbias, const mm_real *dout, const mm_real *act,
                             const mm_real *pre, const mm_real *w, int N, int IC, int OC) {
     const size_t n = (size_t)N * IC;
     memset(dact, 0, n * sizeof(mm_real));
     matmul_bwd(be, dact, dw, dbias, dout, act, w, N, IC, OC);
-    memset(dpre, 0, n * sizeof(mm_real));
-    gelu_bwd(be, dpre, pre, dact, n);
+    gelu_bwd_set(dpre, pre, dact, n);
 }
 
 // out = a + b; out may alias a or b (the transformer adds residuals in place).
@@ -383,6 +394,19 @@ enum { PF_ROWS = 4 };
 static inline void prefetch_row(const mm_real *p, int n) {
     for (int d = 0; d < n; d += 64 / (int)sizeof(mm_real)) __builtin_prefetch(p + d);
     __builtin_prefetch(p + n - 1);
+}
+
+// The same into L2 only, for reading (rw 0) or writing (rw 1): what the next (batch, head)
+// will touch, fetched while this one computes (see next_head_prefetch).
+static inline void prefetch_row_l2(const mm_real *p, int n, int rw) {
+    const int step = 64 / (int)sizeof(mm_real);
+    if (rw) {
+        for (int d = 0; d < n; d += step) __builtin_prefetch(p + d, 1, 2);
+        __builtin_prefetch(p + n - 1, 1, 2);
+    } else {
+        for (int d = 0; d < n; d += step) __builtin_prefetch(p + d, 0, 2);
+        __builtin_prefetch(p + n - 1, 0, 2);
+    }
 }
 
 // c (KR, KC) (row stride ldc) = sum over k in [k0, k1) of x[r, k] * y (k, KC) (row stride
@@ -611,6 +635,17 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                 for (int j0 = 0; j0 < cols; j0 += KC)
                     tile(s + j0, Tp, w.q + (size_t)i0 * Dp, Dp, 1, w.kt + j0, Tp, 0, HD);
                 const int i1 = i0 + KR < T ? i0 + KR : T;
+                if (bh + 1 < B * NH) {  // the next head's rows i0..i1: inputs and att
+                    const int nb = (bh + 1) / NH, nh = (bh + 1) % NH;
+                    const mm_real *nsrc = qkv + (size_t)nb * T * C3 + (size_t)nh * HD;
+                    for (int i = i0; i < i1; i++) {
+                        const mm_real *r = nsrc + (size_t)i * C3;
+                        prefetch_row_l2(r, HD, 0);
+                        prefetch_row_l2(r + C, HD, 0);
+                        prefetch_row_l2(r + 2 * C, HD, 0);
+                        prefetch_row_l2(att + ((size_t)(bh + 1) * T + i) * T, T, 1);
+                    }
+                }
                 mm_real invs[KR];
                 softmax_rows(s, Tp, i1 - i0, w.kv, i0, P, cols, invs);
                 for (int i = i0; i < i1; i++) {

@@ -83,8 +83,8 @@ echo
 echo "Summary (fp32, best step of each run; 'vs sgemm' = step GFLOP/s / GFLOP/s of cblas_sgemm"
 echo "         alone on the step's linear-layer GEMMs; 'vs torch' = tokens/s / PyTorch eager"
 echo "         tokens/s, same model, batch and threads)"
-printf '%-12s %3s %10s %9s %7s %6s %9s %10s %-16s %10s %-16s\n' \
-    config thr tokens/s ms/step sgemm% attn% "step GF/s" "sgemm GF/s" "vs sgemm" \
+printf '%-12s %3s %10s %9s %7s %8s %6s %9s %10s %-16s %10s %-16s\n' \
+    config thr tokens/s ms/step sgemm% fc+gelu% attn% "step GF/s" "sgemm GF/s" "vs sgemm" \
     "torch tok/s" "vs torch"
 for row in "${rows[@]}"; do
     IFS='|' read -r cfg t cline tline <<<"$row"
@@ -104,9 +104,10 @@ for row in "${rows[@]}"; do
             *) vs_torch="${tr}x";;
         esac
     fi
-    printf '%-12s %3s %10.0f %9.2f %6.1f%% %5.1f%% %9.1f %10.1f %-16s %10s %-16s\n' \
+    printf '%-12s %3s %10.0f %9.2f %6.1f%% %7.1f%% %5.1f%% %9.1f %10.1f %-16s %10s %-16s\n' \
         "$cfg" "$t" "$tok" "$(jget "$cline" ms_per_step)" \
         "$(awk -v x="$(jget "$cline" sgemm_share)" 'BEGIN { print 100 * x }')" \
+        "$(awk -v x="$(jget "$cline" fc_gelu_share)" 'BEGIN { print 100 * x }')" \
         "$(awk -v x="$(jget "$cline" attn_share)" 'BEGIN { print 100 * x }')" \
         "$(jget "$cline" step_gflops)" "$(jget "$cline" sgemm_gflops)" "$vs_sgemm" \
         "$ttok" "$vs_torch"
