@@ -6,6 +6,10 @@
 #      tests/gpu/cuda_emu.h (`make cuda-emu`) and must match the CPU ops: the counts of
 #      tests/gpu/test_ops_cuda (the test the GPU machine runs for real, tests/gpu/run.sh).
 #      Under `make test ASAN=1` the emulated test is built and run with ASan + UBSan.
+#   3. Races: the same emulated test again with the emulator's other schedules
+#      (CUEMU_ORDER=reverse, serial, serial-reverse: tests/gpu/cuda_emu.cc run_block). A kernel
+#      without a race computes the same bits in every order, so each run must print exactly the
+#      lines of the first; a missing __syncthreads makes one of them differ or fail.
 # Both builds keep their objects (build-cuda/, build-cuda-emu*/), so reruns take seconds; a
 # lock serializes concurrent runs over the same tree. Prints "N passed, N failed".
 set -u
@@ -49,6 +53,20 @@ if flock "$emu/.lock" bash -c "$(declare -f mk); mk cuda-emu ${flags[*]:-}" >"$l
         echo "emulated test_ops_cuda ($emu, $((SECONDS - t0))s): $line"
         passed=$((passed + p)); failed=$((failed + f))
         [ "$f" -eq 0 ] || grep -E 'FAIL|cuda_emu:' "$log" | head -n 40 | sed 's/^/    | /'
+        for order in reverse serial serial-reverse; do
+            t0=$SECONDS
+            olog=$log.$order
+            CUEMU_ORDER=$order "$emu/tests/gpu/test_ops_cuda" >"$olog" 2>&1
+            if cmp -s "$log" "$olog"; then
+                echo "emulated test_ops_cuda, CUEMU_ORDER=$order ($((SECONDS - t0))s): the same lines"
+                passed=$((passed + 1))
+            else
+                echo "FAIL: emulated test_ops_cuda, CUEMU_ORDER=$order: other lines than in index order (a race between GPU threads); the first that differ:"
+                diff "$log" "$olog" | grep '^[<>]' | head -n 10 | sed 's/^/    | /'
+                failed=$((failed + 1))
+            fi
+            rm -f "$olog"
+        done
     else
         echo "emulated test_ops_cuda crashed; last lines:"
         tail -n 30 "$log" | sed 's/^/    | /'

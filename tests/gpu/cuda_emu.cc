@@ -106,6 +106,9 @@ struct emu_state {
     const std::function<void()> *body = nullptr;
     cudaError_t last = cudaSuccess;
     std::map<uintptr_t, size_t> allocs;  // device allocations: base -> bytes
+    // CUEMU_ORDER (read at the first launch): blocks and threads run last first (reverse), and
+    // a block's warps one at a time instead of side by side (serial); see run_block
+    int reverse = 0, serial = 0, order_read = 0;
 #if EMU_ASAN
     void *fake_sched = nullptr;          // the scheduler's fake stack while a fiber runs
     const void *sched_bottom = nullptr;  // the scheduler's stack, learnt on the first switch
@@ -274,29 +277,53 @@ static __attribute__((noinline)) void fiber_init(int t) {
     f.state = RUNNABLE;
 }
 
-// Runs the current block to the end.
+// Runs the current block to the end. Between two barriers the threads run one after another,
+// in index order or (CUEMU_ORDER=reverse) the other way round: a kernel that reads what
+// another thread wrote without a barrier between them gets the value in one of the two orders
+// and the stale one in the other. Side by side (the default), every warp advances by one warp
+// shuffle per round, so warps stay in step and a missing barrier before a tile is overwritten
+// does no harm; CUEMU_ORDER=serial (or serial-reverse) runs one warp at a time up to the next
+// __syncthreads, so the first warp overwrites what the later ones still had to read. A run in
+// each order thus finds the races a GPU's own interleaving would show.
 static void run_block() {
     for (int t = 0; t < S.n; t++) fiber_init(t);
+    const int nw = (S.n + 31) / 32;
     for (;;) {
-        for (int t = 0; t < S.n; t++)
+        int lo = 0, hi = S.n;  // the threads to resume: all, or one warp's
+        if (S.serial) {
+            for (int i = 0; i < nw; i++) {
+                const int w = S.reverse ? nw - 1 - i : i;
+                const int wlo = w * 32, whi = wlo + 32 < S.n ? wlo + 32 : S.n;
+                bool runnable = false;
+                for (int t = wlo; t < whi; t++) runnable |= S.fibers[t].state == RUNNABLE;
+                if (runnable) {
+                    lo = wlo, hi = whi;
+                    break;
+                }
+            }
+        }
+        for (int i = lo; i < hi; i++) {
+            const int t = S.reverse ? hi - 1 - (i - lo) : i;
             if (S.fibers[t].state == RUNNABLE) resume(t);
-        int done = 0, at_block = 0;
+        }
+        int done = 0, at_block = 0, runnable = 0;
         for (int t = 0; t < S.n; t++) {
             done += S.fibers[t].state == DONE;
             at_block += S.fibers[t].state == AT_BLOCK_BARRIER;
+            runnable += S.fibers[t].state == RUNNABLE;
         }
         if (done == S.n) break;
-        bool moved = false;
-        for (int w = 0; w * 32 < S.n; w++) {
-            int lo = w * 32, hi = lo + 32 < S.n ? lo + 32 : S.n, waiting = 0, ended = 0;
-            for (int t = lo; t < hi; t++) {
+        bool moved = runnable > 0;  // serial: other warps have yet to run
+        for (int w = 0; w < nw; w++) {
+            int wlo = w * 32, whi = wlo + 32 < S.n ? wlo + 32 : S.n, waiting = 0, ended = 0;
+            for (int t = wlo; t < whi; t++) {
                 waiting += S.fibers[t].state == AT_WARP_BARRIER;
                 ended += S.fibers[t].state == DONE;
             }
             if (waiting == 0) continue;
             if (ended) dump_and_die("a warp shuffle with lanes that have exited");
-            if (waiting == hi - lo) {
-                for (int t = lo; t < hi; t++) S.fibers[t].state = RUNNABLE;
+            if (waiting == whi - wlo) {
+                for (int t = wlo; t < whi; t++) S.fibers[t].state = RUNNABLE;
                 moved = true;
             }
         }
@@ -323,12 +350,25 @@ void cuemu_launch(dim3 grid, dim3 block, const std::function<void()> &body) {
     blockDim = block;
     S.n = (int)nt;
     S.body = &body;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                blockIdx = dim3(x, y, z);
-                run_block();
-            }
+    if (!S.order_read) {
+        const char *o = getenv("CUEMU_ORDER");
+        if (!o) o = "forward";
+        if (strcmp(o, "forward") && strcmp(o, "reverse") && strcmp(o, "serial") &&
+            strcmp(o, "serial-reverse"))
+            emu_die("CUEMU_ORDER must be forward, reverse, serial or serial-reverse");
+        S.reverse = !strcmp(o, "reverse") || !strcmp(o, "serial-reverse");
+        S.serial = !strncmp(o, "serial", 6);
+        S.order_read = 1;
+    }
+    // blocks in the same order as threads: one block reading what another wrote in the same
+    // launch is a race as well
+    const unsigned long long nb = (unsigned long long)grid.z * grid.y * grid.x;
+    for (unsigned long long i = 0; i < nb; i++) {
+        const unsigned long long b = S.reverse ? nb - 1 - i : i;
+        blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
+                        (unsigned)(b / ((unsigned long long)grid.x * grid.y)));
+        run_block();
+    }
     S.cur = -1;
     S.body = nullptr;
 }

@@ -6,8 +6,12 @@
 // shuffles, with CUDA's limits and the rules the backend relies on enforced loudly (launch
 // sizes, every lane of a warp in a shuffle, every thread of a block at a barrier, GEMM
 // leading dimensions, device pointers in copies). cuBLAS calls run OpenBLAS with the same
-// column-major arguments. What it cannot show: timing, races between threads that a real GPU
-// interleaves differently, and device rounding (host expf/logf differ from CUDA's by an ulp).
+// column-major arguments. Races between threads show as results that depend on the
+// schedule, which CUEMU_ORDER changes (forward, reverse, serial, serial-reverse: cuda_emu.cc
+// run_block; tests/cuda_build.sh runs every order). What it cannot show: timing, races in
+// global memory between blocks that run at once on a GPU but one after another here beyond
+// what the reversed block order exposes, and device rounding (host expf/logf differ from
+// CUDA's by an ulp).
 //
 // Included first (-include) when compiling with -DMM_CUDA_EMU; model/cuda.h then skips the
 // real toolkit headers. The C part serves the C test program, the C++ part the .cu sources
