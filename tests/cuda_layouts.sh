@@ -17,7 +17,8 @@
 # bitwise exact; ZeRO-1 on one rank (what one real GPU checks) is bitwise the run without
 # it; precision bf16 on one GPU and at dp 2 x tp 2 stays within 1e-3 of the fp32 CPU losses;
 # a NaN put into a device gradient skips the step as on the CPU; more ranks on a node than
-# GPUs is refused.
+# GPUs is refused; the bf16 one-GPU run gives the same bits with the emulator's schedule
+# reversed and serialised (CUEMU_ORDER, tests/gpu/cuda_emu.cc).
 # Prints "N passed, N failed".
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -102,6 +103,12 @@ for kind in lm dit; do
     train ${kind}_b4 4 "$emu/train" backend=cuda precision=bf16 parallel.tp=2 parallel.zero=1 \
         "${extra[@]}"
     for r in b1 b4; do same ${kind}_cpu ${kind}_$r loss 1 1e-3; done
+    # the whole trainer's kernels with the emulator's threads and warps run the other way
+    # round, one warp at a time (a race between GPU threads shows as other bits)
+    CUEMU_ORDER=serial-reverse train ${kind}_b1r 1 "$emu/train" backend=cuda precision=bf16 \
+        "${extra[@]}"
+    ok "$kind bf16 under CUEMU_ORDER=serial-reverse: losses and grad norms bitwise the same" \
+        "[ -s $tmp/${kind}_b1r/metrics.jsonl ] && cmp -s <(vals ${kind}_b1 loss) <(vals ${kind}_b1r loss) && cmp -s <(vals ${kind}_b1 grad_norm) <(vals ${kind}_b1r grad_norm)"
     ok "$kind bf16 losses are not the fp32 GPU run's" \
         "[ -s $tmp/${kind}_b1/metrics.jsonl ] && ! cmp -s <(vals ${kind}_g1 loss) <(vals ${kind}_b1 loss)"
 done

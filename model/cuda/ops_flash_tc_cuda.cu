@@ -42,6 +42,7 @@ __device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
 __device__ __forceinline__ uint32_t tc_ld(const tc_bits *p) {  // two bf16, 4-byte aligned
 #ifdef MM_CUDA_EMU
     uint32_t v;
+    cuemu_check_aligned(p, 4, "tc_ld");
     memcpy(&v, p, 4);
     return v;
 #else
@@ -50,6 +51,7 @@ __device__ __forceinline__ uint32_t tc_ld(const tc_bits *p) {  // two bf16, 4-by
 }
 __device__ __forceinline__ void tc_st(tc_bits *p, uint32_t v) {
 #ifdef MM_CUDA_EMU
+    cuemu_check_aligned(p, 4, "tc_st");
     memcpy(p, &v, 4);
 #else
     *reinterpret_cast<uint32_t *>(p) = v;

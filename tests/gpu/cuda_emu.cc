@@ -239,6 +239,12 @@ void cuemu_mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) 
     }
 }
 
+void cuemu_check_aligned(const void *p, size_t align, const char *what) {
+    if ((uintptr_t)p % align == 0) return;
+    fprintf(stderr, "cuda_emu: %s: address %p is not a multiple of %zu bytes\n", what, p, align);
+    emu_die("misaligned access");
+}
+
 static void dump_and_die(const char *why) {
     fprintf(stderr, "cuda_emu: %s in block (%u,%u,%u); thread states:", why, blockIdx.x,
             blockIdx.y, blockIdx.z);

@@ -231,6 +231,9 @@ void cuemu_warp_gather(const void *in, void *all, size_t size);
 // d += A B for one warp's mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 fragments (the
 // PTX ISA's layout; cuda_emu.cc spells it out); every lane must call it.
 void cuemu_mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
+// Aborts unless p is a multiple of `align` bytes: a GPU faults on a misaligned vector access
+// (misaligned address) where the host's memcpy standing in for it would not.
+void cuemu_check_aligned(const void *p, size_t align, const char *what);
 void cuemu_launch(dim3 grid, dim3 block, const std::function<void()> &body);
 
 #define __syncthreads() cuemu_syncthreads()
