@@ -396,26 +396,12 @@ static inline void prefetch_row(const mm_real *p, int n) {
     __builtin_prefetch(p + n - 1);
 }
 
-// The same into L2 only, for reading (rw 0) or writing (rw 1): what the next (batch, head)
-// will touch, fetched while this one computes (see next_head_prefetch).
-static inline void prefetch_row_l2(const mm_real *p, int n, int rw) {
-    const int step = 64 / (int)sizeof(mm_real);
-    if (rw) {
-        for (int d = 0; d < n; d += step) __builtin_prefetch(p + d, 1, 2);
-        __builtin_prefetch(p + n - 1, 1, 2);
-    } else {
-        for (int d = 0; d < n; d += step) __builtin_prefetch(p + d, 0, 2);
-        __builtin_prefetch(p + n - 1, 0, 2);
-    }
-}
-
 // c (KR, KC) (row stride ldc) = sum over k in [k0, k1) of x[r, k] * y (k, KC) (row stride
 // ldy), with x[r, k] = x[r * xr + k * xk]: (xr, xk) = (ld, 1) reads x row-major, (1, ld)
-// reads it transposed. Overwrites c, or adds the sum to it (add, a constant at each call).
-// fma because -std=c11 turns off contraction and the separate multiply and add would halve
-// the throughput.
-static inline void tile_op(mm_real *restrict c, int ldc, const mm_real *restrict x, int xr,
-                           int xk, const mm_real *restrict y, int ldy, int k0, int k1, int add) {
+// reads it transposed. Overwrites c. fma because -std=c11 turns off contraction and the
+// separate multiply and add would halve the throughput.
+static inline void tile(mm_real *restrict c, int ldc, const mm_real *restrict x, int xr, int xk,
+                        const mm_real *restrict y, int ldy, int k0, int k1) {
     mm_real acc[KR][KC];
     for (int r = 0; r < KR; r++)
 #pragma omp simd
@@ -428,21 +414,9 @@ static inline void tile_op(mm_real *restrict c, int ldc, const mm_real *restrict
             for (int j = 0; j < KC; j++) acc[r][j] = R_FMA(xv, yk[j], acc[r][j]);
         }
     }
-    for (int r = 0; r < KR; r++) {
-        mm_real *cr = c + (size_t)r * ldc;
-        if (add) {
+    for (int r = 0; r < KR; r++)
 #pragma omp simd
-            for (int j = 0; j < KC; j++) cr[j] += acc[r][j];
-        } else {
-#pragma omp simd
-            for (int j = 0; j < KC; j++) cr[j] = acc[r][j];
-        }
-    }
-}
-
-static inline void tile(mm_real *restrict c, int ldc, const mm_real *restrict x, int xr, int xk,
-                        const mm_real *restrict y, int ldy, int k0, int k1) {
-    tile_op(c, ldc, x, xr, xk, y, ldy, k0, k1, 0);
+        for (int j = 0; j < KC; j++) c[(size_t)r * ldc + j] = acc[r][j];
 }
 
 // One thread's zero-padded work space for one (b, h); see attention_fwd/_bwd for the shapes.
@@ -648,17 +622,6 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                 for (int j0 = 0; j0 < cols; j0 += KC)
                     tile(s + j0, Tp, w.q + (size_t)i0 * Dp, Dp, 1, w.kt + j0, Tp, 0, HD);
                 const int i1 = i0 + KR < T ? i0 + KR : T;
-                if (bh + 1 < B * NH) {  // the next head's rows i0..i1: inputs and att
-                    const int nb = (bh + 1) / NH, nh = (bh + 1) % NH;
-                    const mm_real *nsrc = qkv + (size_t)nb * T * C3 + (size_t)nh * HD;
-                    for (int i = i0; i < i1; i++) {
-                        const mm_real *r = nsrc + (size_t)i * C3;
-                        prefetch_row_l2(r, HD, 0);
-                        prefetch_row_l2(r + C, HD, 0);
-                        prefetch_row_l2(r + 2 * C, HD, 0);
-                        prefetch_row_l2(att + ((size_t)(bh + 1) * T + i) * T, T, 1);
-                    }
-                }
                 mm_real invs[KR];
                 softmax_rows(s, Tp, i1 - i0, w.kv, i0, P, cols, invs);
                 for (int i = i0; i < i1; i++) {
@@ -711,10 +674,6 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     const int C = NH * HD, C3 = 3 * C, Tp = round_up(T, KC), Dp = round_up(HD, KC);
     const mm_real scale = 1 / R_SQRT((mm_real)HD);
-    // Where no tile needs padding (heads a multiple of KC wide, T too), the products read q, k
-    // and dout in place and add into dqkv's rows themselves; else through zero-padded work rows
-    // (gathered first, added to dqkv in a last pass). v is transposed either way.
-    const int direct = Dp == HD && Tp == T;
 #pragma omp parallel
     {
         // w.o holds dout's head (T, HD), w.s the probabilities (T, T)
@@ -732,10 +691,6 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
             // the products read the saved probabilities where they are when their rows need no
             // padding (T a multiple of KC) and dropout does not rewrite them; a padded copy else
             const mm_real *ps = !dropping && Tp == T ? a : w.s;
-            mm_real *dst = dqkv + base;
-            const mm_real *Q = direct ? src : w.q, *K = direct ? src + C : w.k;
-            const mm_real *DO = direct ? dsrc : w.o;
-            const int ldqk = direct ? C3 : Dp, ldo = direct ? C : Dp;
             for (int i = 0; i < T; i++) {
                 const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
                 const mm_real *doi = dsrc + (size_t)i * C, *ai = a + (size_t)i * T;
@@ -749,13 +704,11 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
                 }
                 mm_real *wq = w.q + (size_t)i * Dp, *wk = w.k + (size_t)i * Dp,
                         *wd = w.o + (size_t)i * Dp, *ws = w.s + (size_t)i * Tp;
-                if (!direct) {
 #pragma omp simd
-                    for (int d = 0; d < HD; d++) {
-                        wq[d] = qi[d];
-                        wk[d] = ki[d];
-                        wd[d] = doi[d];
-                    }
+                for (int d = 0; d < HD; d++) {
+                    wq[d] = qi[d];
+                    wk[d] = ki[d];
+                    wd[d] = doi[d];
                 }
                 for (int d = 0; d < HD; d++) w.vt[(size_t)d * Tp + i] = vi[d];
                 if (ps == w.s) {
@@ -768,7 +721,7 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
                 mm_real *ds = w.ds + (size_t)i0 * Tp;
                 // dprobs = dout v^T
                 for (int j0 = 0; j0 < cols; j0 += KC)
-                    tile(ds + j0, Tp, DO + (size_t)i0 * ldo, ldo, 1, w.vt + j0, Tp, 0, HD);
+                    tile(ds + j0, Tp, w.o + (size_t)i0 * Dp, Dp, 1, w.vt + j0, Tp, 0, HD);
                 // dscores = scale * p * (dprobs - sum(p * dprobs)): 0 wherever p is
                 const int i1 = i0 + KR < T ? i0 + KR : T;
                 if (!dropping) dsoftmax_rows(ps + (size_t)i0 * Tp, ds, Tp, i1 - i0, cols, scale);
@@ -798,28 +751,19 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
                                     : 0;
                 }
                 // dq = dscores k
-                for (int d0 = 0; d0 < Dp; d0 += KC) {
-                    if (direct)
-                        tile_op(dst + (size_t)i0 * C3 + d0, C3, ds, Tp, 1, K + d0, ldqk, 0, cols, 1);
-                    else
-                        tile(w.dq + (size_t)i0 * Dp + d0, Dp, ds, Tp, 1, K + d0, ldqk, 0, cols);
-                }
+                for (int d0 = 0; d0 < Dp; d0 += KC)
+                    tile(w.dq + (size_t)i0 * Dp + d0, Dp, ds, Tp, 1, w.k + d0, Dp, 0, cols);
             }
             // dv = p^T dout, dk = dscores^T q, a block of keys at a time
             for (int j0 = 0; j0 < T; j0 += KR) {
                 const int q0 = block_first_query(j0, P);
                 for (int d0 = 0; d0 < Dp; d0 += KC) {
-                    if (direct) {
-                        mm_real *dr = dst + (size_t)j0 * C3 + d0;
-                        tile_op(dr + 2 * C, C3, ps + j0, 1, Tp, DO + d0, ldo, q0, T, 1);
-                        tile_op(dr + C, C3, w.ds + j0, 1, Tp, Q + d0, ldqk, q0, T, 1);
-                    } else {
-                        tile(w.dv + (size_t)j0 * Dp + d0, Dp, ps + j0, 1, Tp, DO + d0, ldo, q0, T);
-                        tile(w.dk + (size_t)j0 * Dp + d0, Dp, w.ds + j0, 1, Tp, Q + d0, ldqk, q0, T);
-                    }
+                    tile(w.dv + (size_t)j0 * Dp + d0, Dp, ps + j0, 1, Tp, w.o + d0, Dp, q0, T);
+                    tile(w.dk + (size_t)j0 * Dp + d0, Dp, w.ds + j0, 1, Tp, w.q + d0, Dp, q0, T);
                 }
             }
-            for (int i = 0; i < T && !direct; i++) {
+            mm_real *dst = dqkv + base;
+            for (int i = 0; i < T; i++) {
                 mm_real *dq = dst + (size_t)i * C3, *dk = dq + C, *dv = dq + 2 * C;
                 if (i + PF_ROWS < T) {
                     mm_real *dn = dq + (size_t)PF_ROWS * C3;
