@@ -41,13 +41,22 @@ typedef struct dit_ops {
     // samples, so they can point into a packed modulation buffer)
     void (*modulate_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, const mm_real *shift,
                          const mm_real *scale, int sc, int B, int N, int C);
+    // The adaLN input in one pass over the rows: with b, res (B,N,C) = a + b and the LayerNorm
+    // reads res; without (b NULL; res unused) it reads a. h = LayerNorm with gain g, bias beta
+    // (mean, rstd (B*N) kept for layernorm_bwd), out = h * (1 + scale[b]) + shift[b] (stride
+    // sc). The bits of (add_)layernorm_fwd, then modulate_fwd; one launch on a GPU, not two.
+    void (*ln_modulate_fwd)(const mm_backend *be, mm_real *res, mm_real *h, mm_real *out,
+                            mm_real *mean, mm_real *rstd, const mm_real *a, const mm_real *b,
+                            const mm_real *g, const mm_real *beta, const mm_real *shift,
+                            const mm_real *scale, int sc, int B, int N, int C);
     // accumulates dx, dshift, dscale
     void (*modulate_bwd)(const mm_backend *be, mm_real *dx, mm_real *dshift, mm_real *dscale,
                          const mm_real *dout, const mm_real *x, const mm_real *scale, int sc, int B,
                          int N, int C);
-    // x (B,N,C) += gate[b] * y ; gate (B, C) with stride sc
-    void (*gated_add_fwd)(const mm_backend *be, mm_real *x, const mm_real *y, const mm_real *gate,
-                          int sc, int B, int N, int C);
+    // out (B,N,C) = x + gate[b] * y ; gate (B, C) with stride sc; out may be x. The gated
+    // residual writes the block's next residual from its input in one pass, no copy first.
+    void (*gated_add_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, const mm_real *y,
+                          const mm_real *gate, int sc, int B, int N, int C);
     // accumulates dy, dgate (dx passes through unchanged)
     void (*gated_add_bwd)(const mm_backend *be, mm_real *dy, mm_real *dgate, const mm_real *dx,
                           const mm_real *y, const mm_real *gate, int sc, int B, int N, int C);

@@ -145,15 +145,13 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     const mm_real *mod = a->mod;  // (B, 6C)
     ops->matmul_fwd(be, a->mod, r->sc, w->ada_w, w->ada_b, B, C, C6);
     // self-attention branch
-    ops->layernorm_fwd(be, a->h1, a->mean1, a->rstd1, x, r->ones, r->zeros, BN, C);
-    dops->modulate_fwd(be, a->m1, a->h1, mod, mod + C, C6, B, N, C);
+    dops->ln_modulate_fwd(be, NULL, a->h1, a->m1, a->mean1, a->rstd1, x, NULL, r->ones, r->zeros,
+                          mod, mod + C, C6, B, N, C);
     ops->matmul_fwd(be, a->qkv, a->m1, w->qkv_w, w->qkv_b, BN, C, 3 * Cl);
     ops->attention_fwd(be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl, r->HD, NULL);
     ops->matmul_fwd(be, a->y1, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BN, Cl, C);
     model_tp_allreduce(r->be, r->tp, a->y1, nC);
-    // the gated add is in place: res1 starts as a copy of x
-    ops->copy_rows(be, a->res1, (size_t)C, x, (size_t)C, (size_t)C, BN);
-    dops->gated_add_fwd(be, a->res1, a->y1, mod + 2 * C, C6, B, N, C);
+    dops->gated_add_fwd(be, a->res1, x, a->y1, mod + 2 * C, C6, B, N, C);
     // cross-attention branch (no gate: the pre-norm LN has affine parameters)
     ops->layernorm_fwd(be, a->h2, a->mean2, a->rstd2, a->res1, w->xln_g, w->xln_b, BN, C);
     ops->matmul_fwd(be, a->q, a->h2, w->q_w, w->q_b, BN, C, Cl);
@@ -162,14 +160,12 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     ops->matmul_fwd(be, a->res2, a->xatty, w->xproj_w, r->bias_rank ? w->xproj_b : NULL, BN, Cl, C);
     model_tp_allreduce(r->be, r->tp, a->res2, nC);
     // MLP branch
-    ops->add_layernorm_fwd(be, a->res2, a->h3, a->mean3, a->rstd3, a->res2, a->res1, r->ones,
-                           r->zeros, BN, C);
-    dops->modulate_fwd(be, a->m3, a->h3, mod + 3 * C, mod + 4 * C, C6, B, N, C);
+    dops->ln_modulate_fwd(be, a->res2, a->h3, a->m3, a->mean3, a->rstd3, a->res2, a->res1, r->ones,
+                          r->zeros, mod + 3 * C, mod + 4 * C, C6, B, N, C);
     ops->matmul_gelu_fwd(be, a->fch, a->fcg, a->m3, w->fc_w, w->fc_b, BN, C, Fl);
     ops->matmul_fwd(be, a->y3, a->fcg, w->mproj_w, r->bias_rank ? w->mproj_b : NULL, BN, Fl, C);
     model_tp_allreduce(r->be, r->tp, a->y3, nC);
-    ops->copy_rows(be, a->res3, (size_t)C, a->res2, (size_t)C, (size_t)C, BN);
-    dops->gated_add_fwd(be, a->res3, a->y3, mod + 5 * C, C6, B, N, C);
+    dops->gated_add_fwd(be, a->res3, a->res2, a->y3, mod + 5 * C, C6, B, N, C);
 }
 
 void dit_block_recompute(const dit_block_run *r, model_recompute mode, const dit_block_w *w,

@@ -105,8 +105,7 @@ static double modulate_f(void *p) {
 static double gated_f(void *p) {
     mod_ctx *c = p;
     size_t n = (size_t)MB_ * MN * MC;
-    memcpy(c->out, c->x, n * sizeof(mm_real));
-    dops->gated_add_fwd(be, c->out, c->y, c->mods + 2 * MC, MSC, MB_, MN, MC);
+    dops->gated_add_fwd(be, c->out, c->x, c->y, c->mods + 2 * MC, MSC, MB_, MN, MC);
     return dot(c->out, c->R, n);
 }
 

@@ -121,14 +121,57 @@ static void test_ops(test_counts *tc, mm_rng *r) {
                     rdx[k] = dy[k] + (double)dout[k] * gt[m];
                     rdm[m + 5 * C] += (double)dout[k] * y[k];
                 }
-        memcpy(out, x, n * sizeof(mm_real));
-        dops->gated_add_fwd(be, out, y, gt, sc, B, N, C);
+        dops->gated_add_fwd(be, out, x, y, gt, sc, B, N, C);
         dops->gated_add_bwd(be, dy, dmods + 5 * C, dout, y, gt, sc, B, N, C);
         op_report(tc, "gated_add fwd", nerr(out, ro, n));
         op_report(tc, "gated_add bwd dy", nerr(dy, rdx, n));
         op_report(tc, "gated_add bwd dgate", nerr(dmods, rdm, nm));
+        memcpy(out, x, n * sizeof(mm_real));  // in place, as the op allows
+        dops->gated_add_fwd(be, out, out, y, gt, sc, B, N, C);
+        op_report(tc, "gated_add fwd in place", nerr(out, ro, n));
         free(x), free(y), free(dout), free(mods), free(out), free(dx), free(dmods), free(dy);
         free(ro), free(rdx), free(rdm);
+    }
+    // ln_modulate: LayerNorm of a (or of a + b, written to res) with gain and bias, then the
+    // modulation, against float64
+    {
+        const int B = 2, N = 19, C = 70, sc = 6 * C;
+        size_t n = (size_t)B * N * C, nm = (size_t)B * sc;
+        mm_real *a = alloc_normal(n, 1, r), *b2 = alloc_normal(n, 1, r);
+        mm_real *mods = alloc_normal(nm, 1, r), *g = alloc_normal(C, 1, r), *beta = alloc_normal(C, 1, r);
+        mm_real *res = malloc(n * sizeof(mm_real)), *h = malloc(n * sizeof(mm_real));
+        mm_real *out = malloc(n * sizeof(mm_real)), *mean = malloc(B * N * sizeof(mm_real));
+        mm_real *rstd = malloc(B * N * sizeof(mm_real));
+        double *rres = malloc(n * sizeof(double)), *rh = malloc(n * sizeof(double));
+        double *ro = malloc(n * sizeof(double)), *rm = malloc(B * N * sizeof(double));
+        double *rr = malloc(B * N * sizeof(double));
+        const mm_real *sh = mods + 3 * C, *sl = mods + 4 * C;
+        for (int with = 0; with < 2; with++) {
+            for (int row = 0; row < B * N; row++) {
+                const size_t o = (size_t)row * C, m = (size_t)(row / N) * sc;
+                double s = 0, v = 0;
+                for (int c = 0; c < C; c++) {
+                    rres[o + c] = (double)a[o + c] + (with ? (double)b2[o + c] : 0);
+                    s += rres[o + c];
+                }
+                rm[row] = s / C;
+                for (int c = 0; c < C; c++) v += (rres[o + c] - rm[row]) * (rres[o + c] - rm[row]);
+                rr[row] = 1 / sqrt(v / C + 1e-5);
+                for (int c = 0; c < C; c++) {
+                    rh[o + c] = (rres[o + c] - rm[row]) * rr[row] * g[c] + beta[c];
+                    ro[o + c] = rh[o + c] * (1 + (double)sl[m + c]) + sh[m + c];
+                }
+            }
+            dops->ln_modulate_fwd(be, with ? res : NULL, h, out, mean, rstd, a, with ? b2 : NULL,
+                                  g, beta, sh, sl, sc, B, N, C);
+            op_report(tc, with ? "ln_modulate (a + b) h" : "ln_modulate h", nerr(h, rh, n));
+            op_report(tc, with ? "ln_modulate (a + b) out" : "ln_modulate out", nerr(out, ro, n));
+            op_report(tc, "ln_modulate mean", nerr(mean, rm, (size_t)B * N));
+            op_report(tc, "ln_modulate rstd", nerr(rstd, rr, (size_t)B * N));
+            if (with) op_report(tc, "ln_modulate (a + b) res", nerr(res, rres, n));
+        }
+        free(a), free(b2), free(mods), free(g), free(beta), free(res), free(h), free(out);
+        free(mean), free(rstd), free(rres), free(rh), free(ro), free(rm), free(rr);
     }
     // cross-attention; sample 1 has one valid key, sample 2 none (zero rows)
     {

@@ -61,6 +61,45 @@ __global__ void k_modulate_fwd(float *out, const float *x, const float *shift, c
     }
 }
 
+// LayerNorm (after the residual add when b is given) and modulation, one warp per row: the
+// statistics in k_add_layernorm_fwd's order (ops_cuda.cu), then h and out from registers.
+// Each lane reads back only the elements of res it wrote, so no barrier.
+enum { LNM_ROWS = CU_THREADS / CU_WARP };
+__global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean, float *rstd,
+                                  const float *a, const float *b, const float *g,
+                                  const float *beta, const float *shift, const float *scale,
+                                  int sc, int rows, int N, int C) {
+    const int r = blockIdx.x * LNM_ROWS + threadIdx.x / CU_WARP;
+    const int lane = threadIdx.x % CU_WARP;
+    if (r >= rows) return;  // the whole warp: the shuffles below see every lane
+    const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
+    const float *xr = a + o;
+    float s = 0;
+    if (b) {
+        for (int c = lane; c < C; c += CU_WARP) {
+            const float v = a[o + c] + b[o + c];
+            res[o + c] = v;
+            s += v;
+        }
+        xr = res + o;
+    } else {
+        for (int c = lane; c < C; c += CU_WARP) s += xr[c];
+    }
+    const float m = warp_sum(s) / C;
+    float v = 0;
+    for (int c = lane; c < C; c += CU_WARP) v += (xr[c] - m) * (xr[c] - m);
+    const float rs = 1 / sqrtf(warp_sum(v) / C + 1e-5f);
+    for (int c = lane; c < C; c += CU_WARP) {
+        const float hv = (xr[c] - m) * rs * g[c] + beta[c];
+        h[o + c] = hv;
+        out[o + c] = hv * (1 + scale[p + c]) + shift[p + c];
+    }
+    if (lane == 0) {
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
 // dx += dout * (1 + scale)
 __global__ void k_modulate_bwd_dx(float *dx, const float *dout, const float *scale, int sc,
                                   int rows, int N, int C) {
@@ -71,12 +110,13 @@ __global__ void k_modulate_bwd_dx(float *dx, const float *dout, const float *sca
     }
 }
 
-// x += gate * y
-__global__ void k_gated_add_fwd(float *x, const float *y, const float *gate, int sc, int rows,
-                                int N, int C) {
+// out = x + gate * y (out may be x)
+__global__ void k_gated_add_fwd(float *out, const float *x, const float *y, const float *gate,
+                                int sc, int rows, int N, int C) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) x[o + c] += gate[p + c] * y[o + c];
+        for (int c = threadIdx.x; c < C; c += blockDim.x)
+            out[o + c] = x[o + c] + gate[p + c] * y[o + c];
     }
 }
 
@@ -122,6 +162,18 @@ static void modulate_fwd(const mm_backend *be, float *out, const float *x,
     CU_CHECK_LAUNCH("modulate_fwd");
 }
 
+static void ln_modulate_fwd(const mm_backend *be, float *res, float *h, float *out, float *mean,
+                            float *rstd, const float *a, const float *b, const float *g,
+                            const float *beta, const float *shift, const float *scale, int sc,
+                            int B, int N, int C) {
+    const int rows = B * N;
+    if (rows <= 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    CU_LAUNCH(k_ln_modulate_fwd, (unsigned)((rows + LNM_ROWS - 1) / LNM_ROWS), CU_THREADS,
+              c->stream, res, h, out, mean, rstd, a, b, g, beta, shift, scale, sc, rows, N, C);
+    CU_CHECK_LAUNCH("ln_modulate_fwd");
+}
+
 static void modulate_bwd(const mm_backend *be, float *dx, float *dshift, float *dscale,
                          const float *dout, const float *x, const float *scale, int sc, int B,
                          int N, int C) {
@@ -134,13 +186,13 @@ static void modulate_bwd(const mm_backend *be, float *dx, float *dshift, float *
     CU_CHECK_LAUNCH("modulate_bwd");
 }
 
-static void gated_add_fwd(const mm_backend *be, float *x, const float *y,
+static void gated_add_fwd(const mm_backend *be, float *out, const float *x, const float *y,
                           const float *gate, int sc, int B, int N, int C) {
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_gated_add_fwd, cu_row_blocks(B * N), CU_THREADS, c->stream, x, y, gate, sc, B * N,
-              N, C);
+    CU_LAUNCH(k_gated_add_fwd, cu_row_blocks(B * N), CU_THREADS, c->stream, out, x, y, gate, sc,
+              B * N, N, C);
     CU_CHECK_LAUNCH("gated_add_fwd");
 }
 
@@ -622,6 +674,7 @@ const dit_ops dit_ops_cuda = {
     .silu_fwd = silu_fwd,
     .silu_bwd = silu_bwd,
     .modulate_fwd = modulate_fwd,
+    .ln_modulate_fwd = ln_modulate_fwd,
     .modulate_bwd = modulate_bwd,
     .gated_add_fwd = gated_add_fwd,
     .gated_add_bwd = gated_add_bwd,

@@ -199,10 +199,19 @@ static void dit_s2(bench *b, int B) {
     double ms;
     TIME_MS(b, ms, dit_ops_cuda.modulate_fwd(b->be, y, x, mod, mod + C, 6 * C, B, N, C));
     op_row("modulate_fwd", ms, &qkv, 0);
+    {  // LayerNorm + modulation as the block runs it (h and out written)
+        float *h = buf(b, n, 0), *st = buf(b, 2 * (size_t)BN, 0), *g = buf(b, C, 1),
+              *beta = buf(b, C, 0);
+        TIME_MS(b, ms, dit_ops_cuda.ln_modulate_fwd(b->be, NULL, h, y, st, st + BN, x, NULL, g,
+                                                     beta, mod, mod + C, 6 * C, B, N, C));
+        op_row("ln_modulate_fwd", ms, &qkv, 0);
+        float *all[] = {h, st, g, beta};
+        for (int i = 0; i < 4; i++) cuda_free(all[i]);
+    }
     TIME_MS(b, ms,
             dit_ops_cuda.modulate_bwd(b->be, dx, dmod, dmod + C, y, x, mod + C, 6 * C, B, N, C));
     op_row("modulate_bwd", ms, &qkv, 1);
-    TIME_MS(b, ms, dit_ops_cuda.gated_add_fwd(b->be, x, y, mod + 2 * C, 6 * C, B, N, C));
+    TIME_MS(b, ms, dit_ops_cuda.gated_add_fwd(b->be, x, x, y, mod + 2 * C, 6 * C, B, N, C));
     op_row("gated_add_fwd", ms, &proj, 0);
     TIME_MS(b, ms,
             dit_ops_cuda.gated_add_bwd(b->be, dx, dmod + 2 * C, y, x, mod + 2 * C, 6 * C, B, N, C));

@@ -985,7 +985,7 @@ static void test_modulate(T *t, int B, int N, int C, int sc) {
     dit_ops_cpu.modulate_fwd(&mm_backend_cpu, out, x, mod + o_shift, mod + o_scale, sc, B, N, C);
     dit_ops_cpu.modulate_bwd(&mm_backend_cpu, dx, dmod + o_shift, dmod + o_scale, dout, x,
                              mod + o_scale, sc, B, N, C);
-    dit_ops_cpu.gated_add_fwd(&mm_backend_cpu, xg, y, mod + o_gate, sc, B, N, C);
+    dit_ops_cpu.gated_add_fwd(&mm_backend_cpu, xg, x, y, mod + o_gate, sc, B, N, C);
     dit_ops_cpu.gated_add_bwd(&mm_backend_cpu, dy, dmod + o_gate, dout, y, mod + o_gate, sc, B, N,
                               C);
     float *d_x = dev(t, x, n * 4), *d_y = dev(t, y, n * 4), *d_mod = dev(t, mod, nm * 4),
@@ -997,8 +997,8 @@ static void test_modulate(T *t, int B, int N, int C, int sc) {
     dit_ops_cuda.modulate_bwd(t->be, d_dx, d_dmod + o_shift, d_dmod + o_scale, d_dout, d_x,
                               d_mod + o_scale, sc, B, N, C);
     check(t, "modulate_bwd", shape, "dx", d_dx, dx, n, 1e-5);
-    dit_ops_cuda.gated_add_fwd(t->be, d_x, d_y, d_mod + o_gate, sc, B, N, C);
-    check(t, "gated_add_fwd", shape, "x", d_x, xg, n, 1e-5);
+    dit_ops_cuda.gated_add_fwd(t->be, d_out, d_x, d_y, d_mod + o_gate, sc, B, N, C);
+    check(t, "gated_add_fwd", shape, "out", d_out, xg, n, 1e-5);
     dit_ops_cuda.gated_add_bwd(t->be, d_dy, d_dmod + o_gate, d_dout, d_y, d_mod + o_gate, sc, B, N,
                                C);
     check(t, "gated_add_bwd", shape, "dy", d_dy, dy, n, 1e-5);
@@ -1017,6 +1017,38 @@ static void test_modulate(T *t, int B, int N, int C, int sc) {
     void *d[] = {d_x, d_y, d_mod, d_dout, d_out, d_dx, d_dmod, d_dy, e_dmod, e_dx};
     free_all(11, h);
     cuda_free_all(10, d);
+}
+
+// LayerNorm (of a, or of a + b into res) and modulation in one kernel, against the CPU's two ops
+static void test_ln_modulate(T *t, int B, int N, int C, int sc) {
+    char shape[64];
+    const size_t n = (size_t)B * N * C, nm = (size_t)B * sc, rows = (size_t)B * N;
+    float *a = hrand(t, n, 2), *b = hrand(t, n, 1), *mod = hrand(t, nm, 1), *g = hrand(t, C, 1);
+    float *beta = hrand(t, C, 1), *res = mm_malloc(n * 4), *h = mm_malloc(n * 4);
+    float *out = mm_malloc(n * 4), *mean = mm_malloc(rows * 4), *rstd = mm_malloc(rows * 4);
+    float *d_a = dev(t, a, n * 4), *d_b = dev(t, b, n * 4), *d_mod = dev(t, mod, nm * 4),
+          *d_g = dev(t, g, C * 4), *d_beta = dev(t, beta, C * 4), *d_res = cuda_alloc(t->c, n * 4),
+          *d_h = cuda_alloc(t->c, n * 4), *d_out = cuda_alloc(t->c, n * 4),
+          *d_mean = cuda_alloc(t->c, rows * 4), *d_rstd = cuda_alloc(t->c, rows * 4);
+    const int o_shift = 3 * C % sc, o_scale = 4 * C % sc;
+    for (int with = 0; with < 2; with++) {
+        snprintf(shape, sizeof(shape), "B%d N%d C%d sc%d%s", B, N, C, sc, with ? " a+b" : "");
+        dit_ops_cpu.ln_modulate_fwd(&mm_backend_cpu, with ? res : NULL, h, out, mean, rstd, a,
+                                    with ? b : NULL, g, beta, mod + o_shift, mod + o_scale, sc, B,
+                                    N, C);
+        dit_ops_cuda.ln_modulate_fwd(t->be, with ? d_res : NULL, d_h, d_out, d_mean, d_rstd, d_a,
+                                     with ? d_b : NULL, d_g, d_beta, d_mod + o_shift,
+                                     d_mod + o_scale, sc, B, N, C);
+        if (with) check(t, "ln_modulate_fwd", shape, "res", d_res, res, n, 1e-5);
+        check(t, "ln_modulate_fwd", shape, "h", d_h, h, n, 1e-5);
+        check(t, "ln_modulate_fwd", shape, "out", d_out, out, n, 1e-5);
+        check(t, "ln_modulate_fwd", shape, "mean", d_mean, mean, rows, 1e-5);
+        check(t, "ln_modulate_fwd", shape, "rstd", d_rstd, rstd, rows, 1e-5);
+    }
+    void *hs[] = {a, b, mod, g, beta, res, h, out, mean, rstd};
+    void *ds[] = {d_a, d_b, d_mod, d_g, d_beta, d_res, d_h, d_out, d_mean, d_rstd};
+    free_all(10, hs);
+    cuda_free_all(10, ds);
 }
 
 static void test_mse(T *t, int B, size_t n) {
@@ -1225,6 +1257,10 @@ int main(void) {
     static const int md[][4] = {{1, 1, 1, 3}, {3, 17, 40, 240}, {2, 1, 130, 390}, {1, 64, 33, 99}};
     for (size_t i = 0; i < sizeof(md) / sizeof(md[0]); i++)
         test_modulate(&t, md[i][0], md[i][1], md[i][2], md[i][3]);
+    // rows of one warp's width and less, several warps' rows in one block, a partial block
+    static const int lm[][4] = {{1, 1, 1, 6}, {3, 17, 40, 240}, {2, 5, 130, 390}, {1, 9, 384, 2304}};
+    for (size_t i = 0; i < sizeof(lm) / sizeof(lm[0]); i++)
+        test_ln_modulate(&t, lm[i][0], lm[i][1], lm[i][2], lm[i][3]);
 
     // cross-attention in fp32, in bf16 on the cuBLAS core (flash_tc off) and in bf16 as the
     // context has it (flash on tensor cores where the heads and Tk >= 2 allow); the last two
