@@ -910,14 +910,14 @@ static void final_backward(dit *m, int B) {
     acts *a = &m->a;
     const weights *w = &m->w;
     const weights *g = &m->g;
-    mm_real *const zb[] = {a->dfm, a->dfh, a->dfmod, a->bs.dres, a->bs.dsc, a->bs.dcond};
-    const size_t zn[] = {nBNC, nBNC, (size_t)B * 2 * C, nBNC, (size_t)B * C, (size_t)B * m->Tc * C};
-    model_zero_ops(be, 6, zb, zn);
+    // dfh is modulate_ln_bwd's scratch
+    mm_real *const zb[] = {a->dfm, a->dfmod, a->bs.dres, a->bs.dsc, a->bs.dcond};
+    const size_t zn[] = {nBNC, (size_t)B * 2 * C, nBNC, (size_t)B * C, (size_t)B * m->Tc * C};
+    model_zero_ops(be, 5, zb, zn);
     const mm_real *xL = a->layer[m->L - 1].res3;
     ops->matmul_bwd(be, a->dfm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, m->pdim);
-    dops->modulate_bwd(be, a->dfh, a->dfmod, a->dfmod + C, a->dfm, a->fh, a->fmod + C, 2 * C, B, N, C);
-    ops->layernorm_bwd(be, a->bs.dres, NULL, NULL, a->dfh, xL, a->ones, a->fmean, a->frstd,
-                       BN, C);
+    dops->modulate_ln_bwd(be, a->bs.dres, a->dfmod, a->dfmod + C, a->dfh, a->dfm, a->fh,
+                          a->fmod + C, 2 * C, xL, a->ones, a->fmean, a->frstd, B, N, C);
     ops->matmul_bwd(be, a->bs.dsc, g->fada_w, g->fada_b, a->dfmod, a->sc, w->fada_w, B, C, 2 * C);
 }
 

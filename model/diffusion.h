@@ -53,6 +53,15 @@ typedef struct dit_ops {
     void (*modulate_bwd)(const mm_backend *be, mm_real *dx, mm_real *dshift, mm_real *dscale,
                          const mm_real *dout, const mm_real *x, const mm_real *scale, int sc, int B,
                          int N, int C);
+    // The backward of ln_modulate_fwd without the add, as the DiT's gainless LayerNorms need it:
+    // dshift[b] += sum_n dout, dscale[b] += sum_n dout * h, and through dh = dout * (1 +
+    // scale[b]) the LayerNorm's input gradient dx (B,N,C) += (gain g; no gain or bias
+    // gradients). dh (B,N,C) is scratch (the CPU computes dh in it; a GPU never writes it).
+    // The bits of modulate_bwd into a zeroed dh, then layernorm_bwd with dg = db = NULL.
+    void (*modulate_ln_bwd)(const mm_backend *be, mm_real *dx, mm_real *dshift, mm_real *dscale,
+                            mm_real *dh, const mm_real *dout, const mm_real *h,
+                            const mm_real *scale, int sc, const mm_real *x, const mm_real *g,
+                            const mm_real *mean, const mm_real *rstd, int B, int N, int C);
     // out (B,N,C) = x + gate[b] * y ; gate (B, C) with stride sc; out may be x. The gated
     // residual writes the block's next residual from its input in one pass, no copy first.
     void (*gated_add_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, const mm_real *y,

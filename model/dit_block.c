@@ -193,16 +193,16 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     const mm_real *mod = a->mod;
     mm_real *dmod = s->dmod;
     // every activation gradient below is accumulated into: zero them all at once (dfch and
-    // its scratch dfcg are matmul_gelu_bwd's to write)
-    mm_real *const zb[] = {s->dmod,                                        //
-                           s->dy3,    s->dm3,   s->dh3,                    // MLP
-                           s->dxatty, s->dq,    s->dkv,  s->dh2,           // cross-attention
-                           s->dy1,    s->datty, s->dqkv, s->dm1, s->dh1};  // self-attention
-    const size_t zn[] = {nmod,                                             //
-                         nC,   nC,  nC,                                    //
-                         nCl,  nCl, nkv,     nC,                           //
-                         nC,   nCl, 3 * nCl, nC, nC};
-    model_zero_ops(be, 13, zb, zn);
+    // its scratch dfcg are matmul_gelu_bwd's to write, dh1 and dh3 modulate_ln_bwd's scratch)
+    mm_real *const zb[] = {s->dmod,                                //
+                           s->dy3,    s->dm3,                      // MLP
+                           s->dxatty, s->dq,    s->dkv,  s->dh2,   // cross-attention
+                           s->dy1,    s->datty, s->dqkv, s->dm1};  // self-attention
+    const size_t zn[] = {nmod,                                     //
+                         nC,   nC,                                 //
+                         nCl,  nCl, nkv,     nC,                   //
+                         nC,   nCl, 3 * nCl, nC};
+    model_zero_ops(be, 11, zb, zn);
     // MLP branch. dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
     dops->gated_add_bwd(be, s->dy3, dmod + 5 * C, s->dres, a->y3, mod + 5 * C, C6, B, N, C);
     ops->matmul_gelu_bwd(be, s->dfch, s->dfcg, g->mproj_w, g->mproj_b, s->dy3, a->fcg, a->fch,
@@ -210,8 +210,8 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     ops->matmul_bwd(be, s->dm3, g->fc_w, g->fc_b, s->dfch, a->m3, w->fc_w, BN, C, Fl);
     // fc saw m3 whole: sum its column shares
     model_tp_allreduce(r->be, r->tp, s->dm3, nC);
-    dops->modulate_bwd(be, s->dh3, dmod + 3 * C, dmod + 4 * C, s->dm3, a->h3, mod + 4 * C, C6, B, N, C);
-    ops->layernorm_bwd(be, s->dres, NULL, NULL, s->dh3, a->res2, r->ones, a->mean3, a->rstd3, BN, C);
+    dops->modulate_ln_bwd(be, s->dres, dmod + 3 * C, dmod + 4 * C, s->dh3, s->dm3, a->h3,
+                          mod + 4 * C, C6, a->res2, r->ones, a->mean3, a->rstd3, B, N, C);
     // cross-attention branch. dres = d(res2); res2 = res1 + xattn.proj(...)
     ops->matmul_bwd(be, s->dxatty, g->xproj_w, g->xproj_b, s->dres, a->xatty, w->xproj_w, BN, Cl, C);
     dops->xattn_bwd(be, s->dq, s->dkv, s->dxatty, a->q, a->kv, a->xatty, a->xatt, B, N, Tc,
@@ -229,8 +229,8 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
                        NULL);
     ops->matmul_bwd(be, s->dm1, g->qkv_w, g->qkv_b, s->dqkv, a->m1, w->qkv_w, BN, C, 3 * Cl);
     model_tp_allreduce(r->be, r->tp, s->dm1, nC);
-    dops->modulate_bwd(be, s->dh1, dmod, dmod + C, s->dm1, a->h1, mod + C, C6, B, N, C);
-    ops->layernorm_bwd(be, s->dres, NULL, NULL, s->dh1, x, r->ones, a->mean1, a->rstd1, BN, C);
+    dops->modulate_ln_bwd(be, s->dres, dmod, dmod + C, s->dh1, s->dm1, a->h1, mod + C, C6, x,
+                          r->ones, a->mean1, a->rstd1, B, N, C);
     // dres = d(x); the block's modulation
     ops->matmul_bwd(be, s->dsc, g->ada_w, g->ada_b, dmod, r->sc, w->ada_w, B, C, C6);
 }

@@ -170,6 +170,40 @@ static void test_ops(test_counts *tc, mm_rng *r) {
             op_report(tc, "ln_modulate rstd", nerr(rstd, rr, (size_t)B * N));
             if (with) op_report(tc, "ln_modulate (a + b) res", nerr(res, rres, n));
         }
+        // its backward through the modulation and the LayerNorm of a (no add): dx and dmods
+        // accumulate; dh is scratch (NaN going in)
+        mm_real *dout = alloc_normal(n, 1, r), *dx = alloc_normal(n, 1, r);
+        mm_real *dmods = alloc_normal(nm, 1, r), *dh = malloc(n * sizeof(mm_real));
+        double *rdx = malloc(n * sizeof(double)), *rdm = malloc(nm * sizeof(double));
+        for (size_t i = 0; i < n; i++) dh[i] = NAN;
+        for (size_t i = 0; i < nm; i++) rdm[i] = dmods[i];
+        dops->ln_modulate_fwd(be, NULL, h, out, mean, rstd, a, NULL, g, beta, sh, sl, sc, B, N, C);
+        for (int row = 0; row < B * N; row++) {
+            const size_t o = (size_t)row * C, m = (size_t)(row / N) * sc;
+            double s1 = 0, s2 = 0, mu = 0, v = 0;
+            for (int c = 0; c < C; c++) mu += a[o + c];
+            mu /= C;
+            for (int c = 0; c < C; c++) v += (a[o + c] - mu) * (a[o + c] - mu);
+            const double rs = 1 / sqrt(v / C + 1e-5);
+            for (int c = 0; c < C; c++) {
+                const double xh = (a[o + c] - mu) * rs, hv = xh * g[c] + beta[c];
+                const double dn = (double)dout[o + c] * (1 + (double)sl[m + c]) * g[c];
+                rdm[m + 3 * C + c] += dout[o + c];
+                rdm[m + 4 * C + c] += dout[o + c] * hv;
+                s1 += dn;
+                s2 += dn * xh;
+            }
+            for (int c = 0; c < C; c++) {
+                const double xh = (a[o + c] - mu) * rs;
+                const double dn = (double)dout[o + c] * (1 + (double)sl[m + c]) * g[c];
+                rdx[o + c] = dx[o + c] + (dn - s1 / C - xh * s2 / C) * rs;
+            }
+        }
+        dops->modulate_ln_bwd(be, dx, dmods + 3 * C, dmods + 4 * C, dh, dout, h, sl, sc, a, g, mean,
+                              rstd, B, N, C);
+        op_report(tc, "modulate_ln_bwd dx (accumulating)", nerr(dx, rdx, n));
+        op_report(tc, "modulate_ln_bwd dshift, dscale", nerr(dmods, rdm, nm));
+        free(dout), free(dx), free(dmods), free(dh), free(rdx), free(rdm);
         free(a), free(b2), free(mods), free(g), free(beta), free(res), free(h), free(out);
         free(mean), free(rstd), free(rres), free(rh), free(ro), free(rm), free(rr);
     }

@@ -117,6 +117,17 @@ static void modulate_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, mm_real *d
     }
 }
 
+// The two calls, into a dh zeroed here
+static void modulate_ln_bwd(const mm_backend *be, mm_real *dx, mm_real *dshift, mm_real *dscale,
+                            mm_real *dh, const mm_real *dout, const mm_real *h,
+                            const mm_real *scale, int sc, const mm_real *x, const mm_real *g,
+                            const mm_real *mean, const mm_real *rstd, int B, int N, int C) {
+    const size_t n = (size_t)B * N * C;
+    model_zero_bufs(1, &dh, &n);
+    modulate_bwd(be, dh, dshift, dscale, dout, h, scale, sc, B, N, C);
+    model_ops_cpu.layernorm_bwd(be, dx, NULL, NULL, dh, x, g, mean, rstd, B * N, C);
+}
+
 // out (B, N, C) = x + gate[b] * y; out may be x
 CPU_ISA_CLONES
 static void gated_add_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *x,
@@ -467,6 +478,7 @@ const dit_ops dit_ops_cpu = {
     .modulate_fwd = modulate_fwd,
     .ln_modulate_fwd = ln_modulate_fwd,
     .modulate_bwd = modulate_bwd,
+    .modulate_ln_bwd = modulate_ln_bwd,
     .gated_add_fwd = gated_add_fwd,
     .gated_add_bwd = gated_add_bwd,
     .xattn_fwd = xattn_fwd,

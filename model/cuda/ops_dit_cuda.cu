@@ -100,6 +100,32 @@ __global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean,
     }
 }
 
+// dx += the LayerNorm backward of dh = dout * (1 + scale[sample]) (k_layernorm_bwd_dx of
+// ops_cuda.cu with dh formed on the fly), one warp per row
+__global__ void k_modulate_ln_bwd_dx(float *dx, const float *dout, const float *scale, int sc,
+                                     const float *x, const float *g, const float *mean,
+                                     const float *rstd, int rows, int N, int C) {
+    const int r = blockIdx.x * LNM_ROWS + threadIdx.x / CU_WARP;
+    const int lane = threadIdx.x % CU_WARP;
+    if (r >= rows) return;  // the whole warp: the shuffles below see every lane
+    const size_t o = (size_t)r * C;
+    const float *xr = x + o, *dr = dout + o, *sl = scale + (size_t)(r / N) * sc;
+    float *dxr = dx + o;
+    const float m = mean[r], rs = rstd[r];
+    float s1 = 0, s2 = 0;
+    for (int c = lane; c < C; c += CU_WARP) {
+        const float dn = dr[c] * (1 + sl[c]) * g[c];
+        s1 += dn;
+        s2 += dn * (xr[c] - m) * rs;
+    }
+    s1 = warp_sum(s1) / C;
+    s2 = warp_sum(s2) / C;
+    for (int c = lane; c < C; c += CU_WARP) {
+        const float xh = (xr[c] - m) * rs;
+        dxr[c] += (dr[c] * (1 + sl[c]) * g[c] - s1 - xh * s2) * rs;
+    }
+}
+
 // dx += dout * (1 + scale)
 __global__ void k_modulate_bwd_dx(float *dx, const float *dout, const float *scale, int sc,
                                   int rows, int N, int C) {
@@ -184,6 +210,20 @@ static void modulate_bwd(const mm_backend *be, float *dx, float *dshift, float *
     CU_LAUNCH(k_modulate_bwd_dx, cu_row_blocks(B * N), CU_THREADS, c->stream, dx, dout, scale, sc,
               B * N, N, C);
     CU_CHECK_LAUNCH("modulate_bwd");
+}
+
+static void modulate_ln_bwd(const mm_backend *be, float *dx, float *dshift, float *dscale,
+                            float *dh, const float *dout, const float *h, const float *scale,
+                            int sc, const float *x, const float *g, const float *mean,
+                            const float *rstd, int B, int N, int C) {
+    (void)dh;
+    const int rows = B * N;
+    if (rows <= 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    cu_colsum(c, colsum_modulate{dout, h, N, C}, B, N, C, dshift, dscale, sc);
+    CU_LAUNCH(k_modulate_ln_bwd_dx, (unsigned)((rows + LNM_ROWS - 1) / LNM_ROWS), CU_THREADS,
+              c->stream, dx, dout, scale, sc, x, g, mean, rstd, rows, N, C);
+    CU_CHECK_LAUNCH("modulate_ln_bwd");
 }
 
 static void gated_add_fwd(const mm_backend *be, float *out, const float *x, const float *y,
@@ -676,6 +716,7 @@ const dit_ops dit_ops_cuda = {
     .modulate_fwd = modulate_fwd,
     .ln_modulate_fwd = ln_modulate_fwd,
     .modulate_bwd = modulate_bwd,
+    .modulate_ln_bwd = modulate_ln_bwd,
     .gated_add_fwd = gated_add_fwd,
     .gated_add_bwd = gated_add_bwd,
     .xattn_fwd = xattn_fwd,

@@ -1045,10 +1045,24 @@ static void test_ln_modulate(T *t, int B, int N, int C, int sc) {
         check(t, "ln_modulate_fwd", shape, "mean", d_mean, mean, rows, 1e-5);
         check(t, "ln_modulate_fwd", shape, "rstd", d_rstd, rstd, rows, 1e-5);
     }
-    void *hs[] = {a, b, mod, g, beta, res, h, out, mean, rstd};
-    void *ds[] = {d_a, d_b, d_mod, d_g, d_beta, d_res, d_h, d_out, d_mean, d_rstd};
-    free_all(10, hs);
-    cuda_free_all(10, ds);
+    // the backward (h, mean, rstd and the LayerNorm's input res as the a + b case left them):
+    // dx and the packed modulation gradient accumulate; dh is the CPU's scratch
+    snprintf(shape, sizeof(shape), "B%d N%d C%d sc%d", B, N, C, sc);
+    float *dout = hrand(t, n, 1), *dx = hrand(t, n, 1), *dmod = hrand(t, nm, 1);
+    float *dh = mm_malloc(n * 4);
+    float *d_dout = dev(t, dout, n * 4), *d_dx = dev(t, dx, n * 4), *d_dmod = dev(t, dmod, nm * 4),
+          *d_dh = cuda_alloc(t->c, n * 4);
+    dit_ops_cpu.modulate_ln_bwd(&mm_backend_cpu, dx, dmod + o_shift, dmod + o_scale, dh, dout, h,
+                                mod + o_scale, sc, res, g, mean, rstd, B, N, C);
+    dit_ops_cuda.modulate_ln_bwd(t->be, d_dx, d_dmod + o_shift, d_dmod + o_scale, d_dh, d_dout,
+                                 d_h, d_mod + o_scale, sc, d_res, d_g, d_mean, d_rstd, B, N, C);
+    check(t, "modulate_ln_bwd", shape, "dx", d_dx, dx, n, 1e-5);
+    check(t, "modulate_ln_bwd", shape, "dmod", d_dmod, dmod, nm, 1e-5);
+    void *hs[] = {a, b, mod, g, beta, res, h, out, mean, rstd, dout, dx, dmod, dh};
+    void *ds[] = {d_a, d_b, d_mod, d_g, d_beta, d_res, d_h, d_out, d_mean, d_rstd, d_dout, d_dx,
+                  d_dmod, d_dh};
+    free_all(14, hs);
+    cuda_free_all(14, ds);
 }
 
 static void test_mse(T *t, int B, size_t n) {
