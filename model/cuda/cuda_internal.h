@@ -258,6 +258,26 @@ void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
                    const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *att,
                    const __nv_bfloat16 *att16, int B, int Tq, int Tk, int NH, int HD);
 
+// One LayerNorm row's input gradient, for the warp that owns the row (each lane its columns
+// lane, lane + 32, ...): dx (C) += (d g - mean(d g) - xhat mean(d g xhat)) rstd, where d(c) is
+// the gradient arriving at column c: the output's, or (the DiT) one formed on the fly.
+template <typename D>
+__device__ __forceinline__ void cu_layernorm_bwd_row(float *dx, const float *x, const float *g,
+                                                     float m, float rs, int C, int lane, D d) {
+    float s1 = 0, s2 = 0;
+    for (int c = lane; c < C; c += CU_WARP) {
+        const float dn = d(c) * g[c];
+        s1 += dn;
+        s2 += dn * (x[c] - m) * rs;
+    }
+    s1 = warp_sum(s1) / C;
+    s2 = warp_sum(s2) / C;
+    for (int c = lane; c < C; c += CU_WARP) {
+        const float xh = (x[c] - m) * rs;
+        dx[c] += (d(c) * g[c] - s1 - xh * s2) * rs;
+    }
+}
+
 // Self-attention's mask on packed qkv: query i may see the keys below cu_attn_lim(i, P)
 // (then filtered by key_valid): the whole prefix for a prefix query (i < P), itself and
 // everything before for a causal one. Nondecreasing in i.

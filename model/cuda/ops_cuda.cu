@@ -246,21 +246,9 @@ __global__ void k_layernorm_bwd_dx(float *dx, const float *dout, const float *x,
     const int r = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (r >= N) return;
-    const float *xr = x + (size_t)r * C, *dr = dout + (size_t)r * C;
-    float *dxr = dx + (size_t)r * C;
-    const float m = mean[r], rs = rstd[r];
-    float s1 = 0, s2 = 0;
-    for (int c = lane; c < C; c += CU_WARP) {
-        const float dn = dr[c] * g[c];
-        s1 += dn;
-        s2 += dn * (xr[c] - m) * rs;
-    }
-    s1 = warp_sum(s1) / C;
-    s2 = warp_sum(s2) / C;
-    for (int c = lane; c < C; c += CU_WARP) {
-        const float xh = (xr[c] - m) * rs;
-        dxr[c] += (dr[c] * g[c] - s1 - xh * s2) * rs;
-    }
+    const float *dr = dout + (size_t)r * C;
+    cu_layernorm_bwd_row(dx + (size_t)r * C, x + (size_t)r * C, g, mean[r], rstd[r], C, lane,
+                         [dr](int c) { return dr[c]; });
 }
 
 // dg += dout * xhat, db += dout

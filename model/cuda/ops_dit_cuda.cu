@@ -100,8 +100,8 @@ __global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean,
     }
 }
 
-// dx += the LayerNorm backward of dh = dout * (1 + scale[sample]) (k_layernorm_bwd_dx of
-// ops_cuda.cu with dh formed on the fly), one warp per row
+// dx += the LayerNorm backward of dh = dout * (1 + scale[sample]), formed on the fly, one warp
+// per row
 __global__ void k_modulate_ln_bwd_dx(float *dx, const float *dout, const float *scale, int sc,
                                      const float *x, const float *g, const float *mean,
                                      const float *rstd, int rows, int N, int C) {
@@ -109,21 +109,9 @@ __global__ void k_modulate_ln_bwd_dx(float *dx, const float *dout, const float *
     const int lane = threadIdx.x % CU_WARP;
     if (r >= rows) return;  // the whole warp: the shuffles below see every lane
     const size_t o = (size_t)r * C;
-    const float *xr = x + o, *dr = dout + o, *sl = scale + (size_t)(r / N) * sc;
-    float *dxr = dx + o;
-    const float m = mean[r], rs = rstd[r];
-    float s1 = 0, s2 = 0;
-    for (int c = lane; c < C; c += CU_WARP) {
-        const float dn = dr[c] * (1 + sl[c]) * g[c];
-        s1 += dn;
-        s2 += dn * (xr[c] - m) * rs;
-    }
-    s1 = warp_sum(s1) / C;
-    s2 = warp_sum(s2) / C;
-    for (int c = lane; c < C; c += CU_WARP) {
-        const float xh = (xr[c] - m) * rs;
-        dxr[c] += (dr[c] * (1 + sl[c]) * g[c] - s1 - xh * s2) * rs;
-    }
+    const float *dr = dout + o, *sl = scale + (size_t)(r / N) * sc;
+    cu_layernorm_bwd_row(dx + o, x + o, g, mean[r], rstd[r], C, lane,
+                         [dr, sl](int c) { return dr[c] * (1 + sl[c]); });
 }
 
 // dx += dout * (1 + scale)
