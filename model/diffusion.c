@@ -838,8 +838,8 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
 
     // final layer, then unpatchify (BN, pdim) -> (B, H, W, c)
     ops->matmul_fwd(be, a->fmod, a->sc, w->fada_w, w->fada_b, B, C, 2 * C);
-    dops->ln_modulate_fwd(be, NULL, a->fh, a->fm, a->fmean, a->frstd, x, NULL, a->ones, a->zeros,
-                          a->fmod, a->fmod + C, 2 * C, B, N, C);
+    dops->ln_modulate_fwd(be, NULL, a->fh, a->fm, a->fmean, a->frstd, x, NULL, NULL, a->ones,
+                          a->zeros, a->fmod, a->fmod + C, 2 * C, B, N, C);
     ops->matmul_fwd(be, a->outp, a->fm, w->fproj_w, w->fproj_b, BN, C, m->pdim);
     ops->unpatchify(be, out, a->outp, B, H, W, ic, p);
     if (m->cfg.x_pred) dops->xpred(be, out, in->x_t, in->t, 0, B, (size_t)H * W * ic);

@@ -41,14 +41,17 @@ typedef struct dit_ops {
     // samples, so they can point into a packed modulation buffer)
     void (*modulate_fwd)(const mm_backend *be, mm_real *out, const mm_real *x, const mm_real *shift,
                          const mm_real *scale, int sc, int B, int N, int C);
-    // The adaLN input in one pass over the rows: with b, res (B,N,C) = a + b and the LayerNorm
-    // reads res; without (b NULL; res unused) it reads a. h = LayerNorm with gain g, bias beta
-    // (mean, rstd (B*N) kept for layernorm_bwd), out = h * (1 + scale[b]) + shift[b] (stride
-    // sc). The bits of (add_)layernorm_fwd, then modulate_fwd; one launch on a GPU, not two.
+    // A residual, the LayerNorm after it and the adaLN modulation in one pass over the rows.
+    // With b, res (B,N,C) = a + b, or a + gate[b] * b with gate, and the LayerNorm reads res;
+    // without (b NULL; res, gate unused) it reads a. h = LayerNorm with gain g, bias beta
+    // (mean, rstd (B*N) kept for layernorm_bwd); with shift, out = h * (1 + scale[b]) +
+    // shift[b] (else out unused). gate, shift, scale: rows at stride sc. The bits of
+    // gated_add_fwd or add_layernorm_fwd, layernorm_fwd, modulate_fwd; one launch on a GPU.
     void (*ln_modulate_fwd)(const mm_backend *be, mm_real *res, mm_real *h, mm_real *out,
                             mm_real *mean, mm_real *rstd, const mm_real *a, const mm_real *b,
-                            const mm_real *g, const mm_real *beta, const mm_real *shift,
-                            const mm_real *scale, int sc, int B, int N, int C);
+                            const mm_real *gate, const mm_real *g, const mm_real *beta,
+                            const mm_real *shift, const mm_real *scale, int sc, int B, int N,
+                            int C);
     // accumulates dx, dshift, dscale
     void (*modulate_bwd)(const mm_backend *be, mm_real *dx, mm_real *dshift, mm_real *dscale,
                          const mm_real *dout, const mm_real *x, const mm_real *scale, int sc, int B,

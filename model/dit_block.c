@@ -145,23 +145,24 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     const mm_real *mod = a->mod;  // (B, 6C)
     ops->matmul_fwd(be, a->mod, r->sc, w->ada_w, w->ada_b, B, C, C6);
     // self-attention branch
-    dops->ln_modulate_fwd(be, NULL, a->h1, a->m1, a->mean1, a->rstd1, x, NULL, r->ones, r->zeros,
-                          mod, mod + C, C6, B, N, C);
+    dops->ln_modulate_fwd(be, NULL, a->h1, a->m1, a->mean1, a->rstd1, x, NULL, NULL, r->ones,
+                          r->zeros, mod, mod + C, C6, B, N, C);
     ops->matmul_fwd(be, a->qkv, a->m1, w->qkv_w, w->qkv_b, BN, C, 3 * Cl);
     ops->attention_fwd(be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl, r->HD, NULL);
     ops->matmul_fwd(be, a->y1, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BN, Cl, C);
     model_tp_allreduce(r->be, r->tp, a->y1, nC);
-    dops->gated_add_fwd(be, a->res1, x, a->y1, mod + 2 * C, C6, B, N, C);
-    // cross-attention branch (no gate: the pre-norm LN has affine parameters)
-    ops->layernorm_fwd(be, a->h2, a->mean2, a->rstd2, a->res1, w->xln_g, w->xln_b, BN, C);
+    // res1 = x + gate1 * y1, then the cross-attention branch's pre-norm (affine; no
+    // modulation, no gate of its own)
+    dops->ln_modulate_fwd(be, a->res1, a->h2, NULL, a->mean2, a->rstd2, x, a->y1, mod + 2 * C,
+                          w->xln_g, w->xln_b, NULL, NULL, C6, B, N, C);
     ops->matmul_fwd(be, a->q, a->h2, w->q_w, w->q_b, BN, C, Cl);
     ops->matmul_fwd(be, a->kv, r->cond, w->kv_w, w->kv_b, B * Tc, C, 2 * Cl);
     dops->xattn_fwd(be, a->xatty, a->xatt, a->q, a->kv, r->cond_valid, B, N, Tc, r->NHl, r->HD);
     ops->matmul_fwd(be, a->res2, a->xatty, w->xproj_w, r->bias_rank ? w->xproj_b : NULL, BN, Cl, C);
     model_tp_allreduce(r->be, r->tp, a->res2, nC);
     // MLP branch
-    dops->ln_modulate_fwd(be, a->res2, a->h3, a->m3, a->mean3, a->rstd3, a->res2, a->res1, r->ones,
-                          r->zeros, mod + 3 * C, mod + 4 * C, C6, B, N, C);
+    dops->ln_modulate_fwd(be, a->res2, a->h3, a->m3, a->mean3, a->rstd3, a->res2, a->res1, NULL,
+                          r->ones, r->zeros, mod + 3 * C, mod + 4 * C, C6, B, N, C);
     ops->matmul_gelu_fwd(be, a->fch, a->fcg, a->m3, w->fc_w, w->fc_b, BN, C, Fl);
     ops->matmul_fwd(be, a->y3, a->fcg, w->mproj_w, r->bias_rank ? w->mproj_b : NULL, BN, Fl, C);
     model_tp_allreduce(r->be, r->tp, a->y3, nC);

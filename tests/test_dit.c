@@ -132,8 +132,8 @@ static void test_ops(test_counts *tc, mm_rng *r) {
         free(x), free(y), free(dout), free(mods), free(out), free(dx), free(dmods), free(dy);
         free(ro), free(rdx), free(rdm);
     }
-    // ln_modulate: LayerNorm of a (or of a + b, written to res) with gain and bias, then the
-    // modulation, against float64
+    // ln_modulate: LayerNorm of a (or of a + b, or a + gate * b, written to res) with gain and
+    // bias, then the modulation (none in the gated case, as the block runs it), against float64
     {
         const int B = 2, N = 19, C = 70, sc = 6 * C;
         size_t n = (size_t)B * N * C, nm = (size_t)B * sc;
@@ -145,13 +145,17 @@ static void test_ops(test_counts *tc, mm_rng *r) {
         double *rres = malloc(n * sizeof(double)), *rh = malloc(n * sizeof(double));
         double *ro = malloc(n * sizeof(double)), *rm = malloc(B * N * sizeof(double));
         double *rr = malloc(B * N * sizeof(double));
-        const mm_real *sh = mods + 3 * C, *sl = mods + 4 * C;
-        for (int with = 0; with < 2; with++) {
+        const mm_real *sh = mods + 3 * C, *sl = mods + 4 * C, *gt = mods + 2 * C;
+        static const char *const what[3][2] = {{"ln_modulate h", "ln_modulate out"},
+                                                {"ln_modulate (a + b) h", "ln_modulate (a + b) out"},
+                                                {"ln_modulate (a + gate b) h", ""}};
+        for (int with = 0; with < 3; with++) {  // no add, add, gated add (no modulation)
             for (int row = 0; row < B * N; row++) {
                 const size_t o = (size_t)row * C, m = (size_t)(row / N) * sc;
                 double s = 0, v = 0;
                 for (int c = 0; c < C; c++) {
-                    rres[o + c] = (double)a[o + c] + (with ? (double)b2[o + c] : 0);
+                    const double gb = with == 2 ? (double)gt[m + c] * b2[o + c] : b2[o + c];
+                    rres[o + c] = (double)a[o + c] + (with ? gb : 0);
                     s += rres[o + c];
                 }
                 rm[row] = s / C;
@@ -162,13 +166,14 @@ static void test_ops(test_counts *tc, mm_rng *r) {
                     ro[o + c] = rh[o + c] * (1 + (double)sl[m + c]) + sh[m + c];
                 }
             }
-            dops->ln_modulate_fwd(be, with ? res : NULL, h, out, mean, rstd, a, with ? b2 : NULL,
-                                  g, beta, sh, sl, sc, B, N, C);
-            op_report(tc, with ? "ln_modulate (a + b) h" : "ln_modulate h", nerr(h, rh, n));
-            op_report(tc, with ? "ln_modulate (a + b) out" : "ln_modulate out", nerr(out, ro, n));
+            dops->ln_modulate_fwd(be, with ? res : NULL, h, with < 2 ? out : NULL, mean, rstd, a,
+                                  with ? b2 : NULL, with == 2 ? gt : NULL, g, beta,
+                                  with < 2 ? sh : NULL, with < 2 ? sl : NULL, sc, B, N, C);
+            op_report(tc, what[with][0], nerr(h, rh, n));
+            if (with < 2) op_report(tc, what[with][1], nerr(out, ro, n));
             op_report(tc, "ln_modulate mean", nerr(mean, rm, (size_t)B * N));
             op_report(tc, "ln_modulate rstd", nerr(rstd, rr, (size_t)B * N));
-            if (with) op_report(tc, "ln_modulate (a + b) res", nerr(res, rres, n));
+            if (with) op_report(tc, "ln_modulate res", nerr(res, rres, n));
         }
         // its backward through the modulation and the LayerNorm of a (no add): dx and dmods
         // accumulate; dh is scratch (NaN going in)
@@ -177,7 +182,8 @@ static void test_ops(test_counts *tc, mm_rng *r) {
         double *rdx = malloc(n * sizeof(double)), *rdm = malloc(nm * sizeof(double));
         for (size_t i = 0; i < n; i++) dh[i] = NAN;
         for (size_t i = 0; i < nm; i++) rdm[i] = dmods[i];
-        dops->ln_modulate_fwd(be, NULL, h, out, mean, rstd, a, NULL, g, beta, sh, sl, sc, B, N, C);
+        dops->ln_modulate_fwd(be, NULL, h, out, mean, rstd, a, NULL, NULL, g, beta, sh, sl, sc, B, N,
+                              C);
         for (int row = 0; row < B * N; row++) {
             const size_t o = (size_t)row * C, m = (size_t)(row / N) * sc;
             double s1 = 0, s2 = 0, mu = 0, v = 0;

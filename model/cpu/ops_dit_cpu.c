@@ -73,16 +73,25 @@ static void modulate_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_
     }
 }
 
-// The two calls: on the CPU the fused pass would save one read of h, small next to the rest.
+static void gated_add_fwd(const mm_backend *be, mm_real *out, const mm_real *x, const mm_real *y,
+                          const mm_real *gate, int sc, int B, int N, int C);
+
+// The calls it fuses: on the CPU the fused pass would save a read of res and of h, small next
+// to the rest.
 static void ln_modulate_fwd(const mm_backend *be, mm_real *res, mm_real *h, mm_real *out,
                             mm_real *mean, mm_real *rstd, const mm_real *a, const mm_real *b,
-                            const mm_real *g, const mm_real *beta, const mm_real *shift,
-                            const mm_real *scale, int sc, int B, int N, int C) {
-    if (b)
+                            const mm_real *gate, const mm_real *g, const mm_real *beta,
+                            const mm_real *shift, const mm_real *scale, int sc, int B, int N,
+                            int C) {
+    if (b && gate) {
+        gated_add_fwd(be, res, a, b, gate, sc, B, N, C);
+        model_ops_cpu.layernorm_fwd(be, h, mean, rstd, res, g, beta, B * N, C);
+    } else if (b) {
         model_ops_cpu.add_layernorm_fwd(be, res, h, mean, rstd, a, b, g, beta, B * N, C);
-    else
+    } else {
         model_ops_cpu.layernorm_fwd(be, h, mean, rstd, a, g, beta, B * N, C);
-    modulate_fwd(be, out, h, shift, scale, sc, B, N, C);
+    }
+    if (shift) modulate_fwd(be, out, h, shift, scale, sc, B, N, C);
 }
 
 // dx += dout * (1 + scale); dshift[b] += sum_n dout; dscale[b] += sum_n dout * x. One task per

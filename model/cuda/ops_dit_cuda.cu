@@ -61,14 +61,15 @@ __global__ void k_modulate_fwd(float *out, const float *x, const float *shift, c
     }
 }
 
-// LayerNorm (after the residual add when b is given) and modulation, one warp per row: the
-// statistics in k_add_layernorm_fwd's order (ops_cuda.cu), then h and out from registers.
-// Each lane reads back only the elements of res it wrote, so no barrier.
+// LayerNorm (after the residual add, gated or not, when b is given) and modulation (when
+// shift is given), one warp per row: the statistics in k_add_layernorm_fwd's order
+// (ops_cuda.cu), then h and out from registers. Each lane reads back only the elements of res
+// it wrote, so no barrier.
 enum { LNM_ROWS = CU_THREADS / CU_WARP };
 __global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean, float *rstd,
-                                  const float *a, const float *b, const float *g,
-                                  const float *beta, const float *shift, const float *scale,
-                                  int sc, int rows, int N, int C) {
+                                  const float *a, const float *b, const float *gate,
+                                  const float *g, const float *beta, const float *shift,
+                                  const float *scale, int sc, int rows, int N, int C) {
     const int r = blockIdx.x * LNM_ROWS + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (r >= rows) return;  // the whole warp: the shuffles below see every lane
@@ -77,7 +78,7 @@ __global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean,
     float s = 0;
     if (b) {
         for (int c = lane; c < C; c += CU_WARP) {
-            const float v = a[o + c] + b[o + c];
+            const float v = gate ? a[o + c] + gate[p + c] * b[o + c] : a[o + c] + b[o + c];
             res[o + c] = v;
             s += v;
         }
@@ -92,7 +93,7 @@ __global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean,
     for (int c = lane; c < C; c += CU_WARP) {
         const float hv = (xr[c] - m) * rs * g[c] + beta[c];
         h[o + c] = hv;
-        out[o + c] = hv * (1 + scale[p + c]) + shift[p + c];
+        if (shift) out[o + c] = hv * (1 + scale[p + c]) + shift[p + c];
     }
     if (lane == 0) {
         mean[r] = m;
@@ -177,14 +178,15 @@ static void modulate_fwd(const mm_backend *be, float *out, const float *x,
 }
 
 static void ln_modulate_fwd(const mm_backend *be, float *res, float *h, float *out, float *mean,
-                            float *rstd, const float *a, const float *b, const float *g,
-                            const float *beta, const float *shift, const float *scale, int sc,
-                            int B, int N, int C) {
+                            float *rstd, const float *a, const float *b, const float *gate,
+                            const float *g, const float *beta, const float *shift,
+                            const float *scale, int sc, int B, int N, int C) {
     const int rows = B * N;
     if (rows <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     CU_LAUNCH(k_ln_modulate_fwd, (unsigned)((rows + LNM_ROWS - 1) / LNM_ROWS), CU_THREADS,
-              c->stream, res, h, out, mean, rstd, a, b, g, beta, shift, scale, sc, rows, N, C);
+              c->stream, res, h, out, mean, rstd, a, b, gate, g, beta, shift, scale, sc, rows, N,
+              C);
     CU_CHECK_LAUNCH("ln_modulate_fwd");
 }
 

@@ -202,8 +202,8 @@ static void dit_s2(bench *b, int B) {
     {  // LayerNorm + modulation as the block runs it (h and out written)
         float *h = buf(b, n, 0), *st = buf(b, 2 * (size_t)BN, 0), *g = buf(b, C, 1),
               *beta = buf(b, C, 0);
-        TIME_MS(b, ms, dit_ops_cuda.ln_modulate_fwd(b->be, NULL, h, y, st, st + BN, x, NULL, g,
-                                                     beta, mod, mod + C, 6 * C, B, N, C));
+        TIME_MS(b, ms, dit_ops_cuda.ln_modulate_fwd(b->be, NULL, h, y, st, st + BN, x, NULL, NULL,
+                                                     g, beta, mod, mod + C, 6 * C, B, N, C));
         op_row("ln_modulate_fwd", ms, &qkv, 0);
         float *all[] = {h, st, g, beta};
         for (int i = 0; i < 4; i++) cuda_free(all[i]);

@@ -1030,22 +1030,26 @@ static void test_ln_modulate(T *t, int B, int N, int C, int sc) {
           *d_g = dev(t, g, C * 4), *d_beta = dev(t, beta, C * 4), *d_res = cuda_alloc(t->c, n * 4),
           *d_h = cuda_alloc(t->c, n * 4), *d_out = cuda_alloc(t->c, n * 4),
           *d_mean = cuda_alloc(t->c, rows * 4), *d_rstd = cuda_alloc(t->c, rows * 4);
-    const int o_shift = 3 * C % sc, o_scale = 4 * C % sc;
-    for (int with = 0; with < 2; with++) {
-        snprintf(shape, sizeof(shape), "B%d N%d C%d sc%d%s", B, N, C, sc, with ? " a+b" : "");
-        dit_ops_cpu.ln_modulate_fwd(&mm_backend_cpu, with ? res : NULL, h, out, mean, rstd, a,
-                                    with ? b : NULL, g, beta, mod + o_shift, mod + o_scale, sc, B,
-                                    N, C);
-        dit_ops_cuda.ln_modulate_fwd(t->be, with ? d_res : NULL, d_h, d_out, d_mean, d_rstd, d_a,
-                                     with ? d_b : NULL, d_g, d_beta, d_mod + o_shift,
-                                     d_mod + o_scale, sc, B, N, C);
+    const int o_gate = 2 * C % sc, o_shift = 3 * C % sc, o_scale = 4 * C % sc;
+    static const char *const variant[] = {"", " a+b", " a+gate*b"};
+    for (int with = 0; with < 3; with++) {  // no add, add, gated add without modulation
+        snprintf(shape, sizeof(shape), "B%d N%d C%d sc%d%s", B, N, C, sc, variant[with]);
+        const int gated = with == 2;
+        dit_ops_cpu.ln_modulate_fwd(&mm_backend_cpu, with ? res : NULL, h, gated ? NULL : out,
+                                    mean, rstd, a, with ? b : NULL, gated ? mod + o_gate : NULL, g,
+                                    beta, gated ? NULL : mod + o_shift,
+                                    gated ? NULL : mod + o_scale, sc, B, N, C);
+        dit_ops_cuda.ln_modulate_fwd(t->be, with ? d_res : NULL, d_h, gated ? NULL : d_out, d_mean,
+                                     d_rstd, d_a, with ? d_b : NULL, gated ? d_mod + o_gate : NULL,
+                                     d_g, d_beta, gated ? NULL : d_mod + o_shift,
+                                     gated ? NULL : d_mod + o_scale, sc, B, N, C);
         if (with) check(t, "ln_modulate_fwd", shape, "res", d_res, res, n, 1e-5);
         check(t, "ln_modulate_fwd", shape, "h", d_h, h, n, 1e-5);
-        check(t, "ln_modulate_fwd", shape, "out", d_out, out, n, 1e-5);
+        if (!gated) check(t, "ln_modulate_fwd", shape, "out", d_out, out, n, 1e-5);
         check(t, "ln_modulate_fwd", shape, "mean", d_mean, mean, rows, 1e-5);
         check(t, "ln_modulate_fwd", shape, "rstd", d_rstd, rstd, rows, 1e-5);
     }
-    // the backward (h, mean, rstd and the LayerNorm's input res as the a + b case left them):
+    // the backward (h, mean, rstd and the LayerNorm's input res as the last case left them):
     // dx and the packed modulation gradient accumulate; dh is the CPU's scratch
     snprintf(shape, sizeof(shape), "B%d N%d C%d sc%d", B, N, C, sc);
     float *dout = hrand(t, n, 1), *dx = hrand(t, n, 1), *dmod = hrand(t, nm, 1);
