@@ -106,9 +106,11 @@ struct emu_state {
     const std::function<void()> *body = nullptr;
     cudaError_t last = cudaSuccess;
     std::map<uintptr_t, size_t> allocs;  // device allocations: base -> bytes
-    // CUEMU_ORDER (read at the first launch): blocks and threads run last first (reverse), and
-    // a block's warps one at a time instead of side by side (serial); see run_block
-    int reverse = 0, serial = 0, order_read = 0;
+    // CUEMU_ORDER and CUEMU_LAUNCHES, read at the first launch: blocks and threads run last
+    // first (reverse), and a block's warps one at a time instead of side by side (serial); see
+    // run_block
+    int reverse = 0, serial = 0, env_read = 0;
+    unsigned long long launches = 0;  // kernel launches so far (CUEMU_LAUNCHES=1 prints them)
 #if EMU_ASAN
     void *fake_sched = nullptr;          // the scheduler's fake stack while a fiber runs
     const void *sched_bottom = nullptr;  // the scheduler's stack, learnt on the first switch
@@ -342,6 +344,13 @@ static void run_block() {
     }
 }
 
+// CUEMU_LAUNCHES=1: the process's kernel launches, printed at exit (one line on stderr), so
+// that a fusion's effect on a model's launch count can be measured on this machine: run the
+// emulated trainer at 1 and 2 layers and take the difference per step.
+static void print_launches() {
+    fprintf(stderr, "cuda_emu: %llu kernel launches\n", S.launches);
+}
+
 void cuemu_launch(dim3 grid, dim3 block, const std::function<void()> &body) {
     const unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || nt == 0 || nt > MAX_THREADS ||
@@ -356,7 +365,10 @@ void cuemu_launch(dim3 grid, dim3 block, const std::function<void()> &body) {
     blockDim = block;
     S.n = (int)nt;
     S.body = &body;
-    if (!S.order_read) {
+    S.launches++;
+    if (!S.env_read) {
+        const char *l = getenv("CUEMU_LAUNCHES");
+        if (l && !strcmp(l, "1")) atexit(print_launches);
         const char *o = getenv("CUEMU_ORDER");
         if (!o) o = "forward";
         if (strcmp(o, "forward") && strcmp(o, "reverse") && strcmp(o, "serial") &&
@@ -364,7 +376,7 @@ void cuemu_launch(dim3 grid, dim3 block, const std::function<void()> &body) {
             emu_die("CUEMU_ORDER must be forward, reverse, serial or serial-reverse");
         S.reverse = !strcmp(o, "reverse") || !strcmp(o, "serial-reverse");
         S.serial = !strncmp(o, "serial", 6);
-        S.order_read = 1;
+        S.env_read = 1;
     }
     // blocks in the same order as threads: one block reading what another wrote in the same
     // launch is a race as well

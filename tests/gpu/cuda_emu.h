@@ -8,7 +8,8 @@
 // leading dimensions, device pointers in copies). cuBLAS calls run OpenBLAS with the same
 // column-major arguments. Races between threads show as results that depend on the
 // schedule, which CUEMU_ORDER changes (forward, reverse, serial, serial-reverse: cuda_emu.cc
-// run_block; tests/cuda_build.sh runs every order). What it cannot show: timing, races in
+// run_block; tests/cuda_build.sh runs every order). CUEMU_LAUNCHES=1 prints the number of
+// kernel launches at exit (what a fusion saves). What it cannot show: timing, races in
 // global memory between blocks that run at once on a GPU but one after another here beyond
 // what the reversed block order exposes, and device rounding (host expf/logf differ from
 // CUDA's by an ulp).
