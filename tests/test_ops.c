@@ -266,7 +266,8 @@ static void ref_attention(double *out, double *att, double *dqkv, const float *q
 }
 
 // T 21 runs the CPU kernels on zero-padded copies of every row; T 32 (a multiple of their
-// 16-key tiles) has them read and write the saved probabilities in place.
+// 16-key tiles) has them read and write the saved probabilities in place; HD 16 fills whole
+// 16-column tiles (no padded head columns). dqkv starts nonzero: the backward adds to it.
 static void test_attention(test_counts *tc, mm_rng *r, int T, int P, int HD) {
     const int B = 3, NH = 3, C = NH * HD;
     size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C, na = (size_t)B * NH * T * T;
@@ -276,7 +277,6 @@ static void test_attention(test_counts *tc, mm_rng *r, int T, int P, int HD) {
         for (int t = 0; t < T; t++)
             kv[b * T + t] = t >= P || (b == 0) || (b == 1 && t >= 4);  // b1: image part gone,
                                                                        // b2: whole prefix gone
-    // dqkv starts nonzero: the op adds to it
     float *out = malloc(no * 4), *att = malloc(na * 4), *dq = randn(nq, 1, r);
     double *ro = zeros(no), *ra = zeros(na), *rd = zeros(nq);
     for (size_t i = 0; i < nq; i++) rd[i] = dq[i];
@@ -726,9 +726,9 @@ int main(void) {
     test_matmul(&tc, &r);
     test_layernorm(&tc, &r);
     test_gelu_add(&tc, &r);
-    test_attention(&tc, &r, 21, 9, 8);   // padded tiles
-    test_attention(&tc, &r, 32, 13, 8);  // T a whole number of tiles, heads padded
-    test_attention(&tc, &r, 32, 13, 16);  // no padding: the backward reads and adds in place
+    test_attention(&tc, &r, 21, 9, 8);
+    test_attention(&tc, &r, 32, 13, 8);
+    test_attention(&tc, &r, 32, 13, 16);
     test_xent(&tc, &r);
     test_conv(&tc, &r);
     printf("model (float32)\n");

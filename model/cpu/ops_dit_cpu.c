@@ -73,27 +73,6 @@ static void modulate_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_
     }
 }
 
-static void gated_add_fwd(const mm_backend *be, mm_real *out, const mm_real *x, const mm_real *y,
-                          const mm_real *gate, int sc, int B, int N, int C);
-
-// The calls it fuses: on the CPU the fused pass would save a read of res and of h, small next
-// to the rest.
-static void ln_modulate_fwd(const mm_backend *be, mm_real *res, mm_real *h, mm_real *out,
-                            mm_real *mean, mm_real *rstd, const mm_real *a, const mm_real *b,
-                            const mm_real *gate, const mm_real *g, const mm_real *beta,
-                            const mm_real *shift, const mm_real *scale, int sc, int B, int N,
-                            int C) {
-    if (b && gate) {
-        gated_add_fwd(be, res, a, b, gate, sc, B, N, C);
-        model_ops_cpu.layernorm_fwd(be, h, mean, rstd, res, g, beta, B * N, C);
-    } else if (b) {
-        model_ops_cpu.add_layernorm_fwd(be, res, h, mean, rstd, a, b, g, beta, B * N, C);
-    } else {
-        model_ops_cpu.layernorm_fwd(be, h, mean, rstd, a, g, beta, B * N, C);
-    }
-    if (shift) modulate_fwd(be, out, h, shift, scale, sc, B, N, C);
-}
-
 // dx += dout * (1 + scale); dshift[b] += sum_n dout; dscale[b] += sum_n dout * x. One task per
 // (sample, column block) owns those columns of dshift/dscale and adds its rows in order.
 CPU_ISA_CLONES
@@ -149,6 +128,24 @@ static void gated_add_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm
 #pragma omp simd
         for (int c = 0; c < C; c++) o[c] = xr[c] + gt[c] * yr[c];
     }
+}
+
+// The calls it fuses: on the CPU the fused pass would save a read of res and of h, small next
+// to the rest.
+static void ln_modulate_fwd(const mm_backend *be, mm_real *res, mm_real *h, mm_real *out,
+                            mm_real *mean, mm_real *rstd, const mm_real *a, const mm_real *b,
+                            const mm_real *gate, const mm_real *g, const mm_real *beta,
+                            const mm_real *shift, const mm_real *scale, int sc, int B, int N,
+                            int C) {
+    if (b && gate) {
+        gated_add_fwd(be, res, a, b, gate, sc, B, N, C);
+        model_ops_cpu.layernorm_fwd(be, h, mean, rstd, res, g, beta, B * N, C);
+    } else if (b) {
+        model_ops_cpu.add_layernorm_fwd(be, res, h, mean, rstd, a, b, g, beta, B * N, C);
+    } else {
+        model_ops_cpu.layernorm_fwd(be, h, mean, rstd, a, g, beta, B * N, C);
+    }
+    if (shift) modulate_fwd(be, out, h, shift, scale, sc, B, N, C);
 }
 
 // dy += dx * gate; dgate[b] += sum_n dx * y (same task split as modulate_bwd).

@@ -258,6 +258,18 @@ void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
                    const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *att,
                    const __nv_bfloat16 *att16, int B, int Tq, int Tk, int NH, int HD);
 
+// One LayerNorm row's statistics, for the warp that owns the row (each lane its columns lane,
+// lane + 32, ...): from each lane's partial sum s of x, the mean (*m) and the returned rstd,
+// the variance in a second pass as on the CPU (no cancellation when |mean| >> std), eps 1e-5.
+__device__ __forceinline__ float cu_layernorm_rstd(const float *x, float s, int C, int lane,
+                                                   float *m) {
+    const float mean = warp_sum(s) / C;
+    float v = 0;
+    for (int c = lane; c < C; c += CU_WARP) v += (x[c] - mean) * (x[c] - mean);
+    *m = mean;
+    return 1 / sqrtf(warp_sum(v) / C + 1e-5f);
+}
+
 // One LayerNorm row's input gradient, for the warp that owns the row (each lane its columns
 // lane, lane + 32, ...): dx (C) += (d g - mean(d g) - xhat mean(d g xhat)) rstd, where d(c) is
 // the gradient arriving at column c: the output's, or (the DiT) one formed on the fly.

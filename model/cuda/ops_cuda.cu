@@ -179,12 +179,9 @@ __global__ void k_layernorm_fwd(float *out, float *mean, float *rstd, const floa
     if (r >= N) return;  // the whole warp: the shuffles below see every lane
     const float *xr = x + (size_t)r * C;
     float *o = out + (size_t)r * C;
-    float s = 0;
+    float s = 0, m;
     for (int c = lane; c < C; c += CU_WARP) s += xr[c];
-    const float m = warp_sum(s) / C;
-    float v = 0;
-    for (int c = lane; c < C; c += CU_WARP) v += (xr[c] - m) * (xr[c] - m);
-    const float rs = 1 / sqrtf(warp_sum(v) / C + 1e-5f);
+    const float rs = cu_layernorm_rstd(xr, s, C, lane, &m);
     for (int c = lane; c < C; c += CU_WARP) o[c] = (xr[c] - m) * rs * g[c] + b[c];
     if (lane == 0) {
         mean[r] = m;
@@ -219,10 +216,8 @@ __global__ void k_add_layernorm_fwd(float *res, float *out, float *mean, float *
         xr[c] = v;
         s += v;
     }
-    const float m = warp_sum(s) / C;
-    float v = 0;
-    for (int c = lane; c < C; c += CU_WARP) v += (xr[c] - m) * (xr[c] - m);
-    const float rs = 1 / sqrtf(warp_sum(v) / C + 1e-5f);
+    float m;
+    const float rs = cu_layernorm_rstd(xr, s, C, lane, &m);
     for (int c = lane; c < C; c += CU_WARP) out[o + c] = (xr[c] - m) * rs * g[c] + beta[c];
     if (lane == 0) {
         mean[r] = m;

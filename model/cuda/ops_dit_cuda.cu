@@ -62,8 +62,8 @@ __global__ void k_modulate_fwd(float *out, const float *x, const float *shift, c
 }
 
 // LayerNorm (after the residual add, gated or not, when b is given) and modulation (when
-// shift is given), one warp per row: the statistics in k_add_layernorm_fwd's order
-// (ops_cuda.cu), then h and out from registers. Each lane reads back only the elements of res
+// shift is given), one warp per row: the statistics as k_add_layernorm_fwd's
+// (cu_layernorm_rstd), then h and out from registers. Each lane reads back only the elements of res
 // it wrote, so no barrier.
 enum { LNM_ROWS = CU_THREADS / CU_WARP };
 __global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean, float *rstd,
@@ -86,10 +86,8 @@ __global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean,
     } else {
         for (int c = lane; c < C; c += CU_WARP) s += xr[c];
     }
-    const float m = warp_sum(s) / C;
-    float v = 0;
-    for (int c = lane; c < C; c += CU_WARP) v += (xr[c] - m) * (xr[c] - m);
-    const float rs = 1 / sqrtf(warp_sum(v) / C + 1e-5f);
+    float m;
+    const float rs = cu_layernorm_rstd(xr, s, C, lane, &m);
     for (int c = lane; c < C; c += CU_WARP) {
         const float hv = (xr[c] - m) * rs * g[c] + beta[c];
         h[o + c] = hv;
