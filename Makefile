@@ -85,7 +85,8 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 # cudart, cuBLAS(Lt) and NCCL into build-cuda/: train, mmdata and the GPU programs
 # tests/gpu/*.c. Compiles and links without a GPU. `make cuda-emu`: the CUDA backend built by
 # the host C++ compiler against the CPU emulation of tests/gpu/cuda_emu.h, and
-# tests/gpu/test_ops_cuda with it, into build-cuda-emu/ (no toolkit needed; ASAN=1 works).
+# tests/gpu/test_ops_cuda and test_act16_cuda with it, into build-cuda-emu/ (no toolkit
+# needed; ASAN=1 works).
 # Both re-enter make with CUDA=1 / CUDA_EMU=1; without them this section adds nothing, so the
 # plain build never compiles a .cu file nor references a CUDA symbol.
 # (the targets below come before `all`: keep `all` the default goal)
@@ -143,7 +144,8 @@ ifeq ($(CUDA),1)
   endif
 cuda-all: info $(BUILD)/train $(BUILD)/mmdata $(GPU_BIN)
 	@$(if $(filter 1,$(HAVE_NCCL)),true,echo "make cuda: NCCL not found: built without it (no test_comm_nccl)")
-cuda-ops-all: $(BUILD)/tests/gpu/test_ops_cuda $(BUILD)/tests/gpu/bench_ops_cuda
+cuda-ops-all: $(BUILD)/tests/gpu/test_ops_cuda $(BUILD)/tests/gpu/test_act16_cuda \
+              $(BUILD)/tests/gpu/bench_ops_cuda
 
 $(OBJ)/%.o: %.cu $(CU_HDR)
 	@mkdir -p $(dir $@)
@@ -158,7 +160,7 @@ ifeq ($(CUDA_EMU),1)
     EMU_CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer \
                     -fno-sanitize-recover=undefined
   endif
-  # only what test_ops_cuda needs: the CPU reference ops, train/optim.c, core
+  # only what the op tests need: the CPU reference ops, train/optim.c, core
   EMU_OBJ := $(patsubst %,$(OBJ)/%.o,core/core comm/comm comm/comm_nccl model/layout \
              model/backend model/cpu/backend_cpu model/cpu/ops_cpu model/cpu/ops_conv_cpu model/cpu/ops_glue_cpu \
              model/cpu/ops_dit_cpu model/block model/dit_block model/diffusion model/diffusion_sched \
@@ -168,9 +170,10 @@ ifeq ($(CUDA_EMU),1)
   CFLAGS += $(EMU_DEFS) -DMM_HAVE_CUDA=1
   LIB_OBJ += $(CU_SRC:%.cu=$(OBJ)/%.o) $(OBJ)/tests/gpu/cuda_emu.o
   LDLIBS += -lstdc++
-cuda-emu-all: $(BUILD)/tests/gpu/test_ops_cuda $(BUILD)/train $(BUILD)/mmdata
+cuda-emu-all: $(BUILD)/tests/gpu/test_ops_cuda $(BUILD)/tests/gpu/test_act16_cuda $(BUILD)/train \
+              $(BUILD)/mmdata
 
-$(BUILD)/tests/gpu/test_ops_cuda: $(OBJ)/tests/gpu/test_ops_cuda.o $(EMU_OBJ)
+$(BUILD)/tests/gpu/test_%_cuda: $(OBJ)/tests/gpu/test_%_cuda.o $(EMU_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lstdc++
 

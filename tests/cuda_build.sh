@@ -4,9 +4,10 @@
 #      without nvcc it is skipped with a note.
 #   2. The CUDA backend's kernels and cuBLAS calls run on the CPU through the emulation of
 #      tests/gpu/cuda_emu.h (`make cuda-emu`) and must match the CPU ops: the counts of
-#      tests/gpu/test_ops_cuda (the test the GPU machine runs for real, tests/gpu/run.sh).
-#      Under `make test ASAN=1` the emulated test is built and run with ASan + UBSan.
-#   3. Races: the same emulated test again with the emulator's other schedules
+#      tests/gpu/test_ops_cuda and tests/gpu/test_act16_cuda (the ops with bf16 activations),
+#      the tests the GPU machine runs for real (tests/gpu/run.sh). Under `make test ASAN=1`
+#      they are built and run with ASan + UBSan.
+#   3. Races: the same emulated tests again with the emulator's other schedules
 #      (CUEMU_ORDER=reverse, serial, serial-reverse: tests/gpu/cuda_emu.cc run_block). A kernel
 #      without a race computes the same bits in every order, so each run must print exactly the
 #      lines of the first; a missing __syncthreads makes one of them differ or fail.
@@ -46,32 +47,35 @@ if [ "$asan" = 1 ]; then emu=build-cuda-emu-asan; flags=(ASAN=1); fi
 mkdir -p "$emu"
 t0=$SECONDS
 if flock "$emu/.lock" bash -c "$(declare -f mk); mk cuda-emu ${flags[*]:-}" >"$log" 2>&1; then
-    if "$emu/tests/gpu/test_ops_cuda" >"$log" 2>&1; then :; fi
-    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
-    if [ -n "$line" ]; then
+    for prog in test_ops_cuda test_act16_cuda; do
+        t0=$SECONDS
+        if "$emu/tests/gpu/$prog" >"$log" 2>&1; then :; fi
+        line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+        if [ -z "$line" ]; then
+            echo "emulated $prog crashed; last lines:"
+            tail -n 30 "$log" | sed 's/^/    | /'
+            failed=$((failed + 1))
+            continue
+        fi
         p=$(echo "$line" | awk '{print $1}'); f=$(echo "$line" | awk '{print $3}')
-        echo "emulated test_ops_cuda ($emu, $((SECONDS - t0))s): $line"
+        echo "emulated $prog ($emu, $((SECONDS - t0))s): $line"
         passed=$((passed + p)); failed=$((failed + f))
         [ "$f" -eq 0 ] || grep -E 'FAIL|cuda_emu:' "$log" | head -n 40 | sed 's/^/    | /'
         for order in reverse serial serial-reverse; do
             t0=$SECONDS
             olog=$log.$order
-            CUEMU_ORDER=$order "$emu/tests/gpu/test_ops_cuda" >"$olog" 2>&1
+            CUEMU_ORDER=$order "$emu/tests/gpu/$prog" >"$olog" 2>&1
             if cmp -s "$log" "$olog"; then
-                echo "emulated test_ops_cuda, CUEMU_ORDER=$order ($((SECONDS - t0))s): the same lines"
+                echo "emulated $prog, CUEMU_ORDER=$order ($((SECONDS - t0))s): the same lines"
                 passed=$((passed + 1))
             else
-                echo "FAIL: emulated test_ops_cuda, CUEMU_ORDER=$order: other lines than in index order (a race between GPU threads); the first that differ:"
+                echo "FAIL: emulated $prog, CUEMU_ORDER=$order: other lines than in index order (a race between GPU threads); the first that differ:"
                 diff "$log" "$olog" | grep '^[<>]' | head -n 10 | sed 's/^/    | /'
                 failed=$((failed + 1))
             fi
             rm -f "$olog"
         done
-    else
-        echo "emulated test_ops_cuda crashed; last lines:"
-        tail -n 30 "$log" | sed 's/^/    | /'
-        failed=$((failed + 1))
-    fi
+    done
 else
     echo "make cuda-emu: FAILED; last lines:"
     tail -n 30 "$log" | sed 's/^/    | /'

@@ -329,15 +329,31 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
             CUBLAS_GEMM_DEFAULT));
 }
 
-// One cuBLASLt matmul, column-major: D (m x n, ld m, fp32) = op(A) B with bf16 A (stored
-// k x m and transposed when ta, else m x k) and B (k x n), then the epilogue: bias (m) for
-// the bias kinds, aux (m x n, ld m) the GELU's input (written by GELU_AUX_BIAS, read by
-// DGELU). cuBLASLt wants the algorithm of each call looked up (a host call of microseconds,
-// as llm.c does it, while the GPU runs ahead). Returns -1, launching nothing, when it has
-// none for these shapes.
+void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const cu_bf16 *A,
+             int lda, long long sA, const cu_bf16 *B, int ldb, long long sB, float beta,
+             cu_bf16 *C, int ldc, long long sC, int batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    MM_CHECK(K > 0, "gemm: inner dimension %d", K);
+    if (batch == 1)
+        CUBLAS_CHECK(cublasGemmEx(c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb,
+                                  A, CUDA_R_16BF, lda, &beta, C, CUDA_R_16BF, ldc,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+            c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF,
+            lda, sA, &beta, C, CUDA_R_16BF, ldc, sC, batch, CUBLAS_COMPUTE_32F,
+            CUBLAS_GEMM_DEFAULT));
+}
+
+// One cuBLASLt matmul, column-major: D (m x n, ld m, of type dt) = op(A) B with bf16 A
+// (stored k x m and transposed when ta, else m x k) and B (k x n), then the epilogue: bias
+// (m) for the bias kinds, aux (m x n, ld m) the GELU's input (written by GELU_AUX_BIAS, read
+// by DGELU), both of D's type (cuBLASLt's default). cuBLASLt wants the algorithm of each call
+// looked up (a host call of microseconds, as llm.c does it, while the GPU runs ahead).
+// Returns -1, launching nothing, when it has none for these shapes.
 static int lt_matmul(cuda_ctx *c, cu_lt_kind kind, int ta_, int m, int n, int k,
-                     const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float *D,
-                     const float *bias, float *aux) {
+                     const cu_bf16 *A, int lda, const cu_bf16 *B, int ldb, void *D,
+                     cudaDataType dt, const void *bias, void *aux) {
     static const uint32_t epilogue[CU_LT_KINDS] = {
         CUBLASLT_EPILOGUE_BIAS, CUBLASLT_EPILOGUE_GELU_AUX_BIAS, CUBLASLT_EPILOGUE_DGELU};
     const cublasOperation_t ta = ta_ ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
@@ -366,7 +382,7 @@ static int lt_matmul(cuda_ctx *c, cu_lt_kind kind, int ta_, int m, int n, int k,
     }
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, ta_ ? k : m, ta_ ? m : k, lda));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, m));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, dt, m, n, m));
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
@@ -390,16 +406,27 @@ static int lt_matmul(cuda_ctx *c, cu_lt_kind kind, int ta_, int m, int n, int k,
 }
 
 // D (OC x N) = w^T-as-stored (w is (IC x OC) column-major, transposed) times inp (IC x N)
-int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
-               const __nv_bfloat16 *w, const float *bias, float *gelu_pre, float *out) {
+int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const cu_bf16 *inp, const cu_bf16 *w,
+               const float *bias, float *gelu_pre, float *out) {
     return lt_matmul(c, gelu_pre ? CU_LT_GELU_BIAS : CU_LT_BIAS, 1, OC, N, IC, w, IC, inp, IC, out,
-                     bias, gelu_pre);
+                     CUDA_R_32F, bias, gelu_pre);
+}
+int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const cu_bf16 *inp, const cu_bf16 *w,
+               const cu_bf16 *bias, cu_bf16 *gelu_pre, cu_bf16 *out) {
+    return lt_matmul(c, gelu_pre ? CU_LT_GELU_BIAS : CU_LT_BIAS, 1, OC, N, IC, w, IC, inp, IC, out,
+                     CUDA_R_16BF, bias, gelu_pre);
 }
 
 // D (IC x N) = w (IC x OC column-major) times dout (OC x N), then times GELU'(pre)
-int cu_gemm_dgelu_lt(cuda_ctx *c, int N, int IC, int OC, const __nv_bfloat16 *dout,
-                     const __nv_bfloat16 *w, const float *pre, float *dpre) {
-    return lt_matmul(c, CU_LT_DGELU, 0, IC, N, OC, w, IC, dout, OC, dpre, NULL, (float *)pre);
+int cu_gemm_dgelu_lt(cuda_ctx *c, int N, int IC, int OC, const cu_bf16 *dout, const cu_bf16 *w,
+                     const float *pre, float *dpre) {
+    return lt_matmul(c, CU_LT_DGELU, 0, IC, N, OC, w, IC, dout, OC, dpre, CUDA_R_32F, NULL,
+                     (void *)pre);
+}
+int cu_gemm_dgelu_lt(cuda_ctx *c, int N, int IC, int OC, const cu_bf16 *dout, const cu_bf16 *w,
+                     const cu_bf16 *pre, cu_bf16 *dpre) {
+    return lt_matmul(c, CU_LT_DGELU, 0, IC, N, OC, w, IC, dout, OC, dpre, CUDA_R_16BF, NULL,
+                     (void *)pre);
 }
 
 __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {

@@ -27,6 +27,14 @@
 // (cublasGemmEx, CUBLAS_COMPUTE_32F); master weights, gradients, optimizer state, attention
 // and every other op stay fp32.
 //
+// bf16 activations (cuda_ctx.act16; bf16 end to end, issue 15): the activations and their
+// gradients are bf16 in memory, so a matmul reads its operands in place and writes bf16
+// (cuBLASLt with bf16 bias and GELU input, from the parameters' bf16 copy), and every other
+// kernel loads bf16, computes in fp32 and rounds its outputs once (cuda_internal.h CU_ACT).
+// Parameters, their gradients, optimizer state, LayerNorm statistics and losses stay fp32.
+// Landed op by op: tests/gpu/test_act16_cuda.c checks those that take it; the trainer turns
+// it on for precision bf16 once every op of both model kinds does.
+//
 // Failure: every CUDA/cuBLAS call is checked; a failure aborts with file:line, the call, the
 // error string and a hint (a bug or a broken device is not recoverable). Bad configuration
 // (no GPU for this rank, a bad precision name, a bad local-rank variable) returns -1 with a
@@ -111,6 +119,9 @@ typedef struct cuda_ctx {
     size_t matmul_chunk_bytes; // a bf16 matmul backward converts the rows of dout and inp in
                                // passes of at most this many bytes of bf16 (bounds its
                                // scratch); init 256 MiB
+    int act16;                 // 1: the ops' activations and activation gradients are bf16
+                               // in memory (see the file comment); 0: fp32 (init). Only
+                               // test_act16_cuda sets it so far
     int flash_tc;              // 1: in precision bf16, self-attention without dropout runs on
                                // the tensor-core flash kernels where the head width allows,
                                // whatever attn_core_bytes says; 0: the paths above (init 1)

@@ -91,6 +91,40 @@ static inline void *cu_carve(cu_carver *cv, size_t bytes) {
 }
 
 // ---------------------------------------------------------------------------------------
+// activation storage (cuda.h act16): an op's activation pointers hold floats, or bf16 when
+// the context says so. Kernels are templates over that storage type A, load through cu_f and
+// store through cu_a<A>, and compute in fp32 in between; CU_ACT instantiates the host side.
+
+typedef __nv_bfloat16 cu_bf16;
+__device__ __forceinline__ float cu_f(float v) { return v; }
+__device__ __forceinline__ float cu_f(cu_bf16 v) { return __bfloat162float(v); }
+template <typename A>
+__device__ __forceinline__ A cu_a(float v);
+template <>
+__device__ __forceinline__ float cu_a<float>(float v) {
+    return v;
+}
+template <>
+__device__ __forceinline__ cu_bf16 cu_a<cu_bf16>(float v) {
+    return __float2bfloat16(v);  // round to nearest even
+}
+// Runs the statement(s) with A the activation storage type of context c.
+#define CU_ACT(c, ...)                \
+    do {                              \
+        if ((c)->act16) {             \
+            typedef cu_bf16 A;        \
+            __VA_ARGS__;              \
+        } else {                      \
+            typedef float A;          \
+            __VA_ARGS__;              \
+        }                             \
+    } while (0)
+// Bytes of n activation elements.
+static inline size_t cu_act_bytes(const cuda_ctx *c, size_t n) {
+    return n * (c->act16 ? sizeof(cu_bf16) : sizeof(float));
+}
+
+// ---------------------------------------------------------------------------------------
 // deterministic reductions: fixed butterflies, fixed trees. After warp_sum every lane holds
 // the same bits (each stage adds the same two values on both lanes, a + b == b + a).
 
@@ -149,25 +183,36 @@ __device__ __forceinline__ void cu_flag(int *flag, int code, int a, int b) {
 // A stored row-major as (M, K) (ta = 0) or (K, M) (ta = 1) with row stride lda; B likewise
 // as (K, N) or (N, K) with ldb; C (M, N) with ldc. Batched over `batch` matrices at element
 // strides sA, sB, sC. Row-major C is column-major C^T = op(B)^T op(A)^T, hence the swap.
-// With bf16 A and B: tensor cores, fp32 accumulation; C is always fp32.
+// With bf16 A and B: tensor cores, fp32 accumulation; C fp32, or bf16 (the sum of the fp32
+// product and beta * C, rounded once).
 void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const float *A,
              int lda, long long sA, const float *B, int ldb, long long sB, float beta, float *C,
              int ldc, long long sC, int batch);
 void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
                   const __nv_bfloat16 *A, int lda, long long sA, const __nv_bfloat16 *B, int ldb,
                   long long sB, float beta, float *C, int ldc, long long sC, int batch);
+void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const cu_bf16 *A,
+             int lda, long long sA, const cu_bf16 *B, int ldb, long long sB, float beta,
+             cu_bf16 *C, int ldc, long long sC, int batch);
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC), bf16 operands, through cuBLASLt's
 // bias epilogue: one kernel where a broadcast of the bias and a GEMM reading it back were
 // two passes over out. With gelu_pre (N, OC): gelu_pre = that sum and out = its GELU
 // (CUBLASLT_EPILOGUE_GELU_AUX_BIAS, the tanh form), the GELU kernel's pass saved too.
 // Returns 0, or -1 (nothing launched) when cuBLASLt has no algorithm for these shapes (its
 // GELU input needs OC % 8 == 0); the caller then takes the unfused path.
-int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const __nv_bfloat16 *inp,
-               const __nv_bfloat16 *w, const float *bias, float *gelu_pre, float *out);
+// The bf16 overload: bias, gelu_pre and out bf16 (act16), the epilogue in fp32 on the
+// unrounded product, each output rounded once.
+int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const cu_bf16 *inp, const cu_bf16 *w,
+               const float *bias, float *gelu_pre, float *out);
+int cu_gemm_lt(cuda_ctx *c, int N, int OC, int IC, const cu_bf16 *inp, const cu_bf16 *w,
+               const cu_bf16 *bias, cu_bf16 *gelu_pre, cu_bf16 *out);
 // dpre (N, IC) = (dout (N, OC) @ w (OC, IC)) * GELU'(pre (N, IC)), bf16 operands, in one
 // kernel (cuBLASLt's DGELU epilogue; overwrites dpre). 0, or -1 as cu_gemm_lt (IC % 8 != 0).
-int cu_gemm_dgelu_lt(cuda_ctx *c, int N, int IC, int OC, const __nv_bfloat16 *dout,
-                     const __nv_bfloat16 *w, const float *pre, float *dpre);
+// pre and dpre fp32, or both bf16 (act16).
+int cu_gemm_dgelu_lt(cuda_ctx *c, int N, int IC, int OC, const cu_bf16 *dout, const cu_bf16 *w,
+                     const float *pre, float *dpre);
+int cu_gemm_dgelu_lt(cuda_ctx *c, int N, int IC, int OC, const cu_bf16 *dout, const cu_bf16 *w,
+                     const cu_bf16 *pre, cu_bf16 *dpre);
 // dst (n) = bf16(src) (round to nearest even)
 void cu_to_bf16(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, size_t n);
 
@@ -261,11 +306,12 @@ void cu_attn_bwd16(cuda_ctx *c, float *dq, float *dk, float *dv, float *ds,
 // One LayerNorm row's statistics, for the warp that owns the row (each lane its columns lane,
 // lane + 32, ...): from each lane's partial sum s of x, the mean (*m) and the returned rstd,
 // the variance in a second pass as on the CPU (no cancellation when |mean| >> std), eps 1e-5.
-__device__ __forceinline__ float cu_layernorm_rstd(const float *x, float s, int C, int lane,
+template <typename X>
+__device__ __forceinline__ float cu_layernorm_rstd(const X *x, float s, int C, int lane,
                                                    float *m) {
     const float mean = warp_sum(s) / C;
     float v = 0;
-    for (int c = lane; c < C; c += CU_WARP) v += (x[c] - mean) * (x[c] - mean);
+    for (int c = lane; c < C; c += CU_WARP) v += (cu_f(x[c]) - mean) * (cu_f(x[c]) - mean);
     *m = mean;
     return 1 / sqrtf(warp_sum(v) / C + 1e-5f);
 }
@@ -273,20 +319,21 @@ __device__ __forceinline__ float cu_layernorm_rstd(const float *x, float s, int 
 // One LayerNorm row's input gradient, for the warp that owns the row (each lane its columns
 // lane, lane + 32, ...): dx (C) += (d g - mean(d g) - xhat mean(d g xhat)) rstd, where d(c) is
 // the gradient arriving at column c: the output's, or (the DiT) one formed on the fly.
-template <typename D>
-__device__ __forceinline__ void cu_layernorm_bwd_row(float *dx, const float *x, const float *g,
-                                                     float m, float rs, int C, int lane, D d) {
+// x and dx of the activation storage type A.
+template <typename A, typename D>
+__device__ __forceinline__ void cu_layernorm_bwd_row(A *dx, const A *x, const float *g, float m,
+                                                     float rs, int C, int lane, D d) {
     float s1 = 0, s2 = 0;
     for (int c = lane; c < C; c += CU_WARP) {
         const float dn = d(c) * g[c];
         s1 += dn;
-        s2 += dn * (x[c] - m) * rs;
+        s2 += dn * (cu_f(x[c]) - m) * rs;
     }
     s1 = warp_sum(s1) / C;
     s2 = warp_sum(s2) / C;
     for (int c = lane; c < C; c += CU_WARP) {
-        const float xh = (x[c] - m) * rs;
-        dx[c] += (d(c) * g[c] - s1 - xh * s2) * rs;
+        const float xh = (cu_f(x[c]) - m) * rs;
+        dx[c] = cu_a<A>(cu_f(dx[c]) + (d(c) * g[c] - s1 - xh * s2) * rs);
     }
 }
 

@@ -70,6 +70,52 @@ static void bf16_operands(cuda_ctx *c, const float *inp, const float *w, int N, 
     *w16 = pw ? pw : cw;
 }
 
+// act16: the bf16 weight (OC, IC) and bias (OC, may be NULL) of a matmul whose activations
+// are bf16 already: from the parameter copy, or converted into scratch. A bias is converted
+// also when its place in the copy is not 16-byte aligned, as cuBLASLt wants its epilogue
+// vectors. The scratch stays valid until the next cuda_scratch call.
+static void bf16_params(cuda_ctx *c, const float *w, const float *bias, int IC, int OC,
+                        const cu_bf16 **w16, const cu_bf16 **b16) {
+    const cu_bf16 *pw = params16(c, w, (size_t)OC * IC);
+    const cu_bf16 *pb = bias ? params16(c, bias, (size_t)OC) : NULL;
+    if (pb && (uintptr_t)pb % 16 != 0) pb = NULL;
+    cu_bf16 *cw = NULL, *cb = NULL;
+    cu_carver cv = {NULL, 0};
+    for (int pass = 0; pass < 2; pass++) {  // count, then carve
+        if (!pw) cw = (cu_bf16 *)cu_carve(&cv, (size_t)OC * IC * sizeof(cu_bf16));
+        if (bias && !pb) cb = (cu_bf16 *)cu_carve(&cv, (size_t)OC * sizeof(cu_bf16));
+        if (pass == 0 && cv.off) cv = {(char *)cuda_scratch(c, cv.off), 0};
+    }
+    if (cw) cu_to_bf16(c, cw, w, (size_t)OC * IC);
+    if (cb) cu_to_bf16(c, cb, bias, (size_t)OC);
+    *w16 = pw ? pw : cw;
+    *b16 = pb ? pb : cb;
+}
+
+__global__ void k_fill_rows16(cu_bf16 *out, const cu_bf16 *bias, int N, int OC) {
+    for (int r = blockIdx.x; r < N; r += gridDim.x)
+        for (int c = threadIdx.x; c < OC; c += blockDim.x) out[(size_t)r * OC + c] = bias[c];
+}
+
+// act16: out (N, OC) = inp @ w^T + bias, inp and out bf16, the bias (bf16) in cuBLASLt's
+// epilogue; with gelu_pre, gelu_pre = that and out = its GELU (returns -1 with nothing done
+// when cuBLASLt has no algorithm for the fused GELU). Without an epilogue, the bias rows are
+// written first and the GEMM adds on them (one rounding of the bias, as in the epilogue).
+static int matmul_fwd16(cuda_ctx *c, cu_bf16 *out, cu_bf16 *gelu_pre, const cu_bf16 *inp,
+                        const float *w, const float *bias, int N, int IC, int OC) {
+    const cu_bf16 *w16, *b16;
+    bf16_params(c, w, bias, IC, OC, &w16, &b16);
+    if ((b16 || gelu_pre) && IC > 0 && cu_gemm_lt(c, N, OC, IC, inp, w16, b16, gelu_pre, out) == 0)
+        return 0;
+    if (gelu_pre) return -1;
+    if (b16) {
+        CU_LAUNCH(k_fill_rows16, cu_row_blocks(N), CU_THREADS, c->stream, out, b16, N, OC);
+        CU_CHECK_LAUNCH("matmul bias");
+    }
+    cu_gemm(c, 0, 1, N, OC, IC, 1, inp, IC, 0, w16, IC, 0, b16 ? 1.0f : 0.0f, out, OC, 0, 1);
+    return 0;
+}
+
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias. In bf16 the bias rides in cuBLASLt's
 // epilogue; otherwise (fp32, or no algorithm from cuBLASLt) it is written first and the GEMM
 // accumulates on it (beta = 1), as on the CPU.
@@ -77,6 +123,10 @@ static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const
                        const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
+    if (c->act16) {
+        matmul_fwd16(c, (cu_bf16 *)out, NULL, (const cu_bf16 *)inp, w, bias, N, IC, OC);
+        return;
+    }
     __nv_bfloat16 *inp16 = NULL;
     const __nv_bfloat16 *w16 = NULL;
     if (c->precision == CUDA_BF16) {
@@ -96,11 +146,14 @@ static void matmul_fwd(const mm_backend *be, float *out, const float *inp, const
 }
 
 // one column of rows: dbias
+template <typename A>
 struct colsum_rows {
     enum { K = 1 };
-    const float *x;
+    const A *x;
     int C;
-    __device__ void operator()(int, int r, int c, float *v) const { v[0] = x[(size_t)r * C + c]; }
+    __device__ void operator()(int, int r, int c, float *v) const {
+        v[0] = cu_f(x[(size_t)r * C + c]);
+    }
 };
 
 // matmul_bwd's GEMMs in bf16 from one set of bf16 copies: dinp (may be NULL) += dout @ w,
@@ -147,12 +200,37 @@ static int matmul_bwd_bf16(cuda_ctx *c, float *dinp, const float *pre, float *dw
     return 0;
 }
 
+// act16: matmul_bwd on bf16 activations, no copies: dinp (bf16, may be NULL) += dout @ w, or
+// with pre (bf16), dinp = (dout @ w) * GELU'(pre) through cuBLASLt's DGELU epilogue; dw (fp32)
+// += dout^T @ inp; dbias (may be NULL) += column sums of dout. Returns -1 having done nothing
+// when pre is given and cuBLASLt has no algorithm for it.
+static int matmul_bwd16(cuda_ctx *c, cu_bf16 *dinp, const cu_bf16 *pre, float *dw, float *dbias,
+                        const cu_bf16 *dout, const cu_bf16 *inp, const float *w, int N, int IC,
+                        int OC) {
+    const cu_bf16 *w16 = NULL, *unused;
+    if (dinp) bf16_params(c, w, NULL, IC, OC, &w16, &unused);
+    if (pre) {
+        if (cu_gemm_dgelu_lt(c, N, IC, OC, dout, w16, pre, dinp) != 0) return -1;
+    } else if (dinp) {
+        cu_gemm(c, 0, 0, N, IC, OC, 1, dout, OC, 0, w16, IC, 0, 1, dinp, IC, 0, 1);
+    }
+    cu_gemm(c, 1, 0, OC, IC, N, 1, dout, OC, 0, inp, IC, 0, 1, dw, IC, 0, 1);
+    // after the GEMMs: cu_colsum takes the scratch the weight's copy may be in
+    if (dbias) cu_colsum(c, colsum_rows<cu_bf16>{dout, OC}, 1, N, OC, dbias, NULL, 0);
+    return 0;
+}
+
 // dinp (N, IC) += dout (N, OC) @ w (OC, IC); dw (OC, IC) += dout^T @ inp; dbias += column
 // sums of dout. dinp and dbias may be NULL.
 static void matmul_bwd(const mm_backend *be, float *dinp, float *dw, float *dbias,
                        const float *dout, const float *inp, const float *w, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
+    if (c->act16) {
+        matmul_bwd16(c, (cu_bf16 *)dinp, NULL, dw, dbias, (const cu_bf16 *)dout,
+                     (const cu_bf16 *)inp, w, N, IC, OC);
+        return;
+    }
     if (c->precision == CUDA_FP32) {
         if (dinp) cu_gemm(c, 0, 0, N, IC, OC, 1, dout, OC, 0, w, IC, 0, 1, dinp, IC, 0, 1);
         cu_gemm(c, 1, 0, OC, IC, N, 1, dout, OC, 0, inp, IC, 0, 1, dw, IC, 0, 1);
@@ -160,7 +238,7 @@ static void matmul_bwd(const mm_backend *be, float *dinp, float *dw, float *dbia
         matmul_bwd_bf16(c, dinp, NULL, dw, dout, inp, w, N, IC, OC);
     }
     // after the GEMMs: cu_colsum takes the scratch the bf16 copies were in
-    if (dbias) cu_colsum(c, colsum_rows{dout, OC}, 1, N, OC, dbias, NULL, 0);
+    if (dbias) cu_colsum(c, colsum_rows<float>{dout, OC}, 1, N, OC, dbias, NULL, 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -172,17 +250,18 @@ static unsigned row_blocks(int rows) {
     return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
 }
 
-__global__ void k_layernorm_fwd(float *out, float *mean, float *rstd, const float *x,
-                                const float *g, const float *b, int N, int C) {
+template <typename A>
+__global__ void k_layernorm_fwd(A *out, float *mean, float *rstd, const A *x, const float *g,
+                                const float *b, int N, int C) {
     const int r = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (r >= N) return;  // the whole warp: the shuffles below see every lane
-    const float *xr = x + (size_t)r * C;
-    float *o = out + (size_t)r * C;
+    const A *xr = x + (size_t)r * C;
+    A *o = out + (size_t)r * C;
     float s = 0, m;
-    for (int c = lane; c < C; c += CU_WARP) s += xr[c];
+    for (int c = lane; c < C; c += CU_WARP) s += cu_f(xr[c]);
     const float rs = cu_layernorm_rstd(xr, s, C, lane, &m);
-    for (int c = lane; c < C; c += CU_WARP) o[c] = (xr[c] - m) * rs * g[c] + b[c];
+    for (int c = lane; c < C; c += CU_WARP) o[c] = cu_a<A>((cu_f(xr[c]) - m) * rs * g[c] + b[c]);
     if (lane == 0) {
         mean[r] = m;
         rstd[r] = rs;
@@ -193,32 +272,34 @@ static void layernorm_fwd(const mm_backend *be, float *out, float *mean, float *
                           const float *x, const float *g, const float *b, int N, int C) {
     if (N <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_layernorm_fwd, row_blocks(N), CU_THREADS, c->stream, out, mean, rstd, x, g, b, N,
-              C);
+    CU_ACT(c, CU_LAUNCH(k_layernorm_fwd<A>, row_blocks(N), CU_THREADS, c->stream, (A *)out, mean,
+                        rstd, (const A *)x, g, b, N, C));
     CU_CHECK_LAUNCH("layernorm_fwd");
 }
 
 // The residual add fused in front: each lane writes its elements of the row's sum and reads
 // the same ones back in the passes after (no other thread touches them, so no barrier), in
 // k_layernorm_fwd's order: the same bits as add + layernorm_fwd, one launch and one pass over
-// a and b fewer.
-__global__ void k_add_layernorm_fwd(float *res, float *out, float *mean, float *rstd,
-                                    const float *a, const float *b, const float *g,
-                                    const float *beta, int N, int C) {
+// a and b fewer. In bf16 (act16) the statistics are those of the rounded sum, the res that
+// the backward reads, as with the two ops.
+template <typename A>
+__global__ void k_add_layernorm_fwd(A *res, A *out, float *mean, float *rstd, const A *a,
+                                    const A *b, const float *g, const float *beta, int N, int C) {
     const int r = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (r >= N) return;  // the whole warp: the shuffles below see every lane
     const size_t o = (size_t)r * C;
-    float *xr = res + o;
+    A *xr = res + o;
     float s = 0;
     for (int c = lane; c < C; c += CU_WARP) {
-        const float v = a[o + c] + b[o + c];
+        const A v = cu_a<A>(cu_f(a[o + c]) + cu_f(b[o + c]));
         xr[c] = v;
-        s += v;
+        s += cu_f(v);
     }
     float m;
     const float rs = cu_layernorm_rstd(xr, s, C, lane, &m);
-    for (int c = lane; c < C; c += CU_WARP) out[o + c] = (xr[c] - m) * rs * g[c] + beta[c];
+    for (int c = lane; c < C; c += CU_WARP)
+        out[o + c] = cu_a<A>((cu_f(xr[c]) - m) * rs * g[c] + beta[c]);
     if (lane == 0) {
         mean[r] = m;
         rstd[r] = rs;
@@ -230,32 +311,35 @@ static void add_layernorm_fwd(const mm_backend *be, float *res, float *out, floa
                               const float *beta, int N, int C) {
     if (N <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_add_layernorm_fwd, row_blocks(N), CU_THREADS, c->stream, res, out, mean, rstd, a,
-              b, g, beta, N, C);
+    CU_ACT(c, CU_LAUNCH(k_add_layernorm_fwd<A>, row_blocks(N), CU_THREADS, c->stream, (A *)res,
+                        (A *)out, mean, rstd, (const A *)a, (const A *)b, g, beta, N, C));
     CU_CHECK_LAUNCH("add_layernorm_fwd");
 }
 
 // dx += (dout g - mean(dout g) - xhat mean(dout g xhat)) rstd, one warp per row
-__global__ void k_layernorm_bwd_dx(float *dx, const float *dout, const float *x, const float *g,
+template <typename A>
+__global__ void k_layernorm_bwd_dx(A *dx, const A *dout, const A *x, const float *g,
                                    const float *mean, const float *rstd, int N, int C) {
     const int r = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (r >= N) return;
-    const float *dr = dout + (size_t)r * C;
+    const A *dr = dout + (size_t)r * C;
     cu_layernorm_bwd_row(dx + (size_t)r * C, x + (size_t)r * C, g, mean[r], rstd[r], C, lane,
-                         [dr](int c) { return dr[c]; });
+                         [dr](int c) { return cu_f(dr[c]); });
 }
 
 // dg += dout * xhat, db += dout
+template <typename A>
 struct colsum_ln {
     enum { K = 2 };
-    const float *dout, *x, *mean, *rstd;
+    const A *dout, *x;
+    const float *mean, *rstd;
     int C;
     __device__ void operator()(int, int r, int c, float *v) const {
         const size_t i = (size_t)r * C + c;
-        const float xh = (x[i] - mean[r]) * rstd[r];
-        v[0] = dout[i] * xh;
-        v[1] = dout[i];
+        const float xh = (cu_f(x[i]) - mean[r]) * rstd[r];
+        v[0] = cu_f(dout[i]) * xh;
+        v[1] = cu_f(dout[i]);
     }
 };
 
@@ -265,9 +349,12 @@ static void layernorm_bwd(const mm_backend *be, float *dx, float *dg, float *db,
     if (N <= 0) return;
     MM_CHECK(!dg == !db, "layernorm_bwd: dg and db are NULL together or not at all");
     cuda_ctx *c = cu_ctx(be);
-    if (dg) cu_colsum(c, colsum_ln{dout, x, mean, rstd, C}, 1, N, C, dg, db, 0);
-    CU_LAUNCH(k_layernorm_bwd_dx, row_blocks(N), CU_THREADS, c->stream, dx, dout, x, g, mean,
-              rstd, N, C);
+    CU_ACT(c, {
+        if (dg) cu_colsum(c, colsum_ln<A>{(const A *)dout, (const A *)x, mean, rstd, C}, 1, N, C,
+                          dg, db, 0);
+        CU_LAUNCH(k_layernorm_bwd_dx<A>, row_blocks(N), CU_THREADS, c->stream, (A *)dx,
+                  (const A *)dout, (const A *)x, g, mean, rstd, N, C);
+    });
     CU_CHECK_LAUNCH("layernorm_bwd");
 }
 
@@ -277,36 +364,40 @@ static void layernorm_bwd(const mm_backend *be, float *dx, float *dg, float *db,
 #define GELU_K 0.7978845608028654f
 #define GELU_A 0.044715f
 
-__global__ void k_gelu_fwd(float *out, const float *x, size_t n) {
+template <typename A>
+__global__ void k_gelu_fwd(A *out, const A *x, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        const float v = x[i];
+        const float v = cu_f(x[i]);
         const float u = GELU_K * (v + GELU_A * v * v * v);
-        out[i] = v / (1 + expf(-2 * u));
+        out[i] = cu_a<A>(v / (1 + expf(-2 * u)));
     }
 }
 
-__global__ void k_gelu_bwd(float *dx, const float *x, const float *dout, size_t n) {
+template <typename A>
+__global__ void k_gelu_bwd(A *dx, const A *x, const A *dout, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        const float v = x[i];
+        const float v = cu_f(x[i]);
         const float u = GELU_K * (v + GELU_A * v * v * v);
         const float s = 1 / (1 + expf(-2 * u));
         const float du = GELU_K * (1 + 3 * GELU_A * v * v);
-        dx[i] += (s + 2 * v * s * (1 - s) * du) * dout[i];
+        dx[i] = cu_a<A>(cu_f(dx[i]) + (s + 2 * v * s * (1 - s) * du) * cu_f(dout[i]));
     }
 }
 
-__global__ void k_add(float *out, const float *a, const float *b, size_t n) {
+template <typename A>
+__global__ void k_add(A *out, const A *a, const A *b, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
-        out[i] = a[i] + b[i];
+        out[i] = cu_a<A>(cu_f(a[i]) + cu_f(b[i]));
 }
 
 static void gelu_fwd(const mm_backend *be, float *out, const float *x, size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_gelu_fwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, x, n);
+    CU_ACT(c, CU_LAUNCH(k_gelu_fwd<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, (A *)out,
+                        (const A *)x, n));
     CU_CHECK_LAUNCH("gelu_fwd");
 }
 
@@ -314,7 +405,8 @@ static void gelu_bwd(const mm_backend *be, float *dx, const float *x, const floa
                      size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_gelu_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dx, x, dout, n);
+    CU_ACT(c, CU_LAUNCH(k_gelu_bwd<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, (A *)dx,
+                        (const A *)x, (const A *)dout, n));
     CU_CHECK_LAUNCH("gelu_bwd");
 }
 
@@ -323,7 +415,10 @@ static void matmul_gelu_fwd(const mm_backend *be, float *pre, float *out, const 
                             const float *w, const float *bias, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    if (c->precision == CUDA_BF16 && IC > 0) {
+    if (c->act16 && matmul_fwd16(c, (cu_bf16 *)out, (cu_bf16 *)pre, (const cu_bf16 *)inp, w, bias,
+                                 N, IC, OC) == 0)
+        return;
+    if (!c->act16 && c->precision == CUDA_BF16 && IC > 0) {
         __nv_bfloat16 *inp16;
         const __nv_bfloat16 *w16;
         bf16_operands(c, inp, w, N, IC, OC, &inp16, &w16);
@@ -341,14 +436,18 @@ static void matmul_gelu_bwd(const mm_backend *be, float *dpre, float *dact, floa
     if (N <= 0 || IC <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     const size_t n = (size_t)N * IC;
-    if (c->precision == CUDA_BF16 && OC > 0 &&
+    if (c->act16 && OC > 0 &&
+        matmul_bwd16(c, (cu_bf16 *)dpre, (const cu_bf16 *)pre, dw, dbias, (const cu_bf16 *)dout,
+                     (const cu_bf16 *)act, w, N, IC, OC) == 0)
+        return;
+    if (!c->act16 && c->precision == CUDA_BF16 && OC > 0 &&
         matmul_bwd_bf16(c, dpre, pre, dw, dout, act, w, N, IC, OC) == 0) {
-        if (dbias) cu_colsum(c, colsum_rows{dout, OC}, 1, N, OC, dbias, NULL, 0);
+        if (dbias) cu_colsum(c, colsum_rows<float>{dout, OC}, 1, N, OC, dbias, NULL, 0);
         return;
     }
-    CU_CHECK(cudaMemsetAsync(dact, 0, n * sizeof(float), c->stream));
+    CU_CHECK(cudaMemsetAsync(dact, 0, cu_act_bytes(c, n), c->stream));
     matmul_bwd(be, dact, dw, dbias, dout, act, w, N, IC, OC);
-    CU_CHECK(cudaMemsetAsync(dpre, 0, n * sizeof(float), c->stream));
+    CU_CHECK(cudaMemsetAsync(dpre, 0, cu_act_bytes(c, n), c->stream));
     gelu_bwd(be, dpre, pre, dact, n);
 }
 
@@ -356,7 +455,8 @@ static void add(const mm_backend *be, float *out, const float *a, const float *b
                 size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_add, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, a, b, n);
+    CU_ACT(c, CU_LAUNCH(k_add<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, (A *)out,
+                        (const A *)a, (const A *)b, n));
     CU_CHECK_LAUNCH("add");
 }
 
@@ -370,13 +470,14 @@ static model_drop drop_arg(const model_drop *d) {
 }
 
 // out[b * n + e] = x * mask * scale
-__global__ void k_dropout(float *out, const float *x, model_drop d, int B, size_t n) {
+template <typename A>
+__global__ void k_dropout(A *out, const A *x, model_drop d, int B, size_t n) {
     const size_t total = (size_t)B * n;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const size_t b = i / n, e = i % n;
         const uint64_t k = model_drop_site_key(d.keys[b], d.layer, d.place);
-        out[i] = model_drop_keep(k, e, d.thr) ? x[i] * d.scale : 0.0f;
+        out[i] = cu_a<A>(model_drop_keep(k, e, d.thr) ? cu_f(x[i]) * d.scale : 0.0f);
     }
 }
 
@@ -385,11 +486,11 @@ static void dropout(const mm_backend *be, float *out, const float *x, const mode
     if (B <= 0 || n == 0) return;
     cuda_ctx *c = cu_ctx(be);
     if (!d || !d->thr) {
-        if (out != x) cu_mem_copy(be, out, x, (size_t)B * n * sizeof(float));
+        if (out != x) cu_mem_copy(be, out, x, cu_act_bytes(c, (size_t)B * n));
         return;
     }
-    CU_LAUNCH(k_dropout, cu_blocks((size_t)B * n, CU_THREADS), CU_THREADS, c->stream, out, x, *d, B,
-              n);
+    CU_ACT(c, CU_LAUNCH(k_dropout<A>, cu_blocks((size_t)B * n, CU_THREADS), CU_THREADS, c->stream,
+                        (A *)out, (const A *)x, *d, B, n));
     CU_CHECK_LAUNCH("dropout");
 }
 

@@ -608,7 +608,7 @@ static size_t extent(int rows, int cols, int ld) {
 // cuBLAS's argument rules, and every operand inside one device allocation.
 static bool gemm_ok(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
                     int lda, const void *B, int ldb, const void *C, int ldc, size_t ea,
-                    size_t eb) {
+                    size_t eb, size_t ec = sizeof(float)) {
     const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
     const int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
     if (m < 0 || n < 0 || k < 0 || lda < (ar > 1 ? ar : 1) || ldb < (br > 1 ? br : 1) ||
@@ -618,7 +618,7 @@ static bool gemm_ok(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
         return false;
     }
     if (!on_device(A, extent(ar, ac, lda) * ea) || !on_device(B, extent(br, bc, ldb) * eb) ||
-        !on_device(C, extent(m, n, ldc) * sizeof(float))) {
+        !on_device(C, extent(m, n, ldc) * ec)) {
         fprintf(stderr, "cuda_emu: gemm m=%d n=%d k=%d: an operand is outside device memory\n", m,
                 n, k);
         return false;
@@ -654,25 +654,46 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
     return CUBLAS_STATUS_SUCCESS;
 }
 
-cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
-                            int n, int k, const void *alpha, const void *A, cudaDataType at,
-                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
-                            void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
-                            cublasGemmAlgo_t) {
-    if (at != CUDA_R_16BF || bt != CUDA_R_16BF || ct != CUDA_R_32F ||
-        compute != CUBLAS_COMPUTE_32F) {
-        fprintf(stderr, "cuda_emu: cublasGemmEx: only bf16 x bf16 -> fp32 is emulated\n");
-        return CUBLAS_STATUS_NOT_SUPPORTED;
-    }
-    if (!gemm_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc, 2, 2)) return CUBLAS_STATUS_INVALID_VALUE;
-    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+// C (fp32, host or device) = alpha op(A) op(B) + beta C for bf16 A and B, in fp32
+static void gemm16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                   const void *A, int lda, const void *B, int ldb, float beta, float *C, int ldc) {
     const size_t na = extent(ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda);
     const size_t nb = extent(tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb);
     std::vector<float> fa(na), fb(nb);
     for (size_t i = 0; i < na; i++) fa[i] = __bfloat162float(((const __nv_bfloat16 *)A)[i]);
     for (size_t i = 0; i < nb; i++) fb[i] = __bfloat162float(((const __nv_bfloat16 *)B)[i]);
-    cblas_sgemm(CblasColMajor, tr(ta), tr(tb), m, n, k, *(const float *)alpha, fa.data(), lda,
-                fb.data(), ldb, *(const float *)beta, (float *)C, ldc);
+    cblas_sgemm(CblasColMajor, tr(ta), tr(tb), m, n, k, alpha, fa.data(), lda, fb.data(), ldb,
+                beta, C, ldc);
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType at,
+                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
+                            void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t) {
+    if (at != CUDA_R_16BF || bt != CUDA_R_16BF || (ct != CUDA_R_32F && ct != CUDA_R_16BF) ||
+        compute != CUBLAS_COMPUTE_32F) {
+        fprintf(stderr, "cuda_emu: cublasGemmEx: only bf16 x bf16 -> fp32 or bf16 is emulated\n");
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    const bool c16 = ct == CUDA_R_16BF;
+    if (!gemm_ok(ta, tb, m, n, k, A, lda, B, ldb, C, ldc, 2, 2, c16 ? 2 : 4))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    if (!c16) {
+        gemm16(ta, tb, m, n, k, *(const float *)alpha, A, lda, B, ldb, *(const float *)beta,
+               (float *)C, ldc);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    // bf16 C: alpha op(A) op(B) + beta C in fp32, rounded once
+    std::vector<float> fc(extent(m, n, ldc));
+    __nv_bfloat16 *c = (__nv_bfloat16 *)C;
+    for (size_t i = 0; i < fc.size(); i++) fc[i] = __bfloat162float(c[i]);
+    gemm16(ta, tb, m, n, k, *(const float *)alpha, A, lda, B, ldb, *(const float *)beta,
+           fc.data(), ldc);
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++)
+            c[(size_t)j * ldc + i] = __float2bfloat16(fc[(size_t)j * ldc + i]);
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -802,7 +823,8 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
     *got = 0;
     if (want < 1 || !lt_shape(d, a, b, c, dl, &m, &n, &k)) return CUBLAS_STATUS_INVALID_VALUE;
     if (d->compute != CUBLAS_COMPUTE_32F || d->scale != CUDA_R_32F || a->type != CUDA_R_16BF ||
-        b->type != CUDA_R_16BF || c->type != CUDA_R_32F || dl->type != CUDA_R_32F ||
+        b->type != CUDA_R_16BF || c->type != dl->type ||
+        (dl->type != CUDA_R_32F && dl->type != CUDA_R_16BF) ||
         (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && d->epilogue != CUBLASLT_EPILOGUE_BIAS &&
          d->epilogue != CUBLASLT_EPILOGUE_GELU_AUX_BIAS && d->epilogue != CUBLASLT_EPILOGUE_DGELU))
         return CUBLAS_STATUS_NOT_SUPPORTED;
@@ -838,44 +860,60 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     }
     const bool gelu = d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
                dgelu = d->epilogue == CUBLASLT_EPILOGUE_DGELU, bias = !dgelu;
-    if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && bias &&
-        !on_device(d->bias, (size_t)m * sizeof(float))) {
-        fprintf(stderr, "cuda_emu: cublasLtMatmul: the bias (%d floats) is not device memory\n",
+    // D bf16: the bias and the GELU input are bf16 too (their default type is D's)
+    const bool d16 = ld->type == CUDA_R_16BF;
+    const size_t es = d16 ? 2 : 4;
+    if (d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && bias && !on_device(d->bias, (size_t)m * es)) {
+        fprintf(stderr, "cuda_emu: cublasLtMatmul: the bias (%d elements) is not device memory\n",
                 m);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    if ((gelu || dgelu) && !on_device(d->aux, extent(m, n, (int)d->aux_ld) * sizeof(float))) {
+    if ((gelu || dgelu) && !on_device(d->aux, extent(m, n, (int)d->aux_ld) * es)) {
         fprintf(stderr, "cuda_emu: cublasLtMatmul: the GELU input (%d x %d, ld %lld) is not "
                 "device memory\n", m, n, (long long)d->aux_ld);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    s = cublasGemmEx(NULL, d->ta, d->tb, m, n, k, alpha, A, CUDA_R_16BF, (int)la->ld, B,
-                     CUDA_R_16BF, (int)lb->ld, beta, D, CUDA_R_32F, (int)ld->ld,
-                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS || d->epilogue == CUBLASLT_EPILOGUE_DEFAULT) return s;
-    float *out = (float *)D;
-    for (int j = 0; j < n; j++)
+    // the product in fp32 (D's values for beta when D is bf16), the epilogue on it, and a bf16
+    // D, bias and GELU input read and written through rounding, as cuBLASLt converts them
+    const size_t nd = extent(m, n, (int)ld->ld);
+    std::vector<float> f16(d16 ? nd : 0);
+    float *out = d16 ? f16.data() : (float *)D;
+    for (size_t i = 0; i < f16.size(); i++) f16[i] = __bfloat162float(((__nv_bfloat16 *)D)[i]);
+    if (!gemm_ok(d->ta, d->tb, m, n, k, A, (int)la->ld, B, (int)lb->ld, D, (int)ld->ld, 2, 2, es))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    gemm16(d->ta, d->tb, m, n, k, *(const float *)alpha, A, (int)la->ld, B, (int)lb->ld,
+           *(const float *)beta, out, (int)ld->ld);
+    auto get = [d16](const void *p, size_t i) {
+        return d16 ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
+    };
+    auto put = [d16](void *p, size_t i, float v) {
+        if (d16) ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
+        else ((float *)p)[i] = v;
+    };
+    for (int j = 0; d->epilogue != CUBLASLT_EPILOGUE_DEFAULT && j < n; j++)
         for (int i = 0; i < m; i++) {
             float *o = &out[(size_t)j * ld->ld + i];
-            float *a = d->aux ? &d->aux[(size_t)j * d->aux_ld + i] : NULL;
+            const size_t ai = (size_t)j * d->aux_ld + i;
             if (dgelu) {  // d/dx of the GELU below at x = aux
-                const float x = *a, u = 0.7978845608f * (x + 0.044715f * x * x * x),
+                const float x = get(d->aux, ai), u = 0.7978845608f * (x + 0.044715f * x * x * x),
                             th = tanhf(u);
                 *o *= 0.5f * (1 + th) +
                       0.5f * x * (1 - th * th) * 0.7978845608f * (1 + 3 * 0.044715f * x * x);
                 continue;
             }
-            *o += d->bias[i];
+            *o += get(d->bias, (size_t)i);
             if (gelu) {  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-                *a = *o;
+                put(d->aux, ai, *o);
                 const float x = *o, u = 0.7978845608f * (x + 0.044715f * x * x * x);
                 *o = 0.5f * x * (1 + tanhf(u));
             }
         }
+    for (size_t i = 0; i < f16.size(); i++) put(D, i, f16[i]);
     return CUBLAS_STATUS_SUCCESS;
 }
 
-// one cublasGemmEx per matrix (element strides; bf16 inputs, fp32 output as there)
+// one cublasGemmEx per matrix (element strides; bf16 inputs, fp32 or bf16 output as there)
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta,
                                           cublasOperation_t tb, int m, int n, int k,
                                           const void *alpha, const void *A, cudaDataType at,
@@ -888,7 +926,9 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta
         cublasStatus_t s = cublasGemmEx(h, ta, tb, m, n, k, alpha,
                                         (const __nv_bfloat16 *)A + i * sA, at, lda,
                                         (const __nv_bfloat16 *)B + i * sB, bt, ldb, beta,
-                                        (float *)C + i * sC, ct, ldc, compute, algo);
+                                        ct == CUDA_R_16BF ? (void *)((__nv_bfloat16 *)C + i * sC)
+                                                          : (void *)((float *)C + i * sC),
+                                        ct, ldc, compute, algo);
         if (s != CUBLAS_STATUS_SUCCESS) return s;
     }
     return CUBLAS_STATUS_SUCCESS;

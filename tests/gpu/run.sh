@@ -12,6 +12,8 @@
 #   build         make cuda -j$(nproc) (build-cuda/); when the libraries are missing or the
 #                 full build fails, make cuda-ops builds the op test and benchmark alone
 #   test_ops_cuda every CUDA op and optimizer kernel against the CPU reference
+#   test_act16_cuda the ops that take bf16 activations (cuda.h act16), each output the fp32
+#                 result rounded once, against the CPU on the same bf16 values
 #   bench_ops_cuda op times at GPT-2-small / DiT-S/2 shapes next to their matmuls, TFLOP/s
 #   test_comm_nccl NCCL communicators and a device allreduce, 1 rank
 #   bundle        when gpu-carry.tar.xz (tests/gpu/bundle.sh) is here: unpack it, set
@@ -440,6 +442,7 @@ else
     step_build "$full"
 fi
 step_program test_ops_cuda 60
+step_program test_act16_cuda 30
 step_program bench_ops_cuda 120
 step_nccl
 step_train_cpu_vs_gpu
@@ -457,13 +460,14 @@ step_torch
         printf '%-18s %-8s %5ss  %s\n' "${names[$i]}" "${states[$i]}" "${times[$i]}" "${notes[$i]}"
         case "${states[$i]}" in FAIL|TIMEOUT) bad=$((bad + 1)) ;; esac
     done
-    if [ -f "$OUT/test_ops_cuda.log" ]; then
-        nf=$(grep -c 'FAIL' "$OUT/test_ops_cuda.log")
+    for prog in test_ops_cuda test_act16_cuda; do
+        [ -f "$OUT/$prog.log" ] || continue
+        nf=$(grep -c 'FAIL' "$OUT/$prog.log")
         if [ "$nf" -gt 0 ]; then
-            echo "-- test_ops_cuda failures (first 20 of $nf lines):"
-            grep 'FAIL' "$OUT/test_ops_cuda.log" | head -n 20
+            echo "-- $prog failures (first 20 of $nf lines):"
+            grep 'FAIL' "$OUT/$prog.log" | head -n 20
         fi
-    fi
+    done
     if [ -f "$OUT/bench_result.txt" ]; then
         echo "-- training throughput (bench_train_cuda: GPT-2 small B 8 x T 1024; DiT-S/2 B 32 x N 256):"
         cat "$OUT/bench_result.txt"

@@ -1,0 +1,388 @@
+// test_act16_cuda.c: the CUDA ops with bf16 activations (cuda.h act16: activations and their
+// gradients bf16 in memory, fp32 arithmetic in the kernels, fp32 parameters, parameter
+// gradients and statistics) against the CPU reference run on the same bf16 values. It is the
+// gate of bf16 end to end (issue 15): an op joins the trainer's bf16 path once it passes here.
+//
+// What a pass proves: each bf16 output is the fp32 result rounded to nearest, once. The
+// measure, per tensor, is the largest (|gpu - ref| - atol * max|ref|) / ulp over the elements,
+// ulp the bf16 spacing at the larger of |gpu| and |ref|, atol the fp32 tolerance of
+// test_ops_cuda.c (1e-5; 1e-4 where tensor cores accumulate) for the difference in fp32
+// before the rounding. Rounding to nearest keeps it at 0.5 at most; truncating, or rounding
+// twice, goes past it. Where an op rounds an intermediate that it also stores (the residual before
+// its LayerNorm, a GELU input or output written between two unfused ops), the reference
+// rounds it too; where an op keeps it in fp32 (cuBLASLt's epilogues), the reference does.
+// fp32 outputs (parameter gradients, statistics) are held to test_ops_cuda.c's relative
+// measure. Accumulating ops start from random gradients, so their += is checked too.
+//
+// Needs a GPU (tests/gpu/run.sh), or runs through the emulation (tests/cuda_build.sh, in the
+// emulator's four thread orders). Prints one row per check and "N passed, N failed".
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../data/data.h"
+#include "../../model/cuda/cuda.h"
+#include "../test.h"
+#include "check_cuda.h"
+
+// ---------------------------------------------------------------------------------------
+// bf16 buffers and the measure
+
+static uint16_t bf16_bits(float f) {
+    f = bf16_round(f);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+}
+
+static float bf16_value(uint16_t b) {
+    const uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// A device activation of n bf16 values from host floats (rounded); typed float * for the
+// ops' signatures, as the trainer passes them.
+static float *adev(T *t, const float *h, size_t n) {
+    uint16_t *b = mm_malloc((n ? n : 1) * 2);
+    for (size_t i = 0; i < n; i++) b[i] = bf16_bits(h[i]);
+    float *d = cuda_alloc(t->c, (n ? n : 1) * 2);
+    cuda_upload(t->c, d, b, n * 2);
+    free(b);
+    return d;
+}
+
+// n bf16 values of device activation d as host floats (caller frees)
+static float *aget(T *t, const float *d, size_t n) {
+    cuda_ctx_sync(t->c);
+    uint16_t *b = mm_malloc((n ? n : 1) * 2);
+    float *h = mm_malloc((n ? n : 1) * 4);
+    cuda_download(t->c, b, d, n * 2);
+    for (size_t i = 0; i < n; i++) h[i] = bf16_value(b[i]);
+    free(b);
+    return h;
+}
+
+// The spacing of bf16 numbers at |x| (0 at 0).
+static double bf16_ulp(double x) {
+    int e;
+    if (x == 0 || !isfinite(x)) return 0;
+    frexp(fabs(x), &e);  // |x| in [2^(e-1), 2^e): 8 significant bits
+    return ldexp(1, e - 8);
+}
+
+// See the file comment; INFINITY when a is non-finite where ref is finite.
+static double ulp_err(const float *a, const float *ref, size_t n, double atol) {
+    double mb = 0, worst = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs((double)ref[i]) > mb) mb = fabs((double)ref[i]);
+    const double abs_tol = atol * (mb > 0 ? mb : 1);
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) && isfinite(ref[i])) return INFINITY;
+        const double d = fabs((double)a[i] - (double)ref[i]) - abs_tol;
+        const double u = bf16_ulp(fmax(fabs((double)a[i]), fabs((double)ref[i])));
+        const double e = d <= 0 ? 0 : u > 0 ? d / u : INFINITY;
+        if (e > worst) worst = e;
+    }
+    return worst;
+}
+
+// Checks bf16 device activation d against ref: rounded to nearest (tol 0.5) or, with atol 0
+// and tol 0, bitwise the reference rounded.
+static void acheck(T *t, const char *op, const char *shape, const char *what, const float *d,
+                   const float *ref, size_t n, double atol, double tol) {
+    float *h = aget(t, d, n);
+    float *r = tol == 0 ? hround(ref, n) : hcopy(ref, n);
+    row(t, op, shape, what, ulp_err(h, r, n, atol), tol);
+    free(h);
+    free(r);
+}
+
+// Two bf16 device activations hold the same bits.
+static void asame(T *t, const char *op, const char *shape, const char *what, const float *d1,
+                  const float *d2, size_t n) {
+    float *a = aget(t, d1, n), *b = aget(t, d2, n);
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++) diff += memcmp(&a[i], &b[i], 4) != 0;
+    printf("%-16s %-30s %-10s %11zu %8s  %s\n", op, shape, what, diff, "0 diff",
+           diff ? "FAIL" : "ok");
+    TEST_CHECK(&t->tc, diff == 0, "%s %s %s: %zu elements differ", op, shape, what, diff);
+    free(a);
+    free(b);
+}
+
+// rand rounded to bf16: the values a bf16 activation can hold
+static float *arand(T *t, size_t n, float scale) {
+    float *h = hrand(t, n, scale);
+    for (size_t i = 0; i < n; i++) h[i] = bf16_round(h[i]);
+    return h;
+}
+
+enum { TC = 1, EXACT = 2 };  // tolerance kinds: tensor-core accumulation, bitwise
+static void acheck_k(T *t, const char *op, const char *shape, const char *what, const float *d,
+                     const float *ref, size_t n, int kind) {
+    acheck(t, op, shape, what, d, ref, n,
+           kind == EXACT ? 0
+           : kind == TC  ? 1e-4
+                         : 1e-5,
+           kind == EXACT ? 0 : 0.5);
+}
+
+// ---------------------------------------------------------------------------------------
+// matmul: the weight and bias from the parameters' bf16 copy (at an offset that leaves the
+// bias's copy unaligned when `odd`, so it is converted on its own) or, with no valid copy,
+// converted per call
+
+static void test_matmul(T *t, int N, int IC, int OC, int with_bias, int from_copy, int odd) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "N%d IC%d OC%d%s%s", N, IC, OC, with_bias ? " b" : "",
+             from_copy ? (odd ? " copy+1" : " copy") : "");
+    const size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+    const size_t off = odd ? 1 : 0, np = off + nw + OC;
+    float *params = hrand(t, np, 0.5f);  // [off] w (OC, IC), bias (OC)
+    float *inp = arand(t, ni, 1), *dout = arand(t, no, 1), *dinp0 = arand(t, ni, 1);
+    float *dw0 = hrand(t, nw, 1), *db0 = hrand(t, OC, 1);
+    float *rp = hround(params, np), *rw = rp + off, *rb = rw + nw;
+    float *out = mm_malloc(no * 4), *dinp = hcopy(dinp0, ni), *dw = hcopy(dw0, nw),
+          *db = hcopy(db0, OC);
+    model_ops_cpu.matmul_fwd(&mm_backend_cpu, out, inp, rw, with_bias ? rb : NULL, N, IC, OC);
+    model_ops_cpu.matmul_bwd(&mm_backend_cpu, dinp, dw, with_bias ? db : NULL, dout, inp, rw, N, IC,
+                             OC);
+    float *d_p = dev(t, params, np * 4), *d_w = d_p + off, *d_b = d_w + nw;
+    float *d_inp = adev(t, inp, ni), *d_dout = adev(t, dout, no), *d_out = adev(t, out, no),
+          *d_dinp = adev(t, dinp0, ni), *d_dw = dev(t, dw0, nw * 4), *d_db = dev(t, db0, OC * 4);
+    t->c->p16_valid = 0;
+    if (from_copy) model_ops_cuda.params_ready(t->be, d_p, np);
+    const size_t lt0 = t->c->lt_matmuls[CU_LT_BIAS];
+    model_ops_cuda.matmul_fwd(t->be, d_out, d_inp, d_w, with_bias ? d_b : NULL, N, IC, OC);
+    acheck_k(t, "matmul_fwd", shape, "out", d_out, out, no, TC);
+#ifdef MM_CUDA_EMU  // the emulation always has an algorithm for the bias epilogue
+    if (with_bias)
+        TEST_CHECK(&t->tc, t->c->lt_matmuls[CU_LT_BIAS] == lt0 + 1,
+                   "matmul_fwd %s: cuBLASLt not used", shape);
+#else
+    (void)lt0;
+#endif
+    model_ops_cuda.matmul_bwd(t->be, d_dinp, d_dw, with_bias ? d_db : NULL, d_dout, d_inp, d_w, N,
+                              IC, OC);
+    acheck_k(t, "matmul_bwd", shape, "dinp", d_dinp, dinp, ni, TC);
+    check(t, "matmul_bwd", shape, "dw", d_dw, dw, nw, 1e-4);
+    check(t, "matmul_bwd", shape, "dbias", d_db, with_bias ? db : db0, OC, 1e-5);
+    // no dinp: the weight gradient alone
+    cuda_upload(t->c, d_dw, dw0, nw * 4);
+    model_ops_cuda.matmul_bwd(t->be, NULL, d_dw, NULL, d_dout, d_inp, d_w, N, IC, OC);
+    check(t, "matmul_bwd", shape, "dw nodinp", d_dw, dw, nw, 1e-4);
+    t->c->p16_valid = 0;
+    void *h[] = {params, inp, dout, dinp0, dw0, db0, rp, out, dinp, dw, db};
+    void *d[] = {d_p, d_inp, d_dout, d_out, d_dinp, d_dw, d_db};
+    free_all(11, h);
+    cuda_free_all(7, d);
+}
+
+// matmul + GELU, forward and backward: fused by cuBLASLt where it has an algorithm (OC, and
+// backward IC, a multiple of 8), where the GELU reads the unrounded product; else the two
+// ops, where it reads the rounded one that was stored
+static void test_matmul_gelu(T *t, int N, int IC, int OC) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "N%d IC%d OC%d", N, IC, OC);
+    const size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+    float *params = hrand(t, nw + OC, 0.5f), *inp = arand(t, ni, 1);
+    float *rp = hround(params, nw + OC), *rw = rp, *rb = rp + nw;
+    float *pre = mm_malloc(no * 4), *out = mm_malloc(no * 4);
+    model_ops_cpu.matmul_gelu_fwd(&mm_backend_cpu, pre, out, inp, rw, rb, N, IC, OC);
+    float *d_p = dev(t, params, (nw + OC) * 4), *d_inp = adev(t, inp, ni);
+    float *d_pre = adev(t, pre, no), *d_out = adev(t, out, no);
+    model_ops_cuda.params_ready(t->be, d_p, nw + OC);
+    const size_t lt0 = t->c->lt_matmuls[CU_LT_GELU_BIAS];
+    model_ops_cuda.matmul_gelu_fwd(t->be, d_pre, d_out, d_inp, d_p, d_p + nw, N, IC, OC);
+    const int fused = t->c->lt_matmuls[CU_LT_GELU_BIAS] > lt0;
+    acheck_k(t, "matmul_gelu_fwd", shape, "pre", d_pre, pre, no, TC);
+    float *pre16 = hround(pre, no), *out2 = mm_malloc(no * 4);
+    if (!fused) model_ops_cpu.gelu_fwd(&mm_backend_cpu, out2, pre16, no);
+    acheck_k(t, "matmul_gelu_fwd", shape, fused ? "out fused" : "out 2 ops", d_out,
+             fused ? out : out2, no, TC);
+#ifdef MM_CUDA_EMU
+    TEST_CHECK(&t->tc, fused == (OC % 8 == 0), "matmul_gelu_fwd %s: fused %d", shape, fused);
+#endif
+
+    // backward: the GELU's input pre16 (N, OC) is now the matmul's input side: a layer
+    // (OC -> IC) whose input act = GELU(pre16), dout (N, IC)
+    float *w2 = hrand(t, nw, 0.5f), *rw2 = hround(w2, nw), *act = mm_malloc(no * 4);
+    float *dout = arand(t, ni, 1), *dw0 = hrand(t, nw, 1), *db0 = hrand(t, IC, 1);
+    model_ops_cpu.gelu_fwd(&mm_backend_cpu, act, pre16, no);
+    for (size_t i = 0; i < no; i++) act[i] = bf16_round(act[i]);
+    float *dpre = mm_malloc(no * 4), *dact = mm_malloc(no * 4), *dw = hcopy(dw0, nw),
+          *db = hcopy(db0, IC);
+    model_ops_cpu.matmul_gelu_bwd(&mm_backend_cpu, dpre, dact, dw, db, dout, act, pre16, rw2, N, OC,
+                                  IC);
+    float *d_w2 = dev(t, w2, nw * 4), *d_dout = adev(t, dout, ni), *d_act = adev(t, act, no),
+          *d_pre16 = adev(t, pre16, no), *d_dpre = adev(t, dpre, no), *d_dact = adev(t, dact, no),
+          *d_dw = dev(t, dw0, nw * 4), *d_db = dev(t, db0, IC * 4);
+    const size_t lt1 = t->c->lt_matmuls[CU_LT_DGELU];
+    model_ops_cuda.matmul_gelu_bwd(t->be, d_dpre, d_dact, d_dw, d_db, d_dout, d_act, d_pre16, d_w2,
+                                   N, OC, IC);
+    const int bfused = t->c->lt_matmuls[CU_LT_DGELU] > lt1;
+    float *dpre2 = mm_malloc(no * 4), *dact16 = hround(dact, no);
+    memset(dpre2, 0, no * 4);
+    if (!bfused) model_ops_cpu.gelu_bwd(&mm_backend_cpu, dpre2, pre16, dact16, no);
+    acheck_k(t, "matmul_gelu_bwd", shape, bfused ? "dpre fused" : "dpre 2 ops", d_dpre,
+             bfused ? dpre : dpre2, no, TC);
+    check(t, "matmul_gelu_bwd", shape, "dw", d_dw, dw, nw, 1e-4);
+    check(t, "matmul_gelu_bwd", shape, "dbias", d_db, db, IC, 1e-5);
+#ifdef MM_CUDA_EMU
+    TEST_CHECK(&t->tc, bfused == (OC % 8 == 0), "matmul_gelu_bwd %s: fused %d", shape, bfused);
+#endif
+    void *h[] = {params, inp, rp,  pre,  out,  pre16, out2, w2,    rw2,   act,
+                 dout,   dw0, db0, dpre, dact, dw,    db,   dpre2, dact16};
+    void *d[] = {d_p,   d_inp,   d_pre,  d_out,  d_w2, d_dout,
+                 d_act, d_pre16, d_dpre, d_dact, d_dw, d_db};
+    free_all(19, h);
+    cuda_free_all(12, d);
+}
+
+// ---------------------------------------------------------------------------------------
+// layernorm and the fused residual add in front of it
+
+static void test_layernorm(T *t, int N, int C) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "N%d C%d", N, C);
+    const size_t n = (size_t)N * C;
+    float *x = hrand(t, n, 2), *g = hrand(t, C, 1), *b = hrand(t, C, 1), *dout = arand(t, n, 1);
+    for (size_t i = 0; i < n; i++) x[i] = bf16_round(x[i] + 3);  // |mean| >> std in some rows
+    float *dx0 = arand(t, n, 1), *dg0 = hrand(t, C, 1), *db0 = hrand(t, C, 1);
+    float *out = mm_malloc(n * 4), *mean = mm_malloc(N * 4), *rstd = mm_malloc(N * 4);
+    float *dx = hcopy(dx0, n), *dg = hcopy(dg0, C), *db = hcopy(db0, C);
+    model_ops_cpu.layernorm_fwd(&mm_backend_cpu, out, mean, rstd, x, g, b, N, C);
+    model_ops_cpu.layernorm_bwd(&mm_backend_cpu, dx, dg, db, dout, x, g, mean, rstd, N, C);
+    float *d_x = adev(t, x, n), *d_g = dev(t, g, C * 4), *d_b = dev(t, b, C * 4),
+          *d_dout = adev(t, dout, n), *d_out = adev(t, out, n), *d_mean = cuda_alloc(t->c, N * 4),
+          *d_rstd = cuda_alloc(t->c, N * 4), *d_dx = adev(t, dx0, n), *d_dg = dev(t, dg0, C * 4),
+          *d_db = dev(t, db0, C * 4);
+    model_ops_cuda.layernorm_fwd(t->be, d_out, d_mean, d_rstd, d_x, d_g, d_b, N, C);
+    acheck_k(t, "layernorm_fwd", shape, "out", d_out, out, n, 0);
+    check(t, "layernorm_fwd", shape, "mean", d_mean, mean, N, 1e-5);
+    check(t, "layernorm_fwd", shape, "rstd", d_rstd, rstd, N, 1e-5);
+    cuda_upload(t->c, d_mean, mean, N * 4);  // the backward alone from here
+    cuda_upload(t->c, d_rstd, rstd, N * 4);
+    model_ops_cuda.layernorm_bwd(t->be, d_dx, d_dg, d_db, d_dout, d_x, d_g, d_mean, d_rstd, N, C);
+    acheck_k(t, "layernorm_bwd", shape, "dx", d_dx, dx, n, 0);
+    check(t, "layernorm_bwd", shape, "dg", d_dg, dg, C, 1e-5);
+    check(t, "layernorm_bwd", shape, "db", d_db, db, C, 1e-5);
+
+    // res = round(x + dout); out and the statistics from that rounded res, as the backward
+    // sees it; bitwise add + layernorm_fwd of this backend; out of place and in place
+    float *res = mm_malloc(n * 4);
+    model_ops_cpu.add(&mm_backend_cpu, res, x, dout, n);
+    for (size_t i = 0; i < n; i++) res[i] = bf16_round(res[i]);
+    model_ops_cpu.layernorm_fwd(&mm_backend_cpu, out, mean, rstd, res, g, b, N, C);
+    float *s_res = adev(t, res, n), *s_out = adev(t, out, n), *s_mean = cuda_alloc(t->c, N * 4),
+          *s_rstd = cuda_alloc(t->c, N * 4);
+    model_ops_cuda.add(t->be, s_res, d_x, d_dout, n);
+    model_ops_cuda.layernorm_fwd(t->be, s_out, s_mean, s_rstd, s_res, d_g, d_b, N, C);
+    for (int inplace = 0; inplace < 2; inplace++) {
+        const char *op = "add_layernorm_fwd";
+        if (inplace) snprintf(shape, sizeof(shape), "N%d C%d in place", N, C);
+        float *d_res = adev(t, x, n);
+        model_ops_cuda.add_layernorm_fwd(t->be, d_res, d_out, d_mean, d_rstd, inplace ? d_res : d_x,
+                                         d_dout, d_g, d_b, N, C);
+        acheck_k(t, op, shape, "res", d_res, res, n, EXACT);
+        acheck_k(t, op, shape, "out", d_out, out, n, 0);
+        check(t, op, shape, "mean", d_mean, mean, N, 1e-5);
+        check(t, op, shape, "rstd", d_rstd, rstd, N, 1e-5);
+        asame(t, op, shape, "out = add, layernorm_fwd", d_out, s_out, n);
+        check_same(t, op, shape, "rstd = add, layernorm_fwd", d_rstd, s_rstd, N);
+        cuda_free(d_res);
+    }
+    void *h[] = {x, g, b, dout, dx0, dg0, db0, out, mean, rstd, dx, dg, db, res};
+    void *d[] = {d_x,  d_g,  d_b,  d_dout, d_out, d_mean, d_rstd,
+                 d_dx, d_dg, d_db, s_res,  s_out, s_mean, s_rstd};
+    free_all(14, h);
+    cuda_free_all(14, d);
+}
+
+// ---------------------------------------------------------------------------------------
+// elementwise: GELU forward and backward (+=), add (in place too), dropout
+
+static void test_elementwise(T *t, size_t n) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "n%zu", n);
+    float *x = arand(t, n, 4), *y = arand(t, n, 1), *dout = arand(t, n, 1), *dx0 = arand(t, n, 1);
+    float *out = mm_malloc(n * 4), *dx = hcopy(dx0, n), *sum = mm_malloc(n * 4);
+    model_ops_cpu.gelu_fwd(&mm_backend_cpu, out, x, n);
+    model_ops_cpu.gelu_bwd(&mm_backend_cpu, dx, x, dout, n);
+    model_ops_cpu.add(&mm_backend_cpu, sum, x, y, n);
+    float *d_x = adev(t, x, n), *d_y = adev(t, y, n), *d_dout = adev(t, dout, n),
+          *d_out = adev(t, out, n), *d_dx = adev(t, dx0, n);
+    model_ops_cuda.gelu_fwd(t->be, d_out, d_x, n);
+    acheck_k(t, "gelu_fwd", shape, "out", d_out, out, n, 0);
+    model_ops_cuda.gelu_bwd(t->be, d_dx, d_x, d_dout, n);
+    acheck_k(t, "gelu_bwd", shape, "dx", d_dx, dx, n, 0);
+    model_ops_cuda.add(t->be, d_out, d_x, d_y, n);
+    acheck_k(t, "add", shape, "out", d_out, sum, n, EXACT);
+    model_ops_cuda.add(t->be, d_x, d_x, d_y, n);
+    acheck_k(t, "add", shape, "in place", d_x, sum, n, EXACT);
+    void *h[] = {x, y, dout, dx0, out, dx, sum};
+    void *d[] = {d_x, d_y, d_dout, d_out, d_dx};
+    free_all(7, h);
+    cuda_free_all(5, d);
+}
+
+static void test_dropout(T *t, int B, size_t n, double p) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d n%zu p%.2f", B, n, p);
+    const size_t tot = (size_t)B * n;
+    float *x = arand(t, tot, 1), *out = mm_malloc(tot * 4);
+    uint64_t keys[4] = {7, 8, 9, 10};
+    uint64_t *d_keys = dev(t, keys, sizeof(keys));
+    const uint32_t thr = (uint32_t)(p * (1 << 24));
+    const model_drop hd = {keys, 3, 2, thr, (float)(1 / (1 - p)), 0},
+                     dd = {d_keys, 3, 2, thr, (float)(1 / (1 - p)), 0};
+    model_ops_cpu.dropout(&mm_backend_cpu, out, x, &hd, B, n);
+    float *d_x = adev(t, x, tot), *d_y = adev(t, x, tot);
+    model_ops_cuda.dropout(t->be, d_x, d_x, &dd, B, n);
+    acheck_k(t, "dropout", shape, "in place", d_x, out, tot, EXACT);
+    model_ops_cuda.dropout(t->be, d_y, d_y, NULL, B, n);  // none: x unchanged
+    acheck_k(t, "dropout", shape, "none", d_y, x, tot, EXACT);
+    free(x), free(out);
+    void *d[] = {d_x, d_y, d_keys};
+    cuda_free_all(3, d);
+}
+
+int main(void) {
+    T t = {.be = NULL, .c = NULL, .tc = {0, 0}};
+    mm_rng_init(&t.rng, 4242, 0);
+    mm_err err = {{0}};
+    if (mm_backend_create(&t.be, "cuda", "bf16", 0, &err) != 0) {
+        TEST_CHECK(&t.tc, 0, "no CUDA device: %s", err.msg);
+        return test_finish(&t.tc);
+    }
+    t.c = (cuda_ctx *)t.be->ctx;
+    t.c->act16 = 1;
+    printf("device: %s; activations bf16 (act16)\n", t.c->device_name);
+    printf("%-16s %-30s %-10s %11s %8s\n", "op", "shape", "tensor", "err", "tol");
+
+    static const int mm[][3] = {{1, 1, 1}, {7, 13, 5}, {37, 45, 77}, {64, 96, 160}, {130, 33, 257}};
+    for (size_t i = 0; i < sizeof(mm) / sizeof(mm[0]); i++)
+        for (int k = 0; k < 4; k++)  // no copy; copy; copy with the bias unaligned; no bias
+            test_matmul(&t, mm[i][0], mm[i][1], mm[i][2], k != 3, k == 1 || k == 2, k == 2);
+    // fused where OC (forward) and IC (backward) allow: 160 and 64 fused, 77 and 5 two ops
+    static const int mg[][3] = {{7, 13, 5}, {37, 45, 77}, {64, 96, 160}, {33, 40, 64}};
+    for (size_t i = 0; i < sizeof(mg) / sizeof(mg[0]); i++)
+        test_matmul_gelu(&t, mg[i][0], mg[i][1], mg[i][2]);
+
+    static const int ln[][2] = {{1, 1}, {5, 7}, {33, 100}, {70, 768}, {300, 33}};
+    for (size_t i = 0; i < sizeof(ln) / sizeof(ln[0]); i++) test_layernorm(&t, ln[i][0], ln[i][1]);
+
+    test_elementwise(&t, 1);
+    test_elementwise(&t, 1000);
+    test_elementwise(&t, 70003);
+    test_dropout(&t, 1, 1, 0.5);
+    test_dropout(&t, 3, 1000, 0.1);
+    test_dropout(&t, 4, 70003, 0.3);
+
+    mm_backend_free(t.be);
+    return test_finish(&t.tc);
+}
