@@ -154,6 +154,7 @@ void cuda_ctx_free(cuda_ctx *c) {
     CU_CHECK(cudaFree(c->lt_ws));
     CU_CHECK(cudaFree(c->p16));
     CU_CHECK(cudaFree(c->scratch));
+    CU_CHECK(cudaFree(c->act_scratch));
     CU_CHECK(cudaFree(c->flag));
     CU_CHECK(cudaStreamDestroy(c->stream));
     CU_CHECK(cudaStreamDestroy(c->comm_stream));
@@ -174,18 +175,28 @@ void cuda_ctx_sync(cuda_ctx *c) {
     MM_CHECK(f[0] == 0, "CUDA: a kernel recorded unknown error code %d", f[0]);
 }
 
-void *cuda_scratch(cuda_ctx *c, size_t bytes) {
-    if (bytes <= c->scratch_bytes) return c->scratch;
+// *p (*have bytes) grown to at least bytes (a quarter more, whole MiB)
+static void *scratch_grow(cuda_ctx *c, void **p, size_t *have, size_t bytes, const char *what) {
+    if (bytes <= *have) return *p;
     CU_CHECK(cudaStreamSynchronize(c->stream));  // earlier ops may still use the old one
-    CU_CHECK(cudaFree(c->scratch));
-    c->scratch = NULL;
+    CU_CHECK(cudaFree(*p));
+    *p = NULL;
     size_t n = cu_round_up(bytes + bytes / 4, (size_t)1 << 20);
-    cudaError_t e = cudaMalloc(&c->scratch, n);
+    cudaError_t e = cudaMalloc(p, n);
     if (e != cudaSuccess)
-        mm_fatal(__FILE__, __LINE__, "CUDA: cudaMalloc of %zu bytes of op scratch failed: %s (%s)",
-                 n, cudaGetErrorString(e), cuda_hint(e));
-    c->scratch_bytes = n;
-    return c->scratch;
+        mm_fatal(__FILE__, __LINE__, "CUDA: cudaMalloc of %zu bytes of %s failed: %s (%s)", n,
+                 what, cudaGetErrorString(e), cuda_hint(e));
+    *have = n;
+    return *p;
+}
+
+void *cuda_scratch(cuda_ctx *c, size_t bytes) {
+    return scratch_grow(c, &c->scratch, &c->scratch_bytes, bytes, "op scratch");
+}
+
+void *cuda_act_scratch(cuda_ctx *c, size_t bytes) {
+    return scratch_grow(c, &c->act_scratch, &c->act_scratch_bytes, bytes,
+                        "fp32 copies of bf16 activations");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -439,6 +450,18 @@ void cu_to_bf16(cuda_ctx *c, __nv_bfloat16 *dst, const float *src, size_t n) {
     if (n == 0) return;
     CU_LAUNCH(k_to_bf16, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dst, src, n);
     CU_CHECK_LAUNCH("to_bf16");
+}
+
+__global__ void k_from_bf16(float *dst, const cu_bf16 *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
+void cu_from_bf16(cuda_ctx *c, float *dst, const cu_bf16 *src, size_t n) {
+    if (n == 0) return;
+    CU_LAUNCH(k_from_bf16, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dst, src, n);
+    CU_CHECK_LAUNCH("from_bf16");
 }
 
 // ---------------------------------------------------------------------------------------

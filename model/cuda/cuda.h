@@ -30,7 +30,8 @@
 // bf16 activations (cuda_ctx.act16; bf16 end to end, issue 15): the activations and their
 // gradients are bf16 in memory, so a matmul reads its operands in place and writes bf16
 // (cuBLASLt with bf16 bias and GELU input, from the parameters' bf16 copy), and every other
-// kernel loads bf16, computes in fp32 and rounds its outputs once (cuda_internal.h CU_ACT).
+// kernel loads bf16, computes in fp32 and rounds its outputs once (cuda_internal.h CU_ACT);
+// a path without bf16 kernels (attention under dropout, say) runs on fp32 copies.
 // Parameters, their gradients, optimizer state, LayerNorm statistics and losses stay fp32.
 // Landed op by op: tests/gpu/test_act16_cuda.c checks those that take it; the trainer turns
 // it on for precision bf16 once every op of both model kinds does.
@@ -101,6 +102,8 @@ typedef struct cuda_ctx {
                                      // each path run)
     void *scratch;             // (scratch_bytes) device work memory of the ops, grown on demand
     size_t scratch_bytes;
+    void *act_scratch;         // (act_scratch_bytes) act16: fp32 copies of bf16 activations for
+    size_t act_scratch_bytes;  // the paths without bf16 kernels (cuda_internal.h)
     int *flag;                 // (4) device: first bad input a kernel saw (0 = none), op, a, b
     char device_name[256];
     int sm_count, cc_major, cc_minor;

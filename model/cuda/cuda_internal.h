@@ -108,10 +108,11 @@ template <>
 __device__ __forceinline__ cu_bf16 cu_a<cu_bf16>(float v) {
     return __float2bfloat16(v);  // round to nearest even
 }
-// Runs the statement(s) with A the activation storage type of context c.
-#define CU_ACT(c, ...)                \
+// Runs the statement(s) with A = cu_bf16 when bf16 is true, else float; CU_ACT: with A the
+// activation storage type of context c.
+#define CU_AS(bf16, ...)              \
     do {                              \
-        if ((c)->act16) {             \
+        if (bf16) {                   \
             typedef cu_bf16 A;        \
             __VA_ARGS__;              \
         } else {                      \
@@ -119,10 +120,25 @@ __device__ __forceinline__ cu_bf16 cu_a<cu_bf16>(float v) {
             __VA_ARGS__;              \
         }                             \
     } while (0)
+#define CU_ACT(c, ...) CU_AS((c)->act16, __VA_ARGS__)
 // Bytes of n activation elements.
 static inline size_t cu_act_bytes(const cuda_ctx *c, size_t n) {
     return n * (c->act16 ? sizeof(cu_bf16) : sizeof(float));
 }
+// The paths without bf16 kernels (attention under dropout or at head widths the tensor-core
+// kernels do not take) run act16 through fp32 copies of their activations: in the
+// context's second scratch (cuda.h act_scratch), which the fp32 path's own cuda_scratch
+// calls leave alone. At least `bytes`, valid until the next cuda_act_scratch call.
+void *cuda_act_scratch(cuda_ctx *c, size_t bytes);
+// p advanced by n activation elements of the given type (bf16: cu_bf16, else float)
+static inline const float *cu_act_at(const float *p, size_t n, int bf16) {
+    return bf16 ? (const float *)((const cu_bf16 *)p + n) : p + n;
+}
+static inline float *cu_act_at(float *p, size_t n, int bf16) {
+    return bf16 ? (float *)((cu_bf16 *)p + n) : p + n;
+}
+// dst (n, fp32) = src (n, bf16), exactly
+void cu_from_bf16(cuda_ctx *c, float *dst, const cu_bf16 *src, size_t n);
 
 // ---------------------------------------------------------------------------------------
 // deterministic reductions: fixed butterflies, fixed trees. After warp_sum every lane holds
@@ -348,11 +364,12 @@ __device__ __forceinline__ int cu_attn_lim(int i, int P) { return i < P ? P : i 
 // Tk and skv); query i sees the keys j < min(cu_attn_lim(i, P), Tk) with key_valid[b * Tk + j]
 // (P >= Tq and Tk: every key, as cross-attention does). Not owned.
 typedef struct {
-    const float *q, *k, *v;
+    const float *q, *k, *v;    // bf16 when bf16 is set
     int sq, skv;
     const uint8_t *key_valid;  // (B, Tk)
     int Tq, Tk, P, NH;
     float scale;               // of the scores: 1 / sqrt(HD)
+    int bf16;                  // 1: q, k, v, out, dout, dq, dk, dv are bf16 (act16)
 } cu_flash;
 int cu_flash_tc_ok(int HD);
 // out (B, Tq, NH, HD), and lse (B, NH, Tq) (-inf for a query with no allowed key, whose
@@ -362,9 +379,10 @@ void cu_flash_tc_fwd(cuda_ctx *c, const cu_flash *a, int B, int HD, float *out, 
 // the forward's lse and D (cu_flash_row_terms)
 void cu_flash_tc_bwd(cuda_ctx *c, const cu_flash *a, int B, int HD, float *dq, int sdq, float *dk,
                      float *dv, int sdkv, const float *dout, const float *lse, const float *D);
-// D (B, NH, T) = dout . out row by row (the softmax backward's row term), in scratch
+// D (B, NH, T) = dout . out row by row (the softmax backward's row term), in scratch; dout
+// and out bf16 when bf16 is set
 const float *cu_flash_row_terms(cuda_ctx *c, const float *dout, const float *out, int B, int T,
-                                int NH, int HD);
+                                int NH, int HD, int bf16);
 
 // ---------------------------------------------------------------------------------------
 // the ops table's memory and glue ops (ops_glue_cuda.cu; model.h documents them)

@@ -840,15 +840,16 @@ __global__ void k_flash_fwd(float *out, float *lse, const float *qkv, const uint
 
 // D (B, NH, T) = dout_i . out_i = sum_j p_ij dp_ij, the softmax backward's row term; one warp
 // per row
-__global__ void k_flash_rowdot(float *D, const float *dout, const float *out, int B, int T,
-                               int NH, int HD) {
+template <typename A>
+__global__ void k_flash_rowdot(float *D, const A *dout, const A *out, int B, int T, int NH,
+                               int HD) {
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (row >= B * NH * T) return;
     const int i = row % T, h = row / T % NH, b = row / (T * NH);
     const size_t off = (size_t)(b * T + i) * NH * HD + (size_t)h * HD;
     float s = 0;
-    for (int d = lane; d < HD; d += CU_WARP) s = fmaf(dout[off + d], out[off + d], s);
+    for (int d = lane; d < HD; d += CU_WARP) s = fmaf(cu_f(dout[off + d]), cu_f(out[off + d]), s);
     s = warp_sum(s);
     if (lane == 0) D[row] = s;
 }
@@ -1121,12 +1122,12 @@ static int attention_core(const cuda_ctx *c, int B, int NH, int T, int HD) {
 static int attention_core16_on(const cuda_ctx *c, const model_drop &d) {
     return c->precision == CUDA_BF16 && !d.thr;
 }
-// packed qkv (B, T, 3, NH, HD) as the tensor-core flash kernels read it
-static cu_flash self_flash(const float *qkv, const uint8_t *key_valid, int T, int P, int NH,
-                           int HD) {
-    const int C = NH * HD;
-    return cu_flash{qkv, qkv + C, qkv + 2 * C, 3 * C, 3 * C, key_valid, T, T, P, NH,
-                    1 / sqrtf((float)HD)};
+// packed qkv (B, T, 3, NH, HD) as the tensor-core flash kernels read it (bf16 when act16)
+static cu_flash self_flash(const cuda_ctx *c, const float *qkv, const uint8_t *key_valid, int T,
+                           int P, int NH, int HD) {
+    const int C = NH * HD, h = c->act16;
+    return cu_flash{qkv, cu_act_at(qkv, C, h), cu_act_at(qkv, 2 * C, h), 3 * C, 3 * C, key_valid,
+                    T, T, P, NH, 1 / sqrtf((float)HD), h};
 }
 // 1 when self-attention runs on the tensor-core flash kernels (ops_flash_tc_cuda.cu), ahead
 // of both paths above
@@ -1135,29 +1136,19 @@ static int attention_flash_tc(const cuda_ctx *c, int HD, const model_drop &d) {
 }
 
 const float *cu_flash_row_terms(cuda_ctx *c, const float *dout, const float *out, int B, int T,
-                                int NH, int HD) {
+                                int NH, int HD, int bf16) {
     const int rows = B * NH * T;
     float *D = (float *)cuda_scratch(c, (size_t)rows * sizeof(float));
-    CU_LAUNCH(k_flash_rowdot, row_blocks(rows), CU_THREADS, c->stream, D, dout, out, B, T, NH,
-              HD);
+    CU_AS(bf16, CU_LAUNCH(k_flash_rowdot<A>, row_blocks(rows), CU_THREADS, c->stream, D,
+                          (const A *)dout, (const A *)out, B, T, NH, HD));
     CU_CHECK_LAUNCH("attention_bwd (row terms)");
     return D;
 }
 
-static void attention_fwd(const mm_backend *be, float *out, float *att, const float *qkv,
-                          const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
-                          const model_drop *drop) {
-    MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
-    if (B <= 0 || T <= 0) return;
-    cuda_ctx *c = cu_ctx(be);
-    const model_drop d = drop_arg(drop);
-    CU_CHECK(cudaMemcpyAsync(saved_mask(att, B, NH, T), key_valid, (size_t)B * T,
-                             cudaMemcpyDeviceToDevice, c->stream));
-    if (attention_flash_tc(c, HD, d)) {
-        const cu_flash a = self_flash(qkv, key_valid, T, P, NH, HD);
-        cu_flash_tc_fwd(c, &a, B, HD, out, att);
-        return;
-    }
+// The paths of fp32 activations other than the tensor-core flash kernels.
+static void attention_fwd32(cuda_ctx *c, float *out, float *att, const float *qkv,
+                            const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
+                            const model_drop &d) {
     if (attention_core(c, B, NH, T, HD)) {
         if (attention_core16_on(c, d))
             attention_core16(c, out, qkv, key_valid, B, T, P, NH, HD, 0);
@@ -1172,21 +1163,38 @@ static void attention_fwd(const mm_backend *be, float *out, float *att, const fl
     CU_CHECK_LAUNCH("attention_fwd (flash)");
 }
 
-static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, const float *qkv,
-                          const float *out, const float *att, int B, int T, int P, int NH, int HD,
+static void attention_fwd(const mm_backend *be, float *out, float *att, const float *qkv,
+                          const uint8_t *key_valid, int B, int T, int P, int NH, int HD,
                           const model_drop *drop) {
     MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
     if (B <= 0 || T <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     const model_drop d = drop_arg(drop);
-    const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
-    const int C = NH * HD;
+    CU_CHECK(cudaMemcpyAsync(saved_mask(att, B, NH, T), key_valid, (size_t)B * T,
+                             cudaMemcpyDeviceToDevice, c->stream));
     if (attention_flash_tc(c, HD, d)) {
-        const cu_flash a = self_flash(qkv, key_valid, T, P, NH, HD);
-        const float *D = cu_flash_row_terms(c, dout, out, B, T, NH, HD);
-        cu_flash_tc_bwd(c, &a, B, HD, dqkv, 3 * C, dqkv + C, dqkv + 2 * C, 3 * C, dout, att, D);
+        const cu_flash a = self_flash(c, qkv, key_valid, T, P, NH, HD);
+        cu_flash_tc_fwd(c, &a, B, HD, out, att);
         return;
     }
+    if (!c->act16) {
+        attention_fwd32(c, out, att, qkv, key_valid, B, T, P, NH, HD, d);
+        return;
+    }
+    // bf16 activations on a path without bf16 kernels: through fp32 copies
+    const size_t n = (size_t)B * T * NH * HD;
+    float *q32 = (float *)cuda_act_scratch(c, 4 * n * sizeof(float)), *o32 = q32 + 3 * n;
+    cu_from_bf16(c, q32, (const cu_bf16 *)qkv, 3 * n);
+    attention_fwd32(c, o32, att, q32, key_valid, B, T, P, NH, HD, d);
+    cu_to_bf16(c, (cu_bf16 *)out, o32, n);
+}
+
+// The paths of fp32 activations other than the tensor-core flash kernels.
+static void attention_bwd32(cuda_ctx *c, float *dqkv, const float *dout, const float *qkv,
+                            const float *out, const float *att, int B, int T, int P, int NH,
+                            int HD, const model_drop &d) {
+    const uint8_t *key_valid = saved_mask((float *)att, B, NH, T);
+    const int C = NH * HD;
     if (attention_core(c, B, NH, T, HD) && attention_core16_on(c, d)) {
         const attn16_ws w = attention_core16(c, NULL, qkv, key_valid, B, T, P, NH, HD, 1);
         cu_heads_split(c, w.dout, dout, B, T, NH, HD, C, 0);
@@ -1216,7 +1224,7 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
         cu_heads_merge(c, dqkv, dv, B, T, NH, HD, 3 * C, 2 * C, 1);
         return;
     }
-    const float *D = cu_flash_row_terms(c, dout, out, B, T, NH, HD);
+    const float *D = cu_flash_row_terms(c, dout, out, B, T, NH, HD, 0);
     const float scale = 1 / sqrtf((float)HD);
     const dim3 grid((unsigned)((T + FA_TB - 1) / FA_TB), (unsigned)(B * NH));
     CU_LAUNCH(k_flash_bwd_dq, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid, T, P,
@@ -1225,6 +1233,38 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
     CU_LAUNCH(k_flash_bwd_dkv, grid, FA_THREADS, c->stream, dqkv, dout, qkv, att, D, key_valid, T,
               P, NH, HD, scale, d);
     CU_CHECK_LAUNCH("attention_bwd (flash dk, dv)");
+}
+
+static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, const float *qkv,
+                          const float *out, const float *att, int B, int T, int P, int NH, int HD,
+                          const model_drop *drop) {
+    MM_CHECK(P >= 0 && P <= T, "attention: prefix %d outside [0, T=%d]", P, T);
+    if (B <= 0 || T <= 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    const model_drop d = drop_arg(drop);
+    const int C = NH * HD, h = c->act16;
+    if (attention_flash_tc(c, HD, d)) {
+        const cu_flash a = self_flash(c, qkv, saved_mask((float *)att, B, NH, T), T, P, NH, HD);
+        const float *D = cu_flash_row_terms(c, dout, out, B, T, NH, HD, h);
+        cu_flash_tc_bwd(c, &a, B, HD, dqkv, 3 * C, cu_act_at(dqkv, C, h), cu_act_at(dqkv, 2 * C, h),
+                        3 * C, dout, att, D);
+        return;
+    }
+    if (!h) {
+        attention_bwd32(c, dqkv, dout, qkv, out, att, B, T, P, NH, HD, d);
+        return;
+    }
+    // bf16 activations on a path without bf16 kernels: through fp32 copies (dqkv's too, as
+    // the backward adds into it)
+    const size_t n = (size_t)B * T * C;
+    float *q32 = (float *)cuda_act_scratch(c, 8 * n * sizeof(float)), *dq32 = q32 + 3 * n,
+          *do32 = dq32 + 3 * n, *o32 = do32 + n;
+    cu_from_bf16(c, q32, (const cu_bf16 *)qkv, 3 * n);
+    cu_from_bf16(c, dq32, (const cu_bf16 *)dqkv, 3 * n);
+    cu_from_bf16(c, do32, (const cu_bf16 *)dout, n);
+    cu_from_bf16(c, o32, (const cu_bf16 *)out, n);
+    attention_bwd32(c, dq32, do32, q32, o32, att, B, T, P, NH, HD, d);
+    cu_to_bf16(c, (cu_bf16 *)dqkv, dq32, 3 * n);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -251,7 +251,7 @@ static cu_flash xattn_flash(const float *q, const float *kv, const uint8_t *key_
                             int Tk, int NH, int HD) {
     const int C = NH * HD;
     return cu_flash{q, kv, kv + C, C, 2 * C, key_valid, Tq, Tk, Tq > Tk ? Tq : Tk, NH,
-                    1 / sqrtf((float)HD)};
+                    1 / sqrtf((float)HD), 0};
 }
 
 static void xattn_fwd(const mm_backend *be, float *out, float *att, const float *q,
@@ -313,7 +313,7 @@ static void xattn_bwd(const mm_backend *be, float *dq, float *dkv, const float *
     const int C = NH * HD;
     if (xattn_flash_tc(c, Tk, HD)) {
         const cu_flash a = xattn_flash(q, kv, xattn_saved_mask(att, B, Tq, NH), Tq, Tk, NH, HD);
-        const float *D = cu_flash_row_terms(c, dout, out, B, Tq, NH, HD);
+        const float *D = cu_flash_row_terms(c, dout, out, B, Tq, NH, HD, 0);
         cu_flash_tc_bwd(c, &a, B, HD, dq, C, dkv, dkv + C, 2 * C, dout, att, D);
         return;
     }

@@ -17,10 +17,12 @@
 // Each gradient element is owned by one thread and summed in a fixed order (no atomics), so
 // a rerun gives the same bits; the hardware's order inside one mma is fixed for a device.
 //
-// Numbers: q, k, v and dout are rounded to bf16 when their tiles are loaded (the fp32
-// activations are read directly: no conversion pass), as are p and ds before the products
-// after them (FlashAttention-2 does the same); scores, the softmax, its row sums and every
-// accumulation are fp32. Against the fp32 CPU op: about bf16's precision (test_ops_cuda: 1e-2).
+// Numbers: q, k, v and dout are rounded to bf16 when their tiles are loaded (fp32 activations
+// are read directly: no conversion pass; bf16 ones, cu_flash.bf16, as they are), as are p and
+// ds before the products after them (FlashAttention-2 does the same); scores, the softmax,
+// its row sums and every accumulation are fp32; bf16 outputs are rounded once at the store.
+// Against the fp32 CPU op: about bf16's precision (test_ops_cuda: 1e-2); bf16 activations
+// give the fp32 activations' results rounded (test_act16_cuda: bitwise).
 //
 // Fragments follow the PTX ISA's layout for mma.m16n8k16 (lane = 4 g + t): an A fragment
 // (16 x 16, row-major) is rows g and g + 8, columns 2t, 2t + 1 and 2t + 8, 2t + 9; a B
@@ -126,17 +128,18 @@ __device__ __forceinline__ void tc_acc(float (*acc)[4], const float (*x)[4], con
     }
 }
 
-// Rows r0 .. r0 + TC_ROWS - 1 (HD wide) of a (T, rs) fp32 matrix into bf16 tiles: rows
-// (TC_ROWS, HD + TC_PAD) and/or cols, its transpose (HD, TC_ROWS + TC_PAD); zeros past T.
-template <int HD>
+// Rows r0 .. r0 + TC_ROWS - 1 (HD wide) of a (T, rs) matrix of A (fp32 or bf16) into bf16
+// tiles: rows (TC_ROWS, HD + TC_PAD) and/or cols, its transpose (HD, TC_ROWS + TC_PAD); zeros
+// past T.
+template <int HD, typename A>
 __device__ void tc_load(tc_bits (*rows)[HD + TC_PAD], tc_bits (*cols)[TC_ROWS + TC_PAD],
-                        const float *src, size_t rs, int r0, int T) {
+                        const A *src, size_t rs, int r0, int T) {
     for (int e = threadIdx.x; e < TC_ROWS * HD / 2; e += blockDim.x) {
         const int r = e / (HD / 2), d = 2 * (e % (HD / 2)), i = r0 + r;
         float x0 = 0, x1 = 0;
         if (i < T) {
-            x0 = src[(size_t)i * rs + d];
-            x1 = src[(size_t)i * rs + d + 1];
+            x0 = cu_f(src[(size_t)i * rs + d]);
+            x1 = cu_f(src[(size_t)i * rs + d + 1]);
         }
         const uint32_t v = tc_pack(x0, x1);
         if (rows) tc_st(&rows[r][d], v);
@@ -172,8 +175,8 @@ __device__ __forceinline__ int tc_key_end(const cu_flash &a, int q0) {
 
 // out (B, Tq, NH, HD), lse (B, NH, Tq). Thread: query rows g and g + 8 of its warp's 16, their
 // running max m and sum l, score columns 8n + 2t (+1) of a key tile, output columns likewise.
-template <int HD>
-__global__ void __launch_bounds__(TC_THREADS) k_flash_tc_fwd(cu_flash a, float *out, float *lse) {
+template <int HD, typename A>
+__global__ void __launch_bounds__(TC_THREADS) k_flash_tc_fwd(cu_flash a, A *out, float *lse) {
     constexpr int KD = HD / 16, ND = HD / 8, NK = TC_ROWS / 8;
     alignas(16) __shared__ tc_bits Qs[TC_ROWS][HD + TC_PAD], Ks[TC_ROWS][HD + TC_PAD],
         Vt[HD][TC_ROWS + TC_PAD];
@@ -181,9 +184,9 @@ __global__ void __launch_bounds__(TC_THREADS) k_flash_tc_fwd(cu_flash a, float *
     const int bh = blockIdx.y, b = bh / a.NH, h = bh % a.NH, C = a.NH * HD;
     const int q0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
               t = threadIdx.x % 4;
-    const float *qb = a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD;
-    const float *kb = a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
-    const float *vb = a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
+    const A *qb = (const A *)a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD;
+    const A *kb = (const A *)a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
+    const A *vb = (const A *)a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
     tc_load<HD>(Qs, nullptr, qb, a.sq, q0, a.Tq);
     __syncthreads();
     uint32_t qa[KD][4];
@@ -236,10 +239,10 @@ __global__ void __launch_bounds__(TC_THREADS) k_flash_tc_fwd(cu_flash a, float *
         const int i = q0 + 16 * w + g + 8 * r;
         if (i >= a.Tq) continue;
         const float inv = l[r] > 0 ? 1 / l[r] : 0.0f;  // no allowed key: a zero output
-        float *orow = out + (size_t)(b * a.Tq + i) * C + (size_t)h * HD;
+        A *orow = out + (size_t)(b * a.Tq + i) * C + (size_t)h * HD;
         for (int n = 0; n < ND; n++) {
-            orow[8 * n + 2 * t] = o[n][2 * r] * inv;
-            orow[8 * n + 2 * t + 1] = o[n][2 * r + 1] * inv;
+            orow[8 * n + 2 * t] = cu_a<A>(o[n][2 * r] * inv);
+            orow[8 * n + 2 * t + 1] = cu_a<A>(o[n][2 * r + 1] * inv);
         }
         if (t == 0) lse[(size_t)bh * a.Tq + i] = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
     }
@@ -247,10 +250,9 @@ __global__ void __launch_bounds__(TC_THREADS) k_flash_tc_fwd(cu_flash a, float *
 
 // dq (row stride sdq) +=. Thread: query rows g, g + 8 of its warp's, their dq columns 8n + 2t
 // (+1).
-template <int HD>
+template <int HD, typename A>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_flash_tc_dq(cu_flash a, float *dq, int sdq, const float *dout, const float *lse,
-                  const float *D) {
+    k_flash_tc_dq(cu_flash a, A *dq, int sdq, const A *dout, const float *lse, const float *D) {
     constexpr int KD = HD / 16, ND = HD / 8, NK = TC_ROWS / 8;
     alignas(16) __shared__ tc_bits Ks[TC_ROWS][HD + TC_PAD], Vs[TC_ROWS][HD + TC_PAD],
         Kt[HD][TC_ROWS + TC_PAD];
@@ -258,10 +260,11 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int bh = blockIdx.y, b = bh / a.NH, h = bh % a.NH, C = a.NH * HD;
     const int q0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
               t = threadIdx.x % 4;
-    const float *kb = a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
-    const float *vb = a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
+    const A *kb = (const A *)a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
+    const A *vb = (const A *)a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD;
     // q and dout pass through Ks and Vs on their way into registers
-    tc_load<HD>(Ks, nullptr, a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD, a.sq, q0, a.Tq);
+    tc_load<HD>(Ks, nullptr, (const A *)a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD, a.sq, q0,
+                a.Tq);
     tc_load<HD>(Vs, nullptr, dout + (size_t)b * a.Tq * C + (size_t)h * HD, C, q0, a.Tq);
     __syncthreads();
     uint32_t qa[KD][4], da[KD][4];
@@ -299,11 +302,10 @@ __global__ void __launch_bounds__(TC_THREADS)
     for (int r = 0; r < 2; r++) {
         const int i = q0 + 16 * w + g + 8 * r;
         if (i >= a.Tq) continue;
-        float *dst = dq + (size_t)(b * a.Tq + i) * sdq + (size_t)h * HD;
-        for (int n = 0; n < ND; n++) {
-            dst[8 * n + 2 * t] += acc[n][2 * r];
-            dst[8 * n + 2 * t + 1] += acc[n][2 * r + 1];
-        }
+        A *dst = dq + (size_t)(b * a.Tq + i) * sdq + (size_t)h * HD;
+        for (int n = 0; n < ND; n++)
+            for (int e = 0; e < 2; e++)
+                dst[8 * n + 2 * t + e] = cu_a<A>(cu_f(dst[8 * n + 2 * t + e]) + acc[n][2 * r + e]);
     }
 }
 
@@ -311,10 +313,10 @@ __global__ void __launch_bounds__(TC_THREADS)
 // the queries 8n + 2t (+1) of a query tile (the transposed scores: k q^T), their dk, dv
 // columns. Only the query tiles that can see a key of the tile are visited: every one for a
 // prefix key, those from k0 on for causal keys.
-template <int HD>
+template <int HD, typename A>
 __global__ void __launch_bounds__(TC_THREADS)
-    k_flash_tc_dkv(cu_flash a, float *dk, float *dv, int sdkv, const float *dout,
-                   const float *lse, const float *D) {
+    k_flash_tc_dkv(cu_flash a, A *dk, A *dv, int sdkv, const A *dout, const float *lse,
+                   const float *D) {
     constexpr int KD = HD / 16, ND = HD / 8, NQ = TC_ROWS / 8;
     alignas(16) __shared__ tc_bits Qs[TC_ROWS][HD + TC_PAD], dOs[TC_ROWS][HD + TC_PAD],
         Qt[HD][TC_ROWS + TC_PAD], dOt[HD][TC_ROWS + TC_PAD];
@@ -322,11 +324,13 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int bh = blockIdx.y, b = bh / a.NH, h = bh % a.NH, C = a.NH * HD;
     const int k0 = blockIdx.x * TC_ROWS, w = threadIdx.x / 32, g = threadIdx.x % 32 / 4,
               t = threadIdx.x % 4;
-    const float *qb = a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD;
-    const float *ob = dout + (size_t)b * a.Tq * C + (size_t)h * HD;
+    const A *qb = (const A *)a.q + (size_t)b * a.Tq * a.sq + (size_t)h * HD;
+    const A *ob = dout + (size_t)b * a.Tq * C + (size_t)h * HD;
     // k and v pass through Qs and dOs on their way into registers
-    tc_load<HD>(Qs, nullptr, a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD, a.skv, k0, a.Tk);
-    tc_load<HD>(dOs, nullptr, a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD, a.skv, k0, a.Tk);
+    tc_load<HD>(Qs, nullptr, (const A *)a.k + (size_t)b * a.Tk * a.skv + (size_t)h * HD, a.skv,
+                k0, a.Tk);
+    tc_load<HD>(dOs, nullptr, (const A *)a.v + (size_t)b * a.Tk * a.skv + (size_t)h * HD, a.skv,
+                k0, a.Tk);
     __syncthreads();
     uint32_t ka[KD][4], va[KD][4];
     for (int kk = 0; kk < KD; kk++) {
@@ -369,8 +373,9 @@ __global__ void __launch_bounds__(TC_THREADS)
         const size_t row = (size_t)(b * a.Tk + j[r]) * sdkv + (size_t)h * HD;
         for (int n = 0; n < ND; n++)
             for (int e = 0; e < 2; e++) {
-                dk[row + 8 * n + 2 * t + e] += ak[n][2 * r + e];
-                dv[row + 8 * n + 2 * t + e] += av[n][2 * r + e];
+                const size_t x = row + 8 * n + 2 * t + e;
+                dk[x] = cu_a<A>(cu_f(dk[x]) + ak[n][2 * r + e]);
+                dv[x] = cu_a<A>(cu_f(dv[x]) + av[n][2 * r + e]);
             }
     }
 }
@@ -382,29 +387,31 @@ static dim3 tc_grid(int B, int rows, int NH) {
     return dim3((unsigned)((rows + TC_ROWS - 1) / TC_ROWS), (unsigned)(B * NH));
 }
 
-// one instance per head width the kernels take (cu_flash_tc_ok)
+// one instance per head width the kernels take (cu_flash_tc_ok), of storage type A
+#define TC_K(kern, HD) kern<HD, A>
 #define TC_BY_HD(HD, kern, ...)                                                        \
     switch (HD) {                                                                      \
-        case 16: CU_LAUNCH(kern<16>, __VA_ARGS__); break;                              \
-        case 32: CU_LAUNCH(kern<32>, __VA_ARGS__); break;                              \
-        case 48: CU_LAUNCH(kern<48>, __VA_ARGS__); break;                              \
-        case 64: CU_LAUNCH(kern<64>, __VA_ARGS__); break;                              \
+        case 16: CU_LAUNCH(TC_K(kern, 16), __VA_ARGS__); break;                        \
+        case 32: CU_LAUNCH(TC_K(kern, 32), __VA_ARGS__); break;                        \
+        case 48: CU_LAUNCH(TC_K(kern, 48), __VA_ARGS__); break;                        \
+        case 64: CU_LAUNCH(TC_K(kern, 64), __VA_ARGS__); break;                        \
         default: MM_CHECK(0, "flash attention on tensor cores: head width %d", HD);    \
     }
 
 void cu_flash_tc_fwd(cuda_ctx *c, const cu_flash *a, int B, int HD, float *out, float *lse) {
     if (B <= 0 || a->Tq <= 0) return;
-    TC_BY_HD(HD, k_flash_tc_fwd, tc_grid(B, a->Tq, a->NH), TC_THREADS, c->stream, *a, out, lse);
+    CU_AS(a->bf16, TC_BY_HD(HD, k_flash_tc_fwd, tc_grid(B, a->Tq, a->NH), TC_THREADS, c->stream,
+                            *a, (A *)out, lse));
     CU_CHECK_LAUNCH("attention forward (flash, tensor cores)");
 }
 
 void cu_flash_tc_bwd(cuda_ctx *c, const cu_flash *a, int B, int HD, float *dq, int sdq, float *dk,
                      float *dv, int sdkv, const float *dout, const float *lse, const float *D) {
     if (B <= 0 || a->Tq <= 0 || a->Tk <= 0) return;
-    TC_BY_HD(HD, k_flash_tc_dq, tc_grid(B, a->Tq, a->NH), TC_THREADS, c->stream, *a, dq, sdq,
-             dout, lse, D);
+    CU_AS(a->bf16, TC_BY_HD(HD, k_flash_tc_dq, tc_grid(B, a->Tq, a->NH), TC_THREADS, c->stream,
+                            *a, (A *)dq, sdq, (const A *)dout, lse, D));
     CU_CHECK_LAUNCH("attention backward (flash dq, tensor cores)");
-    TC_BY_HD(HD, k_flash_tc_dkv, tc_grid(B, a->Tk, a->NH), TC_THREADS, c->stream, *a, dk, dv,
-             sdkv, dout, lse, D);
+    CU_AS(a->bf16, TC_BY_HD(HD, k_flash_tc_dkv, tc_grid(B, a->Tk, a->NH), TC_THREADS, c->stream,
+                            *a, (A *)dk, (A *)dv, sdkv, (const A *)dout, lse, D));
     CU_CHECK_LAUNCH("attention backward (flash dk, dv, tensor cores)");
 }

@@ -111,4 +111,15 @@ static inline void cuda_free_all(int n, void **p) {
     for (int i = 0; i < n; i++) cuda_free(p[i]);
 }
 
+// key_valid (B, T): random with about 1 in 5 missing; sample 0 misses its whole prefix
+// (its prefix queries have no key) and, when B > 2, sample B-1 misses every key.
+static inline uint8_t *make_mask(T *t, int B, int Tk, int P) {
+    uint8_t *m = mm_malloc((size_t)B * Tk);
+    for (int i = 0; i < B * Tk; i++) m[i] = mm_rng_uniform(&t->rng) >= 0.2f;
+    for (int j = 0; j < P && j < Tk; j++) m[j] = 0;
+    if (B > 2)
+        for (int j = 0; j < Tk; j++) m[(size_t)(B - 1) * Tk + j] = 0;
+    return m;
+}
+
 #endif  // MM_TESTS_GPU_CHECK_CUDA_H

@@ -351,6 +351,69 @@ static void test_dropout(T *t, int B, size_t n, double p) {
     cuda_free_all(3, d);
 }
 
+// ---------------------------------------------------------------------------------------
+// attention: bf16 activations against this backend's own op on fp32 activations holding the
+// same bf16 values, whose results test_ops_cuda.c checks against the CPU. The kernels'
+// arithmetic does not depend on the storage, so the bf16 outputs must be those results
+// rounded, bit for bit, on every path: flash on tensor cores (bf16 kernels), and the paths
+// without bf16 kernels (the cuBLAS core, SIMT flash, dropout) through fp32 copies.
+
+static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pdrop, int path) {
+    const int C = NH * HD;
+    const size_t nqkv = (size_t)B * Tn * 3 * C, no = (size_t)B * Tn * C;
+    const size_t nl = (size_t)B * NH * Tn, ns = model_ops_cuda.attention_saved(t->be, B, NH, Tn);
+    cuda_ctx *c = t->c;
+    c->flash_tc = path == 0;
+    c->attn_core_bytes = path == 1 ? SIZE_MAX : 0;
+    const int ftc = path == 0 && pdrop == 0 && HD % 16 == 0 && HD <= 64;
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d T%d P%d NH%d HD%d %s%s", B, Tn, P, NH, HD,
+             ftc         ? "flash-TC"
+             : path == 1 ? "cuBLAS"
+                         : "flash",
+             pdrop > 0 ? " drop" : "");
+    uint64_t keys[8];
+    for (int b = 0; b < B && b < 8; b++) keys[b] = 1000003u * (uint64_t)(b + 1);
+    uint64_t *d_keys = dev(t, keys, sizeof(keys));
+    const uint32_t thr = (uint32_t)(pdrop * (1 << 24));
+    const model_drop dd = {d_keys, 2, 1, thr, (float)(1 / (1 - pdrop)), 1};
+    const model_drop *drop = pdrop > 0 ? &dd : NULL;
+    float *qkv = arand(t, nqkv, 2), *dout = arand(t, no, 1), *dqkv0 = arand(t, nqkv, 1);
+    uint8_t *kv = make_mask(t, B, Tn, P);
+    uint8_t *d_kv = dev(t, kv, (size_t)B * Tn);
+    float *out = mm_malloc(no * 4), *dqkv = mm_malloc(nqkv * 4);
+
+    // the fp32 activations' results
+    c->act16 = 0;
+    float *f_qkv = dev(t, qkv, nqkv * 4), *f_out = cuda_alloc(c, no * 4),
+          *f_att = cuda_alloc(c, ns * 4), *f_dout = dev(t, dout, no * 4),
+          *f_dqkv = dev(t, dqkv0, nqkv * 4);
+    model_ops_cuda.attention_fwd(t->be, f_out, f_att, f_qkv, d_kv, B, Tn, P, NH, HD, drop);
+    cuda_ctx_sync(c);
+    cuda_download(c, out, f_out, no * 4);
+    for (size_t i = 0; i < no; i++) out[i] = bf16_round(out[i]);  // what a bf16 forward keeps
+    cuda_upload(c, f_out, out, no * 4);
+    model_ops_cuda.attention_bwd(t->be, f_dqkv, f_dout, f_qkv, f_out, f_att, B, Tn, P, NH, HD,
+                                 drop);
+    cuda_ctx_sync(c);
+    cuda_download(c, dqkv, f_dqkv, nqkv * 4);
+
+    c->act16 = 1;
+    float *a_qkv = adev(t, qkv, nqkv), *a_out = adev(t, out, no), *a_att = cuda_alloc(c, ns * 4),
+          *a_dout = adev(t, dout, no), *a_dqkv = adev(t, dqkv0, nqkv);
+    model_ops_cuda.attention_fwd(t->be, a_out, a_att, a_qkv, d_kv, B, Tn, P, NH, HD, drop);
+    acheck_k(t, "attention_fwd", shape, "out", a_out, out, no, EXACT);
+    check_same(t, "attention_fwd", shape, "lse", a_att, f_att, nl);
+    model_ops_cuda.attention_bwd(t->be, a_dqkv, a_dout, a_qkv, a_out, a_att, B, Tn, P, NH, HD,
+                                 drop);
+    acheck_k(t, "attention_bwd", shape, "dqkv", a_dqkv, dqkv, nqkv, EXACT);
+    void *h[] = {qkv, dout, dqkv0, kv, out, dqkv};
+    void *d[] = {d_keys, d_kv,  f_qkv, f_out, f_att,  f_dout,
+                 f_dqkv, a_qkv, a_out, a_att, a_dout, a_dqkv};
+    free_all(6, h);
+    cuda_free_all(12, d);
+}
+
 int main(void) {
     T t = {.be = NULL, .c = NULL, .tc = {0, 0}};
     mm_rng_init(&t.rng, 4242, 0);
@@ -382,6 +445,23 @@ int main(void) {
     test_dropout(&t, 1, 1, 0.5);
     test_dropout(&t, 3, 1000, 0.1);
     test_dropout(&t, 4, 70003, 0.3);
+
+    // attention shapes as test_ops_cuda.c's: T 1, all causal, all prefix, mixed, several
+    // tiles, HD 80 (never the tensor-core kernels); each on flash-TC (where it takes the
+    // shape, else the paths below), the cuBLAS core and SIMT flash; with and without dropout
+    static const int at[][5] = {{1, 1, 0, 1, 4},      {3, 5, 2, 1, 16},  {3, 37, 10, 2, 16},
+                                {2, 64, 64, 4, 32},   {3, 70, 0, 3, 48}, {3, 150, 45, 2, 64},
+                                {2, 129, 100, 3, 48}, {2, 33, 7, 1, 80}};
+    const size_t core_bytes = t.c->attn_core_bytes;
+    const int flash_tc = t.c->flash_tc;
+    for (int path = 0; path < 3; path++)
+        for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++)
+            for (int drop = 0; drop < 2; drop++)
+                test_attention(&t, at[i][0], at[i][1], at[i][2], at[i][3], at[i][4],
+                               drop ? 0.25 : 0, path);
+    t.c->attn_core_bytes = core_bytes;
+    t.c->flash_tc = flash_tc;
+    t.c->act16 = 1;
 
     mm_backend_free(t.be);
     return test_finish(&t.tc);

@@ -343,17 +343,6 @@ static void test_elementwise(T *t, size_t n) {
 // ---------------------------------------------------------------------------------------
 // attention
 
-// key_valid (B, T): random with about 1 in 5 missing; sample 0 misses its whole prefix
-// (its prefix queries have no key) and, when B > 2, sample B-1 misses every key.
-static uint8_t *make_mask(T *t, int B, int Tk, int P) {
-    uint8_t *m = mm_malloc((size_t)B * Tk);
-    for (int i = 0; i < B * Tk; i++) m[i] = mm_rng_uniform(&t->rng) >= 0.2f;
-    for (int j = 0; j < P && j < Tk; j++) m[j] = 0;
-    if (B > 2)
-        for (int j = 0; j < Tk; j++) m[(size_t)(B - 1) * Tk + j] = 0;
-    return m;
-}
-
 // The log-sum-exp of query i's allowed scaled scores, in double from qkv directly (-inf
 // for a query without a key): an independent check of what the flash forward saves.
 static void ref_lse(float *lse, const float *qkv, const uint8_t *kv, int B, int Tn, int P,
