@@ -1,5 +1,6 @@
 // ema.c: the weight average of ema.h on any backend: the update is the backend's ema kernel,
-// the swap three copy_rows, so a GPU never moves the weights to the host for evaluation.
+// the swap three device copies (mem_copy: parameters, not activations, whose element type
+// copy_rows follows), so a GPU never moves the weights to the host for evaluation.
 #include "ema.h"
 
 #include <string.h>
@@ -11,7 +12,7 @@ void train_ema_init(train_ema *e, const mm_backend *be, const float *dparams, si
     e->be = be;
     e->n = n;
     e->dema = be->ops->mem_alloc(be, n * sizeof(float));
-    be->ops->copy_rows(be, e->dema, 0, dparams, 0, n, 1);
+    be->ops->mem_copy(be, e->dema, dparams, n * sizeof(float));
     e->host = train_host_view(be, e->dema, n);
 }
 
@@ -30,9 +31,10 @@ void train_ema_update(train_ema *e, const float *dparams, float decay) {
 void train_ema_swap(train_ema *e, float *dparams) {
     const mm_backend *be = e->be;
     if (!e->dswap) e->dswap = be->ops->mem_alloc(be, e->n * sizeof(float));
-    be->ops->copy_rows(be, e->dswap, 0, dparams, 0, e->n, 1);
-    be->ops->copy_rows(be, dparams, 0, e->dema, 0, e->n, 1);
-    be->ops->copy_rows(be, e->dema, 0, e->dswap, 0, e->n, 1);
+    const size_t bytes = e->n * sizeof(float);
+    be->ops->mem_copy(be, e->dswap, dparams, bytes);
+    be->ops->mem_copy(be, dparams, e->dema, bytes);
+    be->ops->mem_copy(be, e->dema, e->dswap, bytes);
 }
 
 void train_ema_to_host(train_ema *e) {

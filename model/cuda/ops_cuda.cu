@@ -1278,10 +1278,11 @@ static void attention_bwd(const mm_backend *be, float *dqkv, const float *dout, 
 // One row's log-sum-exp, and its loss = lse - logit[t] (0 when ignored), by one block. With
 // label smoothing eps: lse - (1 - eps) logit[t] - eps/V sum_j logit[j], shifted by the max.
 // Every thread returns the lse; thread 0 writes the loss.
-__device__ float xent_row(float *loss, const float *l, int t, int V, float eps) {
+template <typename A>
+__device__ float xent_row(float *loss, const A *l, int t, int V, float eps) {
     float m = -INFINITY, s = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const float x = l[j];
+        const float x = cu_f(l[j]);
         if (x > m) {
             s = s * expf(m - x) + 1;  // expf(-inf) = 0 for the first element
             m = x;
@@ -1293,41 +1294,41 @@ __device__ float xent_row(float *loss, const float *l, int t, int V, float eps) 
     s = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx));
     float sl = 0;  // sum_j (logit_j - max), for smoothing only
     if (eps > 0) {
-        for (int j = threadIdx.x; j < V; j += blockDim.x) sl += l[j] - mx;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) sl += cu_f(l[j]) - mx;
         sl = block_sum(sl);
     }
     if (threadIdx.x == 0) {
         if (t < 0)
             *loss = 0.0f;
         else if (eps > 0)
-            *loss = logf(s) - (1 - eps) * (l[t] - mx) - eps / V * sl;
+            *loss = logf(s) - (1 - eps) * (cu_f(l[t]) - mx) - eps / V * sl;
         else
-            *loss = logf(s) - (l[t] - mx);
+            *loss = logf(s) - (cu_f(l[t]) - mx);
     }
     return mx + logf(s);
 }
 
 // One row's d = (exp(l - lse) - q) * s, q = (1 - eps) onehot + eps / V (0 when t < 0), by
 // one block; d may be l (each element is read, then written, by one thread).
-__device__ void xent_row_grad(float *d, const float *l, float ls, int t, int V, float s,
-                              float eps) {
+template <typename A>
+__device__ void xent_row_grad(A *d, const A *l, float ls, int t, int V, float s, float eps) {
     if (t < 0) {
-        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = cu_a<A>(0.0f);
         return;
     }
     if (eps > 0) {
         const float u = eps / V;
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            float v = (expf(l[j] - ls) - u) * s;
+            float v = (expf(cu_f(l[j]) - ls) - u) * s;
             if (j == t) v -= (1 - eps) * s;
-            d[j] = v;
+            d[j] = cu_a<A>(v);
         }
         return;
     }
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float v = expf(l[j] - ls) * s;
+        float v = expf(cu_f(l[j]) - ls) * s;
         if (j == t) v -= s;
-        d[j] = v;
+        d[j] = cu_a<A>(v);
     }
 }
 
@@ -1340,7 +1341,8 @@ __device__ __forceinline__ int xent_target(const int32_t *targets, int row, int 
 }
 
 // loss (N), lse (N) from logits (N, V); one block per row
-__global__ void k_xent_fwd(float *loss, float *lse, const float *logits, const int32_t *targets,
+template <typename A>
+__global__ void k_xent_fwd(float *loss, float *lse, const A *logits, const int32_t *targets,
                            int V, int *flag, float eps) {
     const int row = blockIdx.x, t = xent_target(targets, row, V, flag);
     const float ls = xent_row(loss + row, logits + (size_t)row * V, t, V, eps);
@@ -1351,16 +1353,16 @@ static void xent_fwd(const mm_backend *be, float *loss, float *lse, const float 
                      const int32_t *targets, int N, int V, float eps) {
     if (N <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_xent_fwd, (unsigned)N, CU_THREADS, c->stream, loss, lse, logits, targets, V,
-              c->flag, eps);
+    CU_ACT(c, CU_LAUNCH(k_xent_fwd<A>, (unsigned)N, CU_THREADS, c->stream, loss, lse,
+                        (const A *)logits, targets, V, c->flag, eps));
     CU_CHECK_LAUNCH("xent_fwd");
 }
 
 // dlogits (N, V) from the forward's lse, rows scaled by dloss (overwrites; dlogits may be
 // logits). One block per row (grid-stride over rows), threads along the row.
-__global__ void k_xent_bwd(float *dlogits, const float *logits, const float *lse,
-                           const int32_t *targets, const float *dloss, int N, int V, int *flag,
-                           float eps) {
+template <typename A>
+__global__ void k_xent_bwd(A *dlogits, const A *logits, const float *lse, const int32_t *targets,
+                           const float *dloss, int N, int V, int *flag, float eps) {
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
         const int t = xent_target(targets, row, V, flag);
         xent_row_grad(dlogits + (size_t)row * V, logits + (size_t)row * V, t < 0 ? 0 : lse[row],
@@ -1372,18 +1374,19 @@ static void xent_bwd(const mm_backend *be, float *dlogits, const float *logits, 
                      const int32_t *targets, const float *dloss, int N, int V, float eps) {
     if (N <= 0 || V <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_xent_bwd, cu_row_blocks(N), CU_THREADS, c->stream, dlogits, logits, lse, targets,
-              dloss, N, V, c->flag, eps);
+    CU_ACT(c, CU_LAUNCH(k_xent_bwd<A>, cu_row_blocks(N), CU_THREADS, c->stream, (A *)dlogits,
+                        (const A *)logits, lse, targets, dloss, N, V, c->flag, eps));
     CU_CHECK_LAUNCH("xent_bwd");
 }
 
 // Both in one kernel, in place: a block's second read of its row (for the gradient) follows
 // the first at once, from cache rather than from memory a whole backward pass later (llm.c's
 // fused classifier). The same bits as k_xent_fwd then k_xent_bwd: the same row functions.
-__global__ void k_xent_fwd_bwd(float *loss, float *logits, const int32_t *targets,
-                               const float *dloss, int V, int *flag, float eps) {
+template <typename A>
+__global__ void k_xent_fwd_bwd(float *loss, A *logits, const int32_t *targets, const float *dloss,
+                               int V, int *flag, float eps) {
     const int row = blockIdx.x, t = xent_target(targets, row, V, flag);
-    float *l = logits + (size_t)row * V;
+    A *l = logits + (size_t)row * V;
     const float ls = xent_row(loss + row, l, t, V, eps);
     __syncthreads();  // thread 0 has read l[t] for the loss before the row is overwritten
     xent_row_grad(l, l, ls, t, V, t < 0 ? 0 : dloss[row], eps);
@@ -1393,8 +1396,8 @@ static void xent_fwd_bwd(const mm_backend *be, float *loss, float *logits,
                          const int32_t *targets, const float *dloss, int N, int V, float eps) {
     if (N <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_xent_fwd_bwd, (unsigned)N, CU_THREADS, c->stream, loss, logits, targets, dloss, V,
-              c->flag, eps);
+    CU_ACT(c, CU_LAUNCH(k_xent_fwd_bwd<A>, (unsigned)N, CU_THREADS, c->stream, loss, (A *)logits,
+                        targets, dloss, V, c->flag, eps));
     CU_CHECK_LAUNCH("xent_fwd_bwd");
 }
 

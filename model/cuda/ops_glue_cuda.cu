@@ -2,7 +2,9 @@
 // models' glue between the big ops (row copies, patchify, the LM's embedding rows and their
 // backward, per-sample loss reductions), so that transformer.c runs with every buffer on
 // the device. Same arithmetic as the CPU versions, in the same order, so the results are
-// the CPU's bit for bit (they are additions and copies; the one division is IEEE).
+// the CPU's bit for bit (they are additions and copies; the one division is IEEE). With bf16
+// activations (act16) rows, patches and embedding rows are bf16, sums made in fp32 and
+// rounded once; the per-sample losses stay fp32.
 //
 // The embedding-table gradient is deterministic without float atomics: one block per text
 // position; the block of the FIRST position holding a token sums, for its columns, every
@@ -37,8 +39,8 @@ void cu_mem_copy(const mm_backend *be, void *dst, const void *src, size_t bytes)
 // ---------------------------------------------------------------------------------------
 // copies
 
-__global__ void k_copy_rows(float *dst, size_t ds, const float *src, size_t ss, size_t width,
-                            int rows) {
+template <typename A>
+__global__ void k_copy_rows(A *dst, size_t ds, const A *src, size_t ss, size_t width, int rows) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x)
         for (size_t i = threadIdx.x; i < width; i += blockDim.x)
             dst[(size_t)r * ds + i] = src[(size_t)r * ss + i];
@@ -48,22 +50,22 @@ void cu_copy_rows(const mm_backend *be, float *dst, size_t dst_stride, const flo
                   size_t src_stride, size_t width, int rows) {
     if (rows <= 0 || width == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    cuda_params16_touch(c, dst, ((size_t)(rows - 1) * dst_stride + width) * sizeof(float));
-    CU_LAUNCH(k_copy_rows, cu_row_blocks(rows), CU_THREADS, c->stream, dst, dst_stride, src,
-              src_stride, width, rows);
+    cuda_params16_touch(c, dst, cu_act_bytes(c, (size_t)(rows - 1) * dst_stride + width));
+    CU_ACT(c, CU_LAUNCH(k_copy_rows<A>, cu_row_blocks(rows), CU_THREADS, c->stream, (A *)dst,
+                        dst_stride, (const A *)src, src_stride, width, rows));
     CU_CHECK_LAUNCH("copy_rows");
 }
 
 // one patch row (p * c contiguous values) per (patch, dy); dir 0: image -> patches, 1: back
-__global__ void k_patch(float *patches, float *img, int B, int H, int W, int c, int p,
-                        int dir) {
+template <typename A>
+__global__ void k_patch(A *patches, A *img, int B, int H, int W, int c, int p, int dir) {
     const int gw = W / p, n = (H / p) * gw, pdim = p * p * c, pc = p * c;
     const int rows = B * n * p;
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const int bp = r / p, dy = r % p;
         const int b = bp / n, py = (bp % n) / gw, px = bp % gw;
-        float *pr = patches + (size_t)bp * pdim + (size_t)dy * pc;
-        float *ir = img + (size_t)b * H * W * c + ((size_t)(py * p + dy) * W + (size_t)px * p) * c;
+        A *pr = patches + (size_t)bp * pdim + (size_t)dy * pc;
+        A *ir = img + (size_t)b * H * W * c + ((size_t)(py * p + dy) * W + (size_t)px * p) * c;
         for (int i = threadIdx.x; i < pc; i += blockDim.x) {
             if (dir == 0) pr[i] = ir[i];
             else ir[i] = pr[i];
@@ -76,8 +78,8 @@ void cu_patchify(const mm_backend *be, float *patches, const float *img, int B, 
     cuda_ctx *cx = cu_ctx(be);
     const int rows = B * (H / p) * (W / p) * p;
     if (rows <= 0) return;
-    CU_LAUNCH(k_patch, cu_row_blocks(rows), CU_WARP * 2, cx->stream, patches, (float *)img, B, H,
-              W, c, p, 0);
+    CU_ACT(cx, CU_LAUNCH(k_patch<A>, cu_row_blocks(rows), CU_WARP * 2, cx->stream, (A *)patches,
+                         (A *)img, B, H, W, c, p, 0));
     CU_CHECK_LAUNCH("patchify");
 }
 
@@ -86,23 +88,25 @@ void cu_unpatchify(const mm_backend *be, float *img, const float *patches, int B
     cuda_ctx *cx = cu_ctx(be);
     const int rows = B * (H / p) * (W / p) * p;
     if (rows <= 0) return;
-    CU_LAUNCH(k_patch, cu_row_blocks(rows), CU_WARP * 2, cx->stream, (float *)patches, img, B, H,
-              W, c, p, 1);
+    CU_ACT(cx, CU_LAUNCH(k_patch<A>, cu_row_blocks(rows), CU_WARP * 2, cx->stream, (A *)patches,
+                         (A *)img, B, H, W, c, p, 1));
     CU_CHECK_LAUNCH("unpatchify");
 }
 
 // ---------------------------------------------------------------------------------------
 // the LM's embeddings
 
-__global__ void k_embed_fwd(float *x0, uint8_t *key_valid, const float *emb_img,
-                            const float *emb_aud, const float *img_pos, const float *aud_pos,
+template <typename A>
+__global__ void k_embed_fwd(A *x0, uint8_t *key_valid, const A *emb_img, const A *emb_aud,
+                            const float *img_pos, const float *aud_pos,
                             const float *wte, const float *tpos, const int32_t *tokens,
                             int tok_stride, const uint8_t *has_image, const uint8_t *has_audio,
                             int B, int T, int n_img, int n_aud, int C, int V, int *flag) {
     const int P = n_img + n_aud, BT = B * T;
     for (int r = blockIdx.x; r < BT; r += gridDim.x) {
         const int b = r / T, t = r % T;
-        const float *e, *pe;
+        const A *e = NULL;  // the projected input row, or
+        const float *et = NULL, *pe;  // the token's embedding
         uint8_t kv = 1;
         if (t < n_img) {
             e = emb_img + ((size_t)b * n_img + t) * C;
@@ -118,12 +122,13 @@ __global__ void k_embed_fwd(float *x0, uint8_t *key_valid, const float *emb_img,
                 if (threadIdx.x == 0) cu_flag(flag, CU_FLAG_TOKEN, tok, b);
                 continue;
             }
-            e = wte + (size_t)tok * C;
+            et = wte + (size_t)tok * C;
             pe = tpos + (size_t)(t - P) * C;
         }
         if (threadIdx.x == 0) key_valid[r] = kv;
-        float *o = x0 + (size_t)r * C;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = e[c] + pe[c];
+        A *o = x0 + (size_t)r * C;
+        for (int c = threadIdx.x; c < C; c += blockDim.x)
+            o[c] = cu_a<A>((e ? cu_f(e[c]) : et[c]) + pe[c]);
     }
 }
 
@@ -134,15 +139,17 @@ void cu_embed_fwd(const mm_backend *be, float *x0, uint8_t *key_valid,
                   int n_img, int n_aud, int C, int V) {
     if (B * T <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_embed_fwd, cu_row_blocks(B * T), CU_THREADS, c->stream, x0, key_valid, emb_img,
-              emb_aud, img_pos, aud_pos, wte, tpos, tokens, tok_stride, has_image, has_audio, B,
-              T, n_img, n_aud, C, V, c->flag);
+    CU_ACT(c, CU_LAUNCH(k_embed_fwd<A>, cu_row_blocks(B * T), CU_THREADS, c->stream, (A *)x0,
+                        key_valid, (const A *)emb_img, (const A *)emb_aud, img_pos, aud_pos, wte,
+                        tpos, tokens, tok_stride, has_image, has_audio, B, T, n_img, n_aud, C, V,
+                        c->flag));
     CU_CHECK_LAUNCH("embed_fwd");
 }
 
 // positions: one thread per (position, column), samples in order onto the gradient
-__global__ void k_embed_bwd_pos(float *g_img_pos, float *g_aud_pos, float *g_tpos,
-                                const float *dx0, int B, int T, int n_img, int n_aud, int C) {
+template <typename A>
+__global__ void k_embed_bwd_pos(float *g_img_pos, float *g_aud_pos, float *g_tpos, const A *dx0,
+                                int B, int T, int n_img, int n_aud, int C) {
     const int P = n_img + n_aud;
     const size_t n = (size_t)T * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
@@ -152,15 +159,16 @@ __global__ void k_embed_bwd_pos(float *g_img_pos, float *g_aud_pos, float *g_tpo
                     : t < P   ? g_aud_pos + (size_t)(t - n_img) * C
                               : g_tpos + (size_t)(t - P) * C;
         float acc = gp[c];
-        for (int b = 0; b < B; b++) acc += dx0[((size_t)b * T + t) * C + c];
+        for (int b = 0; b < B; b++) acc += cu_f(dx0[((size_t)b * T + t) * C + c]);
         gp[c] = acc;
     }
 }
 
 // the token table: see the file comment (one block per text position, the first holder of
 // a token sums all of them in order)
-__global__ void k_embed_bwd_wte(float *g_wte, const float *dx0, const int32_t *tokens, int B,
-                                int T, int P, int C, int V) {
+template <typename A>
+__global__ void k_embed_bwd_wte(float *g_wte, const A *dx0, const int32_t *tokens, int B, int T,
+                                int P, int C, int V) {
     const int Tt = T - P, N = B * Tt;
     for (int i = blockIdx.x; i < N; i += gridDim.x) {
         const int tok = tokens[i];
@@ -173,7 +181,7 @@ __global__ void k_embed_bwd_wte(float *g_wte, const float *dx0, const int32_t *t
             float acc = ge[c];
             for (int j = i; j < N; j++)
                 if (tokens[j] == tok)
-                    acc += dx0[((size_t)(j / Tt) * T + P + (j % Tt)) * C + c];
+                    acc += cu_f(dx0[((size_t)(j / Tt) * T + P + (j % Tt)) * C + c]);
             ge[c] = acc;
         }
     }
@@ -184,13 +192,14 @@ void cu_embed_bwd(const mm_backend *be, float *g_img_pos, float *g_aud_pos, floa
                   int n_aud, int C, int V) {
     if (B <= 0 || T <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_embed_bwd_pos, cu_blocks((size_t)T * C, CU_THREADS), CU_THREADS, c->stream,
-              g_img_pos, g_aud_pos, g_tpos, dx0, B, T, n_img, n_aud, C);
+    CU_ACT(c, CU_LAUNCH(k_embed_bwd_pos<A>, cu_blocks((size_t)T * C, CU_THREADS), CU_THREADS,
+                        c->stream, g_img_pos, g_aud_pos, g_tpos, (const A *)dx0, B, T, n_img,
+                        n_aud, C));
     CU_CHECK_LAUNCH("embed_bwd positions");
     const int N = B * (T - n_img - n_aud);
     if (N <= 0) return;
-    CU_LAUNCH(k_embed_bwd_wte, cu_row_blocks(N), CU_THREADS, c->stream, g_wte, dx0, tokens, B, T,
-              n_img + n_aud, C, V);
+    CU_ACT(c, CU_LAUNCH(k_embed_bwd_wte<A>, cu_row_blocks(N), CU_THREADS, c->stream, g_wte,
+                        (const A *)dx0, tokens, B, T, n_img + n_aud, C, V));
     CU_CHECK_LAUNCH("embed_bwd wte");
 }
 

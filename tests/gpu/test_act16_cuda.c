@@ -414,6 +414,146 @@ static void test_attention(T *t, int B, int Tn, int P, int NH, int HD, double pd
     cuda_free_all(12, d);
 }
 
+// ---------------------------------------------------------------------------------------
+// ops checked against this backend's own fp32-activation op on the same bf16 values
+// (test_ops_cuda.c checks that one against the CPU): their bf16 outputs must be its outputs
+// rounded, bit for bit, and their fp32 outputs the same bits, as the kernels compute in fp32
+// either way. Inputs are bf16 values; each op runs once per storage (act16 0, then 1).
+
+// Compares bf16 activation d16 with the fp32 activation d32 rounded (EXACT).
+static void acmp(T *t, const char *op, const char *shape, const char *what, const float *d16,
+                 const float *d32, size_t n) {
+    float *h = mm_malloc((n ? n : 1) * 4);
+    cuda_ctx_sync(t->c);
+    cuda_download(t->c, h, d32, n * 4);
+    acheck_k(t, op, shape, what, d16, h, n, EXACT);
+    free(h);
+}
+
+// A pair of device copies of host values h (bf16 values): fp32 ([0]) and bf16 ([1]).
+typedef struct {
+    float *d[2];
+} pair;
+static pair pdev(T *t, const float *h, size_t n) {
+    return (pair){{dev(t, h, (n ? n : 1) * 4), adev(t, h, n)}};
+}
+static void pfree(int n, pair *p) {
+    for (int i = 0; i < n; i++) {
+        cuda_free(p[i].d[0]);
+        cuda_free(p[i].d[1]);
+    }
+}
+
+static void test_xent(T *t, int N, int V, float eps) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "N%d V%d eps%g", N, V, eps);
+    const size_t n = (size_t)N * V, ns = model_ops_cuda.xent_saved(t->be, N, V);
+    float *logits = arand(t, n, 4), *dloss = hrand(t, N, 1);
+    int32_t *tg = mm_malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) tg[i] = i % 3 == 1 ? -1 : (int32_t)mm_rng_below(&t->rng, V);
+    int32_t *d_tg = dev(t, tg, (size_t)N * 4);
+    float *d_dloss = dev(t, dloss, (size_t)N * 4);
+    pair lg = pdev(t, logits, n), dl = pdev(t, logits, n), fb = pdev(t, logits, n);
+    float *loss[2], *lse[2], *loss2[2];
+    for (int a = 0; a < 2; a++) {
+        t->c->act16 = a;
+        loss[a] = cuda_alloc(t->c, (size_t)N * 4);
+        loss2[a] = cuda_alloc(t->c, (size_t)N * 4);
+        lse[a] = cuda_alloc(t->c, ns * 4);
+        model_ops_cuda.xent_fwd(t->be, loss[a], lse[a], lg.d[a], d_tg, N, V, eps);
+        model_ops_cuda.xent_bwd(t->be, dl.d[a], lg.d[a], lse[a], d_tg, d_dloss, N, V, eps);
+        model_ops_cuda.xent_fwd_bwd(t->be, loss2[a], fb.d[a], d_tg, d_dloss, N, V, eps);
+    }
+    check_same(t, "xent_fwd", shape, "loss", loss[1], loss[0], N);
+    check_same(t, "xent_fwd", shape, "lse", lse[1], lse[0], N);
+    acmp(t, "xent_bwd", shape, "dlogits", dl.d[1], dl.d[0], n);
+    check_same(t, "xent_fwd_bwd", shape, "loss", loss2[1], loss2[0], N);
+    acmp(t, "xent_fwd_bwd", shape, "dlogits", fb.d[1], fb.d[0], n);
+    pair all[] = {lg, dl, fb};
+    pfree(3, all);
+    void *d[] = {d_tg, d_dloss, loss[0], loss[1], lse[0], lse[1], loss2[0], loss2[1]};
+    cuda_free_all(8, d);
+    free(logits), free(dloss), free(tg);
+}
+
+// row copies, patchify and back, the LM's embedding rows and their backward
+static void test_glue(T *t, int B, int n_img, int n_aud, int Tt, int C, int V) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d P%d+%d Tt%d C%d V%d", B, n_img, n_aud, Tt, C, V);
+    const int T = n_img + n_aud + Tt;
+    const size_t nx = (size_t)B * T * C, ni = (size_t)B * n_img * C, na = (size_t)B * n_aud * C;
+    float *ei = arand(t, ni, 1), *ea = arand(t, na, 1), *dx = arand(t, nx, 1);
+    float *ip = hrand(t, (size_t)n_img * C, 1), *ap = hrand(t, (size_t)n_aud * C, 1),
+          *wte = hrand(t, (size_t)V * C, 1), *tp = hrand(t, (size_t)Tt * C, 1);
+    int32_t *tok = mm_malloc((size_t)B * Tt * 4);
+    uint8_t has[8] = {1, 0, 1, 1, 0, 1, 1, 0};
+    for (int i = 0; i < B * Tt; i++) tok[i] = (int32_t)mm_rng_below(&t->rng, V < 5 ? V : 5);
+    int32_t *d_tok = dev(t, tok, (size_t)B * Tt * 4);
+    uint8_t *d_has = dev(t, has, sizeof(has)), *d_kv = cuda_alloc(t->c, nx);
+    float *d_ip = dev(t, ip, (size_t)n_img * C * 4), *d_ap = dev(t, ap, (size_t)n_aud * C * 4),
+          *d_wte = dev(t, wte, (size_t)V * C * 4), *d_tp = dev(t, tp, (size_t)Tt * C * 4);
+    pair pe = pdev(t, ei, ni), pa = pdev(t, ea, na), pdx = pdev(t, dx, nx), x0 = pdev(t, dx, nx),
+         rows = pdev(t, dx, nx);
+    float *g[2][4];
+    for (int a = 0; a < 2; a++) {
+        t->c->act16 = a;
+        lm_ops_cuda.embed_fwd(t->be, x0.d[a], d_kv, pe.d[a], pa.d[a], d_ip, d_ap, d_wte, d_tp,
+                              d_tok, Tt, d_has, d_has + 1, B, T, n_img, n_aud, C, V);
+        g[a][0] = dev(t, ip, (size_t)n_img * C * 4);
+        g[a][1] = dev(t, ap, (size_t)n_aud * C * 4);
+        g[a][2] = dev(t, wte, (size_t)V * C * 4);
+        g[a][3] = dev(t, tp, (size_t)Tt * C * 4);
+        lm_ops_cuda.embed_bwd(t->be, g[a][0], g[a][1], g[a][2], g[a][3], pdx.d[a], d_tok, B, T,
+                              n_img, n_aud, C, V);
+        // the text rows of dx into rows, at the text's offset of each sample
+        model_ops_cuda.copy_rows(t->be, rows.d[a], (size_t)T * C, pdx.d[a], (size_t)T * C,
+                                 (size_t)Tt * C, B);
+    }
+    acmp(t, "embed_fwd", shape, "x0", x0.d[1], x0.d[0], nx);
+    check_same(t, "embed_bwd", shape, "g_img_pos", g[1][0], g[0][0], (size_t)n_img * C);
+    check_same(t, "embed_bwd", shape, "g_aud_pos", g[1][1], g[0][1], (size_t)n_aud * C);
+    check_same(t, "embed_bwd", shape, "g_wte", g[1][2], g[0][2], (size_t)V * C);
+    check_same(t, "embed_bwd", shape, "g_tpos", g[1][3], g[0][3], (size_t)Tt * C);
+    acmp(t, "copy_rows", shape, "rows", rows.d[1], rows.d[0], nx);
+    pair all[] = {pe, pa, pdx, x0, rows};
+    pfree(5, all);
+    void *d[] = {d_tok,   d_has,   d_kv,    d_ip,    d_ap,    d_wte,   d_tp,   g[0][0],
+                 g[0][1], g[0][2], g[0][3], g[1][0], g[1][1], g[1][2], g[1][3]};
+    cuda_free_all(15, d);
+    void *h[] = {ei, ea, dx, ip, ap, wte, tp, tok};
+    free_all(8, h);
+}
+
+// patchify and unpatchify; the conv stem's gather, its adjoint (+=) and max pooling
+static void test_image_ops(T *t, int B, int H, int W, int c, int p) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d %dx%dx%d p%d", B, H, W, c, p);
+    const size_t n = (size_t)B * H * W * c, nc = n * 9, no = n / 4;
+    float *img = arand(t, n, 1), *cols = arand(t, nc, 1);
+    for (size_t i = 0; i < n; i += 7) img[i] = img[i + 1 < n ? i + 1 : i];  // ties in windows
+    pair pi = pdev(t, img, n), pp = pdev(t, img, n), pb = pdev(t, img, n), pc = pdev(t, cols, nc),
+         pdc = pdev(t, cols, nc), pdi = pdev(t, img, n), po = pdev(t, cols, no),
+         pdo = pdev(t, cols, no), pdm = pdev(t, img, n);
+    for (int a = 0; a < 2; a++) {
+        t->c->act16 = a;
+        model_ops_cuda.patchify(t->be, pp.d[a], pi.d[a], B, H, W, c, p);
+        model_ops_cuda.unpatchify(t->be, pb.d[a], pp.d[a], B, H, W, c, p);
+        model_ops_cuda.im2col3(t->be, pc.d[a], pi.d[a], B, H, W, c);
+        model_ops_cuda.col2im3(t->be, pdi.d[a], pdc.d[a], B, H, W, c);
+        model_ops_cuda.maxpool2_fwd(t->be, po.d[a], pi.d[a], B, H, W, c);
+        model_ops_cuda.maxpool2_bwd(t->be, pdm.d[a], pdo.d[a], pi.d[a], B, H, W, c);
+    }
+    acmp(t, "patchify", shape, "patches", pp.d[1], pp.d[0], n);
+    acmp(t, "unpatchify", shape, "img", pb.d[1], pb.d[0], n);
+    acmp(t, "im2col3", shape, "cols", pc.d[1], pc.d[0], nc);
+    acmp(t, "col2im3", shape, "dimg", pdi.d[1], pdi.d[0], n);
+    acmp(t, "maxpool2_fwd", shape, "out", po.d[1], po.d[0], no);
+    acmp(t, "maxpool2_bwd", shape, "dx", pdm.d[1], pdm.d[0], n);
+    pair all[] = {pi, pp, pb, pc, pdc, pdi, po, pdo, pdm};
+    pfree(9, all);
+    free(img), free(cols);
+}
+
 int main(void) {
     T t = {.be = NULL, .c = NULL, .tc = {0, 0}};
     mm_rng_init(&t.rng, 4242, 0);
@@ -461,6 +601,17 @@ int main(void) {
                                drop ? 0.25 : 0, path);
     t.c->attn_core_bytes = core_bytes;
     t.c->flash_tc = flash_tc;
+    t.c->act16 = 1;
+
+    static const int xe[][2] = {{1, 1}, {5, 3}, {37, 259}, {64, 1000}};
+    for (size_t i = 0; i < sizeof(xe) / sizeof(xe[0]); i++)
+        for (int e = 0; e < 2; e++) test_xent(&t, xe[i][0], xe[i][1], e ? 0.1f : 0);
+    test_glue(&t, 1, 1, 1, 1, 1, 3);
+    test_glue(&t, 4, 4, 3, 17, 40, 259);
+    test_glue(&t, 3, 0, 2, 33, 96, 7);
+    test_image_ops(&t, 2, 8, 8, 3, 4);
+    test_image_ops(&t, 3, 12, 6, 4, 2);
+    test_image_ops(&t, 1, 6, 10, 33, 2);
     t.c->act16 = 1;
 
     mm_backend_free(t.be);
