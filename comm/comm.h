@@ -98,6 +98,8 @@ int comm_nccl_init(comm_group *g, ncclComm_t *out, mm_err *err);
 // Every rank of nc calls it with the same count, in the same order. An NCCL error aborts
 // with file:line (a lost peer or device is not recoverable).
 void comm_nccl_allreduce(ncclComm_t nc, float *buf, size_t count, int avg, cudaStream_t stream);
+// The sum of count bf16 values (bf16 activations' tp sums) in place.
+void comm_nccl_allreduce_bf16(ncclComm_t nc, void *buf, size_t count, cudaStream_t stream);
 // The same for ZeRO-1: recv (count) = the sum over nc of block `rank` of send (size * count),
 // send and recv not overlapping; and the in-place all-gather of buf (size * count) whose
 // block `rank` is this rank's.

@@ -49,6 +49,12 @@ void comm_nccl_allreduce(ncclComm_t nc, float *buf, size_t count, int avg, cudaS
                "ncclAllReduce", count);
 }
 
+void comm_nccl_allreduce_bf16(ncclComm_t nc, void *buf, size_t count, cudaStream_t stream) {
+    if (count == 0) return;
+    NCCL_CHECK(ncclAllReduce(buf, buf, count, ncclBfloat16, ncclSum, nc, stream), "ncclAllReduce",
+               count);
+}
+
 void comm_nccl_reduce_scatter(ncclComm_t nc, const float *send, float *recv, size_t count,
                               cudaStream_t stream) {
     if (count == 0) return;

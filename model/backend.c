@@ -26,17 +26,18 @@ int mm_table_complete(const void *table, size_t bytes, size_t skip, const char *
     return 0;
 }
 
-int mm_backend_create(const mm_backend **out, const char *name, const char *precision, int rank,
-                      mm_err *err) {
+int mm_backend_create(const mm_backend **out, const char *name, const char *precision, int act16,
+                      int rank, mm_err *err) {
     *out = NULL;
     const mm_backend *be = NULL;
     if (strcmp(name, "cpu") == 0) {
         be = &mm_backend_cpu;  // fp32 whatever precision says (a GPU run's checkpoint samples)
     } else if (strcmp(name, "cuda") == 0) {
 #ifdef MM_HAVE_CUDA
-        if (cuda_backend_create(&be, precision, rank, err) != 0) return -1;
+        if (cuda_backend_create(&be, precision, act16, rank, err) != 0) return -1;
 #else
         (void)rank;
+        (void)act16;
         (void)precision;
         return mm_fail(err,
                        "backend: cuda, but this binary was built without CUDA (build it with "

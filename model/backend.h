@@ -135,8 +135,10 @@ typedef struct mm_backend_iface {
     // returns the mm_coll's impl (NULL where the backend needs none).
     void *(*coll_init)(const mm_backend *be, comm_group *g);
     void (*coll_free)(const mm_backend *be, void *impl);
-    // buf (n) = its sum over the group (the models' tp collectives)
+    // buf (n) = its sum over the group (parameters and their gradients)
     void (*allreduce)(const mm_backend *be, const mm_coll *c, mm_real *buf, size_t n);
+    // The same over n activations of the backend's storage (act_bytes; the models' tp sums)
+    void (*allreduce_acts)(const mm_backend *be, const mm_coll *c, mm_real *buf, size_t n);
     // recv (count) = the sum over the group of block `rank` of send (size * count); send and
     // recv do not overlap (ZeRO-1's gradients)
     void (*reduce_scatter)(const mm_backend *be, const mm_coll *c, const float *send, float *recv,
@@ -159,6 +161,9 @@ struct mm_backend {
     const char *name;  // "cpu", "cuda"
     mm_backend_kind kind;
     mm_backend_caps caps;
+    size_t act_bytes;  // of one activation element in the ops' buffers (model.h "activations"):
+                       // sizeof(mm_real), or 2 for bf16 activations (CUDA, precision bf16,
+                       // where mm_backend_create was asked for them)
     const model_ops *ops;  // generic kernels and memory (model.h)
     const mm_backend_iface *iface;
     void *ctx;       // the backend's own state (cuda_ctx), owned; NULL on CPU
@@ -171,11 +176,13 @@ extern const mm_backend mm_backend_cpu;
 
 // Creates the backend `name` ("cpu" or "cuda") for world rank `rank` with matmul precision
 // `precision` ("fp32" or "bf16"; the CPU computes in fp32 whatever it says): on CUDA it
-// picks the GPU of the local rank.
+// picks the GPU of the local rank. act16 1: in precision bf16 the activations are bf16 too
+// (act_bytes 2) on a backend that has them (CUDA), for a model kind whose ops all take them
+// (the transformer; the DiT passes 0 until its own ops do).
 // Checks that its tables are complete. Returns 0, or -1 with err naming the problem (an
 // unknown name, a binary built without CUDA, no GPU for this rank, a bad precision).
-int mm_backend_create(const mm_backend **out, const char *name, const char *precision, int rank,
-                      mm_err *err);
+int mm_backend_create(const mm_backend **out, const char *name, const char *precision, int act16,
+                      int rank, mm_err *err);
 // NULL: nothing.
 void mm_backend_free(const mm_backend *be);
 

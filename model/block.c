@@ -74,19 +74,19 @@ void model_block_carve(model_carver *cv, const mm_backend *be, model_block_acts 
     const int att = parts & MODEL_PART_ATT, rest = parts & MODEL_PART_REST;
     if (rest) {
         a->ln1 = model_carve(cv, BT * C);
-        a->ln1_mean = model_carve(cv, BT);
-        a->ln1_rstd = model_carve(cv, BT);
+        a->ln1_mean = model_carve_real(cv, BT);
+        a->ln1_rstd = model_carve_real(cv, BT);
         a->qkv = model_carve(cv, BT * 3 * Cl);
     }
     if (att) {
-        a->att = model_carve(cv, be->ops->attention_saved(be, (int)(BT / T), (int)NHl, (int)T));
+        a->att = model_carve_real(cv, be->ops->attention_saved(be, (int)(BT / T), (int)NHl, (int)T));
         a->atty = model_carve(cv, BT * Cl);
     }
     if (rest) {
         a->res2 = model_carve(cv, BT * C);
         a->ln2 = model_carve(cv, BT * C);
-        a->ln2_mean = model_carve(cv, BT);
-        a->ln2_rstd = model_carve(cv, BT);
+        a->ln2_mean = model_carve_real(cv, BT);
+        a->ln2_rstd = model_carve_real(cv, BT);
         a->fch = model_carve(cv, BT * Fl);
         a->fcg = model_carve(cv, BT * Fl);
     }
@@ -171,7 +171,7 @@ void model_block_backward(const model_block_run *r, const model_block_w *w,
     // its scratch dfcg are matmul_gelu_bwd's to write)
     mm_real *const zb[] = {s->dln2, s->datty, s->dqkv, s->dln1};
     const size_t zn[] = {nC, (size_t)BT * Cl, (size_t)BT * 3 * Cl, nC};
-    model_zero_ops(be, 4, zb, zn);
+    model_zero_acts(be, 4, zb, zn);
     // dres holds d(res3) (replicated); the residual passes it to res2 unchanged. Every rank
     // computes the replicated mlp.proj.b / attn.proj.b gradients from it in full. Under
     // dropout the branch sees d(res3) through its mask (ddrop); the residual path does not.

@@ -384,10 +384,12 @@ static void plan_enc(dit *m, model_carver *cv, enc_acts *e) {
     model_block_carve_scratch(cv, &e->bs, BT, C, C, F);
 }
 
-// Carves the activation buffer at base (NULL: only counts); returns its elements, and in
-// *per_layer those of one DiT block.
+// Carves the activation buffer at base (NULL: only counts); returns its bytes, and in
+// *per_layer those of one DiT block. Its activations are mm_real (setup refuses others), so
+// model_carve serves the statistics and losses too.
 static size_t plan_acts(dit *m, mm_real *base, size_t *per_layer) {
-    model_carver cv = {base, 0};
+    model_carver cv;
+    model_carver_init(&cv, m->be, base);
     const size_t B = (size_t)m->max_B, N = (size_t)m->N, C = (size_t)m->C, BN = B * N;
     const size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl, BTc = B * m->Tc, pix = BN * m->pdim;
     acts *a = &m->a;
@@ -516,6 +518,10 @@ static int setup(dit *m, const dit_config *cfg, const mm_backend *be, int max_B,
     if (!dops) return mm_fail(err, "dit: backend %s has no DiT kernels", be->name);
     if (mm_table_complete(dops, sizeof(*dops), sizeof(const char *), "dit_ops", err) != 0)
         return -1;
+    if (be->act_bytes != sizeof(mm_real))
+        return mm_fail(err, "dit: backend %s has %zu-byte activations; the diffusion model's ops "
+                       "take mm_real ones only (create the backend without act16)",
+                       be->name, be->act_bytes);
     m->cfg = *cfg;
     m->be = be;
     m->ops = be->ops;
@@ -564,8 +570,8 @@ int dit_mem_plan(const dit_config *cfg, const mm_backend *be, int max_B, model_m
     if (rc == 0) {
         size_t per = 0, n = plan_acts(&m, NULL, &per);
         *out = (model_mem){.n_params = m.n_params,
-                           .act_bytes = n * sizeof(mm_real),
-                           .act_per_layer = per * sizeof(mm_real),
+                           .act_bytes = n,
+                           .act_per_layer = per,
                            .attn_probs = (size_t)max_B * m.NHl * m.N * m.N * sizeof(float),
                            .attn_hd = m.HD,
                            .max_tensor = model_table_max(m.tensors, m.n_tensors),
@@ -605,7 +611,7 @@ int dit_create(dit **out, const dit_config *cfg, const mm_backend *be, int max_B
     free(pos);
 
     size_t per_layer, n_acts = plan_acts(m, NULL, &per_layer);
-    m->act_mem = ops->mem_alloc(be, n_acts * sizeof(mm_real));
+    m->act_mem = ops->mem_alloc(be, n_acts);
     plan_acts(m, m->act_mem, &per_layer);
     mm_real *ones = mm_malloc((size_t)m->C * sizeof(mm_real));
     for (int c = 0; c < m->C; c++) ones[c] = 1;  // zeros: the buffer is zeroed

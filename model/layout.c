@@ -92,14 +92,26 @@ void model_init_draw(mm_real *p, const model_tensor *t, uint64_t seed, uint64_t 
 // ---------------------------------------------------------------------------------------
 // activations and helpers
 
-mm_real *model_carve(model_carver *cv, size_t n) {
-    mm_real *p = cv->base ? cv->base + cv->off : NULL;
-    cv->off += (n + 15) / 16 * 16;  // 64-byte aligned slices for the vector loops
+void model_carver_init(model_carver *cv, const mm_backend *be, void *base) {
+    *cv = (model_carver){.base = (char *)base, .off = 0, .act_bytes = be->act_bytes};
+}
+
+static mm_real *carve_bytes(model_carver *cv, size_t bytes) {
+    mm_real *p = cv->base ? (mm_real *)(cv->base + cv->off) : NULL;
+    cv->off += (bytes + 63) / 64 * 64;  // 64-byte aligned slices for the vector loops
     return p;
 }
 
+mm_real *model_carve(model_carver *cv, size_t n) {
+    return carve_bytes(cv, n * cv->act_bytes);
+}
+
+mm_real *model_carve_real(model_carver *cv, size_t n) {
+    return carve_bytes(cv, n * sizeof(mm_real));
+}
+
 void model_tp_allreduce(const mm_backend *be, const mm_coll *tp, mm_real *x, size_t n) {
-    if (tp) be->iface->allreduce(be, tp, x, n);
+    if (tp) be->iface->allreduce_acts(be, tp, x, n);
 }
 
 void model_zero_bufs(int n, mm_real *const *p, const size_t *len) {
@@ -120,6 +132,14 @@ void model_zero_ops(const mm_backend *be, int n, mm_real *const *p, const size_t
         return;
     }
     for (int k = 0; k < n; k++) be->ops->mem_zero(be, p[k], len[k] * sizeof(mm_real));
+}
+
+void model_zero_acts(const mm_backend *be, int n, mm_real *const *p, const size_t *len) {
+    if (be->act_bytes == sizeof(mm_real)) {
+        model_zero_ops(be, n, p, len);
+        return;
+    }
+    for (int k = 0; k < n; k++) be->ops->mem_zero(be, p[k], len[k] * be->act_bytes);
 }
 
 void model_patchify(const mm_backend *be MM_UNUSED, mm_real *patches, const mm_real *img, int B,

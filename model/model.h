@@ -50,6 +50,15 @@ typedef struct {
 // Ops table: the generic kernels and memory functions of one backend (model/cpu/ops_cpu.c,
 // model/cuda/ops_cuda.cu); a backend object (backend.h) points to its table. All pointers
 // are backend memory; shapes in the comments; row-major throughout.
+//
+// Activations: the element type of the buffers between the ops is the backend's
+// (be->act_bytes: mm_real, or bf16 on CUDA in precision bf16 for the transformer). Every
+// mm_real * of an op is an activation or its gradient except the parameters and their
+// gradients (w, bias, g, b, beta, positions, the token table and their d*/g_* twins),
+// LayerNorm's mean and rstd, what attention_saved and xent_saved size, the cross-entropy's
+// losses and dloss, which are mm_real whatever the activations are. The models carve
+// activations at be->act_bytes (model_internal.h model_carve), move them through
+// act_from_real / act_to_real where they meet mm_real data, and never index them as mm_real.
 typedef struct model_ops {
     const char *name;
     // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC) [bias may be NULL]
@@ -161,9 +170,14 @@ typedef struct model_ops {
     void (*mem_zero)(const mm_backend *be, void *p, size_t bytes);
     // within the backend's memory, queued in order with the ops; regions do not overlap
     void (*mem_copy)(const mm_backend *be, void *dst, const void *src, size_t bytes);
-    // rows rows of width elements: dst[r * dst_stride + i] = src[r * src_stride + i]
+    // rows rows of width activations: dst[r * dst_stride + i] = src[r * src_stride + i]
     void (*copy_rows)(const mm_backend *be, mm_real *dst, size_t dst_stride, const mm_real *src,
                       size_t src_stride, size_t width, int rows);
+    // n activations (dst) from n mm_real values (src: a model's input), and back (the logits
+    // a generation reads): a copy where activations are mm_real, else rounded to nearest
+    // (and back exactly)
+    void (*act_from_real)(const mm_backend *be, mm_real *dst, const mm_real *src, size_t n);
+    void (*act_to_real)(const mm_backend *be, mm_real *dst, const mm_real *src, size_t n);
     // layout.c's model_patchify / model_unpatchify (model_internal.h)
     void (*patchify)(const mm_backend *be, mm_real *patches, const mm_real *img, int B, int H,
                      int W, int c, int p);
@@ -352,6 +366,8 @@ typedef struct {
     size_t attn_probs;     // one self-attention's (max_B, heads, T, T) fp32 probabilities, which
                            // a backend may materialise in its scratch (not in act_bytes)
     int attn_hd;           // that attention's head width
+    size_t attn_rows;      // its (max_B, T) rows times its heads' width: the elements of its
+                           // output (a backend may copy its operands, a few times that)
     int attn_dropout;      // 1 when dropout applies to its probabilities
     size_t max_tensor;     // elements of the largest tensor (a weight a matmul may copy)
     int n_layers;

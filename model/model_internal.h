@@ -51,14 +51,25 @@ void model_init_draw(mm_real *p, const model_tensor *t, uint64_t seed, uint64_t 
 
 // ---------------------------------------------------------------------------------------
 // Activations: one buffer carved in a fixed order. With base NULL only the size is counted
-// (the first planning pass); every slice is rounded to 16 elements so all start 64-byte
-// aligned for the vector loops.
+// (the first planning pass); every slice is rounded to 64 bytes so all start 64-byte aligned
+// for the vector loops. model_carve takes activations (be->act_bytes each: model.h
+// "Activations"), model_carve_real mm_real values (statistics, losses, saved state).
 typedef struct {
-    mm_real *base;  // NULL when counting
-    size_t off;     // elements carved so far
+    char *base;        // NULL when counting
+    size_t off;        // bytes carved so far
+    size_t act_bytes;  // of an activation element (the backend's)
 } model_carver;
 
+void model_carver_init(model_carver *cv, const mm_backend *be, void *base);
 mm_real *model_carve(model_carver *cv, size_t n);
+mm_real *model_carve_real(model_carver *cv, size_t n);
+// p advanced by n activation elements of be's storage
+static inline mm_real *model_act_at(const mm_backend *be, mm_real *p, size_t n) {
+    return (mm_real *)((char *)p + n * be->act_bytes);
+}
+static inline const mm_real *model_act_at_c(const mm_backend *be, const mm_real *p, size_t n) {
+    return (const mm_real *)((const char *)p + n * be->act_bytes);
+}
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -70,8 +81,10 @@ void model_tp_allreduce(const mm_backend *be, const mm_coll *tp, mm_real *x, siz
 // single-threaded memset runs at a fraction of the machine's store bandwidth, and the
 // backward passes zero several activation gradients per block.
 void model_zero_bufs(int n, mm_real *const *p, const size_t *len);
-// The same in ops' memory: model_zero_bufs on the CPU, ops->mem_zero per buffer elsewhere.
+// The same in ops' memory: model_zero_bufs on the CPU, ops->mem_zero per buffer elsewhere;
+// model_zero_acts for n buffers of activations (be->act_bytes each).
 void model_zero_ops(const mm_backend *be, int n, mm_real *const *p, const size_t *len);
+void model_zero_acts(const mm_backend *be, int n, mm_real *const *p, const size_t *len);
 
 // The gradient-ready hook (model.h model_set_grad_hook) as the models hold it.
 typedef struct {
@@ -113,6 +126,8 @@ void model_cpu_mem_copy(const mm_backend *be MM_UNUSED, void *dst, const void *s
 void model_cpu_mem_zero(const mm_backend *be MM_UNUSED, void *p, size_t bytes);
 void model_cpu_copy_rows(const mm_backend *be MM_UNUSED, mm_real *dst, size_t dst_stride,
                          const mm_real *src, size_t src_stride, size_t width, int rows);
+void model_cpu_act_copy(const mm_backend *be MM_UNUSED, mm_real *dst, const mm_real *src,
+                        size_t n);
 void model_cpu_embed_fwd(const mm_backend *be MM_UNUSED, mm_real *x0, uint8_t *key_valid,
                          const mm_real *emb_img, const mm_real *emb_aud, const mm_real *img_pos,
                          const mm_real *aud_pos, const mm_real *wte, const mm_real *tpos,

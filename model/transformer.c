@@ -129,6 +129,9 @@ typedef struct {
     mm_real *dpatches;  // (B, n_img, pdim) backward scratch
     mm_real *dg;        // (B, H, W, S) backward scratch: d(g1), and d(g2) before it
     mm_real *dcols2;    // (B, H/2, W/2, 9S) backward scratch
+    mm_real *img;       // (B, H, W, c) the input image as activations; NULL (the input is
+                        // read) where activations are mm_real
+    mm_real *aud_in;    // (B, audio_F, n_mels) the input audio likewise
     mm_real *patches;   // (B, n_img, pdim)
     mm_real *aud;       // (B, n_aud, adim) grouped frames (used when audio_F % group != 0)
     mm_real *emb_img;   // (B, n_img, C) img.proj output; reused for its gradient
@@ -141,6 +144,8 @@ typedef struct {
     mm_real *logits;               // (B, Tt, V)
     mm_real *probs;                // ops->xent_saved(be, B * Tt, V): what xent keeps
     mm_real *losses;               // (B, Tt)
+    mm_real *gen_logits;           // (B, V) mm_real logits for generation; NULL where the
+                                   // activations are mm_real (it reads logits)
     // backward scratch (not kept between calls)
     model_block_scratch bs;  // the blocks' gradients; bs.dres: of the residual stream
     mm_real *dlogits;  // (B, Tt, V) = logits: the backward overwrites them in place
@@ -281,14 +286,19 @@ static void init_tensor(model *m, mm_real *params, int k, uint64_t seed) {
 // ---------------------------------------------------------------------------------------
 // activations: one buffer, carved in a fixed order
 
-// Carves the activation buffer at base (NULL: only counts); returns its elements, and in
+// Carves the activation buffer at base (NULL: only counts); returns its bytes, and in
 // *per_layer those of one block.
 static size_t plan_acts(model *m, mm_real *base, size_t *per_layer) {
     size_t B = (size_t)m->max_B, T = (size_t)m->T, C = (size_t)m->C;
     size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl;
     size_t Tt = (size_t)m->Tt, V = (size_t)m->V, BT = B * T, BTt = B * Tt;
-    model_carver cv = {base, 0};
+    model_carver cv;
+    model_carver_init(&cv, m->be, base);
     acts *a = &m->a;
+    const int conv = m->be->act_bytes != sizeof(mm_real);  // inputs and logits converted
+    a->img = conv ? model_carve(&cv, B * m->cfg.img_h * m->cfg.img_w * m->cfg.img_c) : NULL;
+    a->aud_in = conv ? model_carve(&cv, B * m->cfg.audio_F * m->cfg.n_mels) : NULL;
+    a->gen_logits = conv ? model_carve_real(&cv, B * V) : NULL;
     if (m->S) {
         const size_t HW = (size_t)m->cfg.img_h * m->cfg.img_w, S = (size_t)m->S;
         a->cols1 = model_carve(&cv, B * HW * 9 * (size_t)m->cfg.img_c);
@@ -321,17 +331,17 @@ static size_t plan_acts(model *m, mm_real *base, size_t *per_layer) {
     *per_layer = (cv.off - before) / (size_t)m->L;
     a->txt = model_carve(&cv, BTt * C);
     a->lnf = model_carve(&cv, BTt * C);
-    a->lnf_mean = model_carve(&cv, BTt);
-    a->lnf_rstd = model_carve(&cv, BTt);
+    a->lnf_mean = model_carve_real(&cv, BTt);
+    a->lnf_rstd = model_carve_real(&cv, BTt);
     a->logits = model_carve(&cv, BTt * V);
-    a->probs = model_carve(&cv, m->ops->xent_saved(m->be, (int)BTt, (int)V));
-    a->losses = model_carve(&cv, BTt);
+    a->probs = model_carve_real(&cv, m->ops->xent_saved(m->be, (int)BTt, (int)V));
+    a->losses = model_carve_real(&cv, BTt);
     model_block_carve_scratch(&cv, &a->bs, BT, C, Cl, Fl);
     if (m->cfg.dropout > 0) a->bs.ddrop = model_carve(&cv, BT * C);
     a->dlogits = a->logits;
     a->dlnf = model_carve(&cv, BTt * C);
     a->dtxt = model_carve(&cv, BTt * C);
-    a->dloss = model_carve(&cv, BTt);
+    a->dloss = model_carve_real(&cv, BTt);
     return cv.off;
 }
 
@@ -465,10 +475,11 @@ int model_mem_plan(const model_config *cfg, const mm_backend *be, int max_B, mod
     if (rc == 0) {
         size_t per = 0, n = plan_acts(&m, NULL, &per);
         *out = (model_mem){.n_params = m.n_params,
-                           .act_bytes = n * sizeof(mm_real),
-                           .act_per_layer = per * sizeof(mm_real),
+                           .act_bytes = n,
+                           .act_per_layer = per,
                            .attn_probs = (size_t)max_B * m.NHl * m.T * m.T * sizeof(float),
                            .attn_hd = m.HD,
+                           .attn_rows = (size_t)max_B * m.T * m.Cl,
                            .attn_dropout = m.attn_thr != 0,
                            .max_tensor = model_table_max(m.tensors, m.n_tensors),
                            .n_layers = m.L};
@@ -506,7 +517,7 @@ int model_create(model **out, const model_config *cfg, const mm_backend *be, int
     free(init);
 
     size_t per_layer, n_acts = plan_acts(m, NULL, &per_layer);
-    m->act_mem = ops->mem_alloc(be, n_acts * sizeof(mm_real));
+    m->act_mem = ops->mem_alloc(be, n_acts);
     plan_acts(m, m->act_mem, &per_layer);
     m->key_valid = ops->mem_alloc(be, (size_t)max_B * m->T);
     m->seq_out = ops->mem_alloc(be, (size_t)max_B * 2 * sizeof(double));
@@ -658,7 +669,7 @@ void model_modality_drop(uint64_t seed, int64_t step, uint64_t sample_id, double
 
 // The backward ops accumulate: their outputs start at zero.
 static void stem_zero(const mm_backend *be, mm_real *p, size_t n) {
-    model_zero_ops(be, 1, &p, &n);
+    model_zero_acts(be, 1, &p, &n);
 }
 
 static void stem_forward(model *m, const mm_real *image, int B) {
@@ -721,19 +732,30 @@ static void forward_trunk(model *m, const model_input *in, const int32_t *tokens
     acts *a = &m->a;
     const weights *w = &m->w;
 
+    // the inputs as activations (a->img, a->aud_in: converted where activations are not
+    // mm_real, else the inputs themselves)
+    const size_t n_pix = (size_t)m->cfg.img_h * m->cfg.img_w * m->cfg.img_c;
+    const size_t n_mel = (size_t)m->cfg.audio_F * m->cfg.n_mels;
+    const mm_real *image = in->image, *audio = in->audio;
+    if (a->img) {
+        ops->act_from_real(be, a->img, in->image, (size_t)B * n_pix);
+        ops->act_from_real(be, a->aud_in, in->audio, (size_t)B * n_mel);
+        image = a->img;
+        audio = a->aud_in;
+    }
     if (m->S)
-        stem_forward(m, in->image, B);
+        stem_forward(m, image, B);
     else
-        ops->patchify(be, a->patches, in->image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
+        ops->patchify(be, a->patches, image, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c,
                       m->cfg.patch);
     ops->matmul_fwd(be, a->emb_img, a->patches, w->img_w, w->img_b, B * n_img, m->pdim, C);
 
     // audio (B, F, n_mels) as (B, n_aud, adim) tokens: a reshape when audio_group divides F,
     // else without each sample's trailing F % audio_group frames (model_group_audio)
-    const mm_real *aud = in->audio;
+    const mm_real *aud = audio;
     if (m->cfg.audio_F != n_aud * m->cfg.audio_group) {
-        ops->copy_rows(be, a->aud, (size_t)n_aud * m->adim, in->audio,
-                       (size_t)m->cfg.audio_F * m->cfg.n_mels, (size_t)n_aud * m->adim, B);
+        ops->copy_rows(be, a->aud, (size_t)n_aud * m->adim, audio, n_mel, (size_t)n_aud * m->adim,
+                       B);
         aud = a->aud;
     }
     ops->matmul_fwd(be, a->emb_aud, aud, w->aud_w, w->aud_b, B * n_aud, m->adim, C);
@@ -766,8 +788,8 @@ double model_forward(model *m, const model_input *in, int *n_scored) {
 
     // ln_f and lm_head only on the text rows
     const mm_real *fin = a->layer[m->L - 1].res3;
-    m->ops->copy_rows(m->be, a->txt, (size_t)Tt * C, fin + (size_t)P * C, (size_t)T * C,
-                      (size_t)Tt * C, B);
+    m->ops->copy_rows(m->be, a->txt, (size_t)Tt * C, model_act_at_c(m->be, fin, (size_t)P * C),
+                      (size_t)T * C, (size_t)Tt * C, B);
     m->ops->layernorm_fwd(m->be, a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g, m->w.lnf_b,
                           B * Tt, C);
     m->ops->matmul_fwd(m->be, a->logits, a->lnf, m->w.lm_head, NULL, B * Tt, C, V);
@@ -828,16 +850,16 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     }
     mm_real *const zb[] = {a->dlnf, a->dtxt};
     const size_t zn[] = {(size_t)B * Tt * C, (size_t)B * Tt * C};
-    model_zero_ops(be, 2, zb, zn);
+    model_zero_acts(be, 2, zb, zn);
     ops->matmul_bwd(be, a->dlnf, g->lm_head, NULL, a->dlogits, a->lnf, w->lm_head, B * Tt, C, V);
     ops->layernorm_bwd(be, a->dtxt, g->lnf_g, g->lnf_b, a->dlnf, a->txt, w->lnf_g, a->lnf_mean,
                        a->lnf_rstd, B * Tt, C);
     // the prefix gets no gradient from the head
     mm_real *const zr[] = {a->bs.dres};
     const size_t zrn[] = {(size_t)B * T * C};
-    model_zero_ops(be, 1, zr, zrn);
-    ops->copy_rows(be, a->bs.dres + (size_t)P * C, (size_t)T * C, a->dtxt, (size_t)Tt * C,
-                   (size_t)Tt * C, B);
+    model_zero_acts(be, 1, zr, zrn);
+    ops->copy_rows(be, model_act_at(be, a->bs.dres, (size_t)P * C), (size_t)T * C, a->dtxt,
+                   (size_t)Tt * C, (size_t)Tt * C, B);
     model_hook_fire(&m->hook, m->head_lo);
 
     const int drop = dropping(m, in);  // the keys of the forward are still in drop_keys
@@ -857,13 +879,16 @@ void model_backward(model *m, const model_input *in, mm_real loss_scale) {
     // input projections: gather their rows of d(x0); no gradient flows into the inputs
     ops->copy_rows(be, a->emb_img, (size_t)n_img * C, a->bs.dres, (size_t)T * C, (size_t)n_img * C,
                    B);
-    ops->copy_rows(be, a->emb_aud, (size_t)n_aud * C, a->bs.dres + (size_t)n_img * C, (size_t)T * C,
+    ops->copy_rows(be, a->emb_aud, (size_t)n_aud * C,
+                   model_act_at(be, a->bs.dres, (size_t)n_img * C), (size_t)T * C,
                    (size_t)n_aud * C, B);
     if (m->S) stem_zero(be, a->dpatches, (size_t)B * n_img * m->pdim);
     ops->matmul_bwd(be, m->S ? a->dpatches : NULL, g->img_w, g->img_b, a->emb_img, a->patches,
                     w->img_w, B * n_img, m->pdim, C);
     if (m->S) stem_backward(m, B);
-    const mm_real *aud = m->cfg.audio_F != n_aud * m->cfg.audio_group ? a->aud : in->audio;
+    const mm_real *aud = m->cfg.audio_F != n_aud * m->cfg.audio_group ? a->aud
+                         : a->aud_in                                   ? a->aud_in
+                                                                       : in->audio;
     ops->matmul_bwd(be, NULL, g->aud_w, g->aud_b, a->emb_aud, aud, w->aud_w, B * n_aud, m->adim, C);
 
     // positions and token embeddings (deterministic: model.h lm_ops.embed_bwd)
@@ -899,12 +924,17 @@ void model_generate(model *m, const model_input *in, char *out, int out_stride) 
         forward_trunk(m, in, m->gen_dtokens, Tt, s + 1, 0);
         const int Ts = P + s + 1;
         const mm_real *fin = a->layer[m->L - 1].res3;
-        m->ops->copy_rows(m->be, a->txt, (size_t)C, fin + (size_t)(P + s) * C, (size_t)Ts * C,
-                          (size_t)C, B);
+        m->ops->copy_rows(m->be, a->txt, (size_t)C, model_act_at_c(m->be, fin, (size_t)(P + s) * C),
+                          (size_t)Ts * C, (size_t)C, B);
         m->ops->layernorm_fwd(m->be, a->lnf, a->lnf_mean, a->lnf_rstd, a->txt, m->w.lnf_g,
                               m->w.lnf_b, B, C);
         m->ops->matmul_fwd(m->be, a->logits, a->lnf, m->w.lm_head, NULL, B, C, V);
-        m->ops->mem_download(m->be, m->gen_logits, a->logits, (size_t)B * V * sizeof(mm_real));
+        const mm_real *logits = a->logits;
+        if (a->gen_logits) {  // activations that are not mm_real: converted first
+            m->ops->act_to_real(m->be, a->gen_logits, a->logits, (size_t)B * V);
+            logits = a->gen_logits;
+        }
+        m->ops->mem_download(m->be, m->gen_logits, logits, (size_t)B * V * sizeof(mm_real));
         for (int b = 0; b < B; b++) {
             if (m->gen_done[b]) continue;
             const mm_real *lg = m->gen_logits + (size_t)b * V;

@@ -93,10 +93,12 @@ done
 same_ids lm_cpu lm_dp2tp2z
 # precision bf16 (bf16 matmuls, flash attention on tensor cores: HD 16 here) through the whole
 # trainer, on one emulated GPU and at dp 2 x tp 2 with ZeRO-1: within 1e-3 of the fp32 CPU
-# losses (bf16 rounds operands to 2^-9; the difference measured here is ~5e-5; on an H200,
-# before the tensor-core flash kernels, 7e-5), and not
-# equal to the fp32 GPU run's, or bf16 did not take effect. tests/gpu/test_ops_cuda checks
-# each op's bf16 result closely; this checks that the trainer runs them together.
+# losses (bf16 rounds operands to 2^-9; the difference measured here is ~5e-5, for the
+# transformer's bf16 activations too; on an H200, before the tensor-core flash kernels and
+# with fp32 activations, 7e-5), and not equal to the fp32 GPU run's, or bf16 did not take
+# effect; the transformer with bf16 activations (its tp sums in bf16), the DiT with fp32
+# ones. tests/gpu/test_ops_cuda and test_act16_cuda check each op's bf16 result closely;
+# this checks that the trainer runs them together.
 for kind in lm dit; do
     extra=(); [ $kind = dit ] && extra=("${dit[@]}")
     train ${kind}_b1 1 "$emu/train" backend=cuda precision=bf16 "${extra[@]}"
@@ -109,6 +111,8 @@ for kind in lm dit; do
         "${extra[@]}"
     ok "$kind bf16 under CUEMU_ORDER=serial-reverse: losses and grad norms bitwise the same" \
         "[ -s $tmp/${kind}_b1r/metrics.jsonl ] && cmp -s <(vals ${kind}_b1 loss) <(vals ${kind}_b1r loss) && cmp -s <(vals ${kind}_b1 grad_norm) <(vals ${kind}_b1r grad_norm)"
+    acts="bf16 activations"; [ $kind = dit ] && acts="fp32 activations"
+    ok "$kind bf16 runs with $acts" "grep -q 'precision bf16 ($acts)' $tmp/${kind}_b1.log"
     ok "$kind bf16 losses are not the fp32 GPU run's" \
         "[ -s $tmp/${kind}_b1/metrics.jsonl ] && ! cmp -s <(vals ${kind}_g1 loss) <(vals ${kind}_b1 loss)"
 done

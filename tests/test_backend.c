@@ -16,7 +16,7 @@
 static void test_create(test_counts *tc) {
     const mm_backend *be = NULL;
     mm_err err = {{0}};
-    TEST_CHECK(tc, mm_backend_create(&be, "cpu", "fp32", 0, &err) == 0 && be == &mm_backend_cpu,
+    TEST_CHECK(tc, mm_backend_create(&be, "cpu", "fp32", 0, 0, &err) == 0 && be == &mm_backend_cpu,
                "cpu: %s", err.msg);
     TEST_CHECK(tc,
                be && be->ops == &model_ops_cpu && be->caps.host_memory && be->caps.tp &&
@@ -25,7 +25,7 @@ static void test_create(test_counts *tc) {
     mm_backend_free(be);
     be = NULL;
     TEST_CHECK(tc,
-               mm_backend_create(&be, "tpu", "fp32", 0, &err) != 0 && be == NULL &&
+               mm_backend_create(&be, "tpu", "fp32", 0, 0, &err) != 0 && be == NULL &&
                    strstr(err.msg, "'tpu'") && strstr(err.msg, "cpu, cuda"),
                "unknown backend: %s", err.msg);
     mm_backend_free(NULL);  // nothing

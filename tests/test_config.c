@@ -155,7 +155,7 @@ static void test_good_file(ctx *x) {
     // a CPU-only binary refuses backend: cuda before any work, saying which binary can
     const mm_backend *be = NULL;
     TEST_CHECK(tc,
-               mm_backend_create(&be, c.backend, c.precision, 0, &err) != 0 &&
+               mm_backend_create(&be, c.backend, c.precision, 0, 0, &err) != 0 &&
                    strstr(err.msg, "built without CUDA") && strstr(err.msg, "make cuda"),
                "cuda refused by a CPU build: %s", err.msg);
 #endif

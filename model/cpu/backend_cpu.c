@@ -322,6 +322,7 @@ static const mm_backend_iface cpu_iface = {
     .coll_init = cpu_coll_init,
     .coll_free = cpu_coll_free,
     .allreduce = cpu_allreduce,
+    .allreduce_acts = cpu_allreduce,  // activations are mm_real here
     .reduce_scatter = cpu_reduce_scatter,
     .all_gather = cpu_all_gather,
     .mem_avail = cpu_mem_avail,
@@ -332,6 +333,7 @@ const mm_backend mm_backend_cpu = {
     .name = "cpu",
     .kind = MM_BACKEND_CPU,
     .caps = {.host_memory = 1, .tp = 1, .zero = 1},
+    .act_bytes = sizeof(mm_real),
     .ops = &model_ops_cpu,
     .iface = &cpu_iface,
     .ctx = NULL,

@@ -49,6 +49,12 @@ void model_cpu_copy_rows(const mm_backend *be MM_UNUSED, mm_real *dst, size_t ds
                width * sizeof(mm_real));
 }
 
+// activations are mm_real here: a copy
+void model_cpu_act_copy(const mm_backend *be MM_UNUSED, mm_real *dst, const mm_real *src,
+                        size_t n) {
+    if (dst != src) memcpy(dst, src, n * sizeof(mm_real));
+}
+
 CPU_ISA_CLONES
 void model_cpu_embed_fwd(const mm_backend *be MM_UNUSED, mm_real *x0, uint8_t *key_valid,
                          const mm_real *emb_img, const mm_real *emb_aud, const mm_real *img_pos,

@@ -150,6 +150,27 @@ static void cb_allreduce(const mm_backend *be, const mm_coll *c, float *buf, siz
 #endif
 }
 
+// bf16 activations: NCCL sums bf16; the host path sums them in fp32 and rounds once
+static void cb_allreduce_acts(const mm_backend *be, const mm_coll *c, float *buf, size_t n) {
+    cuda_ctx *x = ctx_of(be);
+    if (!x->act16) {
+        cb_allreduce(be, c, buf, n);
+        return;
+    }
+#ifdef MM_HAVE_NCCL
+    comm_nccl_allreduce_bf16(coll_of(c)->nccl, buf, n, x->stream);
+#else
+    float *h = coll_host(c, n);
+    __nv_bfloat16 *h16 = (__nv_bfloat16 *)mm_alloc_aligned(n * sizeof(__nv_bfloat16));
+    cuda_download(x, h16, buf, n * sizeof(__nv_bfloat16));
+    for (size_t i = 0; i < n; i++) h[i] = __bfloat162float(h16[i]);
+    comm_allreduce_sum(c->group, h, n, COMM_F32);
+    for (size_t i = 0; i < n; i++) h16[i] = __float2bfloat16(h[i]);
+    cuda_upload(x, buf, h16, n * sizeof(__nv_bfloat16));
+    free(h16);
+#endif
+}
+
 static void cb_reduce_scatter(const mm_backend *be, const mm_coll *c, const float *send,
                               float *recv, size_t count) {
     cuda_ctx *x = ctx_of(be);
@@ -380,13 +401,17 @@ static size_t cb_scratch_bound(const mm_backend *be, const model_mem *m) {
     const size_t attn = m->attn_probs <= c->attn_core_bytes && !flash_tc
                             ? m->attn_probs * (bf16 ? 3 : 2)
                             : 0;
-    // a pass's copies: bf16 halves of activations (dout, inp), so also within act_bytes / 2
+    // a pass's copies: bf16 halves of activations (dout, inp), so also within act_bytes / 2;
+    // none with bf16 activations (the matmuls read them in place), but a weight's
     const size_t rows = m->act_bytes / 2 < c->matmul_chunk_bytes ? m->act_bytes / 2
                                                                  : c->matmul_chunk_bytes;
-    const size_t mm = bf16 ? rows + m->max_tensor * 2 : 0;
+    const size_t mm = bf16 ? (c->act16 ? 0 : rows) + m->max_tensor * 2 : 0;
     size_t big = attn > m->act_per_layer ? attn : m->act_per_layer;
     big = mm > big ? mm : big;
-    return big + ((size_t)32 << 20) + (bf16 ? CUDA_LT_WORKSPACE + m->n_params * 2 : 0);
+    // bf16 activations on an attention path without bf16 kernels: fp32 copies of qkv, dqkv,
+    // dout and out (8 rows), in their own scratch (cuda_act_scratch)
+    const size_t wide = c->act16 && !flash_tc ? m->attn_rows * 8 * sizeof(float) : 0;
+    return big + wide + ((size_t)32 << 20) + (bf16 ? CUDA_LT_WORKSPACE + m->n_params * 2 : 0);
 }
 
 static const mm_backend_iface cuda_iface = {
@@ -414,13 +439,14 @@ static const mm_backend_iface cuda_iface = {
     .coll_init = cb_coll_init,
     .coll_free = cb_coll_free,
     .allreduce = cb_allreduce,
+    .allreduce_acts = cb_allreduce_acts,
     .reduce_scatter = cb_reduce_scatter,
     .all_gather = cb_all_gather,
     .mem_avail = cb_mem_avail,
     .scratch_bound = cb_scratch_bound,
 };
 
-int cuda_backend_create(const mm_backend **out, const char *precision, int world_rank,
+int cuda_backend_create(const mm_backend **out, const char *precision, int act16, int world_rank,
                         mm_err *err) {
     *out = NULL;
     cuda_precision prec;
@@ -435,14 +461,17 @@ int cuda_backend_create(const mm_backend **out, const char *precision, int world
     be->name = "cuda";
     be->kind = MM_BACKEND_CUDA;
     be->caps = (mm_backend_caps){.host_memory = 0, .tp = 1, .zero = 1};
+    c->act16 = act16 && prec == CUDA_BF16;
+    be->act_bytes = c->act16 ? sizeof(__nv_bfloat16) : sizeof(float);
     be->ops = &model_ops_cuda;
     be->iface = &cuda_iface;
     be->ctx = c;
     snprintf(be->desc, sizeof(be->desc),
-             "cuda: rank %d on GPU %d (%s, %d SMs, %.1f GiB), "
-             "precision %s",
+             "cuda: rank %d on GPU %d (%.200s, %d SMs, %.1f GiB), "
+             "precision %s%s",
              world_rank, c->device, c->device_name, c->sm_count, c->mem_bytes / 1073741824.0,
-             cuda_precision_name(prec));
+             cuda_precision_name(prec),
+             c->act16 ? " (bf16 activations)" : prec == CUDA_BF16 ? " (fp32 activations)" : "");
     *out = be;
     return 0;
 }

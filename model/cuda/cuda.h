@@ -33,8 +33,8 @@
 // kernel loads bf16, computes in fp32 and rounds its outputs once (cuda_internal.h CU_ACT);
 // a path without bf16 kernels (attention under dropout, say) runs on fp32 copies.
 // Parameters, their gradients, optimizer state, LayerNorm statistics and losses stay fp32.
-// Landed op by op: tests/gpu/test_act16_cuda.c checks those that take it; the trainer turns
-// it on for precision bf16 once every op of both model kinds does.
+// tests/gpu/test_act16_cuda.c checks the ops that take it: every op of the transformer, which
+// runs with it in precision bf16 (mm_backend_create's act16); the DiT's ops do not yet.
 //
 // Failure: every CUDA/cuBLAS call is checked; a failure aborts with file:line, the call, the
 // error string and a hint (a bug or a broken device is not recoverable). Bad configuration
@@ -123,8 +123,7 @@ typedef struct cuda_ctx {
                                // passes of at most this many bytes of bf16 (bounds its
                                // scratch); init 256 MiB
     int act16;                 // 1: the ops' activations and activation gradients are bf16
-                               // in memory (see the file comment); 0: fp32 (init). Only
-                               // test_act16_cuda sets it so far
+                               // in memory (see the file comment); 0: fp32 (init)
     int flash_tc;              // 1: in precision bf16, self-attention without dropout runs on
                                // the tensor-core flash kernels where the head width allows,
                                // whatever attn_core_bytes says; 0: the paths above (init 1)
@@ -190,7 +189,8 @@ void cuda_stage_done(cuda_stage *s, cuda_ctx *c);
 // The CUDA backend (backend_cuda.cu): a context for this rank's GPU (cuda_ctx_init's
 // errors) behind the backend object, with model_ops_cuda and its iface. Free it with
 // mm_backend_free.
-int cuda_backend_create(const mm_backend **out, const char *precision, int world_rank, mm_err *err);
+int cuda_backend_create(const mm_backend **out, const char *precision, int act16, int world_rank,
+                        mm_err *err);
 // The generic ops table (each op runs on the cuda_ctx of the backend it is given).
 extern const model_ops model_ops_cuda;
 

@@ -393,6 +393,8 @@ void cu_mem_upload(const mm_backend *be MM_UNUSED, void *dst, const void *host, 
 void cu_mem_download(const mm_backend *be MM_UNUSED, void *host, const void *src, size_t bytes);
 void cu_mem_zero(const mm_backend *be MM_UNUSED, void *p, size_t bytes);
 void cu_mem_copy(const mm_backend *be, void *dst, const void *src, size_t bytes);
+void cu_act_from_real(const mm_backend *be, float *dst, const float *src, size_t n);
+void cu_act_to_real(const mm_backend *be, float *dst, const float *src, size_t n);
 void cu_copy_rows(const mm_backend *be MM_UNUSED, float *dst, size_t dst_stride, const float *src,
                   size_t src_stride, size_t width, int rows);
 void cu_patchify(const mm_backend *be MM_UNUSED, float *patches, const float *img, int B, int H,

@@ -56,6 +56,22 @@ void cu_copy_rows(const mm_backend *be, float *dst, size_t dst_stride, const flo
     CU_CHECK_LAUNCH("copy_rows");
 }
 
+void cu_act_from_real(const mm_backend *be, float *dst, const float *src, size_t n) {
+    cuda_ctx *c = cu_ctx(be);
+    if (c->act16)
+        cu_to_bf16(c, (cu_bf16 *)dst, src, n);
+    else if (dst != src)
+        cuda_copy(c, dst, src, n * sizeof(float));
+}
+
+void cu_act_to_real(const mm_backend *be, float *dst, const float *src, size_t n) {
+    cuda_ctx *c = cu_ctx(be);
+    if (c->act16)
+        cu_from_bf16(c, dst, (const cu_bf16 *)src, n);
+    else if (dst != src)
+        cuda_copy(c, dst, src, n * sizeof(float));
+}
+
 // one patch row (p * c contiguous values) per (patch, dy); dir 0: image -> patches, 1: back
 template <typename A>
 __global__ void k_patch(A *patches, A *img, int B, int H, int W, int c, int p, int dir) {

@@ -282,7 +282,7 @@ int main(int argc, char **argv) {
     }
     const mm_backend *be = NULL;
     mm_err err = {{0}};
-    if (mm_backend_create(&be, "cuda", "fp32", 0, &err) != 0) {
+    if (mm_backend_create(&be, "cuda", "fp32", 0, 0, &err) != 0) {
         fprintf(stderr, "bench_ops_cuda: %s\n", err.msg);
         return 1;
     }

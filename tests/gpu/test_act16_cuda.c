@@ -554,11 +554,30 @@ static void test_image_ops(T *t, int B, int H, int W, int c, int p) {
     free(img), free(cols);
 }
 
+// the models' inputs into activations (rounded to nearest) and logits back (exactly)
+static void test_convert(T *t, size_t n) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "n%zu", n);
+    float *x = hrand(t, n, 3), *back = mm_malloc((n ? n : 1) * 4);
+    float *d_x = dev(t, x, (n ? n : 1) * 4), *d_a = adev(t, x, n),
+          *d_b = cuda_alloc(t->c, (n ? n : 1) * 4);
+    cuda_zero(t->c, d_a, n * 2);
+    model_ops_cuda.act_from_real(t->be, d_a, d_x, n);
+    acheck_k(t, "act_from_real", shape, "rounded", d_a, x, n, EXACT);
+    model_ops_cuda.act_to_real(t->be, d_b, d_a, n);
+    float *r = hround(x, n);
+    check(t, "act_to_real", shape, "exact", d_b, r, n, 0);
+    void *h[] = {x, back, r};
+    void *d[] = {d_x, d_a, d_b};
+    free_all(3, h);
+    cuda_free_all(3, d);
+}
+
 int main(void) {
     T t = {.be = NULL, .c = NULL, .tc = {0, 0}};
     mm_rng_init(&t.rng, 4242, 0);
     mm_err err = {{0}};
-    if (mm_backend_create(&t.be, "cuda", "bf16", 0, &err) != 0) {
+    if (mm_backend_create(&t.be, "cuda", "bf16", 1, 0, &err) != 0) {
         TEST_CHECK(&t.tc, 0, "no CUDA device: %s", err.msg);
         return test_finish(&t.tc);
     }
@@ -612,6 +631,8 @@ int main(void) {
     test_image_ops(&t, 2, 8, 8, 3, 4);
     test_image_ops(&t, 3, 12, 6, 4, 2);
     test_image_ops(&t, 1, 6, 10, 33, 2);
+    test_convert(&t, 1);
+    test_convert(&t, 70003);
     t.c->act16 = 1;
 
     mm_backend_free(t.be);

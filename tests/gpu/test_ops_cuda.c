@@ -1085,7 +1085,7 @@ int main(void) {
     T t = {.be = NULL, .c = NULL, .tc = {0, 0}};
     mm_rng_init(&t.rng, 12345, 0);
     mm_err err = {{0}};
-    if (mm_backend_create(&t.be, "cuda", "fp32", 0, &err) != 0) {
+    if (mm_backend_create(&t.be, "cuda", "fp32", 0, 0, &err) != 0) {
         TEST_CHECK(&t.tc, 0, "no CUDA device: %s", err.msg);
         return test_finish(&t.tc);
     }
