@@ -26,6 +26,19 @@ def die(msg):
     sys.exit(1)
 
 
+def parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="?", default="data/real/fashion_speech/files",
+                    help="the set's files/ folder (default data/real/fashion_speech/files)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per model (3)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    return ap
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help and bad arguments answer before torch and numpy load
+
 try:
     import numpy as np
     import torch
@@ -98,13 +111,7 @@ def train_eval(make, max_epochs, xtr, ytr, xte, yte, seed, n_val=500):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("files", nargs="?", default="data/real/fashion_speech/files",
-                    help="the set's files/ folder (default data/real/fashion_speech/files)")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds per model (3)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (2)")
-    a = ap.parse_args()
+    a = parser().parse_args()
     if a.seeds < 1:
         die(f"--seeds {a.seeds}: must be at least 1")
     torch.set_num_threads(a.threads)

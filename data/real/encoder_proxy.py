@@ -29,6 +29,32 @@ import math
 import os
 import sys
 
+
+def parser():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", default=os.path.join(here, "fashion_speech", "files"),
+                    help="the set's files/ folder (default: %(default)s)")
+    ap.add_argument("--encoders", default="patch8,conv",
+                    help="comma-separated: patch8, conv, patch4, overlap (default: %(default)s)")
+    ap.add_argument("--seeds", default="1,2", help="comma-separated seeds (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=1200, help="optimizer steps (default: %(default)s)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
+    ap.add_argument("--layers", type=int, default=4, help="transformer blocks (default: %(default)s)")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="dropout of the tokens and of each branch, as model.dropout (default: %(default)s)")
+    ap.add_argument("--stoch-depth", type=float, default=0.0,
+                    help="share of samples skipping the last block's branches, less in earlier ones (default: %(default)s)")
+    ap.add_argument("--translate", type=int, default=0,
+                    help="largest shift in pixels, as augment.translate (default: %(default)s)")
+    ap.add_argument("--batchnorm", action="store_true", help="batch norm after each stem convolution")
+    return ap
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help and bad arguments answer before torch and numpy load
+
 try:
     import numpy as np
     import torch
@@ -142,25 +168,7 @@ def run(kind, seed, xtr, ytr, xte, yte, steps, r, min_lr=1e-4, warmup=50, bs=32)
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", default=os.path.join(here, "fashion_speech", "files"),
-                    help="the set's files/ folder (default: %(default)s)")
-    ap.add_argument("--encoders", default="patch8,conv",
-                    help="comma-separated: patch8, conv, patch4, overlap (default: %(default)s)")
-    ap.add_argument("--seeds", default="1,2", help="comma-separated seeds (default: %(default)s)")
-    ap.add_argument("--steps", type=int, default=1200, help="optimizer steps (default: %(default)s)")
-    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
-    ap.add_argument("--layers", type=int, default=4, help="transformer blocks (default: %(default)s)")
-    ap.add_argument("--dropout", type=float, default=0.0,
-                    help="dropout of the tokens and of each branch, as model.dropout (default: %(default)s)")
-    ap.add_argument("--stoch-depth", type=float, default=0.0,
-                    help="share of samples skipping the last block's branches, less in earlier ones (default: %(default)s)")
-    ap.add_argument("--translate", type=int, default=0,
-                    help="largest shift in pixels, as augment.translate (default: %(default)s)")
-    ap.add_argument("--batchnorm", action="store_true", help="batch norm after each stem convolution")
-    a = ap.parse_args()
+    a = parser().parse_args()
     kinds = a.encoders.split(",")
     for kind in kinds:
         if kind not in ("patch8", "conv", "patch4", "overlap"):
