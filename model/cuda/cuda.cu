@@ -467,23 +467,25 @@ void cu_from_bf16(cuda_ctx *c, float *dst, const cu_bf16 *src, size_t n) {
 // ---------------------------------------------------------------------------------------
 // column sums, pass 2 (cuda_internal.h)
 
-__global__ void k_colsum_final(const float *part, int S, int nch, int K, int C, float *dst0,
-                               float *dst1, int sc) {
+template <typename A>
+__global__ void k_colsum_final(const float *part, int S, int nch, int K, int C, A *dst0, A *dst1,
+                               int sc) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
     if (c >= C || s >= S) return;
     for (int k = 0; k < K; k++) {
         const float *p = part + ((size_t)s * nch * K + k) * C + c;
         float acc = 0;
         for (int ch = 0; ch < nch; ch++) acc += p[(size_t)ch * K * C];
-        float *d = k == 0 ? dst0 : dst1;
-        d[(size_t)s * sc + c] += acc;
+        A *d = k == 0 ? dst0 : dst1;
+        d[(size_t)s * sc + c] = cu_a<A>(cu_f(d[(size_t)s * sc + c]) + acc);
     }
 }
 
 void cu_colsum_final(cuda_ctx *c, const float *part, int S, int nch, int K, int C, float *dst0,
-                     float *dst1, int sc) {
+                     float *dst1, int sc, int dst16) {
     dim3 g((C + CU_THREADS - 1) / CU_THREADS, S);
-    CU_LAUNCH(k_colsum_final, g, CU_THREADS, c->stream, part, S, nch, K, C, dst0, dst1, sc);
+    CU_AS(dst16, CU_LAUNCH(k_colsum_final<A>, g, CU_THREADS, c->stream, part, S, nch, K, C,
+                           (A *)dst0, (A *)dst1, sc));
     CU_CHECK_LAUNCH("colsum final");
 }
 

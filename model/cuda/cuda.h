@@ -34,7 +34,8 @@
 // a path without bf16 kernels (attention under dropout, say) runs on fp32 copies.
 // Parameters, their gradients, optimizer state, LayerNorm statistics and losses stay fp32.
 // tests/gpu/test_act16_cuda.c checks the ops that take it: every op of the transformer, which
-// runs with it in precision bf16 (mm_backend_create's act16); the DiT's ops do not yet.
+// runs with it in precision bf16 (mm_backend_create's act16), and the DiT's block ops so far
+// (SiLU, modulation, gated residuals; the DiT itself still runs fp32 activations).
 //
 // Failure: every CUDA/cuBLAS call is checked; a failure aborts with file:line, the call, the
 // error string and a hint (a bug or a broken device is not recoverable). Bad configuration

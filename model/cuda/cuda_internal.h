@@ -265,12 +265,15 @@ __global__ void k_colsum_partial(F f, int R, int C, int ch, int nch, float *part
 }
 
 // dst0/dst1 (S, sc) += chunk partials (S, nch, K, C), chunks in order. dst1 unused if K = 1.
-// (A host function: a kernel is launched only from the file that defines it.)
+// dst16: the destinations are bf16 (activation gradients under act16; the sum in fp32,
+// rounded once), else fp32. (A host function: a kernel is launched only from the file that
+// defines it.)
 void cu_colsum_final(cuda_ctx *c, const float *part, int S, int nch, int K, int C, float *dst0,
-                     float *dst1, int sc);
+                     float *dst1, int sc, int dst16);
 
 template <typename F>
-void cu_colsum(cuda_ctx *c, F f, int S, int R, int C, float *dst0, float *dst1, int sc) {
+void cu_colsum(cuda_ctx *c, F f, int S, int R, int C, float *dst0, float *dst1, int sc,
+               int dst16 = 0) {
     if (S <= 0 || R <= 0 || C <= 0) return;
     const int ch = cu_colsum_rows_per_chunk(R), nch = (R + ch - 1) / ch;
     MM_CHECK(S <= 65535, "colsum: %d segments exceed the grid limit", S);
@@ -278,7 +281,7 @@ void cu_colsum(cuda_ctx *c, F f, int S, int R, int C, float *dst0, float *dst1, 
     dim3 g1((C + CU_COLSUM_TX - 1) / CU_COLSUM_TX, nch, S);
     CU_LAUNCH(k_colsum_partial<F>, g1, CU_COLSUM_TX, c->stream, f, R, C, ch, nch, part);
     CU_CHECK_LAUNCH("colsum partial");
-    cu_colsum_final(c, part, S, nch, (int)F::K, C, dst0, dst1, sc);
+    cu_colsum_final(c, part, S, nch, (int)F::K, C, dst0, dst1, sc, dst16);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@
 // chunks in order, so every result is the same bits run after run. Cross-attention runs, with
 // every valid key allowed, the tensor-core flash kernels (ops_flash_tc_cuda.cu) in bf16 where
 // the heads allow, else the attention core of ops_cuda.cu (cuBLAS for the products).
+// SiLU, modulation and the gated residuals take bf16 activations (cuda.h act16; their
+// shift, scale and gate vectors and those vectors' gradients are activations too), the
+// rest not yet.
 #include "cuda_internal.h"
 
 extern "C" {
@@ -17,25 +20,30 @@ extern "C" {
 // ---------------------------------------------------------------------------------------
 // SiLU: x * sigmoid(x)
 
-__global__ void k_silu_fwd(float *out, const float *x, size_t n) {
+template <typename A>
+__global__ void k_silu_fwd(A *out, const A *x, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        out[i] = x[i] / (1 + expf(-x[i]));
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float v = cu_f(x[i]);
+        out[i] = cu_a<A>(v / (1 + expf(-v)));
+    }
 }
 
 // d/dx x s(x) = s (1 + x (1 - s))
-__global__ void k_silu_bwd(float *dx, const float *x, const float *dout, size_t n) {
+template <typename A>
+__global__ void k_silu_bwd(A *dx, const A *x, const A *dout, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        const float s = 1 / (1 + expf(-x[i]));
-        dx[i] += dout[i] * s * (1 + x[i] * (1 - s));
+        const float v = cu_f(x[i]), s = 1 / (1 + expf(-v));
+        dx[i] = cu_a<A>(cu_f(dx[i]) + cu_f(dout[i]) * s * (1 + v * (1 - s)));
     }
 }
 
 static void silu_fwd(const mm_backend *be, float *out, const float *x, size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_silu_fwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, x, n);
+    CU_ACT(c, CU_LAUNCH(k_silu_fwd<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, (A *)out,
+                        (const A *)x, n));
     CU_CHECK_LAUNCH("silu_fwd");
 }
 
@@ -43,7 +51,8 @@ static void silu_bwd(const mm_backend *be, float *dx, const float *x, const floa
                      size_t n) {
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_silu_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dx, x, dout, n);
+    CU_ACT(c, CU_LAUNCH(k_silu_bwd<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, (A *)dx,
+                        (const A *)x, (const A *)dout, n));
     CU_CHECK_LAUNCH("silu_bwd");
 }
 
@@ -52,12 +61,13 @@ static void silu_bwd(const mm_backend *be, float *dx, const float *x, const floa
 // Row kernels over the B * N rows of (B, N, C): one block per row (grid-stride), threads
 // along it; the row's sample is r / N.
 
-__global__ void k_modulate_fwd(float *out, const float *x, const float *shift, const float *scale,
-                               int sc, int rows, int N, int C) {
+template <typename A>
+__global__ void k_modulate_fwd(A *out, const A *x, const A *shift, const A *scale, int sc,
+                               int rows, int N, int C) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
         for (int c = threadIdx.x; c < C; c += blockDim.x)
-            out[o + c] = x[o + c] * (1 + scale[p + c]) + shift[p + c];
+            out[o + c] = cu_a<A>(cu_f(x[o + c]) * (1 + cu_f(scale[p + c])) + cu_f(shift[p + c]));
     }
 }
 
@@ -66,32 +76,35 @@ __global__ void k_modulate_fwd(float *out, const float *x, const float *shift, c
 // (cu_layernorm_rstd), then h and out from registers. Each lane reads back only the elements of res
 // it wrote, so no barrier.
 enum { LNM_ROWS = CU_THREADS / CU_WARP };
-__global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean, float *rstd,
-                                  const float *a, const float *b, const float *gate,
-                                  const float *g, const float *beta, const float *shift,
-                                  const float *scale, int sc, int rows, int N, int C) {
+// In bf16 (act16) the statistics are the rounded sum's, the res the backward reads; h and out
+// are each rounded once from fp32.
+template <typename A>
+__global__ void k_ln_modulate_fwd(A *res, A *h, A *out, float *mean, float *rstd, const A *a,
+                                  const A *b, const A *gate, const float *g, const float *beta,
+                                  const A *shift, const A *scale, int sc, int rows, int N, int C) {
     const int r = blockIdx.x * LNM_ROWS + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (r >= rows) return;  // the whole warp: the shuffles below see every lane
     const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
-    const float *xr = a + o;
+    const A *xr = a + o;
     float s = 0;
     if (b) {
         for (int c = lane; c < C; c += CU_WARP) {
-            const float v = gate ? a[o + c] + gate[p + c] * b[o + c] : a[o + c] + b[o + c];
+            const float ac = cu_f(a[o + c]), bc = cu_f(b[o + c]);
+            const A v = cu_a<A>(gate ? ac + cu_f(gate[p + c]) * bc : ac + bc);
             res[o + c] = v;
-            s += v;
+            s += cu_f(v);
         }
         xr = res + o;
     } else {
-        for (int c = lane; c < C; c += CU_WARP) s += xr[c];
+        for (int c = lane; c < C; c += CU_WARP) s += cu_f(xr[c]);
     }
     float m;
     const float rs = cu_layernorm_rstd(xr, s, C, lane, &m);
     for (int c = lane; c < C; c += CU_WARP) {
-        const float hv = (xr[c] - m) * rs * g[c] + beta[c];
-        h[o + c] = hv;
-        if (shift) out[o + c] = hv * (1 + scale[p + c]) + shift[p + c];
+        const float hv = (cu_f(xr[c]) - m) * rs * g[c] + beta[c];
+        h[o + c] = cu_a<A>(hv);
+        if (shift) out[o + c] = cu_a<A>(hv * (1 + cu_f(scale[p + c])) + cu_f(shift[p + c]));
     }
     if (lane == 0) {
         mean[r] = m;
@@ -101,67 +114,74 @@ __global__ void k_ln_modulate_fwd(float *res, float *h, float *out, float *mean,
 
 // dx += the LayerNorm backward of dh = dout * (1 + scale[sample]), formed on the fly, one warp
 // per row
-__global__ void k_modulate_ln_bwd_dx(float *dx, const float *dout, const float *scale, int sc,
-                                     const float *x, const float *g, const float *mean,
-                                     const float *rstd, int rows, int N, int C) {
+template <typename A>
+__global__ void k_modulate_ln_bwd_dx(A *dx, const A *dout, const A *scale, int sc, const A *x,
+                                     const float *g, const float *mean, const float *rstd,
+                                     int rows, int N, int C) {
     const int r = blockIdx.x * LNM_ROWS + threadIdx.x / CU_WARP;
     const int lane = threadIdx.x % CU_WARP;
     if (r >= rows) return;  // the whole warp: the shuffles below see every lane
     const size_t o = (size_t)r * C;
-    const float *dr = dout + o, *sl = scale + (size_t)(r / N) * sc;
+    const A *dr = dout + o, *sl = scale + (size_t)(r / N) * sc;
     cu_layernorm_bwd_row(dx + o, x + o, g, mean[r], rstd[r], C, lane,
-                         [dr, sl](int c) { return dr[c] * (1 + sl[c]); });
+                         [dr, sl](int c) { return cu_f(dr[c]) * (1 + cu_f(sl[c])); });
 }
 
 // dx += dout * (1 + scale)
-__global__ void k_modulate_bwd_dx(float *dx, const float *dout, const float *scale, int sc,
-                                  int rows, int N, int C) {
+template <typename A>
+__global__ void k_modulate_bwd_dx(A *dx, const A *dout, const A *scale, int sc, int rows, int N,
+                                  int C) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
         for (int c = threadIdx.x; c < C; c += blockDim.x)
-            dx[o + c] += dout[o + c] * (1 + scale[p + c]);
+            dx[o + c] = cu_a<A>(cu_f(dx[o + c]) + cu_f(dout[o + c]) * (1 + cu_f(scale[p + c])));
     }
 }
 
 // out = x + gate * y (out may be x)
-__global__ void k_gated_add_fwd(float *out, const float *x, const float *y, const float *gate,
-                                int sc, int rows, int N, int C) {
+template <typename A>
+__global__ void k_gated_add_fwd(A *out, const A *x, const A *y, const A *gate, int sc, int rows,
+                                int N, int C) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
         for (int c = threadIdx.x; c < C; c += blockDim.x)
-            out[o + c] = x[o + c] + gate[p + c] * y[o + c];
+            out[o + c] = cu_a<A>(cu_f(x[o + c]) + cu_f(gate[p + c]) * cu_f(y[o + c]));
     }
 }
 
 // dy += dx * gate
-__global__ void k_gated_add_bwd_dy(float *dy, const float *dx, const float *gate, int sc, int rows,
-                                   int N, int C) {
+template <typename A>
+__global__ void k_gated_add_bwd_dy(A *dy, const A *dx, const A *gate, int sc, int rows, int N,
+                                   int C) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const size_t o = (size_t)r * C, p = (size_t)(r / N) * sc;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) dy[o + c] += dx[o + c] * gate[p + c];
+        for (int c = threadIdx.x; c < C; c += blockDim.x)
+            dy[o + c] = cu_a<A>(cu_f(dy[o + c]) + cu_f(dx[o + c]) * cu_f(gate[p + c]));
     }
 }
 
 // per sample s, row r, column c of (B, N, C) data: dshift += dout, dscale += dout * x
+template <typename A>
 struct colsum_modulate {
     enum { K = 2 };
-    const float *dout, *x;
+    const A *dout, *x;
     int N, C;
     __device__ void operator()(int s, int r, int c, float *v) const {
         const size_t i = ((size_t)s * N + r) * C + c;
-        v[0] = dout[i];
-        v[1] = dout[i] * x[i];
+        v[0] = cu_f(dout[i]);
+        v[1] = cu_f(dout[i]) * cu_f(x[i]);
     }
 };
 
 // dgate += dx * y
+template <typename A>
 struct colsum_gate {
     enum { K = 1 };
-    const float *dx, *y;
+    const A *dx, *y;
     int N, C;
     __device__ void operator()(int s, int r, int c, float *v) const {
         const size_t i = ((size_t)s * N + r) * C + c;
-        v[0] = dx[i] * y[i];
+        v[0] = cu_f(dx[i]) * cu_f(y[i]);
     }
 };
 
@@ -170,8 +190,8 @@ static void modulate_fwd(const mm_backend *be, float *out, const float *x,
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_modulate_fwd, cu_row_blocks(B * N), CU_THREADS, c->stream, out, x, shift, scale,
-              sc, B * N, N, C);
+    CU_ACT(c, CU_LAUNCH(k_modulate_fwd<A>, cu_row_blocks(B * N), CU_THREADS, c->stream, (A *)out,
+                        (const A *)x, (const A *)shift, (const A *)scale, sc, B * N, N, C));
     CU_CHECK_LAUNCH("modulate_fwd");
 }
 
@@ -182,9 +202,10 @@ static void ln_modulate_fwd(const mm_backend *be, float *res, float *h, float *o
     const int rows = B * N;
     if (rows <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_ln_modulate_fwd, (unsigned)((rows + LNM_ROWS - 1) / LNM_ROWS), CU_THREADS,
-              c->stream, res, h, out, mean, rstd, a, b, gate, g, beta, shift, scale, sc, rows, N,
-              C);
+    CU_ACT(c, CU_LAUNCH(k_ln_modulate_fwd<A>, (unsigned)((rows + LNM_ROWS - 1) / LNM_ROWS),
+                        CU_THREADS, c->stream, (A *)res, (A *)h, (A *)out, mean, rstd,
+                        (const A *)a, (const A *)b, (const A *)gate, g, beta, (const A *)shift,
+                        (const A *)scale, sc, rows, N, C));
     CU_CHECK_LAUNCH("ln_modulate_fwd");
 }
 
@@ -194,9 +215,12 @@ static void modulate_bwd(const mm_backend *be, float *dx, float *dshift, float *
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    cu_colsum(c, colsum_modulate{dout, x, N, C}, B, N, C, dshift, dscale, sc);
-    CU_LAUNCH(k_modulate_bwd_dx, cu_row_blocks(B * N), CU_THREADS, c->stream, dx, dout, scale, sc,
-              B * N, N, C);
+    CU_ACT(c, {
+        cu_colsum(c, colsum_modulate<A>{(const A *)dout, (const A *)x, N, C}, B, N, C, dshift,
+                  dscale, sc, c->act16);
+        CU_LAUNCH(k_modulate_bwd_dx<A>, cu_row_blocks(B * N), CU_THREADS, c->stream, (A *)dx,
+                  (const A *)dout, (const A *)scale, sc, B * N, N, C);
+    });
     CU_CHECK_LAUNCH("modulate_bwd");
 }
 
@@ -208,9 +232,13 @@ static void modulate_ln_bwd(const mm_backend *be, float *dx, float *dshift, floa
     const int rows = B * N;
     if (rows <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    cu_colsum(c, colsum_modulate{dout, h, N, C}, B, N, C, dshift, dscale, sc);
-    CU_LAUNCH(k_modulate_ln_bwd_dx, (unsigned)((rows + LNM_ROWS - 1) / LNM_ROWS), CU_THREADS,
-              c->stream, dx, dout, scale, sc, x, g, mean, rstd, rows, N, C);
+    CU_ACT(c, {
+        cu_colsum(c, colsum_modulate<A>{(const A *)dout, (const A *)h, N, C}, B, N, C, dshift,
+                  dscale, sc, c->act16);
+        CU_LAUNCH(k_modulate_ln_bwd_dx<A>, (unsigned)((rows + LNM_ROWS - 1) / LNM_ROWS),
+                  CU_THREADS, c->stream, (A *)dx, (const A *)dout, (const A *)scale, sc,
+                  (const A *)x, g, mean, rstd, rows, N, C);
+    });
     CU_CHECK_LAUNCH("modulate_ln_bwd");
 }
 
@@ -219,8 +247,8 @@ static void gated_add_fwd(const mm_backend *be, float *out, const float *x, cons
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_gated_add_fwd, cu_row_blocks(B * N), CU_THREADS, c->stream, out, x, y, gate, sc,
-              B * N, N, C);
+    CU_ACT(c, CU_LAUNCH(k_gated_add_fwd<A>, cu_row_blocks(B * N), CU_THREADS, c->stream, (A *)out,
+                        (const A *)x, (const A *)y, (const A *)gate, sc, B * N, N, C));
     CU_CHECK_LAUNCH("gated_add_fwd");
 }
 
@@ -229,9 +257,12 @@ static void gated_add_bwd(const mm_backend *be, float *dy, float *dgate, const f
     const size_t n = (size_t)B * N * C;
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    cu_colsum(c, colsum_gate{dx, y, N, C}, B, N, C, dgate, NULL, sc);
-    CU_LAUNCH(k_gated_add_bwd_dy, cu_row_blocks(B * N), CU_THREADS, c->stream, dy, dx, gate, sc,
-              B * N, N, C);
+    CU_ACT(c, {
+        cu_colsum(c, colsum_gate<A>{(const A *)dx, (const A *)y, N, C}, B, N, C, dgate, NULL, sc,
+                  c->act16);
+        CU_LAUNCH(k_gated_add_bwd_dy<A>, cu_row_blocks(B * N), CU_THREADS, c->stream, (A *)dy,
+                  (const A *)dx, (const A *)gate, sc, B * N, N, C);
+    });
     CU_CHECK_LAUNCH("gated_add_bwd");
 }
 

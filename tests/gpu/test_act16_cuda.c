@@ -573,6 +573,105 @@ static void test_convert(T *t, size_t n) {
     cuda_free_all(3, d);
 }
 
+// ---------------------------------------------------------------------------------------
+// the DiT's SiLU, adaLN modulation and gated residuals (dit_ops), against the CPU on the same
+// bf16 values: each output the fp32 result rounded once; the modulation vectors and their
+// gradients are activations too, strided in a packed (B, sc) buffer
+
+// device bf16 pointer p advanced by n elements
+static float *aoff(float *p, size_t n) {
+    return (float *)((uint16_t *)p + n);
+}
+
+static void test_dit_block_ops(T *t, int B, int N, int C, int sc) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d N%d C%d sc%d", B, N, C, sc);
+    const size_t n = (size_t)B * N * C, nm = (size_t)B * sc, rows = (size_t)B * N;
+    const int o_shift = 0, o_scale = C, o_gate = sc - C;  // three vectors in the packed row
+    float *x = arand(t, n, 2), *y = arand(t, n, 1), *mod = arand(t, nm, 1), *dout = arand(t, n, 1);
+    float *dx0 = arand(t, n, 1), *dmod0 = arand(t, nm, 1);
+    float *out = mm_malloc(n * 4), *dx = hcopy(dx0, n), *dmod = hcopy(dmod0, nm),
+          *xg = mm_malloc(n * 4), *dy = hcopy(dx0, n), *sl = mm_malloc(n * 4), *dsl = hcopy(dx0, n);
+    dit_ops_cpu.silu_fwd(&mm_backend_cpu, sl, x, n);
+    dit_ops_cpu.silu_bwd(&mm_backend_cpu, dsl, x, dout, n);
+    dit_ops_cpu.modulate_fwd(&mm_backend_cpu, out, x, mod + o_shift, mod + o_scale, sc, B, N, C);
+    dit_ops_cpu.modulate_bwd(&mm_backend_cpu, dx, dmod + o_shift, dmod + o_scale, dout, x,
+                             mod + o_scale, sc, B, N, C);
+    dit_ops_cpu.gated_add_fwd(&mm_backend_cpu, xg, x, y, mod + o_gate, sc, B, N, C);
+    dit_ops_cpu.gated_add_bwd(&mm_backend_cpu, dy, dmod + o_gate, dout, y, mod + o_gate, sc, B, N,
+                              C);
+    float *d_x = adev(t, x, n), *d_y = adev(t, y, n), *d_mod = adev(t, mod, nm),
+          *d_dout = adev(t, dout, n), *d_out = adev(t, out, n), *d_dx = adev(t, dx0, n),
+          *d_dmod = adev(t, dmod0, nm), *d_dy = adev(t, dx0, n), *d_sl = adev(t, sl, n),
+          *d_dsl = adev(t, dx0, n);
+    dit_ops_cuda.silu_fwd(t->be, d_sl, d_x, n);
+    acheck_k(t, "silu_fwd", shape, "out", d_sl, sl, n, 0);
+    dit_ops_cuda.silu_bwd(t->be, d_dsl, d_x, d_dout, n);
+    acheck_k(t, "silu_bwd", shape, "dx", d_dsl, dsl, n, 0);
+    dit_ops_cuda.modulate_fwd(t->be, d_out, d_x, aoff(d_mod, o_shift), aoff(d_mod, o_scale), sc, B,
+                              N, C);
+    acheck_k(t, "modulate_fwd", shape, "out", d_out, out, n, 0);
+    dit_ops_cuda.modulate_bwd(t->be, d_dx, aoff(d_dmod, o_shift), aoff(d_dmod, o_scale), d_dout,
+                              d_x, aoff(d_mod, o_scale), sc, B, N, C);
+    acheck_k(t, "modulate_bwd", shape, "dx", d_dx, dx, n, 0);
+    dit_ops_cuda.gated_add_fwd(t->be, d_out, d_x, d_y, aoff(d_mod, o_gate), sc, B, N, C);
+    acheck_k(t, "gated_add_fwd", shape, "out", d_out, xg, n, 0);
+    dit_ops_cuda.gated_add_bwd(t->be, d_dy, aoff(d_dmod, o_gate), d_dout, d_y, aoff(d_mod, o_gate),
+                               sc, B, N, C);
+    acheck_k(t, "gated_add_bwd", shape, "dy", d_dy, dy, n, 0);
+    // the whole packed buffer: shift, scale and gate gradients, and untouched columns
+    acheck_k(t, "mod+gate bwd", shape, "dmod", d_dmod, dmod, nm, 0);
+
+    // ln_modulate_fwd without an add, with one, with a gated one (then no modulation): res is
+    // the sum rounded, and the LayerNorm's statistics, h and out are those of that res
+    float *g = hrand(t, C, 1), *beta = hrand(t, C, 1), *res = mm_malloc(n * 4),
+          *h = mm_malloc(n * 4), *mean = mm_malloc(rows * 4), *rstd = mm_malloc(rows * 4);
+    float *d_g = dev(t, g, C * 4), *d_beta = dev(t, beta, C * 4), *d_res = adev(t, x, n),
+          *d_h = adev(t, x, n), *d_mean = cuda_alloc(t->c, rows * 4),
+          *d_rstd = cuda_alloc(t->c, rows * 4);
+    static const char *const variant[] = {"", " a+b", " a+gate*b"};
+    for (int with = 0; with < 3; with++) {
+        snprintf(shape, sizeof(shape), "B%d N%d C%d sc%d%s", B, N, C, sc, variant[with]);
+        const int gated = with == 2;
+        if (with == 1) model_ops_cpu.add(&mm_backend_cpu, res, x, y, n);
+        if (gated) dit_ops_cpu.gated_add_fwd(&mm_backend_cpu, res, x, y, mod + o_gate, sc, B, N, C);
+        if (!with) memcpy(res, x, n * 4);
+        for (size_t i = 0; i < n; i++) res[i] = bf16_round(res[i]);
+        dit_ops_cpu.ln_modulate_fwd(&mm_backend_cpu, NULL, h, gated ? NULL : out, mean, rstd, res,
+                                    NULL, NULL, g, beta, gated ? NULL : mod + o_shift,
+                                    gated ? NULL : mod + o_scale, sc, B, N, C);
+        dit_ops_cuda.ln_modulate_fwd(
+            t->be, with ? d_res : NULL, d_h, gated ? NULL : d_out, d_mean, d_rstd, d_x,
+            with ? d_y : NULL, gated ? aoff(d_mod, o_gate) : NULL, d_g, d_beta,
+            gated ? NULL : aoff(d_mod, o_shift), gated ? NULL : aoff(d_mod, o_scale), sc, B, N, C);
+        if (with) acheck_k(t, "ln_modulate_fwd", shape, "res", d_res, res, n, EXACT);
+        acheck_k(t, "ln_modulate_fwd", shape, "h", d_h, h, n, 0);
+        if (!gated) acheck_k(t, "ln_modulate_fwd", shape, "out", d_out, out, n, 0);
+        check(t, "ln_modulate_fwd", shape, "mean", d_mean, mean, rows, 1e-5);
+        check(t, "ln_modulate_fwd", shape, "rstd", d_rstd, rstd, rows, 1e-5);
+    }
+    // its backward from the last case's res, statistics and h (rounded, as stored)
+    snprintf(shape, sizeof(shape), "B%d N%d C%d sc%d", B, N, C, sc);
+    float *h16 = hround(h, n), *dxl = hcopy(dx0, n), *dml = hcopy(dmod0, nm),
+          *dh = mm_malloc(n * 4);
+    dit_ops_cpu.modulate_ln_bwd(&mm_backend_cpu, dxl, dml + o_shift, dml + o_scale, dh, dout, h16,
+                                mod + o_scale, sc, res, g, mean, rstd, B, N, C);
+    float *d_h16 = adev(t, h16, n), *d_dxl = adev(t, dx0, n), *d_dml = adev(t, dmod0, nm);
+    cuda_upload(t->c, d_mean, mean, rows * 4);
+    cuda_upload(t->c, d_rstd, rstd, rows * 4);
+    dit_ops_cuda.modulate_ln_bwd(t->be, d_dxl, aoff(d_dml, o_shift), aoff(d_dml, o_scale), NULL,
+                                 d_dout, d_h16, aoff(d_mod, o_scale), sc, d_res, d_g, d_mean,
+                                 d_rstd, B, N, C);
+    acheck_k(t, "modulate_ln_bwd", shape, "dx", d_dxl, dxl, n, 0);
+    acheck_k(t, "modulate_ln_bwd", shape, "dmod", d_dml, dml, nm, 0);
+    void *hs[] = {x,   y, mod,  dout, dx0, dmod0, out,  dx,  dmod, xg,  dy, sl,
+                  dsl, g, beta, res,  h,   mean,  rstd, h16, dxl,  dml, dh};
+    void *ds[] = {d_x, d_y,    d_mod, d_dout, d_out,  d_dx,   d_dmod, d_dy,  d_sl, d_dsl,
+                  d_g, d_beta, d_res, d_h,    d_mean, d_rstd, d_h16,  d_dxl, d_dml};
+    free_all(23, hs);
+    cuda_free_all(19, ds);
+}
+
 int main(void) {
     T t = {.be = NULL, .c = NULL, .tc = {0, 0}};
     mm_rng_init(&t.rng, 4242, 0);
@@ -633,6 +732,11 @@ int main(void) {
     test_image_ops(&t, 1, 6, 10, 33, 2);
     test_convert(&t, 1);
     test_convert(&t, 70003);
+    // rows of one warp's width and less, several warps' rows in one block, a partial block
+    static const int md[][4] = {
+        {1, 1, 1, 3}, {3, 17, 40, 240}, {2, 5, 130, 390}, {1, 9, 384, 2304}};
+    for (size_t i = 0; i < sizeof(md) / sizeof(md[0]); i++)
+        test_dit_block_ops(&t, md[i][0], md[i][1], md[i][2], md[i][3]);
     t.c->act16 = 1;
 
     mm_backend_free(t.be);
