@@ -397,6 +397,20 @@ static int lt_matmul(cuda_ctx *c, cu_lt_kind kind, int ta_, int m, int n, int k,
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    // the operands' actual alignments (the default promises 256 bytes: an activation is
+    // carved at 64, a weight's place in the parameters' copy at 2), as PyTorch passes them
+    const void *ptr[3] = {A, B, D};
+    static const cublasLtMatmulPreferenceAttributes_t align_attr[3] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 3; i++) {
+        uint32_t al = 256;
+        while (al > 1 && (uintptr_t)ptr[i] % al) al /= 2;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &al, sizeof(al)));
+        if (i == 2)  // C is D
+            CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+                pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof(al)));
+    }
     cublasLtMatmulHeuristicResult_t h;
     int got = 0;
     const int ok = cublasLtMatmulAlgoGetHeuristic(c->lt, d, la, lb, ld, ld, pref, 1, &h, &got) ==

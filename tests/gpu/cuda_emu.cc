@@ -700,7 +700,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
 // ---------------------------------------------------------------------------------------
 // cuBLASLt: descriptors are plain structs; the matmul checks what cuBLASLt would (types,
 // layouts against op(A) op(B), the workspace, device pointers, the GELU input's leading
-// dimension a multiple of 8) and runs cublasGemmEx, then the epilogue: bias[i] added to row i
+// dimension a multiple of 8, each operand aligned as the preference promised: 256 bytes
+// unless told less) and runs the product, then the epilogue: bias[i] added to row i
 // of D (i < D's rows); for GELU_AUX_BIAS that sum also stored to aux and D = its tanh GELU;
 // for DGELU D times the tanh GELU's derivative at aux.
 
@@ -723,6 +724,7 @@ struct cuemu_lt_layout {
 };
 struct cuemu_lt_pref {
     size_t ws;
+    uint32_t align[4];  // the least alignment of A, B, C, D the caller promises (default 256)
 };
 
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
@@ -784,7 +786,7 @@ cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
-    *p = new cuemu_lt_pref{0};
+    *p = new cuemu_lt_pref{0, {256, 256, 256, 256}};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
@@ -794,10 +796,19 @@ cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
                                                     cublasLtMatmulPreferenceAttributes_t a,
                                                     const void *v, size_t n) {
-    if (a != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || n != sizeof(uint64_t))
-        return CUBLAS_STATUS_INVALID_VALUE;
-    p->ws = *(const uint64_t *)v;
-    return CUBLAS_STATUS_SUCCESS;
+    if (a == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES && n == sizeof(uint64_t)) {
+        p->ws = *(const uint64_t *)v;
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    const uint32_t x = n == sizeof(uint32_t) ? *(const uint32_t *)v : 0;
+    if (a >= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES &&
+        a <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES && x && (x & (x - 1)) == 0) {
+        p->align[a - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES] = x;
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    fprintf(stderr, "cuda_emu: cublasLtMatmulPreferenceSetAttribute %d: not emulated, or a bad "
+            "value\n", (int)a);
+    return CUBLAS_STATUS_INVALID_VALUE;
 }
 
 // The (m, n, k) of D = op(A) op(B) when the layouts agree, else false.
@@ -817,7 +828,7 @@ static bool lt_shape(const cuemu_lt_desc *d, const cuemu_lt_layout *a, const cue
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t d,
                                               cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
                                               cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t dl,
-                                              cublasLtMatmulPreference_t, int want,
+                                              cublasLtMatmulPreference_t pref, int want,
                                               cublasLtMatmulHeuristicResult_t *res, int *got) {
     int m, n, k;
     *got = 0;
@@ -835,6 +846,8 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
         return CUBLAS_STATUS_NOT_SUPPORTED;
     memset(res, 0, sizeof(*res));
     res->state = CUBLAS_STATUS_SUCCESS;
+    // the algorithm may need the alignments the preference allows (data[0..3]: A, B, C, D)
+    for (int i = 0; i < 4; i++) res->algo.data[i] = pref ? pref->align[i] : 256;
     *got = 1;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -854,6 +867,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
         fprintf(stderr, "cuda_emu: cublasLtMatmul: C must be D here\n");
         return CUBLAS_STATUS_NOT_SUPPORTED;
     }
+    // an algorithm chosen for the preference's alignments faults on less aligned operands
+    const void *ops[4] = {A, B, C, D};
+    for (int i = 0; i < 4; i++)
+        if ((uintptr_t)ops[i] % algo->data[i] != 0) {
+            fprintf(stderr, "cuda_emu: cublasLtMatmul: matrix %c at %p is not %llu-byte aligned "
+                    "(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_%c_BYTES promised it)\n", "ABCD"[i],
+                    ops[i], (unsigned long long)algo->data[i], "ABCD"[i]);
+            return CUBLAS_STATUS_INVALID_VALUE;
+        }
     if (ws_bytes && !on_device(ws, ws_bytes)) {
         fprintf(stderr, "cuda_emu: cublasLtMatmul: the workspace is not device memory\n");
         return CUBLAS_STATUS_INVALID_VALUE;
