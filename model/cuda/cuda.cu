@@ -324,36 +324,34 @@ void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, cons
                                                sB, A, lda, sA, &beta, C, ldc, sC, batch));
 }
 
-void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
-                  const __nv_bfloat16 *A, int lda, long long sA, const __nv_bfloat16 *B, int ldb,
-                  long long sB, float beta, float *C, int ldc, long long sC, int batch) {
+// bf16 A and B, C of type ct (fp32 or bf16), fp32 accumulation: the two overloads below
+static void gemm_ex(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const cu_bf16 *A,
+                    int lda, long long sA, const cu_bf16 *B, int ldb, long long sB, float beta,
+                    void *C, cudaDataType ct, int ldc, long long sC, int batch) {
     if (M <= 0 || N <= 0 || batch <= 0) return;
     MM_CHECK(K > 0, "gemm: inner dimension %d", K);
     if (batch == 1)
         CUBLAS_CHECK(cublasGemmEx(c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb,
-                                  A, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                  A, CUDA_R_16BF, lda, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
     else
         CUBLAS_CHECK(cublasGemmStridedBatchedEx(
             c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF,
-            lda, sA, &beta, C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
-            CUBLAS_GEMM_DEFAULT));
+            lda, sA, &beta, C, ct, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const cu_bf16 *A,
+             int lda, long long sA, const cu_bf16 *B, int ldb, long long sB, float beta, float *C,
+             int ldc, long long sC, int batch) {
+    gemm_ex(c, ta, tb, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, CUDA_R_32F, ldc, sC,
+            batch);
 }
 
 void cu_gemm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha, const cu_bf16 *A,
              int lda, long long sA, const cu_bf16 *B, int ldb, long long sB, float beta,
              cu_bf16 *C, int ldc, long long sC, int batch) {
-    if (M <= 0 || N <= 0 || batch <= 0) return;
-    MM_CHECK(K > 0, "gemm: inner dimension %d", K);
-    if (batch == 1)
-        CUBLAS_CHECK(cublasGemmEx(c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb,
-                                  A, CUDA_R_16BF, lda, &beta, C, CUDA_R_16BF, ldc,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    else
-        CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-            c->blas, op(tb), op(ta), N, M, K, &alpha, B, CUDA_R_16BF, ldb, sB, A, CUDA_R_16BF,
-            lda, sA, &beta, C, CUDA_R_16BF, ldc, sC, batch, CUBLAS_COMPUTE_32F,
-            CUBLAS_GEMM_DEFAULT));
+    gemm_ex(c, ta, tb, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, CUDA_R_16BF, ldc, sC,
+            batch);
 }
 
 // One cuBLASLt matmul, column-major: D (m x n, ld m, of type dt) = op(A) B with bf16 A
