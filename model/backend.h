@@ -177,8 +177,8 @@ extern const mm_backend mm_backend_cpu;
 // Creates the backend `name` ("cpu" or "cuda") for world rank `rank` with matmul precision
 // `precision` ("fp32" or "bf16"; the CPU computes in fp32 whatever it says): on CUDA it
 // picks the GPU of the local rank. act16 1: in precision bf16 the activations are bf16 too
-// (act_bytes 2) on a backend that has them (CUDA), for a model kind whose ops all take them
-// (the transformer; the DiT passes 0 until its own ops do).
+// (act_bytes 2) on a backend that has them (CUDA; both model kinds' ops take them); 0 keeps
+// fp32 activations under bf16 matmuls (what the tests hold the bf16 kernels to).
 // Checks that its tables are complete. Returns 0, or -1 with err naming the problem (an
 // unknown name, a binary built without CUDA, no GPU for this rank, a bad precision).
 int mm_backend_create(const mm_backend **out, const char *name, const char *precision, int act16,

@@ -84,7 +84,10 @@
 //   same bits everywhere) by deterministic ops in the same order. tp = 1 makes no comm call.
 //
 // Activations live in one buffer carved in a fixed order (plan_acts); forward keeps every
-// activation the backward needs, backward scratch comes after them. Under cfg.recompute
+// activation the backward needs, backward scratch comes after them. They are the backend's
+// (be->act_bytes: bf16 on CUDA in precision bf16, model.h "Activations"): the model's
+// inputs (x_t, audio) and cond.null enter them through act_from_real, and its prediction
+// leaves through act_to_real, so the loss, the x-prediction and the sampler see mm_real. Under cfg.recompute
 // (model.h) the generator blocks keep less and share one set for the rest, which backward
 // refills per block right before that block's backward (dit_block_recompute): SiLU(c), cond
 // and the key masks the blocks read are kept whole, and the final layer reads the kept output
@@ -145,6 +148,11 @@ typedef struct {
 } enc_acts;
 
 typedef struct {
+    mm_real *pix;                 // (B, H, W, c) where activations are not mm_real (else
+                                  // NULL): x_t, then the output, then its gradient, as
+                                  // activations (the model's inputs and outputs are mm_real)
+    mm_real *aud_in;              // (B, audio_F, n_mels) the audio as activations (or NULL)
+    mm_real *null;                // (C) cond.null as an activation (or NULL)
     mm_real *patches;             // (BN, pdim)
     mm_real *x0;                  // (BN, C) block 0 input
     mm_real *tfreq;               // (B, C) sinusoidal features of t
@@ -159,12 +167,12 @@ typedef struct {
     mm_real *fh, *fmean, *frstd;  // (BN, C) final LN; (BN), (BN)
     mm_real *fm;                  // (BN, C) modulated
     mm_real *outp;                // (BN, pdim) final.proj output (patch layout)
-    mm_real *pred;                // (B, H, W, c)
-    mm_real *losses;              // (B)
-    mm_real *ones, *zeros;        // (C) constants for the non-affine LayerNorms
+    mm_real *pred;                // (B, H, W, c) mm_real, as the loss and sampler see it
+    mm_real *losses;              // (B) mm_real
+    mm_real *ones, *zeros;        // (C) mm_real constants for the non-affine LayerNorms
     // backward scratch (not kept between calls)
-    mm_real *dloss;            // (B)
-    mm_real *dpred;            // (B, H, W, c)
+    mm_real *dloss;            // (B) mm_real
+    mm_real *dpred;            // (B, H, W, c) mm_real
     mm_real *doutp;            // (BN, pdim)
     mm_real *dfm, *dfh;           // (BN, C) d(fm), d(fh)
     mm_real *dfmod;               // (B, 2C) d(fmod)
@@ -378,21 +386,25 @@ static void plan_enc(dit *m, model_carver *cv, enc_acts *e) {
         model_block_carve(cv, m->be, &e->layer[l], MODEL_PART_ALL, NULL, BT, (size_t)e->T, C,
                           (size_t)m->NH, C, F);
     e->out = model_carve(cv, BT * C);
-    e->mean = model_carve(cv, BT);
-    e->rstd = model_carve(cv, BT);
+    e->mean = model_carve_real(cv, BT);
+    e->rstd = model_carve_real(cv, BT);
     e->dout = model_carve(cv, BT * C);
     model_block_carve_scratch(cv, &e->bs, BT, C, C, F);
 }
 
 // Carves the activation buffer at base (NULL: only counts); returns its bytes, and in
-// *per_layer those of one DiT block. Its activations are mm_real (setup refuses others), so
-// model_carve serves the statistics and losses too.
+// *per_layer those of one DiT block. Activations at be->act_bytes (model_carve); statistics,
+// saved attention, losses and the model's mm_real outputs through model_carve_real.
 static size_t plan_acts(dit *m, mm_real *base, size_t *per_layer) {
     model_carver cv;
     model_carver_init(&cv, m->be, base);
     const size_t B = (size_t)m->max_B, N = (size_t)m->N, C = (size_t)m->C, BN = B * N;
     const size_t Cl = (size_t)m->Cl, Fl = (size_t)m->Fl, BTc = B * m->Tc, pix = BN * m->pdim;
     acts *a = &m->a;
+    const int conv = m->be->act_bytes != sizeof(mm_real);  // inputs and outputs converted
+    a->pix = conv ? model_carve(&cv, pix) : NULL;
+    a->aud_in = conv ? model_carve(&cv, B * m->cfg.audio_F * m->cfg.n_mels) : NULL;
+    a->null = conv ? model_carve(&cv, C) : NULL;
     a->patches = model_carve(&cv, pix);
     a->x0 = model_carve(&cv, BN * C);
     a->tfreq = model_carve(&cv, B * C);
@@ -419,16 +431,16 @@ static size_t plan_acts(dit *m, mm_real *base, size_t *per_layer) {
     *per_layer = (cv.off - before) / (size_t)m->L;
     a->fmod = model_carve(&cv, B * 2 * C);
     a->fh = model_carve(&cv, BN * C);
-    a->fmean = model_carve(&cv, BN);
-    a->frstd = model_carve(&cv, BN);
+    a->fmean = model_carve_real(&cv, BN);
+    a->frstd = model_carve_real(&cv, BN);
     a->fm = model_carve(&cv, BN * C);
     a->outp = model_carve(&cv, pix);
-    a->pred = model_carve(&cv, pix);
-    a->losses = model_carve(&cv, B);
-    a->ones = model_carve(&cv, C);
-    a->zeros = model_carve(&cv, C);
-    a->dloss = model_carve(&cv, B);
-    a->dpred = model_carve(&cv, pix);
+    a->pred = model_carve_real(&cv, pix);
+    a->losses = model_carve_real(&cv, B);
+    a->ones = model_carve_real(&cv, C);
+    a->zeros = model_carve_real(&cv, C);
+    a->dloss = model_carve_real(&cv, B);
+    a->dpred = model_carve_real(&cv, pix);
     a->doutp = model_carve(&cv, pix);
     a->dfm = model_carve(&cv, BN * C);
     a->dfh = model_carve(&cv, BN * C);
@@ -518,10 +530,6 @@ static int setup(dit *m, const dit_config *cfg, const mm_backend *be, int max_B,
     if (!dops) return mm_fail(err, "dit: backend %s has no DiT kernels", be->name);
     if (mm_table_complete(dops, sizeof(*dops), sizeof(const char *), "dit_ops", err) != 0)
         return -1;
-    if (be->act_bytes != sizeof(mm_real))
-        return mm_fail(err, "dit: backend %s has %zu-byte activations; the diffusion model's ops "
-                       "take mm_real ones only (create the backend without act16)",
-                       be->name, be->act_bytes);
     m->cfg = *cfg;
     m->be = be;
     m->ops = be->ops;
@@ -563,6 +571,15 @@ static void free_setup(dit *m) {
     free(m->ae.layer);
 }
 
+// model_mem.attn_rows: the widest attention's rows times its heads' width, over the
+// generator's self- and cross-attention (this rank's heads; N queries, Tc keys of twice the
+// width) and the encoders' (every head; text_T or n_aud tokens)
+static size_t dit_attn_rows(const dit *m, int max_B) {
+    size_t gen = (size_t)(m->N > m->Tc ? m->N : m->Tc) * m->Cl;
+    size_t enc = (size_t)(m->Tt > m->n_aud ? m->Tt : m->n_aud) * m->C;
+    return (size_t)max_B * (gen > enc ? gen : enc);
+}
+
 int dit_mem_plan(const dit_config *cfg, const mm_backend *be, int max_B, model_mem *out,
                  mm_err *err) {
     dit m = {0};
@@ -574,6 +591,7 @@ int dit_mem_plan(const dit_config *cfg, const mm_backend *be, int max_B, model_m
                            .act_per_layer = per,
                            .attn_probs = (size_t)max_B * m.NHl * m.N * m.N * sizeof(float),
                            .attn_hd = m.HD,
+                           .attn_rows = dit_attn_rows(&m, max_B),
                            .max_tensor = model_table_max(m.tensors, m.n_tensors),
                            .n_layers = m.L};
     }
@@ -786,12 +804,17 @@ static void cond_forward(dit *m, const dit_input *in) {
     dops->text_embed_fwd(be, te->x0, m->tok_kv, w->wte, w->tpos, m->tok, B, Tt, C, m->V);
     enc_forward(m, &w->text, te, B);
 
-    // audio encoder input: grouped frames (a reshape unless a tail is dropped: then without
-    // each sample's trailing F % audio_group frames, as model_group_audio) -> proj + pos
+    // audio encoder input (as activations: a->aud_in where they are not mm_real): grouped
+    // frames (a reshape unless a tail is dropped: then without each sample's trailing
+    // F % audio_group frames, as model_group_audio) -> proj + pos
+    const size_t n_mel = (size_t)m->cfg.audio_F * m->cfg.n_mels;
     const mm_real *aud = in->audio;
+    if (a->aud_in) {
+        ops->act_from_real(be, a->aud_in, in->audio, (size_t)B * n_mel);
+        aud = a->aud_in;
+    }
     if (m->cfg.audio_F != na * m->cfg.audio_group) {
-        ops->copy_rows(be, a->aud, (size_t)na * m->adim, in->audio,
-                       (size_t)m->cfg.audio_F * m->cfg.n_mels, (size_t)na * m->adim, B);
+        ops->copy_rows(be, a->aud, (size_t)na * m->adim, aud, n_mel, (size_t)na * m->adim, B);
         aud = a->aud;
     }
     ops->matmul_fwd(be, ae->x0, aud, w->aud_w, w->aud_b, B * na, m->adim, C);
@@ -799,10 +822,16 @@ static void cond_forward(dit *m, const dit_input *in) {
     dops->sample_keys(be, ae->key_valid, in->has_audio, B, na);
     enc_forward(m, &w->audio, ae, B);
 
+    const mm_real *null = w->null;
+    if (a->null) {
+        ops->act_from_real(be, a->null, w->null, (size_t)C);
+        null = a->null;
+    }
     ops->copy_rows(be, a->cond, (size_t)Tc * C, te->out, (size_t)Tt * C, (size_t)Tt * C, B);
-    ops->copy_rows(be, a->cond + (size_t)Tt * C, (size_t)Tc * C, ae->out, (size_t)na * C,
-                   (size_t)na * C, B);
-    ops->copy_rows(be, a->cond + (size_t)(Tt + na) * C, (size_t)Tc * C, w->null, 0, (size_t)C, B);
+    ops->copy_rows(be, model_act_at(be, a->cond, (size_t)Tt * C), (size_t)Tc * C, ae->out,
+                   (size_t)na * C, (size_t)na * C, B);
+    ops->copy_rows(be, model_act_at(be, a->cond, (size_t)(Tt + na) * C), (size_t)Tc * C, null, 0,
+                   (size_t)C, B);
     dops->cond_keys(be, m->key_valid, te->key_valid, ae->key_valid, B, Tt, na);
 
     // pooled condition into c (file top), keys in order so the mean is deterministic
@@ -831,7 +860,12 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
     cond_forward(m, in);  // after time_forward: pool_cond adds into c
 
     // patchify (B, H, W, c) -> (BN, pdim), x_embed, + fixed positions
-    ops->patchify(be, a->patches, in->x_t, B, H, W, ic, p);
+    const mm_real *x_t = in->x_t;
+    if (a->pix) {
+        ops->act_from_real(be, a->pix, in->x_t, (size_t)B * H * W * ic);
+        x_t = a->pix;
+    }
+    ops->patchify(be, a->patches, x_t, B, H, W, ic, p);
     ops->matmul_fwd(be, a->x0, a->patches, w->x_w, w->x_b, BN, m->pdim, C);
     dops->add_pos(be, a->x0, m->pos, B, N, C);
 
@@ -842,12 +876,13 @@ static void forward_all(dit *m, const dit_input *in, mm_real *out) {
         x = a->layer[l].res3;
     }
 
-    // final layer, then unpatchify (BN, pdim) -> (B, H, W, c)
+    // final layer, then unpatchify (BN, pdim) -> (B, H, W, c), into out as mm_real
     ops->matmul_fwd(be, a->fmod, a->sc, w->fada_w, w->fada_b, B, C, 2 * C);
     dops->ln_modulate_fwd(be, NULL, a->fh, a->fm, a->fmean, a->frstd, x, NULL, NULL, a->ones,
-                          a->zeros, a->fmod, a->fmod + C, 2 * C, B, N, C);
+                          a->zeros, a->fmod, model_act_at(be, a->fmod, (size_t)C), 2 * C, B, N, C);
     ops->matmul_fwd(be, a->outp, a->fm, w->fproj_w, w->fproj_b, BN, C, m->pdim);
-    ops->unpatchify(be, out, a->outp, B, H, W, ic, p);
+    ops->unpatchify(be, a->pix ? a->pix : out, a->outp, B, H, W, ic, p);
+    if (a->pix) ops->act_to_real(be, out, a->pix, (size_t)B * H * W * ic);
     if (m->cfg.x_pred) dops->xpred(be, out, in->x_t, in->t, 0, B, (size_t)H * W * ic);
 }
 
@@ -879,7 +914,7 @@ static void enc_backward(const dit *m, const enc_w *w, const enc_w *g, enc_acts 
     const int C = m->C, BT = B * e->T;
     mm_real *const z0[] = {e->bs.dres};
     const size_t n0[] = {(size_t)BT * C};
-    model_zero_ops(m->be, 1, z0, n0);
+    model_zero_acts(m->be, 1, z0, n0);
     const mm_real *xl = m->E ? e->layer[m->E - 1].res3 : e->x0;
     m->ops->layernorm_bwd(m->be, e->bs.dres, g->lnf_g, g->lnf_b, e->dout, xl, w->lnf_g, e->mean, e->rstd,
                           BT, C);
@@ -902,7 +937,12 @@ static void output_backward(dit *m, const dit_input *in, mm_real loss_scale) {
     ops->mem_upload(be, a->dloss, m->host_b, (size_t)B * sizeof(mm_real));
     dops->mse_bwd(be, a->dpred, a->pred, in->target, a->dloss, B, pix);
     if (m->cfg.x_pred) dops->xpred(be, a->dpred, in->x_t, in->t, 1, B, pix);
-    ops->patchify(be, a->doutp, a->dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
+    const mm_real *dpred = a->dpred;
+    if (a->pix) {
+        ops->act_from_real(be, a->pix, a->dpred, (size_t)B * pix);
+        dpred = a->pix;
+    }
+    ops->patchify(be, a->doutp, dpred, B, m->cfg.img_h, m->cfg.img_w, m->cfg.img_c, m->cfg.patch);
 }
 
 // The final layer from a->doutp: leaves d(last block's output) in a->bs.dres and starts the
@@ -919,11 +959,12 @@ static void final_backward(dit *m, int B) {
     // dfh is modulate_ln_bwd's scratch
     mm_real *const zb[] = {a->dfm, a->dfmod, a->bs.dres, a->bs.dsc, a->bs.dcond};
     const size_t zn[] = {nBNC, (size_t)B * 2 * C, nBNC, (size_t)B * C, (size_t)B * m->Tc * C};
-    model_zero_ops(be, 5, zb, zn);
+    model_zero_acts(be, 5, zb, zn);
     const mm_real *xL = a->layer[m->L - 1].res3;
     ops->matmul_bwd(be, a->dfm, g->fproj_w, g->fproj_b, a->doutp, a->fm, w->fproj_w, BN, C, m->pdim);
-    dops->modulate_ln_bwd(be, a->bs.dres, a->dfmod, a->dfmod + C, a->dfh, a->dfm, a->fh,
-                          a->fmod + C, 2 * C, xL, a->ones, a->fmean, a->frstd, B, N, C);
+    dops->modulate_ln_bwd(be, a->bs.dres, a->dfmod, model_act_at(be, a->dfmod, (size_t)C), a->dfh,
+                          a->dfm, a->fh, model_act_at(be, a->fmod, (size_t)C), 2 * C, xL, a->ones,
+                          a->fmean, a->frstd, B, N, C);
     ops->matmul_bwd(be, a->bs.dsc, g->fada_w, g->fada_b, a->dfmod, a->sc, w->fada_w, B, C, 2 * C);
 }
 
@@ -940,7 +981,7 @@ static void time_backward(dit *m, int B) {
     {
         mm_real *const zb[] = {a->dc, a->dths, a->dth};
         const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
-        model_zero_ops(be, 3, zb, zn);
+        model_zero_acts(be, 3, zb, zn);
     }
     dops->silu_bwd(be, a->dc, a->c, a->bs.dsc, (size_t)B * C);
     ops->matmul_bwd(be, a->dths, g->t2_w, g->t2_b, a->dc, a->ths, w->t2_w, B, C, C);
@@ -949,7 +990,7 @@ static void time_backward(dit *m, int B) {
     if (m->cfg.pool_cond) {  // c = ... + fc2(SiLU(fc1(pool))): d(pool) from the same dc
         mm_real *const zb[] = {a->dphs, a->dph, a->dpool};
         const size_t zn[] = {(size_t)B * C, (size_t)B * C, (size_t)B * C};
-        model_zero_ops(be, 3, zb, zn);
+        model_zero_acts(be, 3, zb, zn);
         ops->matmul_bwd(be, a->dphs, g->p2_w, g->p2_b, a->dc, a->phs, w->p2_w, B, C, C);
         dops->silu_bwd(be, a->dph, a->ph, a->dphs, (size_t)B * C);
         ops->matmul_bwd(be, a->dpool, g->p1_w, g->p1_b, a->dph, a->pool, w->p1_w, B, C, C);
@@ -972,15 +1013,18 @@ static void cond_backward(dit *m, const dit_input *in) {
     // before the allreduce would count it tp times
     if (m->cfg.pool_cond) dops->pool_bwd(be, a->bs.dcond, a->dpool, m->key_valid, B, Tc, C);
     // the null token: row Tt + na of every sample, samples in order
-    dops->pos_bwd(be, g->null, a->bs.dcond + (size_t)(Tt + na) * C, (size_t)Tc * C, B, 1, C);
+    dops->pos_bwd(be, g->null, model_act_at(be, a->bs.dcond, (size_t)(Tt + na) * C),
+                  (size_t)Tc * C, B, 1, C);
     model_hook_fire(&m->hook, m->null_lo);
 
     enc_acts *te = &m->te, *ae = &m->ae;
     ops->copy_rows(be, te->dout, (size_t)Tt * C, a->bs.dcond, (size_t)Tc * C, (size_t)Tt * C, B);
-    ops->copy_rows(be, ae->dout, (size_t)na * C, a->bs.dcond + (size_t)Tt * C, (size_t)Tc * C,
-                   (size_t)na * C, B);
+    ops->copy_rows(be, ae->dout, (size_t)na * C, model_act_at(be, a->bs.dcond, (size_t)Tt * C),
+                   (size_t)Tc * C, (size_t)na * C, B);
     enc_backward(m, &w->audio, &g->audio, ae, B);
-    const mm_real *aud = m->cfg.audio_F != na * m->cfg.audio_group ? a->aud : in->audio;
+    const mm_real *aud = m->cfg.audio_F != na * m->cfg.audio_group ? a->aud
+                         : a->aud_in                                ? a->aud_in
+                                                                    : in->audio;
     ops->matmul_bwd(be, NULL, g->aud_w, g->aud_b, ae->bs.dres, aud, w->aud_w, B * na, m->adim, C);
     // positions: each column adds the samples in order
     dops->pos_bwd(be, g->apos, ae->bs.dres, (size_t)na * C, B, na, C);

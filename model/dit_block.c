@@ -76,33 +76,33 @@ void dit_block_carve(model_carver *cv, const mm_backend *be, dit_block_acts *a, 
     if (rest) {
         a->mod = model_carve(cv, B * 6 * C);
         a->h1 = model_carve(cv, BN * C);
-        a->mean1 = model_carve(cv, BN);
-        a->rstd1 = model_carve(cv, BN);
+        a->mean1 = model_carve_real(cv, BN);
+        a->rstd1 = model_carve_real(cv, BN);
         a->m1 = model_carve(cv, BN * C);
         a->qkv = model_carve(cv, BN * 3 * Cl);
     }
     if (att) {
-        a->att = model_carve(cv, be->ops->attention_saved(be, (int)B, (int)NHl, (int)N));
+        a->att = model_carve_real(cv, be->ops->attention_saved(be, (int)B, (int)NHl, (int)N));
         a->atty = model_carve(cv, BN * Cl);
     }
     if (rest) {
         a->y1 = model_carve(cv, BN * C);
         a->res1 = model_carve(cv, BN * C);
         a->h2 = model_carve(cv, BN * C);
-        a->mean2 = model_carve(cv, BN);
-        a->rstd2 = model_carve(cv, BN);
+        a->mean2 = model_carve_real(cv, BN);
+        a->rstd2 = model_carve_real(cv, BN);
         a->q = model_carve(cv, BN * Cl);
         a->kv = model_carve(cv, B * Tc * 2 * Cl);
     }
     if (att) {
-        a->xatt = model_carve(cv, BN * NHl * Tc);
+        a->xatt = model_carve_real(cv, BN * NHl * Tc);
         a->xatty = model_carve(cv, BN * Cl);
     }
     if (rest) {
         a->res2 = model_carve(cv, BN * C);
         a->h3 = model_carve(cv, BN * C);
-        a->mean3 = model_carve(cv, BN);
-        a->rstd3 = model_carve(cv, BN);
+        a->mean3 = model_carve_real(cv, BN);
+        a->rstd3 = model_carve_real(cv, BN);
         a->m3 = model_carve(cv, BN * C);
         a->fch = model_carve(cv, BN * Fl);
         a->fcg = model_carve(cv, BN * Fl);
@@ -134,6 +134,11 @@ void dit_block_carve_scratch(model_carver *cv, dit_block_scratch *s, size_t B, s
     s->dcond = model_carve(cv, B * Tc * C);
 }
 
+// Piece k (shift1 scale1 gate1 shift2 scale2 gate2) of mod or dmod (B, 6C): activations, so
+// at be->act_bytes per element, with be, mod, dmod and C the calling function's.
+#define MOD(k) model_act_at_c(be, mod, (size_t)(k) * C)
+#define DMOD(k) model_act_at(be, dmod, (size_t)(k) * C)
+
 void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_acts *a,
                        const mm_real *x) {
     const mm_backend *be = r->be;
@@ -146,14 +151,14 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     ops->matmul_fwd(be, a->mod, r->sc, w->ada_w, w->ada_b, B, C, C6);
     // self-attention branch
     dops->ln_modulate_fwd(be, NULL, a->h1, a->m1, a->mean1, a->rstd1, x, NULL, NULL, r->ones,
-                          r->zeros, mod, mod + C, C6, B, N, C);
+                          r->zeros, mod, MOD(1), C6, B, N, C);
     ops->matmul_fwd(be, a->qkv, a->m1, w->qkv_w, w->qkv_b, BN, C, 3 * Cl);
     ops->attention_fwd(be, a->atty, a->att, a->qkv, r->self_valid, B, N, N, r->NHl, r->HD, NULL);
     ops->matmul_fwd(be, a->y1, a->atty, w->attproj_w, r->bias_rank ? w->attproj_b : NULL, BN, Cl, C);
     model_tp_allreduce(r->be, r->tp, a->y1, nC);
     // res1 = x + gate1 * y1, then the cross-attention branch's pre-norm (affine; no
     // modulation, no gate of its own)
-    dops->ln_modulate_fwd(be, a->res1, a->h2, NULL, a->mean2, a->rstd2, x, a->y1, mod + 2 * C,
+    dops->ln_modulate_fwd(be, a->res1, a->h2, NULL, a->mean2, a->rstd2, x, a->y1, MOD(2),
                           w->xln_g, w->xln_b, NULL, NULL, C6, B, N, C);
     ops->matmul_fwd(be, a->q, a->h2, w->q_w, w->q_b, BN, C, Cl);
     ops->matmul_fwd(be, a->kv, r->cond, w->kv_w, w->kv_b, B * Tc, C, 2 * Cl);
@@ -162,11 +167,11 @@ void dit_block_forward(const dit_block_run *r, const dit_block_w *w, dit_block_a
     model_tp_allreduce(r->be, r->tp, a->res2, nC);
     // MLP branch
     dops->ln_modulate_fwd(be, a->res2, a->h3, a->m3, a->mean3, a->rstd3, a->res2, a->res1, NULL,
-                          r->ones, r->zeros, mod + 3 * C, mod + 4 * C, C6, B, N, C);
+                          r->ones, r->zeros, MOD(3), MOD(4), C6, B, N, C);
     ops->matmul_gelu_fwd(be, a->fch, a->fcg, a->m3, w->fc_w, w->fc_b, BN, C, Fl);
     ops->matmul_fwd(be, a->y3, a->fcg, w->mproj_w, r->bias_rank ? w->mproj_b : NULL, BN, Fl, C);
     model_tp_allreduce(r->be, r->tp, a->y3, nC);
-    dops->gated_add_fwd(be, a->res3, a->res2, a->y3, mod + 5 * C, C6, B, N, C);
+    dops->gated_add_fwd(be, a->res3, a->res2, a->y3, MOD(5), C6, B, N, C);
 }
 
 void dit_block_recompute(const dit_block_run *r, model_recompute mode, const dit_block_w *w,
@@ -203,16 +208,16 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
                          nC,   nC,                                 //
                          nCl,  nCl, nkv,     nC,                   //
                          nC,   nCl, 3 * nCl, nC};
-    model_zero_ops(be, 11, zb, zn);
+    model_zero_acts(be, 11, zb, zn);
     // MLP branch. dres = d(res3); res3 = res2 + gate2 * y3 passes it to res2 unchanged
-    dops->gated_add_bwd(be, s->dy3, dmod + 5 * C, s->dres, a->y3, mod + 5 * C, C6, B, N, C);
+    dops->gated_add_bwd(be, s->dy3, DMOD(5), s->dres, a->y3, MOD(5), C6, B, N, C);
     ops->matmul_gelu_bwd(be, s->dfch, s->dfcg, g->mproj_w, g->mproj_b, s->dy3, a->fcg, a->fch,
                          w->mproj_w, BN, Fl, C);
     ops->matmul_bwd(be, s->dm3, g->fc_w, g->fc_b, s->dfch, a->m3, w->fc_w, BN, C, Fl);
     // fc saw m3 whole: sum its column shares
     model_tp_allreduce(r->be, r->tp, s->dm3, nC);
-    dops->modulate_ln_bwd(be, s->dres, dmod + 3 * C, dmod + 4 * C, s->dh3, s->dm3, a->h3,
-                          mod + 4 * C, C6, a->res2, r->ones, a->mean3, a->rstd3, B, N, C);
+    dops->modulate_ln_bwd(be, s->dres, DMOD(3), DMOD(4), s->dh3, s->dm3, a->h3,
+                          MOD(4), C6, a->res2, r->ones, a->mean3, a->rstd3, B, N, C);
     // cross-attention branch. dres = d(res2); res2 = res1 + xattn.proj(...)
     ops->matmul_bwd(be, s->dxatty, g->xproj_w, g->xproj_b, s->dres, a->xatty, w->xproj_w, BN, Cl, C);
     dops->xattn_bwd(be, s->dq, s->dkv, s->dxatty, a->q, a->kv, a->xatty, a->xatt, B, N, Tc,
@@ -224,14 +229,16 @@ void dit_block_backward(const dit_block_run *r, const dit_block_w *w, const dit_
     ops->layernorm_bwd(be, s->dres, g->xln_g, g->xln_b, s->dh2, a->res1, w->xln_g, a->mean2, a->rstd2,
                        BN, C);
     // self-attention branch. dres = d(res1); res1 = x + gate1 * y1
-    dops->gated_add_bwd(be, s->dy1, dmod + 2 * C, s->dres, a->y1, mod + 2 * C, C6, B, N, C);
+    dops->gated_add_bwd(be, s->dy1, DMOD(2), s->dres, a->y1, MOD(2), C6, B, N, C);
     ops->matmul_bwd(be, s->datty, g->attproj_w, g->attproj_b, s->dy1, a->atty, w->attproj_w, BN, Cl, C);
     ops->attention_bwd(be, s->dqkv, s->datty, a->qkv, a->atty, a->att, B, N, N, r->NHl, r->HD,
                        NULL);
     ops->matmul_bwd(be, s->dm1, g->qkv_w, g->qkv_b, s->dqkv, a->m1, w->qkv_w, BN, C, 3 * Cl);
     model_tp_allreduce(r->be, r->tp, s->dm1, nC);
-    dops->modulate_ln_bwd(be, s->dres, dmod, dmod + C, s->dh1, s->dm1, a->h1, mod + C, C6, x,
+    dops->modulate_ln_bwd(be, s->dres, dmod, DMOD(1), s->dh1, s->dm1, a->h1, MOD(1), C6, x,
                           r->ones, a->mean1, a->rstd1, B, N, C);
     // dres = d(x); the block's modulation
     ops->matmul_bwd(be, s->dsc, g->ada_w, g->ada_b, dmod, r->sc, w->ada_w, B, C, C6);
+#undef DMOD
+#undef MOD
 }

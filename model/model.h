@@ -52,7 +52,7 @@ typedef struct {
 // are backend memory; shapes in the comments; row-major throughout.
 //
 // Activations: the element type of the buffers between the ops is the backend's
-// (be->act_bytes: mm_real, or bf16 on CUDA in precision bf16 for the transformer). Every
+// (be->act_bytes: mm_real, or bf16 on CUDA in precision bf16, for either model kind). Every
 // mm_real * of an op is an activation or its gradient except the parameters and their
 // gradients (w, bias, g, b, beta, positions, the token table and their d*/g_* twins),
 // LayerNorm's mean and rstd, what attention_saved and xent_saved size, the cross-entropy's

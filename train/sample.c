@@ -151,7 +151,7 @@ static int run_sample(const sample_args *a, mm_err *err) {
     dit_config dc = train_dit_config(&c, &sc);
     const int n = a->n, text_T = dc.text_T, F = dc.audio_F;
     const mm_backend *be = NULL;
-    if (mm_backend_create(&be, a->backend, c.precision, 0, 0, err) != 0) return -1;
+    if (mm_backend_create(&be, a->backend, c.precision, 1, 0, err) != 0) return -1;
     const model_ops *ops = be->ops;
     dit *m = NULL;
     if (dit_create(&m, &dc, be, n, 0, err) != 0) {

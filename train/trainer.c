@@ -752,9 +752,8 @@ static int init_model(trainer *t, mm_err *err) {
                        c->data.train, t->schema.audio_len, c->model.audio_group, c->data.n_fft,
                        c->data.hop);
     // the backend: one clear error for a layout it cannot run, whatever the model kind
-    // bf16 activations for the transformer, whose ops all take them (the DiT's do not yet)
-    const int act16 = strcmp(c->model.kind, "transformer") == 0;
-    if (mm_backend_create(&t->be, c->backend, c->precision, act16, t->rank, err) != 0) return -1;
+    // bf16 activations wherever the precision says bf16 (both model kinds' ops take them)
+    if (mm_backend_create(&t->be, c->backend, c->precision, 1, t->rank, err) != 0) return -1;
     if (mm_backend_check_layout(t->be, t->lay.dp_size, t->lay.tp_size, c->parallel.zero, err) != 0)
         return -1;
     if (t->be->desc[0]) {

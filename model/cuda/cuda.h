@@ -33,9 +33,8 @@
 // kernel loads bf16, computes in fp32 and rounds its outputs once (cuda_internal.h CU_ACT);
 // a path without bf16 kernels (attention under dropout, say) runs on fp32 copies.
 // Parameters, their gradients, optimizer state, LayerNorm statistics and losses stay fp32.
-// tests/gpu/test_act16_cuda.c checks the ops that take it: every op of the transformer, which
-// runs with it in precision bf16 (mm_backend_create's act16), and the DiT's block ops so far
-// (SiLU, modulation, gated residuals; the DiT itself still runs fp32 activations).
+// tests/gpu/test_act16_cuda.c checks the ops that take it: every op of both model kinds,
+// which run with it in precision bf16 (mm_backend_create's act16).
 //
 // Failure: every CUDA/cuBLAS call is checked; a failure aborts with file:line, the call, the
 // error string and a hint (a bug or a broken device is not recoverable). Bad configuration

@@ -8,9 +8,12 @@
 // chunks in order, so every result is the same bits run after run. Cross-attention runs, with
 // every valid key allowed, the tensor-core flash kernels (ops_flash_tc_cuda.cu) in bf16 where
 // the heads allow, else the attention core of ops_cuda.cu (cuBLAS for the products).
-// SiLU, modulation and the gated residuals take bf16 activations (cuda.h act16; their
-// shift, scale and gate vectors and those vectors' gradients are activations too), the
-// rest not yet.
+// Every activation an op here reads or writes is bf16 under cuda.h act16 (SiLU, modulation,
+// gated residuals and their shift, scale and gate vectors, cross-attention, the timestep
+// features, positions, pooling and their gradients): loads widen to fp32, each output is
+// rounded once. The MSE, training pairs, sampler steps and x-prediction work on the
+// model's mm_real inputs and outputs (diffusion.c converts at the edges), never on
+// activations, so they stay fp32.
 #include "cuda_internal.h"
 
 extern "C" {
@@ -270,39 +273,26 @@ static void gated_add_bwd(const mm_backend *be, float *dy, float *dgate, const f
 // cross-attention: q (B, Tq, NH, HD), kv (B, Tk, 2, NH, HD) -> out (B, Tq, NH, HD)
 
 // In bf16 without dropout, and for heads the kernels take, the tensor-core flash kernels
-// (ops_flash_tc_cuda.cu): att then holds lse (B, NH, Tq), then a copy of key_valid (B, Tk)
-// bytes for the backward, which fits in att's (B, NH, Tq, Tk) floats once Tk >= 2.
+// (ops_flash_tc_cuda.cu; bf16 activations read and written in place): att then holds lse
+// (B, NH, Tq), then a copy of key_valid (B, Tk) bytes for the backward, which fits in att's
+// (B, NH, Tq, Tk) floats once Tk >= 2.
 static int xattn_flash_tc(const cuda_ctx *c, int Tk, int HD) {
     return c->precision == CUDA_BF16 && c->flash_tc && cu_flash_tc_ok(HD) && Tk >= 2;
 }
 static uint8_t *xattn_saved_mask(const float *att, int B, int Tq, int NH) {
     return (uint8_t *)(att + (size_t)B * NH * Tq);
 }
-static cu_flash xattn_flash(const float *q, const float *kv, const uint8_t *key_valid, int Tq,
-                            int Tk, int NH, int HD) {
+static cu_flash xattn_flash(const cuda_ctx *c, const float *q, const float *kv,
+                            const uint8_t *key_valid, int Tq, int Tk, int NH, int HD) {
     const int C = NH * HD;
-    return cu_flash{q, kv, kv + C, C, 2 * C, key_valid, Tq, Tk, Tq > Tk ? Tq : Tk, NH,
-                    1 / sqrtf((float)HD), 0};
+    return cu_flash{q, kv, cu_act_at(kv, C, c->act16), C, 2 * C, key_valid, Tq, Tk,
+                    Tq > Tk ? Tq : Tk, NH, 1 / sqrtf((float)HD), c->act16};
 }
 
-static void xattn_fwd(const mm_backend *be, float *out, float *att, const float *q,
-                      const float *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
-                      int HD) {
-    if (B <= 0 || Tq <= 0) return;
-    cuda_ctx *c = cu_ctx(be);
+// The paths of fp32 activations other than the tensor-core flash kernels.
+static void xattn_fwd32(cuda_ctx *c, float *out, float *att, const float *q, const float *kv,
+                        const uint8_t *key_valid, int B, int Tq, int Tk, int NH, int HD) {
     const int C = NH * HD;
-    if (Tk <= 0) {  // no key at all: zero rows, zero output (as the CPU's empty softmax)
-        CU_CHECK(cudaMemsetAsync(out, 0, (size_t)B * Tq * C * sizeof(float), c->stream));
-        return;
-    }
-    if (xattn_flash_tc(c, Tk, HD)) {
-        uint8_t *mask = xattn_saved_mask(att, B, Tq, NH);
-        CU_CHECK(cudaMemcpyAsync(mask, key_valid, (size_t)B * Tk, cudaMemcpyDeviceToDevice,
-                                 c->stream));
-        const cu_flash a = xattn_flash(q, kv, mask, Tq, Tk, NH, HD);
-        cu_flash_tc_fwd(c, &a, B, HD, out, att);
-        return;
-    }
     if (c->precision == CUDA_BF16) {  // tensor cores; att (saved) stays fp32
         typedef __nv_bfloat16 bf16;
         const size_t eq = (size_t)B * Tq * C, ek = (size_t)B * Tk * C, h = sizeof(bf16);
@@ -336,18 +326,43 @@ static void xattn_fwd(const mm_backend *be, float *out, float *att, const float 
     cu_heads_merge(c, out, oh, B, Tq, NH, HD, C, 0, 0);
 }
 
-static void xattn_bwd(const mm_backend *be, float *dq, float *dkv, const float *dout,
-                      const float *q, const float *kv, const float *out, const float *att, int B,
-                      int Tq, int Tk, int NH, int HD) {
-    if (B <= 0 || Tq <= 0 || Tk <= 0) return;
+static void xattn_fwd(const mm_backend *be, float *out, float *att, const float *q,
+                      const float *kv, const uint8_t *key_valid, int B, int Tq, int Tk, int NH,
+                      int HD) {
+    if (B <= 0 || Tq <= 0) return;
     cuda_ctx *c = cu_ctx(be);
     const int C = NH * HD;
-    if (xattn_flash_tc(c, Tk, HD)) {
-        const cu_flash a = xattn_flash(q, kv, xattn_saved_mask(att, B, Tq, NH), Tq, Tk, NH, HD);
-        const float *D = cu_flash_row_terms(c, dout, out, B, Tq, NH, HD, 0);
-        cu_flash_tc_bwd(c, &a, B, HD, dq, C, dkv, dkv + C, 2 * C, dout, att, D);
+    const size_t nq = (size_t)B * Tq * C, nkv = (size_t)B * Tk * 2 * C;
+    if (Tk <= 0) {  // no key at all: zero rows, zero output (as the CPU's empty softmax)
+        CU_CHECK(cudaMemsetAsync(out, 0, cu_act_bytes(c, nq), c->stream));
         return;
     }
+    if (xattn_flash_tc(c, Tk, HD)) {
+        uint8_t *mask = xattn_saved_mask(att, B, Tq, NH);
+        CU_CHECK(cudaMemcpyAsync(mask, key_valid, (size_t)B * Tk, cudaMemcpyDeviceToDevice,
+                                 c->stream));
+        const cu_flash a = xattn_flash(c, q, kv, mask, Tq, Tk, NH, HD);
+        cu_flash_tc_fwd(c, &a, B, HD, out, att);
+        return;
+    }
+    if (!c->act16) {
+        xattn_fwd32(c, out, att, q, kv, key_valid, B, Tq, Tk, NH, HD);
+        return;
+    }
+    // bf16 activations on a path without bf16 kernels: through fp32 copies
+    float *q32 = (float *)cuda_act_scratch(c, (2 * nq + nkv) * sizeof(float)), *o32 = q32 + nq,
+          *kv32 = o32 + nq;
+    cu_from_bf16(c, q32, (const cu_bf16 *)q, nq);
+    cu_from_bf16(c, kv32, (const cu_bf16 *)kv, nkv);
+    xattn_fwd32(c, o32, att, q32, kv32, key_valid, B, Tq, Tk, NH, HD);
+    cu_to_bf16(c, (cu_bf16 *)out, o32, nq);
+}
+
+// The paths of fp32 activations other than the tensor-core flash kernels.
+static void xattn_bwd32(cuda_ctx *c, float *dq, float *dkv, const float *dout, const float *q,
+                        const float *kv, const float *att, int B, int Tq, int Tk, int NH,
+                        int HD) {
+    const int C = NH * HD;
     if (c->precision == CUDA_BF16) {  // tensor cores, from a bf16 copy of the saved att
         typedef __nv_bfloat16 bf16;
         const size_t eq = (size_t)B * Tq * C, ek = (size_t)B * Tk * C, h = sizeof(bf16);
@@ -396,6 +411,37 @@ static void xattn_bwd(const mm_backend *be, float *dq, float *dkv, const float *
     cu_heads_merge(c, dq, dqh, B, Tq, NH, HD, C, 0, 1);
     cu_heads_merge(c, dkv, dkh, B, Tk, NH, HD, 2 * C, 0, 1);
     cu_heads_merge(c, dkv, dvh, B, Tk, NH, HD, 2 * C, C, 1);
+}
+
+static void xattn_bwd(const mm_backend *be, float *dq, float *dkv, const float *dout,
+                      const float *q, const float *kv, const float *out, const float *att, int B,
+                      int Tq, int Tk, int NH, int HD) {
+    if (B <= 0 || Tq <= 0 || Tk <= 0) return;
+    cuda_ctx *c = cu_ctx(be);
+    const int C = NH * HD, h = c->act16;
+    if (xattn_flash_tc(c, Tk, HD)) {
+        const cu_flash a = xattn_flash(c, q, kv, xattn_saved_mask(att, B, Tq, NH), Tq, Tk, NH, HD);
+        const float *D = cu_flash_row_terms(c, dout, out, B, Tq, NH, HD, h);
+        cu_flash_tc_bwd(c, &a, B, HD, dq, C, dkv, cu_act_at(dkv, C, h), 2 * C, dout, att, D);
+        return;
+    }
+    if (!h) {
+        xattn_bwd32(c, dq, dkv, dout, q, kv, att, B, Tq, Tk, NH, HD);
+        return;
+    }
+    // bf16 activations on a path without bf16 kernels: through fp32 copies (dq's and dkv's
+    // too, as the backward adds into them)
+    const size_t nq = (size_t)B * Tq * C, nkv = (size_t)B * Tk * 2 * C;
+    float *q32 = (float *)cuda_act_scratch(c, (3 * nq + 2 * nkv) * sizeof(float)),
+          *dq32 = q32 + nq, *do32 = dq32 + nq, *kv32 = do32 + nq, *dkv32 = kv32 + nkv;
+    cu_from_bf16(c, q32, (const cu_bf16 *)q, nq);
+    cu_from_bf16(c, dq32, (const cu_bf16 *)dq, nq);
+    cu_from_bf16(c, do32, (const cu_bf16 *)dout, nq);
+    cu_from_bf16(c, kv32, (const cu_bf16 *)kv, nkv);
+    cu_from_bf16(c, dkv32, (const cu_bf16 *)dkv, nkv);
+    xattn_bwd32(c, dq32, dkv32, do32, q32, kv32, att, B, Tq, Tk, NH, HD);
+    cu_to_bf16(c, (cu_bf16 *)dq, dq32, nq);
+    cu_to_bf16(c, (cu_bf16 *)dkv, dkv32, nkv);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -467,15 +513,16 @@ static void mse_bwd(const mm_backend *be, float *dpred, const float *pred,
 // CPU's (no FMA contraction: --fmad=false), so the results are the CPU's bits except where
 // device cos/sin/sqrt round differently in the last place.
 
-__global__ void k_time_embed(float *out, const float *t, int B, int C) {
+template <typename A>
+__global__ void k_time_embed(A *out, const float *t, int B, int C) {
     const int half = C / 2;
     const size_t n = (size_t)B * half;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         const int b = (int)(i / half), k = (int)(i % half);
         const double arg = (double)t[b] * 1000.0 * exp(-log(10000.0) * k / half);
-        out[(size_t)b * C + k] = (float)cos(arg);
-        out[(size_t)b * C + half + k] = (float)sin(arg);
+        out[(size_t)b * C + k] = cu_a<A>((float)cos(arg));
+        out[(size_t)b * C + half + k] = cu_a<A>((float)sin(arg));
     }
 }
 
@@ -483,7 +530,8 @@ static void time_embed(const mm_backend *be, float *out, const float *t, int B, 
     const size_t n = (size_t)B * (C / 2);
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_time_embed, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, out, t, B, C);
+    CU_ACT(c, CU_LAUNCH(k_time_embed<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream,
+                        (A *)out, t, B, C));
     CU_CHECK_LAUNCH("time_embed");
 }
 
@@ -513,11 +561,12 @@ static void text_tokens(const mm_backend *be, int32_t *tok, uint8_t *key_valid,
     CU_CHECK_LAUNCH("text_tokens");
 }
 
-__global__ void k_add_pos(float *x, const float *pos, int B, int T, int C) {
+template <typename A>
+__global__ void k_add_pos(A *x, const float *pos, int B, int T, int C) {
     const size_t n = (size_t)B * T * C, tc = (size_t)T * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
-        x[i] += pos[i % tc];
+        x[i] = cu_a<A>(cu_f(x[i]) + pos[i % tc]);
 }
 
 static void add_pos(const mm_backend *be, float *x, const float *pos, int B, int T,
@@ -525,7 +574,8 @@ static void add_pos(const mm_backend *be, float *x, const float *pos, int B, int
     const size_t n = (size_t)B * T * C;
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_add_pos, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, x, pos, B, T, C);
+    CU_ACT(c, CU_LAUNCH(k_add_pos<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, (A *)x,
+                        pos, B, T, C));
     CU_CHECK_LAUNCH("add_pos");
 }
 
@@ -562,18 +612,18 @@ static void cond_keys(const mm_backend *be, uint8_t *kv, const uint8_t *text,
 }
 
 // one thread per (sample, column): keys in order, as the CPU
-__global__ void k_pool_fwd(float *pool, const float *cond, const uint8_t *kv, int B, int Tc,
-                           int C) {
+template <typename A>
+__global__ void k_pool_fwd(A *pool, const A *cond, const uint8_t *kv, int B, int Tc, int C) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < B * C; i += gridDim.x * blockDim.x) {
         const int b = i / C, c = i % C;
         float acc = 0;
         int cnt = 0;
         for (int j = 0; j < Tc; j++) {
             if (!kv[(size_t)b * Tc + j]) continue;
-            acc += cond[((size_t)b * Tc + j) * C + c];
+            acc += cu_f(cond[((size_t)b * Tc + j) * C + c]);
             cnt++;
         }
-        pool[i] = acc / (float)cnt;
+        pool[i] = cu_a<A>(acc / (float)cnt);
     }
 }
 
@@ -581,13 +631,13 @@ static void pool_fwd(const mm_backend *be, float *pool, const float *cond,
                      const uint8_t *kv, int B, int Tc, int C) {
     if (B * C <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_pool_fwd, cu_blocks((size_t)B * C, CU_THREADS), CU_THREADS, c->stream, pool, cond,
-              kv, B, Tc, C);
+    CU_ACT(c, CU_LAUNCH(k_pool_fwd<A>, cu_blocks((size_t)B * C, CU_THREADS), CU_THREADS,
+                        c->stream, (A *)pool, (const A *)cond, kv, B, Tc, C));
     CU_CHECK_LAUNCH("pool_fwd");
 }
 
-__global__ void k_pool_bwd(float *dcond, const float *dpool, const uint8_t *kv, int B, int Tc,
-                           int C) {
+template <typename A>
+__global__ void k_pool_bwd(A *dcond, const A *dpool, const uint8_t *kv, int B, int Tc, int C) {
     const size_t n = (size_t)B * Tc * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -597,7 +647,7 @@ __global__ void k_pool_bwd(float *dcond, const float *dpool, const uint8_t *kv, 
         if (!kv[bj]) continue;
         int cnt = 0;
         for (int j = 0; j < Tc; j++) cnt += kv[(size_t)b * Tc + j] != 0;
-        dcond[i] += dpool[(size_t)b * C + c] / (float)cnt;
+        dcond[i] = cu_a<A>(cu_f(dcond[i]) + cu_f(dpool[(size_t)b * C + c]) / (float)cnt);
     }
 }
 
@@ -606,18 +656,19 @@ static void pool_bwd(const mm_backend *be, float *dcond, const float *dpool,
     const size_t n = (size_t)B * Tc * C;
     if (n == 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_pool_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, dcond, dpool, kv, B,
-              Tc, C);
+    CU_ACT(c, CU_LAUNCH(k_pool_bwd<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream,
+                        (A *)dcond, (const A *)dpool, kv, B, Tc, C));
     CU_CHECK_LAUNCH("pool_bwd");
 }
 
 // one thread per (position, column), samples in order onto the gradient
-__global__ void k_pos_bwd(float *g, const float *dx, size_t stride, int B, int T, int C) {
+template <typename A>
+__global__ void k_pos_bwd(float *g, const A *dx, size_t stride, int B, int T, int C) {
     const size_t n = (size_t)T * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         float acc = g[i];
-        for (int b = 0; b < B; b++) acc += dx[(size_t)b * stride + i];
+        for (int b = 0; b < B; b++) acc += cu_f(dx[(size_t)b * stride + i]);
         g[i] = acc;
     }
 }
@@ -627,7 +678,8 @@ static void pos_bwd(const mm_backend *be, float *g, const float *dx, size_t stri
     const size_t n = (size_t)T * C;
     if (n == 0 || B <= 0) return;
     cuda_ctx *c = cu_ctx(be);
-    CU_LAUNCH(k_pos_bwd, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, g, dx, stride, B, T, C);
+    CU_ACT(c, CU_LAUNCH(k_pos_bwd<A>, cu_blocks(n, CU_THREADS), CU_THREADS, c->stream, g,
+                        (const A *)dx, stride, B, T, C));
     CU_CHECK_LAUNCH("pos_bwd");
 }
 

@@ -198,7 +198,7 @@ static int bench_dit(int argc, char **argv) {
     const int B = argc > 2 ? atoi(argv[2]) : 32, steps = argc > 3 ? atoi(argv[3]) : 10;
     mm_err err;
     const mm_backend *be = NULL;
-    if (B < 1 || steps < 1 || mm_backend_create(&be, "cuda", prec_s, 0, 0, &err) != 0) {
+    if (B < 1 || steps < 1 || mm_backend_create(&be, "cuda", prec_s, 1, 0, &err) != 0) {
         fprintf(stderr, "bench_train_cuda dit: %s\n",
                 B < 1 || steps < 1 ? "bad B or steps" : err.msg);
         return 1;

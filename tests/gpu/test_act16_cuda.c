@@ -672,6 +672,98 @@ static void test_dit_block_ops(T *t, int B, int N, int C, int sc) {
     cuda_free_all(19, ds);
 }
 
+// the DiT's cross-attention: q (B, Tq, NH, HD), packed kv (B, Tk, 2, NH, HD); as
+// test_attention, bf16 against the fp32-activation op on the same values, bit for bit the
+// rounded results, on the tensor-core flash kernels (path 0, where they take HD) and the
+// cuBLAS core through fp32 copies (path 1). Tk 0: no key, a zero output.
+static void test_xattn(T *t, int B, int Tq, int Tk, int NH, int HD, int path) {
+    const int C = NH * HD;
+    const size_t nq = (size_t)B * Tq * C, nkv = (size_t)B * Tk * 2 * C;
+    const size_t na = (size_t)B * NH * Tq * (Tk > 1 ? Tk : 1);
+    cuda_ctx *c = t->c;
+    c->flash_tc = path == 0;
+    const int ftc = path == 0 && HD % 16 == 0 && HD <= 64 && Tk >= 2;
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d Tq%d Tk%d NH%d HD%d %s", B, Tq, Tk, NH, HD,
+             ftc ? "flash-TC" : "cuBLAS");
+    float *q = arand(t, nq, 2), *kv = arand(t, nkv ? nkv : 1, 2), *dout = arand(t, nq, 1),
+          *dq0 = arand(t, nq, 1), *dkv0 = arand(t, nkv ? nkv : 1, 1);
+    uint8_t *mask = make_mask(t, B, Tk ? Tk : 1, 0);
+    uint8_t *d_mask = dev(t, mask, (size_t)B * (Tk ? Tk : 1));
+    pair pq = pdev(t, q, nq), pkv = pdev(t, kv, nkv), pdo = pdev(t, dout, nq),
+         pdq = pdev(t, dq0, nq), pdkv = pdev(t, dkv0, nkv), po = pdev(t, dout, nq);
+    float *att[2], *out = mm_malloc(nq * 4);
+    for (int a = 0; a < 2; a++) {
+        c->act16 = a;
+        att[a] = cuda_alloc(c, na * 4);
+        dit_ops_cuda.xattn_fwd(t->be, po.d[a], att[a], pq.d[a], pkv.d[a], d_mask, B, Tq, Tk, NH,
+                               HD);
+        if (a == 0) {  // what a bf16 forward keeps, for both backwards
+            cuda_ctx_sync(c);
+            cuda_download(c, out, po.d[0], nq * 4);
+            for (size_t i = 0; i < nq; i++) out[i] = bf16_round(out[i]);
+            cuda_upload(c, po.d[0], out, nq * 4);
+        }
+    }
+    acheck_k(t, "xattn_fwd", shape, "out", po.d[1], out, nq, EXACT);
+    if (Tk) {
+        if (ftc) check_same(t, "xattn_fwd", shape, "lse", att[1], att[0], (size_t)B * NH * Tq);
+        else check_same(t, "xattn_fwd", shape, "att", att[1], att[0], na);
+        for (int a = 0; a < 2; a++) {
+            c->act16 = a;
+            dit_ops_cuda.xattn_bwd(t->be, pdq.d[a], pdkv.d[a], pdo.d[a], pq.d[a], pkv.d[a],
+                                   po.d[a], att[a], B, Tq, Tk, NH, HD);
+        }
+        acmp(t, "xattn_bwd", shape, "dq", pdq.d[1], pdq.d[0], nq);
+        acmp(t, "xattn_bwd", shape, "dkv", pdkv.d[1], pdkv.d[0], nkv);
+    }
+    pair all[] = {pq, pkv, pdo, pdq, pdkv, po};
+    pfree(6, all);
+    void *d[] = {d_mask, att[0], att[1]};
+    cuda_free_all(3, d);
+    void *h[] = {q, kv, dout, dq0, dkv0, mask, out};
+    free_all(7, h);
+}
+
+// the DiT's glue on activations: timestep features, positions added and their gradient (fp32
+// parameters), the pooled condition and its backward (+=); bf16 against the fp32-activation
+// op on the same values (each op from its own copies of them)
+static void test_dit_glue(T *t, int B, int Tn, int C) {
+    char shape[64];
+    snprintf(shape, sizeof(shape), "B%d T%d C%d", B, Tn, C);
+    const size_t n = (size_t)B * Tn * C, nb = (size_t)B * C, np = (size_t)Tn * C;
+    float *tt = hrand(t, B, 1), *x = arand(t, n, 1), *pos = hrand(t, np, 1), *dp = arand(t, nb, 1),
+          *g0 = hrand(t, np, 1);
+    for (int b = 0; b < B; b++) tt[b] = tt[b] < 0 ? -tt[b] : tt[b];  // times in [0, 1]
+    uint8_t *kv = make_mask(t, B, Tn, 0);
+    for (int b = 0; b < B; b++) kv[(size_t)b * Tn + Tn - 1] = 1;  // the null key: never empty
+    uint8_t *d_kv = dev(t, kv, (size_t)B * Tn);
+    float *d_t = dev(t, tt, (size_t)B * 4), *d_pos = dev(t, pos, np * 4);
+    pair pf = pdev(t, dp, nb), px = pdev(t, x, n), pc = pdev(t, x, n), pl = pdev(t, dp, nb),
+         pdl = pdev(t, dp, nb), pdx = pdev(t, x, n), pg = pdev(t, x, n);
+    float *g[2];
+    for (int a = 0; a < 2; a++) {
+        t->c->act16 = a;
+        dit_ops_cuda.time_embed(t->be, pf.d[a], d_t, B, C);
+        dit_ops_cuda.add_pos(t->be, px.d[a], d_pos, B, Tn, C);
+        dit_ops_cuda.pool_fwd(t->be, pl.d[a], pc.d[a], d_kv, B, Tn, C);
+        dit_ops_cuda.pool_bwd(t->be, pdx.d[a], pdl.d[a], d_kv, B, Tn, C);
+        g[a] = dev(t, g0, np * 4);
+        dit_ops_cuda.pos_bwd(t->be, g[a], pg.d[a], np, B, Tn, C);
+    }
+    acmp(t, "time_embed", shape, "out", pf.d[1], pf.d[0], nb);
+    acmp(t, "add_pos", shape, "x", px.d[1], px.d[0], n);
+    acmp(t, "pool_fwd", shape, "pool", pl.d[1], pl.d[0], nb);
+    acmp(t, "pool_bwd", shape, "dcond", pdx.d[1], pdx.d[0], n);
+    check_same(t, "pos_bwd", shape, "g", g[1], g[0], np);
+    pair all[] = {pf, px, pc, pl, pdl, pdx, pg};
+    pfree(7, all);
+    void *d[] = {d_kv, d_t, d_pos, g[0], g[1]};
+    cuda_free_all(5, d);
+    void *h[] = {tt, x, pos, dp, g0, kv};
+    free_all(6, h);
+}
+
 int main(void) {
     T t = {.be = NULL, .c = NULL, .tc = {0, 0}};
     mm_rng_init(&t.rng, 4242, 0);
@@ -737,6 +829,17 @@ int main(void) {
         {1, 1, 1, 3}, {3, 17, 40, 240}, {2, 5, 130, 390}, {1, 9, 384, 2304}};
     for (size_t i = 0; i < sizeof(md) / sizeof(md[0]); i++)
         test_dit_block_ops(&t, md[i][0], md[i][1], md[i][2], md[i][3]);
+    // cross-attention: one key, the shapes the flash kernels tile partly, HD 80 (never the
+    // tensor-core kernels), no key at all
+    static const int xa[][5] = {{2, 5, 1, 1, 16},  {3, 37, 20, 2, 16}, {2, 70, 45, 3, 32},
+                                {1, 16, 130, 2, 64}, {2, 9, 11, 1, 80},  {2, 4, 0, 2, 16}};
+    for (int path = 0; path < 2; path++)
+        for (size_t i = 0; i < sizeof(xa) / sizeof(xa[0]); i++)
+            test_xattn(&t, xa[i][0], xa[i][1], xa[i][2], xa[i][3], xa[i][4], path);
+    t.c->flash_tc = flash_tc;
+    test_dit_glue(&t, 1, 1, 4);
+    test_dit_glue(&t, 3, 17, 40);
+    test_dit_glue(&t, 4, 61, 384);
     t.c->act16 = 1;
 
     mm_backend_free(t.be);
