@@ -173,6 +173,14 @@ struct mm_backend {
 // The CPU backend: stateless, so one immutable object serves every caller (tests and
 // host-side helpers pass it directly).
 extern const mm_backend mm_backend_cpu;
+// OpenBLAS's kernels for this CPU (model/cpu/blas_cpu.c): where the library fell back to its
+// slowest (SSE3) ones on a CPU it does not know and OPENBLAS_CORETYPE is unset, sets that
+// variable to what the CPU supports and execs the program again with argv; else returns.
+// The first call of main, before MPI starts.
+void mm_blas_pick_kernels(char **argv);
+// In the program so restarted, the kernels OpenBLAS had fallen back to ("Prescott"); NULL
+// when mm_blas_pick_kernels changed nothing. For a note in the program's own output.
+const char *mm_blas_fallback(void);
 
 // Creates the backend `name` ("cpu" or "cuda") for world rank `rank` with matmul precision
 // `precision` ("fp32" or "bf16"; the CPU computes in fp32 whatever it says): on CUDA it

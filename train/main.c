@@ -7,6 +7,7 @@
 
 #include "../comm/comm.h"
 #include "../core/cli.h"
+#include "../model/backend.h"
 #include "config.h"
 #include "memory.h"
 #include "train.h"
@@ -53,6 +54,7 @@ static void help_and_exit(comm_group *world, const mm_cli_cmd *c) {
 }
 
 int main(int argc, char **argv) {
+    mm_blas_pick_kernels(argv);  // may exec this program again (model/cpu/blas_cpu.c)
     comm_group *world = comm_init(&argc, &argv);
     const mm_cli_cmd *sub = argc >= 2 ? mm_cli_sub(&train_cli, argv[1]) : NULL;
     if (sub) {

@@ -760,6 +760,10 @@ static int init_model(trainer *t, mm_err *err) {
         printf("%s\n", t->be->desc);
         fflush(stdout);
     }
+    if (t->rank == 0 && mm_blas_fallback())
+        printf("note: OpenBLAS does not know this CPU and loaded its %s kernels; this run uses its "
+               "%s kernels, which the CPU supports (OPENBLAS_CORETYPE; set it to choose)\n",
+               mm_blas_fallback(), getenv("OPENBLAS_CORETYPE"));
     int max_B = c->data.micro_batch > c->eval.batch ? c->data.micro_batch : c->eval.batch;
     if (estimate_memory(t, max_B, err) != 0) return -1;
     if (t->fam->create(t, max_B, err) != 0) return -1;

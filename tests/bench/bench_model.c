@@ -329,6 +329,7 @@ static int bench_usage_error(const mm_err *err) {
 }
 
 int main(int argc, char **argv) {
+    mm_blas_pick_kernels(argv);  // the kernels the trainer runs (model/cpu/blas_cpu.c)
     int threads = 0, warmup = 2, steps = 10, shapes_only = 0;
     const char *schema_name = NULL;
     int n_pos = 0;  // CONFIG.yaml and the overrides, moved to argv[1 ..] as getopt would
