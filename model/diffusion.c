@@ -87,11 +87,12 @@
 // activation the backward needs, backward scratch comes after them. They are the backend's
 // (be->act_bytes: bf16 on CUDA in precision bf16, model.h "Activations"): the model's
 // inputs (x_t, audio) and cond.null enter them through act_from_real, and its prediction
-// leaves through act_to_real, so the loss, the x-prediction and the sampler see mm_real. Under cfg.recompute
-// (model.h) the generator blocks keep less and share one set for the rest, which backward
-// refills per block right before that block's backward (dit_block_recompute): SiLU(c), cond
-// and the key masks the blocks read are kept whole, and the final layer reads the kept output
-// of the last block. The encoders always keep everything (a few tokens each).
+// leaves through act_to_real, so the loss, the x-prediction and the sampler see mm_real.
+// Under cfg.recompute (model.h) the generator blocks keep less and share one set for the
+// rest, which backward refills per block right before that block's backward
+// (dit_block_recompute): SiLU(c), cond and the key masks the blocks read are kept whole, and
+// the final layer reads the kept output of the last block. The encoders always keep
+// everything (a few tokens each).
 //
 // Shared with transformer.c through model_internal.h: the table builder, the tp-independent
 // init draw and activation carving (layout.c), and the encoder block itself (block.c's

@@ -274,10 +274,11 @@ static const cfg_key keys[] = {
     KENUM("precision", precision, "fp32", "fp32|bf16",
           "matmul precision on cuda: bf16 inputs with fp32 accumulation for the linear layers "
           "and, without attention dropout, the attention products (scores, softmax and its "
-          "backward stay fp32); the transformer's activations and their gradients are then "
-          "bf16 in memory as well (each op computes in fp32 and rounds its outputs once; "
-          "LayerNorm statistics and losses stay fp32), the diffusion model's stay fp32 for "
-          "now; fp32 master weights and optimizer state (backend cpu: fp32 only)"),
+          "backward stay fp32); the activations and their gradients are then bf16 in memory "
+          "as well, for both model kinds (each op computes in fp32 and rounds its outputs "
+          "once; LayerNorm statistics, losses and the diffusion model's prediction, loss and "
+          "sampler stay fp32); fp32 master weights and optimizer state (backend cpu: fp32 "
+          "only)"),
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
