@@ -195,6 +195,13 @@ static void test_gelu_add(test_counts *tc, mm_rng *r) {
     int finite = 1;
     for (size_t i = 0; i < n; i++) finite &= isfinite(out[i]) && isfinite(dx[i]);
     TEST_CHECK(tc, finite, "gelu produced a non-finite value");
+    {  // a NaN input stays NaN both ways (the exp inside clamps its argument: x carries it)
+        float xn[2] = {NAN, -NAN}, on[2], dn[2] = {0, 0}, one[2] = {1, 1};
+        ops->gelu_fwd(be, on, xn, 2);
+        ops->gelu_bwd(be, dn, xn, one, 2);
+        TEST_CHECK(tc, isnan(on[0]) && isnan(on[1]) && isnan(dn[0]) && isnan(dn[1]),
+                   "gelu of NaN gave %g %g, gradient %g %g", on[0], on[1], dn[0], dn[1]);
+    }
     // add, also in place (out aliasing a), as the residual stream uses it
     for (size_t i = 0; i < n; i++) ro[i] = (double)x[i] + dout[i];
     ops->add(be, out, x, dout, n);
