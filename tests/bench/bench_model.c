@@ -83,41 +83,56 @@ typedef struct {
     int N, IC, OC;
     int fwd;        // 1: matmul_fwd, 0: matmul_bwd
     int has_dinp;   // matmul_bwd computed dinp
+    int fused;      // a matmul_gelu op: its step time includes the GELU
+    double best_step;   // best seconds of the op in a timed step (bias, bias gradient included)
+    double best_alone;  // best seconds of its GEMMs in a replay
 } gemm_call;
 
 typedef struct {
     double t[OP_N];
     int recording;  // record matmul shapes (one step's worth) while set
+    int timing;     // a timed step: keep each call's best time
+    int next;       // index of the step's next matmul call
     int n_calls, cap_calls;
     gemm_call *calls;
 } op_probe;
 
 static op_probe probe;
 
-static void probe_record(gemm_call c) {
-    if (!probe.recording) return;
-    if (probe.n_calls == probe.cap_calls) {
-        probe.cap_calls = probe.cap_calls ? 2 * probe.cap_calls : 64;
-        probe.calls = realloc(probe.calls, (size_t)probe.cap_calls * sizeof(gemm_call));
-        MM_CHECK(probe.calls, "out of memory recording GEMM shapes");
+// One matmul op call of dt seconds: recorded in the first step, timed in the timed ones.
+static void probe_call(gemm_call c, double dt) {
+    if (probe.recording) {
+        if (probe.n_calls == probe.cap_calls) {
+            probe.cap_calls = probe.cap_calls ? 2 * probe.cap_calls : 64;
+            probe.calls = realloc(probe.calls, (size_t)probe.cap_calls * sizeof(gemm_call));
+            MM_CHECK(probe.calls, "out of memory recording GEMM shapes");
+        }
+        c.best_step = c.best_alone = INFINITY;
+        probe.calls[probe.n_calls++] = c;
     }
-    probe.calls[probe.n_calls++] = c;
+    if (probe.timing && probe.next < probe.n_calls) {
+        gemm_call *k = &probe.calls[probe.next];
+        if (dt < k->best_step) k->best_step = dt;
+    }
+    probe.next++;
 }
 
 static void t_matmul_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *inp,
                          const mm_real *w, const mm_real *bias, int N, int IC, int OC) {
     double t0 = mm_now();
     model_ops_cpu.matmul_fwd(&mm_backend_cpu, out, inp, w, bias, N, IC, OC);
-    probe.t[OP_MATMUL] += mm_now() - t0;
-    probe_record((gemm_call){N, IC, OC, 1, 0});
+    const double dt = mm_now() - t0;
+    probe.t[OP_MATMUL] += dt;
+    probe_call((gemm_call){N, IC, OC, 1, 0, 0, 0, 0}, dt);
 }
 static void t_matmul_bwd(const mm_backend *be MM_UNUSED, mm_real *dinp, mm_real *dw, mm_real *dbias,
                          const mm_real *dout, const mm_real *inp, const mm_real *w, int N, int IC,
                          int OC) {
     double t0 = mm_now();
     model_ops_cpu.matmul_bwd(&mm_backend_cpu, dinp, dw, dbias, dout, inp, w, N, IC, OC);
-    probe.t[OP_MATMUL] += mm_now() - t0;
-    probe_record((gemm_call){N, IC, OC, 0, dinp != NULL});
+    const double dt = mm_now() - t0;
+    probe.t[OP_MATMUL] += dt;
+    probe_call((gemm_call){N, IC, OC, 0, dinp != NULL, 0, 0, 0}, dt);
 }
 static void t_layernorm_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real *mean,
                             mm_real *rstd, const mm_real *x, const mm_real *g, const mm_real *b,
@@ -146,8 +161,9 @@ static void t_matmul_gelu_fwd(const mm_backend *be MM_UNUSED, mm_real *pre, mm_r
                               int IC, int OC) {
     double t0 = mm_now();
     model_ops_cpu.matmul_gelu_fwd(&mm_backend_cpu, pre, out, inp, w, bias, N, IC, OC);
-    probe.t[OP_FCGELU] += mm_now() - t0;
-    probe_record((gemm_call){N, IC, OC, 1, 0});
+    const double dt = mm_now() - t0;
+    probe.t[OP_FCGELU] += dt;
+    probe_call((gemm_call){N, IC, OC, 1, 0, 1, 0, 0}, dt);
 }
 static void t_gelu_bwd(const mm_backend *be MM_UNUSED, mm_real *dx, const mm_real *x,
                        const mm_real *dout, size_t n) {
@@ -161,8 +177,9 @@ static void t_matmul_gelu_bwd(const mm_backend *be MM_UNUSED, mm_real *dpre, mm_
     double t0 = mm_now();
     model_ops_cpu.matmul_gelu_bwd(&mm_backend_cpu, dpre, dact, dw, dbias, dout, act, pre, w, N,
                                   IC, OC);
-    probe.t[OP_FCGELU] += mm_now() - t0;
-    probe_record((gemm_call){N, IC, OC, 0, 1});
+    const double dt = mm_now() - t0;
+    probe.t[OP_FCGELU] += dt;
+    probe_call((gemm_call){N, IC, OC, 0, 1, 1, 0, 0}, dt);
 }
 static void t_add(const mm_backend *be MM_UNUSED, mm_real *out, const mm_real *a, const mm_real *b,
                   size_t n) {
@@ -241,13 +258,13 @@ static model_ops timed_ops_make(void) {
 // of buffers serves every call, so operands are somewhat warmer in cache than in the real
 // step: if anything that flatters the baseline and makes the step/sgemm ratio conservative.
 typedef struct {
-    const gemm_call *calls;
+    gemm_call *calls;  // the probe's: a timed replay keeps each call's best time in it
     int n;
     double flops;             // FLOPs of one replay
     float *x, *dx, *y, *w, *dw;
 } gemm_replay;
 
-static void replay_init(gemm_replay *g, const gemm_call *calls, int n) {
+static void replay_init(gemm_replay *g, gemm_call *calls, int n) {
     size_t nx = 1, ny = 1, nw = 1;
     g->calls = calls;
     g->n = n;
@@ -272,21 +289,25 @@ static void replay_init(gemm_replay *g, const gemm_call *calls, int n) {
     for (size_t i = 0; i < nw; i++) g->w[i] = (mm_rng_uniform(&r) - 0.5f) * 0.05f;
 }
 
-// One replay of every recorded call in order; returns its seconds.
-static double replay_run(gemm_replay *g) {
+// One replay of every recorded call in order; returns its seconds. A timed replay keeps
+// each call's best time.
+static double replay_run(gemm_replay *g, int timed) {
     double t0 = mm_now();
     for (int i = 0; i < g->n; i++) {
-        const gemm_call *c = &g->calls[i];
+        gemm_call *c = &g->calls[i];
+        const double tc = mm_now();
         if (c->fwd) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->N, c->OC, c->IC, 1.0f, g->x,
                         c->IC, g->w, c->IC, 0.0f, g->y, c->OC);
-            continue;
+        } else {
+            if (c->has_dinp)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->N, c->IC, c->OC, 1.0f,
+                            g->y, c->OC, g->w, c->IC, 1.0f, g->dx, c->IC);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c->OC, c->IC, c->N, 1.0f, g->y,
+                        c->OC, g->x, c->IC, 1.0f, g->dw, c->IC);
         }
-        if (c->has_dinp)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->N, c->IC, c->OC, 1.0f,
-                        g->y, c->OC, g->w, c->IC, 1.0f, g->dx, c->IC);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c->OC, c->IC, c->N, 1.0f, g->y,
-                    c->OC, g->x, c->IC, 1.0f, g->dw, c->IC);
+        const double dt = mm_now() - tc;
+        if (timed && dt < c->best_alone) c->best_alone = dt;
     }
     return mm_now() - t0;
 }
@@ -467,6 +488,8 @@ int main(int argc, char **argv) {
     for (int s = 0; s < warmup + steps; s++) {
         const int timed = s >= warmup;
         probe.recording = s == 0;
+        probe.timing = timed;
+        probe.next = 0;
         memset(probe.t, 0, sizeof(probe.t));
         double t0 = mm_now();
         model_zero_grad(md);
@@ -489,7 +512,7 @@ int main(int argc, char **argv) {
             replay_init(&rp, probe.calls, probe.n_calls);
         }
         last_loss = loss;
-        double dg = replay_run(&rp);  // warmup replays only warm up
+        double dg = replay_run(&rp, timed);  // warmup replays only warm up
         if (timed) {
             t_steps += dt;
             if (dt < t_best) t_best = dt;
@@ -505,6 +528,15 @@ int main(int argc, char **argv) {
     const double gemm_gflops = lin_flops / t_gemm * 1e-9;
     double t_ops = 0;
     for (int k = 0; k < OP_N; k++) t_ops += t_op[k];
+    // The plain matmul ops (not the GELU-fused ones) call by call: best time in a step
+    // against the same call's best replay. What the step's GEMMs lose to colder operands
+    // (and the bias pass, the bias gradient) shows here, apart from the other ops' time.
+    double mm_step = 0, mm_alone = 0;
+    for (int i = 0; i < probe.n_calls; i++)
+        if (!probe.calls[i].fused) {
+            mm_step += probe.calls[i].best_step;
+            mm_alone += probe.calls[i].best_alone;
+        }
 
     printf("%s: %d threads, B=%d T=%d d_model=%d layers=%d heads=%d, %zu params, "
            "%d GEMM calls/step, OpenBLAS %s kernels\n", name, threads, B, T, mc.d_model,
@@ -516,6 +548,9 @@ int main(int argc, char **argv) {
     printf("  sgemm alone: %.1f GFLOP/s on the step's %.3f GFLOP of linear GEMMs (%.2f ms = "
            "%.0f%% of the step) -> step/sgemm ratio %.2f\n", gemm_gflops, lin_flops * 1e-9,
            t_gemm * 1e3, 100 * t_gemm / step, step_gflops / gemm_gflops);
+    printf("  plain matmul ops, best per call: %.2f ms in the step, %.2f ms replayed alone "
+           "(x%.2f: bias pass, bias gradient and colder operands)\n", mm_step * 1e3,
+           mm_alone * 1e3, mm_step / mm_alone);
     printf("  time share:");
     for (int k = 0; k < OP_N; k++) printf(" %s %.1f%%", op_names[k], 100 * t_op[k] / t_steps);
     printf(" | outside ops (glue + AdamW) %.1f%%\n", 100 * (t_steps - t_ops) / t_steps);
@@ -525,13 +560,13 @@ int main(int argc, char **argv) {
            "\"other_ops_share\": %.4f, "
            "\"outside_ops_share\": %.4f, \"step_gflops\": %.2f, \"sgemm_gflops\": %.2f, "
            "\"ratio_vs_sgemm\": %.4f, \"sgemm_time_over_step\": %.4f, \"loss_first\": %.4f, "
-           "\"loss_last\": %.4f, \"blas_kernels\": \"%s\"}\n",
+           "\"loss_last\": %.4f, \"matmul_step_over_alone\": %.4f, \"blas_kernels\": \"%s\"}\n",
            name, threads, B, T, steps, tok_s, step * 1e3, step_mean * 1e3,
            t_op[OP_MATMUL] / t_steps, t_op[OP_FCGELU] / t_steps, t_op[OP_ATTN] / t_steps,
            (t_ops - t_op[OP_MATMUL] - t_op[OP_FCGELU] - t_op[OP_ATTN]) / t_steps,
            (t_steps - t_ops) / t_steps,
            step_gflops, gemm_gflops, step_gflops / gemm_gflops, t_gemm / step,
-           first_loss, last_loss, openblas_get_corename());
+           first_loss, last_loss, mm_step / mm_alone, openblas_get_corename());
 
     replay_free(&rp);
     free(probe.calls);
