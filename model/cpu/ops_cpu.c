@@ -48,8 +48,9 @@
 // That range is a select on the result, not a clamp of x first: GCC turns two NaN-keeping
 // clamps into a chain of compares and mask-register ops at the head of the dependency chain
 // (GELU's loop, which used fast_expf then, ran 30% slower with them, AVX-512, bench_small's
-// shapes), while compares beside the polynomial run in parallel with it. Same bits: inside the range the input is the
-// same, outside it the constants are what the clamped polynomial gave at -87 and 88.
+// shapes), while compares beside the polynomial run in parallel with it. Same bits: inside
+// the range the input is the same, outside it the constants are what the clamped polynomial
+// gave at -87 and 88.
 static inline float fast_expf_core(float x);
 static inline float fast_expf(float x) {
     const float e = fast_expf_core(x);

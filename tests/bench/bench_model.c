@@ -543,9 +543,9 @@ int main(int argc, char **argv) {
     // replay takes two extremes that may come from different minutes of a shared machine's
     // load (their ratio moved by 0.1 between runs on the 2-core VM); adjacent pairs do not.
     qsort(pair, (size_t)n_pair, sizeof(double), cmp_double);
-    const double pair_med = (n_pair % 2 ? pair[n_pair / 2]
-                                        : (pair[n_pair / 2 - 1] + pair[n_pair / 2]) / 2) *
-                            step_flops / lin_flops;
+    const double to_ratio = step_flops / lin_flops;  // replay time / step time -> the ratio
+    const double pair_med =
+        (n_pair % 2 ? pair[n_pair / 2] : (pair[n_pair / 2 - 1] + pair[n_pair / 2]) / 2) * to_ratio;
     double t_ops = 0;
     for (int k = 0; k < OP_N; k++) t_ops += t_op[k];
     // The plain matmul ops (not the GELU-fused ones) call by call: best time in a step
@@ -570,7 +570,7 @@ int main(int argc, char **argv) {
            t_gemm * 1e3, 100 * t_gemm / step, step_gflops / gemm_gflops);
     printf("  paired: step/sgemm ratio %.2f, the median over %d steps of each step against the "
            "replay right after it (quartiles %.2f, %.2f)\n", pair_med, n_pair,
-           pair[n_pair / 4] * step_flops / lin_flops, pair[3 * n_pair / 4] * step_flops / lin_flops);
+           pair[n_pair / 4] * to_ratio, pair[3 * n_pair / 4] * to_ratio);
     printf("  plain matmul ops, best per call: %.2f ms in the step, %.2f ms replayed alone "
            "(x%.2f: bias pass, bias gradient and colder operands)\n", mm_step * 1e3,
            mm_alone * 1e3, mm_step / mm_alone);
