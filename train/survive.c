@@ -2,32 +2,37 @@
 // (survive.h says what each promises).
 //
 // The one mutable global of the project lives here: a signal handler can only reach state
-// through a global, and the only portable type it may write is volatile sig_atomic_t. The
-// handler does nothing else but, on a second signal, write(2) a fixed line and _exit, both
-// async-signal-safe. Which thread takes the signal (the main thread, an OpenMP worker, the
-// loader thread, an MPI progress thread) does not matter: the flag is process-wide and the
-// main loop reads it once per step.
+// through a global, and what it may write is a volatile sig_atomic_t or a lock-free atomic
+// (C11 7.14.1.1). The handler does nothing else but, on a second signal, write(2) a fixed
+// line and _exit, both async-signal-safe. Which thread takes the signal (the main thread, an
+// OpenMP worker, the loader thread, an MPI progress thread) does not matter: the flag is
+// process-wide and the main loop reads it once per step. The handler swaps its signal in
+// with one atomic exchange: a test of the flag and a later store left a window in which two
+// signals, taken by two threads at once or one nested in the other's handler (both pending
+// while the process was stopped, then delivered together), each saw no signal before them
+// and the run stopped gracefully instead of at once (tests/signal.sh caught it under load).
 #include "survive.h"
 
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t stop_signal;  // first stop signal received, 0 = none
+static atomic_int stop_signal;  // first stop signal received, 0 = none
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "a signal handler may only touch lock-free atomics");
 
 static const int stop_signals[3] = {SIGTERM, SIGINT, SIGUSR1};
 
 static void on_stop_signal(int sig) {
-    if (stop_signal != 0) {
+    if (atomic_exchange(&stop_signal, sig) != 0) {
         static const char msg[] = "train: second stop signal: exiting now, without a checkpoint\n";
         ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
         (void)w;
         _exit(128 + sig);
     }
-    stop_signal = sig;
 }
 
 void train_signals_install(train_signals *s) {
@@ -37,7 +42,7 @@ void train_signals_install(train_signals *s) {
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;  // file and socket calls of other threads go on undisturbed
-    stop_signal = 0;
+    atomic_store(&stop_signal, 0);
     for (int i = 0; i < 3; i++)
         MM_CHECK(sigaction(stop_signals[i], &sa, &old[i]) == 0, "sigaction: %s", strerror(errno));
     s->old = old;
@@ -51,10 +56,10 @@ void train_signals_restore(train_signals *s) {
     s->old = NULL;
 }
 
-int train_signals_pending(void) { return stop_signal; }
+int train_signals_pending(void) { return atomic_load(&stop_signal); }
 
 int train_signals_agree(comm_group *world) {
-    int64_t v = stop_signal;
+    int64_t v = atomic_load(&stop_signal);
     comm_allreduce_max(world, &v, 1, COMM_I64);
     return (int)v;
 }
