@@ -118,14 +118,19 @@ typedef struct {
 
 static op_probe probe;
 
+// *arr (*cap elements of size sz) with room for element n: doubled when full.
+static void *room_for(void *arr, int n, int *cap, size_t sz) {
+    if (n < *cap) return arr;
+    *cap = *cap ? 2 * *cap : 64;
+    arr = realloc(arr, (size_t)*cap * sz);
+    MM_CHECK(arr, "out of memory recording the step's op calls");
+    return arr;
+}
+
 // One matmul op call of dt seconds: recorded in the first step, timed in the timed ones.
 static void probe_call(gemm_call c, double dt) {
     if (probe.recording) {
-        if (probe.n_calls == probe.cap_calls) {
-            probe.cap_calls = probe.cap_calls ? 2 * probe.cap_calls : 64;
-            probe.calls = realloc(probe.calls, (size_t)probe.cap_calls * sizeof(gemm_call));
-            MM_CHECK(probe.calls, "out of memory recording GEMM shapes");
-        }
+        probe.calls = room_for(probe.calls, probe.n_calls, &probe.cap_calls, sizeof(gemm_call));
         c.best_step = c.best_alone = INFINITY;
         probe.calls[probe.n_calls++] = c;
     }
@@ -138,11 +143,7 @@ static void probe_call(gemm_call c, double dt) {
 
 static void kern_record(kern_call k) {
     if (!probe.recording) return;
-    if (probe.n_kern == probe.cap_kern) {
-        probe.cap_kern = probe.cap_kern ? 2 * probe.cap_kern : 64;
-        probe.kern = realloc(probe.kern, (size_t)probe.cap_kern * sizeof(kern_call));
-        MM_CHECK(probe.kern, "out of memory recording op shapes");
-    }
+    probe.kern = room_for(probe.kern, probe.n_kern, &probe.cap_kern, sizeof(kern_call));
     probe.kern[probe.n_kern++] = k;
 }
 
