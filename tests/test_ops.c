@@ -6,7 +6,9 @@
 //
 // Agreement is measured normwise per output: max|x - ref| / max|ref|. Float32 accumulation
 // over K terms errs by ~K * 6e-8 relative at worst, ~1e-6 for these sizes; tolerance 1e-5.
+#include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +114,45 @@ static void test_matmul(test_counts *tc, mm_rng *r) {
     expect(tc, "matmul_fwd (no bias)", nerr(out, ro, (size_t)N * OC));
     free(inp), free(w), free(b), free(dout), free(out), free(ro), free(rdi), free(rdw), free(rdb);
     free(di), free(dw), free(db);
+}
+
+// The matmul ops split each gemm among the threads themselves (model/cpu/ops_cpu.c), by
+// rows of C or, when C is wider than tall, by columns. Every element of C is the same dot
+// product over K whichever block holds it, so 2 and 3 threads must give the bits of 1 (one
+// plain gemm call): at shapes large enough to split, both ways, and not multiples of 16.
+static void test_matmul_threads(test_counts *tc, mm_rng *r) {
+    static const int shapes[][3] = {{1280, 128, 384}, {300, 520, 100}, {777, 64, 259},
+                                    {96, 200, 1000}};
+    const int saved = omp_get_max_threads();
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        const int N = shapes[s][0], IC = shapes[s][1], OC = shapes[s][2];
+        const size_t ni = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
+        float *inp = randn(ni, 1, r), *w = randn(nw, 1, r), *b = randn(OC, 1, r),
+              *dout = randn(no, 1, r);
+        float *out[3], *di[3], *dw[3], *db[3];
+        int same = 1;
+        for (int t = 0; t < 3; t++) {
+            omp_set_num_threads(t + 1);
+            openblas_set_num_threads(t + 1);
+            out[t] = malloc(no * 4), di[t] = malloc(ni * 4), dw[t] = malloc(nw * 4);
+            db[t] = malloc(OC * 4);
+            for (size_t i = 0; i < ni; i++) di[t][i] = 1;
+            for (size_t i = 0; i < nw; i++) dw[t][i] = 1;
+            for (int i = 0; i < OC; i++) db[t][i] = 1;
+            ops->matmul_fwd(be, out[t], inp, w, b, N, IC, OC);
+            ops->matmul_bwd(be, di[t], dw[t], db[t], dout, inp, w, N, IC, OC);
+            if (t > 0)
+                same &= !memcmp(out[t], out[0], no * 4) && !memcmp(di[t], di[0], ni * 4) &&
+                        !memcmp(dw[t], dw[0], nw * 4) && !memcmp(db[t], db[0], OC * 4);
+        }
+        char what[64];
+        snprintf(what, sizeof(what), "matmul %dx%dx%d: 2, 3 threads = 1", N, IC, OC);
+        expect(tc, what, same ? 0 : 1);
+        for (int t = 0; t < 3; t++) free(out[t]), free(di[t]), free(dw[t]), free(db[t]);
+        free(inp), free(w), free(b), free(dout);
+    }
+    omp_set_num_threads(saved);
+    openblas_set_num_threads(saved);
 }
 
 static void test_layernorm(test_counts *tc, mm_rng *r) {
@@ -731,6 +772,7 @@ int main(void) {
     mm_rng_init(&r, 5, 0);
     printf("float32 ops vs float64 naive references (normwise, tolerance %.0e)\n", TOL);
     test_matmul(&tc, &r);
+    test_matmul_threads(&tc, &r);
     test_layernorm(&tc, &r);
     test_gelu_add(&tc, &r);
     test_attention(&tc, &r, 21, 9, 8);

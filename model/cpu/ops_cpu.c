@@ -18,6 +18,7 @@
 // that finite differences in float64 are not swamped by approximation noise.
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -104,6 +105,69 @@ static inline float fast_expf_clamped(float x) {
 // ---------------------------------------------------------------------------------------
 // matmul
 
+// C (M, N) = op(A) op(B) + beta C, alpha 1, row-major, the gemm split among the threads by
+// the ops themselves when it is small. OpenBLAS (its OpenMP build) threads one gemm by giving
+// each thread a block of C and sharing the packed panels of the other operand, and the
+// threads wait on each other's panels, spinning in sched_yield. At a small model's shapes
+// (a few hundred rows of C per thread, K 128..1280) the waiting made bench_small's 2-thread
+// gemms 1.1-1.4x slower than running each thread's block as a gemm of its own (Emerald
+// Rapids; the dW products lost most). So there each thread runs a single-threaded gemm
+// (OpenBLAS's OpenMP build runs single-threaded inside a parallel region) on its block of
+// rows of C, or of columns when C is wider than tall, packing its own copy of the shared
+// operand; nothing waits. Past SPLIT_MAX_MNK per thread the shared packing wins instead
+// (bench_large's gemms ran 0.95-0.98x as fast split), and one call is left to OpenBLAS.
+//
+// Bits: an element of C is the same dot product over K, in the same order, whichever block
+// holds it (OpenBLAS blocks K by K alone), so the result is that of one call at any thread
+// count; test_ops checks this at 1, 2 and 3 threads. Two OpenBLAS paths would break it, both
+// chosen per call by its shape: the "small matrix" kernels (below M N K = 100^3) and the
+// "direct" sgemm (NN with beta 0). Hence the smallest block, SPLIT_MIN_MNK, well above the
+// first, and no caller passes NN with beta 0.
+#define SPLIT_MIN_MNK ((double)(1 << 21))
+#define SPLIT_MAX_MNK ((double)(1 << 26))
+#define SPLIT_ALIGN 16  // block edges on whole 16-row (16-column) micro-tiles
+
+// Threads to split a gemm of C (M, N) over K among: 1 keeps one call (OpenBLAS threads it as
+// it likes), as for large gemms, when blocks would be small, inside a parallel region, or
+// under another BLAS threading.
+static int gemm_split_threads(int M, int N, int K) {
+    if (omp_in_parallel() || openblas_get_parallel() != 2) return 1;
+    const double big = M > N ? M : N, mnk = (double)M * N * K;
+    int nt = omp_get_max_threads();
+    if (mnk / nt > SPLIT_MAX_MNK) return 1;
+    while (nt > 1 && (mnk / nt < SPLIT_MIN_MNK || big / nt < 2 * SPLIT_ALIGN)) nt--;
+    return nt;
+}
+
+// The block [lo, hi) of n rows (or columns) that thread t of nt computes.
+static void split_block(int n, int t, int nt, int *lo, int *hi) {
+    *lo = (int)((long)n * t / nt / SPLIT_ALIGN * SPLIT_ALIGN);
+    *hi = t == nt - 1 ? n : (int)((long)n * (t + 1) / nt / SPLIT_ALIGN * SPLIT_ALIGN);
+}
+
+static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, const mm_real *A,
+                 int lda, const mm_real *B, int ldb, mm_real beta, mm_real *C, int ldc) {
+    const int nt = gemm_split_threads(M, N, K);
+    if (nt == 1) {
+        GEMM(CblasRowMajor, ta, tb, M, N, K, 1, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const int cols = N > M;
+#pragma omp parallel num_threads(nt)
+    {
+        int lo, hi;
+        split_block(cols ? N : M, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        if (hi > lo && cols) {  // columns of C: columns of op(B)
+            const mm_real *b = tb == CblasNoTrans ? B + lo : B + (size_t)lo * ldb;
+            GEMM(CblasRowMajor, ta, tb, M, hi - lo, K, 1, A, lda, b, ldb, beta, C + lo, ldc);
+        } else if (hi > lo) {  // rows of C: rows of op(A)
+            const mm_real *a = ta == CblasNoTrans ? A + (size_t)lo * lda : A + lo;
+            GEMM(CblasRowMajor, ta, tb, hi - lo, N, K, 1, a, lda, B, ldb, beta,
+                 C + (size_t)lo * ldc, ldc);
+        }
+    }
+}
+
 // out (N, OC) = inp (N, IC) @ w^T (OC, IC) + bias (OC).
 // The bias is written first and the gemm accumulates on it (beta = 1): OpenBLAS would
 // otherwise spend a pass zeroing out for beta = 0, so the bias comes for free.
@@ -117,7 +181,7 @@ static void matmul_fwd(const mm_backend *be MM_UNUSED, mm_real *out, const mm_re
             memcpy(out + (size_t)r * OC, bias, (size_t)OC * sizeof(mm_real));
         beta = 1;
     }
-    GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1, inp, IC, w, IC, beta, out, OC);
+    gemm(CblasNoTrans, CblasTrans, N, OC, IC, inp, IC, w, IC, beta, out, OC);
 }
 
 // dst (C) += column sums of src (N, C), each column summed over rows in order.
@@ -144,9 +208,8 @@ static void matmul_bwd(const mm_backend *be MM_UNUSED, mm_real *dinp, mm_real *d
                        const mm_real *dout, const mm_real *inp, const mm_real *w, int N, int IC,
                        int OC) {
     if (N <= 0) return;
-    if (dinp)
-        GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1, dout, OC, w, IC, 1, dinp, IC);
-    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1, dout, OC, inp, IC, 1, dw, IC);
+    if (dinp) gemm(CblasNoTrans, CblasNoTrans, N, IC, OC, dout, OC, w, IC, 1, dinp, IC);
+    gemm(CblasTrans, CblasNoTrans, OC, IC, N, dout, OC, inp, IC, 1, dw, IC);
     if (dbias) colsum_acc(dbias, dout, N, OC);
 }
 
