@@ -1,16 +1,17 @@
 // ops_cpu.c: the CPU backend of the ops table (model.h). It exists so that the transformer
 // above it is written once against an interface, and so that the CPU path is fast enough to
-// be a real target, not only a reference: every matmul is ONE BLAS gemm over all rows,
-// attention runs its small per-(batch, head) products through a register-blocked kernel of
-// its own inside an OpenMP loop (see "attention" below), and everything else is a single
-// OpenMP region per op with vectorizable inner loops.
+// be a real target, not only a reference: every matmul is one BLAS gemm over all rows (a
+// small one split among the threads by rows or columns of C, see "matmul"), attention runs
+// its small per-(batch, head) products through a register-blocked kernel of its own inside
+// an OpenMP loop (see "attention" below), and everything else is a single OpenMP region per
+// op with vectorizable inner loops.
 //
 // Determinism: the same inputs give bit-identical outputs run after run. Loops use static
 // schedules, there are no atomics, and every cross-row reduction (bias gradients, layernorm
 // gain/bias gradients) sums fixed-size blocks in a fixed order, so those results do not even
-// depend on the thread count. (BLAS gemm splits M/N, not K, across threads, so its results
-// are deterministic too.) Sums within a row use MM_LANE_SUM, so they do not depend on the
-// x86-64 level either (cpu_isa.h).
+// depend on the thread count. (Gemms are split by rows or columns, never K, across threads;
+// OpenBLAS's AVX2 kernels still give other last bits at another thread count, see "matmul".)
+// Sums within a row use MM_LANE_SUM, so they do not depend on the x86-64 level (cpu_isa.h).
 //
 // Precision: mm_real is float, or double under -DMM_F64 (gradient checks). The float build
 // uses a vectorizable exp (Cephes-style, ~1 ulp) because libm's expf is not vectorized
@@ -117,12 +118,14 @@ static inline float fast_expf_clamped(float x) {
 // operand; nothing waits. Past SPLIT_MAX_MNK per thread the shared packing wins instead
 // (bench_large's gemms ran 0.95-0.98x as fast split), and one call is left to OpenBLAS.
 //
-// Bits: an element of C is the same dot product over K, in the same order, whichever block
-// holds it (OpenBLAS blocks K by K alone), so the result is that of one call at any thread
-// count; test_ops checks this at 1, 2 and 3 threads. Two OpenBLAS paths would break it, both
-// chosen per call by its shape: the "small matrix" kernels (below M N K = 100^3) and the
-// "direct" sgemm (NN with beta 0). Hence the smallest block, SPLIT_MIN_MNK, well above the
-// first, and no caller passes NN with beta 0.
+// Bits: the same at every run for a given thread count, as every split is fixed by the
+// shape and the count; never split along K. Not always those of one call: OpenBLAS's
+// SkylakeX-family kernels give each element the bits it gets inside one call, its AVX2
+// (Haswell) kernels do not (nor does their own threading), so the thread count is like a
+// layout there (ARCHITECTURE.md). test_ops checks the blocks against float64 references and
+// for determinism at 2 and 3 threads. Two OpenBLAS paths chosen per call by the shape are
+// kept out of the blocks: the "small matrix" kernels (below M N K = 100^3), by the smallest
+// block, SPLIT_MIN_MNK, and the "direct" sgemm (NN with beta 0), which no caller passes.
 #define SPLIT_MIN_MNK ((double)(1 << 21))
 #define SPLIT_MAX_MNK ((double)(1 << 26))
 #define SPLIT_ALIGN 16  // block edges on whole 16-row (16-column) micro-tiles

@@ -748,8 +748,8 @@ int main(int argc, char **argv) {
                "it: %.1f GFLOP/s (%.2f ms) -> step/that ratio %.2f\n", gemm_ops_gflops,
                t_gemm_ops * 1e3, step_gflops / gemm_ops_gflops);
     printf("  plain matmul ops, best per call: %.2f ms in the step, %.2f ms replayed alone "
-           "(x%.2f: bias pass, bias gradient, colder operands, and the ops' gemm splitting)\n", mm_step * 1e3,
-           mm_alone * 1e3, mm_step / mm_alone);
+           "(x%.2f: bias pass, bias gradient, colder operands, and the ops' gemm splitting)\n",
+           mm_step * 1e3, mm_alone * 1e3, mm_step / mm_alone);
     printf("  other ops alone on warm buffers (best replay): attention %.2f ms, GELU %.2f ms, "
            "LayerNorm %.2f ms -> with only these and the GEMMs (the faster replay), each as fast "
            "as alone, the ratio could reach %.2f at most\n", t_kern_kind[KR_ATTN] * 1e3,

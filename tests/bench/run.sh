@@ -84,11 +84,13 @@ echo "Summary (fp32, best step of each run; 'vs sgemm' = step GFLOP/s / GFLOP/s 
 echo "         alone on the step's linear-layer GEMMs; 'vs torch' = tokens/s / PyTorch eager"
 echo "         tokens/s, same model, batch and threads; 'paired' = the same ratio as the median"
 echo "         of each step against the replay right after it, steadier on a shared machine;"
+echo "         'vs split' = the stricter ratio against the same GEMMs split among the threads"
+echo "         as the ops split them (the ops beat OpenBLAS's own threading on small shapes);"
 echo "         'ceiling' = the ratio of a step made of its GEMMs, attention, GELU and LayerNorm"
 echo "         only, each at its speed alone on warm buffers: the most the kernels allow)"
-printf '%-12s %3s %10s %9s %7s %8s %6s %9s %10s %-16s %6s %7s %10s %-16s\n' \
+printf '%-12s %3s %10s %9s %7s %8s %6s %9s %10s %-16s %6s %8s %7s %10s %-16s\n' \
     config thr tokens/s ms/step sgemm% fc+gelu% attn% "step GF/s" "sgemm GF/s" "vs sgemm" \
-    paired ceiling "torch tok/s" "vs torch"
+    paired "vs split" ceiling "torch tok/s" "vs torch"
 for row in "${rows[@]}"; do
     IFS='|' read -r cfg t cline tline <<<"$row"
     if [ -z "$cline" ]; then printf '%-12s %3s   (bench_model failed)\n' "$cfg" "$t"; continue; fi
@@ -107,13 +109,14 @@ for row in "${rows[@]}"; do
             *) vs_torch="${tr}x";;
         esac
     fi
-    printf '%-12s %3s %10.0f %9.2f %6.1f%% %7.1f%% %5.1f%% %9.1f %10.1f %-16s %6.2f %7.2f %10s %-16s\n' \
+    printf '%-12s %3s %10.0f %9.2f %6.1f%% %7.1f%% %5.1f%% %9.1f %10.1f %-16s %6.2f %8.2f %7.2f %10s %-16s\n' \
         "$cfg" "$t" "$tok" "$(jget "$cline" ms_per_step)" \
         "$(awk -v x="$(jget "$cline" sgemm_share)" 'BEGIN { print 100 * x }')" \
         "$(awk -v x="$(jget "$cline" fc_gelu_share)" 'BEGIN { print 100 * x }')" \
         "$(awk -v x="$(jget "$cline" attn_share)" 'BEGIN { print 100 * x }')" \
         "$(jget "$cline" step_gflops)" "$(jget "$cline" sgemm_gflops)" "$vs_sgemm" \
-        "$(jget "$cline" ratio_paired)" "$(jget "$cline" ratio_ceiling)" "$ttok" "$vs_torch"
+        "$(jget "$cline" ratio_paired)" "$(jget "$cline" ratio_vs_ops_gemm)" \
+        "$(jget "$cline" ratio_ceiling)" "$ttok" "$vs_torch"
 done
 [ -e "$tmp/noisy" ] && echo "WARNING: other processes were running: rerun on a quiet machine"
 [ "${MM_BENCH_MODEL_ONLY:-0}" = 1 ] && exit $rc
