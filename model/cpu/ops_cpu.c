@@ -374,7 +374,7 @@ static void matmul_gelu_bwd(const mm_backend *be, mm_real *dpre, mm_real *dact, 
                             mm_real *dbias, const mm_real *dout, const mm_real *act,
                             const mm_real *pre, const mm_real *w, int N, int IC, int OC) {
     const size_t n = (size_t)N * IC;
-    memset(dact, 0, n * sizeof(mm_real));
+    model_cpu_mem_zero(be, dact, n * sizeof(mm_real));  // on every thread, as the gemm's blocks
     matmul_bwd(be, dact, dw, dbias, dout, act, w, N, IC, OC);
     gelu_bwd_set(dpre, pre, dact, n);
 }
