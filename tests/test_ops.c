@@ -48,28 +48,36 @@ static void expect(test_counts *tc, const char *what, double err) {
 }
 
 // ---------------------------------------------------------------------------------------
-static void test_matmul(test_counts *tc, mm_rng *r) {
-    const int N = 70, IC = 33, OC = 75;  // OC > one 64-column block of the bias reduction
-    float *inp = randn((size_t)N * IC, 1, r), *w = randn((size_t)OC * IC, 1, r),
-          *b = randn(OC, 1, r), *dout = randn((size_t)N * OC, 1, r);
-    float *out = malloc((size_t)N * OC * sizeof(float));
-    // references for backward calls made on buffers pre-filled with 1 (they accumulate)
-    double *ro = zeros((size_t)N * OC), *rdi = zeros((size_t)N * IC), *rdw = zeros((size_t)OC * IC),
-           *rdb = zeros(OC);
+// float64 references of the matmul ops: ro (N, OC) = inp w^T + b; rdi (N, IC), rdw (OC, IC)
+// and rdb (OC) as the backward leaves buffers pre-filled with 1 (it accumulates).
+static void matmul_ref(double *ro, double *rdi, double *rdw, double *rdb, const float *inp,
+                       const float *w, const float *b, const float *dout, int N, int IC, int OC) {
     for (size_t i = 0; i < (size_t)N * IC; i++) rdi[i] = 1;
     for (size_t i = 0; i < (size_t)OC * IC; i++) rdw[i] = 1;
     for (int o = 0; o < OC; o++) rdb[o] = 1;
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) {
-            double s = b[o], d = dout[n * OC + o];
-            for (int i = 0; i < IC; i++) s += (double)inp[n * IC + i] * w[o * IC + i];
-            ro[n * OC + o] = s;
+            const float *x = inp + (size_t)n * IC, *wo = w + (size_t)o * IC;
+            double s = b[o];
+            const double d = dout[(size_t)n * OC + o];
+            for (int i = 0; i < IC; i++) s += (double)x[i] * wo[i];
+            ro[(size_t)n * OC + o] = s;
             rdb[o] += d;
             for (int i = 0; i < IC; i++) {
-                rdi[n * IC + i] += d * w[o * IC + i];
-                rdw[o * IC + i] += d * inp[n * IC + i];
+                rdi[(size_t)n * IC + i] += d * wo[i];
+                rdw[(size_t)o * IC + i] += d * x[i];
             }
         }
+}
+
+static void test_matmul(test_counts *tc, mm_rng *r) {
+    const int N = 70, IC = 33, OC = 75;  // OC > one 64-column block of the bias reduction
+    float *inp = randn((size_t)N * IC, 1, r), *w = randn((size_t)OC * IC, 1, r),
+          *b = randn(OC, 1, r), *dout = randn((size_t)N * OC, 1, r);
+    float *out = malloc((size_t)N * OC * sizeof(float));
+    double *ro = zeros((size_t)N * OC), *rdi = zeros((size_t)N * IC), *rdw = zeros((size_t)OC * IC),
+           *rdb = zeros(OC);
+    matmul_ref(ro, rdi, rdw, rdb, inp, w, b, dout, N, IC, OC);
     ops->matmul_fwd(be, out, inp, w, b, N, IC, OC);
     expect(tc, "matmul_fwd", nerr(out, ro, (size_t)N * OC));
     {  // matmul_gelu_fwd: the bits of matmul_fwd, then gelu_fwd
@@ -131,24 +139,8 @@ static void test_matmul_threads(test_counts *tc, mm_rng *r) {
         const size_t ni = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
         float *inp = randn(ni, 1, r), *w = randn(nw, 1, r), *b = randn(OC, 1, r),
               *dout = randn(no, 1, r);
-        // float64 references; the backward ones accumulate onto 1
         double *ro = zeros(no), *rdi = zeros(ni), *rdw = zeros(nw), *rdb = zeros(OC);
-        for (size_t i = 0; i < ni; i++) rdi[i] = 1;
-        for (size_t i = 0; i < nw; i++) rdw[i] = 1;
-        for (int o = 0; o < OC; o++) rdb[o] = 1;
-        for (int n = 0; n < N; n++)
-            for (int o = 0; o < OC; o++) {
-                const float *x = inp + (size_t)n * IC, *wo = w + (size_t)o * IC;
-                double acc = b[o];
-                const double d = dout[(size_t)n * OC + o];
-                for (int i = 0; i < IC; i++) acc += (double)x[i] * wo[i];
-                ro[(size_t)n * OC + o] = acc;
-                rdb[o] += d;
-                for (int i = 0; i < IC; i++) {
-                    rdi[(size_t)n * IC + i] += d * wo[i];
-                    rdw[(size_t)o * IC + i] += d * x[i];
-                }
-            }
+        matmul_ref(ro, rdi, rdw, rdb, inp, w, b, dout, N, IC, OC);
         for (int t = 2; t <= 3; t++) {
             omp_set_num_threads(t);
             openblas_set_num_threads(t);
