@@ -8,6 +8,7 @@
 #     under a launcher that does not, the timeout does).
 # A generous outer `timeout` turns a hang into a failure instead of a stuck suite.
 set -u
+unset OMPI_MCA_odls_base_sigkill_timeout  # ranks get the time users' jobs give them (tests/run.sh)
 B=${MM_BUILD:-build}
 pass=0; fail=0
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

@@ -10,6 +10,7 @@
 # parameters, AdamW moments and per-step losses as a run that was never stopped
 # (build/tests/test_survive --same compares checkpoints).
 set -u
+unset OMPI_MCA_odls_base_sigkill_timeout  # ranks get the time users' jobs give them (tests/run.sh)
 B=${MM_BUILD:-build}
 pass=0; fail=0
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

@@ -13,6 +13,7 @@
 # when root and MM_SLURM_INSTALL is not 0; where Slurm cannot be installed or started it
 # prints "slurm: skipped: <reason>" and passes nothing, fails nothing.
 set -u
+unset OMPI_MCA_odls_base_sigkill_timeout  # ranks get the time users' jobs give them (tests/run.sh)
 B=${MM_BUILD:-build}
 B=$(cd "$B" && pwd)
 here=$(cd "$(dirname "$0")/.." && pwd)
