@@ -29,8 +29,9 @@ ok() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $
 if ! command -v mpirun >/dev/null 2>&1; then echo "cuda_layouts: skipped: no mpirun"; echo "0 passed, 0 failed"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 . tests/lib/emu.sh
+. tests/lib/bg.sh  # bg, bg_wait
 emu_build "$tmp/build.log" || { echo "0 passed, 1 failed"; exit 1; }
-mpi=(mpirun --oversubscribe); [ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
+mpi=(mpirun --oversubscribe --bind-to none); [ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
 
 "$B/mmdata" synth --out "$tmp/d" --samples 32 --seed 3 >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
 STEPS=20
@@ -76,8 +77,9 @@ layouts=("dp2 2" "tp2 2 parallel.tp=2" "dp2tp2 4 parallel.tp=2")
 for kind in lm dit; do
     extra=(); [ $kind = dit ] && extra=("${dit[@]}")
     train ${kind}_cpu 1 "$B/train" "${extra[@]}"
-    train ${kind}_g1 1 "$emu/train" backend=cuda "${extra[@]}"
-    train ${kind}_z1 1 "$emu/train" backend=cuda parallel.zero=1 "${extra[@]}"
+    bg run ${kind}_g1 1 "$emu/train" backend=cuda "${extra[@]}"
+    bg run ${kind}_z1 1 "$emu/train" backend=cuda parallel.zero=1 "${extra[@]}"
+    bg_wait
     # ZeRO-1 on one rank: its collectives are copies, so bitwise the run without it
     ok "$kind ZeRO-1 on one emulated GPU: losses bitwise those without ZeRO" \
         "[ -s $tmp/${kind}_z1/metrics.jsonl ] && cmp -s <(vals ${kind}_g1 loss) <(vals ${kind}_z1 loss)"
@@ -101,14 +103,15 @@ same_ids lm_cpu lm_dp2tp2z
 # this checks that the trainer runs them together.
 for kind in lm dit; do
     extra=(); [ $kind = dit ] && extra=("${dit[@]}")
-    train ${kind}_b1 1 "$emu/train" backend=cuda precision=bf16 "${extra[@]}"
+    bg run ${kind}_b1 1 "$emu/train" backend=cuda precision=bf16 "${extra[@]}"
+    # the whole trainer's kernels with the emulator's threads and warps run the other way
+    # round, one warp at a time (a race between GPU threads shows as other bits)
+    CUEMU_ORDER=serial-reverse bg run ${kind}_b1r 1 "$emu/train" backend=cuda precision=bf16 \
+        "${extra[@]}"
+    bg_wait
     train ${kind}_b4 4 "$emu/train" backend=cuda precision=bf16 parallel.tp=2 parallel.zero=1 \
         "${extra[@]}"
     for r in b1 b4; do same ${kind}_cpu ${kind}_$r loss 1 1e-3; done
-    # the whole trainer's kernels with the emulator's threads and warps run the other way
-    # round, one warp at a time (a race between GPU threads shows as other bits)
-    CUEMU_ORDER=serial-reverse train ${kind}_b1r 1 "$emu/train" backend=cuda precision=bf16 \
-        "${extra[@]}"
     ok "$kind bf16 under CUEMU_ORDER=serial-reverse: losses and grad norms bitwise the same" \
         "[ -s $tmp/${kind}_b1r/metrics.jsonl ] && cmp -s <(vals ${kind}_b1 loss) <(vals ${kind}_b1r loss) && cmp -s <(vals ${kind}_b1 grad_norm) <(vals ${kind}_b1r grad_norm)"
     ok "$kind bf16 runs with bf16 activations" \

@@ -14,6 +14,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # (kill, signal, slurm, rankfail) unset it: there ranks get the time Open MPI gives users'
 # jobs.
 export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-0}
+# mpirun binds a job of at most 2 ranks one rank per core, from core 0: two jobs at once
+# (tests/lib/bg.sh) would share core 0, and so would a single rank's OpenMP threads. The
+# suite runs unbound, as the README's commands do (--bind-to none).
+export OMPI_MCA_hwloc_base_binding_policy=${OMPI_MCA_hwloc_base_binding_policy:-none}
 # Under ASan (make test ASAN=1): Open MPI allocates once in MPI_Init and never frees; the
 # suppressions name its libraries, and slow unwinding keeps its frames attributable.
 export LSAN_OPTIONS="suppressions=$here/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
