@@ -53,8 +53,8 @@ run() {
 }
 # train NAME NP BIN ARGS...: run, and check it exits 0
 train() {
-    run "$@"; local rc=$?
-    ok "$1 exits 0 (rc $rc): $(tail -n 2 "$tmp/$1.log")" '[ $rc -eq 0 ]'
+    bg run "$@"
+    bg_wait
 }
 # STEP VALUE lines of a run's metrics for key
 vals() { grep -o "\"step\":[0-9]*,.*" "$tmp/$1/metrics.jsonl" | sed "s/\"step\":\([0-9]*\),.*\"$2\":\([^,}]*\).*/\1 \2/"; }

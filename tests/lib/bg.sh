@@ -1,6 +1,7 @@
-# bg.sh: sourced (not run) by the script tests that start runs two at a time. A one-rank run
-# here is one core's work (OMP_NUM_THREADS=1; the emulated GPU runs on its calling thread) and
-# the machine has two: cuda_layouts.sh and recompute.sh ran one after another for minutes.
+# bg.sh: sourced (not run) by the script tests that start one-rank runs side by side. A
+# one-rank run here is one core's work (OMP_NUM_THREADS=1; the emulated GPU runs on its calling
+# thread) and the machine has two: cuda_layouts.sh and recompute.sh ran one after another for
+# minutes.
 # Their mpirun needs --bind-to none, or each job's rank 0 is bound to core 0 and two jobs take
 # as long as one after the other. Needs $tmp and the script's ok().
 
