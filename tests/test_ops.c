@@ -794,6 +794,7 @@ int main(void) {
     test_attention(&tc, &r, 21, 9, 8);
     test_attention(&tc, &r, 32, 13, 8);
     test_attention(&tc, &r, 32, 13, 16);
+    test_attention(&tc, &r, 21, 9, 12);  // k and v transposed by 8 x 8 blocks and edges
     test_xent(&tc, &r);
     test_conv(&tc, &r);
     printf("model (float32)\n");

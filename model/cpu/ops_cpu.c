@@ -478,17 +478,67 @@ static inline void prefetch_row(const mm_real *p, int n) {
     __builtin_prefetch(p + n - 1);
 }
 
+// dst[j * ldd + i] = src[i * lds + j] for i < m, j < n: a head's k (or v) turned into the
+// (HD, T) operand the products read. By 8 x 8 blocks transposed in vector registers (GNU
+// vector shuffles, lowered at each clone's width), the edges one element at a time: element
+// by element, the strided scalar stores took a fifth of attention_fwd (AVX-512, bench_small).
+// A copy, so no bits change.
+typedef mm_real att_v8 __attribute__((vector_size(8 * sizeof(mm_real))));
+
+CPU_ISA_INLINE void transpose(mm_real *restrict dst, int ldd, const mm_real *restrict src, int lds,
+                              int m, int n) {
+    const int m8 = m / 8 * 8, n8 = n / 8 * 8;
+    for (int i0 = 0; i0 < m8; i0 += 8)
+        for (int j0 = 0; j0 < n8; j0 += 8) {
+            att_v8 r[8], t[8], u[8];
+            for (int i = 0; i < 8; i++)
+                memcpy(&r[i], src + (size_t)(i0 + i) * lds + j0, sizeof r[i]);
+            for (int i = 0; i < 8; i += 2) {  // pairs of rows interleaved
+                t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+                t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+            }
+            for (int i = 0; i < 8; i += 4) {  // quads: columns c and c + 4 of four rows
+                u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+                u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+                u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+                u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+            }
+            for (int c = 0; c < 4; c++) {  // column c from u[c] and u[c + 4], c + 4 likewise
+                const att_v8 lo = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+                const att_v8 hi =
+                    __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+                memcpy(dst + (size_t)(j0 + c) * ldd + i0, &lo, sizeof lo);
+                memcpy(dst + (size_t)(j0 + c + 4) * ldd + i0, &hi, sizeof hi);
+            }
+        }
+    for (int i = 0; i < m; i++)
+        for (int j = i < m8 ? n8 : 0; j < n; j++)
+            dst[(size_t)j * ldd + i] = src[(size_t)i * lds + j];
+}
+
 // c (KR, KC) (row stride ldc) = sum over k in [k0, k1) of x[r, k] * y (k, KC) (row stride
 // ldy), with x[r, k] = x[r * xr + k * xk]: (xr, xk) = (ld, 1) reads x row-major, (1, ld)
 // reads it transposed. Overwrites c. fma because -std=c11 turns off contraction and the
-// separate multiply and add would halve the throughput.
+// separate multiply and add would halve the throughput. The first k starts the accumulators
+// as fma(x, y, +0), the sum's first step: zeroing them first made GCC clear a copy of them in
+// memory with rep stos before every tile (a tenth of attention_bwd, AVX-512).
 static inline void tile(mm_real *restrict c, int ldc, const mm_real *restrict x, int xr, int xk,
                         const mm_real *restrict y, int ldy, int k0, int k1) {
     mm_real acc[KR][KC];
-    for (int r = 0; r < KR; r++)
+    if (k1 <= k0) {
+        for (int r = 0; r < KR; r++)
+            for (int j = 0; j < KC; j++) c[(size_t)r * ldc + j] = 0;
+        return;
+    }
+    {
+        const mm_real *yk = y + (size_t)k0 * ldy, *xk_ = x + (size_t)k0 * xk;
+        for (int r = 0; r < KR; r++) {
+            const mm_real xv = xk_[(size_t)r * xr];
 #pragma omp simd
-        for (int j = 0; j < KC; j++) acc[r][j] = 0;
-    for (int k = k0; k < k1; k++) {
+            for (int j = 0; j < KC; j++) acc[r][j] = R_FMA(xv, yk[j], (mm_real)0);
+        }
+    }
+    for (int k = k0 + 1; k < k1; k++) {
         const mm_real *yk = y + (size_t)k * ldy, *xk_ = x + (size_t)k * xk;
         for (int r = 0; r < KR; r++) {
             const mm_real xv = xk_[(size_t)r * xr];
@@ -681,7 +731,7 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
             const uint64_t hrow = dropping ? (uint64_t)(drop->head0 + h) * T : 0;
             // gather: q pre-scaled (T, HD), k transposed (HD, T), v (T, HD)
             for (int i = 0; i < T; i++) {
-                const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
+                const mm_real *qi = src + (size_t)i * C3, *vi = qi + 2 * C;
                 mm_real *wq = w.q + (size_t)i * Dp, *wv = w.v + (size_t)i * Dp;
                 if (i + PF_ROWS < T) {
                     const mm_real *qn = qi + (size_t)PF_ROWS * C3;
@@ -694,9 +744,9 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                     wq[d] = qi[d] * scale;
                     wv[d] = vi[d];
                 }
-                for (int d = 0; d < HD; d++) w.kt[(size_t)d * Tp + i] = ki[d];
                 w.kv[i] = key_valid[(size_t)b * T + i] != 0;
             }
+            transpose(w.kt, Tp, src + C, C3, T, HD);
             mm_real *a = att + (size_t)bh * T * T;
             for (int i0 = 0; i0 < T; i0 += KR) {
                 const int cols = block_cols(i0, T, P, Tp);
@@ -774,7 +824,7 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
             // padding (T a multiple of KC) and dropout does not rewrite them; a padded copy else
             const mm_real *ps = !dropping && Tp == T ? a : w.s;
             for (int i = 0; i < T; i++) {
-                const mm_real *qi = src + (size_t)i * C3, *ki = qi + C, *vi = qi + 2 * C;
+                const mm_real *qi = src + (size_t)i * C3, *ki = qi + C;
                 const mm_real *doi = dsrc + (size_t)i * C, *ai = a + (size_t)i * T;
                 if (i + PF_ROWS < T) {
                     const mm_real *qn = qi + (size_t)PF_ROWS * C3;
@@ -792,12 +842,12 @@ static void attention_bwd(const mm_backend *be MM_UNUSED, mm_real *dqkv, const m
                     wk[d] = ki[d];
                     wd[d] = doi[d];
                 }
-                for (int d = 0; d < HD; d++) w.vt[(size_t)d * Tp + i] = vi[d];
                 if (ps == w.s) {
 #pragma omp simd
                     for (int j = 0; j < T; j++) ws[j] = ai[j];
                 }
             }
+            transpose(w.vt, Tp, src + 2 * C, C3, T, HD);
             for (int i0 = 0; i0 < T; i0 += KR) {
                 const int cols = block_cols(i0, T, P, Tp);
                 mm_real *ds = w.ds + (size_t)i0 * Tp;
