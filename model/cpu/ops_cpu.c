@@ -760,15 +760,17 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                     mm_real *si = w.s + (size_t)i * Tp, *ai = a + (size_t)i * T;
                     const mm_real inv = invs[i - i0];
                     const int n = cols < T ? cols : T;
+                    // the whole row: [cols, Tp) of a work row is never written, 0 since
+                    // allocation, so the masked tail comes out as 0 * inv = +0 in the same
+                    // vector loop (a separate zeroing loop of its own became a memset call
+                    // per row)
                     if (direct) {
 #pragma omp simd
-                        for (int j = 0; j < n; j++) ai[j] = si[j] * inv;
+                        for (int j = 0; j < T; j++) ai[j] = si[j] * inv;
                     } else {
 #pragma omp simd
-                        for (int j = 0; j < n; j++) ai[j] = si[j] *= inv;
+                        for (int j = 0; j < T; j++) ai[j] = si[j] *= inv;
                     }
-                    // [cols, Tp) of the row is never written: 0 since allocation
-                    for (int j = n; j < T; j++) ai[j] = 0;
                     // att keeps p; PV below reads the dropped p * mask * scale
                     if (dropping) {
                         const uint64_t e0 = (hrow + (uint64_t)i) * (uint64_t)T;
