@@ -759,7 +759,6 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                 for (int i = i0; i < i1; i++) {
                     mm_real *si = w.s + (size_t)i * Tp, *ai = a + (size_t)i * T;
                     const mm_real inv = invs[i - i0];
-                    const int n = cols < T ? cols : T;
                     // the whole row: [cols, Tp) of a work row is never written, 0 since
                     // allocation, so the masked tail comes out as 0 * inv = +0 in the same
                     // vector loop (a separate zeroing loop of its own became a memset call
@@ -774,6 +773,7 @@ static void attention_fwd(const mm_backend *be MM_UNUSED, mm_real *out, mm_real 
                     // att keeps p; PV below reads the dropped p * mask * scale
                     if (dropping) {
                         const uint64_t e0 = (hrow + (uint64_t)i) * (uint64_t)T;
+                        const int n = cols < T ? cols : T;
                         for (int j = 0; j < n; j++)
                             si[j] = model_drop_keep(dk, e0 + (uint64_t)j, drop->thr)
                                         ? si[j] * drop->scale
